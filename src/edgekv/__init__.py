@@ -1,0 +1,1 @@
+"""edgekv: a globally replicated key/value store for edge applications."""
