@@ -1,0 +1,311 @@
+"""A replica: store -> key -> state, with Merkle digests, a change index and a watermark.
+
+Theory of operation
+1. Every state change goes through `Replica.apply` (one key) or `apply_batch` (many keys plus the
+   seq ranges they cover).  `apply` joins the delta into the key's state and keeps three indexes
+   in step: the store's Merkle tree (O(depth) XORs), the sorted key list (for `scan`), and the
+   change index, keys ordered by their state's seq (for `changes_since`, O(log n + changes)).
+2. Store metadata lives in the reserved store "" as registers: a live register at seq s means
+   the store was (re)created at s, a tombstone that it was dropped at s.  Either sets the
+   store's epoch to s; keys whose reset is below the epoch are removed, and later-arriving
+   deltas below it are ignored.  So drop/recreate is ordered by seq like everything else.
+3. `covered` holds the seqs whose effect this replica has (SeqRanges); `watermark` is its
+   contiguous prefix.  A sender claims a range only when its message carries the effect of
+   every seq in it (directly or through a newer state of the same key).
+4. Tombstones (and expired values) are purged only at or below a horizon every live node has
+   passed (`purge`).  `purged` remembers the highest horizon used: a delta for a key this
+   replica lacks whose reset is at or below it is dead (it was deleted and purged here), so it
+   is ignored rather than resurrected; anti-entropy uses the same rule the other way.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple
+
+from sortedcontainers import SortedKeyList, SortedList
+
+from ..errors import WrongKind
+from .bloom import Bloom
+from .glob import compile_glob, literal_prefix
+from .hashing import root_hash
+from .merkle import MerkleTree, leaf_of
+from .register import Register
+from .seqranges import SeqRanges
+from .state import Delta, State, is_dead, merge
+from .version import Entry, Version
+from .zset import ZSet
+
+META = ""  # reserved store holding store metadata; not a valid user store name
+
+
+class Change(NamedTuple):
+    """One applied change: the key's new state, or None when the key was removed."""
+
+    store: str
+    key: str
+    state: State | None
+
+
+class StoreReplica:
+    """One store's keys, states and indexes.  Reads take `now_ms` so they stay pure."""
+
+    __slots__ = ("changes", "epoch", "keys", "live", "name", "states", "tombstones", "tree")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.epoch = 0
+        self.live = name == META
+        self.states: dict[str, State] = {}
+        self.keys = SortedList()
+        states = self.states
+        self.changes = SortedKeyList(key=lambda k: states[k].seq)
+        self.tree = MerkleTree()
+        self.tombstones: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    @property
+    def digest(self) -> int:
+        return self.tree.root
+
+    # -- mutation (called by Replica) ----------------------------------------------------------
+
+    def _put(self, key: str, old: State | None, new: State, old_digest: int) -> None:
+        leaf = leaf_of(key)
+        states = self.states
+        if old is None:
+            states[key] = new
+            self.keys.add(key)
+            self.tree.add_key(leaf, key)
+        else:
+            self.changes.remove(key)
+            states[key] = new
+        self.changes.add(key)
+        self.tree.toggle(leaf, old_digest ^ new.digest(key))
+        if isinstance(new, Register) and new.value is None:
+            self.tombstones.add(key)
+        elif old is not None and isinstance(old, Register) and old.value is None:
+            self.tombstones.discard(key)
+
+    def _remove(self, key: str) -> State | None:
+        old = self.states.get(key)
+        if old is None:
+            return None
+        leaf = leaf_of(key)
+        self.tree.toggle(leaf, old.digest(key))
+        self.tree.remove_key(leaf, key)
+        self.changes.remove(key)
+        del self.states[key]
+        self.keys.remove(key)
+        self.tombstones.discard(key)
+        return old
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def get(self, key: str, now_ms: int) -> bytes | None:
+        st = self.states.get(key)
+        if st is None:
+            return None
+        if type(st) is not Register:
+            raise WrongKind(f"key {key!r} holds a {st.kind} value; get() reads plain values")
+        if st.expiry is not None and st.expiry <= now_ms:
+            return None
+        return st.value
+
+    def get_entry(self, key: str, now_ms: int) -> Entry | None:
+        st = self.states.get(key)
+        if st is None:
+            return None
+        if type(st) is not Register:
+            raise WrongKind(f"key {key!r} holds a {st.kind} value; get_entry() reads plain values")
+        if not st.live(now_ms):
+            return None
+        assert st.value is not None
+        return Entry(st.value, Version(st.seq, st.written_at), st.expiry)
+
+    def scan(self, pattern: str, now_ms: int, limit: int | None = None) -> list[str]:
+        """Live keys matching the glob `pattern`, in key order."""
+        prefix = literal_prefix(pattern)
+        match = compile_glob(pattern)
+        states = self.states
+        out: list[str] = []
+        it = self.keys.irange(minimum=prefix) if prefix else iter(self.keys)
+        for key in it:
+            if prefix and not key.startswith(prefix):
+                break
+            if match(key) and not is_dead(states[key], now_ms):
+                out.append(key)
+                if limit is not None and len(out) >= limit:
+                    break
+        return out
+
+    def _kind(self, key: str, kind: type, now_ms: int, method: str) -> State | None:
+        st = self.states.get(key)
+        if st is None or is_dead(st, now_ms):
+            return None
+        if not isinstance(st, kind):
+            raise WrongKind(f"key {key!r} holds a {st.kind} value; {method}() reads {kind.kind}")  # type: ignore[attr-defined]
+        return st
+
+    def zrange_by_score(
+        self, key: str, lo: float, hi: float, now_ms: int
+    ) -> list[tuple[bytes, float]]:
+        st = self._kind(key, ZSet, now_ms, "zrange_by_score")
+        return st.range_by_score(lo, hi) if isinstance(st, ZSet) else []
+
+    def zscan(self, key: str, pattern: str, now_ms: int) -> list[tuple[bytes, float]]:
+        st = self._kind(key, ZSet, now_ms, "zscan")
+        if not isinstance(st, ZSet):
+            return []
+        match = compile_glob(pattern.encode() if isinstance(pattern, str) else pattern)
+        return [(m, s) for s, m in st.index if match(m)]
+
+    def bf_exists(self, key: str, item: bytes, now_ms: int) -> bool:
+        st = self._kind(key, Bloom, now_ms, "bf_exists")
+        return isinstance(st, Bloom) and st.contains(item)
+
+
+class Replica:
+    """All stores of one node, their digests, change index and watermark."""
+
+    def __init__(self) -> None:
+        self.stores: dict[str, StoreReplica] = {META: StoreReplica(META)}
+        self.covered = SeqRanges()
+        self.purged = 0  # highest horizon purged at
+        self._expiring: list[tuple[int, int, str, str]] = []  # (expiry, seq, store, key)
+
+    # -- stores ----------------------------------------------------------------------------------
+
+    def store(self, name: str) -> StoreReplica:
+        """The store's replica, created empty (not live) if unknown."""
+        st = self.stores.get(name)
+        if st is None:
+            st = self.stores[name] = StoreReplica(name)
+        return st
+
+    def has_store(self, name: str) -> bool:
+        st = self.stores.get(name)
+        return st is not None and st.live and name != META
+
+    def store_names(self) -> list[str]:
+        return sorted(n for n, s in self.stores.items() if s.live and n != META)
+
+    @property
+    def watermark(self) -> int:
+        return self.covered.watermark
+
+    # -- apply -----------------------------------------------------------------------------------
+
+    def apply(self, store: str, key: str, delta: Delta) -> State | None:
+        """Join `delta` into store/key.  Returns the new state if anything changed, else None."""
+        sr = self.stores.get(store) or self.store(store)
+        if delta.reset < sr.epoch:
+            return None
+        old = sr.states.get(key)
+        if old is None and delta.reset <= self.purged:
+            return None  # deleted and purged here: never resurrect
+        old_digest = old.digest(key) if old is not None else 0
+        new = merge(old, delta)
+        if new is None:
+            return None
+        sr._put(key, old, new, old_digest)
+        if isinstance(new, Register) and new.expiry is not None and new is not old:
+            heapq.heappush(self._expiring, (new.expiry, new.seq, store, key))
+        if store == META:
+            self._meta_changed(key, new)
+        return new
+
+    def apply_batch(
+        self, items: Iterable[tuple[str, str, Delta]], covers: Iterable[tuple[int, int]] = ()
+    ) -> list[Change]:
+        """Apply many deltas, then mark `covers` as applied.  Returns what changed."""
+        out = []
+        for store, key, delta in items:
+            new = self.apply(store, key, delta)
+            if new is not None:
+                out.append(Change(store, key, new))
+        self.covered.update(covers)
+        return out
+
+    def remove(self, store: str, key: str) -> State | None:
+        """Drop a key entirely (purge, or anti-entropy found it dead).  Returns the old state."""
+        sr = self.stores.get(store)
+        return sr._remove(key) if sr is not None else None
+
+    def _meta_changed(self, name: str, meta: State) -> None:
+        sr = self.store(name)
+        sr.epoch = meta.seq
+        sr.live = isinstance(meta, Register) and meta.value is not None
+        dead = [k for k, st in sr.states.items() if st.reset < sr.epoch]
+        for k in dead:
+            sr._remove(k)
+
+    # -- digests and change index ------------------------------------------------------------------
+
+    def roots(self) -> dict[str, int]:
+        """Per-store Merkle roots (non-empty stores only)."""
+        return {name: sr.tree.root for name, sr in self.stores.items() if sr.tree.root}
+
+    @property
+    def root(self) -> int:
+        """One 128-bit digest of the whole replica: equal exactly when all stores are equal."""
+        return root_hash(list(self.roots().items()))
+
+    def changes_since(self, watermark: int) -> Iterator[tuple[str, str, State]]:
+        """Every key whose state changed after seq `watermark` (store metadata first)."""
+        for name in sorted(self.stores):
+            sr = self.stores[name]
+            states = sr.states
+            for key in sr.changes.irange_key(min_key=watermark + 1):
+                yield name, key, states[key]
+
+    def iter_states(self) -> Iterator[tuple[str, str, State]]:
+        for name in sorted(self.stores):
+            for key, st in self.stores[name].states.items():
+                yield name, key, st
+
+    def state(self, store: str, key: str) -> State | None:
+        sr = self.stores.get(store)
+        return sr.states.get(key) if sr is not None else None
+
+    def __len__(self) -> int:
+        return sum(len(sr) for name, sr in self.stores.items() if name != META)
+
+    # -- garbage collection ------------------------------------------------------------------------
+
+    def purge(self, horizon: int, now_ms: int) -> list[Change]:
+        """Remove tombstones and expired values written at or below `horizon`.
+
+        `horizon` must be a seq every live node has applied (causal stability).
+        """
+        horizon = min(horizon, self.watermark)
+        removed: list[Change] = []
+        for name, sr in self.stores.items():
+            if name == META:
+                continue
+            for key in [k for k in sr.tombstones if sr.states[k].seq <= horizon]:
+                sr._remove(key)
+                removed.append(Change(name, key, None))
+        keep = []
+        while self._expiring and self._expiring[0][0] <= now_ms:
+            expiry, seq, store, key = heapq.heappop(self._expiring)
+            st = self.state(store, key)
+            if not (isinstance(st, Register) and st.seq == seq):
+                continue  # superseded
+            if seq <= horizon:
+                self.stores[store]._remove(key)
+                removed.append(Change(store, key, None))
+            else:
+                keep.append((expiry, seq, store, key))
+        for item in keep:
+            heapq.heappush(self._expiring, item)
+        if removed or horizon > self.purged:
+            self.purged = max(self.purged, horizon)
+        return removed
+
+    def is_dead_elsewhere(self, state: State, their_purged: int) -> bool:
+        """A key a peer lacks is dead there when its reset is at or below the peer's purge mark."""
+        return state.reset <= their_purged
