@@ -1,0 +1,104 @@
+"""The Transport interface every network implementation provides, and its traffic counters.
+
+Pure (no I/O): the gossip core and the node driver are written against `Transport`; the TCP
+transport (`edgekv.node.tcp`) and the simulated one (`edgekv.testnet.simnet`) implement it and
+pass the same conformance suite.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from edgekv.gossip.wire import Message
+
+__all__ = ["Envelope", "Transport", "TransportStats"]
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One inbound message and who sent it."""
+
+    peer: str  # the sender's advertised address: its identity on the network
+    message: Message
+
+
+@dataclass(slots=True)
+class TransportStats:
+    """Traffic counters by message type name (`MsgType.name`); byte counts are frame sizes.
+
+    `sent_*` count messages the transport accepted from its caller; `dropped` counts copies that
+    never reached the peer (fault loss, unreachable peer, full queue); `received_*` count copies
+    that arrived (duplicates included); `rejected_connections` counts inbound connections closed
+    for a protocol or authentication failure.
+    """
+
+    sent_messages: Counter[str] = field(default_factory=Counter)
+    sent_bytes: Counter[str] = field(default_factory=Counter)
+    received_messages: Counter[str] = field(default_factory=Counter)
+    received_bytes: Counter[str] = field(default_factory=Counter)
+    dropped: int = 0
+    rejected_connections: int = 0
+
+    def record_sent(self, kind: str, nbytes: int) -> None:
+        self.sent_messages[kind] += 1
+        self.sent_bytes[kind] += nbytes
+
+    def record_received(self, kind: str, nbytes: int) -> None:
+        self.received_messages[kind] += 1
+        self.received_bytes[kind] += nbytes
+
+    def merge(self, other: TransportStats) -> None:
+        """Add `other`'s counts into this one."""
+        self.sent_messages.update(other.sent_messages)
+        self.sent_bytes.update(other.sent_bytes)
+        self.received_messages.update(other.received_messages)
+        self.received_bytes.update(other.received_bytes)
+        self.dropped += other.dropped
+        self.rejected_connections += other.rejected_connections
+
+    @classmethod
+    def combined(cls, stats: Iterable[TransportStats]) -> TransportStats:
+        """A new TransportStats summing all of `stats` (a testnet's whole network)."""
+        out = cls()
+        for s in stats:
+            out.merge(s)
+        return out
+
+    def total(self) -> dict[str, int]:
+        """Totals over all message types."""
+        return {
+            "sent_messages": sum(self.sent_messages.values()),
+            "sent_bytes": sum(self.sent_bytes.values()),
+            "received_messages": sum(self.received_messages.values()),
+            "received_bytes": sum(self.received_bytes.values()),
+            "dropped": self.dropped,
+            "rejected_connections": self.rejected_connections,
+        }
+
+    def copy(self) -> TransportStats:
+        return TransportStats.combined([self])
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """A node's network endpoint: best-effort, per-peer-ordered (without faults) messaging.
+
+    `send` never raises because a peer is unreachable or dead: the message is dropped and counted.
+    It raises `LocalProtocolError` for a message that is not wire-valid.  `receive` returns the
+    next inbound message from any peer.  After `aclose`, `send` and `receive` raise
+    `anyio.ClosedResourceError`.
+    """
+
+    stats: TransportStats
+
+    @property
+    def address(self) -> str: ...
+
+    async def send(self, peer: str, message: Message) -> None: ...
+
+    async def receive(self) -> Envelope: ...
+
+    async def aclose(self) -> None: ...

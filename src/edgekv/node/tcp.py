@@ -1,0 +1,441 @@
+"""TCP transport (anyio: runs under trio and asyncio) and the framed, authenticated stream.
+
+`FramedStream` wraps an anyio byte stream with the sans-IO `FrameDecoder` and `Handshake`; the
+origin's client protocol reuses it.  `TcpTransport` implements `Transport` on top of it.
+
+Connection model (simple and symmetric): every node listens; messages to a peer go over one
+persistent *outbound* connection to the peer's advertised address, opened lazily by a writer task
+that owns that peer's queue (so sends to one peer keep their order).  Inbound connections only
+carry messages in; replies travel over the replier's own outbound connection.  A send never waits
+for the network: it queues the frame; a dead peer costs a failed connect then a backoff during
+which its frames are dropped (counted).  One connection's garbage, truncation, oversize frame or
+failed authentication closes that connection with a logged reason; nothing else is affected.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from edgekv.errors import RemoteProtocolError
+from edgekv.gossip.transport import Envelope, TransportStats
+from edgekv.gossip.wire import (
+    MAX_FRAME_SIZE,
+    FrameDecoder,
+    Handshake,
+    Message,
+    PeerInfo,
+    encode_frame,
+    type_name,
+)
+from edgekv.node.faults import LinkFaults
+
+__all__ = ["FramedStream", "TcpTransport", "format_address", "parse_address"]
+
+logger = logging.getLogger("edgekv.tcp")
+
+HANDSHAKE_TIMEOUT = 5.0
+CONNECT_TIMEOUT = 5.0
+HANDSHAKE_MAX_FRAME = 4096  # an unauthenticated peer cannot make us buffer more than this
+_READ_SIZE = 65536
+_BACKOFF_MIN, _BACKOFF_MAX = 0.05, 2.0
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """ "host:port" or "[v6]:port" -> (host, port); ValueError if malformed."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"bad address {address!r}, expected host:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+def format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class FramedStream:
+    """Frames over an anyio `ByteStream`: `send(msg)`, `receive() -> msg`, plus the handshake.
+
+    `receive` raises `RemoteProtocolError` for a bad frame or a connection closed inside a frame
+    and `anyio.EndOfStream` on a clean close between frames.
+    """
+
+    def __init__(self, stream: anyio.abc.ByteStream, *, max_frame_size: int = MAX_FRAME_SIZE):
+        self.stream = stream
+        self.max_frame_size = max_frame_size
+        self._decoder = FrameDecoder(max_frame_size)
+        self.peer: PeerInfo | None = None
+
+    @classmethod
+    async def connect(
+        cls,
+        address: str,
+        *,
+        cluster_id: str,
+        node_id: str,
+        role: str,
+        advertise: str = "",
+        key: bytes | None = None,
+        max_frame_size: int = MAX_FRAME_SIZE,
+        connect_timeout: float = CONNECT_TIMEOUT,
+    ) -> FramedStream:
+        """Connect to `address` and run the handshake as initiator (within `connect_timeout` s)."""
+        host, port = parse_address(address)
+        with anyio.fail_after(connect_timeout):
+            stream = await anyio.connect_tcp(host, port)
+            fs = cls(stream, max_frame_size=max_frame_size)
+            try:
+                hs = Handshake(cluster_id, node_id, role, advertise, key, True, os.urandom(16))
+                await fs.handshake(hs)
+            except BaseException:
+                await anyio.aclose_forcefully(stream)
+                raise
+        return fs
+
+    async def handshake(self, hs: Handshake) -> PeerInfo:
+        """Run `hs` to completion over this stream; frames are capped small until it is done."""
+        decoder = self._decoder
+        decoder.max_frame_size = min(self.max_frame_size, HANDSHAKE_MAX_FRAME)
+        try:
+            if hs.initiator:
+                for msg in hs.start():
+                    await self.send(msg)
+            while not hs.done:
+                try:
+                    msg = await self.receive()
+                except anyio.EndOfStream:
+                    raise RemoteProtocolError(
+                        "peer closed the connection during handshake"
+                    ) from None
+                for reply in hs.receive(msg):
+                    await self.send(reply)
+        finally:
+            decoder.max_frame_size = self.max_frame_size
+        self.peer = hs.peer
+        return hs.peer
+
+    async def send(self, msg: Message) -> int:
+        """Send one message; returns the frame size.  LocalProtocolError if not wire-valid."""
+        frame = encode_frame(msg, self.max_frame_size)
+        await self.stream.send(frame)
+        return len(frame)
+
+    async def send_frame(self, frame: bytes) -> None:
+        """Send an already encoded frame."""
+        await self.stream.send(frame)
+
+    async def receive_sized(self) -> tuple[Message, int]:
+        """The next message and its frame size."""
+        while True:
+            frame = self._decoder.next_frame()
+            if frame is not None:
+                return frame
+            try:
+                data = await self.stream.receive(_READ_SIZE)
+            except anyio.EndOfStream:
+                if self._decoder.buffered:
+                    raise RemoteProtocolError("connection closed inside a frame") from None
+                raise
+            self._decoder.receive_data(data)
+
+    async def receive(self) -> Message:
+        return (await self.receive_sized())[0]
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+    async def __aenter__(self) -> FramedStream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+@dataclass(eq=False)
+class _Outbound:
+    """One peer's send queue and its (lazily opened) connection."""
+
+    address: str
+    queue_send: MemoryObjectSendStream[bytes]
+    queue_recv: MemoryObjectReceiveStream[bytes]
+    conn: FramedStream | None = None
+    retry_at: float = -math.inf
+    backoff: float = 0.0
+
+
+class TcpTransport:
+    """`Transport` over TCP with the authenticated handshake (see the module docstring).
+
+    Use `async with TcpTransport.serve(...) as t:` or `await TcpTransport.create(..., task_group=tg)`.
+    With `faults`, each send is routed through `faults.route(self.address, peer, now)` first
+    (loss, delay, duplication), so a fault scenario runs over real sockets too.
+    """
+
+    def __init__(
+        self,
+        *,
+        cluster_id: str,
+        node_id: str,
+        role: str = "edge",
+        key: bytes | None = None,
+        faults: LinkFaults | None = None,
+        max_frame_size: int = MAX_FRAME_SIZE,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        queue_size: int = 4096,
+        inbox_size: int = 4096,
+    ) -> None:
+        self.cluster_id = cluster_id
+        self.node_id = node_id
+        self.role = role
+        self.faults = faults
+        self.max_frame_size = max_frame_size
+        self.handshake_timeout = handshake_timeout
+        self.connect_timeout = connect_timeout
+        self.queue_size = queue_size
+        self.stats = TransportStats()
+        self._key = key
+        self._address = ""
+        self._inbox_send, self._inbox_recv = anyio.create_memory_object_stream[Envelope](inbox_size)
+        self._peers: dict[str, _Outbound] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._scope: anyio.CancelScope | None = None
+        self._stopped = anyio.Event()
+        self._closed = False
+
+    @property
+    def address(self) -> str:
+        return self._address
+
+    @classmethod
+    async def create(
+        cls,
+        listen: str = "127.0.0.1:0",
+        *,
+        task_group: anyio.abc.TaskGroup,
+        advertise: str | None = None,
+        **options: Any,
+    ) -> TcpTransport:
+        """Bind `listen` and serve inside `task_group` until `aclose()`."""
+        transport = cls(**options)
+        await task_group.start(transport._run, listen, advertise)
+        return transport
+
+    @classmethod
+    @asynccontextmanager
+    async def serve(
+        cls, listen: str = "127.0.0.1:0", *, advertise: str | None = None, **options: Any
+    ) -> AsyncIterator[TcpTransport]:
+        """Context manager: a transport serving in its own task group, closed on exit."""
+        async with anyio.create_task_group() as tg:
+            transport = await cls.create(listen, task_group=tg, advertise=advertise, **options)
+            try:
+                yield transport
+            finally:
+                await transport.aclose()
+
+    async def _run(
+        self,
+        listen: str,
+        advertise: str | None,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        try:
+            host, port = parse_address(listen)
+            with anyio.CancelScope() as scope:
+                self._scope = scope
+                listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+                async with listener, anyio.create_task_group() as tg:
+                    self._tg = tg
+                    bound = listener.extra(anyio.abc.SocketAttribute.local_port)
+                    self._address = advertise or format_address(host, bound)
+                    task_status.started()
+                    await listener.serve(self._serve_connection, task_group=tg)
+        finally:
+            self._stopped.set()
+
+    # --- receiving --------------------------------------------------------------------------
+
+    async def receive(self) -> Envelope:
+        try:
+            return await self._inbox_recv.receive()
+        except anyio.EndOfStream:
+            raise anyio.ClosedResourceError from None
+
+    def _reject(self, remote: str, reason: object) -> None:
+        self.stats.rejected_connections += 1
+        logger.warning("%s: closing connection from %s: %s", self._address, remote, reason)
+
+    async def _serve_connection(self, stream: anyio.abc.SocketStream) -> None:
+        try:
+            remote = format_address(*stream.extra(anyio.abc.SocketAttribute.remote_address)[:2])
+        except Exception:
+            remote = "?"
+        async with stream:
+            fs = FramedStream(stream, max_frame_size=self.max_frame_size)
+            hs = Handshake(
+                self.cluster_id,
+                self.node_id,
+                self.role,
+                self._address,
+                self._key,
+                False,
+                os.urandom(16),
+            )
+            try:
+                with anyio.fail_after(self.handshake_timeout):
+                    peer = await fs.handshake(hs)
+            except TimeoutError:
+                self._reject(remote, "handshake timed out")
+                return
+            except Exception as exc:  # protocol violation, bad auth, reset: close this one only
+                self._reject(remote, f"handshake failed: {exc!r}")
+                return
+            try:
+                while True:
+                    msg, size = await fs.receive_sized()
+                    self.stats.record_received(type_name(msg["t"]), size)
+                    await self._inbox_send.send(Envelope(peer.address, msg))
+            except anyio.EndOfStream:
+                logger.debug("%s: %s closed its connection", self._address, peer.address)
+            except RemoteProtocolError as exc:
+                self._reject(f"{peer.address} ({remote})", exc)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+                logger.debug("%s: connection from %s lost: %r", self._address, peer.address, exc)
+            except Exception:  # never let one connection take the transport down
+                logger.exception("%s: error on connection from %s", self._address, peer.address)
+
+    # --- sending ----------------------------------------------------------------------------
+
+    async def send(self, peer: str, message: Message) -> None:
+        if self._closed:
+            raise anyio.ClosedResourceError
+        frame = encode_frame(message, self.max_frame_size)
+        await anyio.lowlevel.checkpoint()
+        self.stats.record_sent(type_name(message["t"]), len(frame))
+        if self.faults is None:
+            self._enqueue(peer, frame)
+            return
+        delays = self.faults.route(self._address, peer, anyio.current_time())
+        if not delays:
+            self.stats.dropped += 1
+        for delay in delays:
+            if delay <= 0:
+                self._enqueue(peer, frame)
+            elif self._tg is not None:
+                self._tg.start_soon(self._send_later, peer, frame, delay)
+
+    async def _send_later(self, peer: str, frame: bytes, delay: float) -> None:
+        await anyio.sleep(delay)
+        if not self._closed:
+            self._enqueue(peer, frame)
+
+    def _enqueue(self, peer: str, frame: bytes) -> None:
+        out = self._peers.get(peer)
+        if out is None:
+            if self._tg is None:
+                self.stats.dropped += 1
+                return
+            send, recv = anyio.create_memory_object_stream[bytes](self.queue_size)
+            out = self._peers[peer] = _Outbound(peer, send, recv)
+            self._tg.start_soon(self._writer, out)
+        try:
+            out.queue_send.send_nowait(frame)
+        except anyio.WouldBlock:
+            self.stats.dropped += 1
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self.stats.dropped += 1
+
+    async def _connect(self, out: _Outbound) -> FramedStream | None:
+        now = anyio.current_time()
+        if now < out.retry_at:
+            return None
+        try:
+            conn = await FramedStream.connect(
+                out.address,
+                cluster_id=self.cluster_id,
+                node_id=self.node_id,
+                role=self.role,
+                advertise=self._address,
+                key=self._key,
+                max_frame_size=self.max_frame_size,
+                connect_timeout=self.connect_timeout,
+            )
+        except Exception as exc:
+            out.backoff = min(max(out.backoff * 2, _BACKOFF_MIN), _BACKOFF_MAX)
+            out.retry_at = anyio.current_time() + out.backoff
+            logger.info("%s: cannot reach %s: %r", self._address, out.address, exc)
+            return None
+        out.backoff = 0.0
+        out.conn = conn
+        assert self._tg is not None
+        self._tg.start_soon(self._watch, out, conn)
+        return conn
+
+    async def _watch(self, out: _Outbound, conn: FramedStream) -> None:
+        """Notice at once when the peer closes our outbound connection (it never sends on it)."""
+        try:
+            await conn.stream.receive(1)
+            logger.warning("%s: %s sent data on a send-only connection", self._address, out.address)
+        except Exception:
+            pass
+        if out.conn is conn:
+            out.conn = None
+        await anyio.aclose_forcefully(conn.stream)
+
+    async def _writer(self, out: _Outbound) -> None:
+        try:
+            async with out.queue_recv:
+                async for frame in out.queue_recv:
+                    conn = out.conn or await self._connect(out)
+                    if conn is None:
+                        self.stats.dropped += 1
+                        continue
+                    try:
+                        await conn.send_frame(frame)
+                    except Exception as exc:
+                        self.stats.dropped += 1
+                        logger.info("%s: send to %s failed: %r", self._address, out.address, exc)
+                        if out.conn is conn:
+                            out.conn = None
+                        await anyio.aclose_forcefully(conn.stream)
+        finally:
+            if out.conn is not None:
+                await anyio.aclose_forcefully(out.conn.stream)
+
+    # --- closing ----------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Stop listening, close every connection, and wake pending receivers."""
+        if self._closed:
+            await anyio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        self._inbox_send.close()
+        self._inbox_recv.close()
+        for out in self._peers.values():
+            out.queue_send.close()
+        if self._scope is not None:
+            self._scope.cancel()
+            await self._stopped.wait()
+        else:
+            await anyio.lowlevel.checkpoint()
