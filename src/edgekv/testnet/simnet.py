@@ -93,8 +93,17 @@ class SimNetwork:
     A crashed node's own sends are lost too.  Start `run()` in a nursery before sending.
     """
 
-    def __init__(self, faults: LinkFaults | None = None, *, max_frame_size: int = 16 << 20) -> None:
+    def __init__(
+        self,
+        faults: LinkFaults | None = None,
+        *,
+        max_frame_size: int = 16 << 20,
+        resolution: float = 0.0,
+    ) -> None:
         self.faults = faults if faults is not None else LinkFaults()
+        # Delivery times are rounded up to a multiple of `resolution` (0 = exact): big runs
+        # then cost one scheduler tick per time slot instead of one per message.
+        self.resolution = resolution
         self.max_frame_size = max_frame_size
         self._nodes: dict[str, SimTransport] = {}
         self._retired = TransportStats()  # counts of replaced transports
@@ -103,6 +112,7 @@ class SimNetwork:
         self._heap: list[_Entry] = []
         self._counter = 0
         self._scope: trio.CancelScope | None = None
+        self._idle: trio.Event | None = None
         self.delivered = 0
 
     # --- membership -------------------------------------------------------------------------
@@ -173,7 +183,11 @@ class SimNetwork:
             self._counter += 1
             heapq.heappush(self._heap, (at, self._counter, dst, epoch, src, frame, sender.stats))
             if self._scope is not None and at < self._scope.deadline:
-                self._scope.deadline = at
+                self._scope.deadline = self._slot(at)
+
+    def _slot(self, at: float) -> float:
+        res = self.resolution
+        return math.ceil(at / res) * res if res > 0 else at
 
     def _deliver_due(self, now: float) -> None:
         heap = self._heap
@@ -187,13 +201,25 @@ class SimNetwork:
             node.stats.record_received(type_name(message["t"]), len(frame))
             node._deliver(Envelope(src, message))
             self.delivered += 1
+        if not heap and self._idle is not None:
+            self._idle.set()
+            self._idle = None
+
+    async def settle(self) -> None:
+        """Wait (in virtual time) until no message is in flight: all have landed or been lost."""
+        if self._heap:
+            if self._idle is None:
+                self._idle = trio.Event()
+            await self._idle.wait()
+        else:
+            await trio.lowlevel.checkpoint()
 
     async def run(self) -> None:
         """The delivery loop; runs until cancelled."""
         try:
             while True:
                 self._deliver_due(trio.current_time())
-                deadline = self._heap[0][0] if self._heap else math.inf
+                deadline = self._slot(self._heap[0][0]) if self._heap else math.inf
                 with trio.CancelScope(deadline=deadline) as scope:
                     self._scope = scope
                     await trio.sleep_forever()
