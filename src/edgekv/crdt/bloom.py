@@ -77,6 +77,8 @@ class Bloom:
     def merge_same_reset(self, other: Bloom | BloomDelta) -> bool:
         """Join `other` (same reset) into self in place; return True when anything changed."""
         self._check_shape(other.m, other.k)
+        if other.seq == self.seq and other.written_at != self.written_at:
+            raise ConflictingVersion(f"bloom filter has two write times at seq {self.seq}")
         changed = False
         bits = self.bits
         if isinstance(other, Bloom):

@@ -73,7 +73,8 @@ class StoreReplica:
 
     # -- mutation (called by Replica) ----------------------------------------------------------
 
-    def _put(self, key: str, old: State | None, new: State, old_digest: int) -> None:
+    def _put(self, key: str, old: State | None, old_seq: int, new: State, old_digest: int) -> None:
+        """Index `new` as key's state; `old_seq`/`old_digest` are old's before any in-place join."""
         leaf = leaf_of(key)
         states = self.states
         if old is None:
@@ -81,7 +82,7 @@ class StoreReplica:
             self.keys.add(key)
             self.tree.add_key(leaf, key)
         else:
-            self.changes.remove(key)
+            self._unindex_change(key, old_seq)
             states[key] = new
         self.changes.add(key)
         self.tree.toggle(leaf, old_digest ^ new.digest(key))
@@ -90,6 +91,19 @@ class StoreReplica:
         elif old is not None and isinstance(old, Register) and old.value is None:
             self.tombstones.discard(key)
 
+    def _unindex_change(self, key: str, seq: int) -> None:
+        """Remove key from the change index, where it sits under `seq`.
+
+        The index caches each key's seq when the key is added, and a join may already have
+        raised the state's seq in place, so removal goes by the old seq, never by the key
+        function.
+        """
+        changes = self.changes
+        i = changes.bisect_key_left(seq)
+        while changes[i] != key:
+            i += 1
+        del changes[i]
+
     def _remove(self, key: str) -> State | None:
         old = self.states.get(key)
         if old is None:
@@ -97,7 +111,7 @@ class StoreReplica:
         leaf = leaf_of(key)
         self.tree.toggle(leaf, old.digest(key))
         self.tree.remove_key(leaf, key)
-        self.changes.remove(key)
+        self._unindex_change(key, old.seq)
         del self.states[key]
         self.keys.remove(key)
         self.tombstones.discard(key)
@@ -201,17 +215,23 @@ class Replica:
 
     def apply(self, store: str, key: str, delta: Delta) -> State | None:
         """Join `delta` into store/key.  Returns the new state if anything changed, else None."""
-        sr = self.stores.get(store) or self.store(store)
+        sr = self.stores.get(store)
+        if sr is None:
+            sr = self.store(store)
         if delta.reset < sr.epoch:
             return None
         old = sr.states.get(key)
-        if old is None and delta.reset <= self.purged:
-            return None  # deleted and purged here: never resurrect
-        old_digest = old.digest(key) if old is not None else 0
+        if old is None:
+            if delta.reset <= self.purged:
+                return None  # deleted and purged here: never resurrect
+            old_seq = old_digest = 0
+        else:
+            old_seq = old.seq
+            old_digest = old.digest(key)
         new = merge(old, delta)
         if new is None:
             return None
-        sr._put(key, old, new, old_digest)
+        sr._put(key, old, old_seq, new, old_digest)
         if isinstance(new, Register) and new.expiry is not None and new is not old:
             heapq.heappush(self._expiring, (new.expiry, new.seq, store, key))
         if store == META:

@@ -43,8 +43,11 @@ class ZSet:
 
     def merge_same_reset(self, other: ZSet) -> bool:
         """Join `other` (same reset) into self in place; return True when anything changed."""
-        changed = False
+        # check everything first, so a conflicting delta leaves self untouched
+        if other.seq == self.seq and other.written_at != self.written_at:
+            raise ConflictingVersion(f"zset has two write times at seq {self.seq}")
         mine = self.members
+        newer: list[tuple[bytes, Member | None, Member]] = []
         for member, theirs in other.members.items():
             cur = mine.get(member)
             if cur is not None:
@@ -56,14 +59,14 @@ class ZSet:
                             f"member {member!r} has two scores at seq {cur[0]}"
                         )
                     continue
+            newer.append((member, cur, theirs))
+        for member, cur, theirs in newer:
             self._replace_member(member, cur, theirs)
-            changed = True
+        changed = bool(newer)
         if other.seq > self.seq:
             self.seq = other.seq
             self.written_at = other.written_at
             changed = True
-        elif other.seq == self.seq and other.written_at != self.written_at:
-            raise ConflictingVersion(f"zset has two write times at seq {self.seq}")
         return changed
 
     def _replace_member(self, member: bytes, old: Member | None, new: Member) -> None:

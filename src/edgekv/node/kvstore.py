@@ -1,0 +1,224 @@
+"""`KvStore`: the FastEdge-style API over one store of the local replica.
+
+Reads (`get`, `get_entry`, `scan`, `zrange_by_score`, `zscan`, `bf_exists`) are synchronous and
+local: they look at the node's in-memory `StoreReplica` and never touch the network.  `get` is
+the hot path, so it inlines the dict lookup and reads the clock only when the value has an
+expiry.  Writes build a request body (the origin's request schema) and hand it to the node's
+`writer`, which forwards it to the origin and applies the answer locally before returning
+(read-your-writes); a KvStore built without a writer is read-only.
+
+`KvStore.open(name)` finds the running node through the `current_node` context variable, which
+`EdgeNode` sets inside its `async with`, so application code can open stores without passing
+the node around (as `fastedge::kv`'s `KvStore.open` does).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextvars import ContextVar
+from typing import Any, Protocol
+
+from ..crdt import META, StoreReplica
+from ..crdt.ops import (
+    DEFAULT_LIMITS,
+    BfAdd,
+    Delete,
+    Limits,
+    Put,
+    ZAdd,
+    ZRem,
+    validate_op,
+)
+from ..crdt.register import Register
+from ..crdt.version import Entry, Version
+from ..errors import EdgeKVError, InvalidInput, StoreNotFound, WrongKind
+
+Writer = Callable[[str, dict[str, Any]], Awaitable[Version]]
+"""`await writer(store_name, body)`: send a write to the origin, apply it locally, return its version."""
+
+Clock = Callable[[], int]
+"""Wall clock in ms since the epoch (used to decide whether a value has expired)."""
+
+
+def wall_clock_ms() -> int:
+    """The default clock: wall time in whole milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+class Node(Protocol):
+    """What `KvStore.open` needs from the node in `current_node`."""
+
+    def open(self, name: str) -> KvStore: ...
+
+
+current_node: ContextVar[Node] = ContextVar("edgekv_current_node")
+"""The EdgeNode running in this context (set by `EdgeNode.__aenter__`)."""
+
+_Register = Register  # module-level alias: one global load on the hot path
+
+
+class KvStore:
+    """One store of the local replica: local reads, writes through the origin."""
+
+    __slots__ = ("_clock", "_limits", "_states", "_store", "_writer", "name")
+
+    def __init__(
+        self,
+        store: StoreReplica,
+        *,
+        writer: Writer | None = None,
+        clock: Clock = wall_clock_ms,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
+        if store.name == META or not store.live:
+            raise StoreNotFound(f"no such store: {store.name!r}")
+        self.name = store.name
+        self._store = store
+        self._states = store.states  # the same dict for the store's whole life
+        self._writer = writer
+        self._clock = clock
+        self._limits = limits
+
+    @classmethod
+    def open(cls, name: str) -> KvStore:
+        """The store `name` of the node running in this context (inside `async with EdgeNode`)."""
+        node = current_node.get(None)
+        if node is None:
+            raise EdgeKVError(
+                "KvStore.open() needs a running node: call it inside `async with EdgeNode(...)`,"
+                " or use node.open(name)"
+            )
+        return node.open(name)
+
+    def __repr__(self) -> str:
+        return f"KvStore({self.name!r}, {len(self._states)} keys)"
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def get(self, key: str) -> bytes | None:
+        """The value under `key`, or None when it is missing, deleted or expired."""
+        st = self._states.get(key)
+        if not self._store.live:
+            raise StoreNotFound(f"store {self.name!r} was dropped")
+        if st is None:
+            return None
+        if st.__class__ is not _Register:
+            raise WrongKind(f"key {key!r} holds a {st.kind} value; get() reads plain values")
+        if st.expiry is not None and st.expiry <= self._clock():
+            return None
+        return st.value
+
+    def get_entry(self, key: str) -> Entry | None:
+        """The value with its version and expiry, or None when absent."""
+        return self._live().get_entry(key, self._clock())
+
+    def scan(self, pattern: str, limit: int | None = None) -> list[str]:
+        """Live keys matching the glob `pattern` (`*`, `?`, `[abc]`, `[^a]`, `\\x`), in key order."""
+        if not isinstance(pattern, str):
+            raise InvalidInput("a pattern must be a string")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
+            raise InvalidInput("limit must be an integer or None")
+        if limit is not None and limit <= 0:
+            return []
+        return self._live().scan(pattern, self._clock(), limit)
+
+    def zrange_by_score(self, key: str, min: float, max: float) -> list[tuple[bytes, float]]:
+        """Members of the sorted set with min <= score <= max, ascending by score then member."""
+        return self._live().zrange_by_score(key, float(min), float(max), self._clock())
+
+    def zscan(self, key: str, pattern: str | bytes) -> list[tuple[bytes, float]]:
+        """Members of the sorted set whose member matches the glob `pattern`, by score."""
+        if not isinstance(pattern, str | bytes):
+            raise InvalidInput("a pattern must be str or bytes")
+        return self._live().zscan(key, pattern, self._clock())  # type: ignore[arg-type]
+
+    def bf_exists(self, key: str, item: bytes) -> bool:
+        """Whether the Bloom filter may hold `item` (False for a missing key)."""
+        return self._live().bf_exists(key, bytes(item), self._clock())
+
+    def _live(self) -> StoreReplica:
+        store = self._store
+        if not store.live:
+            raise StoreNotFound(f"store {self.name!r} was dropped")
+        return store
+
+    # -- writes (through the origin) -------------------------------------------------------------
+
+    async def put(
+        self,
+        key: str,
+        value: bytes,
+        ttl: float | None = None,
+        force: bool = False,
+        if_version: int | None = None,
+    ) -> Version:
+        """Write a plain value (expiring after `ttl` seconds); `force` replaces another kind."""
+        op = validate_op(Put(key, value, ttl, force), self._limits)
+        assert isinstance(op, Put)
+        body = {"op": "put", "key": key, "value": op.value, "ttl": ttl, "force": op.force}
+        return await self._write(body, if_version)
+
+    async def delete(self, key: str, if_version: int | None = None) -> Version:
+        """Delete `key` (any kind)."""
+        validate_op(Delete(key), self._limits)
+        return await self._write({"op": "delete", "key": key}, if_version)
+
+    async def zadd(
+        self,
+        key: str,
+        members: Mapping[bytes, float],
+        force: bool = False,
+        if_version: int | None = None,
+    ) -> Version:
+        """Add members (or change their scores) in the sorted set under `key`."""
+        op = validate_op(ZAdd(key, members, force), self._limits)
+        assert isinstance(op, ZAdd)
+        body = {"op": "zadd", "key": key, "members": dict(op.members), "force": op.force}
+        return await self._write(body, if_version)
+
+    async def zrem(
+        self, key: str, members: Sequence[bytes], if_version: int | None = None
+    ) -> Version:
+        """Remove members from the sorted set under `key`."""
+        op = validate_op(ZRem(key, members), self._limits)
+        assert isinstance(op, ZRem)
+        return await self._write(
+            {"op": "zrem", "key": key, "members": list(op.members)}, if_version
+        )
+
+    async def bf_add(
+        self,
+        key: str,
+        items: Sequence[bytes],
+        *,
+        capacity: int | None = None,
+        error_rate: float | None = None,
+        m: int | None = None,
+        k: int | None = None,
+        force: bool = False,
+        if_version: int | None = None,
+    ) -> Version:
+        """Add items to the Bloom filter under `key` (created with these parameters if absent)."""
+        op = validate_op(BfAdd(key, items, capacity, error_rate, m, k, force), self._limits)
+        assert isinstance(op, BfAdd)
+        body: dict[str, Any] = {"op": "bf_add", "key": key, "items": list(op.items), "force": force}
+        for name, val in (("capacity", capacity), ("error_rate", error_rate), ("m", m), ("k", k)):
+            if val is not None:
+                body[name] = val
+        return await self._write(body, if_version)
+
+    async def _write(self, body: dict[str, Any], if_version: int | None) -> Version:
+        if self._writer is None:
+            raise EdgeKVError(f"store {self.name!r} was opened read-only (no writer)")
+        if if_version is not None and (
+            isinstance(if_version, bool) or not isinstance(if_version, int)
+        ):
+            raise InvalidInput("if_version must be an integer seq or None")
+        self._live()
+        body["store"] = self.name
+        body["if_version"] = if_version
+        return await self._writer(self.name, body)
+
+    # `watch(prefix)` (a stream of changes under a prefix) is added by the EdgeNode module, which
+    # owns the change feed; it is deliberately not defined here.
