@@ -1,0 +1,124 @@
+"""The origin's write-ahead log: committed deltas in SQLite (WAL mode, synchronous=FULL).
+
+Synchronous on purpose: every method runs in one worker thread at a time (the group committer
+calls them through `anyio.to_thread.run_sync`), so the event loop never blocks on a disk flush.
+
+Theory of operation
+1. One row per seq: `log(seq PRIMARY KEY, store, key, delta)` where `delta` is the CBOR array
+   of `crdt.codec.encode_delta`.  A seq whose op changed nothing is never handed out, so the
+   seqs in the log are contiguous from 1 up to `high` (compaction removes rows, never seqs).
+2. `meta.high` is the highest seq ever committed.  It is written in the same transaction as
+   the rows, so after a crash `high + 1` is the next seq: never reused, even if compaction had
+   removed the row that carried `high`.
+3. `append` is one transaction for a whole commit group; `synchronous=FULL` in WAL mode fsyncs
+   the WAL at every commit, so a returned `append` is durable (survives kill -9 and power loss).
+4. `compact(keep, rewrites, upto)` deletes rows at or below `upto` that are not in `keep` (the
+   seq of every key's latest state) and replaces the rows in `rewrites` by the key's whole state
+   (sorted sets and Bloom filters are logged as partial deltas).  Replaying the compacted log
+   gives the same states: a key's latest state at seq s carries the effect of every older row.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from ..errors import EdgeKVError
+
+Row = tuple[int, str, str, bytes]  # seq, store, key, encoded delta
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS log (
+    seq   INTEGER PRIMARY KEY,
+    store TEXT NOT NULL,
+    key   TEXT NOT NULL,
+    delta BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+class LogError(EdgeKVError):
+    """The log could not be read or written (disk full, corruption, another origin has it)."""
+
+    code = "log_error"
+    http_status = 503
+
+
+class WriteAheadLog:
+    """The SQLite file holding every committed delta (see the module docstring)."""
+
+    def __init__(self, path: str | Path, *, synchronous: str = "FULL") -> None:
+        self.path = Path(path)
+        if synchronous.upper() not in ("FULL", "EXTRA", "NORMAL", "OFF"):
+            raise ValueError(f"bad synchronous mode {synchronous!r}")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+            conn.execute("PRAGMA locking_mode=EXCLUSIVE")  # one origin per log
+            conn.executescript(_SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            raise LogError(f"cannot open the log {self.path}: {exc}") from exc
+        self._conn = conn
+        self.high = self._read_high()
+
+    def _read_high(self) -> int:
+        row = self._conn.execute("SELECT value FROM meta WHERE name = 'high'").fetchone()
+        top = self._conn.execute("SELECT MAX(seq) FROM log").fetchone()
+        return max(int(row[0]) if row else 0, int(top[0] or 0))
+
+    def rows(self, batch: int = 65536) -> Iterator[list[Row]]:
+        """Every row in seq order, in lists of up to `batch` rows."""
+        cur = self._conn.execute("SELECT seq, store, key, delta FROM log ORDER BY seq")
+        while chunk := cur.fetchmany(batch):
+            yield chunk
+
+    def count(self) -> int:
+        return int(self._conn.execute("SELECT COUNT(*) FROM log").fetchone()[0])
+
+    def append(self, rows: Sequence[Row], high: int) -> None:
+        """Commit `rows` and the new high seq in one durable transaction."""
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany("INSERT INTO log VALUES (?, ?, ?, ?)", rows)
+                conn.execute("INSERT OR REPLACE INTO meta VALUES ('high', ?)", (high,))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise LogError(f"log write failed: {exc}") from exc
+        self.high = high
+
+    def compact(self, keep: Sequence[int], rewrites: Sequence[tuple[bytes, int]], upto: int) -> int:
+        """Drop superseded rows at or below `upto`; returns how many rows were removed."""
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("CREATE TEMP TABLE IF NOT EXISTS keep (seq INTEGER PRIMARY KEY)")
+                conn.execute("DELETE FROM keep")
+                conn.executemany("INSERT OR IGNORE INTO keep VALUES (?)", ((s,) for s in keep))
+                cur = conn.execute(
+                    "DELETE FROM log WHERE seq <= ? AND seq NOT IN (SELECT seq FROM keep)",
+                    (upto,),
+                )
+                removed = cur.rowcount
+                conn.executemany("UPDATE log SET delta = ? WHERE seq = ?", rewrites)
+                conn.execute("DELETE FROM keep")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            raise LogError(f"log compaction failed: {exc}") from exc
+        return int(removed)
+
+    def close(self) -> None:
+        self._conn.close()

@@ -1,0 +1,148 @@
+"""The write executor: turns validated commands into deltas with fresh seqs.  Pure, no I/O.
+
+Theory of operation
+1. The group committer hands every command of one commit group, in arrival order, to
+   `Planner.execute`, with the group's `written_at`.  Commands see the effects of the commands
+   planned before them in the same group (through an overlay on top of the origin's replica),
+   although nothing is committed yet; groups are committed one after another, so the replica
+   holds everything of earlier groups.
+2. A command is all or nothing: it plans each op against a private copy of the overlay and
+   takes seqs from a private counter; only when every op succeeded does it publish its states
+   into the group overlay and advance the group's seq counter.  A failing command (unknown
+   store, wrong kind, `if_version` mismatch) takes no seq and changes nothing.
+3. An op whose plan is None (delete of a missing key, zrem of absent members) takes no seq, so
+   the seqs of a group are contiguous and every seq handed out is in the log.
+4. `if_version` is a compare-and-set on the key's current version: 0 means "the key must be
+   absent (or dead)", n > 0 means "the key's state must be at seq n".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..crdt import META, BloomDelta, Delta, Op, Register, Replica, State, join, plan
+from ..crdt.state import as_state, is_dead
+from ..errors import StoreExists, StoreNotFound, VersionMismatch
+
+
+@dataclass(frozen=True, slots=True)
+class StoreCommand:
+    """Create or drop a store (a write to the META store)."""
+
+    action: str  # "create" | "drop"
+    store: str
+
+
+@dataclass(frozen=True, slots=True)
+class BatchCommand:
+    """One or more ops on one store, atomic; each op may carry an `if_version` condition."""
+
+    store: str
+    ops: tuple[tuple[Op, int | None], ...]
+
+
+Command = StoreCommand | BatchCommand
+Item = tuple[str, str, Delta]
+
+
+@dataclass(slots=True)
+class Planned:
+    """The outcome of one command: its deltas and the seq of each op (None: no-op)."""
+
+    items: list[Item] = field(default_factory=list)
+    seqs: list[int | None] = field(default_factory=list)
+
+    @property
+    def first(self) -> int:
+        return min((s for s in self.seqs if s is not None), default=0)
+
+    @property
+    def last(self) -> int:
+        return max((s for s in self.seqs if s is not None), default=0)
+
+
+class Planner:
+    """Plans the commands of one commit group on top of `replica` (see theory of operation)."""
+
+    def __init__(self, replica: Replica, next_seq: int, written_at: int) -> None:
+        self.replica = replica
+        self.next_seq = next_seq
+        self.written_at = written_at
+        self._states: dict[tuple[str, str], State] = {}
+        self.items: list[Item] = []
+
+    # -- current state, seen through the overlay ---------------------------------------------
+
+    def _current(self, overlay: dict[tuple[str, str], State], store: str, key: str) -> State | None:
+        st = overlay.get((store, key))
+        if st is None:
+            st = self._states.get((store, key))
+        if st is not None:
+            return st
+        st = self.replica.state(store, key)
+        if st is not None and store != META:
+            meta = overlay.get((META, store)) or self._states.get((META, store))
+            if meta is not None and st.reset < meta.seq:
+                return None  # the store was dropped or recreated in this group
+        return st
+
+    def _store_live(self, overlay: dict[tuple[str, str], State], store: str) -> bool:
+        meta = self._current(overlay, META, store)
+        return isinstance(meta, Register) and meta.value is not None
+
+    # -- commands ------------------------------------------------------------------------------
+
+    def execute(self, cmd: Command) -> Planned:
+        """Plan `cmd`; raise an EdgeKVError (and change nothing) if it cannot be applied."""
+        overlay: dict[tuple[str, str], State] = {}
+        out = Planned()
+        seq = self.next_seq
+        if isinstance(cmd, StoreCommand):
+            live = self._store_live(overlay, cmd.store)
+            if cmd.action == "create":
+                if live:
+                    raise StoreExists(f"store {cmd.store!r} already exists")
+                delta = Register(seq, self.written_at, b"", None)
+            else:
+                if not live:
+                    raise StoreNotFound(f"no such store: {cmd.store!r}")
+                delta = Register(seq, self.written_at, None, None)
+            overlay[(META, cmd.store)] = delta
+            out.items.append((META, cmd.store, delta))
+            out.seqs.append(seq)
+            seq += 1
+        else:
+            store = cmd.store
+            if not self._store_live(overlay, store):
+                raise StoreNotFound(f"no such store: {store!r}")
+            for op, if_version in cmd.ops:
+                current = self._current(overlay, store, op.key)
+                if if_version is not None:
+                    _check_version(op.key, current, if_version, self.written_at)
+                d = plan(op, current, seq, self.written_at)
+                if d is None:
+                    out.seqs.append(None)
+                    continue
+                overlay[(store, op.key)] = (
+                    as_state(d) if current is None or d.reset > current.reset else _join(current, d)
+                )
+                out.items.append((store, op.key, d))
+                out.seqs.append(seq)
+                seq += 1
+        # success: publish into the group
+        self._states.update(overlay)
+        self.items.extend(out.items)
+        self.next_seq = seq
+        return out
+
+
+def _join(current: State, delta: Delta) -> State:
+    """The state after `delta` (same reset) on top of `current`; `current` is left intact."""
+    new = join(current, delta)
+    return new.to_state() if isinstance(new, BloomDelta) else new
+
+
+def _check_version(key: str, current: State | None, if_version: int, now_ms: int) -> None:
+    have = 0 if current is None or is_dead(current, now_ms) else current.seq
+    if have != if_version:
+        raise VersionMismatch(f"key {key!r} is at version {have}, not {if_version}")

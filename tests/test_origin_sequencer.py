@@ -1,0 +1,167 @@
+"""Sequencer, write-ahead log and recovery: contiguous seqs, atomic batches, group commit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import pytest
+
+from edgekv.crdt import BfAdd, Delete, Put, Replica, ZAdd, ZRem, validate_op
+from edgekv.errors import StoreExists, StoreNotFound, VersionMismatch, WrongKind
+from edgekv.origin.sequencer import Sequencer, recover
+from edgekv.origin.wal import WriteAheadLog
+from edgekv.origin.writer import BatchCommand, Command, StoreCommand
+
+
+def one(op: object, if_version: int | None = None, store: str = "s") -> BatchCommand:
+    return BatchCommand(store, ((validate_op(op), if_version),))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.ms = 1_000_000
+
+    def __call__(self) -> int:
+        return self.ms
+
+
+async def run_commands(
+    path: Path, commands: list[Command], **kw: object
+) -> tuple[Sequencer, list[object]]:
+    wal = WriteAheadLog(path)
+    seq = Sequencer(wal, Replica(), wall_ms=Clock(), **kw)  # type: ignore[arg-type]
+    await seq.recover()
+    results: list[object] = []
+    async with anyio.create_task_group() as tg:
+        await tg.start(seq.run)
+        for cmd in commands:
+            try:
+                results.append(await seq.submit(cmd))
+            except Exception as exc:
+                results.append(exc)
+        tg.cancel_scope.cancel()
+    wal.close()
+    return seq, results
+
+
+async def test_seqs_contiguous_and_errors_take_none(tmp_path: Path) -> None:
+    db = tmp_path / "log.db"
+    cmds: list[Command] = [
+        StoreCommand("create", "s"),
+        one(Put("a", b"1")),
+        StoreCommand("create", "s"),  # StoreExists
+        one(Put("a", b"2"), if_version=99),  # VersionMismatch
+        one(Delete("missing")),  # no-op: no seq
+        one(ZAdd("a", {b"m": 1.0})),  # WrongKind
+        one(ZAdd("z", {b"m": 1.0, b"n": 2.0})),
+        one(Put("x", b"y"), store="nope"),  # StoreNotFound
+        one(Put("a", b"3"), if_version=2),
+    ]
+    seq, results = await run_commands(db, cmds)
+    assert isinstance(results[2], StoreExists)
+    assert isinstance(results[3], VersionMismatch)
+    assert isinstance(results[5], WrongKind)
+    assert isinstance(results[7], StoreNotFound)
+    assert results[4][0].seqs == [None]  # type: ignore[index]
+    assert [r[0].last for r in results if isinstance(r, tuple)] == [1, 2, 0, 3, 4]
+    assert seq.replica.store("s").get("a", 0) == b"3"
+    assert seq.replica.watermark == 4
+    wal = WriteAheadLog(db)
+    assert wal.high == 4
+    assert [r[0] for chunk in wal.rows() for r in chunk] == [1, 2, 3, 4]
+
+
+async def test_batch_is_atomic(tmp_path: Path) -> None:
+    ok = BatchCommand(
+        "s", ((validate_op(Put("a", b"1")), None), (validate_op(ZAdd("z", {b"m": 1.0})), None))
+    )
+    bad = BatchCommand(
+        "s", ((validate_op(Put("b", b"1")), None), (validate_op(ZAdd("a", {b"m": 1.0})), None))
+    )
+    seq, results = await run_commands(tmp_path / "l.db", [StoreCommand("create", "s"), ok, bad])
+    assert results[1][0].seqs == [2, 3]  # type: ignore[index]
+    assert isinstance(results[2], WrongKind)
+    assert seq.replica.state("s", "b") is None
+    assert seq.next_seq == 4
+
+
+async def test_recovery_rebuilds_replica_and_next_seq(tmp_path: Path) -> None:
+    db = tmp_path / "l.db"
+    cmds: list[Command] = [
+        StoreCommand("create", "s"),
+        one(Put("a", b"1")),
+        one(ZAdd("z", {b"m": 1.0, b"n": 2.0})),
+        one(ZRem("z", [b"m"])),
+        one(BfAdd("b", [b"x"], capacity=100, error_rate=0.01)),
+        one(BfAdd("b", [b"y"])),
+        StoreCommand("create", "t"),
+        one(Put("k", b"v"), store="t"),
+        StoreCommand("drop", "t"),
+        StoreCommand("create", "t"),
+        one(Put("a", b"2", ttl=5.0)),
+    ]
+    first, _ = await run_commands(db, cmds)
+    replica = Replica()
+    wal = WriteAheadLog(db)
+    assert recover(wal, replica) == 11
+    assert replica.root == first.replica.root
+    assert replica.watermark == 11
+    assert replica.store("t").states == {}
+    assert replica.store("s").zrange_by_score("z", 0, 10, 0) == [(b"n", 2.0)]
+    assert replica.store("s").bf_exists("b", b"x", 0)
+    assert replica.store("s").bf_exists("b", b"y", 0)
+    wal.close()
+    # the next seq continues after a restart
+    _, results = await run_commands(db, [one(Put("c", b"1"))])
+    assert results[0][0].seqs == [12]  # type: ignore[index]
+
+
+async def test_compaction_keeps_every_effect(tmp_path: Path) -> None:
+    db = tmp_path / "l.db"
+    cmds: list[Command] = [StoreCommand("create", "s")]
+    for i in range(20):
+        cmds.append(one(Put(f"k{i % 3}", b"v%d" % i)))
+        cmds.append(one(ZAdd("z", {b"m%d" % i: float(i)})))
+    cmds.append(one(Delete("k0")))
+    first, _ = await run_commands(db, cmds, compact_min_rows=10)
+    wal = WriteAheadLog(db)
+    assert wal.count() < 10  # compacted: 1 meta + 3 keys + 1 zset
+    assert wal.high == 42
+    replica = Replica()
+    recover(wal, replica)
+    assert replica.root == first.replica.root
+    assert len(replica.store("s").zrange_by_score("z", 0, 100, 0)) == 20
+    wal.close()
+    _, results = await run_commands(db, [one(Put("c", b"1"))])
+    assert results[0][0].seqs == [43]  # type: ignore[index]
+
+
+async def test_group_commit_shares_transactions(tmp_path: Path) -> None:
+    wal = WriteAheadLog(tmp_path / "l.db")
+    seq = Sequencer(wal, Replica(), wall_ms=Clock())
+    versions: list[int] = []
+
+    async def writer(i: int) -> None:
+        planned, _ = await seq.submit(one(Put(f"k{i}", b"v")))
+        versions.append(planned.last)
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(seq.run)
+        await seq.submit(StoreCommand("create", "s"))
+        async with anyio.create_task_group() as writers:
+            for i in range(200):
+                writers.start_soon(writer, i)
+        tg.cancel_scope.cancel()
+    assert sorted(versions) == list(range(2, 202))
+    assert seq.groups < 100  # concurrent writers shared commits
+    wal.close()
+
+
+async def test_submit_when_not_running_fails(tmp_path: Path) -> None:
+    wal = WriteAheadLog(tmp_path / "l.db")
+    seq = Sequencer(wal, Replica())
+    with pytest.raises(Exception, match="not running"):
+        await seq.submit(StoreCommand("create", "s"))
+    seq.close()
+    wal.close()
