@@ -1,0 +1,301 @@
+"""Edge persistence: the replica, its covered seq ranges and purge mark in SQLite (WAL mode).
+
+Why: an edge restarts serving its last persisted state at once, then catches up by gossip;
+losing the last flush interval of changes on a crash is fine (gossip re-sends them), serving
+garbage is not.
+
+Theory of operation
+1. Schema: `states(store, key, state)` holds each key's whole CRDT state as the strict CBOR
+   array of `crdt.codec`; `meta(name, value)` holds `format`, `covered` (CBOR ranges) and
+   `purged`.  A row is the state at some flush; rows and meta of one flush share a transaction,
+   so the file always holds a consistent snapshot: every seq in `covered` is reflected in the
+   states written with it.
+2. Flushing is off the read path: a runtime listener only records dirty (store, key) pairs (a
+   dict: repeated changes of one key coalesce).  The flusher task wakes every `flush_interval`
+   (or when many keys are dirty), encodes the current states on the event loop (the replica is
+   only touched there, so the snapshot is consistent) and writes them with
+   `anyio.to_thread.run_sync` (SQLite in a worker thread, one transaction per flush).
+3. Loading: META rows first (so drop/recreate epochs apply), then every other row, then the
+   covered ranges, then `purged` last (the replica ignores deltas at or below `purged` for keys
+   it lacks, which would drop the rows being loaded).
+4. Corruption: the file is refused when it cannot be opened as SQLite, `PRAGMA quick_check`
+   fails, the format is unknown, or any row fails to decode (`CodecError`, `ConflictingVersion`,
+   wrong types).  Then the file (and its -wal/-shm) is moved aside as `*.corrupt-<ts>`, the
+   failure is logged at ERROR level, and the node starts empty and re-syncs from its peers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from edgekv.crdt import META, Change, Replica
+from edgekv.crdt.codec import decode_delta, dumps, encode_delta, loads
+from edgekv.errors import EdgeKVError
+
+__all__ = ["CorruptDatabase", "LoadReport", "ReplicaStore"]
+
+logger = logging.getLogger("edgekv.persistence")
+
+FORMAT = 1
+DB_NAME = "edge.db"
+FLUSH_INTERVAL = 0.5
+FLUSH_EAGER_KEYS = 50_000  # flush early when this many keys are dirty
+
+
+class CorruptDatabase(EdgeKVError):
+    """The edge database failed an integrity or decoding check."""
+
+    code = "corrupt_database"
+
+
+@dataclass(frozen=True, slots=True)
+class LoadReport:
+    """What `ReplicaStore.load` found."""
+
+    keys: int
+    watermark: int
+    seconds: float
+    corrupt_moved_to: str | None = None
+
+
+class ReplicaStore:
+    """The SQLite file of one edge replica: `load` at start, then `run` flushes in the background."""
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        *,
+        flush_interval: float = FLUSH_INTERVAL,
+        eager_keys: int = FLUSH_EAGER_KEYS,
+    ) -> None:
+        self.dir = Path(data_dir)
+        self.path = self.dir / DB_NAME
+        self.replica = Replica()
+        self.flush_interval = flush_interval
+        self.eager_keys = eager_keys
+        self._dirty: dict[tuple[str, str], None] = {}
+        self._saved_covered: list[tuple[int, int]] = []
+        self._saved_purged = 0
+        self._kick = anyio.Event()
+        self._db: sqlite3.Connection | None = None
+        self.flushes = 0
+        self.rows_written = 0
+        self.persisted_watermark = 0
+
+    # -- open / load ---------------------------------------------------------------------------
+
+    def load(self) -> LoadReport:
+        """Open (creating if needed) and load the file into a new `self.replica`.
+
+        A corrupt file is moved aside and the replica left empty; never raises for bad data.
+        """
+        started = time.perf_counter()
+        self.replica = Replica()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        moved: str | None = None
+        try:
+            self._db = self._open()
+            self._load_rows(self._db)
+        except (sqlite3.DatabaseError, CorruptDatabase, EdgeKVError) as exc:
+            moved = self._quarantine(exc)
+            self._db = self._open()
+        self._saved_covered = list(self.replica.covered)
+        self._saved_purged = self.replica.purged
+        self.persisted_watermark = self.replica.watermark
+        return LoadReport(
+            len(self.replica), self.replica.watermark, time.perf_counter() - started, moved
+        )
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            check = db.execute("PRAGMA quick_check").fetchall()
+            if check != [("ok",)]:
+                raise CorruptDatabase(f"quick_check: {'; '.join(str(r[0]) for r in check[:5])}")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS states ("
+                " store TEXT NOT NULL, key TEXT NOT NULL, state BLOB NOT NULL,"
+                " PRIMARY KEY (store, key)) WITHOUT ROWID"
+            )
+            db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB)")
+            row = db.execute("SELECT value FROM meta WHERE name = 'format'").fetchone()
+            if row is None:
+                db.execute("INSERT INTO meta VALUES ('format', ?)", (FORMAT,))
+            elif row[0] != FORMAT:
+                raise CorruptDatabase(f"unknown database format {row[0]!r}")
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _load_rows(self, db: sqlite3.Connection) -> None:
+        replica = self.replica
+        meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
+        try:
+            covered = loads(meta.get("covered") or dumps([]))
+            purged = meta.get("purged") or 0
+            if type(purged) is not int or purged < 0 or type(covered) is not list:
+                raise CorruptDatabase("bad covered/purged metadata")
+            ranges = []
+            for item in covered:
+                if (
+                    type(item) is not list
+                    or len(item) != 2
+                    or not all(type(x) is int and x >= 1 for x in item)
+                    or item[0] > item[1]
+                ):
+                    raise CorruptDatabase(f"bad covered range {item!r}")
+                ranges.append((item[0], item[1]))
+            apply = replica.apply
+            # META rows first: they set each store's epoch; "" sorts before any store name.
+            rows = db.execute("SELECT store, key, state FROM states ORDER BY store, key")
+            for store, key, blob in rows:
+                if type(store) is not str or type(key) is not str or type(blob) is not bytes:
+                    raise CorruptDatabase(f"bad row types for {store!r}/{key!r}")
+                apply(store, key, decode_delta(loads(blob)))
+            replica.covered.update(ranges)
+            replica.purged = purged
+        except EdgeKVError:
+            raise
+        except Exception as exc:  # anything else a damaged row can make the decoder do
+            raise CorruptDatabase(f"undecodable row: {exc!r}") from exc
+
+    def _quarantine(self, exc: BaseException) -> str:
+        """Move the bad file aside, reset the replica; return where it went."""
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{os.getpid()}"
+        target = f"{self.path}.corrupt-{stamp}"
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(f"{self.path}{suffix}")
+            if src.exists():
+                os.replace(src, f"{target}{suffix}")
+        logger.error(
+            "event=corrupt_database path=%s moved_to=%s reason=%r action=start_empty_and_resync",
+            self.path,
+            target,
+            str(exc),
+        )
+        self.replica = Replica()
+        return target
+
+    # -- flushing --------------------------------------------------------------------------------
+
+    def on_changes(self, changes: list[Change]) -> None:
+        """Runtime listener: remember which keys to write at the next flush."""
+        dirty = self._dirty
+        for change in changes:
+            dirty[(change.store, change.key)] = None
+        if len(dirty) >= self.eager_keys:
+            self._kick.set()
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Flush every `flush_interval` until cancelled; a final flush happens in `close`."""
+        task_status.started()
+        while True:
+            with anyio.move_on_after(self.flush_interval):
+                await self._kick.wait()
+            self._kick = anyio.Event()
+            await self.flush()
+
+    def _snapshot(self) -> _Batch:
+        replica = self.replica
+        dirty, self._dirty = self._dirty, {}
+        # A store (re)created or dropped drops its older keys without per-key changes: such a
+        # store is rewritten whole (its rows deleted, its current keys written).
+        rewrite = [key for store, key in dirty if store == META]
+        for name in rewrite:
+            sr = replica.stores.get(name)
+            if sr is not None:
+                dirty.update(((name, k), None) for k in sr.states)
+        upserts: list[tuple[str, str, bytes]] = []
+        deletes: list[tuple[str, str]] = []
+        for store, key in dirty:
+            state = replica.state(store, key)
+            if state is None:
+                deletes.append((store, key))
+            else:
+                upserts.append((store, key, dumps(encode_delta(state))))
+        meta: list[Any] = []
+        covered = list(replica.covered)
+        if covered != self._saved_covered:
+            meta.append(("covered", dumps([list(r) for r in covered])))
+            self._saved_covered = covered
+        if replica.purged != self._saved_purged:
+            meta.append(("purged", replica.purged))
+            self._saved_purged = replica.purged
+        return _Batch(rewrite, upserts, deletes, meta)
+
+    async def flush(self) -> int:
+        """Write every dirty key and changed metadata; returns rows written."""
+        if (
+            not self._dirty
+            and list(self.replica.covered) == self._saved_covered
+            and (self.replica.purged == self._saved_purged)
+        ):
+            return 0
+        watermark = self.replica.watermark
+        batch = self._snapshot()
+        await anyio.to_thread.run_sync(self._write, batch)
+        rows = len(batch.upserts) + len(batch.deletes)
+        self.flushes += 1
+        self.rows_written += rows
+        self.persisted_watermark = watermark
+        return rows
+
+    def _write(self, batch: _Batch) -> None:
+        db = self._db
+        if db is None:
+            return
+        db.execute("BEGIN")
+        try:
+            for name in batch.rewrite:
+                db.execute("DELETE FROM states WHERE store = ?", (name,))
+            if batch.upserts:
+                db.executemany("INSERT OR REPLACE INTO states VALUES (?, ?, ?)", batch.upserts)
+            if batch.deletes:
+                db.executemany("DELETE FROM states WHERE store = ? AND key = ?", batch.deletes)
+            if batch.meta:
+                db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", batch.meta)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    async def close(self) -> None:
+        """Final flush, checkpoint the WAL and close."""
+        try:
+            await self.flush()
+        finally:
+            db, self._db = self._db, None
+            if db is not None:
+                await anyio.to_thread.run_sync(_checkpoint_and_close, db)
+
+
+def _checkpoint_and_close(db: sqlite3.Connection) -> None:
+    try:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        db.close()
+
+
+@dataclass(slots=True)
+class _Batch:
+    rewrite: list[str]
+    upserts: list[tuple[str, str, bytes]]
+    deletes: list[tuple[str, str]]
+    meta: list[Any]

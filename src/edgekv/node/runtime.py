@@ -1,0 +1,447 @@
+"""NodeRuntime: the anyio driver of one sans-IO gossip core over one Transport.
+
+Shared by the origin and every edge.  The gossip core (`edgekv.gossip.core.GossipNode`) never
+touches a socket or a clock; this module owns both.
+
+Theory of operation
+1. Two loops run in one task group: the *receive loop* takes each inbound `Envelope` from the
+   transport and dispatches it; the *timer loop* sleeps until `gossip.next_deadline`, then calls
+   `gossip.tick(now)`.  Every gossip call returns `Send`s, which are written to the transport at
+   once (sends are best effort: the transport drops silently to dead peers).
+2. After every gossip call (receive, tick, publish) the runtime drains `gossip.drain_changes()`
+   and hands the batch to listeners (persistence, watch; synchronous callbacks) and subscribers
+   (bounded memory streams).  The propagation-latency histogram is fed here: wall-clock ms from
+   the change's `written_at` (origin clock) to its local apply.
+3. The timer loop wakes early when a receive or publish moved the deadline earlier than the one
+   it sleeps towards (an `anyio.Event`), so an idle node sleeps for whole gossip intervals.
+4. REQUEST messages are request/response traffic (writes forwarded to the origin, client
+   requests), not gossip: each runs in its own task through `on_request(peer, msg)`; the dict it
+   returns goes back as RESPONSE with the same "id"; an `EdgeKVError` becomes ERROR{id, code,
+   message}.  RESPONSE/ERROR complete the matching `request()` if (and only if) they come from
+   the peer that request was sent to.  A request that gets no answer within its timeout raises
+   `OriginUnavailable`.
+5. Garbage never stops the node: a `RemoteProtocolError` (or any other failure) while handling
+   one message is logged and counted in `metrics.events`; the loop goes on.
+
+Time: `clock()` (default `anyio.current_time`, virtual under trio's MockClock) drives the gossip
+core; `wall_ms()` (default the system clock in ms) is only for latency figures and expiry, so a
+simulation can inject virtual wall time.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from edgekv.crdt import Change, Delta, Replica
+from edgekv.errors import (
+    EdgeKVError,
+    LocalProtocolError,
+    OriginUnavailable,
+    RemoteProtocolError,
+    error_from_code,
+)
+from edgekv.gossip.transport import Transport
+from edgekv.gossip.wire import Message, MsgType
+from edgekv.node.metrics import NodeMetrics
+
+__all__ = ["GossipCore", "NodeRuntime", "RequestHandler", "system_wall_ms"]
+
+logger = logging.getLogger("edgekv.runtime")
+
+_REQUEST = int(MsgType.REQUEST)
+_RESPONSE = int(MsgType.RESPONSE)
+_ERROR = int(MsgType.ERROR)
+_HANDSHAKE = frozenset(int(t) for t in (MsgType.HELLO, MsgType.HELLO_ACK, MsgType.AUTH))
+
+MAX_INFLIGHT_REQUESTS = 1024
+SUBSCRIBER_BUFFER = 1024
+
+
+def system_wall_ms() -> int:
+    """Wall-clock time in whole ms since the epoch."""
+    return time.time_ns() // 1_000_000
+
+
+class _Send(Protocol):
+    @property
+    def peer(self) -> str: ...
+
+    @property
+    def message(self) -> Message: ...
+
+
+class GossipCore(Protocol):
+    """What the runtime needs of `edgekv.gossip.core.GossipNode`."""
+
+    counters: Counter[str]
+
+    @property
+    def replica(self) -> Replica: ...
+
+    @property
+    def next_deadline(self) -> float: ...
+
+    def start(self, now: float) -> Sequence[_Send]: ...
+
+    def receive(self, peer: str, message: Message, now: float) -> Sequence[_Send]: ...
+
+    def tick(self, now: float) -> Sequence[_Send]: ...
+
+    def publish(
+        self, items: list[tuple[str, str, Delta]], covers: list[tuple[int, int]], now: float
+    ) -> Sequence[_Send]: ...
+
+    def drain_changes(self) -> list[Change]: ...
+
+    def peers(self) -> Mapping[str, Any]: ...
+
+
+RequestHandler = Callable[[str, Message], Awaitable[Message]]
+Listener = Callable[[list[Change]], None]
+
+
+class _Waiter:
+    __slots__ = ("event", "peer", "reply")
+
+    def __init__(self, peer: str) -> None:
+        self.peer = peer
+        self.event = anyio.Event()
+        self.reply: Message | None = None
+
+
+class NodeRuntime:
+    """anyio driver of one GossipNode over one Transport; shared by the origin and every edge."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        gossip: GossipCore,
+        *,
+        on_request: RequestHandler | None = None,
+        clock: Callable[[], float] = anyio.current_time,
+        wall_ms: Callable[[], int] = system_wall_ms,
+    ) -> None:
+        self.transport = transport
+        self.gossip = gossip
+        self.metrics = NodeMetrics()
+        self._on_request = on_request
+        self._clock = clock
+        self._wall_ms = wall_ms
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Waiter] = {}
+        self._listeners: list[Listener] = []
+        self._subscribers: list[MemoryObjectSendStream[list[Change]]] = []
+        self._wake = anyio.Event()
+        self._sleeping_until = -math.inf
+        self._inflight = 0
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._tick_takes_wall_ms = _accepts(gossip.tick, "wall_ms")
+        self.running = False
+
+    # -- public API ------------------------------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        return self.transport.address
+
+    @property
+    def wall_ms(self) -> Callable[[], int]:
+        return self._wall_ms
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Start the gossip core and run the receive and timer loops until the transport closes
+        (or the caller cancels)."""
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                self.running = True
+                sends = self.gossip.start(self._clock())
+                self._after_gossip()
+                tg.start_soon(self._timer_loop)
+                tg.start_soon(self._receive_loop, tg.cancel_scope)
+                task_status.started()
+                await self._send_all(sends)
+        finally:
+            self.running = False
+            self._tg = None
+            for waiter in self._pending.values():
+                waiter.event.set()  # wake requesters: they see no reply -> OriginUnavailable
+            for sub in self._subscribers:
+                sub.close()
+            self._subscribers.clear()
+
+    async def publish(
+        self, items: list[tuple[str, str, Delta]], covers: list[tuple[int, int]]
+    ) -> None:
+        """Feed deltas (already applied locally) into dissemination and send what it says."""
+        sends = self.gossip.publish(items, covers, self._clock())
+        self._after_gossip()
+        await self._send_all(sends)
+
+    def apply_local(
+        self, items: Iterable[tuple[str, str, Delta]], covers: Iterable[tuple[int, int]] = ()
+    ) -> list[Change]:
+        """Apply deltas to the local replica (no network) and feed the changes to listeners.
+
+        Used by an edge for the deltas the origin returned with a write (read-your-writes).
+        """
+        changes = self.gossip.replica.apply_batch(items, covers)
+        if changes:
+            self._dispatch(changes)
+        return changes
+
+    async def request(self, peer: str, body: Mapping[str, Any], timeout: float) -> Message:  # noqa: ASYNC109 (contract)
+        """Send REQUEST{id, **body} to `peer` and wait for its RESPONSE (returned) or ERROR
+        (raised as the typed error).  `OriginUnavailable` when nothing comes within `timeout`."""
+        rid = next(self._ids)
+        msg: Message = {**body, "t": _REQUEST, "id": rid}
+        waiter = self._pending[rid] = _Waiter(peer)
+        try:
+            with anyio.move_on_after(timeout):
+                try:
+                    await self.transport.send(peer, msg)
+                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    raise OriginUnavailable(f"{peer}: the node is shutting down") from None
+                await waiter.event.wait()
+        finally:
+            del self._pending[rid]
+        reply = waiter.reply
+        if reply is None:
+            raise OriginUnavailable(f"no answer from {peer} within {timeout:g} s")
+        if reply["t"] == _ERROR:
+            raise error_from_code(str(reply.get("code")), str(reply.get("message")))
+        return reply
+
+    def subscribe(
+        self, max_buffer: int = SUBSCRIBER_BUFFER
+    ) -> MemoryObjectReceiveStream[list[Change]]:
+        """A stream of applied-change batches.
+
+        Overflow policy: a subscriber that falls `max_buffer` batches behind is closed (its
+        stream ends after the buffered batches, counted as `subscriber_overflow`); it should
+        re-read the replica and subscribe again.  The stream also ends when the runtime stops.
+        """
+        send, recv = anyio.create_memory_object_stream[list[Change]](max_buffer)
+        self._subscribers.append(send)
+        return recv
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call `listener(changes)` synchronously after every batch of applied changes.
+
+        Listeners must be fast and must not raise (persistence marks keys dirty; watch fans
+        out into bounded per-watcher buffers)."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    # -- loops -------------------------------------------------------------------------------------
+
+    async def _receive_loop(self, scope: anyio.CancelScope) -> None:
+        transport = self.transport
+        try:
+            while True:
+                try:
+                    envelope = await transport.receive()
+                except (anyio.ClosedResourceError, anyio.EndOfStream, anyio.BrokenResourceError):
+                    return
+                await self._handle(envelope.peer, envelope.message)
+        finally:
+            scope.cancel()  # transport closed: stop the timer loop too
+
+    async def _handle(self, peer: str, msg: Message) -> None:
+        t = msg.get("t")
+        if t == _REQUEST:
+            self._start_request(peer, msg)
+            return
+        if t in (_RESPONSE, _ERROR):
+            self._complete(peer, msg)
+            return
+        if t in _HANDSHAKE:
+            self._count("protocol_errors")
+            logger.warning("%s: handshake message %r from %s after connect", self.address, t, peer)
+            return
+        try:
+            sends = self.gossip.receive(peer, msg, self._clock())
+        except RemoteProtocolError as exc:
+            self._count("protocol_errors")
+            logger.warning("%s: bad message from %s: %s", self.address, peer, exc)
+            sends = ()
+        except EdgeKVError as exc:  # e.g. ConflictingVersion: corrupt or forged data from a peer
+            self._count("protocol_errors")
+            logger.error("%s: rejected data from %s: %r", self.address, peer, exc)
+            sends = ()
+        except Exception:
+            self._count("internal_errors")
+            logger.exception("%s: error handling %r from %s", self.address, t, peer)
+            sends = ()
+        self._after_gossip()
+        await self._send_all(sends)
+
+    async def _timer_loop(self) -> None:
+        gossip = self.gossip
+        while True:
+            deadline = gossip.next_deadline
+            now = self._clock()
+            if deadline > now:
+                self._wake = anyio.Event()
+                self._sleeping_until = deadline
+                with anyio.move_on_after(deadline - now):
+                    await self._wake.wait()
+                self._sleeping_until = -math.inf
+                continue
+            try:
+                if self._tick_takes_wall_ms:
+                    sends = gossip.tick(now, wall_ms=self._wall_ms())  # type: ignore[call-arg]
+                else:
+                    sends = gossip.tick(now)
+            except Exception:
+                self._count("internal_errors")
+                logger.exception("%s: gossip tick failed", self.address)
+                sends = ()
+            self._after_gossip()
+            await self._send_all(sends)
+            if gossip.next_deadline <= now:  # a core that does not move its deadline: no spin
+                self._count("stuck_deadline")
+                await anyio.sleep(0.001)
+
+    # -- requests ----------------------------------------------------------------------------------
+
+    def _start_request(self, peer: str, msg: Message) -> None:
+        rid = msg.get("id")
+        if type(rid) is not int:
+            self._count("protocol_errors")
+            logger.warning("%s: REQUEST without an integer id from %s", self.address, peer)
+            return
+        if self._tg is None:
+            return
+        if self._inflight >= MAX_INFLIGHT_REQUESTS:
+            self._count("requests_rejected_busy")
+            self._tg.start_soon(
+                self._send_all,
+                [_Out(peer, _error_reply(rid, OriginUnavailable("node overloaded, retry later")))],
+            )
+            return
+        self._inflight += 1
+        self._tg.start_soon(self._serve_request, peer, rid, msg)
+
+    async def _serve_request(self, peer: str, rid: int, msg: Message) -> None:
+        try:
+            if self._on_request is None:
+                reply = _error_reply(rid, EdgeKVError("this node does not serve requests"))
+            else:
+                try:
+                    body = await self._on_request(peer, msg)
+                    reply = {**body, "t": _RESPONSE, "id": rid}
+                except EdgeKVError as exc:
+                    reply = _error_reply(rid, exc)
+                except Exception:
+                    self._count("request_errors")
+                    logger.exception("%s: request handler failed for %s", self.address, peer)
+                    reply = _error_reply(rid, EdgeKVError("internal error"))
+            await self._send_all([_Out(peer, reply)])
+        finally:
+            self._inflight -= 1
+
+    def _complete(self, peer: str, msg: Message) -> None:
+        rid = msg.get("id")
+        waiter = self._pending.get(rid) if type(rid) is int else None
+        if waiter is None or waiter.peer != peer or waiter.reply is not None:
+            self._count("unmatched_responses")
+            return
+        if msg["t"] == _ERROR and not (
+            isinstance(msg.get("code"), str) and isinstance(msg.get("message"), str)
+        ):
+            self._count("protocol_errors")
+            msg = {"t": _ERROR, "id": rid, "code": "protocol_error", "message": "malformed ERROR"}
+        waiter.reply = msg
+        waiter.event.set()
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _after_gossip(self) -> None:
+        changes = self.gossip.drain_changes()
+        if changes:
+            self._dispatch(changes)
+        if self.gossip.next_deadline < self._sleeping_until:
+            self._wake.set()
+
+    def _dispatch(self, changes: list[Change]) -> None:
+        metrics = self.metrics
+        metrics.changes_applied += len(changes)
+        now_ms = self._wall_ms()
+        observe = metrics.propagation_ms.observe
+        latest = metrics.last_written_at
+        for change in changes:
+            state = change.state
+            if state is not None and state.written_at:
+                observe(max(0, now_ms - state.written_at))
+                if state.written_at > latest:
+                    latest = state.written_at
+        metrics.last_written_at = latest
+        for listener in self._listeners:
+            try:
+                listener(changes)
+            except Exception:
+                self._count("listener_errors")
+                logger.exception("%s: change listener failed", self.address)
+        if self._subscribers:
+            keep = []
+            for sub in self._subscribers:
+                try:
+                    sub.send_nowait(changes)
+                    keep.append(sub)
+                except anyio.WouldBlock:
+                    self._count("subscriber_overflow")
+                    sub.close()
+                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    sub.close()
+            self._subscribers = keep
+
+    async def _send_all(self, sends: Iterable[_Send]) -> None:
+        transport = self.transport
+        for send in sends:
+            try:
+                await transport.send(send.peer, send.message)
+            except LocalProtocolError as exc:
+                self._count("local_protocol_errors")
+                logger.error("%s: refused to send to %s: %s", self.address, send.peer, exc)
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                return
+
+    def _count(self, event: str) -> None:
+        self.metrics.events[event] += 1
+
+
+class _Out:
+    __slots__ = ("message", "peer")
+
+    def __init__(self, peer: str, message: Message) -> None:
+        self.peer = peer
+        self.message = message
+
+
+def _error_reply(rid: int, exc: EdgeKVError) -> Message:
+    return {"t": _ERROR, "id": rid, "code": exc.code, "message": str(exc)}
+
+
+def _accepts(func: Callable[..., Any], name: str) -> bool:
+    try:
+        return name in inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return False
