@@ -96,7 +96,7 @@ async def test_loss_rate_seeded(clock: MockClock) -> None:
 
 async def test_duplication(clock: MockClock) -> None:
     async with simnet(LinkFaults(seed=2, duplicate=1.0), ["a", "b"]) as (net, nodes, log):
-        msg = {"t": 10, "v": [1, 2]}
+        msg: dict[str, Any] = {"t": 10, "v": [1, 2]}
         await nodes["a"].send("b", msg)
         msg["v"].append(3)  # the sender's object is not shared with receivers
         await settle(net)

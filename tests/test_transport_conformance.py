@@ -140,7 +140,7 @@ async def test_unencodable_message_is_local_error(kind: str, clock: MockClock | 
     with trio.fail_after(10):
         async with network(kind, 2) as (a, b):
             with pytest.raises(LocalProtocolError):
-                await a.send(b.address, {"t": 10, "v": {1, 2}})  # type: ignore[dict-item]
+                await a.send(b.address, {"t": 10, "v": {1, 2}})
             with pytest.raises(LocalProtocolError):
                 await a.send(b.address, {"no type": 1})
 
@@ -191,7 +191,7 @@ async def raw_connection(server: TcpTransport) -> anyio.abc.SocketStream:
     return await anyio.connect_tcp(host, port)
 
 
-async def assert_closed_by_server(stream: anyio.abc.SocketStream) -> None:
+async def assert_closed_by_server(stream: anyio.abc.ByteStream) -> None:
     try:
         while await stream.receive():
             pass
@@ -245,7 +245,7 @@ async def test_garbage_after_handshake_closes_connection(payload: bytes) -> None
                 await fs.send_frame(payload)
                 if payload.startswith(encode_frame({"t": 10, "k": "v"})[:4]):
                     await fs.stream.send_eof()
-                await assert_closed_by_server(fs.stream)  # type: ignore[arg-type]
+                await assert_closed_by_server(fs.stream)
             assert server.stats.rejected_connections == 1
             await assert_still_serves(server, good)
 

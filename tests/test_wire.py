@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import math
 import struct
 from typing import Any
@@ -29,12 +30,15 @@ def frame_of(body: bytes) -> bytes:
 
 
 def test_msgtype_values_are_fixed() -> None:
-    assert MsgType.HELLO == 1 and MsgType.BYE == 4
-    assert MsgType.PUSH == 10 and MsgType.PRUNE == 13
-    assert MsgType.SYNC_REQ == 20 and MsgType.SYNC_DATA == 21
-    assert MsgType.AE_ROOT == 30 and MsgType.AE_EQUAL == 37
-    assert MsgType.PING == 40 and MsgType.MEMBERS == 43
-    assert MsgType.REQUEST == 50 and MsgType.ERROR == 52
+    assert {t.name: int(t) for t in MsgType} == {
+        "HELLO": 1, "HELLO_ACK": 2, "AUTH": 3, "BYE": 4,
+        "PUSH": 10, "IHAVE": 11, "GRAFT": 12, "PRUNE": 13,
+        "SYNC_REQ": 20, "SYNC_DATA": 21,
+        "AE_ROOT": 30, "AE_STORES": 31, "AE_NODES_REQ": 32, "AE_NODES": 33, "AE_LEAF_REQ": 34,
+        "AE_LEAF": 35, "AE_STATES": 36, "AE_EQUAL": 37,
+        "PING": 40, "ACK": 41, "PING_REQ": 42, "MEMBERS": 43,
+        "REQUEST": 50, "RESPONSE": 51, "ERROR": 52,
+    }  # fmt: skip
     assert len(MsgType) == 25
     assert type_name(10) == "PUSH" and type_name(999) == "999"
 
@@ -71,13 +75,30 @@ def test_round_trip_any_chunking(msgs: list[Message], chunk: int) -> None:
 
 
 def test_round_trip_values() -> None:
-    msg = {"t": 10, "b": b"\x00\xff", "s": "é", "n": None, "f": 1.5, "l": [1, [2, {"x": -3}]]}
+    msg: dict[str, Any] = {
+        "t": 10,
+        "b": b"\x00\xff",
+        "s": "é",
+        "n": None,
+        "f": 1.5,
+        "l": [1, [2, {"x": -3}]],
+    }
     msg |= {"big": 2**64 - 1, "neg": -(2**64), "bk": {b"member": 1.0}, "nan": math.nan}
     (out,) = FrameDecoder().feed(encode_frame(msg))
     assert math.isnan(out.pop("nan")) and math.isnan(msg.pop("nan"))
     assert out == msg
     # tuples are sent as lists
     assert FrameDecoder().feed(encode_frame({"t": 10, "x": (1, 2)})) == [{"t": 10, "x": [1, 2]}]
+
+
+def test_enums_are_sent_as_plain_values() -> None:
+    class Kind(enum.StrEnum):
+        BYTES = "bytes"
+
+    msg = {"t": MsgType.PUSH, "kind": Kind.BYTES, "types": {Kind.BYTES: MsgType.PING}}
+    (out,) = FrameDecoder().feed(encode_frame(msg))
+    assert out == {"t": 10, "kind": "bytes", "types": {"bytes": 40}}
+    assert type(out["t"]) is int and type(out["kind"]) is str
 
 
 @pytest.mark.parametrize(
@@ -318,3 +339,20 @@ def test_handshake_frames_are_wire_valid() -> None:
     (ack,) = decoder.feed(encode_frame(b.receive(hello)[0]))
     (auth,) = decoder.feed(encode_frame(a.receive(ack)[0]))
     assert b.receive(auth) == [] and b.done
+
+
+@settings(max_examples=300)
+@given(st.booleans(), st.lists(messages, min_size=1, max_size=3))
+def test_fuzz_handshake_raises_only_protocol_errors(initiator: bool, msgs: list[Message]) -> None:
+    hs = Handshake("c1", "n", "edge", "x:1", b"k", initiator, b"N" * 16)
+    if initiator:
+        hs.start()
+    try:
+        for msg in msgs:
+            hs.receive(msg)
+    except (RemoteProtocolError, Unauthorized):
+        return
+    except LocalProtocolError:
+        assert hs.done  # only "receive after done" is the caller's error
+        return
+    assert not hs.done  # random messages never authenticate

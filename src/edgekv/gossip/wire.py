@@ -5,7 +5,8 @@ feed bytes in and write the bytes this module returns.
 
 Theory of operation
 -------------------
-1. A message is a plain dict whose key ``"t"`` is an int `MsgType`.  Every other key is the
+1. A message is a plain dict whose key ``"t"`` is an int `MsgType` (an `IntEnum` member is fine
+   on the way out; receivers always get plain ints, strs, lists and dicts).  Every other key is the
    sender's business.  Values are CBOR-native plain data: None, bool, int (64-bit), float, str,
    bytes, lists, and maps whose keys are str or bytes (the top-level map's keys are str).
    Hash-randomised key types only, so a hostile map cannot force quadratic dict inserts.
@@ -113,10 +114,10 @@ def _check_tree(msg: object, error: type[Exception]) -> None:
     if type(msg) is not dict:
         raise error(f"message must be a map, not {type(msg).__name__}")
     t = msg.get("t")
-    if type(t) is not int or t not in _KNOWN_TYPES:
+    if not isinstance(t, int) or type(t) is bool or t not in _KNOWN_TYPES:
         raise error(f"message has no valid type 't': {t!r}")
     for k in msg:
-        if type(k) is not str:
+        if not isinstance(k, str):
             raise error(f"message keys must be str, got {type(k).__name__}")
     # Iterative walk: no Python recursion, depth bounded (also stops on any cycle).
     stack: list[tuple[object, int]] = [(msg, 0)]
@@ -129,15 +130,19 @@ def _check_tree(msg: object, error: type[Exception]) -> None:
             if not _INT_MIN <= value <= _INT_MAX:  # type: ignore[operator]
                 raise error("integer out of the 64-bit CBOR range")
             continue
-        if depth >= MAX_DEPTH:
+        if (kind is list or kind is tuple or kind is dict) and depth >= MAX_DEPTH:
             raise error("message nested too deeply")
         if kind is list or kind is tuple:
             stack.extend((v, depth + 1) for v in value)  # type: ignore[attr-defined]
         elif kind is dict:
             for k, v in value.items():  # type: ignore[attr-defined]
-                if type(k) is not str and type(k) is not bytes:
+                if not isinstance(k, (str, bytes)):
                     raise error(f"map keys must be str or bytes, got {type(k).__name__}")
                 stack.append((v, depth + 1))
+        elif isinstance(value, int):  # IntEnum and friends: sent as a plain int
+            stack.append((int(value), depth))
+        elif isinstance(value, (str, bytes, float)):  # StrEnum and friends
+            continue
         else:
             raise error(f"type {kind.__name__} cannot be sent on the wire")
 

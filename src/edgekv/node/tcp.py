@@ -105,6 +105,30 @@ class FramedStream:
                 raise
         return fs
 
+    @classmethod
+    async def accept(
+        cls,
+        stream: anyio.abc.ByteStream,
+        *,
+        cluster_id: str,
+        node_id: str,
+        role: str,
+        advertise: str = "",
+        key: bytes | None = None,
+        max_frame_size: int = MAX_FRAME_SIZE,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    ) -> FramedStream:
+        """Run the handshake as responder on an accepted stream (the caller still owns it).
+
+        Raises `TimeoutError`, `Unauthorized`, `RemoteProtocolError` or a connection error;
+        the caller logs the reason and closes the stream.
+        """
+        fs = cls(stream, max_frame_size=max_frame_size)
+        with anyio.fail_after(handshake_timeout):
+            hs = Handshake(cluster_id, node_id, role, advertise, key, False, os.urandom(16))
+            await fs.handshake(hs)
+        return fs
+
     async def handshake(self, hs: Handshake) -> PeerInfo:
         """Run `hs` to completion over this stream; frames are capped small until it is done."""
         decoder = self._decoder
@@ -291,19 +315,19 @@ class TcpTransport:
         except Exception:
             remote = "?"
         async with stream:
-            fs = FramedStream(stream, max_frame_size=self.max_frame_size)
-            hs = Handshake(
-                self.cluster_id,
-                self.node_id,
-                self.role,
-                self._address,
-                self._key,
-                False,
-                os.urandom(16),
-            )
             try:
-                with anyio.fail_after(self.handshake_timeout):
-                    peer = await fs.handshake(hs)
+                fs = await FramedStream.accept(
+                    stream,
+                    cluster_id=self.cluster_id,
+                    node_id=self.node_id,
+                    role=self.role,
+                    advertise=self._address,
+                    key=self._key,
+                    max_frame_size=self.max_frame_size,
+                    handshake_timeout=self.handshake_timeout,
+                )
+                assert fs.peer is not None
+                peer = fs.peer
             except TimeoutError:
                 self._reject(remote, "handshake timed out")
                 return
