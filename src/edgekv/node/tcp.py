@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
@@ -226,6 +226,7 @@ class TcpTransport:
         connect_timeout: float = CONNECT_TIMEOUT,
         queue_size: int = 4096,
         inbox_size: int = 4096,
+        on_client: Callable[[PeerInfo, FramedStream], Awaitable[None]] | None = None,
     ) -> None:
         self.cluster_id = cluster_id
         self.node_id = node_id
@@ -244,6 +245,9 @@ class TcpTransport:
         self._scope: anyio.CancelScope | None = None
         self._stopped = anyio.Event()
         self._closed = False
+        # Connections whose handshake role is "client" (they have no listen address, so replies
+        # must go back over their own connection) are handed whole to this callback.
+        self.on_client = on_client
 
     @property
     def address(self) -> str:
@@ -333,6 +337,9 @@ class TcpTransport:
                 return
             except Exception as exc:  # protocol violation, bad auth, reset: close this one only
                 self._reject(remote, f"handshake failed: {exc!r}")
+                return
+            if peer.role == "client" and self.on_client is not None:
+                await self.on_client(peer, fs)
                 return
             try:
                 while True:
