@@ -21,7 +21,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
 
 import anyio
 import anyio.abc
@@ -259,22 +258,72 @@ class TcpTransport:
         listen: str = "127.0.0.1:0",
         *,
         task_group: anyio.abc.TaskGroup,
+        cluster_id: str,
+        node_id: str,
+        role: str = "edge",
+        key: bytes | None = None,
+        faults: LinkFaults | None = None,
         advertise: str | None = None,
-        **options: Any,
+        max_frame_size: int = MAX_FRAME_SIZE,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        queue_size: int = 4096,
+        inbox_size: int = 4096,
     ) -> TcpTransport:
-        """Bind `listen` and serve inside `task_group` until `aclose()`."""
-        transport = cls(**options)
+        """Bind `listen` and serve inside `task_group` until `aclose()`.
+
+        `address` is the bound "host:port" (or `advertise`, for a wildcard or NATed listener).
+        """
+        transport = cls(
+            cluster_id=cluster_id,
+            node_id=node_id,
+            role=role,
+            key=key,
+            faults=faults,
+            max_frame_size=max_frame_size,
+            handshake_timeout=handshake_timeout,
+            connect_timeout=connect_timeout,
+            queue_size=queue_size,
+            inbox_size=inbox_size,
+        )
         await task_group.start(transport._run, listen, advertise)
         return transport
 
     @classmethod
     @asynccontextmanager
     async def serve(
-        cls, listen: str = "127.0.0.1:0", *, advertise: str | None = None, **options: Any
+        cls,
+        listen: str = "127.0.0.1:0",
+        *,
+        cluster_id: str,
+        node_id: str,
+        role: str = "edge",
+        key: bytes | None = None,
+        faults: LinkFaults | None = None,
+        advertise: str | None = None,
+        max_frame_size: int = MAX_FRAME_SIZE,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        queue_size: int = 4096,
+        inbox_size: int = 4096,
     ) -> AsyncIterator[TcpTransport]:
         """Context manager: a transport serving in its own task group, closed on exit."""
         async with anyio.create_task_group() as tg:
-            transport = await cls.create(listen, task_group=tg, advertise=advertise, **options)
+            transport = await cls.create(
+                listen,
+                task_group=tg,
+                advertise=advertise,
+                cluster_id=cluster_id,
+                node_id=node_id,
+                role=role,
+                key=key,
+                faults=faults,
+                max_frame_size=max_frame_size,
+                handshake_timeout=handshake_timeout,
+                connect_timeout=connect_timeout,
+                queue_size=queue_size,
+                inbox_size=inbox_size,
+            )
             try:
                 yield transport
             finally:
