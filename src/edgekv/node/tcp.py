@@ -269,6 +269,7 @@ class TcpTransport:
         connect_timeout: float = CONNECT_TIMEOUT,
         queue_size: int = 4096,
         inbox_size: int = 4096,
+        on_client: Callable[[PeerInfo, FramedStream], Awaitable[None]] | None = None,
     ) -> TcpTransport:
         """Bind `listen` and serve inside `task_group` until `aclose()`.
 
@@ -285,6 +286,7 @@ class TcpTransport:
             connect_timeout=connect_timeout,
             queue_size=queue_size,
             inbox_size=inbox_size,
+            on_client=on_client,
         )
         await task_group.start(transport._run, listen, advertise)
         return transport
@@ -306,6 +308,7 @@ class TcpTransport:
         connect_timeout: float = CONNECT_TIMEOUT,
         queue_size: int = 4096,
         inbox_size: int = 4096,
+        on_client: Callable[[PeerInfo, FramedStream], Awaitable[None]] | None = None,
     ) -> AsyncIterator[TcpTransport]:
         """Context manager: a transport serving in its own task group, closed on exit."""
         async with anyio.create_task_group() as tg:
@@ -323,6 +326,7 @@ class TcpTransport:
                 connect_timeout=connect_timeout,
                 queue_size=queue_size,
                 inbox_size=inbox_size,
+                on_client=on_client,
             )
             try:
                 yield transport
