@@ -341,3 +341,23 @@ async def test_tcp_runs_under_asyncio() -> None:
 
     await trio.to_thread.run_sync(lambda: anyio.run(main, backend="asyncio"))
     assert received[0].message == {"t": 10}
+
+
+async def test_client_role_connections_go_to_on_client() -> None:
+    from edgekv.gossip.wire import PeerInfo
+
+    async def echo(peer: PeerInfo, fs: FramedStream) -> None:
+        msg = await fs.receive()
+        await fs.send({"t": 51, "echo": msg["q"], "who": peer.node_id})
+
+    with trio.fail_after(10):
+        async with (
+            TcpTransport.serve(
+                cluster_id=CLUSTER, node_id="origin", key=KEY, on_client=echo
+            ) as server,
+            await FramedStream.connect(
+                server.address, cluster_id=CLUSTER, node_id="cli", role="client", key=KEY
+            ) as client,
+        ):
+            await client.send({"t": 50, "q": "hi"})
+            assert await client.receive() == {"t": 51, "echo": "hi", "who": "cli"}
