@@ -14,8 +14,11 @@ from collections.abc import Sequence
 
 from .errors import EdgeKVError
 
-_AREAS = ("edgekv.origin_cli:add_origin_commands", "edgekv.edge_cli:add_edge_commands",
-          "edgekv.testnet_cli:add_testnet_commands")
+_AREAS = (
+    "edgekv.origin_cli:add_origin_commands",
+    "edgekv.edge_cli:add_edge_commands",
+    "edgekv.testnet_cli:add_testnet_commands",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="edgekv",
         description="Globally replicated key/value store for edge applications.",
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for spec in _AREAS:
         module, func = spec.split(":")
