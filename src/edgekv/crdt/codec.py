@@ -14,8 +14,10 @@ whatever the input; `loads` also bounds the input size and turns any cbor2 failu
 
 from __future__ import annotations
 
+import io
 import math
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import Any, NoReturn
 
 import cbor2
 
@@ -119,8 +121,31 @@ def decode_delta(obj: object) -> Delta:
     raise CodecError(f"unknown delta kind or arity: {tag!r}")
 
 
-def _no_tags(decoder: object, tag: object) -> object:
+def _no_tags(*_args: object) -> NoReturn:
     raise CodecError("CBOR tags are not allowed")
+
+
+class _AllTags(Mapping[int, Any]):
+    """A semantic-decoder table claiming every tag, so cbor2's built-in tags are refused too."""
+
+    def __getitem__(self, key: int) -> Any:
+        return _no_tags
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def get(self, key: int, default: Any = None) -> Any:
+        return _no_tags
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+_NO_TAGS = _AllTags()
+MAX_DEPTH = 64
 
 
 def dumps(obj: Any) -> bytes:
@@ -137,10 +162,10 @@ def loads(data: bytes, max_size: int = MAX_ENCODED) -> Any:
     if len(data) > max_size:
         raise CodecError(f"CBOR input of {len(data)} bytes exceeds {max_size}")
     try:
-        import io
-
         fp = io.BytesIO(data)
-        obj = cbor2.CBORDecoder(fp, tag_hook=_no_tags).decode()
+        obj = cbor2.CBORDecoder(
+            fp, tag_hook=_no_tags, semantic_decoders=_NO_TAGS, max_depth=MAX_DEPTH
+        ).decode()
         if fp.tell() != len(data):
             raise CodecError("trailing bytes after CBOR item")
         return obj
@@ -149,7 +174,7 @@ def loads(data: bytes, max_size: int = MAX_ENCODED) -> Any:
     except RecursionError:
         raise CodecError("CBOR nesting too deep") from None
     except Exception as exc:  # cbor2 raises many types on hostile input
-        raise CodecError(f"malformed CBOR: {type(exc).__name__}") from None
+        raise CodecError(f"malformed CBOR: {type(exc).__name__}: {str(exc)[:200]}") from None
 
 
 def dumps_delta(d: Delta) -> bytes:

@@ -1,4 +1,11 @@
-"""Redis-style glob patterns: `*`, `?`, `[abc]`, `[^a-c]` / `[!a-c]`, and `\\x` escapes."""
+"""Redis-style glob patterns for `scan` and `zscan`, compiled to regular expressions.
+
+Semantics follow Redis's `stringmatchlen` (what FastEdge's SCAN MATCH / ZSCAN MATCH use):
+`*` any run of characters, `?` one character, `\\x` the character x, `[abc]` a set with ranges
+`a-z` (a reversed range `z-a` is the same range), `[^abc]` (or `[!abc]`) its complement; inside
+a set `\\x` is x.  `[]` matches nothing, `[^]` any one character, and an unterminated `[abc`
+is a set running to the end of the pattern.  No pattern is an error: every string compiles.
+"""
 
 from __future__ import annotations
 
@@ -26,12 +33,18 @@ def literal_prefix(pattern: str) -> str:
     return "".join(out)
 
 
+def _class_char(c: str) -> str:
+    return "\\" + c if c in "\\]^-[" else re.escape(c)
+
+
 def _translate(pattern: str) -> str:
     i, n, out = 0, len(pattern), []
     while i < n:
         c = pattern[i]
         i += 1
         if c == "*":
+            while i < n and pattern[i] == "*":
+                i += 1
             out.append(".*")
         elif c == "?":
             out.append(".")
@@ -39,23 +52,27 @@ def _translate(pattern: str) -> str:
             out.append(re.escape(pattern[i]))
             i += 1
         elif c == "[":
-            j = i
-            if j < n and pattern[j] in "!^":
-                j += 1
-            if j < n and pattern[j] == "]":
-                j += 1
-            while j < n and pattern[j] != "]":
-                j += 1
-            if j >= n:
-                out.append(re.escape(c))
-                continue
-            body = pattern[i:j]
-            i = j + 1
-            neg = body[:1] in ("!", "^")
+            neg = i < n and pattern[i] in "^!"
             if neg:
-                body = body[1:]
-            body = body.replace("\\", "\\\\").replace("^", "\\^")
-            out.append(f"[{'^' if neg else ''}{body}]")
+                i += 1
+            items: list[str] = []
+            while i < n and pattern[i] != "]":
+                c = pattern[i]
+                if c == "\\" and i + 1 < n:
+                    items.append(_class_char(pattern[i + 1]))
+                    i += 2
+                elif i + 2 < n and pattern[i + 1] == "-":
+                    lo, hi = sorted((c, pattern[i + 2]))
+                    items.append(f"{_class_char(lo)}-{_class_char(hi)}")
+                    i += 3
+                else:
+                    items.append(_class_char(c))
+                    i += 1
+            i += 1  # the closing "]" (or the end of an unterminated set)
+            if items:
+                out.append(f"[{'^' if neg else ''}{''.join(items)}]")
+            else:
+                out.append("." if neg else "(?!)")
         else:
             out.append(re.escape(c))
     return "".join(out) + r"\Z"
