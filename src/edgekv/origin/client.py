@@ -1,0 +1,370 @@
+"""OriginClient: the anyio client of the origin's framed CBOR protocol.
+
+Theory of operation
+1. One TCP connection with the handshake role "client"; requests are pipelined on it, each
+   with a fresh id, and a reader task completes them from RESPONSE/ERROR frames by id.  So one
+   client shared by many tasks keeps one connection and its writes share group commits.
+2. Reconnection is transparent: the next request after a lost connection connects again
+   (retrying with backoff until its timeout).  A read in flight when the connection drops is
+   retried; a write is not (it may or may not have been applied), it raises OriginUnavailable.
+3. ERROR frames become the typed exception they name (`errors.error_from_code`); no answer
+   within `timeout` seconds raises OriginUnavailable.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from ..crdt import BfAdd, Delete, Entry, Op, Put, Version, ZAdd, ZRem
+from ..errors import (
+    EdgeKVError,
+    OriginUnavailable,
+    RemoteProtocolError,
+    Unauthorized,
+    error_from_code,
+)
+from ..gossip.wire import Message, MsgType
+from ..node.tcp import FramedStream
+
+__all__ = ["OriginClient"]
+
+_REQUEST, _RESPONSE, _ERROR = int(MsgType.REQUEST), int(MsgType.RESPONSE), int(MsgType.ERROR)
+_BACKOFF_MIN, _BACKOFF_MAX = 0.02, 0.5
+
+
+class _Waiter:
+    __slots__ = ("conn", "event", "reply")
+
+    def __init__(self, conn: _Connection) -> None:
+        self.conn = conn
+        self.event = anyio.Event()
+        self.reply: Message | None = None
+
+
+class _Connection:
+    __slots__ = ("alive", "lock", "stream")
+
+    def __init__(self, stream: FramedStream) -> None:
+        self.stream = stream
+        self.lock = anyio.Lock()
+        self.alive = True
+
+
+def op_body(op: Op | Mapping[str, Any]) -> dict[str, Any]:
+    """A batch entry (wire form) from an op object or a ready dict."""
+    if isinstance(op, Mapping):
+        return dict(op)
+    if isinstance(op, Put):
+        return {"op": "put", "key": op.key, "value": op.value, "ttl": op.ttl, "force": op.force}
+    if isinstance(op, Delete):
+        return {"op": "delete", "key": op.key}
+    if isinstance(op, ZAdd):
+        return {"op": "zadd", "key": op.key, "members": dict(op.members), "force": op.force}
+    if isinstance(op, ZRem):
+        return {"op": "zrem", "key": op.key, "members": list(op.members)}
+    if isinstance(op, BfAdd):
+        return {
+            "op": "bf_add",
+            "key": op.key,
+            "items": list(op.items),
+            "capacity": op.capacity,
+            "error_rate": op.error_rate,
+            "m": op.m,
+            "k": op.k,
+            "force": op.force,
+        }
+    raise TypeError(f"not an op: {op!r}")
+
+
+class OriginClient:
+    """`async with OriginClient("127.0.0.1:7300", token=None) as client:` (see module docstring)."""
+
+    def __init__(
+        self,
+        address: str,
+        token: str | None = None,
+        *,
+        cluster_id: str = "edgekv",
+        cluster_key: bytes | str | None = None,
+        timeout: float = 10.0,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self.address = address
+        self.token = token
+        self.cluster_id = cluster_id
+        self.cluster_key = cluster_key.encode() if isinstance(cluster_key, str) else cluster_key
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.node_id = f"client-{os.urandom(6).hex()}"
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Waiter] = {}
+        self._conn: _Connection | None = None
+        self._connect_lock: anyio.Lock | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self.reconnects = 0
+
+    async def __aenter__(self) -> OriginClient:
+        self._connect_lock = anyio.Lock()
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        tg, self._tg = self._tg, None
+        if self._conn is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.aclose_forcefully(self._conn.stream.stream)
+        if tg is None:
+            return None
+        tg.cancel_scope.cancel()
+        return await tg.__aexit__(exc_type, exc, tb)
+
+    # -- connection ------------------------------------------------------------------------------
+
+    async def _connection(self, deadline: float) -> _Connection:
+        conn = self._conn
+        if conn is not None and conn.alive:
+            return conn
+        if self._tg is None or self._connect_lock is None:
+            raise EdgeKVError("use `async with OriginClient(...)`")
+        async with self._connect_lock:
+            conn = self._conn
+            if conn is not None and conn.alive:
+                return conn
+            backoff = _BACKOFF_MIN
+            while True:
+                left = deadline - anyio.current_time()
+                try:
+                    stream = await FramedStream.connect(
+                        self.address,
+                        cluster_id=self.cluster_id,
+                        node_id=self.node_id,
+                        role="client",
+                        key=self.cluster_key,
+                        connect_timeout=max(0.001, min(self.connect_timeout, left)),
+                    )
+                    break
+                except Unauthorized:
+                    raise
+                except (OSError, TimeoutError, RemoteProtocolError, ValueError) as exc:
+                    if anyio.current_time() + backoff >= deadline:
+                        raise OriginUnavailable(
+                            f"cannot reach the origin at {self.address}: {exc}"
+                        ) from None
+                    await anyio.sleep(backoff)
+                    backoff = min(backoff * 2, _BACKOFF_MAX)
+            if self._conn is not None:
+                self.reconnects += 1
+            conn = self._conn = _Connection(stream)
+            self._tg.start_soon(self._reader, conn)
+            return conn
+
+    async def _reader(self, conn: _Connection) -> None:
+        try:
+            while True:
+                msg = await conn.stream.receive()
+                waiter = self._pending.get(msg.get("id"))  # type: ignore[arg-type]
+                if waiter is not None and msg.get("t") in (_RESPONSE, _ERROR):
+                    waiter.reply = msg
+                    waiter.event.set()
+        except Exception:
+            pass  # closed, reset or garbage: this connection is done
+        finally:
+            conn.alive = False
+            for waiter in list(self._pending.values()):
+                if waiter.conn is conn:
+                    waiter.event.set()
+            with anyio.CancelScope(shield=True):
+                await anyio.aclose_forcefully(conn.stream.stream)
+
+    # -- requests --------------------------------------------------------------------------------
+
+    async def request(self, body: dict[str, Any], *, idempotent: bool = False) -> Message:
+        """Send one request body and return the response fields (or raise its typed error)."""
+        if self.token is not None:
+            body["token"] = self.token
+        deadline = anyio.current_time() + self.timeout
+        while True:
+            conn = await self._connection(deadline)
+            req_id = next(self._ids)
+            waiter = self._pending[req_id] = _Waiter(conn)
+            try:
+                try:
+                    async with conn.lock:
+                        await conn.stream.send({"t": _REQUEST, "id": req_id, **body})
+                except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    conn.alive = False
+                with anyio.move_on_after(deadline - anyio.current_time()):
+                    if conn.alive:
+                        await waiter.event.wait()
+            finally:
+                del self._pending[req_id]
+            reply = waiter.reply
+            if reply is not None:
+                if reply["t"] == _ERROR:
+                    raise error_from_code(str(reply.get("code")), str(reply.get("message")))
+                return reply
+            if anyio.current_time() >= deadline:
+                raise OriginUnavailable(f"no answer from the origin within {self.timeout} s")
+            if not idempotent:
+                raise OriginUnavailable(
+                    "connection to the origin lost before the answer; "
+                    "the write may or may not have been applied"
+                )
+
+    async def _write(self, body: dict[str, Any]) -> Version:
+        r = await self.request(body)
+        return Version(r["seq"], r["written_at"])
+
+    async def _read(self, body: dict[str, Any]) -> Message:
+        return await self.request(body, idempotent=True)
+
+    # -- stores ----------------------------------------------------------------------------------
+
+    async def create_store(self, store: str) -> Version:
+        return await self._write({"op": "create_store", "store": store})
+
+    async def drop_store(self, store: str) -> Version:
+        return await self._write({"op": "drop_store", "store": store})
+
+    async def stores(self) -> list[str]:
+        names: list[str] = (await self._read({"op": "stores"}))["stores"]
+        return names
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    async def put(
+        self,
+        store: str,
+        key: str,
+        value: bytes,
+        ttl: float | None = None,
+        if_version: int | None = None,
+        force: bool = False,
+    ) -> Version:
+        body = {"op": "put", "store": store, "key": key, "value": value, "ttl": ttl}
+        if if_version is not None:
+            body["if_version"] = if_version
+        if force:
+            body["force"] = True
+        return await self._write(body)
+
+    async def delete(self, store: str, key: str, if_version: int | None = None) -> Version | None:
+        """Delete `key`; returns its tombstone's version, None when there was nothing to delete."""
+        v = await self._write(
+            {"op": "delete", "store": store, "key": key, "if_version": if_version}
+        )
+        return v if v.seq else None
+
+    async def zadd(
+        self,
+        store: str,
+        key: str,
+        members: Mapping[bytes, float],
+        if_version: int | None = None,
+        force: bool = False,
+    ) -> Version:
+        return await self._write(
+            {
+                "op": "zadd",
+                "store": store,
+                "key": key,
+                "members": dict(members),
+                "if_version": if_version,
+                "force": force,
+            }
+        )
+
+    async def zrem(
+        self, store: str, key: str, members: Sequence[bytes], if_version: int | None = None
+    ) -> Version | None:
+        v = await self._write(
+            {
+                "op": "zrem",
+                "store": store,
+                "key": key,
+                "members": list(members),
+                "if_version": if_version,
+            }
+        )
+        return v if v.seq else None
+
+    async def bf_add(
+        self,
+        store: str,
+        key: str,
+        items: Sequence[bytes],
+        capacity: int | None = None,
+        error_rate: float | None = None,
+        m: int | None = None,
+        k: int | None = None,
+        force: bool = False,
+    ) -> Version:
+        return await self._write(
+            {
+                "op": "bf_add",
+                "store": store,
+                "key": key,
+                "items": list(items),
+                "capacity": capacity,
+                "error_rate": error_rate,
+                "m": m,
+                "k": k,
+                "force": force,
+            }
+        )
+
+    async def batch(
+        self, store: str, ops: Sequence[Op | Mapping[str, Any]]
+    ) -> list[Version | None]:
+        """Apply `ops` atomically with consecutive seqs; one version per op (None: no-op)."""
+        r = await self.request({"op": "batch", "store": store, "ops": [op_body(o) for o in ops]})
+        return [None if s is None else Version(s, r["written_at"]) for s in r["seqs"]]
+
+    # -- strong reads at the origin --------------------------------------------------------------
+
+    async def get(self, store: str, key: str) -> bytes | None:
+        value: bytes | None = (await self._read({"op": "get", "store": store, "key": key}))["value"]
+        return value
+
+    async def get_entry(self, store: str, key: str) -> Entry | None:
+        r = await self._read({"op": "get_entry", "store": store, "key": key})
+        if r.get("value") is None:
+            return None
+        return Entry(r["value"], Version(r["seq"], r["written_at"]), r["expires_at"])
+
+    async def scan(self, store: str, pattern: str = "*", limit: int | None = None) -> list[str]:
+        keys: list[str] = (
+            await self._read({"op": "scan", "store": store, "pattern": pattern, "limit": limit})
+        )["keys"]
+        return keys
+
+    async def zrange_by_score(
+        self, store: str, key: str, min: float = -math.inf, max: float = math.inf
+    ) -> list[tuple[bytes, float]]:
+        r = await self._read(
+            {"op": "zrange_by_score", "store": store, "key": key, "min": min, "max": max}
+        )
+        return [(m, s) for m, s in r["members"]]
+
+    async def zscan(self, store: str, key: str, pattern: str = "*") -> list[tuple[bytes, float]]:
+        r = await self._read({"op": "zscan", "store": store, "key": key, "pattern": pattern})
+        return [(m, s) for m, s in r["members"]]
+
+    async def bf_exists(self, store: str, key: str, item: bytes) -> bool:
+        r = await self._read({"op": "bf_exists", "store": store, "key": key, "item": item})
+        return bool(r["exists"])

@@ -1,0 +1,365 @@
+"""The Origin: the source of truth.  A node plus sequencer, write-ahead log and write API.
+
+`async with Origin(data_dir=..., listen=...) as origin:` recovers the log into the origin's
+replica, starts the commit loop, listens on ONE address for edges (gossip) and clients (the
+handshake role "client" hands the connection to `clientconn.serve_client`), and optionally
+serves the HTTP API.  The same operations are methods (`await origin.put(...)`) for in-process
+use; every path goes through `handle(body)` so TCP, HTTP, edges and in-process calls share one
+set of checks.  Each commit is applied to the replica and then handed to gossip: subscribers of
+`committed()` receive `(items, covers)`, and `on_commit` (the node runtime's `publish`) is called.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import anyio
+import anyio.abc
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ..crdt import Entry, Limits, Replica, Version
+from ..crdt.codec import encode_delta
+from ..crdt.ops import DEFAULT_LIMITS
+from ..errors import InvalidInput, StoreNotFound
+from ..gossip.wire import Message
+from .auth import TokenAuth, TokenSpec
+from .requests import is_write, op_name, opt_int, parse_write, store_of
+from .sequencer import Covers, Sequencer, wall_clock_ms
+from .wal import WriteAheadLog
+from .writer import Item
+
+__all__ = ["Origin"]
+
+logger = logging.getLogger("edgekv.origin")
+
+Committed = tuple[list[Item], Covers]
+SUBSCRIBER_BUFFER = 4096
+
+
+class Origin:
+    """The origin node (see the module docstring)."""
+
+    def __init__(
+        self,
+        data_dir: str | Path | None = "origin-data",
+        listen: str | None = "127.0.0.1:7300",
+        http: str | None = None,
+        tokens: TokenSpec | None = None,
+        cluster_key: bytes | str | None = None,
+        *,
+        cluster_id: str = "edgekv",
+        node_id: str = "origin",
+        limits: Limits = DEFAULT_LIMITS,
+        synchronous: str = "FULL",
+        compact_min_rows: int = 1_000_000,
+        wall_ms: Callable[[], int] = wall_clock_ms,
+        on_commit: Callable[[list[Item], Covers], Awaitable[None]] | None = None,
+    ) -> None:
+        self.data_dir = None if data_dir is None else Path(data_dir)
+        self.listen = listen
+        self.http_listen = http
+        self.auth = TokenAuth(tokens)
+        self.cluster_key = cluster_key.encode() if isinstance(cluster_key, str) else cluster_key
+        self.cluster_id = cluster_id
+        self.node_id = node_id
+        self.limits = limits
+        self.wall_ms = wall_ms
+        self.on_commit = on_commit
+        self.replica = Replica()
+        self._synchronous = synchronous
+        self._compact_min_rows = compact_min_rows
+        self._subscribers: list[MemoryObjectSendStream[Committed]] = []
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._wal: WriteAheadLog | None = None
+        self._sequencer: Sequencer | None = None
+        self.transport: Any = None
+        self.address = ""
+        self.http_address = ""
+        self.recovered_rows = 0
+        self._http_stop: anyio.Event | None = None
+        self._http_done: anyio.Event | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Origin:
+        self._http_stop, self._http_done = anyio.Event(), anyio.Event()
+        path = ":memory:" if self.data_dir is None else self.data_dir / "origin.sqlite3"
+        self._wal = await anyio.to_thread.run_sync(
+            lambda: WriteAheadLog(path, synchronous=self._synchronous)
+        )
+        self._sequencer = Sequencer(
+            self._wal,
+            self.replica,
+            on_commit=self._committed,
+            wall_ms=self.wall_ms,
+            compact_min_rows=self._compact_min_rows,
+        )
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        try:
+            self.recovered_rows = await self._sequencer.recover()
+            await tg.start(self._sequencer.run)
+            if self.listen is not None:
+                await self._start_tcp(tg)
+            if self.http_listen is not None:
+                from .http import serve_http
+
+                self.http_address = await tg.start(self._run_http, serve_http)
+        except BaseException as exc:
+            tg.cancel_scope.cancel()
+            await self._exit(type(exc), exc, exc.__traceback__)
+            raise
+        return self
+
+    async def _run_http(
+        self,
+        serve: Callable[..., Awaitable[None]],
+        *,
+        task_status: anyio.abc.TaskStatus[str] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        assert self._http_stop is not None and self._http_done is not None
+        try:
+            await serve(self, self.http_listen, self._http_stop, task_status=task_status)
+        finally:
+            self._http_done.set()
+
+    async def _start_tcp(self, tg: anyio.abc.TaskGroup) -> None:
+        from ..node.tcp import TcpTransport
+        from .clientconn import serve_client
+
+        async def on_client(peer: Any, stream: Any) -> None:
+            await serve_client(self, peer, stream)
+
+        self.transport = await TcpTransport.create(
+            self.listen or "127.0.0.1:0",
+            task_group=tg,
+            cluster_id=self.cluster_id,
+            node_id=self.node_id,
+            role="origin",
+            key=self.cluster_key,
+            on_client=on_client,
+        )
+        self.address = self.transport.address
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        if self._http_stop is not None and self._http_done is not None and self.http_address:
+            # let hypercorn shut down cleanly before cancelling the rest
+            self._http_stop.set()
+            with anyio.move_on_after(2.0, shield=True):
+                await self._http_done.wait()
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+        return await self._exit(exc_type, exc, tb)
+
+    async def _exit(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        tg, self._tg = self._tg, None
+        try:
+            if self.transport is not None:
+                with anyio.CancelScope(shield=True):
+                    await self.transport.aclose()
+            if tg is not None:
+                return await tg.__aexit__(exc_type, exc, tb)
+            return None
+        finally:
+            for sub in self._subscribers:
+                sub.close()
+            self._subscribers.clear()
+            if self._sequencer is not None:
+                self._sequencer.close()
+            if self._wal is not None:
+                self._wal.close()
+                self._wal = None
+
+    # -- committed deltas ---------------------------------------------------------------------------
+
+    def committed(self, buffer: int = SUBSCRIBER_BUFFER) -> MemoryObjectReceiveStream[Committed]:
+        """A stream of `(items, covers)` for every commit from now on.
+
+        A subscriber that falls more than `buffer` commits behind is closed (it must resync
+        from the replica, as an edge would by anti-entropy).
+        """
+        send, recv = anyio.create_memory_object_stream[Committed](buffer)
+        self._subscribers.append(send)
+        return recv
+
+    async def _committed(self, items: list[Item], covers: Covers) -> None:
+        keep = []
+        for sub in self._subscribers:
+            try:
+                sub.send_nowait((items, covers))
+                keep.append(sub)
+            except anyio.WouldBlock:
+                logger.warning("a committed-deltas subscriber fell behind; closing it")
+                sub.close()
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                sub.close()
+        self._subscribers = keep
+        if self.on_commit is not None:
+            await self.on_commit(items, covers)
+
+    @property
+    def sequencer(self) -> Sequencer:
+        if self._sequencer is None:
+            raise RuntimeError("the origin is not running; use `async with Origin(...)`")
+        return self._sequencer
+
+    @property
+    def watermark(self) -> int:
+        return self.replica.watermark
+
+    async def compact(self) -> int:
+        """Compact the log now; returns the number of rows removed."""
+        return await self.sequencer.compact()
+
+    # -- the one request path ----------------------------------------------------------------------
+
+    async def handle(
+        self, body: Mapping[str, Any], *, with_items: bool = False, trusted: bool = False
+    ) -> Message:
+        """Execute one request body (see `requests`); returns the response fields.
+
+        `trusted` skips the token check (an edge authenticated by the cluster key, or an
+        in-process caller).  Raises an EdgeKVError subclass for every bad request.
+        """
+        op = op_name(body)
+        token = body.get("token")
+        if op == "stores":
+            if not trusted:
+                return {"stores": self.auth.visible(token, self.replica.store_names())}
+            return {"stores": self.replica.store_names()}
+        store = store_of(body)
+        if not trusted:
+            self.auth.check(token, "write" if is_write(op) else "read", store)
+        if is_write(op):
+            command = parse_write(body, self.limits)
+            planned, written_at = await self.sequencer.submit(command)
+            out: Message = {
+                "seq": planned.last,
+                "written_at": written_at,
+                "seqs": planned.seqs,
+                "covers": [[planned.first, planned.last]] if planned.items else [],
+            }
+            if with_items:
+                out["items"] = [[s, k, encode_delta(d)] for s, k, d in planned.items]
+            return out
+        return self._read(op, store, body)
+
+    def _read(self, op: str, store: str, body: Mapping[str, Any]) -> Message:
+        if not self.replica.has_store(store):
+            raise StoreNotFound(f"no such store: {store!r}")
+        sr = self.replica.store(store)
+        now = self.wall_ms()
+        if op == "scan":
+            pattern = body.get("pattern", "*")
+            if not isinstance(pattern, str) or len(pattern) > 4 * self.limits.max_key_bytes:
+                raise InvalidInput("pattern must be a string of reasonable length")
+            return {"keys": sr.scan(pattern, now, opt_int(body, "limit", 1))}
+        key = body.get("key")
+        if not isinstance(key, str) or not key:
+            raise InvalidInput("a key must be a non-empty string")
+        if op == "get":
+            return {"value": sr.get(key, now)}
+        if op == "get_entry":
+            entry = sr.get_entry(key, now)
+            if entry is None:
+                return {"value": None}
+            return {
+                "value": entry.value,
+                "seq": entry.version.seq,
+                "written_at": entry.version.written_at,
+                "expires_at": entry.expires_at,
+            }
+        if op == "zrange_by_score":
+            lo, hi = body.get("min", -math.inf), body.get("max", math.inf)
+            if type(lo) not in (int, float) or type(hi) not in (int, float):
+                raise InvalidInput("min and max must be numbers")
+            if math.isnan(lo) or math.isnan(hi):
+                raise InvalidInput("min and max must not be NaN")
+            return {"members": [[m, s] for m, s in sr.zrange_by_score(key, lo, hi, now)]}
+        if op == "zscan":
+            pattern = body.get("pattern", "*")
+            if not isinstance(pattern, str):
+                raise InvalidInput("pattern must be a string")
+            return {"members": [[m, s] for m, s in sr.zscan(key, pattern, now)]}
+        item = body.get("item")
+        if not isinstance(item, bytes):
+            raise InvalidInput("bf_exists needs an item (bytes)")
+        return {"exists": sr.bf_exists(key, item, now)}
+
+    # -- in-process API (same semantics as OriginClient) ----------------------------------------
+
+    async def _write(self, body: dict[str, Any]) -> Message:
+        return await self.handle(body, trusted=True)
+
+    async def create_store(self, store: str) -> Version:
+        r = await self._write({"op": "create_store", "store": store})
+        return Version(r["seq"], r["written_at"])
+
+    async def drop_store(self, store: str) -> Version:
+        r = await self._write({"op": "drop_store", "store": store})
+        return Version(r["seq"], r["written_at"])
+
+    async def stores(self) -> list[str]:
+        return self.replica.store_names()
+
+    async def put(
+        self,
+        store: str,
+        key: str,
+        value: bytes,
+        ttl: float | None = None,
+        if_version: int | None = None,
+        force: bool = False,
+    ) -> Version:
+        r = await self._write(
+            {
+                "op": "put",
+                "store": store,
+                "key": key,
+                "value": value,
+                "ttl": ttl,
+                "if_version": if_version,
+                "force": force,
+            }
+        )
+        return Version(r["seq"], r["written_at"])
+
+    async def delete(self, store: str, key: str, if_version: int | None = None) -> Version | None:
+        r = await self._write(
+            {"op": "delete", "store": store, "key": key, "if_version": if_version}
+        )
+        return Version(r["seq"], r["written_at"]) if r["seq"] else None
+
+    async def batch(self, store: str, ops: list[dict[str, Any]]) -> list[Version | None]:
+        r = await self._write({"op": "batch", "store": store, "ops": ops})
+        return [None if s is None else Version(s, r["written_at"]) for s in r["seqs"]]
+
+    async def get(self, store: str, key: str) -> bytes | None:
+        value: bytes | None = self._read("get", store, {"key": key})["value"]
+        return value
+
+    async def get_entry(self, store: str, key: str) -> Entry | None:
+        r = self._read("get_entry", store, {"key": key})
+        if r["value"] is None:
+            return None
+        return Entry(r["value"], Version(r["seq"], r["written_at"]), r["expires_at"])
+
+    async def scan(self, store: str, pattern: str = "*") -> list[str]:
+        keys: list[str] = self._read("scan", store, {"pattern": pattern})["keys"]
+        return keys
