@@ -32,11 +32,14 @@ class Writer:
     def drop(self, store: str) -> None:
         self._commit(META, store, Register(self.seq + 1, 1000 + self.seq, None, None))
 
-    def write(self, store: str, op: Op) -> None:
+    def write(self, store: str, op: Op) -> bool:
+        """Commit `op`; False when it changes nothing (deleting a missing key)."""
         op = validate_op(op)
         delta = plan(op, self.replica.state(store, op.key), self.seq + 1, 1000 + self.seq)
-        assert delta is not None
+        if delta is None:
+            return False
         self._commit(store, op.key, delta)
+        return True
 
     def drain(self) -> list[Change]:
         out, self.changes = self.changes, []
