@@ -1,0 +1,133 @@
+"""`edgekv edge`: run an edge node as a daemon (trio), stopping cleanly on SIGINT/SIGTERM.
+
+    edgekv edge --data-dir D --listen HOST:PORT --origin HOST:PORT [--peer HOST:PORT ...]
+                [--http HOST:PORT] [--cluster-key-file F] [--node-id ID]
+
+Logs are structured (`key=value` fields).  Once serving, one line `event=ready ...` with the
+bound addresses goes to stdout (so scripts and tests can find port-0 addresses).
+`python -m edgekv.edge_cli ...` runs the same command without the rest of the CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from edgekv.errors import EdgeKVError, InvalidInput
+
+__all__ = ["add_edge_commands", "main", "run_edge"]
+
+logger = logging.getLogger("edgekv.edge")
+
+LOG_FORMAT = "ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
+
+
+def add_edge_commands(subparsers: Any) -> None:
+    """Add `edge` to the `edgekv` command's subparsers."""
+    p = subparsers.add_parser(
+        "edge",
+        help="run an edge node (full replica, local reads, gossip)",
+        description="Run an edge node: a full replica that serves reads locally and gossips.",
+    )
+    p.add_argument("--data-dir", required=True, help="directory of the edge's SQLite replica")
+    p.add_argument("--listen", default="127.0.0.1:7301", help="gossip address (HOST:PORT)")
+    p.add_argument("--origin", required=True, help="the origin's address (HOST:PORT)")
+    p.add_argument(
+        "--peer", action="append", default=[], metavar="HOST:PORT", help="seed peer (repeatable)"
+    )
+    p.add_argument("--http", default=None, help="admin HTTP address (HOST:PORT), off if omitted")
+    p.add_argument("--cluster-key-file", default=None, help="file holding the cluster key")
+    p.add_argument("--cluster-id", default="edgekv")
+    p.add_argument("--node-id", default=None)
+    p.add_argument("--token-file", default=None, help="file holding a write token for the origin")
+    p.add_argument(
+        "--flush-interval", type=float, default=0.5, help="seconds between database flushes"
+    )
+    p.set_defaults(func=run_edge)
+
+
+def _read_secret(path: str | None, what: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        data = Path(path).read_bytes().strip()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read the {what} file {path!r}: {exc.strerror}") from None
+    if not data:
+        raise InvalidInput(f"the {what} file {path!r} is empty")
+    return data
+
+
+def run_edge(args: argparse.Namespace) -> int:
+    """Run the edge daemon until SIGINT/SIGTERM; returns the exit status."""
+    key = _read_secret(args.cluster_key_file, "cluster key")
+    token = _read_secret(args.token_file, "token")
+    if args.flush_interval <= 0:
+        raise InvalidInput("--flush-interval must be positive")
+    anyio.run(_serve, args, key, None if token is None else token.decode(), backend="trio")
+    return 0
+
+
+async def _serve(args: argparse.Namespace, key: bytes | None, token: str | None) -> None:
+    from edgekv.node.edge import EdgeNode
+
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with EdgeNode(
+            args.listen,
+            args.origin,
+            args.peer,
+            args.data_dir,
+            cluster_id=args.cluster_id,
+            cluster_key=key,
+            http=args.http,
+            node_id=args.node_id,
+            token=token,
+            flush_interval=args.flush_interval,
+        ) as node:
+            report = node.load_report
+            print(
+                f"event=ready node={node.node_id} address={node.address} http={node.http_address}"
+                f" keys={len(node.replica)} watermark={node.watermark}"
+                f" load_seconds={report.seconds if report else 0:.3f}",
+                flush=True,
+            )
+            async for signum in signals:
+                logger.info(
+                    "event=shutdown node=%s signal=%s", node.node_id, signal.Signals(signum).name
+                )
+                break
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m edgekv.edge_cli edge ...` (or without the leading `edge`)."""
+    parser = argparse.ArgumentParser(prog="edgekv")
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_edge_commands(sub)
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if not args_list or args_list[0] not in ("edge", "-h", "--help"):
+        args_list.insert(0, "edge")
+    args = parser.parse_args(args_list)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format=LOG_FORMAT,
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args))
+    except EdgeKVError as exc:
+        print(f"edgekv: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
