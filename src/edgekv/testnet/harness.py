@@ -1,0 +1,671 @@
+"""`Testnet`: an origin and N edges on one simulated or real network, with faults at hand.
+
+    async with Testnet(edges=25, network="sim", latency=0.1, seed=1) as net:
+        await net.client.create_store("s"); await net.client.put("s", "k", b"v")
+        net.partition(["origin", "edge-0"], ["edge-1"]); net.heal()
+        await net.crash("edge-3"); await net.restart("edge-3")
+        assert await net.converged(timeout=5)
+
+Modes.  `network="sim"`: every node gets a `SimTransport` of one `SimNetwork` whose `LinkFaults`
+is seeded from `seed`; run it under trio with `MockClock(autojump_threshold=0)` for virtual
+time (the node's wall clock is virtual too, so `written_at` and expiry follow it).
+`network="tcp"`: real sockets on 127.0.0.1, one `TcpTransport` per node, all sharing one
+`LinkFaults` so the same faults apply.  `processes=True`: see `edgekv.testnet.procs`.
+
+Crash model.  Each node's transport is wrapped in a `_Plug`; a crash pulls the plug first (the
+node can neither send nor receive, not even a goodbye), then cancels the node and closes the real
+transport.  A restart builds a new node on the same address (and the same data_dir, if any).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from edgekv.crdt.version import Version
+from edgekv.errors import InvalidInput, StoreNotFound
+from edgekv.gossip.transport import Envelope, Transport, TransportStats
+from edgekv.gossip.wire import Message, encode_frame, type_name
+from edgekv.node.faults import LinkFaults
+
+__all__ = ["Testnet", "seed_scheduler"]
+
+logger = logging.getLogger("edgekv.testnet")
+
+CLIENT = "client"
+SIM_EPOCH_MS = 1_700_000_000_000  # virtual wall clock = this + virtual time
+
+
+def seed_scheduler(seed: int) -> bool:
+    """Seed trio's scheduler shuffling (a private detail: guarded) so a sim run replays."""
+    try:
+        import trio._core._run as run_mod
+
+        rng = getattr(run_mod, "_r", None)
+        if isinstance(rng, random.Random):
+            rng.seed(seed)
+            return True
+    except Exception:  # pragma: no cover - a trio without the private knob
+        pass
+    return False
+
+
+class _Plug:
+    """A transport wrapper the harness can unplug (crash), counting client-bound traffic apart."""
+
+    def __init__(self, inner: Transport, client: str | None) -> None:
+        self.inner = inner
+        self.plugged = True
+        self.client = client
+        self.client_stats = TransportStats()  # traffic to the test client, not node-to-node
+        self._stopped = anyio.Event()
+
+    @property
+    def stats(self) -> TransportStats:
+        return self.inner.stats
+
+    @property
+    def address(self) -> str:
+        return self.inner.address
+
+    async def send(self, peer: str, message: Message) -> None:
+        if not self.plugged:
+            await anyio.lowlevel.checkpoint()
+            return
+        if peer == self.client:
+            self.client_stats.record_sent(type_name(message["t"]), len(encode_frame(message)))
+        await self.inner.send(peer, message)
+
+    async def receive(self) -> Envelope:
+        if self.plugged:
+            with anyio.CancelScope() as scope:
+                self._scope = scope
+                env = await self.inner.receive()
+                if self.plugged:
+                    return env
+        await self._stopped.wait()  # unplugged: silence until closed
+        raise anyio.ClosedResourceError
+
+    def unplug(self) -> None:
+        self.plugged = False
+        scope = getattr(self, "_scope", None)
+        if scope is not None:
+            scope.cancel()
+
+    async def aclose(self) -> None:
+        self._stopped.set()
+        await self.inner.aclose()
+
+
+@dataclass(eq=False)
+class _Slot:
+    """One node of the testnet and its lifecycle."""
+
+    name: str
+    role: str
+    address: str = ""
+    node: Any = None
+    plug: _Plug | None = None
+    live: bool = False
+    scope: anyio.CancelScope | None = None
+    stopped: anyio.Event = field(default_factory=anyio.Event)
+    data_dir: str | None = None
+    readers: dict[str, Any] = field(default_factory=dict)
+    retired: list[_Plug] = field(default_factory=list)
+    restarts: int = 0
+
+
+class Testnet:
+    """An origin and `edges` edges on one network.  See the module docstring."""
+
+    def __init__(
+        self,
+        edges: int = 25,
+        network: str = "sim",
+        processes: bool = False,
+        latency: float = 0.1,
+        jitter: float = 0.0,
+        loss: float = 0.0,
+        seed: int = 1,
+        data_dir: str | Path | None = None,
+        config: Any = None,
+        *,
+        seed_peers: int = 3,
+        cluster_id: str = "edgekv-testnet",
+    ) -> None:
+        if network not in ("sim", "tcp"):
+            raise InvalidInput(f"network must be 'sim' or 'tcp', got {network!r}")
+        if processes and network == "sim":
+            network = "tcp"
+        if not 1 <= edges <= 100_000:
+            raise InvalidInput("edges must be between 1 and 100000")
+        self.network = network
+        self.processes = processes
+        self.n_edges = edges
+        self.seed = seed
+        self.config = config
+        self.cluster_id = cluster_id
+        self.seed_peers = seed_peers
+        self.faults = LinkFaults(seed, latency=latency, jitter=jitter, loss=loss)
+        self._data_root = Path(data_dir) if data_dir is not None else None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._rng = random.Random(seed)
+        self._slots: dict[str, _Slot] = {}
+        self._stack = AsyncExitStack()
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._sim: Any = None
+        self._procs: Any = None
+        self.client: Any = None
+        self.events: list[tuple[float, str, str]] = []  # (time, action, detail) for reports
+        self.t0 = 0.0
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Testnet:
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        with anyio.CancelScope(shield=True):
+            if self._tg is not None:
+                self._tg.cancel_scope.cancel()
+            await self._stack.aclose()
+            if self._tmp is not None:
+                self._tmp.cleanup()
+                self._tmp = None
+
+    async def _start(self) -> None:
+        self.t0 = anyio.current_time()
+        if self.processes:
+            from edgekv.testnet.procs import ProcessCluster
+
+            root = self._data_dir_root()
+            self._procs = await self._stack.enter_async_context(
+                ProcessCluster(self.n_edges, root, seed=self.seed, cluster_id=self.cluster_id)
+            )
+            self.client = self._procs.client
+            return
+        self._tg = await self._stack.enter_async_context(anyio.create_task_group())
+        names = ["origin", *self.edge_names]
+        for name in names:
+            self._slots[name] = _Slot(name, "origin" if name == "origin" else "edge")
+        if self.network == "sim":
+            seed_scheduler(self.seed)
+            from edgekv.testnet.simnet import SimNetwork
+
+            self._sim = SimNetwork(self.faults)
+            self._tg.start_soon(self._sim.run)
+            for slot in self._slots.values():
+                slot.address = f"{slot.name}:1"  # nodes check host:port syntax; no port is bound
+        else:
+            for slot in self._slots.values():
+                plug = await self._tcp_transport(slot, "127.0.0.1:0")
+                slot.address = plug.address
+                slot.plug = plug
+        root = self._data_dir_root()
+        self._slots["origin"].data_dir = str(root / "origin")
+        if self._data_root is not None:
+            for name in self.edge_names:
+                self._slots[name].data_dir = str(root / name)
+        await self._tg.start(self._run_node, self._slots["origin"])
+        for name in self.edge_names:
+            await self._tg.start(self._run_node, self._slots[name])
+        self.client = await self._stack.enter_async_context(self._make_client())
+
+    def _data_dir_root(self) -> Path:
+        if self._data_root is not None:
+            self._data_root.mkdir(parents=True, exist_ok=True)
+            return self._data_root
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="edgekv-testnet-")
+        return Path(self._tmp.name)
+
+    async def _tcp_transport(self, slot: _Slot, listen: str) -> _Plug:
+        from edgekv.node.tcp import TcpTransport
+
+        assert self._tg is not None
+        t = await TcpTransport.create(
+            listen,
+            task_group=self._tg,
+            cluster_id=self.cluster_id,
+            node_id=slot.name,
+            role=slot.role,
+            faults=self.faults,
+            **self._origin_tcp_options(slot),
+        )
+        return _Plug(t, None)
+
+    def _origin_tcp_options(self, slot: _Slot) -> dict[str, Any]:
+        return {}
+
+    def _wall_ms(self) -> Callable[[], int] | None:
+        if self.network != "sim":
+            return None
+        return lambda: SIM_EPOCH_MS + int(anyio.current_time() * 1000)
+
+    def _peers_of(self, slot: _Slot) -> list[str]:
+        others = [n for n in self.edge_names if n != slot.name]
+        k = min(self.seed_peers, len(others))
+        chosen = self._rng.sample(others, k) if k else []
+        return [self._slots[n].address for n in chosen]
+
+    def _new_plug(self, slot: _Slot) -> _Plug:
+        assert self._sim is not None
+        return _Plug(self._sim.transport(slot.address), CLIENT)
+
+    async def _run_node(
+        self, slot: _Slot, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        if slot.plug is None:
+            slot.plug = self._new_plug(slot) if self._sim is not None else None
+        assert slot.plug is not None
+        plug = slot.plug
+        slot.stopped = anyio.Event()
+        try:
+            with anyio.CancelScope() as scope:
+                slot.scope = scope
+                node = self._make_node(slot, plug)
+                async with node:
+                    slot.node = node
+                    slot.live = True
+                    slot.readers = {}
+                    task_status.started()
+                    await anyio.sleep_forever()
+        finally:
+            slot.live = False
+            with anyio.CancelScope(shield=True):
+                try:
+                    await plug.aclose()
+                except Exception:
+                    logger.debug("closing %s's transport failed", slot.name, exc_info=True)
+            slot.stopped.set()
+
+    def _make_node(self, slot: _Slot, plug: _Plug) -> Any:
+        import edgekv
+
+        common: dict[str, Any] = {
+            "cluster_id": self.cluster_id,
+            "node_id": slot.name,
+            "transport": plug,
+        }
+        wall = self._wall_ms()
+        if wall is not None:
+            common["wall_ms"] = wall
+        if self.config is not None:
+            common["config"] = self.config
+        if slot.role == "origin":
+            return edgekv.Origin(data_dir=slot.data_dir, listen=slot.address, **common)
+        return edgekv.EdgeNode(
+            listen=slot.address,
+            origin=self._slots["origin"].address,
+            peers=self._peers_of(slot),
+            data_dir=slot.data_dir,
+            rng=random.Random(f"{self.seed}/{slot.name}/{slot.restarts}"),
+            **common,
+        )
+
+    # --- nodes ------------------------------------------------------------------------------
+
+    @property
+    def edge_names(self) -> list[str]:
+        return [f"edge-{i}" for i in range(self.n_edges)]
+
+    @property
+    def origin(self) -> Any:
+        """The Origin (None while crashed)."""
+        return self._slots["origin"].node if self._slots["origin"].live else None
+
+    @property
+    def edges(self) -> list[Any]:
+        """The live EdgeNodes, in name order."""
+        return [s.node for n, s in self._slots.items() if n != "origin" and s.live]
+
+    def edge(self, name: str) -> Any:
+        slot = self._slot(name)
+        if not slot.live:
+            raise InvalidInput(f"{name} is down")
+        return slot.node
+
+    def live(self, name: str) -> bool:
+        return self._slot(name).live
+
+    def live_edges(self) -> list[str]:
+        if self._procs is not None:
+            return list(self._procs.live_edges())
+        return [n for n in self.edge_names if self._slots[n].live]
+
+    def address_of(self, name: str) -> str:
+        return self._slot(name).address
+
+    @property
+    def persistent_edges(self) -> bool:
+        """Whether a restarted edge comes back with its state (it has a data_dir)."""
+        return self._data_root is not None
+
+    def _slot(self, name: str) -> _Slot:
+        slot = self._slots.get(name)
+        if slot is None:
+            raise InvalidInput(
+                f"no node named {name!r} (origin, edge-0 .. edge-{self.n_edges - 1})"
+            )
+        return slot
+
+    def _log(self, action: str, detail: str = "") -> None:
+        self.events.append((anyio.current_time() - self.t0, action, detail))
+        logger.info("testnet: %s %s", action, detail)
+
+    # --- faults -----------------------------------------------------------------------------
+
+    def _addresses(self, names: Iterable[str]) -> list[str]:
+        return [self._slot(n).address for n in names]
+
+    def partition(self, group_a: Sequence[str], group_b: Sequence[str] | None = None) -> None:
+        """No message crosses between the groups (default b: every node not in a)."""
+        if group_b is None:
+            group_b = [n for n in self._slots if n not in set(group_a)]
+        self._no_procs("partition")
+        self.faults.partition(self._addresses(group_a), self._addresses(group_b))
+        self._log("partition", f"{len(group_a)} | {len(group_b)} nodes")
+
+    def isolate(self, name: str) -> None:
+        if self._procs is not None:
+            self._procs.isolate(name)
+        else:
+            self.faults.isolate(self._slot(name).address)
+        self._log("isolate", name)
+
+    def block(self, src: str, dst: str) -> None:
+        """Asymmetric: src -> dst is lost, dst -> src flows."""
+        self._no_procs("block")
+        self.faults.block(self._slot(src).address, self._slot(dst).address)
+        self._log("block", f"{src} -> {dst}")
+
+    def heal(self) -> None:
+        """Remove every partition, isolation and block (latency and loss stay)."""
+        if self._procs is not None:
+            self._procs.heal()
+        else:
+            self.faults.heal()
+        self._log("heal")
+
+    def set_latency(self, latency: float, jitter: float | None = None) -> None:
+        """Default one-way latency (and jitter) of every link, in seconds."""
+        self._no_procs("set_latency")
+        changes: dict[str, object] = {"latency": latency}
+        if jitter is not None:
+            changes["jitter"] = jitter
+        self.faults.set_default(**changes)
+        self._log("set_latency", f"{latency * 1000:g} ms")
+
+    def set_loss(self, p: float) -> None:
+        self._no_procs("set_loss")
+        if not 0 <= p <= 1:
+            raise InvalidInput("loss must be a probability in [0, 1]")
+        self.faults.set_default(loss=p)
+        self._log("set_loss", f"{p:g}")
+
+    def _no_procs(self, what: str) -> None:
+        if self._procs is not None:
+            raise InvalidInput(
+                f"{what} is not supported with processes=True (see edgekv.testnet.procs)"
+            )
+
+    async def crash(self, name: str) -> None:
+        """Stop `name` abruptly: it sends nothing more, not even a goodbye."""
+        if self._procs is not None:
+            await self._procs.crash(name)
+            self._log("crash", name)
+            return
+        slot = self._slot(name)
+        if not slot.live:
+            raise InvalidInput(f"{name} is already down")
+        assert slot.plug is not None and slot.scope is not None
+        slot.plug.unplug()
+        if self._sim is not None:
+            self._sim.crash(slot.address)
+        slot.scope.cancel()
+        await slot.stopped.wait()
+        slot.retired.append(slot.plug)
+        slot.plug = None
+        self._log("crash", name)
+
+    async def restart(self, name: str) -> None:
+        """Start `name` again on the same address (and data_dir, if it has one)."""
+        if self._procs is not None:
+            await self._procs.restart(name)
+            self._log("restart", name)
+            return
+        slot = self._slot(name)
+        if slot.live:
+            raise InvalidInput(f"{name} is running")
+        if self._sim is not None:
+            self._sim.restore(slot.address)
+            slot.plug = self._new_plug(slot)
+        else:
+            slot.plug = await self._tcp_transport(slot, slot.address)
+        slot.restarts += 1
+        assert self._tg is not None
+        await self._tg.start(self._run_node, slot)
+        self._log("restart", name)
+
+    # --- observation ------------------------------------------------------------------------
+
+    def readers(self) -> dict[str, Callable[[str, str], bytes | None]]:
+        """edge -> (store, key) -> served bytes, through the public read API, live edges only."""
+        if self._procs is not None:
+            return dict(self._procs.readers())
+        out = {}
+        for name in self.edge_names:
+            slot = self._slots[name]
+            if slot.live:
+                out[name] = self._reader(slot)
+        return out
+
+    def _reader(self, slot: _Slot) -> Callable[[str, str], bytes | None]:
+        cache = slot.readers
+        node = slot.node
+
+        def read(store: str, key: str) -> bytes | None:
+            kv = cache.get(store)
+            if kv is None:
+                try:
+                    kv = cache[store] = node.open(store)
+                except StoreNotFound:
+                    return None
+            try:
+                value: bytes | None = kv.get(key)
+            except StoreNotFound:
+                cache.pop(store, None)
+                return None
+            return value
+
+        return read
+
+    def digests(self) -> dict[str, int]:
+        """Live node -> replica digest (Merkle root over every store)."""
+        if self._procs is not None:
+            return dict(self._procs.digests())
+        return {n: s.node.replica.root for n, s in self._slots.items() if s.live}
+
+    def watermarks(self) -> dict[str, int]:
+        if self._procs is not None:
+            return dict(self._procs.watermarks())
+        return {n: s.node.replica.watermark for n, s in self._slots.items() if s.live}
+
+    def agreement(self) -> tuple[float, int]:
+        """(fraction of live edges whose digest equals the origin's, distinct digests)."""
+        if self._procs is not None:
+            return self._procs.agreement()  # type: ignore[no-any-return]
+        d = self.digests()
+        origin = d.pop("origin", None)
+        if not d:
+            return 1.0, 1 if origin is not None else 0
+        same = sum(1 for v in d.values() if v == origin)
+        return same / len(d), len(set(d.values()) | ({origin} if origin is not None else set()))
+
+    async def convergence_time(self, timeout: float = 5.0, poll: float = 0.02) -> float | None:  # noqa: ASYNC109 (contract)
+        """Seconds until every live edge's digest equals the origin's; None after `timeout`."""
+        start = anyio.current_time()
+        with anyio.move_on_after(timeout):
+            while True:
+                if self._procs is not None or self.origin is not None:
+                    frac, _ = self.agreement()
+                    if frac == 1.0:
+                        return anyio.current_time() - start
+                await anyio.sleep(poll)
+        return None
+
+    async def converged(self, timeout: float = 5.0) -> bool:  # noqa: ASYNC109 (contract)
+        """Whether all live edges' digests equal the origin's within `timeout` seconds."""
+        return await self.convergence_time(timeout) is not None
+
+    def stats(self) -> TransportStats:
+        """Node-to-node traffic so far (every node, restarted ones included), by message type.
+
+        Messages sent count once each (lost ones included); traffic to the test client is
+        left out.
+        """
+        if self._procs is not None:
+            return self._procs.stats()  # type: ignore[no-any-return]
+        out = TransportStats()
+        for slot in self._slots.values():
+            plugs = [*slot.retired, *([slot.plug] if slot.plug is not None else [])]
+            for plug in plugs:
+                out.merge(plug.stats)
+                for kind, n in plug.client_stats.sent_messages.items():
+                    out.sent_messages[kind] -= n
+                    out.sent_bytes[kind] -= plug.client_stats.sent_bytes[kind]
+        out.sent_messages = +out.sent_messages
+        out.sent_bytes = +out.sent_bytes
+        return out
+
+    # --- the client -------------------------------------------------------------------------
+
+    def _make_client(self) -> Any:
+        if self._sim is not None:
+            return SimClient(self._sim.transport(CLIENT), self._slots["origin"].address)
+        import edgekv
+
+        return edgekv.OriginClient(self._slots["origin"].address, cluster_id=self.cluster_id)
+
+
+class SimClient:
+    """An OriginClient-like writer over a simulated endpoint: REQUEST in, RESPONSE/ERROR out.
+
+    Speaks the same request schema as `OriginClient` (see origin/requests.py); used in sim mode,
+    where there are no sockets.  Requests time out (virtual seconds) with `OriginUnavailable`.
+    """
+
+    def __init__(self, transport: Transport, origin: str, *, timeout: float = 5.0) -> None:
+        self.transport = transport
+        self.origin = origin
+        self.timeout = timeout
+        self._ids = 0
+        self._waiting: dict[int, tuple[anyio.Event, list[Message]]] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._cm: Any = None
+
+    async def __aenter__(self) -> SimClient:
+        self._cm = anyio.create_task_group()
+        self._tg = await self._cm.__aenter__()
+        self._tg.start_soon(self._receive_loop)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._tg is not None
+        self._tg.cancel_scope.cancel()
+        await self._cm.__aexit__(None, None, None)
+        await self.transport.aclose()
+
+    async def _receive_loop(self) -> None:
+        from edgekv.gossip.wire import MsgType
+
+        try:
+            while True:
+                env = await self.transport.receive()
+                msg = env.message
+                if msg.get("t") not in (MsgType.RESPONSE, MsgType.ERROR):
+                    continue
+                waiter = self._waiting.get(msg.get("id"))  # type: ignore[arg-type]
+                if waiter is not None and env.peer == self.origin:
+                    waiter[1].append(msg)
+                    waiter[0].set()
+        except anyio.ClosedResourceError:
+            pass
+
+    async def request(self, body: Mapping[str, Any]) -> Message:
+        from edgekv.errors import OriginUnavailable, error_from_code
+        from edgekv.gossip.wire import MsgType
+
+        self._ids += 1
+        rid = self._ids
+        event, box = anyio.Event(), list[Message]()
+        self._waiting[rid] = (event, box)
+        try:
+            await self.transport.send(
+                self.origin,
+                {"if_version": None, "token": None, **body, "t": int(MsgType.REQUEST), "id": rid},
+            )
+            with anyio.move_on_after(self.timeout):
+                await event.wait()
+        finally:
+            del self._waiting[rid]
+        if not box:
+            raise OriginUnavailable(f"no answer from {self.origin} within {self.timeout:g} s")
+        reply = box[0]
+        if reply["t"] == MsgType.ERROR:
+            raise error_from_code(str(reply.get("code")), str(reply.get("message")))
+        return reply
+
+    async def create_store(self, store: str) -> Version:
+        return _version(await self.request({"op": "create_store", "store": store}))
+
+    async def drop_store(self, store: str) -> Version:
+        return _version(await self.request({"op": "drop_store", "store": store}))
+
+    async def put(
+        self,
+        store: str,
+        key: str,
+        value: bytes,
+        ttl: float | None = None,
+        if_version: int | None = None,
+    ) -> Version:
+        body = {
+            "op": "put",
+            "store": store,
+            "key": key,
+            "value": value,
+            "ttl": ttl,
+            "if_version": if_version,
+        }
+        return _version(await self.request(body))
+
+    async def delete(self, store: str, key: str) -> Version:
+        return _version(await self.request({"op": "delete", "store": store, "key": key}))
+
+
+def _version(reply: Message) -> Version:
+    return Version(int(reply["seq"]), int(reply.get("written_at", 0)))

@@ -1,0 +1,261 @@
+"""`Testnet(processes=True)`: every node its own OS process over TCP on 127.0.0.1.
+
+Each node runs `python -m edgekv origin ...` / `python -m edgekv edge ...` in its own process
+group (`start_new_session`), with its own data_dir under the testnet's root.  Ports are picked
+up front (bind port 0, read it, release it) so every edge can be told its peers' addresses.
+
+What is supported, and how:
+- crash = SIGKILL to the node's process group; restart = a new process on the same data_dir,
+  listen address and flags.
+- isolate = SIGSTOP (the node neither sends nor answers; its peers see it as silent, as with a
+  partition of one), heal = SIGCONT to every stopped node.
+- partition, block, latency and loss are NOT supported across processes (they need the
+  in-process fault policy): those calls raise `InvalidInput`.  Use network="tcp" for them.
+- Reads for the checker go through each edge's admin HTTP API (GET /v1/stores/{s}/keys/{k});
+  digests and watermarks come from GET /status.  The origin exposes no digest over the network,
+  so "converged" means: every live edge reports the same digest and the same watermark.
+Every process is killed (SIGKILL to its group) when the cluster closes, whatever happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import anyio
+import httpx
+
+from edgekv.errors import InvalidInput
+from edgekv.gossip.transport import TransportStats
+
+__all__ = ["ProcessCluster", "free_port"]
+
+START_TIMEOUT = 20.0
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _Proc:
+    def __init__(self, name: str, argv: list[str], log: Path, http: str | None) -> None:
+        self.name = name
+        self.argv = argv
+        self.log = log
+        self.http = http
+        self.popen: subprocess.Popen[bytes] | None = None
+        self.stopped = False
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.popen = subprocess.Popen(
+                self.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self.stopped = False
+
+    @property
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, sig)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        if self.popen is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(timeout=5)
+
+
+class ProcessCluster:
+    """An origin and `edges` edge processes (see the module docstring)."""
+
+    def __init__(
+        self, edges: int, root: Path, *, seed: int = 1, cluster_id: str = "edgekv-testnet"
+    ) -> None:
+        self.root = root
+        self.cluster_id = cluster_id
+        self.origin_address = f"127.0.0.1:{free_port()}"
+        py = [sys.executable, "-m", "edgekv"]
+        self.procs: dict[str, _Proc] = {}
+        origin_dir = root / "origin"
+        origin_dir.mkdir(parents=True, exist_ok=True)
+        self.procs["origin"] = _Proc(
+            "origin",
+            [*py, "origin", "--data-dir", str(origin_dir), "--listen", self.origin_address],
+            root / "origin.log",
+            None,
+        )
+        gossip = {f"edge-{i}": f"127.0.0.1:{free_port()}" for i in range(edges)}
+        names = list(gossip)
+        for i, name in enumerate(names):
+            peers = [gossip[names[(i + d) % len(names)]] for d in (1, 2, 3) if len(names) > d]
+            http = f"127.0.0.1:{free_port()}"
+            d = root / name
+            d.mkdir(parents=True, exist_ok=True)
+            argv = [*py, "edge", "--data-dir", str(d), "--listen", gossip[name]]
+            argv += ["--origin", self.origin_address, "--http", http]
+            for p in dict.fromkeys(peers):
+                argv += ["--peer", p]
+            self.procs[name] = _Proc(name, argv, root / f"{name}.log", http)
+        self._http = httpx.Client(timeout=2.0)
+        self._status: dict[str, dict[str, Any]] = {}
+        self.client: Any = None
+        self._client_cm: Any = None
+
+    async def __aenter__(self) -> ProcessCluster:
+        try:
+            for proc in self.procs.values():
+                proc.start()
+            import edgekv
+
+            self._client_cm = edgekv.OriginClient(self.origin_address, cluster_id="edgekv")
+            with anyio.fail_after(START_TIMEOUT):
+                while True:
+                    try:
+                        self.client = await self._client_cm.__aenter__()
+                        break
+                    except Exception:
+                        await anyio.sleep(0.1)
+                for name in self.procs:
+                    if name != "origin":
+                        await self._wait_http(name)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if self.client is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._client_cm.__aexit__(None, None, None)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """SIGKILL every process group; never leaves a process behind."""
+        for proc in self.procs.values():
+            proc.kill()
+        self._http.close()
+
+    async def _wait_http(self, name: str) -> None:
+        proc = self.procs[name]
+        async with httpx.AsyncClient(timeout=1.0) as http:
+            while True:
+                if not proc.alive:
+                    raise InvalidInput(f"{name} exited at start; see {proc.log}")
+                try:
+                    r = await http.get(f"http://{proc.http}/status")
+                    if r.status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                await anyio.sleep(0.1)
+
+    # --- faults -----------------------------------------------------------------------------
+
+    def _proc(self, name: str) -> _Proc:
+        if name not in self.procs:
+            raise InvalidInput(f"no node named {name!r}")
+        return self.procs[name]
+
+    async def crash(self, name: str) -> None:
+        proc = self._proc(name)
+        await anyio.to_thread.run_sync(proc.kill)
+
+    async def restart(self, name: str) -> None:
+        proc = self._proc(name)
+        if proc.alive:
+            raise InvalidInput(f"{name} is running")
+        proc.start()
+        if proc.http is not None:
+            await self._wait_http(name)
+
+    def isolate(self, name: str) -> None:
+        proc = self._proc(name)
+        proc.signal(signal.SIGSTOP)
+        proc.stopped = True
+
+    def heal(self) -> None:
+        for proc in self.procs.values():
+            if proc.stopped:
+                proc.signal(signal.SIGCONT)
+                proc.stopped = False
+
+    # --- observation (blocking HTTP on 127.0.0.1: small clusters only) -----------------------
+
+    def live_edges(self) -> list[str]:
+        return [n for n, p in self.procs.items() if n != "origin" and p.alive and not p.stopped]
+
+    def readers(self) -> dict[str, Callable[[str, str], bytes | None]]:
+        out = {}
+        for name in self.live_edges():
+            out[name] = self._reader(self.procs[name].http or "")
+        return out
+
+    def _reader(self, http: str) -> Callable[[str, str], bytes | None]:
+        def read(store: str, key: str) -> bytes | None:
+            try:
+                r = self._http.get(f"http://{http}/v1/stores/{store}/keys/{key}")
+            except httpx.HTTPError:
+                return None
+            return r.content if r.status_code == 200 else None
+
+        return read
+
+    def _fetch_status(self) -> dict[str, dict[str, Any]]:
+        out = {}
+        for name in self.live_edges():
+            try:
+                r = self._http.get(f"http://{self.procs[name].http}/status")
+                if r.status_code == 200:
+                    out[name] = r.json()
+            except (httpx.HTTPError, ValueError):
+                continue
+        self._status = out
+        return out
+
+    def digests(self) -> dict[str, int]:
+        return {n: int(s["root"], 16) for n, s in self._fetch_status().items()}
+
+    def watermarks(self) -> dict[str, int]:
+        return {n: int(s["watermark"]) for n, s in self._fetch_status().items()}
+
+    def agreement(self) -> tuple[float, int]:
+        status = self._fetch_status()
+        live = self.live_edges()
+        if not live:
+            return 1.0, 0
+        keys = Counter((s["root"], s["watermark"]) for s in status.values())
+        top = keys.most_common(1)[0][1] if keys else 0
+        return top / len(live), len(keys)
+
+    def stats(self) -> TransportStats:
+        """Sent messages and bytes by type, summed from each live edge's /status counters."""
+        out = TransportStats()
+        for s in self._fetch_status().values():
+            total = s.get("counters", {}).get("transport", {})
+            out.sent_messages["ALL"] += int(total.get("sent_messages", 0))
+            out.sent_bytes["ALL"] += int(total.get("sent_bytes", 0))
+            out.dropped += int(total.get("dropped", 0))
+        return out

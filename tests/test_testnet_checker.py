@@ -1,0 +1,119 @@
+"""The outside convergence checker, fed by hand: delivery, LWW coverage, monotonicity, figures."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgekv.testnet.checker import ConvergenceChecker, percentile, probe_once
+
+
+def test_percentile_nearest_rank() -> None:
+    assert percentile([], 50) == 0.0
+    assert percentile([3.0, 1.0, 2.0], 50) == 2.0
+    assert percentile(list(range(1, 101)), 99) == 99
+    assert percentile(list(range(1, 101)), 100) == 100
+
+
+def test_reached_times_and_propagation() -> None:
+    c = ConvergenceChecker(["e0", "e1"])
+    w = c.issue("s", "k", b"v1", 0.0)
+    c.ack(w, 5, 1.0)
+    assert c.to_read("e0") == [("s", "k")]
+    c.observe("e0", "s", "k", None, 1.1)  # not there yet: no violation
+    c.observe("e0", "s", "k", b"v1", 1.5)
+    c.observe("e1", "s", "k", b"v1", 2.0)
+    assert w.reached == {"e0": 1.5, "e1": 2.0}
+    assert sorted(c.latencies()) == [0.5, 1.0]
+    assert c.to_last_edge() == [1.0]
+    assert c.unreached() == {"e0": 0, "e1": 0}
+    assert c.to_read("e0") == []
+    assert not c.violations
+
+
+def test_newer_write_covers_older_ones() -> None:
+    c = ConvergenceChecker(["e0"])
+    w1 = c.issue("s", "k", b"a", 0.0)
+    w2 = c.issue("s", "k", b"b", 0.0)
+    c.ack(w1, 1, 0.1)
+    c.ack(w2, 2, 0.2)
+    c.observe("e0", "s", "k", b"b", 0.5)  # serving seq 2 means it holds seq 1's effect too
+    assert w1.reached == {"e0": 0.5} and w2.reached == {"e0": 0.5}
+    assert c.unreached() == {"e0": 0}
+
+
+def test_backwards_and_absent_after_served_are_violations() -> None:
+    c = ConvergenceChecker(["e0"])
+    w1 = c.issue("s", "k", b"a", 0.0)
+    w2 = c.issue("s", "k", b"b", 0.0)
+    c.ack(w1, 1, 0.0)
+    c.ack(w2, 2, 0.0)
+    c.observe("e0", "s", "k", b"b", 1.0)
+    c.observe("e0", "s", "k", b"a", 2.0)
+    c.observe("e0", "s", "k", None, 3.0)
+    kinds = [v.kind for v in c.violations]
+    assert kinds == ["backwards", "backwards"]
+
+
+def test_forget_resets_the_baseline_after_a_stateless_restart() -> None:
+    c = ConvergenceChecker(["e0"])
+    w = c.issue("s", "k", b"a", 0.0)
+    c.ack(w, 1, 0.0)
+    c.observe("e0", "s", "k", b"a", 1.0)
+    c.forget("e0")
+    c.observe("e0", "s", "k", None, 2.0)
+    assert not c.violations
+
+
+def test_served_before_ack_counts_at_ack_time() -> None:
+    c = ConvergenceChecker(["e0"])
+    w = c.issue("s", "k", b"a", 0.0)
+    c.observe("e0", "s", "k", b"a", 0.5)
+    assert w.reached == {}
+    c.ack(w, 7, 1.0)
+    assert w.reached == {"e0": 1.0}
+    assert c.latencies() == [0.0]
+
+
+def test_unknown_value_and_duplicate_issue() -> None:
+    c = ConvergenceChecker(["e0"])
+    c.issue("s", "k", b"a", 0.0)
+    with pytest.raises(ValueError):
+        c.issue("s", "k", b"a", 0.0)
+    c.observe("e0", "s", "k", b"garbage", 1.0)
+    assert [v.kind for v in c.violations] == ["unknown_value"]
+
+
+def test_final_check_reports_lost_writes_and_dead_edges_are_not_owed() -> None:
+    c = ConvergenceChecker(["e0", "e1", "e2"])
+    w1 = c.issue("s", "k", b"a", 0.0)
+    w2 = c.issue("s", "k", b"b", 0.0)
+    c.ack(w1, 1, 0.0)
+    c.ack(w2, 2, 0.0)
+    c.set_live("e2", False)
+    served = {"e0": b"b", "e1": b"a", "e2": None}
+    readers = {e: (lambda s, k, e=e: served[e]) for e in served}
+    lost = c.final_check(readers, 5.0)
+    assert [(v.edge, v.kind) for v in lost] == [("e1", "lost")]
+    assert c.unreached() == {"e0": 0, "e1": 1}
+
+
+def test_probe_reads_only_owed_keys_at_live_edges() -> None:
+    c = ConvergenceChecker(["e0", "e1"])
+    for i in range(3):
+        w = c.issue("s", f"k{i}", f"v{i}".encode(), 0.0)
+        c.ack(w, i + 1, 0.0)
+    reads: list[tuple[str, str]] = []
+
+    def reader(edge: str) -> object:
+        def read(store: str, key: str) -> bytes | None:
+            reads.append((edge, key))
+            return b"v0" if key == "k0" else None
+
+        return read
+
+    c.set_live("e1", False)
+    n = probe_once(c, {"e0": reader("e0"), "e1": reader("e1")}, 1.0)  # type: ignore[dict-item]
+    assert n == 3 and {e for e, _ in reads} == {"e0"}
+    reads.clear()
+    probe_once(c, {"e0": reader("e0")}, 2.0)  # type: ignore[dict-item]
+    assert sorted(k for _, k in reads) == ["k1", "k2"]
