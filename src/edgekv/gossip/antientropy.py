@@ -1,0 +1,410 @@
+"""Slow path, the guarantee: Merkle anti-entropy sessions between two replicas.
+
+Theory of operation
+1. Every `ae_interval` (jittered) a node starts a session with a random live peer: AE_ROOT
+   carries a session id, its whole-replica root (16 bytes), watermark, highest seq and purge
+   mark.  Equal roots: the responder answers AE_EQUAL{covers} and the initiator adds those
+   covers (equal states mean it has every effect the peer has).  One round trip.
+2. Otherwise the responder answers AE_STORES: per-store roots, its covers, watermark, high and
+   purge mark.  If the two differ only by progress (different watermark or high), the
+   difference is writes in flight that push and catch-up deliver, and a periodic session stops
+   there; every `ae_force_every`-th session, and every session started for a SYNC fallback,
+   descends anyway.
+3. Descent: for each store whose roots differ, AE_NODES_REQ{store, level, indices} asks for the
+   16 child digests of each listed node; the initiator compares them with its own and asks
+   only for differing children, level by level, down to the leaves (depth 4, 65,536 leaves).
+   For differing leaves AE_LEAF_REQ returns the responder's (key, key digest) list; the
+   initiator then sends AE_STATES with its states of keys that differ, the keys it wants
+   (`want`: it holds another state) and the keys it lacks (`lack`); the responder applies,
+   answers with its states for those keys, and the initiator applies them.
+4. A key one side lacks is dead there if the holder's `state.reset <= lacker.purged`: it was
+   deleted and its tombstone purged, so the holder removes it instead of sending it.  Both
+   sides know the other's purge mark (AE_ROOT, AE_STORES), so deleted keys never come back.
+5. When every request is answered the initiator holds at least the responder's state at the
+   time of AE_STORES, so it adds the covers that message carried.
+6. Bounds: at most one outgoing session (a forced one replaces a periodic one); requests are
+   chunked to stay under `max_message_bytes`; either side drops a session silent for
+   `ae_timeout`; a node answers for at most 256 sessions at once, oldest dropped first.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass
+
+from ..crdt.merkle import DEPTH, FANOUT, MerkleTree
+from ..crdt.replica import Change, Replica
+from ..crdt.state import State
+from ..errors import ConflictingVersion, RemoteProtocolError
+from .config import GossipConfig
+from .dissemination import delta_size
+from .membership import Membership
+from .messages import (
+    AeEqual,
+    AeLeaf,
+    AeLeafReq,
+    AeNodes,
+    AeNodesReq,
+    AeRoot,
+    AeStates,
+    AeStores,
+    Range,
+    Send,
+    ae_equal,
+    ae_leaf,
+    ae_leaf_req,
+    ae_nodes,
+    ae_nodes_req,
+    ae_root,
+    ae_states,
+    ae_stores,
+)
+
+NODES_PER_REQUEST = 2048  # 2,048 x 256 bytes of child digests = 512 KiB per answer
+LEAVES_PER_REQUEST = 256
+MAX_COVER_RANGES = 1000
+MAX_RESPONDING = 256
+_EMPTY = MerkleTree()
+
+
+@dataclass(slots=True)
+class _Session:
+    sid: int
+    peer: str
+    force: bool
+    deadline: float
+    started: float
+    outstanding: int = 0
+    covers: list[Range] | None = None
+    peer_purged: int = 0
+    round_trips: int = 1
+    messages: int = 1
+    done: bool = False
+
+
+class AntiEntropy:
+    """The anti-entropy initiator (one session at a time) and responder of one node."""
+
+    def __init__(
+        self,
+        replica: Replica,
+        config: GossipConfig,
+        rng: random.Random,
+        counters: Counter[str],
+        membership: Membership,
+    ) -> None:
+        self.replica = replica
+        self.config = config
+        self.rng = rng
+        self.counters = counters
+        self.members = membership
+        self.session: _Session | None = None
+        self.last: _Session | None = None  # the last finished session (for tests and benchmarks)
+        self._sid = 0
+        self._rounds = 0
+        self._pending_force: str | None = None
+        self.responding: dict[
+            tuple[str, int], list[float]
+        ] = {}  # (peer, sid) -> [purged, deadline]
+        self.next_round = 0.0
+        self._empty_out: dict[int, list[Send]] = {}
+        self._empty_changes: list[Change] = []
+
+    # -- initiator -------------------------------------------------------------------------------
+
+    def start(self, peer: str, now: float, force: bool = False) -> list[Send]:
+        """Open a session with `peer` (a forced one replaces a periodic one in progress)."""
+        if self.session is not None:
+            if not force or self.session.force:
+                if force:
+                    self._pending_force = peer
+                return []
+            self.counters["ae_aborted"] += 1
+        self._sid += 1
+        r = self.replica
+        self.session = _Session(self._sid, peer, force, now + self.config.ae_timeout, now)
+        self.counters["ae_rounds"] += 1
+        return [
+            Send(
+                peer,
+                ae_root(self._sid, r.root, r.watermark, r.covered.high, r.purged, force),
+            )
+        ]
+
+    def _mine(self, msg_sid: int, peer: str, now: float) -> _Session | None:
+        s = self.session
+        if s is None or s.sid != msg_sid or s.peer != peer:
+            return None
+        s.deadline = now + self.config.ae_timeout
+        return s
+
+    def _finish(self, s: _Session, changes: list[Change]) -> None:
+        if s.outstanding > 0:
+            return
+        if s.covers is not None:
+            self.replica.covered.update(s.covers)
+        s.done = True
+        self.last = s
+        self.session = None
+        self.counters["ae_completed"] += 1
+
+    def on_equal(self, peer: str, msg: AeEqual, now: float) -> None:
+        s = self._mine(msg.sid, peer, now)
+        if s is None:
+            return
+        s.covers = msg.covers
+        self.counters["ae_equal"] += 1
+        self._finish(s, [])
+
+    def on_stores(self, peer: str, msg: AeStores, now: float) -> list[Send]:
+        s = self._mine(msg.sid, peer, now)
+        if s is None:
+            return []
+        r = self.replica
+        if not s.force and (msg.wm, msg.high) != (r.watermark, r.covered.high):
+            self.counters["ae_deferred"] += 1
+            self._finish(s, [])
+            return []
+        s.covers, s.peer_purged = msg.covers, msg.purged
+        mine = r.roots()
+        out: list[Send] = []
+        for store in sorted(set(mine) | set(msg.roots)):
+            if mine.get(store, 0) != msg.roots.get(store, 0):
+                out.append(Send(peer, ae_nodes_req(s.sid, store, 0, [0])))
+        if out:
+            s.round_trips += 1
+        return self._sent(s, out, [])
+
+    def _sent(self, s: _Session, out: list[Send], changes: list[Change]) -> list[Send]:
+        s.outstanding += sum(1 for m in out if m.message.get("reply", True) is True)
+        s.messages += len(out)
+        self._finish(s, changes)
+        return out
+
+    def _tree(self, store: str) -> MerkleTree:
+        sr = self.replica.stores.get(store)
+        return sr.tree if sr is not None else _EMPTY
+
+    def on_nodes(self, peer: str, msg: AeNodes, now: float) -> list[Send]:
+        s = self._mine(msg.sid, peer, now)
+        if s is None:
+            return []
+        s.outstanding -= 1
+        s.messages += 1
+        tree = self._tree(msg.store)
+        below = msg.level + 1
+        differing: list[int] = []
+        for idx, theirs in msg.nodes:
+            mine = tree.children(msg.level, idx)
+            differing.extend(idx * FANOUT + j for j in range(FANOUT) if mine[j] != theirs[j])
+            if below == DEPTH:
+                # leaves the peer has empty: handled here, no need to ask for their keys
+                empty = [idx * FANOUT + j for j in range(FANOUT) if not theirs[j] and mine[j]]
+                if empty:
+                    differing = [d for d in differing if d not in set(empty)]
+                    self._pending_empty(s, msg.store, empty)
+        out: list[Send] = []
+        if below < DEPTH:
+            for i in range(0, len(differing), NODES_PER_REQUEST):
+                out.append(
+                    Send(
+                        peer,
+                        ae_nodes_req(s.sid, msg.store, below, differing[i : i + NODES_PER_REQUEST]),
+                    )
+                )
+        else:
+            for i in range(0, len(differing), LEAVES_PER_REQUEST):
+                out.append(
+                    Send(peer, ae_leaf_req(s.sid, msg.store, differing[i : i + LEAVES_PER_REQUEST]))
+                )
+        out.extend(self._take_empty(s))
+        if out:
+            s.round_trips = max(s.round_trips, 2 + below)
+        return self._sent(s, out, [])
+
+    def _pending_empty(self, s: _Session, store: str, leaves: list[int]) -> None:
+        msgs, changes = self._diff_leaves(s, store, leaves, {})
+        self._empty_out.setdefault(s.sid, []).extend(msgs)
+        self._empty_changes.extend(changes)
+
+    def _take_empty(self, s: _Session) -> list[Send]:
+        return self._empty_out.pop(s.sid, [])
+
+    def take_changes(self) -> list[Change]:
+        """Removals made while descending (leaves the peer has empty)."""
+        out, self._empty_changes = self._empty_changes, []
+        return out
+
+    def on_leaf(self, peer: str, msg: AeLeaf, now: float) -> tuple[list[Change], list[Send]]:
+        s = self._mine(msg.sid, peer, now)
+        if s is None:
+            return [], []
+        s.outstanding -= 1
+        s.messages += 1
+        out, changes = self._diff_leaves(s, msg.store, msg.leaves, dict(msg.entries))
+        if out:
+            s.round_trips = max(s.round_trips, 2 + DEPTH)
+        return changes, self._sent(s, out, changes)
+
+    def _diff_leaves(
+        self, s: _Session, store: str, leaves: list[int], theirs: dict[str, int]
+    ) -> tuple[list[Send], list[Change]]:
+        sr = self.replica.stores.get(store)
+        tree = sr.tree if sr is not None else _EMPTY
+        send: list[tuple[str, State]] = []
+        want: list[str] = []
+        changes: list[Change] = []
+        mine_keys: set[str] = set()
+        for leaf in leaves:
+            for key in list(tree.keys_in(leaf)):
+                assert sr is not None
+                st = sr.states[key]
+                mine_keys.add(key)
+                their = theirs.get(key)
+                if their is None:
+                    if st.reset <= s.peer_purged:
+                        self.replica.remove(store, key)
+                        changes.append(Change(store, key, None))
+                        self.counters["ae_removed"] += 1
+                    else:
+                        send.append((key, st))
+                elif their != st.digest(key):
+                    send.append((key, st))
+                    want.append(key)
+        lack = [k for k in theirs if k not in mine_keys]
+        return self._states_msgs(s.sid, s.peer, store, send, want, lack, True), changes
+
+    def _states_msgs(
+        self,
+        sid: int,
+        peer: str,
+        store: str,
+        send: list[tuple[str, State]],
+        want: list[str],
+        lack: list[str],
+        request: bool,
+    ) -> list[Send]:
+        out: list[Send] = []
+        chunk: list[tuple[str, State]] = []
+        size = 0
+        for key, st in send:
+            n = delta_size(st) + len(key)
+            if chunk and size + n > self.config.max_message_bytes:
+                out.append(Send(peer, ae_states(sid, store, chunk, [], [], False, more=True)))
+                chunk, size = [], 0
+            chunk.append((key, st))
+            size += n
+        reply = request and bool(want or lack)
+        if chunk or reply or not request:  # an answer always ends with a final chunk
+            out.append(Send(peer, ae_states(sid, store, chunk, want, lack, reply)))
+        self.counters["ae_states_sent"] += len(send)
+        return out
+
+    # -- responder -------------------------------------------------------------------------------
+
+    def on_root(self, peer: str, msg: AeRoot, now: float) -> list[Send]:
+        r = self.replica
+        if r.root == msg.root:
+            covers = r.covered.above(0)[:MAX_COVER_RANGES]
+            return [Send(peer, ae_equal(msg.sid, covers))]
+        if len(self.responding) >= MAX_RESPONDING:
+            oldest = min(self.responding, key=lambda k: self.responding[k][1])
+            del self.responding[oldest]
+        self.responding[(peer, msg.sid)] = [msg.purged, now + self.config.ae_timeout]
+        covers = list(r.covered)[:MAX_COVER_RANGES]
+        return [
+            Send(
+                peer,
+                ae_stores(msg.sid, r.roots(), covers, r.watermark, r.covered.high, r.purged),
+            )
+        ]
+
+    def _responding(self, peer: str, sid: int, now: float) -> list[float] | None:
+        entry = self.responding.get((peer, sid))
+        if entry is not None:
+            entry[1] = now + self.config.ae_timeout
+        return entry
+
+    def on_nodes_req(self, peer: str, msg: AeNodesReq, now: float) -> list[Send]:
+        if self._responding(peer, msg.sid, now) is None:
+            return []
+        tree = self._tree(msg.store)
+        nodes = [(i, tree.children(msg.level, i)) for i in msg.indices]
+        return [Send(peer, ae_nodes(msg.sid, msg.store, msg.level, nodes))]
+
+    def on_leaf_req(self, peer: str, msg: AeLeafReq, now: float) -> list[Send]:
+        if self._responding(peer, msg.sid, now) is None:
+            return []
+        sr = self.replica.stores.get(msg.store)
+        entries: list[tuple[str, int]] = []
+        if sr is not None:
+            for leaf in msg.leaves:
+                entries.extend((k, sr.states[k].digest(k)) for k in sr.tree.keys_in(leaf))
+        return [Send(peer, ae_leaf(msg.sid, msg.store, msg.leaves, entries))]
+
+    def on_states(self, peer: str, msg: AeStates, now: float) -> tuple[list[Change], list[Send]]:
+        """AE_STATES on either side: apply the states; the responder answers want/lack."""
+        mine = self._mine(msg.sid, peer, now)
+        entry = None if mine is not None else self._responding(peer, msg.sid, now)
+        if mine is None and entry is None:
+            return [], []
+        try:
+            changes = self.replica.apply_batch([(msg.store, k, d) for k, d in msg.states])
+        except ConflictingVersion as exc:
+            raise RemoteProtocolError(f"AE_STATES conflicts with local state: {exc}") from None
+        self.counters["ae_states_received"] += len(msg.states)
+        if mine is not None:
+            mine.messages += 1
+            if not msg.more:
+                mine.outstanding -= 1
+            self._finish(mine, changes)
+            return changes, []
+        assert entry is not None
+        if not msg.reply:
+            return changes, []
+        purged = int(entry[0])
+        sr = self.replica.stores.get(msg.store)
+        states = sr.states if sr is not None else {}
+        send: list[tuple[str, State]] = [(k, states[k]) for k in msg.want if k in states]
+        for k in msg.lack:
+            st = states.get(k)
+            if st is None:
+                continue
+            if st.reset <= purged:
+                self.replica.remove(msg.store, k)
+                changes.append(Change(msg.store, k, None))
+                self.counters["ae_removed"] += 1
+            else:
+                send.append((k, st))
+        return changes, self._states_msgs(msg.sid, peer, msg.store, send, [], [], False)
+
+    # -- timers ----------------------------------------------------------------------------------
+
+    def next_deadline(self) -> float:
+        t = self.next_round
+        if self.session is not None:
+            t = min(t, self.session.deadline)
+        return t
+
+    def tick(self, now: float) -> list[Send]:
+        out: list[Send] = []
+        for key in [k for k, v in self.responding.items() if v[1] <= now]:
+            del self.responding[key]
+        s = self.session
+        if s is not None and s.deadline <= now:
+            self.counters["ae_timeouts"] += 1
+            self._empty_out.pop(s.sid, None)
+            self.session = None
+        if self.session is None and self._pending_force is not None:
+            peer, self._pending_force = self._pending_force, None
+            if not self.members.is_dead(peer):
+                out.extend(self.start(peer, now, force=True))
+        if self.next_round <= now:
+            self.next_round = now + self.config.ae_interval * (0.75 + 0.5 * self.rng.random())
+            live = self.members.alive()
+            if self.session is None and live:
+                self._rounds += 1
+                force = self._rounds % self.config.ae_force_every == 0
+                out.extend(self.start(self.rng.choice(live), now, force))
+        return out

@@ -1,0 +1,111 @@
+"""Tunable intervals and sizes of the gossip protocol, with the defaults the benchmarks use.
+
+Every field is in seconds (floats) or counts/bytes (ints).  The defaults were tuned with
+`benchmarks/bench_gossip.py` (25 edges + origin, 100 ms links, 100 writes/s): see
+benchmarks/results/gossip.md for what they give.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..errors import InvalidInput
+
+
+@dataclass
+class GossipConfig:
+    """Gossip timers and limits.  All times are seconds of the caller's clock (`now`)."""
+
+    # -- dissemination (Plumtree) -----------------------------------------------------------
+    push_window: float = 0.1
+    """The origin's batching window: committed deltas wait this long so one PUSH carries many."""
+    relay_window: float = 0.002
+    """A relay's batching window before forwarding what a PUSH brought (much smaller)."""
+    fanout: int = 4
+    """Initial eager peers of an edge; the tree forms by pruning duplicates from this set."""
+    origin_fanout: int = 6
+    """Initial eager peers of the origin (the source of every seq; a wider root, a shallower tree)."""
+    max_hops: int = 0
+    """Retransmit limit of a PUSH in hops; 0 means automatic: 2 * ceil(log2(members + 1)) + 2."""
+    ihave_window: float = 0.5
+    """Lazy notices (IHAVE) to pruned peers are batched over this window."""
+    ihave_peers: int = 2
+    """At most this many lazy peers get an IHAVE per window (rotated), to bound notice traffic."""
+    graft_timeout: float = 0.25
+    """How long a node that learned of seqs it lacks waits for them before sending GRAFT."""
+
+    # -- membership (SWIM) ------------------------------------------------------------------
+    ping_interval: float = 1.0
+    """One probe of one peer (round-robin over a shuffled list) per interval."""
+    ping_timeout: float = 0.4
+    """A direct ping not acknowledged within this leads to indirect probes (PING_REQ)."""
+    indirect_probes: int = 3
+    """Peers asked to probe a silent target before it is suspected."""
+    suspect_timeout: float = 4.0
+    """A suspect not refuted within this is declared dead."""
+    members_interval: float = 5.0
+    """Full member list gossip to one random peer every interval (changes also piggyback)."""
+    dead_forget: float = 3600.0
+    """Dead peers are kept (for revival and tie-breaking) this long, then forgotten."""
+
+    # -- catch-up and anti-entropy ------------------------------------------------------------
+    ae_interval: float = 2.0
+    """One anti-entropy session with a random live peer per interval."""
+    ae_timeout: float = 5.0
+    """A session (either side) silent this long is dropped."""
+    ae_force_every: int = 5
+    """A periodic session whose peers differ only by writes in flight stops after the root
+    exchange (catch-up delivers those); every ae_force_every-th session descends anyway."""
+    sync_timeout: float = 3.0
+    """A SYNC_REQ unanswered this long is retried with another peer."""
+    purge_interval: float = 10.0
+    """Tombstone purge by causal stability runs this often."""
+
+    # -- sizes ----------------------------------------------------------------------------------
+    max_message_bytes: int = 1 << 20
+    """Soft limit of one outgoing message's payload (SYNC_DATA and AE replies are chunked)."""
+    max_items: int = 100_000
+    """Hard limit on items, ranges, keys or indices in one received message."""
+    max_members: int = 10_000
+    """Hard limit on entries of one MEMBERS message and on the member table."""
+
+    def __post_init__(self) -> None:
+        for name in (
+            "push_window",
+            "relay_window",
+            "ihave_window",
+            "graft_timeout",
+            "ping_timeout",
+            "suspect_timeout",
+            "sync_timeout",
+            "dead_forget",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+                raise InvalidInput(f"GossipConfig.{name} must be a finite number >= 0")
+        for name in (
+            "ping_interval",
+            "ae_interval",
+            "ae_timeout",
+            "purge_interval",
+            "members_interval",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+                raise InvalidInput(f"GossipConfig.{name} must be a finite number > 0")
+        for name in ("fanout", "origin_fanout", "ihave_peers", "ae_force_every"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise InvalidInput(f"GossipConfig.{name} must be an integer >= 1")
+        if not isinstance(self.indirect_probes, int) or self.indirect_probes < 0:
+            raise InvalidInput("GossipConfig.indirect_probes must be an integer >= 0")
+        if not isinstance(self.max_hops, int) or self.max_hops < 0:
+            raise InvalidInput("GossipConfig.max_hops must be an integer >= 0")
+        if self.max_message_bytes < 4096:
+            raise InvalidInput("GossipConfig.max_message_bytes must be at least 4096")
+
+    def hop_limit(self, members: int) -> int:
+        """The retransmit limit for a cluster of `members` nodes (about 2 log2 N)."""
+        if self.max_hops:
+            return self.max_hops
+        return 2 * math.ceil(math.log2(members + 1)) + 2

@@ -1,0 +1,331 @@
+"""GossipNode: the sans-IO gossip protocol of one node (origin or edge).
+
+Theory of operation
+1. The node never does I/O and never reads a clock.  The driver calls `receive(peer, msg,
+   now)` for every inbound gossip message, `tick(now, wall_ms)` whenever `now` reaches
+   `next_deadline`, and `publish(items, covers, now)` for committed deltas; each returns the
+   `Send`s to put on the network (best effort: any of them may be lost).  Randomness comes
+   from the injected `random.Random`, so a seed replays a whole simulation.
+2. `receive` validates the whole message first (`messages.parse`); a malformed message raises
+   `RemoteProtocolError` before anything changes.  Then the sender is marked alive (direct
+   evidence) and the message goes to the part that owns it:
+     dissemination (PUSH, IHAVE, GRAFT, PRUNE)  - fresh writes along a Plumtree tree;
+     catch-up (SYNC_REQ, SYNC_DATA, and GRAFT's answer) - everything after a watermark;
+     anti-entropy (AE_*)                       - Merkle comparison, the guarantee;
+     membership (PING, ACK, PING_REQ, MEMBERS, BYE) - SWIM failure detection.
+3. Watermarks travel on PING/ACK/IHAVE/SYNC/AE messages.  A node that sees a peer ahead of it
+   arms the graft timer (dissemination rule 3); a SYNC fallback starts a forced AE session.
+4. Tombstone purge by causal stability: every `purge_interval` the horizon is the minimum of
+   this node's watermark and the last watermark advertised by every member not known dead
+   (the origin included); `Replica.purge(horizon, wall_ms)` then drops tombstones at or below
+   it.  Expired values need the wall clock: the driver passes `tick(now, wall_ms=...)`; with
+   `wall_ms=None` only tombstones are collected.  A node declared dead and returning is behind
+   the others' purge marks: its SYNC gets a fallback and anti-entropy removes what was deleted.
+5. Every state change (pushes, syncs, AE repairs, purges, removals as `state=None`) is
+   recorded; `drain_changes()` hands them to the driver (watch, persistence, metrics).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Sequence
+
+from ..crdt.replica import Change, Replica
+from ..crdt.state import Delta
+from ..errors import InvalidInput
+from .antientropy import AntiEntropy
+from .catchup import CatchUp
+from .config import GossipConfig
+from .dissemination import Dissemination
+from .membership import DEAD, Membership, PeerInfo
+from .messages import (
+    Ack,
+    AeEqual,
+    AeLeaf,
+    AeLeafReq,
+    AeNodes,
+    AeNodesReq,
+    AeRoot,
+    AeStates,
+    AeStores,
+    Bye,
+    Graft,
+    IHave,
+    Members,
+    Ping,
+    PingReq,
+    Prune,
+    Push,
+    Range,
+    Send,
+    SyncData,
+    SyncReq,
+    bye,
+    parse,
+    ping,
+)
+from .wire import Message
+
+FORWARD_SYNC_LIMIT = 1000  # catch-up batches up to this many keys are relayed to the subtree
+
+
+class GossipNode:
+    """The gossip protocol of one node.  See the module docstring for the rules."""
+
+    def __init__(
+        self,
+        address: str,
+        replica: Replica,
+        *,
+        role: str = "edge",
+        seeds: Sequence[str] = (),
+        config: GossipConfig | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if role not in ("edge", "origin"):
+            raise InvalidInput(f"role must be 'edge' or 'origin', not {role!r}")
+        if not isinstance(address, str) or not address:
+            raise InvalidInput("a node needs a non-empty address")
+        self.address = address
+        self.role = role
+        self.replica = replica
+        self.seeds = [s for s in seeds if s != address]
+        self.config = config if config is not None else GossipConfig()
+        self.rng = rng if rng is not None else random.Random()
+        self.counters: Counter[str] = Counter()
+        self.members = Membership(address, role, self.config, self.rng, self.counters)
+        self.dissemination = Dissemination(
+            address, role, replica, self.config, self.rng, self.counters, self.members
+        )
+        self.catchup = CatchUp(replica, self.config, self.rng, self.counters, self.members)
+        self.antientropy = AntiEntropy(replica, self.config, self.rng, self.counters, self.members)
+        self._changes: list[Change] = []
+        self._started = False
+        self._next_purge = float("inf")
+
+    # -- driver API ------------------------------------------------------------------------------
+
+    def start(self, now: float) -> list[Send]:
+        """Join: contact the seeds, announce ourselves, ask a seed for catch-up."""
+        cfg = self.config
+        self._started = True
+        for s in self.seeds:
+            self.members.add_seed(s, now)
+        self._sync_marks()
+        self.members.next_ping = now + cfg.ping_interval * self.rng.random()
+        self.members.next_members = now + cfg.members_interval * (0.5 + self.rng.random())
+        self.antientropy.next_round = now + cfg.ae_interval * (0.5 + self.rng.random())
+        self._next_purge = now + cfg.purge_interval
+        self.dissemination.fill()
+        out: list[Send] = []
+        for s in self.seeds:  # a ping carrying our row makes the seed gossip us
+            out.append(
+                Send(
+                    s,
+                    ping(
+                        0,
+                        self.replica.watermark,
+                        self.replica.purged,
+                        self.members.incarnation,
+                        self.role,
+                        self.members.rows()[:1],
+                    ),
+                )
+            )
+        if self.role != "origin" and self.seeds:
+            out.extend(self.catchup.request(now, self.rng.choice(self.seeds)))
+        return out
+
+    def leave(self, now: float) -> list[Send]:
+        """Graceful goodbye: live peers mark this node dead at once."""
+        return [Send(p, bye()) for p in self.members.live()]
+
+    @property
+    def next_deadline(self) -> float:
+        """When `tick` must next run (inf before `start`)."""
+        if not self._started:
+            return float("inf")
+        return min(
+            self.members.next_deadline(),
+            self.dissemination.next_deadline(),
+            self.catchup.next_deadline(),
+            self.antientropy.next_deadline(),
+            self._next_purge,
+        )
+
+    def publish(
+        self, items: list[tuple[str, str, Delta]], covers: list[tuple[int, int]], now: float
+    ) -> list[Send]:
+        """Committed deltas (applied here or not: applying is idempotent) enter dissemination.
+
+        At the origin they are queued for the eager peers (flushed after `push_window`; call
+        `tick` at `next_deadline`).  At an edge (read-your-writes: the origin's answer to a
+        forwarded write) they are only applied: the origin's own push reaches everyone, and an
+        edge re-pushing them would only cause duplicates.
+        """
+        self._record(self.dissemination.publish(list(items), list(covers), now))
+        return []
+
+    def receive(self, peer: str, message: Message, now: float) -> list[Send]:
+        """Handle one inbound gossip message.  Malformed: RemoteProtocolError, nothing changed."""
+        msg = parse(message)
+        self._sync_marks()
+        before = len(self.members.peers)
+        out = self.members.heard_from(peer, now)
+        out.extend(self._dispatch(peer, msg, now))
+        if len(self.members.peers) != before:
+            self.dissemination.fill()
+        return out
+
+    def tick(self, now: float, wall_ms: int | None = None) -> list[Send]:
+        """Run every timer due at `now`.  `wall_ms` (ms since the epoch) enables TTL collection."""
+        if not self._started:
+            return []
+        self._sync_marks()
+        out = self.members.tick(now)
+        if self.members.revived:
+            self.members.revived.clear()
+        out.extend(self.dissemination.tick(now))
+        out.extend(self.catchup.tick(now))
+        out.extend(self.antientropy.tick(now))
+        if self._next_purge <= now:
+            self._next_purge = now + self.config.purge_interval
+            self._purge(wall_ms)
+        return out
+
+    def drain_changes(self) -> list[Change]:
+        """State changes applied since the last call (removals have `state=None`)."""
+        out, self._changes = self._changes, []
+        return out
+
+    def peers(self) -> dict[str, PeerInfo]:
+        """address -> what this node knows of that peer (a copy)."""
+        return {
+            a: PeerInfo(
+                p.address,
+                p.role,
+                p.incarnation,
+                p.state,
+                p.since,
+                p.watermark,
+                p.purged,
+                p.last_seen,
+            )
+            for a, p in self.members.peers.items()
+        }
+
+    @property
+    def watermark(self) -> int:
+        return self.replica.watermark
+
+    def purge_horizon(self) -> int:
+        """The highest seq every member not known dead has acknowledged (and this node has)."""
+        h = self.replica.watermark
+        for p in self.members.peers.values():
+            if p.state != DEAD:
+                h = min(h, p.watermark)
+        return h
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _record(self, changes: list[Change]) -> None:
+        if changes:
+            self._changes.extend(changes)
+
+    def _sync_marks(self) -> None:
+        self.members.wm = self.replica.watermark
+        self.members.purged = self.replica.purged
+
+    def _purge(self, wall_ms: int | None) -> None:
+        horizon = self.purge_horizon()
+        if horizon > self.replica.purged or wall_ms is not None:
+            removed = self.replica.purge(horizon, wall_ms if wall_ms is not None else 0)
+            if removed:
+                self.counters["purged"] += len(removed)
+                self._record(removed)
+
+    def _ahead(self, peer: str, wm: int, now: float) -> None:
+        self.dissemination.learn_exists(peer, wm, now)
+
+    def _dispatch(self, peer: str, msg: object, now: float) -> list[Send]:
+        d, members = self.dissemination, self.members
+        if isinstance(msg, Push):
+            changes, out = d.on_push(peer, msg, now)
+            self._record(changes)
+            return out
+        if isinstance(msg, IHave):
+            d.on_ihave(peer, msg, now)
+            return []
+        if isinstance(msg, Graft):
+            members.note_progress(peer, msg.wm, msg.purged)
+            d.on_graft(peer)
+            return self.catchup.answer(peer, 0, msg.wm)
+        if isinstance(msg, Prune):
+            d.on_prune(peer)
+            return []
+        if isinstance(msg, SyncReq):
+            members.note_progress(peer, msg.wm, msg.purged)
+            return self.catchup.answer(peer, msg.rid, msg.wm)
+        if isinstance(msg, SyncData):
+            return self._on_sync_data(peer, msg, now)
+        if isinstance(msg, Ping):
+            out = members.on_ping(peer, msg, now)
+            self._ahead(peer, msg.wm, now)
+            return out
+        if isinstance(msg, Ack):
+            out = members.on_ack(peer, msg, now)
+            self._ahead(msg.target or peer, msg.wm, now)
+            return out
+        if isinstance(msg, PingReq):
+            return members.on_ping_req(peer, msg, now)
+        if isinstance(msg, Members):
+            members.merge_rows(msg.members, now)
+            return []
+        if isinstance(msg, Bye):
+            members.mark_left(peer, now)
+            return []
+        return self._dispatch_ae(peer, msg, now)
+
+    def _on_sync_data(self, peer: str, msg: SyncData, now: float) -> list[Send]:
+        changes = self.catchup.on_data(peer, msg)
+        self._record(changes)
+        if msg.fallback:
+            return self.antientropy.start(peer, now, force=True)
+        if changes and len(changes) <= FORWARD_SYNC_LIMIT:
+            items = [(c.store, c.key, c.state) for c in changes if c.state is not None]
+            covers: list[Range] = msg.covers if msg.last else []
+            self.dissemination.forward_new(items, covers, peer, now)
+        self.dissemination.check_gap(peer, now)
+        return []
+
+    def _dispatch_ae(self, peer: str, msg: object, now: float) -> list[Send]:
+        ae = self.antientropy
+        if isinstance(msg, AeRoot):
+            self.members.note_progress(peer, msg.wm, msg.purged)
+            self._ahead(peer, msg.wm, now)
+            return ae.on_root(peer, msg, now)
+        if isinstance(msg, AeEqual):
+            ae.on_equal(peer, msg, now)
+            return []
+        if isinstance(msg, AeStores):
+            self.members.note_progress(peer, msg.wm, msg.purged)
+            self._ahead(peer, msg.wm, now)
+            return ae.on_stores(peer, msg, now)
+        if isinstance(msg, AeNodesReq):
+            return ae.on_nodes_req(peer, msg, now)
+        if isinstance(msg, AeNodes):
+            out = ae.on_nodes(peer, msg, now)
+            self._record(ae.take_changes())
+            return out
+        if isinstance(msg, AeLeafReq):
+            return ae.on_leaf_req(peer, msg, now)
+        if isinstance(msg, AeLeaf):
+            changes, out = ae.on_leaf(peer, msg, now)
+            self._record(changes)
+            return out
+        if isinstance(msg, AeStates):
+            changes, out = ae.on_states(peer, msg, now)
+            self._record(changes)
+            return out
+        raise AssertionError(f"unhandled message {msg!r}")  # pragma: no cover - parse is total

@@ -1,0 +1,289 @@
+"""Fast path: Plumtree-style eager push of fresh deltas along a self-forming tree.
+
+Theory of operation
+1. The origin is the only source of new seqs.  It queues each committed batch for its eager
+   peers; a per-peer transmit queue is flushed `push_window` after its first entry, so one PUSH
+   carries every write of the window.  In a queue a newer delta for a key is joined into the
+   queued one (`crdt.state.join`) and cover ranges are unioned.
+2. A node receiving a PUSH applies it (`Replica.apply_batch`).  If it brought anything new (a
+   state changed or a seq not yet covered), it is queued for every eager peer except the
+   sender, flushed after the much shorter `relay_window`, while its hop count is below the
+   retransmit limit (about 2 log2 N).  If it brought nothing, the receiver answers PRUNE and
+   moves the sender to its lazy set; the sender moves the receiver to its lazy set too.  So the
+   eager links shrink to a spanning tree (first arrivals) and a batch costs about N-1 messages.
+3. New covers are also announced to lazy peers in IHAVE notices batched over `ihave_window`
+   (a few lazy peers per window, rotating).  A node that learns of seqs it lacks (IHAVE, a
+   watermark on a PING/ACK, or a gap in the covers it holds) waits `graft_timeout`; if its
+   watermark still has not passed them it sends GRAFT to a peer known to hold them.  That peer
+   makes the link eager again (repairing the tree) and answers with SYNC_DATA (catch-up).
+4. Peers known dead are skipped when flushing; they stay in the sets, so a revived peer gets
+   pushes again.  A node with fewer than `fanout` neighbours adds newly learned peers as eager.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ..crdt.register import Register
+from ..crdt.replica import Change, Replica
+from ..crdt.seqranges import SeqRanges
+from ..crdt.state import Delta, join
+from ..crdt.zset import ZSet
+from ..errors import ConflictingVersion, RemoteProtocolError
+from .config import GossipConfig
+from .membership import Membership
+from .messages import IHave, Item, Push, Range, Send, graft, ihave, prune, push
+
+
+@dataclass(slots=True)
+class _Outbox:
+    """One peer's transmit queue."""
+
+    due: float
+    hops: int
+    items: dict[tuple[str, str], Delta] = field(default_factory=dict)
+    covers: SeqRanges = field(default_factory=SeqRanges)
+
+
+def delta_size(d: Delta) -> int:
+    """A cheap upper estimate of a delta's encoded size, for chunking."""
+    if isinstance(d, Register):
+        return 32 + (len(d.value) if d.value is not None else 0)
+    if isinstance(d, ZSet):
+        return 32 + sum(len(m) + 20 for m in d.members)
+    bits = getattr(d, "bits", None)
+    if bits is not None:
+        return 48 + len(bits)
+    return 48 + 9 * len(getattr(d, "positions", ()))
+
+
+def covers_new(covered: SeqRanges, ranges: list[Range]) -> bool:
+    """True when some seq of `ranges` is not in `covered`."""
+    have = list(covered)
+    return any(not any(a <= lo and hi <= b for a, b in have) for lo, hi in ranges)
+
+
+class Dissemination:
+    """Eager/lazy peer sets, transmit queues, lazy notices and graft timers of one node."""
+
+    def __init__(
+        self,
+        address: str,
+        role: str,
+        replica: Replica,
+        config: GossipConfig,
+        rng: random.Random,
+        counters: Counter[str],
+        membership: Membership,
+    ) -> None:
+        self.address = address
+        self.role = role
+        self.replica = replica
+        self.config = config
+        self.rng = rng
+        self.counters = counters
+        self.members = membership
+        self.eager: set[str] = set()
+        self.lazy: set[str] = set()
+        self.outbox: dict[str, _Outbox] = {}
+        self._notice = SeqRanges()
+        self._notice_due: float | None = None
+        self._lazy_order: list[str] = []
+        self.known_high = 0  # highest seq this node knows exists
+        self._hint: str | None = None  # a peer that announced `known_high`
+        self._graft_due: float | None = None
+        self._graft_high = 0
+
+    @property
+    def fanout(self) -> int:
+        return self.config.origin_fanout if self.role == "origin" else self.config.fanout
+
+    # -- neighbours ------------------------------------------------------------------------------
+
+    def fill(self) -> None:
+        """Take new eager peers while this node has fewer than `fanout` neighbours."""
+        need = self.fanout - len(self.eager) - len(self.lazy)
+        if need <= 0:
+            return
+        candidates = [a for a in self.members.alive() if a not in self.eager and a not in self.lazy]
+        self.rng.shuffle(candidates)
+        self.eager.update(candidates[:need])
+
+    def on_prune(self, peer: str) -> None:
+        if peer in self.eager:
+            self.eager.discard(peer)
+            self.lazy.add(peer)
+            self.counters["pruned_by_peer"] += 1
+
+    def on_graft(self, peer: str) -> None:
+        self.lazy.discard(peer)
+        self.eager.add(peer)
+        self.counters["grafted_by_peer"] += 1
+
+    # -- pushes ------------------------------------------------------------------------------------
+
+    def publish(self, items: list[Item], covers: list[Range], now: float) -> list[Change]:
+        """Apply committed deltas here and, at the origin, queue them for the eager peers."""
+        changes = self.replica.apply_batch(items, covers)
+        if self.role == "origin":
+            self.fill()
+            self._forward(items, covers, 0, None, now + self.config.push_window)
+        return changes
+
+    def on_push(self, peer: str, msg: Push, now: float) -> tuple[list[Change], list[Send]]:
+        fresh_covers = covers_new(self.replica.covered, msg.covers)
+        try:
+            changes = self.replica.apply_batch(msg.items, msg.covers)
+        except ConflictingVersion as exc:
+            raise RemoteProtocolError(f"PUSH conflicts with local state: {exc}") from None
+        self.counters["pushes_received"] += 1
+        if not changes and not fresh_covers:
+            self.counters["duplicates"] += 1
+            self.eager.discard(peer)
+            self.lazy.add(peer)
+            self.counters["prunes_sent"] += 1
+            return changes, [Send(peer, prune())]
+        hops = msg.hops + 1
+        if hops <= self.config.hop_limit(len(self.members.peers) + 1):
+            self._forward(msg.items, msg.covers, hops, peer, now + self.config.relay_window)
+        self.check_gap(peer, now)
+        return changes, []
+
+    def forward_new(
+        self, items: Sequence[Item], covers: list[Range], source: str, now: float
+    ) -> None:
+        """Relay what a catch-up brought (small batches only) so this node's subtree gets it."""
+        if items or covers:
+            self._forward(items, covers, 1, source, now + self.config.relay_window)
+
+    def _forward(
+        self, items: Sequence[Item], covers: list[Range], hops: int, exclude: str | None, due: float
+    ) -> None:
+        for peer in self.eager:
+            if peer == exclude or self.members.is_dead(peer):
+                continue
+            box = self.outbox.get(peer)
+            if box is None:
+                box = self.outbox[peer] = _Outbox(due, hops)
+            else:
+                box.hops = min(box.hops, hops)
+            queued = box.items
+            for store, key, delta in items:
+                old = queued.get((store, key))
+                queued[(store, key)] = delta if old is None else join(old, delta)
+            box.covers.update(covers)
+        if covers:
+            self._notice.update(covers)
+            if self._notice_due is None:
+                self._notice_due = due - self.config.relay_window + self.config.ihave_window
+
+    def _flush(self, peer: str, box: _Outbox) -> list[Send]:
+        out: list[Send] = []
+        chunk: list[Item] = []
+        size = 0
+        limit = self.config.max_message_bytes
+        for (store, key), delta in box.items.items():
+            n = delta_size(delta) + len(key) + len(store)
+            if chunk and size + n > limit:
+                out.append(Send(peer, push(chunk, [], box.hops)))
+                chunk, size = [], 0
+            chunk.append((store, key, delta))
+            size += n
+        out.append(Send(peer, push(chunk, list(box.covers), box.hops)))
+        self.counters["pushes_sent"] += len(out)
+        return out
+
+    # -- lazy notices and grafts --------------------------------------------------------------------
+
+    def on_ihave(self, peer: str, msg: IHave, now: float) -> None:
+        self.members.note_progress(peer, msg.wm, 0)
+        high = max([msg.wm, *(hi for _, hi in msg.covers)])
+        self.learn_exists(peer, high, now)
+
+    def learn_exists(self, peer: str, high: int, now: float) -> None:
+        """`peer` has seqs up to `high`: arm the graft timer if this node lacks some of them."""
+        if self.role == "origin" or high <= self.replica.watermark:
+            return
+        if high > self.known_high:
+            self.known_high = high
+            self._hint = peer
+        if self._graft_due is None:
+            self._graft_due = now + self.config.graft_timeout
+            self._graft_high = high
+
+    def check_gap(self, peer: str, now: float) -> None:
+        covered = self.replica.covered
+        if covered.high > covered.watermark:
+            self.learn_exists(peer, covered.high, now)
+
+    def _holder(self) -> str | None:
+        """A live peer that has the seq just above this node's watermark."""
+        need = self.replica.watermark + 1
+        hint = self._hint
+        if hint is not None and not self.members.is_dead(hint):
+            p = self.members.peers.get(hint)
+            if p is not None and p.watermark >= need:
+                return hint
+        holders = [a for a in self.members.live() if self.members.peers[a].watermark >= need]
+        if holders:
+            return self.rng.choice(holders)
+        if hint is not None and not self.members.is_dead(hint):
+            return hint
+        return None
+
+    # -- timers ------------------------------------------------------------------------------------
+
+    def next_deadline(self) -> float:
+        t = float("inf")
+        for box in self.outbox.values():
+            t = min(t, box.due)
+        if self._notice_due is not None:
+            t = min(t, self._notice_due)
+        if self._graft_due is not None:
+            t = min(t, self._graft_due)
+        return t
+
+    def tick(self, now: float) -> list[Send]:
+        out: list[Send] = []
+        for peer in [p for p, box in self.outbox.items() if box.due <= now]:
+            box = self.outbox.pop(peer)
+            if not self.members.is_dead(peer):
+                out.extend(self._flush(peer, box))
+        if self._notice_due is not None and self._notice_due <= now:
+            self._notice_due = None
+            covers = list(self._notice)
+            self._notice = SeqRanges()
+            for peer in self._next_lazy():
+                out.append(Send(peer, ihave(self.replica.watermark, covers)))
+                self.counters["ihaves_sent"] += 1
+        if self._graft_due is not None and self._graft_due <= now:
+            self._graft_due = None
+            wm = self.replica.watermark
+            if wm < self._graft_high:
+                holder = self._holder()
+                if holder is not None:
+                    self.counters["grafts_sent"] += 1
+                    out.append(Send(holder, graft(wm, self.replica.purged)))
+                # retry later if the answer is lost
+                self._graft_due = now + self.config.sync_timeout
+            elif self.known_high > wm:
+                self._graft_due = now + self.config.graft_timeout
+                self._graft_high = self.known_high
+        return out
+
+    def _next_lazy(self) -> list[str]:
+        live = [a for a in sorted(self.lazy) if not self.members.is_dead(a)]
+        if len(live) <= self.config.ihave_peers:
+            return live
+        out: list[str] = []
+        while len(out) < self.config.ihave_peers:
+            if not self._lazy_order:
+                self._lazy_order = list(live)
+                self.rng.shuffle(self._lazy_order)
+            a: str = self._lazy_order.pop()
+            if a in self.lazy and a not in out and not self.members.is_dead(a):
+                out.append(a)
+        return out

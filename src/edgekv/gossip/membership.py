@@ -1,0 +1,329 @@
+"""Membership and SWIM failure detection: who the peers are and which of them are alive.
+
+Theory of operation
+1. The table starts from the seeds and grows from every message received (the sender is
+   alive) and from member rows `[address, role, incarnation, state]` gossiped in MEMBERS
+   messages and piggybacked on PING/ACK.  A peer seen for the first time is sent the whole
+   table, so a joining node learns everyone within one round trip of a seed.
+2. Every `ping_interval` one peer is probed, round-robin over a list reshuffled each round.
+   No ACK within `ping_timeout`: `indirect_probes` other live peers are asked to ping it
+   (PING_REQ); they relay the target's ACK.  Still nothing after another two timeouts: the
+   target becomes SUSPECT.  A suspect not refuted within `suspect_timeout` becomes DEAD.
+3. Rows are ordered as in SWIM: a higher incarnation wins; at the same incarnation dead beats
+   suspect beats alive.  A node that hears itself suspected or dead refutes it by raising its
+   own incarnation, which then spreads as an ALIVE row.  Each change is piggybacked on a few
+   pings and acks (about 3 log2 N times) and the full table goes to one peer every
+   `members_interval`, together with a ping to one random dead peer (so the two halves of a
+   healed partition, each believing the other dead, find each other again).
+4. Direct evidence overrides gossip locally: any message from a peer marks it alive (a dead
+   peer that talks again is revived; the sync and anti-entropy paths then catch it up).
+5. Every PING and ACK carries the sender's watermark and purge mark: the core uses them to
+   notice it is behind (catch-up) and to compute the tombstone purge horizon.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+from dataclasses import dataclass
+
+from .config import GossipConfig
+from .messages import Ack, MemberRow, Ping, PingReq, Send, ack, members, ping, ping_req
+
+ALIVE, SUSPECT, DEAD = "alive", "suspect", "dead"
+_RANK = {ALIVE: 0, SUSPECT: 1, DEAD: 2}
+
+
+@dataclass(slots=True)
+class PeerInfo:
+    """What this node knows about one peer."""
+
+    address: str
+    role: str = "edge"
+    incarnation: int = 0
+    state: str = ALIVE
+    since: float = 0.0  # when `state` last changed
+    watermark: int = 0  # the last watermark the peer advertised
+    purged: int = 0  # the peer's last advertised purge mark
+    last_seen: float = 0.0
+
+    def row(self) -> MemberRow:
+        return (self.address, self.role, self.incarnation, self.state)
+
+
+@dataclass(slots=True)
+class _Probe:
+    target: str
+    seq: int
+    deadline: float
+    indirect: bool
+
+
+class Membership:
+    """The member table plus the SWIM prober of one node (pure: the caller passes `now`)."""
+
+    def __init__(
+        self,
+        address: str,
+        role: str,
+        config: GossipConfig,
+        rng: random.Random,
+        counters: Counter[str],
+    ) -> None:
+        self.address = address
+        self.role = role
+        self.incarnation = 0
+        self.config = config
+        self.rng = rng
+        self.counters = counters
+        self.peers: dict[str, PeerInfo] = {}
+        self._order: list[str] = []
+        self._seq = 0
+        self._probe: _Probe | None = None
+        self._relays: dict[
+            int, tuple[str, int, str, float]
+        ] = {}  # my seq -> (asker, seq, target, deadline)
+        self._updates: dict[str, int] = {}  # address -> remaining piggyback transmissions
+        self.next_ping = 0.0
+        self.next_members = 0.0
+        self.wm = 0  # this node's watermark and purge mark, set by the core before sending
+        self.purged = 0
+        self.revived: list[str] = []  # peers revived by direct evidence since the core looked
+
+    # -- queries ---------------------------------------------------------------------------------
+
+    def live(self) -> list[str]:
+        """Peers not known dead (alive or suspect), sorted for determinism."""
+        return sorted(a for a, p in self.peers.items() if p.state != DEAD)
+
+    def alive(self) -> list[str]:
+        return sorted(a for a, p in self.peers.items() if p.state == ALIVE)
+
+    def is_dead(self, address: str) -> bool:
+        p = self.peers.get(address)
+        return p is not None and p.state == DEAD
+
+    def next_deadline(self) -> float:
+        t = min(self.next_ping, self.next_members)
+        if self._probe is not None:
+            t = min(t, self._probe.deadline)
+        for p in self.peers.values():
+            if p.state == SUSPECT:
+                t = min(t, p.since + self.config.suspect_timeout)
+        for *_, deadline in self._relays.values():
+            t = min(t, deadline)
+        return t
+
+    # -- table updates ---------------------------------------------------------------------------
+
+    def add_seed(self, address: str, now: float) -> None:
+        if address != self.address and address not in self.peers:
+            self.peers[address] = PeerInfo(address, since=now, last_seen=now)
+
+    def heard_from(self, address: str, now: float) -> list[Send]:
+        """Direct evidence: `address` just sent us something.  Returns the table for a newcomer."""
+        if address == self.address:
+            return []
+        p = self.peers.get(address)
+        out: list[Send] = []
+        if p is None:
+            p = self.peers[address] = PeerInfo(address, since=now)
+            self._updates[address] = self._retransmits()
+            self.counters["members_joined"] += 1
+            out.append(Send(address, members(self.rows())))
+        elif p.state != ALIVE:
+            if p.state == DEAD:
+                self.counters["peers_revived"] += 1
+                self.revived.append(address)
+            p.state, p.since = ALIVE, now
+            self._updates[address] = self._retransmits()
+        p.last_seen = now
+        return out
+
+    def note_progress(self, address: str, wm: int, purged: int) -> None:
+        p = self.peers.get(address)
+        if p is not None:
+            p.watermark = max(p.watermark, wm)
+            p.purged = max(p.purged, purged)
+
+    def merge_rows(self, rows: list[MemberRow], now: float) -> None:
+        """Fold gossiped member rows into the table (SWIM precedence)."""
+        if len(self.peers) >= self.config.max_members:
+            rows = [r for r in rows if r[0] in self.peers or r[0] == self.address]
+        for addr, role, inc, state in rows:
+            if addr == self.address:
+                if state != ALIVE and inc >= self.incarnation:
+                    self.incarnation = inc + 1  # refute
+                    self._updates[self.address] = self._retransmits()
+                    self.counters["refutations"] += 1
+                continue
+            p = self.peers.get(addr)
+            if p is None:
+                self.peers[addr] = PeerInfo(addr, role, inc, state, since=now)
+                self._updates[addr] = self._retransmits()
+                continue
+            p.role = role
+            if inc > p.incarnation or (inc == p.incarnation and _RANK[state] > _RANK[p.state]):
+                changed = state != p.state
+                p.incarnation = inc
+                if changed:
+                    if state == DEAD:
+                        self.counters["peers_dead"] += 1
+                    p.state, p.since = state, now
+                self._updates[addr] = self._retransmits()
+
+    def mark_left(self, address: str, now: float) -> None:
+        """A graceful BYE: the peer is gone until it speaks again."""
+        p = self.peers.get(address)
+        if p is not None and p.state != DEAD:
+            p.state, p.since = DEAD, now
+            self._updates[address] = self._retransmits()
+
+    def rows(self) -> list[MemberRow]:
+        """The whole table, this node first."""
+        me: MemberRow = (self.address, self.role, self.incarnation, ALIVE)
+        return [me, *(self.peers[a].row() for a in sorted(self.peers))]
+
+    def _retransmits(self) -> int:
+        return 3 * max(1, math.ceil(math.log2(len(self.peers) + 2)))
+
+    def _piggyback(self, limit: int = 6) -> list[MemberRow]:
+        if not self._updates:
+            return []
+        out: list[MemberRow] = []
+        for addr in sorted(self._updates, key=lambda a: -self._updates[a])[:limit]:
+            if addr == self.address:
+                out.append((self.address, self.role, self.incarnation, ALIVE))
+            elif addr in self.peers:
+                out.append(self.peers[addr].row())
+            self._updates[addr] -= 1
+            if self._updates[addr] <= 0:
+                del self._updates[addr]
+        return out
+
+    # -- SWIM messages ---------------------------------------------------------------------------
+
+    def on_ping(self, peer: str, msg: Ping, now: float) -> list[Send]:
+        self._learn(peer, msg.role, msg.inc, msg.wm, msg.purged)
+        self.merge_rows(msg.members, now)
+        return [
+            Send(
+                peer,
+                ack(msg.seq, self.wm, self.purged, self.incarnation, self.role, self._piggyback()),
+            )
+        ]
+
+    def on_ack(self, peer: str, msg: Ack, now: float) -> list[Send]:
+        self.merge_rows(msg.members, now)
+        if msg.target is None:
+            self._learn(peer, msg.role, msg.inc, msg.wm, msg.purged)
+            relay = self._relays.pop(msg.seq, None)
+            if relay is not None and relay[2] == peer:
+                asker, seq, target, _ = relay
+                return [
+                    Send(
+                        asker,
+                        ack(seq, msg.wm, msg.purged, msg.inc, msg.role, [], target=target),
+                    )
+                ]
+            subject = peer
+        else:
+            subject = msg.target
+            if subject in self.peers:
+                self._learn(subject, msg.role, msg.inc, msg.wm, msg.purged)
+                self.heard_from(subject, now)
+        probe = self._probe
+        if probe is not None and probe.target == subject and probe.seq == msg.seq:
+            self._probe = None
+            self.counters["acks"] += 1
+        return []
+
+    def on_ping_req(self, peer: str, msg: PingReq, now: float) -> list[Send]:
+        if msg.target == self.address or len(self._relays) > 1000:
+            return []
+        self._seq += 1
+        self._relays[self._seq] = (peer, msg.seq, msg.target, now + 2 * self.config.ping_timeout)
+        return [Send(msg.target, self._ping_msg(self._seq))]
+
+    def _learn(self, address: str, role: str, inc: int, wm: int, purged: int) -> None:
+        p = self.peers.get(address)
+        if p is None:
+            return
+        p.role = role
+        if inc > p.incarnation:
+            p.incarnation = inc
+            if p.state != ALIVE:
+                p.state = ALIVE
+            self._updates[address] = self._retransmits()
+        self.note_progress(address, wm, purged)
+
+    def _ping_msg(self, seq: int) -> dict[str, object]:
+        return ping(seq, self.wm, self.purged, self.incarnation, self.role, self._piggyback())
+
+    # -- timers ----------------------------------------------------------------------------------
+
+    def tick(self, now: float) -> list[Send]:
+        cfg = self.config
+        out: list[Send] = []
+        for seq in [s for s, r in self._relays.items() if r[3] <= now]:
+            del self._relays[seq]
+        probe = self._probe
+        if probe is not None and probe.deadline <= now:
+            p = self.peers.get(probe.target)
+            if p is None or p.state == DEAD:
+                self._probe = None
+            elif not probe.indirect:
+                helpers = [a for a in self.alive() if a != probe.target]
+                self.rng.shuffle(helpers)
+                for h in helpers[: cfg.indirect_probes]:
+                    out.append(Send(h, ping_req(probe.seq, probe.target)))
+                    self.counters["ping_reqs"] += 1
+                probe.indirect = True
+                probe.deadline = now + 2 * cfg.ping_timeout
+            else:
+                self._probe = None
+                if p.state == ALIVE:
+                    p.state, p.since = SUSPECT, now
+                    self._updates[p.address] = self._retransmits()
+                    self.counters["suspicions"] += 1
+        for p in self.peers.values():
+            if p.state == SUSPECT and p.since + cfg.suspect_timeout <= now:
+                p.state, p.since = DEAD, now
+                self._updates[p.address] = self._retransmits()
+                self.counters["peers_dead"] += 1
+        forget = [
+            a for a, p in self.peers.items() if p.state == DEAD and p.since + cfg.dead_forget <= now
+        ]
+        for a in forget:
+            del self.peers[a]
+        if self.next_ping <= now:
+            self.next_ping = now + cfg.ping_interval
+            if self._probe is None:
+                target = self._next_target()
+                if target is not None:
+                    self._seq += 1
+                    self._probe = _Probe(target, self._seq, now + cfg.ping_timeout, False)
+                    out.append(Send(target, self._ping_msg(self._seq)))
+                    self.counters["pings"] += 1
+        if self.next_members <= now:
+            self.next_members = now + cfg.members_interval
+            live = self.alive()
+            if live:
+                out.append(Send(self.rng.choice(live), members(self.rows())))
+            dead = sorted(a for a, p in self.peers.items() if p.state == DEAD)
+            if dead:  # a healed partition: both sides think the other dead; one ping rejoins them
+                self._seq += 1
+                out.append(Send(self.rng.choice(dead), self._ping_msg(self._seq)))
+                self.counters["pings_dead"] += 1
+        return out
+
+    def _next_target(self) -> str | None:
+        while self._order:
+            a = self._order.pop()
+            p = self.peers.get(a)
+            if p is not None and p.state != DEAD:
+                return a
+        self._order = self.live()
+        self.rng.shuffle(self._order)
+        return self._order.pop() if self._order else None
