@@ -127,18 +127,31 @@ class History:
 
     items: list[tuple[int, str, str, Delta]] = field(default_factory=list)
     origin: Replica = field(default_factory=Replica)
+    sim: SimOrigin | None = None
 
     @property
     def last_seq(self) -> int:
         return self.items[-1][0] if self.items else 0
 
 
+ModelValue = tuple[
+    str, Any, Any
+]  # ("bytes", value, expiry) | ("zset", {m: score}) | ("bloom", {items})
+
+
 class SimOrigin:
-    """A sequencer + `ops.plan` + `Replica`: the origin's write logic without I/O."""
+    """A sequencer + `ops.plan` + `Replica`: the origin's write logic without I/O.
+
+    Alongside, `model` runs the same operations on plain dicts (store -> key -> value), the
+    semantics the replica must show to readers; `mismatches` records every op where the
+    origin's kind check and the model's disagreed.
+    """
 
     def __init__(self) -> None:
         self.history = History()
         self.seq = 0
+        self.model: dict[str, dict[str, ModelValue]] = {}
+        self.mismatches: list[tuple[str, Op]] = []
 
     @property
     def replica(self) -> Replica:
@@ -153,12 +166,14 @@ class SimOrigin:
     def create_store(self, name: str) -> int | None:
         if self.replica.has_store(name):
             return None
+        self.model[name] = {}
         self.seq += 1
         return self._commit(META, name, Register(self.seq, written_at_of(self.seq), b"", None))
 
     def drop_store(self, name: str) -> int | None:
         if not self.replica.has_store(name):
             return None
+        del self.model[name]
         self.seq += 1
         return self._commit(META, name, Register(self.seq, written_at_of(self.seq), None, None))
 
@@ -168,14 +183,59 @@ class SimOrigin:
             return None
         op = validate_op(op)
         seq = self.seq + 1
+        model_ok = self._model_write(store, op, written_at_of(seq))
         try:
             delta = plan(op, self.replica.state(store, op.key), seq, written_at_of(seq))
         except WrongKind:
+            if model_ok:
+                self.mismatches.append(("origin said WrongKind", op))
             return None
+        if not model_ok:
+            self.mismatches.append(("model said WrongKind", op))
         if delta is None:
             return None
         self.seq = seq
         return self._commit(store, op.key, delta)
+
+    def model_view(self, store: str, now_ms: int) -> dict[str, ModelValue]:
+        """The model's live keys of `store` at `now_ms` (expired values dropped)."""
+        return {
+            k: v
+            for k, v in self.model[store].items()
+            if not (v[0] == "bytes" and v[2] is not None and v[2] <= now_ms)
+        }
+
+    def _model_write(self, store: str, op: Op, now_ms: int) -> bool:
+        """Apply `op` to the model; False when the key holds another kind (WrongKind)."""
+        keys = self.model[store]
+        cur = self.model_view(store, now_ms).get(op.key)
+        if isinstance(op, Delete):
+            keys.pop(op.key, None)
+            return True
+        want = {Put: "bytes", ZAdd: "zset", ZRem: "zset", BfAdd: "bloom"}[type(op)]
+        force = getattr(op, "force", False)
+        if cur is not None and cur[0] != want:
+            if not force:
+                return False
+            cur = None
+        if isinstance(op, Put):
+            expiry = None if op.ttl is None else now_ms + max(1, round(op.ttl * 1000))
+            keys[op.key] = ("bytes", op.value, expiry)
+        elif isinstance(op, ZAdd):
+            members = dict(cur[1]) if cur is not None else {}
+            members.update(op.members)
+            keys[op.key] = ("zset", members, None)
+        elif isinstance(op, ZRem):
+            if cur is not None:
+                keys[op.key] = (
+                    "zset",
+                    {m: s for m, s in cur[1].items() if m not in op.members},
+                    None,
+                )
+        else:
+            items = set(cur[1]) if cur is not None else set()
+            keys[op.key] = ("bloom", items | set(op.items), None)
+        return True
 
 
 def ops() -> st.SearchStrategy[tuple[str, Any]]:
@@ -219,7 +279,7 @@ def histories(draw: st.DrawFn, max_ops: int = 40) -> History:
     origin = SimOrigin()
     for name in STORES:
         origin.create_store(name)
-    for what, arg in draw(st.lists(ops(), max_size=max_ops)):
+    for what, arg in draw(st.lists(ops(), min_size=max_ops // 3, max_size=max_ops)):
         if what == "create":
             origin.create_store(arg)
         elif what == "drop":
@@ -227,6 +287,7 @@ def histories(draw: st.DrawFn, max_ops: int = 40) -> History:
         else:
             store, op = arg
             origin.write(store, op)
+    origin.history.sim = origin
     return origin.history
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 from edgekv.crdt import META, Put, Register, Replica, SeqRanges, ZAdd, ZSet
 from edgekv.crdt.merkle import DEPTH, MerkleTree, leaf_of
 from strategies import (
+    KEYS,
     STORES,
     History,
     SimOrigin,
@@ -38,6 +40,33 @@ def check_indexes(replica: Replica) -> None:
         assert sr.tombstones == {
             k for k, s in sr.states.items() if isinstance(s, Register) and s.value is None
         }
+
+
+@given(history=histories(), data=st.data())
+def test_replica_reads_match_a_plain_model(history: History, data: st.DataObject) -> None:
+    """What readers see after any delivery order is what the operations mean."""
+    sim = history.sim
+    assert sim is not None and sim.mismatches == []
+    replica = replay(history.items, shuffled_with_duplicates(data, len(history.items)))
+    assert replica.store_names() == sorted(sim.model)
+    now = written_at_of(history.last_seq) + data.draw(st.sampled_from([0, 1, 5, 20]))
+    for name in sim.model:
+        view = sim.model_view(name, now)
+        sr = replica.store(name)
+        assert sr.scan("*", now) == sorted(view)
+        for key in KEYS:
+            kind, value, _ = view.get(key, ("missing", None, None))
+            if kind == "bytes":
+                assert sr.get(key, now) == value
+            elif kind == "zset":
+                want = sorted(((m, s) for m, s in value.items()), key=lambda ms: (ms[1], ms[0]))
+                assert sr.zrange_by_score(key, -math.inf, math.inf, now) == want
+            elif kind == "bloom":
+                assert all(sr.bf_exists(key, item, now) for item in value)
+            else:
+                assert sr.get(key, now) is None
+                assert sr.zrange_by_score(key, -math.inf, math.inf, now) == []
+                assert sr.bf_exists(key, b"x", now) is False
 
 
 def shuffled_with_duplicates(data: st.DataObject, n: int) -> list[int]:
