@@ -76,6 +76,8 @@ def decode_delta(obj: object) -> Delta:
     if type(obj) is not list or not obj:
         raise CodecError("a delta must be a non-empty array")
     tag = obj[0]
+    if type(tag) is not int:
+        raise CodecError("a delta's kind must be an integer")
     try:
         if tag == REGISTER and len(obj) == 5:
             _, seq, wat, value, expiry = obj
@@ -109,6 +111,8 @@ def decode_delta(obj: object) -> Delta:
             if tag == BLOOM:
                 if type(payload) is not bytes or len(payload) != (m + 7) // 8:
                     raise CodecError("bloom bits must be bytes of length ceil(m/8)")
+                if m % 8 and payload[-1] >> (m % 8):
+                    raise CodecError("bloom bits beyond m must be zero")
                 return Bloom(reset, m, k, bytearray(payload), seq, wat)
             if type(payload) is not list or len(payload) > m:
                 raise CodecError("bloom positions must be an array of at most m integers")
