@@ -131,7 +131,10 @@ class OriginClient:
         if tg is None:
             return None
         tg.cancel_scope.cancel()
-        return await tg.__aexit__(exc_type, exc, tb)
+        # the reader tasks never raise: exit the group without the body's exception, so that it
+        # propagates as itself (not wrapped in an ExceptionGroup)
+        await tg.__aexit__(None, None, None)
+        return None
 
     # -- connection ------------------------------------------------------------------------------
 

@@ -174,7 +174,9 @@ class Origin:
                 with anyio.CancelScope(shield=True):
                     await self.transport.aclose()
             if tg is not None:
-                return await tg.__aexit__(exc_type, exc, tb)
+                # the body's own exception propagates as itself, not inside an ExceptionGroup;
+                # a crashed background task still raises here
+                await tg.__aexit__(None, None, None)
             return None
         finally:
             for sub in self._subscribers:
