@@ -23,10 +23,12 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
 import cbor2
+import sniffio
 
 from ..crdt import Register, Replica, State
 from ..crdt.codec import decode_delta, dumps, encode_delta
@@ -38,11 +40,22 @@ from .writer import Command, Item, Planned, Planner
 logger = logging.getLogger("edgekv.origin")
 
 Covers = list[tuple[int, int]]
+T = TypeVar("T")
 OnCommit = Callable[[list[Item], Covers], Awaitable[None]]
 
 
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+async def run_in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` in a worker thread.  Under trio, trio's own thread hop is ~4x cheaper than
+    anyio's wrapper around it (it sits on the latency path of every commit)."""
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        return await trio.to_thread.run_sync(fn, *args)
+    return await anyio.to_thread.run_sync(fn, *args)
 
 
 class _Ticket:
@@ -115,7 +128,7 @@ class Sequencer:
 
     async def recover(self) -> int:
         """Replay the log into the (empty) replica in a worker thread."""
-        n = await anyio.to_thread.run_sync(recover, self.wal, self.replica)
+        n = await run_in_thread(recover, self.wal, self.replica)
         self.log_rows = n
         self.next_seq = self.wal.high + 1
         return n
@@ -202,7 +215,7 @@ class Sequencer:
             ]
             try:
                 with anyio.CancelScope(shield=True):  # never abandon a flush half way
-                    await anyio.to_thread.run_sync(self.wal.append, rows, high)
+                    await run_in_thread(self.wal.append, rows, high)
             except LogError as exc:
                 logger.error("%s", exc)
                 for ticket in ok:
@@ -241,7 +254,7 @@ class Sequencer:
                 if not isinstance(st, Register):
                     rewrites.append((dumps(encode_delta(st)), st.seq))
             upto = self.wal.high
-            removed = await anyio.to_thread.run_sync(self.wal.compact, keep, rewrites, upto)
+            removed = await run_in_thread(self.wal.compact, keep, rewrites, upto)
             self.log_rows = max(0, self.log_rows - removed)
             logger.info("log compacted: %d rows removed, %d kept", removed, self.log_rows)
             return removed

@@ -1,7 +1,7 @@
 """The origin's write-ahead log: committed deltas in SQLite (WAL mode, synchronous=FULL).
 
 Synchronous on purpose: every method runs in one worker thread at a time (the group committer
-calls them through `anyio.to_thread.run_sync`), so the event loop never blocks on a disk flush.
+calls them through a worker thread), so the event loop never blocks on a disk flush.
 
 Theory of operation
 1. One row per seq: `log(seq PRIMARY KEY, store, key, delta)` where `delta` is the CBOR array

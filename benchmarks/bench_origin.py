@@ -1,0 +1,216 @@
+"""Origin benchmarks: durable write throughput, single-client put latency, recovery time.
+
+    python benchmarks/bench_origin.py [--quick]
+
+Prints a markdown section and writes it to benchmarks/results/origin.md.  The origin runs as
+a separate process (`python -m edgekv.origin_cli origin`, SQLite WAL with synchronous=FULL,
+so every acknowledged write is fsynced); the clients run in this process.  Each figure is the
+median of `--repeat` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+
+from edgekv.crdt import Register, Replica
+from edgekv.crdt.codec import dumps, encode_delta
+from edgekv.origin.client import OriginClient
+from edgekv.origin.sequencer import recover
+from edgekv.origin.wal import WriteAheadLog
+
+RESULTS = Path(__file__).parent / "results" / "origin.md"
+
+
+async def start_origin(data_dir: Path) -> tuple[trio.Process, str]:
+    proc = await trio.lowlevel.open_process(
+        [
+            sys.executable,
+            "-m",
+            "edgekv.origin_cli",
+            "origin",
+            "--data-dir",
+            str(data_dir),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = await proc.stdout.receive_some(1)
+        if not chunk:
+            raise RuntimeError("origin exited before listening")
+        line += chunk
+    words = line.decode().split()
+    return proc, words[words.index("on") + 1]
+
+
+async def stop_origin(proc: trio.Process) -> None:
+    proc.terminate()
+    await proc.wait()
+
+
+async def throughput(clients: int, seconds: float, value_size: int) -> float:
+    """Acknowledged (durable) puts per second with `clients` concurrent connections."""
+    data = Path(tempfile.mkdtemp(prefix="edgekv-bench-"))
+    proc, address = await start_origin(data)
+    try:
+        async with OriginClient(address) as admin:
+            await admin.create_store("bench")
+        value = b"v" * value_size
+        counts = [0] * clients
+        measuring = False
+        stop = trio.Event()
+
+        async def writer(i: int) -> None:
+            async with OriginClient(address) as client:
+                n = 0
+                while not stop.is_set():
+                    await client.put("bench", f"c{i}:{n}", value)
+                    n += 1
+                    if measuring:
+                        counts[i] += 1
+
+        async with trio.open_nursery() as nursery:
+            for i in range(clients):
+                nursery.start_soon(writer, i)
+            await trio.sleep(min(1.0, seconds / 3))  # warm up
+            measuring = True
+            t0 = time.perf_counter()
+            await trio.sleep(seconds)
+            measuring = False
+            elapsed = time.perf_counter() - t0
+            stop.set()
+        return sum(counts) / elapsed
+    finally:
+        await stop_origin(proc)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+async def latency(n: int, value_size: int) -> tuple[float, float]:
+    """p50 and p99 (ms) of one client's sequential durable puts."""
+    data = Path(tempfile.mkdtemp(prefix="edgekv-bench-"))
+    proc, address = await start_origin(data)
+    try:
+        async with OriginClient(address) as client:
+            await client.create_store("bench")
+            value = b"v" * value_size
+            for i in range(100):  # warm up
+                await client.put("bench", f"w{i}", value)
+            samples = []
+            for i in range(n):
+                t0 = time.perf_counter()
+                await client.put("bench", f"k{i}", value)
+                samples.append((time.perf_counter() - t0) * 1000)
+        samples.sort()
+        return samples[len(samples) // 2], samples[int(len(samples) * 0.99)]
+    finally:
+        await stop_origin(proc)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def build_log(path: Path, entries: int, keys: int, value_size: int) -> None:
+    """A log of `entries` rows: one store creation, then puts over `keys` distinct keys."""
+    wal = WriteAheadLog(path, synchronous="OFF")
+    meta = Register(1, 1, b"", None)
+    rows = [(1, "", "bench", dumps(encode_delta(meta)))]
+    value = b"v" * value_size
+    chunk = 100_000
+    for seq in range(2, entries + 1):
+        rows.append(
+            (
+                seq,
+                "bench",
+                f"key{seq % keys:08d}",
+                dumps(encode_delta(Register(seq, seq, value, None))),
+            )
+        )
+        if len(rows) >= chunk:
+            wal.append(rows, seq)
+            rows = []
+    if rows:
+        wal.append(rows, entries)
+    wal.close()
+
+
+def recovery(entries: int, keys: int, value_size: int) -> tuple[float, int]:
+    data = Path(tempfile.mkdtemp(prefix="edgekv-bench-"))
+    try:
+        path = data / "origin.sqlite3"
+        build_log(path, entries, keys, value_size)
+        wal = WriteAheadLog(path)
+        replica = Replica()
+        t0 = time.perf_counter()
+        n = recover(wal, replica)
+        elapsed = time.perf_counter() - t0
+        assert n == entries and replica.watermark == entries
+        wal.close()
+        return elapsed, len(replica)
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="short runs (smoke test)")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--value-size", type=int, default=100)
+    parser.add_argument("--entries", type=int, default=1_000_000)
+    args = parser.parse_args()
+    if args.quick:
+        args.repeat, args.seconds, args.entries = 1, 1.0, 50_000
+    tput = [
+        trio.run(throughput, args.clients, args.seconds, args.value_size)
+        for _ in range(args.repeat)
+    ]
+    lats = [
+        trio.run(latency, 300 if args.quick else 2000, args.value_size) for _ in range(args.repeat)
+    ]
+    rec_distinct = [
+        recovery(args.entries, args.entries, args.value_size) for _ in range(args.repeat)
+    ]
+    rec_hot = [recovery(args.entries, 10_000, args.value_size) for _ in range(args.repeat)]
+    p50 = statistics.median(p for p, _ in lats)
+    p99 = statistics.median(p for _, p in lats)
+    lines = [
+        "## Origin",
+        "",
+        f"`python benchmarks/bench_origin.py{' --quick' if args.quick else ''}` on "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}; "
+        f"median of {args.repeat} runs; values of {args.value_size} bytes; "
+        "SQLite WAL, synchronous=FULL (each acknowledged write is fsynced).",
+        "",
+        "| measure | result | target |",
+        "|---|---|---|",
+        f"| durable puts/s, {args.clients} concurrent clients over TCP | "
+        f"{statistics.median(tput):,.0f} (runs: {', '.join(f'{t:,.0f}' for t in tput)}) | >= 20,000 |",
+        f"| single-client sequential put, p50 | {p50:.3f} ms | <= 1 ms |",
+        f"| single-client sequential put, p99 | {p99:.3f} ms | |",
+        f"| recovery, log of {args.entries:,} entries, {args.entries:,} distinct keys | "
+        f"{statistics.median(r for r, _ in rec_distinct):.2f} s | <= 10 s |",
+        f"| recovery, log of {args.entries:,} entries, 10,000 distinct keys | "
+        f"{statistics.median(r for r, _ in rec_hot):.2f} s | <= 10 s |",
+        "",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
