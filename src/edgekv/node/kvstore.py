@@ -98,7 +98,10 @@ class KvStore:
 
     def get(self, key: str) -> bytes | None:
         """The value under `key`, or None when it is missing, deleted or expired."""
-        st = self._states.get(key)
+        try:
+            st = self._states.get(key)
+        except TypeError:  # unhashable key: zero cost on the hot path (3.11 exceptions)
+            raise InvalidInput("a key must be a string") from None
         if not self._store.live:
             raise StoreNotFound(f"store {self.name!r} was dropped")
         if st is None:
@@ -111,7 +114,7 @@ class KvStore:
 
     def get_entry(self, key: str) -> Entry | None:
         """The value with its version and expiry, or None when absent."""
-        return self._live().get_entry(key, self._clock())
+        return self._live().get_entry(_key(key), self._clock())
 
     def scan(self, pattern: str, limit: int | None = None) -> list[str]:
         """Live keys matching the glob `pattern` (`*`, `?`, `[abc]`, `[^a]`, `\\x`), in key order."""
@@ -125,17 +128,20 @@ class KvStore:
 
     def zrange_by_score(self, key: str, min: float, max: float) -> list[tuple[bytes, float]]:
         """Members of the sorted set with min <= score <= max, ascending by score then member."""
-        return self._live().zrange_by_score(key, float(min), float(max), self._clock())
+        lo, hi = _bound(min), _bound(max)
+        return self._live().zrange_by_score(_key(key), lo, hi, self._clock())
 
     def zscan(self, key: str, pattern: str | bytes) -> list[tuple[bytes, float]]:
         """Members of the sorted set whose member matches the glob `pattern`, by score."""
         if not isinstance(pattern, str | bytes):
             raise InvalidInput("a pattern must be str or bytes")
-        return self._live().zscan(key, pattern, self._clock())  # type: ignore[arg-type]
+        return self._live().zscan(_key(key), pattern, self._clock())  # type: ignore[arg-type]
 
     def bf_exists(self, key: str, item: bytes) -> bool:
         """Whether the Bloom filter may hold `item` (False for a missing key)."""
-        return self._live().bf_exists(key, bytes(item), self._clock())
+        if not isinstance(item, bytes | bytearray | memoryview):
+            raise InvalidInput("a Bloom filter item must be bytes")
+        return self._live().bf_exists(_key(key), bytes(item), self._clock())
 
     def _live(self) -> StoreReplica:
         store = self._store
@@ -222,3 +228,15 @@ class KvStore:
 
     # `watch(prefix)` (a stream of changes under a prefix) is added by the EdgeNode module, which
     # owns the change feed; it is deliberately not defined here.
+
+
+def _key(key: object) -> str:
+    if not isinstance(key, str):
+        raise InvalidInput("a key must be a string")
+    return key
+
+
+def _bound(x: object) -> float:
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        raise InvalidInput("score bounds must be numbers")
+    return float(x)
