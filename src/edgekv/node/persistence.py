@@ -277,13 +277,14 @@ class ReplicaStore:
             raise
 
     async def close(self) -> None:
-        """Final flush, checkpoint the WAL and close."""
-        try:
-            await self.flush()
-        finally:
-            db, self._db = self._db, None
-            if db is not None:
-                await anyio.to_thread.run_sync(_checkpoint_and_close, db)
+        """Final flush, checkpoint the WAL and close (shielded: runs even while cancelled)."""
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.flush()
+            finally:
+                db, self._db = self._db, None
+                if db is not None:
+                    await anyio.to_thread.run_sync(_checkpoint_and_close, db)
 
 
 def _checkpoint_and_close(db: sqlite3.Connection) -> None:

@@ -1,0 +1,391 @@
+"""EdgeNode: a full replica that answers reads locally and forwards writes to the origin.
+
+Lifecycle (`async with EdgeNode(...) as node`, under trio or asyncio through anyio):
+1. Load the persisted replica from `data_dir` (SQLite, in a worker thread; a corrupt file is
+   moved aside and the node starts empty), so reads work at once with the last persisted state.
+2. Bind the transport (TCP unless one is injected, e.g. the testnet's simulated network), build
+   the gossip core with the origin and `peers` as seeds, and run it with a `NodeRuntime`.
+3. Start the persistence flusher and the admin HTTP server (when `http` is given), and set
+   `kvstore.current_node` so `KvStore.open(name)` works inside the block.
+4. On exit: stop serving, close the transport, flush and close the database.
+
+Writes (`await store.put(...)` etc.) travel to the origin as a REQUEST over the gossip transport.
+The origin's RESPONSE carries the write's version, deltas and covered seqs; the edge hands them
+to `runtime.publish` (at an edge the gossip core only applies them: the origin's own push
+spreads the write) before returning, so the writer reads its own write at once and watchers and
+persistence see it like any other change.  If the origin does not answer within
+`write_timeout`, the write raises `OriginUnavailable`; reads keep working.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import uuid
+from collections.abc import Mapping, Sequence
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from edgekv.crdt import Delta, Replica
+from edgekv.crdt.codec import decode_delta
+from edgekv.crdt.version import Version
+from edgekv.errors import CodecError, InvalidInput, RemoteProtocolError, StoreNotFound
+from edgekv.gossip.config import GossipConfig
+from edgekv.gossip.core import GossipNode
+from edgekv.gossip.transport import Transport
+from edgekv.gossip.wire import Message
+from edgekv.node import kvstore
+from edgekv.node.admin_http import bind_socket, build_app, serve_app, socket_address
+from edgekv.node.metrics import render_prometheus
+from edgekv.node.persistence import FLUSH_INTERVAL, LoadReport, ReplicaStore
+from edgekv.node.runtime import NodeRuntime, system_wall_ms
+from edgekv.node.tcp import TcpTransport, parse_address
+from edgekv.node.watch import EdgeStore, WatchHub
+
+__all__ = ["EdgeNode"]
+
+logger = logging.getLogger("edgekv.edge")
+
+
+class EdgeNode:
+    """An edge node: local reads, writes through the origin, gossip, persistence, admin HTTP."""
+
+    def __init__(
+        self,
+        listen: str = "127.0.0.1:0",
+        origin: str = "",
+        peers: Sequence[str] = (),
+        data_dir: str | None = None,
+        *,
+        cluster_id: str = "edgekv",
+        cluster_key: bytes | None = None,
+        http: str | None = None,
+        node_id: str | None = None,
+        config: GossipConfig | None = None,
+        transport: Transport | None = None,
+        write_timeout: float = 5.0,
+        token: str | None = None,
+        wall_ms: Any = None,
+        flush_interval: float = FLUSH_INTERVAL,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not isinstance(origin, str) or not origin:
+            raise InvalidInput("EdgeNode needs the origin's address (origin='host:port')")
+        for address in (origin, *peers):
+            parse_address(address)  # ValueError early for a malformed address
+        if transport is None:
+            parse_address(listen)
+        if write_timeout <= 0:
+            raise InvalidInput("write_timeout must be positive")
+        self.listen = listen
+        self.origin = origin
+        self.seeds = [p for p in dict.fromkeys([origin, *peers])]
+        self.data_dir = data_dir
+        self.cluster_id = cluster_id
+        self.cluster_key = cluster_key
+        self.http = http
+        self.node_id = node_id or f"edge-{uuid.uuid4().hex[:8]}"
+        self.config = config
+        self.write_timeout = write_timeout
+        self.token = token
+        self.flush_interval = flush_interval
+        self._wall_ms = wall_ms or system_wall_ms
+        self._rng = rng
+        self._transport = transport
+        self._owns_transport = transport is None
+        self._stack: AsyncExitStack | None = None
+        self._runtime: NodeRuntime | None = None
+        self._replica = Replica()
+        self._persist: ReplicaStore | None = None
+        self.load_report: LoadReport | None = None
+        self.hub = WatchHub()
+        self.http_address: str | None = None
+        self._ctx_token: Any = None
+
+    # -- properties ------------------------------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        """The address peers reach this node at (known once started)."""
+        if self._transport is None:
+            raise RuntimeError("the node is not started")
+        return self._transport.address
+
+    @property
+    def replica(self) -> Replica:
+        return self._replica
+
+    @property
+    def watermark(self) -> int:
+        """Highest seq below which this node has applied every write."""
+        return self._replica.watermark
+
+    @property
+    def runtime(self) -> NodeRuntime:
+        if self._runtime is None:
+            raise RuntimeError("the node is not started")
+        return self._runtime
+
+    @property
+    def gossip(self) -> GossipNode:
+        return self.runtime.gossip  # type: ignore[return-value]
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> EdgeNode:
+        stack = AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            await self._start(stack)
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._stack = stack
+        self._ctx_token = kvstore.current_node.set(self)
+        return self
+
+    async def _start(self, stack: AsyncExitStack) -> None:
+        if self.data_dir is not None:
+            persist = ReplicaStore(self.data_dir, flush_interval=self.flush_interval)
+            self.load_report = await anyio.to_thread.run_sync(persist.load)
+            self._replica = persist.replica
+            self._persist = persist
+            stack.push_async_callback(persist.close)  # runs after the task group has stopped
+            logger.info(
+                "event=loaded node=%s keys=%d watermark=%d seconds=%.3f corrupt_moved_to=%s",
+                self.node_id,
+                self.load_report.keys,
+                self.load_report.watermark,
+                self.load_report.seconds,
+                self.load_report.corrupt_moved_to,
+            )
+        tg = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(tg.cancel_scope.cancel)
+        if self._transport is None:
+            self._transport = await TcpTransport.create(
+                self.listen,
+                task_group=tg,
+                cluster_id=self.cluster_id,
+                node_id=self.node_id,
+                role="edge",
+                key=self.cluster_key,
+            )
+        transport = self._transport
+        stack.push_async_callback(transport.aclose)  # injected or not: leaving the network
+        gossip = GossipNode(
+            transport.address,
+            self._replica,
+            role="edge",
+            seeds=[s for s in self.seeds if s != transport.address],
+            config=self.config,
+            rng=self._rng,
+        )
+        runtime = NodeRuntime(transport, gossip, wall_ms=self._wall_ms)
+        self._runtime = runtime
+        runtime.add_listener(self.hub.on_changes)
+        stack.callback(self.hub.close)
+        if self._persist is not None:
+            runtime.add_listener(self._persist.on_changes)
+            await tg.start(self._persist.run)
+        await tg.start(runtime.run)
+        if self.http is not None:
+            sock = bind_socket(self.http)
+            self.http_address = socket_address(sock)
+            await tg.start(serve_app, build_app(self), sock)
+        logger.info(
+            "event=started node=%s address=%s origin=%s peers=%d http=%s",
+            self.node_id,
+            transport.address,
+            self.origin,
+            len(self.seeds) - 1,
+            self.http_address,
+        )
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._ctx_token is not None:
+            try:
+                kvstore.current_node.reset(self._ctx_token)
+            except ValueError:  # exited in another context than entered
+                pass
+            self._ctx_token = None
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
+            logger.info("event=stopped node=%s", self.node_id)
+
+    # -- reads -------------------------------------------------------------------------------------
+
+    def open(self, name: str) -> EdgeStore:
+        """The store `name` (StoreNotFound if this node does not know it)."""
+        if not self._replica.has_store(name):
+            raise StoreNotFound(f"no such store: {name!r}")
+        return EdgeStore(
+            self._replica.store(name),
+            hub=self.hub,
+            writer=self._write,
+            clock=self._wall_ms,
+        )
+
+    def stores(self) -> list[str]:
+        return self._replica.store_names()
+
+    # -- writes ------------------------------------------------------------------------------------
+
+    async def _write(self, store: str, body: dict[str, Any]) -> Version:
+        """Forward one write to the origin, apply its deltas here, return its version."""
+        if self.token is not None and body.get("token") is None:
+            body = {**body, "token": self.token}
+        reply = await self.runtime.request(self.origin, body, self.write_timeout)
+        seq, written_at, items, covers = _parse_write_reply(reply)
+        if items or covers:
+            await self.runtime.publish(items, covers)
+        return Version(seq, written_at)
+
+    # -- status ------------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Node id, address, watermark, lag behind the origin, peers, digest roots, counters."""
+        replica = self._replica
+        runtime = self._runtime
+        now_ms = self._wall_ms()
+        peers: dict[str, Any] = {}
+        known_high = replica.covered.high
+        origin_watermark: int | None = None
+        if runtime is not None:
+            for address, info in runtime.gossip.peers().items():
+                peers[address] = _plain(info)
+                wm = _field(info, "watermark")
+                if isinstance(wm, int):
+                    known_high = max(known_high, wm)
+                    if address == self.origin:
+                        origin_watermark = wm
+        lag_seqs = max(0, known_high - replica.watermark)
+        last = runtime.metrics.last_written_at if runtime is not None else 0
+        out: dict[str, Any] = {
+            "node_id": self.node_id,
+            "role": "edge",
+            "address": self._transport.address if self._transport is not None else None,
+            "http": self.http_address,
+            "origin": self.origin,
+            "watermark": replica.watermark,
+            "covered_high": replica.covered.high,
+            "purged": replica.purged,
+            "origin_watermark": origin_watermark,
+            "lag_seqs": lag_seqs,
+            # ms since the newest write applied here was made, when behind (0 when caught up)
+            "lag_ms": max(0, now_ms - last) if lag_seqs and last else 0,
+            "keys": len(replica),
+            "stores": replica.store_names(),
+            "roots": {name or "<meta>": f"{root:032x}" for name, root in replica.roots().items()},
+            "root": f"{replica.root:032x}",
+            "peers": peers,
+            "watchers": self.hub.count(),
+        }
+        if runtime is not None:
+            out["counters"] = {
+                "gossip": dict(runtime.gossip.counters),
+                "node": dict(runtime.metrics.events),
+                "transport": runtime.transport.stats.total(),
+                "changes_applied": runtime.metrics.changes_applied,
+            }
+        if self._persist is not None:
+            out["persistence"] = {
+                "path": str(self._persist.path),
+                "persisted_watermark": self._persist.persisted_watermark,
+                "flushes": self._persist.flushes,
+                "rows_written": self._persist.rows_written,
+                "loaded_keys": self.load_report.keys if self.load_report else 0,
+                "load_seconds": self.load_report.seconds if self.load_report else 0.0,
+                "corrupt_moved_to": self.load_report.corrupt_moved_to if self.load_report else None,
+            }
+        return out
+
+    def metrics_text(self) -> str:
+        """Prometheus text exposition of this node."""
+        runtime = self.runtime
+        replica = self._replica
+        states = [str(_field(info, "state")) for info in runtime.gossip.peers().values()]
+        status = self.status()
+        gauges = {
+            "keys": float(len(replica)),
+            "watermark": float(replica.watermark),
+            "lag_seqs": float(status["lag_seqs"]),
+            "lag_ms": float(status["lag_ms"]),
+            "watchers": float(self.hub.count()),
+        }
+        if self._persist is not None:
+            gauges["persisted_watermark"] = float(self._persist.persisted_watermark)
+        return render_prometheus(
+            node_id=self.node_id,
+            stats=runtime.transport.stats,
+            metrics=runtime.metrics,
+            gossip_counters=runtime.gossip.counters,
+            gauges=gauges,
+            peer_states=states,
+        )
+
+
+def _parse_write_reply(
+    reply: Message,
+) -> tuple[int, int, list[tuple[str, str, Delta]], list[tuple[int, int]]]:
+    """Validate a write RESPONSE: {"seq", "written_at", "items": [[store, key, delta]],
+    "covers": [[lo, hi]]}."""
+    seq, written_at, raw = reply.get("seq"), reply.get("written_at", 0), reply.get("items", [])
+    raw_covers = reply.get("covers", [])
+    if type(seq) is not int or seq < 0 or type(written_at) is not int:
+        raise RemoteProtocolError("write reply without an integer seq and written_at")
+    if type(raw) is not list or type(raw_covers) is not list:
+        raise RemoteProtocolError("write reply items and covers must be lists")
+    covers: list[tuple[int, int]] = []
+    for rng in raw_covers:
+        if (
+            type(rng) is not list
+            or len(rng) != 2
+            or not all(type(x) is int and 1 <= x < 1 << 63 for x in rng)
+            or rng[0] > rng[1]
+        ):
+            raise RemoteProtocolError(f"bad covered range in write reply: {rng!r}")
+        covers.append((rng[0], rng[1]))
+    items: list[tuple[str, str, Delta]] = []
+    for item in raw:
+        if type(item) is not list or len(item) != 3:
+            raise RemoteProtocolError("a write reply item must be [store, key, delta]")
+        store, key, delta = item
+        if type(store) is not str or type(key) is not str:
+            raise RemoteProtocolError("a write reply item needs a str store and key")
+        try:
+            items.append((store, key, decode_delta(delta)))
+        except CodecError as exc:
+            raise RemoteProtocolError(f"bad delta in write reply: {exc}") from None
+    return seq, written_at, items, covers
+
+
+def _field(info: Any, name: str) -> Any:
+    if isinstance(info, Mapping):
+        return info.get(name)
+    return getattr(info, name, None)
+
+
+def _plain(info: Any) -> Any:
+    if dataclasses.is_dataclass(info) and not isinstance(info, type):
+        out = dataclasses.asdict(info)
+    elif isinstance(info, Mapping):
+        out = dict(info)
+    else:
+        return str(info)
+    return {
+        k: (v if isinstance(v, int | float | str | bool | None) else str(v)) for k, v in out.items()
+    }

@@ -1,0 +1,189 @@
+"""EdgeNode in trio virtual time over the simulated network, with a real origin write path."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import trio
+
+from edgekv.crdt.version import Version
+from edgekv.errors import OriginUnavailable, StoreNotFound, WrongKind
+from edgekv.node.edge import EdgeNode
+from edgekv.node.kvstore import KvStore
+from edgekv.node.watch import WatchEvent
+from edgekv.testnet.simnet import SimNetwork
+from test_edge_harness import FAST, origin_node, wait_until
+
+SEED = int(os.environ.get("EDGEKV_TEST_SEED", "1"))
+
+
+@pytest.fixture
+async def net() -> AsyncIterator[SimNetwork]:
+    network = SimNetwork()
+    network.faults.set_default(latency=0.02)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(network.run)
+        yield network
+        nursery.cancel_scope.cancel()
+
+
+def _edge(net: SimNetwork, name: str, peers: list[str] = [], **options: Any) -> EdgeNode:  # noqa: B006
+    return EdgeNode(
+        origin="origin:1",
+        peers=peers,
+        transport=net.transport(name),
+        node_id=name,
+        config=FAST,
+        write_timeout=2.0,
+        rng=random.Random(f"{SEED}-{name}"),
+        **options,
+    )
+
+
+async def test_read_your_writes_while_another_edge_is_partitioned(
+    net: SimNetwork, autojump_clock: Any
+) -> None:
+    async with (
+        origin_node(net.transport("origin:1"), seed=SEED) as origin,
+        _edge(net, "e1:1", ["e2:1"]) as e1,
+        _edge(net, "e2:1", ["e1:1"]) as e2,
+    ):
+        await origin.write({"op": "create_store", "store": "flags"})
+        await wait_until(lambda: e1.replica.has_store("flags") and e2.replica.has_store("flags"))
+        net.faults.isolate("e2:1")
+        store = e1.open("flags")
+        version = await store.put("greeting", b"hi")
+        assert isinstance(version, Version) and version.seq == 2
+        # visible on the writing edge the moment put() returns
+        assert store.get("greeting") == b"hi"
+        entry = store.get_entry("greeting")
+        assert entry is not None and entry.version == version
+        await store.zadd("rank", {b"alice": 3.0, b"bob": 1.0})
+        assert store.zrange_by_score("rank", 0, 10) == [(b"bob", 1.0), (b"alice", 3.0)]
+        await store.bf_add("seen", [b"10.0.0.1"])
+        assert store.bf_exists("seen", b"10.0.0.1")
+        await store.delete("greeting")
+        assert store.get("greeting") is None
+        await store.zrem("rank", [b"bob"])
+        assert store.zrange_by_score("rank", 0, 10) == [(b"alice", 3.0)]
+        with pytest.raises(WrongKind):
+            await store.put("rank", b"x")
+        # the partitioned edge has seen none of it; after the heal it converges
+        await trio.sleep(2)
+        assert e2.open("flags").get_entry("rank") is None
+        assert e2.open("flags").zrange_by_score("rank", 0, 10) == []
+        net.faults.heal()
+        await wait_until(lambda: e2.replica.root == origin.replica.root, within=30)
+        assert e2.open("flags").zrange_by_score("rank", 0, 10) == [(b"alice", 3.0)]
+        assert e1.watermark == e2.watermark == origin.watermark
+
+
+async def test_open_and_kvstore_open_in_context(net: SimNetwork, autojump_clock: Any) -> None:
+    async with origin_node(net.transport("origin:1"), seed=SEED) as origin:
+        await origin.write({"op": "create_store", "store": "flags"})
+        with pytest.raises(Exception, match="running node"):
+            KvStore.open("flags")
+        async with _edge(net, "e1:1") as e1:
+            await wait_until(lambda: e1.replica.has_store("flags"))
+            assert KvStore.open("flags").name == "flags"
+            with pytest.raises(StoreNotFound):
+                e1.open("nope")
+            with pytest.raises(StoreNotFound):
+                KvStore.open("nope")
+            status = e1.status()
+            assert status["node_id"] == "e1:1" and status["watermark"] == 1
+            assert status["peers"]["origin:1"]["role"] == "origin"
+            assert status["lag_seqs"] == 0
+        with pytest.raises(Exception, match="running node"):
+            KvStore.open("flags")
+
+
+async def test_origin_unreachable_writes_fail_reads_work(
+    net: SimNetwork, autojump_clock: Any
+) -> None:
+    async with (
+        origin_node(net.transport("origin:1"), seed=SEED) as origin,
+        _edge(net, "e1:1") as e1,
+    ):
+        await origin.write({"op": "create_store", "store": "flags"})
+        await origin.write({"op": "put", "store": "flags", "key": "k", "value": b"v"})
+        await wait_until(lambda: e1.watermark == 2)
+        net.faults.isolate("origin:1")
+        store = e1.open("flags")
+        start = trio.current_time()
+        with pytest.raises(OriginUnavailable):
+            await store.put("k", b"w")
+        assert trio.current_time() - start == pytest.approx(2.0)
+        assert store.get("k") == b"v"
+        net.faults.heal()
+        await store.put("k", b"w")
+        assert store.get("k") == b"w"
+
+
+async def test_watch_through_the_edge(net: SimNetwork, autojump_clock: Any) -> None:
+    async with (
+        origin_node(net.transport("origin:1"), seed=SEED) as origin,
+        _edge(net, "e1:1") as e1,
+    ):
+        await origin.write({"op": "create_store", "store": "s"})
+        await wait_until(lambda: e1.replica.has_store("s"))
+        store = e1.open("s")
+        events: list[WatchEvent] = []
+        async with store.watch("user:") as watcher:
+
+            async def consume() -> None:
+                async for ev in watcher:
+                    events.append(ev)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(consume)
+                expected = []
+                for i in range(30):
+                    key = f"user:{i % 4}"
+                    r = await origin.write(
+                        {"op": "put", "store": "s", "key": key, "value": b"%d" % i}
+                    )
+                    expected.append(WatchEvent(key, Version(r["seq"], r["written_at"]), False))
+                    await origin.write({"op": "put", "store": "s", "key": "other", "value": b""})
+                    if i % 3 == 0:
+                        await trio.sleep(0.3)
+                own = await store.delete("user:1")
+                expected.append(WatchEvent("user:1", own, True))
+                await wait_until(lambda: len(events) >= len(expected) - 10)
+                await trio.sleep(3)
+                nursery.cancel_scope.cancel()
+        # pushes are batched: a key written twice within one window may show only its newest
+        # version, but every event is a real version, once, in order per key, ending at the last
+        for key in {e.key for e in expected}:
+            got = [e.version.seq for e in events if e.key == key and e.version]
+            want = [e.version.seq for e in expected if e.key == key and e.version]
+            assert got == sorted(set(got)) and set(got) <= set(want) and got[-1] == want[-1]
+        assert [e for e in events if e.key == "user:1"][-1].deleted
+
+
+async def test_restart_serves_persisted_state_then_catches_up(
+    net: SimNetwork, autojump_clock: Any, tmp_path: Any
+) -> None:
+    async with origin_node(net.transport("origin:1"), seed=SEED) as origin:
+        await origin.write({"op": "create_store", "store": "s"})
+        for i in range(20):
+            await origin.write({"op": "put", "store": "s", "key": f"k{i}", "value": b"1"})
+        async with _edge(net, "e1:1", data_dir=str(tmp_path), flush_interval=0.2) as e1:
+            await wait_until(lambda: e1.watermark == 21)
+            await trio.sleep(0.5)
+        for i in range(20, 40):
+            await origin.write({"op": "put", "store": "s", "key": f"k{i}", "value": b"2"})
+        net.faults.isolate("origin:1")
+        async with _edge(net, "e1:1", data_dir=str(tmp_path)) as e1:
+            assert e1.load_report is not None and e1.load_report.keys == 20
+            assert e1.watermark == 21
+            assert e1.open("s").get("k5") == b"1"
+            assert e1.open("s").get("k25") is None
+            net.faults.heal()
+            await wait_until(lambda: e1.watermark == 41)
+            assert e1.open("s").get("k25") == b"2"
+            assert e1.replica.root == origin.replica.root
