@@ -117,3 +117,12 @@ def test_probe_reads_only_owed_keys_at_live_edges() -> None:
     reads.clear()
     probe_once(c, {"e0": reader("e0")}, 2.0)  # type: ignore[dict-item]
     assert sorted(k for _, k in reads) == ["k1", "k2"]
+
+
+def test_final_check_accepts_a_committed_write_whose_ack_was_lost() -> None:
+    c = ConvergenceChecker(["e0"])
+    w1 = c.issue("s", "k", b"a", 0.0)
+    c.ack(w1, 1, 0.0)
+    c.issue("s", "k", b"b", 0.0)  # timed out at the client, but the origin committed it
+    assert c.final_check({"e0": lambda s, k: b"b"}, 1.0) == []
+    assert c.final_check({"e0": lambda s, k: None}, 1.0) != []

@@ -26,7 +26,7 @@ def test_shipped_scenarios_parse_and_shorten() -> None:
     assert write.params["rate"] == 100 and write.params["duration"] == 20
     assert load_scenario("flood-1000").edges == 1000
     split = load_scenario("split-brain")
-    heal, part = [s for s in split.steps if s.action == "heal"][0], split.steps[1]
+    heal, part = next(s for s in split.steps if s.action == "heal"), split.steps[1]
     assert heal.at - part.at == 30
 
 

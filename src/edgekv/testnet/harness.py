@@ -38,7 +38,7 @@ from edgekv.gossip.transport import Envelope, Transport, TransportStats
 from edgekv.gossip.wire import Message, encode_frame, type_name
 from edgekv.node.faults import LinkFaults
 
-__all__ = ["Testnet", "seed_scheduler"]
+__all__ = ["SimClient", "Testnet", "seed_scheduler", "sim_clock"]
 
 logger = logging.getLogger("edgekv.testnet")
 
@@ -60,6 +60,28 @@ def seed_scheduler(seed: int) -> bool:
     return False
 
 
+def sim_clock() -> Any:
+    """trio's `MockClock(autojump_threshold=0)` that does not jump while a worker thread runs.
+
+    The origin logs writes to SQLite in a worker thread; a plain autojumping clock would leap
+    to the next timer while that thread works, so virtual time would depend on disk speed.
+    This clock holds still instead, which keeps a seeded simulation reproducible.
+    """
+    import trio
+    from trio.testing import MockClock
+
+    clock = MockClock(autojump_threshold=0)
+    jump = clock._autojump
+    limiter = trio.to_thread.current_default_thread_limiter
+
+    def autojump() -> None:
+        if not limiter().statistics().borrowed_tokens:
+            jump()
+
+    clock._autojump = autojump  # type: ignore[method-assign]
+    return clock
+
+
 class _Plug:
     """A transport wrapper the harness can unplug (crash), counting client-bound traffic apart."""
 
@@ -73,6 +95,10 @@ class _Plug:
     @property
     def stats(self) -> TransportStats:
         return self.inner.stats
+
+    @stats.setter
+    def stats(self, value: TransportStats) -> None:
+        self.inner.stats = value
 
     @property
     def address(self) -> str:
@@ -188,10 +214,12 @@ class Testnet:
         await self.aclose()
 
     async def aclose(self) -> None:
-        with anyio.CancelScope(shield=True):
+        # No shielding scope here: the task group in the stack was entered outside of it.
+        try:
             if self._tg is not None:
                 self._tg.cancel_scope.cancel()
             await self._stack.aclose()
+        finally:
             if self._tmp is not None:
                 self._tmp.cleanup()
                 self._tmp = None
@@ -316,7 +344,14 @@ class Testnet:
         if self.config is not None:
             common["config"] = self.config
         if slot.role == "origin":
-            return edgekv.Origin(data_dir=slot.data_dir, listen=slot.address, **common)
+            return _OriginNode(
+                plug,
+                data_dir=slot.data_dir,
+                wall_ms=wall,
+                config=self.config,
+                rng=random.Random(f"{self.seed}/origin/{slot.restarts}"),
+                cluster_id=self.cluster_id,
+            )
         return edgekv.EdgeNode(
             listen=slot.address,
             origin=self._slots["origin"].address,
@@ -565,7 +600,10 @@ class Testnet:
 
     def _make_client(self) -> Any:
         if self._sim is not None:
-            return SimClient(self._sim.transport(CLIENT), self._slots["origin"].address)
+            client = SimClient(self._sim.transport(CLIENT), self._slots["origin"].address)
+            assert self._tg is not None
+            self._tg.start_soon(client.receive_loop)
+            return client
         import edgekv
 
         return edgekv.OriginClient(self._slots["origin"].address, cluster_id=self.cluster_id)
@@ -584,22 +622,15 @@ class SimClient:
         self.timeout = timeout
         self._ids = 0
         self._waiting: dict[int, tuple[anyio.Event, list[Message]]] = {}
-        self._tg: anyio.abc.TaskGroup | None = None
-        self._cm: Any = None
 
     async def __aenter__(self) -> SimClient:
-        self._cm = anyio.create_task_group()
-        self._tg = await self._cm.__aenter__()
-        self._tg.start_soon(self._receive_loop)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        assert self._tg is not None
-        self._tg.cancel_scope.cancel()
-        await self._cm.__aexit__(None, None, None)
         await self.transport.aclose()
 
-    async def _receive_loop(self) -> None:
+    async def receive_loop(self) -> None:
+        """Match replies to waiting requests; run it in a task group until closed."""
         from edgekv.gossip.wire import MsgType
 
         try:
@@ -669,3 +700,90 @@ class SimClient:
 
 def _version(reply: Message) -> Version:
     return Version(int(reply["seq"]), int(reply.get("written_at", 0)))
+
+
+class _OriginNode:
+    """The real `Origin` (sequencer, log, planner) driven over an injected transport.
+
+    Interim adapter: `Origin` does not yet take `transport=`, so the harness runs the gossip
+    side itself, as the design describes it: a `NodeRuntime` with a `GossipNode(role="origin")`
+    sharing the origin's replica; committed deltas go to `runtime.publish`; REQUESTs from edges
+    and the test client go to `Origin.handle` (with the deltas, for read-your-writes).
+    """
+
+    def __init__(
+        self,
+        plug: _Plug,
+        *,
+        data_dir: str | None,
+        wall_ms: Callable[[], int] | None,
+        config: Any,
+        rng: random.Random,
+        cluster_id: str,
+    ) -> None:
+        self.plug = plug
+        self.data_dir = data_dir
+        self._wall_ms = wall_ms
+        self.config = config
+        self.rng = rng
+        self.cluster_id = cluster_id
+        self.runtime: Any = None
+        self.origin: Any = None
+        self._stack = AsyncExitStack()
+
+    @property
+    def address(self) -> str:
+        return self.plug.address
+
+    @property
+    def replica(self) -> Any:
+        return self.origin.replica
+
+    @property
+    def watermark(self) -> int:
+        return int(self.origin.replica.watermark)
+
+    async def __aenter__(self) -> _OriginNode:
+        from edgekv.gossip.core import GossipNode
+        from edgekv.node.runtime import NodeRuntime, system_wall_ms
+        from edgekv.origin.server import Origin
+
+        options: dict[str, Any] = {"listen": None, "cluster_id": self.cluster_id}
+        if self._wall_ms is not None:
+            options["wall_ms"] = self._wall_ms
+        try:
+            self.origin = await self._stack.enter_async_context(
+                Origin(self.data_dir, on_commit=self._publish, **options)
+            )
+            gossip = GossipNode(
+                self.plug.address,
+                self.origin.replica,
+                role="origin",
+                config=self.config,
+                rng=self.rng,
+            )
+            self.runtime = NodeRuntime(
+                self.plug,
+                gossip,
+                on_request=self._on_request,
+                wall_ms=self._wall_ms or system_wall_ms,
+            )
+            tg = await self._stack.enter_async_context(anyio.create_task_group())
+            self._stack.callback(tg.cancel_scope.cancel)
+            await tg.start(self.runtime.run)
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    async def _publish(self, items: Any, covers: Any) -> None:
+        if self.runtime is not None and self.runtime.running:
+            await self.runtime.publish(items, covers)
+
+    async def _on_request(self, peer: str, msg: Message) -> Message:
+        body = {k: v for k, v in msg.items() if k not in ("t", "id")}
+        reply: Message = await self.origin.handle(body, with_items=True, trusted=True)
+        return reply
