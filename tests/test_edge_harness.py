@@ -139,3 +139,22 @@ async def wait_until(predicate: Callable[[], bool], within: float = 30.0) -> Non
     with anyio.fail_after(within):
         while not predicate():  # noqa: ASYNC110 (polls replica state: no event to wait on)
             await anyio.sleep(0.05)
+
+
+@asynccontextmanager
+async def tcp_origin(seed: int = 0, key: bytes | None = None) -> AsyncIterator[OriginNode]:
+    """An origin on a real TcpTransport bound to 127.0.0.1 (port 0), under trio or asyncio."""
+    from edgekv.node.tcp import TcpTransport
+
+    async with anyio.create_task_group() as tg:
+        transport = await TcpTransport.create(
+            "127.0.0.1:0",
+            task_group=tg,
+            cluster_id="edgekv",
+            node_id="origin",
+            role="origin",
+            key=key,
+        )
+        async with origin_node(transport, seed=seed) as origin:
+            yield origin
+        tg.cancel_scope.cancel()

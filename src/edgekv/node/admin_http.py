@@ -174,20 +174,18 @@ async def serve_app(
     from hypercorn.config import Config
 
     config = Config()
-    config.bind = [f"fd://{sock.fileno()}"]
+    fd = sock.detach()  # hypercorn owns (and closes) the listening socket from here on
+    config.bind = [f"fd://{fd}"]
     config.accesslog = None
     config.errorlog = None
     config.graceful_timeout = 0.5
     shutdown = anyio.Event()
     task_status.started()
-    try:
-        if sniffio.current_async_library() == "trio":
-            from hypercorn.trio import serve as trio_serve
+    if sniffio.current_async_library() == "trio":
+        from hypercorn.trio import serve as trio_serve
 
-            await trio_serve(app, config, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
-        else:
-            from hypercorn.asyncio import serve as asyncio_serve
+        await trio_serve(app, config, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
+    else:
+        from hypercorn.asyncio import serve as asyncio_serve
 
-            await asyncio_serve(app, config, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
-    finally:
-        sock.close()
+        await asyncio_serve(app, config, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]

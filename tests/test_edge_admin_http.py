@@ -1,0 +1,117 @@
+"""Admin HTTP API of an edge: reads, status and Prometheus metrics (ASGI and real loopback)."""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from edgekv.node.admin_http import build_app
+from edgekv.node.edge import EdgeNode
+from edgekv.testnet.simnet import SimNetwork
+from test_edge_harness import FAST, OriginNode, origin_node, tcp_origin, wait_until
+
+
+@pytest.fixture
+async def net() -> AsyncIterator[SimNetwork]:
+    network = SimNetwork()
+    network.faults.set_default(latency=0.01)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(network.run)
+        yield network
+        nursery.cancel_scope.cancel()
+
+
+async def _fill(origin: OriginNode) -> None:
+    await origin.write({"op": "create_store", "store": "flags"})
+    await origin.write({"op": "put", "store": "flags", "key": "greeting", "value": b"\x00hi\xff"})
+    await origin.write({"op": "put", "store": "flags", "key": "feature:a", "value": b"1"})
+    await origin.write({"op": "put", "store": "flags", "key": "feature:b", "value": b"2"})
+    await origin.write(
+        {"op": "zadd", "store": "flags", "key": "rank", "members": {b"alice": 3.0, b"bob": 1.5}}
+    )
+
+
+async def test_admin_endpoints(net: SimNetwork, autojump_clock: Any) -> None:
+    async with (
+        origin_node(net.transport("origin:1"), seed=3) as origin,
+        EdgeNode(
+            origin="origin:1",
+            transport=net.transport("e1:1"),
+            node_id="e1",
+            config=FAST,
+            rng=random.Random(3),
+        ) as edge,
+    ):
+        await _fill(origin)
+        await wait_until(lambda: edge.watermark == origin.watermark)
+        transport = httpx.ASGITransport(app=build_app(edge))
+        async with httpx.AsyncClient(transport=transport, base_url="http://edge") as http:
+            r = await http.get("/v1/stores/flags/keys/greeting")
+            assert r.status_code == 200 and r.content == b"\x00hi\xff"
+            assert r.headers["content-type"] == "application/octet-stream"
+            r = await http.get("/v1/stores/flags/keys/missing")
+            assert r.status_code == 404
+            r = await http.get("/v1/stores/nope/keys/greeting")
+            assert r.status_code == 404 and r.json()["error"] == "store_not_found"
+            r = await http.get("/v1/stores/flags/keys/rank")
+            assert r.status_code == 409 and r.json()["error"] == "wrong_kind"
+            r = await http.get("/v1/stores/flags/keys", params={"pattern": "feature:*"})
+            assert r.json() == {"keys": ["feature:a", "feature:b"]}
+            r = await http.get("/v1/stores/flags/keys", params={"limit": "1"})
+            assert r.json() == {"keys": ["feature:a"]}
+            r = await http.get("/v1/stores/flags/keys", params={"limit": "-3"})
+            assert r.status_code == 400 and r.json()["error"] == "invalid_input"
+            r = await http.get("/v1/stores/flags/zsets/rank", params={"min": "2", "max": "inf"})
+            assert r.json() == {"encoding": "utf-8", "members": [["alice", 3.0]]}
+            r = await http.get("/v1/stores/flags/zsets/rank")
+            assert r.json()["members"] == [["bob", 1.5], ["alice", 3.0]]
+            r = await http.get("/v1/stores/flags/zsets/rank", params={"min": "nan"})
+            assert r.status_code == 400
+            r = await http.get("/v1/stores/flags/zsets/missing")
+            assert r.json()["members"] == []
+
+            status = (await http.get("/status")).json()
+            assert status["node_id"] == "e1" and status["address"] == "e1:1"
+            assert status["watermark"] == origin.watermark == 5
+            assert status["lag_seqs"] == 0 and status["lag_ms"] == 0
+            assert status["peers"]["origin:1"]["state"] == "alive"
+            assert status["roots"]["flags"] == f"{origin.replica.roots()['flags']:032x}"
+            assert status["counters"]["changes_applied"] >= 5
+
+            r = await http.get("/metrics")
+            assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
+            text = r.text
+            assert 'edgekv_watermark{node="e1"} 5' in text
+            assert 'edgekv_keys{node="e1"} 4' in text
+            assert re.search(
+                r'edgekv_messages_received_total\{node="e1",type="[A-Z_]+"\} [1-9]', text
+            )
+            assert re.search(r'edgekv_bytes_sent_total\{node="e1",type="[A-Z_]+"\} [1-9]', text)
+            assert 'edgekv_propagation_latency_ms_bucket{node="e1",le="+Inf"}' in text
+            assert "# TYPE edgekv_propagation_latency_ms histogram" in text
+            assert 'edgekv_peers{node="e1",state="alive"} 1' in text
+            for line in text.splitlines():  # every sample line is "name{labels} number"
+                if not line.startswith("#"):
+                    float(line.rsplit(" ", 1)[1])
+
+
+async def test_admin_over_loopback_with_hypercorn() -> None:
+    with trio.fail_after(20):
+        async with (
+            tcp_origin() as origin,
+            EdgeNode(origin=origin.address, http="127.0.0.1:0", node_id="e1") as edge,
+        ):
+            await _fill(origin)
+            await wait_until(lambda: edge.watermark == origin.watermark, within=10)
+            assert edge.http_address is not None
+            async with httpx.AsyncClient(base_url=f"http://{edge.http_address}") as http:
+                r = await http.get("/v1/stores/flags/keys/feature:a")
+                assert r.status_code == 200 and r.content == b"1"
+                assert (await http.get("/status")).json()["watermark"] == 5
+                assert "edgekv_watermark" in (await http.get("/metrics")).text
