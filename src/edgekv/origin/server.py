@@ -5,18 +5,22 @@ replica, starts the commit loop, listens on ONE address for edges (gossip) and c
 handshake role "client" hands the connection to `clientconn.serve_client`), and optionally
 serves the HTTP API.  The same operations are methods (`await origin.put(...)`) for in-process
 use; every path goes through `handle(body)` so TCP, HTTP, edges and in-process calls share one
-set of checks.  Each commit is applied to the replica and then handed to gossip: subscribers of
-`committed()` receive `(items, covers)`, and `on_commit` (the node runtime's `publish`) is called.
+set of checks.  Each commit is applied to the replica and then handed to gossip: the origin's
+NodeRuntime (a GossipNode with role "origin" on the origin's replica) publishes it, subscribers
+of `committed()` receive `(items, covers)`, and the optional `on_commit` callback is called.
+`transport=` injects another Transport (the testnet's simulated network) instead of TCP; with
+neither `listen` nor `transport` the origin runs without a network (in-process use only).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Callable, Mapping
+import random
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
@@ -26,12 +30,17 @@ from ..crdt import Entry, Limits, Replica, Version
 from ..crdt.codec import encode_delta
 from ..crdt.ops import DEFAULT_LIMITS
 from ..errors import InvalidInput, StoreNotFound
+from ..gossip.config import GossipConfig
+from ..gossip.transport import Transport
 from ..gossip.wire import Message
 from .auth import TokenAuth, TokenSpec
 from .requests import is_write, op_name, opt_int, parse_write, store_of
 from .sequencer import Covers, Sequencer, wall_clock_ms
 from .wal import WriteAheadLog
 from .writer import Item
+
+if TYPE_CHECKING:
+    from ..node.runtime import NodeRuntime
 
 __all__ = ["Origin"]
 
@@ -59,6 +68,10 @@ class Origin:
         compact_min_rows: int = 1_000_000,
         wall_ms: Callable[[], int] = wall_clock_ms,
         on_commit: Callable[[list[Item], Covers], Awaitable[None]] | None = None,
+        transport: Transport | None = None,
+        seeds: Sequence[str] = (),
+        gossip_config: GossipConfig | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.data_dir = None if data_dir is None else Path(data_dir)
         self.listen = listen
@@ -77,7 +90,12 @@ class Origin:
         self._tg: anyio.abc.TaskGroup | None = None
         self._wal: WriteAheadLog | None = None
         self._sequencer: Sequencer | None = None
-        self.transport: Any = None
+        self.transport: Any = transport
+        self._own_transport = transport is None
+        self.seeds = list(seeds)
+        self.gossip_config = gossip_config
+        self.rng = rng
+        self.runtime: NodeRuntime | None = None
         self.address = ""
         self.http_address = ""
         self.recovered_rows = 0
@@ -105,8 +123,10 @@ class Origin:
         try:
             self.recovered_rows = await self._sequencer.recover()
             await tg.start(self._sequencer.run)
-            if self.listen is not None:
+            if self.transport is None and self.listen is not None:
                 await self._start_tcp(tg)
+            if self.transport is not None:
+                await self._start_gossip(tg)
             if self.http_listen is not None:
                 from .http import serve_http
 
@@ -128,6 +148,32 @@ class Origin:
             await serve(self, self.http_listen, self._http_stop, task_status=task_status)
         finally:
             self._http_done.set()
+
+    async def _start_gossip(self, tg: anyio.abc.TaskGroup) -> None:
+        """The origin is a gossip peer: a GossipNode(role="origin") on the origin's replica,
+        driven by a NodeRuntime; edges' REQUESTs (forwarded writes, reads) come in through it."""
+        from ..gossip.core import GossipNode
+        from ..node.runtime import NodeRuntime
+
+        self.address = self.transport.address
+        gossip = GossipNode(
+            self.transport.address,
+            self.replica,
+            role="origin",
+            seeds=[s for s in self.seeds if s != self.transport.address],
+            config=self.gossip_config,
+            rng=self.rng,
+        )
+        self.runtime = NodeRuntime(
+            self.transport, gossip, on_request=self._on_peer_request, wall_ms=self.wall_ms
+        )
+        await tg.start(self.runtime.run)
+
+    async def _on_peer_request(self, peer: str, msg: Message) -> Message:
+        """A REQUEST from a peer node (an edge forwarding a write or a read).  Peers that passed
+        the cluster-key handshake are trusted; without a cluster key they need a token."""
+        body = {k: v for k, v in msg.items() if k not in ("t", "id")}
+        return await self.handle(body, with_items=True, trusted=self.cluster_key is not None)
 
     async def _start_tcp(self, tg: anyio.abc.TaskGroup) -> None:
         from ..node.tcp import TcpTransport
@@ -170,7 +216,7 @@ class Origin:
     ) -> bool | None:
         tg, self._tg = self._tg, None
         try:
-            if self.transport is not None:
+            if self.transport is not None and self._own_transport:
                 with anyio.CancelScope(shield=True):
                     await self.transport.aclose()
             if tg is not None:
@@ -212,6 +258,9 @@ class Origin:
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 sub.close()
         self._subscribers = keep
+        runtime = self.runtime
+        if runtime is not None and runtime.running:
+            await runtime.publish(items, covers)
         if self.on_commit is not None:
             await self.on_commit(items, covers)
 
