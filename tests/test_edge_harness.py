@@ -35,6 +35,7 @@ from edgekv.gossip.config import GossipConfig
 from edgekv.gossip.core import GossipNode
 from edgekv.gossip.transport import Transport
 from edgekv.gossip.wire import Message
+from edgekv.node.faults import LinkFaults
 from edgekv.node.runtime import NodeRuntime, system_wall_ms
 
 FAST = GossipConfig(ping_interval=0.5, ae_interval=1.0, purge_interval=2.0)
@@ -142,7 +143,9 @@ async def wait_until(predicate: Callable[[], bool], within: float = 30.0) -> Non
 
 
 @asynccontextmanager
-async def tcp_origin(seed: int = 0, key: bytes | None = None) -> AsyncIterator[OriginNode]:
+async def tcp_origin(
+    seed: int = 0, key: bytes | None = None, faults: LinkFaults | None = None
+) -> AsyncIterator[OriginNode]:
     """An origin on a real TcpTransport bound to 127.0.0.1 (port 0), under trio or asyncio."""
     from edgekv.node.tcp import TcpTransport
 
@@ -154,6 +157,7 @@ async def tcp_origin(seed: int = 0, key: bytes | None = None) -> AsyncIterator[O
             node_id="origin",
             role="origin",
             key=key,
+            faults=faults,
         )
         async with origin_node(transport, seed=seed) as origin:
             yield origin

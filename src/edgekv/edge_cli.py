@@ -112,8 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     add_edge_commands(sub)
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if not args_list or args_list[0] not in ("edge", "-h", "--help"):
-        args_list.insert(0, "edge")
+    if "edge" not in args_list and not {"-h", "--help"} & set(args_list):
+        verbosity = [a for a in args_list if a in ("-v", "-vv", "--verbose")]
+        args_list = [*verbosity, "edge", *(a for a in args_list if a not in verbosity)]
     args = parser.parse_args(args_list)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
