@@ -111,21 +111,31 @@ async def verify(address: str, acked: dict[str, Version], seen_seqs: set[int]) -
 async def crash_cycles(tmp_path: Path, kill_points: list[int]) -> None:
     data = tmp_path / "origin"
     acked: dict[str, Version] = {}
-    proc, address = await start_origin(data)
-    async with OriginClient(address, timeout=5) as client:
-        await client.create_store("crash")
-    seen: set[int] = {1}
-    for cycle, kill_after in enumerate(kill_points):
-        before = len(acked)
-        await load_and_kill(address, proc, kill_after, acked, f"c{cycle}")
-        new = [v.seq for k, v in acked.items() if k.startswith(f"c{cycle}:")]
-        assert len(new) == len(acked) - before
-        assert len(set(new)) == len(new) and not (set(new) & seen), "a seq was reused"
-        seen.update(new)
+    procs: list[trio.Process] = []
+    try:
         proc, address = await start_origin(data)
-        await verify(address, acked, seen)
-    proc.send_signal(signal.SIGTERM)
-    await proc.wait()
+        procs.append(proc)
+        async with OriginClient(address, timeout=5) as client:
+            await client.create_store("crash")
+        seen: set[int] = {1}
+        for cycle, kill_after in enumerate(kill_points):
+            before = len(acked)
+            await load_and_kill(address, proc, kill_after, acked, f"c{cycle}")
+            new = [v.seq for k, v in acked.items() if k.startswith(f"c{cycle}:")]
+            assert len(new) == len(acked) - before
+            assert len(set(new)) == len(new) and not (set(new) & seen), "a seq was reused"
+            seen.update(new)
+            proc, address = await start_origin(data)
+            procs.append(proc)
+            await verify(address, acked, seen)
+        proc.send_signal(signal.SIGTERM)
+        await proc.wait()
+    finally:
+        for p in procs:  # never leave an origin process behind, even when an assert failed
+            if p.returncode is None:
+                p.kill()
+                with trio.CancelScope(shield=True):
+                    await p.wait()
 
 
 async def test_sigkill_mid_load_loses_no_acknowledged_write(tmp_path: Path) -> None:
