@@ -126,3 +126,14 @@ def test_final_check_accepts_a_committed_write_whose_ack_was_lost() -> None:
     c.issue("s", "k", b"b", 0.0)  # timed out at the client, but the origin committed it
     assert c.final_check({"e0": lambda s, k: b"b"}, 1.0) == []
     assert c.final_check({"e0": lambda s, k: None}, 1.0) != []
+
+
+def test_serving_an_unacked_write_covers_writes_acked_before_it_was_issued() -> None:
+    c = ConvergenceChecker(["e0"])
+    w1 = c.issue("s", "k", b"a", 0.0)
+    c.ack(w1, 1, 0.5)
+    w2 = c.issue("s", "k", b"b", 0.6)  # its ack will be lost
+    w3 = c.issue("s", "k", b"c", 0.0)  # issued before w2's... acked after: ordering unknown
+    c.ack(w3, 3, 0.9)
+    c.observe("e0", "s", "k", b"b", 1.0)
+    assert w1.reached == {"e0": 1.0} and w3.reached == {} and w2.seq is None

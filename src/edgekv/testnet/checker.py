@@ -183,6 +183,15 @@ class ConvergenceChecker:
             return
         if w.seq is None:
             w.early.setdefault(edge, now)
+            # Its ack has not come (yet), but every write acked before it was issued has a
+            # lower seq: the edge holds those.
+            older = [
+                a.seq
+                for a in self._acked_by_key.get(ref, ())
+                if a.acked_at is not None and a.acked_at <= w.issued_at
+            ]
+            if older and older[-1] is not None:
+                self._mark_reached(edge, ref, older[-1], now)
             return
         self._check_monotonic(edge, ref, w.seq, now)
         self._mark_reached(edge, ref, w.seq, now)

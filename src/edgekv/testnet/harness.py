@@ -47,17 +47,35 @@ SIM_EPOCH_MS = 1_700_000_000_000  # virtual wall clock = this + virtual time
 
 
 def seed_scheduler(seed: int) -> bool:
-    """Seed trio's scheduler shuffling (a private detail: guarded) so a sim run replays."""
+    """Make trio's scheduler replayable: seed its shuffling and shuffle only real batches.
+
+    Private trio details, guarded: trio's run loop draws from `_r` on every pass, even an
+    empty one, and the number of empty passes while a worker thread runs varies; in its
+    deterministic mode (the one pytest-trio uses under Hypothesis) it sorts each batch by task
+    creation order and shuffles it, which draws nothing for batches of 0 or 1 task.
+    """
     try:
         import trio._core._run as run_mod
 
         rng = getattr(run_mod, "_r", None)
-        if isinstance(rng, random.Random):
+        if isinstance(rng, random.Random) and hasattr(run_mod, "_ALLOW_DETERMINISTIC_SCHEDULING"):
+            run_mod._ALLOW_DETERMINISTIC_SCHEDULING = True  # undone by `restore_scheduler`
             rng.seed(seed)
             return True
-    except Exception:  # pragma: no cover - a trio without the private knob
+    except Exception:  # pragma: no cover - a trio without these knobs
         pass
     return False
+
+
+def restore_scheduler() -> None:
+    """Back to trio's default (randomised) scheduling after a seeded simulation."""
+    try:
+        import trio._core._run as run_mod
+
+        if hasattr(run_mod, "_ALLOW_DETERMINISTIC_SCHEDULING"):
+            run_mod._ALLOW_DETERMINISTIC_SCHEDULING = False
+    except Exception:  # pragma: no cover
+        pass
 
 
 def sim_clock() -> Any:
@@ -220,6 +238,8 @@ class Testnet:
                 self._tg.cancel_scope.cancel()
             await self._stack.aclose()
         finally:
+            if self._sim is not None:
+                restore_scheduler()
             if self._tmp is not None:
                 self._tmp.cleanup()
                 self._tmp = None
@@ -286,7 +306,17 @@ class Testnet:
         return _Plug(t, None)
 
     def _origin_tcp_options(self, slot: _Slot) -> dict[str, Any]:
-        return {}
+        if slot.role != "origin":
+            return {}
+
+        async def on_client(peer: Any, stream: Any) -> None:
+            from edgekv.origin.clientconn import serve_client
+
+            node = slot.node
+            if slot.live and node is not None:
+                await serve_client(node.origin, peer, stream)
+
+        return {"on_client": on_client}
 
     def _wall_ms(self) -> Callable[[], int] | None:
         if self.network != "sim":
