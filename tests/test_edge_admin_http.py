@@ -83,6 +83,8 @@ async def test_admin_endpoints(net: SimNetwork, autojump_clock: Any) -> None:
             assert status["peers"]["origin:1"]["state"] == "alive"
             assert status["roots"]["flags"] == f"{origin.replica.roots()['flags']:032x}"
             assert status["counters"]["changes_applied"] >= 5
+            assert set(status["antientropy"]) == {"rounds", "repairs"}
+            assert status["propagation_ms"]["count"] >= 5
 
             r = await http.get("/metrics")
             assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
@@ -96,6 +98,8 @@ async def test_admin_endpoints(net: SimNetwork, autojump_clock: Any) -> None:
             assert 'edgekv_propagation_latency_ms_bucket{node="e1",le="+Inf"}' in text
             assert "# TYPE edgekv_propagation_latency_ms histogram" in text
             assert 'edgekv_peers{node="e1",state="alive"} 1' in text
+            assert re.search(r'edgekv_antientropy_rounds_total\{node="e1"\} \d+', text)
+            assert re.search(r'edgekv_antientropy_repairs_total\{node="e1"\} \d+', text)
             for line in text.splitlines():  # every sample line is "name{labels} number"
                 if not line.startswith("#"):
                     float(line.rsplit(" ", 1)[1])

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import random
 import uuid
 from collections.abc import Mapping, Sequence
@@ -41,7 +42,7 @@ from edgekv.gossip.transport import Transport
 from edgekv.gossip.wire import Message
 from edgekv.node import kvstore
 from edgekv.node.admin_http import bind_socket, build_app, serve_app, socket_address
-from edgekv.node.metrics import render_prometheus
+from edgekv.node.metrics import antientropy_repairs, antientropy_rounds, render_prometheus
 from edgekv.node.persistence import FLUSH_INTERVAL, LoadReport, ReplicaStore
 from edgekv.node.runtime import NodeRuntime, system_wall_ms
 from edgekv.node.tcp import TcpTransport, parse_address
@@ -295,8 +296,19 @@ class EdgeNode:
             "watchers": self.hub.count(),
         }
         if runtime is not None:
+            counters = runtime.gossip.counters
+            out["antientropy"] = {
+                "rounds": antientropy_rounds(counters),
+                "repairs": antientropy_repairs(counters),
+            }
+            hist = runtime.metrics.propagation_ms
+            out["propagation_ms"] = {  # bucket upper bounds (JSON-safe: None when unknown)
+                "count": hist.count,
+                "p50_le": _json_number(hist.quantile(0.5)),
+                "p99_le": _json_number(hist.quantile(0.99)),
+            }
             out["counters"] = {
-                "gossip": dict(runtime.gossip.counters),
+                "gossip": dict(counters),
                 "node": dict(runtime.metrics.events),
                 "transport": runtime.transport.stats.total(),
                 "changes_applied": runtime.metrics.changes_applied,
@@ -371,6 +383,10 @@ def _parse_write_reply(
         except CodecError as exc:
             raise RemoteProtocolError(f"bad delta in write reply: {exc}") from None
     return seq, written_at, items, covers
+
+
+def _json_number(x: float) -> float | None:
+    return x if math.isfinite(x) else None
 
 
 def _field(info: Any, name: str) -> Any:

@@ -20,6 +20,8 @@ __all__ = [
     "LATENCY_BUCKETS_MS",
     "Histogram",
     "NodeMetrics",
+    "antientropy_repairs",
+    "antientropy_rounds",
     "render_prometheus",
 ]
 
@@ -74,6 +76,16 @@ class NodeMetrics:
         self.changes_applied = 0
         self.events: Counter[str] = Counter()  # protocol_errors, request_errors, ...
         self.last_written_at = 0  # highest written_at seen in an applied change (ms)
+
+
+def antientropy_rounds(counters: Mapping[str, int]) -> int:
+    return counters.get("ae_rounds", 0)
+
+
+def antientropy_repairs(counters: Mapping[str, int]) -> int:
+    """Keys this node repaired through anti-entropy: states taken from a peer plus keys
+    removed because they were deleted and purged elsewhere."""
+    return counters.get("ae_states_received", 0) + counters.get("ae_removed", 0)
 
 
 _NAME_OK = re.compile(r"[^a-zA-Z0-9_]")
@@ -142,6 +154,16 @@ def render_prometheus(
     family("edgekv_changes_applied_total", "counter", "Key state changes applied locally.")
     lines.append(f"edgekv_changes_applied_total{{{node}}} {metrics.changes_applied}")
 
+    family("edgekv_antientropy_rounds_total", "counter", "Anti-entropy sessions started here.")
+    lines.append(f"edgekv_antientropy_rounds_total{{{node}}} {antientropy_rounds(gossip_counters)}")
+    family(
+        "edgekv_antientropy_repairs_total",
+        "counter",
+        "Keys repaired here by anti-entropy (states received plus keys removed as purged elsewhere).",
+    )
+    lines.append(
+        f"edgekv_antientropy_repairs_total{{{node}}} {antientropy_repairs(gossip_counters)}"
+    )
     family("edgekv_gossip_events_total", "counter", "Gossip core counters (anti-entropy, ...).")
     for name in sorted(gossip_counters):
         lines.append(
