@@ -59,7 +59,7 @@ def seed_scheduler(seed: int) -> bool:
 
         rng = getattr(run_mod, "_r", None)
         if isinstance(rng, random.Random) and hasattr(run_mod, "_ALLOW_DETERMINISTIC_SCHEDULING"):
-            run_mod._ALLOW_DETERMINISTIC_SCHEDULING = True  # undone by `restore_scheduler`
+            run_mod._ALLOW_DETERMINISTIC_SCHEDULING = True  # see `restore_scheduler`
             rng.seed(seed)
             return True
     except Exception:  # pragma: no cover - a trio without these knobs
@@ -251,9 +251,14 @@ class Testnet:
 
             root = self._data_dir_root()
             self._procs = await self._stack.enter_async_context(
-                ProcessCluster(self.n_edges, root, seed=self.seed, cluster_id=self.cluster_id)
+                ProcessCluster(self.n_edges, root, seed=self.seed)
             )
-            self.client = self._procs.client
+            import edgekv
+
+            client = await self._stack.enter_async_context(
+                edgekv.OriginClient(self._procs.origin_address, cluster_id="edgekv")
+            )
+            self.client = _HighSeq(client, self._procs)
             return
         self._tg = await self._stack.enter_async_context(anyio.create_task_group())
         names = ["origin", *self.edge_names]
@@ -314,7 +319,7 @@ class Testnet:
 
             node = slot.node
             if slot.live and node is not None:
-                await serve_client(node.origin, peer, stream)
+                await serve_client(node, peer, stream)
 
         return {"on_client": on_client}
 
@@ -374,13 +379,16 @@ class Testnet:
         if self.config is not None:
             common["config"] = self.config
         if slot.role == "origin":
-            return _OriginNode(
-                plug,
-                data_dir=slot.data_dir,
-                wall_ms=wall,
-                config=self.config,
-                rng=random.Random(f"{self.seed}/origin/{slot.restarts}"),
+            options: dict[str, Any] = {"wall_ms": wall} if wall is not None else {}
+            return edgekv.Origin(
+                slot.data_dir,
+                listen=None,
                 cluster_id=self.cluster_id,
+                node_id=slot.name,
+                transport=plug,
+                gossip_config=self.config,
+                rng=random.Random(f"{self.seed}/origin/{slot.restarts}"),
+                **options,
             )
         return edgekv.EdgeNode(
             listen=slot.address,
@@ -732,88 +740,22 @@ def _version(reply: Message) -> Version:
     return Version(int(reply["seq"]), int(reply.get("written_at", 0)))
 
 
-class _OriginNode:
-    """The real `Origin` (sequencer, log, planner) driven over an injected transport.
+class _HighSeq:
+    """Wraps a client: remembers the highest acked seq (processes mode has no origin digest)."""
 
-    Interim adapter: `Origin` does not yet take `transport=`, so the harness runs the gossip
-    side itself, as the design describes it: a `NodeRuntime` with a `GossipNode(role="origin")`
-    sharing the origin's replica; committed deltas go to `runtime.publish`; REQUESTs from edges
-    and the test client go to `Origin.handle` (with the deltas, for read-your-writes).
-    """
+    def __init__(self, client: Any, sink: Any) -> None:
+        self._client = client
+        self._sink = sink
 
-    def __init__(
-        self,
-        plug: _Plug,
-        *,
-        data_dir: str | None,
-        wall_ms: Callable[[], int] | None,
-        config: Any,
-        rng: random.Random,
-        cluster_id: str,
-    ) -> None:
-        self.plug = plug
-        self.data_dir = data_dir
-        self._wall_ms = wall_ms
-        self.config = config
-        self.rng = rng
-        self.cluster_id = cluster_id
-        self.runtime: Any = None
-        self.origin: Any = None
-        self._stack = AsyncExitStack()
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
 
-    @property
-    def address(self) -> str:
-        return self.plug.address
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            result = await attr(*args, **kwargs)
+            if isinstance(result, Version):
+                self._sink.high_seq = max(self._sink.high_seq, result.seq)
+            return result
 
-    @property
-    def replica(self) -> Any:
-        return self.origin.replica
-
-    @property
-    def watermark(self) -> int:
-        return int(self.origin.replica.watermark)
-
-    async def __aenter__(self) -> _OriginNode:
-        from edgekv.gossip.core import GossipNode
-        from edgekv.node.runtime import NodeRuntime, system_wall_ms
-        from edgekv.origin.server import Origin
-
-        options: dict[str, Any] = {"listen": None, "cluster_id": self.cluster_id}
-        if self._wall_ms is not None:
-            options["wall_ms"] = self._wall_ms
-        try:
-            self.origin = await self._stack.enter_async_context(
-                Origin(self.data_dir, on_commit=self._publish, **options)
-            )
-            gossip = GossipNode(
-                self.plug.address,
-                self.origin.replica,
-                role="origin",
-                config=self.config,
-                rng=self.rng,
-            )
-            self.runtime = NodeRuntime(
-                self.plug,
-                gossip,
-                on_request=self._on_request,
-                wall_ms=self._wall_ms or system_wall_ms,
-            )
-            tg = await self._stack.enter_async_context(anyio.create_task_group())
-            self._stack.callback(tg.cancel_scope.cancel)
-            await tg.start(self.runtime.run)
-        except BaseException:
-            await self._stack.aclose()
-            raise
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._stack.aclose()
-
-    async def _publish(self, items: Any, covers: Any) -> None:
-        if self.runtime is not None and self.runtime.running:
-            await self.runtime.publish(items, covers)
-
-    async def _on_request(self, peer: str, msg: Message) -> Message:
-        body = {k: v for k, v in msg.items() if k not in ("t", "id")}
-        reply: Message = await self.origin.handle(body, with_items=True, trusted=True)
-        return reply
+        return call

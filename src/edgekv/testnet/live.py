@@ -21,7 +21,7 @@ from rich.live import Live
 from rich.table import Table
 
 from edgekv.errors import EdgeKVError
-from edgekv.testnet.checker import ConvergenceChecker, probe_loop
+from edgekv.testnet.checker import ConvergenceChecker, probe_loop, probe_once
 from edgekv.testnet.harness import Testnet
 
 __all__ = ["LiveOptions", "run_live", "summary"]
@@ -52,8 +52,9 @@ class _Demo:
         self.catch_up: float | None = None
         self.final_convergence: float | None = None
         self.failed = 0
-        self._last_sent: dict[str, tuple[float, int]] = {}
+        self._last_sent: dict[str, tuple[float, int, float]] = {}
         self.status = "starting"
+        self.fault_done = anyio.Event()
 
     async def write_loop(self, stop_at: float | None) -> None:
         n = 0
@@ -77,6 +78,12 @@ class _Demo:
 
     async def fault_demo(self, start: float, length: float) -> None:
         """Isolate the last edge for `length` seconds, heal, time its catch-up."""
+        try:
+            await self._fault_demo(start, length)
+        finally:
+            self.fault_done.set()
+
+    async def _fault_demo(self, start: float, length: float) -> None:
         if self.opts.edges < 2:
             return
         await anyio.sleep(max(0.0, start))
@@ -122,8 +129,11 @@ class _Demo:
             wm = wms.get(name, 0)
             peers, sent = self._node_info(name)
             prev = self._last_sent.get(name)
-            rate = (sent - prev[1]) / max(now - prev[0], 1e-6) if prev is not None else 0.0
-            self._last_sent[name] = (now, sent)
+            if prev is None or now - prev[0] >= 0.4:
+                rate = (sent - prev[1]) / (now - prev[0]) if prev is not None else 0.0
+                self._last_sent[name] = (now, sent, rate)
+            else:
+                rate = prev[2]
             state = "[yellow]isolated[/]" if name == self.isolated else "[green]up[/]"
             t.add_row(name, state, str(wm), str(max(0, origin_wm - wm)), str(peers), f"{rate:.0f}")
         c = self.checker.summary()
@@ -185,6 +195,10 @@ async def run_live(opts: LiveOptions, console: Console | None = None) -> dict[st
                 demo.status = "converging"
                 remaining = max(1.0, start + d - anyio.current_time()) if d is not None else 10.0
                 demo.final_convergence = await net.convergence_time(timeout=remaining + 5)
+                if d is not None:
+                    with anyio.move_on_after(10):
+                        await demo.fault_done.wait()
+                probe_once(demo.checker, net.readers(), anyio.current_time(), full=True)
                 if opts.live_view:
                     live.update(demo.view())
             tg.cancel_scope.cancel()
@@ -206,6 +220,7 @@ async def run_live(opts: LiveOptions, console: Console | None = None) -> dict[st
             "seed": opts.seed,
         }
     )
+    console.print()
     console.print(summary(result))
     return result
 

@@ -13,7 +13,8 @@ What is supported, and how:
   in-process fault policy): those calls raise `InvalidInput`.  Use network="tcp" for them.
 - Reads for the checker go through each edge's admin HTTP API (GET /v1/stores/{s}/keys/{k});
   digests and watermarks come from GET /status.  The origin exposes no digest over the network,
-  so "converged" means: every live edge reports the same digest and the same watermark.
+  so "converged" means: every live edge reports the same digest and a watermark at least the
+  highest seq the testnet's client has had acknowledged (`high_seq`).
 Every process is killed (SIGKILL to its group) when the cluster closes, whatever happened.
 """
 
@@ -84,11 +85,8 @@ class _Proc:
 class ProcessCluster:
     """An origin and `edges` edge processes (see the module docstring)."""
 
-    def __init__(
-        self, edges: int, root: Path, *, seed: int = 1, cluster_id: str = "edgekv-testnet"
-    ) -> None:
+    def __init__(self, edges: int, root: Path, *, seed: int = 1) -> None:
         self.root = root
-        self.cluster_id = cluster_id
         self.origin_address = f"127.0.0.1:{free_port()}"
         py = [sys.executable, "-m", "edgekv"]
         self.procs: dict[str, _Proc] = {}
@@ -112,25 +110,16 @@ class ProcessCluster:
             for p in dict.fromkeys(peers):
                 argv += ["--peer", p]
             self.procs[name] = _Proc(name, argv, root / f"{name}.log", http)
-        self._http = httpx.Client(timeout=2.0)
+        self._http = httpx.Client(timeout=2.0, trust_env=False)
         self._status: dict[str, dict[str, Any]] = {}
-        self.client: Any = None
-        self._client_cm: Any = None
+        self.high_seq = 0  # highest seq acked to the testnet's client
 
     async def __aenter__(self) -> ProcessCluster:
         try:
             for proc in self.procs.values():
                 proc.start()
-            import edgekv
-
-            self._client_cm = edgekv.OriginClient(self.origin_address, cluster_id="edgekv")
             with anyio.fail_after(START_TIMEOUT):
-                while True:
-                    try:
-                        self.client = await self._client_cm.__aenter__()
-                        break
-                    except Exception:
-                        await anyio.sleep(0.1)
+                await self._wait_port("origin", self.origin_address)
                 for name in self.procs:
                     if name != "origin":
                         await self._wait_http(name)
@@ -145,12 +134,21 @@ class ProcessCluster:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        try:
-            if self.client is not None:
-                with anyio.CancelScope(shield=True):
-                    await self._client_cm.__aexit__(None, None, None)
-        finally:
-            self.close()
+        self.close()
+
+    async def _wait_port(self, name: str, address: str) -> None:
+        proc = self.procs[name]
+        host, _, port = address.rpartition(":")
+        while True:
+            if not proc.alive:
+                raise InvalidInput(f"{name} exited at start; see {proc.log}")
+            try:
+                stream = await anyio.connect_tcp(host, int(port))
+            except OSError:
+                await anyio.sleep(0.05)
+                continue
+            await stream.aclose()
+            return
 
     def close(self) -> None:
         """SIGKILL every process group; never leaves a process behind."""
@@ -160,7 +158,7 @@ class ProcessCluster:
 
     async def _wait_http(self, name: str) -> None:
         proc = self.procs[name]
-        async with httpx.AsyncClient(timeout=1.0) as http:
+        async with httpx.AsyncClient(timeout=1.0, trust_env=False) as http:
             while True:
                 if not proc.alive:
                     raise InvalidInput(f"{name} exited at start; see {proc.log}")
@@ -246,9 +244,10 @@ class ProcessCluster:
         live = self.live_edges()
         if not live:
             return 1.0, 0
-        keys = Counter((s["root"], s["watermark"]) for s in status.values())
-        top = keys.most_common(1)[0][1] if keys else 0
-        return top / len(live), len(keys)
+        caught_up = [s["root"] for s in status.values() if int(s["watermark"]) >= self.high_seq]
+        roots = Counter(caught_up)
+        top = roots.most_common(1)[0][1] if roots else 0
+        return top / len(live), len({s["root"] for s in status.values()})
 
     def stats(self) -> TransportStats:
         """Sent messages and bytes by type, summed from each live edge's /status counters."""

@@ -1,0 +1,93 @@
+"""The same harness over real sockets: tcp mode (tasks in one process) and processes mode
+(every node an OS process), each with a crash and a restart; and the `edgekv testnet` command."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from edgekv.testnet.report import run_experiment
+from edgekv.testnet.scenario import parse_scenario
+
+
+def _crash_restart_scenario(edges: int) -> Any:
+    return parse_scenario(
+        {
+            "name": "crash-restart",
+            "network": {"edges": edges, "latency_ms": 5},
+            "steps": [
+                {"at": 0, "action": "write", "rate": 20, "duration": 2, "keys": 20},
+                {"at": 0.4, "action": "crash", "node": "edge-1"},
+                {"at": 1.2, "action": "restart", "node": "edge-1"},
+            ],
+            "assert": {"converged_within": 10.0, "nothing_lost": True},
+        }
+    )
+
+
+async def test_tcp_mode_crash_and_restart() -> None:
+    with trio.fail_after(60):
+        report = await run_experiment(_crash_restart_scenario(3), network="tcp", seed=3)
+    assert report["passed"], report["assertions"]
+    actions = [a for _, a, _ in report["events"]]
+    assert actions == ["crash", "restart"]
+    assert report["checker"]["writes_acked"] >= 30
+    assert report["messages"]["total"] > 0
+
+
+async def test_processes_mode_crash_and_restart(tmp_path: Path) -> None:
+    with trio.fail_after(90):
+        report = await run_experiment(
+            _crash_restart_scenario(2), network="processes", seed=3, data_dir=tmp_path
+        )
+    assert report["passed"], report["assertions"]
+    assert [a for _, a, _ in report["events"]] == ["crash", "restart"]
+    assert _procs_mentioning(str(tmp_path)) == []
+
+
+def _procs_mentioning(needle: str) -> list[str]:
+    out = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if needle in cmd and int(pid) != os.getpid():
+            out.append(cmd)
+    return out
+
+
+@pytest.mark.parametrize("network", ["tcp", "processes"])
+def test_cli_testnet_runs_and_leaves_nothing_behind(network: str, tmp_path: Path) -> None:
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgekv",
+            "testnet",
+            "--edges",
+            "3",
+            "--duration",
+            "3",
+            "--network",
+            network,
+            "--no-live",
+        ],
+        capture_output=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    out = proc.stdout.decode()
+    assert proc.returncode == 0, out + proc.stderr.decode()
+    assert "propagation" in out and "unreached writes / violations" in out
+    assert _procs_mentioning(str(tmp_path)) == []
