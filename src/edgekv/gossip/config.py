@@ -18,19 +18,21 @@ class GossipConfig:
     """Gossip timers and limits.  All times are seconds of the caller's clock (`now`)."""
 
     # -- dissemination (Plumtree) -----------------------------------------------------------
-    push_window: float = 0.1
+    push_window: float = 0.15
     """The origin's batching window: committed deltas wait this long so one PUSH carries many."""
     relay_window: float = 0.002
     """A relay's batching window before forwarding what a PUSH brought (much smaller)."""
-    fanout: int = 4
+    fanout: int = 6
     """Initial eager peers of an edge; the tree forms by pruning duplicates from this set."""
-    origin_fanout: int = 6
+    origin_fanout: int = 8
     """Initial eager peers of the origin (the source of every seq; a wider root, a shallower tree)."""
     max_hops: int = 0
     """Retransmit limit of a PUSH in hops; 0 means automatic: 2 * ceil(log2(members + 1)) + 2."""
-    ihave_window: float = 0.5
-    """Lazy notices (IHAVE) to pruned peers are batched over this window."""
-    ihave_peers: int = 2
+    ihave_window: float = 1.0
+    """Lazy notices (IHAVE) are rate-limited to one per this window (they batch meanwhile)."""
+    ihave_delay: float = 0.02
+    """After a quiet spell the first notice goes out this soon (fast loss detection)."""
+    ihave_peers: int = 1
     """At most this many lazy peers get an IHAVE per window (rotated), to bound notice traffic."""
     graft_timeout: float = 0.25
     """How long a node that learned of seqs it lacks waits for them before sending GRAFT."""
@@ -54,7 +56,7 @@ class GossipConfig:
     """One anti-entropy session with a random live peer per interval."""
     ae_timeout: float = 5.0
     """A session (either side) silent this long is dropped."""
-    ae_force_every: int = 5
+    ae_force_every: int = 10
     """A periodic session whose peers differ only by writes in flight stops after the root
     exchange (catch-up delivers those); every ae_force_every-th session descends anyway."""
     sync_timeout: float = 3.0
@@ -75,6 +77,7 @@ class GossipConfig:
             "push_window",
             "relay_window",
             "ihave_window",
+            "ihave_delay",
             "graft_timeout",
             "ping_timeout",
             "suspect_timeout",

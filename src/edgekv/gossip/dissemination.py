@@ -9,15 +9,23 @@ Theory of operation
    state changed or a seq not yet covered), it is queued for every eager peer except the
    sender, flushed after the much shorter `relay_window`, while its hop count is below the
    retransmit limit (about 2 log2 N).  If it brought nothing, the receiver answers PRUNE and
-   moves the sender to its lazy set; the sender moves the receiver to its lazy set too.  So the
+   and the sender moves it to its lazy set.  Unlike Plumtree's symmetric overlay, data flows
+   one way (from the origin), so the receiver keeps its own links to that peer.  The
+   peer whose push last brought news (its parent) is never pruned, and news from a peer it
+   already pruned (a push that crossed the PRUNE) does not make that peer the parent: so
+   neither catch-up nor crossing prunes cut a node off the tree.  So the
    eager links shrink to a spanning tree (first arrivals) and a batch costs about N-1 messages.
-3. New covers are also announced to lazy peers in IHAVE notices batched over `ihave_window`
-   (a few lazy peers per window, rotating).  A node that learns of seqs it lacks (IHAVE, a
+3. New covers are also announced to lazy peers in IHAVE notices: the first after a quiet
+   spell goes out `ihave_delay` after the data came, then at most one per `ihave_window`
+   (to `ihave_peers` lazy peers, rotating).  A node that learns of seqs it lacks (IHAVE, a
    watermark on a PING/ACK, or a gap in the covers it holds) waits `graft_timeout`; if its
    watermark still has not passed them it sends GRAFT to a peer known to hold them.  That peer
    makes the link eager again (repairing the tree) and answers with SYNC_DATA (catch-up).
 4. Peers known dead are skipped when flushing; they stay in the sets, so a revived peer gets
    pushes again.  A node with fewer than `fanout` neighbours adds newly learned peers as eager.
+   A PUSH over a link this node does not use yet adds the reverse link (eager), so the overlay
+   starts symmetric and late joiners get as many candidate parents as early ones.  The origin
+   is never an edge's eager or lazy target: it is the source of every seq.
 """
 
 from __future__ import annotations
@@ -91,6 +99,9 @@ class Dissemination:
         self.outbox: dict[str, _Outbox] = {}
         self._notice = SeqRanges()
         self._notice_due: float | None = None
+        self._last_notice = float("-inf")
+        self._parent: str | None = None  # the peer whose PUSH last brought news
+        self._pruned: set[str] = set()  # peers this node sent PRUNE to (and not grafted since)
         self._lazy_order: list[str] = []
         self.known_high = 0  # highest seq this node knows exists
         self._hint: str | None = None  # a peer that announced `known_high`
@@ -105,10 +116,17 @@ class Dissemination:
 
     def fill(self) -> None:
         """Take new eager peers while this node has fewer than `fanout` neighbours."""
+        peers = self.members.peers
+        for a in [a for a in self.eager if a in peers and peers[a].role == "origin"]:
+            self.eager.discard(a)
         need = self.fanout - len(self.eager) - len(self.lazy)
         if need <= 0:
             return
-        candidates = [a for a in self.members.alive() if a not in self.eager and a not in self.lazy]
+        candidates = [
+            a
+            for a in self.members.alive()
+            if a not in self.eager and a not in self.lazy and peers[a].role != "origin"
+        ]
         self.rng.shuffle(candidates)
         self.eager.update(candidates[:need])
 
@@ -140,12 +158,19 @@ class Dissemination:
         except ConflictingVersion as exc:
             raise RemoteProtocolError(f"PUSH conflicts with local state: {exc}") from None
         self.counters["pushes_received"] += 1
+        if peer not in self.eager and peer not in self.lazy and self.role != "origin":
+            p = self.members.peers.get(peer)
+            if p is not None and p.role != "origin":
+                self.eager.add(peer)  # links start symmetric, so late joiners get parents too
         if not changes and not fresh_covers:
             self.counters["duplicates"] += 1
-            self.eager.discard(peer)
-            self.lazy.add(peer)
+            if self._parent is None or self._parent == peer or peer in self._pruned:
+                return changes, []  # never cut the parent; never prune twice
+            self._pruned.add(peer)
             self.counters["prunes_sent"] += 1
             return changes, [Send(peer, prune())]
+        if peer not in self._pruned:  # news from a pruned peer was sent before our PRUNE
+            self._parent = peer
         hops = msg.hops + 1
         if hops <= self.config.hop_limit(len(self.members.peers) + 1):
             self._forward(msg.items, msg.covers, hops, peer, now + self.config.relay_window)
@@ -162,7 +187,7 @@ class Dissemination:
     def _forward(
         self, items: Sequence[Item], covers: list[Range], hops: int, exclude: str | None, due: float
     ) -> None:
-        for peer in self.eager:
+        for peer in sorted(self.eager):
             if peer == exclude or self.members.is_dead(peer):
                 continue
             box = self.outbox.get(peer)
@@ -178,7 +203,10 @@ class Dissemination:
         if covers:
             self._notice.update(covers)
             if self._notice_due is None:
-                self._notice_due = due - self.config.relay_window + self.config.ihave_window
+                now = due - (self.config.push_window if hops == 0 else self.config.relay_window)
+                self._notice_due = max(
+                    now + self.config.ihave_delay, self._last_notice + self.config.ihave_window
+                )
 
     def _flush(self, peer: str, box: _Outbox) -> list[Send]:
         out: list[Send] = []
@@ -254,6 +282,7 @@ class Dissemination:
                 out.extend(self._flush(peer, box))
         if self._notice_due is not None and self._notice_due <= now:
             self._notice_due = None
+            self._last_notice = now
             covers = list(self._notice)
             self._notice = SeqRanges()
             for peer in self._next_lazy():
@@ -265,6 +294,7 @@ class Dissemination:
             if wm < self._graft_high:
                 holder = self._holder()
                 if holder is not None:
+                    self._pruned.discard(holder)
                     self.counters["grafts_sent"] += 1
                     out.append(Send(holder, graft(wm, self.replica.purged)))
                 # retry later if the answer is lost
@@ -275,7 +305,12 @@ class Dissemination:
         return out
 
     def _next_lazy(self) -> list[str]:
-        live = [a for a in sorted(self.lazy) if not self.members.is_dead(a)]
+        peers = self.members.peers
+        live = [
+            a
+            for a in sorted(self.lazy)
+            if a in peers and peers[a].state != "dead" and peers[a].role != "origin"
+        ]
         if len(live) <= self.config.ihave_peers:
             return live
         out: list[str] = []
