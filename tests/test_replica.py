@@ -35,8 +35,11 @@ def check_indexes(replica: Replica) -> None:
         assert {k: sorted(v) for k, v in sr.tree.leaf_keys.items()} == {
             k: sorted(v) for k, v in fresh.leaf_keys.items()
         }
-        assert list(sr.changes) == sorted(sr.states, key=lambda k: sr.states[k].seq)
-        assert sr.changes._keys == [[sr.states[k].seq for k in part] for part in sr.changes._lists]
+        by_seq = sorted(sr.states, key=lambda k: sr.states[k].seq)
+        assert list(sr.changes.since(0, sr.states)) == by_seq
+        sr.changes.compact(sr.states)
+        assert sr.changes.keys == by_seq
+        assert sr.changes.seqs == [sr.states[k].seq for k in by_seq]
         assert sr.tombstones == {
             k for k, s in sr.states.items() if isinstance(s, Register) and s.value is None
         }
@@ -262,3 +265,34 @@ def test_merkle_depth_spreads_keys() -> None:
     leaves = {leaf_of(f"key-{i}") for i in range(2000)}
     assert len(leaves) > 1900  # 16**DEPTH leaves: few collisions among 2,000 keys
     assert all(0 <= leaf < 16**DEPTH for leaf in leaves)
+
+
+def test_change_log_compacts_and_sorts_out_of_order_changes() -> None:
+    import random
+
+    from edgekv.crdt.changelog import SLACK, ChangeLog
+
+    class St:
+        def __init__(self, seq: int) -> None:
+            self.seq = seq
+
+    rng = random.Random(7)
+    seqs = list(range(1, 3 * SLACK))
+    rng.shuffle(seqs)
+    states: dict[str, St] = {}
+    log = ChangeLog()
+    for seq in seqs:  # three keys, each updated many times, in random seq order
+        key = f"k{seq % 3}"
+        if key not in states or states[key].seq < seq:
+            states[key] = St(seq)
+            log.add(seq, key, states)
+        assert len(log) <= 2 * len(states) + SLACK + 1
+    for w in (0, 5, max(seqs) - 10, max(seqs)):
+        want = sorted((k for k, s in states.items() if s.seq > w), key=lambda k: states[k].seq)
+        assert list(log.since(w, states)) == want
+    # removing a key and re-adding the same state yields it once
+    state = states.pop("k0")
+    log.add(state.seq, "k0", states)
+    states["k0"] = state
+    log.add(state.seq, "k0", states)
+    assert list(log.since(0, states)).count("k0") == 1

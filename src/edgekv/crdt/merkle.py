@@ -1,7 +1,8 @@
 """Incremental Merkle digest of one store: a 16-ary tree of XORs, O(depth) per update.
 
 Theory of operation
-1. A key's 64-bit hash picks its leaf: the top 4*DEPTH bits.  All entries of a key share a leaf.
+1. A key's 32-bit placement hash picks its leaf: its top 4*DEPTH bits.  All entries of a key
+   share a leaf.
 2. A key contributes one 128-bit value, the XOR of its entries' hashes (`State.digest(key)`).
 3. A leaf is the XOR of its keys' values; an inner node is the XOR of its 16 children, so it is
    also the XOR of every key value below it.  Updating a key XORs (old ^ new) into the DEPTH+1
@@ -13,7 +14,7 @@ Theory of operation
 
 from __future__ import annotations
 
-from .hashing import key_hash64
+from .hashing import key_placement
 
 FANOUT_BITS = 4
 FANOUT = 1 << FANOUT_BITS
@@ -22,7 +23,8 @@ LEAF_BITS = FANOUT_BITS * DEPTH
 
 
 def leaf_of(key: str) -> int:
-    return key_hash64(key) >> (64 - LEAF_BITS)
+    """The leaf (0 .. FANOUT**DEPTH - 1) that holds `key`."""
+    return key_placement(key) >> (32 - LEAF_BITS)
 
 
 class MerkleTree:

@@ -24,10 +24,11 @@ import heapq
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
-from sortedcontainers import SortedKeyList, SortedList
+from sortedcontainers import SortedList
 
 from ..errors import WrongKind
 from .bloom import Bloom
+from .changelog import ChangeLog
 from .glob import compile_glob, literal_prefix
 from .hashing import root_hash
 from .merkle import MerkleTree, leaf_of
@@ -59,8 +60,7 @@ class StoreReplica:
         self.live = name == META
         self.states: dict[str, State] = {}
         self.keys = SortedList()
-        states = self.states
-        self.changes = SortedKeyList(key=lambda k: states[k].seq)
+        self.changes = ChangeLog()
         self.tree = MerkleTree()
         self.tombstones: set[str] = set()
 
@@ -73,36 +73,20 @@ class StoreReplica:
 
     # -- mutation (called by Replica) ----------------------------------------------------------
 
-    def _put(self, key: str, old: State | None, old_seq: int, new: State, old_digest: int) -> None:
-        """Index `new` as key's state; `old_seq`/`old_digest` are old's before any in-place join."""
+    def _put(self, key: str, old: State | None, new: State, old_digest: int) -> None:
+        """Index `new` as key's state; `old_digest` is old's digest before any in-place join."""
         leaf = leaf_of(key)
         states = self.states
+        states[key] = new
         if old is None:
-            states[key] = new
             self.keys.add(key)
             self.tree.add_key(leaf, key)
-        else:
-            self._unindex_change(key, old_seq)
-            states[key] = new
-        self.changes.add(key)
+        self.changes.add(new.seq, key, states)
         self.tree.toggle(leaf, old_digest ^ new.digest(key))
         if isinstance(new, Register) and new.value is None:
             self.tombstones.add(key)
         elif old is not None and isinstance(old, Register) and old.value is None:
             self.tombstones.discard(key)
-
-    def _unindex_change(self, key: str, seq: int) -> None:
-        """Remove key from the change index, where it sits under `seq`.
-
-        The index caches each key's seq when the key is added, and a join may already have
-        raised the state's seq in place, so removal goes by the old seq, never by the key
-        function.
-        """
-        changes = self.changes
-        i = changes.bisect_key_left(seq)
-        while changes[i] != key:
-            i += 1
-        del changes[i]
 
     def _remove(self, key: str) -> State | None:
         old = self.states.get(key)
@@ -111,7 +95,6 @@ class StoreReplica:
         leaf = leaf_of(key)
         self.tree.toggle(leaf, old.digest(key))
         self.tree.remove_key(leaf, key)
-        self._unindex_change(key, old.seq)
         del self.states[key]
         self.keys.remove(key)
         self.tombstones.discard(key)
@@ -224,14 +207,13 @@ class Replica:
         if old is None:
             if delta.reset <= self.purged:
                 return None  # deleted and purged here: never resurrect
-            old_seq = old_digest = 0
+            old_digest = 0
         else:
-            old_seq = old.seq
             old_digest = old.digest(key)
         new = merge(old, delta)
         if new is None:
             return None
-        sr._put(key, old, old_seq, new, old_digest)
+        sr._put(key, old, new, old_digest)
         if isinstance(new, Register) and new.expiry is not None and new is not old:
             heapq.heappush(self._expiring, (new.expiry, new.seq, store, key))
         if store == META:
@@ -279,7 +261,7 @@ class Replica:
         for name in sorted(self.stores):
             sr = self.stores[name]
             states = sr.states
-            for key in sr.changes.irange_key(min_key=watermark + 1):
+            for key in sr.changes.since(watermark, states):
                 yield name, key, states[key]
 
     def iter_states(self) -> Iterator[tuple[str, str, State]]:
