@@ -137,3 +137,17 @@ def test_serving_an_unacked_write_covers_writes_acked_before_it_was_issued() -> 
     c.ack(w3, 3, 0.9)
     c.observe("e0", "s", "k", b"b", 1.0)
     assert w1.reached == {"e0": 1.0} and w3.reached == {} and w2.seq is None
+
+
+def test_an_unreachable_edge_is_skipped_for_the_round() -> None:
+    from edgekv.testnet.checker import EdgeUnavailable
+
+    c = ConvergenceChecker(["e0", "e1"])
+    w = c.issue("s", "k", b"a", 0.0)
+    c.ack(w, 1, 0.0)
+
+    def down(store: str, key: str) -> bytes | None:
+        raise EdgeUnavailable("killed")
+
+    probe_once(c, {"e0": down, "e1": lambda s, k: b"a"}, 1.0)
+    assert w.reached == {"e1": 1.0} and not c.violations

@@ -14,9 +14,11 @@ Theory of operation
    of the observation (first time only).  The time from ack to reached is a propagation sample.
    An observation made before the ack arrived counts at the ack time (latency 0).
 3. Monotonicity: the seq an edge serves for a key must never decrease, and a key it has served
-   must not read as absent again (the workload never deletes and sets no TTL).  A crash without
-   durable state legitimately forgets; the harness calls `forget(edge)` on restart, which resets
-   the baseline (not the reached times).
+   must not read as absent again (the workload never deletes and sets no TTL).  A crash
+   legitimately forgets: without a data_dir everything, with one the tail not yet flushed
+   (edges persist in batches); the runner calls `forget(edge)` on restart, which resets the
+   baseline (not the reached times).  A reader that cannot reach its edge (a process being
+   killed) raises `EdgeUnavailable`, and that edge is skipped for the round.
 4. `final_check` re-reads every key at every live edge after the run: each must serve the
    newest acked write of that key (or a write whose ack was lost, which the origin may well
    have committed after it).  Anything else is a lost write.  Together with the digest
@@ -33,6 +35,7 @@ import anyio
 
 __all__ = [
     "ConvergenceChecker",
+    "EdgeUnavailable",
     "Violation",
     "WriteRecord",
     "percentile",
@@ -44,6 +47,10 @@ KeyRef = tuple[str, str]  # (store, key)
 # A reader for one edge: (store, key) -> served bytes (sync or async).
 SyncRead = Callable[[str, str], bytes | None]
 AsyncRead = Callable[[str, str], Awaitable[bytes | None]]
+
+
+class EdgeUnavailable(Exception):
+    """A reader could not ask its edge (e.g. the process is being killed): no observation."""
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -235,7 +242,10 @@ class ConvergenceChecker:
                 continue
             for ref, writes in self._acked_by_key.items():
                 newest = writes[-1]
-                value = reader(*ref)
+                try:
+                    value = reader(*ref)
+                except EdgeUnavailable:
+                    value = None  # a live edge that cannot answer at the end has lost it
                 self.observe(edge, ref[0], ref[1], value, now)
                 served = self._by_value.get(value) if value is not None else None
                 if served is not None and served.seq is None and (served.store, served.key) == ref:
@@ -319,9 +329,12 @@ def probe_once(
         keys = checker.to_read(edge)
         if full:
             keys = list(dict.fromkeys(keys + checker.served_keys(edge)))
-        for store, key in keys:
-            checker.observe(edge, store, key, reader(store, key), now)
-            reads += 1
+        try:
+            for store, key in keys:
+                checker.observe(edge, store, key, reader(store, key), now)
+                reads += 1
+        except EdgeUnavailable:
+            continue
     return reads
 
 

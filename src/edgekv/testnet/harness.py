@@ -46,6 +46,9 @@ CLIENT = "client"
 SIM_EPOCH_MS = 1_700_000_000_000  # virtual wall clock = this + virtual time
 
 
+_DETERMINISTIC = "_ALLOW_DETERMINISTIC_SCHEDULING"
+
+
 def seed_scheduler(seed: int) -> bool:
     """Make trio's scheduler replayable: seed its shuffling and shuffle only real batches.
 
@@ -58,8 +61,8 @@ def seed_scheduler(seed: int) -> bool:
         import trio._core._run as run_mod
 
         rng = getattr(run_mod, "_r", None)
-        if isinstance(rng, random.Random) and hasattr(run_mod, "_ALLOW_DETERMINISTIC_SCHEDULING"):
-            run_mod._ALLOW_DETERMINISTIC_SCHEDULING = True  # see `restore_scheduler`
+        if isinstance(rng, random.Random) and hasattr(run_mod, _DETERMINISTIC):
+            setattr(run_mod, _DETERMINISTIC, True)  # undone by `restore_scheduler`
             rng.seed(seed)
             return True
     except Exception:  # pragma: no cover - a trio without these knobs
@@ -72,8 +75,8 @@ def restore_scheduler() -> None:
     try:
         import trio._core._run as run_mod
 
-        if hasattr(run_mod, "_ALLOW_DETERMINISTIC_SCHEDULING"):
-            run_mod._ALLOW_DETERMINISTIC_SCHEDULING = False
+        if hasattr(run_mod, _DETERMINISTIC):
+            setattr(run_mod, _DETERMINISTIC, False)
     except Exception:  # pragma: no cover
         pass
 

@@ -37,6 +37,7 @@ import httpx
 
 from edgekv.errors import InvalidInput
 from edgekv.gossip.transport import TransportStats
+from edgekv.testnet.checker import EdgeUnavailable
 
 __all__ = ["ProcessCluster", "free_port"]
 
@@ -215,9 +216,13 @@ class ProcessCluster:
         def read(store: str, key: str) -> bytes | None:
             try:
                 r = self._http.get(f"http://{http}/v1/stores/{store}/keys/{key}")
-            except httpx.HTTPError:
+            except httpx.HTTPError as exc:
+                raise EdgeUnavailable(f"{http}: {exc!r}") from None
+            if r.status_code == 404:
                 return None
-            return r.content if r.status_code == 200 else None
+            if r.status_code != 200:
+                raise EdgeUnavailable(f"{http}: HTTP {r.status_code}")
+            return r.content
 
         return read
 
