@@ -143,7 +143,9 @@ def _corrupt_file(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("damage", ["garbage", "not_sqlite", "bad_row", "bad_meta", "format"])
+@pytest.mark.parametrize(
+    "damage", ["garbage", "not_sqlite", "bad_row", "bad_register", "bad_meta", "format"]
+)
 async def test_corrupt_file_is_moved_aside(
     tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -159,7 +161,9 @@ async def test_corrupt_file_is_moved_aside(
     else:
         db = sqlite3.connect(path)
         if damage == "bad_row":
-            db.execute("UPDATE states SET state = ? WHERE key = 'k003'", (b"\x85\x00\x01",))
+            db.execute("UPDATE states SET state = ? WHERE key = 'rank'", (b"\x85\x00\x01",))
+        elif damage == "bad_register":
+            db.execute("UPDATE states SET seq = 'x' WHERE key = 'k003'")
         elif damage == "bad_meta":
             db.execute("INSERT OR REPLACE INTO meta VALUES ('covered', ?)", (b"\xff\xff",))
         else:
