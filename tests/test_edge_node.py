@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from edgekv.crdt.version import Version
-from edgekv.errors import OriginUnavailable, StoreNotFound, WrongKind
+from edgekv.errors import InvalidInput, OriginUnavailable, StoreNotFound, WrongKind
 from edgekv.node.edge import EdgeNode
 from edgekv.node.kvstore import KvStore
 from edgekv.node.watch import WatchEvent
@@ -187,3 +187,19 @@ async def test_restart_serves_persisted_state_then_catches_up(
             await wait_until(lambda: e1.watermark == 41)
             assert e1.open("s").get("k25") == b"2"
             assert e1.replica.root == origin.replica.root
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"origin": ""},
+        {"origin": "nohost"},
+        {"origin": "a:1", "peers": "b:2"},
+        {"origin": "a:1", "peers": ["b:x"]},
+        {"origin": "a:1", "listen": "127.0.0.1"},
+        {"origin": "a:1", "write_timeout": 0},
+    ],
+)
+def test_bad_constructor_arguments_are_invalid_input(options: dict[str, Any]) -> None:
+    with pytest.raises(InvalidInput):
+        EdgeNode(**options)

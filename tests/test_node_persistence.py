@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -191,3 +192,31 @@ async def test_corrupt_file_is_moved_aside(
     assert third.load().keys == 1
     assert third.replica.store("flags").get("a", 0) == b"b"
     await third.close()
+
+
+async def test_failed_flush_keeps_changes_for_the_next_one(tmp_path: Path) -> None:
+    class Flaky(ReplicaStore):
+        fail = True
+
+        def _write(self, batch: Any) -> None:
+            if self.fail:
+                self.fail = False
+                raise sqlite3.OperationalError("database or disk is full")
+            super()._write(batch)
+
+    w = Writer()
+    _populate(w)
+    store = Flaky(tmp_path)
+    store.load()
+    store.replica = w.replica
+    store.on_changes(w.drain())
+    with pytest.raises(sqlite3.OperationalError):
+        await store.flush()
+    assert store.persisted_watermark == 0
+    assert await store.flush() == len(w.replica) + 2  # every key and both stores, on retry
+    assert store.persisted_watermark == w.seq
+    await store.close()
+    again = ReplicaStore(tmp_path)
+    again.load()
+    _same(again.replica, w.replica)
+    await again.close()

@@ -24,7 +24,7 @@ import logging
 import math
 import random
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any
@@ -71,16 +71,19 @@ class EdgeNode:
         transport: Transport | None = None,
         write_timeout: float = 5.0,
         token: str | None = None,
-        wall_ms: Any = None,
+        wall_ms: Callable[[], int] | None = None,
         flush_interval: float = FLUSH_INTERVAL,
         rng: random.Random | None = None,
     ) -> None:
         if not isinstance(origin, str) or not origin:
             raise InvalidInput("EdgeNode needs the origin's address (origin='host:port')")
-        for address in (origin, *peers):
-            parse_address(address)  # ValueError early for a malformed address
-        if transport is None:
-            parse_address(listen)
+        if isinstance(peers, str):
+            raise InvalidInput("peers must be a list of 'host:port' addresses, not one string")
+        for address in (origin, *peers, *([] if transport is not None else [listen])):
+            try:
+                parse_address(address)
+            except (ValueError, TypeError, AttributeError):
+                raise InvalidInput(f"bad address {address!r}, expected 'host:port'") from None
         if write_timeout <= 0:
             raise InvalidInput("write_timeout must be positive")
         self.listen = listen
@@ -319,6 +322,7 @@ class EdgeNode:
                 "persisted_watermark": self._persist.persisted_watermark,
                 "flushes": self._persist.flushes,
                 "rows_written": self._persist.rows_written,
+                "flush_failures": self._persist.failures,
                 "loaded_keys": self.load_report.keys if self.load_report else 0,
                 "load_seconds": self.load_report.seconds if self.load_report else 0.0,
                 "corrupt_moved_to": self.load_report.corrupt_moved_to if self.load_report else None,

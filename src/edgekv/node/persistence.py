@@ -92,6 +92,7 @@ class ReplicaStore:
         self._kick = anyio.Event()
         self._db: sqlite3.Connection | None = None
         self.flushes = 0
+        self.failures = 0
         self.rows_written = 0
         self.persisted_watermark = 0
 
@@ -225,7 +226,11 @@ class ReplicaStore:
             with anyio.move_on_after(self.flush_interval):
                 await self._kick.wait()
             self._kick = anyio.Event()
-            await self.flush()
+            try:
+                await self.flush()
+            except Exception as exc:  # the node keeps serving; the next flush retries
+                self.failures += 1
+                logger.error("event=flush_failed path=%s error=%r", self.path, exc)
 
     def _snapshot(self) -> _Batch:
         replica = self.replica
@@ -269,7 +274,16 @@ class ReplicaStore:
             return 0
         watermark = self.replica.watermark
         batch = self._snapshot()
-        await anyio.to_thread.run_sync(self._write, batch)
+        try:
+            await anyio.to_thread.run_sync(self._write, batch)
+        except BaseException:
+            # not written (disk full, I/O error, cancelled first): keep it for the next flush
+            for store, key, *_ in batch.upserts:
+                self._dirty[(store, key)] = None
+            self._dirty.update(dict.fromkeys(batch.deletes))
+            self._dirty.update(((META, name), None) for name in batch.rewrite)
+            self._saved_covered, self._saved_purged = [], -1
+            raise
         rows = len(batch.upserts) + len(batch.deletes)
         self.flushes += 1
         self.rows_written += rows
