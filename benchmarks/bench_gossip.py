@@ -25,11 +25,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from gossip_sim import Sim  # noqa: E402
-
 from edgekv.crdt import META, Put, Register, Replica  # noqa: E402
 from edgekv.gossip import GossipConfig, GossipNode  # noqa: E402
 from edgekv.gossip.wire import encode_frame, type_name  # noqa: E402
+from gossip_sim import Sim  # noqa: E402
 
 
 def pct(xs: list[float], p: float) -> float:

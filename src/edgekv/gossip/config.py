@@ -19,7 +19,8 @@ class GossipConfig:
 
     # -- dissemination (Plumtree) -----------------------------------------------------------
     push_window: float = 0.15
-    """The origin's batching window: committed deltas wait this long so one PUSH carries many."""
+    """The origin's batching window: at most one PUSH per eager peer per window, so under load
+    one PUSH carries many writes (a write after a quiet spell leaves at once)."""
     relay_window: float = 0.002
     """A relay's batching window before forwarding what a PUSH brought (much smaller)."""
     fanout: int = 6
@@ -34,7 +35,7 @@ class GossipConfig:
     """After a quiet spell the first notice goes out this soon (fast loss detection)."""
     ihave_peers: int = 1
     """At most this many lazy peers get an IHAVE per window (rotated), to bound notice traffic."""
-    graft_timeout: float = 0.25
+    graft_timeout: float = 0.1
     """How long a node that learned of seqs it lacks waits for them before sending GRAFT."""
 
     # -- membership (SWIM) ------------------------------------------------------------------

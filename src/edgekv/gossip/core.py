@@ -246,7 +246,8 @@ class GossipNode:
                 self._record(removed)
 
     def _ahead(self, peer: str, wm: int, now: float) -> None:
-        self.dissemination.learn_exists(peer, wm, now)
+        """A peer's watermark (ping, ack, AE): catch up if we are still behind a while later."""
+        self.dissemination.learn_exists(peer, wm, now, self.config.ping_interval)
 
     def _dispatch(self, peer: str, msg: object, now: float) -> list[Send]:
         d, members = self.dissemination, self.members

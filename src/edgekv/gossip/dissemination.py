@@ -2,8 +2,9 @@
 
 Theory of operation
 1. The origin is the only source of new seqs.  It queues each committed batch for its eager
-   peers; a per-peer transmit queue is flushed `push_window` after its first entry, so one PUSH
-   carries every write of the window.  In a queue a newer delta for a key is joined into the
+   peers; a per-peer transmit queue is flushed at most once per `push_window`, so under load
+   one PUSH carries every write of the window, while a write after a quiet spell leaves at
+   once (after `relay_window`).  In a queue a newer delta for a key is joined into the
    queued one (`crdt.state.join`) and cover ranges are unioned.
 2. A node receiving a PUSH applies it (`Replica.apply_batch`).  If it brought anything new (a
    state changed or a seq not yet covered), it is queued for every eager peer except the
@@ -15,9 +16,10 @@ Theory of operation
    already pruned (a push that crossed the PRUNE) does not make that peer the parent: so
    neither catch-up nor crossing prunes cut a node off the tree.  So the
    eager links shrink to a spanning tree (first arrivals) and a batch costs about N-1 messages.
-3. New covers are also announced to lazy peers in IHAVE notices: the first after a quiet
-   spell goes out `ihave_delay` after the data came, then at most one per `ihave_window`
-   (to `ihave_peers` lazy peers, rotating).  A node that learns of seqs it lacks (IHAVE, a
+3. New covers are also announced to lazy peers in IHAVE notices, `ihave_delay` after the push
+   carrying them left.  At low rates (at most QUIET_BATCHES batches per `ihave_window`) every
+   lazy peer gets one, so a node whose push was lost hears of the write at once; under load
+   notices go out at most once per `ihave_window`, to `ihave_peers` lazy peers (rotating).  A node that learns of seqs it lacks (IHAVE, a
    watermark on a PING/ACK, or a gap in the covers it holds) waits `graft_timeout`; if its
    watermark still has not passed them it sends GRAFT to a peer known to hold them.  That peer
    makes the link eager again (repairing the tree) and answers with SYNC_DATA (catch-up).
@@ -31,7 +33,7 @@ Theory of operation
 from __future__ import annotations
 
 import random
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -44,6 +46,9 @@ from ..errors import ConflictingVersion, RemoteProtocolError
 from .config import GossipConfig
 from .membership import Membership
 from .messages import IHave, Item, Push, Range, Send, graft, ihave, prune, push
+
+
+QUIET_BATCHES = 3  # at most this many batches per ihave_window: notices go to every lazy peer
 
 
 @dataclass(slots=True)
@@ -100,6 +105,9 @@ class Dissemination:
         self._notice = SeqRanges()
         self._notice_due: float | None = None
         self._last_notice = float("-inf")
+        self._notice_burst = False
+        self._recent: deque[float] = deque()  # when recent batches went through this node
+        self._last_flush: dict[str, float] = {}
         self._parent: str | None = None  # the peer whose PUSH last brought news
         self._pruned: set[str] = set()  # peers this node sent PRUNE to (and not grafted since)
         self._lazy_order: list[str] = []
@@ -148,7 +156,7 @@ class Dissemination:
         changes = self.replica.apply_batch(items, covers)
         if self.role == "origin":
             self.fill()
-            self._forward(items, covers, 0, None, now + self.config.push_window)
+            self._forward(items, covers, 0, None, now, self.config.push_window)
         return changes
 
     def on_push(self, peer: str, msg: Push, now: float) -> tuple[list[Change], list[Send]]:
@@ -173,7 +181,7 @@ class Dissemination:
             self._parent = peer
         hops = msg.hops + 1
         if hops <= self.config.hop_limit(len(self.members.peers) + 1):
-            self._forward(msg.items, msg.covers, hops, peer, now + self.config.relay_window)
+            self._forward(msg.items, msg.covers, hops, peer, now, self.config.relay_window)
         self.check_gap(peer, now)
         return changes, []
 
@@ -182,17 +190,30 @@ class Dissemination:
     ) -> None:
         """Relay what a catch-up brought (small batches only) so this node's subtree gets it."""
         if items or covers:
-            self._forward(items, covers, 1, source, now + self.config.relay_window)
+            self._forward(items, covers, 1, source, now, self.config.relay_window)
 
     def _forward(
-        self, items: Sequence[Item], covers: list[Range], hops: int, exclude: str | None, due: float
+        self,
+        items: Sequence[Item],
+        covers: list[Range],
+        hops: int,
+        exclude: str | None,
+        now: float,
+        window: float,
     ) -> None:
+        """Queue for every eager peer but `exclude`.  A queue opened after a quiet spell (no
+        flush to that peer within `window`) is flushed after `relay_window` only: batching
+        costs latency only under load (Nagle-style)."""
+        quick = now + self.config.relay_window
+        first_due = quick
         for peer in sorted(self.eager):
             if peer == exclude or self.members.is_dead(peer):
                 continue
             box = self.outbox.get(peer)
             if box is None:
+                due = max(quick, self._last_flush.get(peer, float("-inf")) + window)
                 box = self.outbox[peer] = _Outbox(due, hops)
+                first_due = max(first_due, due)
             else:
                 box.hops = min(box.hops, hops)
             queued = box.items
@@ -202,11 +223,18 @@ class Dissemination:
             box.covers.update(covers)
         if covers:
             self._notice.update(covers)
+            recent = self._recent
+            recent.append(now)
+            while recent[0] < now - self.config.ihave_window:
+                recent.popleft()
             if self._notice_due is None:
-                now = due - (self.config.push_window if hops == 0 else self.config.relay_window)
-                self._notice_due = max(
-                    now + self.config.ihave_delay, self._last_notice + self.config.ihave_window
-                )
+                self._notice_burst = len(recent) <= QUIET_BATCHES
+                # never announce before the push that carries it has left
+                self._notice_due = first_due + self.config.ihave_delay
+                if not self._notice_burst:
+                    self._notice_due = max(
+                        self._notice_due, self._last_notice + self.config.ihave_window
+                    )
 
     def _flush(self, peer: str, box: _Outbox) -> list[Send]:
         out: list[Send] = []
@@ -231,15 +259,21 @@ class Dissemination:
         high = max([msg.wm, *(hi for _, hi in msg.covers)])
         self.learn_exists(peer, high, now)
 
-    def learn_exists(self, peer: str, high: int, now: float) -> None:
-        """`peer` has seqs up to `high`: arm the graft timer if this node lacks some of them."""
+    def learn_exists(self, peer: str, high: int, now: float, delay: float | None = None) -> None:
+        """`peer` has seqs up to `high`: arm the graft timer if this node lacks some of them.
+
+        `delay` defaults to `graft_timeout` (lazy notices, gaps); a watermark seen on a ping or
+        an anti-entropy message is often ahead only by writes in flight, so callers pass a
+        longer delay for those.
+        """
         if self.role == "origin" or high <= self.replica.watermark:
             return
         if high > self.known_high:
             self.known_high = high
             self._hint = peer
-        if self._graft_due is None:
-            self._graft_due = now + self.config.graft_timeout
+        due = now + (self.config.graft_timeout if delay is None else delay)
+        if self._graft_due is None or due < self._graft_due:
+            self._graft_due = due
             self._graft_high = high
 
     def check_gap(self, peer: str, now: float) -> None:
@@ -278,6 +312,7 @@ class Dissemination:
         out: list[Send] = []
         for peer in [p for p, box in self.outbox.items() if box.due <= now]:
             box = self.outbox.pop(peer)
+            self._last_flush[peer] = now
             if not self.members.is_dead(peer):
                 out.extend(self._flush(peer, box))
         if self._notice_due is not None and self._notice_due <= now:
@@ -285,7 +320,7 @@ class Dissemination:
             self._last_notice = now
             covers = list(self._notice)
             self._notice = SeqRanges()
-            for peer in self._next_lazy():
+            for peer in self._next_lazy(self._notice_burst):
                 out.append(Send(peer, ihave(self.replica.watermark, covers)))
                 self.counters["ihaves_sent"] += 1
         if self._graft_due is not None and self._graft_due <= now:
@@ -300,18 +335,18 @@ class Dissemination:
                 # retry later if the answer is lost
                 self._graft_due = now + self.config.sync_timeout
             elif self.known_high > wm:
-                self._graft_due = now + self.config.graft_timeout
+                self._graft_due = now + self.config.ping_interval
                 self._graft_high = self.known_high
         return out
 
-    def _next_lazy(self) -> list[str]:
+    def _next_lazy(self, burst: bool) -> list[str]:
         peers = self.members.peers
         live = [
             a
             for a in sorted(self.lazy)
             if a in peers and peers[a].state != "dead" and peers[a].role != "origin"
         ]
-        if len(live) <= self.config.ihave_peers:
+        if burst or len(live) <= self.config.ihave_peers:
             return live
         out: list[str] = []
         while len(out) < self.config.ihave_peers:
