@@ -207,10 +207,18 @@ class Replica:
         if old is None:
             if delta.reset <= self.purged:
                 return None  # deleted and purged here: never resurrect
+            new = merge(None, delta)
             old_digest = 0
-        else:
+        elif delta.reset < old.reset:
+            return None  # an older write: the common duplicate in gossip, rejected without hashing
+        elif old.__class__ is Register:  # immutable: hash it only if it is replaced
+            new = merge(old, delta)
+            if new is None:
+                return None
             old_digest = old.digest(key)
-        new = merge(old, delta)
+        else:  # zset and bloom join in place: take the digest first
+            old_digest = old.digest(key)
+            new = merge(old, delta)
         if new is None:
             return None
         sr._put(key, old, new, old_digest)

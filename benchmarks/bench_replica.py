@@ -1,0 +1,325 @@
+"""Benchmark the replica and the read API: get() latency, delta apply rate, memory, prefix scan.
+
+    python benchmarks/bench_replica.py [--keys 1000000] [--runs 3]
+
+Every measurement runs in a fresh subprocess (so memory figures start from a clean heap) and is
+repeated `--runs` times; the report gives the median run (and the spread).  Prints a markdown
+section and writes it to benchmarks/results/replica.md.
+
+What is measured (keys are 16-byte strings, values 100 random bytes, one store):
+- get(): `KvStore.get` on random existing keys of a 1M-key store.  (a) Batches of 1,000 calls
+  timed with `time.perf_counter_ns` around the batch: p50/p99 of the per-call batch means.
+  (b) A per-call sample: each call timed alone; the timer's own cost (two back-to-back
+  `perf_counter_ns` calls, measured) is reported and subtracted.
+- apply: `Replica.apply_batch` of Register deltas (digest, sorted key index and change index
+  all maintained): inserts of new keys in seq order, and overwrites of random existing keys.
+- memory: RSS (from /proc/self/statm) of a fresh process before and after loading the keys,
+  divided by the number of keys: keys, values, states and every index included.
+- scan: `KvStore.scan("NN:*")` where the prefix selects 1% of the keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from edgekv.crdt import META, Register, Replica
+from edgekv.node.kvstore import KvStore
+
+RESULTS = Path(__file__).resolve().parent / "results"
+T0 = 1_700_000_000_000
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def key_of(i: int) -> str:
+    """16 bytes; the first two digits spread keys over 100 prefixes of 1% each."""
+    return f"{i % 100:02d}:{i:013d}"
+
+
+def load(replica: Replica, n: int, batch: int = 10_000) -> tuple[float, float]:
+    """Insert n keys (seqs 2..n+1) in batches; returns the (wall, CPU) seconds spent applying."""
+    replica.apply(META, "bench", Register(1, T0, b""))
+    replica.covered.add(1, 1)
+    urandom = os.urandom
+    wall = cpu = 0.0
+    for start in range(0, n, batch):
+        stop = min(start + batch, n)
+        items = [
+            ("bench", key_of(i), Register(i + 2, T0 + i // 1000, urandom(100)))
+            for i in range(start, stop)
+        ]
+        c = time.process_time()
+        t = time.perf_counter()
+        replica.apply_batch(items, [(start + 2, stop + 1)])
+        wall += time.perf_counter() - t
+        cpu += time.process_time() - c
+    return wall, cpu
+
+
+def child_memory(n: int) -> dict[str, Any]:
+    gc.collect()
+    before = rss_bytes()
+    replica = Replica()
+    load(replica, n)
+    gc.collect()
+    after = rss_bytes()
+    assert len(replica) == n
+    return {"bytes_per_key": (after - before) / n}
+
+
+def child_data(n: int) -> dict[str, Any]:
+    """The same keys, values and Register states in one flat list, without any replica."""
+    gc.collect()
+    before = rss_bytes()
+    urandom = os.urandom
+    data: list[object] = []
+    for i in range(n):
+        data.append(key_of(i))
+        data.append(Register(i + 2, T0 + i // 1000, urandom(100)))
+    gc.collect()
+    after = rss_bytes()
+    return {"data_bytes_per_key": (after - before) / n - 16}  # minus the list's two slots
+
+
+def child_speed(n: int) -> dict[str, Any]:
+    replica = Replica()
+    insert_wall, insert_cpu = load(replica, n)
+    store = KvStore(replica.store("bench"), clock=lambda: T0)
+    rng = random.Random(1)
+    get = store.get
+
+    # (a) batches of 1,000 gets: wall clock and CPU time per call
+    keys = [key_of(rng.randrange(n)) for _ in range(200_000)]
+    wall_batches, cpu_batches = [], []
+    wall, cpu = time.perf_counter_ns, time.process_time_ns
+    for b in range(0, len(keys), 1000):
+        batch = keys[b : b + 1000]
+        c = cpu()
+        t = wall()
+        for k in batch:
+            get(k)
+        wall_batches.append((wall() - t) / len(batch))
+        cpu_batches.append((cpu() - c) / len(batch))
+    # (b) every call timed alone, minus the timer's own cost
+    overheads = []
+    for _ in range(100_000):
+        t = wall()
+        overheads.append(wall() - t)
+    overhead = statistics.median(overheads)
+    singles = []
+    for k in keys[:100_000]:
+        t = wall()
+        get(k)
+        singles.append(wall() - t - overhead)
+    assert all(get(k) is not None for k in keys[:1000])
+
+    # apply: overwrite random existing keys (seqs continue after the load)
+    m = min(200_000, n)
+    seq = n + 2
+    items = [
+        ("bench", key_of(rng.randrange(n)), Register(seq + i, T0 + n, b"x" * 100)) for i in range(m)
+    ]
+    c = time.process_time()
+    t = time.perf_counter()
+    for start in range(0, m, 10_000):
+        stop = min(start + 10_000, m)
+        replica.apply_batch(items[start:stop], [(seq + start, seq + stop - 1)])
+    update_wall = time.perf_counter() - t
+    update_cpu = time.process_time() - c
+    assert replica.watermark == seq + m - 1
+    # duplicates (what gossip delivers most): the same deltas again, all rejected
+    t = time.perf_counter()
+    changed = replica.apply_batch(items[: m // 2])
+    dup_wall = time.perf_counter() - t
+    assert changed == []
+
+    # scan of a 1% prefix
+    scans = []
+    for p in range(10):
+        t = time.perf_counter()
+        found = store.scan(f"{p:02d}:*")
+        scans.append(time.perf_counter() - t)
+        assert len(found) == n // 100
+    return {
+        "get_batch_p50_ns": _pct(wall_batches, 50),
+        "get_batch_p99_ns": _pct(wall_batches, 99),
+        "get_cpu_batch_p50_ns": _pct(cpu_batches, 50),
+        "get_cpu_batch_p99_ns": _pct(cpu_batches, 99),
+        "get_single_p50_ns": _pct(singles, 50),
+        "get_single_p99_ns": _pct(singles, 99),
+        "timer_overhead_ns": overhead,
+        "insert_per_s": n / insert_wall,
+        "insert_cpu_per_s": n / insert_cpu,
+        "update_per_s": m / update_wall,
+        "update_cpu_per_s": m / update_cpu,
+        "duplicate_per_s": (m // 2) / dup_wall,
+        "scan_ms": statistics.median(scans) * 1000,
+        "scan_keys": n // 100,
+        "load_average": os.getloadavg()[0],
+    }
+
+
+def _pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(len(xs) * p / 100))]
+
+
+def run_child(kind: str, n: int) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", kind, "--keys", str(n)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def median_of(runs: list[dict[str, Any]], field: str) -> tuple[float, float, float]:
+    xs = [r[field] for r in runs]
+    return statistics.median(xs), min(xs), max(xs)
+
+
+def report(n: int, speed: list[dict[str, Any]], memory: list[dict[str, Any]]) -> str:
+    def row(
+        name: str, runs: list[dict[str, Any]], field: str, unit: str, target: str, fmt: str = ",.0f"
+    ) -> str:
+        med, lo, hi = median_of(runs, field)
+        return f"| {name} | {med:{fmt}} {unit} | {lo:{fmt}} to {hi:{fmt}} | {target} |"
+
+    loads = ", ".join(f"{r['load_average']:.1f}" for r in speed)
+    lines = [
+        "## Replica and read API (`benchmarks/bench_replica.py`)",
+        "",
+        f"`python benchmarks/bench_replica.py --keys {n} --runs {len(speed)}`: {n:,} keys of 16"
+        " bytes with 100-byte values in one store; median of"
+        f" {len(speed)} runs, each in a fresh process (range across runs in the third column)."
+        f" 1-minute load average during the runs: {loads} on {os.cpu_count()} CPUs.  Wall-clock"
+        " figures include time the process waited for a CPU on a loaded machine; CPU-time"
+        " figures (`time.process_time`) count only time it ran.",
+        "",
+        "| measure | median | range | target |",
+        "|---|---|---|---|",
+        row(
+            "get() p50, per-call mean of 1,000-call batches, wall",
+            speed,
+            "get_batch_p50_ns",
+            "ns",
+            "<= 1,000 ns",
+        ),
+        row(
+            "get() p99, per-call mean of 1,000-call batches, wall",
+            speed,
+            "get_batch_p99_ns",
+            "ns",
+            "<= 5,000 ns",
+        ),
+        row(
+            "get() p50, per-call mean of 1,000-call batches, CPU",
+            speed,
+            "get_cpu_batch_p50_ns",
+            "ns",
+            "<= 1,000 ns",
+        ),
+        row(
+            "get() p99, per-call mean of 1,000-call batches, CPU",
+            speed,
+            "get_cpu_batch_p99_ns",
+            "ns",
+            "<= 5,000 ns",
+        ),
+        row(
+            "get() p50, each call timed alone (timer cost subtracted)",
+            speed,
+            "get_single_p50_ns",
+            "ns",
+            "<= 1,000 ns",
+        ),
+        row(
+            "get() p99, each call timed alone (timer cost subtracted)",
+            speed,
+            "get_single_p99_ns",
+            "ns",
+            "<= 5,000 ns",
+        ),
+        row("timer cost (two perf_counter_ns calls)", speed, "timer_overhead_ns", "ns", ""),
+        row("apply, inserts of new keys, wall", speed, "insert_per_s", "deltas/s", ">= 100,000"),
+        row("apply, inserts of new keys, CPU", speed, "insert_cpu_per_s", "deltas/s", ">= 100,000"),
+        row(
+            "apply, overwrites of random keys, wall",
+            speed,
+            "update_per_s",
+            "deltas/s",
+            ">= 100,000",
+        ),
+        row(
+            "apply, overwrites of random keys, CPU",
+            speed,
+            "update_cpu_per_s",
+            "deltas/s",
+            ">= 100,000",
+        ),
+        row(
+            "apply, duplicates of applied deltas (rejected), wall",
+            speed,
+            "duplicate_per_s",
+            "deltas/s",
+            "",
+        ),
+        row("resident memory per key, all included", memory, "bytes_per_key", "bytes", "<= 400"),
+        row(
+            "of which key, value and state objects alone", memory, "data_bytes_per_key", "bytes", ""
+        ),
+        row(
+            "of which dict and indexes (digest tree, sorted keys, change log)",
+            memory,
+            "index_bytes_per_key",
+            "bytes",
+            "",
+        ),
+        row(f"scan of a 1% prefix ({n // 100:,} keys)", speed, "scan_ms", "ms", "", ",.1f"),
+        "",
+        "Apply maintains the store's Merkle digest (two BLAKE2b entry hashes per overwrite, one per"
+        " insert), the sorted key index and the change log.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--keys", type=int, default=1_000_000)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--child", choices=list(CHILDREN))
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(CHILDREN[args.child](args.keys)))
+        return
+    speed = [run_child("speed", args.keys) for _ in range(args.runs)]
+    memory = [run_child("memory", args.keys) for _ in range(args.runs)]
+    data = [run_child("data", args.keys) for _ in range(args.runs)]
+    for m, d in zip(memory, data, strict=True):
+        m.update(d)
+        m["index_bytes_per_key"] = m["bytes_per_key"] - d["data_bytes_per_key"]
+    text = report(args.keys, speed, memory)
+    print(text)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "replica.md").write_text(text)
+
+
+CHILDREN = {"speed": child_speed, "memory": child_memory, "data": child_data}
+
+if __name__ == "__main__":
+    main()
