@@ -167,7 +167,8 @@ class _Slot:
     scope: anyio.CancelScope | None = None
     stopped: anyio.Event = field(default_factory=anyio.Event)
     data_dir: str | None = None
-    readers: dict[str, Any] = field(default_factory=dict)
+    readers: dict[str, Any] = field(default_factory=dict)  # store name -> KvStore
+    reader: Callable[[str, str], bytes | None] | None = None
     retired: list[_Plug] = field(default_factory=list)
     restarts: int = 0
 
@@ -199,6 +200,7 @@ class Testnet:
         self.network = network
         self.processes = processes
         self.n_edges = edges
+        self._edge_names = [f"edge-{i}" for i in range(edges)]
         self.seed = seed
         self.config = config
         self.cluster_id = cluster_id
@@ -357,6 +359,7 @@ class Testnet:
                     slot.node = node
                     slot.live = True
                     slot.readers = {}
+                    slot.reader = None
                     task_status.started()
                     await anyio.sleep_forever()
         finally:
@@ -406,7 +409,7 @@ class Testnet:
 
     @property
     def edge_names(self) -> list[str]:
-        return [f"edge-{i}" for i in range(self.n_edges)]
+        return list(self._edge_names)
 
     @property
     def origin(self) -> Any:
@@ -553,10 +556,12 @@ class Testnet:
         if self._procs is not None:
             return dict(self._procs.readers())
         out = {}
-        for name in self.edge_names:
+        for name in self._edge_names:
             slot = self._slots[name]
             if slot.live:
-                out[name] = self._reader(slot)
+                if slot.reader is None:
+                    slot.reader = self._reader(slot)
+                out[name] = slot.reader
         return out
 
     def _reader(self, slot: _Slot) -> Callable[[str, str], bytes | None]:
