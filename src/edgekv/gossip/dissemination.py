@@ -47,7 +47,6 @@ from .config import GossipConfig
 from .membership import Membership
 from .messages import IHave, Item, Push, Range, Send, graft, ihave, prune, push
 
-
 QUIET_BATCHES = 3  # at most this many batches per ihave_window: notices go to every lazy peer
 
 

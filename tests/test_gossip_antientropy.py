@@ -1,0 +1,143 @@
+"""Merkle anti-entropy between two nodes, driven message by message (no network, no clock).
+
+Checks: d = 0 ends in one round trip; d = 1 and d = 100 repair exactly the differing keys; a key
+deleted and purged on one side is removed on the other, never resurrected; covers are claimed
+only when a session completes; sessions are bounded by their timeout."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from edgekv.crdt import META, Register, Replica, ZSet
+from edgekv.gossip import GossipNode
+from edgekv.gossip.wire import MsgType, decode_body, encode_frame
+
+
+def pair(keys: int, differing: list[int]) -> tuple[GossipNode, GossipNode]:
+    a, b = Replica(), Replica()
+    for r in (a, b):
+        r.apply(META, "s", Register(1, 0, b"", None))
+        for i in range(keys):
+            r.apply("s", f"key-{i}", Register(i + 2, 0, b"x", None))
+        r.covered.add(1, keys + 1)
+    for j, i in enumerate(differing):
+        b.apply("s", f"key-{i}", Register(keys + 2 + j, 0, b"y", None))
+    if differing:
+        b.covered.add(keys + 2, keys + 1 + len(differing))
+    na = GossipNode("a", a, seeds=["b"], rng=random.Random(1))
+    nb = GossipNode("b", b, seeds=["a"], rng=random.Random(2))
+    na.start(0.0)
+    nb.start(0.0)
+    na.drain_changes()
+    nb.drain_changes()
+    return na, nb
+
+
+def run_session(
+    na: GossipNode, nb: GossipNode, force: bool = True
+) -> tuple[int, list[str], dict[str, list[str]]]:
+    """Drive one AE session a -> b to the end; returns (round trips, message types, keys sent)."""
+    queue = na.antientropy.start("b", 0.0, force=force)
+    src, rounds = "a", 0
+    types: list[str] = []
+    sent: dict[str, list[str]] = {"a": [], "b": []}
+    while queue:
+        rounds += 1
+        nxt = []
+        for s in queue:
+            msg = decode_body(encode_frame(s.message)[4:])
+            types.append(MsgType(msg["t"]).name)
+            if msg["t"] == MsgType.AE_STATES:
+                sent[src].extend(k for k, _ in msg["states"])
+            dst = nb if src == "a" else na
+            nxt.extend(x for x in dst.receive(src, msg, 0.0) if x.message["t"] >= 30)
+        queue = nxt
+        src = "b" if src == "a" else "a"
+    return (rounds + 1) // 2, types, sent
+
+
+def test_equal_roots_end_in_one_round_trip_and_claim_covers() -> None:
+    na, nb = pair(500, [])
+    nb.replica.covered.add(600, 700)  # b claims more (equal states: a has it all too)
+    rounds, types, _ = run_session(na, nb, force=False)
+    assert rounds == 1 and types == ["AE_ROOT", "AE_EQUAL"]
+    assert (600, 700) in list(na.replica.covered)
+    assert na.counters["ae_equal"] == 1
+    (root,) = na.antientropy.start("b", 1.0)
+    assert len(encode_frame(root.message)) <= 64  # the whole AE_ROOT frame, digest included
+
+
+@pytest.mark.parametrize("d", [1, 100])
+def test_repairs_exactly_the_differing_keys(d: int) -> None:
+    rng = random.Random(d)
+    differing = sorted(rng.sample(range(2000), d))
+    na, nb = pair(2000, differing)
+    assert na.replica.root != nb.replica.root
+    rounds, types, sent = run_session(na, nb)
+    assert na.replica.root == nb.replica.root
+    want = sorted(f"key-{i}" for i in differing)
+    assert sorted(sent["a"]) == want  # a's older versions go to b (join: b keeps its own)
+    assert sorted(sent["b"]) == want  # b's newer versions come to a
+    changed = sorted(c.key for c in na.drain_changes())
+    assert changed == want  # a applied exactly those keys
+    assert nb.drain_changes() == []  # b's states were newer: nothing changed there
+    assert rounds == 7  # root, 4 tree levels, leaf, states
+    assert "AE_LEAF" in types and types.count("AE_STATES") == 2
+    assert na.antientropy.session is None and na.counters["ae_completed"] == 1
+    assert na.replica.watermark == nb.replica.watermark  # covers claimed at the end
+
+
+def test_lacking_side_takes_missing_keys_both_ways() -> None:
+    na, nb = pair(50, [])
+    nb.replica.apply("s", "only-b", Register(60, 0, b"b", None))
+    na.replica.apply("s", "only-a", ZSet(61, {b"m": (61, 1.0)}, 61, 0))
+    run_session(na, nb)
+    assert na.replica.root == nb.replica.root
+    assert na.replica.state("s", "only-b") is not None
+    assert nb.replica.state("s", "only-a") is not None
+
+
+@pytest.mark.parametrize("initiator_has_stale", [True, False])
+def test_deleted_and_purged_keys_are_removed_not_resurrected(initiator_has_stale: bool) -> None:
+    na, nb = pair(50, [])
+    fresh, stale = (nb, na) if initiator_has_stale else (na, nb)
+    # key-7 (seq 9) deleted at seq 100 on `fresh`, tombstone purged there; `stale` missed it.
+    fresh.replica.apply("s", "key-7", Register(100, 0, None, None))
+    fresh.replica.covered.add(52, 100)
+    fresh.replica.purge(100, 0)
+    assert fresh.replica.state("s", "key-7") is None and fresh.replica.purged == 100
+    assert stale.replica.state("s", "key-7") is not None
+    run_session(na, nb)
+    assert stale.replica.state("s", "key-7") is None
+    assert fresh.replica.state("s", "key-7") is None
+    assert na.replica.root == nb.replica.root
+    removed = [c for c in stale.drain_changes() if c.key == "key-7"]
+    assert removed and removed[0].state is None
+
+
+def test_periodic_session_defers_when_only_writes_in_flight_differ() -> None:
+    na, nb = pair(50, [3])
+    _, types, _ = run_session(na, nb, force=False)
+    assert types == ["AE_ROOT", "AE_STORES"]
+    assert na.counters["ae_deferred"] == 1 and na.replica.root != nb.replica.root
+
+
+def test_session_times_out_and_only_one_runs_at_a_time() -> None:
+    na, _ = pair(10, [1])
+    first = na.antientropy.start("b", 0.0)
+    assert first and na.antientropy.start("b", 0.1) == []  # one outgoing session at a time
+    na.tick(na.config.ae_timeout + 0.5)
+    assert na.counters["ae_timeouts"] == 1
+    # a late answer to the dropped session is ignored
+    assert (
+        na.receive("b", {"t": 37, "sid": first[0].message["sid"], "covers": [[1, 999]]}, 9.0) == []
+    )
+    assert na.replica.watermark < 999
+
+
+def test_responder_ignores_requests_for_unknown_sessions() -> None:
+    _, nb = pair(10, [])
+    out = nb.receive("a", {"t": 32, "sid": 77, "store": "s", "level": 0, "indices": [0]}, 0.0)
+    assert out == []

@@ -1,0 +1,225 @@
+"""Gossip messages: every builder round-trips through the wire and the strict parser; garbage and
+malformed fields raise RemoteProtocolError only, and leave the node's state unchanged."""
+
+from __future__ import annotations
+
+import copy
+import random
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edgekv.crdt import META, Put, Register, Replica, ZSet, plan
+from edgekv.errors import RemoteProtocolError
+from edgekv.gossip import GossipNode
+from edgekv.gossip import messages as m
+from edgekv.gossip.wire import Message, MsgType, decode_body, encode_frame
+
+
+def via_wire(msg: Message) -> Message:
+    return decode_body(encode_frame(msg)[4:])
+
+
+REG = Register(5, 1000, b"value", None)
+ZS = ZSet(3, {b"a": (3, 1.5), b"b": (4, None)}, 4, 1000)
+
+SAMPLES: list[Message] = [
+    m.push([("s", "k", REG), (META, "s", Register(1, 0, b"", None))], [(1, 5)], 2),
+    m.ihave(10, [(1, 10), (12, 15)]),
+    m.graft(3, 1),
+    m.prune(),
+    m.bye(),
+    m.sync_req(7, 3, 0),
+    m.sync_data(7, m.wire_items([("s", "z", ZS)]), [(4, 9)], 2, True),
+    m.sync_data(7, [], [], 9, True, fallback=True),
+    m.ae_root(1, 12345, 10, 12, 0, False),
+    m.ae_equal(1, [(1, 10)]),
+    m.ae_stores(1, {"s": 99, META: 7}, [(1, 10)], 10, 10, 0),
+    m.ae_nodes_req(1, "s", 2, [0, 255]),
+    m.ae_nodes(1, "s", 1, [(3, list(range(16)))]),
+    m.ae_leaf_req(1, "s", [0, 65535]),
+    m.ae_leaf(1, "s", [4], [("k", 42)]),
+    m.ae_states(1, "s", [("k", REG)], ["w"], ["l"], True),
+    m.ping(1, 10, 0, 2, "edge", [("a:1", "origin", 0, "alive")]),
+    m.ack(1, 10, 0, 2, "origin", [], target="b:2"),
+    m.ping_req(4, "c:3"),
+    m.members([("a:1", "edge", 3, "suspect"), ("b:2", "edge", 0, "dead")]),
+]
+
+
+@pytest.mark.parametrize("msg", SAMPLES, ids=lambda x: MsgType(x["t"]).name)
+def test_every_message_round_trips(msg: Message) -> None:
+    parsed = m.parse(via_wire(msg))
+    assert type(parsed).__name__.lower().replace("_", "") != ""
+    assert m.parse(msg) == parsed  # the parser accepts exactly what the builder produced
+
+
+def test_parsed_fields() -> None:
+    p = m.parse(via_wire(SAMPLES[0]))
+    assert isinstance(p, m.Push)
+    assert p.covers == [(1, 5)] and p.hops == 2
+    assert p.items[0][:2] == ("s", "k") and p.items[0][2] == REG
+    n = m.parse(via_wire(m.ae_nodes(1, "s", 1, [(3, list(range(16)))])))
+    assert isinstance(n, m.AeNodes) and n.nodes == [(3, list(range(16)))]
+
+
+OPTIONAL = {"members", "target"}
+
+
+def _mutations(msg: Message) -> list[tuple[str, Message]]:
+    """Each field replaced by a wrong-typed or out-of-range value, or removed."""
+    out = []
+    for k in msg:
+        if k == "t":
+            continue
+        for bad in (None, -1, "x", b"", [[1]], {"a": 1}, 1 << 63, 1.5, [None]):
+            mm = copy.deepcopy(msg)
+            mm[k] = bad
+            out.append((k, mm))
+        mm = copy.deepcopy(msg)
+        del mm[k]
+        out.append((k, mm))
+    return out
+
+
+@pytest.mark.parametrize("msg", SAMPLES, ids=lambda x: MsgType(x["t"]).name)
+def test_malformed_fields_raise_remote_protocol_error(msg: Message) -> None:
+    for key, bad in _mutations(msg):
+        if key in OPTIONAL and (key not in bad or bad[key] is None or bad[key] == []):
+            continue  # absent or empty optional fields are valid
+        if key in ("store", "target") and bad.get(key) == "x":
+            continue  # "x" is a valid store name and address
+        with pytest.raises(RemoteProtocolError):
+            m.parse(bad)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        m.ihave(10, [(5, 9), (3, 4)]),  # unsorted ranges
+        m.ihave(10, [(0, 4)]),  # seq 0
+        m.ihave(10, [(9, 4)]),  # lo > hi
+        {**m.push([], [], 0), "items": [["bad store!", "k", [0, 1, 0, b"v", None]]]},
+        {**m.push([], [], 0), "items": [["s", "", [0, 1, 0, b"v", None]]]},
+        {**m.push([], [], 0), "items": [["s", "k" * 600, [0, 1, 0, b"v", None]]]},
+        {**m.push([], [], 0), "items": [["s", "k", [0, 0, 0, b"v", None]]]},  # seq 0
+        {**m.push([], [], 0), "items": [["s", "k", [9, 1, 0, b"v", None]]]},  # unknown kind
+        {**m.ae_root(1, 1, 1, 1, 0, False), "root": b"short"},
+        {**m.ae_nodes_req(1, "s", 1, [0]), "indices": [16]},  # beyond level 1
+        {**m.ae_nodes_req(1, "s", 1, [0]), "level": 4},
+        {**m.ae_nodes(1, "s", 0, [(0, [0] * 16)]), "nodes": [[0, b"\0" * 255]]},
+        {**m.ae_leaf_req(1, "s", [0]), "leaves": [65536]},
+        m.members([("a", "king", 0, "alive")]),
+        m.members([("a", "edge", 0, "zombie")]),
+        {"t": int(MsgType.REQUEST), "id": 1},  # not a gossip type
+        {"t": 999},
+        ["not", "a", "map"],
+    ],
+)
+def test_specific_violations(bad: Any) -> None:
+    with pytest.raises(RemoteProtocolError):
+        m.parse(bad)
+
+
+def _node_with_data() -> GossipNode:
+    r = Replica()
+    r.apply(META, "s", Register(1, 0, b"", None))
+    for i in range(20):
+        d = plan(Put(f"k{i}", b"v"), None, i + 2, 0)
+        assert d is not None
+        r.apply("s", f"k{i}", d)
+    r.covered.add(1, 21)
+    node = GossipNode("me", r, seeds=["p"], rng=random.Random(1))
+    node.start(0.0)
+    return node
+
+
+def _snapshot(node: GossipNode) -> tuple[Any, ...]:
+    d = node.dissemination
+    return (
+        node.replica.root,
+        list(node.replica.covered),
+        sorted(node.members.peers),
+        sorted(d.eager),
+        sorted(d.lazy),
+        len(node.drain_changes()),
+        node.antientropy.session,
+    )
+
+
+@settings(max_examples=300)
+@given(
+    t=st.sampled_from([int(x) for x in MsgType]),
+    body=st.dictionaries(
+        st.sampled_from(
+            [
+                "items",
+                "covers",
+                "hops",
+                "wm",
+                "purged",
+                "rid",
+                "sid",
+                "root",
+                "store",
+                "level",
+                "indices",
+                "nodes",
+                "leaves",
+                "entries",
+                "states",
+                "want",
+                "lack",
+                "reply",
+                "more",
+                "seq",
+                "inc",
+                "role",
+                "members",
+                "target",
+                "last",
+                "fallback",
+                "roots",
+                "high",
+                "force",
+            ]
+        ),
+        st.recursive(
+            st.none()
+            | st.booleans()
+            | st.integers(-5, 70000)
+            | st.text(max_size=5)
+            | st.binary(max_size=20),
+            lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=3), c, max_size=3),
+            max_leaves=10,
+        ),
+        max_size=8,
+    ),
+)
+def test_garbage_raises_only_remote_protocol_error_and_changes_nothing(
+    t: int, body: dict[str, Any]
+) -> None:
+    node = _node_with_data()
+    msg = {**body, "t": t}
+    before = _snapshot(node)
+    try:
+        m.parse(msg)
+    except RemoteProtocolError:
+        with pytest.raises(RemoteProtocolError):
+            node.receive("p", msg, 1.0)
+        assert _snapshot(node) == before
+    else:
+        node.receive("p", msg, 1.0)  # a well-formed message is handled without crashing
+
+
+def test_push_with_one_bad_item_applies_nothing() -> None:
+    node = _node_with_data()
+    good = ["s", "new", [0, 50, 0, b"x", None]]
+    bad = ["s", "k", [0, 51, 0, "not bytes", None]]
+    before = _snapshot(node)
+    with pytest.raises(RemoteProtocolError):
+        node.receive("p", {**m.push([], [(50, 51)], 0), "items": [good, bad]}, 1.0)
+    assert _snapshot(node) == before
+    assert node.replica.state("s", "new") is None
