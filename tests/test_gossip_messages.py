@@ -35,6 +35,7 @@ SAMPLES: list[Message] = [
     m.sync_data(7, m.wire_items([("s", "z", ZS)]), [(4, 9)], 2, True),
     m.sync_data(7, [], [], 9, True, fallback=True),
     m.ae_root(1, 12345, 10, 12, 0, False),
+    m.ae_root(1, 12345, 10, 12, 0, True),
     m.ae_equal(1, [(1, 10)]),
     m.ae_stores(1, {"s": 99, META: 7}, [(1, 10)], 10, 10, 0),
     m.ae_nodes_req(1, "s", 2, [0, 255]),
@@ -65,7 +66,7 @@ def test_parsed_fields() -> None:
     assert isinstance(n, m.AeNodes) and n.nodes == [(3, list(range(16)))]
 
 
-OPTIONAL = {"members", "target"}
+OPTIONAL = {"members", "target", "force"}
 
 
 def _mutations(msg: Message) -> list[tuple[str, Message]]:

@@ -9,7 +9,7 @@ Payload shapes (every message also has "t": MsgType):
     PUSH       items [[store, key, delta]...], covers [[lo, hi]...], hops
     IHAVE      wm, covers                     GRAFT   wm, purged          PRUNE  -
     SYNC_REQ   rid, wm, purged                SYNC_DATA rid, items, covers, purged, last, fallback
-    AE_ROOT    sid, root, wm, high, purged, force
+    AE_ROOT    sid, root, wm, high, purged, force? (absent: false)
     AE_EQUAL   sid, covers                    AE_STORES sid, roots {store: digest}, covers, wm,
                                                         high, purged
     AE_NODES_REQ sid, store, level, indices   AE_NODES  sid, store, level, nodes [[index, 16
@@ -268,6 +268,13 @@ def _bool(m: Message, name: str) -> bool:
     return v
 
 
+def _opt_bool(m: Message, name: str) -> bool:
+    v = m.get(name, False)
+    if type(v) is not bool:
+        raise _bad(f"{_tname(m)}: {name} must be a boolean")
+    return v
+
+
 def _list(v: object, what: str, limit: int = MAX_ITEMS) -> list[Any]:
     if type(v) is not list:
         raise _bad(f"{what} must be an array")
@@ -408,7 +415,7 @@ def _p_ae_root(m: Message) -> AeRoot:
         _int(m, "wm"),
         _int(m, "high"),
         _int(m, "purged"),
-        _bool(m, "force"),
+        _opt_bool(m, "force"),
     )
 
 
@@ -640,15 +647,17 @@ def sync_data(
 
 
 def ae_root(sid: int, root: int, wm: int, high: int, purged: int, force: bool) -> Message:
-    return {
+    m: Message = {
         "t": int(MsgType.AE_ROOT),
         "sid": sid,
         "root": digest_bytes(root),
         "wm": wm,
         "high": high,
         "purged": purged,
-        "force": force,
     }
+    if force:  # absent means false: keeps the common d = 0 round trip small
+        m["force"] = True
+    return m
 
 
 def ae_equal(sid: int, covers: list[Range]) -> Message:
