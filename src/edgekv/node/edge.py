@@ -7,7 +7,8 @@ Lifecycle (`async with EdgeNode(...) as node`, under trio or asyncio through any
    the gossip core with the origin and `peers` as seeds, and run it with a `NodeRuntime`.
 3. Start the persistence flusher and the admin HTTP server (when `http` is given), and set
    `kvstore.current_node` so `KvStore.open(name)` works inside the block.
-4. On exit: stop serving, close the transport, flush and close the database.
+4. On exit: end watchers, close the transport (an injected one too: the node leaves the
+   network), stop the runtime and HTTP server, then flush and close the database.
 
 Writes (`await store.put(...)` etc.) travel to the origin as a REQUEST over the gossip transport.
 The origin's RESPONSE carries the write's version, deltas and covered seqs; the edge hands them
