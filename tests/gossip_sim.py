@@ -123,6 +123,10 @@ class Sim:
         for i, addr in enumerate(self.nodes):
             self._push(i * stagger, "start", addr)
 
+    def start_one(self, addr: str, t: float) -> None:
+        """Start one node at time `t` (a late joiner)."""
+        self._push(t, "start", addr)
+
     def at(self, t: float, fn: Callable[[], None]) -> None:
         self._push(t, "call", fn)
 

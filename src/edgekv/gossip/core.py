@@ -15,10 +15,12 @@ Theory of operation
      membership (PING, ACK, PING_REQ, MEMBERS, BYE) - SWIM failure detection.
 3. Watermarks travel on PING/ACK/IHAVE/SYNC/AE messages.  A node that sees a peer ahead of it
    arms the graft timer (dissemination rule 3); a SYNC fallback starts a forced AE session.
-4. Tombstone purge by causal stability: every `purge_interval` the horizon is the minimum of
-   this node's watermark and the last watermark advertised by every member not known dead
-   (the origin included); `Replica.purge(horizon, wall_ms)` then drops tombstones at or below
-   it.  Expired values need the wall clock: the driver passes `tick(now, wall_ms=...)`; with
+4. Tombstone purge by causal stability: every `purge_interval` the origin takes as horizon
+   the minimum of its watermark and the last watermark advertised by every member not known
+   dead, and `Replica.purge(horizon, wall_ms)` drops tombstones at or below it.  Its purge
+   mark travels on PING/ACK/SYNC/AE messages; an edge purges up to the highest mark it has
+   seen, as soon as it sees it (so every replica drops the same tombstones and digests stay
+   comparable; the mark is safe since the origin computed it).  Expired values need the wall clock: the driver passes `tick(now, wall_ms=...)`; with
    `wall_ms=None` only tombstones are collected.  A node declared dead and returning is behind
    the others' purge marks: its SYNC gets a fallback and anti-entropy removes what was deleted.
 5. Every state change (pushes, syncs, AE repairs, purges, removals as `state=None`) is
@@ -176,6 +178,8 @@ class GossipNode:
         out.extend(self._dispatch(peer, msg, now))
         if len(self.members.peers) != before:
             self.dissemination.fill()
+        if self.role != "origin" and self.members.max_purged > self.replica.purged:
+            self._purge(None)  # follow the origin's purge mark at once
         return out
 
     def tick(self, now: float, wall_ms: int | None = None) -> list[Send]:
@@ -220,7 +224,14 @@ class GossipNode:
         return self.replica.watermark
 
     def purge_horizon(self) -> int:
-        """The highest seq every member not known dead has acknowledged (and this node has)."""
+        """The seq at or below which tombstones may go.
+
+        At the origin: the highest seq every member not known dead has acknowledged (and the
+        origin has).  At an edge: the highest purge mark advertised by any peer; every mark
+        comes from the origin's horizon, so all replicas drop the same tombstones.
+        """
+        if self.role != "origin":
+            return min(self.members.max_purged, self.replica.watermark)
         h = self.replica.watermark
         for p in self.members.peers.values():
             if p.state != DEAD:

@@ -13,10 +13,12 @@ Theory of operation
    suspect beats alive.  A node that hears itself suspected or dead refutes it by raising its
    own incarnation, which then spreads as an ALIVE row.  Each change is piggybacked on a few
    pings and acks (about 3 log2 N times) and the full table goes to one peer every
-   `members_interval`, together with a ping to one random dead peer (so the two halves of a
-   healed partition, each believing the other dead, find each other again).
+   `members_interval`.  Each ping interval one random dead peer is pinged too (so the two
+   halves of a healed partition, each believing the other dead, find each other again); a peer
+   dead for long is pinged ever more rarely.
 4. Direct evidence overrides gossip locally: any message from a peer marks it alive (a dead
-   peer that talks again is revived; the sync and anti-entropy paths then catch it up).
+   peer that talks again is revived, and told it was dead so that it refutes everywhere; the
+   sync and anti-entropy paths then catch it up).
 5. Every PING and ACK carries the sender's watermark and purge mark: the core uses them to
    notice it is behind (catch-up) and to compute the tombstone purge horizon.
 """
@@ -33,6 +35,7 @@ from .messages import Ack, MemberRow, Ping, PingReq, Send, ack, members, ping, p
 
 ALIVE, SUSPECT, DEAD = "alive", "suspect", "dead"
 _RANK = {ALIVE: 0, SUSPECT: 1, DEAD: 2}
+DEAD_PING_SECONDS = 30.0  # a peer dead for t seconds is re-pinged with chance min(1, 30 / t)
 
 
 @dataclass(slots=True)
@@ -89,6 +92,7 @@ class Membership:
         self.next_members = 0.0
         self.wm = 0  # this node's watermark and purge mark, set by the core before sending
         self.purged = 0
+        self.max_purged = 0  # the highest purge mark any peer advertised
         self.revived: list[str] = []  # peers revived by direct evidence since the core looked
 
     # -- queries ---------------------------------------------------------------------------------
@@ -136,6 +140,9 @@ class Membership:
             if p.state == DEAD:
                 self.counters["peers_revived"] += 1
                 self.revived.append(address)
+                # tell it it was declared dead: it refutes with a higher incarnation, and that
+                # ALIVE row overrides the DEAD one everywhere else
+                out.append(Send(address, members([p.row()])))
             p.state, p.since = ALIVE, now
             self._updates[address] = self._retransmits()
         p.last_seen = now
@@ -146,6 +153,7 @@ class Membership:
         if p is not None:
             p.watermark = max(p.watermark, wm)
             p.purged = max(p.purged, purged)
+        self.max_purged = max(self.max_purged, purged)
 
     def merge_rows(self, rows: list[MemberRow], now: float) -> None:
         """Fold gossiped member rows into the table (SWIM precedence)."""
@@ -188,7 +196,7 @@ class Membership:
     def _retransmits(self) -> int:
         return 3 * max(1, math.ceil(math.log2(len(self.peers) + 2)))
 
-    def _piggyback(self, limit: int = 6) -> list[MemberRow]:
+    def _piggyback(self, limit: int = 8) -> list[MemberRow]:
         if not self._updates:
             return []
         out: list[MemberRow] = []
@@ -306,16 +314,18 @@ class Membership:
                     self._probe = _Probe(target, self._seq, now + cfg.ping_timeout, False)
                     out.append(Send(target, self._ping_msg(self._seq)))
                     self.counters["pings"] += 1
+            dead = [a for a, p in self.peers.items() if p.state == DEAD]
+            if dead:  # a healed partition: both sides think the other dead; one ping rejoins them
+                a = self.rng.choice(sorted(dead))
+                if self.rng.random() < DEAD_PING_SECONDS / max(1e-9, now - self.peers[a].since):
+                    self._seq += 1
+                    out.append(Send(a, self._ping_msg(self._seq)))
+                    self.counters["pings_dead"] += 1
         if self.next_members <= now:
             self.next_members = now + cfg.members_interval
             live = self.alive()
             if live:
                 out.append(Send(self.rng.choice(live), members(self.rows())))
-            dead = sorted(a for a, p in self.peers.items() if p.state == DEAD)
-            if dead:  # a healed partition: both sides think the other dead; one ping rejoins them
-                self._seq += 1
-                out.append(Send(self.rng.choice(dead), self._ping_msg(self._seq)))
-                self.counters["pings_dead"] += 1
         return out
 
     def _next_target(self) -> str | None:

@@ -1,0 +1,135 @@
+"""Dissemination on the discrete-event simulator: pushes reach everyone, prune/graft build a
+tree (about N-1 messages per batch in the steady state), lost pushes are repaired by graft."""
+
+from __future__ import annotations
+
+from gossip_sim import ORIGIN, Sim
+
+from edgekv.crdt import Put
+from edgekv.gossip import GossipConfig
+
+
+def warm(sim: Sim, t: float = 3.0) -> None:
+    sim.start()
+    sim.run_until(t)
+    sim.create_store("s")
+    sim.run_until(t + 1.0)
+
+
+def write_stream(sim: Sim, start: float, n: int, every: float, prefix: str = "k") -> list[int]:
+    seqs = []
+    t = start
+    for i in range(n):
+        sim.run_until(t)
+        s = sim.write("s", Put(f"{prefix}{i % 97}", b"v%d" % i))
+        assert s is not None
+        seqs.append(s)
+        t += every
+    return seqs
+
+
+def test_every_write_reaches_every_edge() -> None:
+    sim = Sim(12, seed=3)
+    warm(sim)
+    seqs = write_stream(sim, 5.0, 200, 0.01)
+    sim.run_until(8.0)
+    assert not sim.missing(), f"seed {sim.seed}"
+    assert sim.converged()
+    assert not sim.check.violations
+    prop = sim.propagation(seqs)
+    assert len(prop) == len(seqs) and max(prop) < 1.0
+
+
+def test_steady_state_is_a_tree_about_n_minus_1_pushes_per_batch() -> None:
+    sim = Sim(25, seed=4)
+    warm(sim)
+    write_stream(sim, 5.0, 300, 0.01)  # the tree forms on the first batches
+    sim.run_until(8.5)
+    before_push, before_prune = sim.messages["PUSH"], sim.messages["PRUNE"]
+    batches_before = sim.origin.counters["pushes_sent"]
+    write_stream(sim, 9.0, 1000, 0.01)
+    sim.run_until(20.0)
+    pushes = sim.messages["PUSH"] - before_push
+    origin_flushes = sim.origin.counters["pushes_sent"] - batches_before
+    eager = len(sim.origin.dissemination.eager)
+    batches = origin_flushes / eager
+    per_batch = pushes / batches
+    assert 24 <= per_batch <= 27, (per_batch, batches)  # N-1 = 25 links for 26 nodes
+    assert sim.messages["PRUNE"] - before_prune == 0
+    assert sim.converged() and not sim.missing()
+
+
+def test_pruned_links_become_lazy_and_origin_is_never_an_edge_target() -> None:
+    sim = Sim(15, seed=5)
+    warm(sim)
+    write_stream(sim, 5.0, 100, 0.01)
+    sim.run_until(8.0)
+    total_prunes = sum(n.counters["prunes_sent"] for n in sim.nodes.values())
+    assert total_prunes > 0
+    assert sum(len(n.dissemination.lazy) for n in sim.nodes.values()) > 0
+    for addr in sim.edges:
+        d = sim.nodes[addr].dissemination
+        assert ORIGIN not in d.eager
+        assert d._parent is not None  # every edge has a tree parent
+
+
+def test_lost_pushes_are_repaired_by_graft() -> None:
+    sim = Sim(20, seed=6, loss=0.05, latency=0.05, jitter=0.02)
+    warm(sim)
+    seqs = []
+    t = 5.0
+    for i in range(10):  # single writes: no later push reveals a gap
+        sim.run_until(t)
+        s = sim.write("s", Put(f"single-{i}", b"x"))
+        assert s is not None
+        seqs.append(s)
+        t += 1.0
+    sim.run_until(t + 3.0)
+    assert not sim.missing(), f"seed {sim.seed}"
+    grafts = sum(n.counters["grafts_sent"] for n in sim.nodes.values())
+    assert grafts > 0
+    prop = sim.propagation(seqs)
+    assert max(prop) < 1.5
+
+
+def test_gap_in_covers_triggers_graft_to_a_holder() -> None:
+    sim = Sim(6, seed=7)
+    warm(sim)
+    victim = "edge-2"
+    sim.run_until(5.0)
+    sim.crash(victim)  # misses one write entirely
+    sim.write("s", Put("a", b"1"))
+    sim.run_until(5.05)
+    sim.up.add(victim)  # back before anyone notices; the next pushes show a gap
+    write_stream(sim, 5.1, 20, 0.01)
+    sim.run_until(6.5)
+    node = sim.nodes[victim]
+    assert node.counters["grafts_sent"] >= 1
+    assert node.replica.watermark == sim.seq
+
+
+def test_edge_publish_applies_without_pushing() -> None:
+    sim = Sim(3, seed=8)
+    warm(sim)
+    edge = sim.nodes["edge-0"]
+    from edgekv.crdt import Register
+
+    delta = Register(sim.seq + 1, 0, b"rw", None)
+    assert edge.publish([("s", "mine", delta)], [(sim.seq + 1, sim.seq + 1)], sim.now) == []
+    assert edge.replica.state("s", "mine") == delta
+    assert [c.key for c in edge.drain_changes()] == ["mine"]
+    assert edge.dissemination.outbox == {}
+
+
+def test_config_rejects_nonsense() -> None:
+    import pytest
+
+    from edgekv.errors import InvalidInput
+
+    with pytest.raises(InvalidInput):
+        GossipConfig(ping_interval=0)
+    with pytest.raises(InvalidInput):
+        GossipConfig(fanout=0)
+    with pytest.raises(InvalidInput):
+        GossipConfig(push_window=float("nan"))
+    assert GossipConfig().hop_limit(26) >= 5

@@ -1,0 +1,117 @@
+"""SWIM membership on the simulator and by hand: join through a seed, suspect then dead on
+silence, refutation by incarnation, revival on direct contact, no pushes to dead peers."""
+
+from __future__ import annotations
+
+import random
+
+from gossip_sim import Sim
+
+from edgekv.crdt import Put, Replica
+from edgekv.gossip import GossipConfig, GossipNode
+from edgekv.gossip import messages as m
+
+
+def test_everyone_learns_everyone_through_one_seed() -> None:
+    sim = Sim(20, seed=21)
+    sim.start()
+    sim.run_until(GossipConfig().members_interval + 1.0)
+    for addr, node in sim.nodes.items():
+        assert len(node.peers()) == 20, addr
+        assert all(p.state == "alive" for p in node.peers().values())
+    assert sim.nodes["edge-3"].peers()["origin"].role == "origin"
+
+
+def test_crashed_node_is_suspected_then_declared_dead_then_revived() -> None:
+    cfg = GossipConfig()
+    sim = Sim(10, seed=22, config=cfg)
+    sim.start()
+    sim.run_until(3.0)
+    sim.crash("edge-6")
+    sim.run_until(3.0 + 10 * cfg.ping_interval)
+    states = {a: n.peers()["edge-6"].state for a, n in sim.nodes.items() if a != "edge-6"}
+    assert set(states.values()) == {"dead"}, states
+    assert sum(n.counters["suspicions"] for n in sim.nodes.values()) >= 1
+    sim.restart("edge-6")
+    sim.run_until(3.0 + 10 * cfg.ping_interval + 3.0)
+    states = {a: n.peers()["edge-6"].state for a, n in sim.nodes.items() if a != "edge-6"}
+    assert set(states.values()) == {"alive"}, states
+
+
+def test_healed_partition_rejoins() -> None:
+    sim = Sim(8, seed=23)
+    sim.start()
+    sim.run_until(2.0)
+    left = ["origin", "edge-0", "edge-1", "edge-2"]
+    sim.partition(left, [e for e in sim.edges if e not in left])
+    sim.run_until(14.0)
+    assert sim.nodes["edge-0"].peers()["edge-5"].state == "dead"
+    sim.heal()
+    sim.run_until(24.0)
+    for node in sim.nodes.values():
+        assert all(p.state == "alive" for p in node.peers().values())
+
+
+def test_suspicion_about_self_is_refuted_with_a_higher_incarnation() -> None:
+    node = GossipNode("me", Replica(), seeds=["p"], rng=random.Random(1))
+    node.start(0.0)
+    assert node.members.incarnation == 0
+    node.receive("p", m.members([("me", "edge", 0, "suspect")]), 1.0)
+    assert node.members.incarnation == 1
+    node.receive("p", m.members([("me", "edge", 0, "dead")]), 1.1)  # stale: no new bump
+    assert node.members.incarnation == 1
+    out = node.tick(node.next_deadline)
+    pings = [s for s in out if s.message["t"] == 40]
+    rows = [r for s in pings for r in s.message.get("members", [])]
+    assert ["me", "edge", 1, "alive"] in rows or not pings
+
+
+def test_precedence_of_member_rows() -> None:
+    node = GossipNode("me", Replica(), rng=random.Random(1))
+    node.start(0.0)
+    node.receive("a", m.members([("x", "edge", 2, "alive")]), 0.0)
+    node.receive("a", m.members([("x", "edge", 1, "dead")]), 0.0)  # older incarnation: ignored
+    assert node.peers()["x"].state == "alive"
+    node.receive("a", m.members([("x", "edge", 2, "suspect")]), 0.0)  # same inc: suspect wins
+    assert node.peers()["x"].state == "suspect"
+    node.receive("a", m.members([("x", "edge", 3, "alive")]), 0.0)  # refuted
+    assert node.peers()["x"].state == "alive"
+
+
+def test_dead_peers_get_no_pushes_and_a_message_revives_them() -> None:
+    sim = Sim(6, seed=24)
+    sim.start()
+    sim.run_until(2.0)
+    sim.create_store("s")
+    sim.run_until(3.0)
+    origin = sim.origin
+    victim = sorted(origin.dissemination.eager)[0]
+    origin.members.peers[victim].state = "dead"
+    before = sim.messages["PUSH"]
+    sim.write("s", Put("k", b"v"))
+    sends = origin.tick(sim.now + 1.0)
+    assert all(s.peer != victim for s in sends if s.message["t"] == 10)
+    assert sim.messages["PUSH"] == before
+    origin.receive(victim, m.ping(99, 0, 0, 0, "edge", []), sim.now + 1.0)
+    assert origin.peers()[victim].state == "alive"
+    assert origin.counters["peers_revived"] == 1
+
+
+def test_indirect_probe_saves_a_peer_behind_a_lossy_direct_link() -> None:
+    node = GossipNode("me", Replica(), seeds=["t", "h1", "h2"], rng=random.Random(3))
+    node.start(0.0)
+    now = 0.0
+    target = None
+    while target is None:
+        now = node.next_deadline
+        for s in node.tick(now):
+            if s.message["t"] == 40 and s.message["seq"] > 0:
+                target, seq = s.peer, s.message["seq"]
+    now += node.config.ping_timeout
+    reqs = [s for s in node.tick(now) if s.message["t"] == 42]
+    assert reqs and all(s.message["target"] == target for s in reqs)
+    helper = reqs[0].peer
+    node.receive(helper, m.ack(seq, 0, 0, 0, "edge", [], target=target), now + 0.1)
+    node.tick(now + 5.0)
+    assert node.peers()[target].state == "alive"
+    assert node.counters["suspicions"] == 0
