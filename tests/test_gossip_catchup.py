@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import random
 
-from gossip_sim import Sim
-
 from edgekv.crdt import META, Delete, Put, Register, Replica
 from edgekv.gossip import GossipConfig, GossipNode
 from edgekv.gossip import messages as m
 from edgekv.gossip.wire import MsgType
+from gossip_sim import Sim
 
 
 def writes(sim: Sim, start: float, n: int, every: float, prefix: str = "k") -> float:
@@ -81,7 +80,7 @@ def test_node_behind_purge_horizon_falls_back_to_ae_and_deleted_keys_stay_delete
     for i in range(0, 50, 2):
         for addr, n in sim.nodes.items():
             st = n.replica.state("s", f"k{i}")
-            assert st is None or isinstance(st, Register) and st.value is None, (addr, i)
+            assert st is None or (isinstance(st, Register) and st.value is None), (addr, i)
     assert sim.converged() and not sim.missing(), f"seed {sim.seed}"
     assert not sim.check.violations
 

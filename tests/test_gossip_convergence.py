@@ -15,11 +15,11 @@ from __future__ import annotations
 import random
 
 import pytest
-from gossip_sim import Sim
 
 from edgekv.crdt import BfAdd, Delete, Put, ZAdd
 from edgekv.crdt.ops import Op
 from edgekv.gossip import GossipConfig
+from gossip_sim import Sim
 
 
 def random_op(rng: random.Random, i: int) -> Op:

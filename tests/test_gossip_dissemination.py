@@ -3,10 +3,9 @@ tree (about N-1 messages per batch in the steady state), lost pushes are repaire
 
 from __future__ import annotations
 
-from gossip_sim import ORIGIN, Sim
-
 from edgekv.crdt import Put
 from edgekv.gossip import GossipConfig
+from gossip_sim import ORIGIN, Sim
 
 
 def warm(sim: Sim, t: float = 3.0) -> None:

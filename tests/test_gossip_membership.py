@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import random
 
-from gossip_sim import Sim
-
 from edgekv.crdt import Put, Replica
 from edgekv.gossip import GossipConfig, GossipNode
 from edgekv.gossip import messages as m
+from gossip_sim import Sim
 
 
 def test_everyone_learns_everyone_through_one_seed() -> None:
