@@ -435,3 +435,12 @@ async def test_open_finds_the_node_in_the_context() -> None:
             KvStore.open("other")
     finally:
         current_node.reset(token)
+
+
+def test_scan_prefix_ranges_at_the_edges_of_the_alphabet() -> None:
+    top = "\U0010ffff"
+    keys = ["a", f"a{top}", f"a{top}b", f"a{top}{top}", "b", "a*", "a\\x"]
+    store, _, _ = make_store(*(Put(k, b"v") for k in keys))
+    for pattern in (f"a{top}*", f"a{top}", "a*", "a\\**", "a\\\\*", "*", "**", "a?*", "b*", ""):
+        want = [k for k in sorted(keys) if redis_match(pattern, k)]
+        assert store.scan(pattern) == want, pattern

@@ -5,7 +5,8 @@ from __future__ import annotations
 import itertools
 import math
 
-from hypothesis import given
+import pytest
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgekv.crdt import META, Put, Register, Replica, SeqRanges, ZAdd, ZSet
@@ -296,3 +297,15 @@ def test_change_log_compacts_and_sorts_out_of_order_changes() -> None:
     states["k0"] = state
     log.add(state.seq, "k0", states)
     assert list(log.since(0, states)).count("k0") == 1
+
+
+@pytest.mark.slow
+@settings(max_examples=2000)
+@given(history=histories(max_ops=80), data=st.data())
+def test_any_order_converges_long_histories(history: History, data: st.DataObject) -> None:
+    """The convergence property over longer histories and many more examples (run with -m slow)."""
+    order = shuffled_with_duplicates(data, len(history.items))
+    replica = replay(history.items, order, data.draw(st.integers(0, 7)))
+    assert snapshot(replica) == snapshot(history.origin)
+    assert replica.root == history.origin.root
+    check_indexes(replica)

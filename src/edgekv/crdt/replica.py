@@ -4,7 +4,8 @@ Theory of operation
 1. Every state change goes through `Replica.apply` (one key) or `apply_batch` (many keys plus the
    seq ranges they cover).  `apply` joins the delta into the key's state and keeps three indexes
    in step: the store's Merkle tree (O(depth) XORs), the sorted key list (for `scan`), and the
-   change index, keys ordered by their state's seq (for `changes_since`, O(log n + changes)).
+   change log, keys by the seq of their last change (for `changes_since`, O(log n + changes);
+   see changelog.py).  An older delta is rejected before any hashing.
 2. Store metadata lives in the reserved store "" as registers: a live register at seq s means
    the store was (re)created at s, a tombstone that it was dropped at s.  Either sets the
    store's epoch to s; keys whose reset is below the epoch are removed, and later-arriving
@@ -124,19 +125,39 @@ class StoreReplica:
         return Entry(st.value, Version(st.seq, st.written_at), st.expiry)
 
     def scan(self, pattern: str, now_ms: int, limit: int | None = None) -> list[str]:
-        """Live keys matching the glob `pattern`, in key order."""
+        """Live keys matching the glob `pattern`, in key order.
+
+        The literal prefix of the pattern bounds the range of the sorted key index (a slice,
+        found by bisection); a pattern that is just `prefix*` needs no per-key matching.
+        """
         prefix = literal_prefix(pattern)
-        match = compile_glob(pattern)
+        keys = self.keys
+        if not prefix:
+            candidates = keys
+        else:
+            lo = keys.bisect_left(prefix)
+            last = prefix[-1]
+            if last != "\U0010ffff":
+                hi = keys.bisect_left(prefix[:-1] + chr(ord(last) + 1))
+            else:  # no successor string: walk to the end of the prefix
+                hi = lo
+                while hi < len(keys) and keys[hi].startswith(prefix):
+                    hi += 1
+            candidates = keys[lo:hi] if (lo, hi) != (0, len(keys)) else keys
+        match = None if _is_prefix_star(pattern, prefix) else compile_glob(pattern)
         states = self.states
         out: list[str] = []
-        it = self.keys.irange(minimum=prefix) if prefix else iter(self.keys)
-        for key in it:
-            if prefix and not key.startswith(prefix):
+        for key in candidates:
+            if match is not None and match(key) is None:
+                continue
+            st = states[key]
+            if st.__class__ is Register and (
+                st.value is None or (st.expiry is not None and st.expiry <= now_ms)
+            ):
+                continue
+            out.append(key)
+            if limit is not None and len(out) >= limit:
                 break
-            if match(key) and not is_dead(states[key], now_ms):
-                out.append(key)
-                if limit is not None and len(out) >= limit:
-                    break
         return out
 
     def _kind(self, key: str, kind: type, now_ms: int, method: str) -> State | None:
@@ -163,6 +184,11 @@ class StoreReplica:
     def bf_exists(self, key: str, item: bytes, now_ms: int) -> bool:
         st = self._kind(key, Bloom, now_ms, "bf_exists")
         return isinstance(st, Bloom) and st.contains(item)
+
+
+def _is_prefix_star(pattern: str, prefix: str) -> bool:
+    """True when `pattern` is exactly its literal prefix plus one `*` (or is all stars)."""
+    return pattern.rstrip("*") == prefix and "\\" not in pattern and pattern.endswith("*")
 
 
 class Replica:
