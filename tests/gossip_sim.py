@@ -98,6 +98,7 @@ class Sim:
             seeds = [ORIGIN] + [self.edges[j] for j in range(max(0, i - seeds_per_edge + 1), i)]
             self._add(e, "edge", seeds)
         self._tick_at: dict[str, float] = {}
+        self.converged_at: float | None = None  # set by scenarios that measure convergence
 
     def _add(self, addr: str, role: str, seeds: list[str], replica: Replica | None = None) -> None:
         self.nodes[addr] = GossipNode(

@@ -47,7 +47,7 @@ class GossipConfig:
     """Peers asked to probe a silent target before it is suspected."""
     suspect_timeout: float = 4.0
     """A suspect not refuted within this is declared dead."""
-    members_interval: float = 5.0
+    members_interval: float = 10.0
     """Full member list gossip to one random peer every interval (changes also piggyback)."""
     dead_forget: float = 3600.0
     """Dead peers are kept (for revival and tie-breaking) this long, then forgotten."""

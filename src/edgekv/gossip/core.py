@@ -17,9 +17,10 @@ Theory of operation
    arms the graft timer (dissemination rule 3); a SYNC fallback starts a forced AE session.
 4. Tombstone purge by causal stability: every `purge_interval` the origin takes as horizon
    the minimum of its watermark and the last watermark advertised by every member not known
-   dead, and `Replica.purge(horizon, wall_ms)` drops tombstones at or below it.  Its purge
-   mark travels on PING/ACK/SYNC/AE messages; an edge purges up to the highest mark it has
-   seen, as soon as it sees it (so every replica drops the same tombstones and digests stay
+   dead, and `Replica.purge(horizon, wall_ms)` drops tombstones at or below it.  A new purge
+   mark goes down the tree at once (IHAVE{purged} to the eager peers) and also travels on
+   PING/ACK/SYNC/AE messages; an edge purges up to the highest mark it has seen, as soon as
+   it sees it, and passes it on (so every replica drops the same tombstones and digests stay
    comparable; the mark is safe since the origin computed it).  Expired values need the wall clock: the driver passes `tick(now, wall_ms=...)`; with
    `wall_ms=None` only tombstones are collected.  A node declared dead and returning is behind
    the others' purge marks: its SYNC gets a fallback and anti-entropy removes what was deleted.
@@ -179,7 +180,7 @@ class GossipNode:
         if len(self.members.peers) != before:
             self.dissemination.fill()
         if self.role != "origin" and self.members.max_purged > self.replica.purged:
-            self._purge(None)  # follow the origin's purge mark at once
+            out.extend(self._purge(None, peer))  # follow the origin's purge mark at once
         return out
 
     def tick(self, now: float, wall_ms: int | None = None) -> list[Send]:
@@ -195,7 +196,7 @@ class GossipNode:
         out.extend(self.antientropy.tick(now))
         if self._next_purge <= now:
             self._next_purge = now + self.config.purge_interval
-            self._purge(wall_ms)
+            out.extend(self._purge(wall_ms))
         return out
 
     def drain_changes(self) -> list[Change]:
@@ -248,13 +249,18 @@ class GossipNode:
         self.members.wm = self.replica.watermark
         self.members.purged = self.replica.purged
 
-    def _purge(self, wall_ms: int | None) -> None:
+    def _purge(self, wall_ms: int | None, source: str | None = None) -> list[Send]:
+        """Purge up to the horizon; a new purge mark is announced down the tree."""
         horizon = self.purge_horizon()
-        if horizon > self.replica.purged or wall_ms is not None:
+        before = self.replica.purged
+        if horizon > before or wall_ms is not None:
             removed = self.replica.purge(horizon, wall_ms if wall_ms is not None else 0)
             if removed:
                 self.counters["purged"] += len(removed)
                 self._record(removed)
+        if self.replica.purged > before:
+            return self.dissemination.announce_purge(source)
+        return []
 
     def _ahead(self, peer: str, wm: int, now: float) -> None:
         """A peer's watermark (ping, ack, AE): catch up if we are still behind a while later."""

@@ -254,9 +254,21 @@ class Dissemination:
     # -- lazy notices and grafts --------------------------------------------------------------------
 
     def on_ihave(self, peer: str, msg: IHave, now: float) -> None:
-        self.members.note_progress(peer, msg.wm, 0)
-        high = max([msg.wm, *(hi for _, hi in msg.covers)])
-        self.learn_exists(peer, high, now)
+        self.members.note_progress(peer, msg.wm, msg.purged)
+        if msg.covers:
+            self.learn_exists(peer, max(hi for _, hi in msg.covers), now)
+        else:  # a purge-mark notice: its watermark may be ahead only by writes in flight
+            self.learn_exists(peer, msg.wm, now, self.config.ping_interval)
+
+    def announce_purge(self, exclude: str | None) -> list[Send]:
+        """Send a new purge mark down the tree (eager peers), so replicas purge together."""
+        peers = self.members.peers
+        mark = ihave(self.replica.watermark, [], self.replica.purged)
+        return [
+            Send(a, mark)
+            for a in sorted(self.eager)
+            if a != exclude and a in peers and peers[a].state != "dead"
+        ]
 
     def learn_exists(self, peer: str, high: int, now: float, delay: float | None = None) -> None:
         """`peer` has seqs up to `high`: arm the graft timer if this node lacks some of them.

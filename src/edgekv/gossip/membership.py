@@ -25,6 +25,7 @@ Theory of operation
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 from collections import Counter
@@ -92,17 +93,50 @@ class Membership:
         self.next_members = 0.0
         self.wm = 0  # this node's watermark and purge mark, set by the core before sending
         self.purged = 0
+        self._version = 0
+        self._cache_version = -1
+        self._cache: tuple[list[str], list[str], list[str]] = ([], [], [])
+        self._suspects: dict[str, float] = {}  # suspect address -> since
         self.max_purged = 0  # the highest purge mark any peer advertised
         self.revived: list[str] = []  # peers revived by direct evidence since the core looked
 
     # -- queries ---------------------------------------------------------------------------------
 
+    def _lists(self) -> tuple[list[str], list[str], list[str]]:
+        if self._cache_version != self._version:
+            live, alive, dead = [], [], []
+            for a in sorted(self.peers):
+                st = self.peers[a].state
+                (dead if st == DEAD else live).append(a)
+                if st == ALIVE:
+                    alive.append(a)
+            self._cache = (live, alive, dead)
+            self._cache_version = self._version
+        return self._cache
+
     def live(self) -> list[str]:
-        """Peers not known dead (alive or suspect), sorted for determinism."""
-        return sorted(a for a, p in self.peers.items() if p.state != DEAD)
+        """Peers not known dead (alive or suspect), sorted for determinism.  Do not modify."""
+        return self._lists()[0]
 
     def alive(self) -> list[str]:
-        return sorted(a for a, p in self.peers.items() if p.state == ALIVE)
+        """Peers known alive, sorted.  Do not modify."""
+        return self._lists()[1]
+
+    def _set(self, p: PeerInfo, state: str, now: float) -> None:
+        """Change a peer's state (keeps the suspect index and the cached lists in step)."""
+        if p.state != state:
+            p.state, p.since = state, now
+            self._version += 1
+        if state == SUSPECT:
+            self._suspects[p.address] = p.since
+        else:
+            self._suspects.pop(p.address, None)
+
+    def _new(self, p: PeerInfo) -> None:
+        self.peers[p.address] = p
+        self._version += 1
+        if p.state == SUSPECT:
+            self._suspects[p.address] = p.since
 
     def is_dead(self, address: str) -> bool:
         p = self.peers.get(address)
@@ -112,9 +146,8 @@ class Membership:
         t = min(self.next_ping, self.next_members)
         if self._probe is not None:
             t = min(t, self._probe.deadline)
-        for p in self.peers.values():
-            if p.state == SUSPECT:
-                t = min(t, p.since + self.config.suspect_timeout)
+        if self._suspects:
+            t = min(t, min(self._suspects.values()) + self.config.suspect_timeout)
         for *_, deadline in self._relays.values():
             t = min(t, deadline)
         return t
@@ -123,7 +156,7 @@ class Membership:
 
     def add_seed(self, address: str, now: float) -> None:
         if address != self.address and address not in self.peers:
-            self.peers[address] = PeerInfo(address, since=now, last_seen=now)
+            self._new(PeerInfo(address, since=now, last_seen=now))
 
     def heard_from(self, address: str, now: float) -> list[Send]:
         """Direct evidence: `address` just sent us something.  Returns the table for a newcomer."""
@@ -132,7 +165,8 @@ class Membership:
         p = self.peers.get(address)
         out: list[Send] = []
         if p is None:
-            p = self.peers[address] = PeerInfo(address, since=now)
+            p = PeerInfo(address, since=now)
+            self._new(p)
             self._updates[address] = self._retransmits()
             self.counters["members_joined"] += 1
             out.append(Send(address, members(self.rows())))
@@ -143,7 +177,7 @@ class Membership:
                 # tell it it was declared dead: it refutes with a higher incarnation, and that
                 # ALIVE row overrides the DEAD one everywhere else
                 out.append(Send(address, members([p.row()])))
-            p.state, p.since = ALIVE, now
+            self._set(p, ALIVE, now)
             self._updates[address] = self._retransmits()
         p.last_seen = now
         return out
@@ -168,24 +202,23 @@ class Membership:
                 continue
             p = self.peers.get(addr)
             if p is None:
-                self.peers[addr] = PeerInfo(addr, role, inc, state, since=now)
+                self._new(PeerInfo(addr, role, inc, state, since=now))
                 self._updates[addr] = self._retransmits()
                 continue
             p.role = role
             if inc > p.incarnation or (inc == p.incarnation and _RANK[state] > _RANK[p.state]):
-                changed = state != p.state
                 p.incarnation = inc
-                if changed:
+                if state != p.state:
                     if state == DEAD:
                         self.counters["peers_dead"] += 1
-                    p.state, p.since = state, now
+                    self._set(p, state, now)
                 self._updates[addr] = self._retransmits()
 
     def mark_left(self, address: str, now: float) -> None:
         """A graceful BYE: the peer is gone until it speaks again."""
         p = self.peers.get(address)
         if p is not None and p.state != DEAD:
-            p.state, p.since = DEAD, now
+            self._set(p, DEAD, now)
             self._updates[address] = self._retransmits()
 
     def rows(self) -> list[MemberRow]:
@@ -200,7 +233,7 @@ class Membership:
         if not self._updates:
             return []
         out: list[MemberRow] = []
-        for addr in sorted(self._updates, key=lambda a: -self._updates[a])[:limit]:
+        for addr in heapq.nlargest(limit, self._updates, key=self._updates.__getitem__):
             if addr == self.address:
                 out.append((self.address, self.role, self.incarnation, ALIVE))
             elif addr in self.peers:
@@ -262,7 +295,7 @@ class Membership:
         if inc > p.incarnation:
             p.incarnation = inc
             if p.state != ALIVE:
-                p.state = ALIVE
+                self._set(p, ALIVE, p.since)
             self._updates[address] = self._retransmits()
         self.note_progress(address, wm, purged)
 
@@ -292,19 +325,14 @@ class Membership:
             else:
                 self._probe = None
                 if p.state == ALIVE:
-                    p.state, p.since = SUSPECT, now
+                    self._set(p, SUSPECT, now)
                     self._updates[p.address] = self._retransmits()
                     self.counters["suspicions"] += 1
-        for p in self.peers.values():
-            if p.state == SUSPECT and p.since + cfg.suspect_timeout <= now:
-                p.state, p.since = DEAD, now
-                self._updates[p.address] = self._retransmits()
+        for a, since in list(self._suspects.items()):
+            if since + cfg.suspect_timeout <= now:
+                self._set(self.peers[a], DEAD, now)
+                self._updates[a] = self._retransmits()
                 self.counters["peers_dead"] += 1
-        forget = [
-            a for a, p in self.peers.items() if p.state == DEAD and p.since + cfg.dead_forget <= now
-        ]
-        for a in forget:
-            del self.peers[a]
         if self.next_ping <= now:
             self.next_ping = now + cfg.ping_interval
             if self._probe is None:
@@ -314,15 +342,20 @@ class Membership:
                     self._probe = _Probe(target, self._seq, now + cfg.ping_timeout, False)
                     out.append(Send(target, self._ping_msg(self._seq)))
                     self.counters["pings"] += 1
-            dead = [a for a, p in self.peers.items() if p.state == DEAD]
+            dead = self._lists()[2]
             if dead:  # a healed partition: both sides think the other dead; one ping rejoins them
-                a = self.rng.choice(sorted(dead))
+                a = self.rng.choice(dead)
                 if self.rng.random() < DEAD_PING_SECONDS / max(1e-9, now - self.peers[a].since):
                     self._seq += 1
                     out.append(Send(a, self._ping_msg(self._seq)))
                     self.counters["pings_dead"] += 1
         if self.next_members <= now:
             self.next_members = now + cfg.members_interval
+            forget = [a for a in self._lists()[2] if self.peers[a].since + cfg.dead_forget <= now]
+            for a in forget:
+                del self.peers[a]
+                self._updates.pop(a, None)
+                self._version += 1
             live = self.alive()
             if live:
                 out.append(Send(self.rng.choice(live), members(self.rows())))
@@ -334,6 +367,6 @@ class Membership:
             p = self.peers.get(a)
             if p is not None and p.state != DEAD:
                 return a
-        self._order = self.live()
+        self._order = list(self.live())
         self.rng.shuffle(self._order)
         return self._order.pop() if self._order else None

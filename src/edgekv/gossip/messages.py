@@ -7,7 +7,7 @@ are decoded with the strict `crdt.codec` (its `CodecError` becomes `RemoteProtoc
 
 Payload shapes (every message also has "t": MsgType):
     PUSH       items [[store, key, delta]...], covers [[lo, hi]...], hops
-    IHAVE      wm, covers                     GRAFT   wm, purged          PRUNE  -
+    IHAVE      wm, covers, purged?                     GRAFT   wm, purged          PRUNE  -
     SYNC_REQ   rid, wm, purged                SYNC_DATA rid, items, covers, purged, last, fallback
     AE_ROOT    sid, root, wm, high, purged, force? (absent: false)
     AE_EQUAL   sid, covers                    AE_STORES sid, roots {store: digest}, covers, wm,
@@ -75,6 +75,7 @@ class Push:
 class IHave:
     wm: int
     covers: list[Range]
+    purged: int = 0
 
 
 @dataclass(slots=True)
@@ -386,7 +387,10 @@ def _p_push(m: Message) -> Push:
 
 
 def _p_ihave(m: Message) -> IHave:
-    return IHave(_int(m, "wm"), _ranges(m, "covers"))
+    purged = m.get("purged", 0)
+    if type(purged) is not int or not 0 <= purged <= MAX_SEQ:
+        raise _bad("IHAVE: purged must be a non-negative integer")
+    return IHave(_int(m, "wm"), _ranges(m, "covers"), purged)
 
 
 def _p_graft(m: Message) -> Graft:
@@ -606,8 +610,11 @@ def push(items: Sequence[Item], covers: list[Range], hops: int) -> Message:
     }
 
 
-def ihave(wm: int, covers: list[Range]) -> Message:
-    return {"t": int(MsgType.IHAVE), "wm": wm, "covers": wire_ranges(covers)}
+def ihave(wm: int, covers: list[Range], purged: int = 0) -> Message:
+    m: Message = {"t": int(MsgType.IHAVE), "wm": wm, "covers": wire_ranges(covers)}
+    if purged:
+        m["purged"] = purged
+    return m
 
 
 def graft(wm: int, purged: int) -> Message:
