@@ -104,7 +104,9 @@ class Membership:
 
     def _lists(self) -> tuple[list[str], list[str], list[str]]:
         if self._cache_version != self._version:
-            live, alive, dead = [], [], []
+            live: list[str] = []
+            alive: list[str] = []
+            dead: list[str] = []
             for a in sorted(self.peers):
                 st = self.peers[a].state
                 (dead if st == DEAD else live).append(a)
