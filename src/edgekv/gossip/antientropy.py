@@ -195,15 +195,15 @@ class AntiEntropy:
         tree = self._tree(msg.store)
         below = msg.level + 1
         differing: list[int] = []
+        empty: list[int] = []  # differing leaves the peer has empty: no need to ask for keys
         for idx, theirs in msg.nodes:
             mine = tree.children(msg.level, idx)
-            differing.extend(idx * FANOUT + j for j in range(FANOUT) if mine[j] != theirs[j])
-            if below == DEPTH:
-                # leaves the peer has empty: handled here, no need to ask for their keys
-                empty = [idx * FANOUT + j for j in range(FANOUT) if not theirs[j] and mine[j]]
-                if empty:
-                    differing = [d for d in differing if d not in set(empty)]
-                    self._pending_empty(s, msg.store, empty)
+            for j in range(FANOUT):
+                if mine[j] != theirs[j]:
+                    child = idx * FANOUT + j
+                    (empty if below == DEPTH and not theirs[j] else differing).append(child)
+        if empty:
+            self._pending_empty(s, msg.store, empty)
         out: list[Send] = []
         if below < DEPTH:
             for i in range(0, len(differing), NODES_PER_REQUEST):
