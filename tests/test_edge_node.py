@@ -198,6 +198,7 @@ async def test_restart_serves_persisted_state_then_catches_up(
         {"origin": "a:1", "peers": ["b:x"]},
         {"origin": "a:1", "listen": "127.0.0.1"},
         {"origin": "a:1", "write_timeout": 0},
+        {"origin": "a:1", "http": "127.0.0.1:notaport"},
     ],
 )
 def test_bad_constructor_arguments_are_invalid_input(options: dict[str, Any]) -> None:

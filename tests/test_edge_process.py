@@ -149,3 +149,23 @@ async def test_kill9_restart_then_corrupt_database(tmp_path: Path) -> None:
             edge.proc.send_signal(signal.SIGINT)
             assert await edge.proc.wait() == 0
             await edge.close()
+
+
+def test_cli_bad_arguments_exit_1_with_one_clear_line(tmp_path: Path) -> None:
+    import subprocess
+
+    for extra, message in (
+        (["--origin", "nohost"], "bad address 'nohost'"),
+        (["--origin", "127.0.0.1:9", "--cluster-key-file", str(tmp_path / "nope")], "cluster key"),
+        (["--origin", "127.0.0.1:9", "--flush-interval", "0"], "--flush-interval"),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "edgekv.edge_cli", "--data-dir", str(tmp_path), *extra],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert result.returncode == 1
+        assert result.stderr.startswith("edgekv: error: ") and message in result.stderr
+        assert "Traceback" not in result.stderr

@@ -126,6 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EdgeKVError as exc:
         print(f"edgekv: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # cannot bind, cannot create the data directory, ...
+        print(f"edgekv: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

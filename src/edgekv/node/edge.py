@@ -80,7 +80,8 @@ class EdgeNode:
             raise InvalidInput("EdgeNode needs the origin's address (origin='host:port')")
         if isinstance(peers, str):
             raise InvalidInput("peers must be a list of 'host:port' addresses, not one string")
-        for address in (origin, *peers, *([] if transport is not None else [listen])):
+        own = [] if transport is not None else [listen]
+        for address in (origin, *peers, *own, *([] if http is None else [http])):
             try:
                 parse_address(address)
             except (ValueError, TypeError, AttributeError):
