@@ -204,3 +204,72 @@ async def test_restart_serves_persisted_state_then_catches_up(
 def test_bad_constructor_arguments_are_invalid_input(options: dict[str, Any]) -> None:
     with pytest.raises(InvalidInput):
         EdgeNode(**options)
+
+
+async def test_garbage_from_a_peer_and_a_bad_write_reply(
+    net: SimNetwork, autojump_clock: Any
+) -> None:
+    from edgekv.errors import RemoteProtocolError
+    from edgekv.gossip.wire import MsgType
+    from edgekv.node.runtime import NodeRuntime
+
+    async with (
+        origin_node(net.transport("origin:1"), seed=SEED) as origin,
+        _edge(net, "e1:1") as e1,
+    ):
+        await origin.write({"op": "create_store", "store": "s"})
+        await wait_until(lambda: e1.replica.has_store("s"))
+        root = e1.replica.root
+        attacker = net.transport("evil:1")
+        for junk in (
+            {"t": int(MsgType.PUSH), "items": "nope"},
+            {"t": int(MsgType.PUSH), "items": [["s", "k", [0, -1, 0, b"x", None]]], "covers": []},
+            {"t": int(MsgType.AE_ROOT), "root": "x"},
+            {"t": int(MsgType.SYNC_DATA), "items": [[1, 2, 3]]},
+            {"t": int(MsgType.PING)},
+        ):
+            await attacker.send("e1:1", junk)
+        await net.settle()
+        await trio.sleep(0.1)
+        assert e1.runtime.metrics.events["protocol_errors"] >= 4
+        assert e1.replica.root == root and e1.runtime.running
+
+    # an "origin" whose write replies are malformed: the write fails with a typed error
+    async def bad_origin(peer: str, msg: dict[str, Any]) -> dict[str, Any]:
+        return {"seq": 5, "written_at": 1, "items": [["s", "k", [9, 9]]], "covers": []}
+
+    from edgekv.crdt import META, Register
+    from edgekv.gossip.core import GossipNode
+
+    fake = GossipNode("origin:2", e1.replica.__class__(), role="origin", config=FAST)
+    fake.replica.apply(META, "s", Register(1, 1, b"", None))
+    fake.replica.covered.add(1, 1)
+    runtime = NodeRuntime(net.transport("origin:2"), fake, on_request=bad_origin)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runtime.run)
+        async with EdgeNode(origin="origin:2", transport=net.transport("e2:1"), config=FAST) as e2:
+            await wait_until(lambda: e2.replica.has_store("s"))
+            with pytest.raises(RemoteProtocolError, match="bad delta"):
+                await e2.open("s").put("k", b"v")
+            assert e2.open("s").get("k") is None
+        nursery.cancel_scope.cancel()
+
+
+async def test_ttl_expiry_uses_the_node_wall_clock(net: SimNetwork, autojump_clock: Any) -> None:
+    def virtual_ms() -> int:
+        return 1_700_000_000_000 + int(trio.current_time() * 1000)
+
+    async with (
+        origin_node(net.transport("origin:1"), seed=SEED, wall_ms=virtual_ms) as origin,
+        _edge(net, "e1:1", wall_ms=virtual_ms) as e1,
+    ):
+        await origin.write({"op": "create_store", "store": "s"})
+        await wait_until(lambda: e1.replica.has_store("s"))
+        store = e1.open("s")
+        await store.put("session", b"token", ttl=1.5)
+        assert store.get("session") == b"token"
+        entry = store.get_entry("session")
+        assert entry is not None and entry.expires_at == entry.version.written_at + 1500
+        await trio.sleep(1.6)
+        assert store.get("session") is None and store.get_entry("session") is None
+        assert store.scan("*") == []
