@@ -192,6 +192,20 @@ def median_of(runs: list[dict[str, Any]], field: str) -> tuple[float, float, flo
     return statistics.median(xs), min(xs), max(xs)
 
 
+HISTORY = (
+    "History (wall clock, same machine and load): the first version of crdt/ (commit a3320bd,"
+    " change index in a SortedKeyList, BLAKE2b leaf placement, regex per scanned key) measured"
+    " get() p50 1,359 ns / p99 13,441 ns (batches), inserts 45,000 deltas/s, overwrites"
+    " 21,000 deltas/s, 472 bytes/key, 1% prefix scan 32.8 ms.  Since then: an append-only change"
+    " log, CRC-32 leaf placement, older deltas rejected before hashing, and scans that slice the"
+    " sorted index by the literal prefix.  get() is bound by memory latency on this VM: its"
+    " CPU-time and wall-clock figures agree, and the same call on a 1,000-key store takes"
+    " about 130 ns.  Memory: the key, value and state objects alone take 370 bytes/key"
+    " (str 16 chars, bytes 100, Register, two int objects), so the 400-byte target leaves 30"
+    " bytes for the dict and every index; it is missed."
+)
+
+
 def report(n: int, speed: list[dict[str, Any]], memory: list[dict[str, Any]]) -> str:
     def row(
         name: str, runs: list[dict[str, Any]], field: str, unit: str, target: str, fmt: str = ",.0f"
@@ -293,6 +307,8 @@ def report(n: int, speed: list[dict[str, Any]], memory: list[dict[str, Any]]) ->
         "",
         "Apply maintains the store's Merkle digest (two BLAKE2b entry hashes per overwrite, one per"
         " insert), the sorted key index and the change log.",
+        "",
+        HISTORY,
         "",
     ]
     return "\n".join(lines)
