@@ -273,3 +273,15 @@ async def test_ttl_expiry_uses_the_node_wall_clock(net: SimNetwork, autojump_clo
         await trio.sleep(1.6)
         assert store.get("session") is None and store.get_entry("session") is None
         assert store.scan("*") == []
+
+
+async def test_clean_exit_says_goodbye(net: SimNetwork, autojump_clock: Any) -> None:
+    async with origin_node(net.transport("origin:1"), seed=SEED) as origin:
+        assert origin.runtime is not None
+        peers = origin.runtime.gossip.peers
+        async with _edge(net, "e1:1"):
+            await wait_until(lambda: peers().get("e1:1") is not None)
+            await trio.sleep(2)
+            assert peers()["e1:1"].state == "alive"
+        await trio.sleep(0.1)  # one link latency, far below the suspicion timeout
+        assert peers()["e1:1"].state == "dead"

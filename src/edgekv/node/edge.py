@@ -7,8 +7,9 @@ Lifecycle (`async with EdgeNode(...) as node`, under trio or asyncio through any
    the gossip core with the origin and `peers` as seeds, and run it with a `NodeRuntime`.
 3. Start the persistence flusher and the admin HTTP server (when `http` is given), and set
    `kvstore.current_node` so `KvStore.open(name)` works inside the block.
-4. On exit: end watchers, close the transport (an injected one too: the node leaves the
-   network), stop the runtime and HTTP server, then flush and close the database.
+4. On exit: say BYE to live peers (best effort), end watchers, close the transport (an
+   injected one too: the node leaves the network), stop the runtime and HTTP server, then
+   flush and close the database.
 
 Writes (`await store.put(...)` etc.) travel to the origin as a REQUEST over the gossip transport.
 The origin's RESPONSE carries the write's version, deltas and covered seqs; the edge hands them
@@ -199,6 +200,7 @@ class EdgeNode:
             runtime.add_listener(self._persist.on_changes)
             await tg.start(self._persist.run)
         await tg.start(runtime.run)
+        stack.push_async_callback(runtime.leave)  # first thing on exit, while still connected
         if self.http is not None:
             sock = bind_socket(self.http)
             self.http_address = socket_address(sock)

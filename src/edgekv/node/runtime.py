@@ -192,6 +192,12 @@ class NodeRuntime:
         self._after_gossip()
         await self._send_all(sends)
 
+    async def leave(self) -> None:
+        """Say goodbye (BYE to live peers, best effort) so they stop counting on this node."""
+        leave = getattr(self.gossip, "leave", None)
+        if leave is not None and self.running:
+            await self._send_all(leave(self._clock()))
+
     def apply_local(
         self, items: Iterable[tuple[str, str, Delta]], covers: Iterable[tuple[int, int]] = ()
     ) -> list[Change]:
