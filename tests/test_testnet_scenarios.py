@@ -63,3 +63,17 @@ def test_same_seed_same_report() -> None:
     b.pop("wall_seconds")
     assert a["seed"] == 7
     assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def test_experiment_command_writes_report_and_plot(tmp_path: Path) -> None:
+    from edgekv.cli import main
+
+    out = tmp_path / "out"
+    assert main(["experiment", "split-brain", "--short", "--seed", "11", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["seed"] == 11 and report["passed"] and report["network"] == "sim"
+    assert {a["name"] for a in report["assertions"]} == {"converged_within", "nothing_lost"}
+    assert any(p.name.startswith("plot.") for p in out.iterdir())
+    with pytest.raises(SystemExit):
+        main(["experiment", "split-brain", "--network", "udp", "--out", str(out)])
+    assert main(["experiment", str(tmp_path / "nope.toml"), "--out", str(out)]) == 1

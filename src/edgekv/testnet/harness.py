@@ -93,10 +93,10 @@ def sim_clock() -> Any:
 
     clock = MockClock(autojump_threshold=0)
     jump = clock._autojump
-    limiter = trio.to_thread.current_default_thread_limiter
+    limiter = trio.to_thread.current_default_thread_limiter  # run-local: look it up each time
 
     def autojump() -> None:
-        if not limiter().statistics().borrowed_tokens:
+        if not limiter().borrowed_tokens:
             jump()
 
     clock._autojump = autojump  # type: ignore[method-assign]
@@ -134,20 +134,16 @@ class _Plug:
         await self.inner.send(peer, message)
 
     async def receive(self) -> Envelope:
-        if self.plugged:
-            with anyio.CancelScope() as scope:
-                self._scope = scope
-                env = await self.inner.receive()
-                if self.plugged:
-                    return env
+        # No cancel scope per call (hot path): a crash unplugs, then cancels the node itself.
+        while self.plugged:
+            env = await self.inner.receive()
+            if self.plugged:
+                return env
         await self._stopped.wait()  # unplugged: silence until closed
         raise anyio.ClosedResourceError
 
     def unplug(self) -> None:
         self.plugged = False
-        scope = getattr(self, "_scope", None)
-        if scope is not None:
-            scope.cancel()
 
     async def aclose(self) -> None:
         self._stopped.set()

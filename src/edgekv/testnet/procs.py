@@ -41,7 +41,7 @@ from edgekv.testnet.checker import EdgeUnavailable
 
 __all__ = ["ProcessCluster", "free_port"]
 
-START_TIMEOUT = 20.0
+START_TIMEOUT = 60.0
 
 
 def free_port() -> int:
