@@ -37,6 +37,8 @@ class GossipConfig:
     """At most this many lazy peers get an IHAVE per window (rotated), to bound notice traffic."""
     graft_timeout: float = 0.1
     """How long a node that learned of seqs it lacks waits for them before sending GRAFT."""
+    graft_retry: float = 0.5
+    """A GRAFT not answered within this (lost, or its answer lost) is retried with another peer."""
 
     # -- membership (SWIM) ------------------------------------------------------------------
     ping_interval: float = 1.0
@@ -80,6 +82,7 @@ class GossipConfig:
             "ihave_window",
             "ihave_delay",
             "graft_timeout",
+            "graft_retry",
             "ping_timeout",
             "suspect_timeout",
             "sync_timeout",

@@ -114,6 +114,7 @@ class Dissemination:
         self._hint: str | None = None  # a peer that announced `known_high`
         self._graft_due: float | None = None
         self._graft_high = 0
+        self._last_graft: str | None = None
 
     @property
     def fanout(self) -> int:
@@ -293,19 +294,23 @@ class Dissemination:
             self.learn_exists(peer, covered.high, now)
 
     def _holder(self) -> str | None:
-        """A live peer that has the seq just above this node's watermark."""
+        """A live peer that has the seq just above this node's watermark (not the one asked
+        last time, if another will do: that graft or its answer may have been lost)."""
         need = self.replica.watermark + 1
+        last = self._last_graft
         hint = self._hint
-        if hint is not None and not self.members.is_dead(hint):
+        if hint is not None and hint != last and not self.members.is_dead(hint):
             p = self.members.peers.get(hint)
             if p is not None and p.watermark >= need:
                 return hint
-        holders = [a for a in self.members.live() if self.members.peers[a].watermark >= need]
+        holders = [
+            a for a in self.members.live() if self.members.peers[a].watermark >= need and a != last
+        ]
         if holders:
             return self.rng.choice(holders)
         if hint is not None and not self.members.is_dead(hint):
             return hint
-        return None
+        return last
 
     # -- timers ------------------------------------------------------------------------------------
 
@@ -341,10 +346,11 @@ class Dissemination:
                 holder = self._holder()
                 if holder is not None:
                     self._pruned.discard(holder)
+                    self._last_graft = holder
                     self.counters["grafts_sent"] += 1
                     out.append(Send(holder, graft(wm, self.replica.purged)))
-                # retry later if the answer is lost
-                self._graft_due = now + self.config.sync_timeout
+                # retry (with another holder) if the graft or its answer is lost
+                self._graft_due = now + self.config.graft_retry
             elif self.known_high > wm:
                 self._graft_due = now + self.config.ping_interval
                 self._graft_high = self.known_high
