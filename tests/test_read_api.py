@@ -94,10 +94,7 @@ GLOB_CASES = [
 def test_glob_cases(pattern: str, text: str, want: bool) -> None:
     assert redis_match(pattern, text) is want
     assert (compile_glob(pattern)(text) is not None) is want
-    assert (
-        compile_glob(pattern.encode("latin-1", "replace"))(text.encode("latin-1", "replace"))
-        is not None
-    ) is want or "ü" in pattern
+    assert (compile_glob(pattern.encode())(text.encode()) is not None) is want  # bytes: zscan
 
 
 @given(p=st.text("ab*?[]^!\\-", max_size=8), s=st.text("ab-]^[\\*!", max_size=6))
