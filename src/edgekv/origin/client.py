@@ -4,6 +4,9 @@ Theory of operation
 1. One TCP connection with the handshake role "client"; requests are pipelined on it, each
    with a fresh id, and a reader task completes them from RESPONSE/ERROR frames by id.  So one
    client shared by many tasks keeps one connection and its writes share group commits.
+   Sends are combined: a request whose connection is already sending queues its frame, and
+   the task that is sending writes everything queued in one `send` before it returns, so many
+   tasks' requests cost one system call (and the origin reads them with one).
 2. Reconnection is transparent: the next request after a lost connection connects again
    (retrying with backoff until its timeout).  A read in flight when the connection drops is
    retried; a write is not (it may or may not have been applied), it raises OriginUnavailable.
@@ -16,12 +19,14 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import struct
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
 import anyio
 import anyio.abc
+import cbor2
 
 from ..crdt import BfAdd, Delete, Entry, Op, Put, Version, ZAdd, ZRem
 from ..errors import (
@@ -31,13 +36,28 @@ from ..errors import (
     Unauthorized,
     error_from_code,
 )
-from ..gossip.wire import Message, MsgType
+from ..gossip.wire import Message, MsgType, encode_frame
 from ..node.tcp import FramedStream
 
 __all__ = ["OriginClient"]
 
 _REQUEST, _RESPONSE, _ERROR = int(MsgType.REQUEST), int(MsgType.RESPONSE), int(MsgType.ERROR)
 _BACKOFF_MIN, _BACKOFF_MAX = 0.02, 0.5
+_HEADER = struct.Struct(">I")
+_PLAIN = (str, bytes, int, float, bool, type(None))
+
+
+def request_frame(msg: dict[str, Any], max_frame_size: int) -> bytes:
+    """The frame of a request.  A flat map of plain scalars (a put, a delete, a get) is
+    encoded directly; anything else is checked by `encode_frame` (LocalProtocolError if it
+    is not wire-valid, so a bad argument never reaches the origin)."""
+    for v in msg.values():
+        if v.__class__ not in _PLAIN or (v.__class__ is int and not -(2**63) <= v < 2**64):
+            return encode_frame(msg, max_frame_size)
+    body = cbor2.dumps(msg)
+    if len(body) > max_frame_size:
+        return encode_frame(msg, max_frame_size)  # raises with the usual message
+    return _HEADER.pack(len(body)) + body
 
 
 class _Waiter:
@@ -50,12 +70,34 @@ class _Waiter:
 
 
 class _Connection:
-    __slots__ = ("alive", "lock", "stream")
+    __slots__ = ("alive", "out", "sending", "stream")
 
     def __init__(self, stream: FramedStream) -> None:
         self.stream = stream
-        self.lock = anyio.Lock()
         self.alive = True
+        self.out: list[bytes] = []
+        self.sending = False
+
+    async def send(self, frame: bytes) -> None:
+        """Queue `frame`; if no task is sending, send everything queued (see rule 1)."""
+        self.out.append(frame)
+        if self.sending:
+            return
+        self.sending = True
+        try:
+            while self.out:
+                out, self.out = self.out, []
+                await self.stream.send_frame(out[0] if len(out) == 1 else b"".join(out))
+        except BaseException:
+            # a frame may be half sent: this connection is done; closing it ends the reader,
+            # which wakes every request waiting on it (queued frames included)
+            self.alive = False
+            self.out = []
+            with anyio.CancelScope(shield=True):
+                await anyio.aclose_forcefully(self.stream.stream)
+            raise
+        finally:
+            self.sending = False
 
 
 def op_body(op: Op | Mapping[str, Any]) -> dict[str, Any]:
@@ -204,14 +246,14 @@ class OriginClient:
         while True:
             conn = await self._connection(deadline)
             req_id = next(self._ids)
+            frame = request_frame({"t": _REQUEST, "id": req_id, **body}, conn.stream.max_frame_size)
             waiter = self._pending[req_id] = _Waiter(conn)
             try:
-                try:
-                    async with conn.lock:
-                        await conn.stream.send({"t": _REQUEST, "id": req_id, **body})
-                except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    conn.alive = False
                 with anyio.move_on_after(deadline - anyio.current_time()):
+                    try:
+                        await conn.send(frame)
+                    except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                        pass  # conn.send closed the connection
                     if conn.alive:
                         await waiter.event.wait()
             finally:

@@ -4,75 +4,182 @@ Theory of operation
 1. The connection arrives already authenticated by the handshake (role "client").  Every
    frame after it must be REQUEST {"t": 50, "id": int, "op": ..., ...}; anything else (or a
    frame the decoder rejects) closes this connection with a logged reason, nothing more.
-2. Each request runs in its own task so one client may pipeline many requests (they then
-   share group commits); at most `MAX_INFLIGHT` run at once per connection.
-3. The answer is RESPONSE {"t": 51, "id", ...fields} or, for an EdgeKVError, ERROR {"t": 52,
+2. No task per request: the reader checks each request (`Origin.prepare`), answers a read at
+   once and hands a write to the sequencer with a callback (`submit_nowait`), then reads on.
+   So one client may pipeline many requests (they then share group commits); at most
+   `MAX_INFLIGHT` writes are outstanding per connection, after which the reader waits.
+3. Answers are encoded into `out` (a write's answer by its sequencer callback, once durable)
+   and one writer task per connection sends whatever has accumulated in one `send`: the
+   answers of a whole commit group leave in one system call.
+4. The answer is RESPONSE {"t": 51, "id", ...fields} or, for an EdgeKVError, ERROR {"t": 52,
    "id", "code", "message"}: a bad request costs the client one typed error, the connection
-   and the origin keep serving.  Responses are written under a lock (one writer at a time).
+   and the origin keep serving.  Write acks are built here from plain ints and lists, so they
+   are encoded without the generic wire check; anything else goes through `encode_frame`.
 """
 
 from __future__ import annotations
 
 import logging
+import struct
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import cbor2
 
-from ..errors import EdgeKVError, RemoteProtocolError
-from ..gossip.wire import Message, MsgType
+from ..errors import EdgeKVError, LocalProtocolError, RemoteProtocolError
+from ..gossip.wire import Message, MsgType, encode_frame
+from .writer import BatchCommand, StoreCommand
 
 if TYPE_CHECKING:
     from ..gossip.wire import PeerInfo
     from ..node.tcp import FramedStream
+    from .sequencer import Ticket
     from .server import Origin
 
 logger = logging.getLogger("edgekv.origin")
 
 MAX_INFLIGHT = 256
 _REQUEST, _RESPONSE, _ERROR = int(MsgType.REQUEST), int(MsgType.RESPONSE), int(MsgType.ERROR)
+_HEADER = struct.Struct(">I")
+
+
+def ack_frame(req_id: int, ticket: Ticket, max_frame_size: int) -> bytes:
+    """The RESPONSE (or ERROR) frame answering a write."""
+    planned = ticket.planned
+    if ticket.error is not None or planned is None:
+        return error_frame(req_id, ticket.error or EdgeKVError("write failed"))
+    seqs = planned.seqs
+    if len(seqs) == 1:  # the common single op: no min/max scans
+        last = first = seqs[0] or 0
+    else:
+        first, last = planned.first, planned.last
+    body = cbor2.dumps(
+        {
+            "t": _RESPONSE,
+            "id": req_id,
+            "seq": last,
+            "written_at": ticket.written_at,
+            "seqs": seqs,
+            "covers": [[first, last]] if planned.items else [],
+        }
+    )
+    if len(body) > max_frame_size:
+        return error_frame(req_id, LocalProtocolError("the answer exceeds the frame limit"))
+    return _HEADER.pack(len(body)) + body
+
+
+def error_frame(req_id: int, exc: BaseException) -> bytes:
+    if isinstance(exc, EdgeKVError):
+        code, message = exc.code, str(exc)
+    else:
+        code, message = "error", f"internal: {exc!r}"
+    return encode_frame({"t": _ERROR, "id": req_id, "code": code, "message": message[:4096]})
+
+
+class ClientConnection:
+    """The state of one served client connection (see the module docstring)."""
+
+    def __init__(self, origin: Origin, peer: PeerInfo, stream: FramedStream) -> None:
+        self.origin = origin
+        self.peer = peer
+        self.stream = stream
+        self.max_frame_size = stream.max_frame_size
+        self.out: list[bytes] = []
+        self.inflight = 0
+        self._writer_idle = False
+        self._wake = anyio.Event()
+        self._slot: anyio.Event | None = None
+        self.closed = False
+
+    # -- answers -------------------------------------------------------------------------------
+
+    def _queue(self, frame: bytes) -> None:
+        if self.closed:
+            return
+        self.out.append(frame)
+        if self._writer_idle:
+            self._writer_idle = False
+            self._wake.set()
+
+    def _write_done(self, req_id: int, ticket: Ticket) -> None:
+        """Sequencer callback: the write is durable (or failed)."""
+        self.inflight -= 1
+        if self._slot is not None and self.inflight < MAX_INFLIGHT:
+            self._slot.set()
+            self._slot = None
+        self._queue(ack_frame(req_id, ticket, self.max_frame_size))
+
+    async def _writer(self) -> None:
+        send = self.stream.send_frame
+        while True:
+            if not self.out:
+                self._wake = anyio.Event()
+                self._writer_idle = True
+                await self._wake.wait()
+            out, self.out = self.out, []
+            await send(out[0] if len(out) == 1 else b"".join(out))
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def _dispatch(self, req_id: int, msg: Message) -> None:
+        """Answer a read now, or hand a write to the sequencer."""
+        origin = self.origin
+        try:
+            prepared = origin.prepare(msg)
+            if isinstance(prepared, (BatchCommand, StoreCommand)):
+                origin.sequencer.submit_nowait(prepared, partial(self._write_done, req_id))
+                self.inflight += 1
+                return
+            reply: Message = {"t": _RESPONSE, "id": req_id, **prepared}
+            try:
+                frame = encode_frame(reply, self.max_frame_size)
+            except EdgeKVError as exc:  # the reply itself is not sendable (too large, ...)
+                frame = error_frame(req_id, exc)
+        except EdgeKVError as exc:
+            frame = error_frame(req_id, exc)
+        except Exception as exc:  # a bug: report it to this client, keep serving
+            logger.exception("request %r failed", msg.get("op"))
+            frame = error_frame(req_id, exc)
+        self._queue(frame)
+
+    async def run(self) -> None:
+        """Serve until the client closes or misbehaves.  Never raises."""
+        peer, stream = self.peer, self.stream
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._run_writer, tg.cancel_scope)
+            try:
+                while True:
+                    msg: dict[str, Any] = await stream.receive()
+                    req_id = msg.get("id")
+                    if msg.get("t") != _REQUEST or type(req_id) is not int:
+                        raise RemoteProtocolError(
+                            f"expected REQUEST with an int id, got {msg!r:.80}"
+                        )
+                    while self.inflight >= MAX_INFLIGHT:
+                        self._slot = slot = anyio.Event()
+                        await slot.wait()
+                    self._dispatch(req_id, msg)
+            except anyio.EndOfStream:
+                pass
+            except RemoteProtocolError as exc:
+                logger.warning("closing client %s: %s", peer.node_id, exc)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+                logger.debug("client %s connection lost: %r", peer.node_id, exc)
+            except Exception:
+                logger.exception("error serving client %s", peer.node_id)
+            self.closed = True
+            tg.cancel_scope.cancel()
+
+    async def _run_writer(self, scope: anyio.CancelScope) -> None:
+        try:
+            await self._writer()
+        except Exception as exc:  # the client went away: nothing to tell it
+            logger.debug("cannot answer client %s: %r", self.peer.node_id, exc)
+            self.closed = True
+            scope.cancel()
 
 
 async def serve_client(origin: Origin, peer: PeerInfo, stream: FramedStream) -> None:
     """Serve one client connection until it closes or misbehaves.  Never raises."""
-    lock = anyio.Lock()
-    limiter = anyio.Semaphore(MAX_INFLIGHT)
-
-    async def answer(req_id: int, body: Message) -> None:
-        try:
-            reply: Message = {"t": _RESPONSE, "id": req_id, **await origin.handle(body)}
-        except EdgeKVError as exc:
-            reply = {"t": _ERROR, "id": req_id, "code": exc.code, "message": str(exc)}
-        except Exception as exc:  # a bug: report it to this client, keep serving
-            logger.exception("request %r failed", body.get("op"))
-            reply = {"t": _ERROR, "id": req_id, "code": "error", "message": f"internal: {exc!r}"}
-        finally:
-            limiter.release()
-        try:
-            try:
-                async with lock:
-                    await stream.send(reply)
-            except EdgeKVError as exc:  # the reply itself is not sendable (too large, ...)
-                err = {"t": _ERROR, "id": req_id, "code": exc.code, "message": str(exc)}
-                async with lock:
-                    await stream.send(err)
-        except Exception as exc:  # the client went away: nothing to tell it
-            logger.debug("cannot answer client %s: %r", peer.node_id, exc)
-
-    async with anyio.create_task_group() as tg:
-        try:
-            while True:
-                msg: dict[str, Any] = await stream.receive()
-                req_id = msg.get("id")
-                if msg.get("t") != _REQUEST or type(req_id) is not int:
-                    raise RemoteProtocolError(f"expected REQUEST with an int id, got {msg!r:.80}")
-                await limiter.acquire()
-                tg.start_soon(answer, req_id, msg)
-        except anyio.EndOfStream:
-            pass
-        except RemoteProtocolError as exc:
-            logger.warning("closing client %s: %s", peer.node_id, exc)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-            logger.debug("client %s connection lost: %r", peer.node_id, exc)
-        except Exception:
-            logger.exception("error serving client %s", peer.node_id)
-        tg.cancel_scope.cancel()
+    await ClientConnection(origin, peer, stream).run()

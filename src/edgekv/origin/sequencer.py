@@ -1,47 +1,65 @@
 """The sequencer: hands out seqs, group-commits to the log, applies to the replica, recovers.
 
 Theory of operation
-1. Writers call `submit(command)`: the command joins a queue and the caller waits for its
-   ticket.  One commit loop takes *every* command pending when it wakes (up to `max_group`),
-   plans them in order (`writer.Planner`: consecutive seqs, no seq for failures or no-ops),
-   and writes the group's rows in one SQLite transaction in a worker thread.  Only after that
-   transaction is durable is the group applied to the replica, are the callers woken with
-   their versions, and is `on_commit(items, covers)` called to hand the deltas to gossip.
-2. While one group is being flushed, the next one accumulates: with many concurrent writers
-   each fsync carries many writes (group commit); a lone writer pays one fsync per write.
-3. If the log write fails, the whole group fails with `LogError`, its seqs are not used, and
-   the replica is untouched: what the replica holds is always exactly what the log holds.
-4. Recovery replays the log in seq order (folding each key's rows into one state first) and
-   resumes at `log.high + 1`; `covered` is set to 1..high because the origin has every seq.
-5. Compaction runs inside the commit loop (no group is in flight) and is triggered when the
-   log holds more than `compact_ratio` rows per live state and at least `compact_min_rows`.
+1. Writers hand a command to `submit_nowait(command, callback)` (or await `submit(command)`):
+   the ticket joins a queue.  The commit loop takes *every* ticket pending when it wakes (up to
+   `max_group`), plans them in order (`writer.Planner`: consecutive seqs, no seq for failures or
+   no-ops) and writes the group's rows in one SQLite transaction (`wal.write`, no disk flush,
+   on the event loop: no thread hop), and goes straight on with the next group: planning and
+   writing group N+1 overlap the flush of group N.  Flushes (`wal.sync`, an fdatasync in a
+   worker thread) are group commits too: when none is in flight, one starts at once and covers
+   every group written so far; while one is in flight, another starts only when at least
+   `eager_flush_rows` rows wait for it (at most `max_flushes` at once), so that a busy origin
+   does not pay one flush and one thread hop per tiny group; the rest waits for the next.
+2. Groups complete strictly in order.  A flush that started after group N's write returned
+   makes groups 1..N durable; then each of them, in order, is applied to the replica, its
+   callers are answered (callbacks run on the event loop, so a connection can batch the
+   answers of a whole group into one send), and `on_commit(items, covers)` hands its deltas to
+   gossip.  Failed commands are answered with their group too (their error may depend on
+   writes of earlier groups, which must be durable first).  So nobody is told about a write
+   before it is durable, and the replica (what reads see) holds exactly the durable prefix.
+3. Planning group N+1 must see the effects of groups written but not yet applied: the
+   planner looks keys up in `_pending` (the newest planned state of every key of the groups in
+   flight) before the replica.  An entry is dropped when the group that set it is applied.
+4. If a log write fails, that group fails with `LogError`, its seqs are not used (the next
+   group reuses them: nothing of it is in the log) and nothing changes.  A failed flush is
+   different: the kernel may have dropped the dirty pages, so whether those rows survive is
+   unknown; every group in flight fails and the sequencer refuses writes from then on (restart
+   the origin, it recovers from what the disk holds), as databases do after an fsync error.
+5. Recovery (`recovery.recover`) rebuilds the replica from the log and the sequencer resumes
+   at `log.high + 1`; `covered` is 1..high because the origin has every seq.
+6. Compaction waits until no group is in flight, runs between groups (holding `_lock`), and
+   is triggered when the log holds more than `compact_ratio` rows per live state and at least
+   `compact_min_rows`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
-import cbor2
 import sniffio
 
 from ..crdt import Register, Replica, State
-from ..crdt.codec import decode_delta, dumps, encode_delta
-from ..crdt.state import merge
-from ..errors import CodecError, EdgeKVError
+from ..crdt.codec import dumps, encode_delta
+from ..errors import EdgeKVError
+from .recovery import recover
 from .wal import LogError, Row, WriteAheadLog
 from .writer import Command, Item, Planned, Planner
+
+__all__ = ["Covers", "OnCommit", "Sequencer", "Ticket", "recover", "run_in_thread", "wall_clock_ms"]
 
 logger = logging.getLogger("edgekv.origin")
 
 Covers = list[tuple[int, int]]
 T = TypeVar("T")
 OnCommit = Callable[[list[Item], Covers], Awaitable[None]]
+Key = tuple[str, str]
 
 
 def wall_clock_ms() -> int:
@@ -58,46 +76,34 @@ async def run_in_thread(fn: Callable[..., T], *args: Any) -> T:
     return await anyio.to_thread.run_sync(fn, *args)
 
 
-class _Ticket:
-    __slots__ = ("command", "done", "error", "planned", "written_at")
+class Ticket:
+    """One submitted command; `callback(ticket)` runs once `planned` or `error` is final."""
 
-    def __init__(self, command: Command) -> None:
+    __slots__ = ("callback", "command", "error", "planned", "written_at")
+
+    def __init__(self, command: Command, callback: Callable[[Ticket], None]) -> None:
         self.command = command
-        self.done = anyio.Event()
+        self.callback = callback
         self.planned: Planned | None = None
         self.error: BaseException | None = None
         self.written_at = 0
 
 
-def recover(wal: WriteAheadLog, replica: Replica) -> int:
-    """Rebuild `replica` from the log; returns the number of rows read.  Synchronous."""
-    folded: dict[tuple[str, str], State] = {}
-    n = 0
-    for chunk in wal.rows():
-        for seq, store, key, blob in chunk:
-            try:
-                delta = decode_delta(cbor2.loads(blob))
-            except (CodecError, ValueError, cbor2.CBORDecodeError) as exc:
-                raise LogError(f"corrupt log row at seq {seq}: {exc}") from exc
-            k = (store, key)
-            new = merge(folded.get(k), delta)
-            if new is not None:
-                folded[k] = new
-        n += len(chunk)
-    # store metadata first so that keys of dropped stores are recognised as dead
-    metas = [(k, st) for k, st in folded.items() if k[0] == ""]
-    for (store, key), st in metas:
-        replica.apply(store, key, st)
-    for (store, key), st in folded.items():
-        if store != "":
-            replica.apply(store, key, st)
-    if wal.high:
-        replica.covered.add(1, wal.high)
-    return n
+class _Group:
+    """One commit group between its log write and its completion."""
+
+    __slots__ = ("covers", "items", "keys", "no", "tickets")
+
+    def __init__(self, no: int, tickets: list[Ticket]) -> None:
+        self.no = no
+        self.tickets = tickets
+        self.items: list[Item] = []
+        self.covers: Covers = []
+        self.keys: list[Key] = []
 
 
 class Sequencer:
-    """Group commit of planned commands (see the module docstring)."""
+    """Pipelined group commit of planned commands (see the module docstring)."""
 
     def __init__(
         self,
@@ -107,6 +113,8 @@ class Sequencer:
         on_commit: OnCommit | None = None,
         wall_ms: Callable[[], int] = wall_clock_ms,
         max_group: int = 4096,
+        max_flushes: int = 4,
+        eager_flush_rows: int = 16,
         compact_ratio: float = 2.0,
         compact_min_rows: int = 1_000_000,
     ) -> None:
@@ -115,6 +123,8 @@ class Sequencer:
         self.on_commit = on_commit
         self.wall_ms = wall_ms
         self.max_group = max_group
+        self.max_flushes = max_flushes
+        self.eager_flush_rows = eager_flush_rows
         self.compact_ratio = compact_ratio
         self.compact_min_rows = compact_min_rows
         self.next_seq = wal.high + 1
@@ -122,9 +132,24 @@ class Sequencer:
         self.last_written_at = 0
         self.groups = 0
         self.commits = 0
-        self._send, self._recv = anyio.create_memory_object_stream[_Ticket](math.inf)
+        self._queue: deque[Ticket] = deque()
+        self._wake = anyio.Event()
+        self._idle = False  # the commit loop waits on `_wake`
+        self._inflight: deque[_Group] = deque()  # written, not yet completed, in order
+        self._pending: dict[Key, tuple[State, int]] = {}  # key -> (planned state, group no)
+        self._group_no = 0
+        self._durable_no = 0  # every group up to this one is durable
+        self._written_no = 0  # the last group written to the log
+        self._flushing_no = 0  # the last group a started flush covers
+        self._unflushed_rows = 0  # rows written after the start of the last flush
+        self._flushes = 0  # flushes in flight
+        self.flush_count = 0
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._drained = anyio.Event()  # set when `_inflight` becomes empty
+        self._completing = False
         self._lock = anyio.Lock()
         self._running = False
+        self._failed: LogError | None = None
 
     async def recover(self) -> int:
         """Replay the log into the (empty) replica in a worker thread."""
@@ -133,110 +158,229 @@ class Sequencer:
         self.next_seq = self.wal.high + 1
         return n
 
-    async def submit(self, command: Command) -> tuple[Planned, int]:
-        """Plan, log and apply `command`; returns its outcome and `written_at` once durable."""
+    # -- submitting --------------------------------------------------------------------------------
+
+    def submit_nowait(self, command: Command, callback: Callable[[Ticket], None]) -> Ticket:
+        """Queue `command`; `callback(ticket)` runs on the event loop once its outcome is durable
+        (or failed).  Raises EdgeKVError at once if the sequencer is not running."""
         if not self._running:
             raise EdgeKVError("the origin is not running")
-        ticket = _Ticket(command)
-        try:
-            self._send.send_nowait(ticket)
-        except anyio.ClosedResourceError:
-            raise EdgeKVError("the origin is not running") from None
-        await ticket.done.wait()
+        if self._failed is not None:
+            raise self._failed
+        ticket = Ticket(command, callback)
+        self._queue.append(ticket)
+        if self._idle:
+            self._idle = False
+            self._wake.set()
+        return ticket
+
+    async def submit(self, command: Command) -> tuple[Planned, int]:
+        """Plan, log and apply `command`; returns its outcome and `written_at` once durable."""
+        done = anyio.Event()
+        ticket = self.submit_nowait(command, lambda _ticket: done.set())
+        await done.wait()
         if ticket.error is not None:
             raise ticket.error
         assert ticket.planned is not None
         return ticket.planned, ticket.written_at
+
+    # -- the commit loop -------------------------------------------------------------------------
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """The commit loop.  Runs until cancelled; pending callers are then failed."""
         self._running = True
-        task_status.started()
         try:
-            while True:
-                group = [await self._recv.receive()]
-                while len(group) < self.max_group:
-                    try:
-                        group.append(self._recv.receive_nowait())
-                    except anyio.WouldBlock:
-                        break
-                try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                task_status.started()
+                while True:
+                    if not self._queue:
+                        self._wake = anyio.Event()
+                        self._idle = True
+                        await self._wake.wait()
+                    group = self._take_group()
                     async with self._lock:
-                        await self._commit(group)
-                finally:
-                    for ticket in group:  # cancelled before the flush: nothing was written
-                        if not ticket.done.is_set():
-                            ticket.error = EdgeKVError("the origin is shutting down")
-                            ticket.done.set()
-                if self._should_compact():
-                    await self.compact()
+                        self._write_group(group)
+                    if group.items:
+                        self._maybe_flush()
+                    else:
+                        self._complete_ready()
+                    if self._should_compact():
+                        await self.compact()
+                    else:
+                        await anyio.lowlevel.checkpoint()  # let readers queue more work
         finally:
             self._running = False
-            self._fail_pending(EdgeKVError("the origin is shutting down"))
+            error = EdgeKVError("the origin is shutting down")
+            for group in self._inflight:
+                self._fail(group.tickets, error)
+            self._inflight.clear()
+            self._pending.clear()
+            self._fail_pending(error)
             self.close()
 
-    def close(self) -> None:
-        """Release the queue (idempotent); `submit` fails from now on."""
-        self._running = False
-        self._send.close()
-        self._recv.close()
+    def _take_group(self) -> _Group:
+        queue = self._queue
+        if len(queue) <= self.max_group:
+            tickets = list(queue)
+            queue.clear()
+        else:
+            tickets = [queue.popleft() for _ in range(self.max_group)]
+        self._group_no += 1
+        return _Group(self._group_no, tickets)
 
-    def _fail_pending(self, error: EdgeKVError) -> None:
-        while True:
-            try:
-                ticket = self._recv.receive_nowait()
-            except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.EndOfStream):
-                return
-            ticket.error = error
-            ticket.done.set()
-
-    async def _commit(self, group: list[_Ticket]) -> None:
+    def _write_group(self, group: _Group) -> None:
+        """Plan the group on top of the replica and the groups in flight, and write it."""
         written_at = max(self.wall_ms(), self.last_written_at)
-        planner = Planner(self.replica, self.next_seq, written_at)
-        ok: list[_Ticket] = []
-        for ticket in group:
+        self.last_written_at = written_at
+        planner = Planner(self.replica, self.next_seq, written_at, self._pending_state)
+        for ticket in group.tickets:
             ticket.written_at = written_at
             try:
                 ticket.planned = planner.execute(ticket.command)
-                ok.append(ticket)
             except EdgeKVError as exc:
                 ticket.error = exc
             except Exception as exc:  # a bug must not take the origin down
                 logger.exception("planning failed")
                 ticket.error = EdgeKVError(f"internal error: {exc!r}")
-        items = planner.items
-        covers: Covers = []
-        if items:
-            first, high = self.next_seq, planner.next_seq - 1
-            rows: list[Row] = [
-                (d.seq, store, key, dumps(encode_delta(d))) for store, key, d in items
-            ]
-            try:
-                with anyio.CancelScope(shield=True):  # never abandon a flush half way
-                    await run_in_thread(self.wal.append, rows, high)
-            except LogError as exc:
-                logger.error("%s", exc)
-                for ticket in ok:
-                    ticket.error, ticket.planned = exc, None
-                ok = []
-                items = []
-            else:
-                self.next_seq = high + 1
-                self.last_written_at = written_at
-                self.log_rows += len(rows)
-                self.commits += len(rows)
-                covers = [(first, high)]
-                self.replica.apply_batch(items, covers)
         self.groups += 1
-        for ticket in group:
-            ticket.done.set()
-        if items and self.on_commit is not None:
+        self._inflight.append(group)
+        items = planner.items
+        if not items:
+            return
+        first, high = self.next_seq, planner.next_seq - 1
+        rows: list[Row] = [(d.seq, store, key, dumps(encode_delta(d))) for store, key, d in items]
+        try:
+            self.wal.write(rows, high)
+        except LogError as exc:
+            logger.error("%s", exc)
+            for ticket in group.tickets:
+                if ticket.error is None:
+                    ticket.error, ticket.planned = exc, None
+            return
+        self.next_seq = high + 1
+        self._written_no = group.no
+        self._unflushed_rows += len(rows)
+        self.log_rows += len(rows)
+        self.commits += len(rows)
+        group.items = items
+        group.covers = [(first, high)]
+        no = group.no
+        pending = self._pending
+        for key, st in planner.states.items():
+            pending[key] = (st, no)
+        group.keys = list(planner.states)
+
+    def _pending_state(self, store: str, key: str) -> State | None:
+        hit = self._pending.get((store, key))
+        return None if hit is None else hit[0]
+
+    def _maybe_flush(self) -> None:
+        """Start a flush for the groups written since the last one started (see rule 1)."""
+        if not self._unflushed_rows or self._failed is not None or self._tg is None:
+            return
+        if self._flushes and (
+            self._flushes >= self.max_flushes or self._unflushed_rows < self.eager_flush_rows
+        ):
+            return  # the end of a flush in flight starts the next one
+        self._flushing_no = self._written_no
+        self._unflushed_rows = 0
+        self._flushes += 1
+        self.flush_count += 1
+        self._tg.start_soon(self._flush, self._written_no)
+
+    async def _flush(self, no: int) -> None:
+        """Flush the log; then every group up to `no` is durable."""
+        try:
+            with anyio.CancelScope(shield=True):  # never abandon a flush half way
+                await run_in_thread(self.wal.sync)
+        except LogError as exc:
+            self._flush_failed(exc)
+            return
+        finally:
+            self._flushes -= 1
+        if no > self._durable_no:
+            self._durable_no = no
+        self._maybe_flush()
+        await self._complete_in_order()
+
+    def _flush_failed(self, exc: LogError) -> None:
+        logger.critical("%s: refusing writes until the origin restarts", exc)
+        self._failed = LogError(f"the log is unusable after a failed flush ({exc}); restart")
+        for group in self._inflight:
+            self._fail(group.tickets, self._failed)
+        self._inflight.clear()
+        self._pending.clear()
+        self._fail_pending(self._failed)
+
+    def _complete_ready(self) -> None:
+        """Complete groups that wrote nothing, if every group before them is complete."""
+        inflight = self._inflight
+        while inflight and not inflight[0].items and not self._completing:
+            self._answer(inflight.popleft())
+        if not inflight:
+            self._drained.set()
+
+    async def _complete_in_order(self) -> None:
+        if self._completing:  # another flush task is completing: it will pick these up
+            return
+        self._completing = True
+        try:
+            inflight = self._inflight
+            while inflight and (not inflight[0].items or inflight[0].no <= self._durable_no):
+                group = inflight.popleft()
+                if group.items:
+                    self.replica.apply_batch(group.items, group.covers)
+                    pending = self._pending
+                    for key in group.keys:
+                        hit = pending.get(key)
+                        if hit is not None and hit[1] == group.no:
+                            del pending[key]
+                self._answer(group)
+                if group.items and self.on_commit is not None:
+                    try:
+                        await self.on_commit(group.items, group.covers)
+                    except Exception:
+                        logger.exception("handing committed deltas to gossip failed")
+        finally:
+            self._completing = False
+            if not self._inflight:
+                self._drained.set()
+
+    @staticmethod
+    def _answer(group: _Group) -> None:
+        for ticket in group.tickets:
             try:
-                await self.on_commit(items, covers)
+                ticket.callback(ticket)
             except Exception:
-                logger.exception("handing committed deltas to gossip failed")
+                logger.exception("answering a write failed")
+
+    @staticmethod
+    def _fail(tickets: list[Ticket], error: BaseException) -> None:
+        for ticket in tickets:
+            ticket.error, ticket.planned = error, None
+            try:
+                ticket.callback(ticket)
+            except Exception:
+                logger.exception("answering a write failed")
+
+    async def _wait_drained(self) -> None:
+        self._drained = anyio.Event()
+        await self._drained.wait()
+
+    def close(self) -> None:
+        """Refuse submissions from now on (idempotent); queued tickets are failed."""
+        self._running = False
+        self._fail_pending(EdgeKVError("the origin is shutting down"))
+
+    def _fail_pending(self, error: BaseException) -> None:
+        tickets = list(self._queue)
+        self._queue.clear()
+        self._fail(tickets, error)
+
+    # -- compaction --------------------------------------------------------------------------------
 
     def _should_compact(self) -> bool:
         if self.log_rows < self.compact_min_rows:
@@ -247,6 +391,8 @@ class Sequencer:
     async def compact(self) -> int:
         """Rewrite the log to one row per key (see wal.compact); returns rows removed."""
         async with self._lock:
+            while self._inflight:  # the replica must hold every written row
+                await self._wait_drained()
             keep: list[int] = []
             rewrites: list[tuple[bytes, int]] = []
             for _store, _key, st in self.replica.iter_states():

@@ -37,7 +37,7 @@ from .auth import TokenAuth, TokenSpec
 from .requests import is_write, op_name, opt_int, parse_write, store_of
 from .sequencer import Covers, Sequencer, wall_clock_ms
 from .wal import WriteAheadLog
-from .writer import Item
+from .writer import BatchCommand, Command, Item, Planned, StoreCommand
 
 if TYPE_CHECKING:
     from ..node.runtime import NodeRuntime
@@ -48,6 +48,19 @@ logger = logging.getLogger("edgekv.origin")
 
 Committed = tuple[list[Item], Covers]
 SUBSCRIBER_BUFFER = 4096
+
+
+def write_reply(planned: Planned, written_at: int, *, with_items: bool = False) -> Message:
+    """The response fields of a durable write."""
+    out: Message = {
+        "seq": planned.last,
+        "written_at": written_at,
+        "seqs": planned.seqs,
+        "covers": [[planned.first, planned.last]] if planned.items else [],
+    }
+    if with_items:
+        out["items"] = [[s, k, encode_delta(d)] for s, k, d in planned.items]
+    return out
 
 
 class Origin:
@@ -288,6 +301,15 @@ class Origin:
         `trusted` skips the token check (an edge authenticated by the cluster key, or an
         in-process caller).  Raises an EdgeKVError subclass for every bad request.
         """
+        prepared = self.prepare(body, trusted=trusted)
+        if not isinstance(prepared, (StoreCommand, BatchCommand)):
+            return prepared
+        planned, written_at = await self.sequencer.submit(prepared)
+        return write_reply(planned, written_at, with_items=with_items)
+
+    def prepare(self, body: Mapping[str, Any], *, trusted: bool = False) -> Message | Command:
+        """Check one request body: a read is answered at once (its response fields are
+        returned), a write becomes the Command to submit.  Raises EdgeKVError if bad."""
         op = op_name(body)
         token = body.get("token")
         if op == "stores":
@@ -295,20 +317,11 @@ class Origin:
                 return {"stores": self.auth.visible(token, self.replica.store_names())}
             return {"stores": self.replica.store_names()}
         store = store_of(body)
+        write = is_write(op)
         if not trusted:
-            self.auth.check(token, "write" if is_write(op) else "read", store)
-        if is_write(op):
-            command = parse_write(body, self.limits)
-            planned, written_at = await self.sequencer.submit(command)
-            out: Message = {
-                "seq": planned.last,
-                "written_at": written_at,
-                "seqs": planned.seqs,
-                "covers": [[planned.first, planned.last]] if planned.items else [],
-            }
-            if with_items:
-                out["items"] = [[s, k, encode_delta(d)] for s, k, d in planned.items]
-            return out
+            self.auth.check(token, "write" if write else "read", store)
+        if write:
+            return parse_write(body, self.limits)
         return self._read(op, store, body)
 
     def _read(self, op: str, store: str, body: Mapping[str, Any]) -> Message:

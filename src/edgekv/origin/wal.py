@@ -1,7 +1,8 @@
-"""The origin's write-ahead log: committed deltas in SQLite (WAL mode, synchronous=FULL).
+"""The origin's write-ahead log: committed deltas in SQLite (WAL mode), fsynced before any ack.
 
-Synchronous on purpose: every method runs in one worker thread at a time (the group committer
-calls them through a worker thread), so the event loop never blocks on a disk flush.
+Synchronous on purpose: the group committer calls `write` (a transaction into the OS page
+cache, no flush: cheap enough for the event loop) and runs `sync` (the disk flush) in worker
+threads, so that the flush of one commit group overlaps the planning and writing of the next.
 
 Theory of operation
 1. One row per seq: `log(seq PRIMARY KEY, store, key, delta)` where `delta` is the CBOR array
@@ -10,8 +11,17 @@ Theory of operation
 2. `meta.high` is the highest seq ever committed.  It is written in the same transaction as
    the rows, so after a crash `high + 1` is the next seq: never reused, even if compaction had
    removed the row that carried `high`.
-3. `append` is one transaction for a whole commit group; `synchronous=FULL` in WAL mode fsyncs
-   the WAL at every commit, so a returned `append` is durable (survives kill -9 and power loss).
+3. `write` is one transaction for a whole commit group.  With `synchronous="FULL"` (the
+   default) SQLite itself runs with synchronous=NORMAL (it does not flush at commit, but it
+   still syncs the WAL before every checkpoint and the WAL header when the WAL is reused) and
+   durability comes from `sync`: an fdatasync of the WAL file, which makes every transaction
+   whose `write` returned before the sync started durable (survives kill -9 and power loss).
+   That is the fsync discipline of synchronous=FULL, minus the rule that one flush must end
+   before the next commit may start: several flushes may be in flight, and the committer acks
+   a group only once a sync that started after its write has returned.  The directory is
+   synced once after the WAL file is created (as SQLite does for a new WAL).  `append` is
+   `write` + `sync`.  "EXTRA", "NORMAL" and "OFF" are passed to SQLite as they are (NORMAL and
+   OFF are not durable per commit: for tests and bulk loads only).
 4. `compact(keep, rewrites, upto)` deletes rows at or below `upto` that are not in `keep` (the
    seq of every key's latest state) and replaces the rows in `rewrites` by the key's whole state
    (sorted sets and Bloom filters are logged as partial deltas).  Replaying the compacted log
@@ -20,6 +30,7 @@ Theory of operation
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -51,18 +62,24 @@ class WriteAheadLog:
 
     def __init__(self, path: str | Path, *, synchronous: str = "FULL") -> None:
         self.path = Path(path)
-        if synchronous.upper() not in ("FULL", "EXTRA", "NORMAL", "OFF"):
+        mode = synchronous.upper()
+        if mode not in ("FULL", "EXTRA", "NORMAL", "OFF"):
             raise ValueError(f"bad synchronous mode {synchronous!r}")
+        in_memory = str(path) == ":memory:"
+        # FULL: our own fdatasync of the WAL file (see rule 3), so SQLite itself runs NORMAL
+        self.durable = mode == "FULL" and not in_memory
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not in_memory:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+            conn.execute(f"PRAGMA synchronous={'NORMAL' if self.durable else mode}")
             conn.execute("PRAGMA locking_mode=EXCLUSIVE")  # one origin per log
             conn.executescript(_SCHEMA)
         except (sqlite3.Error, OSError) as exc:
             raise LogError(f"cannot open the log {self.path}: {exc}") from exc
         self._conn = conn
+        self._wal_fd = -1
         self.high = self._read_high()
 
     def _read_high(self) -> int:
@@ -81,6 +98,11 @@ class WriteAheadLog:
 
     def append(self, rows: Sequence[Row], high: int) -> None:
         """Commit `rows` and the new high seq in one durable transaction."""
+        self.write(rows, high)
+        self.sync()
+
+    def write(self, rows: Sequence[Row], high: int) -> None:
+        """Commit `rows` and the new high seq in one transaction; durable after `sync()`."""
         conn = self._conn
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -94,6 +116,36 @@ class WriteAheadLog:
         except sqlite3.Error as exc:
             raise LogError(f"log write failed: {exc}") from exc
         self.high = high
+
+    def sync(self) -> None:
+        """Flush every transaction written so far to disk (a no-op unless `durable`).
+
+        Thread-safe: may run in several threads at once, and concurrently with `write`.
+        """
+        if not self.durable:
+            return
+        try:
+            fd = self._wal_fd
+            if fd < 0:
+                fd = self._open_wal_fd()
+            os.fdatasync(fd)
+        except OSError as exc:
+            raise LogError(f"log flush failed: {exc}") from exc
+
+    def _open_wal_fd(self) -> int:
+        """Our own descriptor of the WAL file (fdatasync flushes the file, whatever the fd);
+        the directory is synced once so that a newly created WAL file is found after a crash."""
+        fd = os.open(f"{self.path}-wal", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        dir_fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        if self._wal_fd < 0:
+            self._wal_fd = fd
+        else:  # another thread got there first
+            os.close(fd)
+        return self._wal_fd
 
     def compact(self, keep: Sequence[int], rewrites: Sequence[tuple[bytes, int]], upto: int) -> int:
         """Drop superseded rows at or below `upto`; returns how many rows were removed."""
@@ -121,4 +173,7 @@ class WriteAheadLog:
         return int(removed)
 
     def close(self) -> None:
+        if self._wal_fd >= 0:
+            os.close(self._wal_fd)
+            self._wal_fd = -1
         self._conn.close()

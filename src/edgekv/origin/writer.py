@@ -4,8 +4,9 @@ Theory of operation
 1. The group committer hands every command of one commit group, in arrival order, to
    `Planner.execute`, with the group's `written_at`.  Commands see the effects of the commands
    planned before them in the same group (through an overlay on top of the origin's replica),
-   although nothing is committed yet; groups are committed one after another, so the replica
-   holds everything of earlier groups.
+   although nothing is committed yet.  Earlier groups may be written but not yet durable, so
+   not yet in the replica: `pending(store, key)` returns their newest state of a key, and the
+   planner looks there after its own overlay and before the replica.
 2. A command is all or nothing: it plans each op against a private copy of the overlay and
    takes seqs from a private counter; only when every op succeeded does it publish its states
    into the group overlay and advance the group's seq counter.  A failing command (unknown
@@ -18,6 +19,7 @@ Theory of operation
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..crdt import META, BloomDelta, Delta, Op, Register, Replica, State, join, plan
@@ -43,6 +45,11 @@ class BatchCommand:
 
 Command = StoreCommand | BatchCommand
 Item = tuple[str, str, Delta]
+Pending = Callable[[str, str], State | None]
+
+
+def _no_pending(_store: str, _key: str) -> State | None:
+    return None
 
 
 @dataclass(slots=True)
@@ -64,26 +71,36 @@ class Planned:
 class Planner:
     """Plans the commands of one commit group on top of `replica` (see theory of operation)."""
 
-    def __init__(self, replica: Replica, next_seq: int, written_at: int) -> None:
+    def __init__(
+        self, replica: Replica, next_seq: int, written_at: int, pending: Pending = _no_pending
+    ) -> None:
         self.replica = replica
         self.next_seq = next_seq
         self.written_at = written_at
-        self._states: dict[tuple[str, str], State] = {}
+        self.pending = pending
+        self.states: dict[tuple[str, str], State] = {}  # this group's newest state per key
         self.items: list[Item] = []
 
     # -- current state, seen through the overlay ---------------------------------------------
 
     def _current(self, overlay: dict[tuple[str, str], State], store: str, key: str) -> State | None:
-        st = overlay.get((store, key))
+        k = (store, key)
+        st = overlay.get(k)
         if st is None:
-            st = self._states.get((store, key))
-        if st is not None:
-            return st
-        st = self.replica.state(store, key)
+            st = self.states.get(k)
+            if st is None:
+                st = self.pending(store, key)
+                if st is None:
+                    st = self.replica.state(store, key)
         if st is not None and store != META:
-            meta = overlay.get((META, store)) or self._states.get((META, store))
+            mk = (META, store)
+            meta = overlay.get(mk)
+            if meta is None:
+                meta = self.states.get(mk)
+                if meta is None:
+                    meta = self.pending(META, store)
             if meta is not None and st.reset < meta.seq:
-                return None  # the store was dropped or recreated in this group
+                return None  # the store was dropped or recreated since: the key is dead
         return st
 
     def _store_live(self, overlay: dict[tuple[str, str], State], store: str) -> bool:
@@ -130,7 +147,7 @@ class Planner:
                 out.seqs.append(seq)
                 seq += 1
         # success: publish into the group
-        self._states.update(overlay)
+        self.states.update(overlay)
         self.items.extend(out.items)
         self.next_seq = seq
         return out
