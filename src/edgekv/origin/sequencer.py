@@ -6,13 +6,15 @@ Theory of operation
    `max_group`), plans them in order (`writer.Planner`: consecutive seqs, no seq for failures or
    no-ops) and writes the group's rows in one SQLite transaction (`wal.write`, no disk flush,
    on the event loop: no thread hop), and goes straight on with the next group: planning and
-   writing group N+1 overlap the flush of group N.  Flushes (`wal.sync`, an fdatasync in a
-   worker thread) are group commits too: when none is in flight, one starts at once and covers
+   writing group N+1 overlap the flush of group N.  Flushes (`wal.sync`, an fdatasync run by
+   `flusher.Flusher` in dedicated threads) are group commits too: when none is in flight, one starts at once and covers
    every group written so far; while one is in flight, another starts only when at least
    `eager_flush_rows` rows wait for it (at most `max_flushes` at once), so that a busy origin
    does not pay one flush and one thread hop per tiny group; the rest waits for the next.
-2. Groups complete strictly in order.  A flush that started after group N's write returned
-   makes groups 1..N durable; then each of them, in order, is applied to the replica, its
+2. Groups complete strictly in order, in one completer task.  A flush that started after
+   group N's write returned makes groups 1..N durable (a log that is not durable per commit,
+   e.g. in memory, makes a group durable once written); then each group, in order, is applied
+   to the replica, its
    callers are answered (callbacks run on the event loop, so a connection can batch the
    answers of a whole group into one send), and `on_commit(items, covers)` hands its deltas to
    gossip.  Failed commands are answered with their group too (their error may depend on
@@ -48,6 +50,7 @@ import sniffio
 from ..crdt import Register, Replica, State
 from ..crdt.codec import dumps, encode_delta
 from ..errors import EdgeKVError
+from .flusher import Flusher
 from .recovery import recover
 from .wal import LogError, Row, WriteAheadLog
 from .writer import Command, Item, Planned, Planner
@@ -140,13 +143,14 @@ class Sequencer:
         self._group_no = 0
         self._durable_no = 0  # every group up to this one is durable
         self._written_no = 0  # the last group written to the log
-        self._flushing_no = 0  # the last group a started flush covers
         self._unflushed_rows = 0  # rows written after the start of the last flush
         self._flushes = 0  # flushes in flight
         self.flush_count = 0
-        self._tg: anyio.abc.TaskGroup | None = None
+        self._flusher: Flusher | None = None
+        self._flush_ended = anyio.Event()
         self._drained = anyio.Event()  # set when `_inflight` becomes empty
-        self._completing = False
+        self._complete_wake = anyio.Event()
+        self._completer_idle = False
         self._lock = anyio.Lock()
         self._running = False
         self._failed: LogError | None = None
@@ -191,9 +195,11 @@ class Sequencer:
     ) -> None:
         """The commit loop.  Runs until cancelled; pending callers are then failed."""
         self._running = True
+        if self.wal.durable:
+            self._flusher = Flusher(self.wal.sync, self._flush_done, threads=self.max_flushes)
         try:
             async with anyio.create_task_group() as tg:
-                self._tg = tg
+                tg.start_soon(self._completer)
                 task_status.started()
                 while True:
                     if not self._queue:
@@ -206,13 +212,19 @@ class Sequencer:
                     if group.items:
                         self._maybe_flush()
                     else:
-                        self._complete_ready()
+                        self._wake_completer()
                     if self._should_compact():
                         await self.compact()
                     else:
                         await anyio.lowlevel.checkpoint()  # let readers queue more work
         finally:
             self._running = False
+            if self._flusher is not None:
+                self._flusher.close()
+                with anyio.move_on_after(30, shield=True):  # the log must outlive its flushes
+                    while self._flushes:
+                        self._flush_ended = anyio.Event()
+                        await self._flush_ended.wait()
             error = EdgeKVError("the origin is shutting down")
             for group in self._inflight:
                 self._fail(group.tickets, error)
@@ -279,32 +291,36 @@ class Sequencer:
 
     def _maybe_flush(self) -> None:
         """Start a flush for the groups written since the last one started (see rule 1)."""
-        if not self._unflushed_rows or self._failed is not None or self._tg is None:
+        if not self._unflushed_rows or self._failed is not None:
+            return
+        flusher = self._flusher
+        if flusher is None:  # not durable per commit: written is as good as it gets
+            self._unflushed_rows = 0
+            self._durable_no = self._written_no
+            self._wake_completer()
             return
         if self._flushes and (
             self._flushes >= self.max_flushes or self._unflushed_rows < self.eager_flush_rows
         ):
             return  # the end of a flush in flight starts the next one
-        self._flushing_no = self._written_no
         self._unflushed_rows = 0
         self._flushes += 1
         self.flush_count += 1
-        self._tg.start_soon(self._flush, self._written_no)
+        flusher.request(self._written_no)
 
-    async def _flush(self, no: int) -> None:
-        """Flush the log; then every group up to `no` is durable."""
-        try:
-            with anyio.CancelScope(shield=True):  # never abandon a flush half way
-                await run_in_thread(self.wal.sync)
-        except LogError as exc:
-            self._flush_failed(exc)
+    def _flush_done(self, no: int, error: BaseException | None) -> None:
+        """Flusher callback (on the event loop): every group up to `no` is durable."""
+        self._flushes -= 1
+        self._flush_ended.set()
+        if error is not None:
+            if not isinstance(error, LogError):
+                error = LogError(f"log flush failed: {error!r}")
+            self._flush_failed(error)
             return
-        finally:
-            self._flushes -= 1
         if no > self._durable_no:
             self._durable_no = no
         self._maybe_flush()
-        await self._complete_in_order()
+        self._wake_completer()
 
     def _flush_failed(self, exc: LogError) -> None:
         logger.critical("%s: refusing writes until the origin restarts", exc)
@@ -314,40 +330,39 @@ class Sequencer:
         self._inflight.clear()
         self._pending.clear()
         self._fail_pending(self._failed)
+        self._drained.set()
 
-    def _complete_ready(self) -> None:
-        """Complete groups that wrote nothing, if every group before them is complete."""
+    def _wake_completer(self) -> None:
+        if self._completer_idle:
+            self._completer_idle = False
+            self._complete_wake.set()
+
+    async def _completer(self) -> None:
+        """Complete durable groups in order (rule 2)."""
         inflight = self._inflight
-        while inflight and not inflight[0].items and not self._completing:
-            self._answer(inflight.popleft())
-        if not inflight:
-            self._drained.set()
-
-    async def _complete_in_order(self) -> None:
-        if self._completing:  # another flush task is completing: it will pick these up
-            return
-        self._completing = True
-        try:
-            inflight = self._inflight
-            while inflight and (not inflight[0].items or inflight[0].no <= self._durable_no):
-                group = inflight.popleft()
-                if group.items:
-                    self.replica.apply_batch(group.items, group.covers)
-                    pending = self._pending
-                    for key in group.keys:
-                        hit = pending.get(key)
-                        if hit is not None and hit[1] == group.no:
-                            del pending[key]
-                self._answer(group)
-                if group.items and self.on_commit is not None:
-                    try:
-                        await self.on_commit(group.items, group.covers)
-                    except Exception:
-                        logger.exception("handing committed deltas to gossip failed")
-        finally:
-            self._completing = False
-            if not self._inflight:
+        while True:
+            if not (inflight and (not inflight[0].items or inflight[0].no <= self._durable_no)):
+                self._complete_wake = anyio.Event()
+                self._completer_idle = True
+                await self._complete_wake.wait()
+                continue
+            group = inflight.popleft()
+            if group.items:
+                self.replica.apply_batch(group.items, group.covers)
+                pending = self._pending
+                no = group.no
+                for key in group.keys:
+                    hit = pending.get(key)
+                    if hit is not None and hit[1] == no:
+                        del pending[key]
+            self._answer(group)
+            if not inflight:
                 self._drained.set()
+            if group.items and self.on_commit is not None:
+                try:
+                    await self.on_commit(group.items, group.covers)
+                except Exception:
+                    logger.exception("handing committed deltas to gossip failed")
 
     @staticmethod
     def _answer(group: _Group) -> None:
