@@ -37,6 +37,8 @@ class GossipConfig:
     """At most this many lazy peers get an IHAVE per window (rotated), to bound notice traffic."""
     graft_timeout: float = 0.1
     """How long a node that learned of seqs it lacks waits for them before sending GRAFT."""
+    graft_peers: int = 2
+    """A GRAFT goes to this many holders at once (duplicate answers are harmless joins)."""
     graft_retry: float = 0.5
     """A GRAFT not answered within this (lost, or its answer lost) is retried with another peer."""
 
@@ -101,7 +103,7 @@ class GossipConfig:
             value = getattr(self, name)
             if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
                 raise InvalidInput(f"GossipConfig.{name} must be a finite number > 0")
-        for name in ("fanout", "origin_fanout", "ihave_peers", "ae_force_every"):
+        for name in ("fanout", "origin_fanout", "ihave_peers", "ae_force_every", "graft_peers"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise InvalidInput(f"GossipConfig.{name} must be an integer >= 1")
         if not isinstance(self.indirect_probes, int) or self.indirect_probes < 0:

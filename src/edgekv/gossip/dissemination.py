@@ -21,8 +21,9 @@ Theory of operation
    lazy peer gets one, so a node whose push was lost hears of the write at once; under load
    notices go out at most once per `ihave_window`, to `ihave_peers` lazy peers (rotating).  A node that learns of seqs it lacks (IHAVE, a
    watermark on a PING/ACK, or a gap in the covers it holds) waits `graft_timeout`; if its
-   watermark still has not passed them it sends GRAFT to a peer known to hold them.  That peer
-   makes the link eager again (repairing the tree) and answers with SYNC_DATA (catch-up).
+   watermark still has not passed them it sends GRAFT to `graft_peers` peers known to hold
+   them (two by default: a lost graft or answer then costs no retry delay).  Each makes the
+   link eager again (repairing the tree) and answers with SYNC_DATA (catch-up).
 4. Peers known dead are skipped when flushing; they stay in the sets, so a revived peer gets
    pushes again.  A node with fewer than `fanout` neighbours adds newly learned peers as eager.
    A PUSH over a link this node does not use yet adds the reverse link (eager), so the overlay
@@ -114,7 +115,7 @@ class Dissemination:
         self._hint: str | None = None  # a peer that announced `known_high`
         self._graft_due: float | None = None
         self._graft_high = 0
-        self._last_graft: str | None = None
+        self._last_graft: set[str] = set()
 
     @property
     def fanout(self) -> int:
@@ -293,24 +294,20 @@ class Dissemination:
         if covered.high > covered.watermark:
             self.learn_exists(peer, covered.high, now)
 
-    def _holder(self) -> str | None:
-        """A live peer that has the seq just above this node's watermark (not the one asked
-        last time, if another will do: that graft or its answer may have been lost)."""
+    def _holders(self) -> list[str]:
+        """Up to `graft_peers` live peers that have the seq just above this node's watermark,
+        the announcing peer first; peers asked last time come last (their graft or its answer
+        may have been lost)."""
         need = self.replica.watermark + 1
-        last = self._last_graft
+        peers = self.members.peers
         hint = self._hint
-        if hint is not None and hint != last and not self.members.is_dead(hint):
-            p = self.members.peers.get(hint)
-            if p is not None and p.watermark >= need:
-                return hint
-        holders = [
-            a for a in self.members.live() if self.members.peers[a].watermark >= need and a != last
-        ]
-        if holders:
-            return self.rng.choice(holders)
+        found = [a for a in self.members.live() if peers[a].watermark >= need and a != hint]
+        self.rng.shuffle(found)
         if hint is not None and not self.members.is_dead(hint):
-            return hint
-        return last
+            found.insert(0, hint)  # it announced the seqs: it has them
+        last = self._last_graft
+        found.sort(key=lambda a: a in last)  # stable: keeps the order otherwise
+        return found[: self.config.graft_peers]
 
     # -- timers ------------------------------------------------------------------------------------
 
@@ -343,10 +340,10 @@ class Dissemination:
             self._graft_due = None
             wm = self.replica.watermark
             if wm < self._graft_high:
-                holder = self._holder()
-                if holder is not None:
+                holders = self._holders()
+                self._last_graft = set(holders)
+                for holder in holders:
                     self._pruned.discard(holder)
-                    self._last_graft = holder
                     self.counters["grafts_sent"] += 1
                     out.append(Send(holder, graft(wm, self.replica.purged)))
                 # retry (with another holder) if the graft or its answer is lost
