@@ -38,6 +38,9 @@ def check_indexes(replica: Replica) -> None:
         }
         by_seq = sorted(sr.states, key=lambda k: sr.states[k].seq)
         assert list(sr.changes.since(0, sr.states)) == by_seq
+        if sr.changes.ordered and sr.changes.checked:  # every stale entry is marked
+            live = [k for k in sr.changes.keys if k is not None]
+            assert sorted(live) == sorted(sr.states), name
         sr.changes.compact(sr.states)
         assert sr.changes.keys == by_seq
         assert sr.changes.seqs == [sr.states[k].seq for k in by_seq]

@@ -1,23 +1,33 @@
 """The change index of one store: which keys changed after a given seq, in O(changes).
 
 Theory of operation
-1. Every state change appends `(seq, key)` to two parallel lists: O(1), no per-key objects.
-   The entry is *current* while the key's state still has that seq; a later change of the key
-   appends a new entry and leaves the old one *stale* (it is skipped and later dropped).
+1. Every state change appends `(seq, key)` to two parallel arrays (seqs as raw int64, so a
+   bisection touches contiguous memory, not scattered int objects): O(1), no per-key objects.
+   The entry is *current* while the key's state still has that seq.  When the key changes
+   again (or is removed), its old entry is found by bisecting for the old seq and its key is
+   replaced by None (*marked*), O(log n).
 2. Deltas mostly arrive in seq order, so the lists are mostly sorted already.  An append with a
-   lower seq than the last one only clears `ordered`; the next reader sorts once (timsort is
+   lower seq than the last one clears `ordered`; the next reader sorts once (timsort is
    near-linear on such runs), so a catch-up of many out-of-order states costs O(n log n) once,
-   never O(n) per insert.
-3. When stale entries outnumber current ones (plus slack), the log is compacted: stale entries
-   and duplicates (a key removed and re-added with the same state) are dropped.  Compaction
-   is O(n) and happens after Omega(n) changes, so appends stay amortised O(1).
-4. `since(w)` bisects for the first seq above w and yields each current key once, in seq order.
+   never O(n) per insert.  While the log is unordered, old entries cannot be found by
+   bisection: they stay unmarked (stale) and `checked` is cleared.
+3. When entries outnumber keys twice over (plus slack), the log is compacted.  If every stale
+   entry is marked (`checked`), compaction only drops the None keys: C-level list filtering,
+   no dict lookups (tens of ms per million entries, so an apply never stalls long).  Otherwise
+   each entry is checked against the key's state (a lookup per entry, ~0.5 s per million on
+   a slow VM), which happens only after out-of-order arrivals.
+4. `since(w)` bisects for the first seq above w and yields each current key once, in seq
+   order; it re-checks each entry against the key's state, so an unmarked stale entry or a
+   duplicate (a key removed and re-added with one state) is never reported twice.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from array import array
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterator, Mapping
+from itertools import compress, repeat
+from operator import attrgetter, eq, is_not
 from typing import Protocol
 
 
@@ -26,18 +36,25 @@ class _HasSeq(Protocol):
     def seq(self) -> int: ...
 
 
+class _Gone:
+    seq = -1  # no state: never equal to a logged seq
+
+
 SLACK = 1024
+_GONE = _Gone()
+_SEQ = attrgetter("seq")
 
 
 class ChangeLog:
-    """Keys by the seq of their last change: append-only with lazy sorting and compaction."""
+    """Keys by the seq of their last change: append-only with marking, lazy sort, compaction."""
 
-    __slots__ = ("keys", "ordered", "seqs")
+    __slots__ = ("checked", "keys", "ordered", "seqs")
 
     def __init__(self) -> None:
-        self.seqs: list[int] = []
-        self.keys: list[str] = []
-        self.ordered = True
+        self.seqs = array("q")
+        self.keys: list[str | None] = []
+        self.ordered = True  # seqs ascending
+        self.checked = True  # every stale entry is marked (key None)
 
     def __len__(self) -> int:
         return len(self.seqs)
@@ -52,21 +69,45 @@ class ChangeLog:
         if len(seqs) > 2 * len(states) + SLACK:
             self.compact(states)
 
-    def compact(self, states: Mapping[str, _HasSeq]) -> None:
-        """Sort by seq and drop stale and duplicate entries."""
+    def discard(self, seq: int, key: str) -> None:
+        """Mark the entry of `key` at `seq` stale (the key changed again or was removed)."""
+        if not self.ordered:
+            self.checked = False
+            return
         seqs, keys = self.seqs, self.keys
-        order = range(len(seqs)) if self.ordered else sorted(range(len(seqs)), key=seqs.__getitem__)
-        seen: set[str] = set()
-        new_seqs: list[int] = []
-        new_keys: list[str] = []
-        for i in order:
-            key, seq = keys[i], seqs[i]
-            st = states.get(key)
-            if st is not None and st.seq == seq and key not in seen:
-                seen.add(key)
-                new_seqs.append(seq)
-                new_keys.append(key)
-        self.seqs, self.keys, self.ordered = new_seqs, new_keys, True
+        i = bisect_left(seqs, seq)
+        n = len(seqs)
+        while i < n and seqs[i] == seq:
+            if keys[i] == key:
+                keys[i] = None
+                return
+            i += 1
+        self.checked = False  # not found: leave the question to a full compaction
+
+    def compact(self, states: Mapping[str, _HasSeq]) -> None:
+        """Sort by seq and drop marked, stale and duplicate entries."""
+        seqs, keys = self.seqs, self.keys
+        if self.ordered and self.checked:
+            keep = list(map(is_not, keys, repeat(None)))
+            self.seqs = array("q", compress(seqs, keep))
+            self.keys = list(compress(keys, keep))
+            return
+        if not self.ordered:
+            order = sorted(range(len(seqs)), key=seqs.__getitem__)
+            seqs = array("q", map(seqs.__getitem__, order))
+            keys = list(map(keys.__getitem__, order))
+            del order
+        live = map(_SEQ, map(states.get, keys, repeat(_GONE)))  # type: ignore[arg-type]
+        valid = list(map(eq, live, seqs))
+        new_keys = list(compress(keys, valid))
+        new_seqs = array("q", compress(seqs, valid))
+        if len(set(new_keys)) != len(new_keys):  # a key removed and re-added with one state
+            seen: set[str | None] = set()
+            keep = [not (k in seen or seen.add(k)) for k in new_keys]  # type: ignore[func-returns-value]
+            new_keys = list(compress(new_keys, keep))
+            new_seqs = array("q", compress(new_seqs, keep))
+        self.seqs, self.keys = new_seqs, new_keys
+        self.ordered = self.checked = True
 
     def since(self, watermark: int, states: Mapping[str, _HasSeq]) -> Iterator[str]:
         """Every key whose current state has seq > watermark, ascending by seq, each once."""
@@ -76,10 +117,12 @@ class ChangeLog:
         seen: set[str] = set()
         for i in range(bisect_right(seqs, watermark), len(seqs)):
             key = keys[i]
+            if key is None:
+                continue
             st = states.get(key)
             if st is not None and st.seq == seqs[i] and key not in seen:
                 seen.add(key)
                 yield key
 
     def clear(self) -> None:
-        self.seqs, self.keys, self.ordered = [], [], True
+        self.seqs, self.keys, self.ordered, self.checked = array("q"), [], True, True

@@ -74,14 +74,16 @@ class StoreReplica:
 
     # -- mutation (called by Replica) ----------------------------------------------------------
 
-    def _put(self, key: str, old: State | None, new: State, old_digest: int) -> None:
-        """Index `new` as key's state; `old_digest` is old's digest before any in-place join."""
+    def _put(self, key: str, old: State | None, old_seq: int, new: State, old_digest: int) -> None:
+        """Index `new` as key's state; `old_seq`/`old_digest` are old's before any in-place join."""
         leaf = leaf_of(key)
         states = self.states
         states[key] = new
         if old is None:
             self.keys.add(key)
             self.tree.add_key(leaf, key)
+        else:
+            self.changes.discard(old_seq, key)
         self.changes.add(new.seq, key, states)
         self.tree.toggle(leaf, old_digest ^ new.digest(key))
         if isinstance(new, Register) and new.value is None:
@@ -96,6 +98,7 @@ class StoreReplica:
         leaf = leaf_of(key)
         self.tree.toggle(leaf, old.digest(key))
         self.tree.remove_key(leaf, key)
+        self.changes.discard(old.seq, key)
         del self.states[key]
         self.keys.remove(key)
         self.tombstones.discard(key)
@@ -234,20 +237,22 @@ class Replica:
             if delta.reset <= self.purged:
                 return None  # deleted and purged here: never resurrect
             new = merge(None, delta)
-            old_digest = 0
+            old_seq = old_digest = 0
         elif delta.reset < old.reset:
             return None  # an older write: the common duplicate in gossip, rejected without hashing
         elif old.__class__ is Register:  # immutable: hash it only if it is replaced
             new = merge(old, delta)
             if new is None:
                 return None
+            old_seq = old.seq
             old_digest = old.digest(key)
-        else:  # zset and bloom join in place: take the digest first
+        else:  # zset and bloom join in place: take the seq and digest first
+            old_seq = old.seq
             old_digest = old.digest(key)
             new = merge(old, delta)
         if new is None:
             return None
-        sr._put(key, old, new, old_digest)
+        sr._put(key, old, old_seq, new, old_digest)
         if isinstance(new, Register) and new.expiry is not None and new is not old:
             heapq.heappush(self._expiring, (new.expiry, new.seq, store, key))
         if store == META:
