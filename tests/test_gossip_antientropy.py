@@ -78,13 +78,13 @@ def test_repairs_exactly_the_differing_keys(d: int) -> None:
     rounds, types, sent = run_session(na, nb)
     assert na.replica.root == nb.replica.root
     want = sorted(f"key-{i}" for i in differing)
-    assert sorted(sent["a"]) == want  # a's older versions go to b (join: b keeps its own)
-    assert sorted(sent["b"]) == want  # b's newer versions come to a
+    assert sent["a"] == []  # a's versions are older: b's supersede them, nothing goes to b
+    assert sorted(sent["b"]) == want  # exactly the differing keys stream, once each
     changed = sorted(c.key for c in na.drain_changes())
     assert changed == want  # a applied exactly those keys
     assert nb.drain_changes() == []  # b's states were newer: nothing changed there
     assert rounds == 7  # root, 4 tree levels, leaf, states
-    assert "AE_LEAF" in types and types.count("AE_STATES") == 2
+    assert "AE_LEAF" in types and types.count("AE_STATES") == 2  # request (want) and answer
     assert na.antientropy.session is None and na.counters["ae_completed"] == 1
     assert na.replica.watermark == nb.replica.watermark  # covers claimed at the end
 
@@ -141,3 +141,15 @@ def test_responder_ignores_requests_for_unknown_sessions() -> None:
     _, nb = pair(10, [])
     out = nb.receive("a", {"t": 32, "sid": 77, "store": "s", "level": 0, "indices": [0]}, 0.0)
     assert out == []
+
+
+def test_same_reset_sets_are_exchanged_both_ways_and_joined() -> None:
+    na, nb = pair(20, [])
+    na.replica.apply("s", "z", ZSet(30, {b"a": (30, 1.0), b"b": (31, 2.0)}, 31, 0))
+    nb.replica.apply("s", "z", ZSet(30, {b"a": (30, 1.0), b"c": (32, 3.0)}, 32, 0))
+    _, _, sent = run_session(na, nb)
+    assert sent == {"a": ["z"], "b": ["z"]}  # neither supersedes the other: both travel
+    for n in (na, nb):
+        z = n.replica.state("s", "z")
+        assert isinstance(z, ZSet) and set(z.members) == {b"a", b"b", b"c"}
+    assert na.replica.root == nb.replica.root

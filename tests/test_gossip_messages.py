@@ -41,7 +41,7 @@ SAMPLES: list[Message] = [
     m.ae_nodes_req(1, "s", 2, [0, 255]),
     m.ae_nodes(1, "s", 1, [(3, list(range(16)))]),
     m.ae_leaf_req(1, "s", [0, 65535]),
-    m.ae_leaf(1, "s", [4], [("k", 42)]),
+    m.ae_leaf(1, "s", [4], [("k", 42, 3, 5)]),
     m.ae_states(1, "s", [("k", REG)], ["w"], ["l"], True),
     m.ping(1, 10, 0, 2, "edge", [("a:1", "origin", 0, "alive")]),
     m.ack(1, 10, 0, 2, "origin", [], target="b:2"),

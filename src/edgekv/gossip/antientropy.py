@@ -13,10 +13,12 @@ Theory of operation
 3. Descent: for each store whose roots differ, AE_NODES_REQ{store, level, indices} asks for the
    16 child digests of each listed node; the initiator compares them with its own and asks
    only for differing children, level by level, down to the leaves (depth 4, 65,536 leaves).
-   For differing leaves AE_LEAF_REQ returns the responder's (key, key digest) list; the
-   initiator then sends AE_STATES with its states of keys that differ, the keys it wants
-   (`want`: it holds another state) and the keys it lacks (`lack`); the responder applies,
-   answers with its states for those keys, and the initiator applies them.
+   For differing leaves AE_LEAF_REQ returns the responder's (key, key digest, reset, seq)
+   list; the initiator then sends AE_STATES with its states of keys that differ, the keys it
+   wants (`want`: it holds another state) and the keys it lacks (`lack`); the responder
+   applies, answers with its states for those keys, and the initiator applies them.  A state
+   whose reset is above the other side's seq supersedes it whole, so for such keys (every
+   plain value) only the newer state travels, one way.
 4. A key one side lacks is dead there if the holder's `state.reset <= lacker.purged`: it was
    deleted and its tombstone purged, so the holder removes it instead of sending it.  Both
    sides know the other's purge mark (AE_ROOT, AE_STORES), so deleted keys never come back.
@@ -49,6 +51,7 @@ from .messages import (
     AeRoot,
     AeStates,
     AeStores,
+    LeafEntry,
     Range,
     Send,
     ae_equal,
@@ -242,14 +245,19 @@ class AntiEntropy:
             return [], []
         s.outstanding -= 1
         s.messages += 1
-        out, changes = self._diff_leaves(s, msg.store, msg.leaves, dict(msg.entries))
+        theirs = {k: (d, r, q) for k, d, r, q in msg.entries}
+        out, changes = self._diff_leaves(s, msg.store, msg.leaves, theirs)
         if out:
             s.round_trips = max(s.round_trips, 2 + DEPTH)
         return changes, self._sent(s, out, changes)
 
     def _diff_leaves(
-        self, s: _Session, store: str, leaves: list[int], theirs: dict[str, int]
+        self, s: _Session, store: str, leaves: list[int], theirs: dict[str, tuple[int, int, int]]
     ) -> tuple[list[Send], list[Change]]:
+        """Compare our keys in `leaves` with the peer's (key -> digest, reset, seq).
+
+        A state whose reset is above the other's seq supersedes it whole, so only it travels;
+        otherwise (same-reset sets and filters) both sides send theirs and join."""
         sr = self.replica.stores.get(store)
         tree = sr.tree if sr is not None else _EMPTY
         send: list[tuple[str, State]] = []
@@ -269,9 +277,15 @@ class AntiEntropy:
                         self.counters["ae_removed"] += 1
                     else:
                         send.append((key, st))
-                elif their != st.digest(key):
-                    send.append((key, st))
-                    want.append(key)
+                elif their[0] != st.digest(key):
+                    _, t_reset, t_seq = their
+                    if st.reset > t_seq:
+                        send.append((key, st))  # ours supersedes theirs
+                    elif t_reset > st.seq:
+                        want.append(key)  # theirs supersedes ours
+                    else:
+                        send.append((key, st))
+                        want.append(key)
         lack = [k for k in theirs if k not in mine_keys]
         return self._states_msgs(s.sid, s.peer, store, send, want, lack, True), changes
 
@@ -337,10 +351,13 @@ class AntiEntropy:
         if self._responding(peer, msg.sid, now) is None:
             return []
         sr = self.replica.stores.get(msg.store)
-        entries: list[tuple[str, int]] = []
+        entries: list[LeafEntry] = []
         if sr is not None:
+            states = sr.states
             for leaf in msg.leaves:
-                entries.extend((k, sr.states[k].digest(k)) for k in sr.tree.keys_in(leaf))
+                for k in sr.tree.keys_in(leaf):
+                    st = states[k]
+                    entries.append((k, st.digest(k), st.reset, st.seq))
         return [Send(peer, ae_leaf(msg.sid, msg.store, msg.leaves, entries))]
 
     def on_states(self, peer: str, msg: AeStates, now: float) -> tuple[list[Change], list[Send]]:

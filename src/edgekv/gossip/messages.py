@@ -14,7 +14,8 @@ Payload shapes (every message also has "t": MsgType):
                                                         high, purged
     AE_NODES_REQ sid, store, level, indices   AE_NODES  sid, store, level, nodes [[index, 16
                                                         child digests as one 256-byte string]...]
-    AE_LEAF_REQ  sid, store, leaves           AE_LEAF   sid, store, leaves, entries [[key, digest]]
+    AE_LEAF_REQ  sid, store, leaves           AE_LEAF   sid, store, leaves, entries [[key, digest,
+                                                        reset, seq]...]
     AE_STATES  sid, store, states [[key, delta]...], want [key...], lack [key...], reply, more
     PING       seq, wm, purged, inc, role, members    ACK  seq, wm, purged, inc, role, target?,
                                                            members
@@ -47,6 +48,7 @@ DIGEST_BYTES = 16
 Item = tuple[str, str, Delta]
 Range = tuple[int, int]
 MemberRow = tuple[str, str, int, str]
+LeafEntry = tuple[str, int, int, int]  # key, key digest, reset, seq
 
 
 def digest_bytes(d: int) -> bytes:
@@ -165,7 +167,7 @@ class AeLeaf:
     sid: int
     store: str
     leaves: list[int]
-    entries: list[tuple[str, int]]
+    entries: list[LeafEntry]
 
 
 @dataclass(slots=True)
@@ -477,11 +479,14 @@ def _p_leaf_req(m: Message) -> AeLeafReq:
 
 
 def _p_leaf(m: Message) -> AeLeaf:
-    entries: list[tuple[str, int]] = []
+    entries: list[LeafEntry] = []
     for row in _list(_get(m, "entries"), "entries", 4 * MAX_ITEMS):
-        if type(row) is not list or len(row) != 2:
-            raise _bad("AE_LEAF: an entry must be [key, digest]")
-        entries.append((_key(row[0]), _digest(row[1])))
+        if type(row) is not list or len(row) != 4:
+            raise _bad("AE_LEAF: an entry must be [key, digest, reset, seq]")
+        reset, seq = row[2], row[3]
+        if type(reset) is not int or type(seq) is not int or not 1 <= reset <= seq <= MAX_SEQ:
+            raise _bad("AE_LEAF: reset and seq must be integers 1 <= reset <= seq")
+        entries.append((_key(row[0]), _digest(row[1]), reset, seq))
     return AeLeaf(
         _int(m, "sid"),
         _store(_get(m, "store")),
@@ -709,13 +714,13 @@ def ae_leaf_req(sid: int, store: str, leaves: list[int]) -> Message:
     return {"t": int(MsgType.AE_LEAF_REQ), "sid": sid, "store": store, "leaves": leaves}
 
 
-def ae_leaf(sid: int, store: str, leaves: list[int], entries: list[tuple[str, int]]) -> Message:
+def ae_leaf(sid: int, store: str, leaves: list[int], entries: list[LeafEntry]) -> Message:
     return {
         "t": int(MsgType.AE_LEAF),
         "sid": sid,
         "store": store,
         "leaves": leaves,
-        "entries": [[k, digest_bytes(d)] for k, d in entries],
+        "entries": [[k, digest_bytes(d), r, q] for k, d, r, q in entries],
     }
 
 
