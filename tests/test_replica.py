@@ -43,7 +43,7 @@ def check_indexes(replica: Replica) -> None:
             assert sorted(live) == sorted(sr.states), name
         sr.changes.compact(sr.states)
         assert sr.changes.keys == by_seq
-        assert sr.changes.seqs == [sr.states[k].seq for k in by_seq]
+        assert list(sr.changes.seqs) == [sr.states[k].seq for k in by_seq]
         assert sr.tombstones == {
             k for k, s in sr.states.items() if isinstance(s, Register) and s.value is None
         }
