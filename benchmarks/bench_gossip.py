@@ -136,6 +136,7 @@ def bench_c(d: int, keys: int, seed: int) -> dict[str, float]:
     src = "a"
     rounds = 0
     states = 0
+    root_frame = len(encode_frame(queue[0].message))
     while queue:
         nxt = []
         rounds += 1
@@ -162,6 +163,7 @@ def bench_c(d: int, keys: int, seed: int) -> dict[str, float]:
         "digest_bytes": digest_bytes,
         "states": states,
         "wall": wall,
+        "root_frame": root_frame,
     }
 
 
@@ -221,14 +223,22 @@ def main() -> None:
         "| differing keys | round trips | messages | bytes | digest bytes | states sent | wall |",
         "|---|---|---|---|---|---|---|",
     ]
+    root_note = ""
     for d in (0, 1, 100, 10_000):
         c = bench_c(d, keys, args.seed)
+        if d == 0:
+            root_note = (
+                f"d = 0: the AE_ROOT frame is {c['root_frame']} bytes in all (its digest: 16"
+                " bytes); the AE_EQUAL answer ends the session."
+            )
         part_c.append(
             f"| {d:,} | {c['round_trips']} | {c['messages']} | {c['bytes']:,} "
             f"| {c['digest_bytes']:,} | {c['states']:,} | {c['wall']:.2f} s |"
         )
         print(part_c[-1], flush=True)
     part_c += [
+        "",
+        root_note,
         "",
         "Targets: d = 0 in one round trip with <= 64 bytes of digest; d = 1 streams exactly",
         "one entry and <= 8 KB of digests.  Each differing key here is a newer plain value on",
