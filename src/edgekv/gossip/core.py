@@ -171,7 +171,12 @@ class GossipNode:
         return []
 
     def receive(self, peer: str, message: Message, now: float) -> list[Send]:
-        """Handle one inbound gossip message.  Malformed: RemoteProtocolError, nothing changed."""
+        """Handle one inbound gossip message.
+
+        A malformed message raises `RemoteProtocolError` before anything changes.  A well-formed
+        one whose states conflict with ours (equal seq, different value: corruption or forgery)
+        also raises it; the valid joins before the conflicting item stay applied.
+        """
         msg = parse(message)
         self._sync_marks()
         before = len(self.members.peers)
@@ -189,8 +194,6 @@ class GossipNode:
             return []
         self._sync_marks()
         out = self.members.tick(now)
-        if self.members.revived:
-            self.members.revived.clear()
         out.extend(self.dissemination.tick(now))
         out.extend(self.catchup.tick(now))
         out.extend(self.antientropy.tick(now))

@@ -297,7 +297,8 @@ class Dissemination:
     def _holders(self) -> list[str]:
         """Up to `graft_peers` live peers that have the seq just above this node's watermark,
         the announcing peer first; peers asked last time come last (their graft or its answer
-        may have been lost)."""
+        may have been lost), and the origin only when no edge will do (every graft adds an
+        eager link from the holder: the origin's fan-out should stay small)."""
         need = self.replica.watermark + 1
         peers = self.members.peers
         hint = self._hint
@@ -306,7 +307,8 @@ class Dissemination:
         if hint is not None and not self.members.is_dead(hint):
             found.insert(0, hint)  # it announced the seqs: it has them
         last = self._last_graft
-        found.sort(key=lambda a: a in last)  # stable: keeps the order otherwise
+        # stable sort: peers asked last time, then the origin (spare its fan-out), go last
+        found.sort(key=lambda a: (a in last, peers[a].role == "origin"))
         return found[: self.config.graft_peers]
 
     # -- timers ------------------------------------------------------------------------------------

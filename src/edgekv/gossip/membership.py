@@ -98,7 +98,6 @@ class Membership:
         self._cache: tuple[list[str], list[str], list[str]] = ([], [], [])
         self._suspects: dict[str, float] = {}  # suspect address -> since
         self.max_purged = 0  # the highest purge mark any peer advertised
-        self.revived: list[str] = []  # peers revived by direct evidence since the core looked
 
     # -- queries ---------------------------------------------------------------------------------
 
@@ -175,7 +174,6 @@ class Membership:
         elif p.state != ALIVE:
             if p.state == DEAD:
                 self.counters["peers_revived"] += 1
-                self.revived.append(address)
                 # tell it it was declared dead: it refutes with a higher incarnation, and that
                 # ALIVE row overrides the DEAD one everywhere else
                 out.append(Send(address, members([p.row()])))
