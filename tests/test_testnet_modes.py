@@ -91,3 +91,41 @@ def test_cli_testnet_runs_and_leaves_nothing_behind(network: str, tmp_path: Path
     assert proc.returncode == 0, out + proc.stderr.decode()
     assert "propagation" in out and "unreached writes / violations" in out
     assert _procs_mentioning(str(tmp_path)) == []
+
+
+def test_cli_testnet_stops_cleanly_on_sigint_and_sigterm(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        env = {**os.environ, "TMPDIR": str(tmp_path)}
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "edgekv",
+                "testnet",
+                "--edges",
+                "2",
+                "--network",
+                "processes",
+                "--no-live",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while len(_procs_mentioning(str(tmp_path))) < 3 and time.monotonic() < deadline:
+                time.sleep(0.1)  # real processes starting: there is no virtual clock here
+            assert len(_procs_mentioning(str(tmp_path))) >= 3
+            proc.send_signal(sig)
+            rc = proc.wait(timeout=30)
+            output = proc.stdout.read().decode() if proc.stdout else ""
+        finally:
+            proc.kill()
+            if proc.stdout:
+                proc.stdout.close()
+        assert rc == 128 + sig, output
+        assert _procs_mentioning(str(tmp_path)) == []

@@ -67,12 +67,15 @@ def _testnet(args: argparse.Namespace) -> int:
         live_view=not args.no_live,
     )
     result = trio.run(run_live, opts)
+    if "interrupted" in result:
+        return 128 + int(result["interrupted"])
     if args.json:
         print(json.dumps(result, sort_keys=True))
     return 0 if result["unreached"] == 0 and result["violations"] == 0 else 1
 
 
 def _experiment(args: argparse.Namespace) -> int:
+    import anyio
     import trio
     from rich.console import Console
 
@@ -88,7 +91,15 @@ def _experiment(args: argparse.Namespace) -> int:
     console.print(f"experiment {scenario.name}: {scenario.edges} edges, {network}, seed {seed}")
 
     async def main() -> dict[str, Any]:
-        return await run_experiment(scenario, network=network, seed=seed)
+        from edgekv.testnet.live import cancel_on_signals
+
+        hit: list[int] = []
+        report: dict[str, Any] = {}
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(cancel_on_signals, tg.cancel_scope, hit)
+            report = await run_experiment(scenario, network=network, seed=seed)
+            tg.cancel_scope.cancel()
+        return {"interrupted": hit[0]} if hit else report
 
     if network == "sim":
         from edgekv.testnet.harness import sim_clock
@@ -96,6 +107,9 @@ def _experiment(args: argparse.Namespace) -> int:
         report = trio.run(main, clock=sim_clock())
     else:
         report = trio.run(main)
+    if "interrupted" in report:
+        console.print("interrupted: no report written")
+        return 128 + int(report["interrupted"])
     paths = write_report(report, args.out)
     console.print(summary_table(report))
     console.print("wrote " + ", ".join(str(p) for p in paths))

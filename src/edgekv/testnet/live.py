@@ -11,6 +11,7 @@ heal, and the final convergence time.  Everything runs in real time (also in sim
 from __future__ import annotations
 
 import random
+import signal
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -156,9 +157,31 @@ class _Demo:
         return peers, int(sent)
 
 
+async def cancel_on_signals(scope: anyio.CancelScope, hit: list[int]) -> None:
+    """Cancel `scope` on SIGINT (Ctrl-C), SIGTERM or SIGHUP, so every `finally` runs and no
+    node process is left behind (also when SIGINT was ignored, as for background jobs)."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        async for signum in signals:
+            hit.append(int(signum))
+            scope.cancel()
+            return
+
+
 async def run_live(opts: LiveOptions, console: Console | None = None) -> dict[str, Any]:
-    """Run the demo; returns the summary figures (also rendered by `summary`)."""
-    console = console or Console()
+    """Run the demo; returns the summary figures (also rendered by `summary`).
+
+    On SIGINT/SIGTERM/SIGHUP it stops cleanly and returns {"interrupted": signal number}.
+    """
+    hit: list[int] = []
+    result: dict[str, Any] = {}
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(cancel_on_signals, tg.cancel_scope, hit)
+        result = await _run_live(opts, console or Console())
+        tg.cancel_scope.cancel()
+    return {"interrupted": hit[0]} if hit else result
+
+
+async def _run_live(opts: LiveOptions, console: Console) -> dict[str, Any]:
     console.print(f"edgekv testnet: {opts.edges} edges over {opts.network}, seed {opts.seed}")
     async with Testnet(
         edges=opts.edges,

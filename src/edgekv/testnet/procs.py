@@ -15,7 +15,9 @@ What is supported, and how:
   digests and watermarks come from GET /status.  The origin exposes no digest over the network,
   so "converged" means: every live edge reports the same digest and a watermark at least the
   highest seq the testnet's client has had acknowledged (`high_seq`).
-Every process is killed (SIGKILL to its group) when the cluster closes, whatever happened.
+Every process is killed (SIGKILL to its group) when the cluster closes, whatever happened, and
+on Linux each node also gets PR_SET_PDEATHSIG, so it dies with the testnet process even if that
+one is SIGKILLed.
 """
 
 from __future__ import annotations
@@ -44,6 +46,18 @@ __all__ = ["ProcessCluster", "free_port"]
 START_TIMEOUT = 60.0
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL me if the testnet process dies (Linux prctl), so even
+    a SIGKILLed testnet leaves no node behind.  Elsewhere a no-op (close() still kills)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
 def free_port() -> int:
     """A port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as s:
@@ -63,7 +77,11 @@ class _Proc:
     def start(self) -> None:
         with self.log.open("ab") as log:
             self.popen = subprocess.Popen(
-                self.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         self.stopped = False
 
