@@ -11,7 +11,15 @@ Theory of operation
    (retrying with backoff until its timeout).  A read in flight when the connection drops is
    retried; a write is not (it may or may not have been applied), it raises OriginUnavailable.
 3. ERROR frames become the typed exception they name (`errors.error_from_code`); no answer
-   within `timeout` seconds raises OriginUnavailable.
+   within `timeout` seconds raises OriginUnavailable.  Timeouts cost no cancel scope per
+   request: each request joins a deque of its timeout (deadlines ascend within one), and one
+   watchdog task sleeps until the earliest deadline among the deques' heads; it wakes an
+   expired request (and closes its connection if the request is still stuck sending).
+4. After the handshake the reader parses frames itself from the socket: one `receive` may
+   hold many answers, each decoded by one `cbor2.loads` (tags refused).  The origin sends
+   nothing unasked after the handshake, so nothing is left in the handshake's decoder.  An
+   oversize or undecodable frame, or an answer that is not a map with an int "t", closes the
+   connection (the requests waiting on it then fail or retry as in rule 2).
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import itertools
 import math
 import os
 import struct
+from collections import deque
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
@@ -61,12 +70,31 @@ def request_frame(msg: dict[str, Any], max_frame_size: int) -> bytes:
 
 
 class _Waiter:
-    __slots__ = ("conn", "event", "reply")
+    __slots__ = ("conn", "deadline", "done", "event", "expired", "reply", "sent")
 
-    def __init__(self, conn: _Connection) -> None:
+    def __init__(self, conn: _Connection, deadline: float) -> None:
         self.conn = conn
+        self.deadline = deadline
         self.event = anyio.Event()
         self.reply: Message | None = None
+        self.sent = False
+        self.expired = False
+        self.done = False
+
+
+def _no_tags(*_args: object) -> None:
+    raise RemoteProtocolError("CBOR tags are not allowed")
+
+
+def decode_answer(body: bytes) -> Message:
+    """One answer frame's body; RemoteProtocolError if it is not a map with an int "t"."""
+    try:
+        msg = cbor2.loads(body, tag_hook=_no_tags)
+    except Exception as exc:
+        raise RemoteProtocolError(f"undecodable answer: {exc!r:.200}") from None
+    if type(msg) is not dict or type(msg.get("t")) is not int:
+        raise RemoteProtocolError("an answer must be a map with an int type")
+    return msg
 
 
 class _Connection:
@@ -148,6 +176,8 @@ class OriginClient:
         self.node_id = f"client-{os.urandom(6).hex()}"
         self._ids = itertools.count(1)
         self._pending: dict[int, _Waiter] = {}
+        self._timeouts: dict[float, deque[_Waiter]] = {}
+        self._watch_wake: anyio.Event | None = None
         self._conn: _Connection | None = None
         self._connect_lock: anyio.Lock | None = None
         self._tg: anyio.abc.TaskGroup | None = None
@@ -158,6 +188,7 @@ class OriginClient:
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
+        tg.start_soon(self._watchdog)
         return self
 
     async def __aexit__(
@@ -219,22 +250,73 @@ class OriginClient:
             return conn
 
     async def _reader(self, conn: _Connection) -> None:
+        """Complete waiters from the answers on `conn` (rule 4)."""
+        pending = self._pending
+        sock = conn.stream.stream
+        limit = conn.stream.max_frame_size
+        unpack = _HEADER.unpack_from
+        buf = bytearray()
+        pos = 0
         try:
             while True:
-                msg = await conn.stream.receive()
-                waiter = self._pending.get(msg.get("id"))  # type: ignore[arg-type]
-                if waiter is not None and msg.get("t") in (_RESPONSE, _ERROR):
-                    waiter.reply = msg
-                    waiter.event.set()
+                buf += await sock.receive(65536)
+                n = len(buf)
+                while n - pos >= 4:
+                    (length,) = unpack(buf, pos)
+                    if length > limit:
+                        raise RemoteProtocolError(f"answer of {length} bytes exceeds the limit")
+                    end = pos + 4 + length
+                    if end > n:
+                        break
+                    msg = decode_answer(bytes(buf[pos + 4 : end]))
+                    pos = end
+                    waiter = pending.get(msg.get("id"))  # type: ignore[arg-type]
+                    if waiter is not None and msg["t"] in (_RESPONSE, _ERROR):
+                        waiter.reply = msg
+                        waiter.event.set()
+                if pos == n:
+                    buf.clear()
+                    pos = 0
+                elif pos > 65536:
+                    del buf[:pos]
+                    pos = 0
         except Exception:
             pass  # closed, reset or garbage: this connection is done
         finally:
             conn.alive = False
-            for waiter in list(self._pending.values()):
+            for waiter in list(pending.values()):
                 if waiter.conn is conn:
                     waiter.event.set()
             with anyio.CancelScope(shield=True):
-                await anyio.aclose_forcefully(conn.stream.stream)
+                await anyio.aclose_forcefully(sock)
+
+    async def _watchdog(self) -> None:
+        """Expire requests past their deadline (rule 3)."""
+        timeouts = self._timeouts
+        while True:
+            soonest: deque[_Waiter] | None = None
+            for q in timeouts.values():
+                while q and q[0].done:
+                    q.popleft()
+                if q and (soonest is None or q[0].deadline < soonest[0].deadline):
+                    soonest = q
+            if soonest is None:
+                self._watch_wake = wake = anyio.Event()
+                await wake.wait()
+                continue
+            head = soonest[0]
+            delay = head.deadline - anyio.current_time()
+            if delay > 0:  # until then, or until a request becomes the head of its deque
+                self._watch_wake = wake = anyio.Event()
+                with anyio.move_on_after(delay):
+                    await wake.wait()
+                continue
+            soonest.popleft()
+            head.expired = True
+            head.event.set()
+            if not head.sent:  # stuck in send: the connection is unusable
+                head.conn.alive = False
+                await anyio.aclose_forcefully(head.conn.stream.stream)
 
     # -- requests --------------------------------------------------------------------------------
 
@@ -242,28 +324,40 @@ class OriginClient:
         """Send one request body and return the response fields (or raise its typed error)."""
         if self.token is not None:
             body["token"] = self.token
-        deadline = anyio.current_time() + self.timeout
+        timeout = self.timeout
+        deadline = anyio.current_time() + timeout
         while True:
             conn = await self._connection(deadline)
             req_id = next(self._ids)
             frame = request_frame({"t": _REQUEST, "id": req_id, **body}, conn.stream.max_frame_size)
-            waiter = self._pending[req_id] = _Waiter(conn)
+            waiter = self._pending[req_id] = _Waiter(conn, deadline)
+            queue = self._timeouts.get(timeout)
+            if queue is None:
+                queue = self._timeouts[timeout] = deque()
+            queue.append(waiter)
+            wake = self._watch_wake
+            if wake is not None and len(queue) == 1:  # a new head: maybe the soonest deadline
+                self._watch_wake = None
+                wake.set()
             try:
-                with anyio.move_on_after(deadline - anyio.current_time()):
-                    try:
-                        await conn.send(frame)
-                    except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
-                        pass  # conn.send closed the connection
-                    if conn.alive:
-                        await waiter.event.wait()
+                try:
+                    await conn.send(frame)
+                except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    pass  # conn.send closed the connection
+                waiter.sent = True
+                if conn.alive and not waiter.expired:
+                    await waiter.event.wait()
             finally:
                 del self._pending[req_id]
+                waiter.done = True
+                while queue and queue[0].done:
+                    queue.popleft()
             reply = waiter.reply
             if reply is not None:
                 if reply["t"] == _ERROR:
                     raise error_from_code(str(reply.get("code")), str(reply.get("message")))
                 return reply
-            if anyio.current_time() >= deadline:
+            if waiter.expired or anyio.current_time() >= deadline:
                 raise OriginUnavailable(f"no answer from the origin within {self.timeout} s")
             if not idempotent:
                 raise OriginUnavailable(
