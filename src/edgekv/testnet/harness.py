@@ -580,6 +580,17 @@ class Testnet:
 
         return read
 
+    def node_info(self, name: str) -> tuple[int, int]:
+        """(peers known, messages sent so far) of a live node, for the live view."""
+        if self._procs is not None:
+            return self._procs.node_info(name)  # type: ignore[no-any-return]
+        slot = self._slot(name)
+        if not slot.live:
+            return 0, 0
+        peers = len(slot.node.runtime.gossip.peers())
+        sent = sum(slot.plug.stats.sent_messages.values()) if slot.plug is not None else 0
+        return peers, int(sent)
+
     def digests(self) -> dict[str, int]:
         """Live node -> replica digest (Merkle root over every store)."""
         if self._procs is not None:

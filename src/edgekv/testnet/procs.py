@@ -272,6 +272,12 @@ class ProcessCluster:
         top = roots.most_common(1)[0][1] if roots else 0
         return top / len(live), len({s["root"] for s in status.values()})
 
+    def node_info(self, name: str) -> tuple[int, int]:
+        """(peers known, messages sent) from the node's last fetched /status."""
+        s = self._status.get(name, {})
+        sent = s.get("counters", {}).get("transport", {}).get("sent_messages", 0)
+        return len(s.get("peers", {})), int(sent)
+
     def stats(self) -> TransportStats:
         """Sent messages and bytes by type, summed from each live edge's /status counters."""
         out = TransportStats()

@@ -164,6 +164,19 @@ async def _sample_agreement(
         await anyio.sleep(interval)
 
 
+def _recovery(events: list[tuple[float, str, str]], samples: list[list[float]]) -> list[list[Any]]:
+    """Per heal/restart: [time, action, detail, seconds until every live edge's digest equalled
+    the origin's (first agreement sample at 1.0), or None].  Under continuing write load the
+    digests only agree once the load pauses, so this is an upper bound."""
+    out: list[list[Any]] = []
+    for t, action, detail in events:
+        if action not in ("heal", "restart"):
+            continue
+        after = next((st for st, frac, _ in samples if st >= t and frac == 1.0), None)
+        out.append([_r(t), action, detail, None if after is None else _r(after - t)])
+    return out
+
+
 async def run_experiment(
     scenario: Scenario,
     *,
@@ -243,6 +256,7 @@ async def run_experiment(
             "per_write": _r(total_messages / len(acked)) if acked else None,
         },
         "agreement": samples,
+        "recovery": _recovery(events, samples),
         "writes": [
             {
                 "id": w.id,
