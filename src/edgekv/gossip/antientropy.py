@@ -147,6 +147,8 @@ class AntiEntropy:
             return
         if s.covers is not None:
             self.replica.covered.update(s.covers)
+            if s.force:
+                self._pending_force = None  # this node was just repaired
         s.done = True
         self.last = s
         self.session = None

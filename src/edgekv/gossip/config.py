@@ -59,8 +59,9 @@ class GossipConfig:
     # -- catch-up and anti-entropy ------------------------------------------------------------
     ae_interval: float = 2.0
     """One anti-entropy session with a random live peer per interval."""
-    ae_timeout: float = 5.0
-    """A session (either side) silent this long is dropped."""
+    ae_timeout: float = 2.0
+    """A session (either side) silent this long is dropped (every message restarts the clock),
+    so one lost message costs at most this much before a new session starts."""
     ae_force_every: int = 10
     """A periodic session whose peers differ only by writes in flight stops after the root
     exchange (catch-up delivers those); every ae_force_every-th session descends anyway."""

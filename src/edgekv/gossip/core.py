@@ -312,6 +312,9 @@ class GossipNode:
         changes = self.catchup.on_data(peer, msg)
         self._record(changes)
         if msg.fallback:
+            # catch-up cannot help (the peer purged past our watermark): anti-entropy repairs
+            # us; grafts would only bring more fallbacks meanwhile
+            self.dissemination.grafts_paused_until = now + self.config.ae_timeout
             return self.antientropy.start(peer, now, force=True)
         if changes and len(changes) <= FORWARD_SYNC_LIMIT:
             items = [(c.store, c.key, c.state) for c in changes if c.state is not None]

@@ -116,6 +116,7 @@ class Dissemination:
         self._graft_due: float | None = None
         self._graft_high = 0
         self._last_graft: set[str] = set()
+        self.grafts_paused_until = float("-inf")  # set while a fallback AE session runs
 
     @property
     def fanout(self) -> int:
@@ -338,6 +339,8 @@ class Dissemination:
             for peer in self._next_lazy(self._notice_burst):
                 out.append(Send(peer, ihave(self.replica.watermark, covers)))
                 self.counters["ihaves_sent"] += 1
+        if self._graft_due is not None and self._graft_due <= now < self.grafts_paused_until:
+            self._graft_due = self.grafts_paused_until  # anti-entropy is repairing this node
         if self._graft_due is not None and self._graft_due <= now:
             self._graft_due = None
             wm = self.replica.watermark
