@@ -114,3 +114,15 @@ def test_indirect_probe_saves_a_peer_behind_a_lossy_direct_link() -> None:
     node.tick(now + 5.0)
     assert node.peers()[target].state == "alive"
     assert node.counters["suspicions"] == 0
+
+
+def test_graceful_leave_marks_the_node_dead_at_once() -> None:
+    sim = Sim(4, seed=25)
+    sim.start()
+    sim.run_until(2.0)
+    leaver = sim.nodes["edge-1"]
+    byes = leaver.leave(sim.now)
+    assert {s.peer for s in byes} == set(leaver.members.live()) and byes
+    for s in byes:
+        assert sim.nodes[s.peer].receive("edge-1", s.message, sim.now) == []
+        assert sim.nodes[s.peer].peers()["edge-1"].state == "dead"
