@@ -1,0 +1,249 @@
+"""Pipelined group commit: groups planned on top of unflushed groups, acks only after a flush,
+in order; failed writes and failed flushes; and the client's send combining and timeouts."""
+
+from __future__ import annotations
+
+import struct
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import pytest
+import trio
+import trio.testing
+
+from edgekv.crdt import Put, Replica, validate_op
+from edgekv.errors import EdgeKVError, OriginUnavailable, StoreNotFound, VersionMismatch
+from edgekv.node.tcp import FramedStream
+from edgekv.origin.client import OriginClient
+from edgekv.origin.sequencer import Sequencer, Ticket
+from edgekv.origin.wal import LogError, WriteAheadLog
+from edgekv.origin.writer import BatchCommand, Command, StoreCommand
+
+
+def put(key: str, value: bytes, if_version: int | None = None, store: str = "s") -> BatchCommand:
+    return BatchCommand(store, ((validate_op(Put(key, value)), if_version),))
+
+
+class GatedLog(WriteAheadLog):
+    """A durable log whose flushes wait for `release()` (they run in the flusher's threads)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.gate = threading.Event()
+        self.syncs = 0
+        self.fail_sync: Exception | None = None
+        self.fail_write: Exception | None = None
+
+    def sync(self) -> None:
+        self.gate.wait(10)
+        self.syncs += 1
+        if self.fail_sync is not None:
+            raise self.fail_sync
+        super().sync()
+
+    def write(self, rows: object, high: int) -> None:
+        if self.fail_write is not None:
+            raise self.fail_write
+        super().write(rows, high)  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def sequencer(wal: WriteAheadLog) -> AsyncIterator[Sequencer]:
+    seq = Sequencer(wal, Replica(), wall_ms=lambda: 1_000_000)
+    async with anyio.create_task_group() as tg:
+        await tg.start(seq.run)
+        try:
+            yield seq
+        finally:
+            tg.cancel_scope.cancel()
+
+
+class Outcomes:
+    """Collects sequencer callbacks; `wait(n)` returns once n tickets are answered."""
+
+    def __init__(self) -> None:
+        self.done: list[Ticket] = []
+        self._event = anyio.Event()
+
+    def callback(self) -> Callable[[Ticket], None]:
+        def cb(ticket: Ticket) -> None:
+            self.done.append(ticket)
+            self._event.set()
+
+        return cb
+
+    async def wait(self, n: int) -> list[Ticket]:
+        with trio.fail_after(10):
+            while len(self.done) < n:
+                self._event = anyio.Event()
+                await self._event.wait()
+        return self.done
+
+
+async def submit_group(seq: Sequencer, out: Outcomes, commands: list[Command]) -> None:
+    """Submit `commands` and let the commit loop write them as one group."""
+    for cmd in commands:
+        seq.submit_nowait(cmd, out.callback())
+    await trio.testing.wait_all_tasks_blocked()
+
+
+async def test_groups_plan_on_unflushed_groups_and_ack_after_the_flush(tmp_path: Path) -> None:
+    wal = GatedLog(tmp_path / "log.db")
+    out = Outcomes()
+    async with sequencer(wal) as seq:
+        await submit_group(seq, out, [StoreCommand("create", "s"), put("a", b"1")])
+        # written, not flushed: nobody is answered and the replica holds nothing yet
+        assert seq.next_seq == 3 and wal.high == 2
+        assert out.done == [] and seq.replica.state("s", "a") is None
+        # the next group sees the unflushed group: the store exists, a is at version 2
+        await submit_group(seq, out, [put("a", b"2", if_version=2), put("b", b"x", if_version=0)])
+        await submit_group(seq, out, [put("a", b"3", if_version=2)])  # a is at 3 now: mismatch
+        await submit_group(seq, out, [StoreCommand("drop", "s"), put("a", b"4")])
+        await submit_group(seq, out, [StoreCommand("create", "s"), put("a", b"5", if_version=0)])
+        assert out.done == [] and seq.replica.watermark == 0
+        wal.gate.set()
+        done = await out.wait(9)
+    outcome = [t.error if t.error is not None else t.planned.seqs for t in done]  # type: ignore[union-attr]
+    assert outcome[:4] == [[1], [2], [3], [4]]
+    assert isinstance(outcome[4], VersionMismatch)
+    assert outcome[5] == [5] and isinstance(outcome[6], StoreNotFound)
+    assert outcome[7:] == [[6], [7]]
+    assert seq.replica.watermark == 7
+    assert seq.replica.store("s").get("a", 0) == b"5"  # dropped with its store, rewritten
+    assert seq.replica.state("s", "b") is None
+    assert seq._pending == {}
+    wal.close()
+
+
+async def test_a_failed_write_fails_its_group_only(tmp_path: Path) -> None:
+    wal = GatedLog(tmp_path / "log.db")
+    wal.gate.set()
+    async with sequencer(wal) as seq:
+        await seq.submit(StoreCommand("create", "s"))
+        wal.fail_write = LogError("disk full")
+        with pytest.raises(LogError, match="disk full"):
+            await seq.submit(put("a", b"1"))
+        wal.fail_write = None
+        planned, _ = await seq.submit(put("a", b"2"))
+        assert planned.seqs == [2]  # the failed group's seq was never used
+    assert seq.replica.store("s").get("a", 0) == b"2"
+    wal.close()
+
+
+async def test_a_failed_flush_fails_every_write_in_flight_and_later_ones(tmp_path: Path) -> None:
+    wal = GatedLog(tmp_path / "log.db")
+    out = Outcomes()
+    async with sequencer(wal) as seq:
+        wal.fail_sync = OSError(5, "Input/output error")
+        await submit_group(seq, out, [StoreCommand("create", "s")])
+        await submit_group(seq, out, [put("a", b"1"), put("b", b"1")])
+        wal.gate.set()
+        done = await out.wait(3)
+        assert all(isinstance(t.error, LogError) for t in done)
+        assert seq.replica.watermark == 0  # nothing unflushed reached the replica
+        with pytest.raises(LogError, match="restart"):
+            await seq.submit(put("c", b"1"))
+    wal.close()
+
+
+async def test_shutdown_fails_writes_waiting_for_a_flush(tmp_path: Path) -> None:
+    wal = GatedLog(tmp_path / "log.db")
+    out = Outcomes()
+    async with sequencer(wal) as seq:
+        await submit_group(seq, out, [StoreCommand("create", "s")])
+        threading.Timer(0.05, wal.gate.set).start()  # the flush ends while shutting down
+    assert len(out.done) == 1
+    assert isinstance(out.done[0].error, EdgeKVError)
+    assert "shutting down" in str(out.done[0].error)
+    wal.close()
+
+
+# -- the client ----------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def silent_origin(answer: bytes | None = None) -> AsyncIterator[str]:
+    """A server that completes the client handshake, then never answers (or sends `answer`)."""
+
+    async def serve(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            fs = await FramedStream.accept(stream, cluster_id="edgekv", node_id="o", role="origin")
+            await fs.receive()  # the first request
+            if answer is not None:
+                await fs.send_frame(answer)
+            await trio.sleep_forever()
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, serve)
+        yield f"127.0.0.1:{port}"
+        tg.cancel_scope.cancel()
+
+
+async def test_client_times_out_per_request() -> None:
+    with trio.fail_after(10):
+        async with silent_origin() as address, OriginClient(address, timeout=5) as c:
+            c.timeout = 0.2  # a shorter timeout behind a longer one still fires on time
+            results: list[float] = []
+
+            async def timed(seconds: float) -> None:
+                c.timeout = seconds
+                t0 = trio.current_time()
+                with pytest.raises(OriginUnavailable, match="no answer"):
+                    await c.put("s", "k", b"v")
+                results.append(trio.current_time() - t0)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(timed, 3.0)
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(timed, 0.2)
+            assert len(results) == 2
+            assert min(results) < 1.0  # the 0.2 s request did not wait for the 3 s one
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        struct.pack(">I", 3) + b"\xff\xff\xff",  # not CBOR
+        struct.pack(">I", 2) + b"\xc1\x01",  # a tag
+        struct.pack(">I", 1) + b"\x01",  # not a map
+        struct.pack(">I", 1 << 30),  # oversize
+    ],
+)
+async def test_client_garbage_answer_fails_the_request(answer: bytes) -> None:
+    with trio.fail_after(10):
+        async with silent_origin(answer) as address, OriginClient(address, timeout=5) as c:
+            with pytest.raises(OriginUnavailable, match="lost"):
+                await c.put("s", "k", b"v")
+
+
+async def test_one_client_many_tasks_share_sends_and_commits(tmp_path: Path) -> None:
+    from edgekv.origin.server import Origin
+
+    with trio.fail_after(20):
+        async with (
+            Origin(data_dir=tmp_path, listen="127.0.0.1:0") as origin,
+            OriginClient(origin.address, timeout=10) as c,
+        ):
+            await c.create_store("s")
+            versions: dict[str, int] = {}
+
+            async def writer(i: int) -> None:
+                for j in range(10):
+                    key = f"w{i}:{j}"
+                    versions[key] = (await c.put("s", key, key.encode())).seq
+
+            groups_before = origin.sequencer.groups
+            async with trio.open_nursery() as nursery:
+                for i in range(50):
+                    nursery.start_soon(writer, i)
+            assert sorted(versions.values()) == list(range(2, 502))
+            assert origin.sequencer.groups - groups_before < 250  # writes shared groups
+            for key, seq in versions.items():
+                entry = await c.get_entry("s", key)
+                assert entry is not None and entry.value == key.encode()
+                assert entry.version.seq == seq
