@@ -312,3 +312,18 @@ def test_any_order_converges_long_histories(history: History, data: st.DataObjec
     assert snapshot(replica) == snapshot(history.origin)
     assert replica.root == history.origin.root
     check_indexes(replica)
+
+
+@given(
+    values=st.lists(st.one_of(st.integers(0, 40), st.integers(0, 10**9)), max_size=300),
+    probes=st.lists(st.integers(-3, 10**9 + 3), max_size=20),
+)
+def test_change_log_locate_equals_bisect(values: list[int], probes: list[int]) -> None:
+    from array import array
+    from bisect import bisect_left
+
+    from edgekv.crdt.changelog import _locate
+
+    seqs = array("q", sorted(values))
+    for x in [*probes, *values[:10], *(v + 1 for v in values[:10])]:
+        assert _locate(seqs, x) == bisect_left(seqs, x)

@@ -45,6 +45,36 @@ _GONE = _Gone()
 _SEQ = attrgetter("seq")
 
 
+def _locate(seqs: array[int], seq: int) -> int:
+    """bisect_left(seqs, seq), starting from an interpolated guess.
+
+    Seqs are dense and roughly uniform, so the guess is usually within a few places: a short
+    gallop brackets it and a bisection finishes, touching a few cache lines instead of the
+    ~20 scattered ones a full bisection of a million entries touches.
+    """
+    n = len(seqs)
+    if n < 64:
+        return bisect_left(seqs, seq)
+    first, last = seqs[0], seqs[-1]
+    if seq <= first:
+        return 0
+    if seq > last:
+        return n
+    i = (seq - first) * (n - 1) // (last - first)
+    step = 1
+    if seqs[i] < seq:  # answer in (i, n]: gallop right
+        lo = i + 1
+        while lo + step < n and seqs[lo + step] < seq:
+            lo += step
+            step <<= 1
+        return bisect_left(seqs, seq, lo, min(lo + step + 1, n))
+    hi = i  # answer in [0, i]: gallop left
+    while hi - step >= 0 and seqs[hi - step] >= seq:
+        hi -= step
+        step <<= 1
+    return bisect_left(seqs, seq, max(hi - step, 0), hi + 1)
+
+
 class ChangeLog:
     """Keys by the seq of their last change: append-only with marking, lazy sort, compaction."""
 
@@ -75,7 +105,7 @@ class ChangeLog:
             self.checked = False
             return
         seqs, keys = self.seqs, self.keys
-        i = bisect_left(seqs, seq)
+        i = _locate(seqs, seq)
         n = len(seqs)
         while i < n and seqs[i] == seq:
             if keys[i] == key:

@@ -45,7 +45,7 @@ class MerkleTree:
         if not value:
             return
         idx = leaf
-        for level in reversed(self.levels):
+        for level in reversed(self.levels):  # not cached: origin recovery swaps level dicts in
             x = level.get(idx, 0) ^ value
             if x:
                 level[idx] = x

@@ -241,9 +241,12 @@ class Replica:
         elif delta.reset < old.reset:
             return None  # an older write: the common duplicate in gossip, rejected without hashing
         elif old.__class__ is Register:  # immutable: hash it only if it is replaced
-            new = merge(old, delta)
-            if new is None:
-                return None
+            if delta.__class__ is Register and delta.reset > old.reset:
+                new = delta  # the common overwrite; registers are immutable, so no copy
+            else:
+                new = merge(old, delta)
+                if new is None:
+                    return None
             old_seq = old.seq
             old_digest = old.digest(key)
         else:  # zset and bloom join in place: take the seq and digest first
