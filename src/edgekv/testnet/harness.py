@@ -7,8 +7,10 @@
         assert await net.converged(timeout=5)
 
 Modes.  `network="sim"`: every node gets a `SimTransport` of one `SimNetwork` whose `LinkFaults`
-is seeded from `seed`; run it under trio with `MockClock(autojump_threshold=0)` for virtual
-time (the node's wall clock is virtual too, so `written_at` and expiry follow it).
+is seeded from `seed`; run it under trio with `sim_clock()` (an autojumping MockClock) for
+virtual time (the node's wall clock is virtual too, so `written_at` and expiry follow it).  The
+origin's log is then a simulated disk, written inline without fsync (worker threads would race
+the virtual clock), and trio's scheduler is seeded: the same seed replays the same run.
 `network="tcp"`: real sockets on 127.0.0.1, one `TcpTransport` per node, all sharing one
 `LinkFaults` so the same faults apply.  `processes=True`: see `edgekv.testnet.procs`.
 
@@ -79,6 +81,44 @@ def restore_scheduler() -> None:
             setattr(run_mod, _DETERMINISTIC, False)
     except Exception:  # pragma: no cover
         pass
+
+
+class _InlineThreads:
+    """In sim mode, run `anyio.to_thread.run_sync` calls inline (the simulated disk).
+
+    Worker threads finish in real time, at a moment that races the simulated tasks; run inline,
+    the origin's log writes happen at a fixed point of the schedule, so a seed replays exactly.
+    Installed for the life of a sim `Testnet` only and restored afterwards (nested uses count).
+    """
+
+    depth = 0
+    original: Any = None
+
+    @classmethod
+    def install(cls) -> None:
+        import anyio.to_thread
+        import trio.to_thread
+
+        if cls.depth == 0:
+            cls.original = (anyio.to_thread.run_sync, trio.to_thread.run_sync)
+
+            async def run_inline(func: Callable[..., Any], *args: Any, **_: Any) -> Any:
+                await anyio.lowlevel.checkpoint()
+                return func(*args)
+
+            anyio.to_thread.run_sync = run_inline  # type: ignore[assignment]
+            trio.to_thread.run_sync = run_inline  # type: ignore[assignment]
+        cls.depth += 1
+
+    @classmethod
+    def remove(cls) -> None:
+        import anyio.to_thread
+        import trio.to_thread
+
+        cls.depth -= 1
+        if cls.depth == 0 and cls.original is not None:
+            anyio.to_thread.run_sync, trio.to_thread.run_sync = cls.original
+            cls.original = None
 
 
 def sim_clock() -> Any:
@@ -267,6 +307,8 @@ class Testnet:
             self._slots[name] = _Slot(name, "origin" if name == "origin" else "edge")
         if self.network == "sim":
             seed_scheduler(self.seed)
+            _InlineThreads.install()
+            self._stack.callback(_InlineThreads.remove)
             from edgekv.testnet.simnet import SimNetwork
 
             self._sim = SimNetwork(self.faults)
@@ -382,6 +424,9 @@ class Testnet:
             common["config"] = self.config
         if slot.role == "origin":
             options: dict[str, Any] = {"wall_ms": wall} if wall is not None else {}
+            if self._sim is not None:
+                # A simulated disk: log writes inline (see _InlineThreads), no fsync thread.
+                options["synchronous"] = "NORMAL"
             return edgekv.Origin(
                 slot.data_dir,
                 listen=None,
