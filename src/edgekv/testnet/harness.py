@@ -49,6 +49,7 @@ SIM_EPOCH_MS = 1_700_000_000_000  # virtual wall clock = this + virtual time
 
 
 _DETERMINISTIC = "_ALLOW_DETERMINISTIC_SCHEDULING"
+_saved: list[bool] = []  # the flag's values before each seed_scheduler (pytest-trio sets it)
 
 
 def seed_scheduler(seed: int) -> bool:
@@ -64,6 +65,7 @@ def seed_scheduler(seed: int) -> bool:
 
         rng = getattr(run_mod, "_r", None)
         if isinstance(rng, random.Random) and hasattr(run_mod, _DETERMINISTIC):
+            _saved.append(bool(getattr(run_mod, _DETERMINISTIC)))
             setattr(run_mod, _DETERMINISTIC, True)  # undone by `restore_scheduler`
             rng.seed(seed)
             return True
@@ -73,12 +75,12 @@ def seed_scheduler(seed: int) -> bool:
 
 
 def restore_scheduler() -> None:
-    """Back to trio's default (randomised) scheduling after a seeded simulation."""
+    """Back to the scheduling mode in force before the matching `seed_scheduler`."""
     try:
         import trio._core._run as run_mod
 
-        if hasattr(run_mod, _DETERMINISTIC):
-            setattr(run_mod, _DETERMINISTIC, False)
+        if hasattr(run_mod, _DETERMINISTIC) and _saved:
+            setattr(run_mod, _DETERMINISTIC, _saved.pop())
     except Exception:  # pragma: no cover
         pass
 
