@@ -73,10 +73,8 @@ class GossipConfig:
     # -- sizes ----------------------------------------------------------------------------------
     max_message_bytes: int = 1 << 20
     """Soft limit of one outgoing message's payload (SYNC_DATA and AE replies are chunked)."""
-    max_items: int = 100_000
-    """Hard limit on items, ranges, keys or indices in one received message."""
     max_members: int = 10_000
-    """Hard limit on entries of one MEMBERS message and on the member table."""
+    """Hard limit on the member table (rows for unknown peers beyond it are ignored)."""
 
     def __post_init__(self) -> None:
         for name in (

@@ -38,7 +38,8 @@ from ..errors import CodecError, RemoteProtocolError
 from .wire import Message, MsgType
 
 MAX_SEQ = (1 << 63) - 1
-MAX_ITEMS = 100_000
+MAX_ITEMS = 100_000  # items, ranges, keys or indices in one received message (hard limit)
+MAX_MEMBER_ROWS = 10_000  # rows of one MEMBERS list
 MAX_ADDRESS = 256
 MAX_KEY_BYTES = 512
 ROLES = ("edge", "origin")
@@ -353,7 +354,7 @@ def _items(m: Message, name: str = "items") -> list[Item]:
 
 def _members(v: object) -> list[MemberRow]:
     out: list[MemberRow] = []
-    for row in _list(v, "members", 10_000):
+    for row in _list(v, "members", MAX_MEMBER_ROWS):
         if type(row) is not list or len(row) != 4:
             raise _bad("members: a row must be [address, role, incarnation, state]")
         addr, role, inc, state = row
