@@ -32,7 +32,18 @@ from collections import Counter
 from dataclasses import dataclass
 
 from .config import GossipConfig
-from .messages import Ack, MemberRow, Ping, PingReq, Send, ack, members, ping, ping_req
+from .messages import (
+    MAX_MEMBER_ROWS,
+    Ack,
+    MemberRow,
+    Ping,
+    PingReq,
+    Send,
+    ack,
+    members,
+    ping,
+    ping_req,
+)
 
 ALIVE, SUSPECT, DEAD = "alive", "suspect", "dead"
 _RANK = {ALIVE: 0, SUSPECT: 1, DEAD: 2}
@@ -224,7 +235,8 @@ class Membership:
     def rows(self) -> list[MemberRow]:
         """The whole table, this node first."""
         me: MemberRow = (self.address, self.role, self.incarnation, ALIVE)
-        return [me, *(self.peers[a].row() for a in sorted(self.peers))]
+        rows = [me, *(self.peers[a].row() for a in sorted(self.peers))]
+        return rows[:MAX_MEMBER_ROWS]  # what a receiver accepts in one message
 
     def _retransmits(self) -> int:
         return 3 * max(1, math.ceil(math.log2(len(self.peers) + 2)))
