@@ -9,8 +9,12 @@ Theory of operation
    So one client may pipeline many requests (they then share group commits); at most
    `MAX_INFLIGHT` writes are outstanding per connection, after which the reader waits.
 3. Answers are encoded into `out` (a write's answer by its sequencer callback, once durable)
-   and one writer task per connection sends whatever has accumulated in one `send`: the
-   answers of a whole commit group leave in one system call.
+   and leave in one system call per connection: after the callbacks of a commit group, the
+   sequencer calls `flush_answers`, which writes each touched connection's answers straight
+   to its non-blocking socket (under trio, where anyio's socket stream buffers nothing, and
+   only while this connection's writer task is idle, so bytes never interleave); whatever
+   the socket does not take at once, and every answer under asyncio or to a read, goes
+   through the connection's writer task, which sends all that has accumulated in one `send`.
 4. The answer is RESPONSE {"t": 51, "id", ...fields} or, for an EdgeKVError, ERROR {"t": 52,
    "id", "code", "message"}: a bad request costs the client one typed error, the connection
    and the origin keep serving.  Write acks are built here from plain ints and lists, so they
@@ -20,12 +24,15 @@ Theory of operation
 from __future__ import annotations
 
 import logging
+import socket
 import struct
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.abc
 import cbor2
+import sniffio
 
 from ..errors import EdgeKVError, LocalProtocolError, RemoteProtocolError
 from ..gossip.wire import Message, MsgType, encode_frame
@@ -77,6 +84,28 @@ def error_frame(req_id: int, exc: BaseException) -> bytes:
     return encode_frame({"t": _ERROR, "id": req_id, "code": code, "message": message[:4096]})
 
 
+def direct_socket(stream: anyio.abc.ByteStream) -> socket.socket | None:
+    """The non-blocking socket under `stream` if bytes may be written to it directly: a plain
+    anyio socket stream (not TLS or any wrapper) on the trio backend, whose `send` writes
+    straight to the socket and keeps no buffer of its own."""
+    if not isinstance(stream, anyio.abc.SocketStream):
+        return None
+    if sniffio.current_async_library() != "trio":
+        return None
+    try:
+        sock: socket.socket = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+    except Exception:
+        return None
+    return None if sock.getblocking() else sock
+
+
+def flush_answers(connections: list[ClientConnection]) -> None:
+    """Send the answers queued on each of `connections` (rule 3), then forget them."""
+    for conn in connections:
+        conn.flush()
+    connections.clear()
+
+
 class ClientConnection:
     """The state of one served client connection (see the module docstring)."""
 
@@ -90,6 +119,8 @@ class ClientConnection:
         self._writer_idle = False
         self._wake = anyio.Event()
         self._slot: anyio.Event | None = None
+        self._socket = direct_socket(stream.stream)
+        self._dirty = False  # on the origin's list of connections to flush
         self.closed = False
 
     # -- answers -------------------------------------------------------------------------------
@@ -103,12 +134,44 @@ class ClientConnection:
             self._wake.set()
 
     def _write_done(self, req_id: int, ticket: Ticket) -> None:
-        """Sequencer callback: the write is durable (or failed)."""
+        """Sequencer callback: the write is durable (or failed).  The answer waits in `out`
+        for `flush`, which the sequencer triggers once the whole group is answered."""
         self.inflight -= 1
         if self._slot is not None and self.inflight < MAX_INFLIGHT:
             self._slot.set()
             self._slot = None
-        self._queue(ack_frame(req_id, ticket, self.max_frame_size))
+        if self.closed:
+            return
+        self.out.append(ack_frame(req_id, ticket, self.max_frame_size))
+        if not self._dirty:
+            self._dirty = True
+            self.origin.answered.append(self)
+
+    def flush(self) -> None:
+        """Write `out` to the socket now if possible, else leave it to the writer task."""
+        self._dirty = False
+        out = self.out
+        if not out or self.closed:
+            return
+        sock = self._socket
+        if sock is not None and self._writer_idle:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            try:
+                sent = sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:  # the client went away: the reader will notice
+                logger.debug("cannot answer client %s: %r", self.peer.node_id, exc)
+                self.closed = True
+                out.clear()
+                return
+            if sent == len(data):
+                out.clear()
+                return
+            self.out = [data[sent:]]
+        if self._writer_idle:
+            self._writer_idle = False
+            self._wake.set()
 
     async def _writer(self) -> None:
         send = self.stream.send_frame

@@ -114,6 +114,7 @@ class Sequencer:
         replica: Replica,
         *,
         on_commit: OnCommit | None = None,
+        after_answers: Callable[[], None] | None = None,
         wall_ms: Callable[[], int] = wall_clock_ms,
         max_group: int = 4096,
         max_flushes: int = 4,
@@ -124,6 +125,7 @@ class Sequencer:
         self.wal = wal
         self.replica = replica
         self.on_commit = on_commit
+        self.after_answers = after_answers  # called after each group's callbacks have run
         self.wall_ms = wall_ms
         self.max_group = max_group
         self.max_flushes = max_flushes
@@ -364,22 +366,29 @@ class Sequencer:
                 except Exception:
                     logger.exception("handing committed deltas to gossip failed")
 
-    @staticmethod
-    def _answer(group: _Group) -> None:
+    def _answer(self, group: _Group) -> None:
         for ticket in group.tickets:
             try:
                 ticket.callback(ticket)
             except Exception:
                 logger.exception("answering a write failed")
+        self._answered()
 
-    @staticmethod
-    def _fail(tickets: list[Ticket], error: BaseException) -> None:
+    def _fail(self, tickets: list[Ticket], error: BaseException) -> None:
         for ticket in tickets:
             ticket.error, ticket.planned = error, None
             try:
                 ticket.callback(ticket)
             except Exception:
                 logger.exception("answering a write failed")
+        self._answered()
+
+    def _answered(self) -> None:
+        if self.after_answers is not None:
+            try:
+                self.after_answers()
+            except Exception:
+                logger.exception("sending answers failed")
 
     async def _wait_drained(self) -> None:
         self._drained = anyio.Event()

@@ -41,6 +41,7 @@ from .writer import BatchCommand, Command, Item, Planned, StoreCommand
 
 if TYPE_CHECKING:
     from ..node.runtime import NodeRuntime
+    from .clientconn import ClientConnection
 
 __all__ = ["Origin"]
 
@@ -112,6 +113,7 @@ class Origin:
         self.address = ""
         self.http_address = ""
         self.recovered_rows = 0
+        self.answered: list[ClientConnection] = []  # client connections with answers to send
         self._http_stop: anyio.Event | None = None
         self._http_done: anyio.Event | None = None
 
@@ -127,6 +129,7 @@ class Origin:
             self._wal,
             self.replica,
             on_commit=self._committed,
+            after_answers=self._flush_answers,
             wall_ms=self.wall_ms,
             compact_min_rows=self._compact_min_rows,
         )
@@ -276,6 +279,12 @@ class Origin:
             await runtime.publish(items, covers)
         if self.on_commit is not None:
             await self.on_commit(items, covers)
+
+    def _flush_answers(self) -> None:
+        if self.answered:
+            from .clientconn import flush_answers
+
+            flush_answers(self.answered)
 
     @property
     def sequencer(self) -> Sequencer:
