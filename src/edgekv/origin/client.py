@@ -5,8 +5,10 @@ Theory of operation
    with a fresh id, and a reader task completes them from RESPONSE/ERROR frames by id.  So one
    client shared by many tasks keeps one connection and its writes share group commits.
    Sends are combined: a request whose connection is already sending queues its frame, and
-   the task that is sending writes everything queued in one `send` before it returns, so many
-   tasks' requests cost one system call (and the origin reads them with one).
+   the task that is sending yields once (so that the other runnable tasks queue theirs), then
+   writes everything queued in one `send` before it returns (straight to the non-blocking
+   socket when `sockio.direct_socket` allows), so many tasks' requests cost one system call
+   (and the origin reads them with one).
 2. Reconnection is transparent: the next request after a lost connection connects again
    (retrying with backoff until its timeout).  A read in flight when the connection drops is
    retried; a write is not (it may or may not have been applied), it raises OriginUnavailable.
@@ -35,6 +37,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import cbor2
 
 from ..crdt import BfAdd, Delete, Entry, Op, Put, Version, ZAdd, ZRem
@@ -47,6 +50,7 @@ from ..errors import (
 )
 from ..gossip.wire import Message, MsgType, encode_frame
 from ..node.tcp import FramedStream
+from .sockio import direct_socket
 
 __all__ = ["OriginClient"]
 
@@ -98,10 +102,11 @@ def decode_answer(body: bytes) -> Message:
 
 
 class _Connection:
-    __slots__ = ("alive", "out", "sending", "stream")
+    __slots__ = ("alive", "out", "sending", "socket", "stream")
 
     def __init__(self, stream: FramedStream) -> None:
         self.stream = stream
+        self.socket = direct_socket(stream.stream)
         self.alive = True
         self.out: list[bytes] = []
         self.sending = False
@@ -113,9 +118,22 @@ class _Connection:
             return
         self.sending = True
         try:
+            # let the other runnable tasks queue their requests first (not a cancellation
+            # point: a cancelled sender would take the connection down for everyone)
+            await anyio.lowlevel.cancel_shielded_checkpoint()
+            sock = self.socket
             while self.out:
                 out, self.out = self.out, []
-                await self.stream.send_frame(out[0] if len(out) == 1 else b"".join(out))
+                data = out[0] if len(out) == 1 else b"".join(out)
+                if sock is not None:
+                    try:
+                        sent = sock.send(data)
+                    except (BlockingIOError, InterruptedError):
+                        sent = 0
+                    if sent == len(data):
+                        continue
+                    data = data[sent:]
+                await self.stream.send_frame(data)
         except BaseException:
             # a frame may be half sent: this connection is done; closing it ends the reader,
             # which wakes every request waiting on it (queued frames included)

@@ -24,18 +24,16 @@ Theory of operation
 from __future__ import annotations
 
 import logging
-import socket
 import struct
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import anyio.abc
 import cbor2
-import sniffio
 
 from ..errors import EdgeKVError, LocalProtocolError, RemoteProtocolError
 from ..gossip.wire import Message, MsgType, encode_frame
+from .sockio import direct_socket
 from .writer import BatchCommand, StoreCommand
 
 if TYPE_CHECKING:
@@ -82,21 +80,6 @@ def error_frame(req_id: int, exc: BaseException) -> bytes:
     else:
         code, message = "error", f"internal: {exc!r}"
     return encode_frame({"t": _ERROR, "id": req_id, "code": code, "message": message[:4096]})
-
-
-def direct_socket(stream: anyio.abc.ByteStream) -> socket.socket | None:
-    """The non-blocking socket under `stream` if bytes may be written to it directly: a plain
-    anyio socket stream (not TLS or any wrapper) on the trio backend, whose `send` writes
-    straight to the socket and keeps no buffer of its own."""
-    if not isinstance(stream, anyio.abc.SocketStream):
-        return None
-    if sniffio.current_async_library() != "trio":
-        return None
-    try:
-        sock: socket.socket = stream.extra(anyio.abc.SocketAttribute.raw_socket)
-    except Exception:
-        return None
-    return None if sock.getblocking() else sock
 
 
 def flush_answers(connections: list[ClientConnection]) -> None:
