@@ -4,22 +4,23 @@ Theory of operation
 1. Writers hand a command to `submit_nowait(command, callback)` (or await `submit(command)`):
    the ticket joins a queue.  The commit loop takes *every* ticket pending when it wakes (up to
    `max_group`), plans them in order (`writer.Planner`: consecutive seqs, no seq for failures or
-   no-ops) and writes the group's rows in one SQLite transaction (`wal.write`, no disk flush,
-   on the event loop: no thread hop), and goes straight on with the next group: planning and
-   writing group N+1 overlap the flush of group N.  Flushes (`wal.sync`, an fdatasync run by
-   `flusher.Flusher` in dedicated threads) are group commits too: when none is in flight, one starts at once and covers
-   every group written so far; while one is in flight, another starts only when at least
-   `eager_flush_rows` rows wait for it (at most `max_flushes` at once), so that a busy origin
-   does not pay one flush and one thread hop per tiny group; the rest waits for the next.
+   no-ops) and writes the group's rows in one SQLite transaction (`wal.write`: no disk flush,
+   so it runs on the event loop, no thread hop), then goes straight on with the next group:
+   planning and writing group N+1 overlap the flush of group N.  Flushes (`wal.sync`, an
+   fdatasync run by `flusher.Flusher` in dedicated threads) are group commits too: when none
+   is in flight, one starts at once and covers every group written so far; while one is in
+   flight, another starts only when at least `eager_flush_rows` rows wait for it (at most
+   `max_flushes` at once), so that a busy origin does not pay one flush and one thread
+   wake-up per tiny group; the rest waits for the end of a flush in flight.
 2. Groups complete strictly in order, in one completer task.  A flush that started after
    group N's write returned makes groups 1..N durable (a log that is not durable per commit,
    e.g. in memory, makes a group durable once written); then each group, in order, is applied
-   to the replica, its
-   callers are answered (callbacks run on the event loop, so a connection can batch the
-   answers of a whole group into one send), and `on_commit(items, covers)` hands its deltas to
-   gossip.  Failed commands are answered with their group too (their error may depend on
-   writes of earlier groups, which must be durable first).  So nobody is told about a write
-   before it is durable, and the replica (what reads see) holds exactly the durable prefix.
+   to the replica, its callers are answered (callbacks run on the event loop; then
+   `after_answers()` lets the server send the answers of the whole group, one send per
+   connection), and `on_commit(items, covers)` hands its deltas to gossip.  Failed commands
+   are answered with their group too (their error may depend on writes of earlier groups,
+   which must be durable first).  So nobody is told about a write before it is durable, and
+   the replica (what reads see) holds exactly the durable prefix of the log.
 3. Planning group N+1 must see the effects of groups written but not yet applied: the
    planner looks keys up in `_pending` (the newest planned state of every key of the groups in
    flight) before the replica.  An entry is dropped when the group that set it is applied.
