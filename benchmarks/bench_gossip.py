@@ -80,6 +80,7 @@ def bench_b(seed: int, edges: int = 1000, writes: int = 20) -> dict[str, float]:
     sim.create_store("s")
     sim.run_until(12.0)
     sim.loss = 0.01
+    sim.messages.clear()  # count the write period only, as in (a)
     seqs = []
     t = 12.0
     for i in range(writes):
@@ -88,6 +89,9 @@ def bench_b(seed: int, edges: int = 1000, writes: int = 20) -> dict[str, float]:
         assert s is not None
         seqs.append(s)
         t += 1.0
+    sim.run_until(t)
+    msgs = sim.total_messages()
+    by_type = dict(sim.messages)
     sim.run_until(t + 5)
     last = sim.propagation(seqs)
     per_edge = [
@@ -105,7 +109,8 @@ def bench_b(seed: int, edges: int = 1000, writes: int = 20) -> dict[str, float]:
         "edge_max": max(per_edge),
         "delivery": delivered,
         "wall": time.perf_counter() - t0,
-        "msgs_per_write": sim.total_messages() / max(1, writes),
+        "msgs_per_write": msgs / max(1, writes),
+        **{f"type_{k}": v / max(1, writes) for k, v in by_type.items()},
     }
 
 
@@ -209,8 +214,16 @@ def main() -> None:
         f"| {b['edge_max'] * 1000:.0f} ms | {b['delivery'] * 100:.2f}% "
         f"| {b['msgs_per_write']:.0f} | {b['wall']:.1f} s |",
         "",
-        "Targets: p99 <= 600 ms, max <= 1 s, 100% delivery.  msgs/write here includes all",
-        "background traffic (pings, anti-entropy) of 1,000 nodes over one second per write.",
+        "Targets: p99 <= 600 ms, max <= 1 s, 100% delivery.  msgs/write counts every message",
+        "of the 20 s write period (pings and anti-entropy of 1,000 nodes included) divided by",
+        "the 20 writes.  By type (per write): "
+        + ", ".join(
+            f"{k[5:]} {v:.0f}"
+            for k, v in sorted(b.items(), key=lambda kv: -kv[1])
+            if k.startswith("type_") and v >= 1
+        ),
+        "At one write per second every batch is 'quiet', so each node sends its IHAVE to every",
+        "lazy peer (about 7): that is what finds the ~1% of nodes whose push was lost at once.",
         "",
     ]
     print("\n".join(part_b), flush=True)
