@@ -15,8 +15,10 @@ Theory of operation
 3. ERROR frames become the typed exception they name (`errors.error_from_code`); no answer
    within `timeout` seconds raises OriginUnavailable.  Timeouts cost no cancel scope per
    request: each request joins a deque of its timeout (deadlines ascend within one), and one
-   watchdog task sleeps until the earliest deadline among the deques' heads; it wakes an
-   expired request (and closes its connection if the request is still stuck sending).
+   watchdog task sleeps until the earliest deadline among the deques' heads (a request wakes
+   it only if its own deadline is earlier); it wakes an expired request (and closes its
+   connection if the request is still stuck sending).  So under steady load the watchdog
+   runs about once per `timeout`, whatever the request rate.
 4. After the handshake the reader parses frames itself from the socket: one `receive` may
    hold many answers, each decoded by one `cbor2.loads` (tags refused).  The origin sends
    nothing unasked after the handshake, so nothing is left in the handshake's decoder.  An
@@ -196,6 +198,7 @@ class OriginClient:
         self._pending: dict[int, _Waiter] = {}
         self._timeouts: dict[float, deque[_Waiter]] = {}
         self._watch_wake: anyio.Event | None = None
+        self._watch_until = -math.inf  # the deadline the watchdog sleeps until
         self._conn: _Connection | None = None
         self._connect_lock: anyio.Lock | None = None
         self._tg: anyio.abc.TaskGroup | None = None
@@ -319,12 +322,14 @@ class OriginClient:
                 if q and (soonest is None or q[0].deadline < soonest[0].deadline):
                     soonest = q
             if soonest is None:
+                self._watch_until = math.inf
                 self._watch_wake = wake = anyio.Event()
                 await wake.wait()
                 continue
             head = soonest[0]
             delay = head.deadline - anyio.current_time()
-            if delay > 0:  # until then, or until a request becomes the head of its deque
+            if delay > 0:  # until then, or until a request with an earlier deadline comes
+                self._watch_until = head.deadline
                 self._watch_wake = wake = anyio.Event()
                 with anyio.move_on_after(delay):
                     await wake.wait()
@@ -353,10 +358,12 @@ class OriginClient:
             if queue is None:
                 queue = self._timeouts[timeout] = deque()
             queue.append(waiter)
-            wake = self._watch_wake
-            if wake is not None and len(queue) == 1:  # a new head: maybe the soonest deadline
-                self._watch_wake = None
-                wake.set()
+            if deadline < self._watch_until:  # the watchdog sleeps past this deadline
+                wake = self._watch_wake
+                if wake is not None:
+                    self._watch_wake = None
+                    self._watch_until = -math.inf
+                    wake.set()
             try:
                 try:
                     await conn.send(frame)
