@@ -247,3 +247,25 @@ async def test_one_client_many_tasks_share_sends_and_commits(tmp_path: Path) -> 
                 entry = await c.get_entry("s", key)
                 assert entry is not None and entry.value == key.encode()
                 assert entry.version.seq == seq
+
+
+async def test_more_requests_in_flight_than_the_connection_limit(tmp_path: Path) -> None:
+    from edgekv.origin import clientconn
+    from edgekv.origin.server import Origin
+
+    n = clientconn.MAX_INFLIGHT + 100  # the origin stops reading this connection for a while
+    with trio.fail_after(20):
+        async with (
+            Origin(data_dir=tmp_path, listen="127.0.0.1:0") as origin,
+            OriginClient(origin.address, timeout=10) as c,
+        ):
+            await c.create_store("s")
+            seqs: list[int] = []
+
+            async def writer(i: int) -> None:
+                seqs.append((await c.put("s", f"k{i}", b"v")).seq)
+
+            async with trio.open_nursery() as nursery:
+                for i in range(n):
+                    nursery.start_soon(writer, i)
+            assert sorted(seqs) == list(range(2, n + 2))
