@@ -1,6 +1,7 @@
 """Pure CRDT values and the replica: no I/O, no clocks (callers pass `now_ms`)."""
 
 from .bloom import Bloom, BloomDelta, bloom_params
+from .bulk import bulk_load
 from .ops import (
     BfAdd,
     Delete,
@@ -44,6 +45,7 @@ __all__ = [
     "ZSet",
     "as_state",
     "bloom_params",
+    "bulk_load",
     "join",
     "merge",
     "plan",

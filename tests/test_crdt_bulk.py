@@ -1,0 +1,172 @@
+"""crdt.bulk: a bulk-loaded replica equals one built by `Replica.apply`, index by index."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edgekv.crdt import META, Register, Replica, bulk_load
+from edgekv.crdt import bulk as bulk_mod
+from edgekv.crdt.merkle import leaf_of
+from strategies import KEYS, STORES, History, histories, replay, snapshot, written_at_of
+from test_replica import check_indexes
+
+
+def assert_same(bulk: Replica, ref: Replica) -> None:
+    """Every observable part of two replicas is equal."""
+    assert snapshot(bulk) == snapshot(ref)
+    assert bulk.roots() == ref.roots()
+    assert bulk.root == ref.root
+    assert bulk.store_names() == ref.store_names()
+    assert list(bulk.covered) == list(ref.covered)
+    assert bulk.watermark == ref.watermark
+    assert bulk.purged == ref.purged
+    assert len(bulk) == len(ref)
+    high = max([st.seq for _, _, st in ref.iter_states()], default=0)
+    for w in range(0, high + 2):
+        assert list(bulk.changes_since(w)) == list(ref.changes_since(w)), w
+    for name, sr in ref.stores.items():
+        other = bulk.stores[name]
+        assert (other.epoch, other.live) == (sr.epoch, sr.live), name
+        assert other.tree.levels == sr.tree.levels, name
+        assert other.tombstones == sr.tombstones, name
+    assert sorted(bulk._expiring) == sorted(e for e in ref._expiring if _current(ref, e))
+    check_indexes(bulk)
+
+
+def _current(replica: Replica, entry: tuple[int, int, str, str]) -> bool:
+    """An expiry-heap entry for the key's current state (others are skipped when popped)."""
+    st = replica.state(entry[2], entry[3])
+    return isinstance(st, Register) and st.seq == entry[1]
+
+
+def reads_match(bulk: Replica, ref: Replica, now: int) -> None:
+    for name in STORES:
+        a, b = bulk.store(name), ref.store(name)
+        for pattern in ("*", "k*", "x", "k?"):
+            assert a.scan(pattern, now) == b.scan(pattern, now)
+        for key in KEYS:
+            assert a.states.get(key) == b.states.get(key)
+            if isinstance(b.states.get(key), Register):
+                assert a.get_entry(key, now) == b.get_entry(key, now)
+
+
+@given(history=histories(), data=st.data())
+def test_bulk_load_of_final_states_equals_apply(history: History, data: st.DataObject) -> None:
+    """What persistence does: the final states (one per key), covered ranges and purge mark."""
+    ref = replay(history.items)
+    covered = list(ref.covered)
+    states = list(ref.iter_states())
+    order = data.draw(st.permutations(range(len(states))))
+    bulk = Replica()
+    n = bulk_load(bulk, [states[i] for i in order], covered, ref.purged)
+    assert n == sum(len(sr) for sr in ref.stores.values())
+    assert_same(bulk, ref)
+    reads_match(bulk, ref, written_at_of(history.last_seq) + data.draw(st.sampled_from([0, 5, 60])))
+
+
+@given(history=histories(), data=st.data())
+def test_bulk_load_of_raw_deltas_equals_apply(history: History, data: st.DataObject) -> None:
+    """What a log recovery does: every committed delta, keys repeated, stores dropped/recreated."""
+    ref = replay(history.items)
+    items = [(s, k, d) for _, s, k, d in history.items]
+    if data.draw(st.booleans()):
+        items = [items[i] for i in data.draw(st.permutations(range(len(items))))]
+    bulk = Replica()
+    bulk_load(bulk, items, [(1, history.last_seq)] if history.last_seq else [])
+    assert_same(bulk, ref)
+
+
+@given(history=histories(), data=st.data())
+def test_bulk_loaded_replica_keeps_working(history: History, data: st.DataObject) -> None:
+    """After a bulk load, apply and purge behave as on the apply-built replica."""
+    cut = data.draw(st.integers(0, len(history.items)))
+    ref = replay(history.items[:cut])
+    bulk = Replica()
+    bulk_load(bulk, list(ref.iter_states()), list(ref.covered))
+    for seq, store, key, delta in history.items[cut:]:
+        assert (bulk.apply(store, key, delta) is None) == (ref.apply(store, key, delta) is None)
+        bulk.covered.add(seq, seq)
+        ref.covered.add(seq, seq)
+    now = written_at_of(history.last_seq) + 100
+    horizon = data.draw(st.integers(0, history.last_seq + 1))
+    removed = bulk.purge(horizon, now)
+    assert sorted(removed) == sorted(ref.purge(horizon, now))
+    assert_same(bulk, ref)
+
+
+def test_purged_mark_set_last() -> None:
+    """Keys at or below the purge mark are loaded (they are the persisted state), and later
+    deltas for missing keys at or below it are ignored, as on the replica that was saved."""
+    bulk = Replica()
+    items = [
+        (META, "s", Register(1, 1, b"", None)),
+        ("s", "a", Register(2, 2, b"x", None)),
+        ("s", "b", Register(3, 3, None, None)),
+    ]
+    bulk_load(bulk, items, [(1, 5)], purged=4)
+    assert bulk.store("s").get("a", 0) == b"x"
+    assert bulk.purged == 4 and bulk.watermark == 5
+    assert bulk.apply("s", "c", Register(4, 4, b"old", None)) is None
+    assert bulk.apply("s", "c", Register(6, 6, b"new", None)) is not None
+
+
+def test_dropped_store_keys_are_skipped() -> None:
+    items = [
+        ("s", "old", Register(2, 2, b"x", None)),  # before the drop at 3: dead
+        ("s", "new", Register(5, 5, b"y", None)),
+        (META, "s", Register(4, 4, b"", None)),  # recreated at 4 (any input order)
+    ]
+    bulk = Replica()
+    assert bulk_load(bulk, items) == 2
+    assert sorted(bulk.store("s").states) == ["new"]
+    assert bulk.store_names() == ["s"]
+
+
+def test_refuses_a_non_empty_replica() -> None:
+    r = Replica()
+    r.apply(META, "s", Register(1, 1, b"", None))
+    with pytest.raises(ValueError):
+        bulk_load(r, [])
+    r = Replica()
+    r.covered.add(1, 1)
+    with pytest.raises(ValueError):
+        bulk_load(r, [])
+
+
+def test_gc_is_restored_even_on_error() -> None:
+    def bad() -> list[tuple[str, str, Register]]:
+        raise RuntimeError("boom")
+
+    class Items:
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            yield ("s", "a", Register(1, 1, b"", None))
+            bad()
+
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError):
+        bulk_load(Replica(), Items())
+    assert gc.isenabled()
+
+
+@given(key=st.text(max_size=40), seq=st.integers(1, (1 << 63) - 1))
+def test_inlined_hashes_equal_the_crdt_functions(key: str, seq: int) -> None:
+    assert bulk_mod.FAST_HASHES
+    assert bulk_mod._fast_leaf_and_digest(key, seq) == (
+        leaf_of(key),
+        Register(seq, 0, None, None).digest(key),
+    )
+
+
+def test_slow_hash_path_gives_the_same_tree(monkeypatch: pytest.MonkeyPatch) -> None:
+    items = [("s", f"k{i}", Register(i + 2, 0, b"v", None)) for i in range(200)]
+    items.append((META, "s", Register(1, 0, b"", None)))
+    fast = Replica()
+    bulk_load(fast, items)
+    monkeypatch.setattr(bulk_mod, "FAST_HASHES", False)
+    slow = Replica()
+    bulk_load(slow, items)
+    assert_same(slow, fast)
