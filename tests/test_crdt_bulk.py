@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import gc
+import sqlite3
+from pathlib import Path
 
+import anyio
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgekv.crdt import META, Register, Replica, bulk_load
+from edgekv.crdt import META, BfAdd, Change, Delete, Delta, Put, Register, Replica, ZAdd, bulk_load
 from edgekv.crdt import bulk as bulk_mod
 from edgekv.crdt.merkle import leaf_of
-from strategies import KEYS, STORES, History, histories, replay, snapshot, written_at_of
+from edgekv.errors import EdgeKVError
+from strategies import (
+    KEYS,
+    STORES,
+    History,
+    SimOrigin,
+    histories,
+    replay,
+    snapshot,
+    written_at_of,
+)
 from test_replica import check_indexes
 
 
@@ -170,3 +183,86 @@ def test_slow_hash_path_gives_the_same_tree(monkeypatch: pytest.MonkeyPatch) -> 
     slow = Replica()
     bulk_load(slow, items)
     assert_same(slow, fast)
+
+
+# -- the edge's load path (node/persistence.py) goes through bulk_load ------------------------------
+
+
+def _saved_db(tmp_path: Path) -> Replica:
+    """A replica with every kind of state, saved as the edge saves it; returns the replica."""
+    from edgekv.node.persistence import ReplicaStore
+
+    ref = replay(_mixed_history())
+    store = ReplicaStore(tmp_path)
+    store.load()
+    store.replica = ref
+    store.on_changes([Change(s, k, st) for s, k, st in ref.iter_states()])
+    anyio.run(store.close)
+    return ref
+
+
+def _mixed_history() -> list[tuple[int, str, str, Delta]]:
+    sim = SimOrigin()
+    sim.create_store("s1")
+    for i in range(30):
+        sim.write("s1", Put(f"k{i:02d}", b"v%d" % i, ttl=60 if i % 7 == 0 else None))
+    sim.write("s1", Delete("k03"))
+    sim.write("s1", ZAdd("z", {b"a": 1.0, b"b": 2.0}))
+    sim.write("s1", BfAdd("bf", [b"x"]))
+    sim.create_store("s2")
+    sim.write("s2", Put("old", b"gone"))
+    sim.drop_store("s2")
+    sim.create_store("s2")
+    sim.write("s2", Put("new", b"here"))
+    return sim.history.items
+
+
+def test_persistence_load_equals_the_saved_replica(tmp_path: Path) -> None:
+    from edgekv.node.persistence import ReplicaStore
+
+    ref = _saved_db(tmp_path)
+    again = ReplicaStore(tmp_path)
+    report = again.load()
+    assert report.corrupt_moved_to is None and report.keys == len(ref)
+    assert_same(again.replica, ref)
+    anyio.run(again.close)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "seq = 0",
+        "seq = -1",
+        "seq = 1.5",
+        "seq = 'x'",
+        "seq = NULL",
+        "written_at = -1",
+        "written_at = 'x'",
+        "value = 'text'",
+        "value = 7",
+        "expiry = -5",
+        "expiry = 'soon'",
+        "state = 'text'",
+        "key = CAST(key AS BLOB)",
+    ],
+)
+def test_damaged_register_columns_are_refused(tmp_path: Path, damage: str) -> None:
+    """The register checks made by SQLite in the load query refuse what `_register` refuses."""
+    from edgekv.node.persistence import ReplicaStore, _register
+
+    _saved_db(tmp_path)
+    db = sqlite3.connect(tmp_path / "edge.db")
+    db.execute(f"UPDATE states SET {damage} WHERE store = 's1' AND key = 'k05'")
+    row = db.execute(
+        "SELECT seq, written_at, value, expiry FROM states WHERE store = 's1' AND key = 'k05'"
+    ).fetchone()
+    db.commit()
+    db.close()
+    if not damage.startswith(("state", "key")):
+        with pytest.raises(EdgeKVError):
+            _register(*row)
+    again = ReplicaStore(tmp_path)
+    report = again.load()
+    assert report.corrupt_moved_to is not None
+    assert len(again.replica) == 0 and again.replica.watermark == 0
+    anyio.run(again.close)

@@ -33,6 +33,7 @@ import logging
 import os
 import sqlite3
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,8 @@ import anyio
 import anyio.abc
 from cbor2 import loads as cbor_loads
 
-from edgekv.crdt import META, Change, Register, Replica
+from edgekv.crdt import META, Change, Register, Replica, State, bulk_load
+from edgekv.crdt.bloom import BloomDelta
 from edgekv.crdt.codec import decode_delta, dumps, encode_delta, loads
 from edgekv.errors import EdgeKVError
 
@@ -171,25 +173,9 @@ class ReplicaStore:
                 ):
                     raise CorruptDatabase(f"bad covered range {item!r}")
                 ranges.append((item[0], item[1]))
-            apply = replica.apply
-            # META rows first: they set each store's epoch; "" sorts before any store name.
-            rows = db.execute(
-                "SELECT store, key, seq, written_at, value, expiry, state"
-                " FROM states ORDER BY store, key"
-            )
-            for store, key, seq, written_at, value, expiry, blob in rows:
-                if type(store) is not str or type(key) is not str:
-                    raise CorruptDatabase(f"bad row key types for {store!r}/{key!r}")
-                if blob is None:
-                    apply(store, key, _register(seq, written_at, value, expiry))
-                elif type(blob) is bytes:
-                    # our own writing: plain `cbor2.loads` (C) is enough, `decode_delta` still
-                    # checks every field's type and range; any failure is a CorruptDatabase
-                    apply(store, key, decode_delta(cbor_loads(blob)))
-                else:
-                    raise CorruptDatabase(f"bad state type for {store!r}/{key!r}")
-            replica.covered.update(ranges)
-            replica.purged = purged
+            # One pass over the rows, in primary-key order (META's "" first, keys sorted, so
+            # the key index sorts in linear time); `bulk_load` builds the indexes once.
+            bulk_load(replica, _decoded(db.execute(_SELECT_ROWS)), ranges, purged)
         except EdgeKVError:
             raise
         except Exception as exc:  # anything else a damaged row can make the decoder do
@@ -328,6 +314,35 @@ class ReplicaStore:
                 db, self._db = self._db, None
                 if db is not None:
                     await anyio.to_thread.run_sync(_checkpoint_and_close, db)
+
+
+# Register columns are checked by SQLite while it reads the row (C, no Python per field): `bad`
+# is 1 for a row `_register` would refuse (wrong types or ranges, a non-blob `state`, non-text
+# names).  Integers are 64-bit in SQLite, so `<= MAX_SEQ` always holds.
+_SELECT_ROWS = (
+    "SELECT store, key, seq, written_at, value, expiry, state,"
+    " typeof(store) != 'text' OR typeof(key) != 'text' OR CASE WHEN state IS NULL THEN NOT ("
+    "  typeof(seq) = 'integer' AND seq >= 1"
+    "  AND typeof(written_at) = 'integer' AND written_at >= 0"
+    "  AND typeof(value) IN ('blob', 'null')"
+    "  AND (expiry IS NULL OR (typeof(expiry) = 'integer' AND expiry >= 0))"
+    " ) ELSE typeof(state) != 'blob' END"
+    " FROM states ORDER BY store, key"
+)
+
+
+def _decoded(rows: Iterable[tuple[Any, ...]]) -> Iterator[tuple[str, str, State]]:
+    """(store, key, state) from `_SELECT_ROWS` rows; a damaged row is CorruptDatabase."""
+    for store, key, seq, written_at, value, expiry, blob, bad in rows:
+        if bad:
+            raise CorruptDatabase(f"bad row {store!r}/{key!r}: seq={seq!r} state={blob!r:.40}")
+        if blob is None:
+            yield store, key, Register(seq, written_at, value, expiry)
+        else:
+            # our own writing: plain `cbor2.loads` (C) is enough, `decode_delta` still checks
+            # every field's type and range; any failure is a CorruptDatabase
+            delta = decode_delta(cbor_loads(blob))
+            yield store, key, delta.to_state() if isinstance(delta, BloomDelta) else delta
 
 
 def _register(seq: object, written_at: object, value: object, expiry: object) -> Register:
