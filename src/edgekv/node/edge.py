@@ -76,6 +76,7 @@ class EdgeNode:
         wall_ms: Callable[[], int] | None = None,
         flush_interval: float = FLUSH_INTERVAL,
         rng: random.Random | None = None,
+        ready_timeout: float = 5.0,
     ) -> None:
         if not isinstance(origin, str) or not origin:
             raise InvalidInput("EdgeNode needs the origin's address (origin='host:port')")
@@ -89,6 +90,9 @@ class EdgeNode:
                 raise InvalidInput(f"bad address {address!r}, expected 'host:port'") from None
         if write_timeout <= 0:
             raise InvalidInput("write_timeout must be positive")
+        if not ready_timeout >= 0:
+            raise InvalidInput("ready_timeout must be >= 0")
+        self.ready_timeout = ready_timeout
         self.listen = listen
         self.origin = origin
         self.seeds = [p for p in dict.fromkeys([origin, *peers])]
@@ -154,6 +158,18 @@ class EdgeNode:
             raise
         self._stack = stack
         self._ctx_token = kvstore.current_node.set(self)
+        fresh = len(self._replica) == 0 and self._replica.watermark == 0
+        if fresh and self.ready_timeout > 0:
+            # a fresh node has nothing to serve yet: give the initial sync a moment, so that
+            # `node.open(store)` right after `async with` finds the stores the origin has
+            with anyio.move_on_after(self.ready_timeout):
+                await self.wait_ready()
+            if not self.is_ready():
+                logger.warning(
+                    "event=not_ready node=%s timeout=%.1f: serving what it has while it syncs",
+                    self.node_id,
+                    self.ready_timeout,
+                )
         return self
 
     async def _start(self, stack: AsyncExitStack) -> None:
@@ -233,6 +249,22 @@ class EdgeNode:
         if stack is not None:
             await stack.aclose()
             logger.info("event=stopped node=%s", self.node_id)
+
+    def is_ready(self) -> bool:
+        """True once this node has heard the origin's watermark and caught up with it."""
+        runtime = self._runtime
+        info = runtime.gossip.peers().get(self.origin) if runtime is not None else None
+        if info is None:
+            return False
+        # a seed's row exists before it has said anything: heard = a message since
+        heard = info.watermark > 0 or info.last_seen > info.since
+        return bool(heard and self._replica.watermark >= info.watermark)
+
+    async def wait_ready(self, *, poll: float = 0.01) -> None:
+        """Wait until `is_ready()` (bound it with `anyio.move_on_after`)."""
+        # readiness turns on messages as well as on applied changes: a short poll is simplest
+        while not self.is_ready():  # noqa: ASYNC110
+            await anyio.sleep(poll)
 
     # -- reads -------------------------------------------------------------------------------------
 
