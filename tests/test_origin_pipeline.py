@@ -269,3 +269,29 @@ async def test_more_requests_in_flight_than_the_connection_limit(tmp_path: Path)
                 for i in range(n):
                     nursery.start_soon(writer, i)
             assert sorted(seqs) == list(range(2, n + 2))
+
+
+def test_origin_and_client_under_asyncio(tmp_path: Path) -> None:
+    """The flusher reports through asyncio's loop; answers go through the writer tasks."""
+    from edgekv.origin.server import Origin
+
+    async def main() -> list[int]:
+        with anyio.fail_after(20):
+            async with (
+                Origin(data_dir=tmp_path, listen="127.0.0.1:0") as origin,
+                OriginClient(origin.address, timeout=10) as c,
+            ):
+                await c.create_store("s")
+                seqs: list[int] = []
+
+                async def writer(i: int) -> None:
+                    seqs.append((await c.put("s", f"k{i}", b"v")).seq)
+
+                async with anyio.create_task_group() as tg:
+                    for i in range(40):
+                        tg.start_soon(writer, i)
+                assert origin.sequencer.flush_count > 0  # durable: the flusher threads ran
+                assert await c.get("s", "k7") == b"v"
+                return sorted(seqs)
+
+    assert anyio.run(main, backend="asyncio") == list(range(2, 42))
