@@ -309,7 +309,7 @@ class Sequencer:
         self._unflushed_rows = 0
         self._flushes += 1
         self.flush_count += 1
-        flusher.request(self._written_no)
+        flusher.request(self._written_no, handoff=self._flushes == 1 and not self._queue)
 
     def _flush_done(self, no: int, error: BaseException | None) -> None:
         """Flusher callback (on the event loop): every group up to `no` is durable."""
