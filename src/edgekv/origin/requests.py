@@ -106,10 +106,17 @@ def parse_op(body: Mapping[str, Any], limits: Limits) -> tuple[Op, int | None]:
     return validate_op(op, limits), opt_int(body, "if_version")
 
 
-def parse_write(body: Mapping[str, Any], limits: Limits) -> Command:
-    """The command for a write body (put, delete, zadd, zrem, bf_add, batch, create/drop)."""
-    op = op_name(body)
-    store = store_of(body)
+def parse_write(
+    body: Mapping[str, Any], limits: Limits, op: str | None = None, store: str | None = None
+) -> Command:
+    """The command for a write body (put, delete, zadd, zrem, bf_add, batch, create/drop).
+
+    `op` and `store`, when given, are `op_name(body)` and `store_of(body)` already checked by
+    the caller (they are not checked twice)."""
+    if op is None:
+        op = op_name(body)
+    if store is None:
+        store = store_of(body)
     if op == "create_store":
         return StoreCommand("create", store)
     if op == "drop_store":

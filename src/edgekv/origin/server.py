@@ -330,7 +330,7 @@ class Origin:
         if not trusted:
             self.auth.check(token, "write" if write else "read", store)
         if write:
-            return parse_write(body, self.limits)
+            return parse_write(body, self.limits, op, store)
         return self._read(op, store, body)
 
     def _read(self, op: str, store: str, body: Mapping[str, Any]) -> Message:
