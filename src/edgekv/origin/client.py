@@ -316,10 +316,12 @@ class OriginClient:
         timeouts = self._timeouts
         while True:
             soonest: deque[_Waiter] | None = None
-            for q in timeouts.values():
+            for timeout, q in list(timeouts.items()):
                 while q and q[0].done:
                     q.popleft()
-                if q and (soonest is None or q[0].deadline < soonest[0].deadline):
+                if not q:
+                    del timeouts[timeout]  # a client may use many different timeouts
+                elif soonest is None or q[0].deadline < soonest[0].deadline:
                     soonest = q
             if soonest is None:
                 self._watch_until = math.inf
