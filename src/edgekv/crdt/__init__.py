@@ -1,7 +1,7 @@
 """Pure CRDT values and the replica: no I/O, no clocks (callers pass `now_ms`)."""
 
 from .bloom import Bloom, BloomDelta, bloom_params
-from .bulk import bulk_load
+from .bulk import bulk_load, bulk_load_stores
 from .ops import (
     BfAdd,
     Delete,
@@ -46,6 +46,7 @@ __all__ = [
     "as_state",
     "bloom_params",
     "bulk_load",
+    "bulk_load_stores",
     "join",
     "merge",
     "plan",

@@ -34,8 +34,11 @@ import gc
 import heapq
 from array import array
 from collections.abc import Iterable
+from functools import partial
 from hashlib import blake2b
-from operator import le
+from itertools import compress, islice, repeat
+from operator import and_, attrgetter, concat, is_, is_not, le, methodcaller, mul, not_, rshift
+from typing import Literal
 from zlib import crc32
 
 from sortedcontainers import SortedList
@@ -46,10 +49,16 @@ from .register import Register
 from .replica import META, Replica, StoreReplica
 from .state import Delta, State, merge
 
-__all__ = ["FAST_HASHES", "bulk_load"]
+__all__ = ["FAST_HASHES", "bulk_load", "bulk_load_stores"]
 
 _PLACEMENT_MUL = 0x9E3779B1
 _LEAF_SHIFT = 32 - LEAF_BITS
+_BIG: Literal["big"] = "big"
+_SEQ = attrgetter("seq")
+_VALUE = attrgetter("value")
+_EXPIRY = attrgetter("expiry")
+_DIGEST = methodcaller("digest")
+_BLAKE16 = partial(blake2b, digest_size=16)
 
 
 def _fast_leaf_and_digest(key: str, seq: int) -> tuple[int, int]:
@@ -89,17 +98,39 @@ def bulk_load(
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        groups = _group(items)
+        return bulk_load_stores(replica, _group(items), covered, purged)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def bulk_load_stores(
+    replica: Replica,
+    groups: dict[str, dict[str, State]],
+    covered: Iterable[tuple[int, int]] = (),
+    purged: int = 0,
+) -> int:
+    """`bulk_load` of states already grouped per store: store -> key -> state, at most one
+    state per key (so nothing to join).  The dicts become the stores' `states` (ownership
+    passes to the replica; `groups` is emptied); keys in sorted order make the key index
+    cheapest, states in seq order the change log.  Returns the number of keys loaded."""
+    if len(replica.stores) != 1 or replica.stores[META].states or replica.purged or replica.covered:
+        raise ValueError("bulk_load needs an empty replica")
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
         n = 0
         for key, st in groups.pop(META, {}).items():
             replica.apply(META, key, st)
             n += 1
-        for name, states in groups.items():
+        while groups:
+            name, states = groups.popitem()
             sr = replica.store(name)
             epoch = sr.epoch
             if epoch and any(st.reset < epoch for st in states.values()):
                 states = {k: st for k, st in states.items() if st.reset >= epoch}
-            _index_store(replica, sr, states)
+            if states:
+                _index_store(replica, sr, states)
             n += len(states)
         if replica._expiring:
             heapq.heapify(replica._expiring)
@@ -134,44 +165,62 @@ def _index_store(replica: Replica, sr: StoreReplica, states: dict[str, State]) -
     """Build every index of the empty store `sr` from `states` (rule 3)."""
     name = sr.name
     sr.states = states
+    keys = list(states)
+    vals = list(states.values())
+    seqs = list(map(_SEQ, vals))
+    is_reg = list(map(is_, map(type, vals), repeat(Register)))
+    regs = list(compress(vals, is_reg)) if not all(is_reg) else vals
+    reg_keys = list(compress(keys, is_reg)) if regs is not vals else keys
+    values = list(map(_VALUE, regs))
+    sr.tombstones.update(compress(reg_keys, map(is_, values, repeat(None))))
+    expiries = list(map(_EXPIRY, regs))
+    has_expiry = list(map(is_not, expiries, repeat(None)))
+    if any(has_expiry):  # as `apply` does: (expiry, seq, store, key), heapified at the end
+        replica._expiring.extend(
+            (e, s.seq, name, k)
+            for e, s, k in zip(
+                compress(expiries, has_expiry),
+                compress(regs, has_expiry),
+                compress(reg_keys, has_expiry),
+                strict=True,
+            )
+        )
+    if FAST_HASHES:
+        encoded = list(map(str.encode, keys))
+        placements = map(
+            and_, map(mul, map(crc32, encoded), repeat(_PLACEMENT_MUL)), repeat(0xFFFFFFFF)
+        )
+        leaf_of_key = list(map(rshift, placements, repeat(_LEAF_SHIFT)))
+        digests = _register_digests(encoded, seqs)
+    else:
+        leaf_of_key = list(map(leaf_of, keys))
+        digests = [st.digest(k) for k, st in zip(keys, vals, strict=True)]
+    if regs is not vals or not FAST_HASHES:  # zsets and blooms: their own digest
+        for i in compress(range(len(vals)), map(not_, is_reg)):
+            digests[i] = vals[i].digest(keys[i])
     leaves: dict[int, int] = {}
     leaf_keys = sr.tree.leaf_keys
-    tombstones = sr.tombstones
-    expiring = replica._expiring
-    fast = FAST_HASHES
-    reg = Register
-    for key, st in states.items():
-        if st.__class__ is reg:
-            seq = st.seq
-            if st.value is None:
-                tombstones.add(key)
-            elif st.expiry is not None:
-                expiring.append((st.expiry, seq, name, key))
-            if fast:
-                kb = key.encode()
-                leaf = ((crc32(kb) * _PLACEMENT_MUL) & 0xFFFFFFFF) >> _LEAF_SHIFT
-                digest = int.from_bytes(
-                    blake2b(
-                        b"r" + len(kb).to_bytes(4, "big") + kb + seq.to_bytes(8, "big"),
-                        digest_size=16,
-                    ).digest(),
-                    "big",
-                )
-            else:
-                leaf = leaf_of(key)
-                digest = st.digest(key)
-        else:
-            leaf = leaf_of(key)
-            digest = st.digest(key)
+    get = leaves.get
+    for key, leaf, digest in zip(keys, leaf_of_key, digests, strict=True):
+        leaves[leaf] = get(leaf, 0) ^ digest
         lk = leaf_keys.get(leaf)
         if lk is None:
             leaf_keys[leaf] = [key]
         else:
             lk.append(key)
-        leaves[leaf] = leaves.get(leaf, 0) ^ digest
     _fold_levels(sr, leaves)
-    sr.keys = SortedList(states)
-    _build_changelog(sr, states)
+    sr.keys = SortedList(keys)
+    _build_changelog(sr, keys, seqs)
+
+
+def _register_digests(encoded: list[bytes], seqs: list[int]) -> list[int]:
+    """`Register.digest` of each (encoded key, seq), as C-level maps: BLAKE2b-128 of
+    b"r" + 4-byte key length + key + 8-byte seq."""
+    heads = map(int.to_bytes, map(len, encoded), repeat(4), repeat(_BIG))
+    tails = map(int.to_bytes, seqs, repeat(8), repeat(_BIG))
+    data = map(concat, map(concat, map(concat, repeat(b"r"), heads), encoded), tails)
+    hashes = map(_DIGEST, map(_BLAKE16, data))
+    return list(map(int.from_bytes, hashes, repeat(_BIG)))
 
 
 def _fold_levels(sr: StoreReplica, leaves: dict[int, int]) -> None:
@@ -188,15 +237,14 @@ def _fold_levels(sr: StoreReplica, leaves: dict[int, int]) -> None:
         levels[depth] = level
 
 
-def _build_changelog(sr: StoreReplica, states: dict[str, State]) -> None:
+def _build_changelog(sr: StoreReplica, keys: list[str], seqs: list[int]) -> None:
     """The change log as `apply` in seq order would leave it: one entry per key, by seq."""
-    keys: list[str | None] = list(states)
-    seqs = [st.seq for st in states.values()]
-    if not all(map(le, seqs, seqs[1:])):
+    log_keys: list[str | None] = list(keys)
+    if not all(map(le, seqs, islice(seqs, 1, None))):
         order = sorted(range(len(seqs)), key=seqs.__getitem__)
-        keys = [keys[i] for i in order]
-        seqs = [seqs[i] for i in order]
+        log_keys = list(map(log_keys.__getitem__, order))
+        seqs = list(map(seqs.__getitem__, order))
     log = sr.changes
     log.seqs = array("q", seqs)
-    log.keys = keys
+    log.keys = log_keys
     log.ordered = log.checked = True
