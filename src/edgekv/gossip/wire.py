@@ -109,8 +109,17 @@ def type_name(t: object) -> str:
 # --- validation ------------------------------------------------------------------------------
 
 
-def _check_tree(msg: object, error: type[Exception]) -> None:
-    """Raise `error` unless `msg` is a message made only of plain wire values."""
+_LEAVES = frozenset({str, bytes, float, bool, type(None)})  # exact types that need no check
+_SCALARS = _LEAVES | {int}  # the same when integers need no range check
+_KEYS = frozenset({str, bytes})
+
+
+def _check_tree(msg: object, error: type[Exception], *, check_ints: bool = True) -> None:
+    """Raise `error` unless `msg` is a message made only of plain wire values.
+
+    `check_ints=False` skips the 64-bit range check: a CBOR decoder cannot produce an integer
+    outside it (bignums are tags, which `decode_body` refuses).
+    """
     if type(msg) is not dict:
         raise error(f"message must be a map, not {type(msg).__name__}")
     t = msg.get("t")
@@ -119,32 +128,55 @@ def _check_tree(msg: object, error: type[Exception]) -> None:
     for k in msg:
         if not isinstance(k, str):
             raise error(f"message keys must be str, got {type(k).__name__}")
-    # Iterative walk: no Python recursion, depth bounded (also stops on any cycle).
-    stack: list[tuple[object, int]] = [(msg, 0)]
-    while stack:
-        value, depth = stack.pop()
-        kind = type(value)
-        if kind is str or kind is bytes or kind is float or kind is bool or value is None:
-            continue
-        if kind is int:
-            if not _INT_MIN <= value <= _INT_MAX:  # type: ignore[operator]
-                raise error("integer out of the 64-bit CBOR range")
-            continue
-        if (kind is list or kind is tuple or kind is dict) and depth >= MAX_DEPTH:
-            raise error("message nested too deeply")
-        if kind is list or kind is tuple:
-            stack.extend((v, depth + 1) for v in value)  # type: ignore[attr-defined]
-        elif kind is dict:
-            for k, v in value.items():  # type: ignore[attr-defined]
-                if not isinstance(k, (str, bytes)):
-                    raise error(f"map keys must be str or bytes, got {type(k).__name__}")
-                stack.append((v, depth + 1))
-        elif isinstance(value, int):  # IntEnum and friends: sent as a plain int
-            stack.append((int(value), depth))
-        elif isinstance(value, (str, bytes, float)):  # StrEnum and friends
-            continue
-        else:
-            raise error(f"type {kind.__name__} cannot be sent on the wire")
+    _check_container(msg, 0, error, check_ints)
+
+
+def _check_container(value: Any, depth: int, error: type[Exception], check_ints: bool) -> None:
+    """Check one list, tuple or dict at `depth` and (recursively) what it holds.
+
+    Recursion is bounded: a container deeper than `MAX_DEPTH` raises before its items are seen
+    (which also stops on any cycle).  Exact leaf types are tested first: the common case costs a
+    set lookup per value.
+    """
+    if depth >= MAX_DEPTH:
+        raise error("message nested too deeply")
+    leaves = _LEAVES
+    if not check_ints:  # fast path, all in C: a container of plain scalars only
+        if type(value) is dict:
+            if _KEYS.issuperset(map(type, value)) and _SCALARS.issuperset(
+                map(type, value.values())
+            ):
+                return
+        elif _SCALARS.issuperset(map(type, value)):
+            return
+    if type(value) is dict:
+        for k, v in value.items():
+            kind = type(k)
+            if kind is not str and kind is not bytes and not isinstance(k, (str, bytes)):
+                raise error(f"map keys must be str or bytes, got {kind.__name__}")
+            if type(v) not in leaves:
+                _check_value(v, depth + 1, error, check_ints)
+    else:
+        for v in value:
+            kind = type(v)
+            if kind is list:
+                _check_container(v, depth + 1, error, check_ints)
+            elif kind not in leaves:
+                _check_value(v, depth + 1, error, check_ints)
+
+
+def _check_value(value: Any, depth: int, error: type[Exception], check_ints: bool) -> None:
+    """Check one value that is not of an exact leaf type (see `_check_container`)."""
+    kind = type(value)
+    if kind is int:
+        if check_ints and not _INT_MIN <= value <= _INT_MAX:
+            raise error("integer out of the 64-bit CBOR range")
+    elif kind is list or kind is dict or kind is tuple:
+        _check_container(value, depth, error, check_ints)
+    elif isinstance(value, int):  # IntEnum and friends: sent as a plain int
+        _check_value(int(value), depth, error, check_ints)
+    elif not isinstance(value, (str, bytes, float)):  # StrEnum and friends pass
+        raise error(f"type {kind.__name__} cannot be sent on the wire")
 
 
 def encode_frame(msg: Message, max_frame_size: int = MAX_FRAME_SIZE) -> bytes:
@@ -208,7 +240,7 @@ def decode_body(body: bytes) -> Message:
         raise RemoteProtocolError(f"undecodable CBOR: {exc}") from exc
     if end != len(body):
         raise RemoteProtocolError(f"{len(body) - end} trailing bytes in frame")
-    _check_tree(msg, RemoteProtocolError)
+    _check_tree(msg, RemoteProtocolError, check_ints=False)
     return msg  # type: ignore[no-any-return]
 
 
