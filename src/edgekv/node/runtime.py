@@ -13,7 +13,8 @@ Theory of operation
    (bounded memory streams).  The propagation-latency histogram is fed here: wall-clock ms from
    the change's `written_at` (origin clock) to its local apply.
 3. The timer loop wakes early when a receive or publish moved the deadline earlier than the one
-   it sleeps towards (an `anyio.Event`), so an idle node sleeps for whole gossip intervals.
+   it sleeps towards (it cancels the loop's sleep scope), so an idle node sleeps for whole
+   gossip intervals.
 4. REQUEST messages are request/response traffic (writes forwarded to the origin, client
    requests), not gossip: each runs in its own task through `on_request(peer, msg)`; the dict it
    returns goes back as RESPONSE with the same "id"; an `EdgeKVError` becomes ERROR{id, code,
@@ -143,7 +144,7 @@ class NodeRuntime:
         self._pending: dict[int, _Waiter] = {}
         self._listeners: list[Listener] = []
         self._subscribers: list[MemoryObjectSendStream[list[Change]]] = []
-        self._wake = anyio.Event()
+        self._sleep_scope: anyio.CancelScope | None = None  # the timer loop's sleep, if any
         self._sleeping_until = -math.inf
         self._inflight = 0
         self._tg: anyio.abc.TaskGroup | None = None
@@ -305,10 +306,12 @@ class NodeRuntime:
             deadline = gossip.next_deadline
             now = self._clock()
             if deadline > now:
-                self._wake = anyio.Event()
-                self._sleeping_until = deadline
-                with anyio.move_on_after(deadline - now):
-                    await self._wake.wait()
+                # One cancel scope per sleep, no Event: `_after_gossip` cancels it to wake us.
+                with anyio.CancelScope(deadline=anyio.current_time() + (deadline - now)) as scope:
+                    self._sleep_scope = scope
+                    self._sleeping_until = deadline
+                    await anyio.sleep_forever()
+                self._sleep_scope = None
                 self._sleeping_until = -math.inf
                 continue
             try:
@@ -384,8 +387,9 @@ class NodeRuntime:
         changes = self.gossip.drain_changes()
         if changes:
             self._dispatch(changes)
-        if self.gossip.next_deadline < self._sleeping_until:
-            self._wake.set()
+        if self.gossip.next_deadline < self._sleeping_until and self._sleep_scope is not None:
+            self._sleep_scope.cancel()
+            self._sleeping_until = -math.inf
 
     def _dispatch(self, changes: list[Change]) -> None:
         metrics = self.metrics

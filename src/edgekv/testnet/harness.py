@@ -135,10 +135,13 @@ def sim_clock() -> Any:
 
     clock = MockClock(autojump_threshold=0)
     jump = clock._autojump
-    limiter = trio.to_thread.current_default_thread_limiter  # run-local: look it up each time
+    current_limiter = trio.to_thread.current_default_thread_limiter  # run-local
+    cache: list[trio.CapacityLimiter] = []  # this run's limiter, looked up on the first jump
 
     def autojump() -> None:
-        if not limiter().borrowed_tokens:
+        if not cache:
+            cache.append(current_limiter())
+        if not cache[0].borrowed_tokens:
             jump()
 
     clock._autojump = autojump  # type: ignore[method-assign]
@@ -445,6 +448,7 @@ class Testnet:
             peers=self._peers_of(slot),
             data_dir=slot.data_dir,
             rng=random.Random(f"{self.seed}/{slot.name}/{slot.restarts}"),
+            ready_timeout=0,  # the harness starts nodes one by one and waits for convergence itself
             **common,
         )
 
