@@ -14,9 +14,12 @@ the virtual clock), and trio's scheduler is seeded: the same seed replays the sa
 `network="tcp"`: real sockets on 127.0.0.1, one `TcpTransport` per node, all sharing one
 `LinkFaults` so the same faults apply.  `processes=True`: see `edgekv.testnet.procs`.
 
-Crash model.  Each node's transport is wrapped in a `_Plug`; a crash pulls the plug first (the
+Crash model.  Each node's transport is wrapped in a `Plug`; a crash pulls the plug first (the
 node can neither send nor receive, not even a goodbye), then cancels the node and closes the real
 transport.  A restart builds a new node on the same address (and the same data_dir, if any).
+
+Around it: `simenv` (seeded scheduler, inline threads, virtual clock, quiet GC for sim mode),
+`plug` (the crash switch around each transport), `clients` (`SimClient`, `HighSeq`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from __future__ import annotations
 import logging
 import random
 import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,11 +37,18 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from edgekv.crdt.version import Version
 from edgekv.errors import InvalidInput, StoreNotFound
-from edgekv.gossip.transport import Envelope, Transport, TransportStats
-from edgekv.gossip.wire import Message, encode_frame, type_name
+from edgekv.gossip.transport import TransportStats
 from edgekv.node.faults import LinkFaults
+from edgekv.testnet.clients import HighSeq, SimClient
+from edgekv.testnet.plug import Plug
+from edgekv.testnet.simenv import (
+    InlineThreads,
+    QuietGC,
+    restore_scheduler,
+    seed_scheduler,
+    sim_clock,
+)
 
 __all__ = ["SimClient", "Testnet", "seed_scheduler", "sim_clock"]
 
@@ -46,153 +56,6 @@ logger = logging.getLogger("edgekv.testnet")
 
 CLIENT = "client"
 SIM_EPOCH_MS = 1_700_000_000_000  # virtual wall clock = this + virtual time
-
-
-_DETERMINISTIC = "_ALLOW_DETERMINISTIC_SCHEDULING"
-_saved: list[bool] = []  # the flag's values before each seed_scheduler (pytest-trio sets it)
-
-
-def seed_scheduler(seed: int) -> bool:
-    """Make trio's scheduler replayable: seed its shuffling and shuffle only real batches.
-
-    Private trio details, guarded: trio's run loop draws from `_r` on every pass, even an
-    empty one, and the number of empty passes while a worker thread runs varies; in its
-    deterministic mode (the one pytest-trio uses under Hypothesis) it sorts each batch by task
-    creation order and shuffles it, which draws nothing for batches of 0 or 1 task.
-    """
-    try:
-        import trio._core._run as run_mod
-
-        rng = getattr(run_mod, "_r", None)
-        if isinstance(rng, random.Random) and hasattr(run_mod, _DETERMINISTIC):
-            _saved.append(bool(getattr(run_mod, _DETERMINISTIC)))
-            setattr(run_mod, _DETERMINISTIC, True)  # undone by `restore_scheduler`
-            rng.seed(seed)
-            return True
-    except Exception:  # pragma: no cover - a trio without these knobs
-        pass
-    return False
-
-
-def restore_scheduler() -> None:
-    """Back to the scheduling mode in force before the matching `seed_scheduler`."""
-    try:
-        import trio._core._run as run_mod
-
-        if hasattr(run_mod, _DETERMINISTIC) and _saved:
-            setattr(run_mod, _DETERMINISTIC, _saved.pop())
-    except Exception:  # pragma: no cover
-        pass
-
-
-class _InlineThreads:
-    """In sim mode, run `anyio.to_thread.run_sync` calls inline (the simulated disk).
-
-    Worker threads finish in real time, at a moment that races the simulated tasks; run inline,
-    the origin's log writes happen at a fixed point of the schedule, so a seed replays exactly.
-    Installed for the life of a sim `Testnet` only and restored afterwards (nested uses count).
-    """
-
-    depth = 0
-    original: Any = None
-
-    @classmethod
-    def install(cls) -> None:
-        import anyio.to_thread
-        import trio.to_thread
-
-        if cls.depth == 0:
-            cls.original = (anyio.to_thread.run_sync, trio.to_thread.run_sync)
-
-            async def run_inline(func: Callable[..., Any], *args: Any, **_: Any) -> Any:
-                await anyio.lowlevel.checkpoint()
-                return func(*args)
-
-            anyio.to_thread.run_sync = run_inline  # type: ignore[assignment]
-            trio.to_thread.run_sync = run_inline  # type: ignore[assignment]
-        cls.depth += 1
-
-    @classmethod
-    def remove(cls) -> None:
-        import anyio.to_thread
-        import trio.to_thread
-
-        cls.depth -= 1
-        if cls.depth == 0 and cls.original is not None:
-            anyio.to_thread.run_sync, trio.to_thread.run_sync = cls.original
-            cls.original = None
-
-
-def sim_clock() -> Any:
-    """trio's `MockClock(autojump_threshold=0)` that does not jump while a worker thread runs.
-
-    The origin logs writes to SQLite in a worker thread; a plain autojumping clock would leap
-    to the next timer while that thread works, so virtual time would depend on disk speed.
-    This clock holds still instead, which keeps a seeded simulation reproducible.
-    """
-    import trio
-    from trio.testing import MockClock
-
-    clock = MockClock(autojump_threshold=0)
-    jump = clock._autojump
-    current_limiter = trio.to_thread.current_default_thread_limiter  # run-local
-    cache: list[trio.CapacityLimiter] = []  # this run's limiter, looked up on the first jump
-
-    def autojump() -> None:
-        if not cache:
-            cache.append(current_limiter())
-        if not cache[0].borrowed_tokens:
-            jump()
-
-    clock._autojump = autojump  # type: ignore[method-assign]
-    return clock
-
-
-class _Plug:
-    """A transport wrapper the harness can unplug (crash), counting client-bound traffic apart."""
-
-    def __init__(self, inner: Transport, client: str | None) -> None:
-        self.inner = inner
-        self.plugged = True
-        self.client = client
-        self.client_stats = TransportStats()  # traffic to the test client, not node-to-node
-        self._stopped = anyio.Event()
-
-    @property
-    def stats(self) -> TransportStats:
-        return self.inner.stats
-
-    @stats.setter
-    def stats(self, value: TransportStats) -> None:
-        self.inner.stats = value
-
-    @property
-    def address(self) -> str:
-        return self.inner.address
-
-    async def send(self, peer: str, message: Message) -> None:
-        if not self.plugged:
-            await anyio.lowlevel.checkpoint()
-            return
-        if peer == self.client:
-            self.client_stats.record_sent(type_name(message["t"]), len(encode_frame(message)))
-        await self.inner.send(peer, message)
-
-    async def receive(self) -> Envelope:
-        # No cancel scope per call (hot path): a crash unplugs, then cancels the node itself.
-        while self.plugged:
-            env = await self.inner.receive()
-            if self.plugged:
-                return env
-        await self._stopped.wait()  # unplugged: silence until closed
-        raise anyio.ClosedResourceError
-
-    def unplug(self) -> None:
-        self.plugged = False
-
-    async def aclose(self) -> None:
-        self._stopped.set()
-        await self.inner.aclose()
 
 
 @dataclass(eq=False)
@@ -203,14 +66,14 @@ class _Slot:
     role: str
     address: str = ""
     node: Any = None
-    plug: _Plug | None = None
+    plug: Plug | None = None
     live: bool = False
     scope: anyio.CancelScope | None = None
     stopped: anyio.Event = field(default_factory=anyio.Event)
     data_dir: str | None = None
     readers: dict[str, Any] = field(default_factory=dict)  # store name -> KvStore
     reader: Callable[[str, str], bytes | None] | None = None
-    retired: list[_Plug] = field(default_factory=list)
+    retired: list[Plug] = field(default_factory=list)
     restarts: int = 0
 
 
@@ -304,7 +167,7 @@ class Testnet:
             client = await self._stack.enter_async_context(
                 edgekv.OriginClient(self._procs.origin_address, cluster_id="edgekv")
             )
-            self.client = _HighSeq(client, self._procs)
+            self.client = HighSeq(client, self._procs)
             return
         self._tg = await self._stack.enter_async_context(anyio.create_task_group())
         names = ["origin", *self.edge_names]
@@ -312,8 +175,10 @@ class Testnet:
             self._slots[name] = _Slot(name, "origin" if name == "origin" else "edge")
         if self.network == "sim":
             seed_scheduler(self.seed)
-            _InlineThreads.install()
-            self._stack.callback(_InlineThreads.remove)
+            InlineThreads.install()
+            self._stack.callback(InlineThreads.remove)
+            QuietGC.install()
+            self._stack.callback(QuietGC.remove)
             from edgekv.testnet.simnet import SimNetwork
 
             self._sim = SimNetwork(self.faults)
@@ -343,7 +208,7 @@ class Testnet:
             self._tmp = tempfile.TemporaryDirectory(prefix="edgekv-testnet-")
         return Path(self._tmp.name)
 
-    async def _tcp_transport(self, slot: _Slot, listen: str) -> _Plug:
+    async def _tcp_transport(self, slot: _Slot, listen: str) -> Plug:
         from edgekv.node.tcp import TcpTransport
 
         assert self._tg is not None
@@ -356,7 +221,7 @@ class Testnet:
             faults=self.faults,
             **self._origin_tcp_options(slot),
         )
-        return _Plug(t, None)
+        return Plug(t, None)
 
     def _origin_tcp_options(self, slot: _Slot) -> dict[str, Any]:
         if slot.role != "origin":
@@ -382,9 +247,9 @@ class Testnet:
         chosen = self._rng.sample(others, k) if k else []
         return [self._slots[n].address for n in chosen]
 
-    def _new_plug(self, slot: _Slot) -> _Plug:
+    def _new_plug(self, slot: _Slot) -> Plug:
         assert self._sim is not None
-        return _Plug(self._sim.transport(slot.address), CLIENT)
+        return Plug(self._sim.transport(slot.address), CLIENT)
 
     async def _run_node(
         self, slot: _Slot, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -414,7 +279,7 @@ class Testnet:
                     logger.debug("closing %s's transport failed", slot.name, exc_info=True)
             slot.stopped.set()
 
-    def _make_node(self, slot: _Slot, plug: _Plug) -> Any:
+    def _make_node(self, slot: _Slot, plug: Plug) -> Any:
         import edgekv
 
         common: dict[str, Any] = {
@@ -430,7 +295,7 @@ class Testnet:
         if slot.role == "origin":
             options: dict[str, Any] = {"wall_ms": wall} if wall is not None else {}
             if self._sim is not None:
-                # A simulated disk: log writes inline (see _InlineThreads), no fsync thread.
+                # A simulated disk: log writes inline (see InlineThreads), no fsync thread.
                 options["synchronous"] = "NORMAL"
             return edgekv.Origin(
                 slot.data_dir,
@@ -711,117 +576,3 @@ class Testnet:
         import edgekv
 
         return edgekv.OriginClient(self._slots["origin"].address, cluster_id=self.cluster_id)
-
-
-class SimClient:
-    """An OriginClient-like writer over a simulated endpoint: REQUEST in, RESPONSE/ERROR out.
-
-    Speaks the same request schema as `OriginClient` (see origin/requests.py); used in sim mode,
-    where there are no sockets.  Requests time out (virtual seconds) with `OriginUnavailable`.
-    """
-
-    def __init__(self, transport: Transport, origin: str, *, timeout: float = 5.0) -> None:
-        self.transport = transport
-        self.origin = origin
-        self.timeout = timeout
-        self._ids = 0
-        self._waiting: dict[int, tuple[anyio.Event, list[Message]]] = {}
-
-    async def __aenter__(self) -> SimClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.transport.aclose()
-
-    async def receive_loop(self) -> None:
-        """Match replies to waiting requests; run it in a task group until closed."""
-        from edgekv.gossip.wire import MsgType
-
-        try:
-            while True:
-                env = await self.transport.receive()
-                msg = env.message
-                if msg.get("t") not in (MsgType.RESPONSE, MsgType.ERROR):
-                    continue
-                waiter = self._waiting.get(msg.get("id"))  # type: ignore[arg-type]
-                if waiter is not None and env.peer == self.origin:
-                    waiter[1].append(msg)
-                    waiter[0].set()
-        except anyio.ClosedResourceError:
-            pass
-
-    async def request(self, body: Mapping[str, Any]) -> Message:
-        from edgekv.errors import OriginUnavailable, error_from_code
-        from edgekv.gossip.wire import MsgType
-
-        self._ids += 1
-        rid = self._ids
-        event, box = anyio.Event(), list[Message]()
-        self._waiting[rid] = (event, box)
-        try:
-            await self.transport.send(
-                self.origin,
-                {"if_version": None, "token": None, **body, "t": int(MsgType.REQUEST), "id": rid},
-            )
-            with anyio.move_on_after(self.timeout):
-                await event.wait()
-        finally:
-            del self._waiting[rid]
-        if not box:
-            raise OriginUnavailable(f"no answer from {self.origin} within {self.timeout:g} s")
-        reply = box[0]
-        if reply["t"] == MsgType.ERROR:
-            raise error_from_code(str(reply.get("code")), str(reply.get("message")))
-        return reply
-
-    async def create_store(self, store: str) -> Version:
-        return _version(await self.request({"op": "create_store", "store": store}))
-
-    async def drop_store(self, store: str) -> Version:
-        return _version(await self.request({"op": "drop_store", "store": store}))
-
-    async def put(
-        self,
-        store: str,
-        key: str,
-        value: bytes,
-        ttl: float | None = None,
-        if_version: int | None = None,
-    ) -> Version:
-        body = {
-            "op": "put",
-            "store": store,
-            "key": key,
-            "value": value,
-            "ttl": ttl,
-            "if_version": if_version,
-        }
-        return _version(await self.request(body))
-
-    async def delete(self, store: str, key: str) -> Version:
-        return _version(await self.request({"op": "delete", "store": store, "key": key}))
-
-
-def _version(reply: Message) -> Version:
-    return Version(int(reply["seq"]), int(reply.get("written_at", 0)))
-
-
-class _HighSeq:
-    """Wraps a client: remembers the highest acked seq (processes mode has no origin digest)."""
-
-    def __init__(self, client: Any, sink: Any) -> None:
-        self._client = client
-        self._sink = sink
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._client, name)
-        if not callable(attr):
-            return attr
-
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            result = await attr(*args, **kwargs)
-            if isinstance(result, Version):
-                self._sink.high_seq = max(self._sink.high_seq, result.seq)
-            return result
-
-        return call

@@ -1,0 +1,133 @@
+"""Clients a `Testnet` hands out as `net.client`.
+
+`SimClient` writes through the origin over a simulated endpoint (sim mode has no sockets);
+`HighSeq` wraps a real `OriginClient` in processes mode to remember the highest acked seq (the
+checker's stand-in for the origin's digest there).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+
+from edgekv.crdt.version import Version
+from edgekv.gossip.transport import Transport
+from edgekv.gossip.wire import Message
+
+__all__ = ["HighSeq", "SimClient"]
+
+
+class SimClient:
+    """An OriginClient-like writer over a simulated endpoint: REQUEST in, RESPONSE/ERROR out.
+
+    Speaks the same request schema as `OriginClient` (see origin/requests.py); used in sim mode,
+    where there are no sockets.  Requests time out (virtual seconds) with `OriginUnavailable`.
+    """
+
+    def __init__(self, transport: Transport, origin: str, *, timeout: float = 5.0) -> None:
+        self.transport = transport
+        self.origin = origin
+        self.timeout = timeout
+        self._ids = 0
+        self._waiting: dict[int, tuple[anyio.Event, list[Message]]] = {}
+
+    async def __aenter__(self) -> SimClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.transport.aclose()
+
+    async def receive_loop(self) -> None:
+        """Match replies to waiting requests; run it in a task group until closed."""
+        from edgekv.gossip.wire import MsgType
+
+        try:
+            while True:
+                env = await self.transport.receive()
+                msg = env.message
+                if msg.get("t") not in (MsgType.RESPONSE, MsgType.ERROR):
+                    continue
+                waiter = self._waiting.get(msg.get("id"))  # type: ignore[arg-type]
+                if waiter is not None and env.peer == self.origin:
+                    waiter[1].append(msg)
+                    waiter[0].set()
+        except anyio.ClosedResourceError:
+            pass
+
+    async def request(self, body: Mapping[str, Any]) -> Message:
+        from edgekv.errors import OriginUnavailable, error_from_code
+        from edgekv.gossip.wire import MsgType
+
+        self._ids += 1
+        rid = self._ids
+        event, box = anyio.Event(), list[Message]()
+        self._waiting[rid] = (event, box)
+        try:
+            await self.transport.send(
+                self.origin,
+                {"if_version": None, "token": None, **body, "t": int(MsgType.REQUEST), "id": rid},
+            )
+            with anyio.move_on_after(self.timeout):
+                await event.wait()
+        finally:
+            del self._waiting[rid]
+        if not box:
+            raise OriginUnavailable(f"no answer from {self.origin} within {self.timeout:g} s")
+        reply = box[0]
+        if reply["t"] == MsgType.ERROR:
+            raise error_from_code(str(reply.get("code")), str(reply.get("message")))
+        return reply
+
+    async def create_store(self, store: str) -> Version:
+        return _version(await self.request({"op": "create_store", "store": store}))
+
+    async def drop_store(self, store: str) -> Version:
+        return _version(await self.request({"op": "drop_store", "store": store}))
+
+    async def put(
+        self,
+        store: str,
+        key: str,
+        value: bytes,
+        ttl: float | None = None,
+        if_version: int | None = None,
+    ) -> Version:
+        body = {
+            "op": "put",
+            "store": store,
+            "key": key,
+            "value": value,
+            "ttl": ttl,
+            "if_version": if_version,
+        }
+        return _version(await self.request(body))
+
+    async def delete(self, store: str, key: str) -> Version:
+        return _version(await self.request({"op": "delete", "store": store, "key": key}))
+
+
+def _version(reply: Message) -> Version:
+    return Version(int(reply["seq"]), int(reply.get("written_at", 0)))
+
+
+class HighSeq:
+    """Wraps a client: remembers the highest acked seq (processes mode has no origin digest)."""
+
+    def __init__(self, client: Any, sink: Any) -> None:
+        self._client = client
+        self._sink = sink
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            result = await attr(*args, **kwargs)
+            if isinstance(result, Version):
+                self._sink.high_seq = max(self._sink.high_seq, result.seq)
+            return result
+
+        return call
