@@ -197,6 +197,9 @@ class NodeRuntime:
         """Say goodbye (BYE to live peers, best effort) so they stop counting on this node."""
         leave = getattr(self.gossip, "leave", None)
         if leave is not None and self.running:
+            # Cancelled (a task group tearing down): no send could go out; do not even build
+            # the goodbyes (one per live peer, a million for a 1,000-node simulation).
+            await anyio.lowlevel.checkpoint_if_cancelled()
             await self._send_all(leave(self._clock()))
 
     def apply_local(
