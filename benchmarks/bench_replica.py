@@ -1,6 +1,6 @@
 """Benchmark the replica and the read API: get() latency, delta apply rate, memory, prefix scan.
 
-    python benchmarks/bench_replica.py [--keys 1000000] [--runs 3]
+    python benchmarks/bench_replica.py [--keys 1000000] [--runs 3] [--only bulk]
 
 Every measurement runs in a fresh subprocess (so memory figures start from a clean heap) and is
 repeated `--runs` times; the report gives the median run (and the spread).  Prints a markdown
@@ -16,6 +16,10 @@ What is measured (keys are 16-byte strings, values 100 random bytes, one store):
 - memory: RSS (from /proc/self/statm) of a fresh process before and after loading the keys,
   divided by the number of keys: keys, values, states and every index included.
 - scan: `KvStore.scan("NN:*")` where the prefix selects 1% of the keys.
+- bulk load (`--only bulk`, to benchmarks/results/replica_bulk.md): `crdt.bulk_load_stores` of
+  the final states of `--keys` keys into an empty replica, keys in sorted order (as the edge's
+  database returns them) with seqs (a) ascending with the keys and (b) in random order (the
+  change log needs one sort); and the same states through per-key `Replica.apply`.
 """
 
 from __future__ import annotations
@@ -322,9 +326,17 @@ def main() -> None:
     ap.add_argument("--keys", type=int, default=1_000_000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--child", choices=list(CHILDREN))
+    ap.add_argument("--only", choices=["bulk"], help="measure the bulk load only")
     args = ap.parse_args()
     if args.child:
         print(json.dumps(CHILDREN[args.child](args.keys)))
+        return
+    if args.only == "bulk":
+        bulk = [run_child("bulk", args.keys) for _ in range(args.runs)]
+        text = report_bulk(args.keys, args.runs, bulk)
+        print(text)
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "replica_bulk.md").write_text(text)
         return
     speed = [run_child("speed", args.keys) for _ in range(args.runs)]
     memory = [run_child("memory", args.keys) for _ in range(args.runs)]
@@ -338,7 +350,66 @@ def main() -> None:
     (RESULTS / "replica.md").write_text(text)
 
 
-CHILDREN = {"speed": child_speed, "memory": child_memory, "data": child_data}
+def child_bulk(n: int) -> dict[str, Any]:
+    """Seconds to bulk-load n register states (two seq orders) and to apply them one by one."""
+    from edgekv.crdt import bulk_load_stores
+
+    rng = random.Random(3)
+    keys = [key_of(i) for i in range(n)]
+    shuffled = list(range(2, n + 2))
+    rng.shuffle(shuffled)
+    out: dict[str, Any] = {"loadavg": os.getloadavg()[0]}
+    for name, seqs in (("ascending", range(2, n + 2)), ("random", shuffled)):
+        states = {
+            k: Register(s, T0 + s, rng.randbytes(100)) for k, s in zip(keys, seqs, strict=True)
+        }
+        meta = {"bench": Register(1, T0, b"", None)}
+        gc.collect()
+        t = time.perf_counter()
+        bulk_load_stores(Replica(), {META: meta, "bench": dict(states)})
+        out[f"bulk_{name}"] = time.perf_counter() - t
+    replica = Replica()
+    replica.apply(META, "bench", Register(1, T0, b"", None))
+    gc.disable()
+    t = time.perf_counter()
+    apply = replica.apply
+    for k, st in states.items():
+        apply("bench", k, st)
+    out["apply"] = time.perf_counter() - t
+    gc.enable()
+    return out
+
+
+def report_bulk(n: int, runs: int, bulk: list[dict[str, Any]]) -> str:
+    def cell(field: str) -> str:
+        m, lo, hi = median_of(bulk, field)
+        return f"{m:.2f} [{lo:.2f}-{hi:.2f}] s"
+
+    loads = ", ".join(f"{r['loadavg']:.2f}" for r in bulk)
+    return "\n".join(
+        [
+            "## Replica bulk load",
+            "",
+            f"`python benchmarks/bench_replica.py --only bulk --keys {n} --runs {runs}` — "
+            f"medians of {runs} runs [min-max], {n:,} register states in one store; 1-minute "
+            f"load average at each run: {loads} ({os.cpu_count()} CPUs).",
+            "",
+            "| path | seconds |",
+            "|---|---|",
+            f"| `bulk_load_stores`, keys sorted, seqs ascending | {cell('bulk_ascending')} |",
+            f"| `bulk_load_stores`, keys sorted, seqs random | {cell('bulk_random')} |",
+            f"| per-key `Replica.apply` (GC off), seqs random | {cell('apply')} |",
+            "",
+        ]
+    )
+
+
+CHILDREN = {
+    "speed": child_speed,
+    "memory": child_memory,
+    "data": child_data,
+    "bulk": child_bulk,
+}
 
 if __name__ == "__main__":
     main()
