@@ -18,10 +18,12 @@ Theory of operation
    whose `write` returned before the sync started durable (survives kill -9 and power loss).
    That is the fsync discipline of synchronous=FULL, minus the rule that one flush must end
    before the next commit may start: several flushes may be in flight, and the committer acks
-   a group only once a sync that started after its write has returned.  The directory is
-   synced once after the WAL file is created (as SQLite does for a new WAL).  `append` is
-   `write` + `sync`.  "EXTRA", "NORMAL" and "OFF" are passed to SQLite as they are (NORMAL and
-   OFF are not durable per commit: for tests and bulk loads only).
+   a group only once a sync that started after its write has returned.  Each thread syncs
+   through its own descriptor (see `sync`: a writeback error is reported once per open file,
+   so concurrent flushes must not share one).  The directory is synced when a descriptor is
+   opened (as SQLite does for a new WAL).  `append` is `write` + `sync`.  "EXTRA", "NORMAL"
+   and "OFF" are passed to SQLite as they are (NORMAL and OFF are not durable per commit: for
+   tests and bulk loads only).
 4. `compact(keep, rewrites, upto)` deletes rows at or below `upto` that are not in `keep` (the
    seq of every key's latest state) and replaces the rows in `rewrites` by the key's whole state
    (sorted sets and Bloom filters are logged as partial deltas).  Replaying the compacted log
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -79,7 +82,9 @@ class WriteAheadLog:
         except (sqlite3.Error, OSError) as exc:
             raise LogError(f"cannot open the log {self.path}: {exc}") from exc
         self._conn = conn
-        self._wal_fd = -1
+        self._fds = threading.local()  # .fd: this thread's descriptor of the WAL file
+        self._all_fds: list[int] = []
+        self._fds_lock = threading.Lock()
         self.high = self._read_high()
 
     def _read_high(self) -> int:
@@ -120,12 +125,16 @@ class WriteAheadLog:
     def sync(self) -> None:
         """Flush every transaction written so far to disk (a no-op unless `durable`).
 
-        Thread-safe: may run in several threads at once, and concurrently with `write`.
+        Thread-safe: may run in several threads at once, and concurrently with `write`.  Each
+        thread flushes through its own descriptor of the WAL file: the kernel reports a failed
+        writeback once per open file, so with a shared descriptor one flush could take the
+        error and a concurrent one return success for pages that were lost; with one
+        descriptor per thread every flush that overlaps the failure reports it.
         """
         if not self.durable:
             return
         try:
-            fd = self._wal_fd
+            fd: int = getattr(self._fds, "fd", -1)
             if fd < 0:
                 fd = self._open_wal_fd()
             os.fdatasync(fd)
@@ -133,19 +142,23 @@ class WriteAheadLog:
             raise LogError(f"log flush failed: {exc}") from exc
 
     def _open_wal_fd(self) -> int:
-        """Our own descriptor of the WAL file (fdatasync flushes the file, whatever the fd);
-        the directory is synced once so that a newly created WAL file is found after a crash."""
+        """This thread's descriptor of the WAL file (fdatasync flushes the file, whatever the
+        descriptor); the directory is synced too, so that a newly created WAL file is found
+        after a crash."""
         fd = os.open(f"{self.path}-wal", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
         try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-        if self._wal_fd < 0:
-            self._wal_fd = fd
-        else:  # another thread got there first
+            dir_fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except BaseException:
             os.close(fd)
-        return self._wal_fd
+            raise
+        with self._fds_lock:
+            self._all_fds.append(fd)
+        self._fds.fd = fd
+        return fd
 
     def compact(self, keep: Sequence[int], rewrites: Sequence[tuple[bytes, int]], upto: int) -> int:
         """Drop superseded rows at or below `upto`; returns how many rows were removed."""
@@ -173,7 +186,9 @@ class WriteAheadLog:
         return int(removed)
 
     def close(self) -> None:
-        if self._wal_fd >= 0:
-            os.close(self._wal_fd)
-            self._wal_fd = -1
+        with self._fds_lock:
+            fds, self._all_fds = self._all_fds, []
+            self._fds = threading.local()  # no thread keeps a closed descriptor number
+        for fd in fds:
+            os.close(fd)
         self._conn.close()
