@@ -5,7 +5,8 @@ Theory of operation
    seq ranges they cover).  `apply` joins the delta into the key's state and keeps three indexes
    in step: the store's Merkle tree (O(depth) XORs), the sorted key list (for `scan`), and the
    change log, keys by the seq of their last change (for `changes_since`, O(log n + changes);
-   see changelog.py).  An older delta is rejected before any hashing.
+   see changelog.py).  An older delta is rejected before any hashing.  An empty replica can
+   instead be filled in bulk (crdt/bulk.py: each index built once, same result).
 2. Store metadata lives in the reserved store "" as registers: a live register at seq s means
    the store was (re)created at s, a tombstone that it was dropped at s.  Either sets the
    store's epoch to s; keys whose reset is below the epoch are removed, and later-arriving

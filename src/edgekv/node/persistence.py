@@ -17,9 +17,12 @@ Theory of operation
    (or when many keys are dirty), encodes the current states on the event loop (the replica is
    only touched there, so the snapshot is consistent) and writes them with
    `anyio.to_thread.run_sync` (SQLite in a worker thread, one transaction per flush).
-3. Loading: META rows first (so drop/recreate epochs apply), then every other row, then the
-   covered ranges, then `purged` last (the replica ignores deltas at or below `purged` for keys
-   it lacks, which would drop the rows being loaded).
+3. Loading: one query in primary-key order, then column-wise: every check is a C-level pass
+   over a column (`_group_rows`), and each store's rows become its states dict in one go.
+   `crdt.bulk_load_stores` then applies META first (so drop/recreate epochs apply), builds
+   every index once (sorted key list, change log, Merkle tree) instead of key by key, adds the
+   covered ranges and sets `purged` last (the replica ignores deltas at or below `purged` for
+   keys it lacks, which would drop the rows being loaded).
 4. Corruption: the file is refused when it cannot be opened as SQLite, `PRAGMA quick_check`
    fails, the format is unknown, or any row fails to decode (`CodecError`, `ConflictingVersion`,
    wrong types).  Then the file (and its -wal/-shm) is moved aside as `*.corrupt-<ts>`, the
