@@ -56,6 +56,7 @@ logger = logging.getLogger("edgekv.testnet")
 
 CLIENT = "client"
 SIM_EPOCH_MS = 1_700_000_000_000  # virtual wall clock = this + virtual time
+SIM_RESOLUTION = 0.001  # sim deliveries land on whole virtual ms (see SimNetwork.resolution)
 
 
 @dataclass(eq=False)
@@ -181,7 +182,7 @@ class Testnet:
             self._stack.callback(QuietGC.remove)
             from edgekv.testnet.simnet import SimNetwork
 
-            self._sim = SimNetwork(self.faults)
+            self._sim = SimNetwork(self.faults, resolution=SIM_RESOLUTION)
             self._tg.start_soon(self._sim.run)
             for slot in self._slots.values():
                 slot.address = f"{slot.name}:1"  # nodes check host:port syntax; no port is bound

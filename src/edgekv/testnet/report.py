@@ -24,7 +24,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from edgekv.errors import EdgeKVError
+from edgekv.errors import EdgeKVError, OriginUnavailable, StoreExists
 from edgekv.testnet.checker import ConvergenceChecker, percentile, probe_loop, probe_once
 from edgekv.testnet.harness import Testnet
 from edgekv.testnet.scenario import Scenario, Step
@@ -200,7 +200,7 @@ async def run_experiment(
         data_dir=data_dir,
     ) as net:
         checker = ConvergenceChecker(net.edge_names)
-        await net.client.create_store(scenario.store)
+        await _create_store(net, scenario.store)
         setup = await net.convergence_time(timeout=SETUP_TIMEOUT)
         t0 = anyio.current_time()
         net.t0 = t0
@@ -373,3 +373,20 @@ def summary_table(report: dict[str, Any]) -> Any:
             f"{a['actual']} {mark}",
         )
     return t
+
+
+async def _create_store(net: Testnet, store: str, attempts: int = 5) -> None:
+    """Create the scenario's store, retrying when the request or its answer is lost (a lossy
+    scenario's client link drops messages too); `StoreExists` on a retry means an earlier
+    attempt got through."""
+    for attempt in range(attempts):
+        try:
+            await net.client.create_store(store)
+            return
+        except StoreExists:
+            if attempt == 0:
+                raise
+            return
+        except OriginUnavailable:
+            if attempt == attempts - 1:
+                raise

@@ -207,7 +207,11 @@ class SimNetwork:
 
     def _slot(self, at: float) -> float:
         res = self.resolution
-        return math.ceil(at / res) * res if res > 0 else at
+        if res <= 0:
+            return at
+        # max(): float rounding may put ceil(at / res) * res a hair below `at`, and a slot
+        # before the entry's time would wake the loop again and again at the same instant.
+        return max(at, math.ceil(at / res) * res)
 
     def _deliver_due(self, now: float) -> None:
         heap = self._heap
