@@ -283,3 +283,27 @@ async def test_scales_to_a_thousand_nodes(clock: MockClock) -> None:
     assert received == n * rounds
     assert trio.current_time() < rounds * 0.01 + 0.2
     assert net.stats().total()["received_messages"] == n * rounds
+
+
+async def test_resolution_rounds_up_and_never_before_the_entry(clock: MockClock) -> None:
+    # 0.015000000000000001 / 0.001 rounds to 15.0: a naive ceil() slot lands before the entry.
+    at = 0.015000000000000001
+    net = SimNetwork(LinkFaults(seed=1), resolution=0.001)
+    assert net._slot(at) >= at
+    assert net._slot(0.0123) == pytest.approx(0.013)
+    faults = LinkFaults(seed=1, latency=0.0123)
+    async with simnet(faults, ["a", "b"]) as (net, nodes, log):
+        net.resolution = 0.001
+        await nodes["a"].send("b", {"t": 10})
+        await settle(net)
+    assert [(round(t, 9), dst) for t, dst, _, _ in log] == [(0.013, "b")]
+
+
+async def test_many_queued_messages_are_all_received_in_order(clock: MockClock) -> None:
+    # send/receive skip most scheduler yields (YIELD_EVERY): nothing is lost or reordered.
+    faults = LinkFaults(seed=3, latency=0.01)
+    async with simnet(faults, ["a", "b"]) as (net, nodes, log):
+        for i in range(500):
+            await nodes["a"].send("b", {"t": 10, "i": i})
+        await settle(net)
+    assert [msg["i"] for _, _, _, msg in log] == list(range(500))

@@ -356,3 +356,34 @@ def test_fuzz_handshake_raises_only_protocol_errors(initiator: bool, msgs: list[
         assert hs.done  # only "receive after done" is the caller's error
         return
     assert not hs.done  # random messages never authenticate
+
+
+@pytest.mark.parametrize("inner", [[1, "x"], {"k": 1}])
+def test_depth_limit_is_exact_on_both_sides(inner: Any) -> None:
+    # The top-level map is depth 0; a container at depth MAX_DEPTH is refused, even one of
+    # plain scalars only (the decoder's all-C fast path must not skip the depth check).
+    def nested(levels: int) -> Message:
+        value: Any = inner
+        for _ in range(levels - 1):
+            value = [value]
+        return {"t": 10, "v": value}
+
+    ok = nested(MAX_DEPTH - 1)
+    (out,) = FrameDecoder().feed(encode_frame(ok))
+    assert out == ok
+    deep = nested(MAX_DEPTH)
+    with pytest.raises(LocalProtocolError):
+        encode_frame(deep)
+    with pytest.raises(RemoteProtocolError):
+        FrameDecoder().feed(frame_of(cbor2.dumps(deep)))
+
+
+@pytest.mark.parametrize(
+    "value", [[1, 2.5, None, True, b"x"], {"a": 1, b"b": "s"}, [[0, "x"]] * 3, {"m": {"n": []}}]
+)
+def test_scalar_containers_decode_and_bad_members_are_found(value: Any) -> None:
+    (out,) = FrameDecoder().feed(encode_frame({"t": 10, "v": value}))
+    assert out == {"t": 10, "v": value}
+    for bad in ([value, cbor2.undefined], {"x": value, "y": cbor2.CBORSimpleValue(99)}):
+        with pytest.raises(RemoteProtocolError):
+            FrameDecoder().feed(frame_of(cbor2.dumps({"t": 10, "v": bad})))
