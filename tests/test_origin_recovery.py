@@ -11,7 +11,6 @@ from edgekv.crdt import Register, Replica
 from edgekv.crdt.codec import dumps, encode_delta
 from edgekv.crdt.state import merge
 from edgekv.crdt.zset import ZSet
-from edgekv.origin import recovery
 from edgekv.origin.recovery import recover
 from edgekv.origin.wal import LogError, Row, WriteAheadLog
 
@@ -127,8 +126,10 @@ def test_bulk_recovery_equals_apply(tmp_path: Path, seed: int) -> None:
 def test_recovery_without_the_inlined_hashes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert recovery._FAST_HASHES  # the inlined hashes agree with the crdt layer's today
-    monkeypatch.setattr(recovery, "_FAST_HASHES", False)
+    from edgekv.crdt import bulk
+
+    assert bulk.FAST_HASHES  # the bulk loader's inlined hashes agree with the crdt layer's
+    monkeypatch.setattr(bulk, "FAST_HASHES", False)
     rows = random_log(7, 500)
     wal = write_log(tmp_path / "log.db", rows)
     got = Replica()

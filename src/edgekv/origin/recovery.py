@@ -15,37 +15,22 @@ Theory of operation
    registers are rebuilt directly from `cbor2.loads` (the same checks as
    `crdt.codec.decode_delta`), anything else goes through `decode_delta`, and a key's rows
    are joined with `crdt.state.merge`.  A corrupt row is a LogError naming its seq.
-3. Load in bulk.  Store metadata (the META store) goes through `Replica.apply` (it sets each
-   store's epoch and liveness).  Every other store is built directly into its (empty)
-   StoreReplica: the states dict, the sorted key index built once, the Merkle leaves XORed in
-   one pass then the inner levels folded from them, the change log fed in seq order (so it
-   never needs sorting), the tombstone set.  Keys below their store's epoch (dropped stores) are skipped, as
-   `Replica.apply` would.  Registers that carry an expiry go through `Replica.apply` afterwards
-   (the replica keeps a private expiry heap), as does any store whose indexes do not have the
-   shape this loader knows (then the result is the same, only slower).
-   tests/test_origin_recovery.py checks that the bulk load equals the `apply` path index by
-   index, so a change in the crdt layer's index structures fails a test, not a recovery.
-4. Hashing is a third of the work: the leaf placement (CRC-32) and the register digest
-   (BLAKE2b of tag, key length, key, seq) are computed inline from one encoding of the key,
-   with one hash call instead of four updates.  At import, `_FAST_HASHES` checks on sample
-   keys that this gives exactly `leaf_of` and `Register.digest`; if the crdt layer ever
-   changes its hashing, the check fails and the loader calls those functions instead.
+3. Load in bulk with `crdt.bulk_load_stores`: store metadata first (so keys of dropped stores
+   are skipped), then every index of every store built once (states dict, sorted key index,
+   change log in seq order: rule 1's key order means it needs no sort, Merkle leaves then
+   inner levels, tombstones, expiry heap).  tests/test_origin_recovery.py checks that the
+   result equals the per-key `apply` path index by index.
 """
 
 from __future__ import annotations
 
-from hashlib import blake2b
 from typing import Any
-from zlib import crc32
 
 import cbor2
-from sortedcontainers import SortedList
 
-from ..crdt import META, Register, Replica, State
-from ..crdt.changelog import ChangeLog
+from ..crdt import Register, Replica, State
+from ..crdt.bulk import bulk_load_stores
 from ..crdt.codec import MAX_SEQ, decode_delta
-from ..crdt.merkle import DEPTH, FANOUT_BITS, LEAF_BITS, MerkleTree, leaf_of
-from ..crdt.replica import StoreReplica
 from ..crdt.state import merge
 from ..errors import CodecError
 from .wal import LogError, WriteAheadLog
@@ -54,39 +39,20 @@ __all__ = ["recover"]
 
 _REGISTER_PREFIX = b"\x85\x00"  # CBOR: array(5), unsigned 0 (the register kind)
 _CHUNK = 65536
-_PLACEMENT_MUL = 0x9E3779B1
-_LEAF_SHIFT = 32 - LEAF_BITS
-
-
-def _fast_hashes_agree() -> bool:
-    """True when the inlined leaf placement and register digest (rule 4) compute exactly what
-    `crdt.merkle.leaf_of` and `Register.digest` do, checked on sample keys."""
-    for key, seq in (("probe", 1), ("k\u00e9y:42", 123_456_789), ("x" * 300, (1 << 62) + 5)):
-        kb = key.encode()
-        leaf = ((crc32(kb) * _PLACEMENT_MUL) & 0xFFFFFFFF) >> _LEAF_SHIFT
-        h = blake2b(b"r" + len(kb).to_bytes(4, "big") + kb + seq.to_bytes(8, "big"), digest_size=16)
-        if leaf != leaf_of(key) or int.from_bytes(h.digest(), "big") != Register(
-            seq, 0, b"", None
-        ).digest(key):
-            return False
-    return True
-
-
-_FAST_HASHES = _fast_hashes_agree()
 
 
 def recover(wal: WriteAheadLog, replica: Replica) -> int:
     """Rebuild `replica` (empty) from the log; returns the number of rows read."""
     kept, n = _fold(wal)
-    metas = kept.pop(META, {})
-    for key, rows in metas.items():
-        st = _state(rows)
-        if st is not None:
-            replica.apply(META, key, st)
-    for store, keys in kept.items():
-        _load_store(replica, store, keys)
-    if wal.high:
-        replica.covered.add(1, wal.high)
+    groups: dict[str, dict[str, State]] = {}
+    for store in list(kept):
+        states: dict[str, State] = {}
+        for key, rows in kept.pop(store).items():  # in seq order (rule 1)
+            st = _state(rows)
+            if st is not None:
+                states[key] = st
+        groups[store] = states
+    bulk_load_stores(replica, groups, [(1, wal.high)] if wal.high else [])
     return n
 
 
@@ -174,104 +140,3 @@ def _delta(obj: Any, seq: int) -> State:
     st = merge(None, delta)
     assert st is not None
     return st
-
-
-# -- 3. load -------------------------------------------------------------------------------------
-
-
-def _load_store(replica: Replica, store: str, keys: dict[str, Any]) -> None:
-    """Decode and load one store's keys (rules 2 and 3)."""
-    sr = replica.store(store)
-    if not _loadable(replica, sr):
-        for key, rows in keys.items():
-            st = _state(rows)
-            if st is not None:
-                replica.apply(store, key, st)
-        return
-    epoch = sr.epoch
-    states = sr.states
-    tree = sr.tree
-    leaf_keys = tree.leaf_keys
-    leaves: dict[int, int] = {}
-    tombstones = sr.tombstones
-    later: list[tuple[str, State]] = []
-    loads = cbor2.loads
-    fast = _FAST_HASHES
-    for key, rows in keys.items():
-        if type(rows) is tuple:  # the common case, inlined: a register
-            seq, blob = rows
-            try:
-                obj = loads(blob, tag_hook=_no_tags)
-            except Exception as exc:
-                raise LogError(f"corrupt log row at seq {seq}: {exc}") from exc
-            st = _register(obj, seq)
-        else:
-            folded = _state(rows)
-            if folded is None:
-                continue
-            st = folded
-        if st.reset < epoch:
-            continue  # written before its store was dropped: dead
-        if type(st) is Register:
-            if st.expiry is not None:
-                later.append((key, st))
-                continue
-            if st.value is None:
-                tombstones.add(key)
-        states[key] = st
-        if fast:
-            kb = key.encode()
-            leaf = ((crc32(kb) * _PLACEMENT_MUL) & 0xFFFFFFFF) >> _LEAF_SHIFT
-            if type(st) is Register:
-                h = blake2b(
-                    b"r" + len(kb).to_bytes(4, "big") + kb + st.seq.to_bytes(8, "big"),
-                    digest_size=16,
-                )
-                digest = int.from_bytes(h.digest(), "big")
-            else:
-                digest = st.digest(key)
-        else:
-            leaf = leaf_of(key)
-            digest = st.digest(key)
-        lk = leaf_keys.get(leaf)
-        if lk is None:
-            leaf_keys[leaf] = [key]
-        else:
-            lk.append(key)
-        leaves[leaf] = leaves.get(leaf, 0) ^ digest
-    level = {i: v for i, v in leaves.items() if v}
-    tree.levels[DEPTH] = level
-    for depth in range(DEPTH - 1, -1, -1):
-        up: dict[int, int] = {}
-        for i, v in level.items():
-            p = i >> FANOUT_BITS
-            up[p] = up.get(p, 0) ^ v
-        level = {i: v for i, v in up.items() if v}
-        tree.levels[depth] = level
-    sr.keys = SortedList(states)
-    add = sr.changes.add
-    last = 0
-    for key, st in states.items():  # ascending seq (rule 1), so the log never needs sorting
-        seq = st.seq
-        if seq < last:  # cannot happen; stay correct if it does
-            sr.changes.clear()
-            for k, s in sorted(states.items(), key=lambda kv: kv[1].seq):
-                add(s.seq, k, states)
-            break
-        last = seq
-        add(seq, key, states)
-    for key, st in later:
-        replica.apply(store, key, st)
-
-
-def _loadable(replica: Replica, sr: StoreReplica) -> bool:
-    return (
-        not sr.states
-        and replica.purged == 0
-        and type(sr.keys) is SortedList
-        and type(sr.changes) is ChangeLog
-        and not len(sr.changes)
-        and type(sr.tree) is MerkleTree
-        and type(sr.tombstones) is set
-        and len(sr.tree.levels) == DEPTH + 1
-    )
