@@ -97,12 +97,15 @@ class MsgType(IntEnum):
 
 
 _KNOWN_TYPES = frozenset(int(t) for t in MsgType)
+_NAMES = {int(t): t.name for t in MsgType}  # a dict lookup, not an Enum call, per message
 
 
 def type_name(t: object) -> str:
     """The MsgType name of `t` (for stats and logs), or its repr if unknown."""
-    if type(t) is int and t in _KNOWN_TYPES:
-        return MsgType(t).name
+    if type(t) is int:
+        name = _NAMES.get(t)
+        if name is not None:
+            return name
     return repr(t)
 
 
