@@ -13,10 +13,24 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
 
 from edgekv.node.faults import LinkFaults
 from test_edge_harness import OriginNode, tcp_origin
+
+
+_STARTED: list[trio.Process] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_process_left_behind() -> Any:
+    """Kill every edge process a test started, even when an assertion failed."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.returncode is None:
+            proc.kill()
 
 
 class EdgeProcess:
@@ -70,6 +84,7 @@ async def start_edge(data_dir: Path, origin: str, log: Path) -> EdgeProcess:
         stdout=-1,  # subprocess.PIPE
         stderr=stderr.wrapped,
     )
+    _STARTED.append(proc)
     await stderr.aclose()
     assert proc.stdout is not None
     buf = b""
