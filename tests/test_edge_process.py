@@ -19,7 +19,6 @@ import trio
 from edgekv.node.faults import LinkFaults
 from test_edge_harness import OriginNode, tcp_origin
 
-
 _STARTED: list[trio.Process] = []
 
 
