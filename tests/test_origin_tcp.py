@@ -118,6 +118,10 @@ async def test_error_paths_keep_the_origin_serving(tmp_path: Path) -> None:
             ),
             (InvalidInput, c.request({"op": "batch", "store": "s", "ops": [{"op": "put"}]})),
             (InvalidInput, c.request({"op": "batch", "store": "s", "ops": "nope"})),
+            (  # larger than a frame: refused before it is sent, the connection stays usable
+                InvalidInput,
+                c.batch("s", [Put(f"big{i}", b"x" * (1 << 20)) for i in range(20)]),
+            ),
             (StoreNotFound, c.put("missing", "k", b"v")),
             (StoreNotFound, c.get("missing", "k")),
             (StoreNotFound, c.drop_store("missing")),

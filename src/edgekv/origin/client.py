@@ -45,6 +45,8 @@ import cbor2
 from ..crdt import BfAdd, Delete, Entry, Op, Put, Version, ZAdd, ZRem
 from ..errors import (
     EdgeKVError,
+    InvalidInput,
+    LocalProtocolError,
     OriginUnavailable,
     RemoteProtocolError,
     Unauthorized,
@@ -64,8 +66,15 @@ _PLAIN = (str, bytes, int, float, bool, type(None))
 
 def request_frame(msg: dict[str, Any], max_frame_size: int) -> bytes:
     """The frame of a request.  A flat map of plain scalars (a put, a delete, a get) is
-    encoded directly; anything else is checked by `encode_frame` (LocalProtocolError if it
-    is not wire-valid, so a bad argument never reaches the origin)."""
+    encoded directly; anything else is checked by `encode_frame`.  A request that is not
+    wire-valid or is larger than a frame raises InvalidInput: it never reaches the origin."""
+    try:
+        return _request_frame(msg, max_frame_size)
+    except LocalProtocolError as exc:
+        raise InvalidInput(f"cannot send this request: {exc}") from None
+
+
+def _request_frame(msg: dict[str, Any], max_frame_size: int) -> bytes:
     for v in msg.values():
         if v.__class__ not in _PLAIN or (v.__class__ is int and not -(2**63) <= v < 2**64):
             return encode_frame(msg, max_frame_size)
