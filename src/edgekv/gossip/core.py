@@ -160,9 +160,10 @@ class GossipNode:
     def publish(
         self, items: list[tuple[str, str, Delta]], covers: list[tuple[int, int]], now: float
     ) -> list[Send]:
-        """Committed deltas (applied here or not: applying is idempotent) enter dissemination.
+        """Committed deltas enter dissemination.
 
-        At the origin they are queued for the eager peers (flushed after `push_window`; call
+        At the origin they must already be applied to its replica (they were planned on it);
+        they are queued for the eager peers (flushed after `push_window`; call
         `tick` at `next_deadline`).  At an edge (read-your-writes: the origin's answer to a
         forwarded write) they are only applied: the origin's own push reaches everyone, and an
         edge re-pushing them would only cause duplicates.

@@ -154,12 +154,18 @@ class Dissemination:
     # -- pushes ------------------------------------------------------------------------------------
 
     def publish(self, items: list[Item], covers: list[Range], now: float) -> list[Change]:
-        """Apply committed deltas here and, at the origin, queue them for the eager peers."""
-        changes = self.replica.apply_batch(items, covers)
-        if self.role == "origin":
-            self.fill()
-            self._forward(items, covers, 0, None, now, self.config.push_window)
-        return changes
+        """At the origin, queue committed deltas for the eager peers; elsewhere, apply them.
+
+        The origin's deltas were planned on its own replica and applied there by whoever
+        committed them (the sequencer), so only their seqs are marked covered here: joining
+        them again would be a guaranteed no-op that costs a digest per key.
+        """
+        if self.role != "origin":
+            return self.replica.apply_batch(items, covers)
+        self.replica.covered.update(covers)
+        self.fill()
+        self._forward(items, covers, 0, None, now, self.config.push_window)
+        return []
 
     def on_push(self, peer: str, msg: Push, now: float) -> tuple[list[Change], list[Send]]:
         fresh_covers = covers_new(self.replica.covered, msg.covers)
