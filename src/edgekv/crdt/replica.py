@@ -113,9 +113,7 @@ class StoreReplica:
             return None
         if type(st) is not Register:
             raise WrongKind(f"key {key!r} holds a {st.kind} value; get() reads plain values")
-        if st.expiry is not None and st.expiry <= now_ms:
-            return None
-        return st.value
+        return st.read(now_ms)
 
     def get_entry(self, key: str, now_ms: int) -> Entry | None:
         st = self.states.get(key)

@@ -30,7 +30,7 @@ from ..crdt.ops import (
     ZRem,
     validate_op,
 )
-from ..crdt.register import Register
+from ..crdt.register import VALUE_AT, Register
 from ..crdt.version import Entry, Version
 from ..errors import EdgeKVError, InvalidInput, StoreNotFound, WrongKind
 
@@ -55,7 +55,8 @@ class Node(Protocol):
 current_node: ContextVar[Node] = ContextVar("edgekv_current_node")
 """The EdgeNode running in this context (set by `EdgeNode.__aenter__`)."""
 
-_Register = Register  # module-level alias: one global load on the hot path
+_Register = Register  # module-level aliases: one global load each on the hot path
+_VALUE_AT = VALUE_AT
 
 
 class KvStore:
@@ -108,9 +109,9 @@ class KvStore:
             return None
         if st.__class__ is not _Register:
             raise WrongKind(f"key {key!r} holds a {st.kind} value; get() reads plain values")
-        if st.expiry is not None and st.expiry <= self._clock():
-            return None
-        return st.value
+        if not st[0]:  # flags 0: a plain value without expiry (see crdt/register.py)
+            return st[_VALUE_AT:]
+        return st.read(self._clock())
 
     def get_entry(self, key: str) -> Entry | None:
         """The value with its version and expiry, or None when absent."""
