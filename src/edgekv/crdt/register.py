@@ -57,7 +57,7 @@ class Register(bytes):
 
     def head(self) -> tuple[int, int, int]:
         """(flags, seq, written_at) in one unpack."""
-        return _unpack_head(self)  # type: ignore[return-value]
+        return _unpack_head(self)
 
     @property
     def seq(self) -> int:
@@ -93,7 +93,7 @@ class Register(bytes):
         flags = self[0]
         if flags & TOMBSTONE:
             return False
-        return not flags & HAS_EXPIRY or _unpack_expiry(self, VALUE_AT)[0] > now_ms  # type: ignore[no-any-return]
+        return not flags & HAS_EXPIRY or _unpack_expiry(self, VALUE_AT)[0] > now_ms
 
     def read(self, now_ms: int) -> bytes | None:
         """The value if live at `now_ms`, else None."""

@@ -32,9 +32,9 @@ from ..errors import WrongKind
 from .bloom import Bloom
 from .changelog import ChangeLog
 from .glob import compile_glob, literal_prefix
-from .hashing import root_hash
+from .hashing import entry_hash, root_hash
 from .merkle import MerkleTree, leaf_of
-from .register import Register
+from .register import HAS_EXPIRY, TOMBSTONE, Register
 from .seqranges import SeqRanges
 from .state import Delta, State, is_dead, merge
 from .version import Entry, Version
@@ -85,11 +85,17 @@ class StoreReplica:
             self.tree.add_key(leaf, key)
         else:
             self.changes.discard(old_seq, key)
-        self.changes.add(new.seq, key, states)
-        self.tree.toggle(leaf, old_digest ^ new.digest(key))
-        if isinstance(new, Register) and new.value is None:
-            self.tombstones.add(key)
-        elif old is not None and isinstance(old, Register) and old.value is None:
+        if new.__class__ is Register:
+            flags, seq, _ = new.head()
+            self.changes.add(seq, key, states)
+            self.tree.toggle(leaf, old_digest ^ entry_hash(b"r", key, seq))
+            if flags & TOMBSTONE:
+                self.tombstones.add(key)
+                return
+        else:
+            self.changes.add(new.seq, key, states)
+            self.tree.toggle(leaf, old_digest ^ new.digest(key))
+        if old is not None and old.__class__ is Register and old.is_tombstone:
             self.tombstones.discard(key)
 
     def _remove(self, key: str) -> State | None:
@@ -153,9 +159,7 @@ class StoreReplica:
             if match is not None and match(key) is None:
                 continue
             st = states[key]
-            if st.__class__ is Register and (
-                st.value is None or (st.expiry is not None and st.expiry <= now_ms)
-            ):
+            if st.__class__ is Register and st[0] and not st.live(now_ms):
                 continue
             out.append(key)
             if limit is not None and len(out) >= limit:
@@ -229,34 +233,37 @@ class Replica:
         sr = self.stores.get(store)
         if sr is None:
             sr = self.store(store)
-        if delta.reset < sr.epoch:
+        reset = delta.reset
+        if reset < sr.epoch:
             return None
         old = sr.states.get(key)
         if old is None:
-            if delta.reset <= self.purged:
+            if reset <= self.purged:
                 return None  # deleted and purged here: never resurrect
             new = merge(None, delta)
             old_seq = old_digest = 0
-        elif delta.reset < old.reset:
-            return None  # an older write: the common duplicate in gossip, rejected without hashing
         elif old.__class__ is Register:  # immutable: hash it only if it is replaced
-            if delta.__class__ is Register and delta.reset > old.reset:
+            old_seq = old.reset
+            if reset < old_seq:
+                return None  # an older write: the common duplicate in gossip, rejected unhashed
+            if reset > old_seq and delta.__class__ is Register:
                 new = delta  # the common overwrite; registers are immutable, so no copy
             else:
                 new = merge(old, delta)
                 if new is None:
                     return None
-            old_seq = old.seq
-            old_digest = old.digest(key)
+            old_digest = entry_hash(b"r", key, old_seq)
         else:  # zset and bloom join in place: take the seq and digest first
+            if reset < old.reset:
+                return None
             old_seq = old.seq
             old_digest = old.digest(key)
             new = merge(old, delta)
         if new is None:
             return None
         sr._put(key, old, old_seq, new, old_digest)
-        if isinstance(new, Register) and new.expiry is not None and new is not old:
-            heapq.heappush(self._expiring, (new.expiry, new.seq, store, key))
+        if new.__class__ is Register and new[0] & HAS_EXPIRY and new is not old:
+            heapq.heappush(self._expiring, (new.expiry or 0, new.seq, store, key))
         if store == META:
             self._meta_changed(key, new)
         return new
