@@ -164,7 +164,7 @@ async def test_corrupt_file_is_moved_aside(
         if damage == "bad_row":
             db.execute("UPDATE states SET state = ? WHERE key = 'rank'", (b"\x85\x00\x01",))
         elif damage == "bad_register":
-            db.execute("UPDATE states SET seq = 'x' WHERE key = 'k003'")
+            db.execute("UPDATE states SET reg = x'09' || substr(reg, 2) WHERE key = 'k003'")
         elif damage == "bad_meta":
             db.execute("INSERT OR REPLACE INTO meta VALUES ('covered', ?)", (b"\xff\xff",))
         else:

@@ -126,10 +126,10 @@ def test_bulk_recovery_equals_apply(tmp_path: Path, seed: int) -> None:
 def test_recovery_without_the_inlined_hashes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from edgekv.crdt import bulk
+    from edgekv.crdt import treebuild
 
-    assert bulk.FAST_HASHES  # the bulk loader's inlined hashes agree with the crdt layer's
-    monkeypatch.setattr(bulk, "FAST_HASHES", False)
+    assert treebuild.FAST_HASHES  # the tree builder's inlined hashes agree with the crdt layer's
+    monkeypatch.setattr(treebuild, "FAST_HASHES", False)
     rows = random_log(7, 500)
     wal = write_log(tmp_path / "log.db", rows)
     got = Replica()

@@ -34,6 +34,8 @@ VALUE_AT_EXPIRY = _HEAD_EXP.size
 _pack = _HEAD.pack
 _pack_exp = _HEAD_EXP.pack
 _unpack_head = _HEAD.unpack_from
+unpack_head = _unpack_head
+"""(flags, seq, written_at) of a register: C-level, for column-wise loops."""
 _unpack_expiry = _EXPIRY.unpack_from
 _new_bytes = bytes.__new__
 

@@ -37,6 +37,7 @@ from .merkle import MerkleTree, leaf_of
 from .register import HAS_EXPIRY, TOMBSTONE, Register
 from .seqranges import SeqRanges
 from .state import Delta, State, is_dead, merge
+from .treebuild import build_tree
 from .version import Entry, Version
 from .zset import ZSet
 
@@ -54,7 +55,7 @@ class Change(NamedTuple):
 class StoreReplica:
     """One store's keys, states and indexes.  Reads take `now_ms` so they stay pure."""
 
-    __slots__ = ("changes", "epoch", "keys", "live", "name", "states", "tombstones", "tree")
+    __slots__ = ("_tree", "changes", "epoch", "keys", "live", "name", "states", "tombstones")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -63,11 +64,24 @@ class StoreReplica:
         self.states: dict[str, State] = {}
         self.keys = SortedList()
         self.changes = ChangeLog()
-        self.tree = MerkleTree()
+        self._tree: MerkleTree | None = MerkleTree()  # None: not built yet (see `tree`)
         self.tombstones: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.states)
+
+    @property
+    def tree(self) -> MerkleTree:
+        """The store's Merkle tree.  A bulk load may leave it unbuilt (to serve reads sooner);
+        it is then built from the states on first use, or installed by `Replica.install_trees`."""
+        tree = self._tree
+        if tree is None:
+            tree = self._tree = build_tree(self.states)
+        return tree
+
+    @property
+    def tree_built(self) -> bool:
+        return self._tree is not None
 
     @property
     def digest(self) -> int:
@@ -78,23 +92,24 @@ class StoreReplica:
     def _put(self, key: str, old: State | None, old_seq: int, new: State, old_digest: int) -> None:
         """Index `new` as key's state; `old_seq`/`old_digest` are old's before any in-place join."""
         leaf = leaf_of(key)
+        tree = self.tree  # before the states change: a pending tree is built from the old ones
         states = self.states
         states[key] = new
         if old is None:
             self.keys.add(key)
-            self.tree.add_key(leaf, key)
+            tree.add_key(leaf, key)
         else:
             self.changes.discard(old_seq, key)
         if new.__class__ is Register:
             flags, seq, _ = new.head()
             self.changes.add(seq, key, states)
-            self.tree.toggle(leaf, old_digest ^ entry_hash(b"r", key, seq))
+            tree.toggle(leaf, old_digest ^ entry_hash(b"r", key, seq))
             if flags & TOMBSTONE:
                 self.tombstones.add(key)
                 return
         else:
             self.changes.add(new.seq, key, states)
-            self.tree.toggle(leaf, old_digest ^ new.digest(key))
+            tree.toggle(leaf, old_digest ^ new.digest(key))
         if old is not None and old.__class__ is Register and old.is_tombstone:
             self.tombstones.discard(key)
 
@@ -292,6 +307,36 @@ class Replica:
         dead = [k for k, st in sr.states.items() if st.reset < sr.epoch]
         for k in dead:
             sr._remove(k)
+
+    def build_pending_trees(self) -> list[tuple[StoreReplica, MerkleTree]]:
+        """Build, without installing, the trees a bulk load left unbuilt (`trees=False`).
+
+        Meant for a worker thread while the owning thread serves reads; pass the result to
+        `install_trees` on the owning thread.  A store whose states change meanwhile builds
+        its own tree first (see `StoreReplica.tree`), so a snapshot torn by such a change is
+        never installed; the build of that store may then fail here, which is harmless.
+        """
+        built = []
+        for sr in list(self.stores.values()):
+            if sr._tree is None:
+                try:
+                    built.append((sr, build_tree(sr.states)))
+                except (KeyError, ValueError, RuntimeError):  # states changed mid-build
+                    continue
+        return built
+
+    def install_trees(self, built: list[tuple[StoreReplica, MerkleTree]]) -> int:
+        """Install trees from `build_pending_trees` where none was built since; returns how many."""
+        n = 0
+        for sr, tree in built:
+            if sr._tree is None:  # untouched since the load: every change builds the tree first
+                sr._tree = tree
+                n += 1
+        return n
+
+    @property
+    def trees_pending(self) -> bool:
+        return any(sr._tree is None for sr in self.stores.values())
 
     # -- digests and change index ------------------------------------------------------------------
 

@@ -5,20 +5,22 @@ losing the last flush interval of changes on a crash is fine (gossip re-sends th
 garbage is not.
 
 Theory of operation
-1. Schema: `states(store, key, seq, written_at, value, expiry, state)` holds each key's whole
-   CRDT state.  Plain values (registers, the bulk of any store) live in columns, so loading one
-   costs a few type checks instead of a CBOR decode; other kinds (zset, bloom) are the strict
-   CBOR array of `crdt.codec` in `state` (then the register columns are NULL).  `meta(name,
-   value)` holds `format`, `covered` (CBOR ranges) and `purged`.  A row is the state at some flush; rows and meta of one flush share a transaction,
-   so the file always holds a consistent snapshot: every seq in `covered` is reflected in the
-   states written with it.
+1. Schema: `states(store, key, seq, reg, state)` holds each key's whole CRDT state and its
+   seq.  A plain value (a register, the bulk of any store) is stored as the register itself,
+   its flat bytes (crdt/register.py) in `reg`, so loading one is a C-level copy into a
+   `Register` after column-wise checks instead of a decode; other kinds (zset, bloom) are the
+   strict CBOR array of `crdt.codec` in `state` (then `reg` is NULL).  `meta(name, value)`
+   holds `format`, `covered` (CBOR ranges) and `purged`.  A row is the state at some flush;
+   rows and meta of one flush share a transaction, so the file always holds a consistent
+   snapshot: every seq in `covered` is reflected in the states written with it.
 2. Flushing is off the read path: a runtime listener only records dirty (store, key) pairs (a
    dict: repeated changes of one key coalesce).  The flusher task wakes every `flush_interval`
    (or when many keys are dirty), encodes the current states on the event loop (the replica is
    only touched there, so the snapshot is consistent) and writes them with
    `anyio.to_thread.run_sync` (SQLite in a worker thread, one transaction per flush).
 3. Loading: one query in primary-key order, then column-wise: every check is a C-level pass
-   over a column (`_group_rows`), and each store's rows become its states dict in one go.
+   over a column (`_group_rows`: types, the register header's flags, length and signs, and
+   that its seq is the row's), and each store's rows become its states dict in one go.
    `crdt.bulk_load_stores` then applies META first (so drop/recreate epochs apply), builds
    every index once (sorted key list, change log, Merkle tree) instead of key by key, adds the
    covered ranges and sets `purged` last (the replica ignores deltas at or below `purged` for
@@ -38,9 +40,9 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from itertools import compress, groupby, repeat
-from operator import is_, is_not, itemgetter, not_
+from operator import and_, eq, is_not, itemgetter, not_
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import anyio.abc
@@ -49,13 +51,16 @@ from cbor2 import loads as cbor_loads
 from edgekv.crdt import META, Change, Register, Replica, State, bulk_load_stores
 from edgekv.crdt.bloom import BloomDelta
 from edgekv.crdt.codec import decode_delta, dumps, encode_delta, loads
+from edgekv.crdt.register import HAS_EXPIRY, TOMBSTONE, VALUE_AT, VALUE_AT_EXPIRY
 from edgekv.errors import EdgeKVError
 
 __all__ = ["CorruptDatabase", "LoadReport", "ReplicaStore"]
 
+_new_bytes = bytes.__new__
+
 logger = logging.getLogger("edgekv.persistence")
 
-FORMAT = 2
+FORMAT = 3  # 2: registers in four columns; 3: a register is one blob
 MAX_SEQ = (1 << 63) - 1
 DB_NAME = "edge.db"
 FLUSH_INTERVAL = 0.5
@@ -144,8 +149,8 @@ class ReplicaStore:
                 raise CorruptDatabase(f"quick_check: {'; '.join(str(r[0]) for r in check[:5])}")
             db.execute(
                 "CREATE TABLE IF NOT EXISTS states ("
-                " store TEXT NOT NULL, key TEXT NOT NULL, seq INTEGER, written_at INTEGER,"
-                " value BLOB, expiry INTEGER, state BLOB,"
+                " store TEXT NOT NULL, key TEXT NOT NULL, seq INTEGER NOT NULL,"
+                " reg BLOB, state BLOB,"
                 " PRIMARY KEY (store, key)) WITHOUT ROWID"
             )
             db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB)")
@@ -246,11 +251,9 @@ class ReplicaStore:
             if state is None:
                 deletes.append((store, key))
             elif type(state) is Register:
-                upserts.append(
-                    (store, key, state.seq, state.written_at, state.value, state.expiry, None)
-                )
+                upserts.append((store, key, state.seq, state, None))
             else:
-                upserts.append((store, key, None, None, None, None, dumps(encode_delta(state))))
+                upserts.append((store, key, state.seq, None, dumps(encode_delta(state))))
         meta: list[Any] = []
         covered = list(replica.covered)
         if covered != self._saved_covered:
@@ -297,7 +300,7 @@ class ReplicaStore:
                 db.execute("DELETE FROM states WHERE store = ?", (name,))
             if batch.upserts:
                 db.executemany(
-                    "INSERT OR REPLACE INTO states VALUES (?, ?, ?, ?, ?, ?, ?)", batch.upserts
+                    "INSERT OR REPLACE INTO states VALUES (?, ?, ?, ?, ?)", batch.upserts
                 )
             if batch.deletes:
                 db.executemany("DELETE FROM states WHERE store = ? AND key = ?", batch.deletes)
@@ -321,35 +324,40 @@ class ReplicaStore:
 
 # Primary-key order: META's "" first, each store's keys sorted (so the key index sorts in
 # linear time).
-_SELECT_ROWS = (
-    "SELECT store, key, seq, written_at, value, expiry, state FROM states ORDER BY store, key"
-)
-_COLUMNS = 7
+_SELECT_ROWS = "SELECT store, key, seq, reg, state FROM states ORDER BY store, key"
+_COLUMNS = 5
+_SEQ_BYTES = itemgetter(slice(1, 1 + 8))  # a register's seq field (crdt/register.py)
+_FLAGS = itemgetter(0)
+_WRITTEN_AT_TOP = itemgetter(9)  # the sign byte of written_at
+_EXPIRY_TOP = itemgetter(VALUE_AT)  # the sign byte of expiry, when flags has HAS_EXPIRY
+_BIG: Literal["big"] = "big"
 
 
 def _group_rows(rows: list[tuple[Any, ...]]) -> dict[str, dict[str, State]]:
     """store -> key -> state from `_SELECT_ROWS` rows; a damaged row is CorruptDatabase.
 
     Column-wise: each check is one C-level pass over a column (its types, then its range),
-    tens of ms per million rows instead of a Python call per row.  The checks are those of
-    `_register`, which names the first bad row when one fails.
+    tens of ms per million rows instead of a Python call per row; a register row becomes a
+    `Register` by one C-level copy of its blob.  `_register` makes the same checks on one row.
     """
     if not rows:
         return {}
-    stores, keys, seqs, wats, values, expiries, blobs = (
-        list(map(itemgetter(i), rows)) for i in range(_COLUMNS)
-    )
+    stores, keys, seqs, regs, blobs = (list(map(itemgetter(i), rows)) for i in range(_COLUMNS))
     if not set(map(type, stores)) | set(map(type, keys)) <= {str}:
         raise CorruptDatabase("bad row: store or key is not text")
-    plain = list(map(is_, blobs, repeat(None)))
+    if not set(map(type, seqs)) <= {int} or min(seqs) < 1 or max(seqs) > MAX_SEQ:
+        raise CorruptDatabase("bad row: seq is not an integer in range")
+    plain = list(map(is_not, regs, repeat(None)))
     everything_plain = all(plain)
-    if not everything_plain and not set(compress(map(type, blobs), map(not_, plain))) <= {bytes}:
-        raise CorruptDatabase("bad row: state is not a blob")
-    reg: list[list[Any]] = [seqs, wats, values, expiries]
     if not everything_plain:
-        reg = [list(compress(c, plain)) for c in reg]
-    if not _registers_ok(*reg):
-        for row in zip(*reg, strict=True):
+        others = list(map(not_, plain))
+        if not set(compress(map(type, blobs), others)) <= {bytes}:
+            raise CorruptDatabase("bad row: state is not a blob")
+        reg_cols = [list(compress(c, plain)) for c in (regs, seqs)]
+    else:
+        reg_cols = [regs, seqs]
+    if not _registers_ok(*reg_cols):
+        for row in zip(*reg_cols, strict=True):
             _register(*row)  # raises, naming the row
         raise CorruptDatabase("bad register row")
     groups: dict[str, dict[str, State]] = {}
@@ -359,18 +367,14 @@ def _group_rows(rows: list[tuple[Any, ...]]) -> dict[str, dict[str, State]]:
         cut = slice(i, j)
         if everything_plain or all(plain[cut]):
             states: dict[str, State] = dict(
-                zip(
-                    keys[cut],
-                    map(Register, seqs[cut], wats[cut], values[cut], expiries[cut]),
-                    strict=True,
-                )
+                zip(keys[cut], map(_new_bytes, repeat(Register), regs[cut]), strict=True)
             )
         else:
             p = plain[cut]
             states = dict(
                 zip(
                     compress(keys[cut], p),
-                    map(Register, *(compress(c[cut], p) for c in (seqs, wats, values, expiries))),
+                    map(_new_bytes, repeat(Register), compress(regs[cut], p)),
                     strict=True,
                 )
             )
@@ -378,6 +382,8 @@ def _group_rows(rows: list[tuple[Any, ...]]) -> dict[str, dict[str, State]]:
                 # our own writing: plain `cbor2.loads` (C) is enough, `decode_delta` still
                 # checks every field's type and range; any failure is a CorruptDatabase
                 delta = decode_delta(cbor_loads(blobs[k]))
+                if delta.seq != seqs[k]:
+                    raise CorruptDatabase(f"bad row: seq {seqs[k]} but state at {delta.seq}")
                 states[keys[k]] = delta.to_state() if isinstance(delta, BloomDelta) else delta
         if store in groups:  # not contiguous (collation differs): keys are unique anyway
             groups[store].update(states)
@@ -387,39 +393,35 @@ def _group_rows(rows: list[tuple[Any, ...]]) -> dict[str, dict[str, State]]:
     return groups
 
 
-def _registers_ok(seqs: list[Any], wats: list[Any], values: list[Any], expiries: list[Any]) -> bool:
+def _registers_ok(regs: list[Any], seqs: list[int]) -> bool:
     """The checks of `_register` on whole columns."""
-    if not seqs:
+    if not regs:
         return True
-    if not (
-        set(map(type, seqs)) <= {int}
-        and set(map(type, wats)) <= {int}
-        and set(map(type, values)) <= {bytes, type(None)}
-        and set(map(type, expiries)) <= {int, type(None)}
-    ):
+    if not set(map(type, regs)) <= {bytes} or min(map(len, regs)) < VALUE_AT:
         return False
-    exp = list(compress(expiries, map(is_not, expiries, repeat(None))))
-    return (
-        min(seqs) >= 1
-        and max(seqs) <= MAX_SEQ
-        and min(wats) >= 0
-        and max(wats) <= MAX_SEQ
-        and (not exp or (min(exp) >= 0 and max(exp) <= MAX_SEQ))
+    flags = list(map(_FLAGS, regs))
+    if not set(flags) <= {0, TOMBSTONE, HAS_EXPIRY, TOMBSTONE | HAS_EXPIRY}:
+        return False
+    if max(map(_WRITTEN_AT_TOP, regs)) >= 0x80:
+        return False
+    if not all(map(eq, map(_SEQ_BYTES, regs), map(int.to_bytes, seqs, repeat(8), repeat(_BIG)))):
+        return False
+    expiring = list(compress(regs, map(and_, flags, repeat(HAS_EXPIRY))))
+    return not expiring or (
+        min(map(len, expiring)) >= VALUE_AT_EXPIRY and max(map(_EXPIRY_TOP, expiring)) < 0x80
     )
 
 
-def _register(seq: object, written_at: object, value: object, expiry: object) -> Register:
-    """A register from its columns, every field checked (a damaged row is CorruptDatabase)."""
+def _register(reg: object, seq: object) -> Register:
+    """A register from its row, every field checked (a damaged row is CorruptDatabase)."""
     if (
-        type(seq) is not int
+        type(reg) is not bytes
+        or type(seq) is not int
         or not 1 <= seq <= MAX_SEQ
-        or type(written_at) is not int
-        or not 0 <= written_at <= MAX_SEQ
-        or (value is not None and type(value) is not bytes)
-        or (expiry is not None and (type(expiry) is not int or not 0 <= expiry <= MAX_SEQ))
+        or not _registers_ok([reg], [seq])
     ):
-        raise CorruptDatabase(f"bad register row: seq={seq!r} written_at={written_at!r}")
-    return Register(seq, written_at, value, expiry)
+        raise CorruptDatabase(f"bad register row: seq={seq!r} reg={reg!r:.80}")
+    return _new_bytes(Register, reg)
 
 
 def _checkpoint_and_close(db: sqlite3.Connection) -> None:

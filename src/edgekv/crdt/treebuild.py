@@ -1,0 +1,150 @@
+"""Build a store's Merkle tree from its finished states dict in one pass (for bulk loads).
+
+Why: `Replica.apply` keeps the tree up to date one key at a time (a path of XORs per write).
+A loading replica has all its states at once, and hashing a million keys one Python call at a
+time would take seconds; here every step is a C-level map over a column.
+
+Theory of operation
+1. Placement and digest per key.  Registers are the bulk of any store, so their placement
+   (CRC-32 with the multiplicative finaliser of `hashing.key_placement`) and digest (BLAKE2b
+   of tag, key length, key, seq) are computed inline from one encoding of the key, the seq
+   read from the register's header.  At import, `FAST_HASHES` checks on sample keys that this
+   equals `leaf_of` and `Register.digest`; if the hashing ever changes, the builder calls
+   those functions instead (slower, never wrong).  Other kinds give their own digest.
+2. Leaves.  A large store groups keys and digests per leaf by appending each to its leaf's
+   list (C-level), then XORs each leaf's digests with `reduce`; a small one uses a dict loop
+   (65,536 lists would cost more than they save).  Inner levels fold bottom-up.
+3. Chunks.  The work proceeds in chunks of `CHUNK` keys, so a build running in a worker thread
+   (an edge restarting with a million keys builds its trees while it already serves reads)
+   hands the GIL back between chunks instead of holding it for a whole-column pass.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+from functools import partial, reduce
+from hashlib import blake2b
+from itertools import compress, repeat
+from operator import and_, concat, is_, itemgetter, methodcaller, mul, not_, rshift, xor
+from typing import Literal
+from zlib import crc32
+
+from .merkle import DEPTH, FANOUT_BITS, LEAF_BITS, MerkleTree, leaf_of
+from .register import Register, unpack_head
+from .state import State
+
+__all__ = ["CHUNK", "FAST_HASHES", "build_tree"]
+
+CHUNK = 1 << 16
+_PLACEMENT_MUL = 0x9E3779B1
+_LEAF_SHIFT = 32 - LEAF_BITS
+_LEAVES = 1 << LEAF_BITS
+_BUCKETS_FROM = _LEAVES // 4  # from this many keys, group by leaf through per-leaf lists
+_BIG: Literal["big"] = "big"
+_SECOND = itemgetter(1)
+_DIGEST = methodcaller("digest")
+_BLAKE16 = partial(blake2b, digest_size=16)
+
+
+def _fast_leaf_and_digest(key: str, seq: int) -> tuple[int, int]:
+    kb = key.encode()
+    leaf = ((crc32(kb) * _PLACEMENT_MUL) & 0xFFFFFFFF) >> _LEAF_SHIFT
+    h = blake2b(b"r" + len(kb).to_bytes(4, "big") + kb + seq.to_bytes(8, "big"), digest_size=16)
+    return leaf, int.from_bytes(h.digest(), "big")
+
+
+def _fast_hashes_agree() -> bool:
+    """True when the inlined placement and register digest (rule 1) equal the crdt functions."""
+    for key, seq in (("probe", 1), ("k\u00e9y:42", 123_456_789), ("x" * 300, (1 << 62) + 5)):
+        if _fast_leaf_and_digest(key, seq) != (
+            leaf_of(key),
+            Register(seq, 0, b"", None).digest(key),
+        ):
+            return False
+    return True
+
+
+FAST_HASHES = _fast_hashes_agree()
+
+
+def build_tree(states: Mapping[str, State], chunk: int = CHUNK) -> MerkleTree:
+    """The Merkle tree `apply` would have built for `states` (any insertion order)."""
+    tree = MerkleTree()
+    keys = list(states)
+    vals = list(states.values())
+    n = len(keys)
+    buckets = n >= _BUCKETS_FROM
+    key_lists: list[list[str]] = [[] for _ in range(_LEAVES)] if buckets else []
+    digest_lists: list[list[int]] = [[] for _ in range(_LEAVES)] if buckets else []
+    leaves: dict[int, int] = {}
+    leaf_keys = tree.leaf_keys
+    for start in range(0, n, chunk):
+        ks, vs = keys[start : start + chunk], vals[start : start + chunk]
+        leaf_of_key, digests = _hashes(ks, vs)
+        if buckets:  # C-level: append each key and digest to its leaf's list
+            deque(map(list.append, map(key_lists.__getitem__, leaf_of_key), ks), maxlen=0)
+            deque(map(list.append, map(digest_lists.__getitem__, leaf_of_key), digests), maxlen=0)
+            continue
+        get = leaves.get
+        for key, leaf, digest in zip(ks, leaf_of_key, digests, strict=True):
+            leaves[leaf] = get(leaf, 0) ^ digest
+            lk = leaf_keys.get(leaf)
+            if lk is None:
+                leaf_keys[leaf] = [key]
+            else:
+                lk.append(key)
+    if buckets:
+        leaf_keys.update((i, ks) for i, ks in enumerate(key_lists) if ks)
+        leaves = {i: reduce(xor, ds) for i, ds in enumerate(digest_lists) if ds}
+    _fold_levels(tree, leaves)
+    return tree
+
+
+def _hashes(keys: list[str], vals: list[State]) -> tuple[list[int], list[int]]:
+    """(leaf, digest) columns for one chunk of keys and their states."""
+    if not FAST_HASHES:
+        return list(map(leaf_of, keys)), [st.digest(k) for k, st in zip(keys, vals, strict=True)]
+    is_reg = list(map(is_, map(type, vals), repeat(Register)))
+    everything_plain = all(is_reg)
+    regs = vals if everything_plain else list(compress(vals, is_reg))
+    encoded = list(map(str.encode, keys))
+    placements = map(
+        and_, map(mul, map(crc32, encoded), repeat(_PLACEMENT_MUL)), repeat(0xFFFFFFFF)
+    )
+    leaf_of_key = list(map(rshift, placements, repeat(_LEAF_SHIFT)))
+    seqs = list(map(_SECOND, map(unpack_head, regs)))  # type: ignore[arg-type]
+    if everything_plain:
+        return leaf_of_key, _register_digests(encoded, seqs)
+    digests = [0] * len(keys)
+    reg_at = list(compress(range(len(keys)), is_reg))
+    reg_digests = _register_digests(list(map(encoded.__getitem__, reg_at)), seqs)
+    for i, d in zip(reg_at, reg_digests, strict=True):
+        digests[i] = d
+    for i in compress(range(len(keys)), map(not_, is_reg)):
+        digests[i] = vals[i].digest(keys[i])
+    return leaf_of_key, digests
+
+
+def _register_digests(encoded: list[bytes], seqs: list[int]) -> list[int]:
+    """`Register.digest` of each (encoded key, seq), as C-level maps: BLAKE2b-128 of
+    b"r" + 4-byte key length + key + 8-byte seq."""
+    heads = map(int.to_bytes, map(len, encoded), repeat(4), repeat(_BIG))
+    tails = map(int.to_bytes, seqs, repeat(8), repeat(_BIG))
+    data = map(concat, map(concat, map(concat, repeat(b"r"), heads), encoded), tails)
+    hashes = map(_DIGEST, map(_BLAKE16, data))
+    return list(map(int.from_bytes, hashes, repeat(_BIG)))
+
+
+def _fold_levels(tree: MerkleTree, leaves: dict[int, int]) -> None:
+    """Set the tree's levels: the leaves given, each inner level the XOR of its children."""
+    levels = tree.levels
+    level = {i: v for i, v in leaves.items() if v}
+    levels[DEPTH] = level
+    for depth in range(DEPTH - 1, -1, -1):
+        up: dict[int, int] = {}
+        for i, v in level.items():
+            p = i >> FANOUT_BITS
+            up[p] = up.get(p, 0) ^ v
+        level = {i: v for i, v in up.items() if v}
+        levels[depth] = level
