@@ -25,9 +25,11 @@ import dataclasses
 import logging
 import math
 import random
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
+from functools import partial
 from types import TracebackType
 from typing import Any
 
@@ -148,6 +150,25 @@ class EdgeNode:
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
+    async def _build_trees_then_run(self, runtime: NodeRuntime) -> None:
+        """Build the Merkle trees a restart left unbuilt, then start gossip.
+
+        Reads need only the states, so a restarted node serves them while a worker thread
+        hashes every key (about a third of a load); gossip and anti-entropy need the trees,
+        so they start after.  Anything that needs a tree sooner (a write's read-your-writes
+        apply, /status) builds it on the spot, and the background result is then dropped.
+        """
+        started = time.perf_counter()
+        # abandoned on shutdown: the thread only builds new objects, installing is done here
+        built = await anyio.to_thread.run_sync(
+            self._replica.build_pending_trees, abandon_on_cancel=True
+        )
+        self._replica.install_trees(built)
+        logger.info(
+            "event=trees_built node=%s seconds=%.3f", self.node_id, time.perf_counter() - started
+        )
+        await runtime.run()
+
     async def __aenter__(self) -> EdgeNode:
         stack = AsyncExitStack()
         await stack.__aenter__()
@@ -175,7 +196,8 @@ class EdgeNode:
     async def _start(self, stack: AsyncExitStack) -> None:
         if self.data_dir is not None:
             persist = ReplicaStore(self.data_dir, flush_interval=self.flush_interval)
-            self.load_report = await anyio.to_thread.run_sync(persist.load)
+            # Merkle trees are built after reads start (`_build_trees_then_run`)
+            self.load_report = await anyio.to_thread.run_sync(partial(persist.load, trees=False))
             self._replica = persist.replica
             self._persist = persist
             stack.push_async_callback(persist.close)  # runs after the task group has stopped
@@ -215,7 +237,10 @@ class EdgeNode:
         if self._persist is not None:
             runtime.add_listener(self._persist.on_changes)
             await tg.start(self._persist.run)
-        await tg.start(runtime.run)
+        if self._replica.trees_pending:
+            tg.start_soon(self._build_trees_then_run, runtime)
+        else:
+            await tg.start(runtime.run)
         stack.push_async_callback(runtime.leave)  # first thing on exit, while still connected
         if self.http is not None:
             sock = bind_socket(self.http)
@@ -314,6 +339,7 @@ class EdgeNode:
                         origin_watermark = wm
         lag_seqs = max(0, known_high - replica.watermark)
         last = runtime.metrics.last_written_at if runtime is not None else 0
+        pending = replica.trees_pending
         out: dict[str, Any] = {
             "node_id": self.node_id,
             "role": "edge",
@@ -329,8 +355,12 @@ class EdgeNode:
             "lag_ms": max(0, now_ms - last) if lag_seqs and last else 0,
             "keys": len(replica),
             "stores": replica.store_names(),
-            "roots": {name or "<meta>": f"{root:032x}" for name, root in replica.roots().items()},
-            "root": f"{replica.root:032x}",
+            # while a restart builds its Merkle trees (gossip not started yet), no roots
+            "syncing": runtime is None or not runtime.running,
+            "roots": None
+            if pending
+            else {name or "<meta>": f"{root:032x}" for name, root in replica.roots().items()},
+            "root": None if pending else f"{replica.root:032x}",
             "peers": peers,
             "watchers": self.hub.count(),
         }

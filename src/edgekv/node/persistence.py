@@ -110,10 +110,12 @@ class ReplicaStore:
 
     # -- open / load ---------------------------------------------------------------------------
 
-    def load(self) -> LoadReport:
+    def load(self, *, trees: bool = True) -> LoadReport:
         """Open (creating if needed) and load the file into a new `self.replica`.
 
         A corrupt file is moved aside and the replica left empty; never raises for bad data.
+        With `trees=False` the Merkle trees are left for `Replica.build_pending_trees` (reads
+        work without them; the edge builds them in a worker thread before gossip starts).
         """
         started = time.perf_counter()
         self.replica = Replica()
@@ -125,7 +127,7 @@ class ReplicaStore:
         gc.disable()
         try:
             self._db = self._open()
-            self._load_rows(self._db)
+            self._load_rows(self._db, trees)
         except (sqlite3.DatabaseError, CorruptDatabase, EdgeKVError) as exc:
             moved = self._quarantine(exc)
             self._db = self._open()
@@ -164,7 +166,7 @@ class ReplicaStore:
             raise
         return db
 
-    def _load_rows(self, db: sqlite3.Connection) -> None:
+    def _load_rows(self, db: sqlite3.Connection, trees: bool) -> None:
         replica = self.replica
         meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
         try:
@@ -183,7 +185,9 @@ class ReplicaStore:
                     raise CorruptDatabase(f"bad covered range {item!r}")
                 ranges.append((item[0], item[1]))
             rows = db.execute(_SELECT_ROWS).fetchall()
-            bulk_load_stores(replica, _group_rows(rows), ranges, purged)
+            groups = _group_rows(rows)
+            del rows
+            bulk_load_stores(replica, groups, ranges, purged, trees=trees)
         except EdgeKVError:
             raise
         except Exception as exc:  # anything else a damaged row can make the decoder do

@@ -257,7 +257,8 @@ class ProcessCluster:
         return out
 
     def digests(self) -> dict[str, int]:
-        return {n: int(s["root"], 16) for n, s in self._fetch_status().items()}
+        # a node still building its trees after a restart reports no root yet
+        return {n: int(s["root"], 16) for n, s in self._fetch_status().items() if s["root"]}
 
     def watermarks(self) -> dict[str, int]:
         return {n: int(s["watermark"]) for n, s in self._fetch_status().items()}
@@ -267,7 +268,9 @@ class ProcessCluster:
         live = self.live_edges()
         if not live:
             return 1.0, 0
-        caught_up = [s["root"] for s in status.values() if int(s["watermark"]) >= self.high_seq]
+        caught_up = [
+            s["root"] for s in status.values() if s["root"] and int(s["watermark"]) >= self.high_seq
+        ]
         roots = Counter(caught_up)
         top = roots.most_common(1)[0][1] if roots else 0
         return top / len(live), len({s["root"] for s in status.values()})
