@@ -183,6 +183,11 @@ async def test_restart_serves_persisted_state_then_catches_up(
             assert e1.watermark == 21
             assert e1.open("s").get("k5") == b"1"
             assert e1.open("s").get("k25") is None
+            # reads came before the Merkle trees: gossip starts once a thread has built them
+            status = e1.status()
+            assert status["syncing"] and status["root"] is None
+            await wait_until(lambda: not e1.status()["syncing"])
+            assert not e1.replica.trees_pending
             net.faults.heal()
             await wait_until(lambda: e1.watermark == 41)
             assert e1.open("s").get("k25") == b"2"
