@@ -62,7 +62,7 @@ _VALUE_AT = VALUE_AT
 class KvStore:
     """One store of the local replica: local reads, writes through the origin."""
 
-    __slots__ = ("_clock", "_limits", "_states", "_store", "_writer", "name")
+    __slots__ = ("_clock", "_limits", "_lookup", "_states", "_store", "_writer", "name")
 
     def __init__(
         self,
@@ -77,6 +77,7 @@ class KvStore:
         self.name = store.name
         self._store = store
         self._states = store.states  # the same dict for the store's whole life
+        self._lookup = self._states.get  # bound once: the hot path saves an attribute lookup
         self._writer = writer
         self._clock = clock
         self._limits = limits
@@ -100,17 +101,18 @@ class KvStore:
     def get(self, key: str) -> bytes | None:
         """The value under `key`, or None when it is missing, deleted or expired."""
         try:
-            st = self._states.get(key)
+            st = self._lookup(key)
         except TypeError:  # unhashable key: zero cost on the hot path (3.11 exceptions)
             raise InvalidInput("a key must be a string") from None
+        # the common case first: a plain value without expiry (flags 0, see crdt/register.py)
+        if st.__class__ is _Register and not st[0] and self._store.live:
+            return st[_VALUE_AT:]
         if not self._store.live:
             raise StoreNotFound(f"store {self.name!r} was dropped")
         if st is None:
             return None
         if st.__class__ is not _Register:
             raise WrongKind(f"key {key!r} holds a {st.kind} value; get() reads plain values")
-        if not st[0]:  # flags 0: a plain value without expiry (see crdt/register.py)
-            return st[_VALUE_AT:]
         return st.read(self._clock())
 
     def get_entry(self, key: str) -> Entry | None:
