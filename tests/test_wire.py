@@ -371,6 +371,8 @@ def test_depth_limit_is_exact_on_both_sides(inner: Any) -> None:
     ok = nested(MAX_DEPTH - 1)
     (out,) = FrameDecoder().feed(encode_frame(ok))
     assert out == ok
+    # one connection's decoder is reused frame after frame: depth never accumulates
+    assert FrameDecoder().feed(encode_frame(ok) * 50) == [ok] * 50
     deep = nested(MAX_DEPTH)
     with pytest.raises(LocalProtocolError):
         encode_frame(deep)

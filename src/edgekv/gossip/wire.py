@@ -223,18 +223,31 @@ class _AllTags(Mapping[int, Any]):
 _NO_TAGS = _AllTags()
 
 
-def decode_body(body: bytes) -> Message:
-    """Decode one frame body; raises `RemoteProtocolError` (and only that) if it is not valid."""
+def _cbor_decoder(fp: io.BytesIO) -> cbor2.CBORDecoder:
+    return cbor2.CBORDecoder(
+        fp,
+        tag_hook=_reject_tag,
+        semantic_decoders=_NO_TAGS,
+        max_depth=MAX_DEPTH + 2,
+        allow_duplicate_keys=False,
+        strict_hashable_types=True,
+    )
+
+
+def decode_body(body: bytes, decoder: cbor2.CBORDecoder | None = None) -> Message:
+    """Decode one frame body; raises `RemoteProtocolError` (and only that) if it is not valid.
+
+    `decoder`, if given, is one made by `_cbor_decoder` and reused (a connection's decoder
+    decodes each of its frames: half the cost of a new one per frame).  Reuse is safe because
+    every tag is refused, so a decoder keeps no state from one message to the next (shared
+    values and string references are tags); after an error its owner discards it.
+    """
     fp = io.BytesIO(body)
     try:
-        decoder = cbor2.CBORDecoder(
-            fp,
-            tag_hook=_reject_tag,
-            semantic_decoders=_NO_TAGS,
-            max_depth=MAX_DEPTH + 2,
-            allow_duplicate_keys=False,
-            strict_hashable_types=True,
-        )
+        if decoder is None:
+            decoder = _cbor_decoder(fp)
+        else:
+            decoder.fp = fp
         msg = decoder.decode()
         end = fp.tell()
     except RecursionError as exc:
@@ -260,6 +273,7 @@ class FrameDecoder:
         self._buf = bytearray()
         self._pos = 0
         self._failed: str | None = None
+        self._cbor = _cbor_decoder(io.BytesIO(b""))  # reused for every frame (decode_body)
 
     @property
     def buffered(self) -> int:
@@ -302,7 +316,7 @@ class FrameDecoder:
             buf.clear()
             self._pos = 0
         try:
-            return decode_body(body), HEADER_SIZE + length
+            return decode_body(body, self._cbor), HEADER_SIZE + length
         except RemoteProtocolError as exc:
             self._fail(str(exc))
 
