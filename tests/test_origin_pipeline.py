@@ -269,6 +269,8 @@ async def test_more_requests_in_flight_than_the_connection_limit(tmp_path: Path)
                 for i in range(n):
                     nursery.start_soon(writer, i)
             assert sorted(seqs) == list(range(2, n + 2))
+            # under trio the reads went through the origin's one epoll (origin/poller.py)
+            assert origin.client_poller is not None and origin.client_poller.rounds > 0
 
 
 def test_origin_and_client_under_asyncio(tmp_path: Path) -> None:
@@ -291,6 +293,7 @@ def test_origin_and_client_under_asyncio(tmp_path: Path) -> None:
                     for i in range(40):
                         tg.start_soon(writer, i)
                 assert origin.sequencer.flush_count > 0  # durable: the flusher threads ran
+                assert origin.client_poller is None  # asyncio: one reader task per connection
                 assert await c.get("s", "k7") == b"v"
                 return sorted(seqs)
 

@@ -234,3 +234,15 @@ async def test_unreachable_origin_raises_origin_unavailable() -> None:
         async with OriginClient(f"127.0.0.1:{port}", timeout=0.3) as c:
             with pytest.raises(OriginUnavailable):
                 await c.stores()
+
+
+async def test_a_client_closing_inside_a_frame_is_dropped_and_others_served(tmp_path: Path) -> None:
+    async with running(tmp_path) as (origin, c):
+        await c.create_store("s")
+        fs = await FramedStream.connect(
+            origin.address, cluster_id="edgekv", node_id="torn", role="client"
+        )
+        await fs.send_frame(struct.pack(">I", 100) + b"\xa1")  # 1 of 100 promised bytes
+        await fs.aclose()
+        for i in range(3):  # the poller dropped that socket and serves the others
+            assert (await c.put("s", f"k{i}", b"v")).seq == i + 2

@@ -177,6 +177,11 @@ class FramedStream:
     async def receive(self) -> Message:
         return (await self.receive_sized())[0]
 
+    def detach_decoder(self) -> FrameDecoder:
+        """The frame decoder, with whatever bytes it holds past the handshake, for a caller
+        that reads the socket itself from now on (the origin's client poller)."""
+        return self._decoder
+
     async def aclose(self) -> None:
         await self.stream.aclose()
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
+import sniffio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..crdt import Entry, Limits, Replica, Version
@@ -42,6 +43,7 @@ from .writer import BatchCommand, Command, Item, Planned, StoreCommand
 if TYPE_CHECKING:
     from ..node.runtime import NodeRuntime
     from .clientconn import ClientConnection
+    from .poller import ClientPoller
 
 __all__ = ["Origin"]
 
@@ -114,6 +116,7 @@ class Origin:
         self.http_address = ""
         self.recovered_rows = 0
         self.answered: list[ClientConnection] = []  # client connections with answers to send
+        self.client_poller: ClientPoller | None = None  # reads of client connections (trio)
         self._http_stop: anyio.Event | None = None
         self._http_done: anyio.Event | None = None
 
@@ -194,9 +197,14 @@ class Origin:
     async def _start_tcp(self, tg: anyio.abc.TaskGroup) -> None:
         from ..node.tcp import TcpTransport
         from .clientconn import serve_client
+        from .poller import ClientPoller
 
         async def on_client(peer: Any, stream: Any) -> None:
             await serve_client(self, peer, stream)
+
+        if sniffio.current_async_library() == "trio" and ClientPoller.available():
+            self.client_poller = ClientPoller()
+            tg.start_soon(self.client_poller.run)
 
         self.transport = await TcpTransport.create(
             self.listen or "127.0.0.1:0",
