@@ -54,6 +54,10 @@ from edgekv.node.watch import EdgeStore, WatchHub
 
 __all__ = ["EdgeNode"]
 
+BACKGROUND_TREES_FROM = 50_000
+"""A restart with at least this many keys builds its Merkle trees in a worker thread after
+reads start (about 2 s per million keys); a smaller one builds them before it returns."""
+
 logger = logging.getLogger("edgekv.edge")
 
 
@@ -200,6 +204,8 @@ class EdgeNode:
             self.load_report = await anyio.to_thread.run_sync(partial(persist.load, trees=False))
             self._replica = persist.replica
             self._persist = persist
+            if len(self._replica) < BACKGROUND_TREES_FROM:  # cheap: no thread, gossip at once
+                self._replica.install_trees(self._replica.build_pending_trees())
             stack.push_async_callback(persist.close)  # runs after the task group has stopped
             logger.info(
                 "event=loaded node=%s keys=%d watermark=%d seconds=%.3f corrupt_moved_to=%s",
