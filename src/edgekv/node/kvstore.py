@@ -56,7 +56,7 @@ current_node: ContextVar[Node] = ContextVar("edgekv_current_node")
 """The EdgeNode running in this context (set by `EdgeNode.__aenter__`)."""
 
 _Register = Register  # module-level aliases: one global load each on the hot path
-_VALUE_AT = VALUE_AT
+_VALUE = slice(VALUE_AT, None)  # a plain register's value: built once, not per call
 
 
 class KvStore:
@@ -106,7 +106,7 @@ class KvStore:
             raise InvalidInput("a key must be a string") from None
         # the common case first: a plain value without expiry (flags 0, see crdt/register.py)
         if st.__class__ is _Register and not st[0] and self._store.live:
-            return st[_VALUE_AT:]
+            return st[_VALUE]
         if not self._store.live:
             raise StoreNotFound(f"store {self.name!r} was dropped")
         if st is None:
