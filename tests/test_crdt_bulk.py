@@ -333,3 +333,17 @@ def test_damaged_register_columns_are_refused(tmp_path: Path, damage: str) -> No
     assert report.corrupt_moved_to is not None
     assert len(again.replica) == 0 and again.replica.watermark == 0
     anyio.run(again.close)
+
+
+def test_an_in_place_join_on_an_unbuilt_tree_keeps_the_digest_right() -> None:
+    """A zset joined in place (same reset) while its store's tree is still unbuilt: the tree
+    is built from the state before the join, then updated, as if it had been there all along."""
+    ref = Replica()
+    bulk_load(ref, _big_store_items(50))
+    lazy = Replica()  # its own state objects: a bulk load takes ownership, joins in place
+    bulk_load_stores(lazy, bulk_mod._group(_big_store_items(50)), trees=False)
+    reset = 50 + 2  # the zset's reset in _big_store_items
+    more = ZSet(reset, {b"n": (reset + 100, 2.0)}, reset + 100)
+    assert ref.apply("s", "z", more) is not None
+    assert lazy.apply("s", "z", more) is not None
+    assert_same(lazy, ref, every_watermark=False)

@@ -271,6 +271,7 @@ class Replica:
         else:  # zset and bloom join in place: take the seq and digest first
             if reset < old.reset:
                 return None
+            sr.tree  # noqa: B018 (a pending tree must be built before old changes in place)
             old_seq = old.seq
             old_digest = old.digest(key)
             new = merge(old, delta)
