@@ -322,7 +322,7 @@ class Replica:
             if sr._tree is None:
                 try:
                     built.append((sr, build_tree(sr.states)))
-                except (KeyError, ValueError, RuntimeError):  # states changed mid-build
+                except Exception:  # states changed mid-build: that store builds its own
                     continue
         return built
 
