@@ -48,9 +48,9 @@ from .bloom import BloomDelta
 from .register import HAS_EXPIRY, TOMBSTONE, Register, unpack_head
 from .replica import META, Replica, StoreReplica
 from .state import Delta, State, merge
-from .treebuild import FAST_HASHES, build_tree
+from .treebuild import build_tree
 
-__all__ = ["FAST_HASHES", "bulk_load", "bulk_load_stores"]
+__all__ = ["bulk_load", "bulk_load_stores"]
 
 _SEQ = attrgetter("seq")
 _RESET = attrgetter("reset")

@@ -13,7 +13,7 @@ All integers are big-endian signed 64-bit (the codec bounds them to [0, 2**63 - 
 has TOMBSTONE (no value) and HAS_EXPIRY.  A plain value without expiry has flags 0, so the hot
 read is one byte test and one slice.  Equal registers are equal byte strings, so `same()` is a
 single memcmp.  The fields are read through properties; hot paths unpack the header once with
-`head()`.
+`unpack_head`.
 """
 
 from __future__ import annotations
@@ -28,14 +28,24 @@ HAS_EXPIRY = 2
 _HEAD = Struct(">Bqq")  # flags, seq, written_at
 _HEAD_EXP = Struct(">Bqqq")  # flags, seq, written_at, expiry
 _EXPIRY = Struct(">q")
-VALUE_AT = _HEAD.size  # where the value starts when there is no expiry
+SEQ_AT = 1  # field offsets: after the flags byte, 8 bytes each
+WRITTEN_AT_AT = SEQ_AT + 8
+EXPIRY_AT = VALUE_AT = _HEAD.size  # the expiry when flags has HAS_EXPIRY, else the value
 VALUE_AT_EXPIRY = _HEAD_EXP.size
 
 _pack = _HEAD.pack
 _pack_exp = _HEAD_EXP.pack
 _unpack_head = _HEAD.unpack_from
 unpack_head = _unpack_head
-"""(flags, seq, written_at) of a register: C-level, for column-wise loops."""
+"""(flags, seq, written_at) of a register, in one C-level unpack."""
+
+
+def register_digest(key: str, seq: int) -> int:
+    """The Merkle entry hash of a register written at `seq` under `key` (`Register.digest`),
+    for callers that already hold the seq."""
+    return entry_hash(b"r", key, seq)
+
+
 _unpack_expiry = _EXPIRY.unpack_from
 _new_bytes = bytes.__new__
 
@@ -57,17 +67,11 @@ class Register(bytes):
             return _new_bytes(cls, _pack(flags, seq, written_at) + value)
         return _new_bytes(cls, _pack_exp(flags | HAS_EXPIRY, seq, written_at, expiry) + value)
 
-    def head(self) -> tuple[int, int, int]:
-        """(flags, seq, written_at) in one unpack."""
-        return _unpack_head(self)
-
     @property
     def seq(self) -> int:
         return _unpack_head(self)[1]  # type: ignore[no-any-return]
 
-    @property
-    def reset(self) -> int:
-        return _unpack_head(self)[1]  # type: ignore[no-any-return]
+    reset = seq  # a register is written whole: its reset is its seq
 
     @property
     def written_at(self) -> int:
@@ -83,7 +87,7 @@ class Register(bytes):
     @property
     def expiry(self) -> int | None:
         if self[0] & HAS_EXPIRY:
-            return _unpack_expiry(self, VALUE_AT)[0]  # type: ignore[no-any-return]
+            return _unpack_expiry(self, EXPIRY_AT)[0]  # type: ignore[no-any-return]
         return None
 
     @property
@@ -95,14 +99,14 @@ class Register(bytes):
         flags = self[0]
         if flags & TOMBSTONE:
             return False
-        return not flags & HAS_EXPIRY or _unpack_expiry(self, VALUE_AT)[0] > now_ms
+        return not flags & HAS_EXPIRY or _unpack_expiry(self, EXPIRY_AT)[0] > now_ms
 
     def read(self, now_ms: int) -> bytes | None:
         """The value if live at `now_ms`, else None."""
         flags = self[0]
         if not flags:
             return self[VALUE_AT:]
-        if flags & TOMBSTONE or _unpack_expiry(self, VALUE_AT)[0] <= now_ms:
+        if flags & TOMBSTONE or _unpack_expiry(self, EXPIRY_AT)[0] <= now_ms:
             return None
         return self[VALUE_AT_EXPIRY:]
 
@@ -114,7 +118,7 @@ class Register(bytes):
             raise ConflictingVersion(f"two different registers share seq {self.seq}")
 
     def digest(self, key: str) -> int:
-        return entry_hash(b"r", key, _unpack_head(self)[1])
+        return register_digest(key, _unpack_head(self)[1])
 
     def copy(self) -> Register:
         return self  # immutable

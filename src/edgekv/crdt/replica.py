@@ -32,9 +32,9 @@ from ..errors import WrongKind
 from .bloom import Bloom
 from .changelog import ChangeLog
 from .glob import compile_glob, literal_prefix
-from .hashing import entry_hash, root_hash
+from .hashing import root_hash
 from .merkle import MerkleTree, leaf_of
-from .register import HAS_EXPIRY, TOMBSTONE, Register
+from .register import HAS_EXPIRY, TOMBSTONE, Register, register_digest, unpack_head
 from .seqranges import SeqRanges
 from .state import Delta, State, is_dead, merge
 from .treebuild import build_tree
@@ -101,9 +101,9 @@ class StoreReplica:
         else:
             self.changes.discard(old_seq, key)
         if new.__class__ is Register:
-            flags, seq, _ = new.head()
+            flags, seq, _ = unpack_head(new)
             self.changes.add(seq, key, states)
-            tree.toggle(leaf, old_digest ^ entry_hash(b"r", key, seq))
+            tree.toggle(leaf, old_digest ^ register_digest(key, seq))
             if flags & TOMBSTONE:
                 self.tombstones.add(key)
                 return
@@ -267,7 +267,7 @@ class Replica:
                 new = merge(old, delta)
                 if new is None:
                     return None
-            old_digest = entry_hash(b"r", key, old_seq)
+            old_digest = register_digest(key, old_seq)
         else:  # zset and bloom join in place: take the seq and digest first
             if reset < old.reset:
                 return None

@@ -48,10 +48,9 @@ _BLAKE16 = partial(blake2b, digest_size=16)
 
 
 def _fast_leaf_and_digest(key: str, seq: int) -> tuple[int, int]:
-    kb = key.encode()
-    leaf = ((crc32(kb) * _PLACEMENT_MUL) & 0xFFFFFFFF) >> _LEAF_SHIFT
-    h = blake2b(b"r" + len(kb).to_bytes(4, "big") + kb + seq.to_bytes(8, "big"), digest_size=16)
-    return leaf, int.from_bytes(h.digest(), "big")
+    """One key through the column functions `_hashes` uses (so the check below tests them)."""
+    encoded = [key.encode()]
+    return _leaves(encoded)[0], _register_digests(encoded, [seq])[0]
 
 
 def _fast_hashes_agree() -> bool:
@@ -63,9 +62,6 @@ def _fast_hashes_agree() -> bool:
         ):
             return False
     return True
-
-
-FAST_HASHES = _fast_hashes_agree()
 
 
 def build_tree(states: Mapping[str, State], chunk: int = CHUNK) -> MerkleTree:
@@ -126,6 +122,14 @@ def _hashes(keys: list[str], vals: list[State]) -> tuple[list[int], list[int]]:
     return leaf_of_key, digests
 
 
+def _leaves(encoded: list[bytes]) -> list[int]:
+    """`leaf_of` of each encoded key, as C-level maps: the top bits of the CRC-32 placement."""
+    placements = map(
+        and_, map(mul, map(crc32, encoded), repeat(_PLACEMENT_MUL)), repeat(0xFFFFFFFF)
+    )
+    return list(map(rshift, placements, repeat(_LEAF_SHIFT)))
+
+
 def _register_digests(encoded: list[bytes], seqs: list[int]) -> list[int]:
     """`Register.digest` of each (encoded key, seq), as C-level maps: BLAKE2b-128 of
     b"r" + 4-byte key length + key + 8-byte seq."""
@@ -148,3 +152,6 @@ def _fold_levels(tree: MerkleTree, leaves: dict[int, int]) -> None:
             up[p] = up.get(p, 0) ^ v
         level = {i: v for i, v in up.items() if v}
         levels[depth] = level
+
+
+FAST_HASHES = _fast_hashes_agree()  # last: it runs the column functions defined above

@@ -51,7 +51,15 @@ from cbor2 import loads as cbor_loads
 from edgekv.crdt import META, Change, Register, Replica, State, bulk_load_stores
 from edgekv.crdt.bloom import BloomDelta
 from edgekv.crdt.codec import decode_delta, dumps, encode_delta, loads
-from edgekv.crdt.register import HAS_EXPIRY, TOMBSTONE, VALUE_AT, VALUE_AT_EXPIRY
+from edgekv.crdt.register import (
+    EXPIRY_AT,
+    HAS_EXPIRY,
+    SEQ_AT,
+    TOMBSTONE,
+    VALUE_AT,
+    VALUE_AT_EXPIRY,
+    WRITTEN_AT_AT,
+)
 from edgekv.errors import EdgeKVError
 
 __all__ = ["CorruptDatabase", "LoadReport", "ReplicaStore"]
@@ -330,10 +338,11 @@ class ReplicaStore:
 # linear time).
 _SELECT_ROWS = "SELECT store, key, seq, reg, state FROM states ORDER BY store, key"
 _COLUMNS = 5
-_SEQ_BYTES = itemgetter(slice(1, 1 + 8))  # a register's seq field (crdt/register.py)
+# the fields of a register's bytes (crdt/register.py)
+_SEQ_BYTES = itemgetter(slice(SEQ_AT, SEQ_AT + 8))
 _FLAGS = itemgetter(0)
-_WRITTEN_AT_TOP = itemgetter(9)  # the sign byte of written_at
-_EXPIRY_TOP = itemgetter(VALUE_AT)  # the sign byte of expiry, when flags has HAS_EXPIRY
+_WRITTEN_AT_TOP = itemgetter(WRITTEN_AT_AT)  # the sign byte of written_at
+_EXPIRY_TOP = itemgetter(EXPIRY_AT)  # the sign byte of expiry, when flags has HAS_EXPIRY
 _BIG: Literal["big"] = "big"
 
 

@@ -182,8 +182,12 @@ class ClientConnection:
 
     # -- requests ------------------------------------------------------------------------------
 
-    def _dispatch(self, req_id: int, msg: Message) -> None:
-        """Answer a read now, or hand a write to the sequencer."""
+    def _dispatch(self, msg: Message) -> None:
+        """Answer a read now, or hand a write to the sequencer.  RemoteProtocolError (the
+        caller closes the connection) for anything but a REQUEST with an int id."""
+        req_id = msg.get("id")
+        if msg.get("t") != _REQUEST or type(req_id) is not int:
+            raise RemoteProtocolError(f"expected REQUEST with an int id, got {msg!r:.80}")
         origin = self.origin
         try:
             prepared = origin.prepare(msg)
@@ -215,15 +219,10 @@ class ClientConnection:
             try:
                 while True:
                     msg: dict[str, Any] = await stream.receive()
-                    req_id = msg.get("id")
-                    if msg.get("t") != _REQUEST or type(req_id) is not int:
-                        raise RemoteProtocolError(
-                            f"expected REQUEST with an int id, got {msg!r:.80}"
-                        )
                     while self.inflight >= MAX_INFLIGHT:
                         self._slot = slot = anyio.Event()
                         await slot.wait()
-                    self._dispatch(req_id, msg)
+                    self._dispatch(msg)
             except anyio.EndOfStream:
                 pass
             except RemoteProtocolError as exc:
@@ -283,11 +282,7 @@ class ClientConnection:
                 frame = decoder.next_frame()
                 if frame is None:
                     return
-                msg = frame[0]
-                req_id = msg.get("id")
-                if msg.get("t") != _REQUEST or type(req_id) is not int:
-                    raise RemoteProtocolError(f"expected REQUEST with an int id, got {msg!r:.80}")
-                self._dispatch(req_id, msg)
+                self._dispatch(frame[0])
         except RemoteProtocolError as exc:
             self._close(str(exc), logging.WARNING)
 
