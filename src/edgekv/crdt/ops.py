@@ -80,6 +80,24 @@ DEFAULT_BLOOM_CAPACITY = 10_000
 DEFAULT_BLOOM_ERROR_RATE = 0.01
 
 
+def op_body(op: Op) -> dict[str, object]:
+    """The request-body form of `op`: the fields `origin.requests.parse_op` reads back (the
+    caller adds "store" and "if_version")."""
+    if isinstance(op, Put):
+        return {"op": "put", "key": op.key, "value": op.value, "ttl": op.ttl, "force": op.force}
+    if isinstance(op, Delete):
+        return {"op": "delete", "key": op.key}
+    if isinstance(op, ZAdd):
+        return {"op": "zadd", "key": op.key, "members": dict(op.members), "force": op.force}
+    if isinstance(op, ZRem):
+        return {"op": "zrem", "key": op.key, "members": list(op.members)}
+    body: dict[str, object] = {"op": "bf_add", "key": op.key, "items": list(op.items)}
+    params = {"capacity": op.capacity, "error_rate": op.error_rate, "m": op.m, "k": op.k}
+    body.update((name, v) for name, v in params.items() if v is not None)  # absent = default
+    body["force"] = op.force
+    return body
+
+
 def validate_store_name(name: object) -> str:
     if not isinstance(name, str) or not STORE_NAME.fullmatch(name):
         raise InvalidInput(f"bad store name {name!r}: use 1-64 of A-Z a-z 0-9 _ . -")

@@ -25,9 +25,11 @@ from ..crdt.ops import (
     BfAdd,
     Delete,
     Limits,
+    Op,
     Put,
     ZAdd,
     ZRem,
+    op_body,
     validate_op,
 )
 from ..crdt.register import VALUE_AT, Register
@@ -163,15 +165,11 @@ class KvStore:
         if_version: int | None = None,
     ) -> Version:
         """Write a plain value (expiring after `ttl` seconds); `force` replaces another kind."""
-        op = validate_op(Put(key, value, ttl, force), self._limits)
-        assert isinstance(op, Put)
-        body = {"op": "put", "key": key, "value": op.value, "ttl": ttl, "force": op.force}
-        return await self._write(body, if_version)
+        return await self._write(Put(key, value, ttl, force), if_version)
 
     async def delete(self, key: str, if_version: int | None = None) -> Version:
         """Delete `key` (any kind)."""
-        validate_op(Delete(key), self._limits)
-        return await self._write({"op": "delete", "key": key}, if_version)
+        return await self._write(Delete(key), if_version)
 
     async def zadd(
         self,
@@ -181,20 +179,13 @@ class KvStore:
         if_version: int | None = None,
     ) -> Version:
         """Add members (or change their scores) in the sorted set under `key`."""
-        op = validate_op(ZAdd(key, members, force), self._limits)
-        assert isinstance(op, ZAdd)
-        body = {"op": "zadd", "key": key, "members": dict(op.members), "force": op.force}
-        return await self._write(body, if_version)
+        return await self._write(ZAdd(key, members, force), if_version)
 
     async def zrem(
         self, key: str, members: Sequence[bytes], if_version: int | None = None
     ) -> Version:
         """Remove members from the sorted set under `key`."""
-        op = validate_op(ZRem(key, members), self._limits)
-        assert isinstance(op, ZRem)
-        return await self._write(
-            {"op": "zrem", "key": key, "members": list(op.members)}, if_version
-        )
+        return await self._write(ZRem(key, members), if_version)
 
     async def bf_add(
         self,
@@ -209,15 +200,11 @@ class KvStore:
         if_version: int | None = None,
     ) -> Version:
         """Add items to the Bloom filter under `key` (created with these parameters if absent)."""
-        op = validate_op(BfAdd(key, items, capacity, error_rate, m, k, force), self._limits)
-        assert isinstance(op, BfAdd)
-        body: dict[str, Any] = {"op": "bf_add", "key": key, "items": list(op.items), "force": force}
-        for name, val in (("capacity", capacity), ("error_rate", error_rate), ("m", m), ("k", k)):
-            if val is not None:
-                body[name] = val
-        return await self._write(body, if_version)
+        return await self._write(BfAdd(key, items, capacity, error_rate, m, k, force), if_version)
 
-    async def _write(self, body: dict[str, Any], if_version: int | None) -> Version:
+    async def _write(self, op: Op, if_version: int | None) -> Version:
+        """Check `op` here (a bad one never reaches the origin), then send it through the node."""
+        body: dict[str, Any] = op_body(validate_op(op, self._limits))
         if self._writer is None:
             raise EdgeKVError(f"store {self.name!r} was opened read-only (no writer)")
         if if_version is not None and (

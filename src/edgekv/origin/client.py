@@ -43,6 +43,7 @@ import anyio.lowlevel
 import cbor2
 
 from ..crdt import BfAdd, Delete, Entry, Op, Put, Version, ZAdd, ZRem
+from ..crdt.ops import op_body as ops_op_body
 from ..errors import (
     EdgeKVError,
     InvalidInput,
@@ -161,26 +162,9 @@ def op_body(op: Op | Mapping[str, Any]) -> dict[str, Any]:
     """A batch entry (wire form) from an op object or a ready dict."""
     if isinstance(op, Mapping):
         return dict(op)
-    if isinstance(op, Put):
-        return {"op": "put", "key": op.key, "value": op.value, "ttl": op.ttl, "force": op.force}
-    if isinstance(op, Delete):
-        return {"op": "delete", "key": op.key}
-    if isinstance(op, ZAdd):
-        return {"op": "zadd", "key": op.key, "members": dict(op.members), "force": op.force}
-    if isinstance(op, ZRem):
-        return {"op": "zrem", "key": op.key, "members": list(op.members)}
-    if isinstance(op, BfAdd):
-        return {
-            "op": "bf_add",
-            "key": op.key,
-            "items": list(op.items),
-            "capacity": op.capacity,
-            "error_rate": op.error_rate,
-            "m": op.m,
-            "k": op.k,
-            "force": op.force,
-        }
-    raise TypeError(f"not an op: {op!r}")
+    if not isinstance(op, Put | Delete | ZAdd | ZRem | BfAdd):
+        raise TypeError(f"not an op: {op!r}")
+    return ops_op_body(op)
 
 
 class OriginClient:
@@ -405,6 +389,9 @@ class OriginClient:
         r = await self.request(body)
         return Version(r["seq"], r["written_at"])
 
+    async def _write_op(self, store: str, op: Op, if_version: int | None) -> Version:
+        return await self._write({**op_body(op), "store": store, "if_version": if_version})
+
     async def _read(self, body: dict[str, Any]) -> Message:
         return await self.request(body, idempotent=True)
 
@@ -431,18 +418,11 @@ class OriginClient:
         if_version: int | None = None,
         force: bool = False,
     ) -> Version:
-        body = {"op": "put", "store": store, "key": key, "value": value, "ttl": ttl}
-        if if_version is not None:
-            body["if_version"] = if_version
-        if force:
-            body["force"] = True
-        return await self._write(body)
+        return await self._write_op(store, Put(key, value, ttl, force), if_version)
 
     async def delete(self, store: str, key: str, if_version: int | None = None) -> Version | None:
         """Delete `key`; returns its tombstone's version, None when there was nothing to delete."""
-        v = await self._write(
-            {"op": "delete", "store": store, "key": key, "if_version": if_version}
-        )
+        v = await self._write_op(store, Delete(key), if_version)
         return v if v.seq else None
 
     async def zadd(
@@ -453,29 +433,12 @@ class OriginClient:
         if_version: int | None = None,
         force: bool = False,
     ) -> Version:
-        return await self._write(
-            {
-                "op": "zadd",
-                "store": store,
-                "key": key,
-                "members": dict(members),
-                "if_version": if_version,
-                "force": force,
-            }
-        )
+        return await self._write_op(store, ZAdd(key, members, force), if_version)
 
     async def zrem(
         self, store: str, key: str, members: Sequence[bytes], if_version: int | None = None
     ) -> Version | None:
-        v = await self._write(
-            {
-                "op": "zrem",
-                "store": store,
-                "key": key,
-                "members": list(members),
-                "if_version": if_version,
-            }
-        )
+        v = await self._write_op(store, ZRem(key, members), if_version)
         return v if v.seq else None
 
     async def bf_add(
@@ -489,19 +452,8 @@ class OriginClient:
         k: int | None = None,
         force: bool = False,
     ) -> Version:
-        return await self._write(
-            {
-                "op": "bf_add",
-                "store": store,
-                "key": key,
-                "items": list(items),
-                "capacity": capacity,
-                "error_rate": error_rate,
-                "m": m,
-                "k": k,
-                "force": force,
-            }
-        )
+        op = BfAdd(key, items, capacity, error_rate, m, k, force)
+        return await self._write_op(store, op, if_version=None)
 
     async def batch(
         self, store: str, ops: Sequence[Op | Mapping[str, Any]]

@@ -29,7 +29,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ..crdt import Entry, Limits, Replica, Version
 from ..crdt.codec import encode_delta
-from ..crdt.ops import DEFAULT_LIMITS
+from ..crdt.ops import DEFAULT_LIMITS, Delete, Put, op_body
 from ..errors import InvalidInput, StoreNotFound
 from ..gossip.config import GossipConfig
 from ..gossip.transport import Transport
@@ -409,22 +409,12 @@ class Origin:
         force: bool = False,
     ) -> Version:
         r = await self._write(
-            {
-                "op": "put",
-                "store": store,
-                "key": key,
-                "value": value,
-                "ttl": ttl,
-                "if_version": if_version,
-                "force": force,
-            }
+            {**op_body(Put(key, value, ttl, force)), "store": store, "if_version": if_version}
         )
         return Version(r["seq"], r["written_at"])
 
     async def delete(self, store: str, key: str, if_version: int | None = None) -> Version | None:
-        r = await self._write(
-            {"op": "delete", "store": store, "key": key, "if_version": if_version}
-        )
+        r = await self._write({**op_body(Delete(key)), "store": store, "if_version": if_version})
         return Version(r["seq"], r["written_at"]) if r["seq"] else None
 
     async def batch(self, store: str, ops: list[dict[str, Any]]) -> list[Version | None]:

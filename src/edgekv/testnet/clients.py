@@ -12,6 +12,7 @@ from typing import Any
 
 import anyio
 
+from edgekv.crdt.ops import Delete, Put, op_body
 from edgekv.crdt.version import Version
 from edgekv.gossip.transport import Transport
 from edgekv.gossip.wire import Message
@@ -94,18 +95,11 @@ class SimClient:
         ttl: float | None = None,
         if_version: int | None = None,
     ) -> Version:
-        body = {
-            "op": "put",
-            "store": store,
-            "key": key,
-            "value": value,
-            "ttl": ttl,
-            "if_version": if_version,
-        }
+        body = {**op_body(Put(key, value, ttl)), "store": store, "if_version": if_version}
         return _version(await self.request(body))
 
     async def delete(self, store: str, key: str) -> Version:
-        return _version(await self.request({"op": "delete", "store": store, "key": key}))
+        return _version(await self.request({**op_body(Delete(key)), "store": store}))
 
 
 def _version(reply: Message) -> Version:
