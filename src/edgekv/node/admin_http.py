@@ -15,6 +15,7 @@ Errors are JSON `{"error": code, "message": ...}` with the error type's HTTP sta
 from __future__ import annotations
 
 import base64
+import logging
 import math
 import socket
 from collections.abc import Callable
@@ -143,7 +144,7 @@ def build_app(node: AdminNode) -> Starlette:
     )
 
 
-def bind_socket(listen: str) -> socket.socket:
+def bind_socket(listen: str, backlog: int = 128) -> socket.socket:
     """A listening TCP socket on `listen` (port 0 picks a free port)."""
     host, port = parse_address(listen)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -151,7 +152,7 @@ def bind_socket(listen: str) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
-        sock.listen(128)
+        sock.listen(backlog)
         sock.set_inheritable(True)
     except BaseException:
         sock.close()
@@ -168,18 +169,22 @@ async def serve_app(
     app: Starlette,
     sock: socket.socket,
     *,
+    shutdown: anyio.Event | None = None,
+    errorlog: logging.Logger | None = None,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve `app` with hypercorn on the bound `sock` until cancelled (trio or asyncio)."""
+    """Serve `app` with hypercorn on the bound `sock` until `shutdown` is set or the caller
+    cancels (trio or asyncio)."""
     from hypercorn.config import Config
 
     config = Config()
     fd = sock.detach()  # hypercorn owns (and closes) the listening socket from here on
     config.bind = [f"fd://{fd}"]
     config.accesslog = None
-    config.errorlog = None
+    config.errorlog = errorlog
     config.graceful_timeout = 0.5
-    shutdown = anyio.Event()
+    if shutdown is None:
+        shutdown = anyio.Event()
     task_status.started()
     if sniffio.current_async_library() == "trio":
         from hypercorn.trio import serve as trio_serve

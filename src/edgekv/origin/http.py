@@ -14,13 +14,11 @@ import binascii
 import json
 import logging
 import math
-import socket
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
-import sniffio
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -275,34 +273,9 @@ async def serve_http(
     task_status: anyio.abc.TaskStatus[str] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the HTTP API on `listen` ("host:port", port 0 picks one) until `stop` is set."""
-    from hypercorn.config import Config
+    from ..node.admin_http import bind_socket, serve_app, socket_address
 
-    from ..node.tcp import format_address, parse_address
-
-    host, port = parse_address(listen)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(1024)
-        sock.setblocking(False)
-        address = format_address(host, sock.getsockname()[1])
-    except BaseException:
-        sock.close()
-        raise
-    config = Config()
-    config.bind = [f"fd://{sock.detach()}"]  # hypercorn owns the socket from here on
-    config.accesslog = None
-    config.errorlog = logger
-    config.graceful_timeout = 0.5
+    sock = bind_socket(listen, backlog=1024)
     app = build_app(origin)
-    task_status.started(address)
-    if sniffio.current_async_library() == "trio":
-        from hypercorn.trio import serve as trio_serve
-
-        await trio_serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
-    else:
-        from hypercorn.asyncio import serve as asyncio_serve
-
-        await asyncio_serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+    task_status.started(socket_address(sock))
+    await serve_app(app, sock, shutdown=stop, errorlog=logger)
