@@ -298,3 +298,40 @@ def test_origin_and_client_under_asyncio(tmp_path: Path) -> None:
                 return sorted(seqs)
 
     assert anyio.run(main, backend="asyncio") == list(range(2, 42))
+
+
+@pytest.mark.parametrize(
+    ("req_id", "seqs", "written_at"),
+    [
+        (1, [7], 1_764_275_000_000),
+        (2**64 - 1, [2**63], 0),  # the largest id the fast path takes
+        (2**64, [5], 1),  # beyond it: the generic encoder
+        (-3, [5], 1),
+        (9, [None], 1),  # a no-op write: no seq
+        (9, [4, None, 5], 2),  # a batch
+    ],
+)
+def test_write_acks_decode_to_the_documented_answer(
+    req_id: int, seqs: list[int | None], written_at: int
+) -> None:
+    import cbor2
+
+    from edgekv.origin.clientconn import ack_frame
+    from edgekv.origin.writer import Planned
+
+    ticket = Ticket(StoreCommand("create", "s"), lambda _t: None)
+    items = [("s", f"k{s}", Put(f"k{s}", b"v")) for s in seqs if s is not None]
+    ticket.planned, ticket.written_at = Planned(items, seqs), written_at  # type: ignore[arg-type]
+    frame = ack_frame(req_id, ticket, 1 << 20)
+    (length,) = struct.unpack(">I", frame[:4])
+    assert length == len(frame) - 4
+    done = [s for s in seqs if s is not None]
+    first, last = (min(done), max(done)) if done else (0, 0)
+    assert cbor2.loads(frame[4:]) == {
+        "t": 51,
+        "id": req_id,
+        "seq": last,
+        "written_at": written_at,
+        "seqs": seqs,
+        "covers": [[first, last]] if done else [],
+    }

@@ -156,3 +156,19 @@ def test_wrongly_typed_register_is_refused(tmp_path: Path) -> None:
     with pytest.raises(LogError, match=f"seq {seq}"):
         recover(wal, Replica())
     wal.close()
+
+
+def test_the_high_seq_survives_compaction_of_its_row(tmp_path: Path) -> None:
+    """Seqs are never reused: after compaction removed the row that carried the highest seq,
+    a reopened log still continues after it."""
+    path = tmp_path / "log.sqlite3"
+    wal = WriteAheadLog(path)
+    blob = dumps(encode_delta(Register(1, 1, b"v", None)))
+    wal.append([(seq, "s", f"k{seq}", blob) for seq in range(1, 6)], 5)
+    assert wal.compact(keep=[2], rewrites=[], upto=5) == 4
+    wal.close()
+    wal = WriteAheadLog(path)
+    assert wal.count() == 1 and wal.high == 5
+    wal.append([(6, "s", "k6", blob)], 6)
+    wal.close()
+    assert WriteAheadLog(path).high == 6

@@ -62,7 +62,8 @@ __all__ = ["OriginClient"]
 _REQUEST, _RESPONSE, _ERROR = int(MsgType.REQUEST), int(MsgType.RESPONSE), int(MsgType.ERROR)
 _BACKOFF_MIN, _BACKOFF_MAX = 0.02, 0.5
 _HEADER = struct.Struct(">I")
-_PLAIN = (str, bytes, int, float, bool, type(None))
+_OPS = frozenset((Put, Delete, ZAdd, ZRem, BfAdd))
+_PLAIN = frozenset((str, bytes, int, float, bool, type(None)))
 
 
 def request_frame(msg: dict[str, Any], max_frame_size: int) -> bytes:
@@ -76,8 +77,11 @@ def request_frame(msg: dict[str, Any], max_frame_size: int) -> bytes:
 
 
 def _request_frame(msg: dict[str, Any], max_frame_size: int) -> bytes:
-    for v in msg.values():
-        if v.__class__ not in _PLAIN or (v.__class__ is int and not -(2**63) <= v < 2**64):
+    values = msg.values()
+    if not _PLAIN.issuperset(map(type, values)):
+        return encode_frame(msg, max_frame_size)
+    for v in values:
+        if v.__class__ is int and not -(2**63) <= v < 2**64:
             return encode_frame(msg, max_frame_size)
     body = cbor2.dumps(msg)
     if len(body) > max_frame_size:
@@ -160,6 +164,8 @@ class _Connection:
 
 def op_body(op: Op | Mapping[str, Any]) -> dict[str, Any]:
     """A batch entry (wire form) from an op object or a ready dict."""
+    if op.__class__ in _OPS:  # before the (slower) Mapping check
+        return ops_op_body(op)  # type: ignore[arg-type]
     if isinstance(op, Mapping):
         return dict(op)
     if not isinstance(op, Put | Delete | ZAdd | ZRem | BfAdd):

@@ -55,6 +55,29 @@ _REQUEST, _RESPONSE, _ERROR = int(MsgType.REQUEST), int(MsgType.RESPONSE), int(M
 _HEADER = struct.Struct(">I")
 
 
+# The answer to a single-op write that took a seq, as CBOR with every int in its 8-byte form
+# (valid CBOR, not the shortest): one struct.pack instead of a generic encode, a tenth of the
+# cost.  The map is {"t": 51, "id", "seq", "written_at", "seqs": [seq], "covers": [[seq, seq]]}.
+_U64 = b"\x1b"  # CBOR: unsigned int, 8 bytes follow
+_ACK_PARTS = (
+    b"\xa6\x61t\x18" + bytes([_RESPONSE]) + b"\x62id" + _U64,
+    b"\x63seq" + _U64,
+    b"\x6awritten_at" + _U64,
+    b"\x64seqs\x81" + _U64,
+    b"\x66covers\x81\x82" + _U64,
+    _U64,
+)
+_ACK_FIELDS = "".join(f"{len(part)}sQ" for part in _ACK_PARTS)
+_ACK_BODY_SIZE = struct.calcsize(">" + _ACK_FIELDS)
+_ACK = struct.Struct(">I" + _ACK_FIELDS)
+_U64_LIMIT = 1 << 64
+
+
+def _single_ack(req_id: int, seq: int, written_at: int) -> bytes:
+    a, b, c, d, e, f = _ACK_PARTS
+    return _ACK.pack(_ACK_BODY_SIZE, a, req_id, b, seq, c, written_at, d, seq, e, seq, f, seq)
+
+
 def ack_frame(req_id: int, ticket: Ticket, max_frame_size: int) -> bytes:
     """The RESPONSE (or ERROR) frame answering a write."""
     planned = ticket.planned
@@ -63,6 +86,8 @@ def ack_frame(req_id: int, ticket: Ticket, max_frame_size: int) -> bytes:
     seqs = planned.seqs
     if len(seqs) == 1:  # the common single op: no min/max scans
         last = first = seqs[0] or 0
+        if last and 0 <= req_id < _U64_LIMIT and _ACK.size <= max_frame_size:
+            return _single_ack(req_id, last, ticket.written_at)
     else:
         first, last = planned.first, planned.last
     body = cbor2.dumps(

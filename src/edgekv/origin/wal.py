@@ -8,9 +8,12 @@ Theory of operation
 1. One row per seq: `log(seq PRIMARY KEY, store, key, delta)` where `delta` is the CBOR array
    of `crdt.codec.encode_delta`.  A seq whose op changed nothing is never handed out, so the
    seqs in the log are contiguous from 1 up to `high` (compaction removes rows, never seqs).
-2. `meta.high` is the highest seq ever committed.  It is written in the same transaction as
-   the rows, so after a crash `high + 1` is the next seq: never reused, even if compaction had
-   removed the row that carried `high`.
+2. `high`, the highest seq ever committed, is the larger of `MAX(seq)` and `meta.high`.  Only
+   compaction removes rows, and it writes the high seq of that moment into `meta.high` in its
+   own transaction; every later row has a higher seq.  So after a crash `high + 1` is the next
+   seq, never reused, even if compaction had removed the row that carried `high`; and a
+   commit group writes nothing but its rows (a `meta` write per group cost a second B-tree
+   page per transaction, more than half the cost of a one-row group).
 3. `write` is one transaction for a whole commit group.  With `synchronous="FULL"` (the
    default) SQLite itself runs with synchronous=NORMAL (it does not flush at commit, but it
    still syncs the WAL before every checkpoint and the WAL header when the WAL is reused) and
@@ -102,18 +105,17 @@ class WriteAheadLog:
         return int(self._conn.execute("SELECT COUNT(*) FROM log").fetchone()[0])
 
     def append(self, rows: Sequence[Row], high: int) -> None:
-        """Commit `rows` and the new high seq in one durable transaction."""
+        """Commit `rows` (the last of them at seq `high`) in one durable transaction."""
         self.write(rows, high)
         self.sync()
 
     def write(self, rows: Sequence[Row], high: int) -> None:
-        """Commit `rows` and the new high seq in one transaction; durable after `sync()`."""
+        """Commit `rows` (the last at seq `high`) in one transaction; durable after `sync()`."""
         conn = self._conn
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 conn.executemany("INSERT INTO log VALUES (?, ?, ?, ?)", rows)
-                conn.execute("INSERT OR REPLACE INTO meta VALUES ('high', ?)", (high,))
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -175,6 +177,7 @@ class WriteAheadLog:
                 )
                 removed = cur.rowcount
                 conn.executemany("UPDATE log SET delta = ? WHERE seq = ?", rewrites)
+                conn.execute("INSERT OR REPLACE INTO meta VALUES ('high', ?)", (self.high,))
                 conn.execute("DELETE FROM keep")
                 conn.execute("COMMIT")
             except BaseException:
