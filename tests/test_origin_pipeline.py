@@ -28,7 +28,7 @@ def put(key: str, value: bytes, if_version: int | None = None, store: str = "s")
 
 
 class GatedLog(WriteAheadLog):
-    """A durable log whose flushes wait for `release()` (they run in the flusher's threads)."""
+    """A durable log whose flushes wait for `gate` (they run in the flusher's threads)."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
@@ -51,8 +51,8 @@ class GatedLog(WriteAheadLog):
 
 
 @asynccontextmanager
-async def sequencer(wal: WriteAheadLog) -> AsyncIterator[Sequencer]:
-    seq = Sequencer(wal, Replica(), wall_ms=lambda: 1_000_000)
+async def sequencer(wal: WriteAheadLog, flush_threads: int = 4) -> AsyncIterator[Sequencer]:
+    seq = Sequencer(wal, Replica(), wall_ms=lambda: 1_000_000, flush_threads=flush_threads)
     async with anyio.create_task_group() as tg:
         await tg.start(seq.run)
         try:
@@ -115,6 +115,52 @@ async def test_groups_plan_on_unflushed_groups_and_ack_after_the_flush(tmp_path:
     assert seq.replica.store("s").get("a", 0) == b"5"  # dropped with its store, rewritten
     assert seq.replica.state("s", "b") is None
     assert seq._pending == {}
+    wal.close()
+
+
+class RecordingLog(WriteAheadLog):
+    """A durable log that records, at each flush, how many writes were answered by then."""
+
+    def __init__(self, path: Path, out: Outcomes) -> None:
+        super().__init__(path)
+        self.out = out
+        self.answered_at_sync: list[int] = []
+        self.fail_sync: Exception | None = None
+
+    def sync(self) -> None:
+        self.answered_at_sync.append(len(self.out.done))
+        if self.fail_sync is not None:
+            raise self.fail_sync
+        super().sync()
+
+
+async def test_inline_flush_one_per_group_before_any_answer(tmp_path: Path) -> None:
+    out = Outcomes()
+    wal = RecordingLog(tmp_path / "log.db", out)
+    async with sequencer(wal, flush_threads=0) as seq:
+        await submit_group(seq, out, [StoreCommand("create", "s"), put("a", b"1")])
+        await out.wait(2)
+        await submit_group(seq, out, [put("a", b"2"), put("b", b"1"), put("c", b"1")])
+        await out.wait(5)
+    # one flush per group, each before any write of its group was answered
+    assert wal.answered_at_sync == [0, 2]
+    assert [t.planned.seqs for t in out.done] == [[1], [2], [3], [4], [5]]  # type: ignore[union-attr]
+    assert seq.replica.watermark == 5
+    wal.close()
+
+
+async def test_a_failed_inline_flush_fails_its_group_and_later_writes(tmp_path: Path) -> None:
+    out = Outcomes()
+    wal = RecordingLog(tmp_path / "log.db", out)
+    async with sequencer(wal, flush_threads=0) as seq:
+        await seq.submit(StoreCommand("create", "s"))
+        wal.fail_sync = OSError(5, "Input/output error")
+        await submit_group(seq, out, [put("a", b"1"), put("b", b"1")])
+        done = await out.wait(2)
+        assert all(isinstance(t.error, LogError) for t in done)
+        assert seq.replica.watermark == 1  # the unflushed group never reached the replica
+        with pytest.raises(LogError, match="restart"):
+            await seq.submit(put("c", b"1"))
     wal.close()
 
 

@@ -47,6 +47,7 @@ async def _serve_origin(args: argparse.Namespace) -> None:
         cluster_key=key,
         cluster_id=args.cluster_id,
         synchronous=args.synchronous,
+        flush_threads=args.flush_threads,
     ) as origin:
         http = f" http {origin.http_address}" if origin.http_address else ""
         print(
@@ -57,6 +58,13 @@ async def _serve_origin(args: argparse.Namespace) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for _ in signals:
                 break
+
+
+def _flush_threads(text: str) -> int:
+    n = int(text)
+    if not 0 <= n <= 64:
+        raise argparse.ArgumentTypeError("must be between 0 and 64")
+    return n
 
 
 def _cmd_origin(args: argparse.Namespace) -> int:
@@ -193,6 +201,14 @@ def add_origin_commands(sub: Any) -> None:
     p.add_argument("--cluster-key", default=None, help="shared cluster key (or EDGEKV_CLUSTER_KEY)")
     p.add_argument("--cluster-id", default="edgekv")
     p.add_argument("--synchronous", default="FULL", choices=["FULL", "EXTRA", "NORMAL"])
+    p.add_argument(
+        "--flush-threads",
+        type=_flush_threads,
+        default=0,
+        metavar="N",
+        help="flush the log in N background threads instead of on the event loop "
+        "(for a disk whose flushes take milliseconds; default 0)",
+    )
     p.set_defaults(func=_cmd_origin)
 
     def client_parser(

@@ -5,13 +5,17 @@ Theory of operation
    the ticket joins a queue.  The commit loop takes *every* ticket pending when it wakes (up to
    `max_group`), plans them in order (`writer.Planner`: consecutive seqs, no seq for failures or
    no-ops) and writes the group's rows in one SQLite transaction (`wal.write`: no disk flush,
-   so it runs on the event loop, no thread hop), then goes straight on with the next group:
-   planning and writing group N+1 overlap the flush of group N.  Flushes (`wal.sync`, an
-   fdatasync run by `flusher.Flusher` in dedicated threads) are group commits too: when none
-   is in flight, one starts at once and covers every group written so far; while one is in
-   flight, another starts only when at least `eager_flush_rows` rows wait for it (at most
-   `max_flushes` at once), so that a busy origin does not pay one flush and one thread
-   wake-up per tiny group; the rest waits for the end of a flush in flight.
+   so it runs on the event loop, no thread hop) and flushes it (`wal.sync`, an fdatasync,
+   through `flusher.Flusher`).  By default (`flush_threads=0`) the flush runs right there on
+   the event loop: whatever arrives meanwhile waits in the socket buffers and forms the next
+   group, one flush per group (the cheapest on a fast disk, see flusher.py).  With
+   `flush_threads=N` flushes run in N threads and the loop goes straight on with the next
+   group: planning and writing group N+1 overlap the flush of group N.  Those flushes are
+   group commits too: when none is in flight, one starts at once and covers every group
+   written so far; while one is in flight, another starts only when at least
+   `eager_flush_rows` rows wait for it (at most `flush_threads` at once), so that a busy
+   origin does not pay one flush and one thread wake-up per tiny group; the rest waits for
+   the end of a flush in flight.
 2. Groups complete strictly in order, in one completer task.  A flush that started after
    group N's write returned makes groups 1..N durable (a log that is not durable per commit,
    e.g. in memory, makes a group durable once written); then each group, in order, is applied
@@ -118,7 +122,7 @@ class Sequencer:
         after_answers: Callable[[], None] | None = None,
         wall_ms: Callable[[], int] = wall_clock_ms,
         max_group: int = 4096,
-        max_flushes: int = 4,
+        flush_threads: int = 0,
         eager_flush_rows: int = 16,
         compact_ratio: float = 2.0,
         compact_min_rows: int = 1_000_000,
@@ -129,7 +133,7 @@ class Sequencer:
         self.after_answers = after_answers  # called after each group's callbacks have run
         self.wall_ms = wall_ms
         self.max_group = max_group
-        self.max_flushes = max_flushes
+        self.flush_threads = flush_threads
         self.eager_flush_rows = eager_flush_rows
         self.compact_ratio = compact_ratio
         self.compact_min_rows = compact_min_rows
@@ -199,7 +203,7 @@ class Sequencer:
         """The commit loop.  Runs until cancelled; pending callers are then failed."""
         self._running = True
         if self.wal.durable:
-            self._flusher = Flusher(self.wal.sync, self._flush_done, threads=self.max_flushes)
+            self._flusher = Flusher(self.wal.sync, self._flush_done, threads=self.flush_threads)
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._completer)
@@ -209,17 +213,19 @@ class Sequencer:
                         self._wake = anyio.Event()
                         self._idle = True
                         await self._wake.wait()
+                    if self._lock.locked():  # a compaction runs: wait for its end
+                        async with self._lock:
+                            pass
                     group = self._take_group()
-                    async with self._lock:
-                        self._write_group(group)
+                    self._write_group(group)  # synchronous: no compaction can start meanwhile
                     if group.items:
                         self._maybe_flush()
                     else:
                         self._wake_completer()
                     if self._should_compact():
                         await self.compact()
-                    else:
-                        await anyio.lowlevel.checkpoint()  # let readers queue more work
+                    elif self._queue:  # more work at once: let readers run first
+                        await anyio.lowlevel.checkpoint()
         finally:
             self._running = False
             if self._flusher is not None:
@@ -303,7 +309,7 @@ class Sequencer:
             self._wake_completer()
             return
         if self._flushes and (
-            self._flushes >= self.max_flushes or self._unflushed_rows < self.eager_flush_rows
+            self._flushes >= self.flush_threads or self._unflushed_rows < self.eager_flush_rows
         ):
             return  # the end of a flush in flight starts the next one
         self._unflushed_rows = 0

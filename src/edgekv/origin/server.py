@@ -81,6 +81,7 @@ class Origin:
         node_id: str = "origin",
         limits: Limits = DEFAULT_LIMITS,
         synchronous: str = "FULL",
+        flush_threads: int = 0,
         compact_min_rows: int = 1_000_000,
         wall_ms: Callable[[], int] = wall_clock_ms,
         on_commit: Callable[[list[Item], Covers], Awaitable[None]] | None = None,
@@ -101,6 +102,7 @@ class Origin:
         self.on_commit = on_commit
         self.replica = Replica()
         self._synchronous = synchronous
+        self._flush_threads = flush_threads
         self._compact_min_rows = compact_min_rows
         self._subscribers: list[MemoryObjectSendStream[Committed]] = []
         self._tg: anyio.abc.TaskGroup | None = None
@@ -134,6 +136,7 @@ class Origin:
             on_commit=self._committed,
             after_answers=self._flush_answers,
             wall_ms=self.wall_ms,
+            flush_threads=self._flush_threads,
             compact_min_rows=self._compact_min_rows,
         )
         tg = anyio.create_task_group()
