@@ -13,9 +13,10 @@ in fresh subprocesses; figures are the median over `--runs` (spread in brackets)
   `EdgeNode.__aenter__` (the node's own part).  The load is broken down (SQLite row fetch, CBOR
   decode + validation, `bulk_load` building digests and indexes, and the per-key
   `Replica.apply` path on the same states for comparison) in a separate process.
-- get(): `node.open(store).get(key)` on random existing keys in the restarted node.  (a)
-  batches of 1,000 calls timed around the batch: p50/p99 of the per-call batch means; (b) a
-  per-call sample, each call timed alone, timer overhead measured and subtracted.
+- get(): `node.open(store).get(key)` on random existing keys in the restarted node.  (a) The
+  p50 and p99 (the targets): each call timed alone, timer overhead measured and subtracted;
+  (b) a check: batches of 1,000 calls timed around the batch, median and p99 of the batch
+  means (a mean counts the slow calls too, so it sits above the median call).
 - admin HTTP GET: `GET /v1/stores/{store}/keys/{key}` against an `edgekv edge` daemon serving the
   same database over loopback (hypercorn, trio), one keep-alive httpx client, sequential.
 - idle CPU: an origin and two edges on loopback with default gossip settings (pings every 1 s,
@@ -407,8 +408,8 @@ def main() -> None:
     def ok(value: float, target: float) -> str:
         return "met" if value <= target else "**missed**"
 
-    get50 = _median(restarts, "batch_p50_ns")[0] / 1000
-    get99 = _median(restarts, "batch_p99_ns")[0] / 1000
+    get50 = _median(restarts, "single_p50_ns")[0] / 1000
+    get99 = _median(restarts, "single_p99_ns")[0] / 1000
     restart = _median(restarts, "spawn_to_first_read")[0]
     cpu = _median(idle, "cpu_percent")[0]
     lines = [
@@ -420,13 +421,13 @@ def main() -> None:
         "",
         "| measure | result | target | |",
         "|---|---|---|---|",
-        f"| get() through EdgeNode, p50 of per-call batch means (1,000 calls/batch) | "
-        f"{fmt(restarts, 'batch_p50_ns', 1e-3, 3)} us | <= 1 us | {ok(get50, 1)} |",
-        f"| get() through EdgeNode, p99 of per-call batch means | "
-        f"{fmt(restarts, 'batch_p99_ns', 1e-3, 3)} us | <= 5 us | {ok(get99, 5)} |",
-        f"| get() per-call sample p50 / p99 (timer overhead "
+        f"| get() through EdgeNode, p50, each call timed alone (timer overhead "
         f"{_median(restarts, 'timer_overhead_ns')[0]:.0f} ns subtracted) | "
-        f"{fmt(restarts, 'single_p50_ns', 1e-3, 3)} / {fmt(restarts, 'single_p99_ns', 1e-3, 3)} us"
+        f"{fmt(restarts, 'single_p50_ns', 1e-3, 3)} us | <= 1 us | {ok(get50, 1)} |",
+        f"| get() through EdgeNode, p99, each call timed alone | "
+        f"{fmt(restarts, 'single_p99_ns', 1e-3, 3)} us | <= 5 us | {ok(get99, 5)} |",
+        f"| get() through EdgeNode, median / p99 of 1,000-call batch means | "
+        f"{fmt(restarts, 'batch_p50_ns', 1e-3, 3)} / {fmt(restarts, 'batch_p99_ns', 1e-3, 3)} us"
         " | | |",
         f"| admin HTTP GET on loopback, p50 | {fmt(http, 'p50_us', 1, 0)} us | | |",
         f"| admin HTTP GET on loopback, p99 | {fmt(http, 'p99_us', 1, 0)} us | | |",

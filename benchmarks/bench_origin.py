@@ -264,9 +264,11 @@ def main() -> None:
         f"{load_after:.2f} (other jobs share the 2 cores and the disk); a one-row durable "
         f"SQLite commit took {statistics.median(fsync_ms):.3f} ms (median), a floor for a "
         "lone writer's latency.  The origin's and the clients' CPU per put (below) add up to "
-        "the CPU time one put costs this machine.  The origin's event loop (one thread: "
-        "everything but the fdatasync threads) is busy for the share given; below 100% it "
-        "was waiting for requests.  With every client in one process, the clients and the "
+        "the CPU time one put costs this machine.  The origin's event loop (one thread) is "
+        "on the CPU for the share given; the rest of the time it waits for requests or sits "
+        "in the fdatasync of a commit group (flushes run on the loop, one per group; "
+        "`--flush-threads` moves them to threads).  With every client in one process, the "
+        "clients and the "
         "origin largely take turns (a group of writes is answered, then the clients send the "
         "next group), so their CPU per put adds up in time more than it overlaps.",
         "",

@@ -7,10 +7,10 @@ repeated `--runs` times; the report gives the median run (and the spread).  Prin
 section and writes it to benchmarks/results/replica.md.
 
 What is measured (keys are 16-byte strings, values 100 random bytes, one store):
-- get(): `KvStore.get` on random existing keys of a 1M-key store.  (a) Batches of 1,000 calls
-  timed with `time.perf_counter_ns` around the batch: p50/p99 of the per-call batch means.
-  (b) A per-call sample: each call timed alone; the timer's own cost (two back-to-back
-  `perf_counter_ns` calls, measured) is reported and subtracted.
+- get(): `KvStore.get` on random existing keys of a 1M-key store.  (a) The p50 and p99 (the
+  targets): each call timed alone; the timer's own cost (two back-to-back `perf_counter_ns`
+  calls, measured) is reported and subtracted.  (b) A check: batches of 1,000 calls timed
+  around the batch, the median and p99 of the batch means.
 - apply: `Replica.apply_batch` of Register deltas (digest, sorted key index and change index
   all maintained): inserts of new keys in seq order, and overwrites of random existing keys.
 - memory: RSS (from /proc/self/statm) of a fresh process before and after loading the keys,
@@ -239,34 +239,6 @@ def report(n: int, speed: list[dict[str, Any]], memory: list[dict[str, Any]]) ->
         "| measure | median | range | target |",
         "|---|---|---|---|",
         row(
-            "get() p50, per-call mean of 1,000-call batches, wall",
-            speed,
-            "get_batch_p50_ns",
-            "ns",
-            "<= 1,000 ns",
-        ),
-        row(
-            "get() p99, per-call mean of 1,000-call batches, wall",
-            speed,
-            "get_batch_p99_ns",
-            "ns",
-            "<= 5,000 ns",
-        ),
-        row(
-            "get() p50, per-call mean of 1,000-call batches, CPU",
-            speed,
-            "get_cpu_batch_p50_ns",
-            "ns",
-            "<= 1,000 ns",
-        ),
-        row(
-            "get() p99, per-call mean of 1,000-call batches, CPU",
-            speed,
-            "get_cpu_batch_p99_ns",
-            "ns",
-            "<= 5,000 ns",
-        ),
-        row(
             "get() p50, each call timed alone (timer cost subtracted)",
             speed,
             "get_single_p50_ns",
@@ -280,6 +252,12 @@ def report(n: int, speed: list[dict[str, Any]], memory: list[dict[str, Any]]) ->
             "ns",
             "<= 5,000 ns",
         ),
+        row("get(), median of 1,000-call batch means, wall", speed, "get_batch_p50_ns", "ns", ""),
+        row("get(), p99 of 1,000-call batch means, wall", speed, "get_batch_p99_ns", "ns", ""),
+        row(
+            "get(), median of 1,000-call batch means, CPU", speed, "get_cpu_batch_p50_ns", "ns", ""
+        ),
+        row("get(), p99 of 1,000-call batch means, CPU", speed, "get_cpu_batch_p99_ns", "ns", ""),
         row("timer cost (two perf_counter_ns calls)", speed, "timer_overhead_ns", "ns", ""),
         row("apply, inserts of new keys, wall", speed, "insert_per_s", "deltas/s", ">= 100,000"),
         row("apply, inserts of new keys, CPU", speed, "insert_cpu_per_s", "deltas/s", ">= 100,000"),
@@ -316,6 +294,11 @@ def report(n: int, speed: list[dict[str, Any]], memory: list[dict[str, Any]]) ->
             "",
         ),
         row(f"scan of a 1% prefix ({n // 100:,} keys)", speed, "scan_ms", "ms", "", ",.1f"),
+        "",
+        "The p50 and p99 of get() are percentiles of single calls, each timed alone with"
+        " `perf_counter_ns` (the timer's own cost, measured in the same run, is subtracted)."
+        "  A batch mean is the mean of 1,000 calls: it counts the slow calls too, so it sits"
+        " above the median call; it is shown as a check on the timer, not as a percentile.",
         "",
         "Apply maintains the store's Merkle digest (two BLAKE2b entry hashes per overwrite, one per"
         " insert), the sorted key index and the change log.",

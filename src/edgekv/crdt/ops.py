@@ -107,13 +107,12 @@ def validate_store_name(name: object) -> str:
 def validate_key(key: object, limits: Limits = DEFAULT_LIMITS) -> str:
     if not isinstance(key, str) or not key:
         raise InvalidInput("a key must be a non-empty string")
-    n = len(key.encode("utf-8", "surrogatepass"))
-    if n > limits.max_key_bytes:
-        raise InvalidInput(f"key of {n} bytes exceeds the limit of {limits.max_key_bytes}")
     try:
-        key.encode()
+        n = len(key.encode())
     except UnicodeEncodeError:
         raise InvalidInput("a key must be valid UTF-8") from None
+    if n > limits.max_key_bytes:
+        raise InvalidInput(f"key of {n} bytes exceeds the limit of {limits.max_key_bytes}")
     return key
 
 
@@ -131,9 +130,12 @@ def _validate_count(what: str, n: int, limits: Limits) -> None:
         raise InvalidInput(f"{n} {what} exceed the limit of {limits.max_items_per_op} per op")
 
 
+_OP_TYPES = (Put, Delete, ZAdd, ZRem, BfAdd)
+
+
 def validate_op(op: object, limits: Limits = DEFAULT_LIMITS) -> Op:
     """Check an op against the limits and normalise it; raise InvalidInput when it breaks one."""
-    if not isinstance(op, Put | Delete | ZAdd | ZRem | BfAdd):
+    if not isinstance(op, _OP_TYPES):
         raise InvalidInput(f"not a write operation: {op!r}")
     validate_key(op.key, limits)
     if isinstance(op, Put):
@@ -144,6 +146,8 @@ def validate_op(op: object, limits: Limits = DEFAULT_LIMITS) -> Op:
                 raise InvalidInput("ttl must be a number of seconds")
             if not math.isfinite(ttl) or ttl <= 0 or ttl > 100 * 365 * 86400:
                 raise InvalidInput("ttl must be a positive, finite number of seconds")
+        if value is op.value and op.force.__class__ is bool:
+            return op  # already in normal form (and immutable): no copy
         return Put(op.key, value, ttl, bool(op.force))
     if isinstance(op, ZAdd):
         if not isinstance(op.members, Mapping) or not op.members:
