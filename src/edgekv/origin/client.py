@@ -19,8 +19,10 @@ Theory of operation
    it only if its own deadline is earlier); it wakes an expired request (and closes its
    connection if the request is still stuck sending).  So under steady load the watchdog
    runs about once per `timeout`, whatever the request rate.
-4. After the handshake the reader parses frames itself from the socket: one `receive` may
-   hold many answers, each decoded by one `cbor2.loads` (tags refused).  The origin sends
+4. After the handshake the reader parses frames itself from the socket: one read may hold
+   many answers, each decoded by one `cbor2.loads` (tags refused).  On a plain socket under
+   trio it waits until the socket is readable and then reads it directly (a stream `receive`
+   first tries a read that fails, then waits: one system call more per answer).  The origin sends
    nothing unasked after the handshake, so nothing is left in the handshake's decoder.  An
    oversize or undecodable frame, or an answer that is not a map with an int "t", closes the
    connection (the requests waiting on it then fail or retry as in rule 2).
@@ -277,9 +279,20 @@ class OriginClient:
         unpack = _HEADER.unpack_from
         buf = bytearray()
         pos = 0
+        raw = conn.socket  # a plain socket under trio: wait, then recv (no recv that fails)
         try:
             while True:
-                buf += await sock.receive(65536)
+                if raw is not None:
+                    await anyio.wait_readable(raw)
+                    try:
+                        data = raw.recv(65536)
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    if not data:
+                        raise anyio.EndOfStream
+                    buf += data
+                else:
+                    buf += await sock.receive(65536)
                 n = len(buf)
                 while n - pos >= 4:
                     (length,) = unpack(buf, pos)
