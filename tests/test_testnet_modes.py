@@ -129,3 +129,37 @@ def test_cli_testnet_stops_cleanly_on_sigint_and_sigterm(tmp_path: Path) -> None
                 proc.stdout.close()
         assert rc == 128 + sig, output
         assert _procs_mentioning(str(tmp_path)) == []
+
+
+async def test_processes_mode_partition_and_heal(tmp_path: Path) -> None:
+    """Partitions reach real processes through the shared fault file: the cut-off edge drops
+    its sends (its transport counts them), misses a write the others get, and catches up once
+    healed.  Real processes and a real clock: every wait is a bounded poll."""
+    from edgekv.testnet.harness import Testnet
+
+    with trio.fail_after(60):
+        async with Testnet(edges=3, processes=True, latency=0.0, data_dir=tmp_path) as net:
+            await net.client.create_store("s")
+            net.partition(["edge-0"])
+            # every edge has dropped a send by the new policy (edge-0 to the rest, the rest to
+            # edge-0: gossip pings it every second); the origin, which polls the file as often,
+            # has loaded it by then too
+            for name in ("edge-0", "edge-1", "edge-2"):
+                await _until(lambda name=name: _dropped(net, name) > 0)  # type: ignore[misc]
+            await net.client.put("s", "k", b"v")
+            readers = net.readers()
+            await _until(lambda: readers["edge-1"]("s", "k") == b"v")
+            await _until(lambda: readers["edge-2"]("s", "k") == b"v")
+            assert readers["edge-0"]("s", "k") is None  # the partition holds
+            net.heal()
+            await _until(lambda: readers["edge-0"]("s", "k") == b"v")
+
+
+def _dropped(net: Any, name: str) -> int:
+    status = net._procs._fetch_status()  # each edge's /status
+    return int(status.get(name, {}).get("counters", {}).get("transport", {}).get("dropped", 0))
+
+
+async def _until(condition: Any) -> None:
+    while not condition():  # noqa: ASYNC110 (real processes: poll until true, bounded by the caller)
+        await trio.sleep(0.05)

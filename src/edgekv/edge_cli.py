@@ -21,6 +21,7 @@ from typing import Any
 import anyio
 
 from edgekv.errors import EdgeKVError, InvalidInput
+from edgekv.node.faultfile import add_fault_file_argument
 
 __all__ = ["add_edge_commands", "main", "run_edge"]
 
@@ -50,6 +51,7 @@ def add_edge_commands(subparsers: Any) -> None:
     p.add_argument(
         "--flush-interval", type=float, default=0.5, help="seconds between database flushes"
     )
+    add_fault_file_argument(p)
     p.set_defaults(func=run_edge)
 
 
@@ -77,20 +79,28 @@ def run_edge(args: argparse.Namespace) -> int:
 
 async def _serve(args: argparse.Namespace, key: bytes | None, token: str | None) -> None:
     from edgekv.node.edge import EdgeNode
+    from edgekv.node.faultfile import follow_fault_file, policy_from_file
 
+    faults = policy_from_file(args.fault_file)
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with EdgeNode(
-            args.listen,
-            args.origin,
-            args.peer,
-            args.data_dir,
-            cluster_id=args.cluster_id,
-            cluster_key=key,
-            http=args.http,
-            node_id=args.node_id,
-            token=token,
-            flush_interval=args.flush_interval,
-        ) as node:
+        async with (
+            EdgeNode(
+                args.listen,
+                args.origin,
+                args.peer,
+                args.data_dir,
+                cluster_id=args.cluster_id,
+                cluster_key=key,
+                http=args.http,
+                node_id=args.node_id,
+                token=token,
+                flush_interval=args.flush_interval,
+                faults=faults,
+            ) as node,
+            anyio.create_task_group() as tg,
+        ):
+            if faults is not None:
+                tg.start_soon(follow_fault_file, args.fault_file, faults)
             report = node.load_report
             print(
                 f"event=ready node={node.node_id} address={node.address} http={node.http_address}"
@@ -103,6 +113,7 @@ async def _serve(args: argparse.Namespace, key: bytes | None, token: str | None)
                     "event=shutdown node=%s signal=%s", node.node_id, signal.Signals(signum).name
                 )
                 break
+            tg.cancel_scope.cancel()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

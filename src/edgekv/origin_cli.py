@@ -19,6 +19,7 @@ from typing import Any
 import trio
 
 from .errors import EdgeKVError, InvalidInput
+from .node.faultfile import add_fault_file_argument, follow_fault_file, policy_from_file
 
 DEFAULT_ORIGIN = "127.0.0.1:7300"
 
@@ -39,16 +40,23 @@ async def _serve_origin(args: argparse.Namespace) -> None:
     from .origin.server import Origin
 
     key = args.cluster_key or os.environ.get("EDGEKV_CLUSTER_KEY") or None
-    async with Origin(
-        data_dir=args.data_dir,
-        listen=args.listen,
-        http=args.http,
-        tokens=_parse_tokens(args.token),
-        cluster_key=key,
-        cluster_id=args.cluster_id,
-        synchronous=args.synchronous,
-        flush_threads=args.flush_threads,
-    ) as origin:
+    faults = policy_from_file(args.fault_file)
+    async with (
+        Origin(
+            data_dir=args.data_dir,
+            listen=args.listen,
+            http=args.http,
+            tokens=_parse_tokens(args.token),
+            cluster_key=key,
+            cluster_id=args.cluster_id,
+            synchronous=args.synchronous,
+            flush_threads=args.flush_threads,
+            faults=faults,
+        ) as origin,
+        trio.open_nursery() as nursery,
+    ):
+        if faults is not None:
+            nursery.start_soon(follow_fault_file, args.fault_file, faults)
         http = f" http {origin.http_address}" if origin.http_address else ""
         print(
             f"edgekv origin listening on {origin.address}{http} "
@@ -58,6 +66,7 @@ async def _serve_origin(args: argparse.Namespace) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for _ in signals:
                 break
+        nursery.cancel_scope.cancel()
 
 
 def _flush_threads(text: str) -> int:
@@ -201,6 +210,7 @@ def add_origin_commands(sub: Any) -> None:
     p.add_argument("--cluster-key", default=None, help="shared cluster key (or EDGEKV_CLUSTER_KEY)")
     p.add_argument("--cluster-id", default="edgekv")
     p.add_argument("--synchronous", default="FULL", choices=["FULL", "EXTRA", "NORMAL"])
+    add_fault_file_argument(p)
     p.add_argument(
         "--flush-threads",
         type=_flush_threads,

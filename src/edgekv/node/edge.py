@@ -46,6 +46,7 @@ from edgekv.gossip.transport import Transport
 from edgekv.gossip.wire import Message
 from edgekv.node import kvstore
 from edgekv.node.admin_http import bind_socket, build_app, serve_app, socket_address
+from edgekv.node.faults import LinkFaults
 from edgekv.node.metrics import antientropy_repairs, antientropy_rounds, render_prometheus
 from edgekv.node.persistence import FLUSH_INTERVAL, LoadReport, ReplicaStore
 from edgekv.node.runtime import NodeRuntime, system_wall_ms
@@ -83,6 +84,7 @@ class EdgeNode:
         flush_interval: float = FLUSH_INTERVAL,
         rng: random.Random | None = None,
         ready_timeout: float = 5.0,
+        faults: LinkFaults | None = None,
     ) -> None:
         if not isinstance(origin, str) or not origin:
             raise InvalidInput("EdgeNode needs the origin's address (origin='host:port')")
@@ -115,6 +117,7 @@ class EdgeNode:
         self._rng = rng
         self._transport = transport
         self._owns_transport = transport is None
+        self.faults = faults  # applied to the TCP transport this node creates
         self._stack: AsyncExitStack | None = None
         self._runtime: NodeRuntime | None = None
         self._replica = Replica()
@@ -225,6 +228,7 @@ class EdgeNode:
                 node_id=self.node_id,
                 role="edge",
                 key=self.cluster_key,
+                faults=self.faults,
             )
         transport = self._transport
         stack.push_async_callback(transport.aclose)  # injected or not: leaving the network

@@ -13,7 +13,7 @@ import dataclasses
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 __all__ = ["LinkFaults", "LinkSettings"]
 
@@ -42,6 +42,25 @@ class LinkSettings:
                 raise ValueError(f"{name} must be >= 0")
         if self.distribution not in ("uniform", "exponential"):
             raise ValueError(f"unknown latency distribution {self.distribution!r}")
+
+
+def _addr(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"an address must be a string, got {value!r}")
+    return value
+
+
+def _addrs(value: object) -> list[str]:
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list of addresses, got {value!r}")
+    return [_addr(v) for v in value]
+
+
+def _list(spec: dict[str, Any], name: str) -> list[Any]:
+    value = spec.get(name, [])
+    if not isinstance(value, list):
+        raise TypeError(f"{name} must be a list")
+    return value
 
 
 class LinkFaults:
@@ -112,6 +131,43 @@ class LinkFaults:
         self._partitions.clear()
         self._isolated.clear()
         self._blocked.clear()
+        self._clogged.clear()
+
+    # --- as data (shared with other processes: `faultfile.py`) --------------------------------
+
+    def to_spec(self) -> dict[str, Any]:
+        """The policy as plain JSON data (clogs, which hold absolute times, are left out)."""
+        return {
+            "seed": self.seed,
+            "default": dataclasses.asdict(self.default),
+            "links": [[s, d, dataclasses.asdict(v)] for (s, d), v in self._links.items()],
+            "partitions": [[sorted(a), sorted(b)] for a, b in self._partitions],
+            "isolated": sorted(self._isolated),
+            "blocked": [list(link) for link in sorted(self._blocked)],
+        }
+
+    def load_spec(self, spec: object) -> None:
+        """Replace the policy by `spec` (as made by `to_spec`), all or nothing: ValueError if
+        it is malformed, and then nothing changes.  A new seed restarts the random stream."""
+        try:
+            if not isinstance(spec, dict):
+                raise TypeError("a fault spec must be a JSON object")
+            seed = spec.get("seed", self.seed)
+            if type(seed) is not int:
+                raise TypeError("seed must be an integer")
+            default = LinkSettings(**spec.get("default", {}))
+            links = {(_addr(s), _addr(d)): LinkSettings(**v) for s, d, v in _list(spec, "links")}
+            partitions = [
+                (frozenset(_addrs(a)), frozenset(_addrs(b))) for a, b in _list(spec, "partitions")
+            ]
+            isolated = set(_addrs(spec.get("isolated", [])))
+            blocked = {(_addr(s), _addr(d)) for s, d in _list(spec, "blocked")}
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"bad fault spec: {exc}") from None
+        if seed != self.seed:
+            self.seed, self.rng = seed, random.Random(seed)
+        self.default, self._links = default, links
+        self._partitions, self._isolated, self._blocked = partitions, isolated, blocked
         self._clogged.clear()
 
     # --- policy -----------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from ..errors import InvalidInput, StoreNotFound
 from ..gossip.config import GossipConfig
 from ..gossip.transport import Transport
 from ..gossip.wire import Message
+from ..node.faults import LinkFaults
 from .auth import TokenAuth, TokenSpec
 from .requests import is_write, op_name, opt_int, parse_write, store_of
 from .sequencer import Covers, Sequencer, wall_clock_ms
@@ -89,6 +90,7 @@ class Origin:
         seeds: Sequence[str] = (),
         gossip_config: GossipConfig | None = None,
         rng: random.Random | None = None,
+        faults: LinkFaults | None = None,
     ) -> None:
         self.data_dir = None if data_dir is None else Path(data_dir)
         self.listen = listen
@@ -110,6 +112,7 @@ class Origin:
         self._sequencer: Sequencer | None = None
         self.transport: Any = transport
         self._own_transport = transport is None
+        self.faults = faults  # applied to the TCP transport this origin creates
         self.seeds = list(seeds)
         self.gossip_config = gossip_config
         self.rng = rng
@@ -217,6 +220,7 @@ class Origin:
             role="origin",
             key=self.cluster_key,
             on_client=on_client,
+            faults=self.faults,
         )
         self.address = self.transport.address
 

@@ -160,9 +160,9 @@ class Testnet:
             from edgekv.testnet.procs import ProcessCluster
 
             root = self._data_dir_root()
-            self._procs = await self._stack.enter_async_context(
-                ProcessCluster(self.n_edges, root, seed=self.seed)
-            )
+            cluster = ProcessCluster(self.n_edges, root, seed=self.seed)
+            cluster.write_faults(self.faults)  # the initial latency and loss
+            self._procs = await self._stack.enter_async_context(cluster)
             import edgekv
 
             client = await self._stack.enter_async_context(
@@ -349,6 +349,8 @@ class Testnet:
         return [n for n in self.edge_names if self._slots[n].live]
 
     def address_of(self, name: str) -> str:
+        if self._procs is not None:
+            return str(self._procs.address_of(name))
         return self._slot(name).address
 
     @property
@@ -371,14 +373,20 @@ class Testnet:
     # --- faults -----------------------------------------------------------------------------
 
     def _addresses(self, names: Iterable[str]) -> list[str]:
-        return [self._slot(n).address for n in names]
+        return [self.address_of(n) for n in names]
+
+    def _faults_changed(self) -> None:
+        """Processes read the policy from a file (see procs.py); in-process nodes share it."""
+        if self._procs is not None:
+            self._procs.write_faults(self.faults)
 
     def partition(self, group_a: Sequence[str], group_b: Sequence[str] | None = None) -> None:
         """No message crosses between the groups (default b: every node not in a)."""
         if group_b is None:
-            group_b = [n for n in self._slots if n not in set(group_a)]
-        self._no_procs("partition")
+            everyone = ["origin", *self.edge_names]
+            group_b = [n for n in everyone if n not in set(group_a)]
         self.faults.partition(self._addresses(group_a), self._addresses(group_b))
+        self._faults_changed()
         self._log("partition", f"{len(group_a)} | {len(group_b)} nodes")
 
     def isolate(self, name: str) -> None:
@@ -390,39 +398,33 @@ class Testnet:
 
     def block(self, src: str, dst: str) -> None:
         """Asymmetric: src -> dst is lost, dst -> src flows."""
-        self._no_procs("block")
-        self.faults.block(self._slot(src).address, self._slot(dst).address)
+        self.faults.block(self.address_of(src), self.address_of(dst))
+        self._faults_changed()
         self._log("block", f"{src} -> {dst}")
 
     def heal(self) -> None:
         """Remove every partition, isolation and block (latency and loss stay)."""
         if self._procs is not None:
             self._procs.heal()
-        else:
-            self.faults.heal()
+        self.faults.heal()
+        self._faults_changed()
         self._log("heal")
 
     def set_latency(self, latency: float, jitter: float | None = None) -> None:
         """Default one-way latency (and jitter) of every link, in seconds."""
-        self._no_procs("set_latency")
         changes: dict[str, object] = {"latency": latency}
         if jitter is not None:
             changes["jitter"] = jitter
         self.faults.set_default(**changes)
+        self._faults_changed()
         self._log("set_latency", f"{latency * 1000:g} ms")
 
     def set_loss(self, p: float) -> None:
-        self._no_procs("set_loss")
         if not 0 <= p <= 1:
             raise InvalidInput("loss must be a probability in [0, 1]")
         self.faults.set_default(loss=p)
+        self._faults_changed()
         self._log("set_loss", f"{p:g}")
-
-    def _no_procs(self, what: str) -> None:
-        if self._procs is not None:
-            raise InvalidInput(
-                f"{what} is not supported with processes=True (see edgekv.testnet.procs)"
-            )
 
     async def crash(self, name: str) -> None:
         """Stop `name` abruptly: it sends nothing more, not even a goodbye."""

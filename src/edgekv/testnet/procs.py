@@ -9,8 +9,10 @@ What is supported, and how:
   listen address and flags.
 - isolate = SIGSTOP (the node neither sends nor answers; its peers see it as silent, as with a
   partition of one), heal = SIGCONT to every stopped node.
-- partition, block, latency and loss are NOT supported across processes (they need the
-  in-process fault policy): those calls raise `InvalidInput`.  Use network="tcp" for them.
+- partition, block, latency and loss: every process runs with `--fault-file` on one shared
+  JSON policy (`node/faultfile.py`); `write_faults` rewrites it atomically and each node
+  reloads it within 0.1 s.  A node drops (or delays) its own sends by that policy, so a
+  partition is cut from both sides.
 - Reads for the checker go through each edge's admin HTTP API (GET /v1/stores/{s}/keys/{k});
   digests and watermarks come from GET /status.  The origin exposes no digest over the network,
   so "converged" means: every live edge reports the same digest and a watermark at least the
@@ -39,6 +41,8 @@ import httpx
 
 from edgekv.errors import InvalidInput
 from edgekv.gossip.transport import TransportStats
+from edgekv.node.faultfile import write_fault_file
+from edgekv.node.faults import LinkFaults
 from edgekv.testnet.checker import EdgeUnavailable
 
 __all__ = ["ProcessCluster", "free_port"]
@@ -107,17 +111,16 @@ class ProcessCluster:
     def __init__(self, edges: int, root: Path, *, seed: int = 1) -> None:
         self.root = root
         self.origin_address = f"127.0.0.1:{free_port()}"
+        self.fault_file = root / "faults.json"
         py = [sys.executable, "-m", "edgekv"]
         self.procs: dict[str, _Proc] = {}
         origin_dir = root / "origin"
         origin_dir.mkdir(parents=True, exist_ok=True)
-        self.procs["origin"] = _Proc(
-            "origin",
-            [*py, "origin", "--data-dir", str(origin_dir), "--listen", self.origin_address],
-            root / "origin.log",
-            None,
-        )
+        argv = [*py, "origin", "--data-dir", str(origin_dir), "--listen", self.origin_address]
+        argv += ["--fault-file", str(self.fault_file)]
+        self.procs["origin"] = _Proc("origin", argv, root / "origin.log", None)
         gossip = {f"edge-{i}": f"127.0.0.1:{free_port()}" for i in range(edges)}
+        self.addresses = {"origin": self.origin_address, **gossip}
         names = list(gossip)
         for i, name in enumerate(names):
             peers = [gossip[names[(i + d) % len(names)]] for d in (1, 2, 3) if len(names) > d]
@@ -126,6 +129,7 @@ class ProcessCluster:
             d.mkdir(parents=True, exist_ok=True)
             argv = [*py, "edge", "--data-dir", str(d), "--listen", gossip[name]]
             argv += ["--origin", self.origin_address, "--http", http]
+            argv += ["--fault-file", str(self.fault_file)]
             for p in dict.fromkeys(peers):
                 argv += ["--peer", p]
             self.procs[name] = _Proc(name, argv, root / f"{name}.log", http)
@@ -207,6 +211,14 @@ class ProcessCluster:
         proc.start()
         if proc.http is not None:
             await self._wait_http(name)
+
+    def address_of(self, name: str) -> str:
+        self._proc(name)
+        return self.addresses[name]
+
+    def write_faults(self, faults: LinkFaults) -> None:
+        """Make `faults` every node's link policy (each reloads it within 0.1 s)."""
+        write_fault_file(self.fault_file, faults)
 
     def isolate(self, name: str) -> None:
         proc = self._proc(name)
