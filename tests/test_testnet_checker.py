@@ -74,6 +74,49 @@ def test_served_before_ack_counts_at_ack_time() -> None:
     assert c.latencies() == [0.0]
 
 
+def test_acks_arriving_out_of_seq_order_are_judged_by_observation_order() -> None:
+    """Seen in processes mode: an edge served write x (ack not yet in), then the newer write y;
+    x's ack arrives last.  The edge went forward, so nothing is wrong."""
+    c = ConvergenceChecker(["e0"])
+    x = c.issue("s", "k", b"x", 0.0)
+    y = c.issue("s", "k", b"y", 0.0)
+    c.observe("e0", "s", "k", b"x", 0.5)
+    c.ack(y, 9, 0.6)
+    c.observe("e0", "s", "k", b"y", 0.7)
+    c.ack(x, 3, 0.8)
+    assert not c.violations
+    assert x.reached == {"e0": 0.8} and y.reached == {"e0": 0.7}
+
+
+@pytest.mark.parametrize("early_is_older", [True, False])
+def test_a_write_served_before_its_ack_still_counts_for_monotonicity(early_is_older: bool) -> None:
+    c = ConvergenceChecker(["e0"])
+    x = c.issue("s", "k", b"x", 0.0)
+    y = c.issue("s", "k", b"y", 0.0)
+    c.ack(y, 5, 0.1)
+    if early_is_older:  # served y (seq 5), then x, whose ack says seq 3: backwards
+        c.observe("e0", "s", "k", b"y", 0.2)
+        c.observe("e0", "s", "k", b"x", 0.3)
+        c.ack(x, 3, 0.4)
+    else:  # served x, then y (seq 5), and x's ack says seq 8: backwards too
+        c.observe("e0", "s", "k", b"x", 0.2)
+        c.observe("e0", "s", "k", b"y", 0.3)
+        c.ack(x, 8, 0.4)
+    assert [v.kind for v in c.violations] == ["backwards"]
+
+
+def test_forget_drops_what_an_edge_served_before_its_crash() -> None:
+    c = ConvergenceChecker(["e0"])
+    x = c.issue("s", "k", b"x", 0.0)
+    y = c.issue("s", "k", b"y", 0.0)
+    c.ack(y, 2, 0.1)
+    c.observe("e0", "s", "k", b"x", 0.2)  # x not acked yet; then a stateless restart
+    c.forget("e0")
+    c.observe("e0", "s", "k", b"y", 0.3)
+    c.ack(x, 4, 0.4)
+    assert not c.violations
+
+
 def test_unknown_value_and_duplicate_issue() -> None:
     c = ConvergenceChecker(["e0"])
     c.issue("s", "k", b"a", 0.0)

@@ -14,7 +14,10 @@ Theory of operation
    of the observation (first time only).  The time from ack to reached is a propagation sample.
    An observation made before the ack arrived counts at the ack time (latency 0).
 3. Monotonicity: the seq an edge serves for a key must never decrease, and a key it has served
-   must not read as absent again (the workload never deletes and sets no TTL).  A crash
+   must not read as absent again (the workload never deletes and sets no TTL).  A write served
+   before its ack arrived has no seq yet: the checker keeps the highest seq the edge served
+   before that observation and the lowest it served after, and judges both once the ack
+   gives the seq (the order of observations counts, not the order of acks).  A crash
    legitimately forgets: without a data_dir everything, with one the tail not yet flushed
    (edges persist in batches); the runner calls `forget(edge)` on restart, which resets the
    baseline (not the reached times).  A reader that cannot reach its edge (a process being
@@ -44,6 +47,7 @@ __all__ = [
 ]
 
 KeyRef = tuple[str, str]  # (store, key)
+_NO_SEQ = 1 << 63  # "nothing served since"
 # A reader for one edge: (store, key) -> served bytes (sync or async).
 SyncRead = Callable[[str, str], bytes | None]
 AsyncRead = Callable[[str, str], Awaitable[bytes | None]]
@@ -75,6 +79,9 @@ class WriteRecord:
     seq: int | None = None
     reached: dict[str, float] = field(default_factory=dict)  # edge -> first time served
     early: dict[str, float] = field(default_factory=dict)  # served before the ack arrived
+    # edge -> [highest seq it served before the early observation, lowest seq after it]:
+    # judged against this write's seq once the ack tells it (rule 3)
+    early_window: dict[str, list[int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +107,8 @@ class ConvergenceChecker:
         self._edges: dict[str, bool] = {}  # edge -> live
         self._pending: dict[str, dict[KeyRef, int]] = {}  # edge -> key -> lowest unreached seq
         self._last: dict[str, dict[KeyRef, int]] = {}  # edge -> key -> last served seq
+        # edge -> key -> writes it served before their ack (their early_window is open)
+        self._early_open: dict[str, dict[KeyRef, list[WriteRecord]]] = {}
         for e in edges:
             self.add_edge(e)
 
@@ -131,6 +140,9 @@ class ConvergenceChecker:
     def forget(self, edge: str) -> None:
         """The edge restarted without durable state: reset its monotonicity baseline."""
         self._last[edge] = {}
+        for writes in self._early_open.pop(edge, {}).values():
+            for w in writes:  # what it served before the crash is not judged against after
+                w.early_window.pop(edge, None)
 
     # --- writes -----------------------------------------------------------------------------
 
@@ -157,7 +169,20 @@ class ConvergenceChecker:
         for edge in write.early:
             # The edge served it before we heard the ack: it holds every older write as well.
             self._mark_reached(edge, ref, seq, now)
-            self._check_monotonic(edge, ref, seq, now)
+            window = write.early_window.pop(edge, None)
+            still_open = self._early_open.get(edge, {}).get(ref)
+            if still_open is not None and write in still_open:
+                still_open.remove(write)
+            if window is None:
+                continue
+            before, after = window
+            if before > seq:
+                self._violate("backwards", edge, ref, f"served seq {before}, then seq {seq}", now)
+            if after < seq:
+                self._violate("backwards", edge, ref, f"served seq {seq}, then seq {after}", now)
+            last = self._last.setdefault(edge, {})
+            if seq > last.get(ref, 0):
+                last[ref] = seq
 
     @property
     def acked(self) -> list[WriteRecord]:
@@ -189,7 +214,10 @@ class ConvergenceChecker:
             self._violate("unknown_value", edge, ref, f"served {value[:40]!r}", now)
             return
         if w.seq is None:
-            w.early.setdefault(edge, now)
+            if edge not in w.early:
+                w.early[edge] = now
+                w.early_window[edge] = [self._last.get(edge, {}).get(ref, 0), _NO_SEQ]
+                self._early_open.setdefault(edge, {}).setdefault(ref, []).append(w)
             # Its ack has not come (yet), but every write acked before it was issued has a
             # lower seq: the edge holds those.
             older = [
@@ -200,6 +228,10 @@ class ConvergenceChecker:
             if older and older[-1] is not None:
                 self._mark_reached(edge, ref, older[-1], now)
             return
+        for e in self._early_open.get(edge, {}).get(ref, ()):
+            window = e.early_window.get(edge)
+            if window is not None and w.seq < window[1]:
+                window[1] = w.seq
         self._check_monotonic(edge, ref, w.seq, now)
         self._mark_reached(edge, ref, w.seq, now)
 
