@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import random
 import re
 from collections.abc import AsyncIterator
@@ -76,6 +77,23 @@ async def test_admin_endpoints(net: SimNetwork, autojump_clock: Any) -> None:
             r = await http.get("/v1/stores/flags/zsets/missing")
             assert r.json()["members"] == []
 
+            r = await http.post("/v1/stores/flags/mget", json={"keys": ["greeting", "nope"]})
+            assert r.json() == {"values": [base64.b64encode(b"\x00hi\xff").decode(), None]}
+            r = await http.post("/v1/stores/flags/mget", json={"keys": []})
+            assert r.json() == {"values": []}
+            for bad in (b"{", b"[]", b'{"keys": "greeting"}', b'{"keys": [1]}'):
+                r = await http.post("/v1/stores/flags/mget", content=bad)
+                assert r.status_code == 400 and r.json()["error"] == "invalid_input", bad[:20]
+            r = await http.post("/v1/stores/flags/mget", json={"keys": ["k"] * 10_001})
+            assert r.status_code == 400 and "limit" in r.json()["message"]
+            r = await http.post("/v1/stores/flags/mget", json={"keys": ["rank"]})
+            assert r.status_code == 409 and r.json()["error"] == "wrong_kind"
+            r = await http.post("/v1/stores/nope/mget", json={"keys": ["greeting"]})
+            assert r.status_code == 404
+            # a body past the limit is refused while it streams in (1 MiB chunks: not all read)
+            status, body = await _asgi_post(build_app(edge), "/v1/stores/flags/mget", 8)
+            assert status == 400 and b"exceeds" in body
+
             status = (await http.get("/status")).json()
             assert status["node_id"] == "e1" and status["address"] == "e1:1"
             assert status["watermark"] == origin.watermark == 5
@@ -105,6 +123,37 @@ async def test_admin_endpoints(net: SimNetwork, autojump_clock: Any) -> None:
                     float(line.rsplit(" ", 1)[1])
 
 
+async def _asgi_post(app: Any, path: str, mib: int) -> tuple[int, bytes]:
+    """POST `mib` MiB to `app` straight through ASGI; (status, body) of the answer."""
+    chunks = [{"type": "http.request", "body": b"[" * (1 << 20), "more_body": True}] * mib
+    chunks.append({"type": "http.request", "body": b"", "more_body": False})
+    scope = {
+        "type": "http",
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json")],
+        "server": ("edge", 80),
+        "client": ("test", 1),
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return chunks.pop(0) if chunks else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    assert chunks, "the whole body was read"
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return sent[0]["status"], body
+
+
 async def test_admin_over_loopback_with_hypercorn() -> None:
     with trio.fail_after(20):
         async with (
@@ -119,3 +168,5 @@ async def test_admin_over_loopback_with_hypercorn() -> None:
                 assert r.status_code == 200 and r.content == b"1"
                 assert (await http.get("/status")).json()["watermark"] == 5
                 assert "edgekv_watermark" in (await http.get("/metrics")).text
+                r = await http.post("/v1/stores/flags/mget", json={"keys": ["feature:b"]})
+                assert r.json() == {"values": [base64.b64encode(b"2").decode()]}

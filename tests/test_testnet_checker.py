@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import trio
 
 from edgekv.testnet.checker import ConvergenceChecker, percentile, probe_once
 
@@ -160,6 +161,38 @@ def test_probe_reads_only_owed_keys_at_live_edges() -> None:
     reads.clear()
     probe_once(c, {"e0": reader("e0")}, 2.0)  # type: ignore[dict-item]
     assert sorted(k for _, k in reads) == ["k1", "k2"]
+
+
+async def test_batched_probe_reads_owed_keys_per_store_in_one_call(autojump_clock: object) -> None:
+    from edgekv.testnet.checker import EdgeUnavailable, probe_once_batched
+
+    c = ConvergenceChecker(["e0", "e1", "e2"])
+    for i in range(3):
+        w = c.issue("s" if i < 2 else "t", f"k{i}", f"v{i}".encode(), 0.0)
+        c.ack(w, i + 1, 0.0)
+    calls: list[tuple[str, str, list[str]]] = []
+
+    def reader(edge: str) -> object:
+        async def read(store: str, keys: list[str]) -> list[bytes | None]:
+            calls.append((edge, store, keys))
+            if edge == "e2":
+                raise EdgeUnavailable("going down")
+            await trio.sleep(0.5)  # the answer takes time: observations are timed at its end
+            return [b"v0" if k == "k0" else None for k in keys]
+
+        return read
+
+    readers = {e: reader(e) for e in ("e0", "e1", "e2")}
+    n = await probe_once_batched(c, readers)  # type: ignore[arg-type]
+    assert n == 6  # e0 and e1, three keys each; e2 unavailable, skipped
+    assert sorted(calls) == sorted(
+        [(e, "s", ["k0", "k1"]) for e in ("e0", "e1", "e2")]
+        + [("e0", "t", ["k2"]), ("e1", "t", ["k2"])]
+    )
+    assert trio.current_time() == 1.0  # edges in parallel, each edge's stores in turn
+    written = c.writes[0]
+    assert written.reached == {"e0": 0.5, "e1": 0.5}
+    assert sorted(c.to_read("e0")) == [("s", "k1"), ("t", "k2")]
 
 
 def test_final_check_accepts_a_committed_write_whose_ack_was_lost() -> None:

@@ -6,6 +6,9 @@ the origin's API, never here.
     GET /v1/stores/{store}/keys/{key}            raw value bytes; 404 when missing
     GET /v1/stores/{store}/keys?pattern=&limit=  JSON {"keys": [...]} (glob, default "*")
     GET /v1/stores/{store}/zsets/{key}?min=&max= JSON {"encoding", "members": [[member, score]]}
+    POST /v1/stores/{store}/mget                 JSON {"keys": [...]} -> {"values": [...]}: each
+                                                 value base64, null when missing (one request
+                                                 for many keys, at most MAX_MGET_KEYS)
     GET /status                                  JSON node status (`EdgeNode.status()`)
     GET /metrics                                 Prometheus text format 0.0.4
 
@@ -15,6 +18,8 @@ Errors are JSON `{"error": code, "message": ...}` with the error type's HTTP sta
 from __future__ import annotations
 
 import base64
+import contextlib
+import json
 import logging
 import math
 import socket
@@ -37,6 +42,8 @@ __all__ = ["AdminNode", "bind_socket", "build_app", "serve_app"]
 
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MAX_SCAN_LIMIT = 100_000
+MAX_MGET_KEYS = 10_000
+MAX_MGET_BODY = 4 << 20  # bytes of JSON: 10,000 keys of up to ~400 bytes
 
 
 class AdminNode(Protocol):
@@ -71,6 +78,20 @@ def _limit(value: str | None) -> int:
     if not value.isdigit() or not 0 < int(value) <= MAX_SCAN_LIMIT:
         raise InvalidInput(f"limit must be an integer in [1, {MAX_SCAN_LIMIT}]")
     return int(value)
+
+
+async def _json_body(request: Request, limit: int) -> object:
+    """The request's JSON body, read up to `limit` bytes; InvalidInput if larger or not JSON."""
+    data = bytearray()
+    async with contextlib.aclosing(request.stream()) as chunks:
+        async for chunk in chunks:
+            data += chunk
+            if len(data) > limit:
+                raise InvalidInput(f"the body exceeds {limit} bytes")
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise InvalidInput("the body is not valid JSON") from None
 
 
 def build_app(node: AdminNode) -> Starlette:
@@ -119,6 +140,24 @@ def build_app(node: AdminNode) -> Starlette:
                 pair[1] = "+inf" if pair[1] > 0 else "-inf"
         return JSONResponse({"encoding": encoding, "members": out})
 
+    def mget(request: Request, body: object) -> Response:
+        store = node.open(request.path_params["store"])
+        keys = body.get("keys") if isinstance(body, dict) else None
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise InvalidInput('the body must be {"keys": [string, ...]}')
+        if len(keys) > MAX_MGET_KEYS:
+            raise InvalidInput(f"{len(keys)} keys exceed the limit of {MAX_MGET_KEYS}")
+        get, b64 = store.get, base64.b64encode
+        values = [None if (v := get(k)) is None else b64(v).decode() for k in keys]
+        return JSONResponse({"values": values})
+
+    async def mget_endpoint(request: Request) -> Response:
+        try:
+            body = await _json_body(request, MAX_MGET_BODY)
+            return mget(request, body)
+        except EdgeKVError as exc:
+            return _error(exc)
+
     def status(request: Request) -> Response:
         return JSONResponse(node.status())
 
@@ -138,6 +177,7 @@ def build_app(node: AdminNode) -> Starlette:
             Route("/v1/stores/{store}/keys/{key:path}", make(get_key), methods=["GET"]),
             Route("/v1/stores/{store}/keys", make(scan), methods=["GET"]),
             Route("/v1/stores/{store}/zsets/{key:path}", make(zrange), methods=["GET"]),
+            Route("/v1/stores/{store}/mget", mget_endpoint, methods=["POST"]),
             Route("/status", make(status), methods=["GET"]),
             Route("/metrics", make(metrics), methods=["GET"]),
         ]

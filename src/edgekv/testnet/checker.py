@@ -44,6 +44,7 @@ __all__ = [
     "percentile",
     "probe_loop",
     "probe_once",
+    "probe_once_batched",
 ]
 
 KeyRef = tuple[str, str]  # (store, key)
@@ -51,6 +52,8 @@ _NO_SEQ = 1 << 63  # "nothing served since"
 # A reader for one edge: (store, key) -> served bytes (sync or async).
 SyncRead = Callable[[str, str], bytes | None]
 AsyncRead = Callable[[str, str], Awaitable[bytes | None]]
+# Many keys of one store at once: (store, keys) -> served values, in order.
+BatchRead = Callable[[str, list[str]], Awaitable[list[bytes | None]]]
 
 
 class EdgeUnavailable(Exception):
@@ -370,19 +373,59 @@ def probe_once(
     return reads
 
 
+async def probe_once_batched(
+    checker: ConvergenceChecker, readers: Mapping[str, BatchRead], *, full: bool = False
+) -> int:
+    """`probe_once` over batch readers (one HTTP request per edge and store, to edge
+    processes): every edge is read concurrently, the event loop goes on meanwhile (acks keep
+    arriving), and each observation is timed when its batch returns."""
+    reads = 0
+
+    async def probe(edge: str, reader: BatchRead) -> None:
+        nonlocal reads
+        keys = checker.to_read(edge)
+        if full:
+            keys = list(dict.fromkeys(keys + checker.served_keys(edge)))
+        by_store: dict[str, list[str]] = {}
+        for store, key in keys:
+            by_store.setdefault(store, []).append(key)
+        try:
+            for store, names in by_store.items():
+                values = await reader(store, names)
+                now = anyio.current_time()
+                for key, value in zip(names, values, strict=True):
+                    checker.observe(edge, store, key, value, now)
+                reads += len(names)
+        except EdgeUnavailable:
+            pass
+
+    async with anyio.create_task_group() as tg:
+        for edge in checker.live_edges():
+            reader = readers.get(edge)
+            if reader is not None:
+                tg.start_soon(probe, edge, reader)
+    return reads
+
+
 async def probe_loop(
     checker: ConvergenceChecker,
     readers: Callable[[], Mapping[str, SyncRead]],
     *,
     interval: float = 0.01,
     full_every: int = 50,
+    batch_readers: Callable[[], Mapping[str, BatchRead]] | None = None,
 ) -> None:
     """Probe every `interval` seconds (anyio time, virtual under MockClock) until cancelled.
 
-    `readers` is called each round, so crashed and restarted edges are picked up.
+    `readers` is called each round, so crashed and restarted edges are picked up;
+    `batch_readers`, if given, is used instead (see `probe_once_batched`).
     """
     rounds = 0
     while True:
         rounds += 1
-        probe_once(checker, readers(), anyio.current_time(), full=rounds % full_every == 0)
+        full = rounds % full_every == 0
+        if batch_readers is not None:
+            await probe_once_batched(checker, batch_readers(), full=full)
+        else:
+            probe_once(checker, readers(), anyio.current_time(), full=full)
         await anyio.sleep(interval)

@@ -466,6 +466,14 @@ class Testnet:
 
     # --- observation ------------------------------------------------------------------------
 
+    @property
+    def batch_readers(self) -> Callable[[], dict[str, Any]] | None:
+        """For `probe_loop(batch_readers=...)`: across processes, reads that await one HTTP
+        request per edge and store; None in one process (the plain readers are local calls)."""
+        if self._procs is None:
+            return None
+        return self._procs.batch_readers  # type: ignore[no-any-return]
+
     def readers(self) -> dict[str, Callable[[str, str], bytes | None]]:
         """edge -> (store, key) -> served bytes, through the public read API, live edges only."""
         if self._procs is not None:

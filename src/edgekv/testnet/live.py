@@ -188,7 +188,11 @@ async def _run_live(opts: LiveOptions, console: Console) -> dict[str, Any]:
         d = opts.duration
         writes_until = None if d is None else start + max(0.5, d * 0.7)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(lambda: probe_loop(demo.checker, net.readers, interval=0.02))
+            tg.start_soon(
+                lambda: probe_loop(
+                    demo.checker, net.readers, interval=0.02, batch_readers=net.batch_readers
+                )
+            )
             if d is not None:
                 tg.start_soon(demo.fault_demo, d * 0.3, d * 0.2)
             demo.status = "running"

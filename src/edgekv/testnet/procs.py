@@ -24,6 +24,7 @@ one is SIGKILLed.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import signal
@@ -41,9 +42,10 @@ import httpx
 
 from edgekv.errors import InvalidInput
 from edgekv.gossip.transport import TransportStats
+from edgekv.node.admin_http import MAX_MGET_KEYS
 from edgekv.node.faultfile import write_fault_file
 from edgekv.node.faults import LinkFaults
-from edgekv.testnet.checker import EdgeUnavailable
+from edgekv.testnet.checker import BatchRead, EdgeUnavailable
 
 __all__ = ["ProcessCluster", "free_port"]
 
@@ -134,6 +136,7 @@ class ProcessCluster:
                 argv += ["--peer", p]
             self.procs[name] = _Proc(name, argv, root / f"{name}.log", http)
         self._http = httpx.Client(timeout=2.0, trust_env=False)
+        self._ahttp: httpx.AsyncClient | None = None
         self._status: dict[str, dict[str, Any]] = {}
         self.high_seq = 0  # highest seq acked to the testnet's client
 
@@ -158,6 +161,8 @@ class ProcessCluster:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+        with anyio.CancelScope(shield=True):
+            await self.aclose_http()
 
     async def _wait_port(self, name: str, address: str) -> None:
         proc = self.procs[name]
@@ -242,6 +247,14 @@ class ProcessCluster:
             out[name] = self._reader(self.procs[name].http or "")
         return out
 
+    def batch_readers(self) -> dict[str, BatchRead]:
+        """edge -> (store, keys) -> values, one awaited `POST .../mget` per call (the probe
+        that runs during a workload must not hold up this process's event loop)."""
+        if self._ahttp is None:
+            self._ahttp = httpx.AsyncClient(timeout=5.0, trust_env=False)
+        http = self._ahttp
+        return {n: _batch_reader(http, self.procs[n].http or "") for n in self.live_edges()}
+
     def _reader(self, http: str) -> Callable[[str, str], bytes | None]:
         def read(store: str, key: str) -> bytes | None:
             try:
@@ -255,6 +268,11 @@ class ProcessCluster:
             return r.content
 
         return read
+
+    async def aclose_http(self) -> None:
+        if self._ahttp is not None:
+            await self._ahttp.aclose()
+            self._ahttp = None
 
     def _fetch_status(self) -> dict[str, dict[str, Any]]:
         out = {}
@@ -302,3 +320,25 @@ class ProcessCluster:
             out.sent_bytes["ALL"] += int(total.get("sent_bytes", 0))
             out.dropped += int(total.get("dropped", 0))
         return out
+
+
+def _batch_reader(http: httpx.AsyncClient, address: str) -> BatchRead:
+    async def read(store: str, keys: list[str]) -> list[bytes | None]:
+        values: list[bytes | None] = []
+        for i in range(0, len(keys), MAX_MGET_KEYS):
+            try:
+                r = await http.post(
+                    f"http://{address}/v1/stores/{store}/mget",
+                    json={"keys": keys[i : i + MAX_MGET_KEYS]},
+                )
+            except httpx.HTTPError as exc:
+                raise EdgeUnavailable(f"{address}: {exc!r}") from None
+            if r.status_code == 404:  # no such store there yet
+                values += [None] * len(keys[i : i + MAX_MGET_KEYS])
+                continue
+            if r.status_code != 200:
+                raise EdgeUnavailable(f"{address}: HTTP {r.status_code}")
+            values += [None if v is None else base64.b64decode(v) for v in r.json()["values"]]
+        return values
+
+    return read

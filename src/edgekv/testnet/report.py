@@ -209,7 +209,12 @@ async def run_experiment(
         interval = 0.1 if scenario.edges <= 200 else 0.25
         async with anyio.create_task_group() as tg:
             tg.start_soon(
-                lambda: probe_loop(checker, net.readers, interval=scenario.probe_interval)
+                lambda: probe_loop(
+                    checker,
+                    net.readers,
+                    interval=scenario.probe_interval,
+                    batch_readers=net.batch_readers,
+                )
             )
             tg.start_soon(_sample_agreement, net, samples, t0, interval)
             async with anyio.create_task_group() as timeline:
