@@ -1,8 +1,9 @@
 """The origin's write-ahead log: committed deltas in SQLite (WAL mode), fsynced before any ack.
 
 Synchronous on purpose: the group committer calls `write` (a transaction into the OS page
-cache, no flush: cheap enough for the event loop) and runs `sync` (the disk flush) in worker
-threads, so that the flush of one commit group overlaps the planning and writing of the next.
+cache, no flush: cheap enough for the event loop) and then `sync` (the disk flush), on the
+event loop by default or in worker threads (`Sequencer(flush_threads=N)`), where the flush of
+one commit group overlaps the planning and writing of the next.
 
 Theory of operation
 1. One row per seq: `log(seq PRIMARY KEY, store, key, delta)` where `delta` is the CBOR array
@@ -21,8 +22,8 @@ Theory of operation
    whose `write` returned before the sync started durable (survives kill -9 and power loss).
    That is the fsync discipline of synchronous=FULL, minus the rule that one flush must end
    before the next commit may start: several flushes may be in flight, and the committer acks
-   a group only once a sync that started after its write has returned.  Each thread syncs
-   through its own descriptor (see `sync`: a writeback error is reported once per open file,
+   a group only once a sync that started after its write has returned.  Each thread (the
+   event loop's included) syncs through its own descriptor (see `sync`: a writeback error is reported once per open file,
    so concurrent flushes must not share one).  The directory is synced when a descriptor is
    opened (as SQLite does for a new WAL).  `append` is `write` + `sync`.  "EXTRA", "NORMAL"
    and "OFF" are passed to SQLite as they are (NORMAL and OFF are not durable per commit: for
