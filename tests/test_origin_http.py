@@ -75,6 +75,15 @@ async def test_routes(tmp_path: Path) -> None:
         error(await h.get("/v1/stores/flags/keys/b64"), 404, "not_found")
         doc = (await h.get("/v1/openapi.json")).json()
         assert doc["openapi"].startswith("3.") and "/v1/stores/{store}/batch" in doc["paths"]
+        assert "/v1/status" in doc["paths"] and "/metrics" in doc["paths"]
+        status = (await h.get("/v1/status")).json()
+        assert status["role"] == "origin" and status["watermark"] == 8 == status["log"]["high"]
+        assert status["log"]["commits"] == 8 and status["log"]["flushes"] >= 1
+        assert status["stores"] == ["flags"] and status["keys"] == 5  # b64's tombstone included
+        text = (await h.get("/metrics")).text
+        assert 'edgekv_watermark{node="origin"} 8' in text
+        assert 'edgekv_origin_commits_total{node="origin"} 8' in text
+        assert "# TYPE edgekv_origin_log_flushes_total counter" in text
         assert (await h.delete("/v1/stores/flags")).status_code == 200
         assert (await h.get("/v1/stores")).json() == {"stores": []}
 
@@ -162,3 +171,6 @@ async def test_tokens(tmp_path: Path) -> None:
         assert (await h.get("/v1/stores/flags/keys/k", headers=reader)).content == b"v"
         error(await h.get("/v1/stores/flags/keys/k"), 401, "unauthorized")
         assert (await h.get("/v1/stores", headers=reader)).json() == {"stores": ["flags"]}
+        for path in ("/v1/status", "/metrics"):  # any known token, none without one
+            error(await h.get(path), 401, "unauthorized")
+            assert (await h.get(path, headers=reader)).status_code == 200

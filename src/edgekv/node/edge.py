@@ -21,13 +21,12 @@ persistence see it like any other change.  If the origin does not answer within
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import random
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from functools import partial
 from types import TracebackType
@@ -47,7 +46,13 @@ from edgekv.gossip.wire import Message
 from edgekv.node import kvstore
 from edgekv.node.admin_http import bind_socket, build_app, serve_app, socket_address
 from edgekv.node.faults import LinkFaults
-from edgekv.node.metrics import antientropy_repairs, antientropy_rounds, render_prometheus
+from edgekv.node.metrics import (
+    antientropy_repairs,
+    antientropy_rounds,
+    peer_field,
+    peer_json,
+    render_prometheus,
+)
 from edgekv.node.persistence import FLUSH_INTERVAL, LoadReport, ReplicaStore
 from edgekv.node.runtime import NodeRuntime, system_wall_ms
 from edgekv.node.tcp import TcpTransport, parse_address
@@ -341,8 +346,8 @@ class EdgeNode:
         origin_watermark: int | None = None
         if runtime is not None:
             for address, info in runtime.gossip.peers().items():
-                peers[address] = _plain(info)
-                wm = _field(info, "watermark")
+                peers[address] = peer_json(info)
+                wm = peer_field(info, "watermark")
                 if isinstance(wm, int):
                     known_high = max(known_high, wm)
                     if address == self.origin:
@@ -409,7 +414,7 @@ class EdgeNode:
         """Prometheus text exposition of this node."""
         runtime = self.runtime
         replica = self._replica
-        states = [str(_field(info, "state")) for info in runtime.gossip.peers().values()]
+        states = [str(peer_field(info, "state")) for info in runtime.gossip.peers().values()]
         status = self.status()
         gauges = {
             "keys": float(len(replica)),
@@ -467,21 +472,3 @@ def _parse_write_reply(
 
 def _json_number(x: float) -> float | None:
     return x if math.isfinite(x) else None
-
-
-def _field(info: Any, name: str) -> Any:
-    if isinstance(info, Mapping):
-        return info.get(name)
-    return getattr(info, name, None)
-
-
-def _plain(info: Any) -> Any:
-    if dataclasses.is_dataclass(info) and not isinstance(info, type):
-        out = dataclasses.asdict(info)
-    elif isinstance(info, Mapping):
-        out = dict(info)
-    else:
-        return str(info)
-    return {
-        k: (v if isinstance(v, int | float | str | bool | None) else str(v)) for k, v in out.items()
-    }

@@ -8,11 +8,13 @@ render time rather than copied, so there is one source of truth for each figure.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from edgekv.gossip.transport import TransportStats
 
@@ -115,6 +117,7 @@ def render_prometheus(
     gossip_counters: Mapping[str, int],
     gauges: Mapping[str, float],
     peer_states: Iterable[str] = (),
+    counters: Mapping[str, float] | None = None,
 ) -> str:
     """The Prometheus text format (version 0.0.4) for one node."""
     lines: list[str] = []
@@ -184,4 +187,28 @@ def render_prometheus(
         metric = f"edgekv_{_metric(name)}"
         family(metric, "gauge", name.replace("_", " ").capitalize() + ".")
         lines.append(f"{metric}{{{node}}} {_num(gauges[name])}")
+    for name in sorted(counters or {}):
+        metric = f"edgekv_{_metric(name)}_total"
+        family(metric, "counter", name.replace("_", " ").capitalize() + ".")
+        lines.append(f"{metric}{{{node}}} {_num((counters or {})[name])}")
     return "\n".join(lines) + "\n"
+
+
+def peer_field(info: Any, name: str) -> Any:
+    """One field of a gossip peer record (a dataclass or a mapping)."""
+    if isinstance(info, Mapping):
+        return info.get(name)
+    return getattr(info, name, None)
+
+
+def peer_json(info: Any) -> Any:
+    """A gossip peer record as JSON-safe plain values (for `/status`)."""
+    if dataclasses.is_dataclass(info) and not isinstance(info, type):
+        out = dataclasses.asdict(info)
+    elif isinstance(info, Mapping):
+        out = dict(info)
+    else:
+        return str(info)
+    return {
+        k: (v if isinstance(v, int | float | str | bool | None) else str(v)) for k, v in out.items()
+    }

@@ -69,6 +69,12 @@ class TokenAuth:
         if not self._scopes(token).allows(level, store):
             raise Unauthorized(f"the token has no {level} access to store {store!r}")
 
+    def check_known(self, token: object) -> None:
+        """Raise Unauthorized unless `token` is a known token (any scope): for the origin's
+        status and metrics, which name stores but hold no values."""
+        if self.enabled:
+            self._scopes(token)
+
     def visible(self, token: object, names: Iterable[str]) -> list[str]:
         """The store names `token` may read (all of them when auth is off)."""
         if not self.enabled:

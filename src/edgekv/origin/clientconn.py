@@ -338,4 +338,8 @@ class ClientConnection:
 
 async def serve_client(origin: Origin, peer: PeerInfo, stream: FramedStream) -> None:
     """Serve one client connection until it closes or misbehaves.  Never raises."""
-    await ClientConnection(origin, peer, stream).run()
+    origin.clients += 1
+    try:
+        await ClientConnection(origin, peer, stream).run()
+    finally:
+        origin.clients -= 1

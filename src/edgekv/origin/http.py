@@ -5,6 +5,8 @@ Every route builds a request body of the shared schema (`requests`) and calls
 bytes bodies; the batch route takes JSON whose byte strings are UTF-8 text or, with
 `"encoding": "base64"`, base64.  Errors are JSON `{"error": code, "message": text}` with the
 error type's HTTP status; a bearer token comes from `Authorization: Bearer TOKEN`.
+`GET /v1/status` (JSON: the log, commit groups, flushes, clients, gossip peers) and `GET
+/metrics` (Prometheus text) need any known token when tokens are configured.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ import anyio
 import anyio.abc
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from ..errors import EdgeKVError, InvalidInput
+from ..node.admin_http import PROMETHEUS_TYPE
 from .openapi import OPENAPI
 
 if TYPE_CHECKING:
@@ -249,11 +252,23 @@ def build_app(origin: Origin) -> Starlette:
         }
         return JSONResponse(await call(request, body))
 
+    @route
+    async def status(request: Request) -> Response:
+        origin.auth.check_known(_token(request))
+        return JSONResponse(origin.status())
+
+    @route
+    async def metrics(request: Request) -> Response:
+        origin.auth.check_known(_token(request))
+        return PlainTextResponse(origin.metrics_text(), media_type=PROMETHEUS_TYPE)
+
     async def openapi(request: Request) -> Response:
         return JSONResponse(OPENAPI)
 
     routes = [
         Route("/v1/openapi.json", openapi, methods=["GET"]),
+        Route("/v1/status", status, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
         Route("/v1/stores", stores, methods=["GET"]),
         Route("/v1/stores/{store}", store, methods=["PUT", "DELETE"]),
         Route("/v1/stores/{store}/keys", keys, methods=["GET"]),

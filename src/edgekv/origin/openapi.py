@@ -139,6 +139,18 @@ OPENAPI: dict[str, Any] = {
                 "responses": {"200": {"description": "{members: [...]}"}, **_ERRORS},
             },
         },
+        "/v1/status": {
+            "get": {
+                "summary": "Origin status: log, commit groups, flushes, clients, gossip peers",
+                "responses": {"200": {"description": "JSON status"}, **_ERRORS},
+            },
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus text exposition (version 0.0.4)",
+                "responses": {"200": {"description": "metrics"}, **_ERRORS},
+            },
+        },
         "/v1/stores/{store}/blooms/{key}": {
             "parameters": [_STORE, _KEY],
             "get": {

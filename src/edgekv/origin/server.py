@@ -35,6 +35,7 @@ from ..gossip.config import GossipConfig
 from ..gossip.transport import Transport
 from ..gossip.wire import Message
 from ..node.faults import LinkFaults
+from ..node.metrics import peer_field, peer_json
 from .auth import TokenAuth, TokenSpec
 from .requests import is_write, op_name, opt_int, parse_write, store_of
 from .sequencer import Covers, Sequencer, wall_clock_ms
@@ -122,6 +123,7 @@ class Origin:
         self.recovered_rows = 0
         self.answered: list[ClientConnection] = []  # client connections with answers to send
         self.client_poller: ClientPoller | None = None  # reads of client connections (trio)
+        self.clients = 0  # client connections being served
         self._http_stop: anyio.Event | None = None
         self._http_done: anyio.Event | None = None
 
@@ -310,6 +312,62 @@ class Origin:
     @property
     def watermark(self) -> int:
         return self.replica.watermark
+
+    def status(self) -> dict[str, Any]:
+        """What `GET /v1/status` shows: the log, the commit pipeline, clients, gossip peers."""
+        seq = self.sequencer
+        runtime = self.runtime
+        peers = {}
+        if runtime is not None:
+            peers = {a: peer_json(info) for a, info in runtime.gossip.peers().items()}
+        return {
+            "node_id": self.node_id,
+            "role": "origin",
+            "address": self.address or None,
+            "http": self.http_address or None,
+            "watermark": self.replica.watermark,
+            "keys": len(self.replica),
+            "stores": self.replica.store_names(),
+            "root": f"{self.replica.root:032x}",
+            "log": {
+                "high": seq.wal.high,
+                "rows": seq.log_rows,
+                "commits": seq.commits,
+                "groups": seq.groups,
+                "flushes": seq.flush_count,
+                "flush_threads": seq.flush_threads,
+            },
+            "clients": self.clients,
+            "peers": peers,
+        }
+
+    def metrics_text(self) -> str:
+        """Prometheus text exposition of the origin (`GET /metrics`)."""
+        from ..gossip.transport import TransportStats
+        from ..node.metrics import NodeMetrics, render_prometheus
+
+        seq, runtime = self.sequencer, self.runtime
+        states: list[str] = []
+        if runtime is not None:
+            states = [str(peer_field(i, "state")) for i in runtime.gossip.peers().values()]
+        return render_prometheus(
+            node_id=self.node_id,
+            stats=runtime.transport.stats if runtime is not None else TransportStats(),
+            metrics=runtime.metrics if runtime is not None else NodeMetrics(),
+            gossip_counters=runtime.gossip.counters if runtime is not None else {},
+            gauges={
+                "keys": float(len(self.replica)),
+                "watermark": float(self.replica.watermark),
+                "origin_log_rows": float(seq.log_rows),
+                "origin_clients": float(self.clients),
+            },
+            counters={
+                "origin_commits": float(seq.commits),
+                "origin_commit_groups": float(seq.groups),
+                "origin_log_flushes": float(seq.flush_count),
+            },
+            peer_states=states,
+        )
 
     async def compact(self) -> int:
         """Compact the log now; returns the number of rows removed."""
