@@ -141,11 +141,8 @@ async def test_processes_mode_partition_and_heal(tmp_path: Path) -> None:
         async with Testnet(edges=3, processes=True, latency=0.0, data_dir=tmp_path) as net:
             await net.client.create_store("s")
             net.partition(["edge-0"])
-            # every edge has dropped a send by the new policy (edge-0 to the rest, the rest to
-            # edge-0: gossip pings it every second); the origin, which polls the file as often,
-            # has loaded it by then too
-            for name in ("edge-0", "edge-1", "edge-2"):
-                await _until(lambda name=name: _dropped(net, name) > 0)  # type: ignore[misc]
+            await net._procs.faults_applied(net.faults)  # every node, the origin included
+            await _until(lambda: _dropped(net, "edge-0") > 0)  # and edge-0 drops its sends
             await net.client.put("s", "k", b"v")
             readers = net.readers()
             await _until(lambda: readers["edge-1"]("s", "k") == b"v")

@@ -378,6 +378,8 @@ class EdgeNode:
             "root": None if pending else f"{replica.root:032x}",
             "peers": peers,
             "watchers": self.hub.count(),
+            # the link-fault policy in force (testnets, `--fault-file`), None without one
+            "faults": None if self.faults is None else self.faults.to_spec(),
         }
         if runtime is not None:
             counters = runtime.gossip.counters

@@ -339,6 +339,7 @@ class Origin:
             },
             "clients": self.clients,
             "peers": peers,
+            "faults": None if self.faults is None else self.faults.to_spec(),
         }
 
     def metrics_text(self) -> str:

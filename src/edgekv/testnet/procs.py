@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -64,9 +65,39 @@ def _die_with_parent() -> None:
         pass
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    """A port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
+    """A port on 127.0.0.1 that was free a moment ago, below the ephemeral range.
+
+    A node gets its port only when its process starts.  A port from the ephemeral range (what
+    `bind(0)` returns) may meanwhile become the source port of some outgoing connection, and
+    the node then fails to bind; ports below that range are never handed out that way.  A
+    port is handed out once per process.
+    """
+    low = max(1024, _ephemeral_low() - 12_000)
+    high = max(low + 1000, _ephemeral_low() - 1)
+    rng = random.SystemRandom()
+    for _ in range(1000):
+        port = rng.randrange(low, high)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket() as s:  # a crowded range: fall back to any free port
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
@@ -118,9 +149,10 @@ class ProcessCluster:
         self.procs: dict[str, _Proc] = {}
         origin_dir = root / "origin"
         origin_dir.mkdir(parents=True, exist_ok=True)
+        origin_http = f"127.0.0.1:{free_port()}"
         argv = [*py, "origin", "--data-dir", str(origin_dir), "--listen", self.origin_address]
-        argv += ["--fault-file", str(self.fault_file)]
-        self.procs["origin"] = _Proc("origin", argv, root / "origin.log", None)
+        argv += ["--http", origin_http, "--fault-file", str(self.fault_file)]
+        self.procs["origin"] = _Proc("origin", argv, root / "origin.log", origin_http)
         gossip = {f"edge-{i}": f"127.0.0.1:{free_port()}" for i in range(edges)}
         self.addresses = {"origin": self.origin_address, **gossip}
         names = list(gossip)
@@ -136,7 +168,7 @@ class ProcessCluster:
                 argv += ["--peer", p]
             self.procs[name] = _Proc(name, argv, root / f"{name}.log", http)
         self._http = httpx.Client(timeout=2.0, trust_env=False)
-        self._ahttp: httpx.AsyncClient | None = None
+        self._probe_http: dict[str, httpx.Client] = {}  # edge -> its probe's own client
         self._status: dict[str, dict[str, Any]] = {}
         self.high_seq = 0  # highest seq acked to the testnet's client
 
@@ -161,8 +193,6 @@ class ProcessCluster:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-        with anyio.CancelScope(shield=True):
-            await self.aclose_http()
 
     async def _wait_port(self, name: str, address: str) -> None:
         proc = self.procs[name]
@@ -183,6 +213,9 @@ class ProcessCluster:
         for proc in self.procs.values():
             proc.kill()
         self._http.close()
+        for http in self._probe_http.values():
+            http.close()
+        self._probe_http.clear()
 
     async def _wait_http(self, name: str) -> None:
         proc = self.procs[name]
@@ -191,7 +224,7 @@ class ProcessCluster:
                 if not proc.alive:
                     raise InvalidInput(f"{name} exited at start; see {proc.log}")
                 try:
-                    r = await http.get(f"http://{proc.http}/status")
+                    r = await http.get(f"http://{proc.http}{_status_path(name)}")
                     if r.status_code == 200:
                         return
                 except httpx.HTTPError:
@@ -225,6 +258,20 @@ class ProcessCluster:
         """Make `faults` every node's link policy (each reloads it within 0.1 s)."""
         write_fault_file(self.fault_file, faults)
 
+    async def faults_applied(self, faults: LinkFaults) -> None:
+        """Return once every live node reports `faults` as its policy (in its /status)."""
+        want = faults.to_spec()
+        async with httpx.AsyncClient(timeout=1.0, trust_env=False) as http:
+            for name, proc in self.procs.items():
+                while proc.alive and not proc.stopped:
+                    try:
+                        r = await http.get(f"http://{proc.http}{_status_path(name)}")
+                        if r.status_code == 200 and r.json().get("faults") == want:
+                            break
+                    except (httpx.HTTPError, ValueError):
+                        pass
+                    await anyio.sleep(0.05)
+
     def isolate(self, name: str) -> None:
         proc = self._proc(name)
         proc.signal(signal.SIGSTOP)
@@ -248,12 +295,17 @@ class ProcessCluster:
         return out
 
     def batch_readers(self) -> dict[str, BatchRead]:
-        """edge -> (store, keys) -> values, one awaited `POST .../mget` per call (the probe
-        that runs during a workload must not hold up this process's event loop)."""
-        if self._ahttp is None:
-            self._ahttp = httpx.AsyncClient(timeout=5.0, trust_env=False)
-        http = self._ahttp
-        return {n: _batch_reader(http, self.procs[n].http or "") for n in self.live_edges()}
+        """edge -> (store, keys) -> values, one `POST .../mget` per call, run in a worker
+        thread (the probe that runs during a workload must not hold up this process's event
+        loop; a thread with a plain client, because an async client's request body is an
+        async generator that a request cut off by a killed edge leaves unfinished)."""
+        out = {}
+        for name in self.live_edges():
+            http = self._probe_http.get(name)
+            if http is None:
+                http = self._probe_http[name] = httpx.Client(timeout=5.0, trust_env=False)
+            out[name] = _batch_reader(http, self.procs[name].http or "")
+        return out
 
     def _reader(self, http: str) -> Callable[[str, str], bytes | None]:
         def read(store: str, key: str) -> bytes | None:
@@ -268,11 +320,6 @@ class ProcessCluster:
             return r.content
 
         return read
-
-    async def aclose_http(self) -> None:
-        if self._ahttp is not None:
-            await self._ahttp.aclose()
-            self._ahttp = None
 
     def _fetch_status(self) -> dict[str, dict[str, Any]]:
         out = {}
@@ -322,23 +369,29 @@ class ProcessCluster:
         return out
 
 
-def _batch_reader(http: httpx.AsyncClient, address: str) -> BatchRead:
-    async def read(store: str, keys: list[str]) -> list[bytes | None]:
+def _status_path(name: str) -> str:
+    """Where a node's status is: the origin's HTTP API, or an edge's admin API."""
+    return "/v1/status" if name == "origin" else "/status"
+
+
+def _batch_reader(http: httpx.Client, address: str) -> BatchRead:
+    def read_sync(store: str, keys: list[str]) -> list[bytes | None]:
         values: list[bytes | None] = []
         for i in range(0, len(keys), MAX_MGET_KEYS):
+            part = keys[i : i + MAX_MGET_KEYS]
             try:
-                r = await http.post(
-                    f"http://{address}/v1/stores/{store}/mget",
-                    json={"keys": keys[i : i + MAX_MGET_KEYS]},
-                )
+                r = http.post(f"http://{address}/v1/stores/{store}/mget", json={"keys": part})
             except httpx.HTTPError as exc:
                 raise EdgeUnavailable(f"{address}: {exc!r}") from None
             if r.status_code == 404:  # no such store there yet
-                values += [None] * len(keys[i : i + MAX_MGET_KEYS])
+                values += [None] * len(part)
                 continue
             if r.status_code != 200:
                 raise EdgeUnavailable(f"{address}: HTTP {r.status_code}")
             values += [None if v is None else base64.b64decode(v) for v in r.json()["values"]]
         return values
+
+    async def read(store: str, keys: list[str]) -> list[bytes | None]:
+        return await anyio.to_thread.run_sync(read_sync, store, keys, abandon_on_cancel=True)
 
     return read
