@@ -79,11 +79,11 @@ def run_edge(args: argparse.Namespace) -> int:
 
 async def _serve(args: argparse.Namespace, key: bytes | None, token: str | None) -> None:
     from edgekv.node.edge import EdgeNode
-    from edgekv.node.faultfile import follow_fault_file, policy_from_file
+    from edgekv.node.faultfile import fault_policy
 
-    faults = policy_from_file(args.fault_file)
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with (
+            fault_policy(args.fault_file) as faults,
             EdgeNode(
                 args.listen,
                 args.origin,
@@ -97,10 +97,7 @@ async def _serve(args: argparse.Namespace, key: bytes | None, token: str | None)
                 flush_interval=args.flush_interval,
                 faults=faults,
             ) as node,
-            anyio.create_task_group() as tg,
         ):
-            if faults is not None:
-                tg.start_soon(follow_fault_file, args.fault_file, faults)
             report = node.load_report
             print(
                 f"event=ready node={node.node_id} address={node.address} http={node.http_address}"
@@ -113,7 +110,6 @@ async def _serve(args: argparse.Namespace, key: bytes | None, token: str | None)
                     "event=shutdown node=%s signal=%s", node.node_id, signal.Signals(signum).name
                 )
                 break
-            tg.cancel_scope.cancel()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

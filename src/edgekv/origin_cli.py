@@ -19,7 +19,7 @@ from typing import Any
 import trio
 
 from .errors import EdgeKVError, InvalidInput
-from .node.faultfile import add_fault_file_argument, follow_fault_file, policy_from_file
+from .node.faultfile import add_fault_file_argument, fault_policy
 
 DEFAULT_ORIGIN = "127.0.0.1:7300"
 
@@ -40,8 +40,8 @@ async def _serve_origin(args: argparse.Namespace) -> None:
     from .origin.server import Origin
 
     key = args.cluster_key or os.environ.get("EDGEKV_CLUSTER_KEY") or None
-    faults = policy_from_file(args.fault_file)
     async with (
+        fault_policy(args.fault_file) as faults,
         Origin(
             data_dir=args.data_dir,
             listen=args.listen,
@@ -53,10 +53,7 @@ async def _serve_origin(args: argparse.Namespace) -> None:
             flush_threads=args.flush_threads,
             faults=faults,
         ) as origin,
-        trio.open_nursery() as nursery,
     ):
-        if faults is not None:
-            nursery.start_soon(follow_fault_file, args.fault_file, faults)
         http = f" http {origin.http_address}" if origin.http_address else ""
         print(
             f"edgekv origin listening on {origin.address}{http} "
@@ -66,7 +63,6 @@ async def _serve_origin(args: argparse.Namespace) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for _ in signals:
                 break
-        nursery.cancel_scope.cancel()
 
 
 def _flush_threads(text: str) -> int:

@@ -16,6 +16,8 @@ import argparse
 import json
 import logging
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -24,8 +26,8 @@ from .faults import LinkFaults
 
 __all__ = [
     "add_fault_file_argument",
+    "fault_policy",
     "follow_fault_file",
-    "policy_from_file",
     "write_fault_file",
 ]
 
@@ -84,11 +86,16 @@ def add_fault_file_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def policy_from_file(path: str | None) -> LinkFaults | None:
-    """A daemon's fault policy: None without `--fault-file`, else loaded from it at once (in
-    force from the first message on; `follow_fault_file` keeps it current)."""
+@asynccontextmanager
+async def fault_policy(path: str | None) -> AsyncIterator[LinkFaults | None]:
+    """A daemon's fault policy for its transport: None without `--fault-file`; else loaded from
+    `path` at once (in force from the first message on) and followed while the block runs."""
     if path is None:
-        return None
+        yield None
+        return
     faults = LinkFaults()
     load_fault_file(path, faults)
-    return faults
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(follow_fault_file, path, faults)
+        yield faults
+        tg.cancel_scope.cancel()

@@ -32,10 +32,10 @@ from ..crdt.codec import encode_delta
 from ..crdt.ops import DEFAULT_LIMITS, Delete, Put, op_body
 from ..errors import InvalidInput, StoreNotFound
 from ..gossip.config import GossipConfig
-from ..gossip.transport import Transport
+from ..gossip.transport import Transport, TransportStats
 from ..gossip.wire import Message
 from ..node.faults import LinkFaults
-from ..node.metrics import peer_field, peer_json
+from ..node.metrics import NodeMetrics, peer_field, peer_json, render_prometheus
 from .auth import TokenAuth, TokenSpec
 from .requests import is_write, op_name, opt_int, parse_write, store_of
 from .sequencer import Covers, Sequencer, wall_clock_ms
@@ -344,9 +344,6 @@ class Origin:
 
     def metrics_text(self) -> str:
         """Prometheus text exposition of the origin (`GET /metrics`)."""
-        from ..gossip.transport import TransportStats
-        from ..node.metrics import NodeMetrics, render_prometheus
-
         seq, runtime = self.sequencer, self.runtime
         states: list[str] = []
         if runtime is not None:
