@@ -27,11 +27,11 @@ from functools import partial, reduce
 from hashlib import blake2b
 from itertools import compress, repeat
 from operator import and_, concat, is_, itemgetter, methodcaller, mul, not_, rshift, xor
-from typing import Literal
+from typing import Literal, cast
 from zlib import crc32
 
 from .merkle import DEPTH, FANOUT_BITS, LEAF_BITS, MerkleTree, leaf_of
-from .register import Register, unpack_head
+from .register import SEQ_AT, Register
 from .state import State
 
 __all__ = ["CHUNK", "FAST_HASHES", "build_tree"]
@@ -42,7 +42,7 @@ _LEAF_SHIFT = 32 - LEAF_BITS
 _LEAVES = 1 << LEAF_BITS
 _BUCKETS_FROM = _LEAVES // 4  # from this many keys, group by leaf through per-leaf lists
 _BIG: Literal["big"] = "big"
-_SECOND = itemgetter(1)
+_SEQ_BYTES = itemgetter(slice(SEQ_AT, SEQ_AT + 8))
 _DIGEST = methodcaller("digest")
 _BLAKE16 = partial(blake2b, digest_size=16)
 
@@ -109,7 +109,8 @@ def _hashes(keys: list[str], vals: list[State]) -> tuple[list[int], list[int]]:
         and_, map(mul, map(crc32, encoded), repeat(_PLACEMENT_MUL)), repeat(0xFFFFFFFF)
     )
     leaf_of_key = list(map(rshift, placements, repeat(_LEAF_SHIFT)))
-    seqs = list(map(_SECOND, map(unpack_head, regs)))  # type: ignore[arg-type]
+    raw = cast("list[Register]", regs)  # compress() by exact type above
+    seqs = list(map(int.from_bytes, map(_SEQ_BYTES, raw)))  # big-endian, from the header
     if everything_plain:
         return leaf_of_key, _register_digests(encoded, seqs)
     digests = [0] * len(keys)
