@@ -4,6 +4,11 @@
 simulated disk), `sim_clock` is the autojumping virtual clock, `QuietGC` keeps the cyclic
 garbage collector from re-scanning a large simulation's live objects over and over.  All are
 process-wide switches that the `Testnet` installs for its lifetime and restores afterwards.
+
+Two of them reach into trio's private internals (the scheduler's random source and its
+deterministic-scheduling flag; `MockClock._autojump`), for which trio has no public hook.  They
+degrade gracefully at run time (an unseeded scheduler, a plain autojump), and
+tests/test_simenv.py is the tripwire: it fails in CI the day a trio upgrade moves them.
 """
 
 from __future__ import annotations
