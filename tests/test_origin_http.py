@@ -33,7 +33,7 @@ def error(r: httpx.Response, status: int, code: str) -> None:
 
 
 async def test_routes(tmp_path: Path) -> None:
-    async with http_client(tmp_path) as (_, h):
+    async with http_client(tmp_path) as (origin, h):
         assert (await h.put("/v1/stores/flags")).status_code == 201
         assert (await h.get("/v1/stores")).json() == {"stores": ["flags"]}
         r = await h.put("/v1/stores/flags/keys/feature:a", content=b"\x00\xffraw")
@@ -81,8 +81,10 @@ async def test_routes(tmp_path: Path) -> None:
         assert status["log"]["commits"] == 8 and status["log"]["flushes"] >= 1
         assert status["stores"] == ["flags"] and status["keys"] == 5  # b64's tombstone included
         text = (await h.get("/metrics")).text
-        assert 'edgekv_watermark{node="origin"} 8' in text
-        assert 'edgekv_origin_commits_total{node="origin"} 8' in text
+        node = origin.node_id
+        assert node.startswith("origin-") and (tmp_path / "node-id").read_text().strip() == node
+        assert f'edgekv_watermark{{node="{node}"}} 8' in text
+        assert f'edgekv_origin_commits_total{{node="{node}"}} 8' in text
         assert "# TYPE edgekv_origin_log_flushes_total counter" in text
         assert (await h.delete("/v1/stores/flags")).status_code == 200
         assert (await h.get("/v1/stores")).json() == {"stores": []}

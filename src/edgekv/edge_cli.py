@@ -22,6 +22,7 @@ import anyio
 
 from edgekv.errors import EdgeKVError, InvalidInput
 from edgekv.node.faultfile import add_fault_file_argument
+from edgekv.node.identity import add_identity_arguments
 
 __all__ = ["add_edge_commands", "main", "run_edge"]
 
@@ -46,7 +47,7 @@ def add_edge_commands(subparsers: Any) -> None:
     p.add_argument("--http", default=None, help="admin HTTP address (HOST:PORT), off if omitted")
     p.add_argument("--cluster-key-file", default=None, help="file holding the cluster key")
     p.add_argument("--cluster-id", default="edgekv")
-    p.add_argument("--node-id", default=None)
+    add_identity_arguments(p)
     p.add_argument("--token-file", default=None, help="file holding a write token for the origin")
     p.add_argument(
         "--flush-interval", type=float, default=0.5, help="seconds between database flushes"
@@ -93,6 +94,7 @@ async def _serve(args: argparse.Namespace, key: bytes | None, token: str | None)
                 cluster_key=key,
                 http=args.http,
                 node_id=args.node_id,
+                advertise=args.advertise,
                 token=token,
                 flush_interval=args.flush_interval,
                 faults=faults,

@@ -20,6 +20,7 @@ import trio
 
 from .errors import EdgeKVError, InvalidInput
 from .node.faultfile import add_fault_file_argument, fault_policy
+from .node.identity import add_identity_arguments
 
 DEFAULT_ORIGIN = "127.0.0.1:7300"
 
@@ -52,6 +53,8 @@ async def _serve_origin(args: argparse.Namespace) -> None:
             synchronous=args.synchronous,
             flush_threads=args.flush_threads,
             faults=faults,
+            advertise=args.advertise,
+            node_id=args.node_id,
         ) as origin,
     ):
         http = f" http {origin.http_address}" if origin.http_address else ""
@@ -195,6 +198,7 @@ def add_origin_commands(sub: Any) -> None:
     p = sub.add_parser("origin", help="run the origin (durable, versioned writes)")
     p.add_argument("--data-dir", default="origin-data", help="where the write-ahead log lives")
     p.add_argument("--listen", default=DEFAULT_ORIGIN, help="HOST:PORT for edges and clients")
+    add_identity_arguments(p)
     p.add_argument("--http", default=None, help="HOST:PORT for the HTTP API (off by default)")
     p.add_argument(
         "--token",

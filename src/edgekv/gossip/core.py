@@ -140,6 +140,10 @@ class GossipNode:
             out.extend(self.catchup.request(now, self.rng.choice(self.seeds)))
         return out
 
+    def forget(self, address: str) -> None:
+        """The member at `address` now lives elsewhere: drop that address (membership rule 6)."""
+        self.members.forget(address)
+
     def leave(self, now: float) -> list[Send]:
         """Graceful goodbye: live peers mark this node dead at once."""
         return [Send(p, bye()) for p in self.members.live()]

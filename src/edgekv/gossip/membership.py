@@ -21,6 +21,10 @@ Theory of operation
    sync and anti-entropy paths then catch it up).
 5. Every PING and ACK carries the sender's watermark and purge mark: the core uses them to
    notice it is behind (catch-up) and to compute the tombstone purge horizon.
+6. A member is a node id; its address is where it is now.  When the driver learns that a
+   node left an address for another (`forget(old)`: the same node id handshook from a new
+   address, or a seed we dialled answered under another one), the old row is dropped and
+   gossiped rows about that address are ignored until something speaks from it again.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from .messages import (
 
 ALIVE, SUSPECT, DEAD = "alive", "suspect", "dead"
 _RANK = {ALIVE: 0, SUSPECT: 1, DEAD: 2}
+MAX_FORGOTTEN = 1024  # moved-away addresses remembered (rule 6)
 DEAD_PING_SECONDS = 30.0  # a peer dead for t seconds is re-pinged with chance min(1, 30 / t)
 
 
@@ -109,6 +114,7 @@ class Membership:
         self._cache: tuple[list[str], list[str], list[str]] = ([], [], [])
         self._suspects: dict[str, float] = {}  # suspect address -> since
         self.max_purged = 0  # the highest purge mark any peer advertised
+        self._forgotten: dict[str, None] = {}  # addresses a member left (rule 6), oldest first
 
     # -- queries ---------------------------------------------------------------------------------
 
@@ -170,10 +176,25 @@ class Membership:
         if address != self.address and address not in self.peers:
             self._new(PeerInfo(address, since=now, last_seen=now))
 
+    def forget(self, address: str) -> None:
+        """The member at `address` moved away (rule 6): drop its row, ignore gossip about it."""
+        if address == self.address:
+            return
+        if self.peers.pop(address, None) is not None:
+            self._version += 1
+            self.counters["members_moved"] += 1
+        self._updates.pop(address, None)
+        self._suspects.pop(address, None)
+        self._forgotten[address] = None
+        if len(self._forgotten) > MAX_FORGOTTEN:
+            del self._forgotten[next(iter(self._forgotten))]
+
     def heard_from(self, address: str, now: float) -> list[Send]:
         """Direct evidence: `address` just sent us something.  Returns the table for a newcomer."""
         if address == self.address:
             return []
+        if self._forgotten:
+            self._forgotten.pop(address, None)
         p = self.peers.get(address)
         out: list[Send] = []
         if p is None:
@@ -205,6 +226,8 @@ class Membership:
         if len(self.peers) >= self.config.max_members:
             rows = [r for r in rows if r[0] in self.peers or r[0] == self.address]
         for addr, role, inc, state in rows:
+            if addr in self._forgotten:
+                continue
             if addr == self.address:
                 if state != ALIVE and inc >= self.incarnation:
                     self.incarnation = inc + 1  # refute

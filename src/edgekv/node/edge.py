@@ -46,6 +46,7 @@ from edgekv.gossip.wire import Message
 from edgekv.node import kvstore
 from edgekv.node.admin_http import bind_socket, build_app, serve_app, socket_address
 from edgekv.node.faults import LinkFaults
+from edgekv.node.identity import load_node_id
 from edgekv.node.metrics import (
     antientropy_repairs,
     antientropy_rounds,
@@ -90,12 +91,13 @@ class EdgeNode:
         rng: random.Random | None = None,
         ready_timeout: float = 5.0,
         faults: LinkFaults | None = None,
+        advertise: str | None = None,
     ) -> None:
         if not isinstance(origin, str) or not origin:
             raise InvalidInput("EdgeNode needs the origin's address (origin='host:port')")
         if isinstance(peers, str):
             raise InvalidInput("peers must be a list of 'host:port' addresses, not one string")
-        own = [] if transport is not None else [listen]
+        own = [] if transport is not None else [listen, *([advertise] if advertise else [])]
         for address in (origin, *peers, *own, *([] if http is None else [http])):
             try:
                 parse_address(address)
@@ -113,7 +115,9 @@ class EdgeNode:
         self.cluster_id = cluster_id
         self.cluster_key = cluster_key
         self.http = http
-        self.node_id = node_id or f"edge-{uuid.uuid4().hex[:8]}"
+        self._node_id_arg = node_id
+        self.node_id = node_id or f"edge-{uuid.uuid4().hex[:8]}"  # data_dir's id once started
+        self.advertise = advertise
         self.config = config
         self.write_timeout = write_timeout
         self.token = token
@@ -207,6 +211,7 @@ class EdgeNode:
 
     async def _start(self, stack: AsyncExitStack) -> None:
         if self.data_dir is not None:
+            self.node_id = load_node_id(self.data_dir, self._node_id_arg, "edge")
             persist = ReplicaStore(self.data_dir, flush_interval=self.flush_interval)
             # Merkle trees are built after reads start (`_build_trees_then_run`)
             self.load_report = await anyio.to_thread.run_sync(partial(persist.load, trees=False))
@@ -234,6 +239,8 @@ class EdgeNode:
                 role="edge",
                 key=self.cluster_key,
                 faults=self.faults,
+                advertise=self.advertise,
+                seeds=self.seeds,
             )
         transport = self._transport
         stack.push_async_callback(transport.aclose)  # injected or not: leaving the network
@@ -293,7 +300,11 @@ class EdgeNode:
     def is_ready(self) -> bool:
         """True once this node has heard the origin's watermark and caught up with it."""
         runtime = self._runtime
-        info = runtime.gossip.peers().get(self.origin) if runtime is not None else None
+        info = (
+            runtime.gossip.peers().get(runtime.resolve(self.origin))
+            if runtime is not None
+            else None
+        )
         if info is None:
             return False
         # a seed's row exists before it has said anything: heard = a message since
@@ -350,7 +361,7 @@ class EdgeNode:
                 wm = peer_field(info, "watermark")
                 if isinstance(wm, int):
                     known_high = max(known_high, wm)
-                    if address == self.origin:
+                    if address == runtime.resolve(self.origin):
                         origin_watermark = wm
         lag_seqs = max(0, known_high - replica.watermark)
         last = runtime.metrics.last_written_at if runtime is not None else 0
@@ -360,7 +371,7 @@ class EdgeNode:
             "role": "edge",
             "address": self._transport.address if self._transport is not None else None,
             "http": self.http_address,
-            "origin": self.origin,
+            "origin": self.origin if runtime is None else runtime.resolve(self.origin),
             "watermark": replica.watermark,
             "covered_high": replica.covered.high,
             "purged": replica.purged,

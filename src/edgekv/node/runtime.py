@@ -67,6 +67,7 @@ _ERROR = int(MsgType.ERROR)
 _HANDSHAKE = frozenset(int(t) for t in (MsgType.HELLO, MsgType.HELLO_ACK, MsgType.AUTH))
 
 MAX_INFLIGHT_REQUESTS = 1024
+MAX_ALIASES = 1024  # moved-away addresses remembered by `resolve`
 SUBSCRIBER_BUFFER = 1024
 
 
@@ -150,6 +151,10 @@ class NodeRuntime:
         self._tg: anyio.abc.TaskGroup | None = None
         self._tick_takes_wall_ms = _accepts(gossip.tick, "wall_ms")
         self.running = False
+        self._aliases: dict[str, str] = {}  # an address a peer left -> where it is now
+        hooks = getattr(transport, "on_moved", None)
+        if isinstance(hooks, list):
+            hooks.append(self._moved)
 
     # -- public API ------------------------------------------------------------------------------
 
@@ -214,9 +219,31 @@ class NodeRuntime:
             self._dispatch(changes)
         return changes
 
+    def resolve(self, address: str) -> str:
+        """Where the peer once known at `address` is now (the address itself if it never moved)."""
+        return self._aliases.get(address, address)
+
+    def _moved(self, old: str, new: str) -> None:
+        """Transport hook: the peer at `old` now advertises `new` (same node id, or a seed
+        address that answered under another name).  Requests follow it; gossip forgets `old`."""
+        if old == new or old == self.address:
+            return
+        aliases = self._aliases
+        aliases.pop(new, None)
+        for k, v in aliases.items():
+            if v == old:
+                aliases[k] = new
+        aliases[old] = new
+        if len(aliases) > MAX_ALIASES:
+            del aliases[next(iter(aliases))]
+        forget = getattr(self.gossip, "forget", None)
+        if forget is not None:
+            forget(old)
+
     async def request(self, peer: str, body: Mapping[str, Any], timeout: float) -> Message:  # noqa: ASYNC109 (contract)
         """Send REQUEST{id, **body} to `peer` and wait for its RESPONSE (returned) or ERROR
         (raised as the typed error).  `OriginUnavailable` when nothing comes within `timeout`."""
+        peer = self.resolve(peer)
         rid = next(self._ids)
         msg: Message = {**body, "t": _REQUEST, "id": rid}
         waiter = self._pending[rid] = _Waiter(peer)
@@ -373,7 +400,11 @@ class NodeRuntime:
     def _complete(self, peer: str, msg: Message) -> None:
         rid = msg.get("id")
         waiter = self._pending.get(rid) if type(rid) is int else None
-        if waiter is None or waiter.peer != peer or waiter.reply is not None:
+        if (
+            waiter is None
+            or waiter.reply is not None
+            or (waiter.peer != peer and self.resolve(waiter.peer) != peer)
+        ):
             self._count("unmatched_responses")
             return
         if msg["t"] == _ERROR and not (

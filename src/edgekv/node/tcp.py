@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
@@ -39,6 +39,7 @@ from edgekv.gossip.wire import (
     type_name,
 )
 from edgekv.node.faults import LinkFaults
+from edgekv.node.identity import advertised_address
 
 __all__ = ["FramedStream", "TcpTransport", "format_address", "parse_address"]
 
@@ -49,6 +50,7 @@ CONNECT_TIMEOUT = 5.0
 HANDSHAKE_MAX_FRAME = 4096  # an unauthenticated peer cannot make us buffer more than this
 _READ_SIZE = 65536
 _BACKOFF_MIN, _BACKOFF_MAX = 0.05, 2.0
+_MAX_WHERE = 65536  # node ids remembered with their address
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -252,6 +254,10 @@ class TcpTransport:
         # Connections whose handshake role is "client" (they have no listen address, so replies
         # must go back over their own connection) are handed whole to this callback.
         self.on_client = on_client
+        # (old, new): a peer is no longer at `old` (it came back elsewhere under its node id,
+        # or a seed address we dialled answered as `new`); see `_note_peer`
+        self.on_moved: list[Callable[[str, str], None]] = []
+        self._where: dict[str, str] = {}  # node id -> the address it last advertised
 
     @property
     def address(self) -> str:
@@ -269,6 +275,7 @@ class TcpTransport:
         key: bytes | None = None,
         faults: LinkFaults | None = None,
         advertise: str | None = None,
+        seeds: Sequence[str] = (),
         max_frame_size: int = MAX_FRAME_SIZE,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         connect_timeout: float = CONNECT_TIMEOUT,
@@ -278,7 +285,8 @@ class TcpTransport:
     ) -> TcpTransport:
         """Bind `listen` and serve inside `task_group` until `aclose()`.
 
-        `address` is the bound "host:port" (or `advertise`, for a wildcard or NATed listener).
+        `address` is what peers dial: `advertise`, else the bound "host:port", else for a
+        wildcard bind the interface routing to the first of `seeds` (`identity.advertised_address`).
         """
         transport = cls(
             cluster_id=cluster_id,
@@ -293,7 +301,7 @@ class TcpTransport:
             inbox_size=inbox_size,
             on_client=on_client,
         )
-        await task_group.start(transport._run, listen, advertise)
+        await task_group.start(transport._run, listen, advertise, list(seeds))
         return transport
 
     @classmethod
@@ -308,6 +316,7 @@ class TcpTransport:
         key: bytes | None = None,
         faults: LinkFaults | None = None,
         advertise: str | None = None,
+        seeds: Sequence[str] = (),
         max_frame_size: int = MAX_FRAME_SIZE,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         connect_timeout: float = CONNECT_TIMEOUT,
@@ -321,6 +330,7 @@ class TcpTransport:
                 listen,
                 task_group=tg,
                 advertise=advertise,
+                seeds=seeds,
                 cluster_id=cluster_id,
                 node_id=node_id,
                 role=role,
@@ -342,6 +352,7 @@ class TcpTransport:
         self,
         listen: str,
         advertise: str | None,
+        seeds: list[str],
         *,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -353,7 +364,7 @@ class TcpTransport:
                 async with listener, anyio.create_task_group() as tg:
                     self._tg = tg
                     bound = listener.extra(anyio.abc.SocketAttribute.local_port)
-                    self._address = advertise or format_address(host, bound)
+                    self._address = advertised_address(host, bound, advertise, seeds)
                     task_status.started()
                     await listener.serve(self._serve_connection, task_group=tg)
         finally:
@@ -399,6 +410,7 @@ class TcpTransport:
             if peer.role == "client" and self.on_client is not None:
                 await self.on_client(peer, fs)
                 return
+            self._note_peer(peer, None)
             try:
                 while True:
                     msg, size = await fs.receive_sized()
@@ -412,6 +424,26 @@ class TcpTransport:
                 logger.debug("%s: connection from %s lost: %r", self._address, peer.address, exc)
             except Exception:  # never let one connection take the transport down
                 logger.exception("%s: error on connection from %s", self._address, peer.address)
+
+    def _note_peer(self, peer: PeerInfo, dialled: str | None) -> None:
+        """A handshake told us where node `peer.node_id` is: report a move when that differs
+        from the address we dialled or from where the same node id was before."""
+        new = peer.address
+        if not new or peer.node_id == self.node_id:
+            return
+        moved = []
+        if dialled is not None and dialled != new:
+            moved.append(dialled)
+        old = self._where.get(peer.node_id)
+        if old is not None and old != new:
+            moved.append(old)
+        if len(self._where) >= _MAX_WHERE and peer.node_id not in self._where:
+            self._where.clear()  # bounded: only a hint for forgetting stale rows
+        self._where[peer.node_id] = new
+        for gone in moved:
+            logger.info("%s: node %s is now at %s, not %s", self._address, peer.node_id, new, gone)
+            for hook in self.on_moved:
+                hook(gone, new)
 
     # --- sending ----------------------------------------------------------------------------
 
@@ -476,6 +508,8 @@ class TcpTransport:
             return None
         out.backoff = 0.0
         out.conn = conn
+        if conn.peer is not None:
+            self._note_peer(conn.peer, out.address)
         assert self._tg is not None
         self._tg.start_soon(self._watch, out, conn)
         return conn

@@ -35,6 +35,7 @@ from ..gossip.config import GossipConfig
 from ..gossip.transport import Transport, TransportStats
 from ..gossip.wire import Message
 from ..node.faults import LinkFaults
+from ..node.identity import load_node_id
 from ..node.metrics import NodeMetrics, peer_field, peer_json, render_prometheus
 from .auth import TokenAuth, TokenSpec
 from .requests import is_write, op_name, opt_int, parse_write, store_of
@@ -80,7 +81,7 @@ class Origin:
         cluster_key: bytes | str | None = None,
         *,
         cluster_id: str = "edgekv",
-        node_id: str = "origin",
+        node_id: str | None = None,
         limits: Limits = DEFAULT_LIMITS,
         synchronous: str = "FULL",
         flush_threads: int = 0,
@@ -92,6 +93,7 @@ class Origin:
         gossip_config: GossipConfig | None = None,
         rng: random.Random | None = None,
         faults: LinkFaults | None = None,
+        advertise: str | None = None,
     ) -> None:
         self.data_dir = None if data_dir is None else Path(data_dir)
         self.listen = listen
@@ -99,7 +101,9 @@ class Origin:
         self.auth = TokenAuth(tokens)
         self.cluster_key = cluster_key.encode() if isinstance(cluster_key, str) else cluster_key
         self.cluster_id = cluster_id
-        self.node_id = node_id
+        self._node_id_arg = node_id
+        self.node_id = node_id or "origin"  # the data dir's id once started (node/identity.py)
+        self.advertise = advertise
         self.limits = limits
         self.wall_ms = wall_ms
         self.on_commit = on_commit
@@ -132,6 +136,8 @@ class Origin:
     async def __aenter__(self) -> Origin:
         self._http_stop, self._http_done = anyio.Event(), anyio.Event()
         path = ":memory:" if self.data_dir is None else self.data_dir / "origin.sqlite3"
+        if self.data_dir is not None:
+            self.node_id = load_node_id(self.data_dir, self._node_id_arg, "origin")
         self._wal = await anyio.to_thread.run_sync(
             lambda: WriteAheadLog(path, synchronous=self._synchronous)
         )
@@ -223,6 +229,8 @@ class Origin:
             key=self.cluster_key,
             on_client=on_client,
             faults=self.faults,
+            advertise=self.advertise,
+            seeds=self.seeds,
         )
         self.address = self.transport.address
 
