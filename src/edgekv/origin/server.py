@@ -203,10 +203,11 @@ class Origin:
         await tg.start(self.runtime.run)
 
     async def _on_peer_request(self, peer: str, msg: Message) -> Message:
-        """A REQUEST from a peer node (an edge forwarding a write or a read).  Peers that passed
-        the cluster-key handshake are trusted; without a cluster key they need a token."""
+        """A REQUEST from a peer node (an edge forwarding a write or a read).  Checked like any
+        client's: the cluster key or a certificate proves membership, never permission, so with
+        tokens on the edge presents its own token (`EdgeNode(token=...)`)."""
         body = {k: v for k, v in msg.items() if k not in ("t", "id")}
-        return await self.handle(body, with_items=True, trusted=self.cluster_key is not None)
+        return await self.handle(body, with_items=True)
 
     async def _start_tcp(self, tg: anyio.abc.TaskGroup) -> None:
         from ..node.tcp import TcpTransport
@@ -386,8 +387,8 @@ class Origin:
     ) -> Message:
         """Execute one request body (see `requests`); returns the response fields.
 
-        `trusted` skips the token check (an edge authenticated by the cluster key, or an
-        in-process caller).  Raises an EdgeKVError subclass for every bad request.
+        `trusted` skips the token check: only for in-process callers, never for anything that
+        came over a connection (whatever role it declared).  Raises an EdgeKVError subclass for every bad request.
         """
         prepared = self.prepare(body, trusted=trusted)
         if not isinstance(prepared, (StoreCommand, BatchCommand)):
