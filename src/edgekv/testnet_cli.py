@@ -31,13 +31,21 @@ def add_testnet_commands(subparsers: Any) -> None:
     p.add_argument("--rate", type=float, default=20.0, help="demo writes per second")
     p.add_argument("--no-live", action="store_true", help="no live view, only the summary")
     p.add_argument("--json", action="store_true", help="also print the summary as JSON")
+    p.add_argument(
+        "--report",
+        metavar="DIR",
+        default=None,
+        help="write report.json, report.html and plot.png of the run into DIR",
+    )
     p.set_defaults(func=_testnet)
 
     e = subparsers.add_parser(
         "experiment", help="run a fault-injection scenario and write a report"
     )
     e.add_argument("scenario", help="a scenario .toml file or a bundled scenario name")
-    e.add_argument("--out", required=True, help="directory for report.json and the plot")
+    e.add_argument(
+        "--out", required=True, help="directory for report.json, report.html and plot.png"
+    )
     e.add_argument("--network", choices=("sim", "tcp", "processes"), default=None)
     e.add_argument("--seed", type=int, default=None)
     e.add_argument("--short", action="store_true", help="the scenario's short version")
@@ -65,6 +73,7 @@ def _testnet(args: argparse.Namespace) -> int:
         duration=args.duration,
         rate=args.rate,
         live_view=not args.no_live,
+        report_dir=args.report,
     )
     result = trio.run(run_live, opts)
     if "interrupted" in result:
@@ -79,6 +88,7 @@ def _experiment(args: argparse.Namespace) -> int:
     import trio
     from rich.console import Console
 
+    from edgekv.testnet.plot import available as plots_available
     from edgekv.testnet.report import run_experiment, summary_table, write_report
     from edgekv.testnet.scenario import load_scenario
 
@@ -113,4 +123,7 @@ def _experiment(args: argparse.Namespace) -> int:
     paths = write_report(report, args.out)
     console.print(summary_table(report))
     console.print("wrote " + ", ".join(str(p) for p in paths))
+    if not plots_available():
+        console.print("no plots: matplotlib is not installed (pip install 'edgekv[plot]')")
+    print(f"report: {paths[1]}")
     return 0 if report["passed"] else 1

@@ -121,6 +121,7 @@ class Testnet:
         self._procs: Any = None
         self.client: Any = None
         self.events: list[tuple[float, str, str]] = []  # (time, action, detail) for reports
+        self.event_nodes: list[list[str]] = []  # per event: the nodes it cut off or stopped
         self.t0 = 0.0
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -366,8 +367,9 @@ class Testnet:
             )
         return slot
 
-    def _log(self, action: str, detail: str = "") -> None:
+    def _log(self, action: str, detail: str = "", nodes: Sequence[str] = ()) -> None:
         self.events.append((anyio.current_time() - self.t0, action, detail))
+        self.event_nodes.append(list(nodes))
         logger.info("testnet: %s %s", action, detail)
 
     # --- faults -----------------------------------------------------------------------------
@@ -387,20 +389,22 @@ class Testnet:
             group_b = [n for n in everyone if n not in set(group_a)]
         self.faults.partition(self._addresses(group_a), self._addresses(group_b))
         self._faults_changed()
-        self._log("partition", f"{len(group_a)} | {len(group_b)} nodes")
+        cut = group_b if "origin" in group_a else group_a if "origin" in group_b else []
+        cut = cut or [*group_a, *group_b]  # the side without the origin (both if neither has it)
+        self._log("partition", f"{len(group_a)} | {len(group_b)} nodes", cut)
 
     def isolate(self, name: str) -> None:
         if self._procs is not None:
             self._procs.isolate(name)
         else:
             self.faults.isolate(self._slot(name).address)
-        self._log("isolate", name)
+        self._log("isolate", name, [name])
 
     def block(self, src: str, dst: str) -> None:
         """Asymmetric: src -> dst is lost, dst -> src flows."""
         self.faults.block(self.address_of(src), self.address_of(dst))
         self._faults_changed()
-        self._log("block", f"{src} -> {dst}")
+        self._log("block", f"{src} -> {dst}", [src, dst])
 
     def heal(self) -> None:
         """Remove every partition, isolation and block (latency and loss stay)."""
@@ -430,7 +434,7 @@ class Testnet:
         """Stop `name` abruptly: it sends nothing more, not even a goodbye."""
         if self._procs is not None:
             await self._procs.crash(name)
-            self._log("crash", name)
+            self._log("crash", name, [name])
             return
         slot = self._slot(name)
         if not slot.live:
@@ -443,13 +447,13 @@ class Testnet:
         await slot.stopped.wait()
         slot.retired.append(slot.plug)
         slot.plug = None
-        self._log("crash", name)
+        self._log("crash", name, [name])
 
     async def restart(self, name: str) -> None:
         """Start `name` again on the same address (and data_dir, if it has one)."""
         if self._procs is not None:
             await self._procs.restart(name)
-            self._log("restart", name)
+            self._log("restart", name, [name])
             return
         slot = self._slot(name)
         if slot.live:
@@ -462,7 +466,7 @@ class Testnet:
         slot.restarts += 1
         assert self._tg is not None
         await self._tg.start(self._run_node, slot)
-        self._log("restart", name)
+        self._log("restart", name, [name])
 
     # --- observation ------------------------------------------------------------------------
 
@@ -539,6 +543,14 @@ class Testnet:
             return 1.0, 1 if origin is not None else 0
         same = sum(1 for v in d.values() if v == origin)
         return same / len(d), len(set(d.values()) | ({origin} if origin is not None else set()))
+
+    def observe(self) -> tuple[float, int, dict[str, int], TransportStats]:
+        """(agreement, distinct digests, watermarks, stats) in one go, for report samplers
+        (across processes: one status round instead of three)."""
+        if self._procs is not None:
+            return self._procs.observe()  # type: ignore[no-any-return]
+        frac, distinct = self.agreement()
+        return frac, distinct, self.watermarks(), self.stats()
 
     async def convergence_time(self, timeout: float = 5.0, poll: float = 0.02) -> float | None:  # noqa: ASYNC109 (contract)
         """Seconds until every live edge's digest equals the origin's; None after `timeout`."""

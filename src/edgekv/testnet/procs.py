@@ -341,7 +341,16 @@ class ProcessCluster:
         return {n: int(s["watermark"]) for n, s in self._fetch_status().items()}
 
     def agreement(self) -> tuple[float, int]:
+        return self._agreement(self._fetch_status())
+
+    def observe(self) -> tuple[float, int, dict[str, int], TransportStats]:
+        """(agreement, distinct roots, watermarks, stats) from one status round."""
         status = self._fetch_status()
+        frac, distinct = self._agreement(status)
+        wms = {n: int(s["watermark"]) for n, s in status.items()}
+        return frac, distinct, wms, self._stats(status)
+
+    def _agreement(self, status: dict[str, dict[str, Any]]) -> tuple[float, int]:
         live = self.live_edges()
         if not live:
             return 1.0, 0
@@ -360,8 +369,11 @@ class ProcessCluster:
 
     def stats(self) -> TransportStats:
         """Sent messages and bytes by type, summed from each live edge's /status counters."""
+        return self._stats(self._fetch_status())
+
+    def _stats(self, status: dict[str, dict[str, Any]]) -> TransportStats:
         out = TransportStats()
-        for s in self._fetch_status().values():
+        for s in status.values():
             total = s.get("counters", {}).get("transport", {})
             out.sent_messages["ALL"] += int(total.get("sent_messages", 0))
             out.sent_bytes["ALL"] += int(total.get("sent_bytes", 0))

@@ -4,7 +4,9 @@
 `ConvergenceChecker` probe and a digest-agreement sampler alongside, and returns a JSON-ready
 report: the seed, the config, every write with the time each edge first served it, the fault
 timeline, digest agreement over time, message counts by type, and the assertion verdicts.
-`write_report` saves report.json and the plot; `summary_table` is the terminal summary.
+`write_report` saves report.json, report.html and plot.png; `summary_table` is the terminal
+summary.  Samplers also record each edge's watermark and the traffic by message type over time,
+and `faults` says what each fault did to whom (see `timeline.py`).
 
 In sim mode every time in the report is virtual (seconds since the workload started) and the
 run is a function of the seed; only `wall_seconds` varies between runs.
@@ -25,11 +27,20 @@ import anyio
 import anyio.abc
 
 from edgekv.errors import EdgeKVError, OriginUnavailable, StoreExists
+from edgekv.gossip.transport import TransportStats
 from edgekv.testnet.checker import ConvergenceChecker, percentile, probe_loop, probe_once
 from edgekv.testnet.harness import Testnet
 from edgekv.testnet.scenario import Scenario, Step
+from edgekv.testnet.timeline import fault_summary
 
-__all__ = ["evaluate", "run_experiment", "summary_table", "write_report"]
+__all__ = [
+    "Sampler",
+    "evaluate",
+    "run_experiment",
+    "run_record",
+    "summary_table",
+    "write_report",
+]
 
 SETUP_TIMEOUT = 30.0  # seconds for every edge to learn the experiment's store
 
@@ -155,13 +166,42 @@ async def _rolling(
         await _sleep_until(start + max(interval, downtime))
 
 
-async def _sample_agreement(
-    net: Testnet, out: list[list[float]], t0: float, interval: float
-) -> None:
-    while True:
-        frac, distinct = net.agreement()
-        out.append([_r(anyio.current_time() - t0), _r(frac), distinct])
-        await anyio.sleep(interval)
+class Sampler:
+    """Every `interval`: digest agreement, each edge's watermark (None while down) and the
+    cumulative node-to-node traffic by message type (for the lag heatmap and traffic plots)."""
+
+    def __init__(self, net: Testnet, t0: float, interval: float) -> None:
+        self.net, self.t0, self.interval = net, t0, interval
+        self.agreement: list[list[float]] = []
+        self.times: list[float] = []
+        self.watermarks: list[list[int | None]] = []
+        self.messages: list[dict[str, int]] = []
+        self.bytes: list[dict[str, int]] = []
+
+    async def run(self) -> None:
+        while True:
+            self.sample()
+            await anyio.sleep(self.interval)
+
+    def sample(self) -> None:
+        frac, distinct, wms, stats = self.net.observe()
+        t = _r(anyio.current_time() - self.t0)
+        self.agreement.append([t, _r(frac), distinct])
+        self.times.append(t)
+        self.watermarks.append([wms.get(e) for e in self.net.edge_names])
+        self.messages.append(dict(stats.sent_messages))
+        self.bytes.append(dict(stats.sent_bytes))
+
+    def lag(self) -> dict[str, Any]:
+        return {"edges": self.net.edge_names, "times": self.times, "watermarks": self.watermarks}
+
+    def traffic(self) -> dict[str, Any]:
+        kinds = sorted({k for m in self.messages for k in m})
+        return {
+            "times": self.times,
+            "messages": {k: [m.get(k, 0) for m in self.messages] for k in kinds},
+            "bytes": {k: [b.get(k, 0) for b in self.bytes] for k in kinds},
+        }
 
 
 def _recovery(events: list[tuple[float, str, str]], samples: list[list[float]]) -> list[list[Any]]:
@@ -205,8 +245,7 @@ async def run_experiment(
         t0 = anyio.current_time()
         net.t0 = t0
         workload = _Workload(net, checker, scenario.store, seed)
-        samples: list[list[float]] = []
-        interval = 0.1 if scenario.edges <= 200 else 0.25
+        sampler = Sampler(net, t0, 0.1 if scenario.edges <= 200 else 0.25)
         async with anyio.create_task_group() as tg:
             tg.start_soon(
                 lambda: probe_loop(
@@ -216,7 +255,7 @@ async def run_experiment(
                     batch_readers=net.batch_readers,
                 )
             )
-            tg.start_soon(_sample_agreement, net, samples, t0, interval)
+            tg.start_soon(sampler.run)
             async with anyio.create_task_group() as timeline:
                 for step in scenario.steps:
                     await _sleep_until(t0 + step.at)
@@ -229,14 +268,13 @@ async def run_experiment(
                 while any(checker.to_read(e) for e in checker.live_edges()):  # noqa: ASYNC110 (polls the outside checker)
                     await anyio.sleep(scenario.probe_interval)
             tg.cancel_scope.cancel()
+        sampler.sample()  # the state at the end of the run
         now = anyio.current_time()
         probe_once(checker, net.readers(), now, full=True)
         lost = checker.final_check(net.readers(), now)
         stats = net.stats()
         events = list(net.events)
-    acked = checker.acked
-    messages = dict(sorted(stats.sent_messages.items()))
-    total_messages = sum(messages.values())
+        event_nodes = list(net.event_nodes)
     report: dict[str, Any] = {
         "scenario": scenario.name,
         "seed": seed,
@@ -246,10 +284,33 @@ async def run_experiment(
         "setup_convergence": None if setup is None else _r(setup),
         "timeline_end": _r(timeline_end),
         "convergence_after_timeline": None if convergence is None else _r(convergence),
-        "events": [[_r(t), a, d] for t, a, d in events],
-        "checker": checker.summary(),
         "writes_failed": workload.failed,
         "lost": [[v.edge, v.store, v.key, v.detail] for v in lost],
+        **run_record(checker, t0, stats, events, event_nodes, sampler),
+    }
+    report["faults"] = fault_summary(report)
+    report["assertions"] = evaluate(scenario, report, checker)
+    report["passed"] = all(a["passed"] for a in report["assertions"])
+    return report
+
+
+def run_record(
+    checker: ConvergenceChecker,
+    t0: float,
+    stats: TransportStats,
+    events: list[tuple[float, str, str]],
+    event_nodes: list[list[str]],
+    sampler: Sampler,
+) -> dict[str, Any]:
+    """The part of a report every run has (experiment or live testnet): the fault log, the
+    checker's verdicts and every write, traffic, and the samples over time."""
+    acked = checker.acked
+    messages = dict(sorted(stats.sent_messages.items()))
+    total_messages = sum(messages.values())
+    return {
+        "events": [[_r(t), a, d] for t, a, d in events],
+        "event_nodes": event_nodes,
+        "checker": checker.summary(),
         "violations": [
             [v.kind, v.edge, v.key, v.detail, _r(v.at - t0)] for v in checker.violations
         ],
@@ -260,8 +321,10 @@ async def run_experiment(
             "dropped": stats.dropped,
             "per_write": _r(total_messages / len(acked)) if acked else None,
         },
-        "agreement": samples,
-        "recovery": _recovery(events, samples),
+        "agreement": sampler.agreement,
+        "recovery": _recovery(events, sampler.agreement),
+        "lag": sampler.lag(),
+        "traffic": sampler.traffic(),
         "writes": [
             {
                 "id": w.id,
@@ -273,9 +336,6 @@ async def run_experiment(
             for w in checker.writes
         ],
     }
-    report["assertions"] = evaluate(scenario, report, checker)
-    report["passed"] = all(a["passed"] for a in report["assertions"])
-    return report
 
 
 def evaluate(
@@ -330,15 +390,26 @@ def evaluate(
     return out
 
 
-def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
-    """Write report.json and the plot into `out_dir`; returns the files written."""
-    from edgekv.testnet.plot import plot_report
+def write_report(report: dict[str, Any], out_dir: str | Path, *, plots: bool = True) -> list[Path]:
+    """Write report.json, report.html (self-contained) and plot.png (the lag heatmap, with
+    matplotlib; `plots=False` leaves the plots out) into `out_dir`; returns the files
+    written, report.json and report.html first."""
+    from edgekv.testnet.html import render_html
+    from edgekv.testnet.plot import render_plots
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "report.json"
     path.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    return [path, plot_report(report, out)]
+    pngs = render_plots(report) if plots else None
+    page = out / "report.html"
+    page.write_text(render_html(report, pngs), encoding="utf-8")
+    paths = [path, page]
+    png = pngs.get("lag") if pngs is not None else None
+    if png is not None:
+        (out / "plot.png").write_bytes(png)
+        paths.append(out / "plot.png")
+    return paths
 
 
 def summary_table(report: dict[str, Any]) -> Any:
