@@ -22,7 +22,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenario", default="split-brain")
     ap.add_argument("--out", default=str(ROOT / "docs" / "report-split-brain.png"))
-    ap.add_argument("--height", type=int, default=1560, help="pixels of the page to keep")
+    ap.add_argument("--page", default=None, help="an existing report.html instead of a new run")
+    ap.add_argument("--height", type=int, default=1800, help="pixels of the page to keep")
     ap.add_argument("--width", type=int, default=1100)
     ap.add_argument("--colours", type=int, default=96, help="palette size of the PNG")
     args = ap.parse_args()
@@ -31,15 +32,19 @@ def main() -> int:
     from edgekv.testnet.html import headless_chromium
 
     with tempfile.TemporaryDirectory() as tmp:
-        run = Path(tmp) / "run"
-        cmd = [sys.executable, "-m", "edgekv", "experiment", args.scenario, "--out", str(run)]
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        if args.page is None:
+            run = Path(tmp) / "run"
+            cmd = [sys.executable, "-m", "edgekv", "experiment", args.scenario, "--out", str(run)]
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            page_path = run / "report.html"
+        else:
+            page_path = Path(args.page).resolve()
         shot = Path(tmp) / "shot.png"
         chromium = headless_chromium(Path(tmp) / "profile")
         if chromium is None:
             raise SystemExit("needs chromium (Debian: apt-get install -y chromium)")
         size = f"--window-size={args.width},{args.height}"
-        page = (run / "report.html").as_uri()
+        page = page_path.as_uri()
         subprocess.run(
             [*chromium, size, f"--screenshot={shot}", page], check=True, capture_output=True
         )
