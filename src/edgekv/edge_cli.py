@@ -23,6 +23,7 @@ import anyio
 from edgekv.errors import EdgeKVError, InvalidInput
 from edgekv.node.faultfile import add_fault_file_argument
 from edgekv.node.identity import add_identity_arguments
+from edgekv.node.limits import NetLimits
 
 __all__ = ["add_edge_commands", "main", "run_edge"]
 
@@ -53,6 +54,7 @@ def add_edge_commands(subparsers: Any) -> None:
         "--flush-interval", type=float, default=0.5, help="seconds between database flushes"
     )
     add_fault_file_argument(p)
+    NetLimits.add_arguments(p)
     p.set_defaults(func=run_edge)
 
 
@@ -98,6 +100,7 @@ async def _serve(args: argparse.Namespace, key: bytes | None, token: str | None)
                 token=token,
                 flush_interval=args.flush_interval,
                 faults=faults,
+                net_limits=NetLimits.from_args(args),
             ) as node,
         ):
             report = node.load_report

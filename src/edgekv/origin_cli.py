@@ -21,6 +21,7 @@ import trio
 from .errors import EdgeKVError, InvalidInput
 from .node.faultfile import add_fault_file_argument, fault_policy
 from .node.identity import add_identity_arguments
+from .node.limits import NetLimits
 
 DEFAULT_ORIGIN = "127.0.0.1:7300"
 
@@ -55,6 +56,7 @@ async def _serve_origin(args: argparse.Namespace) -> None:
             faults=faults,
             advertise=args.advertise,
             node_id=args.node_id,
+            net_limits=NetLimits.from_args(args),
         ) as origin,
     ):
         http = f" http {origin.http_address}" if origin.http_address else ""
@@ -211,6 +213,7 @@ def add_origin_commands(sub: Any) -> None:
     p.add_argument("--cluster-id", default="edgekv")
     p.add_argument("--synchronous", default="FULL", choices=["FULL", "EXTRA", "NORMAL"])
     add_fault_file_argument(p)
+    NetLimits.add_arguments(p)
     p.add_argument(
         "--flush-threads",
         type=_flush_threads,

@@ -32,7 +32,9 @@ class TransportStats:
     `sent_*` count messages the transport accepted from its caller; `dropped` counts copies that
     never reached the peer (fault loss, unreachable peer, full queue); `received_*` count copies
     that arrived (duplicates included); `rejected_connections` counts inbound connections closed
-    for a protocol or authentication failure.
+    for a protocol or authentication failure, `refused_connections` those closed at once for
+    being over a connection cap, `idle_closed` those closed for silence, and `accept_errors`
+    failed accepts (out of file descriptors, ...) that the listener survived.
     """
 
     sent_messages: Counter[str] = field(default_factory=Counter)
@@ -41,6 +43,9 @@ class TransportStats:
     received_bytes: Counter[str] = field(default_factory=Counter)
     dropped: int = 0
     rejected_connections: int = 0
+    refused_connections: int = 0
+    idle_closed: int = 0
+    accept_errors: int = 0
 
     def record_sent(self, kind: str, nbytes: int) -> None:
         self.sent_messages[kind] += 1
@@ -58,6 +63,9 @@ class TransportStats:
         self.received_bytes.update(other.received_bytes)
         self.dropped += other.dropped
         self.rejected_connections += other.rejected_connections
+        self.refused_connections += other.refused_connections
+        self.idle_closed += other.idle_closed
+        self.accept_errors += other.accept_errors
 
     @classmethod
     def combined(cls, stats: Iterable[TransportStats]) -> TransportStats:
@@ -76,6 +84,9 @@ class TransportStats:
             "received_bytes": sum(self.received_bytes.values()),
             "dropped": self.dropped,
             "rejected_connections": self.rejected_connections,
+            "refused_connections": self.refused_connections,
+            "idle_closed": self.idle_closed,
+            "accept_errors": self.accept_errors,
         }
 
     def copy(self) -> TransportStats:

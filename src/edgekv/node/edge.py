@@ -47,6 +47,7 @@ from edgekv.node import kvstore
 from edgekv.node.admin_http import bind_socket, build_app, serve_app, socket_address
 from edgekv.node.faults import LinkFaults
 from edgekv.node.identity import load_node_id
+from edgekv.node.limits import DEFAULT_NET_LIMITS, NetLimits
 from edgekv.node.metrics import (
     antientropy_repairs,
     antientropy_rounds,
@@ -55,6 +56,7 @@ from edgekv.node.metrics import (
     render_prometheus,
 )
 from edgekv.node.persistence import FLUSH_INTERVAL, LoadReport, ReplicaStore
+from edgekv.node.procinfo import process_info
 from edgekv.node.runtime import NodeRuntime, system_wall_ms
 from edgekv.node.tcp import TcpTransport, parse_address
 from edgekv.node.watch import EdgeStore, WatchHub
@@ -92,7 +94,9 @@ class EdgeNode:
         ready_timeout: float = 5.0,
         faults: LinkFaults | None = None,
         advertise: str | None = None,
+        net_limits: NetLimits = DEFAULT_NET_LIMITS,
     ) -> None:
+        self.net_limits = net_limits
         if not isinstance(origin, str) or not origin:
             raise InvalidInput("EdgeNode needs the origin's address (origin='host:port')")
         if isinstance(peers, str):
@@ -241,6 +245,7 @@ class EdgeNode:
                 faults=self.faults,
                 advertise=self.advertise,
                 seeds=self.seeds,
+                limits=self.net_limits,
             )
         transport = self._transport
         stack.push_async_callback(transport.aclose)  # injected or not: leaving the network
@@ -391,6 +396,7 @@ class EdgeNode:
             "watchers": self.hub.count(),
             # the link-fault policy in force (testnets, `--fault-file`), None without one
             "faults": None if self.faults is None else self.faults.to_spec(),
+            "process": process_info(),
         }
         if runtime is not None:
             counters = runtime.gossip.counters

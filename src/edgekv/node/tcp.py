@@ -14,6 +14,7 @@ failed authentication closes that connection with a logged reason; nothing else 
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -40,17 +41,26 @@ from edgekv.gossip.wire import (
 )
 from edgekv.node.faults import LinkFaults
 from edgekv.node.identity import advertised_address
+from edgekv.node.limits import DEFAULT_NET_LIMITS, NetLimits
 
 __all__ = ["FramedStream", "TcpTransport", "format_address", "parse_address"]
 
 logger = logging.getLogger("edgekv.tcp")
 
-HANDSHAKE_TIMEOUT = 5.0
+HANDSHAKE_TIMEOUT = DEFAULT_NET_LIMITS.handshake_timeout
 CONNECT_TIMEOUT = 5.0
 HANDSHAKE_MAX_FRAME = 4096  # an unauthenticated peer cannot make us buffer more than this
 _READ_SIZE = 65536
 _BACKOFF_MIN, _BACKOFF_MAX = 0.05, 2.0
 _MAX_WHERE = 65536  # node ids remembered with their address
+_ACCEPT_BACKOFF_MAX = 1.0
+# accept() failures that say "not now" (out of descriptors, buffers or memory; a connection
+# aborted before it was accepted): the listener counts them, backs off and keeps listening
+_TRANSIENT_ACCEPT = frozenset(
+    getattr(errno, name)
+    for name in ("EMFILE", "ENFILE", "ENOBUFS", "ENOMEM", "ECONNABORTED", "EPROTO", "EPERM")
+    if hasattr(errno, name)
+)
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -209,6 +219,7 @@ class _Outbound:
     conn: FramedStream | None = None
     retry_at: float = -math.inf
     backoff: float = 0.0
+    queued_bytes: int = 0
 
 
 class TcpTransport:
@@ -228,24 +239,36 @@ class TcpTransport:
         key: bytes | None = None,
         faults: LinkFaults | None = None,
         max_frame_size: int = MAX_FRAME_SIZE,
-        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        handshake_timeout: float | None = None,
         connect_timeout: float = CONNECT_TIMEOUT,
         queue_size: int = 4096,
         inbox_size: int = 4096,
         on_client: Callable[[PeerInfo, FramedStream], Awaitable[None]] | None = None,
+        limits: NetLimits = DEFAULT_NET_LIMITS,
     ) -> None:
         self.cluster_id = cluster_id
         self.node_id = node_id
         self.role = role
         self.faults = faults
         self.max_frame_size = max_frame_size
-        self.handshake_timeout = handshake_timeout
+        self.limits = limits
+        self.handshake_timeout = (
+            limits.handshake_timeout if handshake_timeout is None else handshake_timeout
+        )
         self.connect_timeout = connect_timeout
         self.queue_size = queue_size
         self.stats = TransportStats()
         self._key = key
         self._address = ""
-        self._inbox_send, self._inbox_recv = anyio.create_memory_object_stream[Envelope](inbox_size)
+        self._inbox_send, self._inbox_recv = anyio.create_memory_object_stream[
+            tuple[Envelope, int]
+        ](inbox_size)
+        self._inbox_bytes = 0
+        self._inbox_space = anyio.Event()
+        # inbound connections: open, open per source address, still in their handshake
+        self.connections = 0
+        self.handshaking = 0
+        self._per_address: dict[str, int] = {}
         self._peers: dict[str, _Outbound] = {}
         self._tg: anyio.abc.TaskGroup | None = None
         self._scope: anyio.CancelScope | None = None
@@ -277,11 +300,12 @@ class TcpTransport:
         advertise: str | None = None,
         seeds: Sequence[str] = (),
         max_frame_size: int = MAX_FRAME_SIZE,
-        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        handshake_timeout: float | None = None,
         connect_timeout: float = CONNECT_TIMEOUT,
         queue_size: int = 4096,
         inbox_size: int = 4096,
         on_client: Callable[[PeerInfo, FramedStream], Awaitable[None]] | None = None,
+        limits: NetLimits = DEFAULT_NET_LIMITS,
     ) -> TcpTransport:
         """Bind `listen` and serve inside `task_group` until `aclose()`.
 
@@ -300,6 +324,7 @@ class TcpTransport:
             queue_size=queue_size,
             inbox_size=inbox_size,
             on_client=on_client,
+            limits=limits,
         )
         await task_group.start(transport._run, listen, advertise, list(seeds))
         return transport
@@ -318,11 +343,12 @@ class TcpTransport:
         advertise: str | None = None,
         seeds: Sequence[str] = (),
         max_frame_size: int = MAX_FRAME_SIZE,
-        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        handshake_timeout: float | None = None,
         connect_timeout: float = CONNECT_TIMEOUT,
         queue_size: int = 4096,
         inbox_size: int = 4096,
         on_client: Callable[[PeerInfo, FramedStream], Awaitable[None]] | None = None,
+        limits: NetLimits = DEFAULT_NET_LIMITS,
     ) -> AsyncIterator[TcpTransport]:
         """Context manager: a transport serving in its own task group, closed on exit."""
         async with anyio.create_task_group() as tg:
@@ -342,6 +368,7 @@ class TcpTransport:
                 queue_size=queue_size,
                 inbox_size=inbox_size,
                 on_client=on_client,
+                limits=limits,
             )
             try:
                 yield transport
@@ -366,23 +393,109 @@ class TcpTransport:
                     bound = listener.extra(anyio.abc.SocketAttribute.local_port)
                     self._address = advertised_address(host, bound, advertise, seeds)
                     task_status.started()
-                    await listener.serve(self._serve_connection, task_group=tg)
+                    for sub in listener.listeners:  # one per address `host` resolved to
+                        assert isinstance(sub, anyio.abc.SocketListener)
+                        tg.start_soon(self._accept_loop, sub, tg)
         finally:
             self._stopped.set()
+
+    async def _accept_loop(
+        self, listener: anyio.abc.SocketListener, tg: anyio.abc.TaskGroup
+    ) -> None:
+        """Accept until closed.  A transient accept error (out of descriptors, ...) is counted
+        and retried after a growing back-off; a connection over a cap is closed at once."""
+        limits = self.limits
+        backoff = 0.0
+        while True:
+            try:
+                stream = await listener.accept()
+            except anyio.ClosedResourceError:
+                return
+            except (anyio.BrokenResourceError, OSError) as exc:
+                cause = exc if isinstance(exc, OSError) else exc.__cause__
+                code = getattr(cause, "errno", None)
+                self.stats.accept_errors += 1
+                backoff = min(max(backoff * 2, limits.accept_backoff), _ACCEPT_BACKOFF_MAX)
+                if code not in _TRANSIENT_ACCEPT:
+                    logger.error("%s: accept failed: %r", self._address, cause or exc)
+                else:
+                    logger.warning(
+                        "%s: accept failed (%s), retrying in %.2f s",
+                        self._address,
+                        errno.errorcode.get(code or 0, code),
+                        backoff,
+                    )
+                await anyio.sleep(backoff)
+                continue
+            backoff = 0.0
+            try:
+                host = str(stream.extra(anyio.abc.SocketAttribute.remote_address)[0])
+            except Exception:
+                host = "?"
+            reason = self._over_cap(host)
+            if reason:
+                self.stats.refused_connections += 1
+                logger.info("%s: refusing a connection from %s: %s", self._address, host, reason)
+                await anyio.aclose_forcefully(stream)
+                continue
+            self.connections += 1
+            self.handshaking += 1
+            self._per_address[host] = self._per_address.get(host, 0) + 1
+            tg.start_soon(self._serve_counted, stream, host)
+
+    def _over_cap(self, host: str) -> str:
+        limits = self.limits
+        if self.connections >= limits.connection_cap():
+            return f"{self.connections} connections open"
+        if self.handshaking >= limits.max_handshaking:
+            return f"{self.handshaking} connections in their handshake"
+        if self._per_address.get(host, 0) >= limits.max_per_address:
+            return f"{limits.max_per_address} connections from that address"
+        return ""
+
+    async def _serve_counted(self, stream: anyio.abc.SocketStream, host: str) -> None:
+        handshaking = [True]
+        try:
+            await self._serve_connection(stream, handshaking)
+        finally:
+            self.connections -= 1
+            if handshaking[0]:
+                self.handshaking -= 1
+            left = self._per_address.get(host, 1) - 1
+            if left > 0:
+                self._per_address[host] = left
+            else:
+                self._per_address.pop(host, None)
 
     # --- receiving --------------------------------------------------------------------------
 
     async def receive(self) -> Envelope:
         try:
-            return await self._inbox_recv.receive()
+            envelope, size = await self._inbox_recv.receive()
         except anyio.EndOfStream:
             raise anyio.ClosedResourceError from None
+        self._inbox_bytes -= size
+        self._inbox_space.set()
+        return envelope
+
+    async def _deliver(self, envelope: Envelope, size: int) -> None:
+        """Put a received message in the inbox, first waiting (so this connection is not read)
+        while the inbox holds `limits.inbox_bytes` already (one frame always fits an empty one)."""
+        while self._inbox_bytes and self._inbox_bytes + size > self.limits.inbox_bytes:
+            if self._inbox_space.is_set():
+                self._inbox_space = anyio.Event()
+            await self._inbox_space.wait()
+        self._inbox_bytes += size
+        await self._inbox_send.send((envelope, size))
 
     def _reject(self, remote: str, reason: object) -> None:
         self.stats.rejected_connections += 1
         logger.warning("%s: closing connection from %s: %s", self._address, remote, reason)
 
-    async def _serve_connection(self, stream: anyio.abc.SocketStream) -> None:
+    async def _serve_connection(
+        self, stream: anyio.abc.SocketStream, handshaking: list[bool] | None = None
+    ) -> None:
+        """Serve one inbound connection; `handshaking[0]` is cleared once it is authenticated."""
         try:
             remote = format_address(*stream.extra(anyio.abc.SocketAttribute.remote_address)[:2])
         except Exception:
@@ -407,15 +520,25 @@ class TcpTransport:
             except Exception as exc:  # protocol violation, bad auth, reset: close this one only
                 self._reject(remote, f"handshake failed: {exc!r}")
                 return
+            if handshaking is not None:
+                handshaking[0] = False
+                self.handshaking -= 1
             if peer.role == "client" and self.on_client is not None:
                 await self.on_client(peer, fs)
                 return
             self._note_peer(peer, None)
+            idle = self.limits.idle_timeout
             try:
-                while True:
-                    msg, size = await fs.receive_sized()
-                    self.stats.record_received(type_name(msg["t"]), size)
-                    await self._inbox_send.send(Envelope(peer.address, msg))
+                with anyio.CancelScope(deadline=anyio.current_time() + idle) as scope:
+                    while True:
+                        msg, size = await fs.receive_sized()
+                        self.stats.record_received(type_name(msg["t"]), size)
+                        scope.deadline = math.inf  # waiting for inbox space is not idling
+                        await self._deliver(Envelope(peer.address, msg), size)
+                        scope.deadline = anyio.current_time() + idle
+                if scope.cancelled_caught:
+                    logger.info("%s: closing idle connection from %s", self._address, remote)
+                    self.stats.idle_closed += 1
             except anyio.EndOfStream:
                 logger.debug("%s: %s closed its connection", self._address, peer.address)
             except RemoteProtocolError as exc:
@@ -479,8 +602,12 @@ class TcpTransport:
             send, recv = anyio.create_memory_object_stream[bytes](self.queue_size)
             out = self._peers[peer] = _Outbound(peer, send, recv)
             self._tg.start_soon(self._writer, out)
+        if out.queued_bytes and out.queued_bytes + len(frame) > self.limits.send_queue_bytes:
+            self.stats.dropped += 1
+            return
         try:
             out.queue_send.send_nowait(frame)
+            out.queued_bytes += len(frame)
         except anyio.WouldBlock:
             self.stats.dropped += 1
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
@@ -529,6 +656,7 @@ class TcpTransport:
         try:
             async with out.queue_recv:
                 async for frame in out.queue_recv:
+                    out.queued_bytes -= len(frame)
                     conn = out.conn or await self._connect(out)
                     if conn is None:
                         self.stats.dropped += 1

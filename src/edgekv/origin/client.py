@@ -258,7 +258,13 @@ class OriginClient:
                     break
                 except Unauthorized:
                     raise
-                except (OSError, TimeoutError, RemoteProtocolError, ValueError) as exc:
+                except (
+                    OSError,
+                    TimeoutError,
+                    RemoteProtocolError,
+                    ValueError,
+                    anyio.BrokenResourceError,  # reset in the handshake (an origin at its cap)
+                ) as exc:
                     if anyio.current_time() + backoff >= deadline:
                         raise OriginUnavailable(
                             f"cannot reach the origin at {self.address}: {exc}"

@@ -36,7 +36,9 @@ from ..gossip.transport import Transport, TransportStats
 from ..gossip.wire import Message
 from ..node.faults import LinkFaults
 from ..node.identity import load_node_id
+from ..node.limits import DEFAULT_NET_LIMITS, NetLimits
 from ..node.metrics import NodeMetrics, peer_field, peer_json, render_prometheus
+from ..node.procinfo import process_info
 from .auth import TokenAuth, TokenSpec
 from .requests import is_write, op_name, opt_int, parse_write, store_of
 from .sequencer import Covers, Sequencer, wall_clock_ms
@@ -94,8 +96,10 @@ class Origin:
         rng: random.Random | None = None,
         faults: LinkFaults | None = None,
         advertise: str | None = None,
+        net_limits: NetLimits = DEFAULT_NET_LIMITS,
     ) -> None:
         self.data_dir = None if data_dir is None else Path(data_dir)
+        self.net_limits = net_limits
         self.listen = listen
         self.http_listen = http
         self.auth = TokenAuth(tokens)
@@ -232,6 +236,7 @@ class Origin:
             faults=self.faults,
             advertise=self.advertise,
             seeds=self.seeds,
+            limits=self.net_limits,
         )
         self.address = self.transport.address
 
@@ -349,6 +354,10 @@ class Origin:
             "clients": self.clients,
             "peers": peers,
             "faults": None if self.faults is None else self.faults.to_spec(),
+            "process": process_info(),
+            "transport": self.transport.stats.total()
+            if isinstance(getattr(self.transport, "stats", None), TransportStats)
+            else {},
         }
 
     def metrics_text(self) -> str:

@@ -28,12 +28,13 @@ import base64
 import contextlib
 import os
 import random
+import resource
 import signal
 import socket
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -102,12 +103,25 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _child_setup(nofile: int | None) -> Callable[[], None]:
+    def setup() -> None:
+        _die_with_parent()
+        if nofile is not None:  # the node's own fd limit (an OS-level fault for tests)
+            _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard))
+
+    return setup
+
+
 class _Proc:
-    def __init__(self, name: str, argv: list[str], log: Path, http: str | None) -> None:
+    def __init__(
+        self, name: str, argv: list[str], log: Path, http: str | None, nofile: int | None = None
+    ) -> None:
         self.name = name
         self.argv = argv
         self.log = log
         self.http = http
+        self.nofile = nofile
         self.popen: subprocess.Popen[bytes] | None = None
         self.stopped = False
 
@@ -118,9 +132,13 @@ class _Proc:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=_child_setup(self.nofile),
             )
         self.stopped = False
+
+    @property
+    def pid(self) -> int | None:
+        return self.popen.pid if self.popen is not None and self.popen.poll() is None else None
 
     @property
     def alive(self) -> bool:
@@ -139,9 +157,21 @@ class _Proc:
 
 
 class ProcessCluster:
-    """An origin and `edges` edge processes (see the module docstring)."""
+    """An origin and `edges` edge processes (see the module docstring).
 
-    def __init__(self, edges: int, root: Path, *, seed: int = 1) -> None:
+    `node_args` are appended to every node's command line (e.g. limits such as
+    `--idle-timeout 2`); `nofile` sets every node's RLIMIT_NOFILE soft limit.
+    """
+
+    def __init__(
+        self,
+        edges: int,
+        root: Path,
+        *,
+        seed: int = 1,
+        node_args: Sequence[str] = (),
+        nofile: int | None = None,
+    ) -> None:
         self.root = root
         self.origin_address = f"127.0.0.1:{free_port()}"
         self.fault_file = root / "faults.json"
@@ -151,8 +181,9 @@ class ProcessCluster:
         origin_dir.mkdir(parents=True, exist_ok=True)
         origin_http = f"127.0.0.1:{free_port()}"
         argv = [*py, "origin", "--data-dir", str(origin_dir), "--listen", self.origin_address]
-        argv += ["--http", origin_http, "--fault-file", str(self.fault_file)]
-        self.procs["origin"] = _Proc("origin", argv, root / "origin.log", origin_http)
+        argv += ["--http", origin_http, "--fault-file", str(self.fault_file), *node_args]
+        self.origin_http = origin_http
+        self.procs["origin"] = _Proc("origin", argv, root / "origin.log", origin_http, nofile)
         gossip = {f"edge-{i}": f"127.0.0.1:{free_port()}" for i in range(edges)}
         self.addresses = {"origin": self.origin_address, **gossip}
         names = list(gossip)
@@ -163,10 +194,10 @@ class ProcessCluster:
             d.mkdir(parents=True, exist_ok=True)
             argv = [*py, "edge", "--data-dir", str(d), "--listen", gossip[name]]
             argv += ["--origin", self.origin_address, "--http", http]
-            argv += ["--fault-file", str(self.fault_file)]
+            argv += ["--fault-file", str(self.fault_file), *node_args]
             for p in dict.fromkeys(peers):
                 argv += ["--peer", p]
-            self.procs[name] = _Proc(name, argv, root / f"{name}.log", http)
+            self.procs[name] = _Proc(name, argv, root / f"{name}.log", http, nofile)
         self._http = httpx.Client(timeout=2.0, trust_env=False)
         self._probe_http: dict[str, httpx.Client] = {}  # edge -> its probe's own client
         self._status: dict[str, dict[str, Any]] = {}
@@ -332,6 +363,15 @@ class ProcessCluster:
                 continue
         self._status = out
         return out
+
+    def node_status(self, name: str) -> dict[str, Any] | None:
+        """`name`'s status JSON (origin: GET /v1/status, edge: GET /status); None if down."""
+        proc = self._proc(name)
+        try:
+            r = self._http.get(f"http://{proc.http}{_status_path(name)}")
+            return r.json() if r.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            return None
 
     def digests(self) -> dict[str, int]:
         # a node still building its trees after a restart reports no root yet

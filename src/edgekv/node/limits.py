@@ -1,0 +1,100 @@
+"""Resource limits of a node's network side: connection caps, timeouts and queue sizes in bytes.
+
+Why: nothing a peer or client does may crash a node or grow its memory without bound (issue
+#12).  Every listening port counts its connections (in total, per source address, and those
+still in their handshake) and refuses what is over a cap by closing it at once; an accept
+error (out of file descriptors, buffers) is counted and retried after a back-off instead of
+stopping the listener; a connection silent for `idle_timeout` is closed.  Queues are bounded
+in bytes: the inbox (a reader stops reading while it is full), each peer's send queue (frames
+beyond it are dropped and counted) and a client connection's unsent answers (its reads pause).
+
+`NetLimits.add_arguments(parser)` adds one `--flag` per field to a CLI and `from_args` reads
+them back, so every limit is configurable from Python and from the command line alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import resource
+from dataclasses import dataclass, fields, replace
+
+from ..errors import InvalidInput
+
+__all__ = ["DEFAULT_NET_LIMITS", "NetLimits", "fd_limit"]
+
+
+def fd_limit() -> int:
+    """This process's soft limit on open file descriptors (RLIMIT_NOFILE)."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+@dataclass(frozen=True)
+class NetLimits:
+    """Connection caps, timeouts (seconds) and queue sizes (bytes) of one node's transport."""
+
+    max_connections: int = 4096
+    """Inbound connections at once on a listening port (capped further by the fd limit)."""
+    max_per_address: int = 1024
+    """Inbound connections at once from one source IP address."""
+    max_handshaking: int = 256
+    """Inbound connections at once that have not finished their handshake."""
+    fd_reserve: int = 64
+    """File descriptors kept free for the node's own use: connections are capped at the
+    process's fd limit minus this, so a flood meets a closed connection, not EMFILE."""
+    handshake_timeout: float = 5.0
+    """An inbound connection must finish its handshake within this."""
+    idle_timeout: float = 300.0
+    """An inbound connection that sends nothing (and awaits no answer) this long is closed."""
+    accept_backoff: float = 0.1
+    """After a failed accept (EMFILE, ENFILE, ENOBUFS, ...) the listener waits this long,
+    doubling up to 1 s while failures continue."""
+    inbox_bytes: int = 64 << 20
+    """Received frames waiting to be handled, in bytes; readers pause while it is full."""
+    send_queue_bytes: int = 32 << 20
+    """Frames queued to one peer, in bytes; more are dropped (and counted) until it drains."""
+    client_unsent_bytes: int = 8 << 20
+    """Answers to one client connection not yet taken by its socket; reading from it pauses
+    beyond this (a client that does not read its answers stops being read)."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type == "float":
+                if type(value) not in (int, float) or not math.isfinite(value) or value <= 0:
+                    raise InvalidInput(f"NetLimits.{f.name} must be a finite number > 0")
+            elif type(value) is not int or value < (0 if f.name == "fd_reserve" else 1):
+                raise InvalidInput(f"NetLimits.{f.name} must be a positive integer")
+
+    def connection_cap(self) -> int:
+        """`max_connections`, lowered so that the process keeps `fd_reserve` descriptors free."""
+        return max(1, min(self.max_connections, fd_limit() - self.fd_reserve))
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        """One `--flag` per limit (e.g. `--max-connections`, `--idle-timeout`), default unset."""
+        group = parser.add_argument_group("network limits (see edgekv.node.limits)")
+        for f in fields(NetLimits):
+            kind = float if f.type == "float" else int
+            group.add_argument(
+                "--" + f.name.replace("_", "-"),
+                type=kind,
+                default=None,
+                dest=f"limit_{f.name}",
+                metavar="SECONDS" if kind is float else "N",
+                help=f"default {getattr(DEFAULT_NET_LIMITS, f.name)}",
+            )
+
+    @staticmethod
+    def from_args(args: argparse.Namespace) -> NetLimits:
+        """The limits set by `add_arguments` flags (defaults for those not given)."""
+        given = {
+            f.name: getattr(args, f"limit_{f.name}")
+            for f in fields(NetLimits)
+            if getattr(args, f"limit_{f.name}", None) is not None
+        }
+        return replace(DEFAULT_NET_LIMITS, **given)
+
+
+DEFAULT_NET_LIMITS = NetLimits()
