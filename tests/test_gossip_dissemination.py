@@ -132,3 +132,27 @@ def test_config_rejects_nonsense() -> None:
     with pytest.raises(InvalidInput):
         GossipConfig(push_window=float("nan"))
     assert GossipConfig().hop_limit(26) >= 5
+
+
+def _propagation_p50(latency: float, config: GossipConfig) -> float:
+    sim = Sim(6, seed=9, latency=latency, config=config)
+    warm(sim, 8.0)  # every edge probed by the origin at least once
+    seqs = write_stream(sim, 12.0, 200, 0.02)  # 50 writes/s: always within push_window
+    sim.run_until(18.0)
+    assert not sim.missing() and sim.converged()
+    prop = sorted(sim.propagation(seqs))
+    return prop[len(prop) // 2]
+
+
+def test_window_adapts_to_a_fast_link_and_stays_full_on_a_slow_one() -> None:
+    fixed = GossipConfig(push_rtt_factor=0)
+    adaptive = GossipConfig()
+    assert adaptive.push_rtt_factor > 0
+    # 1 ms links: a fixed 150 ms window holds most writes back for most of the window
+    assert _propagation_p50(0.001, fixed) > 0.05
+    assert _propagation_p50(0.001, adaptive) < 0.015
+    # 100 ms links: round trips of 200 ms, so the window stays push_window (batching kept)
+    slow = Sim(6, seed=9, latency=0.1)
+    warm(slow, 8.0)
+    assert slow.origin.dissemination.window("edge-1", 0.15) == 0.15
+    assert 0.15 < slow.origin.dissemination.members.rtt("edge-1") < 0.3

@@ -19,10 +19,14 @@ class GossipConfig:
 
     # -- dissemination (Plumtree) -----------------------------------------------------------
     push_window: float = 0.15
-    """The origin's batching window: at most one PUSH per eager peer per window, so under load
-    one PUSH carries many writes (a write after a quiet spell leaves at once)."""
+    """The origin's longest batching window: at most one PUSH per eager peer per window, so under
+    load one PUSH carries many writes (a write after a quiet spell leaves at once)."""
     relay_window: float = 0.002
     """A relay's batching window before forwarding what a PUSH brought (much smaller)."""
+    push_rtt_factor: float = 2.0
+    """The window toward a peer is this many of its measured round trips (SWIM probes), capped
+    by push_window / relay_window: on a fast link a window of 150 ms would cost its whole
+    length, on a slow one batching is what keeps messages per write low.  0: fixed windows."""
     fanout: int = 6
     """Initial eager peers of an edge; the tree forms by pruning duplicates from this set."""
     origin_fanout: int = 8
@@ -80,6 +84,7 @@ class GossipConfig:
         for name in (
             "push_window",
             "relay_window",
+            "push_rtt_factor",
             "ihave_window",
             "ihave_delay",
             "graft_timeout",

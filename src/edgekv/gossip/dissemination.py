@@ -2,10 +2,13 @@
 
 Theory of operation
 1. The origin is the only source of new seqs.  It queues each committed batch for its eager
-   peers; a per-peer transmit queue is flushed at most once per `push_window`, so under load
-   one PUSH carries every write of the window, while a write after a quiet spell leaves at
-   once (after `relay_window`).  In a queue a newer delta for a key is joined into the
-   queued one (`crdt.state.join`) and cover ranges are unioned.
+   peers; a per-peer transmit queue is flushed at most once per window, so under load one
+   PUSH carries every write of the window, while a write after a quiet spell leaves at once
+   (after `relay_window`).  The window toward a peer adapts to the link: `push_rtt_factor`
+   times the peer's measured round trip (membership's SWIM probes), at most `push_window`
+   (at most `relay_window` for a relay), so a loopback or LAN link batches for about a
+   millisecond and a 100 ms link for the full window.  In a queue a newer delta for a key
+   is joined into the queued one (`crdt.state.join`) and cover ranges are unioned.
 2. A node receiving a PUSH applies it (`Replica.apply_batch`).  If it brought anything new (a
    state changed or a seq not yet covered), it is queued for every eager peer except the
    sender, flushed after the much shorter `relay_window`, while its hop count is below the
@@ -212,14 +215,15 @@ class Dissemination:
         """Queue for every eager peer but `exclude`.  A queue opened after a quiet spell (no
         flush to that peer within `window`) is flushed after `relay_window` only: batching
         costs latency only under load (Nagle-style)."""
-        quick = now + self.config.relay_window
-        first_due = quick
+        relay = self.config.relay_window
+        first_due = now + relay
         for peer in sorted(self.eager):
             if peer == exclude or self.members.is_dead(peer):
                 continue
             box = self.outbox.get(peer)
             if box is None:
-                due = max(quick, self._last_flush.get(peer, float("-inf")) + window)
+                w = self.window(peer, window)
+                due = max(now + min(w, relay), self._last_flush.get(peer, float("-inf")) + w)
                 box = self.outbox[peer] = _Outbox(due, hops)
                 first_due = max(first_due, due)
             else:
@@ -243,6 +247,12 @@ class Dissemination:
                     self._notice_due = max(
                         self._notice_due, self._last_notice + self.config.ihave_window
                     )
+
+    def window(self, peer: str, longest: float) -> float:
+        """The batching window toward `peer` (rule 1): `push_rtt_factor` round trips, at most
+        `longest`; `longest` while no round trip has been measured."""
+        factor, rtt = self.config.push_rtt_factor, self.members.rtt(peer)
+        return min(longest, factor * rtt) if factor > 0 and rtt > 0 else longest
 
     def _flush(self, peer: str, box: _Outbox) -> list[Send]:
         out: list[Send] = []

@@ -67,6 +67,7 @@ class PeerInfo:
     watermark: int = 0  # the last watermark the peer advertised
     purged: int = 0  # the peer's last advertised purge mark
     last_seen: float = 0.0
+    rtt: float = 0.0  # smoothed round trip of direct probes (RFC 6298's 1/8 gain); 0: none yet
 
     def row(self) -> MemberRow:
         return (self.address, self.role, self.incarnation, self.state)
@@ -78,6 +79,7 @@ class _Probe:
     seq: int
     deadline: float
     indirect: bool
+    sent: float = 0.0
 
 
 class Membership:
@@ -114,6 +116,7 @@ class Membership:
         self._cache: tuple[list[str], list[str], list[str]] = ([], [], [])
         self._suspects: dict[str, float] = {}  # suspect address -> since
         self.max_purged = 0  # the highest purge mark any peer advertised
+        self.typical_rtt = 0.0  # smoothed over every direct probe (a new peer's first guess)
         self._forgotten: dict[str, None] = {}  # addresses a member left (rule 6), oldest first
 
     # -- queries ---------------------------------------------------------------------------------
@@ -313,7 +316,24 @@ class Membership:
         if probe is not None and probe.target == subject and probe.seq == msg.seq:
             self._probe = None
             self.counters["acks"] += 1
+            p = self.peers.get(subject)
+            if p is not None and not probe.indirect:
+                self._rtt_sample(p, now - probe.sent)
         return []
+
+    def _rtt_sample(self, p: PeerInfo, sample: float) -> None:
+        p.rtt = sample if p.rtt == 0.0 else p.rtt + (sample - p.rtt) / 8
+        self.typical_rtt = (
+            sample
+            if self.typical_rtt == 0.0
+            else (self.typical_rtt + (sample - self.typical_rtt) / 8)
+        )
+
+    def rtt(self, address: str) -> float:
+        """The smoothed round trip to `address`; before its first probe, the smoothed round
+        trip over every peer; 0.0 before any probe was answered."""
+        p = self.peers.get(address)
+        return p.rtt if p is not None and p.rtt > 0.0 else self.typical_rtt
 
     def on_ping_req(self, peer: str, msg: PingReq, now: float) -> list[Send]:
         if msg.target == self.address or len(self._relays) > 1000:
@@ -374,7 +394,7 @@ class Membership:
                 target = self._next_target()
                 if target is not None:
                     self._seq += 1
-                    self._probe = _Probe(target, self._seq, now + cfg.ping_timeout, False)
+                    self._probe = _Probe(target, self._seq, now + cfg.ping_timeout, False, now)
                     out.append(Send(target, self._ping_msg(self._seq)))
                     self.counters["pings"] += 1
             dead = self._lists()[2]
