@@ -1,5 +1,9 @@
 """Origin benchmarks: durable write throughput, single-client put latency, recovery time.
 
+Signing (crdt/proofs.py): the origin signs each commit group by default; the "paired" rows
+run the 64-client load with `--unsigned` and signed alternately, so both see the same
+machine, and give the signed throughput as a share of the unsigned one.
+
     python benchmarks/bench_origin.py [--quick]
 
 Prints a markdown section and writes it to benchmarks/results/origin.md.  The origin runs as
@@ -36,7 +40,7 @@ from edgekv.origin.wal import WriteAheadLog
 RESULTS = Path(__file__).parent / "results" / "origin.md"
 
 
-async def start_origin(data_dir: Path) -> tuple[trio.Process, str]:
+async def start_origin(data_dir: Path, signed: bool = True) -> tuple[trio.Process, str]:
     proc = await trio.lowlevel.open_process(
         [
             sys.executable,
@@ -47,6 +51,7 @@ async def start_origin(data_dir: Path) -> tuple[trio.Process, str]:
             str(data_dir),
             "--listen",
             "127.0.0.1:0",
+            *([] if signed else ["--unsigned"]),
         ],
         stdout=subprocess.PIPE,
     )
@@ -75,13 +80,13 @@ def process_cpu(pid: int, thread: bool = False) -> float:
 
 
 async def throughput(
-    clients: int, seconds: float, value_size: int, shared: bool
+    clients: int, seconds: float, value_size: int, shared: bool, signed: bool = True
 ) -> tuple[float, float, float, float]:
     """Acknowledged (durable) puts per second with `clients` concurrent writers, each with
     its own connection or all sharing one; and the origin's and the client process's CPU
     microseconds per put."""
     data = Path(tempfile.mkdtemp(prefix="edgekv-bench-"))
-    proc, address = await start_origin(data)
+    proc, address = await start_origin(data, signed)
     try:
         async with OriginClient(address) as admin:
             await admin.create_store("bench")
@@ -229,6 +234,16 @@ def main() -> None:
         trio.run(throughput, args.clients, args.seconds, args.value_size, True)
         for _ in range(args.repeat)
     ]
+    # the same two loads with signing off, interleaved with signed runs (same machine state)
+    tput_signed: list[tuple[float, float, float, float]] = []
+    tput_unsigned: list[tuple[float, float, float, float]] = []
+    for _ in range(args.repeat):
+        tput_unsigned.append(
+            trio.run(throughput, args.clients, args.seconds, args.value_size, False, False)
+        )
+        tput_signed.append(
+            trio.run(throughput, args.clients, args.seconds, args.value_size, False, True)
+        )
     lats = [
         trio.run(latency, 300 if args.quick else 2000, args.value_size) for _ in range(args.repeat)
     ]
@@ -239,6 +254,13 @@ def main() -> None:
     p50 = statistics.median(p for p, _ in lats)
     p99 = statistics.median(p for _, p in lats)
     load_after = os.getloadavg()[0]
+
+    signed_ratio = statistics.median(r[0] for r in tput_signed) / statistics.median(
+        r[0] for r in tput_unsigned
+    )
+    signed_cpu = statistics.median(r[1] for r in tput_signed) - statistics.median(
+        r[1] for r in tput_unsigned
+    )
 
     def tput_row(what: str, runs: list[tuple[float, float, float, float]]) -> str:
         med = statistics.median(r[0] for r in runs)
@@ -276,6 +298,10 @@ def main() -> None:
         "|---|---|---|",
         tput_row(f"{args.clients} concurrent clients, one connection each", tput),
         tput_row(f"{args.clients} concurrent writers on one pipelined connection", tput_shared),
+        tput_row(f"{args.clients} clients, signed (paired run)", tput_signed),
+        tput_row(f"{args.clients} clients, unsigned `--unsigned` (paired run)", tput_unsigned),
+        f"| signing cost: signed / unsigned puts/s (paired runs) | {signed_ratio:.1%} "
+        f"(origin CPU per put {signed_cpu:+.0f} us) | >= 85% |",
         f"| single-client sequential put, p50 | {p50:.3f} ms | <= 1 ms |",
         f"| single-client sequential put, p99 | {p99:.3f} ms | |",
         f"| recovery, log of {args.entries:,} entries, {args.entries:,} distinct keys | "

@@ -18,6 +18,7 @@ _AREAS = (
     "edgekv.origin_cli:add_origin_commands",
     "edgekv.edge_cli:add_edge_commands",
     "edgekv.testnet_cli:add_testnet_commands",
+    "edgekv.keys_cli:add_keys_commands",
 )
 
 

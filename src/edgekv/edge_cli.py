@@ -11,7 +11,9 @@ bound addresses goes to stdout (so scripts and tests can find port-0 addresses).
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -51,6 +53,14 @@ def add_edge_commands(subparsers: Any) -> None:
     add_identity_arguments(p)
     p.add_argument("--token-file", default=None, help="file holding a write token for the origin")
     p.add_argument(
+        "--origin-public-key",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="PEM file of a public key the origin signs writes with (repeatable, for rotation;"
+        " or EDGEKV_ORIGIN_PUBLIC_KEYS=FILE,FILE).  Required on a non-loopback --listen",
+    )
+    p.add_argument(
         "--flush-interval", type=float, default=0.5, help="seconds between database flushes"
     )
     add_fault_file_argument(p)
@@ -70,12 +80,36 @@ def _read_secret(path: str | None, what: str) -> bytes | None:
     return data
 
 
+def origin_key_files(files: Sequence[str], listen: str) -> list[str]:
+    """The origin public key files (flags, else EDGEKV_ORIGIN_PUBLIC_KEYS).  An edge that
+    cannot verify the origin's signatures refuses a non-loopback address: any peer could then
+    rewrite its data (on loopback it only warns, see node/edge.py)."""
+    out = list(files)
+    if not out:
+        env = os.environ.get("EDGEKV_ORIGIN_PUBLIC_KEYS", "")
+        out = [f for f in env.split(",") if f.strip()]
+    if not out:
+        host = listen.rpartition(":")[0].strip("[]")
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = host == "localhost"
+        if not loopback:
+            raise InvalidInput(
+                f"refusing to listen on {listen} without --origin-public-key: this edge could"
+                " not tell the origin's writes from a peer's forgeries"
+                " (see `edgekv keys generate`)"
+            )
+    return out
+
+
 def run_edge(args: argparse.Namespace) -> int:
     """Run the edge daemon until SIGINT/SIGTERM; returns the exit status."""
     key = _read_secret(args.cluster_key_file, "cluster key")
     token = _read_secret(args.token_file, "token")
     if args.flush_interval <= 0:
         raise InvalidInput("--flush-interval must be positive")
+    args.origin_public_key = origin_key_files(args.origin_public_key, args.listen)
     anyio.run(_serve, args, key, None if token is None else token.decode(), backend="trio")
     return 0
 
@@ -101,6 +135,7 @@ async def _serve(args: argparse.Namespace, key: bytes | None, token: str | None)
                 flush_interval=args.flush_interval,
                 faults=faults,
                 net_limits=NetLimits.from_args(args),
+                origin_public_keys=args.origin_public_key,
             ) as node,
         ):
             report = node.load_report

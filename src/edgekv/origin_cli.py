@@ -57,6 +57,8 @@ async def _serve_origin(args: argparse.Namespace) -> None:
             advertise=args.advertise,
             node_id=args.node_id,
             net_limits=NetLimits.from_args(args),
+            signing_key=args.signing_key or os.environ.get("EDGEKV_SIGNING_KEY_FILE") or None,
+            sign=not args.unsigned,
         ) as origin,
     ):
         http = f" http {origin.http_address}" if origin.http_address else ""
@@ -211,6 +213,18 @@ def add_origin_commands(sub: Any) -> None:
     )
     p.add_argument("--cluster-key", default=None, help="shared cluster key (or EDGEKV_CLUSTER_KEY)")
     p.add_argument("--cluster-id", default="edgekv")
+    p.add_argument(
+        "--signing-key",
+        default=None,
+        metavar="FILE",
+        help="PEM file of the Ed25519 key the origin signs writes with (or"
+        " EDGEKV_SIGNING_KEY_FILE; default: DATA_DIR/signing.key, made on first start)",
+    )
+    p.add_argument(
+        "--unsigned",
+        action="store_true",
+        help="do not sign writes (benchmarks only: edges that verify refuse every write)",
+    )
     p.add_argument("--synchronous", default="FULL", choices=["FULL", "EXTRA", "NORMAL"])
     add_fault_file_argument(p)
     NetLimits.add_arguments(p)

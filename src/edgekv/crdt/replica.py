@@ -34,6 +34,7 @@ from .changelog import ChangeLog
 from .glob import compile_glob, literal_prefix
 from .hashing import root_hash
 from .merkle import MerkleTree, leaf_of
+from .proofs import ProofStore, state_seqs
 from .register import HAS_EXPIRY, TOMBSTONE, Register, register_digest, unpack_head
 from .seqranges import SeqRanges
 from .state import Delta, State, is_dead, merge
@@ -220,6 +221,20 @@ class Replica:
         self.covered = SeqRanges()
         self.purged = 0  # highest horizon purged at
         self._expiring: list[tuple[int, int, str, str]] = []  # (expiry, seq, store, key)
+        self.proofs: ProofStore | None = None  # the origin's certificates (crdt/proofs.py)
+
+    def use_proofs(self, proofs: ProofStore) -> ProofStore:
+        """Keep `proofs` with this replica: states received are verified against it, states
+        sent carry its certificates, and it drops those no live state needs."""
+        self.proofs = proofs
+        proofs.live_seqs = self.proof_seqs
+        return proofs
+
+    def proof_seqs(self) -> Iterator[int]:
+        """Every seq some held state's proof needs (see `ProofStore.sweep`)."""
+        for sr in self.stores.values():
+            for st in sr.states.values():
+                yield from state_seqs(st)
 
     # -- stores ----------------------------------------------------------------------------------
 

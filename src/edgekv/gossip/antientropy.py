@@ -36,6 +36,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from ..crdt.merkle import DEPTH, FANOUT, MerkleTree
+from ..crdt.proofs import Certificate
 from ..crdt.replica import Change, Replica
 from ..crdt.state import State
 from ..errors import ConflictingVersion, RemoteProtocolError
@@ -304,16 +305,26 @@ class AntiEntropy:
         out: list[Send] = []
         chunk: list[tuple[str, State]] = []
         size = 0
+        proofs = self.replica.proofs
+        certs: dict[bytes, Certificate] = {}  # the proofs of this chunk (crdt/proofs.py)
         for key, st in send:
             n = delta_size(st) + len(key)
             if chunk and size + n > self.config.max_message_bytes:
-                out.append(Send(peer, ae_states(sid, store, chunk, [], [], False, more=True)))
+                msg = ae_states(sid, store, chunk, [], [], False, True, list(certs.values()))
+                out.append(Send(peer, msg))
                 chunk, size = [], 0
+                certs = {}
+            if proofs is not None:
+                extra = proofs.add_material(certs, st)
+                if extra < 0:
+                    continue  # unprovable here: never sent (crdt/proofs.py rule 3)
+                n += extra
             chunk.append((key, st))
             size += n
         reply = request and bool(want or lack)
         if chunk or reply or not request:  # an answer always ends with a final chunk
-            out.append(Send(peer, ae_states(sid, store, chunk, want, lack, reply)))
+            msg = ae_states(sid, store, chunk, want, lack, reply, False, list(certs.values()))
+            out.append(Send(peer, msg))
         self.counters["ae_states_sent"] += len(send)
         return out
 

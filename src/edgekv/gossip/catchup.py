@@ -21,6 +21,7 @@ from collections import Counter
 from typing import Any
 
 from ..crdt.codec import encode_delta
+from ..crdt.proofs import Certificate
 from ..crdt.replica import Change, Replica
 from ..errors import ConflictingVersion, RemoteProtocolError
 from .config import GossipConfig
@@ -71,15 +72,25 @@ class CatchUp:
         chunk: list[list[Any]] = []
         size = 0
         limit = self.config.max_message_bytes
+        proofs = replica.proofs
+        certs: dict[bytes, Certificate] = {}  # the proofs of this chunk (crdt/proofs.py)
         for store, key, state in replica.changes_since(wm):
             n = delta_size(state) + len(key) + len(store)
             if chunk and size + n > limit:
-                out.append(Send(peer, sync_data(rid, chunk, [], replica.purged, False)))
+                msg = sync_data(rid, chunk, [], replica.purged, False, False, list(certs.values()))
+                out.append(Send(peer, msg))
                 chunk, size = [], 0
+                certs = {}
+            if proofs is not None:
+                extra = proofs.add_material(certs, state)
+                if extra < 0:
+                    continue  # unprovable here: never sent (crdt/proofs.py rule 3)
+                n += extra
             chunk.append([store, key, encode_delta(state)])
             size += n
         covers = replica.covered.above(wm)
-        out.append(Send(peer, sync_data(rid, chunk, covers, replica.purged, True)))
+        msg = sync_data(rid, chunk, covers, replica.purged, True, False, list(certs.values()))
+        out.append(Send(peer, msg))
         return out
 
     def on_data(self, peer: str, msg: SyncData) -> list[Change]:

@@ -26,6 +26,11 @@ Theory of operation
    the others' purge marks: its SYNC gets a fallback and anti-entropy removes what was deleted.
 5. Every state change (pushes, syncs, AE repairs, purges, removals as `state=None`) is
    recorded; `drain_changes()` hands them to the driver (watch, persistence, metrics).
+6. Origin-signed writes: when the replica keeps proofs (`Replica.use_proofs`), every PUSH,
+   SYNC_DATA and AE_STATES is verified against the origin's certificates before anything is
+   applied (`crdt/proofs.py`); an unsigned state raises `ForgedState`, a RemoteProtocolError
+   the driver counts per peer and answers by cutting the peer off.  Senders attach the
+   certificates of what they send (the three chunkers call `ProofStore.add_material`).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import random
 from collections import Counter
 from collections.abc import Sequence
 
+from ..crdt.proofs import ForgedState
 from ..crdt.replica import Change, Replica
 from ..crdt.state import Delta
 from ..errors import InvalidInput
@@ -183,6 +189,8 @@ class GossipNode:
         also raises it; the valid joins before the conflicting item stay applied.
         """
         msg = parse(message)
+        if self.replica.proofs is not None and isinstance(msg, Push | SyncData | AeStates):
+            self._verify(peer, msg)
         self._sync_marks()
         before = len(self.members.peers)
         out = self.members.heard_from(peer, now)
@@ -248,6 +256,28 @@ class GossipNode:
         return h
 
     # -- internals -------------------------------------------------------------------------------
+
+    def _verify(self, peer: str, msg: Push | SyncData | AeStates) -> None:
+        """Check every state of `msg` against the origin's certificates (rule 6); raises
+        `ForgedState` (nothing applied) when one is not signed."""
+        proofs = self.replica.proofs
+        assert proofs is not None
+        current = self.replica.state
+        try:
+            if isinstance(msg, AeStates):
+                store = msg.store
+                items = [(store, k, d) for k, d in msg.states]
+                ok = proofs.verify(items, msg.proofs, current)
+                if len(ok) != len(items):
+                    msg.states = [(k, d) for _, k, d in ok]
+            else:
+                ok = proofs.verify(msg.items, msg.proofs, current)
+                if len(ok) != len(msg.items):
+                    msg.items = ok
+                    msg.covers = []  # a skipped Bloom delta: claim no seq (AE repairs it)
+        except ForgedState:
+            self.counters["rejected_forged"] += 1
+            raise
 
     def _record(self, changes: list[Change]) -> None:
         if changes:

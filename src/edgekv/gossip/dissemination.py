@@ -41,6 +41,7 @@ from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ..crdt.proofs import Certificate
 from ..crdt.register import Register
 from ..crdt.replica import Change, Replica
 from ..crdt.seqranges import SeqRanges
@@ -259,14 +260,22 @@ class Dissemination:
         chunk: list[Item] = []
         size = 0
         limit = self.config.max_message_bytes
+        proofs = self.replica.proofs
+        certs: dict[bytes, Certificate] = {}  # the proofs of this chunk (crdt/proofs.py)
         for (store, key), delta in box.items.items():
             n = delta_size(delta) + len(key) + len(store)
             if chunk and size + n > limit:
-                out.append(Send(peer, push(chunk, [], box.hops)))
+                out.append(Send(peer, push(chunk, [], box.hops, list(certs.values()))))
                 chunk, size = [], 0
+                certs = {}
+            if proofs is not None:
+                extra = proofs.add_material(certs, delta)
+                if extra < 0:
+                    continue  # unprovable here: never sent (crdt/proofs.py rule 3)
+                n += extra
             chunk.append((store, key, delta))
             size += n
-        out.append(Send(peer, push(chunk, list(box.covers), box.hops)))
+        out.append(Send(peer, push(chunk, list(box.covers), box.hops, list(certs.values()))))
         self.counters["pushes_sent"] += len(out)
         return out
 

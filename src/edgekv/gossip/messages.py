@@ -6,7 +6,9 @@ size and range and raises `RemoteProtocolError` (and nothing else) for anything 
 are decoded with the strict `crdt.codec` (its `CodecError` becomes `RemoteProtocolError`).
 
 Payload shapes (every message also has "t": MsgType):
-    PUSH       items [[store, key, delta]...], covers [[lo, hi]...], hops
+    PUSH       items [[store, key, delta]...], covers [[lo, hi]...], hops, proofs?
+               (PUSH, SYNC_DATA and AE_STATES carry "proofs": the origin's certificates
+               covering their states, see crdt/proofs.py; absent when empty)
     IHAVE      wm, covers, purged?                     GRAFT   wm, purged          PRUNE  -
     SYNC_REQ   rid, wm, purged                SYNC_DATA rid, items, covers, purged, last, fallback
     AE_ROOT    sid, root, wm, high, purged, force? (absent: false)
@@ -32,6 +34,7 @@ from typing import Any
 
 from ..crdt.codec import decode_delta, encode_delta
 from ..crdt.merkle import DEPTH, FANOUT
+from ..crdt.proofs import Certificate
 from ..crdt.replica import META
 from ..crdt.state import Delta
 from ..errors import CodecError, RemoteProtocolError
@@ -39,6 +42,7 @@ from .wire import Message, MsgType
 
 MAX_SEQ = (1 << 63) - 1
 MAX_ITEMS = 100_000  # items, ranges, keys or indices in one received message (hard limit)
+MAX_PROOFS = 10_000  # certificates in one message
 MAX_MEMBER_ROWS = 10_000  # rows of one MEMBERS list
 MAX_ADDRESS = 256
 MAX_KEY_BYTES = 512
@@ -72,6 +76,7 @@ class Push:
     items: list[Item]
     covers: list[Range]
     hops: int
+    proofs: list[Certificate] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -112,6 +117,7 @@ class SyncData:
     purged: int
     last: bool
     fallback: bool
+    proofs: list[Certificate] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -180,6 +186,7 @@ class AeStates:
     lack: list[str]  # keys the sender lacks: send yours, or drop it if dead at the sender
     reply: bool  # the sender asks for an answer (want/lack)
     more: bool  # more chunks of this message follow
+    proofs: list[Certificate] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -352,6 +359,14 @@ def _items(m: Message, name: str = "items") -> list[Item]:
     return out
 
 
+def _proofs(m: Message) -> list[Certificate]:
+    """The optional "proofs" field: certificates in wire form (signatures checked later)."""
+    raw = m.get("proofs")
+    if raw is None:
+        return []
+    return [Certificate.from_wire(c) for c in _list(raw, "proofs", MAX_PROOFS)]
+
+
 def _members(v: object) -> list[MemberRow]:
     out: list[MemberRow] = []
     for row in _list(v, "members", MAX_MEMBER_ROWS):
@@ -386,7 +401,7 @@ def _level(m: Message, top: int) -> int:
 
 
 def _p_push(m: Message) -> Push:
-    return Push(_items(m), _ranges(m, "covers"), _int(m, "hops", 0, 1000))
+    return Push(_items(m), _ranges(m, "covers"), _int(m, "hops", 0, 1000), _proofs(m))
 
 
 def _p_ihave(m: Message) -> IHave:
@@ -412,6 +427,7 @@ def _p_sync_data(m: Message) -> SyncData:
         _int(m, "purged"),
         _bool(m, "last"),
         _bool(m, "fallback"),
+        _proofs(m),
     )
 
 
@@ -512,6 +528,7 @@ def _p_states(m: Message) -> AeStates:
         lack,
         _bool(m, "reply"),
         _bool(m, "more"),
+        _proofs(m),
     )
 
 
@@ -607,13 +624,23 @@ def wire_ranges(ranges: list[Range]) -> list[list[int]]:
     return [[lo, hi] for lo, hi in ranges]
 
 
-def push(items: Sequence[Item], covers: list[Range], hops: int) -> Message:
-    return {
+def wire_proofs(m: Message, proofs: Sequence[Certificate]) -> Message:
+    """Attach the certificates proving a message's states (absent when there are none)."""
+    if proofs:
+        m["proofs"] = [c.to_wire() for c in proofs]
+    return m
+
+
+def push(
+    items: Sequence[Item], covers: list[Range], hops: int, proofs: Sequence[Certificate] = ()
+) -> Message:
+    m: Message = {
         "t": int(MsgType.PUSH),
         "items": wire_items(items),
         "covers": wire_ranges(covers),
         "hops": hops,
     }
+    return wire_proofs(m, proofs)
 
 
 def ihave(wm: int, covers: list[Range], purged: int = 0) -> Message:
@@ -646,9 +673,10 @@ def sync_data(
     purged: int,
     last: bool,
     fallback: bool = False,
+    proofs: Sequence[Certificate] = (),
 ) -> Message:
     """`items` already in wire form (the chunker sizes them while encoding)."""
-    return {
+    m: Message = {
         "t": int(MsgType.SYNC_DATA),
         "rid": rid,
         "items": items,
@@ -657,6 +685,7 @@ def sync_data(
         "last": last,
         "fallback": fallback,
     }
+    return wire_proofs(m, proofs)
 
 
 def ae_root(sid: int, root: int, wm: int, high: int, purged: int, force: bool) -> Message:
@@ -733,8 +762,9 @@ def ae_states(
     lack: list[str],
     reply: bool,
     more: bool = False,
+    proofs: Sequence[Certificate] = (),
 ) -> Message:
-    return {
+    m: Message = {
         "t": int(MsgType.AE_STATES),
         "sid": sid,
         "store": store,
@@ -744,6 +774,7 @@ def ae_states(
         "reply": reply,
         "more": more,
     }
+    return wire_proofs(m, proofs)
 
 
 def members_rows(rows: list[MemberRow]) -> list[list[Any]]:

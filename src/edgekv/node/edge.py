@@ -29,14 +29,17 @@ import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from functools import partial
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import anyio
 import anyio.abc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgekv.crdt import Delta, Replica
 from edgekv.crdt.codec import decode_delta
+from edgekv.crdt.proofs import Certificate, ProofStore
 from edgekv.crdt.version import Version
 from edgekv.errors import CodecError, InvalidInput, RemoteProtocolError, StoreNotFound
 from edgekv.gossip.config import GossipConfig
@@ -47,6 +50,7 @@ from edgekv.node import kvstore
 from edgekv.node.admin_http import bind_socket, build_app, serve_app, socket_address
 from edgekv.node.faults import LinkFaults
 from edgekv.node.identity import load_node_id
+from edgekv.node.keys import load_public_key
 from edgekv.node.limits import DEFAULT_NET_LIMITS, NetLimits
 from edgekv.node.metrics import (
     antientropy_repairs,
@@ -95,6 +99,7 @@ class EdgeNode:
         faults: LinkFaults | None = None,
         advertise: str | None = None,
         net_limits: NetLimits = DEFAULT_NET_LIMITS,
+        origin_public_keys: Sequence[Ed25519PublicKey | str | Path] = (),
     ) -> None:
         self.net_limits = net_limits
         if not isinstance(origin, str) or not origin:
@@ -112,6 +117,11 @@ class EdgeNode:
         if not ready_timeout >= 0:
             raise InvalidInput("ready_timeout must be >= 0")
         self.ready_timeout = ready_timeout
+        if isinstance(origin_public_keys, str | Path):
+            raise InvalidInput("origin_public_keys must be a list of keys or key files")
+        self.origin_public_keys = [
+            k if isinstance(k, Ed25519PublicKey) else load_public_key(k) for k in origin_public_keys
+        ]
         self.listen = listen
         self.origin = origin
         self.seeds = [p for p in dict.fromkeys([origin, *peers])]
@@ -134,6 +144,8 @@ class EdgeNode:
         self._stack: AsyncExitStack | None = None
         self._runtime: NodeRuntime | None = None
         self._replica = Replica()
+        if self.origin_public_keys:
+            self._replica.use_proofs(ProofStore(self.origin_public_keys))
         self._persist: ReplicaStore | None = None
         self.load_report: LoadReport | None = None
         self.hub = WatchHub()
@@ -216,7 +228,11 @@ class EdgeNode:
     async def _start(self, stack: AsyncExitStack) -> None:
         if self.data_dir is not None:
             self.node_id = load_node_id(self.data_dir, self._node_id_arg, "edge")
-            persist = ReplicaStore(self.data_dir, flush_interval=self.flush_interval)
+            persist = ReplicaStore(
+                self.data_dir,
+                flush_interval=self.flush_interval,
+                public_keys=self.origin_public_keys or None,
+            )
             # Merkle trees are built after reads start (`_build_trees_then_run`)
             self.load_report = await anyio.to_thread.run_sync(partial(persist.load, trees=False))
             self._replica = persist.replica
@@ -231,6 +247,12 @@ class EdgeNode:
                 self.load_report.watermark,
                 self.load_report.seconds,
                 self.load_report.corrupt_moved_to,
+            )
+        if not self.origin_public_keys:
+            logger.warning(
+                "event=unverified node=%s: no origin public key configured, states from peers"
+                " are applied WITHOUT checking the origin's signature",
+                self.node_id,
             )
         tg = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(tg.cancel_scope.cancel)
@@ -346,11 +368,28 @@ class EdgeNode:
             body = {**body, "token": self.token}
         reply = await self.runtime.request(self.origin, body, self.write_timeout)
         seq, written_at, items, covers = _parse_write_reply(reply)
+        proofs = self._replica.proofs
+        if proofs is not None and items:
+            try:
+                certs = [Certificate.from_wire(c) for c in reply.get("proofs", [])]
+                ok = proofs.verify(items, certs, self._replica.state)
+            except RemoteProtocolError as exc:
+                self.runtime.reject(self.origin, exc)
+                raise
+            if len(ok) != len(items):  # a Bloom delta that does not land here: AE brings it
+                items, covers = ok, []
         if items or covers:
             await self.runtime.publish(items, covers)
         return Version(seq, written_at)
 
     # -- status ------------------------------------------------------------------------------------
+
+    def _proofs_status(self) -> dict[str, Any] | None:
+        """Origin-signed writes: keys accepted and certificates kept (None: not verifying)."""
+        proofs = self._replica.proofs
+        if proofs is None:
+            return None
+        return {"keys": [k.hex() for k in proofs.keys], "certificates": len(proofs)}
 
     def status(self) -> dict[str, Any]:
         """Node id, address, watermark, lag behind the origin, peers, digest roots, counters."""
@@ -397,6 +436,8 @@ class EdgeNode:
             # the link-fault policy in force (testnets, `--fault-file`), None without one
             "faults": None if self.faults is None else self.faults.to_spec(),
             "process": process_info(),
+            "verification": self._proofs_status(),
+            "rejected_unsigned": dict(runtime.metrics.rejected) if runtime is not None else {},
         }
         if runtime is not None:
             counters = runtime.gossip.counters

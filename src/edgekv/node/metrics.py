@@ -77,6 +77,7 @@ class NodeMetrics:
         self.propagation_ms = Histogram()
         self.changes_applied = 0
         self.events: Counter[str] = Counter()  # protocol_errors, request_errors, ...
+        self.rejected: Counter[str] = Counter()  # peer -> messages with unsigned states
         self.last_written_at = 0  # highest written_at seen in an applied change (ms)
 
 
@@ -176,6 +177,17 @@ def render_prometheus(
     for name in sorted(metrics.events):
         lines.append(
             f'edgekv_node_events_total{{{node},event="{_label(name)}"}} {metrics.events[name]}'
+        )
+
+    family(
+        "edgekv_rejected_unsigned_total",
+        "counter",
+        "Messages rejected because a state was not signed by the origin, by sending peer.",
+    )
+    for peer in sorted(metrics.rejected):
+        lines.append(
+            f'edgekv_rejected_unsigned_total{{{node},peer="{_label(peer)}"}} '
+            f"{metrics.rejected[peer]}"
         )
 
     peers = Counter(peer_states)

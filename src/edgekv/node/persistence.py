@@ -10,7 +10,10 @@ Theory of operation
    its flat bytes (crdt/register.py) in `reg`, so loading one is a C-level copy into a
    `Register` after column-wise checks instead of a decode; other kinds (zset, bloom) are the
    strict CBOR array of `crdt.codec` in `state` (then `reg` is NULL).  `meta(name, value)`
-   holds `format`, `covered` (CBOR ranges) and `purged`.  A row is the state at some flush;
+   holds `format`, `covered` (CBOR ranges) and `purged`.  `certs(sig, key_id, lo, hi,
+   entries)` holds the origin's certificates the replica keeps (crdt/proofs.py), so a
+   restarted edge can still prove what it serves; those of keys no longer configured are
+   not loaded.  An older format is moved aside like a corrupt file (rule 4) and re-synced.  A row is the state at some flush;
    rows and meta of one flush share a transaction, so the file always holds a consistent
    snapshot: every seq in `covered` is reflected in the states written with it.
 2. Flushing is off the read path: a runtime listener only records dirty (store, key) pairs (a
@@ -38,7 +41,8 @@ import logging
 import os
 import sqlite3
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from itertools import compress, groupby, repeat
 from operator import and_, eq, is_not, itemgetter, not_
 from pathlib import Path
@@ -47,10 +51,12 @@ from typing import Any, Literal
 import anyio
 import anyio.abc
 from cbor2 import loads as cbor_loads
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgekv.crdt import META, Change, Register, Replica, State, bulk_load_stores
 from edgekv.crdt.bloom import BloomDelta
 from edgekv.crdt.codec import decode_delta, dumps, encode_delta, loads
+from edgekv.crdt.proofs import Certificate, ProofStore
 from edgekv.crdt.register import (
     EXPIRY_AT,
     HAS_EXPIRY,
@@ -68,7 +74,7 @@ _new_bytes = bytes.__new__
 
 logger = logging.getLogger("edgekv.persistence")
 
-FORMAT = 3  # 2: registers in four columns; 3: a register is one blob
+FORMAT = 4  # 2: registers in four columns; 3: a register is one blob; 4: + certs
 MAX_SEQ = (1 << 63) - 1
 DB_NAME = "edge.db"
 FLUSH_INTERVAL = 0.5
@@ -100,8 +106,10 @@ class ReplicaStore:
         *,
         flush_interval: float = FLUSH_INTERVAL,
         eager_keys: int = FLUSH_EAGER_KEYS,
+        public_keys: Sequence[Ed25519PublicKey] | None = None,
     ) -> None:
         self.dir = Path(data_dir)
+        self.public_keys = public_keys  # None: the replica keeps no proofs
         self.path = self.dir / DB_NAME
         self.replica = Replica()
         self.flush_interval = flush_interval
@@ -126,7 +134,7 @@ class ReplicaStore:
         work without them; the edge builds them in a worker thread before gossip starts).
         """
         started = time.perf_counter()
-        self.replica = Replica()
+        self.replica = self._new_replica()
         self.dir.mkdir(parents=True, exist_ok=True)
         moved: str | None = None
         # Loading allocates millions of objects that all live on: pausing the cyclic GC while
@@ -155,6 +163,10 @@ class ReplicaStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             check = db.execute("PRAGMA quick_check").fetchall()
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS certs (sig BLOB PRIMARY KEY, key_id BLOB NOT NULL,"
+                " lo INTEGER NOT NULL, hi INTEGER NOT NULL, entries BLOB NOT NULL) WITHOUT ROWID"
+            )
             if check != [("ok",)]:
                 raise CorruptDatabase(f"quick_check: {'; '.join(str(r[0]) for r in check[:5])}")
             db.execute(
@@ -196,6 +208,13 @@ class ReplicaStore:
             groups = _group_rows(rows)
             del rows
             bulk_load_stores(replica, groups, ranges, purged, trees=trees)
+            if replica.proofs is not None:
+                certs = db.execute("SELECT key_id, lo, hi, entries, sig FROM certs").fetchall()
+                keys = replica.proofs.keys
+                replica.proofs.add(
+                    Certificate.from_wire(list(row)) for row in certs if row[0] in keys
+                )
+                replica.proofs.drain_journal()
         except EdgeKVError:
             raise
         except Exception as exc:  # anything else a damaged row can make the decoder do
@@ -218,8 +237,14 @@ class ReplicaStore:
             target,
             str(exc),
         )
-        self.replica = Replica()
+        self.replica = self._new_replica()
         return target
+
+    def _new_replica(self) -> Replica:
+        replica = Replica()
+        if self.public_keys is not None:
+            replica.use_proofs(ProofStore(self.public_keys))
+        return replica
 
     # -- flushing --------------------------------------------------------------------------------
 
@@ -274,12 +299,18 @@ class ReplicaStore:
         if replica.purged != self._saved_purged:
             meta.append(("purged", replica.purged))
             self._saved_purged = replica.purged
-        return _Batch(rewrite, upserts, deletes, meta)
+        added: list[Certificate] = []
+        dropped: list[Certificate] = []
+        if replica.proofs is not None:
+            added, dropped = replica.proofs.drain_journal()
+        return _Batch(rewrite, upserts, deletes, meta, added, dropped)
 
     async def flush(self) -> int:
         """Write every dirty key and changed metadata; returns rows written."""
+        proofs = self.replica.proofs
         if (
             not self._dirty
+            and not (proofs is not None and (proofs.added or proofs.dropped))
             and list(self.replica.covered) == self._saved_covered
             and (self.replica.purged == self._saved_purged)
         ):
@@ -295,6 +326,10 @@ class ReplicaStore:
             self._dirty.update(dict.fromkeys(batch.deletes))
             self._dirty.update(((META, name), None) for name in batch.rewrite)
             self._saved_covered, self._saved_purged = [], -1
+            proofs = self.replica.proofs
+            if proofs is not None:  # journal them again
+                proofs.added[:0] = batch.certs_added
+                proofs.dropped[:0] = batch.certs_dropped
             raise
         rows = len(batch.upserts) + len(batch.deletes)
         self.flushes += 1
@@ -318,6 +353,15 @@ class ReplicaStore:
                 db.executemany("DELETE FROM states WHERE store = ? AND key = ?", batch.deletes)
             if batch.meta:
                 db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", batch.meta)
+            if batch.certs_added:
+                db.executemany(
+                    "INSERT OR IGNORE INTO certs VALUES (?, ?, ?, ?, ?)",
+                    [(c.signature, c.key_id, c.lo, c.hi, c.entries) for c in batch.certs_added],
+                )
+            if batch.certs_dropped:
+                db.executemany(
+                    "DELETE FROM certs WHERE sig = ?", [(c.signature,) for c in batch.certs_dropped]
+                )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -450,3 +494,5 @@ class _Batch:
     upserts: list[tuple[Any, ...]]
     deletes: list[tuple[str, str]]
     meta: list[Any]
+    certs_added: list[Certificate] = field(default_factory=list)
+    certs_dropped: list[Certificate] = field(default_factory=list)

@@ -23,6 +23,10 @@ Theory of operation
    `OriginUnavailable`.
 5. Garbage never stops the node: a `RemoteProtocolError` (or any other failure) while handling
    one message is logged and counted in `metrics.events`; the loop goes on.
+6. A peer that sends states the origin never signed (`ForgedState`, see crdt/proofs.py) is
+   counted in `metrics.rejected` (by peer; /metrics and /status show it) and cut off for
+   `reject_backoff` seconds: its messages are dropped, nothing is sent to it, and the
+   transport closes its connections if it can (`disconnect(peer)`).
 
 Time: `clock()` (default `anyio.current_time`, virtual under trio's MockClock) drives the gossip
 core; `wall_ms()` (default the system clock in ms) is only for latency figures and expiry, so a
@@ -46,6 +50,7 @@ import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from edgekv.crdt import Change, Delta, Replica
+from edgekv.crdt.proofs import ForgedState
 from edgekv.errors import (
     EdgeKVError,
     LocalProtocolError,
@@ -57,7 +62,9 @@ from edgekv.gossip.transport import Transport
 from edgekv.gossip.wire import Message, MsgType
 from edgekv.node.metrics import NodeMetrics
 
-__all__ = ["GossipCore", "NodeRuntime", "RequestHandler", "system_wall_ms"]
+__all__ = ["REJECT_BACKOFF", "GossipCore", "NodeRuntime", "RequestHandler", "system_wall_ms"]
+
+REJECT_BACKOFF = 60.0  # seconds a peer that sent unsigned states is cut off
 
 logger = logging.getLogger("edgekv.runtime")
 
@@ -134,8 +141,11 @@ class NodeRuntime:
         on_request: RequestHandler | None = None,
         clock: Callable[[], float] = anyio.current_time,
         wall_ms: Callable[[], int] = system_wall_ms,
+        reject_backoff: float = REJECT_BACKOFF,
     ) -> None:
         self.transport = transport
+        self.reject_backoff = reject_backoff
+        self._banned: dict[str, float] = {}  # peer -> end of its backoff (rule 6)
         self.gossip = gossip
         self.metrics = NodeMetrics()
         self._on_request = on_request
@@ -313,8 +323,14 @@ class NodeRuntime:
             self._count("protocol_errors")
             logger.warning("%s: handshake message %r from %s after connect", self.address, t, peer)
             return
+        if self._banned and self._is_banned(peer):
+            self._count("dropped_from_rejected_peer")
+            return
         try:
             sends = self.gossip.receive(peer, msg, self._clock())
+        except ForgedState as exc:
+            self.reject(peer, exc)
+            sends = ()
         except RemoteProtocolError as exc:
             self._count("protocol_errors")
             logger.warning("%s: bad message from %s: %s", self.address, peer, exc)
@@ -457,9 +473,38 @@ class NodeRuntime:
                     sub.close()
             self._subscribers = keep
 
+    def reject(self, peer: str, reason: Exception) -> None:
+        """`peer` sent states the origin never signed: count it, cut the peer off (its
+        connection closed where the transport can, its messages dropped both ways) for
+        `reject_backoff` seconds."""
+        self.metrics.rejected[peer] += 1
+        self._count("rejected_unsigned")
+        self._banned[peer] = self._clock() + self.reject_backoff
+        logger.error(
+            "%s: rejected unsigned data from %s (cut off for %.0f s): %s",
+            self.address,
+            peer,
+            self.reject_backoff,
+            reason,
+        )
+        disconnect = getattr(self.transport, "disconnect", None)
+        if disconnect is not None:
+            disconnect(peer)
+
+    def _is_banned(self, peer: str) -> bool:
+        until = self._banned.get(peer)
+        if until is None:
+            return False
+        if self._clock() < until:
+            return True
+        del self._banned[peer]
+        return False
+
     async def _send_all(self, sends: Iterable[_Send]) -> None:
         transport = self.transport
         for send in sends:
+            if self._banned and self._is_banned(send.peer):
+                continue
             try:
                 await transport.send(send.peer, send.message)
             except LocalProtocolError as exc:

@@ -35,7 +35,12 @@ Theory of operation
    the origin, it recovers from what the disk holds), as databases do after an fsync error.
 5. Recovery (`recovery.recover`) rebuilds the replica from the log and the sequencer resumes
    at `log.high + 1`; `covered` is 1..high because the origin has every seq.
-6. Compaction waits until no group is in flight, runs between groups (holding `_lock`), and
+6. Signing (crdt/proofs.py): with a `signer`, each group's atoms are signed when the group is
+   planned and written (one Ed25519 signature per group, before its flush, so answers never
+   wait for it); the completer keeps the certificates in `replica.proofs` before answering,
+   so a write's answer and its first push can carry them.  After recovery the live states
+   are signed again (`certify_replica`).
+7. Compaction waits until no group is in flight, runs between groups (holding `_lock`), and
    is triggered when the log holds more than `compact_ratio` rows per live state and at least
    `compact_min_rows`.
 """
@@ -54,11 +59,12 @@ import sniffio
 
 from ..crdt import Register, Replica, State
 from ..crdt.codec import dumps, encode_delta
+from ..crdt.proofs import Certificate, Signer, atoms_of
 from ..errors import EdgeKVError
 from .flusher import Flusher
 from .recovery import recover
 from .wal import LogError, Row, WriteAheadLog
-from .writer import Command, Item, Planned, Planner
+from .writer import Command, Item, Planned, Planner, group_atoms
 
 __all__ = ["Covers", "OnCommit", "Sequencer", "Ticket", "recover", "run_in_thread", "wall_clock_ms"]
 
@@ -72,6 +78,13 @@ Key = tuple[str, str]
 
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def certify_replica(signer: Signer, replica: Replica) -> list[Certificate]:
+    """Certificates over every state of a recovered replica (rule 5): the log does not keep
+    the certificates of past groups, so the origin signs its live states again at start."""
+    atoms = [a for store, key, st in replica.iter_states() for a in atoms_of(store, key, st)]
+    return signer.certify(atoms)
 
 
 async def run_in_thread(fn: Callable[..., T], *args: Any) -> T:
@@ -100,11 +113,12 @@ class Ticket:
 class _Group:
     """One commit group between its log write and its completion."""
 
-    __slots__ = ("covers", "items", "keys", "no", "tickets")
+    __slots__ = ("certs", "covers", "items", "keys", "no", "tickets")
 
     def __init__(self, no: int, tickets: list[Ticket]) -> None:
         self.no = no
         self.tickets = tickets
+        self.certs: list[Certificate] = []
         self.items: list[Item] = []
         self.covers: Covers = []
         self.keys: list[Key] = []
@@ -126,8 +140,10 @@ class Sequencer:
         eager_flush_rows: int = 16,
         compact_ratio: float = 2.0,
         compact_min_rows: int = 1_000_000,
+        signer: Signer | None = None,
     ) -> None:
         self.wal = wal
+        self.signer = signer  # signs each group's atoms (crdt/proofs.py), kept in replica.proofs
         self.replica = replica
         self.on_commit = on_commit
         self.after_answers = after_answers  # called after each group's callbacks have run
@@ -165,6 +181,9 @@ class Sequencer:
     async def recover(self) -> int:
         """Replay the log into the (empty) replica in a worker thread."""
         n = await run_in_thread(recover, self.wal, self.replica)
+        if self.signer is not None and self.replica.proofs is not None and n:
+            certs = await run_in_thread(certify_replica, self.signer, self.replica)
+            self.replica.proofs.add(certs)
         self.log_rows = n
         self.next_seq = self.wal.high + 1
         return n
@@ -288,6 +307,8 @@ class Sequencer:
         self.commits += len(rows)
         group.items = items
         group.covers = [(first, high)]
+        if self.signer is not None:
+            group.certs = self.signer.certify(group_atoms(planner), first, high)
         no = group.no
         pending = self._pending
         for key, st in planner.states.items():
@@ -358,6 +379,8 @@ class Sequencer:
             group = inflight.popleft()
             if group.items:
                 self.replica.apply_batch(group.items, group.covers)
+                if group.certs and self.replica.proofs is not None:
+                    self.replica.proofs.add(group.certs)
                 pending = self._pending
                 no = group.no
                 for key in group.keys:

@@ -26,16 +26,19 @@ import anyio
 import anyio.abc
 import sniffio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ..crdt import Entry, Limits, Replica, Version
 from ..crdt.codec import encode_delta
 from ..crdt.ops import DEFAULT_LIMITS, Delete, Put, op_body
+from ..crdt.proofs import ProofStore, Signer
 from ..errors import InvalidInput, StoreNotFound
 from ..gossip.config import GossipConfig
 from ..gossip.transport import Transport, TransportStats
 from ..gossip.wire import Message
 from ..node.faults import LinkFaults
 from ..node.identity import load_node_id
+from ..node.keys import origin_signing_key
 from ..node.limits import DEFAULT_NET_LIMITS, NetLimits
 from ..node.metrics import NodeMetrics, peer_field, peer_json, render_prometheus
 from ..node.procinfo import process_info
@@ -97,9 +100,14 @@ class Origin:
         faults: LinkFaults | None = None,
         advertise: str | None = None,
         net_limits: NetLimits = DEFAULT_NET_LIMITS,
+        signing_key: Ed25519PrivateKey | str | Path | None = None,
+        sign: bool = True,
     ) -> None:
         self.data_dir = None if data_dir is None else Path(data_dir)
         self.net_limits = net_limits
+        self._signing_key = signing_key  # see node/keys.py: None keeps one in the data dir
+        self.signer: Signer | None = None
+        self._sign = sign  # False: writes go out unsigned (benchmarks; verifying edges refuse)
         self.listen = listen
         self.http_listen = http
         self.auth = TokenAuth(tokens)
@@ -145,9 +153,16 @@ class Origin:
         self._wal = await anyio.to_thread.run_sync(
             lambda: WriteAheadLog(path, synchronous=self._synchronous)
         )
+        if self._sign:
+            key = await anyio.to_thread.run_sync(
+                origin_signing_key, self._signing_key, self.data_dir
+            )
+            self.signer = Signer(key)
+            self.replica.use_proofs(ProofStore([self.signer.public]))
         self._sequencer = Sequencer(
             self._wal,
             self.replica,
+            signer=self.signer,
             on_commit=self._committed,
             after_answers=self._flush_answers,
             wall_ms=self.wall_ms,
@@ -318,6 +333,13 @@ class Origin:
             flush_answers(self.answered)
 
     @property
+    def public_key(self) -> Ed25519PublicKey:
+        """The key edges verify this origin's writes with (known once the origin runs)."""
+        if self.signer is None:
+            raise RuntimeError("the origin is not running; use `async with Origin(...)`")
+        return self.signer.public
+
+    @property
     def sequencer(self) -> Sequencer:
         if self._sequencer is None:
             raise RuntimeError("the origin is not running; use `async with Origin(...)`")
@@ -403,7 +425,11 @@ class Origin:
         if not isinstance(prepared, (StoreCommand, BatchCommand)):
             return prepared
         planned, written_at = await self.sequencer.submit(prepared)
-        return write_reply(planned, written_at, with_items=with_items)
+        reply = write_reply(planned, written_at, with_items=with_items)
+        proofs = self.replica.proofs
+        if with_items and planned.items and proofs is not None:
+            reply["proofs"] = [c.to_wire() for c in proofs.material_for(planned.items)]
+        return reply
 
     def prepare(self, body: Mapping[str, Any], *, trusted: bool = False) -> Message | Command:
         """Check one request body: a read is answered at once (its response fields are

@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..crdt import META, BloomDelta, Delta, Op, Register, Replica, State, join, plan
+from ..crdt.bloom import Bloom
+from ..crdt.proofs import Atom, atoms_of, bloom_atom
 from ..crdt.state import as_state, is_dead
 from ..errors import StoreExists, StoreNotFound, VersionMismatch
 
@@ -80,6 +82,7 @@ class Planner:
         self.pending = pending
         self.states: dict[tuple[str, str], State] = {}  # this group's newest state per key
         self.items: list[Item] = []
+        self.bloom_atoms: dict[int, Atom] = {}  # seq -> atom of the filter a bf_add made
 
     # -- current state, seen through the overlay ---------------------------------------------
 
@@ -112,6 +115,7 @@ class Planner:
     def execute(self, cmd: Command) -> Planned:
         """Plan `cmd`; raise an EdgeKVError (and change nothing) if it cannot be applied."""
         overlay: dict[tuple[str, str], State] = {}
+        blooms: dict[int, Atom] = {}
         out = Planned()
         seq = self.next_seq
         if isinstance(cmd, StoreCommand):
@@ -140,17 +144,32 @@ class Planner:
                 if d is None:
                     out.seqs.append(None)
                     continue
-                overlay[(store, op.key)] = (
+                new = overlay[(store, op.key)] = (
                     as_state(d) if current is None or d.reset > current.reset else _join(current, d)
                 )
+                if isinstance(new, Bloom):  # certified whole (crdt/proofs.py rule 1)
+                    blooms[seq] = bloom_atom(store, op.key, new)
                 out.items.append((store, op.key, d))
                 out.seqs.append(seq)
                 seq += 1
         # success: publish into the group
         self.states.update(overlay)
+        self.bloom_atoms.update(blooms)
         self.items.extend(out.items)
         self.next_seq = seq
         return out
+
+
+def group_atoms(planner: Planner) -> list[Atom]:
+    """The atoms of everything `planner` planned (what the group's certificates sign)."""
+    out: list[Atom] = []
+    blooms = planner.bloom_atoms
+    for store, key, d in planner.items:
+        if isinstance(d, BloomDelta | Bloom):
+            out.append(blooms[d.seq])
+        else:
+            out.extend(atoms_of(store, key, d))
+    return out
 
 
 def _join(current: State, delta: Delta) -> State:

@@ -36,6 +36,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgekv.errors import InvalidInput, StoreNotFound
 from edgekv.gossip.transport import TransportStats
@@ -111,6 +112,8 @@ class Testnet:
         self.cluster_id = cluster_id
         self.seed_peers = seed_peers
         self.faults = LinkFaults(seed, latency=latency, jitter=jitter, loss=loss)
+        # a throwaway origin key: every edge verifies the origin's signatures (crdt/proofs.py)
+        self.signing_key = Ed25519PrivateKey.generate()
         self._data_root = Path(data_dir) if data_dir is not None else None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._rng = random.Random(seed)
@@ -307,6 +310,7 @@ class Testnet:
                 transport=plug,
                 gossip_config=self.config,
                 rng=random.Random(f"{self.seed}/origin/{slot.restarts}"),
+                signing_key=self.signing_key,
                 **options,
             )
         return edgekv.EdgeNode(
@@ -316,6 +320,7 @@ class Testnet:
             data_dir=slot.data_dir,
             rng=random.Random(f"{self.seed}/{slot.name}/{slot.restarts}"),
             ready_timeout=0,  # the harness starts nodes one by one and waits for convergence itself
+            origin_public_keys=[self.signing_key.public_key()],
             **common,
         )
 

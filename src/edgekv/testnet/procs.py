@@ -47,6 +47,7 @@ from edgekv.gossip.transport import TransportStats
 from edgekv.node.admin_http import MAX_MGET_KEYS
 from edgekv.node.faultfile import write_fault_file
 from edgekv.node.faults import LinkFaults
+from edgekv.node.keys import generate_keypair
 from edgekv.testnet.checker import BatchRead, EdgeUnavailable
 
 __all__ = ["ProcessCluster", "free_port"]
@@ -182,6 +183,8 @@ class ProcessCluster:
         origin_http = f"127.0.0.1:{free_port()}"
         argv = [*py, "origin", "--data-dir", str(origin_dir), "--listen", self.origin_address]
         argv += ["--http", origin_http, "--fault-file", str(self.fault_file), *node_args]
+        signing, public = generate_keypair(root / "keys")  # throwaway, like the in-process testnet
+        argv += ["--signing-key", str(signing)]
         self.origin_http = origin_http
         self.procs["origin"] = _Proc("origin", argv, root / "origin.log", origin_http, nofile)
         gossip = {f"edge-{i}": f"127.0.0.1:{free_port()}" for i in range(edges)}
@@ -195,6 +198,7 @@ class ProcessCluster:
             argv = [*py, "edge", "--data-dir", str(d), "--listen", gossip[name]]
             argv += ["--origin", self.origin_address, "--http", http]
             argv += ["--fault-file", str(self.fault_file), *node_args]
+            argv += ["--origin-public-key", str(public)]
             for p in dict.fromkeys(peers):
                 argv += ["--peer", p]
             self.procs[name] = _Proc(name, argv, root / f"{name}.log", http, nofile)
