@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -81,6 +82,7 @@ def test_cli_testnet_runs_and_leaves_nothing_behind(network: str, tmp_path: Path
             "--network",
             network,
             "--no-live",
+            *(["--report", str(tmp_path / "report")] if network == "tcp" else []),
         ],
         capture_output=True,
         timeout=60,
@@ -91,6 +93,12 @@ def test_cli_testnet_runs_and_leaves_nothing_behind(network: str, tmp_path: Path
     assert proc.returncode == 0, out + proc.stderr.decode()
     assert "propagation" in out and "unreached writes / violations" in out
     assert _procs_mentioning(str(tmp_path)) == []
+    if network == "tcp":  # --report: the live run's page, its isolated edge in the fault table
+        assert f"report: {tmp_path / 'report' / 'report.html'}" in out
+        report = json.loads((tmp_path / "report" / "report.json").read_text())
+        (fault,) = report["faults"]
+        assert fault["kind"] == "isolate" and fault["nodes"] == ["edge-2"]
+        assert fault["all_caught_up"] and report["passed"]
 
 
 def test_cli_testnet_stops_cleanly_on_sigint_and_sigterm(tmp_path: Path) -> None:

@@ -215,10 +215,17 @@ def _plots(report: dict[str, Any], plots: dict[str, bytes] | None) -> str:
             out.append(f'<p id="plot-{name}">{escape(title)}: no data in this run.</p>')
             continue
         data = base64.b64encode(png).decode("ascii")
+        caption = _QUESTIONS[name]
+        if name == "traffic" and list((report.get("traffic") or {}).get("messages", {})) == ["ALL"]:
+            caption += (
+                "  Across processes only each live edge's total is known (its /status "
+                "counters, no split by type, the origin left out; a restarted edge counts "
+                "from 0 again)."
+            )
         out.append(
             f'<figure id="plot-{name}"><img alt="{escape(title)}" '
             f'src="data:image/png;base64,{data}"><figcaption><b>{escape(title)}.</b> '
-            f"{escape(_QUESTIONS[name])}</figcaption></figure>"
+            f"{escape(caption)}</figcaption></figure>"
         )
     return "\n".join(out)
 

@@ -259,7 +259,7 @@ async def _run_live(opts: LiveOptions, console: Console) -> dict[str, Any]:
     console.print(summary(result))
     if opts.report_dir is not None:
         page = _write_live_report(opts, result, record, elapsed)
-        console.print(f"report: {page}")
+        console.print(f"report: {page}", soft_wrap=True, highlight=False)
         result["report"] = str(page)
     return result
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from edgekv.testnet.timeline import (
@@ -39,7 +38,6 @@ __all__ = [
     "available",
     "lag_heatmap",
     "lane_layout",
-    "plot_report",
     "propagation_cdf",
     "propagation_over_time",
     "render_plots",
@@ -431,15 +429,3 @@ def render_plots(report: dict[str, Any]) -> dict[str, bytes] | None:
         if png is not None:
             out[name] = png
     return out
-
-
-def plot_report(report: dict[str, Any], out_dir: str | Path) -> Path | None:
-    """Write plot.png (the lag heatmap) into `out_dir`; None without matplotlib or samples."""
-    if not available():
-        return None
-    png = lag_heatmap(report)
-    if png is None:
-        return None
-    path = Path(out_dir) / "plot.png"
-    path.write_bytes(png)
-    return path
