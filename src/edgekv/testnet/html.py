@@ -29,7 +29,7 @@ h1{font-size:1.5em;margin-bottom:4px}h2{font-size:1.2em;margin-top:28px;border-b
 #ddd;padding-bottom:4px}.sub{color:#555;margin-top:0}
 table{border-collapse:collapse;margin:8px 0;font-size:0.92em}
 th,td{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}
-th{background:#f4f4f4}td.n{text-align:right;font-variant-numeric:tabular-nums}
+th{background:#f4f4f4}td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 .pass{color:#137333;font-weight:600}.fail{color:#b3261e;font-weight:600}
 .badge{display:inline-block;padding:2px 10px;border-radius:10px;color:white;font-weight:600}
 .badge.pass{background:#137333}.badge.fail{background:#b3261e}
@@ -149,7 +149,7 @@ def _fault_rows(faults: list[dict[str, Any]]) -> list[list[str]]:
             [
                 f"<b>{escape(f['id'])}</b>",
                 escape(f["kind"]),
-                f"{f['start']:.2f} - {end}",
+                f"{f['start']:.2f}&nbsp;-&nbsp;{end}",
                 f"{f['duration']:.2f} s",
                 who,
                 str(f["max_seqs_behind"]),
