@@ -162,6 +162,19 @@ def test_certify_splits_large_groups_and_sweep_drops_dead_certs() -> None:
     assert store.sweep([1]) == 2 and len(store) == 1
 
 
+def test_origin_defers_and_seals_many_groups_in_one_certificate() -> None:
+    store = _store()
+    store.signer = SIGNER
+    groups = [[("s", f"k{i}", Register(i, 1, b"v"))] for i in range(1, 6)]
+    for i, items in enumerate(groups, 1):
+        store.defer([a for s, k, d in items for a in atoms_of(s, k, d)], i, i)
+    assert len(store) == 0  # nothing signed until proofs are needed
+    everything = [it for g in groups for it in g]
+    certs = store.material_for(everything)
+    assert len(certs) == 1 and (certs[0].lo, certs[0].hi) == (1, 5) and len(store) == 1
+    assert _store().verify(everything, certs, _none) == everything
+
+
 def test_keys_files_round_trip(tmp_path: Any) -> None:
     private, public = generate_keypair(tmp_path)
     assert private.stat().st_mode & 0o777 == 0o600

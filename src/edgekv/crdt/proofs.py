@@ -15,15 +15,20 @@ Theory of operation
    yields a certified filter; if this replica lacks the predecessor it is skipped (not an
    offence): anti-entropy brings the whole filter, which verifies directly.
 2. A *certificate* is one Ed25519 signature by the origin over (key id, lo, hi, the sorted
-   (seq, atom hash) pairs of seqs lo..hi).  The origin signs one per commit group (split every
-   `MAX_CERT_ATOMS` atoms), so signing costs one 33 us signature per group (about 1 us per
-   write at 20k writes/s in groups of ~30) and a receiver pays one 110 us verification per
-   group, cached, plus one hash (~0.5 us) and a set lookup per atom.  One signature per delta
-   would cap verification at ~9k deltas/s; a Merkle root per group would make every proof
-   carry a path.  An XOR digest (the anti-entropy tree) is not collision-resistant, so nothing
-   signed is one.  After a restart the origin certifies its live states again (`certify`), so
-   its certificates always partition the seqs it has signed since; edges may also hold older
-   ones: certificates may overlap, a seq is looked up among every one that covers it.
+   (seq, atom hash) pairs of seqs lo..hi).  The origin hashes each commit group's atoms as it
+   commits it (~1 us per write) and `defer`s them; it signs everything deferred in one
+   certificate when proofs are next needed (`seal`): when a push leaves (the origin batches
+   pushes for a window under load), a forwarded write is answered, a catch-up or
+   anti-entropy answer is built, or `MAX_CERT_ATOMS` atoms wait.  Acks to clients never wait
+   for a signature.  So one signature (33 us) covers a whole push batch at the origin, and a
+   receiver pays one verification (110 us) per batch, cached, plus one hash (~0.5 us) and a
+   set lookup per atom.  One signature per delta would cap verification at ~9k deltas/s and
+   cost the origin ~40% of its throughput; a Merkle root per batch would make every proof
+   carry a path.  An XOR digest (the anti-entropy tree) is not collision-resistant, so
+   nothing signed is one.  After a restart the origin certifies its live states again
+   (`certify`), so its certificates always partition the seqs it has signed since; edges may
+   also hold older ones: certificates may overlap, a seq is looked up among every one that
+   covers it.
 3. Proofs travel with states: a message carrying states carries the certificates covering
    them (`ProofStore.material_for`), taken from the sender's store, unchanged, whoever sent
    them.  A receiver checks them with `ProofStore.verify` before anything is applied: a state
@@ -255,6 +260,9 @@ class ProofStore:
         self.generation = 0
         self._swept_size = 0
         self.live_seqs: Callable[[], Iterable[int]] | None = None  # set by the owner (Replica)
+        self.signer: Signer | None = None  # at the origin: seals deferred atoms (rule 2)
+        self._pending: list[Atom] = []
+        self._pending_range = (0, 0)
         self.added: list[Certificate] = []  # journal for persistence (drained by it)
         self.dropped: list[Certificate] = []
 
@@ -269,6 +277,24 @@ class ProofStore:
         return sum(len(c) for c in self._certs)
 
     # -- adding --------------------------------------------------------------------------------
+
+    def defer(self, atoms: Iterable[Atom], lo: int, hi: int) -> None:
+        """At the origin: atoms of seqs lo..hi, committed, to be signed when proofs are next
+        needed (`seal`), so one signature covers every group since (rule 2)."""
+        self._pending.extend(atoms)
+        plo, phi = self._pending_range
+        self._pending_range = (lo if not plo else min(plo, lo), max(phi, hi))
+        if len(self._pending) >= MAX_CERT_ATOMS:
+            self.seal()
+
+    def seal(self) -> None:
+        """Sign the deferred atoms now (a no-op when there are none)."""
+        if not self._pending or self.signer is None:
+            return
+        lo, hi = self._pending_range
+        certs = self.signer.certify(self._pending, lo, hi)
+        self._pending, self._pending_range = [], (0, 0)
+        self.add(certs)
 
     def add(self, certs: Iterable[Certificate]) -> None:
         """Keep already-trusted certificates (the origin's own, or verified ones)."""
@@ -339,13 +365,16 @@ class ProofStore:
         cannot prove are simply not covered (the receiver then rejects them)."""
         out: dict[bytes, Certificate] = {}
         for _store, _key, d in items:
-            self.add_material(out, d)
+            if self.add_material(out, d) < 0:
+                break
         return list(out.values())
 
     def add_material(self, out: dict[bytes, Certificate], d: Delta) -> int:
         """Add the certificates proving `d` to `out`; returns the bytes they add (for chunking),
         or -1 when this store holds no certificate for one of its seqs: the caller must not
         send `d` (an honest peer would count it as forged)."""
+        if self._pending:
+            self.seal()
         added = 0
         for seq in _seqs(d):
             for c in self._covering(seq):

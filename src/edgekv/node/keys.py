@@ -5,7 +5,10 @@
 (`--signing-key FILE`, or `EDGEKV_SIGNING_KEY_FILE`); an edge accepts a small set of public
 keys (`--origin-public-key FILE`, repeatable, or `EDGEKV_ORIGIN_PUBLIC_KEYS`, paths separated
 by commas), which is how a key rotates without downtime: give the edges the new public key
-next to the old one, then restart the origin with the new private key.  Keys are files, never
+next to the old one, then restart the origin with the new private key (it signs its live states
+again at start).  Keep the old public key on an edge while it holds states only the old key
+signed: without it a restarted edge drops those certificates, and serves those states but
+cannot relay them (re-sync it from scratch to be rid of the old key).  Keys are files, never
 command-line values.  An origin with no key configured keeps one in its data dir
 (`signing.key`, generated on first start) or, without a data dir, makes a throwaway one.
 """

@@ -35,11 +35,11 @@ Theory of operation
    the origin, it recovers from what the disk holds), as databases do after an fsync error.
 5. Recovery (`recovery.recover`) rebuilds the replica from the log and the sequencer resumes
    at `log.high + 1`; `covered` is 1..high because the origin has every seq.
-6. Signing (crdt/proofs.py): with a `signer`, each group's atoms are signed when the group is
-   planned and written (one Ed25519 signature per group, before its flush, so answers never
-   wait for it); the completer keeps the certificates in `replica.proofs` before answering,
-   so a write's answer and its first push can carry them.  After recovery the live states
-   are signed again (`certify_replica`).
+6. Signing (crdt/proofs.py): with a `signer`, each group's atoms are hashed when the group is
+   planned; the completer hands them to `replica.proofs.defer` once the group is applied,
+   and they are signed, together with every group since, when proofs are next needed (a
+   push, a forwarded write's answer), so answers never wait for a signature.  After
+   recovery the live states are signed again (`certify_replica`).
 7. Compaction waits until no group is in flight, runs between groups (holding `_lock`), and
    is triggered when the log holds more than `compact_ratio` rows per live state and at least
    `compact_min_rows`.
@@ -59,7 +59,7 @@ import sniffio
 
 from ..crdt import Register, Replica, State
 from ..crdt.codec import dumps, encode_delta
-from ..crdt.proofs import Certificate, Signer, atoms_of
+from ..crdt.proofs import Atom, Certificate, Signer, atoms_of
 from ..errors import EdgeKVError
 from .flusher import Flusher
 from .recovery import recover
@@ -113,12 +113,12 @@ class Ticket:
 class _Group:
     """One commit group between its log write and its completion."""
 
-    __slots__ = ("certs", "covers", "items", "keys", "no", "tickets")
+    __slots__ = ("atoms", "covers", "items", "keys", "no", "tickets")
 
     def __init__(self, no: int, tickets: list[Ticket]) -> None:
         self.no = no
         self.tickets = tickets
-        self.certs: list[Certificate] = []
+        self.atoms: list[Atom] = []
         self.items: list[Item] = []
         self.covers: Covers = []
         self.keys: list[Key] = []
@@ -308,7 +308,7 @@ class Sequencer:
         group.items = items
         group.covers = [(first, high)]
         if self.signer is not None:
-            group.certs = self.signer.certify(group_atoms(planner), first, high)
+            group.atoms = group_atoms(planner)
         no = group.no
         pending = self._pending
         for key, st in planner.states.items():
@@ -379,8 +379,8 @@ class Sequencer:
             group = inflight.popleft()
             if group.items:
                 self.replica.apply_batch(group.items, group.covers)
-                if group.certs and self.replica.proofs is not None:
-                    self.replica.proofs.add(group.certs)
+                if group.atoms and self.replica.proofs is not None:
+                    self.replica.proofs.defer(group.atoms, group.covers[0][0], group.covers[0][1])
                 pending = self._pending
                 no = group.no
                 for key in group.keys:

@@ -158,7 +158,7 @@ class Origin:
                 origin_signing_key, self._signing_key, self.data_dir
             )
             self.signer = Signer(key)
-            self.replica.use_proofs(ProofStore([self.signer.public]))
+            self.replica.use_proofs(ProofStore([self.signer.public])).signer = self.signer
         self._sequencer = Sequencer(
             self._wal,
             self.replica,
