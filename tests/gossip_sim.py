@@ -163,6 +163,10 @@ class Sim:
                 self._push(self.now + delay, "deliver", (src, s.peer, msg))
 
     def _after(self, addr: str) -> None:
+        node = self.nodes[addr]
+        job = node.take_job()  # a received snapshot: built inline (the runtime uses a thread)
+        if job is not None:
+            self._send(addr, node.finish_job(job, job.build(), self.now))
         self.check.observe(self, addr)
         self._schedule_tick(addr)
 

@@ -28,13 +28,18 @@ Theory of operation
    allocations, barely runs during a load and the library never has to switch off the
    embedding application's collector.  Measured at 1M keys: 1,424 young-generation
    collections (0.33 s) with per-key tuples, 186 without.
+7. A snapshot receiver (gossip/snapshot.py) loads what it received into a NEW replica (in a
+   worker thread, with the trees it hashed while chunks arrived: `prebuilt`), then `adopt`
+   makes the live replica that replica joined with every change the live one applied after
+   the snapshot's watermark (writes that arrived by gossip meanwhile), in place, so every
+   holder of the live replica object sees the result.
 """
 
 from __future__ import annotations
 
 import heapq
 from array import array
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from itertools import compress, islice, repeat
 from operator import (
     and_,
@@ -48,12 +53,13 @@ from typing import cast
 from sortedcontainers import SortedList
 
 from .bloom import BloomDelta
+from .merkle import MerkleTree
 from .register import HAS_EXPIRY, SEQ_AT, TOMBSTONE, Register
-from .replica import META, Replica, StoreReplica
+from .replica import META, Change, Replica, StoreReplica
 from .state import Delta, State, merge
 from .treebuild import build_tree
 
-__all__ = ["bulk_load", "bulk_load_stores"]
+__all__ = ["adopt", "bulk_load", "bulk_load_stores"]
 
 _SEQ = attrgetter("seq")
 _RESET = attrgetter("reset")
@@ -85,6 +91,7 @@ def bulk_load_stores(
     purged: int = 0,
     *,
     trees: bool = True,
+    prebuilt: Mapping[str, MerkleTree] | None = None,
 ) -> int:
     """`bulk_load` of states already grouped per store: store -> key -> state, at most one
     state per key (so nothing to join).  The dicts become the stores' `states` (ownership
@@ -92,7 +99,9 @@ def bulk_load_stores(
     cheapest, states in seq order the change log.  Returns the number of keys loaded.
 
     With `trees=False` the stores' Merkle trees are left unbuilt (rule 4): reads work at once;
-    build them with `Replica.build_pending_trees` + `install_trees`, or let first use do it."""
+    build them with `Replica.build_pending_trees` + `install_trees`, or let first use do it.
+    `prebuilt` gives, per store, a tree already built from exactly that store's states (used
+    unless the store's epoch drops some of them, then it is rebuilt)."""
     if len(replica.stores) != 1 or replica.stores[META].states or replica.purged or replica.covered:
         raise ValueError("bulk_load needs an empty replica")
     n = 0
@@ -103,7 +112,8 @@ def bulk_load_stores(
         name, states = groups.popitem()
         sr = replica.store(name)
         if states:
-            _index_store(replica, sr, states, trees)
+            tree = prebuilt.get(name) if prebuilt is not None else None
+            _index_store(replica, sr, states, trees, tree)
         n += len(sr.states)
     if replica._expiring:
         heapq.heapify(replica._expiring)
@@ -131,7 +141,13 @@ def _group(items: Iterable[tuple[str, str, State | Delta]]) -> dict[str, dict[st
     return groups
 
 
-def _index_store(replica: Replica, sr: StoreReplica, states: dict[str, State], trees: bool) -> None:
+def _index_store(
+    replica: Replica,
+    sr: StoreReplica,
+    states: dict[str, State],
+    trees: bool,
+    tree: MerkleTree | None = None,
+) -> None:
     """Build every index of the empty store `sr` from `states` (rule 3)."""
     name = sr.name
     keys = list(states)
@@ -159,7 +175,7 @@ def _index_store(replica: Replica, sr: StoreReplica, states: dict[str, State], t
             (r.expiry, r.seq, name, k)  # type: ignore[union-attr, misc]
             for r, k in zip(compress(regs, has_expiry), compress(reg_keys, has_expiry), strict=True)
         )
-    sr._tree = build_tree(states) if trees else None
+    sr._tree = tree if tree is not None else build_tree(states) if trees else None
     sr.keys = SortedList(keys)
     _build_changelog(sr, keys, seqs)
 
@@ -175,3 +191,20 @@ def _build_changelog(sr: StoreReplica, keys: list[str], seqs: list[int]) -> None
     log.seqs = array("q", seqs)
     log.keys = log_keys
     log.ordered = log.checked = True
+
+
+def adopt(target: Replica, loaded: Replica, since: int) -> list[Change]:
+    """Make `target` hold `loaded` joined with every state `target` changed after seq `since`
+    (rule 7).  `loaded` must reflect every seq up to `since` (a snapshot at that watermark);
+    its trees must be built.  `target`'s stores, covered ranges, purge mark and expiry heap
+    are replaced in place (`loaded` is spent).  Returns the joined changes that were newer
+    than the snapshot's states."""
+    recent = list(target.changes_since(since))
+    out = loaded.apply_batch(recent)  # `loaded.purged` applies: nothing purged there returns
+    loaded.covered.update(target.covered)
+    loaded.purged = max(target.purged, loaded.purged)
+    target.stores = loaded.stores
+    target.covered = loaded.covered
+    target.purged = loaded.purged
+    target._expiring = loaded._expiring
+    return out

@@ -18,6 +18,8 @@ single memcmp.  The fields are read through properties; hot paths unpack the hea
 
 from __future__ import annotations
 
+from itertools import compress, repeat
+from operator import and_, itemgetter
 from struct import Struct
 
 from ..errors import ConflictingVersion
@@ -47,6 +49,33 @@ def register_digest(key: str, seq: int) -> int:
 
 
 _unpack_expiry = _EXPIRY.unpack_from
+_FLAGS = itemgetter(0)
+_SEQ_TOP = itemgetter(SEQ_AT)  # the sign byte of seq
+_WRITTEN_AT_TOP = itemgetter(WRITTEN_AT_AT)  # the sign byte of written_at
+_EXPIRY_TOP = itemgetter(EXPIRY_AT)  # the sign byte of expiry, when flags has HAS_EXPIRY
+_VALID_FLAGS = frozenset({0, TOMBSTONE, HAS_EXPIRY, TOMBSTONE | HAS_EXPIRY})
+
+
+def registers_valid(regs: list[bytes]) -> bool:
+    """True when every item of `regs` is the bytes of a well-formed register: known flags,
+    a whole header, non-negative seq, written_at and expiry.  Column-wise (each check is one
+    C-level pass), for loaders that get many registers as raw bytes (persistence, snapshots).
+    A seq of 0 passes here: callers that need seq >= 1 check the seqs they read."""
+    if not regs:
+        return True
+    if not set(map(type, regs)) <= {bytes} or min(map(len, regs)) < VALUE_AT:
+        return False
+    flags = list(map(_FLAGS, regs))
+    if not set(flags) <= _VALID_FLAGS:
+        return False
+    if max(map(_WRITTEN_AT_TOP, regs)) >= 0x80 or max(map(_SEQ_TOP, regs)) >= 0x80:
+        return False
+    expiring = list(compress(regs, map(and_, flags, repeat(HAS_EXPIRY))))
+    return not expiring or (
+        min(map(len, expiring)) >= VALUE_AT_EXPIRY and max(map(_EXPIRY_TOP, expiring)) < 0x80
+    )
+
+
 _new_bytes = bytes.__new__
 
 

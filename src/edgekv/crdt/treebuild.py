@@ -34,7 +34,7 @@ from .merkle import DEPTH, FANOUT_BITS, LEAF_BITS, MerkleTree, leaf_of
 from .register import SEQ_AT, Register
 from .state import State
 
-__all__ = ["CHUNK", "FAST_HASHES", "build_tree"]
+__all__ = ["CHUNK", "FAST_HASHES", "TreeBuilder", "build_tree"]
 
 CHUNK = 1 << 16
 _PLACEMENT_MUL = 0x9E3779B1
@@ -66,22 +66,41 @@ def _fast_hashes_agree() -> bool:
 
 def build_tree(states: Mapping[str, State], chunk: int = CHUNK) -> MerkleTree:
     """The Merkle tree `apply` would have built for `states` (any insertion order)."""
-    tree = MerkleTree()
+    builder = TreeBuilder(big=len(states) >= _BUCKETS_FROM)
     keys = list(states)
     vals = list(states.values())
-    n = len(keys)
-    buckets = n >= _BUCKETS_FROM
-    key_lists: list[list[str]] = [[] for _ in range(_LEAVES)] if buckets else []
-    digest_lists: list[list[int]] = [[] for _ in range(_LEAVES)] if buckets else []
-    leaves: dict[int, int] = {}
-    leaf_keys = tree.leaf_keys
-    for start in range(0, n, chunk):
-        ks, vs = keys[start : start + chunk], vals[start : start + chunk]
+    for start in range(0, len(keys), chunk):
+        builder.add(keys[start : start + chunk], vals[start : start + chunk])
+    return builder.finish()
+
+
+class TreeBuilder:
+    """A Merkle tree built from batches of (key, state) columns, then finished once.
+
+    `build_tree` feeds it a finished dict chunk by chunk; a snapshot receiver feeds it each
+    chunk as it arrives, so the hashing overlaps the transfer.  Every key must be new (given
+    once).  `big` (expected keys >= a quarter of the leaves) groups per leaf through per-leaf
+    lists (rule 2); a builder is small until told otherwise."""
+
+    __slots__ = ("_digest_lists", "_key_lists", "_leaves", "_tree", "keys")
+
+    def __init__(self, *, big: bool = False) -> None:
+        self._tree = MerkleTree()
+        self._key_lists: list[list[str]] = [[] for _ in range(_LEAVES)] if big else []
+        self._digest_lists: list[list[int]] = [[] for _ in range(_LEAVES)] if big else []
+        self._leaves: dict[int, int] = {}
+        self.keys = 0
+
+    def add(self, ks: list[str], vs: list[State]) -> None:
+        """Hash one batch of keys and their states (parallel lists)."""
+        self.keys += len(ks)
         leaf_of_key, digests = _hashes(ks, vs)
-        if buckets:  # C-level: append each key and digest to its leaf's list
+        if self._key_lists:  # C-level: append each key and digest to its leaf's list
+            key_lists, digest_lists = self._key_lists, self._digest_lists
             deque(map(list.append, map(key_lists.__getitem__, leaf_of_key), ks), maxlen=0)
             deque(map(list.append, map(digest_lists.__getitem__, leaf_of_key), digests), maxlen=0)
-            continue
+            return
+        leaves, leaf_keys = self._leaves, self._tree.leaf_keys
         get = leaves.get
         for key, leaf, digest in zip(ks, leaf_of_key, digests, strict=True):
             leaves[leaf] = get(leaf, 0) ^ digest
@@ -90,11 +109,16 @@ def build_tree(states: Mapping[str, State], chunk: int = CHUNK) -> MerkleTree:
                 leaf_keys[leaf] = [key]
             else:
                 lk.append(key)
-    if buckets:
-        leaf_keys.update((i, ks) for i, ks in enumerate(key_lists) if ks)
-        leaves = {i: reduce(xor, ds) for i, ds in enumerate(digest_lists) if ds}
-    _fold_levels(tree, leaves)
-    return tree
+
+    def finish(self) -> MerkleTree:
+        """The tree of every key added (the builder is spent)."""
+        tree, leaves = self._tree, self._leaves
+        if self._key_lists:
+            tree.leaf_keys.update((i, ks) for i, ks in enumerate(self._key_lists) if ks)
+            leaves = {i: reduce(xor, ds) for i, ds in enumerate(self._digest_lists) if ds}
+            self._key_lists, self._digest_lists = [], []
+        _fold_levels(tree, leaves)
+        return tree
 
 
 def _hashes(keys: list[str], vals: list[State]) -> tuple[list[int], list[int]]:

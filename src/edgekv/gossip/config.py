@@ -74,6 +74,21 @@ class GossipConfig:
     purge_interval: float = 10.0
     """Tombstone purge by causal stability runs this often."""
 
+    # -- bootstrap by snapshot (gossip/snapshot.py) ------------------------------------------------
+    snapshot_from_keys: int = 20_000
+    """A catch-up request more than this many changed keys behind is answered with a snapshot
+    offer instead (the switch point, measured: benchmarks/results/bootstrap.md)."""
+    snapshot_chunk_bytes: int = 256 << 10
+    """Target payload of one snapshot chunk (the responder's work per chunk is bounded by it)."""
+    snapshot_window: int = 4
+    """Snapshot chunks a receiver lets be in flight at once (its credit)."""
+    snapshot_timeout: float = 3.0
+    """A snapshot source silent this long is abandoned: the transfer resumes from its cursor
+    with another peer."""
+    snapshot_lag: int = 1000
+    """A peer whose watermark is within this many seqs of the offer's counts as caught up (a
+    snapshot source); edges are preferred to the origin."""
+
     # -- sizes ----------------------------------------------------------------------------------
     max_message_bytes: int = 1 << 20
     """Soft limit of one outgoing message's payload (SYNC_DATA and AE replies are chunked)."""
@@ -93,6 +108,7 @@ class GossipConfig:
             "suspect_timeout",
             "sync_timeout",
             "dead_forget",
+            "snapshot_timeout",
         ):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
@@ -107,13 +123,25 @@ class GossipConfig:
             value = getattr(self, name)
             if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
                 raise InvalidInput(f"GossipConfig.{name} must be a finite number > 0")
-        for name in ("fanout", "origin_fanout", "ihave_peers", "ae_force_every", "graft_peers"):
+        for name in (
+            "fanout",
+            "origin_fanout",
+            "ihave_peers",
+            "ae_force_every",
+            "graft_peers",
+            "snapshot_from_keys",
+            "snapshot_window",
+        ):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise InvalidInput(f"GossipConfig.{name} must be an integer >= 1")
         if not isinstance(self.indirect_probes, int) or self.indirect_probes < 0:
             raise InvalidInput("GossipConfig.indirect_probes must be an integer >= 0")
         if not isinstance(self.max_hops, int) or self.max_hops < 0:
             raise InvalidInput("GossipConfig.max_hops must be an integer >= 0")
+        if not isinstance(self.snapshot_lag, int) or self.snapshot_lag < 0:
+            raise InvalidInput("GossipConfig.snapshot_lag must be an integer >= 0")
+        if not isinstance(self.snapshot_chunk_bytes, int) or self.snapshot_chunk_bytes < 1024:
+            raise InvalidInput("GossipConfig.snapshot_chunk_bytes must be an integer >= 1024")
         if self.max_message_bytes < 4096:
             raise InvalidInput("GossipConfig.max_message_bytes must be at least 4096")
 

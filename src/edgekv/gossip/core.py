@@ -31,6 +31,11 @@ Theory of operation
    applied (`crdt/proofs.py`); an unsigned state raises `ForgedState`, a RemoteProtocolError
    the driver counts per peer and answers by cutting the peer off.  Senders attach the
    certificates of what they send (the three chunkers call `ProofStore.add_material`).
+7. Bootstrap (snapshot.py): a SYNC_REQ or GRAFT too far behind gets SNAP_OFFER instead of
+   catch-up data; the node offered one streams a snapshot (SNAP_REQ/SNAP_DATA), during which
+   it runs no anti-entropy (it answers none either: comparing an empty replica ships
+   everything) and sends no grafts.  When the last chunk is in, `take_job()` hands the driver
+   the bulk load to run (in a worker thread); `finish_job` installs the result.
 """
 
 from __future__ import annotations
@@ -74,8 +79,18 @@ from .messages import (
     parse,
     ping,
 )
-from .wire import Message
+from .snapshot import (
+    SNAPSHOT_TYPES,
+    SnapshotClient,
+    SnapshotServer,
+    StagedSnapshot,
+    offer_instead,
+    parse_offer,
+    snap_offer,
+)
+from .wire import Message, MsgType
 
+AE_TYPES = (AeRoot, AeEqual, AeStores, AeNodesReq, AeNodes, AeLeafReq, AeLeaf, AeStates)
 FORWARD_SYNC_LIMIT = 1000  # catch-up batches up to this many keys are relayed to the subtree
 
 
@@ -109,6 +124,8 @@ class GossipNode:
         )
         self.catchup = CatchUp(replica, self.config, self.rng, self.counters, self.members)
         self.antientropy = AntiEntropy(replica, self.config, self.rng, self.counters, self.members)
+        self.snapshots = SnapshotServer(replica, self.config, self.counters)
+        self.bootstrap = SnapshotClient(replica, self.config, self.rng, self.counters, self.members)
         self._changes: list[Change] = []
         self._started = False
         self._next_purge = float("inf")
@@ -164,6 +181,7 @@ class GossipNode:
             self.dissemination.next_deadline(),
             self.catchup.next_deadline(),
             self.antientropy.next_deadline(),
+            self.bootstrap.next_deadline(),
             self._next_purge,
         )
 
@@ -188,12 +206,20 @@ class GossipNode:
         one whose states conflict with ours (equal seq, different value: corruption or forgery)
         also raises it; the valid joins before the conflicting item stay applied.
         """
+        t = message.get("t") if type(message) is dict else None
+        if t in SNAPSHOT_TYPES:
+            out = self.members.heard_from(peer, now)
+            out.extend(self._on_snapshot(peer, message, now))
+            return out
         msg = parse(message)
         if self.replica.proofs is not None and isinstance(msg, Push | SyncData | AeStates):
             self._verify(peer, msg)
         self._sync_marks()
         before = len(self.members.peers)
         out = self.members.heard_from(peer, now)
+        if self.bootstrap.active and isinstance(msg, AE_TYPES):
+            self.counters["ae_ignored_bootstrapping"] += 1
+            return out
         out.extend(self._dispatch(peer, msg, now))
         if len(self.members.peers) != before:
             self.dissemination.fill()
@@ -209,11 +235,34 @@ class GossipNode:
         out = self.members.tick(now)
         out.extend(self.dissemination.tick(now))
         out.extend(self.catchup.tick(now))
+        out.extend(self.bootstrap.tick(now))
+        self.snapshots.busy = self.bootstrap.active
+        if self.bootstrap.active:  # rule 6: no anti-entropy, no grafts while bootstrapping
+            self.antientropy.next_round = max(self.antientropy.next_round, now + 1.0)
+            self.dissemination.grafts_paused_until = now + self.config.snapshot_timeout
         out.extend(self.antientropy.tick(now))
         if self._next_purge <= now:
             self._next_purge = now + self.config.purge_interval
             out.extend(self._purge(wall_ms))
         return out
+
+    def take_job(self) -> StagedSnapshot | None:
+        """Work for the driver to run off the event loop: a received snapshot to bulk-load
+        (`StagedSnapshot.build`, pure); give the result to `finish_job`."""
+        return self.bootstrap.take()
+
+    def finish_job(
+        self, job: StagedSnapshot, result: Replica | BaseException, now: float
+    ) -> list[Send]:
+        """Install a built snapshot (or give up on a failed build), then catch up the rest."""
+        if isinstance(result, BaseException):
+            self.counters["snapshot_build_failures"] += 1
+            self.bootstrap.abort()
+            return self.catchup.request(now)
+        self._record(self.bootstrap.install(result, job, now))
+        self._sync_marks()
+        self.dissemination.grafts_paused_until = float("-inf")
+        return self.catchup.request(now)  # what was written meanwhile: a small gap
 
     def drain_changes(self) -> list[Change]:
         """State changes applied since the last call (removals have `state=None`)."""
@@ -304,6 +353,29 @@ class GossipNode:
         """A peer's watermark (ping, ack, AE): catch up if we are still behind a while later."""
         self.dissemination.learn_exists(peer, wm, now, self.config.ping_interval)
 
+    def _on_snapshot(self, peer: str, message: Message, now: float) -> list[Send]:
+        t = message["t"]
+        if t == MsgType.SNAP_REQ:
+            return self.snapshots.on_req(peer, message, now)
+        if t == MsgType.SNAP_DATA:
+            return self.bootstrap.on_data(peer, message, now)
+        rid = parse_offer(message)[0]
+        self.catchup.pending.pop(rid, None)  # answered: by an offer
+        if self.role == "origin":
+            return []
+        out = self.bootstrap.on_offer(peer, message, now)
+        if self.bootstrap.active:
+            self.dissemination.grafts_paused_until = now + self.config.snapshot_timeout
+        return out
+
+    def _offer_or_answer(self, peer: str, rid: int, wm: int) -> list[Send]:
+        """Catch-up for a small gap; a snapshot offer for a large one (snapshot.py rule 1)."""
+        replica = self.replica
+        if offer_instead(replica, wm, self.config):
+            self.counters["snapshot_offers_sent"] += 1
+            return [Send(peer, snap_offer(rid, replica.watermark, len(replica)))]
+        return self.catchup.answer(peer, rid, wm)
+
     def _dispatch(self, peer: str, msg: object, now: float) -> list[Send]:
         d, members = self.dissemination, self.members
         if isinstance(msg, Push):
@@ -316,20 +388,24 @@ class GossipNode:
         if isinstance(msg, Graft):
             members.note_progress(peer, msg.wm, msg.purged)
             d.on_graft(peer)
-            return self.catchup.answer(peer, 0, msg.wm)
+            return self._offer_or_answer(peer, 0, msg.wm)
         if isinstance(msg, Prune):
             d.on_prune(peer)
             return []
         if isinstance(msg, SyncReq):
             members.note_progress(peer, msg.wm, msg.purged)
-            return self.catchup.answer(peer, msg.rid, msg.wm)
+            return self._offer_or_answer(peer, msg.rid, msg.wm)
         if isinstance(msg, SyncData):
             return self._on_sync_data(peer, msg, now)
         if isinstance(msg, Ping):
+            if msg.role == "origin":
+                self.bootstrap.note_origin(msg.wm)
             out = members.on_ping(peer, msg, now)
             self._ahead(peer, msg.wm, now)
             return out
         if isinstance(msg, Ack):
+            if msg.role == "origin" and msg.target is None:
+                self.bootstrap.note_origin(msg.wm)
             out = members.on_ack(peer, msg, now)
             self._ahead(msg.target or peer, msg.wm, now)
             return out

@@ -79,6 +79,9 @@ class MsgType(IntEnum):
     PRUNE = 13
     SYNC_REQ = 20
     SYNC_DATA = 21
+    SNAP_OFFER = 22
+    SNAP_REQ = 23
+    SNAP_DATA = 24
     AE_ROOT = 30
     AE_STORES = 31
     AE_NODES_REQ = 32

@@ -11,6 +11,13 @@ Lifecycle (`async with EdgeNode(...) as node`, under trio or asyncio through any
    injected one too: the node leaves the network), stop the runtime and HTTP server, then
    flush and close the database.
 
+Readiness: a fresh node (nothing loaded) returns from `async with` once it holds everything
+up to the origin's watermark as first heard after joining (`is_ready()`), which for a large
+store means once its snapshot (gossip/snapshot.py) is installed; or after `ready_timeout`
+(default: `READY_BASE` s plus `READY_PER_KEY` s per key the snapshot offer announced), with the
+reason logged.  While a snapshot streams the node logs progress lines (`event=snapshot`) and
+`/status` reports them under "snapshot".
+
 Writes (`await store.put(...)` etc.) travel to the origin as a REQUEST over the gossip transport.
 The origin's RESPONSE carries the write's version, deltas and covered seqs; the edge hands them
 to `runtime.publish` (at an edge the gossip core only applies them: the origin's own push
@@ -71,6 +78,10 @@ BACKGROUND_TREES_FROM = 50_000
 """A restart with at least this many keys builds its Merkle trees in a worker thread after
 reads start (about 2 s per million keys); a smaller one builds them before it returns."""
 
+READY_BASE = 10.0
+READY_PER_KEY = 20e-6  # 20 s per million keys: 4x the measured snapshot time on 2 shared cores
+PROGRESS_EVERY = 1.0  # seconds between progress lines while a snapshot streams
+
 logger = logging.getLogger("edgekv.edge")
 
 
@@ -95,7 +106,7 @@ class EdgeNode:
         wall_ms: Callable[[], int] | None = None,
         flush_interval: float = FLUSH_INTERVAL,
         rng: random.Random | None = None,
-        ready_timeout: float = 5.0,
+        ready_timeout: float | None = None,
         faults: LinkFaults | None = None,
         advertise: str | None = None,
         net_limits: NetLimits = DEFAULT_NET_LIMITS,
@@ -114,8 +125,8 @@ class EdgeNode:
                 raise InvalidInput(f"bad address {address!r}, expected 'host:port'") from None
         if write_timeout <= 0:
             raise InvalidInput("write_timeout must be positive")
-        if not ready_timeout >= 0:
-            raise InvalidInput("ready_timeout must be >= 0")
+        if ready_timeout is not None and not ready_timeout >= 0:
+            raise InvalidInput("ready_timeout must be >= 0 (or None: fit the snapshot)")
         self.ready_timeout = ready_timeout
         if isinstance(origin_public_keys, str | Path):
             raise InvalidInput("origin_public_keys must be a list of keys or key files")
@@ -212,18 +223,69 @@ class EdgeNode:
         self._stack = stack
         self._ctx_token = kvstore.current_node.set(self)
         fresh = len(self._replica) == 0 and self._replica.watermark == 0
-        if fresh and self.ready_timeout > 0:
-            # a fresh node has nothing to serve yet: give the initial sync a moment, so that
-            # `node.open(store)` right after `async with` finds the stores the origin has
-            with anyio.move_on_after(self.ready_timeout):
-                await self.wait_ready()
-            if not self.is_ready():
-                logger.warning(
-                    "event=not_ready node=%s timeout=%.1f: serving what it has while it syncs",
-                    self.node_id,
-                    self.ready_timeout,
-                )
+        if fresh and self.ready_timeout != 0:
+            # a fresh node has nothing to serve yet: wait for the initial sync, so that
+            # `node.open(store)` right after `async with` finds what the origin has
+            started = anyio.current_time()
+            while not self.is_ready():
+                limit = self.expected_ready_timeout()
+                if anyio.current_time() - started >= limit:
+                    logger.warning(
+                        "event=not_ready node=%s timeout=%.1f reason=%s: serving what it has"
+                        " while it syncs",
+                        self.node_id,
+                        limit,
+                        self._not_ready_reason(),
+                    )
+                    break
+                await anyio.sleep(0.01)
         return self
+
+    def expected_ready_timeout(self) -> float:
+        """`ready_timeout`, or by default one that fits the snapshot announced (if any)."""
+        if self.ready_timeout is not None:
+            return self.ready_timeout
+        runtime = self._runtime
+        total = self.gossip.bootstrap.progress.total if runtime is not None else 0
+        return READY_BASE + READY_PER_KEY * total
+
+    def _not_ready_reason(self) -> str:
+        runtime = self._runtime
+        if runtime is None or not runtime.running:
+            return "gossip_not_started"
+        boot = self.gossip.bootstrap
+        if boot.target is None:
+            return "origin_not_heard"
+        if boot.active:
+            return f"snapshot_{boot.state}_{boot.progress.keys}_of_{boot.progress.total}_keys"
+        return f"catching_up_{self._replica.watermark}_of_{boot.target}"
+
+    async def _log_progress(self) -> None:
+        """Progress lines while a snapshot streams (and one when it is installed)."""
+        was_active = False
+        while True:
+            await anyio.sleep(PROGRESS_EVERY)
+            runtime = self._runtime
+            if runtime is None:
+                continue
+            boot = self.gossip.bootstrap
+            if boot.active or was_active:
+                st = boot.status(runtime.now())
+                logger.info(
+                    "event=snapshot node=%s state=%s source=%s keys=%d total=%d bytes=%d"
+                    " keys_per_s=%.0f seconds_left=%.1f resumes=%d watermark=%d",
+                    self.node_id,
+                    st["state"] if boot.active else "installed",
+                    st["source"],
+                    st["keys"],
+                    st["total_keys"],
+                    st["bytes"],
+                    st["keys_per_s"],
+                    st["seconds_left"],
+                    st["resumes"],
+                    self._replica.watermark,
+                )
+            was_active = boot.active
 
     async def _start(self, stack: AsyncExitStack) -> None:
         if self.data_dir is not None:
@@ -284,8 +346,11 @@ class EdgeNode:
         runtime.add_listener(self.hub.on_changes)
         stack.callback(self.hub.close)
         if self._persist is not None:
-            runtime.add_listener(self._persist.on_changes)
-            await tg.start(self._persist.run)
+            persist = self._persist
+            runtime.add_listener(persist.on_changes)
+            runtime.add_job_listener(lambda job, result: persist.rewrite_all())
+            await tg.start(persist.run)
+        tg.start_soon(self._log_progress)
         if self._replica.trees_pending:
             tg.start_soon(self._build_trees_then_run, runtime)
         else:
@@ -325,18 +390,12 @@ class EdgeNode:
             logger.info("event=stopped node=%s", self.node_id)
 
     def is_ready(self) -> bool:
-        """True once this node has heard the origin's watermark and caught up with it."""
+        """True once this node holds everything up to the origin's watermark as first heard
+        after joining (no snapshot under way); see the module docstring."""
         runtime = self._runtime
-        info = (
-            runtime.gossip.peers().get(runtime.resolve(self.origin))
-            if runtime is not None
-            else None
-        )
-        if info is None:
+        if runtime is None or not runtime.running:
             return False
-        # a seed's row exists before it has said anything: heard = a message since
-        heard = info.watermark > 0 or info.last_seen > info.since
-        return bool(heard and self._replica.watermark >= info.watermark)
+        return self.gossip.bootstrap.ready()
 
     async def wait_ready(self, *, poll: float = 0.01) -> None:
         """Wait until `is_ready()` (bound it with `anyio.move_on_after`)."""
@@ -426,7 +485,9 @@ class EdgeNode:
             "keys": len(replica),
             "stores": replica.store_names(),
             # while a restart builds its Merkle trees (gossip not started yet), no roots
-            "syncing": runtime is None or not runtime.running,
+            "syncing": runtime is None or not runtime.running or self.gossip.bootstrap.active,
+            "ready": self.is_ready(),
+            "snapshot": None if runtime is None else self.gossip.bootstrap.status(runtime.now()),
             "roots": None
             if pending
             else {name or "<meta>": f"{root:032x}" for name, root in replica.roots().items()},

@@ -28,7 +28,11 @@ Theory of operation
    every index once (sorted key list, change log, Merkle tree) instead of key by key, adds the
    covered ranges and sets `purged` last (the replica ignores deltas at or below `purged` for
    keys it lacks, which would drop the rows being loaded).
-4. Corruption: the file is refused when it cannot be opened as SQLite, `PRAGMA quick_check`
+4. A snapshot installed in the replica (gossip/snapshot.py) replaces nearly every key at once:
+   `rewrite_all()` makes the next flush copy each store's states (a C-level dict copy on the
+   event loop) and rewrite the table from them in its worker thread, in the flush's one
+   transaction with the covered ranges of that moment; per-key dirty tracking goes on as usual.
+5. Corruption: the file is refused when it cannot be opened as SQLite, `PRAGMA quick_check`
    fails, the format is unknown, or any row fails to decode (`CodecError`, `ConflictingVersion`,
    wrong types).  Then the file (and its -wal/-shm) is moved aside as `*.corrupt-<ts>`, the
    failure is logged at ERROR level, and the node starts empty and re-syncs from its peers.
@@ -44,7 +48,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import compress, groupby, repeat
-from operator import and_, eq, is_not, itemgetter, not_
+from operator import eq, is_not, itemgetter, not_
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,15 +61,7 @@ from edgekv.crdt import META, Change, Register, Replica, State, bulk_load_stores
 from edgekv.crdt.bloom import BloomDelta
 from edgekv.crdt.codec import decode_delta, dumps, encode_delta, loads
 from edgekv.crdt.proofs import Certificate, ProofStore
-from edgekv.crdt.register import (
-    EXPIRY_AT,
-    HAS_EXPIRY,
-    SEQ_AT,
-    TOMBSTONE,
-    VALUE_AT,
-    VALUE_AT_EXPIRY,
-    WRITTEN_AT_AT,
-)
+from edgekv.crdt.register import SEQ_AT, registers_valid
 from edgekv.errors import EdgeKVError
 
 __all__ = ["CorruptDatabase", "LoadReport", "ReplicaStore"]
@@ -115,6 +111,7 @@ class ReplicaStore:
         self.flush_interval = flush_interval
         self.eager_keys = eager_keys
         self._dirty: dict[tuple[str, str], None] = {}
+        self._rewrite = False
         self._saved_covered: list[tuple[int, int]] = []
         self._saved_purged = 0
         self._kick = anyio.Event()
@@ -248,6 +245,11 @@ class ReplicaStore:
 
     # -- flushing --------------------------------------------------------------------------------
 
+    def rewrite_all(self) -> None:
+        """Rule 4: rewrite every row at the next flush (after a snapshot was installed)."""
+        self._rewrite = True
+        self._kick.set()
+
     def on_changes(self, changes: list[Change]) -> None:
         """Runtime listener: remember which keys to write at the next flush."""
         dirty = self._dirty
@@ -274,6 +276,10 @@ class ReplicaStore:
     def _snapshot(self) -> _Batch:
         replica = self.replica
         dirty, self._dirty = self._dirty, {}
+        everything: list[tuple[str, list[tuple[str, State]]]] | None = None
+        if self._rewrite:
+            self._rewrite = False
+            everything = [(name, list(sr.states.items())) for name, sr in replica.stores.items()]
         # A store (re)created or dropped drops its older keys without per-key changes: such a
         # store is rewritten whole (its rows deleted, its current keys written).
         rewrite = [key for store, key in dirty if store == META]
@@ -287,10 +293,8 @@ class ReplicaStore:
             state = replica.state(store, key)
             if state is None:
                 deletes.append((store, key))
-            elif type(state) is Register:
-                upserts.append((store, key, state.seq, state, None))
             else:
-                upserts.append((store, key, state.seq, None, dumps(encode_delta(state))))
+                upserts.append(_row(store, (key, state)))
         meta: list[Any] = []
         covered = list(replica.covered)
         if covered != self._saved_covered:
@@ -303,7 +307,7 @@ class ReplicaStore:
         dropped: list[Certificate] = []
         if replica.proofs is not None:
             added, dropped = replica.proofs.drain_journal()
-        return _Batch(rewrite, upserts, deletes, meta, added, dropped)
+        return _Batch(rewrite, upserts, deletes, meta, added, dropped, everything)
 
     async def flush(self) -> int:
         """Write every dirty key and changed metadata; returns rows written."""
@@ -311,6 +315,7 @@ class ReplicaStore:
         if (
             not self._dirty
             and not (proofs is not None and (proofs.added or proofs.dropped))
+            and not self._rewrite
             and list(self.replica.covered) == self._saved_covered
             and (self.replica.purged == self._saved_purged)
         ):
@@ -325,6 +330,7 @@ class ReplicaStore:
                 self._dirty[(store, key)] = None
             self._dirty.update(dict.fromkeys(batch.deletes))
             self._dirty.update(((META, name), None) for name in batch.rewrite)
+            self._rewrite = self._rewrite or batch.everything is not None
             self._saved_covered, self._saved_purged = [], -1
             proofs = self.replica.proofs
             if proofs is not None:  # journal them again
@@ -332,6 +338,7 @@ class ReplicaStore:
                 proofs.dropped[:0] = batch.certs_dropped
             raise
         rows = len(batch.upserts) + len(batch.deletes)
+        rows += sum(len(items) for _, items in batch.everything or ())
         self.flushes += 1
         self.rows_written += rows
         self.persisted_watermark = watermark
@@ -343,6 +350,12 @@ class ReplicaStore:
             return
         db.execute("BEGIN")
         try:
+            if batch.everything is not None:
+                db.execute("DELETE FROM states")
+                for name, items in batch.everything:
+                    db.executemany(
+                        "INSERT INTO states VALUES (?, ?, ?, ?, ?)", map(_row, repeat(name), items)
+                    )
             for name in batch.rewrite:
                 db.execute("DELETE FROM states WHERE store = ?", (name,))
             if batch.upserts:
@@ -382,11 +395,8 @@ class ReplicaStore:
 # linear time).
 _SELECT_ROWS = "SELECT store, key, seq, reg, state FROM states ORDER BY store, key"
 _COLUMNS = 5
-# the fields of a register's bytes (crdt/register.py)
+# the seq field of a register's bytes (crdt/register.py)
 _SEQ_BYTES = itemgetter(slice(SEQ_AT, SEQ_AT + 8))
-_FLAGS = itemgetter(0)
-_WRITTEN_AT_TOP = itemgetter(WRITTEN_AT_AT)  # the sign byte of written_at
-_EXPIRY_TOP = itemgetter(EXPIRY_AT)  # the sign byte of expiry, when flags has HAS_EXPIRY
 _BIG: Literal["big"] = "big"
 
 
@@ -452,21 +462,9 @@ def _group_rows(rows: list[tuple[Any, ...]]) -> dict[str, dict[str, State]]:
 
 def _registers_ok(regs: list[Any], seqs: list[int]) -> bool:
     """The checks of `_register` on whole columns."""
-    if not regs:
-        return True
-    if not set(map(type, regs)) <= {bytes} or min(map(len, regs)) < VALUE_AT:
+    if not registers_valid(regs):
         return False
-    flags = list(map(_FLAGS, regs))
-    if not set(flags) <= {0, TOMBSTONE, HAS_EXPIRY, TOMBSTONE | HAS_EXPIRY}:
-        return False
-    if max(map(_WRITTEN_AT_TOP, regs)) >= 0x80:
-        return False
-    if not all(map(eq, map(_SEQ_BYTES, regs), map(int.to_bytes, seqs, repeat(8), repeat(_BIG)))):
-        return False
-    expiring = list(compress(regs, map(and_, flags, repeat(HAS_EXPIRY))))
-    return not expiring or (
-        min(map(len, expiring)) >= VALUE_AT_EXPIRY and max(map(_EXPIRY_TOP, expiring)) < 0x80
-    )
+    return all(map(eq, map(_SEQ_BYTES, regs), map(int.to_bytes, seqs, repeat(8), repeat(_BIG))))
 
 
 def _register(reg: object, seq: object) -> Register:
@@ -488,6 +486,13 @@ def _checkpoint_and_close(db: sqlite3.Connection) -> None:
         db.close()
 
 
+def _row(store: str, item: tuple[str, State]) -> tuple[Any, ...]:
+    key, state = item
+    if type(state) is Register:
+        return (store, key, state.seq, state, None)
+    return (store, key, state.seq, None, dumps(encode_delta(state)))
+
+
 @dataclass(slots=True)
 class _Batch:
     rewrite: list[str]
@@ -496,3 +501,4 @@ class _Batch:
     meta: list[Any]
     certs_added: list[Certificate] = field(default_factory=list)
     certs_dropped: list[Certificate] = field(default_factory=list)
+    everything: list[tuple[str, list[tuple[str, State]]]] | None = None

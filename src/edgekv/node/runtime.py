@@ -21,7 +21,11 @@ Theory of operation
    message}.  RESPONSE/ERROR complete the matching `request()` if (and only if) they come from
    the peer that request was sent to.  A request that gets no answer within its timeout raises
    `OriginUnavailable`.
-5. Garbage never stops the node: a `RemoteProtocolError` (or any other failure) while handling
+5. Heavy work the core hands out (`take_job()`: a received snapshot to bulk-load) runs in a
+   worker thread when large (inline when small, so virtual-clock tests stay exact); its
+   result goes back through `finish_job`, then to the job listeners (persistence rewrites
+   its file from the installed replica).
+6. Garbage never stops the node: a `RemoteProtocolError` (or any other failure) while handling
    one message is logged and counted in `metrics.events`; the loop goes on.
 6. A peer that sends states the origin never signed (`ForgedState`, see crdt/proofs.py) is
    counted in `metrics.rejected` (by peer; /metrics and /status show it) and cut off for
@@ -76,6 +80,7 @@ _HANDSHAKE = frozenset(int(t) for t in (MsgType.HELLO, MsgType.HELLO_ACK, MsgTyp
 MAX_INFLIGHT_REQUESTS = 1024
 MAX_ALIASES = 1024  # moved-away addresses remembered by `resolve`
 SUBSCRIBER_BUFFER = 1024
+OFFLOAD_FROM_KEYS = 20_000  # a job this large runs in a worker thread
 
 
 def system_wall_ms() -> int:
@@ -119,6 +124,7 @@ class GossipCore(Protocol):
 
 RequestHandler = Callable[[str, Message], Awaitable[Message]]
 Listener = Callable[[list[Change]], None]
+JobListener = Callable[[Any, Any], None]
 
 
 class _Waiter:
@@ -154,6 +160,7 @@ class NodeRuntime:
         self._ids = itertools.count(1)
         self._pending: dict[int, _Waiter] = {}
         self._listeners: list[Listener] = []
+        self._job_listeners: list[JobListener] = []
         self._subscribers: list[MemoryObjectSendStream[list[Change]]] = []
         self._sleep_scope: anyio.CancelScope | None = None  # the timer loop's sleep, if any
         self._sleeping_until = -math.inf
@@ -171,6 +178,10 @@ class NodeRuntime:
     @property
     def address(self) -> str:
         return self.transport.address
+
+    def now(self) -> float:
+        """The time on the clock driving the gossip core."""
+        return self._clock()
 
     @property
     def wall_ms(self) -> Callable[[], int]:
@@ -292,6 +303,10 @@ class NodeRuntime:
         Listeners must be fast and must not raise (persistence marks keys dirty; watch fans
         out into bounded per-watcher buffers)."""
         self._listeners.append(listener)
+
+    def add_job_listener(self, listener: JobListener) -> None:
+        """Call `listener(job, result)` after the core installed a job's result (rule 5)."""
+        self._job_listeners.append(listener)
 
     def remove_listener(self, listener: Listener) -> None:
         if listener in self._listeners:
@@ -437,9 +452,35 @@ class NodeRuntime:
         changes = self.gossip.drain_changes()
         if changes:
             self._dispatch(changes)
+        take = getattr(self.gossip, "take_job", None)
+        job = take() if take is not None else None
+        if job is not None and self._tg is not None:
+            self._tg.start_soon(self._run_job, job)
         if self.gossip.next_deadline < self._sleeping_until and self._sleep_scope is not None:
             self._sleep_scope.cancel()
             self._sleeping_until = -math.inf
+
+    async def _run_job(self, job: Any) -> None:
+        """Rule 5: build off the loop when large, then install through the core."""
+        result: Any
+        try:
+            if getattr(job, "keys", 0) >= OFFLOAD_FROM_KEYS:
+                result = await anyio.to_thread.run_sync(job.build, abandon_on_cancel=True)
+            else:
+                result = job.build()
+        except Exception as exc:
+            logger.exception("%s: background job failed", self.address)
+            result = exc
+        sends = self.gossip.finish_job(job, result, self._clock())  # type: ignore[attr-defined]
+        self._after_gossip()
+        if not isinstance(result, BaseException):
+            for listener in self._job_listeners:
+                try:
+                    listener(job, result)
+                except Exception:
+                    self._count("listener_errors")
+                    logger.exception("%s: job listener failed", self.address)
+        await self._send_all(sends)
 
     def _dispatch(self, changes: list[Change]) -> None:
         metrics = self.metrics

@@ -1,0 +1,616 @@
+"""Bootstrap by streamed snapshot: a node far behind gets whole stores in key order, in chunks.
+
+Why: catch-up by watermark sends every change after the requester's watermark in one answer;
+for a fresh node that is the whole replica, built in one synchronous call (seconds of a
+blocked event loop at the responder, answers slower than `sync_timeout`, retried elsewhere and
+built again).  A snapshot instead moves the replica as a flow-controlled stream any peer can
+serve and a receiver loads in bulk.
+
+Theory of operation
+1. Switch.  A responder whose catch-up answer would hold more than `snapshot_from_keys`
+   changed keys (estimated as min(seq gap, keys held): O(1)) answers SNAP_OFFER{rid, wm, keys}
+   instead (`offer_instead`).  Small gaps keep catch-up by watermark.
+2. Source.  On an offer the receiver picks a source: a live edge whose advertised watermark is
+   within `snapshot_lag` of the offer's (random among them: ten joining edges spread over the
+   caught-up edges), else the peer that offered (often the origin).  Every chunk passes the
+   `verify` hook before it is staged, so a chunk served by an edge is checked like one from
+   the origin (the hook where origin-signed proofs plug in; without one, chunks are trusted as
+   any gossip is).
+3. Flow control.  SNAP_REQ{sid, after, credit, open} opens (open: true) session `sid`
+   starting after cursor `after` ([store, key]; null = the beginning) or continues it, and
+   grants `credit` more chunks (credit for an unknown session is ignored: it ended).
+   The receiver grants `snapshot_window` at first, then one per chunk received, so at most a
+   window of chunks is in flight; the responder builds a chunk only when granted one, so its
+   work per event is at most a few chunks of `snapshot_chunk_bytes`, and it holds no chunk
+   after sending it.  Sessions are few (`MAX_SESSIONS`) and expire when idle.
+4. Chunks.  SNAP_DATA{sid, n, wm, purged, total, store, keys, lens, regs, others, last} holds
+   consecutive keys of one store in key order (stores in name order, metadata "" first).
+   Plain values travel as their register bytes: `regs` concatenated, `lens` their lengths
+   (uint32 big-endian; 0 marks a key whose state is the next item of `others`, a strict CBOR
+   delta).  `wm`/`purged` are the responder's watermark and purge mark when the session began;
+   `total` its key count (for progress); `last` ends the stream.
+5. Consistency.  Each chunk holds the responder's states at the time it is built, so every
+   state sent reflects every seq up to the session's `wm`.  The snapshot claims covered
+   [1, min wm over its sessions]: writes made meanwhile arrive by the normal paths (pushes,
+   then a catch-up from that watermark) and are joined.  A key created during the transfer
+   behind the cursor is such a write.
+6. Resume.  A source silent for `snapshot_timeout` (or answering busy) is abandoned: a new
+   session with another peer starts after the last key staged.  Chunks of an old session, or
+   out of order (n), are ignored.  A malformed chunk raises RemoteProtocolError after the
+   session is abandoned the same way: what was staged before stays (it was checked).
+7. Load.  Chunks are staged per store (dicts in key order, Merkle leaves hashed per chunk).
+   After the last one the driver runs `StagedSnapshot.build` (pure, for a worker thread):
+   one bulk load into a new replica with the prebuilt trees.  `install` then adopts it in the
+   live replica, joining what arrived by gossip meanwhile (crdt/bulk.py rule 7).
+8. Readiness.  `target` is the origin's watermark as first heard after joining; the node is
+   ready when no snapshot is under way and its watermark has reached the target.
+"""
+
+from __future__ import annotations
+
+import random
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import accumulate, compress, islice, repeat
+from operator import itemgetter, lt
+from typing import Any
+
+from ..crdt.bulk import adopt, bulk_load_stores
+from ..crdt.codec import encode_delta
+from ..crdt.register import Register, registers_valid, unpack_head
+from ..crdt.replica import Change, Replica
+from ..crdt.state import State
+from ..crdt.treebuild import TreeBuilder
+from ..errors import RemoteProtocolError
+from .config import GossipConfig
+from .dissemination import delta_size
+from .membership import ALIVE, Membership
+from .messages import MAX_SEQ, Send, _delta, _int, _key, _store
+from .wire import Message, MsgType
+
+__all__ = [
+    "SNAPSHOT_TYPES",
+    "SnapshotClient",
+    "SnapshotServer",
+    "StagedSnapshot",
+    "offer_instead",
+    "snap_offer",
+]
+
+SNAPSHOT_TYPES = frozenset({int(MsgType.SNAP_OFFER), int(MsgType.SNAP_REQ), int(MsgType.SNAP_DATA)})
+MAX_SESSIONS = 32  # snapshot sessions one node serves at once
+MAX_CREDIT = 16  # chunks one SNAP_REQ may grant
+MAX_CHUNK_KEYS = 50_000
+_LEN = 4
+_LITTLE = array("I", [1]).tobytes()[0] == 1
+_SEQ = itemgetter(1)
+_new_bytes = bytes.__new__
+
+Cursor = tuple[str, str] | None
+Verify = Callable[[str, list[str], list[State], object], None]
+
+
+# --- messages ------------------------------------------------------------------------------------
+
+
+def snap_offer(rid: int, wm: int, keys: int) -> Message:
+    return {"t": int(MsgType.SNAP_OFFER), "rid": rid, "wm": wm, "keys": keys}
+
+
+def snap_req(sid: int, after: Cursor, credit: int, open: bool) -> Message:
+    return {
+        "t": int(MsgType.SNAP_REQ),
+        "sid": sid,
+        "after": None if after is None else list(after),
+        "credit": credit,
+        "open": open,
+    }
+
+
+def parse_offer(m: Message) -> tuple[int, int, int]:
+    """(rid, wm, keys) of a SNAP_OFFER, or RemoteProtocolError."""
+    return _int(m, "rid"), _int(m, "wm"), _int(m, "keys")
+
+
+def _cursor(m: Message) -> Cursor:
+    after = m.get("after")
+    if after is None:
+        return None
+    if type(after) is not list or len(after) != 2:
+        raise RemoteProtocolError("SNAP_REQ: after must be null or [store, key]")
+    store = _store(after[0])
+    return store, (after[1] if after[1] == "" else _key(after[1]))
+
+
+def offer_instead(replica: Replica, wm: int, config: GossipConfig) -> bool:
+    """Rule 1: is a catch-up from `wm` too large to answer (a snapshot is offered instead)?"""
+    gap = replica.watermark - wm
+    return gap > config.snapshot_from_keys and len(replica) > config.snapshot_from_keys
+
+
+# --- responder -----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Session:
+    cursor: Cursor
+    wm: int
+    purged: int
+    credit: int = 0
+    n: int = 0
+    idle_since: float = 0.0
+
+
+class SnapshotServer:
+    """The responder side: sessions of peers taking a snapshot from this node (rules 3-4)."""
+
+    def __init__(self, replica: Replica, config: GossipConfig, counters: Any) -> None:
+        self.replica = replica
+        self.config = config
+        self.counters = counters
+        self.sessions: dict[tuple[str, int], _Session] = {}
+        self.busy = False  # set while this node bootstraps itself: it serves no snapshot
+        self.proof: Callable[[str, list[str], list[State]], object] | None = None
+
+    def on_req(self, peer: str, m: Message, now: float) -> list[Send]:
+        sid = _int(m, "sid")
+        credit = _int(m, "credit", 1, MAX_CREDIT)
+        after = _cursor(m)
+        opening = m.get("open")
+        if type(opening) is not bool:
+            raise RemoteProtocolError("SNAP_REQ: open must be a boolean")
+        self._expire(now)
+        s = self.sessions.get((peer, sid))
+        if s is None:
+            if not opening:  # credit for a session that ended (or expired): nothing to send
+                return []
+            if self.busy or len(self.sessions) >= MAX_SESSIONS:
+                self.counters["snapshot_busy"] += 1
+                return [Send(peer, _data(sid, 0, 0, 0, 0, "", [], b"", b"", [], True, busy=True))]
+            r = self.replica
+            s = self.sessions[(peer, sid)] = _Session(after, r.watermark, r.purged)
+            self.counters["snapshot_sessions"] += 1
+        s.credit = min(MAX_CREDIT, s.credit + credit)
+        s.idle_since = now
+        out: list[Send] = []
+        while s.credit > 0:
+            msg, done = self._chunk(sid, s)
+            out.append(Send(peer, msg))
+            s.credit -= 1
+            s.n += 1
+            if done:
+                del self.sessions[(peer, sid)]
+                break
+        return out
+
+    def _expire(self, now: float) -> None:
+        idle = 2 * self.config.snapshot_timeout
+        for k in [k for k, s in self.sessions.items() if now - s.idle_since > idle]:
+            del self.sessions[k]
+
+    def _chunk(self, sid: int, s: _Session) -> tuple[Message, bool]:
+        """The next chunk after `s.cursor` (at most one store, about chunk_bytes)."""
+        stores = self.replica.stores
+        names = sorted(stores)
+        store, after = s.cursor if s.cursor is not None else (names[0], None)
+        i = next((j for j, n in enumerate(names) if n >= store), len(names))
+        budget = self.config.snapshot_chunk_bytes
+        while i < len(names):
+            name = names[i]
+            sr = stores[name]
+            start = 0 if after is None or name != store else sr.keys.bisect_right(after)
+            if start < len(sr.keys):
+                keys: list[str] = []
+                states = sr.states
+                size = 0
+                for key in sr.keys.islice(start, start + MAX_CHUNK_KEYS):
+                    st = states[key]
+                    keys.append(key)
+                    size += len(key) + (len(st) if isinstance(st, Register) else delta_size(st))
+                    if size >= budget:
+                        break
+                vals = [states[k] for k in keys]
+                s.cursor = (name, keys[-1])
+                done = i == len(names) - 1 and start + len(keys) == len(sr.keys)
+                self.counters["snapshot_keys_served"] += len(keys)
+                return self._encode(sid, s, name, keys, vals, done), done
+            i += 1
+            after = None
+        return _data(sid, s.n, s.wm, s.purged, len(self.replica), "", [], b"", b"", [], True), True
+
+    def _encode(
+        self, sid: int, s: _Session, store: str, keys: list[str], vals: list[State], last: bool
+    ) -> Message:
+        is_reg = [v.__class__ is Register for v in vals]
+        regs: list[bytes] = list(compress(vals, is_reg))  # type: ignore[arg-type]
+        others = [encode_delta(v) for v, r in zip(vals, is_reg, strict=True) if not r]
+        sizes = [len(v) if r else 0 for v, r in zip(vals, is_reg, strict=True)]  # type: ignore[arg-type]
+        lens = array("I", sizes)
+        if _LITTLE:
+            lens.byteswap()  # big-endian on the wire
+        msg = _data(
+            sid,
+            s.n,
+            s.wm,
+            s.purged,
+            len(self.replica),
+            store,
+            keys,
+            lens.tobytes(),
+            b"".join(regs),
+            others,
+            last,
+        )
+        if self.proof is not None:
+            msg["proof"] = self.proof(store, keys, vals)
+        return msg
+
+
+def _data(
+    sid: int,
+    n: int,
+    wm: int,
+    purged: int,
+    total: int,
+    store: str,
+    keys: list[str],
+    lens: bytes,
+    regs: bytes,
+    others: list[Any],
+    last: bool,
+    busy: bool = False,
+) -> Message:
+    m: Message = {
+        "t": int(MsgType.SNAP_DATA),
+        "sid": sid,
+        "n": n,
+        "wm": wm,
+        "purged": purged,
+        "total": total,
+        "store": store,
+        "keys": keys,
+        "lens": lens,
+        "regs": regs,
+        "others": others,
+        "last": last,
+    }
+    if busy:
+        m["busy"] = True
+    return m
+
+
+# --- receiver ------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Chunk:
+    """One parsed, checked SNAP_DATA."""
+
+    sid: int
+    n: int
+    wm: int
+    purged: int
+    total: int
+    store: str
+    keys: list[str]
+    states: list[State]
+    last: bool
+    busy: bool
+    proof: object
+    size: int  # payload bytes (keys, registers, lengths; other states estimated)
+
+
+def parse_chunk(m: Message) -> Chunk:
+    """Validate a whole SNAP_DATA (column-wise), or raise RemoteProtocolError."""
+    keys = m.get("keys")
+    if type(keys) is not list or len(keys) > MAX_CHUNK_KEYS:
+        raise RemoteProtocolError(f"SNAP_DATA: keys must be an array of <= {MAX_CHUNK_KEYS}")
+    if keys:
+        if not set(map(type, keys)) <= {str} or min(map(len, keys)) < 1:
+            raise RemoteProtocolError("SNAP_DATA: keys must be non-empty strings")
+        try:
+            if max(map(len, map(str.encode, keys))) > 512:
+                raise RemoteProtocolError("SNAP_DATA: a key exceeds 512 bytes")
+        except UnicodeEncodeError:
+            raise RemoteProtocolError("SNAP_DATA: a key is not valid UTF-8") from None
+        if not all(map(lt, keys, islice(keys, 1, None))):
+            raise RemoteProtocolError("SNAP_DATA: keys must be strictly increasing")
+    lens_b, regs_b, others = m.get("lens"), m.get("regs"), m.get("others")
+    if type(lens_b) is not bytes or type(regs_b) is not bytes or type(others) is not list:
+        raise RemoteProtocolError("SNAP_DATA: lens and regs must be bytes, others an array")
+    if len(lens_b) != _LEN * len(keys):
+        raise RemoteProtocolError("SNAP_DATA: one length per key")
+    lens = array("I")
+    lens.frombytes(lens_b)
+    if _LITTLE:
+        lens.byteswap()
+    is_reg = list(map(bool, lens))
+    n_regs = sum(is_reg)
+    if len(others) != len(keys) - n_regs or sum(lens) != len(regs_b):
+        raise RemoteProtocolError("SNAP_DATA: lengths do not match the payload")
+    reg_lens = list(compress(lens, is_reg))
+    ends = list(accumulate(reg_lens))
+    raw = list(map(regs_b.__getitem__, map(slice, [0, *ends[:-1]], ends)))
+    if not registers_valid(raw) or (raw and min(map(_SEQ, map(unpack_head, raw))) < 1):
+        raise RemoteProtocolError("SNAP_DATA: malformed register")
+    regs: list[State] = list(map(_new_bytes, repeat(Register), raw))
+    size = len(regs_b) + len(lens_b) + sum(map(len, keys))
+    if n_regs == len(keys):
+        states = regs
+    else:
+        decoded = [_to_state(_delta(d)) for d in others]
+        size += sum(map(delta_size, decoded))
+        rest, it = iter(decoded), iter(regs)
+        states = [next(it) if r else next(rest) for r in is_reg]
+    busy = m.get("busy", False)
+    last = m.get("last")
+    if type(busy) is not bool or type(last) is not bool:
+        raise RemoteProtocolError("SNAP_DATA: last and busy must be booleans")
+    return Chunk(
+        _int(m, "sid"),
+        _int(m, "n"),
+        _int(m, "wm"),
+        _int(m, "purged"),
+        _int(m, "total"),
+        _store(m.get("store")),
+        keys,
+        states,
+        last,
+        busy,
+        m.get("proof"),
+        size,
+    )
+
+
+def _to_state(d: Any) -> State:
+    to_state = getattr(d, "to_state", None)
+    return to_state() if to_state is not None else d  # type: ignore[no-any-return]
+
+
+@dataclass(slots=True)
+class StagedSnapshot:
+    """Everything received, ready for `build` (rule 7).  Owned by the builder once taken."""
+
+    groups: dict[str, dict[str, State]]
+    trees: dict[str, TreeBuilder]
+    wm: int
+    purged: int
+    keys: int
+
+    def build(self) -> Replica:
+        """One bulk load into a new replica (pure: safe in a worker thread)."""
+        replica = Replica()
+        prebuilt = {name: b.finish() for name, b in self.trees.items()}
+        covered = [(1, self.wm)] if self.wm else []
+        bulk_load_stores(replica, self.groups, covered, self.purged, prebuilt=prebuilt)
+        return replica
+
+
+@dataclass(slots=True)
+class Progress:
+    keys: int = 0
+    bytes: int = 0
+    total: int = 0
+    started: float = 0.0
+    resumes: int = 0
+    sources: list[str] = field(default_factory=list)
+
+
+class SnapshotClient:
+    """The receiver side: choose a source, stream, stage, hand over for building (rules 2-8)."""
+
+    IDLE, CHOOSING, RUNNING, BUILDING, LOADING = "idle", "choosing", "running", "built", "loading"
+
+    def __init__(
+        self,
+        replica: Replica,
+        config: GossipConfig,
+        rng: random.Random,
+        counters: Any,
+        members: Membership,
+    ) -> None:
+        self.replica = replica
+        self.config = config
+        self.rng = rng
+        self.counters = counters
+        self.members = members
+        self.state = self.IDLE
+        self.target: int | None = None  # the origin's watermark as first heard (rule 8)
+        self.verify: Verify | None = None
+        self.progress = Progress()
+        self._offer: tuple[str, int] = ("", 0)  # (offering peer, its watermark)
+        self._source = ""
+        self._sid = 0
+        self._n = 0
+        self._cursor: Cursor = None
+        self._deadline = float("inf")
+        self._tried: set[str] = set()
+        self._wm = MAX_SEQ
+        self._purged = 0
+        self._groups: dict[str, dict[str, State]] = {}
+        self._trees: dict[str, TreeBuilder] = {}
+        self.finished_at: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.state != self.IDLE
+
+    def ready(self) -> bool:
+        return self.target is not None and not self.active and self.replica.watermark >= self.target
+
+    def note_origin(self, wm: int) -> None:
+        if self.target is None:
+            self.target = wm
+
+    def next_deadline(self) -> float:
+        return self._deadline if self.state in (self.CHOOSING, self.RUNNING) else float("inf")
+
+    def on_offer(self, peer: str, m: Message, now: float) -> list[Send]:
+        wm, keys = parse_offer(m)[1:]
+        if self.active or wm <= self.replica.watermark:
+            return []
+        self.counters["snapshot_offers"] += 1
+        self._offer = (peer, wm)
+        self.progress = Progress(total=keys, started=now)
+        self.state = self.CHOOSING
+        # Rule 2: wait a moment for the seeds' acks (their watermarks) unless we know them all
+        if all(p.watermark for p in self.members.peers.values() if p.state == ALIVE):
+            return self._start(now)
+        self._deadline = now + self.config.ping_timeout / 4
+        return []
+
+    def _choose(self) -> str:
+        offerer, wm = self._offer
+        lag = self.config.snapshot_lag
+        edges = [
+            p.address
+            for p in self.members.peers.values()
+            if p.state == ALIVE
+            and p.role == "edge"
+            and p.watermark + lag >= wm
+            and p.address not in self._tried
+        ]
+        if edges:
+            return self.rng.choice(sorted(edges))
+        if offerer not in self._tried:
+            return offerer
+        live = [a for a in self.members.live() if a not in self._tried]
+        if live:
+            return self.rng.choice(sorted(live))
+        self._tried.clear()  # every peer failed once: start over with the offerer
+        return offerer
+
+    def _start(self, now: float) -> list[Send]:
+        self._source = self._choose()
+        self._sid = self.rng.getrandbits(48) + 1
+        self._n = 0
+        self.state = self.RUNNING
+        self._deadline = now + self.config.snapshot_timeout
+        self.progress.sources.append(self._source)
+        self.counters["snapshot_requests"] += 1
+        credit = min(MAX_CREDIT, self.config.snapshot_window)
+        return [Send(self._source, snap_req(self._sid, self._cursor, credit, True))]
+
+    def _resume(self, now: float) -> list[Send]:
+        self._tried.add(self._source)
+        self.progress.resumes += 1
+        self.counters["snapshot_resumes"] += 1
+        return self._start(now)
+
+    def tick(self, now: float) -> list[Send]:
+        if self._deadline > now:
+            return []
+        if self.state == self.CHOOSING:
+            return self._start(now)
+        if self.state == self.RUNNING:
+            self.counters["snapshot_timeouts"] += 1
+            return self._resume(now)
+        return []
+
+    def on_data(self, peer: str, m: Message, now: float) -> list[Send]:
+        """One chunk: validated whole first (RemoteProtocolError), then staged if expected."""
+        try:
+            c = parse_chunk(m)
+        except RemoteProtocolError:
+            self.counters["snapshot_bad_chunks"] += 1
+            if self.state == self.RUNNING and peer == self._source:
+                self._abandon(peer, now)
+            raise
+        if self.state != self.RUNNING or peer != self._source or c.sid != self._sid:
+            self.counters["snapshot_stale_chunks"] += 1
+            return []
+        try:
+            if c.busy:
+                return self._resume(now)
+            if c.n != self._n:
+                raise RemoteProtocolError(f"SNAP_DATA: chunk {c.n} where {self._n} was due")
+            if c.keys and self._cursor is not None and (c.store, c.keys[0]) <= self._cursor:
+                raise RemoteProtocolError("SNAP_DATA: keys at or before the cursor")
+            if self.verify is not None:
+                self.verify(c.store, c.keys, c.states, c.proof)
+        except RemoteProtocolError:
+            self.counters["snapshot_bad_chunks"] += 1
+            self._abandon(peer, now)
+            raise
+        self._stage(c)
+        self._n += 1
+        self._deadline = now + self.config.snapshot_timeout
+        if c.last:
+            self.state = self.BUILDING
+            self.counters["snapshot_chunks"] += 1
+            return []
+        self.counters["snapshot_chunks"] += 1
+        return [Send(peer, snap_req(self._sid, self._cursor, 1, False))]
+
+    def _abandon(self, peer: str, now: float) -> None:
+        """Rule 6: a bad source is dropped; the next tick resumes with another peer."""
+        self._deadline = now
+        self._tried.add(peer)
+        self._source = ""
+
+    def _stage(self, c: Chunk) -> None:
+        self._wm = min(self._wm, c.wm)
+        self._purged = max(self._purged, c.purged)
+        p = self.progress
+        p.total = max(p.total, c.total)
+        if not c.keys:
+            return
+        group = self._groups.get(c.store)
+        if group is None:
+            group = self._groups[c.store] = {}
+            # from a quarter of the leaves on, grouping per leaf pays (treebuild rule 2)
+            self._trees[c.store] = TreeBuilder(big=c.total >= 16_384)
+        group.update(zip(c.keys, c.states, strict=True))
+        self._trees[c.store].add(c.keys, c.states)
+        self._cursor = (c.store, c.keys[-1])
+        p.keys += len(c.keys)
+        p.bytes += c.size
+
+    def take(self) -> StagedSnapshot | None:
+        """The staged snapshot once the last chunk is in (then the driver builds it)."""
+        if self.state != self.BUILDING:
+            return None
+        self.state = self.LOADING
+        staged = StagedSnapshot(
+            self._groups, self._trees, 0 if self._wm == MAX_SEQ else self._wm, self._purged, 0
+        )
+        staged.keys = self.progress.keys
+        self._groups, self._trees = {}, {}
+        return staged
+
+    def install(self, built: Replica, staged: StagedSnapshot, now: float) -> list[Change]:
+        """Adopt the built replica in the live one (rule 7); returns the joined live changes."""
+        changes = adopt(self.replica, built, staged.wm)
+        self.state = self.IDLE
+        self._cursor = None
+        self._wm, self._purged = MAX_SEQ, 0
+        self._tried.clear()
+        self.finished_at = now
+        self.counters["snapshots_installed"] += 1
+        return changes
+
+    def abort(self) -> None:
+        """The build failed: start over at the next offer."""
+        self.state = self.IDLE
+        self._groups, self._trees = {}, {}
+        self._cursor = None
+        self._wm, self._purged = MAX_SEQ, 0
+
+    def status(self, now: float) -> dict[str, Any]:
+        """Progress for /status and logs: keys, bytes, rate, time left."""
+        p = self.progress
+        elapsed = max(1e-9, now - p.started)
+        rate = p.keys / elapsed if self.active or self.finished_at is None else 0.0
+        left = (p.total - p.keys) / rate if rate > 0 and p.total > p.keys else 0.0
+        return {
+            "state": self.state,
+            "source": self._source or None,
+            "keys": p.keys,
+            "total_keys": p.total,
+            "bytes": p.bytes,
+            "keys_per_s": round(rate, 1),
+            "seconds_left": round(left, 2) if self.active else 0.0,
+            "resumes": p.resumes,
+            "target_watermark": self.target,
+        }

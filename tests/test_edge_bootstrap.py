@@ -1,0 +1,99 @@
+"""Bootstrap over real sockets: a fresh EdgeNode takes a streamed snapshot from the origin.
+
+Throwaway origin and edges on 127.0.0.1 in temp dirs.  The switch point and chunk size are
+lowered so that a few thousand keys take the snapshot path in well under a second.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+import edgekv
+from edgekv.crdt import Put
+from edgekv.gossip import GossipConfig
+from edgekv.node.persistence import ReplicaStore
+
+KEYS = 4000
+
+
+def small_snapshots() -> GossipConfig:
+    return GossipConfig(snapshot_from_keys=500, snapshot_chunk_bytes=8 << 10)
+
+
+async def fill(client: edgekv.OriginClient, keys: int = KEYS) -> None:
+    await client.create_store("s")
+    for lo in range(0, keys, 1000):
+        await client.batch("s", [Put(f"k{i:05d}", b"v%d" % i) for i in range(lo, lo + 1000)])
+
+
+async def test_fresh_node_opens_the_origins_stores_on_return_and_persists_them(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(60):
+        async with (
+            edgekv.Origin(
+                data_dir=str(tmp_path / "o"), listen="127.0.0.1:0", gossip_config=small_snapshots()
+            ) as origin,
+            edgekv.OriginClient(origin.address) as client,
+        ):
+            await fill(client)
+            async with edgekv.EdgeNode(
+                origin=origin.address, data_dir=str(tmp_path / "e"), config=small_snapshots()
+            ) as edge:
+                assert edge.is_ready()
+                store = edge.open("s")  # no waiting loop
+                assert store.get("k03999") == b"v3999"
+                assert len(store.scan("k*")) == KEYS
+                assert edge.gossip.counters["snapshots_installed"] == 1
+                assert edge.replica.root == origin.replica.root
+                status = edge.status()
+                assert status["ready"] and not status["syncing"]
+                assert status["snapshot"]["keys"] == KEYS + 1  # and the store's metadata
+                assert status["snapshot"]["bytes"] > KEYS * 20
+        # the snapshot was written to the edge's file (rewritten in the background)
+        persisted = ReplicaStore(tmp_path / "e")
+        report = persisted.load()
+        assert report.keys == KEYS
+        assert persisted.replica.stores["s"].get("k00042", 0) == b"v42"
+
+
+async def test_origin_keeps_acknowledging_writes_during_a_transfer_and_none_is_lost(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(90):
+        async with (
+            edgekv.Origin(
+                data_dir=str(tmp_path / "o"), listen="127.0.0.1:0", gossip_config=small_snapshots()
+            ) as origin,
+            edgekv.OriginClient(origin.address) as client,
+        ):
+            await fill(client, 3 * KEYS)
+            acked: list[tuple[float, str]] = []
+            done = trio.Event()
+
+            async def writer() -> None:
+                i = 0
+                while not done.is_set() and i < 5000:
+                    key = f"w{i:05d}" if i % 2 else f"k{(i * 7) % (3 * KEYS):05d}"
+                    await client.put("s", key, b"during%d" % i)
+                    acked.append((trio.current_time(), key))
+                    i += 1
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(writer)
+                async with edgekv.EdgeNode(origin=origin.address, config=small_snapshots()) as edge:
+                    done.set()
+                    boot = edge.gossip.bootstrap
+                    assert edge.gossip.counters["snapshots_installed"] == 1
+                    start, end = boot.progress.started, boot.finished_at
+                    assert end is not None
+                    during = [k for t, k in acked if start <= t <= end]
+                    assert len(during) >= 5, (len(acked), end - start)
+                    with edge.runtime.subscribe() as changes, trio.fail_after(20):
+                        while edge.replica.root != origin.replica.root:  # push, catch-up
+                            await changes.receive()
+                    store = edge.open("s")
+                    for key in {k for _, k in acked}:
+                        assert store.get(key) == origin.replica.stores["s"].get(key, 0)

@@ -1,0 +1,209 @@
+"""Bootstrap by streamed snapshot (gossip/snapshot.py), in the deterministic simulator.
+
+Each test prints nothing on success; a failing one names its seed in the Sim it built.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from edgekv.crdt import META, Put, Register, Replica, bulk_load
+from edgekv.errors import RemoteProtocolError
+from edgekv.gossip import GossipConfig, GossipNode
+from edgekv.gossip.snapshot import SnapshotServer, parse_chunk, snap_req
+from gossip_sim import ORIGIN, Sim
+
+KEYS = 3000
+
+
+def config() -> GossipConfig:
+    # small chunks and a low switch point: a 3,000-key store takes ~60 chunks
+    return GossipConfig(snapshot_from_keys=200, snapshot_chunk_bytes=4096, snapshot_timeout=1.0)
+
+
+def filled(keys: int = KEYS) -> Replica:
+    """A replica holding store "s" (created at seq 1) and `keys` keys written at seqs 2...
+    plus one zset, so chunks carry both encodings."""
+    from edgekv.crdt import ZSet
+
+    items: list = [(META, "s", Register(1, 0, b"", None))]
+    items += [("s", f"k{i:05d}", Register(i + 2, 5, b"v%d" % i, None)) for i in range(keys)]
+    items.append(("s", "z", ZSet(keys + 2, {b"m": (keys + 2, 1.5)}, keys + 2, 5)))
+    r = Replica()
+    bulk_load(r, items, [(1, keys + 2)])
+    return r
+
+
+def give(sim: Sim, addr: str, replica: Replica) -> None:
+    """Rebuild node `addr` (not started yet) over `replica` (as if loaded from disk)."""
+    old = sim.nodes[addr]
+    sim._add(addr, old.role, old.seeds, replica)
+
+
+def sim_with_sources(seed: int, sources: int = 2, fresh: int = 1) -> Sim:
+    """The origin and `sources` caught-up edges hold the store; `fresh` more edges start empty
+    and know every earlier node as a seed.  Only the origin and sources are started."""
+    sim = Sim(sources + fresh, seed, latency=0.01, config=config(), seeds_per_edge=sources + 1)
+    for addr in [ORIGIN, *sim.edges[:sources]]:
+        give(sim, addr, filled())
+    sim.seq = KEYS + 2
+    for addr in [ORIGIN, *sim.edges[:sources]]:
+        sim.start_one(addr, 0.0)
+    sim.run_until(3.0)  # membership settles: every source knows the others' watermarks
+    return sim
+
+
+def start_fresh_until(sim: Sim, keys: int) -> GossipNode:
+    """Start the last (fresh) edge and run until it has staged at least `keys` keys."""
+    fresh = sim.edges[-1]
+    sim.start_one(fresh, sim.now)
+    node = sim.nodes[fresh]
+    t = sim.now
+    while node.bootstrap.progress.keys < keys:
+        t += 0.005
+        sim.run_until(t)
+        assert t < 30, sim.seed
+    return node
+
+
+def test_fresh_edge_takes_a_snapshot_from_a_caught_up_edge_not_the_origin() -> None:
+    sim = sim_with_sources(seed=1)
+    fresh = sim.edges[-1]
+    sim.start_one(fresh, sim.now)
+    sim.run_until(sim.now + 5.0)
+    node = sim.nodes[fresh]
+    assert node.counters["snapshots_installed"] == 1, sim.seed
+    assert node.bootstrap.progress.sources[0] in sim.edges[:2]
+    assert sim.origin.counters["snapshot_sessions"] == 0  # the origin served no snapshot
+    assert sum(n.counters["snapshot_offers_sent"] for n in sim.nodes.values()) >= 1
+    assert node.replica.root == sim.origin.replica.root
+    assert node.replica.watermark == sim.origin.replica.watermark
+    assert node.bootstrap.ready()
+    assert not sim.check.violations
+
+
+def test_a_transfer_cut_in_the_middle_resumes_from_another_peer_and_ends_equal() -> None:
+    sim = sim_with_sources(seed=2)
+    node = start_fresh_until(sim, KEYS // 3)  # a third of the keys staged: crash the source
+    first = node.bootstrap.progress.sources[0]
+    staged = node.bootstrap.progress.keys
+    sim.crash(first)
+    sim.run_until(sim.now + 10.0)
+    assert node.counters["snapshot_resumes"] >= 1, sim.seed
+    second = node.bootstrap.progress.sources[-1]
+    assert second != first
+    assert node.counters["snapshots_installed"] == 1
+    assert node.replica.root == sim.origin.replica.root
+    # resumed from the cursor: the second source served only what was missing (+ a window)
+    served = sim.nodes[second].counters["snapshot_keys_served"]
+    assert served <= KEYS + 2 - staged + config().snapshot_window * 200, (served, staged)
+    assert not sim.check.violations
+
+
+def test_writes_during_the_transfer_are_not_lost() -> None:
+    sim = sim_with_sources(seed=3, sources=1)
+    fresh = sim.edges[-1]
+    sim.start_one(fresh, sim.now)
+    node = sim.nodes[fresh]
+    written: dict[str, bytes] = {}
+    t = sim.now
+    i = 0
+    while node.counters["snapshots_installed"] == 0:
+        t += 0.01
+        sim.run_until(t)
+        # overwrite keys already sent and not yet sent, and add keys before and after all
+        for key in (f"k{(i * 37) % KEYS:05d}", f"a{i:04d}", f"zz{i:04d}"):
+            value = b"new%d" % i
+            sim.write("s", Put(key, value))
+            written[key] = value
+        i += 1
+        assert t < 30, sim.seed
+    assert i > 5  # the writes did overlap the transfer
+    sim.run_until(sim.now + 5.0)
+    assert node.replica.root == sim.origin.replica.root, sim.seed
+    store = node.replica.stores["s"]
+    for key, value in written.items():
+        assert store.get(key, 0) == value
+    assert not sim.missing()
+    assert not sim.check.violations
+
+
+def test_a_small_gap_still_uses_catch_up_by_watermark() -> None:
+    sim = sim_with_sources(seed=4, sources=1)
+    fresh = sim.edges[-1]
+    # an edge that was away while 100 keys changed (under the switch point of 200)
+    give(sim, fresh, filled())
+    node = sim.nodes[fresh]
+    for i in range(100):
+        sim.write("s", Put(f"k{i:05d}", b"changed"))
+    sim.run_until(sim.now + 0.5)
+    sim.start_one(fresh, sim.now)
+    sim.run_until(sim.now + 5.0)
+    assert node.counters["snapshot_offers"] == 0
+    assert node.replica.root == sim.origin.replica.root
+
+
+def test_responder_work_per_request_is_bounded_by_the_credit() -> None:
+    r = filled(20_000)
+    cfg = GossipConfig(snapshot_chunk_bytes=16 << 10)
+    server = SnapshotServer(r, cfg, Counter())
+    out = server.on_req("p", snap_req(7, None, 3, True), 0.0)
+    assert len(out) == 3
+    sizes = [sum(len(k) for k in s.message["keys"]) + len(s.message["regs"]) for s in out[1:]]
+    assert all(16 << 10 <= n <= (16 << 10) + 200 for n in sizes)
+    assert server.on_req("p", snap_req(8, None, 1, False), 0.0) == []  # no such session
+    more = server.on_req("p", snap_req(7, None, 1, False), 0.0)
+    assert len(more) == 1 and more[0].message["n"] == 3
+    # the stream covers every key once, in order, and ends with `last`
+    keys: list[str] = []
+    for s in out + more:
+        keys += s.message["keys"]
+    while not (out[-1].message["last"] if out else False):
+        out = server.on_req("p", snap_req(7, None, 16, False), 0.0)
+        for s in out:
+            keys += s.message["keys"]
+    assert keys == sorted(keys, key=lambda k: (k != "s", k)) and len(keys) == 20_002
+    assert not server.sessions
+
+
+def good_chunk() -> dict:
+    server = SnapshotServer(filled(50), GossipConfig(), Counter())
+    (send,) = server.on_req("p", snap_req(1, ("", "s"), 1, True), 0.0)
+    return send.message
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda m: m.update(keys=list(reversed(m["keys"]))),
+        lambda m: m.update(lens=m["lens"][:-4]),
+        lambda m: m.update(regs=m["regs"][:-1]),
+        lambda m: m.update(regs=b"\x07" + m["regs"][1:]),  # unknown flags
+        lambda m: m.update(others=[[9, 9]]),
+        lambda m: m.update(keys=[*m["keys"][:-1], ""]),
+        lambda m: m.update(keys="abc"),
+        lambda m: m.update(last="yes"),
+        lambda m: m.update(store="bad store"),
+    ],
+)
+def test_malformed_chunks_are_rejected_as_remote_errors(damage) -> None:
+    m = good_chunk()
+    assert parse_chunk(m).keys  # the undamaged chunk parses
+    damage(m)
+    with pytest.raises(RemoteProtocolError):
+        parse_chunk(m)
+
+
+def test_a_bad_chunk_abandons_the_source_and_resumes_elsewhere() -> None:
+    sim = sim_with_sources(seed=5)
+    node = start_fresh_until(sim, 500)
+    bad = dict(good_chunk(), sid=node.bootstrap._sid, n=node.bootstrap._n)
+    bad["regs"] = b"\x07" + bad["regs"][1:]
+    with pytest.raises(RemoteProtocolError):
+        node.receive(node.bootstrap._source, bad, sim.now)
+    sim.run_until(sim.now + 10.0)
+    assert node.counters["snapshot_bad_chunks"] == 1
+    assert node.counters["snapshot_resumes"] >= 1
+    assert node.replica.root == sim.origin.replica.root
