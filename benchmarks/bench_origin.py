@@ -170,8 +170,11 @@ def commit_latency(n: int = 200) -> float:
         shutil.rmtree(data, ignore_errors=True)
 
 
-def build_log(path: Path, entries: int, keys: int, value_size: int) -> None:
-    """A log of `entries` rows: one store creation, then puts over `keys` distinct keys."""
+def build_log(
+    path: Path, entries: int, keys: int, value_size: int, key_format: str = "key{:08d}"
+) -> None:
+    """A log of `entries` rows: one store creation, then puts over `keys` distinct keys
+    (named by `key_format`)."""
     wal = WriteAheadLog(path, synchronous="OFF")
     meta = Register(1, 1, b"", None)
     rows = [(1, "", "bench", dumps(encode_delta(meta)))]
@@ -182,7 +185,7 @@ def build_log(path: Path, entries: int, keys: int, value_size: int) -> None:
             (
                 seq,
                 "bench",
-                f"key{seq % keys:08d}",
+                key_format.format(seq % keys),
                 dumps(encode_delta(Register(seq, seq, value, None))),
             )
         )

@@ -42,6 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("edgekv.snapshot").setLevel(min(level, logging.INFO))  # bootstrap progress
     try:
         result = args.func(args)
     except EdgeKVError as exc:

@@ -3,7 +3,9 @@
     edgekv edge --data-dir D --listen HOST:PORT --origin HOST:PORT [--peer HOST:PORT ...]
                 [--http HOST:PORT] [--cluster-key-file F] [--node-id ID]
 
-Logs are structured (`key=value` fields).  Once serving, one line `event=ready ...` with the
+Logs are structured (`key=value` fields); snapshot progress lines (`event=snapshot`, a fresh
+or long-away node's bootstrap) show without -v.  Once serving (for a fresh node: once it holds
+everything up to the origin's watermark as of joining, or after its ready timeout), one line `event=ready ...` with the
 bound addresses goes to stdout (so scripts and tests can find port-0 addresses).
 `python -m edgekv.edge_cli ...` runs the same command without the rest of the CLI.
 """
@@ -140,7 +142,8 @@ async def _serve(args: argparse.Namespace, key: bytes | None, token: str | None)
         ):
             report = node.load_report
             print(
-                f"event=ready node={node.node_id} address={node.address} http={node.http_address}"
+                f"event=ready node={node.node_id} ready={node.is_ready()}"
+                f" address={node.address} http={node.http_address}"
                 f" keys={len(node.replica)} watermark={node.watermark}"
                 f" load_seconds={report.seconds if report else 0:.3f}",
                 flush=True,
@@ -168,6 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format=LOG_FORMAT,
         stream=sys.stderr,
     )
+    logging.getLogger("edgekv.snapshot").setLevel(logging.INFO)  # bootstrap progress lines
     try:
         return int(args.func(args))
     except EdgeKVError as exc:

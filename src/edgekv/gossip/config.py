@@ -75,7 +75,7 @@ class GossipConfig:
     """Tombstone purge by causal stability runs this often."""
 
     # -- bootstrap by snapshot (gossip/snapshot.py) ------------------------------------------------
-    snapshot_from_keys: int = 20_000
+    snapshot_from_keys: int = 2_000
     """A catch-up request more than this many changed keys behind is answered with a snapshot
     offer instead (the switch point, measured: benchmarks/results/bootstrap.md)."""
     snapshot_chunk_bytes: int = 256 << 10

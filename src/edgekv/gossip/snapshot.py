@@ -8,8 +8,10 @@ serve and a receiver loads in bulk.
 
 Theory of operation
 1. Switch.  A responder whose catch-up answer would hold more than `snapshot_from_keys`
-   changed keys (estimated as min(seq gap, keys held): O(1)) answers SNAP_OFFER{rid, wm, keys}
-   instead (`offer_instead`).  Small gaps keep catch-up by watermark.
+   changed keys (counted from its change logs by bisection: `changed_since`) answers
+   SNAP_OFFER{rid, wm, keys} instead (`offer_instead`).  Small gaps keep catch-up by
+   watermark: its answer is one synchronous call at the responder, so the switch point is
+   where that call would exceed the put-latency budget (benchmarks/results/bootstrap.md).
 2. Source.  On an offer the receiver picks a source: a live edge whose advertised watermark is
    within `snapshot_lag` of the offer's (random among them: ten joining edges spread over the
    caught-up edges), else the peer that offered (often the origin).  Every chunk passes the
@@ -50,6 +52,7 @@ from __future__ import annotations
 
 import random
 from array import array
+from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import accumulate, compress, islice, repeat
@@ -123,10 +126,25 @@ def _cursor(m: Message) -> Cursor:
     return store, (after[1] if after[1] == "" else _key(after[1]))
 
 
+def changed_since(replica: Replica, wm: int, limit: int) -> int:
+    """An upper bound of the keys changed after seq `wm`, exact enough up to `limit`: the
+    change-log entries above `wm` (O(stores * log n)), or the seq gap for a log not in order."""
+    gap = replica.watermark - wm
+    if gap <= limit:
+        return max(gap, 0)
+    n = 0
+    for sr in replica.stores.values():
+        log = sr.changes
+        if not log.ordered:
+            return min(gap, len(replica))
+        n += len(log.seqs) - bisect_right(log.seqs, wm)
+    return min(n, gap)
+
+
 def offer_instead(replica: Replica, wm: int, config: GossipConfig) -> bool:
     """Rule 1: is a catch-up from `wm` too large to answer (a snapshot is offered instead)?"""
-    gap = replica.watermark - wm
-    return gap > config.snapshot_from_keys and len(replica) > config.snapshot_from_keys
+    limit = config.snapshot_from_keys
+    return len(replica) > limit and changed_since(replica, wm, limit) > limit
 
 
 # --- responder -----------------------------------------------------------------------------------

@@ -83,6 +83,7 @@ READY_PER_KEY = 20e-6  # 20 s per million keys: 4x the measured snapshot time on
 PROGRESS_EVERY = 1.0  # seconds between progress lines while a snapshot streams
 
 logger = logging.getLogger("edgekv.edge")
+progress_logger = logging.getLogger("edgekv.snapshot")  # the daemon shows it at INFO
 
 
 class EdgeNode:
@@ -230,7 +231,7 @@ class EdgeNode:
             while not self.is_ready():
                 limit = self.expected_ready_timeout()
                 if anyio.current_time() - started >= limit:
-                    logger.warning(
+                    progress_logger.warning(
                         "event=not_ready node=%s timeout=%.1f reason=%s: serving what it has"
                         " while it syncs",
                         self.node_id,
@@ -239,6 +240,14 @@ class EdgeNode:
                     )
                     break
                 await anyio.sleep(0.01)
+            progress_logger.info(
+                "event=ready node=%s ready=%s seconds=%.3f keys=%d watermark=%d",
+                self.node_id,
+                self.is_ready(),
+                anyio.current_time() - started,
+                len(self._replica),
+                self._replica.watermark,
+            )
         return self
 
     def expected_ready_timeout(self) -> float:
@@ -271,7 +280,7 @@ class EdgeNode:
             boot = self.gossip.bootstrap
             if boot.active or was_active:
                 st = boot.status(runtime.now())
-                logger.info(
+                progress_logger.info(
                     "event=snapshot node=%s state=%s source=%s keys=%d total=%d bytes=%d"
                     " keys_per_s=%.0f seconds_left=%.1f resumes=%d watermark=%d",
                     self.node_id,

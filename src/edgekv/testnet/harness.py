@@ -527,6 +527,20 @@ class Testnet:
         sent = sum(slot.plug.stats.sent_messages.values()) if slot.plug is not None else 0
         return peers, int(sent)
 
+    def snapshot_progress(self, name: str) -> dict[str, Any] | None:
+        """A live edge's snapshot progress (keys, total, rate, time left) while it syncs by
+        snapshot (gossip/snapshot.py), else None; for the live view."""
+        if self._procs is not None:
+            return self._procs.snapshot_progress(name)  # type: ignore[no-any-return]
+        slot = self._slot(name)
+        if not slot.live or name == "origin":
+            return None
+        gossip = slot.node.runtime.gossip
+        boot = getattr(gossip, "bootstrap", None)
+        if boot is None or not boot.active:
+            return None
+        return boot.status(slot.node.runtime.now())  # type: ignore[no-any-return]
+
     def digests(self) -> dict[str, int]:
         """Live node -> replica digest (Merkle root over every store)."""
         if self._procs is not None:

@@ -141,10 +141,22 @@ class _Demo:
             else:
                 rate = prev[2]
             state = "[yellow]isolated[/]" if name == self.isolated else "[green]up[/]"
+            snap = self._snapshot(name)
+            if snap is not None:
+                state = (
+                    f"[cyan]syncing[/] {snap['keys']:,}/{snap['total_keys']:,} keys"
+                    f" {snap['keys_per_s']:,.0f}/s {snap['seconds_left']:.1f} s left"
+                )
             t.add_row(name, state, str(wm), str(max(0, origin_wm - wm)), str(peers), f"{rate:.0f}")
         c = self.checker.summary()
         t.caption = f"writes acked {c['writes_acked']}, failed {self.failed}"
         return t
+
+    def _snapshot(self, name: str) -> dict[str, Any] | None:
+        try:
+            return self.net.snapshot_progress(name)
+        except Exception:  # a node going down between two refreshes
+            return None
 
     def _node_info(self, name: str) -> tuple[int, int]:
         try:

@@ -411,6 +411,11 @@ class ProcessCluster:
         sent = s.get("counters", {}).get("transport", {}).get("sent_messages", 0)
         return len(s.get("peers", {})), int(sent)
 
+    def snapshot_progress(self, name: str) -> dict[str, Any] | None:
+        """The node's snapshot progress from its last fetched /status, while it syncs."""
+        snap = self._status.get(name, {}).get("snapshot")
+        return snap if isinstance(snap, dict) and snap.get("state") != "idle" else None
+
     def stats(self) -> TransportStats:
         """Sent messages and bytes by type, summed from each live edge's /status counters."""
         return self._stats(self._fetch_status())

@@ -1,0 +1,440 @@
+"""Bootstrap benchmarks: a fresh (or long-away) edge process takes a whole store by snapshot.
+
+    python benchmarks/bench_bootstrap.py [--keys 1000000] [--repeat 3] [--edges 10]
+    python benchmarks/bench_bootstrap.py --keys 50000 --repeat 1 --edges 3     # a quick check
+
+Writes benchmarks/results/bootstrap.md.  One origin process (recovering a prepared log of
+`--keys` keys of 16 bytes with 100-byte values) and edge processes (`python -m
+edgekv.edge_cli`), all on this machine; a load of `--writers` concurrent put loops (one
+connection each, overwriting random keys) runs in this process throughout, so the origin's
+write throughput and put p99 are measured idle (no bootstrap) and while edges bootstrap:
+
+1. one fresh edge, seeded with the origin only: time from its process spawn until it prints
+   `event=ready` (it holds everything up to the origin's watermark as of joining and serves
+   every key: checked through its HTTP `mget` on a sample and `/status` key count);
+2. `--edges` fresh edges at once, seeded with the origin and the (caught-up) edge of step 1:
+   time until the last is ready, and who served the snapshots;
+3. the edge of step 1 stopped, `--changed` keys rewritten at the origin, the edge restarted on
+   its data dir: time from its spawn until its watermark reaches the origin's.
+Peak extra RSS of the responders (origin; the edge of step 1 in step 2) is sampled every 20 ms
+over their RSS during the idle window.  Also measured in-process: the catch-up answer's cost
+per changed key (one synchronous call at the responder), which sets the switch point to
+snapshots (`GossipConfig.snapshot_from_keys`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+from bench_origin import build_log, process_cpu, start_origin, stop_origin
+from edgekv.crdt import Put, Register, Replica, bulk_load
+from edgekv.gossip.catchup import CatchUp
+from edgekv.gossip.config import GossipConfig
+from edgekv.gossip.membership import Membership
+from edgekv.origin.client import OriginClient
+
+RESULTS = Path(__file__).parent / "results" / "bootstrap.md"
+KEY_FORMAT = "key{:013d}"  # 16 bytes
+STORE = "bench"
+
+
+def rss(pid: int) -> int:
+    """Resident set size of `pid` in bytes (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+class Load:
+    """`writers` put loops against the origin, recording (time, latency) per acknowledged put."""
+
+    def __init__(self, address: str, writers: int, keys: int) -> None:
+        self.address, self.writers, self.keys = address, writers, keys
+        self.samples: list[tuple[float, float]] = []
+        self.stop = trio.Event()
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            for i in range(self.writers):
+                await nursery.start(self._writer, i)
+            task_status.started()
+
+    async def _writer(self, i: int, task_status: trio.TaskStatus[None]) -> None:
+        rng = random.Random(i)
+        value = b"w" * 100
+        async with OriginClient(self.address) as client:
+            task_status.started()
+            while not self.stop.is_set():
+                key = KEY_FORMAT.format(rng.randrange(self.keys))
+                t = time.perf_counter()
+                await client.put(STORE, key, value)
+                self.samples.append((time.perf_counter(), time.perf_counter() - t))
+
+    def window(self, start: float, end: float) -> tuple[float, float]:
+        """(puts/s, p99 ms) of the puts acknowledged in [start, end]."""
+        lat = sorted(x for t, x in self.samples if start <= t <= end)
+        if not lat or end <= start:
+            return 0.0, float("nan")
+        return len(lat) / (end - start), lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1e3
+
+
+class Peak:
+    """The highest RSS of some processes, sampled every 20 ms while running."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.peak: Counter[str] = Counter()
+
+    def reset(self) -> None:
+        self.peak = Counter()
+
+    async def run(self) -> None:
+        while True:
+            for name, pid in self.pids.items():
+                try:
+                    self.peak[name] = max(self.peak[name], rss(pid))
+                except OSError:
+                    pass
+            await trio.sleep(0.02)
+
+
+async def spawn_edge(data: Path, origin: str, peers: list[str]) -> tuple[trio.Process, float]:
+    args = [sys.executable, "-m", "edgekv.edge_cli", "--data-dir", str(data), "--origin", origin]
+    args += ["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"]
+    for p in peers:
+        args += ["--peer", p]
+    t = time.perf_counter()
+    proc = await trio.lowlevel.open_process(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    return proc, t
+
+
+async def ready_line(proc: trio.Process) -> tuple[float, dict[str, str]]:
+    """Wait for the edge's `event=ready` line: (when, its fields)."""
+    assert proc.stdout is not None
+    buf = b""
+    while b"\n" not in buf:
+        chunk = await proc.stdout.receive_some(4096)
+        if not chunk:
+            raise RuntimeError("edge exited before it was ready")
+        buf += chunk
+    when = time.perf_counter()
+    fields = dict(w.split("=", 1) for w in buf.split(b"\n")[0].decode().split() if "=" in w)
+    return when, fields
+
+
+async def status(http: str) -> dict[str, Any]:
+    async with httpx.AsyncClient() as c:
+        r = await c.get(f"http://{http}/status", timeout=30)
+        return r.json()  # type: ignore[no-any-return]
+
+
+async def check_serves(http: str, keys: int) -> None:
+    """Every key of a random sample is served, and the edge holds `keys` keys."""
+    sample = [KEY_FORMAT.format(i) for i in random.Random(7).sample(range(keys), 200)]
+    async with httpx.AsyncClient() as c:
+        r = await c.post(f"http://{http}/v1/stores/{STORE}/mget", json={"keys": sample}, timeout=30)
+        r.raise_for_status()
+    found = r.json()
+    values = found.get("values", found) if isinstance(found, dict) else found
+    missing = [k for k, v in zip(sample, values, strict=False) if v is None]
+    st = await status(http)
+    if missing or st["keys"] != keys:
+        raise RuntimeError(f"edge does not serve every key: {len(missing)} missing, {st['keys']}")
+
+
+async def stop(proc: trio.Process) -> None:
+    proc.terminate()
+    with trio.move_on_after(60):
+        await proc.wait()
+    if proc.returncode is None:
+        proc.kill()
+        await proc.wait()
+
+
+async def one_run(prepared: Path, args: argparse.Namespace) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="edgekv-bench-bootstrap-"))
+    procs: list[trio.Process] = []
+    try:
+        shutil.copytree(prepared, work / "origin")
+        origin, address = await start_origin(work / "origin")
+        procs.append(origin)
+        load = Load(address, args.writers, args.keys)
+        peak = Peak({"origin": origin.pid})
+        out: dict[str, Any] = {"load": os.getloadavg()[0]}
+        async with trio.open_nursery() as nursery:
+            await nursery.start(load.run)
+            nursery.start_soon(peak.run)
+            await trio.sleep(1.0)  # warm up
+            t0 = time.perf_counter()
+            peak.reset()
+            await trio.sleep(args.idle)
+            idle_end = time.perf_counter()
+            steady = dict(peak.peak)
+            out["idle"] = load.window(t0, idle_end)
+
+            # 1. one fresh edge, from the origin
+            peak.reset()
+            edge, spawned = await spawn_edge(work / "edge-a", address, [])
+            procs.append(edge)
+            ready, fields = await ready_line(edge)
+            out["one_cpu"] = process_cpu(edge.pid)
+            out["one_s"] = ready - spawned
+            out["one_ready"] = fields.get("ready")
+            out["one"] = load.window(spawned, ready)
+            out["one_rss"] = peak.peak["origin"] - steady["origin"]
+            http_a, addr_a = fields["http"], fields["address"]
+            await check_serves(http_a, args.keys)
+            await trio.sleep(1.0)  # the edge's file rewrite and trees settle
+
+            # 2. many fresh edges at once, seeded with the origin and edge A
+            peak.pids["edge-a"] = edge.pid
+            peak.reset()
+            await trio.sleep(0.5)
+            steady_a = peak.peak["edge-a"]
+            peak.reset()
+            many = [
+                await spawn_edge(work / f"edge-{i}", address, [addr_a]) for i in range(args.edges)
+            ]
+            procs += [p for p, _ in many]
+            start = many[0][1]
+            lines = [await ready_line(p) for p, _ in many]
+            end = max(t for t, _ in lines)
+            out["many_s"] = end - start
+            out["many"] = load.window(start, end)
+            out["many_rss_origin"] = peak.peak["origin"] - steady["origin"]
+            out["many_rss_edge"] = peak.peak["edge-a"] - steady_a
+            sources = Counter()
+            for _, f in lines:
+                s = (await status(f["http"]))["snapshot"]["source"]
+                sources["origin" if s == address else "edge"] += 1
+            out["many_sources"] = dict(sources)
+            for p, _ in many:
+                await stop(p)
+
+            # 3. edge A away while `changed` keys change, then back
+            await stop(edge)
+            del peak.pids["edge-a"]
+            async with OriginClient(address) as client:
+                batch = 1000
+                for lo in range(0, args.changed, batch):
+                    ops = [
+                        Put(KEY_FORMAT.format(i), b"c" * 100)
+                        for i in range(lo, min(args.changed, lo + batch))
+                    ]
+                    versions = await client.batch(STORE, ops)
+                high = max(v.seq for v in versions if v is not None)
+            peak.reset()
+            edge, spawned = await spawn_edge(work / "edge-a", address, [])
+            procs.append(edge)
+            _, fields = await ready_line(edge)
+            while True:  # another process: poll its status
+                if (await status(fields["http"]))["watermark"] >= high:
+                    break
+                await trio.sleep(0.02)
+            caught = time.perf_counter()
+            out["away_cpu"] = process_cpu(edge.pid)
+            out["away_s"] = caught - spawned
+            out["away"] = load.window(spawned, caught)
+            out["away_rss"] = peak.peak["origin"] - steady["origin"]
+            await check_serves(fields["http"], args.keys)
+            load.stop.set()
+            nursery.cancel_scope.cancel()
+        return out
+    finally:
+        for p in procs:
+            if p.returncode is None:
+                await stop(p) if p is not procs[0] else await stop_origin(p)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def switch_point(store_keys: int) -> list[tuple[int, float]]:
+    """ms of one catch-up answer (a synchronous call at the responder) per changed keys."""
+    items: list[Any] = [("", STORE, Register(1, 0, b"", None))]
+    items += [
+        (STORE, KEY_FORMAT.format(i), Register(i + 2, 0, b"v" * 100, None))
+        for i in range(store_keys)
+    ]
+    replica = Replica()
+    bulk_load(replica, items, [(1, store_keys + 1)])
+    cfg = GossipConfig()
+    rng = random.Random(1)
+    counters: Counter[str] = Counter()
+    catchup = CatchUp(replica, cfg, rng, counters, Membership("me", "edge", cfg, rng, counters))
+    out = []
+    for changed in (1_000, 5_000, 20_000, 50_000):
+        runs = []
+        for _ in range(3):
+            t = time.perf_counter()
+            catchup.answer("p", 1, store_keys + 1 - changed)
+            runs.append(time.perf_counter() - t)
+        out.append((changed, statistics.median(runs) * 1e3))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--keys", type=int, default=1_000_000)
+    parser.add_argument("--changed", type=int, default=None, help="default: half the keys")
+    parser.add_argument("--edges", type=int, default=10)
+    parser.add_argument("--writers", type=int, default=8)
+    parser.add_argument("--idle", type=float, default=3.0, help="seconds of idle measurement")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    if args.changed is None:
+        args.changed = args.keys // 2
+    prepared = Path(tempfile.mkdtemp(prefix="edgekv-bench-bootstrap-log-"))
+    try:
+        build_log(prepared / "origin.sqlite3", args.keys + 1, args.keys, 100, KEY_FORMAT)
+        runs = [trio.run(one_run, prepared, args) for _ in range(args.repeat)]
+    finally:
+        shutil.rmtree(prepared, ignore_errors=True)
+    switch = switch_point(min(args.keys, 200_000))
+    text = report(args, runs, switch)
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(text)
+    print(text)
+
+
+def report(args: argparse.Namespace, runs: list[dict[str, Any]], switch: list[Any]) -> str:
+    def med(key: str, i: int | None = None, scale: float = 1.0) -> float:
+        vals = [(r[key] if i is None else r[key][i]) * scale for r in runs]
+        return statistics.median(vals)
+
+    def fmt(key: str, i: int | None = None, scale: float = 1.0, digits: int = 2) -> str:
+        vals = sorted((r[key] if i is None else r[key][i]) * scale for r in runs)
+        return (
+            f"{statistics.median(vals):,.{digits}f} [{vals[0]:,.{digits}f}-{vals[-1]:,.{digits}f}]"
+        )
+
+    def ok(good: bool) -> str:
+        return "met" if good else "**missed**"
+
+    idle = med("idle", 0)
+    mib = 1 / (1 << 20)
+    rows = [
+        (
+            "fresh edge process: spawn to serving every key",
+            f"{fmt('one_s')} s",
+            "<= 5 s",
+            ok(med("one_s") <= 5),
+        ),
+        ("origin puts/s, idle (no bootstrap)", fmt("idle", 0, digits=0), "", ""),
+        ("origin put p99, idle", f"{fmt('idle', 1)} ms", "", ""),
+    ]
+    for name, key in (
+        ("one edge bootstraps", "one"),
+        (f"{args.edges} edges bootstrap at once", "many"),
+        (f"an edge back after {args.changed:,} keys changed", "away"),
+    ):
+        tput = med(key, 0)
+        rows.append(
+            (
+                f"origin puts/s while {name}",
+                f"{fmt(key, 0, digits=0)} ({tput / idle * 100 if idle else 0:.0f}% of idle)",
+                ">= 50% of idle",
+                ok(tput >= 0.5 * idle),
+            )
+        )
+        rows.append(
+            (f"origin put p99 while {name}", f"{fmt(key, 1)} ms", "<= 50 ms", ok(med(key, 1) <= 50))
+        )
+    rows += [
+        (
+            "CPU time of that edge process until then (user + system)",
+            f"{fmt('one_cpu')} s",
+            "",
+            "",
+        ),
+        (
+            f"{args.edges} fresh edges at once: first spawn to the last serving every key",
+            f"{fmt('many_s')} s",
+            "",
+            "",
+        ),
+        (
+            f"edge back after {args.changed:,} keys changed: spawn to the origin's watermark",
+            f"{fmt('away_s')} s",
+            "<= 5 s",
+            ok(med("away_s") <= 5),
+        ),
+        (
+            "CPU time of that edge process until then (user + system)",
+            f"{fmt('away_cpu')} s",
+            "",
+            "",
+        ),
+        (
+            "peak extra RSS of the origin (responder) while one edge bootstraps",
+            f"{fmt('one_rss', scale=mib, digits=1)} MiB",
+            "<= 64 MiB",
+            ok(med("one_rss") * mib <= 64),
+        ),
+        (
+            f"peak extra RSS of the source edge while {args.edges} edges bootstrap",
+            f"{fmt('many_rss_edge', scale=mib, digits=1)} MiB",
+            "<= 64 MiB",
+            ok(med("many_rss_edge") * mib <= 64),
+        ),
+        (
+            f"peak extra RSS of the origin while {args.edges} edges bootstrap",
+            f"{fmt('many_rss_origin', scale=mib, digits=1)} MiB",
+            "<= 64 MiB",
+            ok(med("many_rss_origin") * mib <= 64),
+        ),
+        (
+            "peak extra RSS of the origin while the away edge catches up",
+            f"{fmt('away_rss', scale=mib, digits=1)} MiB",
+            "<= 64 MiB",
+            ok(med("away_rss") * mib <= 64),
+        ),
+    ]
+    sources = Counter()
+    for r in runs:
+        sources.update(r["many_sources"])
+    loads = ", ".join(f"{r['load']:.2f}" for r in runs)
+    lines = [
+        "## Bootstrap by snapshot",
+        "",
+        f"`python benchmarks/bench_bootstrap.py --keys {args.keys} --edges {args.edges}"
+        f" --repeat {args.repeat}` -- medians of {len(runs)} runs [min-max]; {args.keys:,} keys"
+        f" of 16 bytes with 100-byte values; origin, edges and {args.writers} put loops (this"
+        f" process) on {os.cpu_count()} CPUs shared with other work (1-minute load average at each"
+        f" run's start: {loads}).  Redis full sync of a 1M-key replica took 8.1 s on this machine"
+        " kind (reference).",
+        "",
+        "| measure | result | target | |",
+        "|---|---|---|---|",
+        *(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows),
+        "",
+        f"Snapshot sources of the {args.edges} joining edges (seeded with the origin and one"
+        f" caught-up edge), over all runs: {dict(sources)}.",
+        "",
+        "Switch point (catch-up by watermark below it, snapshot above): one catch-up answer is"
+        " one synchronous call at the responder; its cost per changed keys (median of 3, store of"
+        f" {min(args.keys, 200_000):,} keys):"
+        + "".join(f" {k:,} keys {ms:.0f} ms;" for k, ms in switch)
+        + f" `snapshot_from_keys` = {GossipConfig().snapshot_from_keys:,} keeps that call near"
+        " the 50 ms put p99 budget; a snapshot's work per event is one credit's chunks"
+        f" ({GossipConfig().snapshot_chunk_bytes // 1024} KiB each).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
