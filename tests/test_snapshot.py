@@ -42,10 +42,12 @@ def give(sim: Sim, addr: str, replica: Replica) -> None:
     sim._add(addr, old.role, old.seeds, replica)
 
 
-def sim_with_sources(seed: int, sources: int = 2, fresh: int = 1) -> Sim:
+def sim_with_sources(seed: int, sources: int = 2, fresh: int = 1, seeds: int | None = None) -> Sim:
     """The origin and `sources` caught-up edges hold the store; `fresh` more edges start empty
-    and know every earlier node as a seed.  Only the origin and sources are started."""
-    sim = Sim(sources + fresh, seed, latency=0.01, config=config(), seeds_per_edge=sources + 1)
+    and know the origin and `seeds - 1` earlier edges (default: all of them) as seeds.  Only
+    the origin and sources are started."""
+    per_edge = sources + 1 if seeds is None else seeds
+    sim = Sim(sources + fresh, seed, latency=0.01, config=config(), seeds_per_edge=per_edge)
     for addr in [ORIGIN, *sim.edges[:sources]]:
         give(sim, addr, filled())
     sim.seq = KEYS + 2
@@ -82,6 +84,18 @@ def test_fresh_edge_takes_a_snapshot_from_a_caught_up_edge_not_the_origin() -> N
     assert node.replica.watermark == sim.origin.replica.watermark
     assert node.bootstrap.ready()
     assert not sim.check.violations
+
+
+def test_an_edge_knowing_only_the_origin_is_sent_to_a_caught_up_edge() -> None:
+    sim = sim_with_sources(seed=6, seeds=1)
+    fresh = sim.edges[-1]
+    assert sim.nodes[fresh].seeds == [ORIGIN]
+    sim.start_one(fresh, sim.now)
+    sim.run_until(sim.now + 5.0)
+    node = sim.nodes[fresh]
+    assert node.bootstrap.progress.sources[0] in sim.edges[:2], sim.seed  # named by the offer
+    assert sim.origin.counters["snapshot_sessions"] == 0
+    assert node.replica.root == sim.origin.replica.root
 
 
 def test_a_transfer_cut_in_the_middle_resumes_from_another_peer_and_ends_equal() -> None:

@@ -33,13 +33,13 @@ def test_msgtype_values_are_fixed() -> None:
     assert {t.name: int(t) for t in MsgType} == {
         "HELLO": 1, "HELLO_ACK": 2, "AUTH": 3, "BYE": 4,
         "PUSH": 10, "IHAVE": 11, "GRAFT": 12, "PRUNE": 13,
-        "SYNC_REQ": 20, "SYNC_DATA": 21,
+        "SYNC_REQ": 20, "SYNC_DATA": 21, "SNAP_OFFER": 22, "SNAP_REQ": 23, "SNAP_DATA": 24,
         "AE_ROOT": 30, "AE_STORES": 31, "AE_NODES_REQ": 32, "AE_NODES": 33, "AE_LEAF_REQ": 34,
         "AE_LEAF": 35, "AE_STATES": 36, "AE_EQUAL": 37,
         "PING": 40, "ACK": 41, "PING_REQ": 42, "MEMBERS": 43,
         "REQUEST": 50, "RESPONSE": 51, "ERROR": 52,
     }  # fmt: skip
-    assert len(MsgType) == 25
+    assert len(MsgType) == 28
     assert type_name(10) == "PUSH" and type_name(999) == "999"
 
 

@@ -85,6 +85,7 @@ from .snapshot import (
     SnapshotServer,
     StagedSnapshot,
     offer_instead,
+    offer_sources,
     parse_offer,
     snap_offer,
 )
@@ -373,7 +374,11 @@ class GossipNode:
         replica = self.replica
         if offer_instead(replica, wm, self.config):
             self.counters["snapshot_offers_sent"] += 1
-            return [Send(peer, snap_offer(rid, replica.watermark, len(replica)))]
+            wm = replica.watermark
+            sources = offer_sources(self.members, wm, self.config, self.rng)
+            return [
+                Send(peer, snap_offer(rid, wm, len(replica), [a for a in sources if a != peer]))
+            ]
         return self.catchup.answer(peer, rid, wm)
 
     def _dispatch(self, peer: str, msg: object, now: float) -> list[Send]:

@@ -9,12 +9,14 @@ serve and a receiver loads in bulk.
 Theory of operation
 1. Switch.  A responder whose catch-up answer would hold more than `snapshot_from_keys`
    changed keys (counted from its change logs by bisection: `changed_since`) answers
-   SNAP_OFFER{rid, wm, keys} instead (`offer_instead`).  Small gaps keep catch-up by
+   SNAP_OFFER{rid, wm, keys, sources} instead (`offer_instead`).  Small gaps keep catch-up by
    watermark: its answer is one synchronous call at the responder, so the switch point is
    where that call would exceed the put-latency budget (benchmarks/results/bootstrap.md).
 2. Source.  On an offer the receiver picks a source: a live edge whose advertised watermark is
    within `snapshot_lag` of the offer's (random among them: ten joining edges spread over the
-   caught-up edges), else the peer that offered (often the origin).  Every chunk passes the
+   caught-up edges), else one of the caught-up edges the offer names (`sources`, what the
+   offerer knows: a node that knows only the origin still spreads the load), else the peer
+   that offered (often the origin).  Every chunk passes the
    `verify` hook before it is staged, so a chunk served by an edge is checked like one from
    the origin (the hook where origin-signed proofs plug in; without one, chunks are trusted as
    any gossip is).
@@ -69,7 +71,7 @@ from ..errors import RemoteProtocolError
 from .config import GossipConfig
 from .dissemination import delta_size
 from .membership import ALIVE, Membership
-from .messages import MAX_SEQ, Send, _delta, _int, _key, _store
+from .messages import MAX_ADDRESS, MAX_SEQ, Send, _delta, _int, _key, _store
 from .wire import Message, MsgType
 
 __all__ = [
@@ -97,8 +99,31 @@ Verify = Callable[[str, list[str], list[State], object], None]
 # --- messages ------------------------------------------------------------------------------------
 
 
-def snap_offer(rid: int, wm: int, keys: int) -> Message:
-    return {"t": int(MsgType.SNAP_OFFER), "rid": rid, "wm": wm, "keys": keys}
+MAX_HINTS = 8  # caught-up edges an offer names
+
+
+def snap_offer(rid: int, wm: int, keys: int, sources: list[str]) -> Message:
+    return {
+        "t": int(MsgType.SNAP_OFFER),
+        "rid": rid,
+        "wm": wm,
+        "keys": keys,
+        "sources": sources[:MAX_HINTS],
+    }
+
+
+def offer_sources(
+    members: Membership, wm: int, config: GossipConfig, rng: random.Random
+) -> list[str]:
+    """Rule 2: up to MAX_HINTS live edges this node believes caught up with `wm` (shuffled)."""
+    lag = config.snapshot_lag
+    edges = sorted(
+        p.address
+        for p in members.peers.values()
+        if p.state == ALIVE and p.role == "edge" and p.watermark + lag >= wm
+    )
+    rng.shuffle(edges)
+    return edges[:MAX_HINTS]
 
 
 def snap_req(sid: int, after: Cursor, credit: int, open: bool) -> Message:
@@ -111,9 +136,15 @@ def snap_req(sid: int, after: Cursor, credit: int, open: bool) -> Message:
     }
 
 
-def parse_offer(m: Message) -> tuple[int, int, int]:
-    """(rid, wm, keys) of a SNAP_OFFER, or RemoteProtocolError."""
-    return _int(m, "rid"), _int(m, "wm"), _int(m, "keys")
+def parse_offer(m: Message) -> tuple[int, int, int, list[str]]:
+    """(rid, wm, keys, sources) of a SNAP_OFFER, or RemoteProtocolError."""
+    sources = m.get("sources", [])
+    if type(sources) is not list or len(sources) > MAX_HINTS:
+        raise RemoteProtocolError(f"SNAP_OFFER: sources must be an array of <= {MAX_HINTS}")
+    for a in sources:
+        if type(a) is not str or not 1 <= len(a) <= MAX_ADDRESS:
+            raise RemoteProtocolError("SNAP_OFFER: a source must be an address string")
+    return _int(m, "rid"), _int(m, "wm"), _int(m, "keys"), sources
 
 
 def _cursor(m: Message) -> Cursor:
@@ -438,6 +469,7 @@ class SnapshotClient:
         self.verify: Verify | None = None
         self.progress = Progress()
         self._offer: tuple[str, int] = ("", 0)  # (offering peer, its watermark)
+        self._hints: list[str] = []  # caught-up edges the offer named
         self._source = ""
         self._sid = 0
         self._n = 0
@@ -465,11 +497,12 @@ class SnapshotClient:
         return self._deadline if self.state in (self.CHOOSING, self.RUNNING) else float("inf")
 
     def on_offer(self, peer: str, m: Message, now: float) -> list[Send]:
-        wm, keys = parse_offer(m)[1:]
+        wm, keys, sources = parse_offer(m)[1:]
         if self.active or wm <= self.replica.watermark:
             return []
         self.counters["snapshot_offers"] += 1
         self._offer = (peer, wm)
+        self._hints = [a for a in sources if a != self.members.address]
         self.progress = Progress(total=keys, started=now)
         self.state = self.CHOOSING
         # Rule 2: wait a moment for the seeds' acks (their watermarks) unless we know them all
@@ -491,6 +524,9 @@ class SnapshotClient:
         ]
         if edges:
             return self.rng.choice(sorted(edges))
+        hints = [a for a in self._hints if a not in self._tried]
+        if hints:  # named by the offerer: a bad one only costs a timeout (chunks are checked)
+            return self.rng.choice(hints)
         if offerer not in self._tried:
             return offerer
         live = [a for a in self.members.live() if a not in self._tried]
