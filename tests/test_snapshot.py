@@ -8,11 +8,14 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgekv.crdt import META, Put, Register, Replica, bulk_load
+from edgekv.crdt.proofs import ForgedState, ProofStore, Signer, atoms_of
 from edgekv.errors import RemoteProtocolError
 from edgekv.gossip import GossipConfig, GossipNode
-from edgekv.gossip.snapshot import SnapshotServer, parse_chunk, snap_req
+from edgekv.gossip.snapshot import SnapshotServer
+from edgekv.gossip.snapshot_wire import parse_chunk, snap_req
 from gossip_sim import ORIGIN, Sim
 
 KEYS = 3000
@@ -220,4 +223,60 @@ def test_a_bad_chunk_abandons_the_source_and_resumes_elsewhere() -> None:
     sim.run_until(sim.now + 10.0)
     assert node.counters["snapshot_bad_chunks"] == 1
     assert node.counters["snapshot_resumes"] >= 1
+    assert node.replica.root == sim.origin.replica.root
+
+
+# -- origin-signed writes: chunks carry certificates and are verified ---------------------------
+
+KEY = Ed25519PrivateKey.generate()
+
+
+def signed(replica: Replica, certified: bool = True) -> Replica:
+    """`replica` keeping proofs; with `certified`, the origin's certificates of its states."""
+    proofs = replica.use_proofs(ProofStore([KEY.public_key()]))
+    if certified:
+        atoms = [a for s, k, st in replica.iter_states() for a in atoms_of(s, k, st)]
+        proofs.add(Signer(KEY).certify(atoms))
+    return replica
+
+
+def signed_sim(seed: int) -> Sim:
+    sim = Sim(3, seed, latency=0.01, config=config(), seeds_per_edge=3)
+    for addr in (ORIGIN, *sim.edges[:2]):
+        give(sim, addr, signed(filled()))
+    give(sim, sim.edges[2], signed(Replica(), certified=False))
+    sim.seq = KEYS + 2
+    for addr in (ORIGIN, *sim.edges[:2]):
+        sim.start_one(addr, 0.0)
+    sim.run_until(3.0)
+    return sim
+
+
+def test_signed_chunks_are_verified_and_their_certificates_kept() -> None:
+    sim = signed_sim(seed=7)
+    node = start_fresh_until(sim, 1)
+    sim.run_until(sim.now + 5.0)
+    assert node.counters["snapshots_installed"] == 1, sim.seed
+    assert node.replica.root == sim.origin.replica.root
+    proofs = node.replica.proofs
+    assert proofs is not None and len(proofs) > 0
+    # what it holds it can prove in turn: it may serve the next joiner
+    assert proofs.material_for(node.replica.iter_states())
+
+
+def test_a_forged_chunk_is_rejected_and_the_transfer_resumes_elsewhere() -> None:
+    sim = signed_sim(seed=8)
+    node = start_fresh_until(sim, 500)
+    boot = node.bootstrap
+    source = sim.nodes[boot._source]
+    honest = SnapshotServer(source.replica, config(), Counter())
+    (send,) = honest.on_req("x", snap_req(1, boot._cursor, 1, True), sim.now)
+    forged = dict(send.message, sid=boot._sid, n=boot._n)
+    forged["regs"] = forged["regs"][:-1] + b"!"  # one value changed, its seq kept
+    with pytest.raises(ForgedState):
+        node.receive(boot._source, forged, sim.now)
+    assert node.replica.state("s", send.message["keys"][-1]) is None  # nothing staged or applied
+    sim.run_until(sim.now + 10.0)
+    assert node.counters["snapshot_resumes"] >= 1
+    assert node.counters["snapshots_installed"] == 1
     assert node.replica.root == sim.origin.replica.root

@@ -12,14 +12,17 @@ Theory of operation
    SNAP_OFFER{rid, wm, keys, sources} instead (`offer_instead`).  Small gaps keep catch-up by
    watermark: its answer is one synchronous call at the responder, so the switch point is
    where that call would exceed the put-latency budget (benchmarks/results/bootstrap.md).
-2. Source.  On an offer the receiver picks a source: a live edge whose advertised watermark is
+2. Source and trust.  On an offer the receiver picks a source: a live edge whose advertised watermark is
    within `snapshot_lag` of the offer's (random among them: ten joining edges spread over the
    caught-up edges), else one of the caught-up edges the offer names (`sources`, what the
    offerer knows: a node that knows only the origin still spreads the load), else the peer
-   that offered (often the origin).  Every chunk passes the
-   `verify` hook before it is staged, so a chunk served by an edge is checked like one from
-   the origin (the hook where origin-signed proofs plug in; without one, chunks are trusted as
-   any gossip is).
+   that offered (often the origin).  With origin-signed writes on (`replica.proofs`,
+   crdt/proofs.py) a chunk carries the certificates of its states that the session has not
+   sent yet ("proofs", from the sender's proof store: states it cannot prove are not sent, and
+   the snapshot then claims no seq) and the receiver verifies every state before staging it
+   (the certificates join its proof store, which counts staged states as live until the
+   install), so a chunk served by an edge is checked like one from the origin; a forged one
+   abandons that source (rule 6).
 3. Flow control.  SNAP_REQ{sid, after, credit, open} opens (open: true) session `sid`
    starting after cursor `after` ([store, key]; null = the beginning) or continues it, and
    grants `credit` more chunks (credit for an unknown session is ignored: it ended).
@@ -27,7 +30,8 @@ Theory of operation
    window of chunks is in flight; the responder builds a chunk only when granted one, so its
    work per event is at most a few chunks of `snapshot_chunk_bytes`, and it holds no chunk
    after sending it.  Sessions are few (`MAX_SESSIONS`) and expire when idle.
-4. Chunks.  SNAP_DATA{sid, n, wm, purged, total, store, keys, lens, regs, others, last} holds
+4. Chunks.  SNAP_DATA{sid, n, wm, purged, total, store, keys, lens, regs, others, last,
+   proofs?} holds
    consecutive keys of one store in key order (stores in name order, metadata "" first).
    Plain values travel as their register bytes: `regs` concatenated, `lens` their lengths
    (uint32 big-endian; 0 marks a key whose state is the next item of `others`, a strict CBOR
@@ -53,17 +57,16 @@ Theory of operation
 from __future__ import annotations
 
 import random
-from array import array
 from bisect import bisect_right
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from itertools import accumulate, compress, islice, repeat
-from operator import itemgetter, lt
+from itertools import compress, islice
 from typing import Any
 
 from ..crdt.bulk import adopt, bulk_load_stores
 from ..crdt.codec import encode_delta
-from ..crdt.register import Register, registers_valid, unpack_head
+from ..crdt.proofs import Certificate, ForgedState, state_seqs
+from ..crdt.register import Register
 from ..crdt.replica import Change, Replica
 from ..crdt.state import State
 from ..crdt.treebuild import TreeBuilder
@@ -71,8 +74,23 @@ from ..errors import RemoteProtocolError
 from .config import GossipConfig
 from .dissemination import delta_size
 from .membership import ALIVE, Membership
-from .messages import MAX_ADDRESS, MAX_SEQ, Send, _delta, _int, _key, _store
-from .wire import Message, MsgType
+from .messages import MAX_SEQ, Send, _int
+from .snapshot_wire import (
+    MAX_CHUNK_KEYS,
+    MAX_CREDIT,
+    MAX_HINTS,
+    SNAPSHOT_TYPES,
+    Chunk,
+    Cursor,
+    encode_lens,
+    parse_chunk,
+    parse_cursor,
+    parse_offer,
+    snap_data,
+    snap_offer,
+    snap_req,
+)
+from .wire import Message
 
 __all__ = [
     "SNAPSHOT_TYPES",
@@ -80,36 +98,15 @@ __all__ = [
     "SnapshotServer",
     "StagedSnapshot",
     "offer_instead",
+    "offer_sources",
+    "parse_offer",
     "snap_offer",
 ]
 
-SNAPSHOT_TYPES = frozenset({int(MsgType.SNAP_OFFER), int(MsgType.SNAP_REQ), int(MsgType.SNAP_DATA)})
 MAX_SESSIONS = 32  # snapshot sessions one node serves at once
-MAX_CREDIT = 16  # chunks one SNAP_REQ may grant
-MAX_CHUNK_KEYS = 50_000
-_LEN = 4
-_LITTLE = array("I", [1]).tobytes()[0] == 1
-_SEQ = itemgetter(1)
-_new_bytes = bytes.__new__
-
-Cursor = tuple[str, str] | None
-Verify = Callable[[str, list[str], list[State], object], None]
 
 
-# --- messages ------------------------------------------------------------------------------------
-
-
-MAX_HINTS = 8  # caught-up edges an offer names
-
-
-def snap_offer(rid: int, wm: int, keys: int, sources: list[str]) -> Message:
-    return {
-        "t": int(MsgType.SNAP_OFFER),
-        "rid": rid,
-        "wm": wm,
-        "keys": keys,
-        "sources": sources[:MAX_HINTS],
-    }
+# --- offers ---------------------------------------------------------------------------------------
 
 
 def offer_sources(
@@ -124,37 +121,6 @@ def offer_sources(
     )
     rng.shuffle(edges)
     return edges[:MAX_HINTS]
-
-
-def snap_req(sid: int, after: Cursor, credit: int, open: bool) -> Message:
-    return {
-        "t": int(MsgType.SNAP_REQ),
-        "sid": sid,
-        "after": None if after is None else list(after),
-        "credit": credit,
-        "open": open,
-    }
-
-
-def parse_offer(m: Message) -> tuple[int, int, int, list[str]]:
-    """(rid, wm, keys, sources) of a SNAP_OFFER, or RemoteProtocolError."""
-    sources = m.get("sources", [])
-    if type(sources) is not list or len(sources) > MAX_HINTS:
-        raise RemoteProtocolError(f"SNAP_OFFER: sources must be an array of <= {MAX_HINTS}")
-    for a in sources:
-        if type(a) is not str or not 1 <= len(a) <= MAX_ADDRESS:
-            raise RemoteProtocolError("SNAP_OFFER: a source must be an address string")
-    return _int(m, "rid"), _int(m, "wm"), _int(m, "keys"), sources
-
-
-def _cursor(m: Message) -> Cursor:
-    after = m.get("after")
-    if after is None:
-        return None
-    if type(after) is not list or len(after) != 2:
-        raise RemoteProtocolError("SNAP_REQ: after must be null or [store, key]")
-    store = _store(after[0])
-    return store, (after[1] if after[1] == "" else _key(after[1]))
 
 
 def changed_since(replica: Replica, wm: int, limit: int) -> int:
@@ -189,6 +155,7 @@ class _Session:
     credit: int = 0
     n: int = 0
     idle_since: float = 0.0
+    sent: dict[bytes, Certificate] = field(default_factory=dict)  # certificates already sent
 
 
 class SnapshotServer:
@@ -200,12 +167,11 @@ class SnapshotServer:
         self.counters = counters
         self.sessions: dict[tuple[str, int], _Session] = {}
         self.busy = False  # set while this node bootstraps itself: it serves no snapshot
-        self.proof: Callable[[str, list[str], list[State]], object] | None = None
 
     def on_req(self, peer: str, m: Message, now: float) -> list[Send]:
         sid = _int(m, "sid")
         credit = _int(m, "credit", 1, MAX_CREDIT)
-        after = _cursor(m)
+        after = parse_cursor(m)
         opening = m.get("open")
         if type(opening) is not bool:
             raise RemoteProtocolError("SNAP_REQ: open must be a boolean")
@@ -216,7 +182,9 @@ class SnapshotServer:
                 return []
             if self.busy or len(self.sessions) >= MAX_SESSIONS:
                 self.counters["snapshot_busy"] += 1
-                return [Send(peer, _data(sid, 0, 0, 0, 0, "", [], b"", b"", [], True, busy=True))]
+                return [
+                    Send(peer, snap_data(sid, 0, 0, 0, 0, "", [], b"", b"", [], True, busy=True))
+                ]
             r = self.replica
             s = self.sessions[(peer, sid)] = _Session(after, r.watermark, r.purged)
             self.counters["snapshot_sessions"] += 1
@@ -251,22 +219,40 @@ class SnapshotServer:
             start = 0 if after is None or name != store else sr.keys.bisect_right(after)
             if start < len(sr.keys):
                 keys: list[str] = []
+                vals: list[State] = []
                 states = sr.states
-                size = 0
+                proofs = self.replica.proofs
+                certs = s.sent  # each certificate travels once per session
+                had = len(certs)
+                size = consumed = 0
+                key = ""
                 for key in sr.keys.islice(start, start + MAX_CHUNK_KEYS):
+                    consumed += 1
                     st = states[key]
+                    if proofs is not None:  # rule 2: the certificates travel with the states
+                        extra = proofs.add_material(certs, st)
+                        if extra < 0:  # unprovable here: never sent (crdt/proofs.py rule 3),
+                            self.counters["snapshot_unprovable"] += 1
+                            s.wm = 0  # and the snapshot claims no seq (rule 5)
+                            continue
+                        size += extra
                     keys.append(key)
+                    vals.append(st)
                     size += len(key) + (len(st) if isinstance(st, Register) else delta_size(st))
                     if size >= budget:
                         break
-                vals = [states[k] for k in keys]
-                s.cursor = (name, keys[-1])
-                done = i == len(names) - 1 and start + len(keys) == len(sr.keys)
+                s.cursor = (name, key)
+                done = i == len(names) - 1 and start + consumed == len(sr.keys)
                 self.counters["snapshot_keys_served"] += len(keys)
-                return self._encode(sid, s, name, keys, vals, done), done
+                msg = self._encode(sid, s, name, keys, vals, done)
+                if len(certs) > had:
+                    msg["proofs"] = [c.to_wire() for c in islice(certs.values(), had, None)]
+                return msg, done
             i += 1
             after = None
-        return _data(sid, s.n, s.wm, s.purged, len(self.replica), "", [], b"", b"", [], True), True
+        return snap_data(
+            sid, s.n, s.wm, s.purged, len(self.replica), "", [], b"", b"", [], True
+        ), True
 
     def _encode(
         self, sid: int, s: _Session, store: str, keys: list[str], vals: list[State], last: bool
@@ -275,10 +261,7 @@ class SnapshotServer:
         regs: list[bytes] = list(compress(vals, is_reg))  # type: ignore[arg-type]
         others = [encode_delta(v) for v, r in zip(vals, is_reg, strict=True) if not r]
         sizes = [len(v) if r else 0 for v, r in zip(vals, is_reg, strict=True)]  # type: ignore[arg-type]
-        lens = array("I", sizes)
-        if _LITTLE:
-            lens.byteswap()  # big-endian on the wire
-        msg = _data(
+        msg = snap_data(
             sid,
             s.n,
             s.wm,
@@ -286,135 +269,15 @@ class SnapshotServer:
             len(self.replica),
             store,
             keys,
-            lens.tobytes(),
+            encode_lens(sizes),
             b"".join(regs),
             others,
             last,
         )
-        if self.proof is not None:
-            msg["proof"] = self.proof(store, keys, vals)
         return msg
 
 
-def _data(
-    sid: int,
-    n: int,
-    wm: int,
-    purged: int,
-    total: int,
-    store: str,
-    keys: list[str],
-    lens: bytes,
-    regs: bytes,
-    others: list[Any],
-    last: bool,
-    busy: bool = False,
-) -> Message:
-    m: Message = {
-        "t": int(MsgType.SNAP_DATA),
-        "sid": sid,
-        "n": n,
-        "wm": wm,
-        "purged": purged,
-        "total": total,
-        "store": store,
-        "keys": keys,
-        "lens": lens,
-        "regs": regs,
-        "others": others,
-        "last": last,
-    }
-    if busy:
-        m["busy"] = True
-    return m
-
-
 # --- receiver ------------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class Chunk:
-    """One parsed, checked SNAP_DATA."""
-
-    sid: int
-    n: int
-    wm: int
-    purged: int
-    total: int
-    store: str
-    keys: list[str]
-    states: list[State]
-    last: bool
-    busy: bool
-    proof: object
-    size: int  # payload bytes (keys, registers, lengths; other states estimated)
-
-
-def parse_chunk(m: Message) -> Chunk:
-    """Validate a whole SNAP_DATA (column-wise), or raise RemoteProtocolError."""
-    keys = m.get("keys")
-    if type(keys) is not list or len(keys) > MAX_CHUNK_KEYS:
-        raise RemoteProtocolError(f"SNAP_DATA: keys must be an array of <= {MAX_CHUNK_KEYS}")
-    if keys:
-        if not set(map(type, keys)) <= {str} or min(map(len, keys)) < 1:
-            raise RemoteProtocolError("SNAP_DATA: keys must be non-empty strings")
-        try:
-            if max(map(len, map(str.encode, keys))) > 512:
-                raise RemoteProtocolError("SNAP_DATA: a key exceeds 512 bytes")
-        except UnicodeEncodeError:
-            raise RemoteProtocolError("SNAP_DATA: a key is not valid UTF-8") from None
-        if not all(map(lt, keys, islice(keys, 1, None))):
-            raise RemoteProtocolError("SNAP_DATA: keys must be strictly increasing")
-    lens_b, regs_b, others = m.get("lens"), m.get("regs"), m.get("others")
-    if type(lens_b) is not bytes or type(regs_b) is not bytes or type(others) is not list:
-        raise RemoteProtocolError("SNAP_DATA: lens and regs must be bytes, others an array")
-    if len(lens_b) != _LEN * len(keys):
-        raise RemoteProtocolError("SNAP_DATA: one length per key")
-    lens = array("I")
-    lens.frombytes(lens_b)
-    if _LITTLE:
-        lens.byteswap()
-    is_reg = list(map(bool, lens))
-    n_regs = sum(is_reg)
-    if len(others) != len(keys) - n_regs or sum(lens) != len(regs_b):
-        raise RemoteProtocolError("SNAP_DATA: lengths do not match the payload")
-    reg_lens = list(compress(lens, is_reg))
-    ends = list(accumulate(reg_lens))
-    raw = list(map(regs_b.__getitem__, map(slice, [0, *ends[:-1]], ends)))
-    if not registers_valid(raw) or (raw and min(map(_SEQ, map(unpack_head, raw))) < 1):
-        raise RemoteProtocolError("SNAP_DATA: malformed register")
-    regs: list[State] = list(map(_new_bytes, repeat(Register), raw))
-    size = len(regs_b) + len(lens_b) + sum(map(len, keys))
-    if n_regs == len(keys):
-        states = regs
-    else:
-        decoded = [_to_state(_delta(d)) for d in others]
-        size += sum(map(delta_size, decoded))
-        rest, it = iter(decoded), iter(regs)
-        states = [next(it) if r else next(rest) for r in is_reg]
-    busy = m.get("busy", False)
-    last = m.get("last")
-    if type(busy) is not bool or type(last) is not bool:
-        raise RemoteProtocolError("SNAP_DATA: last and busy must be booleans")
-    return Chunk(
-        _int(m, "sid"),
-        _int(m, "n"),
-        _int(m, "wm"),
-        _int(m, "purged"),
-        _int(m, "total"),
-        _store(m.get("store")),
-        keys,
-        states,
-        last,
-        busy,
-        m.get("proof"),
-        size,
-    )
-
-
-def _to_state(d: Any) -> State:
-    to_state = getattr(d, "to_state", None)
-    return to_state() if to_state is not None else d  # type: ignore[no-any-return]
 
 
 @dataclass(slots=True)
@@ -466,7 +329,6 @@ class SnapshotClient:
         self.members = members
         self.state = self.IDLE
         self.target: int | None = None  # the origin's watermark as first heard (rule 8)
-        self.verify: Verify | None = None
         self.progress = Progress()
         self._offer: tuple[str, int] = ("", 0)  # (offering peer, its watermark)
         self._hints: list[str] = []  # caught-up edges the offer named
@@ -535,7 +397,17 @@ class SnapshotClient:
         self._tried.clear()  # every peer failed once: start over with the offerer
         return offerer
 
+    def _live_seqs(self) -> Iterator[int]:
+        """The proof store's live seqs while staging: the replica's and the staged states'."""
+        yield from self.replica.proof_seqs()
+        for group in self._groups.values():
+            for st in group.values():
+                yield from state_seqs(st)
+
     def _start(self, now: float) -> list[Send]:
+        proofs = self.replica.proofs
+        if proofs is not None:
+            proofs.live_seqs = self._live_seqs
         self._source = self._choose()
         self._sid = self.rng.getrandbits(48) + 1
         self._n = 0
@@ -581,8 +453,7 @@ class SnapshotClient:
                 raise RemoteProtocolError(f"SNAP_DATA: chunk {c.n} where {self._n} was due")
             if c.keys and self._cursor is not None and (c.store, c.keys[0]) <= self._cursor:
                 raise RemoteProtocolError("SNAP_DATA: keys at or before the cursor")
-            if self.verify is not None:
-                self.verify(c.store, c.keys, c.states, c.proof)
+            self._verify(c)
         except RemoteProtocolError:
             self.counters["snapshot_bad_chunks"] += 1
             self._abandon(peer, now)
@@ -596,6 +467,16 @@ class SnapshotClient:
             return []
         self.counters["snapshot_chunks"] += 1
         return [Send(peer, snap_req(self._sid, self._cursor, 1, False))]
+
+    def _verify(self, c: Chunk) -> None:
+        """Rule 2: with proofs on, every state must be signed by the origin (the chunk's
+        certificates, checked, join the proof store); ForgedState otherwise."""
+        proofs = self.replica.proofs
+        if proofs is None:
+            return
+        items = [(c.store, k, st) for k, st in zip(c.keys, c.states, strict=True)]
+        if len(proofs.verify(items, c.proofs, self.replica.state)) != len(items):
+            raise ForgedState(f"SNAP_DATA: a state of {c.store!r} is not a certified state")
 
     def _abandon(self, peer: str, now: float) -> None:
         """Rule 6: a bad source is dropped; the next tick resumes with another peer."""
@@ -636,7 +517,7 @@ class SnapshotClient:
     def install(self, built: Replica, staged: StagedSnapshot, now: float) -> list[Change]:
         """Adopt the built replica in the live one (rule 7); returns the joined live changes."""
         changes = adopt(self.replica, built, staged.wm)
-        self.state = self.IDLE
+        self._end()
         self._cursor = None
         self._wm, self._purged = MAX_SEQ, 0
         self._tried.clear()
@@ -644,9 +525,14 @@ class SnapshotClient:
         self.counters["snapshots_installed"] += 1
         return changes
 
+    def _end(self) -> None:
+        self.state = self.IDLE
+        if self.replica.proofs is not None:
+            self.replica.proofs.live_seqs = self.replica.proof_seqs
+
     def abort(self) -> None:
         """The build failed: start over at the next offer."""
-        self.state = self.IDLE
+        self._end()
         self._groups, self._trees = {}, {}
         self._cursor = None
         self._wm, self._purged = MAX_SEQ, 0
