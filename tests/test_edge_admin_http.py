@@ -6,13 +6,16 @@ import base64
 import random
 import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import trio
 
+from edgekv.errors import InvalidInput
 from edgekv.node.admin_http import build_app
+from edgekv.node.auth import load_tokens
 from edgekv.node.edge import EdgeNode
 from edgekv.testnet.simnet import SimNetwork
 from test_edge_harness import FAST, OriginNode, origin_node, tcp_origin, wait_until
@@ -85,14 +88,14 @@ async def test_admin_endpoints(net: SimNetwork, autojump_clock: Any) -> None:
                 r = await http.post("/v1/stores/flags/mget", content=bad)
                 assert r.status_code == 400 and r.json()["error"] == "invalid_input", bad[:20]
             r = await http.post("/v1/stores/flags/mget", json={"keys": ["k"] * 10_001})
-            assert r.status_code == 400 and "limit" in r.json()["message"]
+            assert r.status_code == 400 and "10000" in r.json()["message"]
             r = await http.post("/v1/stores/flags/mget", json={"keys": ["rank"]})
             assert r.status_code == 409 and r.json()["error"] == "wrong_kind"
             r = await http.post("/v1/stores/nope/mget", json={"keys": ["greeting"]})
             assert r.status_code == 404
-            # a body past the limit is refused while it streams in (1 MiB chunks: not all read)
-            status, body = await _asgi_post(build_app(edge), "/v1/stores/flags/mget", 8)
-            assert status == 400 and b"exceeds" in body
+            # a body well past the limit is refused while it streams in (1 MiB chunks: not all read)
+            status, body = await _asgi_post(build_app(edge), "/v1/stores/flags/mget", 16)
+            assert status == 413 and b"exceeds" in body
 
             status = (await http.get("/status")).json()
             assert status["node_id"] == "e1" and status["address"] == "e1:1"
@@ -170,3 +173,46 @@ async def test_admin_over_loopback_with_hypercorn() -> None:
                 assert "edgekv_watermark" in (await http.get("/metrics")).text
                 r = await http.post("/v1/stores/flags/mget", json={"keys": ["feature:b"]})
                 assert r.json() == {"values": [base64.b64encode(b"2").decode()]}
+
+
+async def test_admin_tokens_over_loopback(tmp_path: Path) -> None:
+    """With tokens on, store routes need read scope on the store, /status and /metrics any
+    known token, and the OpenAPI document none (it says so)."""
+    path = tmp_path / "tokens"
+    path.write_text("# admin HTTP tokens\nreader=read:flags\n\nother = read:other\n")
+    tokens = load_tokens(path)
+    assert tokens == {"reader": "read:flags", "other": "read:other"}
+    with trio.fail_after(20):
+        async with (
+            tcp_origin() as origin,
+            EdgeNode(origin=origin.address, http="127.0.0.1:0", tokens=tokens) as edge,
+        ):
+            await _fill(origin)
+            await wait_until(lambda: edge.watermark == origin.watermark, within=10)
+            reader = {"authorization": "Bearer reader"}
+            other = {"authorization": "Bearer other"}
+            async with httpx.AsyncClient(base_url=f"http://{edge.http_address}") as http:
+                for route in ("/v1/stores/flags/keys/feature:a", "/v1/stores/flags/keys"):
+                    for headers in ({}, {"authorization": "Bearer nope"}, {"authorization": "x"}):
+                        r = await http.get(route, headers=headers)
+                        assert r.status_code == 401 and r.json()["error"] == "unauthorized"
+                        assert r.headers["www-authenticate"] == "Bearer"
+                    assert (await http.get(route, headers=other)).status_code == 401
+                    assert (await http.get(route, headers=reader)).status_code == 200
+                r = await http.post("/v1/stores/flags/mget", json={"keys": ["feature:a"]})
+                assert r.status_code == 401
+                r = await http.post(
+                    "/v1/stores/flags/mget", json={"keys": ["feature:a"]}, headers=reader
+                )
+                assert r.json() == {"values": [base64.b64encode(b"1").decode()]}
+                for route in ("/status", "/metrics"):
+                    assert (await http.get(route)).status_code == 401
+                    assert (await http.get(route, headers=other)).status_code == 200
+                doc = (await http.get("/v1/openapi.json")).json()
+                assert "bearer" in doc["components"]["securitySchemes"]
+                get = doc["paths"]["/v1/stores/{store}/keys/{key}"]["get"]
+                assert get["security"] == [{"bearer": []}] and "401" in get["responses"]
+    for bad in ("=read:x", "token", "t=shout:x"):
+        path.write_text(bad)
+        with pytest.raises(InvalidInput):
+            load_tokens(path)

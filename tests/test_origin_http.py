@@ -67,7 +67,7 @@ async def test_routes(tmp_path: Path) -> None:
         assert r.json()["seq"] == 7
         error(
             await h.put("/v1/stores/flags/keys/b64", content=b"y", params={"if_version": 6}),
-            412,
+            409,
             "version_mismatch",
         )
         assert (await h.delete("/v1/stores/flags/keys/b64")).json()["seq"] == 8
@@ -95,7 +95,9 @@ async def test_error_paths(tmp_path: Path) -> None:
         await h.put("/v1/stores/s")
         error(await h.put("/v1/stores/s/keys/" + "k" * 513, content=b"v"), 400, "invalid_input")
         error(
-            await h.put("/v1/stores/s/keys/k", content=b"v" * ((1 << 20) + 1)), 400, "invalid_input"
+            await h.put("/v1/stores/s/keys/k", content=b"v" * ((1 << 20) + 1)),
+            413,
+            "payload_too_large",
         )
         error(await h.put("/v1/stores/bad!name"), 400, "invalid_input")
         error(await h.put("/v1/stores/bad!name/keys/k", content=b"v"), 400, "invalid_input")
@@ -159,9 +161,8 @@ async def test_tokens(tmp_path: Path) -> None:
             401,
             "unauthorized",
         )
-        error(
-            await h.get("/v1/stores", headers={"authorization": "Basic abc"}), 400, "invalid_input"
-        )
+        for odd in ("Basic abc", "Bearer", "Token admin", "bearer", "admin", "Bearer admin x"):
+            error(await h.get("/v1/stores", headers={"authorization": odd}), 401, "unauthorized")
         error(
             await h.put("/v1/stores/flags/keys/k", content=b"v", headers=reader),
             401,

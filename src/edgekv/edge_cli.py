@@ -1,7 +1,7 @@
 """`edgekv edge`: run an edge node as a daemon (trio), stopping cleanly on SIGINT/SIGTERM.
 
     edgekv edge --data-dir D --listen HOST:PORT --origin HOST:PORT [--peer HOST:PORT ...]
-                [--http HOST:PORT] [--cluster-key-file F] [--node-id ID]
+                [--http HOST:PORT] [--http-tokens-file F] [--cluster-key-file F] [--node-id ID]
 
 Logs are structured (`key=value` fields); snapshot progress lines (`event=snapshot`, a fresh
 or long-away node's bootstrap) show without -v.  Once serving (for a fresh node: once it holds
@@ -63,6 +63,11 @@ def add_edge_commands(subparsers: Any) -> None:
         " or EDGEKV_ORIGIN_PUBLIC_KEYS=FILE,FILE).  Required on a non-loopback --listen",
     )
     p.add_argument(
+        "--http-tokens-file",
+        default=None,
+        help="file of TOKEN=SCOPES lines the admin HTTP API accepts (read:STORE; open if omitted)",
+    )
+    p.add_argument(
         "--flush-interval", type=float, default=0.5, help="seconds between database flushes"
     )
     add_fault_file_argument(p)
@@ -117,6 +122,7 @@ def run_edge(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace, key: bytes | None, token: str | None) -> None:
+    from edgekv.node.auth import load_tokens
     from edgekv.node.edge import EdgeNode
     from edgekv.node.faultfile import fault_policy
 
@@ -134,6 +140,9 @@ async def _serve(args: argparse.Namespace, key: bytes | None, token: str | None)
                 node_id=args.node_id,
                 advertise=args.advertise,
                 token=token,
+                tokens=None
+                if args.http_tokens_file is None
+                else load_tokens(args.http_tokens_file),
                 flush_interval=args.flush_interval,
                 faults=faults,
                 net_limits=NetLimits.from_args(args),

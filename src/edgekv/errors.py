@@ -46,10 +46,11 @@ class WrongKind(EdgeKVError, TypeError):
 
 
 class VersionMismatch(EdgeKVError):
-    """A conditional write (`if_version=`) found another version at the origin."""
+    """A conditional write (`if_version=`) found another version at the origin (HTTP 409: the
+    condition is a parameter, not a precondition header, so not 412)."""
 
     code = "version_mismatch"
-    http_status = 412
+    http_status = 409
 
 
 class Unauthorized(EdgeKVError, PermissionError):

@@ -22,7 +22,7 @@ def bloom_params(capacity: int, error_rate: float) -> tuple[int, int]:
         raise InvalidInput("bloom capacity must be a positive integer")
     if not (0.0 < error_rate < 1.0):
         raise InvalidInput("bloom error_rate must be in (0, 1)")
-    m = math.ceil(-capacity * math.log(error_rate) / (math.log(2) ** 2))
+    m = max(8, math.ceil(-capacity * math.log(error_rate) / (math.log(2) ** 2)))
     k = max(1, round(m / capacity * math.log(2)))
     check_params(m, k)
     return m, k

@@ -55,7 +55,9 @@ from edgekv.gossip.transport import Transport
 from edgekv.gossip.wire import Message
 from edgekv.node import kvstore
 from edgekv.node.admin_http import bind_socket, build_app, serve_app, socket_address
+from edgekv.node.auth import TokenAuth, TokenSpec
 from edgekv.node.faults import LinkFaults
+from edgekv.node.httpapi import HttpLimits
 from edgekv.node.identity import load_node_id
 from edgekv.node.keys import load_public_key
 from edgekv.node.limits import DEFAULT_NET_LIMITS, NetLimits
@@ -112,6 +114,8 @@ class EdgeNode:
         advertise: str | None = None,
         net_limits: NetLimits = DEFAULT_NET_LIMITS,
         origin_public_keys: Sequence[Ed25519PublicKey | str | Path] = (),
+        tokens: TokenSpec | None = None,
+        http_limits: HttpLimits | None = None,
     ) -> None:
         self.net_limits = net_limits
         if not isinstance(origin, str) or not origin:
@@ -147,6 +151,8 @@ class EdgeNode:
         self.config = config
         self.write_timeout = write_timeout
         self.token = token
+        self.auth = TokenAuth(tokens)  # what the admin HTTP API accepts (off when None)
+        self.http_limits = http_limits or HttpLimits()
         self.flush_interval = flush_interval
         self._wall_ms = wall_ms or system_wall_ms
         self._rng = rng
@@ -368,7 +374,7 @@ class EdgeNode:
         if self.http is not None:
             sock = bind_socket(self.http)
             self.http_address = socket_address(sock)
-            await tg.start(serve_app, build_app(self), sock)
+            await tg.start(serve_app, build_app(self, self.auth, self.http_limits), sock)
         logger.info(
             "event=started node=%s address=%s origin=%s peers=%d http=%s",
             self.node_id,

@@ -1,163 +1,177 @@
-"""The OpenAPI 3.1 description of the origin's HTTP API (served at /v1/openapi.json)."""
+"""JSON Schemas of the origin's HTTP bodies and replies, built from its `Limits`.
+
+The batch schema is what the server checks a batch against (`node.httpapi`), so every limit
+the write path enforces is in it: key and value sizes, items per op, ops per batch, TTL range,
+Bloom parameters (capacity and error rate are bounded so that the filter they size is always
+within the Bloom limits).  One bound JSON Schema cannot state: key, value and member limits are
+in UTF-8 *bytes*, while `maxLength` counts characters; text past the byte limit is refused (400).
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-_ERROR = {
-    "description": "error",
-    "content": {
-        "application/json": {
-            "schema": {
-                "type": "object",
-                "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
+from ..crdt import Limits
+from ..crdt.bloom import MAX_BLOOM_BITS, MAX_BLOOM_HASHES
+from ..node.admin_http import KEY_SCHEMA
+
+Schema = dict[str, Any]
+
+MAX_TTL = 100 * 365 * 86400  # seconds, as `crdt.ops.validate_op` allows
+MIN_ERROR_RATE = 1e-9
+# The largest capacity whose filter fits in MAX_BLOOM_BITS at the smallest error rate.
+MAX_CAPACITY = math.floor(MAX_BLOOM_BITS * math.log(2) ** 2 / -math.log(MIN_ERROR_RATE)) - 1
+IF_VERSION: Schema = {
+    "type": "integer",
+    "minimum": 0,
+    "maximum": (1 << 63) - 1,
+    "description": "write only if the key is at this version (0: absent), else 409",
+}
+TTL: Schema = {
+    "type": "number",
+    "exclusiveMinimum": 0,
+    "maximum": MAX_TTL,
+    "description": "seconds until the value expires",
+}
+
+
+def _text(limit: int, base64: bool) -> Schema:
+    if base64:  # format "byte" (OpenAPI's base64) is checked (`httpapi.FORMATS`)
+        encoded = 4 * math.ceil(limit / 3)
+        return {
+            "type": "string",
+            "format": "byte",
+            "contentEncoding": "base64",
+            "maxLength": encoded,
+        }
+    return {"type": "string", "maxLength": limit}
+
+
+def _op(name: str, base64: bool, fields: Schema, required: list[str]) -> Schema:
+    encoding: Schema = {"const": "base64"} if base64 else {"const": "utf8"}
+    return {
+        "type": "object",
+        "properties": {
+            "op": {"const": name},
+            "key": KEY_SCHEMA,
+            "encoding": encoding,
+            "if_version": IF_VERSION,
+            **fields,
+        },
+        "required": ["op", "key", *required, *(["encoding"] if base64 else [])],
+        "additionalProperties": False,
+    }
+
+
+def batch_schema(limits: Limits) -> Schema:
+    """The body of POST /v1/stores/{store}/batch."""
+    ops: list[Schema] = [_op("delete", False, {}, []), _op("delete", True, {}, [])]
+    for b64 in (False, True):
+        value = _text(limits.max_value_bytes, b64)
+        member = _text(limits.max_member_bytes, b64)
+        ops.append(
+            _op("put", b64, {"value": value, "ttl": TTL, "force": {"type": "boolean"}}, ["value"])
+        )
+        zadd_members = {
+            "type": "object",
+            "minProperties": 1,
+            "maxProperties": limits.max_items_per_op,
+            "propertyNames": member,
+            "additionalProperties": {"type": "number"},
+            "description": "member -> score",
+        }
+        zadd = {"members": zadd_members, "force": {"type": "boolean"}}
+        ops.append(_op("zadd", b64, zadd, ["members"]))
+        zrem_members = {"type": "array", "maxItems": limits.max_items_per_op, "items": member}
+        ops.append(_op("zrem", b64, {"members": zrem_members}, ["members"]))
+        items = {"type": "array", "minItems": 1, "maxItems": limits.max_items_per_op}
+        bloom = {
+            "items": {**items, "items": value},
+            "capacity": {"type": "integer", "minimum": 1, "maximum": MAX_CAPACITY},
+            "error_rate": {
+                "type": "number",
+                "minimum": MIN_ERROR_RATE,
+                "exclusiveMaximum": 1,
+            },
+            "m": {"type": "integer", "minimum": 8, "maximum": MAX_BLOOM_BITS},
+            "k": {"type": "integer", "minimum": 1, "maximum": MAX_BLOOM_HASHES},
+            "force": {"type": "boolean"},
+        }
+        op = _op("bf_add", b64, bloom, ["items"])
+        op["dependentRequired"] = {"m": ["k"], "k": ["m"]}
+        op["description"] = "a new filter is sized by m and k, else by capacity and error_rate"
+        ops.append(op)
+    return {
+        "type": "object",
+        "required": ["ops"],
+        "properties": {
+            "ops": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": limits.max_ops_per_batch,
+                "items": {"anyOf": ops},  # exclusive by `op` and `encoding`
             }
+        },
+        "additionalProperties": False,
+    }
+
+
+BATCH_EXAMPLE = {
+    "ops": [
+        {"op": "put", "key": "greeting", "value": "hello", "ttl": 3600},
+        {"op": "put", "key": "raw", "value": "AAH/", "encoding": "base64"},
+        {"op": "zadd", "key": "ranking", "members": {"alice": 10, "bob": 5.5}},
+        {"op": "bf_add", "key": "blocked", "items": ["10.0.0.1"], "capacity": 1000},
+        {"op": "delete", "key": "old"},
+    ]
+}
+VERSION: Schema = {
+    "type": "object",
+    "required": ["seq", "written_at"],
+    "properties": {
+        "seq": {"type": ["integer", "null"], "description": "null: nothing changed"},
+        "written_at": {"type": ["integer", "null"], "description": "origin clock, ms"},
+    },
+    "additionalProperties": False,
+}
+BATCH_REPLY: Schema = {
+    "type": "object",
+    "required": ["seqs", "written_at"],
+    "properties": {
+        "seqs": {"type": "array", "items": {"type": ["integer", "null"]}},
+        "written_at": {"type": ["integer", "null"]},
+    },
+}
+SCORE: Schema = {"anyOf": [{"type": "number"}, {"enum": ["inf", "-inf"]}]}
+MEMBERS: Schema = {
+    "type": "object",
+    "required": ["members"],
+    "properties": {
+        "members": {
+            "type": "array",
+            "items": {
+                "oneOf": [
+                    {
+                        "type": "object",
+                        "required": ["member", "score"],
+                        "properties": {"member": {"type": "string"}, "score": SCORE},
+                        "additionalProperties": False,
+                    },
+                    {
+                        "type": "object",
+                        "required": ["member_base64", "score"],
+                        "properties": {"member_base64": {"type": "string"}, "score": SCORE},
+                        "additionalProperties": False,
+                    },
+                ]
+            },
         }
     },
 }
-_VERSION = {
-    "description": "the write's version (seq null: nothing changed)",
-    "content": {
-        "application/json": {
-            "schema": {
-                "type": "object",
-                "properties": {
-                    "seq": {"type": ["integer", "null"]},
-                    "written_at": {"type": ["integer", "null"]},
-                },
-            }
-        }
-    },
+STORES: Schema = {
+    "type": "object",
+    "required": ["stores"],
+    "properties": {"stores": {"type": "array", "items": {"type": "string"}}},
 }
-_ERRORS = {s: _ERROR for s in ("400", "401", "404", "409", "412", "503")}
-_STORE = {"name": "store", "in": "path", "required": True, "schema": {"type": "string"}}
-_KEY = {"name": "key", "in": "path", "required": True, "schema": {"type": "string"}}
-_SECURITY: list[dict[str, list[str]]] = [{"bearer": []}]
-
-
-def _q(name: str, kind: str) -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": False, "schema": {"type": kind}}
-
-
-OPENAPI: dict[str, Any] = {
-    "openapi": "3.1.0",
-    "info": {"title": "edgekv origin", "version": "1"},
-    "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
-    "security": _SECURITY,
-    "paths": {
-        "/v1/stores": {
-            "get": {"summary": "list stores", "responses": {"200": {"description": "names"}}},
-        },
-        "/v1/stores/{store}": {
-            "parameters": [_STORE],
-            "put": {"summary": "create a store", "responses": {"201": _VERSION, **_ERRORS}},
-            "delete": {"summary": "drop a store", "responses": {"200": _VERSION, **_ERRORS}},
-        },
-        "/v1/stores/{store}/keys": {
-            "parameters": [_STORE],
-            "get": {
-                "summary": "keys matching a glob pattern",
-                "parameters": [_q("pattern", "string"), _q("limit", "integer")],
-                "responses": {"200": {"description": "{keys: [...]}"}, **_ERRORS},
-            },
-        },
-        "/v1/stores/{store}/keys/{key}": {
-            "parameters": [_STORE, _KEY],
-            "get": {
-                "summary": "read a value (raw bytes; version in X-EdgeKV-Seq)",
-                "responses": {"200": {"description": "the value"}, **_ERRORS},
-            },
-            "put": {
-                "summary": "write a value (raw bytes body)",
-                "parameters": [
-                    _q("ttl", "number"),
-                    _q("if_version", "integer"),
-                    _q("force", "boolean"),
-                ],
-                "requestBody": {"content": {"application/octet-stream": {}}},
-                "responses": {"200": _VERSION, **_ERRORS},
-            },
-            "delete": {
-                "summary": "delete a key",
-                "parameters": [_q("if_version", "integer")],
-                "responses": {"200": _VERSION, **_ERRORS},
-            },
-        },
-        "/v1/stores/{store}/batch": {
-            "parameters": [_STORE],
-            "post": {
-                "summary": "atomic batch of put/delete/zadd/zrem/bf_add ops, consecutive seqs",
-                "requestBody": {
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "properties": {
-                                    "ops": {
-                                        "type": "array",
-                                        "items": {
-                                            "type": "object",
-                                            "properties": {
-                                                "op": {
-                                                    "enum": [
-                                                        "put",
-                                                        "delete",
-                                                        "zadd",
-                                                        "zrem",
-                                                        "bf_add",
-                                                    ]
-                                                },
-                                                "key": {"type": "string"},
-                                                "value": {"type": "string"},
-                                                "encoding": {"enum": ["utf8", "base64"]},
-                                                "ttl": {"type": "number"},
-                                                "force": {"type": "boolean"},
-                                                "if_version": {"type": "integer"},
-                                                "members": {},
-                                                "items": {"type": "array"},
-                                                "capacity": {"type": "integer"},
-                                                "error_rate": {"type": "number"},
-                                                "m": {"type": "integer"},
-                                                "k": {"type": "integer"},
-                                            },
-                                            "required": ["op", "key"],
-                                        },
-                                    }
-                                },
-                            }
-                        }
-                    }
-                },
-                "responses": {"200": {"description": "{seqs, written_at}"}, **_ERRORS},
-            },
-        },
-        "/v1/stores/{store}/zsets/{key}": {
-            "parameters": [_STORE, _KEY],
-            "get": {
-                "summary": "sorted-set members with min <= score <= max",
-                "parameters": [_q("min", "number"), _q("max", "number")],
-                "responses": {"200": {"description": "{members: [...]}"}, **_ERRORS},
-            },
-        },
-        "/v1/status": {
-            "get": {
-                "summary": "Origin status: log, commit groups, flushes, clients, gossip peers",
-                "responses": {"200": {"description": "JSON status"}, **_ERRORS},
-            },
-        },
-        "/metrics": {
-            "get": {
-                "summary": "Prometheus text exposition (version 0.0.4)",
-                "responses": {"200": {"description": "metrics"}, **_ERRORS},
-            },
-        },
-        "/v1/stores/{store}/blooms/{key}": {
-            "parameters": [_STORE, _KEY],
-            "get": {
-                "summary": "Bloom filter membership",
-                "parameters": [_q("item", "string")],
-                "responses": {"200": {"description": "{exists: bool}"}, **_ERRORS},
-            },
-        },
-    },
-}
+SEQ_HEADER: Schema = {"type": "string", "pattern": "^[0-9]+$"}

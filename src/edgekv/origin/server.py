@@ -36,13 +36,14 @@ from ..errors import InvalidInput, StoreNotFound
 from ..gossip.config import GossipConfig
 from ..gossip.transport import Transport, TransportStats
 from ..gossip.wire import Message
+from ..node.auth import TokenAuth, TokenSpec
 from ..node.faults import LinkFaults
+from ..node.httpapi import HttpLimits
 from ..node.identity import load_node_id
 from ..node.keys import origin_signing_key
 from ..node.limits import DEFAULT_NET_LIMITS, NetLimits
 from ..node.metrics import NodeMetrics, peer_field, peer_json, render_prometheus
 from ..node.procinfo import process_info
-from .auth import TokenAuth, TokenSpec
 from .requests import is_write, op_name, opt_int, parse_write, store_of
 from .sequencer import Covers, Sequencer, wall_clock_ms
 from .wal import WriteAheadLog
@@ -102,6 +103,7 @@ class Origin:
         net_limits: NetLimits = DEFAULT_NET_LIMITS,
         signing_key: Ed25519PrivateKey | str | Path | None = None,
         sign: bool = True,
+        http_limits: HttpLimits | None = None,
     ) -> None:
         self.data_dir = None if data_dir is None else Path(data_dir)
         self.net_limits = net_limits
@@ -111,6 +113,7 @@ class Origin:
         self.listen = listen
         self.http_listen = http
         self.auth = TokenAuth(tokens)
+        self.http_limits = http_limits or HttpLimits()
         self.cluster_key = cluster_key.encode() if isinstance(cluster_key, str) else cluster_key
         self.cluster_id = cluster_id
         self._node_id_arg = node_id

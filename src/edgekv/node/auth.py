@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 from ..errors import InvalidInput, Unauthorized
 
@@ -81,3 +82,23 @@ class TokenAuth:
             return list(names)
         scopes = self._scopes(token)
         return [n for n in names if scopes.allows("read", n)]
+
+
+def load_tokens(path: str | Path) -> dict[str, str]:
+    """Tokens from a file of `TOKEN=SCOPES` lines (`#` comments and blank lines skipped), so
+    that no token appears in a process list; InvalidInput if unreadable or malformed."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"cannot read the tokens file {str(path)!r}: {exc}") from None
+    tokens: dict[str, str] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        token, sep, scopes = line.partition("=")
+        if not sep or not token.strip() or not scopes.strip():
+            raise InvalidInput(f"{path}:{n}: use TOKEN=read:STORE,write:STORE")
+        tokens[token.strip()] = scopes.strip()
+    TokenAuth(tokens)  # scopes checked now, not at the first request
+    return tokens
