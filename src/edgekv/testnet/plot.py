@@ -347,6 +347,8 @@ def traffic_over_time(report: dict[str, Any]) -> bytes | None:
     starts, msgs, nbytes = traffic_series(report, width)
     if not starts:
         return None
+    from matplotlib.ticker import EngFormatter
+
     plt, fig, (lane, top, bottom) = _figure(report, 2, 6.0)
     colours = plt.get_cmap("tab10").colors
     kinds = list(msgs)
@@ -363,6 +365,7 @@ def traffic_over_time(report: dict[str, Any]) -> bytes | None:
             lw=0,
         )
         ax.set_ylabel(unit)
+        ax.yaxis.set_major_formatter(EngFormatter(sep=""))
         ax.grid(True, alpha=0.3)
     top.legend(
         loc="upper left",

@@ -422,8 +422,11 @@ def traffic_series(
         return out
 
     msgs, nbytes = rates(tr["messages"]), rates(tr["bytes"])
-    busiest = sorted(msgs, key=lambda k: -sum(msgs[k]))
-    keep = busiest if len(busiest) <= top + 1 else busiest[:top]
+    by_count = sorted(msgs, key=lambda k: -sum(msgs[k]))
+    by_bytes = sorted(nbytes, key=lambda k: -sum(nbytes[k]))
+    keep = by_count
+    if len(by_count) > top + 1:  # the busiest by count, and the heaviest by bytes
+        keep = list(dict.fromkeys(by_count[: top - 2] + by_bytes[:2] + by_count))[:top]
     return edges_t[:-1], grouped(msgs, keep), grouped(nbytes, keep)
 
 
