@@ -162,3 +162,16 @@ def test_write_report_degrades_without_matplotlib(tmp_path: Path, monkeypatch: A
     paths = write_report(synthetic_report(), tmp_path)
     assert [p.name for p in paths] == ["report.json", "report.html"]
     assert 'id="no-plots"' in paths[1].read_text()
+
+
+def test_traffic_keeps_the_heaviest_types_by_bytes() -> None:
+    r = synthetic_report()
+    n = len(r["traffic"]["times"])
+    for i in range(10):  # ten chatty, light types and one rare, heavy one
+        r["traffic"]["messages"][f"T{i}"] = [(100 + i) * k for k in range(n)]
+        r["traffic"]["bytes"][f"T{i}"] = [k for k in range(n)]
+    r["traffic"]["messages"]["SNAPSHOT"] = [k // 10 for k in range(n)]
+    r["traffic"]["bytes"]["SNAPSHOT"] = [10**6 * k for k in range(n)]
+    _, msgs, nbytes = traffic_series(r, 0.5)
+    assert "SNAPSHOT" in msgs and "SNAPSHOT" in nbytes and "other" in msgs
+    assert list(msgs) == list(nbytes) and len(msgs) == 8
