@@ -26,6 +26,7 @@ import base64
 import logging
 import math
 import socket
+import ssl
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -50,6 +51,7 @@ from edgekv.node.httpapi import (
 )
 from edgekv.node.kvstore import KvStore
 from edgekv.node.tcp import format_address, parse_address
+from edgekv.node.tlsconfig import TlsConfig
 
 __all__ = ["AdminNode", "bind_socket", "build_api", "build_app", "serve_app"]
 
@@ -366,10 +368,12 @@ async def serve_app(
     *,
     shutdown: anyio.Event | None = None,
     errorlog: logging.Logger | None = None,
+    tls: TlsConfig | None = None,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `app` with hypercorn on the bound `sock` until `shutdown` is set or the caller
-    cancels (trio or asyncio)."""
+    cancels (trio or asyncio).  With `tls`, HTTPS with the node's certificate; a client
+    certificate is verified against the CA if offered, not required (tokens authorise)."""
     from hypercorn.config import Config
 
     config = Config()
@@ -378,6 +382,11 @@ async def serve_app(
     config.accesslog = None
     config.errorlog = errorlog
     config.graceful_timeout = 0.5
+    if tls is not None:
+        tls.server_context()  # InvalidInput unless it has a certificate and key
+        config.certfile, config.keyfile = str(tls.cert), str(tls.key)
+        config.ca_certs = str(tls.ca)
+        config.verify_mode = ssl.CERT_OPTIONAL
     if shutdown is None:
         shutdown = anyio.Event()
     task_status.started()

@@ -72,6 +72,7 @@ from edgekv.node.persistence import FLUSH_INTERVAL, LoadReport, ReplicaStore
 from edgekv.node.procinfo import process_info
 from edgekv.node.runtime import NodeRuntime, system_wall_ms
 from edgekv.node.tcp import TcpTransport, parse_address
+from edgekv.node.tlsconfig import TlsConfig
 from edgekv.node.watch import EdgeStore, WatchHub
 
 __all__ = ["EdgeNode"]
@@ -116,6 +117,7 @@ class EdgeNode:
         origin_public_keys: Sequence[Ed25519PublicKey | str | Path] = (),
         tokens: TokenSpec | None = None,
         http_limits: HttpLimits | None = None,
+        tls: TlsConfig | None = None,
     ) -> None:
         self.net_limits = net_limits
         if not isinstance(origin, str) or not origin:
@@ -144,6 +146,7 @@ class EdgeNode:
         self.data_dir = data_dir
         self.cluster_id = cluster_id
         self.cluster_key = cluster_key
+        self.tls = tls  # TLS with mutual authentication on gossip, TLS on admin HTTP
         self.http = http
         self._node_id_arg = node_id
         self.node_id = node_id or f"edge-{uuid.uuid4().hex[:8]}"  # data_dir's id once started
@@ -341,6 +344,7 @@ class EdgeNode:
                 node_id=self.node_id,
                 role="edge",
                 key=self.cluster_key,
+                tls=self.tls,
                 faults=self.faults,
                 advertise=self.advertise,
                 seeds=self.seeds,
@@ -374,7 +378,9 @@ class EdgeNode:
         if self.http is not None:
             sock = bind_socket(self.http)
             self.http_address = socket_address(sock)
-            await tg.start(serve_app, build_app(self, self.auth, self.http_limits), sock)
+            await tg.start(
+                partial(serve_app, build_app(self, self.auth, self.http_limits), sock, tls=self.tls)
+            )
         logger.info(
             "event=started node=%s address=%s origin=%s peers=%d http=%s",
             self.node_id,

@@ -18,23 +18,27 @@ import errno
 import logging
 import math
 import os
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from types import TracebackType
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.tls import TLSAttribute, TLSStream
 
-from edgekv.errors import RemoteProtocolError
+from edgekv.errors import RemoteProtocolError, Unauthorized
 from edgekv.gossip.transport import Envelope, TransportStats
 from edgekv.gossip.wire import (
     MAX_FRAME_SIZE,
     FrameDecoder,
     Handshake,
     Message,
+    MsgType,
     PeerInfo,
     encode_frame,
     type_name,
@@ -42,6 +46,7 @@ from edgekv.gossip.wire import (
 from edgekv.node.faults import LinkFaults
 from edgekv.node.identity import advertised_address
 from edgekv.node.limits import DEFAULT_NET_LIMITS, NetLimits
+from edgekv.node.tlsconfig import TlsConfig
 
 __all__ = ["FramedStream", "TcpTransport", "format_address", "parse_address"]
 
@@ -102,11 +107,23 @@ class FramedStream:
         key: bytes | None = None,
         max_frame_size: int = MAX_FRAME_SIZE,
         connect_timeout: float = CONNECT_TIMEOUT,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> FramedStream:
-        """Connect to `address` and run the handshake as initiator (within `connect_timeout` s)."""
+        """Connect to `address` and run the handshake as initiator (within `connect_timeout` s).
+
+        With `ssl_context` the connection is TLS first (see `tlsconfig`): the peer's
+        certificate is verified against the context's CA before any frame is sent."""
         host, port = parse_address(address)
         with anyio.fail_after(connect_timeout):
-            stream = await anyio.connect_tcp(host, port)
+            stream: anyio.abc.ByteStream = await anyio.connect_tcp(host, port)
+            if ssl_context is not None:
+                try:
+                    stream = await TLSStream.wrap(
+                        stream, hostname=host, ssl_context=ssl_context, standard_compatible=False
+                    )
+                except BaseException:
+                    await anyio.aclose_forcefully(stream)
+                    raise
             fs = cls(stream, max_frame_size=max_frame_size)
             try:
                 hs = Handshake(cluster_id, node_id, role, advertise, key, True, os.urandom(16))
@@ -128,20 +145,33 @@ class FramedStream:
         key: bytes | None = None,
         max_frame_size: int = MAX_FRAME_SIZE,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> FramedStream:
         """Run the handshake as responder on an accepted stream (the caller still owns it).
 
-        Raises `TimeoutError`, `Unauthorized`, `RemoteProtocolError` or a connection error;
-        the caller logs the reason and closes the stream.
+        With `ssl_context`, TLS comes first (the returned stream wraps `stream`), and a peer
+        that declares any role but "client" must have presented a certificate the context
+        verified: one without is refused before it is answered (tlsconfig, rule 2).
+        Raises `TimeoutError`, `Unauthorized`, `RemoteProtocolError`, `ssl.SSLError` or a
+        connection error; the caller logs the reason and closes the stream.
         """
-        fs = cls(stream, max_frame_size=max_frame_size)
         with anyio.fail_after(handshake_timeout):
+            check = None
+            if ssl_context is not None:
+                stream = await TLSStream.wrap(
+                    stream, server_side=True, ssl_context=ssl_context, standard_compatible=False
+                )
+                check = partial(_require_node_cert, stream)
+            fs = cls(stream, max_frame_size=max_frame_size)
             hs = Handshake(cluster_id, node_id, role, advertise, key, False, os.urandom(16))
-            await fs.handshake(hs)
+            await fs.handshake(hs, check_hello=check)
         return fs
 
-    async def handshake(self, hs: Handshake) -> PeerInfo:
-        """Run `hs` to completion over this stream; frames are capped small until it is done."""
+    async def handshake(
+        self, hs: Handshake, *, check_hello: Callable[[Message], None] | None = None
+    ) -> PeerInfo:
+        """Run `hs` to completion over this stream; frames are capped small until it is done.
+        `check_hello(msg)` may refuse the peer's HELLO (by raising) before it is answered."""
         decoder = self._decoder
         decoder.max_frame_size = min(self.max_frame_size, HANDSHAKE_MAX_FRAME)
         try:
@@ -155,6 +185,8 @@ class FramedStream:
                     raise RemoteProtocolError(
                         "peer closed the connection during handshake"
                     ) from None
+                if check_hello is not None and msg.get("t") == _HELLO:
+                    check_hello(msg)
                 for reply in hs.receive(msg):
                     await self.send(reply)
         finally:
@@ -209,6 +241,18 @@ class FramedStream:
         await self.aclose()
 
 
+_HELLO = int(MsgType.HELLO)
+
+
+def _require_node_cert(stream: TLSStream, hello: Message) -> None:
+    """Over TLS, only a client may come without a certificate signed by the cluster CA."""
+    if hello.get("role") != "client" and not stream.extra(TLSAttribute.peer_certificate, None):
+        raise Unauthorized(
+            f"a node (role {hello.get('role')!r}) must present a certificate signed by the "
+            "cluster CA"
+        )
+
+
 @dataclass(eq=False)
 class _Outbound:
     """One peer's send queue and its (lazily opened) connection."""
@@ -245,6 +289,7 @@ class TcpTransport:
         inbox_size: int = 4096,
         on_client: Callable[[PeerInfo, FramedStream], Awaitable[None]] | None = None,
         limits: NetLimits = DEFAULT_NET_LIMITS,
+        tls: TlsConfig | None = None,
     ) -> None:
         self.cluster_id = cluster_id
         self.node_id = node_id
@@ -259,6 +304,12 @@ class TcpTransport:
         self.queue_size = queue_size
         self.stats = TransportStats()
         self._key = key
+        self.tls = tls
+        # a port that serves clients (the origin's) lets them come without a certificate
+        self._server_ssl = (
+            None if tls is None else tls.server_context(require_client_cert=on_client is None)
+        )
+        self._client_ssl = None if tls is None else tls.client_context()
         self._address = ""
         self._inbox_send, self._inbox_recv = anyio.create_memory_object_stream[
             tuple[Envelope, int]
@@ -306,6 +357,7 @@ class TcpTransport:
         inbox_size: int = 4096,
         on_client: Callable[[PeerInfo, FramedStream], Awaitable[None]] | None = None,
         limits: NetLimits = DEFAULT_NET_LIMITS,
+        tls: TlsConfig | None = None,
     ) -> TcpTransport:
         """Bind `listen` and serve inside `task_group` until `aclose()`.
 
@@ -325,6 +377,7 @@ class TcpTransport:
             inbox_size=inbox_size,
             on_client=on_client,
             limits=limits,
+            tls=tls,
         )
         await task_group.start(transport._run, listen, advertise, list(seeds))
         return transport
@@ -349,6 +402,7 @@ class TcpTransport:
         inbox_size: int = 4096,
         on_client: Callable[[PeerInfo, FramedStream], Awaitable[None]] | None = None,
         limits: NetLimits = DEFAULT_NET_LIMITS,
+        tls: TlsConfig | None = None,
     ) -> AsyncIterator[TcpTransport]:
         """Context manager: a transport serving in its own task group, closed on exit."""
         async with anyio.create_task_group() as tg:
@@ -369,6 +423,7 @@ class TcpTransport:
                 inbox_size=inbox_size,
                 on_client=on_client,
                 limits=limits,
+                tls=tls,
             )
             try:
                 yield transport
@@ -511,6 +566,7 @@ class TcpTransport:
                     key=self._key,
                     max_frame_size=self.max_frame_size,
                     handshake_timeout=self.handshake_timeout,
+                    ssl_context=self._server_ssl,
                 )
                 assert fs.peer is not None
                 peer = fs.peer
@@ -627,6 +683,7 @@ class TcpTransport:
                 key=self._key,
                 max_frame_size=self.max_frame_size,
                 connect_timeout=self.connect_timeout,
+                ssl_context=self._client_ssl,
             )
         except Exception as exc:
             out.backoff = min(max(out.backoff * 2, _BACKOFF_MIN), _BACKOFF_MAX)

@@ -57,6 +57,7 @@ from ..errors import (
 )
 from ..gossip.wire import Message, MsgType, encode_frame
 from ..node.tcp import FramedStream
+from ..node.tlsconfig import TlsConfig
 from .sockio import direct_socket
 
 __all__ = ["OriginClient"]
@@ -187,12 +188,15 @@ class OriginClient:
         cluster_key: bytes | str | None = None,
         timeout: float = 10.0,
         connect_timeout: float = 5.0,
+        tls: TlsConfig | None = None,
     ) -> None:
         self.address = address
         self.token = token
         self.cluster_id = cluster_id
         self.cluster_key = cluster_key.encode() if isinstance(cluster_key, str) else cluster_key
         self.timeout = timeout
+        # TLS: verify the origin against `tls.ca`, present `tls.cert` if any (tlsconfig.py)
+        self.tls = tls
         self.connect_timeout = connect_timeout
         self.node_id = f"client-{os.urandom(6).hex()}"
         self._ids = itertools.count(1)
@@ -253,6 +257,7 @@ class OriginClient:
                         node_id=self.node_id,
                         role="client",
                         key=self.cluster_key,
+                        ssl_context=None if self.tls is None else self.tls.client_context(),
                         connect_timeout=max(0.001, min(self.connect_timeout, left)),
                     )
                     break

@@ -401,4 +401,4 @@ async def serve_http(
     sock = bind_socket(listen, backlog=1024)
     app = build_app(origin, origin.http_limits)
     task_status.started(socket_address(sock))
-    await serve_app(app, sock, shutdown=stop, errorlog=logger)
+    await serve_app(app, sock, shutdown=stop, errorlog=logger, tls=origin.tls)

@@ -44,6 +44,7 @@ from ..node.keys import origin_signing_key
 from ..node.limits import DEFAULT_NET_LIMITS, NetLimits
 from ..node.metrics import NodeMetrics, peer_field, peer_json, render_prometheus
 from ..node.procinfo import process_info
+from ..node.tlsconfig import TlsConfig
 from .requests import is_write, op_name, opt_int, parse_write, store_of
 from .sequencer import Covers, Sequencer, wall_clock_ms
 from .wal import WriteAheadLog
@@ -104,6 +105,7 @@ class Origin:
         signing_key: Ed25519PrivateKey | str | Path | None = None,
         sign: bool = True,
         http_limits: HttpLimits | None = None,
+        tls: TlsConfig | None = None,
     ) -> None:
         self.data_dir = None if data_dir is None else Path(data_dir)
         self.net_limits = net_limits
@@ -115,6 +117,7 @@ class Origin:
         self.auth = TokenAuth(tokens)
         self.http_limits = http_limits or HttpLimits()
         self.cluster_key = cluster_key.encode() if isinstance(cluster_key, str) else cluster_key
+        self.tls = tls  # TLS on the listen and HTTP ports (node/tlsconfig.py)
         self.cluster_id = cluster_id
         self._node_id_arg = node_id
         self.node_id = node_id or "origin"  # the data dir's id once started (node/identity.py)
@@ -250,6 +253,7 @@ class Origin:
             node_id=self.node_id,
             role="origin",
             key=self.cluster_key,
+            tls=self.tls,
             on_client=on_client,
             faults=self.faults,
             advertise=self.advertise,

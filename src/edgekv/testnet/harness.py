@@ -18,6 +18,9 @@ Crash model.  Each node's transport is wrapped in a `Plug`; a crash pulls the pl
 node can neither send nor receive, not even a goodbye), then cancels the node and closes the real
 transport.  A restart builds a new node on the same address (and the same data_dir, if any).
 
+`tls=True` (tcp only): a dev cluster CA and a certificate per node in `tls_dir`, TLS with mutual
+authentication on every connection (`node/tlsconfig.py`); `tls_config(name)` gives a node's config.
+
 Around it: `simenv` (seeded scheduler, inline threads, virtual clock, quiet GC for sim mode),
 `plug` (the crash switch around each transport), `clients` (`SimClient`, `HighSeq`).
 """
@@ -96,6 +99,7 @@ class Testnet:
         *,
         seed_peers: int = 3,
         cluster_id: str = "edgekv-testnet",
+        tls: bool = False,
     ) -> None:
         if network not in ("sim", "tcp"):
             raise InvalidInput(f"network must be 'sim' or 'tcp', got {network!r}")
@@ -111,6 +115,10 @@ class Testnet:
         self.config = config
         self.cluster_id = cluster_id
         self.seed_peers = seed_peers
+        if tls and (network != "tcp" or processes):
+            raise InvalidInput("tls=True needs network='tcp' (in-process nodes over real sockets)")
+        self.tls = tls
+        self.tls_dir: Path | None = None  # with tls: ca.pem, NAME.pem, NAME-key.pem per node
         self.faults = LinkFaults(seed, latency=latency, jitter=jitter, loss=loss)
         # a throwaway origin key: every edge verifies the origin's signatures (crdt/proofs.py)
         self.signing_key = Ed25519PrivateKey.generate()
@@ -191,6 +199,8 @@ class Testnet:
             for slot in self._slots.values():
                 slot.address = f"{slot.name}:1"  # nodes check host:port syntax; no port is bound
         else:
+            if self.tls:
+                self._make_certs()
             for slot in self._slots.values():
                 plug = await self._tcp_transport(slot, "127.0.0.1:0")
                 slot.address = plug.address
@@ -224,9 +234,26 @@ class Testnet:
             node_id=slot.name,
             role=slot.role,
             faults=self.faults,
+            tls=self.tls_config(slot.name),
             **self._origin_tcp_options(slot),
         )
         return Plug(t, None)
+
+    def _make_certs(self) -> None:
+        """A cluster CA and a certificate per node, and one client certificate."""
+        from edgekv.node.certs import write_dev_certs
+
+        self.tls_dir = self._data_dir_root() / "tls"
+        write_dev_certs(self.tls_dir, ["origin", *self.edge_names], clients=[CLIENT])
+
+    def tls_config(self, name: str) -> Any:
+        """The `TlsConfig` of node `name` (or of "client"); None without `tls=True`."""
+        if self.tls_dir is None:
+            return None
+        from edgekv.node.tlsconfig import TlsConfig
+
+        d = self.tls_dir
+        return TlsConfig(d / "ca.pem", d / f"{name}.pem", d / f"{name}-key.pem")
 
     def _origin_tcp_options(self, slot: _Slot) -> dict[str, Any]:
         if slot.role != "origin":
@@ -617,4 +644,8 @@ class Testnet:
             return client
         import edgekv
 
-        return edgekv.OriginClient(self._slots["origin"].address, cluster_id=self.cluster_id)
+        return edgekv.OriginClient(
+            self._slots["origin"].address,
+            cluster_id=self.cluster_id,
+            tls=self.tls_config(CLIENT),
+        )
