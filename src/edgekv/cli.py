@@ -19,6 +19,7 @@ _AREAS = (
     "edgekv.edge_cli:add_edge_commands",
     "edgekv.testnet_cli:add_testnet_commands",
     "edgekv.keys_cli:add_keys_commands",
+    "edgekv.security_cli:add_security_commands",
 )
 
 

@@ -1,7 +1,11 @@
 """`edgekv edge`: run an edge node as a daemon (trio), stopping cleanly on SIGINT/SIGTERM.
 
     edgekv edge --data-dir D --listen HOST:PORT --origin HOST:PORT [--peer HOST:PORT ...]
-                [--http HOST:PORT] [--http-tokens-file F] [--cluster-key-file F] [--node-id ID]
+                [--http HOST:PORT] [--http-tokens-file F] [--cluster-key-file F] [--token-file F]
+                [--node-id ID] [--tls-ca CA --tls-cert CERT --tls-key KEY] [--insecure]
+
+Secrets come from files or the environment (EDGEKV_CLUSTER_KEY, EDGEKV_TOKEN), never argv; a
+non-loopback `--listen`/`--http` needs TLS or a cluster key, or `--insecure` (security_cli).
 
 Logs are structured (`key=value` fields); snapshot progress lines (`event=snapshot`, a fresh
 or long-away node's bootstrap) show without -v.  Once serving (for a fresh node: once it holds
@@ -13,21 +17,21 @@ bound addresses goes to stdout (so scripts and tests can find port-0 addresses).
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import os
 import signal
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import anyio
 
+from edgekv import security_cli as security
 from edgekv.errors import EdgeKVError, InvalidInput
 from edgekv.node.faultfile import add_fault_file_argument
 from edgekv.node.identity import add_identity_arguments
 from edgekv.node.limits import NetLimits
+from edgekv.node.tlsconfig import TlsConfig
 
 __all__ = ["add_edge_commands", "main", "run_edge"]
 
@@ -50,10 +54,9 @@ def add_edge_commands(subparsers: Any) -> None:
         "--peer", action="append", default=[], metavar="HOST:PORT", help="seed peer (repeatable)"
     )
     p.add_argument("--http", default=None, help="admin HTTP address (HOST:PORT), off if omitted")
-    p.add_argument("--cluster-key-file", default=None, help="file holding the cluster key")
     p.add_argument("--cluster-id", default="edgekv")
     add_identity_arguments(p)
-    p.add_argument("--token-file", default=None, help="file holding a write token for the origin")
+    security.add_daemon_security_arguments(p, origin=False)
     p.add_argument(
         "--origin-public-key",
         action="append",
@@ -75,18 +78,6 @@ def add_edge_commands(subparsers: Any) -> None:
     p.set_defaults(func=run_edge)
 
 
-def _read_secret(path: str | None, what: str) -> bytes | None:
-    if path is None:
-        return None
-    try:
-        data = Path(path).read_bytes().strip()
-    except OSError as exc:
-        raise InvalidInput(f"cannot read the {what} file {path!r}: {exc.strerror}") from None
-    if not data:
-        raise InvalidInput(f"the {what} file {path!r} is empty")
-    return data
-
-
 def origin_key_files(files: Sequence[str], listen: str) -> list[str]:
     """The origin public key files (flags, else EDGEKV_ORIGIN_PUBLIC_KEYS).  An edge that
     cannot verify the origin's signatures refuses a non-loopback address: any peer could then
@@ -95,33 +86,36 @@ def origin_key_files(files: Sequence[str], listen: str) -> list[str]:
     if not out:
         env = os.environ.get("EDGEKV_ORIGIN_PUBLIC_KEYS", "")
         out = [f for f in env.split(",") if f.strip()]
-    if not out:
-        host = listen.rpartition(":")[0].strip("[]")
-        try:
-            loopback = ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = host == "localhost"
-        if not loopback:
-            raise InvalidInput(
-                f"refusing to listen on {listen} without --origin-public-key: this edge could"
-                " not tell the origin's writes from a peer's forgeries"
-                " (see `edgekv keys generate`)"
-            )
+    if not out and not security.is_loopback(listen.rpartition(":")[0].strip("[]")):
+        raise InvalidInput(
+            f"refusing to listen on {listen} without --origin-public-key: this edge could"
+            " not tell the origin's writes from a peer's forgeries"
+            " (see `edgekv keys generate`)"
+        )
     return out
 
 
 def run_edge(args: argparse.Namespace) -> int:
     """Run the edge daemon until SIGINT/SIGTERM; returns the exit status."""
-    key = _read_secret(args.cluster_key_file, "cluster key")
-    token = _read_secret(args.token_file, "token")
+    key, token, tls = security.cluster_key(args), security.token(args), security.tls(args)
+    security.check_protected_mode(
+        [args.listen, args.http],
+        tls=tls,
+        key=key,
+        insecure=args.insecure,
+        http=args.http,
+        tokens=args.http_tokens_file,
+    )
     if args.flush_interval <= 0:
         raise InvalidInput("--flush-interval must be positive")
     args.origin_public_key = origin_key_files(args.origin_public_key, args.listen)
-    anyio.run(_serve, args, key, None if token is None else token.decode(), backend="trio")
+    anyio.run(_serve, args, key, token, tls, backend="trio")
     return 0
 
 
-async def _serve(args: argparse.Namespace, key: bytes | None, token: str | None) -> None:
+async def _serve(
+    args: argparse.Namespace, key: bytes | None, token: str | None, tls: TlsConfig | None
+) -> None:
     from edgekv.node.auth import load_tokens
     from edgekv.node.edge import EdgeNode
     from edgekv.node.faultfile import fault_policy
@@ -143,6 +137,7 @@ async def _serve(args: argparse.Namespace, key: bytes | None, token: str | None)
                 tokens=None
                 if args.http_tokens_file is None
                 else load_tokens(args.http_tokens_file),
+                tls=tls,
                 flush_interval=args.flush_interval,
                 faults=faults,
                 net_limits=NetLimits.from_args(args),

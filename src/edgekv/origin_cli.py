@@ -18,6 +18,7 @@ from typing import Any
 
 import trio
 
+from . import security_cli as security
 from .errors import EdgeKVError, InvalidInput
 from .node.faultfile import add_fault_file_argument, fault_policy
 from .node.identity import add_identity_arguments
@@ -26,30 +27,18 @@ from .node.limits import NetLimits
 DEFAULT_ORIGIN = "127.0.0.1:7300"
 
 
-def _parse_tokens(specs: Sequence[str]) -> dict[str, str] | None:
-    if not specs:
-        return None
-    tokens = {}
-    for spec in specs:
-        token, sep, scopes = spec.partition("=")
-        if not sep or not token or not scopes:
-            raise InvalidInput(f"bad --token {spec!r}: use TOKEN=write:STORE,read:STORE")
-        tokens[token] = scopes
-    return tokens
-
-
-async def _serve_origin(args: argparse.Namespace) -> None:
+async def _serve_origin(args: argparse.Namespace, secrets: dict[str, Any]) -> None:
     from .origin.server import Origin
 
-    key = args.cluster_key or os.environ.get("EDGEKV_CLUSTER_KEY") or None
     async with (
         fault_policy(args.fault_file) as faults,
         Origin(
             data_dir=args.data_dir,
             listen=args.listen,
             http=args.http,
-            tokens=_parse_tokens(args.token),
-            cluster_key=key,
+            tokens=secrets["tokens"],
+            cluster_key=secrets["key"],
+            tls=secrets["tls"],
             cluster_id=args.cluster_id,
             synchronous=args.synchronous,
             flush_threads=args.flush_threads,
@@ -80,7 +69,20 @@ def _flush_threads(text: str) -> int:
 
 
 def _cmd_origin(args: argparse.Namespace) -> int:
-    trio.run(_serve_origin, args)
+    secrets: dict[str, Any] = {
+        "key": security.cluster_key(args),
+        "tokens": security.tokens(args),
+        "tls": security.tls(args),
+    }
+    security.check_protected_mode(
+        [args.listen, args.http],
+        tls=secrets["tls"],
+        key=secrets["key"],
+        insecure=args.insecure,
+        http=args.http,
+        tokens=secrets["tokens"],
+    )
+    trio.run(_serve_origin, args, secrets)
     return 0
 
 
@@ -90,9 +92,17 @@ def _client_command(
     def run(args: argparse.Namespace) -> int:
         from .origin.client import OriginClient
 
+        token, key, tls = security.token(args), security.cluster_key(args), security.tls(args)
+
         async def main() -> int:
-            token = args.token or os.environ.get("EDGEKV_TOKEN") or None
-            async with OriginClient(args.origin, token=token, timeout=args.timeout) as client:
+            async with OriginClient(
+                args.origin,
+                token=token,
+                cluster_id=args.cluster_id,
+                cluster_key=key,
+                tls=tls,
+                timeout=args.timeout,
+            ) as client:
                 return await body(client, args)
 
         return trio.run(main)
@@ -204,14 +214,7 @@ def add_origin_commands(sub: Any) -> None:
     p.add_argument("--listen", default=DEFAULT_ORIGIN, help="HOST:PORT for edges and clients")
     add_identity_arguments(p)
     p.add_argument("--http", default=None, help="HOST:PORT for the HTTP API (off by default)")
-    p.add_argument(
-        "--token",
-        action="append",
-        default=[],
-        metavar="TOKEN=SCOPES",
-        help="accept a bearer token with scopes like write:*,read:flags (repeatable)",
-    )
-    p.add_argument("--cluster-key", default=None, help="shared cluster key (or EDGEKV_CLUSTER_KEY)")
+    security.add_daemon_security_arguments(p, origin=True)
     p.add_argument("--cluster-id", default="edgekv")
     p.add_argument(
         "--signing-key",
@@ -243,7 +246,8 @@ def add_origin_commands(sub: Any) -> None:
     ) -> argparse.ArgumentParser:
         q = sub.add_parser(name, help=help)
         q.add_argument("--origin", default=os.environ.get("EDGEKV_ORIGIN", DEFAULT_ORIGIN))
-        q.add_argument("--token", default=None, help="bearer token (or EDGEKV_TOKEN)")
+        security.add_client_security_arguments(q)
+        q.add_argument("--cluster-id", default="edgekv")
         q.add_argument("--timeout", type=float, default=10.0)
         q.set_defaults(func=_client_command(body))
         parser: argparse.ArgumentParser = q
