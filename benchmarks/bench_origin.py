@@ -27,7 +27,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -40,7 +42,10 @@ from edgekv.origin.wal import WriteAheadLog
 RESULTS = Path(__file__).parent / "results" / "origin.md"
 
 
-async def start_origin(data_dir: Path, signed: bool = True) -> tuple[trio.Process, str]:
+async def start_origin(
+    data_dir: Path, signed: bool = True, extra: Sequence[str] = ()
+) -> tuple[trio.Process, str]:
+    """`edgekv origin` in its own process on a free port (plus `extra` options)."""
     proc = await trio.lowlevel.open_process(
         [
             sys.executable,
@@ -52,6 +57,7 @@ async def start_origin(data_dir: Path, signed: bool = True) -> tuple[trio.Proces
             "--listen",
             "127.0.0.1:0",
             *([] if signed else ["--unsigned"]),
+            *extra,
         ],
         stdout=subprocess.PIPE,
     )
@@ -80,15 +86,23 @@ def process_cpu(pid: int, thread: bool = False) -> float:
 
 
 async def throughput(
-    clients: int, seconds: float, value_size: int, shared: bool, signed: bool = True
+    clients: int,
+    seconds: float,
+    value_size: int,
+    shared: bool,
+    signed: bool = True,
+    origin_args: Sequence[str] = (),
+    client_options: dict[str, Any] | None = None,
 ) -> tuple[float, float, float, float]:
     """Acknowledged (durable) puts per second with `clients` concurrent writers, each with
     its own connection or all sharing one; and the origin's and the client process's CPU
-    microseconds per put."""
+    microseconds per put.  `origin_args` and `client_options` (OriginClient keywords) add,
+    e.g., TLS and tokens (bench_security.py)."""
     data = Path(tempfile.mkdtemp(prefix="edgekv-bench-"))
-    proc, address = await start_origin(data, signed)
+    proc, address = await start_origin(data, signed, origin_args)
+    opts = client_options or {}
     try:
-        async with OriginClient(address) as admin:
+        async with OriginClient(address, **opts) as admin:
             await admin.create_store("bench")
         value = b"v" * value_size
         counts = [0] * clients
@@ -104,10 +118,10 @@ async def throughput(
                     counts[i] += 1
 
         async def writer(i: int) -> None:
-            async with OriginClient(address) as client:
+            async with OriginClient(address, **opts) as client:
                 await write(i, client)
 
-        async with OriginClient(address) as one, trio.open_nursery() as nursery:
+        async with OriginClient(address, **opts) as one, trio.open_nursery() as nursery:
             for i in range(clients):
                 if shared:
                     nursery.start_soon(write, i, one)
