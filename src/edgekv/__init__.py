@@ -34,6 +34,7 @@ _LAZY = {
     "Origin": "edgekv.origin.server",
     "OriginClient": "edgekv.origin.client",
     "GossipConfig": "edgekv.gossip.config",
+    "TlsConfig": "edgekv.node.tlsconfig",
 }
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "RemoteProtocolError",
     "StoreExists",
     "StoreNotFound",
+    "TlsConfig",
     "Unauthorized",
     "Version",
     "VersionMismatch",
@@ -72,5 +74,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .gossip.config import GossipConfig
     from .node.edge import EdgeNode
     from .node.kvstore import KvStore
+    from .node.tlsconfig import TlsConfig
     from .origin.client import OriginClient
     from .origin.server import Origin
