@@ -48,6 +48,7 @@ async def _serve_origin(args: argparse.Namespace, secrets: dict[str, Any]) -> No
             net_limits=NetLimits.from_args(args),
             signing_key=args.signing_key or os.environ.get("EDGEKV_SIGNING_KEY_FILE") or None,
             sign=not args.unsigned,
+            log=args.log or os.environ.get("EDGEKV_LOG") or None,
         ) as origin,
     ):
         http = f" http {origin.http_address}" if origin.http_address else ""
@@ -211,6 +212,13 @@ def add_origin_commands(sub: Any) -> None:
     """Register the origin daemon and the data commands on an argparse subparsers object."""
     p = sub.add_parser("origin", help="run the origin (durable, versioned writes)")
     p.add_argument("--data-dir", default="origin-data", help="where the write-ahead log lives")
+    p.add_argument(
+        "--log",
+        default=None,
+        metavar="URL",
+        help="the log: 'sqlite' (default, in --data-dir) or postgresql://USER@HOST/DB"
+        " (or EDGEKV_LOG; passwords via PGPASSWORD or ~/.pgpass, not argv)",
+    )
     p.add_argument("--listen", default=DEFAULT_ORIGIN, help="HOST:PORT for edges and clients")
     add_identity_arguments(p)
     p.add_argument("--http", default=None, help="HOST:PORT for the HTTP API (off by default)")

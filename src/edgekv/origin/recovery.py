@@ -33,7 +33,8 @@ from ..crdt.bulk import bulk_load_stores
 from ..crdt.codec import MAX_SEQ, decode_delta
 from ..crdt.state import merge
 from ..errors import CodecError
-from .wal import LogError, WriteAheadLog
+from .log import CommitLog
+from .wal import LogError
 
 __all__ = ["recover"]
 
@@ -41,7 +42,7 @@ _REGISTER_PREFIX = b"\x85\x00"  # CBOR: array(5), unsigned 0 (the register kind)
 _CHUNK = 65536
 
 
-def recover(wal: WriteAheadLog, replica: Replica) -> int:
+def recover(wal: CommitLog, replica: Replica) -> int:
     """Rebuild `replica` (empty) from the log; returns the number of rows read."""
     kept, n = _fold(wal)
     groups: dict[str, dict[str, State]] = {}
@@ -61,7 +62,7 @@ def recover(wal: WriteAheadLog, replica: Replica) -> int:
 Kept = dict[str, dict[str, Any]]  # store -> key -> (seq, blob) | [(seq, blob), ...]
 
 
-def _fold(wal: WriteAheadLog) -> tuple[Kept, int]:
+def _fold(wal: CommitLog) -> tuple[Kept, int]:
     """Per key, the raw rows that matter (rule 1), keys in the order of their last row (so
     in the order of their state's seq); and the number of rows read."""
     kept: Kept = {}

@@ -62,8 +62,9 @@ from ..crdt.codec import dumps, encode_delta
 from ..crdt.proofs import Atom, Certificate, Signer, atoms_of
 from ..errors import EdgeKVError
 from .flusher import Flusher
+from .log import CommitLog
 from .recovery import recover
-from .wal import LogError, Row, WriteAheadLog
+from .wal import LogError, Row
 from .writer import Command, Item, Planned, Planner, group_atoms
 
 __all__ = ["Covers", "OnCommit", "Sequencer", "Ticket", "recover", "run_in_thread", "wall_clock_ms"]
@@ -129,7 +130,7 @@ class Sequencer:
 
     def __init__(
         self,
-        wal: WriteAheadLog,
+        wal: CommitLog,
         replica: Replica,
         *,
         on_commit: OnCommit | None = None,

@@ -45,9 +45,9 @@ from ..node.limits import DEFAULT_NET_LIMITS, NetLimits
 from ..node.metrics import NodeMetrics, peer_field, peer_json, render_prometheus
 from ..node.procinfo import process_info
 from ..node.tlsconfig import TlsConfig
+from .log import CommitLog, is_postgres, open_log
 from .requests import is_write, op_name, opt_int, parse_write, store_of
 from .sequencer import Covers, Sequencer, wall_clock_ms
-from .wal import WriteAheadLog
 from .writer import BatchCommand, Command, Item, Planned, StoreCommand
 
 if TYPE_CHECKING:
@@ -106,6 +106,7 @@ class Origin:
         sign: bool = True,
         http_limits: HttpLimits | None = None,
         tls: TlsConfig | None = None,
+        log: str | None = None,
     ) -> None:
         self.data_dir = None if data_dir is None else Path(data_dir)
         self.net_limits = net_limits
@@ -127,11 +128,13 @@ class Origin:
         self.on_commit = on_commit
         self.replica = Replica()
         self._synchronous = synchronous
-        self._flush_threads = flush_threads
+        self.log_spec = log  # None: SQLite in data_dir; "postgresql://...": see pglog.py
+        # the PostgreSQL log commits in a worker thread (a network round trip per group)
+        self._flush_threads = flush_threads or (1 if is_postgres(log) else 0)
         self._compact_min_rows = compact_min_rows
         self._subscribers: list[MemoryObjectSendStream[Committed]] = []
         self._tg: anyio.abc.TaskGroup | None = None
-        self._wal: WriteAheadLog | None = None
+        self._wal: CommitLog | None = None
         self._sequencer: Sequencer | None = None
         self.transport: Any = transport
         self._own_transport = transport is None
@@ -153,11 +156,12 @@ class Origin:
 
     async def __aenter__(self) -> Origin:
         self._http_stop, self._http_done = anyio.Event(), anyio.Event()
-        path = ":memory:" if self.data_dir is None else self.data_dir / "origin.sqlite3"
         if self.data_dir is not None:
             self.node_id = load_node_id(self.data_dir, self._node_id_arg, "origin")
         self._wal = await anyio.to_thread.run_sync(
-            lambda: WriteAheadLog(path, synchronous=self._synchronous)
+            lambda: open_log(
+                self.log_spec, self.data_dir, synchronous=self._synchronous, owner=self.node_id
+            )
         )
         if self._sign:
             key = await anyio.to_thread.run_sync(

@@ -1,0 +1,278 @@
+"""The origin's log in PostgreSQL (psycopg 3, blocking calls run in worker threads).
+
+Theory of operation
+1. Tables: `edgekv_log(seq PRIMARY KEY, store, key, delta)` (the rows of wal.py) and
+   `edgekv_meta(name PRIMARY KEY, value)` holding `term` and `high` (the high seq at the last
+   compaction, as in wal.py rule 2).  Created on first use under a transaction-scoped
+   advisory lock, so two origins starting together do not race.
+2. Leadership.  Several origins may open one database; exactly one leads.  The leader holds a
+   session advisory lock (`pg_try_advisory_lock(LOCK_KEY)`) for as long as its connection
+   lives, and on taking it increments `term` (it now owns that term).  PostgreSQL drops the
+   lock when the leader's session ends: at once when its process dies (the socket closes),
+   within the TCP keepalive settings of the session when its host or network dies.
+3. Fencing.  Every commit transaction first reads `term` with `FOR SHARE` and aborts unless
+   it is still the leader's own term; a takeover's `UPDATE` of that row waits for commits in
+   flight and every later commit of the deposed leader sees the new term.  So a deposed
+   leader (a stale process whose session was cut, then reconnected, or a paused one) can
+   never commit; `seq` being the primary key is a second barrier against reusing a seq.
+4. Group commit.  `write(rows, high)` only stages a group (no I/O: it runs on the event
+   loop); `sync()` (run in a flush thread by the sequencer) takes every staged row and commits
+   them in ONE transaction (COPY), under a lock: a sync that started after a `write`
+   returned either commits that group or waits for the sync that took it.  A failed commit
+   raises `LogError` (`Fenced` when the term moved): the sequencer fails the groups in flight
+   and refuses writes from then on, as for a failed fsync.
+5. Followers read the log (`rows_after`) without the lock and take over with `try_lead()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from .wal import LogError, Row
+
+__all__ = ["LOCK_KEY", "Fenced", "PostgresLog"]
+
+logger = logging.getLogger("edgekv.origin")
+
+LOCK_KEY = 0x65646765_6B760001  # "edgekv\x00\x01" as a bigint
+_SCHEMA_KEY = LOCK_KEY + 1
+# the leader's session: PostgreSQL probes an idle connection after 2 s, then every second,
+# and drops it (and the leadership) after 3 failed probes: a dead host is noticed in ~5 s
+_SESSION_OPTIONS = "-c tcp_keepalives_idle=2 -c tcp_keepalives_interval=1 -c tcp_keepalives_count=3"
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS edgekv_log (
+        seq BIGINT PRIMARY KEY, store TEXT NOT NULL, key TEXT NOT NULL, delta BYTEA NOT NULL)""",
+    "CREATE TABLE IF NOT EXISTS edgekv_meta (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",
+    "INSERT INTO edgekv_meta VALUES ('term', 0), ('high', 0) ON CONFLICT DO NOTHING",
+)
+
+
+class Fenced(LogError):
+    """Another origin took over the log: this one must not commit (see rule 3)."""
+
+    code = "fenced"
+
+
+def _connect(dsn: str) -> Any:
+    try:
+        import psycopg
+    except ImportError as exc:  # pragma: no cover - psycopg is a dependency
+        raise LogError("the PostgreSQL log needs psycopg: pip install 'psycopg[binary]'") from exc
+    try:
+        return psycopg.connect(dsn, autocommit=True, options=_SESSION_OPTIONS, connect_timeout=5)
+    except psycopg.Error as exc:
+        raise LogError(f"cannot connect to the log database: {exc}") from exc
+
+
+def _redact(dsn: str) -> str:
+    """The DSN without its password (for messages)."""
+    head, at, tail = dsn.rpartition("@")
+    if not at:
+        return dsn
+    scheme, sep, cred = head.partition("://")
+    return f"{scheme}{sep}{cred.partition(':')[0]}@{tail}"
+
+
+class PostgresLog:
+    """The log in a PostgreSQL database (see the module docstring)."""
+
+    durable = True
+
+    def __init__(
+        self, dsn: str, *, owner: str = "", lead: bool = True, lead_wait: float = 2.0
+    ) -> None:
+        import psycopg
+
+        self._psycopg = psycopg
+        self.dsn = dsn
+        self.where = _redact(dsn)
+        self.owner = owner
+        self.term = 0
+        self.leader = False
+        self._conn = _connect(dsn)
+        self._lock = threading.Lock()  # one statement stream per connection
+        self._staged: list[Row] = []
+        self._staged_lock = threading.Lock()
+        try:
+            with self._conn.transaction():
+                self._conn.execute("SELECT pg_advisory_xact_lock(%s::bigint)", (_SCHEMA_KEY,))
+                for stmt in _SCHEMA:
+                    self._conn.execute(stmt)
+            self.high = self.read_high()
+            # a session that just ended may hold the lock for a moment: its backend exits
+            # asynchronously
+            deadline = time.monotonic() + lead_wait
+            while lead and not self.try_lead():
+                if time.monotonic() >= deadline:
+                    raise LogError(f"another origin leads the log at {self.where}")
+                time.sleep(0.05)
+        except psycopg.Error as exc:
+            self._conn.close()
+            raise LogError(f"cannot open the log at {self.where}: {exc}") from exc
+        except BaseException:
+            self._conn.close()
+            raise
+
+    # -- leadership ----------------------------------------------------------------------------
+
+    def try_lead(self) -> bool:
+        """Take the leadership if no live session holds it: bump the term, read `high`."""
+        if self.leader:
+            return True
+        try:
+            with self._lock:
+                got = self._conn.execute(
+                    "SELECT pg_try_advisory_lock(%s::bigint)", (LOCK_KEY,)
+                ).fetchone()[0]
+                if not got:
+                    return False
+                row = self._conn.execute(
+                    "UPDATE edgekv_meta SET value = value + 1 WHERE name = 'term' RETURNING value"
+                ).fetchone()
+                self.term = int(row[0])
+                self.leader = True
+            self.high = self.read_high()
+        except self._psycopg.Error as exc:
+            raise LogError(f"cannot take the lead of the log: {exc}") from exc
+        logger.info("event=leading log=%s term=%d high=%d", self.where, self.term, self.high)
+        return True
+
+    def current_term(self) -> int:
+        with self._lock:
+            row = self._conn.execute("SELECT value FROM edgekv_meta WHERE name = 'term'").fetchone()
+        return int(row[0])
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def read_high(self) -> int:
+        """The highest seq ever committed (rule 1)."""
+        try:
+            with self._lock:
+                row = self._conn.execute(
+                    "SELECT GREATEST((SELECT COALESCE(MAX(seq), 0) FROM edgekv_log),"
+                    " (SELECT value FROM edgekv_meta WHERE name = 'high'))"
+                ).fetchone()
+        except self._psycopg.Error as exc:
+            raise LogError(f"log read failed: {exc}") from exc
+        return int(row[0])
+
+    def rows(self, batch: int = 65536) -> Iterator[list[Row]]:
+        """Every row in seq order, in lists of up to `batch` rows (a server-side cursor)."""
+        try:
+            with self._lock, self._conn.transaction():
+                cur = self._conn.cursor(name="edgekv_rows", binary=True)
+                cur.itersize = batch
+                cur.execute("SELECT seq, store, key, delta FROM edgekv_log ORDER BY seq")
+                while chunk := cur.fetchmany(batch):
+                    yield [(s, st, k, bytes(d)) for s, st, k, d in chunk]
+                cur.close()
+        except self._psycopg.Error as exc:
+            raise LogError(f"log read failed: {exc}") from exc
+
+    def rows_after(self, seq: int, limit: int = 65536) -> list[Row]:
+        """Up to `limit` rows after `seq`, in seq order (a follower's tail)."""
+        try:
+            with self._lock:
+                cur = self._conn.cursor(binary=True)
+                cur.execute(
+                    "SELECT seq, store, key, delta FROM edgekv_log WHERE seq > %s"
+                    " ORDER BY seq LIMIT %s",
+                    (seq, limit),
+                )
+                return [(s, st, k, bytes(d)) for s, st, k, d in cur.fetchall()]
+        except self._psycopg.Error as exc:
+            raise LogError(f"log read failed: {exc}") from exc
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("SELECT COUNT(*) FROM edgekv_log").fetchone()[0])
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def append(self, rows: Sequence[Row], high: int) -> None:
+        self.write(rows, high)
+        self.sync()
+
+    def write(self, rows: Sequence[Row], high: int) -> None:
+        """Stage one commit group (no I/O); `sync()` commits it."""
+        if not self.leader:
+            raise Fenced("this origin does not lead the log")
+        with self._staged_lock:
+            self._staged.extend(rows)
+        self.high = high
+
+    def sync(self) -> None:
+        """Commit everything staged in one fenced transaction (rules 3 and 4)."""
+        with self._lock:
+            with self._staged_lock:
+                rows, self._staged = self._staged, []
+            if rows:
+                self._commit(rows)
+
+    def _fenced(self) -> None:
+        """Inside a transaction: abort unless this origin's term is still the current one."""
+        row = self._conn.execute(
+            "SELECT value FROM edgekv_meta WHERE name = 'term' FOR SHARE"
+        ).fetchone()
+        if int(row[0]) != self.term:
+            self.leader = False
+            raise Fenced(f"the log moved to term {row[0]} (this origin led term {self.term})")
+
+    def _commit(self, rows: list[Row]) -> None:
+        try:
+            with self._conn.transaction():
+                self._fenced()
+                cur = self._conn.cursor()
+                with cur.copy("COPY edgekv_log (seq, store, key, delta) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+        except Fenced:
+            raise
+        except self._psycopg.Error as exc:
+            raise LogError(f"log commit failed: {exc}") from exc
+
+    def compact(self, keep: Sequence[int], rewrites: Sequence[tuple[bytes, int]], upto: int) -> int:
+        """Drop superseded rows at or below `upto` (see wal.py rule 4); returns rows removed."""
+        try:
+            with self._lock, self._conn.transaction():
+                self._fenced()
+                conn = self._conn
+                conn.execute("CREATE TEMP TABLE IF NOT EXISTS edgekv_keep (seq BIGINT PRIMARY KEY)")
+                conn.execute("TRUNCATE edgekv_keep")
+                with conn.cursor().copy("COPY edgekv_keep (seq) FROM STDIN") as copy:
+                    for s in sorted(set(keep)):
+                        copy.write_row((s,))
+                removed = conn.execute(
+                    "DELETE FROM edgekv_log WHERE seq <= %s"
+                    " AND seq NOT IN (SELECT seq FROM edgekv_keep)",
+                    (upto,),
+                ).rowcount
+                conn.cursor().executemany(
+                    "UPDATE edgekv_log SET delta = %s WHERE seq = %s", list(rewrites)
+                )
+                conn.execute(
+                    "UPDATE edgekv_meta SET value = GREATEST(value, %s) WHERE name = 'high'",
+                    (self.high,),
+                )
+                conn.execute("TRUNCATE edgekv_keep")
+        except Fenced:
+            raise
+        except self._psycopg.Error as exc:
+            raise LogError(f"log compaction failed: {exc}") from exc
+        return int(removed)
+
+    def close(self) -> None:
+        """Release the leadership and close the session."""
+        if self.leader and not self._conn.closed:
+            try:
+                with self._lock:
+                    self._conn.execute("SELECT pg_advisory_unlock_all()")
+            except self._psycopg.Error:
+                pass  # the session is gone: so is its lock
+        self.leader = False
+        self._conn.close()
