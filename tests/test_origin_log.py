@@ -16,28 +16,14 @@ import trio
 
 import edgekv
 from edgekv.origin.log import CommitLog, LogError, open_log
-from edgekv.testnet.postgres import ThrowawayPostgres, postgres_unavailable, throwaway_postgres
+from edgekv.testnet.postgres import ThrowawayPostgres
 
 _dbs = itertools.count(1)
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[ThrowawayPostgres]:
-    reason = postgres_unavailable()
-    if reason is not None:
-        pytest.skip(f"no throwaway PostgreSQL: {reason}")
-    with throwaway_postgres() as pg:
-        yield pg
-
-
 def fresh_database(pg: ThrowawayPostgres) -> str:
-    """A new empty database on the throwaway server; returns its URL."""
-    import psycopg
-
-    name = f"edgekv_test_{next(_dbs)}"
-    with psycopg.connect(pg.dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return pg.dsn.rsplit("/", 1)[0] + "/" + name
+    """A new empty database on the throwaway server (the `postgres` fixture of conftest.py)."""
+    return pg.create_database(f"edgekv_log_{next(_dbs)}")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -55,6 +41,8 @@ def open_it(log_spec: str, tmp_path: Path) -> Iterator[Callable[[], CommitLog]]:
     def open_() -> CommitLog:
         log = open_log(log_spec, tmp_path)
         opened.append(log)
+        lead = getattr(log, "try_lead", None)  # PostgreSQL: opened as a follower
+        assert lead is None or lead()
         return log
 
     yield open_

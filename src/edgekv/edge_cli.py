@@ -49,7 +49,9 @@ def add_edge_commands(subparsers: Any) -> None:
     )
     p.add_argument("--data-dir", required=True, help="directory of the edge's SQLite replica")
     p.add_argument("--listen", default="127.0.0.1:7301", help="gossip address (HOST:PORT)")
-    p.add_argument("--origin", required=True, help="the origin's address (HOST:PORT)")
+    p.add_argument(
+        "--origin", required=True, help="the origin address(es): HOST:PORT[,HOST:PORT...]"
+    )
     p.add_argument(
         "--peer", action="append", default=[], metavar="HOST:PORT", help="seed peer (repeatable)"
     )

@@ -67,6 +67,12 @@ class OriginUnavailable(EdgeKVError, ConnectionError):
     http_status = 503
 
 
+class NotLeader(OriginUnavailable):
+    """This origin follows the log and does not take writes: try another origin address."""
+
+    code = "not_leader"
+
+
 class ConflictingVersion(EdgeKVError):
     """Two states share a seq but differ: only corruption or a forged write can cause this."""
 
@@ -107,6 +113,7 @@ ERRORS_BY_CODE: dict[str, type[EdgeKVError]] = {
         VersionMismatch,
         Unauthorized,
         OriginUnavailable,
+        NotLeader,
         ConflictingVersion,
         CodecError,
         ProtocolError,
@@ -116,4 +123,9 @@ ERRORS_BY_CODE: dict[str, type[EdgeKVError]] = {
 
 def error_from_code(code: str, message: str) -> EdgeKVError:
     """Rebuild the typed error a peer reported."""
-    return ERRORS_BY_CODE.get(code, EdgeKVError)(message)
+    cls = ERRORS_BY_CODE.get(code)
+    if cls is not None:
+        return cls(message)
+    exc = EdgeKVError(message)
+    exc.code = code  # a code this side has no class for (e.g. the origin's log_error)
+    return exc

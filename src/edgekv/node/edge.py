@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import time
 import uuid
@@ -48,7 +49,14 @@ from edgekv.crdt import Delta, Replica
 from edgekv.crdt.codec import decode_delta
 from edgekv.crdt.proofs import Certificate, ProofStore
 from edgekv.crdt.version import Version
-from edgekv.errors import CodecError, InvalidInput, RemoteProtocolError, StoreNotFound
+from edgekv.errors import (
+    CodecError,
+    EdgeKVError,
+    InvalidInput,
+    OriginUnavailable,
+    RemoteProtocolError,
+    StoreNotFound,
+)
 from edgekv.gossip.config import GossipConfig
 from edgekv.gossip.core import GossipNode
 from edgekv.gossip.transport import Transport
@@ -77,6 +85,9 @@ from edgekv.node.watch import EdgeStore, WatchHub
 
 __all__ = ["EdgeNode"]
 
+ORIGIN_TRY = 1.0
+"""With several origins, a write waits this long for one before trying the next."""
+
 BACKGROUND_TREES_FROM = 50_000
 """A restart with at least this many keys builds its Merkle trees in a worker thread after
 reads start (about 2 s per million keys); a smaller one builds them before it returns."""
@@ -95,7 +106,7 @@ class EdgeNode:
     def __init__(
         self,
         listen: str = "127.0.0.1:0",
-        origin: str = "",
+        origin: str | Sequence[str] = "",
         peers: Sequence[str] = (),
         data_dir: str | None = None,
         *,
@@ -120,12 +131,15 @@ class EdgeNode:
         tls: TlsConfig | None = None,
     ) -> None:
         self.net_limits = net_limits
-        if not isinstance(origin, str) or not origin:
-            raise InvalidInput("EdgeNode needs the origin's address (origin='host:port')")
+        origins = origin.split(",") if isinstance(origin, str) else list(origin)
+        if not origins or not all(isinstance(o, str) and o for o in origins):
+            raise InvalidInput(
+                "EdgeNode needs the origin's address (origin='host:port' or a list of them)"
+            )
         if isinstance(peers, str):
             raise InvalidInput("peers must be a list of 'host:port' addresses, not one string")
         own = [] if transport is not None else [listen, *([advertise] if advertise else [])]
-        for address in (origin, *peers, *own, *([] if http is None else [http])):
+        for address in (*origins, *peers, *own, *([] if http is None else [http])):
             try:
                 parse_address(address)
             except (ValueError, TypeError, AttributeError):
@@ -141,8 +155,9 @@ class EdgeNode:
             k if isinstance(k, Ed25519PublicKey) else load_public_key(k) for k in origin_public_keys
         ]
         self.listen = listen
-        self.origin = origin
-        self.seeds = [p for p in dict.fromkeys([origin, *peers])]
+        self.origins = origins  # one or several (a leader and its followers, in any order)
+        self.origin = origins[0]  # the one writes go to: the leader, as far as we know
+        self.seeds = [p for p in dict.fromkeys([*origins, *peers])]
         self.data_dir = data_dir
         self.cluster_id = cluster_id
         self.cluster_key = cluster_key
@@ -446,7 +461,10 @@ class EdgeNode:
         """Forward one write to the origin, apply its deltas here, return its version."""
         if self.token is not None and body.get("token") is None:
             body = {**body, "token": self.token}
-        reply = await self.runtime.request(self.origin, body, self.write_timeout)
+        if len(self.origins) == 1:
+            reply = await self.runtime.request(self.origin, body, self.write_timeout)
+        else:
+            reply = await self._write_to_leader(body)
         seq, written_at, items, covers = _parse_write_reply(reply)
         proofs = self._replica.proofs
         if proofs is not None and items:
@@ -461,6 +479,28 @@ class EdgeNode:
         if items or covers:
             await self.runtime.publish(items, covers)
         return Version(seq, written_at)
+
+    async def _write_to_leader(self, body: dict[str, Any]) -> Message:
+        """Several origins: try the presumed leader, move on to the next origin when it does
+        not lead (NotLeader) or does not answer within a short try.  Every try carries the
+        same request id, so the log applies the write at most once."""
+        body = {**body, "rid": os.urandom(16)}
+        deadline = anyio.current_time() + self.write_timeout
+        error: OriginUnavailable | None = None
+        while (left := deadline - anyio.current_time()) > 0:
+            try:
+                return await self.runtime.request(self.origin, body, min(left, ORIGIN_TRY))
+            except OriginUnavailable as exc:  # NotLeader included
+                error = exc
+            except EdgeKVError as exc:
+                if exc.code not in ("log_error", "fenced"):
+                    raise
+                error = OriginUnavailable(f"{self.origin}: {exc}")  # failed mid-commit: retry
+            i = self.origins.index(self.origin) if self.origin in self.origins else -1
+            self.origin = self.origins[(i + 1) % len(self.origins)]
+            if self.origin == self.origins[0]:  # a whole round without a leader: wait a bit
+                await anyio.sleep(min(0.1, max(0.0, deadline - anyio.current_time())))
+        raise error or OriginUnavailable("no origin answered")
 
     # -- status ------------------------------------------------------------------------------------
 

@@ -26,6 +26,11 @@ Theory of operation
    nothing unasked after the handshake, so nothing is left in the handshake's decoder.  An
    oversize or undecodable frame, or an answer that is not a map with an int "t", closes the
    connection (the requests waiting on it then fail or retry as in rule 2).
+5. Several origin addresses (a leader and its followers on one PostgreSQL log): the client
+   talks to one; on `not_leader` or a failed connect it moves on to the next.  A write then
+   carries a random request id (`rid`) and is retried under it when its connection is lost
+   before the answer: the log applies it at most once (sequencer rule 7), or the retries run
+   out of time and it fails with OriginUnavailable.  With one address, writes are never retried.
 """
 
 from __future__ import annotations
@@ -176,12 +181,16 @@ def op_body(op: Op | Mapping[str, Any]) -> dict[str, Any]:
     return ops_op_body(op)
 
 
+_MOVED = frozenset({"not_leader"})  # this origin does not lead: try the next one
+_MAYBE = frozenset({"log_error", "fenced"})  # the leader failed mid-commit: retry under the rid
+
+
 class OriginClient:
     """`async with OriginClient("127.0.0.1:7300", token=None) as client:` (see module docstring)."""
 
     def __init__(
         self,
-        address: str,
+        address: str | Sequence[str],
         token: str | None = None,
         *,
         cluster_id: str = "edgekv",
@@ -190,7 +199,11 @@ class OriginClient:
         connect_timeout: float = 5.0,
         tls: TlsConfig | None = None,
     ) -> None:
-        self.address = address
+        # several origins (a leader and its followers): "a,b" or ["a", "b"]; see rule 5
+        self.addresses = address.split(",") if isinstance(address, str) else list(address)
+        if not self.addresses or not all(isinstance(a, str) and a for a in self.addresses):
+            raise InvalidInput("OriginClient needs an origin address ('host:port', or several)")
+        self.address = self.addresses[0]  # the one this client talks to now
         self.token = token
         self.cluster_id = cluster_id
         self.cluster_key = cluster_key.encode() if isinstance(cluster_key, str) else cluster_key
@@ -270,6 +283,8 @@ class OriginClient:
                     ValueError,
                     anyio.BrokenResourceError,  # reset in the handshake (an origin at its cap)
                 ) as exc:
+                    if self._next_address():
+                        continue  # try the other origins before backing off
                     if anyio.current_time() + backoff >= deadline:
                         raise OriginUnavailable(
                             f"cannot reach the origin at {self.address}: {exc}"
@@ -281,6 +296,22 @@ class OriginClient:
             conn = self._conn = _Connection(stream)
             self._tg.start_soon(self._reader, conn)
             return conn
+
+    def _next_address(self) -> bool:
+        """Move to the next origin address; False when that starts a new round (or there is
+        only one address)."""
+        addresses = self.addresses
+        i = addresses.index(self.address) if self.address in addresses else -1
+        self.address = addresses[(i + 1) % len(addresses)]
+        return self.address != addresses[0]
+
+    async def _leave(self, conn: _Connection) -> None:
+        """This origin does not lead: drop its connection and move to the next one."""
+        if conn.alive:
+            conn.alive = False
+            await anyio.aclose_forcefully(conn.stream.stream)
+        if not self._next_address():
+            await anyio.sleep(0.05)  # a round of followers: the takeover is under way
 
     async def _reader(self, conn: _Connection) -> None:
         """Complete waiters from the answers on `conn` (rule 4)."""
@@ -405,18 +436,30 @@ class OriginClient:
             reply = waiter.reply
             if reply is not None:
                 if reply["t"] == _ERROR:
-                    raise error_from_code(str(reply.get("code")), str(reply.get("message")))
+                    code = str(reply.get("code"))
+                    retry = (code in _MOVED and len(self.addresses) > 1) or (
+                        code in _MAYBE and "rid" in body
+                    )
+                    if retry and anyio.current_time() < deadline:
+                        await self._leave(conn)  # rule 5: on to the next origin
+                        continue
+                    raise error_from_code(code, str(reply.get("message")))
                 return reply
             if waiter.expired or anyio.current_time() >= deadline:
                 raise OriginUnavailable(f"no answer from the origin within {self.timeout} s")
-            if not idempotent:
+            if not idempotent and "rid" not in body:
                 raise OriginUnavailable(
                     "connection to the origin lost before the answer; "
                     "the write may or may not have been applied"
                 )
 
+    def _with_rid(self, body: dict[str, Any]) -> dict[str, Any]:
+        if len(self.addresses) > 1:  # rule 5: retried under its request id, applied once
+            body["rid"] = os.urandom(16)
+        return body
+
     async def _write(self, body: dict[str, Any]) -> Version:
-        r = await self.request(body)
+        r = await self.request(self._with_rid(body))
         return Version(r["seq"], r["written_at"])
 
     async def _write_op(self, store: str, op: Op, if_version: int | None) -> Version:
@@ -489,7 +532,8 @@ class OriginClient:
         self, store: str, ops: Sequence[Op | Mapping[str, Any]]
     ) -> list[Version | None]:
         """Apply `ops` atomically with consecutive seqs; one version per op (None: no-op)."""
-        r = await self.request({"op": "batch", "store": store, "ops": [op_body(o) for o in ops]})
+        body = {"op": "batch", "store": store, "ops": [op_body(o) for o in ops]}
+        r = await self.request(self._with_rid(body))
         return [None if s is None else Version(s, r["written_at"]) for s in r["seqs"]]
 
     # -- strong reads at the origin --------------------------------------------------------------

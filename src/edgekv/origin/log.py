@@ -12,7 +12,10 @@ The contract, whatever the storage:
 2. `high` is the highest seq ever written, and never goes down: seqs are never reused, even
    after compaction removed the row that carried it.  `rows()` yields every row in seq order.
 3. `compact(keep, rewrites, upto)` removes superseded rows at or below `upto` (see wal.py).
-4. `close()` releases the log (for PostgreSQL: the leadership, see pglog.py).
+4. `write` also takes the request outcomes of the group (sequencer rule 7); a log that
+   outlives its origin (PostgreSQL) keeps them in the same transaction and hands the newest
+   back through `recent_requests`, so a new leader never applies a retried write twice.
+5. `close()` releases the log (for PostgreSQL: the leadership, see pglog.py).
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from .wal import LogError, Row, WriteAheadLog
+from .wal import LogError, Request, Row, WriteAheadLog
 
-__all__ = ["CommitLog", "LogError", "Row", "is_postgres", "open_log"]
+__all__ = ["CommitLog", "LogError", "Request", "Row", "is_postgres", "open_log"]
 
 
 class CommitLog(Protocol):
@@ -38,7 +41,9 @@ class CommitLog(Protocol):
 
     def append(self, rows: Sequence[Row], high: int) -> None: ...
 
-    def write(self, rows: Sequence[Row], high: int) -> None: ...
+    def write(self, rows: Sequence[Row], high: int, requests: Sequence[Request] = ()) -> None: ...
+
+    def recent_requests(self, limit: int) -> list[tuple[bytes, bytes]]: ...
 
     def sync(self) -> None: ...
 
@@ -63,5 +68,5 @@ def open_log(
     if is_postgres(spec):
         from .pglog import PostgresLog
 
-        return PostgresLog(spec, owner=owner)
+        return PostgresLog(spec, owner=owner, lead=False)  # Origin decides: lead or follow
     raise LogError(f"unknown log {spec!r}: use 'sqlite' or a postgresql:// URL")

@@ -21,7 +21,11 @@ Theory of operation
    returned either commits that group or waits for the sync that took it.  A failed commit
    raises `LogError` (`Fenced` when the term moved): the sequencer fails the groups in flight
    and refuses writes from then on, as for a failed fsync.
-5. Followers read the log (`rows_after`) without the lock and take over with `try_lead()`.
+5. Request outcomes (sequencer rule 7) go to `edgekv_requests(rid PRIMARY KEY, seq,
+   outcome)` in the same transaction as their rows; a new leader reads the newest with
+   `recent_requests`, and compaction drops those a million seqs old.
+6. Followers read the log (`rows_after`) without the lock and take over with `try_lead()`
+   (origin/follower.py).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from .wal import LogError, Row
+from .wal import LogError, Request, Row
 
 __all__ = ["LOCK_KEY", "Fenced", "PostgresLog"]
 
@@ -40,6 +44,7 @@ logger = logging.getLogger("edgekv.origin")
 
 LOCK_KEY = 0x65646765_6B760001  # "edgekv\x00\x01" as a bigint
 _SCHEMA_KEY = LOCK_KEY + 1
+_KEEP_REQUEST_SEQS = 1_000_000  # compaction keeps the request outcomes of this many seqs
 # the leader's session: PostgreSQL probes an idle connection after 2 s, then every second,
 # and drops it (and the leadership) after 3 failed probes: a dead host is noticed in ~5 s
 _SESSION_OPTIONS = "-c tcp_keepalives_idle=2 -c tcp_keepalives_interval=1 -c tcp_keepalives_count=3"
@@ -48,6 +53,9 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS edgekv_log (
         seq BIGINT PRIMARY KEY, store TEXT NOT NULL, key TEXT NOT NULL, delta BYTEA NOT NULL)""",
     "CREATE TABLE IF NOT EXISTS edgekv_meta (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS edgekv_requests (
+        rid BYTEA PRIMARY KEY, seq BIGINT NOT NULL, outcome BYTEA NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS edgekv_requests_seq ON edgekv_requests (seq)",
     "INSERT INTO edgekv_meta VALUES ('term', 0), ('high', 0) ON CONFLICT DO NOTHING",
 )
 
@@ -97,6 +105,7 @@ class PostgresLog:
         self._conn = _connect(dsn)
         self._lock = threading.Lock()  # one statement stream per connection
         self._staged: list[Row] = []
+        self._staged_requests: list[Request] = []
         self._staged_lock = threading.Lock()
         try:
             with self._conn.transaction():
@@ -167,7 +176,10 @@ class PostgresLog:
             with self._lock, self._conn.transaction():
                 cur = self._conn.cursor(name="edgekv_rows", binary=True)
                 cur.itersize = batch
-                cur.execute("SELECT seq, store, key, delta FROM edgekv_log ORDER BY seq")
+                cur.execute(
+                    "SELECT seq, store, key, delta FROM edgekv_log WHERE seq <= %s ORDER BY seq",
+                    (self.high,),
+                )
                 while chunk := cur.fetchmany(batch):
                     yield [(s, st, k, bytes(d)) for s, st, k, d in chunk]
                 cur.close()
@@ -188,6 +200,20 @@ class PostgresLog:
         except self._psycopg.Error as exc:
             raise LogError(f"log read failed: {exc}") from exc
 
+    def recent_requests(self, limit: int) -> list[tuple[bytes, bytes]]:
+        """The newest `limit` request outcomes, oldest first (sequencer rule 7)."""
+        try:
+            with self._lock:
+                cur = self._conn.cursor(binary=True)
+                cur.execute(
+                    "SELECT rid, outcome FROM (SELECT rid, outcome, seq FROM edgekv_requests"
+                    " ORDER BY seq DESC LIMIT %s) AS r ORDER BY seq",
+                    (limit,),
+                )
+                return [(bytes(r), bytes(o)) for r, o in cur.fetchall()]
+        except self._psycopg.Error as exc:
+            raise LogError(f"log read failed: {exc}") from exc
+
     def count(self) -> int:
         with self._lock:
             return int(self._conn.execute("SELECT COUNT(*) FROM edgekv_log").fetchone()[0])
@@ -198,12 +224,13 @@ class PostgresLog:
         self.write(rows, high)
         self.sync()
 
-    def write(self, rows: Sequence[Row], high: int) -> None:
-        """Stage one commit group (no I/O); `sync()` commits it."""
+    def write(self, rows: Sequence[Row], high: int, requests: Sequence[Request] = ()) -> None:
+        """Stage one commit group and its request outcomes (no I/O); `sync()` commits them."""
         if not self.leader:
             raise Fenced("this origin does not lead the log")
         with self._staged_lock:
             self._staged.extend(rows)
+            self._staged_requests.extend(requests)
         self.high = high
 
     def sync(self) -> None:
@@ -211,8 +238,9 @@ class PostgresLog:
         with self._lock:
             with self._staged_lock:
                 rows, self._staged = self._staged, []
+                requests, self._staged_requests = self._staged_requests, []
             if rows:
-                self._commit(rows)
+                self._commit(rows, requests)
 
     def _fenced(self) -> None:
         """Inside a transaction: abort unless this origin's term is still the current one."""
@@ -223,7 +251,7 @@ class PostgresLog:
             self.leader = False
             raise Fenced(f"the log moved to term {row[0]} (this origin led term {self.term})")
 
-    def _commit(self, rows: list[Row]) -> None:
+    def _commit(self, rows: list[Row], requests: list[Request]) -> None:
         try:
             with self._conn.transaction():
                 self._fenced()
@@ -231,6 +259,10 @@ class PostgresLog:
                 with cur.copy("COPY edgekv_log (seq, store, key, delta) FROM STDIN") as copy:
                     for row in rows:
                         copy.write_row(row)
+                if requests:
+                    with cur.copy("COPY edgekv_requests (rid, seq, outcome) FROM STDIN") as copy:
+                        for req in requests:
+                            copy.write_row(req)
         except Fenced:
             raise
         except self._psycopg.Error as exc:
@@ -260,6 +292,10 @@ class PostgresLog:
                     (self.high,),
                 )
                 conn.execute("TRUNCATE edgekv_keep")
+                conn.execute(  # the outcomes of old requests: nobody retries them any more
+                    "DELETE FROM edgekv_requests WHERE seq <= %s",
+                    (upto - _KEEP_REQUEST_SEQS,),
+                )
         except Fenced:
             raise
         except self._psycopg.Error as exc:
@@ -268,7 +304,7 @@ class PostgresLog:
 
     def close(self) -> None:
         """Release the leadership and close the session."""
-        if self.leader and not self._conn.closed:
+        if not self._conn.closed:  # a deposed leader may still hold the lock
             try:
                 with self._lock:
                     self._conn.execute("SELECT pg_advisory_unlock_all()")

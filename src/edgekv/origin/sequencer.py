@@ -43,6 +43,13 @@ Theory of operation
 7. Compaction waits until no group is in flight, runs between groups (holding `_lock`), and
    is triggered when the log holds more than `compact_ratio` rows per live state and at least
    `compact_min_rows`.
+7. At most once: a command may carry the client's request id (`rid`).  The outcome of every
+   planned command with a rid (its seqs and `written_at`) is remembered (the newest
+   `MAX_OUTCOMES`) and goes to the log with its group (`write(rows, high, requests)`: the
+   PostgreSQL log keeps them in the same transaction, so a new leader loads them with
+   `load_outcomes`).  A command whose rid has an outcome is not planned again: it is answered
+   with that outcome (no items) when its group completes, so never before the original is
+   durable.  A group whose log write fails forgets its rids (nothing of it was applied).
 """
 
 from __future__ import annotations
@@ -58,7 +65,7 @@ import anyio.abc
 import sniffio
 
 from ..crdt import Register, Replica, State
-from ..crdt.codec import dumps, encode_delta
+from ..crdt.codec import dumps, encode_delta, loads
 from ..crdt.proofs import Atom, Certificate, Signer, atoms_of
 from ..errors import EdgeKVError
 from .flusher import Flusher
@@ -72,6 +79,7 @@ __all__ = ["Covers", "OnCommit", "Sequencer", "Ticket", "recover", "run_in_threa
 logger = logging.getLogger("edgekv.origin")
 
 Covers = list[tuple[int, int]]
+MAX_OUTCOMES = 200_000  # request ids remembered for deduplication (rule 7)
 T = TypeVar("T")
 OnCommit = Callable[[list[Item], Covers], Awaitable[None]]
 Key = tuple[str, str]
@@ -178,6 +186,28 @@ class Sequencer:
         self._lock = anyio.Lock()
         self._running = False
         self._failed: LogError | None = None
+        self.outcomes: dict[bytes, tuple[tuple[int | None, ...], int]] = {}  # rid -> (seqs, at)
+        self.deduplicated = 0
+
+    @property
+    def failed(self) -> bool:
+        """The log failed under this sequencer (rule 4): it takes no more writes."""
+        return self._failed is not None
+
+    def load_outcomes(self, requests: list[tuple[bytes, bytes]]) -> None:
+        """Remember the outcomes the log holds (rule 7), oldest first."""
+        for rid, blob in requests:
+            try:
+                written_at, seqs = loads(blob)
+                self.outcomes[rid] = (tuple(seqs), int(written_at))
+            except Exception:
+                logger.warning("ignoring an undecodable request outcome in the log")
+        self._trim_outcomes()
+
+    def _trim_outcomes(self) -> None:
+        outcomes = self.outcomes
+        while len(outcomes) > MAX_OUTCOMES:
+            del outcomes[next(iter(outcomes))]
 
     async def recover(self) -> int:
         """Replay the log into the (empty) replica in a worker thread."""
@@ -277,15 +307,32 @@ class Sequencer:
         written_at = max(self.wall_ms(), self.last_written_at)
         self.last_written_at = written_at
         planner = Planner(self.replica, self.next_seq, written_at, self._pending_state)
+        outcomes = self.outcomes
+        requests: list[tuple[bytes, int, bytes]] = []  # rid, last seq, outcome (rule 7)
         for ticket in group.tickets:
             ticket.written_at = written_at
+            rid = ticket.command.rid
+            if rid is not None:
+                done = outcomes.get(rid)
+                if done is not None:  # a retry: the first outcome, not a second apply
+                    ticket.planned = Planned(seqs=list(done[0]))
+                    ticket.written_at = done[1]
+                    self.deduplicated += 1
+                    continue
             try:
-                ticket.planned = planner.execute(ticket.command)
+                planned = ticket.planned = planner.execute(ticket.command)
             except EdgeKVError as exc:
                 ticket.error = exc
+                continue
             except Exception as exc:  # a bug must not take the origin down
                 logger.exception("planning failed")
                 ticket.error = EdgeKVError(f"internal error: {exc!r}")
+                continue
+            if rid is not None:
+                outcomes[rid] = (tuple(planned.seqs), written_at)
+                requests.append((rid, planned.last, dumps([written_at, planned.seqs])))
+        if requests:
+            self._trim_outcomes()
         self.groups += 1
         self._inflight.append(group)
         items = planner.items
@@ -294,9 +341,11 @@ class Sequencer:
         first, high = self.next_seq, planner.next_seq - 1
         rows: list[Row] = [(d.seq, store, key, dumps(encode_delta(d))) for store, key, d in items]
         try:
-            self.wal.write(rows, high)
+            self.wal.write(rows, high, requests)
         except LogError as exc:
             logger.error("%s", exc)
+            for rid, _, _ in requests:
+                outcomes.pop(rid, None)
             for ticket in group.tickets:
                 if ticket.error is None:
                     ticket.error, ticket.planned = exc, None

@@ -14,10 +14,12 @@ neither `listen` nor `transport` the origin runs without a network (in-process u
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -32,7 +34,7 @@ from ..crdt import Entry, Limits, Replica, Version
 from ..crdt.codec import encode_delta
 from ..crdt.ops import DEFAULT_LIMITS, Delete, Put, op_body
 from ..crdt.proofs import ProofStore, Signer
-from ..errors import InvalidInput, StoreNotFound
+from ..errors import InvalidInput, NotLeader, StoreNotFound
 from ..gossip.config import GossipConfig
 from ..gossip.transport import Transport, TransportStats
 from ..gossip.wire import Message
@@ -107,6 +109,7 @@ class Origin:
         http_limits: HttpLimits | None = None,
         tls: TlsConfig | None = None,
         log: str | None = None,
+        follow_interval: float = 0.1,
     ) -> None:
         self.data_dir = None if data_dir is None else Path(data_dir)
         self.net_limits = net_limits
@@ -129,6 +132,9 @@ class Origin:
         self.replica = Replica()
         self._synchronous = synchronous
         self.log_spec = log  # None: SQLite in data_dir; "postgresql://...": see pglog.py
+        self.follow_interval = follow_interval  # a follower's log tail period (follower.py)
+        self.leading = False  # takes writes (a follower of a PostgreSQL log does not)
+        self._follows_on_failure = is_postgres(log)  # another origin may lead after a failure
         # the PostgreSQL log commits in a worker thread (a network round trip per group)
         self._flush_threads = flush_threads or (1 if is_postgres(log) else 0)
         self._compact_min_rows = compact_min_rows
@@ -184,7 +190,16 @@ class Origin:
         self._tg = tg
         try:
             self.recovered_rows = await self._sequencer.recover()
-            await tg.start(self._sequencer.run)
+            from .pglog import PostgresLog
+
+            if isinstance(self._wal, PostgresLog):  # lead now, or follow until we can
+                from .follower import lead_or_follow
+
+                await tg.start(
+                    partial(lead_or_follow, interval=self.follow_interval), self, self._wal
+                )
+            else:
+                await self.start_leading()
             if self.transport is None and self.listen is not None:
                 await self._start_tcp(tg)
             if self.transport is not None:
@@ -198,6 +213,12 @@ class Origin:
             await self._exit(type(exc), exc, exc.__traceback__)
             raise
         return self
+
+    async def start_leading(self) -> None:
+        """Start the commit loop: from now on this origin takes writes."""
+        assert self._tg is not None and self._sequencer is not None
+        await self._tg.start(self._sequencer.run)
+        self.leading = True
 
     async def _run_http(
         self,
@@ -383,6 +404,10 @@ class Origin:
                 "groups": seq.groups,
                 "flushes": seq.flush_count,
                 "flush_threads": seq.flush_threads,
+                "kind": "sqlite" if self.log_spec in (None, "sqlite") else "postgresql",
+                "leading": self.leading,
+                "term": getattr(seq.wal, "term", None),
+                "deduplicated": seq.deduplicated,
             },
             "clients": self.clients,
             "peers": peers,
@@ -456,7 +481,16 @@ class Origin:
         if not trusted:
             self.auth.check(token, "write" if write else "read", store)
         if write:
-            return parse_write(body, self.limits, op, store)
+            if not self.leading or (self._follows_on_failure and self.sequencer.failed):
+                # a PostgreSQL log that failed under us: deposed, or cut off from the database
+                raise NotLeader(f"origin {self.address or self.node_id} does not lead the log")
+            command = parse_write(body, self.limits, op, store)
+            rid = body.get("rid")
+            if rid is None:
+                return command
+            if type(rid) is not bytes or not 8 <= len(rid) <= 64:
+                raise InvalidInput("rid (a request id) must be 8 to 64 bytes")
+            return dataclasses.replace(command, rid=rid)
         return self._read(op, store, body)
 
     def _read(self, op: str, store: str, body: Mapping[str, Any]) -> Message:

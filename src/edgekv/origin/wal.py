@@ -45,6 +45,7 @@ from pathlib import Path
 from ..errors import EdgeKVError
 
 Row = tuple[int, str, str, bytes]  # seq, store, key, encoded delta
+Request = tuple[bytes, int, bytes]  # request id, its last seq, its outcome (sequencer rule 7)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS log (
@@ -110,8 +111,11 @@ class WriteAheadLog:
         self.write(rows, high)
         self.sync()
 
-    def write(self, rows: Sequence[Row], high: int) -> None:
-        """Commit `rows` (the last at seq `high`) in one transaction; durable after `sync()`."""
+    def write(self, rows: Sequence[Row], high: int, requests: Sequence[Request] = ()) -> None:
+        """Commit `rows` (the last at seq `high`) in one transaction; durable after `sync()`.
+
+        `requests` are not kept: one SQLite origin has no successor to hand them to (its
+        sequencer remembers them while it runs)."""
         conn = self._conn
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -162,6 +166,10 @@ class WriteAheadLog:
             self._all_fds.append(fd)
         self._fds.fd = fd
         return fd
+
+    def recent_requests(self, limit: int) -> list[tuple[bytes, bytes]]:
+        """The request outcomes the log keeps (none: see `write`)."""
+        return []
 
     def compact(self, keep: Sequence[int], rewrites: Sequence[tuple[bytes, int]], upto: int) -> int:
         """Drop superseded rows at or below `upto`; returns how many rows were removed."""

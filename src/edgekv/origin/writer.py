@@ -35,6 +35,7 @@ class StoreCommand:
 
     action: str  # "create" | "drop"
     store: str
+    rid: bytes | None = None  # the client's request id: applied at most once (sequencer rule 7)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,7 @@ class BatchCommand:
 
     store: str
     ops: tuple[tuple[Op, int | None], ...]
+    rid: bytes | None = None  # the client's request id: applied at most once (sequencer rule 7)
 
 
 Command = StoreCommand | BatchCommand

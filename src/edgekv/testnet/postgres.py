@@ -73,6 +73,16 @@ class ThrowawayPostgres:
     def dsn(self) -> str:
         return self.dsn_at(self.host)
 
+    def create_database(self, name: str) -> str:
+        """A new empty database `name` (letters, digits, _); returns its URL."""
+        import psycopg
+
+        if not name.replace("_", "").isalnum():
+            raise ValueError(f"bad database name {name!r}")
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return self.dsn.rsplit("/", 1)[0] + "/" + name
+
     def dsn_at(self, host: str) -> str:
         """The URL of the `postgres` database through `host` (one of the listen addresses)."""
         h = f"[{host}]" if ":" in host else host
