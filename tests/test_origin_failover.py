@@ -23,6 +23,7 @@ import trio
 
 import edgekv
 from edgekv.errors import NotLeader
+from edgekv.node.keys import origin_signing_key
 from edgekv.testnet.failover import log_seqs, run_failover
 from edgekv.testnet.postgres import ThrowawayPostgres
 from test_edge_harness import wait_until
@@ -112,6 +113,9 @@ async def test_sigkill_the_leader_under_16_writers(
     postgres: ThrowawayPostgres, tmp_path: Path
 ) -> None:
     dsn = database(postgres)
+    # each origin signs with its own key (made here, found in its data dir); the edges verify
+    # with both public keys
+    keys = [origin_signing_key(None, tmp_path / name).public_key() for name in ("a", "b")]
     with (
         origin_process(tmp_path / "a", dsn) as (proc_a, addr_a, _),
         origin_process(tmp_path / "b", dsn) as (_, addr_b, http_b),
@@ -123,7 +127,9 @@ async def test_sigkill_the_leader_under_16_writers(
             assert client.address == addr_a  # the first one started leads
             edges = [
                 await stack.enter_async_context(
-                    edgekv.EdgeNode(origin=[addr_a, addr_b], peers=[], ready_timeout=5)
+                    edgekv.EdgeNode(
+                        origin=[addr_a, addr_b], ready_timeout=5, origin_public_keys=keys
+                    )
                 )
                 for _ in range(3)
             ]
@@ -145,4 +151,5 @@ async def test_sigkill_the_leader_under_16_writers(
             )
     print(report)
     assert report.ok, report
+    assert not any(e.runtime.metrics.rejected for e in edges)  # all of it verified
     assert report.failover_seconds <= 5.0, report

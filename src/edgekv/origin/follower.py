@@ -6,7 +6,8 @@ Theory of operation
    its sequencer at `high + 1`; the others follow.
 2. A follower tails the log every `interval` seconds (`rows_after` its cursor) and applies the
    rows to its replica, so it stays warm: its replica trails the leader's by about one
-   interval, and it serves reads and gossip like any replica.  Writes it refuses with
+   interval, and it serves reads and gossip like any replica (it signs what it applies with
+   its own key, so edges that list every origin's public key verify what it serves).  Writes it refuses with
    `NotLeader` (clients and edges then try their next origin address).
 3. Between two tails it tries to lead again.  The lock is free once the leader's session has
    ended (its process died: at once; its host: within the session keepalives), so a takeover
@@ -26,6 +27,7 @@ import anyio
 import anyio.abc
 
 from ..crdt.codec import decode_delta, loads
+from ..crdt.proofs import atoms_of
 from .pglog import PostgresLog
 from .sequencer import MAX_OUTCOMES, run_in_thread
 
@@ -51,6 +53,7 @@ async def catch_up(origin: Origin, log: PostgresLog, cursor: int, high: int | No
                 origin.runtime.apply_local(items, covers)
             else:
                 origin.replica.apply_batch(items, covers)
+            _certify(origin, {(store, key) for store, key, _ in items})
             cursor = rows[-1][0]
         if len(rows) < TAIL_BATCH:
             break
@@ -58,6 +61,21 @@ async def catch_up(origin: Origin, log: PostgresLog, cursor: int, high: int | No
         origin.replica.apply_batch([], [(cursor + 1, high)])
         cursor = high
     return cursor
+
+
+def _certify(origin: Origin, keys: set[tuple[str, str]]) -> None:
+    """Sign the new states of `keys` with this origin's key, as the leader signed them, so
+    that what this replica serves to edges verifies (edges list every origin's public key)."""
+    signer, replica = origin.signer, origin.replica
+    if signer is None or replica.proofs is None:
+        return
+    atoms = []
+    for store, key in keys:
+        st = replica.state(store, key)
+        if st is not None:
+            atoms.extend(atoms_of(store, key, st))
+    if atoms:
+        replica.proofs.add(signer.certify(atoms))
 
 
 async def lead_or_follow(
