@@ -341,7 +341,10 @@ class Sequencer:
         first, high = self.next_seq, planner.next_seq - 1
         rows: list[Row] = [(d.seq, store, key, dumps(encode_delta(d))) for store, key, d in items]
         try:
-            self.wal.write(rows, high, requests)
+            if requests:
+                self.wal.write(rows, high, requests)
+            else:
+                self.wal.write(rows, high)
         except LogError as exc:
             logger.error("%s", exc)
             for rid, _, _ in requests:

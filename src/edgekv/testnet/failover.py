@@ -39,6 +39,7 @@ class FailoverReport:
     high: int = 0
     converged: bool = False
     converge_seconds: float = float("nan")
+    last_roots: tuple[str | None, list[str]] = (None, [])  # the last digests compared
 
     @property
     def ok(self) -> bool:
@@ -72,7 +73,7 @@ async def run_failover(
     after_kill: int = 400,
     store: str = "failover",
     time_limit: float = 60.0,
-    converge_within: float = 20.0,
+    converge_within: float = 30.0,
 ) -> FailoverReport:
     """Run the experiment (see the module docstring); the store must exist."""
     report = FailoverReport()
@@ -131,7 +132,7 @@ async def run_failover(
         started = time.monotonic()
         with anyio.move_on_after(converge_within):
             while True:
-                want, replicas = await roots()
+                want, replicas = report.last_roots = await roots()
                 if want is not None and all(r == want for r in replicas):
                     report.converged = True
                     report.converge_seconds = time.monotonic() - started
