@@ -26,7 +26,7 @@ import httpx
 import pytest
 import trio
 
-from edgekv.node.keys import origin_signing_key, public_pem
+from edgekv.node.keys import generate_keypair
 from edgekv.testnet.failover import run_failover
 from edgekv.testnet.postgres import postgres_unavailable, throwaway_postgres
 
@@ -122,11 +122,7 @@ async def test_failover_across_namespaces(tmp_path: Path) -> None:
         pg = stack.enter_context(throwaway_postgres(listen=[gateway]))
         dsn = pg.create_database("netns")  # through 127.0.0.1, for the checks
         dsn_there = pg.dsn_at(gateway).rsplit("/", 1)[0] + "/netns"  # from the namespaces
-        keys = []
-        for name in ("origin-a", "origin-b"):
-            key = origin_signing_key(None, tmp_path / name)
-            keys.append(tmp_path / f"{name}.pub")
-            keys[-1].write_bytes(public_pem(key.public_key()))
+        private, public = generate_keypair(tmp_path / "keys")  # one key for both origins
         addresses = [f"{ip['origin-a']}:7300", f"{ip['origin-b']}:7300"]
         edges = ["edge-1", "edge-2", "edge-3"]
         started: dict[str, subprocess.Popen[bytes]] = {}
@@ -134,12 +130,11 @@ async def test_failover_across_namespaces(tmp_path: Path) -> None:
             if name.startswith("origin"):
                 args = ["origin", "--data-dir", str(tmp_path / name), "--log", dsn_there]
                 args += ["--listen", "0.0.0.0:7300", "--advertise", f"{ip[name]}:7300"]
-                args += ["--http", "0.0.0.0:8300"]
+                args += ["--http", "0.0.0.0:8300", "--signing-key", str(private)]
             else:  # no --advertise: the interface routing to the first origin
                 args = ["edge", "--data-dir", str(tmp_path / name), "--listen", "0.0.0.0:7301"]
                 args += ["--origin", ",".join(addresses), "--http", "0.0.0.0:8301"]
-                for k in keys:
-                    args += ["--origin-public-key", str(k)]
+                args += ["--origin-public-key", str(public)]
                 for other in edges[: edges.index(name)]:
                     args += ["--peer", f"{ip[other]}:7301"]
             started[name] = stack.enter_context(daemon(ns[name], args))

@@ -20,10 +20,12 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import edgekv
 from edgekv.errors import NotLeader
-from edgekv.node.keys import origin_signing_key
+from edgekv.node.keys import generate_keypair, load_public_key
+from edgekv.origin.wal import LogError
 from edgekv.testnet.failover import log_seqs, run_failover
 from edgekv.testnet.postgres import ThrowawayPostgres
 from test_edge_harness import wait_until
@@ -40,18 +42,28 @@ async def test_leader_follower_and_takeover_in_process(
 ) -> None:
     dsn = database(postgres)
     stop_a = trio.Event()
+    key = Ed25519PrivateKey.generate()  # the origins of one log share one signing key
 
     async def run_a(*, task_status: trio.TaskStatus[edgekv.Origin]) -> None:
-        async with edgekv.Origin(data_dir=tmp_path / "a", listen="127.0.0.1:0", log=dsn) as a:
+        async with edgekv.Origin(
+            data_dir=tmp_path / "a", listen="127.0.0.1:0", log=dsn, signing_key=key
+        ) as a:
             task_status.started(a)
             await stop_a.wait()
 
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
             a = await nursery.start(run_a)  # first: it leads
+            with pytest.raises(LogError, match="same --signing-key"):
+                async with edgekv.Origin(data_dir=None, listen=None, log=dsn):
+                    pass  # the log knows the origins' key: one with another key is refused
             b = await stack.enter_async_context(
                 edgekv.Origin(
-                    data_dir=tmp_path / "b", listen="127.0.0.1:0", log=dsn, follow_interval=0.05
+                    data_dir=tmp_path / "b",
+                    listen="127.0.0.1:0",
+                    log=dsn,
+                    follow_interval=0.05,
+                    signing_key=key,
                 )
             )
             assert a.leading and not b.leading
@@ -89,9 +101,12 @@ async def test_leader_follower_and_takeover_in_process(
 
 
 @contextmanager
-def origin_process(tmp: Path, dsn: str) -> Iterator[tuple[subprocess.Popen[bytes], str, str]]:
+def origin_process(
+    tmp: Path, dsn: str, key: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], str, str]]:
     """`edgekv origin --log DSN` on 127.0.0.1 port 0; yields (process, address, http)."""
     cmd = [sys.executable, "-m", "edgekv", "origin", "--data-dir", str(tmp), "--log", dsn]
+    cmd += ["--signing-key", str(key)]
     cmd += ["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env)
@@ -113,12 +128,12 @@ async def test_sigkill_the_leader_under_16_writers(
     postgres: ThrowawayPostgres, tmp_path: Path
 ) -> None:
     dsn = database(postgres)
-    # each origin signs with its own key (made here, found in its data dir); the edges verify
-    # with both public keys
-    keys = [origin_signing_key(None, tmp_path / name).public_key() for name in ("a", "b")]
+    # the origins share one signing key (made here); the edges verify with its public key
+    private, public = generate_keypair(tmp_path / "keys")
+    keys = [load_public_key(public)]
     with (
-        origin_process(tmp_path / "a", dsn) as (proc_a, addr_a, _),
-        origin_process(tmp_path / "b", dsn) as (_, addr_b, http_b),
+        origin_process(tmp_path / "a", dsn, private) as (proc_a, addr_a, _),
+        origin_process(tmp_path / "b", dsn, private) as (_, addr_b, http_b),
         trio.fail_after(90),
     ):
         async with AsyncExitStack() as stack:

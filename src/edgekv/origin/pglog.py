@@ -26,6 +26,9 @@ Theory of operation
    `recent_requests`, and compaction drops those a million seqs old.
 6. Followers read the log (`rows_after`) without the lock and take over with `try_lead()`
    (origin/follower.py).
+7. One signing key for all the origins of a log: `edgekv_keys` holds the public key of the
+   first origin that started, and `check_signing_key` refuses an origin with another one
+   (each origin verifies what it receives from edges, which the others signed).
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS edgekv_requests (
         rid BYTEA PRIMARY KEY, seq BIGINT NOT NULL, outcome BYTEA NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS edgekv_requests_seq ON edgekv_requests (seq)",
+    "CREATE TABLE IF NOT EXISTS edgekv_keys (name TEXT PRIMARY KEY, public BYTEA NOT NULL)",
     "INSERT INTO edgekv_meta VALUES ('term', 0), ('high', 0) ON CONFLICT DO NOTHING",
 )
 
@@ -213,6 +217,27 @@ class PostgresLog:
                 return [(bytes(r), bytes(o)) for r, o in cur.fetchall()]
         except self._psycopg.Error as exc:
             raise LogError(f"log read failed: {exc}") from exc
+
+    def check_signing_key(self, public: bytes) -> None:
+        """Every origin of one log signs with one key (rule 7): the first to start records
+        its public key; another key is refused with a LogError that says so."""
+        try:
+            with self._lock:
+                self._conn.execute(
+                    "INSERT INTO edgekv_keys VALUES ('signing', %s) ON CONFLICT DO NOTHING",
+                    (public,),
+                )
+                row = self._conn.execute(
+                    "SELECT public FROM edgekv_keys WHERE name = 'signing'"
+                ).fetchone()
+        except self._psycopg.Error as exc:
+            raise LogError(f"log read failed: {exc}") from exc
+        if bytes(row[0]) != public:
+            raise LogError(
+                f"the origins of the log at {self.where} sign with another key: give every"
+                " origin the same --signing-key (edges verify one origin key, and each origin"
+                " verifies what the others signed)"
+            )
 
     def count(self) -> int:
         with self._lock:

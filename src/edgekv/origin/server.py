@@ -42,7 +42,7 @@ from ..node.auth import TokenAuth, TokenSpec
 from ..node.faults import LinkFaults
 from ..node.httpapi import HttpLimits
 from ..node.identity import load_node_id
-from ..node.keys import origin_signing_key
+from ..node.keys import origin_signing_key, raw_public_key
 from ..node.limits import DEFAULT_NET_LIMITS, NetLimits
 from ..node.metrics import NodeMetrics, peer_field, peer_json, render_prometheus
 from ..node.procinfo import process_info
@@ -175,6 +175,14 @@ class Origin:
             )
             self.signer = Signer(key)
             self.replica.use_proofs(ProofStore([self.signer.public])).signer = self.signer
+            check = getattr(self._wal, "check_signing_key", None)  # a shared PostgreSQL log
+            if check is not None:
+                try:
+                    await anyio.to_thread.run_sync(check, raw_public_key(self.signer.public))
+                except BaseException:
+                    self._wal.close()
+                    self._wal = None
+                    raise
         self._sequencer = Sequencer(
             self._wal,
             self.replica,
