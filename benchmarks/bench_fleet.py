@@ -30,6 +30,7 @@ from pathlib import Path
 import trio
 
 from bench_origin import start_origin, stop_origin
+from edgekv.node.keys import generate_keypair
 from edgekv.origin.client import OriginClient
 from edgekv.testnet.failover import FailoverReport, run_failover
 from edgekv.testnet.postgres import ThrowawayPostgres, throwaway_postgres
@@ -110,8 +111,10 @@ async def failover(pg: ThrowawayPostgres) -> FailoverReport:
     procs = []
     try:
         addresses = []
+        private, _ = generate_keypair(top / "keys")  # the origins of one log share a key
         for name in ("a", "b"):
-            proc, address = await start_origin(top / name, True, ["--log", dsn])
+            extra = ["--log", dsn, "--signing-key", str(private)]
+            proc, address = await start_origin(top / name, True, extra)
             procs.append(proc)
             addresses.append(address)
         async with OriginClient(addresses) as admin:

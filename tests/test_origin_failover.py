@@ -80,7 +80,11 @@ async def test_leader_follower_and_takeover_in_process(
                 await wait_until(lambda: b.replica.root == a.replica.root, 10)  # warm
                 assert await only_b.get("flags", "k7") == b"7"  # and serving reads
             # an edge given both origins writes through the leader
-            async with edgekv.EdgeNode(origin=[b.address, a.address], ready_timeout=5) as edge:
+            async with edgekv.EdgeNode(
+                origin=[b.address, a.address],
+                ready_timeout=5,
+                origin_public_keys=[key.public_key()],
+            ) as edge:
                 assert (await edge.open("flags").put("from-edge", b"e")).seq == 22
             # a retried request id is answered with its first outcome, applied once
             rid = os.urandom(16)
