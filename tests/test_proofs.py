@@ -253,3 +253,5 @@ async def test_testnet_rejects_forged_push_and_cuts_the_peer_off(autojump_clock:
         assert await net.converged(timeout=10)
         assert all(e.open("flags").get("k") == b"later" for e in net.edges)
         assert victim.replica.proofs is not None and len(victim.replica.proofs) > 0
+        origin = net.origin.status()
+        assert origin["signing"]["certificates"] > 0 and origin["rejected_unsigned"] == {}

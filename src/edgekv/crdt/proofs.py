@@ -171,11 +171,15 @@ class Certificate:
         return len(self.entries) // ENTRY
 
     def contains(self, seq: int, h: bytes) -> bool:
+        rec = _SEQ.pack(seq) + h
+        i = (seq - self.lo) * ENTRY  # a dense certificate (one atom per seq) holds it right here
+        if self.entries[i : i + ENTRY] == rec:
+            return True
         index = self._index
         if index is None:
             e = self.entries
-            index = self._index = frozenset(e[i : i + ENTRY] for i in range(0, len(e), ENTRY))
-        return _SEQ.pack(seq) + h in index
+            index = self._index = frozenset(e[j : j + ENTRY] for j in range(0, len(e), ENTRY))
+        return rec in index
 
     def drop_index(self) -> None:
         self._index = None

@@ -419,6 +419,10 @@ class Origin:
             },
             "clients": self.clients,
             "peers": peers,
+            "signing": None
+            if self.signer is None or self.replica.proofs is None
+            else {"key": self.signer.key_id.hex(), "certificates": len(self.replica.proofs)},
+            "rejected_unsigned": dict(runtime.metrics.rejected) if runtime is not None else {},
             "faults": None if self.faults is None else self.faults.to_spec(),
             "process": process_info(),
             "transport": self.transport.stats.total()
