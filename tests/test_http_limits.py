@@ -53,7 +53,7 @@ def _head(path: str, length: int | None, token: str | None = None) -> bytes:
 
 
 async def test_auth_caps_deadline_and_depth(tmp_path: Path) -> None:
-    limits = HttpLimits(body_timeout=0.5)
+    limits = HttpLimits(body_timeout=0.5, max_json_values=1000)
     with trio.fail_after(30):
         async with Origin(
             data_dir=tmp_path, listen=None, http="127.0.0.1:0", tokens=TOKENS, http_limits=limits
@@ -78,7 +78,8 @@ async def test_auth_caps_deadline_and_depth(tmp_path: Path) -> None:
             deep: Any = {"ops": []}
             for _ in range(40):
                 deep = {"x": deep}
-            for text in (json.dumps(deep), "[" * 100_000):
+            many = json.dumps({"ops": [{}] * 2000})  # counted before parsing
+            for text in (json.dumps(deep), "[" * 100_000, many):
                 raw = text.encode()
                 status, body, _ = await _exchange(address, _head(batch, len(raw), "admin"), raw)
                 assert status == 400 and body["error"] == "invalid_input", body
@@ -226,6 +227,12 @@ async def test_rss_stays_flat_under_big_bodies(tmp_path: Path) -> None:
                 assert status == 413 and body["error"] == "payload_too_large"
                 # read to the cap (16 MiB) and its slack (4 MiB), then refused unparsed
                 assert _peak_rss_mib(proc.pid) - before < 48
+                # 16 MiB of "{}" (400 MiB once parsed) is refused before parsing
+                dense = b'{"ops": [' + b",".join([b"{}"] * ((16 << 20) // 3 - 10)) + b"]}"
+                head = _head(batch, len(dense), "admin")
+                status, body = await _flood(address, head + dense, 0)
+                assert status == 400 and "JSON values" in body["message"]
+                assert _peak_rss_mib(proc.pid) - before < 64
                 assert time.monotonic() - t0 < 30
             finally:
                 proc.terminate()

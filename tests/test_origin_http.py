@@ -74,8 +74,11 @@ async def test_routes(tmp_path: Path) -> None:
         assert (await h.delete("/v1/stores/flags/keys/b64")).json()["seq"] is None
         error(await h.get("/v1/stores/flags/keys/b64"), 404, "not_found")
         doc = (await h.get("/v1/openapi.json")).json()
-        assert doc["openapi"].startswith("3.") and "/v1/stores/{store}/batch" in doc["paths"]
+        assert doc["openapi"] == "3.1.0" and "/v1/stores/{store}/batch" in doc["paths"]
         assert "/v1/status" in doc["paths"] and "/metrics" in doc["paths"]
+        assert "securitySchemes" not in doc["components"]  # tokens off: no security anywhere
+        ops = [op for item in doc["paths"].values() for op in item.values()]
+        assert all("security" not in op and "401" not in op["responses"] for op in ops)
         status = (await h.get("/v1/status")).json()
         assert status["role"] == "origin" and status["watermark"] == 8 == status["log"]["high"]
         assert status["log"]["commits"] == 8 and status["log"]["flushes"] >= 1
@@ -174,6 +177,13 @@ async def test_tokens(tmp_path: Path) -> None:
         assert (await h.get("/v1/stores/flags/keys/k", headers=reader)).content == b"v"
         error(await h.get("/v1/stores/flags/keys/k"), 401, "unauthorized")
         assert (await h.get("/v1/stores", headers=reader)).json() == {"stores": ["flags"]}
+        doc = (await h.get("/v1/openapi.json")).json()  # public, and says who needs what
+        assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+        for path, item in doc["paths"].items():
+            for op in item.values():
+                public = path == "/v1/openapi.json"
+                assert op["security"] == ([] if public else [{"bearer": []}])
+                assert ("401" in op["responses"]) is not public
         for path in ("/v1/status", "/metrics"):  # any known token, none without one
             error(await h.get(path), 401, "unauthorized")
             assert (await h.get(path, headers=reader)).status_code == 200

@@ -13,9 +13,10 @@ Theory of operation, for every request, in this order:
 3. Authorisation: the token's scope must cover the operation's access on the path's store (401).
 4. The body.  A Content-Length past the operation's cap is refused (413) before a byte is read;
    otherwise the body is read up to the cap (413 beyond) within `HttpLimits.body_timeout`
-   (408).  JSON is then parsed strictly (no NaN or Infinity), its nesting bounded by
-   `max_json_depth`, and checked against the schema (400); large bodies parse in a worker
-   thread, so other requests keep being served.
+   (408).  JSON is then parsed strictly (no NaN or Infinity), its count of values bounded by
+   `max_json_values` before parsing and its nesting by `max_json_depth`, and checked against
+   the schema (400); large bodies parse in a worker thread, so other requests keep being
+   served.
 5. The handler runs on the validated values.  An `EdgeKVError` becomes its HTTP status with the
    error body `{"error": code, "message": text}`; unknown paths (404) and methods (405, with
    `Allow`) get the same body.  The document lists exactly these statuses per operation.
@@ -70,6 +71,7 @@ class HttpLimits:
 
     body_timeout: float = 10.0  # seconds to receive a whole body
     max_json_depth: int = 32
+    max_json_values: int = 500_000  # bounds parsing memory: a 16 MiB body of "{}" is 400 MiB
     max_batch_body: int = 16 << 20  # the origin's batch route, bytes of JSON
     max_mget_body: int = 4 << 20  # the edge's mget route: 10,000 keys of up to ~400 bytes
     thread_parse_from: int = 1 << 20  # JSON bodies of at least this many bytes parse in a thread
@@ -300,8 +302,13 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def parse_json(raw: bytes, max_depth: int) -> Any:
-    """Strict JSON (no NaN/Infinity) nested at most `max_depth` deep; InvalidInput if not."""
+def parse_json(raw: bytes, max_depth: int, max_values: int = 500_000) -> Any:
+    """Strict JSON (no NaN/Infinity) nested at most `max_depth` deep, of at most `max_values`
+    values (counted before parsing, from separators and brackets: an upper bound); InvalidInput
+    if not."""
+    values = raw.count(b",") + raw.count(b"[") + raw.count(b"{")
+    if values > max_values:
+        raise InvalidInput(f"the body holds more than {max_values} JSON values: split it")
     try:
         doc = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:
@@ -419,7 +426,7 @@ class HttpApi:
         return await op.handler(Call(request, params, body, token))
 
     def _parse(self, bound: _Bound, raw: bytes) -> Any:
-        doc = parse_json(raw, self.limits.max_json_depth)
+        doc = parse_json(raw, self.limits.max_json_depth, self.limits.max_json_values)
         assert bound.body is not None
         _check(bound.body, doc, "body")
         return doc
