@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio.from_thread
+import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -143,3 +144,17 @@ def test_schemathesis(servers: dict[str, str], target: str, mode: str) -> None:
 def test_schemathesis_many_examples(servers: dict[str, str], target: str, mode: str) -> None:
     failures = _run(servers[f"{target}-{mode}"], mode == "tokens", SLOW_EXAMPLES)
     assert not failures, "\n\n".join(f[:3000] for f in failures[:10])
+
+
+@pytest.mark.parametrize("name", ["origin-open", "edge-tokens"])
+def test_every_operation_has_examples(servers: dict[str, str], name: str) -> None:
+    doc = httpx.get(servers[name] + "/v1/openapi.json").json()
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            where = f"{method.upper()} {path}"
+            assert all("example" in p for p in op.get("parameters", [])), where
+            for content in op.get("requestBody", {}).get("content", {}).values():
+                assert "example" in content, where
+            for status, response in op["responses"].items():
+                for content in response.get("content", {}).values():
+                    assert "example" in content or (status == "200" and path.endswith(".json"))

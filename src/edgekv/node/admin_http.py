@@ -119,7 +119,9 @@ MAX_SCORE = Param(
 ITEM = Param(
     "item", "query", "string", "the item (its UTF-8 bytes)", required=True, example="10.0.0.1"
 )
-STATUS_REPLY = Reply(200, "node status", schema={"type": "object"})
+STATUS_REPLY = Reply(
+    200, "node status", schema={"type": "object"}, example={"node_id": "edge-1", "watermark": 42}
+)
 EXISTS_REPLY = Reply(
     200,
     "whether the filter may hold the item (false for a missing key)",
@@ -150,7 +152,8 @@ def metrics_operation(render: Callable[[], str]) -> Operation:
     async def metrics(call: Call) -> Response:
         return PlainTextResponse(render(), media_type=PROMETHEUS_TYPE)
 
-    reply = Reply(200, "Prometheus text exposition", "text/plain", schema={"type": "string"})
+    example = '# TYPE edgekv_watermark gauge\nedgekv_watermark{node="edge-1"} 42\n'
+    reply = Reply(200, "Prometheus text", "text/plain", schema={"type": "string"}, example=example)
     return Operation("GET", "/metrics", "metrics", "Prometheus metrics", metrics, reply, "known")
 
 
@@ -198,7 +201,7 @@ def build_api(
         store = node.open(call.params["store"])
         pattern = call.params.get("pattern", "*")
         return JSONResponse(
-            {"keys": store.scan(pattern, limit=call.params.get("limit", LIMIT_DEFAULT))}
+            {"keys": store.scan(pattern, limit=call.params.get("limit", MAX_SCAN_LIMIT))}
         )
 
     async def zrange(call: Call) -> Response:
@@ -329,9 +332,6 @@ def build_api(
         limits,
         description="Local reads of an edge's replica, its status and metrics.",
     )
-
-
-LIMIT_DEFAULT = MAX_SCAN_LIMIT
 
 
 def build_app(
