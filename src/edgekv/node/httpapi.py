@@ -95,6 +95,7 @@ _CODES = {
     408: ("request_timeout", "the body did not arrive within the read timeout"),
     409: ("wrong_kind", "a conflict with the current state"),
     413: ("payload_too_large", "the body is larger than the limit"),
+    503: ("not_leader", "this node cannot serve the request now"),
 }
 
 ERROR_SCHEMA: Schema = {

@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("edgekv.origin.http")
 
 STORE_404 = "no such store"
+NOT_LEADER = "this origin follows a shared log and takes no writes (`not_leader`): use another"
 CONFLICT = "the key holds another kind of value (`wrong_kind`; `force` overrides), or is not at `if_version` (`version_mismatch`)"
 
 
@@ -212,7 +213,7 @@ def build_api(origin: Origin, limits: HttpLimits | None = None) -> HttpApi:
             ),
             "write",
             (STORE,),
-            errors={409: "the store exists (`store_exists`)"},
+            errors={503: NOT_LEADER, 409: "the store exists (`store_exists`)"},
         ),
         Operation(
             "DELETE",
@@ -223,7 +224,7 @@ def build_api(origin: Origin, limits: HttpLimits | None = None) -> HttpApi:
             version_reply,
             "write",
             (STORE,),
-            errors={404: STORE_404},
+            errors={503: NOT_LEADER, 404: STORE_404},
         ),
         Operation(
             "GET",
@@ -300,7 +301,7 @@ def build_api(origin: Origin, limits: HttpLimits | None = None) -> HttpApi:
                 f"the value, at most {lim.max_value_bytes} bytes",
                 "hello",
             ),
-            errors={404: STORE_404, 409: CONFLICT},
+            errors={503: NOT_LEADER, 404: STORE_404, 409: CONFLICT},
         ),
         Operation(
             "DELETE",
@@ -311,7 +312,11 @@ def build_api(origin: Origin, limits: HttpLimits | None = None) -> HttpApi:
             version_reply,
             "write",
             (STORE, KEY, if_version),
-            errors={404: STORE_404, 409: "the key is not at `if_version` (`version_mismatch`)"},
+            errors={
+                503: NOT_LEADER,
+                404: STORE_404,
+                409: "the key is not at `if_version` (`version_mismatch`)",
+            },
         ),
         Operation(
             "POST",
@@ -334,7 +339,7 @@ def build_api(origin: Origin, limits: HttpLimits | None = None) -> HttpApi:
                 'byte strings are UTF-8 text, or base64 with `"encoding": "base64"`',
                 schemas.BATCH_EXAMPLE,
             ),
-            errors={404: STORE_404, 409: CONFLICT},
+            errors={503: NOT_LEADER, 404: STORE_404, 409: CONFLICT},
         ),
         Operation(
             "GET",
