@@ -9,6 +9,8 @@ blocking portal under trio) while schemathesis's synchronous client calls them.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -158,3 +160,16 @@ def test_every_operation_has_examples(servers: dict[str, str], name: str) -> Non
             for status, response in op["responses"].items():
                 for content in response.get("content", {}).values():
                     assert "example" in content or (status == "200" and path.endswith(".json"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["origin-open", "origin-tokens", "edge-open", "edge-tokens"])
+def test_schemathesis_cli_every_phase(servers: dict[str, str], name: str, tmp_path: Path) -> None:
+    """`st run` as a user runs it: the examples, coverage and fuzzing phases, every check."""
+    st = Path(sys.executable).with_name("st")
+    command = [str(st), "run", servers[name] + "/v1/openapi.json", "--checks", "all"]
+    command += ["--max-examples", str(SLOW_EXAMPLES), "--seed", "1", "--no-color"]
+    if name.endswith("tokens"):
+        command += ["-H", f"Authorization: Bearer {TOKEN}"]
+    run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=1800)
+    assert run.returncode == 0, run.stdout[-5000:]
