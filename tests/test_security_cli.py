@@ -72,6 +72,14 @@ def test_protected_mode_refuses_to_start_with_one_line(
 def test_protected_mode_rules(tmp_path: Path) -> None:
     write_dev_certs(tmp_path, ["n"])
     tls = TlsConfig(tmp_path / "ca.pem", tmp_path / "n.pem", tmp_path / "n-key.pem")
+    # the data commands' TLS options, host name check included
+    from edgekv.cli import build_parser
+
+    ca = str(tmp_path / "ca.pem")
+    for extra, verify in (([], False), (["--tls-verify-hostname"], True)):
+        args = build_parser().parse_args(["get", "--tls-ca", ca, *extra, "s", "k"])
+        client_tls = security.tls(args)
+        assert client_tls is not None and client_tls.verify_hostname is verify
     check = security.check_protected_mode
     for loopback in ("127.0.0.1:7300", "127.9.9.9:1", "[::1]:7300", "localhost:7300"):
         check([loopback, None], tls=None, key=None, insecure=False)

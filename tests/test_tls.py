@@ -7,6 +7,7 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 import trio
@@ -114,6 +115,53 @@ async def test_https_on_the_origin_http_port(tmp_path: Path) -> None:
             async with httpx.AsyncClient(timeout=10) as http:  # system CAs: the origin's is not
                 with pytest.raises(httpx.ConnectError):
                     await http.get(f"{base}/v1/status")
+
+
+async def test_edge_https_and_client_hostname_check(tmp_path: Path) -> None:
+    write_dev_certs(tmp_path, ["origin", "edge"], hosts=["127.0.0.1"])
+    with trio.fail_after(30):
+        async with (
+            edgekv.Origin(
+                data_dir=tmp_path / "data", listen="127.0.0.1:0", tls=_config(tmp_path, "origin")
+            ) as origin,
+            edgekv.EdgeNode(
+                origin=origin.address, http="127.0.0.1:0", tls=_config(tmp_path, "edge")
+            ) as edge,
+        ):
+            verify = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+            async with httpx.AsyncClient(verify=verify, timeout=10) as http:
+                r = await http.get(f"https://{edge.http_address}/status")
+                assert r.status_code == 200 and r.json()["role"] == "edge"
+            # with the host name check, the name dialled must be in the origin's certificate
+            checked = TlsConfig(tmp_path / "ca.pem", verify_hostname=True)
+            async with edgekv.OriginClient(origin.address, tls=checked, timeout=5) as client:
+                assert await client.stores() == []
+            port = origin.address.rpartition(":")[2]
+            async with edgekv.OriginClient(f"localhost:{port}", tls=checked, timeout=1) as client:
+                with pytest.raises(OriginUnavailable, match="match"):
+                    await client.stores()
+
+
+def test_origin_and_client_over_tls_under_asyncio(tmp_path: Path) -> None:
+    write_dev_certs(tmp_path, ["origin"])
+
+    async def main() -> bytes | None:
+        with anyio.fail_after(20):
+            async with (
+                edgekv.Origin(
+                    data_dir=tmp_path / "data",
+                    listen="127.0.0.1:0",
+                    tls=_config(tmp_path, "origin"),
+                ) as origin,
+                edgekv.OriginClient(
+                    origin.address, tls=TlsConfig(tmp_path / "ca.pem"), timeout=10
+                ) as client,
+            ):
+                await client.create_store("s")
+                await client.put("s", "k", b"over tls")
+                return await client.get("s", "k")
+
+    assert anyio.run(main, backend="asyncio") == b"over tls"
 
 
 def test_config_errors_are_clear(tmp_path: Path) -> None:

@@ -81,6 +81,11 @@ def add_client_security_arguments(p: argparse.ArgumentParser) -> None:
     """The data commands: cluster key, token, TLS (a client certificate is optional)."""
     _add_key_and_tls(p)
     p.add_argument(
+        "--tls-verify-hostname",
+        action="store_true",
+        help="also check that the origin's certificate names the host in --origin",
+    )
+    p.add_argument(
         "--token-file", default=None, metavar="FILE", help=f"bearer token ({_TOKEN_HINT})"
     )
     p.add_argument("--token", action=_Refused, hint=_TOKEN_HINT)
@@ -156,8 +161,9 @@ def tokens(args: argparse.Namespace) -> dict[str, str] | None:
 
 
 def tls(args: argparse.Namespace) -> TlsConfig | None:
-    """From `--tls-cert/--tls-key/--tls-ca` (None when none is given)."""
-    return TlsConfig.from_options(args.tls_cert, args.tls_key, args.tls_ca)
+    """From `--tls-cert/--tls-key/--tls-ca` [`--tls-verify-hostname`] (None when none given)."""
+    verify = bool(getattr(args, "tls_verify_hostname", False))
+    return TlsConfig.from_options(args.tls_cert, args.tls_key, args.tls_ca, verify_hostname=verify)
 
 
 def is_loopback(host: str) -> bool:
