@@ -12,7 +12,7 @@ import math
 from ..errors import ConflictingVersion, InvalidInput
 from .hashing import bloom_positions, entry_hash
 
-MAX_BLOOM_BITS = 1 << 27  # 16 MiB of bits per filter
+MAX_BLOOM_BITS = 1 << 26  # 8 MiB of bits per filter: a whole filter fits in one 16 MiB frame
 MAX_BLOOM_HASHES = 32
 
 

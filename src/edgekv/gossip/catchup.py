@@ -27,7 +27,7 @@ from ..errors import ConflictingVersion, RemoteProtocolError
 from .config import GossipConfig
 from .dissemination import delta_size
 from .membership import Membership
-from .messages import Send, SyncData, sync_data, sync_req
+from .messages import MAX_MESSAGE_STORES, Send, SyncData, sync_data, sync_req
 
 
 class CatchUp:
@@ -71,21 +71,26 @@ class CatchUp:
         out: list[Send] = []
         chunk: list[list[Any]] = []
         size = 0
+        stores: set[str] = set()
         limit = self.config.max_message_bytes
         proofs = replica.proofs
         certs: dict[bytes, Certificate] = {}  # the proofs of this chunk (crdt/proofs.py)
         for store, key, state in replica.changes_since(wm):
             n = delta_size(state) + len(key) + len(store)
-            if chunk and size + n > limit:
+            if chunk and (
+                size + n > limit or (store not in stores and len(stores) >= MAX_MESSAGE_STORES)
+            ):
                 msg = sync_data(rid, chunk, [], replica.purged, False, False, list(certs.values()))
                 out.append(Send(peer, msg))
                 chunk, size = [], 0
                 certs = {}
+                stores.clear()
             if proofs is not None:
                 extra = proofs.add_material(certs, state)
                 if extra < 0:
                     continue  # unprovable here: never sent (crdt/proofs.py rule 3)
                 n += extra
+            stores.add(store)
             chunk.append([store, key, encode_delta(state)])
             size += n
         covers = replica.covered.above(wm)

@@ -50,7 +50,20 @@ from ..crdt.zset import ZSet
 from ..errors import ConflictingVersion, RemoteProtocolError
 from .config import GossipConfig
 from .membership import Membership
-from .messages import IHave, Item, Push, Range, Send, graft, ihave, prune, push
+from .messages import (
+    MAX_MESSAGE_STORES,
+    SEND_ALLOC,
+    IHave,
+    Item,
+    Push,
+    Range,
+    Send,
+    alloc_size,
+    graft,
+    ihave,
+    prune,
+    push,
+)
 
 QUIET_BATCHES = 3  # at most this many batches per ihave_window: notices go to every lazy peer
 
@@ -258,23 +271,32 @@ class Dissemination:
     def _flush(self, peer: str, box: _Outbox) -> list[Send]:
         out: list[Send] = []
         chunk: list[Item] = []
-        size = 0
+        size = alloc = 0
+        stores: set[str] = set()
         limit = self.config.max_message_bytes
         proofs = self.replica.proofs
         certs: dict[bytes, Certificate] = {}  # the proofs of this chunk (crdt/proofs.py)
         for (store, key), delta in box.items.items():
             n = delta_size(delta) + len(key) + len(store)
-            if chunk and size + n > limit:
+            a = alloc_size(delta)  # what receivers may allocate: bounded per message
+            if chunk and (
+                size + n > limit
+                or alloc + a > SEND_ALLOC
+                or (store not in stores and len(stores) >= MAX_MESSAGE_STORES)
+            ):
                 out.append(Send(peer, push(chunk, [], box.hops, list(certs.values()))))
-                chunk, size = [], 0
+                chunk, size, alloc = [], 0, 0
                 certs = {}
+                stores.clear()
             if proofs is not None:
                 extra = proofs.add_material(certs, delta)
                 if extra < 0:
                     continue  # unprovable here: never sent (crdt/proofs.py rule 3)
                 n += extra
+            stores.add(store)
             chunk.append((store, key, delta))
             size += n
+            alloc += a
         out.append(Send(peer, push(chunk, list(box.covers), box.hops, list(certs.values()))))
         self.counters["pushes_sent"] += len(out)
         return out

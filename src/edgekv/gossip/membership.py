@@ -153,11 +153,16 @@ class Membership:
         else:
             self._suspects.pop(p.address, None)
 
-    def _new(self, p: PeerInfo) -> None:
+    def _new(self, p: PeerInfo) -> bool:
+        """Add a row unless the table holds `max_members` already (then count and refuse it)."""
+        if len(self.peers) >= self.config.max_members:
+            self.counters["members_refused"] += 1
+            return False
         self.peers[p.address] = p
         self._version += 1
         if p.state == SUSPECT:
             self._suspects[p.address] = p.since
+        return True
 
     def is_dead(self, address: str) -> bool:
         p = self.peers.get(address)
@@ -202,7 +207,8 @@ class Membership:
         out: list[Send] = []
         if p is None:
             p = PeerInfo(address, since=now)
-            self._new(p)
+            if not self._new(p):
+                return []
             self._updates[address] = self._retransmits()
             self.counters["members_joined"] += 1
             out.append(Send(address, members(self.rows())))
@@ -226,8 +232,6 @@ class Membership:
 
     def merge_rows(self, rows: list[MemberRow], now: float) -> None:
         """Fold gossiped member rows into the table (SWIM precedence)."""
-        if len(self.peers) >= self.config.max_members:
-            rows = [r for r in rows if r[0] in self.peers or r[0] == self.address]
         for addr, role, inc, state in rows:
             if addr in self._forgotten:
                 continue
@@ -239,8 +243,8 @@ class Membership:
                 continue
             p = self.peers.get(addr)
             if p is None:
-                self._new(PeerInfo(addr, role, inc, state, since=now))
-                self._updates[addr] = self._retransmits()
+                if self._new(PeerInfo(addr, role, inc, state, since=now)):
+                    self._updates[addr] = self._retransmits()
                 continue
             p.role = role
             if inc > p.incarnation or (inc == p.incarnation and _RANK[state] > _RANK[p.state]):

@@ -43,6 +43,14 @@ from .wire import Message, MsgType
 MAX_SEQ = (1 << 63) - 1
 MAX_ITEMS = 100_000  # items, ranges, keys or indices in one received message (hard limit)
 MAX_PROOFS = 10_000  # certificates in one message
+# What applying one message's deltas may make a replica allocate beyond the message itself:
+# a Bloom delta names its filter's size m and a new filter takes m/8 bytes, so a few bytes on
+# the wire could cost many MiB.  A received message naming more than MAX_MESSAGE_ALLOC is
+# rejected whole; senders cut PUSH chunks at SEND_ALLOC (half, so any one filter still fits).
+MAX_MESSAGE_ALLOC = 32 << 20
+SEND_ALLOC = MAX_MESSAGE_ALLOC // 2
+# Distinct stores one message's items may name (a replica builds per-store state for each).
+MAX_MESSAGE_STORES = 1024
 MAX_MEMBER_ROWS = 10_000  # rows of one MEMBERS list
 MAX_ADDRESS = 256
 MAX_KEY_BYTES = 512
@@ -350,12 +358,28 @@ def _ranges(m: Message, name: str) -> list[Range]:
     return out
 
 
+def alloc_size(d: Delta) -> int:
+    """Bytes a replica may allocate to apply `d` beyond its encoded size (a Bloom filter)."""
+    m = getattr(d, "m", 0)
+    return (m + 7) // 8 if isinstance(m, int) else 0
+
+
+def _check_alloc(deltas: Sequence[Delta], what: str) -> None:
+    total = sum(alloc_size(d) for d in deltas)
+    if total > MAX_MESSAGE_ALLOC:
+        raise _bad(f"{what}: Bloom filters of {total} bytes exceed {MAX_MESSAGE_ALLOC} a message")
+
+
 def _items(m: Message, name: str = "items") -> list[Item]:
     out: list[Item] = []
     for it in _list(_get(m, name), name):
         if type(it) is not list or len(it) != 3:
             raise _bad(f"{name}: an item must be [store, key, delta]")
         out.append((_store(it[0]), _key(it[1]), _delta(it[2])))
+    _check_alloc([d for _, _, d in out], name)
+    stores = len({s for s, _, _ in out})
+    if stores > MAX_MESSAGE_STORES:
+        raise _bad(f"{name}: {stores} stores in one message, more than {MAX_MESSAGE_STORES}")
     return out
 
 
@@ -518,6 +542,7 @@ def _p_states(m: Message) -> AeStates:
         if type(row) is not list or len(row) != 2:
             raise _bad("AE_STATES: a state must be [key, delta]")
         states.append((_key(row[0]), _delta(row[1])))
+    _check_alloc([d for _, d in states], "AE_STATES")
     want = [_key(k) for k in _list(_get(m, "want"), "want")]
     lack = [_key(k) for k in _list(_get(m, "lack"), "lack")]
     return AeStates(

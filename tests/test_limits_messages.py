@@ -1,0 +1,111 @@
+"""Sizes a peer can name are bounded before allocation (issue #12), sans-IO.
+
+A Bloom delta names its filter's size: the deltas of one message may name at most
+`MAX_MESSAGE_ALLOC` bytes of filters and at most `MAX_MESSAGE_STORES` stores, and senders cut
+their PUSH chunks so that what they send is always accepted.  The member table never passes
+`max_members`, whichever way rows arrive.  `NetLimits` reject nonsense and map to CLI flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+
+import pytest
+
+from edgekv.crdt import META, BloomDelta, Register, Replica
+from edgekv.crdt.bloom import MAX_BLOOM_BITS
+from edgekv.errors import InvalidInput, RemoteProtocolError
+from edgekv.gossip import GossipNode
+from edgekv.gossip import messages as m
+from edgekv.gossip.config import GossipConfig
+from edgekv.gossip.wire import MsgType, decode_body, encode_frame
+from edgekv.node.limits import DEFAULT_NET_LIMITS, NetLimits
+from test_gossip_messages import _node_with_data, _snapshot
+
+
+def big_bloom(seq: int) -> BloomDelta:
+    return BloomDelta(seq, MAX_BLOOM_BITS, 3, frozenset({1, 2, 3}), seq, 0)
+
+
+def test_a_small_push_naming_huge_blooms_is_rejected_before_anything_is_allocated() -> None:
+    items = [("s", f"b{i}", big_bloom(100 + i)) for i in range(5)]  # 5 x 8 MiB named
+    frame = encode_frame(m.push(items, [(100, 104)], 0))
+    assert len(frame) < 1024
+    msg = decode_body(frame[4:])
+    node = _node_with_data()
+    before = _snapshot(node)
+    with pytest.raises(RemoteProtocolError, match="Bloom filters"):
+        node.receive("p", msg, 1.0)
+    assert _snapshot(node) == before
+    assert node.replica.state("s", "b0") is None
+
+
+def test_bloom_m_beyond_the_filter_limit_is_rejected() -> None:
+    delta = BloomDelta(100, MAX_BLOOM_BITS * 2, 3, frozenset({1}), 100, 0)
+    with pytest.raises(RemoteProtocolError, match="bloom m"):
+        m.parse(decode_body(encode_frame(m.push([("s", "b", delta)], [(100, 100)], 0))[4:]))
+
+
+def test_too_many_stores_in_one_message_are_rejected() -> None:
+    n = m.MAX_MESSAGE_STORES + 1
+    items = [(f"s{i}", "k", Register(10 + i, 0, b"", None)) for i in range(n)]
+    with pytest.raises(RemoteProtocolError, match="stores in one message"):
+        m.parse(m.push(items, [(10, 10 + n - 1)], 0))
+    m.parse(m.push(items[:-1], [(10, 10 + n - 2)], 0))
+
+
+def _pushes_for(items: list[tuple[str, str, object]]) -> list[m.Push]:
+    """Publish `items` at an origin and return the PUSHes it sends, parsed as a receiver would."""
+    replica = Replica()
+    replica.apply(META, "s", Register(1, 0, b"", None))
+    node = GossipNode("o", replica, role="origin", seeds=["e"], rng=random.Random(1))
+    node.start(0.0)
+    node.receive("e", m.ping(1, 0, 0, 0, "edge", []), 0.0)
+    for store, key, delta in items:
+        replica.apply(store, key, delta)
+    seqs = [d.seq for _, _, d in items]
+    node.publish(items, [(min(seqs), max(seqs))], 0.1)
+    sends = node.tick(10.0)
+    frames = [s.message for s in sends if s.message["t"] == MsgType.PUSH]
+    return [m.parse(decode_body(encode_frame(f)[4:])) for f in frames]
+
+
+def test_senders_cut_pushes_so_that_receivers_accept_them() -> None:
+    blooms = [("s", f"b{i}", big_bloom(10 + i)) for i in range(6)]
+    pushes = _pushes_for(blooms)
+    assert len(pushes) >= 2
+    assert sorted(k for p in pushes for _, k, _ in p.items) == sorted(k for _, k, _ in blooms)
+
+    n = m.MAX_MESSAGE_STORES + 10
+    many = [(f"s{i}", "k", Register(10 + i, 0, b"", None)) for i in range(n)]
+    pushes = _pushes_for(many)
+    assert len(pushes) == 2 and sum(len(p.items) for p in pushes) == n
+
+
+def test_member_table_never_passes_max_members() -> None:
+    config = GossipConfig(max_members=50)
+    node = GossipNode("me", Replica(), seeds=["p"], config=config, rng=random.Random(1))
+    node.start(0.0)
+    fakes = [(f"10.0.{i // 250}.{i % 250}:1", "edge", 0, "alive") for i in range(10_000)]
+    node.receive("p", m.members(fakes), 1.0)
+    assert len(node.members.peers) <= 50
+    assert node.counters["members_refused"] > 0
+    # a connection claiming yet another address gets no member table sent to it
+    sends = node.receive("new-claimed:1", m.ping(1, 0, 0, 0, "edge", fakes[:10]), 2.0)
+    assert len(node.members.peers) <= 50
+    assert not any(s.peer == "new-claimed:1" and s.message["t"] == MsgType.MEMBERS for s in sends)
+
+
+def test_net_limits_validate_and_come_from_flags() -> None:
+    with pytest.raises(InvalidInput):
+        NetLimits(max_connections=0)
+    with pytest.raises(InvalidInput):
+        NetLimits(idle_timeout=float("inf"))
+    parser = argparse.ArgumentParser()
+    NetLimits.add_arguments(parser)
+    args = parser.parse_args(["--max-per-address", "7", "--idle-timeout", "2.5"])
+    limits = NetLimits.from_args(args)
+    assert limits.max_per_address == 7 and limits.idle_timeout == 2.5
+    assert limits.max_connections == DEFAULT_NET_LIMITS.max_connections
+    assert 1 <= NetLimits(max_connections=10**9).connection_cap() < 10**9
