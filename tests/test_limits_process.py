@@ -18,6 +18,7 @@ from typing import Any
 import anyio
 import pytest
 
+from edgekv.gossip.wire import MsgType, encode_frame
 from edgekv.node.tcp import FramedStream, parse_address
 from edgekv.origin.client import OriginClient
 from edgekv.testnet.procs import ProcessCluster
@@ -148,3 +149,120 @@ async def test_1000_idle_authenticated_connections(tmp_path: Path) -> None:
         tmp_path, nofile=1024, conns=0, authenticated=1000, node_args=["--idle-timeout", "3"]
     )
     assert out["authed"] > 0
+
+
+def origin_rss(cluster: ProcessCluster) -> int:
+    status = cluster.node_status("origin")
+    assert status is not None
+    return int(status["process"]["rss_bytes"])
+
+
+async def test_unread_answers_stop_the_reading_and_bound_memory(tmp_path: Path) -> None:
+    """Issue #12: 300 pipelined gets of a 1 MiB value whose answers are never read grew the
+    origin by 605 MiB.  Now the connection is not read past `client_unsent_bytes`."""
+    async with (
+        ProcessCluster(1, tmp_path) as cluster,
+        OriginClient(cluster.origin_address, timeout=10) as client,
+    ):
+        await client.create_store("s")
+        await client.put("s", "big", b"x" * (1 << 20))
+        await serves(cluster, client, "before")
+        before = origin_rss(cluster)
+        hog = await FramedStream.connect(
+            cluster.origin_address, cluster_id="edgekv", node_id="hog", role="client"
+        )
+        get = {"t": int(MsgType.REQUEST), "op": "get", "store": "s", "key": "big"}
+        await hog.stream.send(b"".join(encode_frame({**get, "id": i}) for i in range(300)))
+        await wait_for(lambda: (cluster.node_status("origin") or {}).get("client_pauses"))
+        await anyio.sleep(1.0)  # let it do its worst
+        grown = origin_rss(cluster) - before
+        assert grown < 64 << 20, f"origin RSS grew by {grown / 2**20:.0f} MiB"
+        await serves(cluster, client, "during")  # other clients are served meanwhile
+        await anyio.aclose_forcefully(hog.stream)
+        await serves(cluster, client, "after")
+
+
+async def test_idle_client_connections_are_closed(tmp_path: Path) -> None:
+    async with ProcessCluster(1, tmp_path, node_args=["--idle-timeout", "1"]) as cluster:
+        idle = [
+            await FramedStream.connect(
+                cluster.origin_address, cluster_id="edgekv", node_id=f"i{i}", role="client"
+            )
+            for i in range(20)
+        ]
+        try:
+            await wait_for(
+                lambda: (cluster.node_status("origin") or {}).get("idle_closed_clients", 0) >= 20
+            )
+        finally:
+            for fs in idle:
+                await anyio.aclose_forcefully(fs.stream)
+        async with OriginClient(cluster.origin_address, timeout=10) as client:
+            await client.create_store("s")
+            await serves(cluster, client, "after")
+
+
+def hostile_pushes() -> dict[str, list[bytes]]:
+    """Issue #12's hostile gossip inputs, as frames (each sent once to one edge)."""
+    from edgekv.crdt import BloomDelta, Register
+    from edgekv.crdt.bloom import MAX_BLOOM_BITS
+    from edgekv.gossip import messages as m
+
+    bits = MAX_BLOOM_BITS
+    blooms = [
+        ("s", f"b{i}", BloomDelta(90 + i, bits, 3, frozenset({1}), 90 + i, 0)) for i in range(40)
+    ]
+    stores = [(f"st{i}", "k", Register(100 + i, 0, b"v" * 8, None)) for i in range(50_000)]
+    big = b"x" * (2 << 20)
+    bad_last = [("s", f"d{i}", Register(200 + i, 0, big, None)) for i in range(6)]
+    frames = {
+        "bloom": [encode_frame(m.push(blooms, [(90, 129)], 0))],
+        "stores": [encode_frame(m.push(stores, [(100, 50_099)], 0))],
+    }
+    push = m.push(bad_last, [(200, 205)], 0)
+    push["items"][-1][1] = ""  # the last item fails validation (empty key)
+    frames["bad_last"] = [encode_frame(push)] * 8
+    return frames
+
+
+@pytest.mark.parametrize("attack", ["bloom", "stores", "bad_last"])
+async def test_hostile_gossip_leaves_rss_flat_and_the_cluster_converges(
+    tmp_path: Path, attack: str
+) -> None:
+    async with (
+        ProcessCluster(2, tmp_path) as cluster,
+        OriginClient(cluster.origin_address, timeout=10) as client,
+    ):
+        await client.create_store("s")
+        await serves(cluster, client, "before")
+
+        def edge_rss() -> int:
+            status = cluster.node_status("edge-0")
+            assert status is not None
+            return int(status["process"]["rss_bytes"])
+
+        before = edge_rss()
+        evil = await FramedStream.connect(
+            cluster.address_of("edge-0"),
+            cluster_id="edgekv",
+            node_id="evil",
+            role="edge",
+            advertise="127.0.0.1:9",
+        )
+        peak = before
+        try:
+            for frame in hostile_pushes()[attack]:
+                try:
+                    await evil.send_frame(frame)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    break  # the edge closed this connection after the first bad message
+                peak = max(peak, edge_rss())
+            for _ in range(10):
+                await anyio.sleep(0.2)
+                peak = max(peak, edge_rss())
+        finally:
+            await anyio.aclose_forcefully(evil.stream)
+        assert peak - before < 64 << 20, f"edge RSS grew by {(peak - before) / 2**20:.0f} MiB"
+        assert cluster.procs["edge-0"].alive
+        await serves(cluster, client, "after")
+        await wait_for(lambda: cluster.agreement()[0] >= 1.0)

@@ -296,13 +296,14 @@ async def test_one_client_many_tasks_share_sends_and_commits(tmp_path: Path) -> 
 
 
 async def test_more_requests_in_flight_than_the_connection_limit(tmp_path: Path) -> None:
-    from edgekv.origin import clientconn
+    from edgekv.node.limits import NetLimits
     from edgekv.origin.server import Origin
 
-    n = clientconn.MAX_INFLIGHT + 100  # the origin stops reading this connection for a while
+    n = 400  # ~24 KB of write requests in flight: the origin stops reading for a while
+    limits = NetLimits(client_unsent_bytes=4096)
     with trio.fail_after(20):
         async with (
-            Origin(data_dir=tmp_path, listen="127.0.0.1:0") as origin,
+            Origin(data_dir=tmp_path, listen="127.0.0.1:0", net_limits=limits) as origin,
             OriginClient(origin.address, timeout=10) as c,
         ):
             await c.create_store("s")
@@ -315,6 +316,7 @@ async def test_more_requests_in_flight_than_the_connection_limit(tmp_path: Path)
                 for i in range(n):
                     nursery.start_soon(writer, i)
             assert sorted(seqs) == list(range(2, n + 2))
+            assert origin.client_pauses > 0
             # under trio the reads went through the origin's one epoll (origin/poller.py)
             assert origin.client_poller is not None and origin.client_poller.rounds > 0
 

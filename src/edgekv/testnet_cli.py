@@ -53,6 +53,23 @@ def add_testnet_commands(subparsers: Any) -> None:
     e.add_argument("--edges", type=int, default=None, help="override the number of edges")
     e.set_defaults(func=_experiment)
 
+    s = subparsers.add_parser(
+        "soak",
+        help="run a processes testnet under writes and faults; report whether RSS, fds or "
+        "tasks grew",
+    )
+    s.add_argument("--duration", default="10m", help="e.g. 90s, 10m, 1h (default 10m)")
+    s.add_argument("--edges", type=int, default=3)
+    s.add_argument("--rate", type=float, default=50.0, help="writes per second")
+    s.add_argument("--keys", type=int, default=2000, help="size of the key space written")
+    s.add_argument("--fault-every", type=float, default=20.0, help="seconds between faults")
+    s.add_argument("--sample-every", type=float, default=5.0, help="seconds between samples")
+    s.add_argument("--warmup", type=float, default=None, help="seconds (default: 20%% of run)")
+    s.add_argument("--tolerance", type=float, default=0.10, help="allowed change (0.10: 10%%)")
+    s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--out", default=None, help="also write the markdown summary to this file")
+    s.set_defaults(func=_soak)
+
 
 def _testnet(args: argparse.Namespace) -> int:
     import trio
@@ -127,3 +144,38 @@ def _experiment(args: argparse.Namespace) -> int:
         console.print("no plots: matplotlib is not installed (pip install 'edgekv[plot]')")
     print(f"report: {paths[1]}")
     return 0 if report["passed"] else 1
+
+
+def _soak(args: argparse.Namespace) -> int:
+    import shlex
+    import sys
+
+    import trio
+
+    from edgekv.errors import InvalidInput
+    from edgekv.testnet.soak import SoakConfig, parse_duration, run_soak, summary_markdown
+
+    try:
+        duration = parse_duration(args.duration)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
+    config = SoakConfig(
+        duration=duration,
+        edges=args.edges,
+        rate=args.rate,
+        keys=args.keys,
+        fault_every=args.fault_every,
+        sample_every=args.sample_every,
+        warmup=duration * 0.2 if args.warmup is None else args.warmup,
+        tolerance=args.tolerance,
+        seed=args.seed,
+    )
+    print(f"soak: seed {config.seed}, {duration:g} s, {config.edges} edges", flush=True)
+    result = trio.run(run_soak, config)
+    command = "edgekv " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["soak"] else "edgekv soak"
+    text = summary_markdown(result, command)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    return 0 if result.ok else 1

@@ -310,7 +310,7 @@ class FrameDecoder:
         end = pos + HEADER_SIZE + length
         if len(buf) < end:
             return None
-        body = bytes(buf[pos + HEADER_SIZE : end])
+        body = bytes(memoryview(buf)[pos + HEADER_SIZE : end])  # one copy, not two
         self._pos = end
         if end > 65536 and end * 2 > len(buf):  # amortised compaction keeps the total O(n)
             del buf[:end]

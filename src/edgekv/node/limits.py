@@ -50,9 +50,9 @@ class NetLimits:
     accept_backoff: float = 0.1
     """After a failed accept (EMFILE, ENFILE, ENOBUFS, ...) the listener waits this long,
     doubling up to 1 s while failures continue."""
-    inbox_bytes: int = 64 << 20
+    inbox_bytes: int = 16 << 20
     """Received frames waiting to be handled, in bytes; readers pause while it is full."""
-    send_queue_bytes: int = 32 << 20
+    send_queue_bytes: int = 16 << 20
     """Frames queued to one peer, in bytes; more are dropped (and counted) until it drains."""
     client_unsent_bytes: int = 8 << 20
     """Answers to one client connection not yet taken by its socket; reading from it pauses
@@ -83,7 +83,7 @@ class NetLimits:
                 default=None,
                 dest=f"limit_{f.name}",
                 metavar="SECONDS" if kind is float else "N",
-                help=f"default {getattr(DEFAULT_NET_LIMITS, f.name)}",
+                help=f"{_HELP[f.name]} (default {getattr(DEFAULT_NET_LIMITS, f.name)})",
             )
 
     @staticmethod
@@ -98,3 +98,16 @@ class NetLimits:
 
 
 DEFAULT_NET_LIMITS = NetLimits()
+
+_HELP = {
+    "max_connections": "inbound connections at once per port",
+    "max_per_address": "inbound connections at once from one source IP",
+    "max_handshaking": "inbound connections at once still in their handshake",
+    "fd_reserve": "file descriptors kept free (connections capped below the fd limit)",
+    "handshake_timeout": "seconds an inbound connection has to finish its handshake",
+    "idle_timeout": "seconds of silence before an inbound connection is closed",
+    "accept_backoff": "first back-off after a failed accept (doubles up to 1 s)",
+    "inbox_bytes": "received frames waiting to be handled, in bytes",
+    "send_queue_bytes": "frames queued to one peer, in bytes (more are dropped)",
+    "client_unsent_bytes": "a client's writes in flight plus unsent answers, in bytes",
+}

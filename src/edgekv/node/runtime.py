@@ -349,10 +349,12 @@ class NodeRuntime:
         except RemoteProtocolError as exc:
             self._count("protocol_errors")
             logger.warning("%s: bad message from %s: %s", self.address, peer, exc)
+            self._drop_inbound(peer)
             sends = ()
         except EdgeKVError as exc:  # e.g. ConflictingVersion: corrupt or forged data from a peer
             self._count("protocol_errors")
             logger.error("%s: rejected data from %s: %r", self.address, peer, exc)
+            self._drop_inbound(peer)
             sends = ()
         except Exception:
             self._count("internal_errors")
@@ -514,12 +516,20 @@ class NodeRuntime:
                     sub.close()
             self._subscribers = keep
 
+    def _drop_inbound(self, peer: str) -> None:
+        """A bad message closes the connection it came on (a transport that can, TCP), so what
+        the peer queued behind it is never read: a garbage stream costs one frame, not many."""
+        drop = getattr(self.transport, "drop_inbound", None)
+        if drop is not None:
+            drop(peer)
+
     def reject(self, peer: str, reason: Exception) -> None:
         """`peer` sent states the origin never signed: count it, cut the peer off (its
         connection closed where the transport can, its messages dropped both ways) for
         `reject_backoff` seconds."""
         self.metrics.rejected[peer] += 1
         self._count("rejected_unsigned")
+        self._drop_inbound(peer)
         self._banned[peer] = self._clock() + self.reject_backoff
         logger.error(
             "%s: rejected unsigned data from %s (cut off for %.0f s): %s",

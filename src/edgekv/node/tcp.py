@@ -320,6 +320,7 @@ class TcpTransport:
         self.connections = 0
         self.handshaking = 0
         self._per_address: dict[str, int] = {}
+        self._inbound: dict[str, set[anyio.CancelScope]] = {}  # peer address -> its readers
         self._peers: dict[str, _Outbound] = {}
         self._tg: anyio.abc.TaskGroup | None = None
         self._scope: anyio.CancelScope | None = None
@@ -533,15 +534,13 @@ class TcpTransport:
         self._inbox_space.set()
         return envelope
 
-    async def _deliver(self, envelope: Envelope, size: int) -> None:
-        """Put a received message in the inbox, first waiting (so this connection is not read)
-        while the inbox holds `limits.inbox_bytes` already (one frame always fits an empty one)."""
-        while self._inbox_bytes and self._inbox_bytes + size > self.limits.inbox_bytes:
+    async def _inbox_room(self) -> None:
+        """Wait (not reading this connection) while the inbox holds `limits.inbox_bytes`; the
+        next frame is then read whatever its size, so the inbox exceeds it by one frame at most."""
+        while self._inbox_bytes >= self.limits.inbox_bytes:
             if self._inbox_space.is_set():
                 self._inbox_space = anyio.Event()
             await self._inbox_space.wait()
-        self._inbox_bytes += size
-        await self._inbox_send.send((envelope, size))
 
     def _reject(self, remote: str, reason: object) -> None:
         self.stats.rejected_connections += 1
@@ -584,17 +583,23 @@ class TcpTransport:
                 return
             self._note_peer(peer, None)
             idle = self.limits.idle_timeout
+            dropper = anyio.CancelScope()  # `drop_inbound(peer)` cancels it
+            self._inbound.setdefault(peer.address, set()).add(dropper)
             try:
-                with anyio.CancelScope(deadline=anyio.current_time() + idle) as scope:
+                with dropper, anyio.CancelScope(deadline=anyio.current_time() + idle) as scope:
                     while True:
+                        scope.deadline = math.inf  # waiting for inbox space is not idling
+                        await self._inbox_room()
+                        scope.deadline = anyio.current_time() + idle
                         msg, size = await fs.receive_sized()
                         self.stats.record_received(type_name(msg["t"]), size)
-                        scope.deadline = math.inf  # waiting for inbox space is not idling
-                        await self._deliver(Envelope(peer.address, msg), size)
-                        scope.deadline = anyio.current_time() + idle
+                        self._inbox_bytes += size
+                        await self._inbox_send.send((Envelope(peer.address, msg), size))
                 if scope.cancelled_caught:
                     logger.info("%s: closing idle connection from %s", self._address, remote)
                     self.stats.idle_closed += 1
+                if dropper.cancelled_caught:
+                    self._reject(f"{peer.address} ({remote})", "it sent a bad message")
             except anyio.EndOfStream:
                 logger.debug("%s: %s closed its connection", self._address, peer.address)
             except RemoteProtocolError as exc:
@@ -603,6 +608,18 @@ class TcpTransport:
                 logger.debug("%s: connection from %s lost: %r", self._address, peer.address, exc)
             except Exception:  # never let one connection take the transport down
                 logger.exception("%s: error on connection from %s", self._address, peer.address)
+            finally:
+                scopes = self._inbound.get(peer.address)
+                if scopes is not None:
+                    scopes.discard(dropper)
+                    if not scopes:
+                        del self._inbound[peer.address]
+
+    def drop_inbound(self, peer: str) -> None:
+        """Close the connections `peer` sends on (its message was bad): what it sends next is
+        not even read (it reconnects if it is a real node; its next good message is served)."""
+        for scope in self._inbound.get(peer, ()):
+            scope.cancel()
 
     def _note_peer(self, peer: PeerInfo, dialled: str | None) -> None:
         """A handshake told us where node `peer.node_id` is: report a move when that differs

@@ -4,25 +4,33 @@ Theory of operation
 1. The connection arrives already authenticated by the handshake (role "client").  Every
    frame after it must be REQUEST {"t": 50, "id": int, "op": ..., ...}; anything else (or a
    frame the decoder rejects) closes this connection with a logged reason, nothing more.
-2. No task per request: the reader checks each request (`Origin.prepare`), answers a read at
-   once and hands a write to the sequencer with a callback (`submit_nowait`), then reads on.
-   So one client may pipeline many requests (they then share group commits); at most
-   `MAX_INFLIGHT` writes are outstanding per connection, after which reading pauses.  Under
-   trio the reader is not even a task: the origin's `ClientPoller` (poller.py) watches every
-   client socket through one epoll and calls `on_readable`, which reads and handles what
-   arrived (half the origin's CPU per write with 64 connections went to per-task socket
-   waits); under asyncio, or on a wrapped stream, a reader task per connection does the same.
-3. Answers are encoded into `out` (a write's answer by its sequencer callback, once durable)
-   and leave in one system call per connection: after the callbacks of a commit group, the
-   sequencer calls `flush_answers`, which writes each touched connection's answers straight
-   to its non-blocking socket (under trio, where anyio's socket stream buffers nothing, and
-   only while this connection's writer task is idle, so bytes never interleave); whatever
-   the socket does not take at once, and every answer under asyncio or to a read, goes
-   through the connection's writer task, which sends all that has accumulated in one `send`.
-4. The answer is RESPONSE {"t": 51, "id", ...fields} or, for an EdgeKVError, ERROR {"t": 52,
+2. One path for requests: bytes from the socket go to `_receive`, which decodes every complete
+   frame and handles it at once (`Origin.prepare`): a read is answered on the spot, a write
+   goes to the sequencer with a callback (`submit_nowait`) and is answered once durable.  No
+   task per request, so one client may pipeline many requests (its writes then share group
+   commits).  Where the bytes come from is the only variant: under trio on a plain socket the
+   origin's `ClientPoller` (poller.py) calls `on_readable` from one epoll for every client (a
+   task per connection waiting on its socket cost half the origin's CPU per write with 64
+   connections); on any other stream (TLS, asyncio) one reader task per connection receives
+   and calls the same `_receive`.
+3. One back-pressure rule: `held` counts the bytes this connection makes the origin hold, that
+   is the requests of its writes in flight plus its answers not yet taken by the socket.  While
+   `held` is at least `NetLimits.client_unsent_bytes`, the connection is not read (the poller
+   stops watching it, the reader task waits); it is read again once answers leave or writes
+   complete.  A client that never reads its answers therefore costs at most that much.
+4. One path for answers: they are appended to `out` and leave through `flush`, after each batch
+   of requests read and after each commit group (the sequencer calls `flush_answers`), one
+   system call per connection.  `flush` writes straight to a plain non-blocking socket under
+   trio (`sockio.direct_socket`) when the writer task is idle; whatever the socket does not
+   take at once, and everything on other streams, goes to the connection's writer task, which
+   sends all that has accumulated in one `send`.
+5. The answer is RESPONSE {"t": 51, "id", ...fields} or, for an EdgeKVError, ERROR {"t": 52,
    "id", "code", "message"}: a bad request costs the client one typed error, the connection
    and the origin keep serving.  Write acks are built here from plain ints and lists, so they
    are encoded without the generic wire check; anything else goes through `encode_frame`.
+6. A connection that neither sends a byte nor takes one of its answers for
+   `NetLimits.idle_timeout`, with no write of it in flight, is closed (a client reconnects on
+   its next request; one that stopped reading its answers is dropped with them).
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ from __future__ import annotations
 import logging
 import struct
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 import cbor2
@@ -41,7 +49,7 @@ from .sockio import direct_socket
 from .writer import BatchCommand, StoreCommand
 
 if TYPE_CHECKING:
-    from ..gossip.wire import FrameDecoder, PeerInfo
+    from ..gossip.wire import PeerInfo
     from ..node.tcp import FramedStream
     from .poller import ClientPoller
     from .sequencer import Ticket
@@ -49,7 +57,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("edgekv.origin")
 
-MAX_INFLIGHT = 256
 _READ_SIZE = 1 << 16
 _REQUEST, _RESPONSE, _ERROR = int(MsgType.REQUEST), int(MsgType.RESPONSE), int(MsgType.ERROR)
 _HEADER = struct.Struct(">I")
@@ -114,7 +121,7 @@ def error_frame(req_id: int, exc: BaseException) -> bytes:
 
 
 def flush_answers(connections: list[ClientConnection]) -> None:
-    """Send the answers queued on each of `connections` (rule 3), then forget them."""
+    """Send the answers queued on each of `connections` (rule 4), then forget them."""
     for conn in connections:
         conn.flush()
     connections.clear()
@@ -128,86 +135,53 @@ class ClientConnection:
         self.peer = peer
         self.stream = stream
         self.max_frame_size = stream.max_frame_size
+        limits = origin.net_limits
+        self.budget = limits.client_unsent_bytes
+        self.idle_timeout = limits.idle_timeout
         self.out: list[bytes] = []
-        self.inflight = 0
-        self._writer_idle = False
-        self._wake = anyio.Event()
-        self._slot: anyio.Event | None = None
-        self._socket = direct_socket(stream.stream)
-        self._dirty = False  # on the origin's list of connections to flush
+        self.held = 0  # rule 3: requests of writes in flight + answers not yet sent, in bytes
+        self.inflight = 0  # writes at the sequencer
         self.closed = False
-        # with the origin's poller (poller.py): reads without a reader task
-        self._decoder: FrameDecoder | None = None
+        self._decoder = stream.detach_decoder()
+        self._socket = direct_socket(stream.stream)
+        self._writer_busy = True  # until the writer task starts and waits
+        self._wake = anyio.Event()
+        self._dirty = False  # on the origin's list of connections to flush
+        self._paused = False
+        self._resumed = anyio.Event()
         self._poller: ClientPoller | None = None
         self._fd = -1
-        self._paused = False
         self._done = anyio.Event()
+        self._last_active = anyio.current_time()  # last bytes read or answers sent
 
-    # -- answers -------------------------------------------------------------------------------
+    # -- requests (rule 2) ---------------------------------------------------------------------
 
-    def _queue(self, frame: bytes) -> None:
-        if self.closed:
+    def _receive(self, data: bytes) -> None:
+        """Bytes from the client: handle every complete request they finish."""
+        self._last_active = anyio.current_time()
+        try:
+            self._decoder.receive_data(data)
+        except RemoteProtocolError as exc:
+            self._close(str(exc), logging.WARNING)
             return
-        self.out.append(frame)
-        if self._writer_idle:
-            self._writer_idle = False
-            self._wake.set()
+        self._handle_frames()
 
-    def _write_done(self, req_id: int, ticket: Ticket) -> None:
-        """Sequencer callback: the write is durable (or failed).  The answer waits in `out`
-        for `flush`, which the sequencer triggers once the whole group is answered."""
-        self.inflight -= 1
-        if self._slot is not None and self.inflight < MAX_INFLIGHT:
-            self._slot.set()
-            self._slot = None
-        if self._paused and self.inflight < MAX_INFLIGHT:
-            self._unpause()
-        if self.closed:
-            return
-        self.out.append(ack_frame(req_id, ticket, self.max_frame_size))
-        if not self._dirty:
-            self._dirty = True
-            self.origin.answered.append(self)
+    def _handle_frames(self) -> None:
+        decoder = self._decoder
+        try:
+            while not self.closed:
+                if self.held >= self.budget:
+                    self._pause()
+                    break
+                frame = decoder.next_frame()
+                if frame is None:
+                    break
+                self._dispatch(*frame)
+        except RemoteProtocolError as exc:
+            self._close(str(exc), logging.WARNING)
+        self.flush()
 
-    def flush(self) -> None:
-        """Write `out` to the socket now if possible, else leave it to the writer task."""
-        self._dirty = False
-        out = self.out
-        if not out or self.closed:
-            return
-        sock = self._socket
-        if sock is not None and self._writer_idle:
-            data = out[0] if len(out) == 1 else b"".join(out)
-            try:
-                sent = sock.send(data)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError as exc:  # the client went away: the reader will notice
-                logger.debug("cannot answer client %s: %r", self.peer.node_id, exc)
-                self.closed = True
-                out.clear()
-                return
-            if sent == len(data):
-                out.clear()
-                return
-            self.out = [data[sent:]]
-        if self._writer_idle:
-            self._writer_idle = False
-            self._wake.set()
-
-    async def _writer(self) -> None:
-        send = self.stream.send_frame
-        while True:
-            if not self.out:
-                self._wake = anyio.Event()
-                self._writer_idle = True
-                await self._wake.wait()
-            out, self.out = self.out, []
-            await send(out[0] if len(out) == 1 else b"".join(out))
-
-    # -- requests ------------------------------------------------------------------------------
-
-    def _dispatch(self, msg: Message) -> None:
+    def _dispatch(self, msg: Message, size: int) -> None:
         """Answer a read now, or hand a write to the sequencer.  RemoteProtocolError (the
         caller closes the connection) for anything but a REQUEST with an int id."""
         req_id = msg.get("id")
@@ -217,8 +191,9 @@ class ClientConnection:
         try:
             prepared = origin.prepare(msg)
             if isinstance(prepared, (BatchCommand, StoreCommand)):
-                origin.sequencer.submit_nowait(prepared, partial(self._write_done, req_id))
+                origin.sequencer.submit_nowait(prepared, partial(self._write_done, req_id, size))
                 self.inflight += 1
+                self.held += size
                 return
             reply: Message = {"t": _RESPONSE, "id": req_id, **prepared}
             try:
@@ -230,56 +205,129 @@ class ClientConnection:
         except Exception as exc:  # a bug: report it to this client, keep serving
             logger.exception("request %r failed", msg.get("op"))
             frame = error_frame(req_id, exc)
-        self._queue(frame)
+        if not self.closed:
+            self.out.append(frame)
+            self.held += len(frame)
+
+    def _write_done(self, req_id: int, size: int, ticket: Ticket) -> None:
+        """Sequencer callback: the write is durable (or failed).  The answer waits in `out`
+        for `flush`, which the sequencer triggers once the whole group is answered."""
+        self.inflight -= 1
+        self.held -= size
+        if self.closed:
+            return
+        frame = ack_frame(req_id, ticket, self.max_frame_size)
+        self.out.append(frame)
+        self.held += len(frame)
+        if not self._dirty:
+            self._dirty = True
+            self.origin.answered.append(self)
+
+    # -- back-pressure (rule 3) ----------------------------------------------------------------
+
+    def _pause(self) -> None:
+        if not self._paused:
+            self._paused = True
+            self.origin.client_pauses += 1
+            self._resumed = anyio.Event()
+            if self._poller is not None:
+                self._poller.pause(self._fd)
+
+    def _maybe_resume(self) -> None:
+        if self._paused and self.held < self.budget and not self.closed:
+            self._paused = False
+            self._resumed.set()
+            if self._poller is not None:
+                self._poller.resume(self._fd)
+            self._handle_frames()  # requests already buffered do not wait for more bytes
+
+    # -- answers (rule 4) ----------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write `out` to the socket now if possible, else leave it to the writer task."""
+        self._dirty = False
+        out = self.out
+        if not out or self.closed or self._writer_busy:
+            return  # a busy writer takes `out` when its send returns
+        data = out[0] if len(out) == 1 else b"".join(out)
+        self.out = []
+        sock = self._socket
+        if sock is not None:
+            try:
+                sent = sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:  # the client went away
+                self._close(f"cannot answer: {exc!r}", logging.DEBUG)
+                return
+            if sent < len(data):  # the rest goes to the writer task, ahead of later answers
+                self.out = [data[sent:]]
+                self._writer_busy = True
+                self._wake.set()
+            if sent:
+                self._sent(sent)  # last: it may resume reading, which may answer more
+            return
+        self.out = [data]
+        self._writer_busy = True
+        self._wake.set()
+
+    def _sent(self, n: int) -> None:
+        self.held -= n
+        self._last_active = anyio.current_time()
+        if self._paused:
+            self._maybe_resume()
+
+    async def _writer(self) -> None:
+        send = self.stream.send_frame
+        while True:
+            if not self.out:
+                self._wake = anyio.Event()
+                self._writer_busy = False
+                self.flush()  # nothing to send now; answers queued meanwhile go directly
+                if not self._writer_busy:
+                    await self._wake.wait()
+                continue
+            out, self.out = self.out, []
+            data = out[0] if len(out) == 1 else b"".join(out)
+            await send(data)
+            self._sent(len(data))
+
+    # -- serving -------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Serve until the client closes or misbehaves.  Never raises."""
+        """Serve until the client closes, misbehaves or idles.  Never raises."""
         poller = self.origin.client_poller
-        if poller is not None and self._socket is not None:
-            await self._run_polled(poller, self._socket.fileno())
-            return
-        peer, stream = self.peer, self.stream
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._run_writer, tg.cancel_scope)
-            try:
-                while True:
-                    msg: dict[str, Any] = await stream.receive()
-                    while self.inflight >= MAX_INFLIGHT:
-                        self._slot = slot = anyio.Event()
-                        await slot.wait()
-                    self._dispatch(msg)
-            except anyio.EndOfStream:
-                pass
-            except RemoteProtocolError as exc:
-                logger.warning("closing client %s: %s", peer.node_id, exc)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-                logger.debug("client %s connection lost: %r", peer.node_id, exc)
-            except Exception:
-                logger.exception("error serving client %s", peer.node_id)
-            self.closed = True
-            tg.cancel_scope.cancel()
-
-    # -- reads through the origin's poller (poller.py) ---------------------------------------------
-
-    async def _run_polled(self, poller: ClientPoller, fd: int) -> None:
-        self._decoder = self.stream.detach_decoder()
-        self._poller, self._fd = poller, fd
-        poller.add(fd, self.on_readable)
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._run_writer, tg.cancel_scope)
+                tg.start_soon(self._run_writer)
+                if poller is not None and self._socket is not None:
+                    self._poller, self._fd = poller, self._socket.fileno()
+                    poller.add(self._fd, self.on_readable)
+                else:
+                    tg.start_soon(self._read_stream)
                 self._handle_frames()  # whatever arrived with the handshake
-                await self._done.wait()
+                await self._wait_done()
                 tg.cancel_scope.cancel()
         finally:
-            poller.remove(fd)
+            if self._poller is not None:
+                self._poller.remove(self._fd)
             self.closed = True
+
+    async def _wait_done(self) -> None:
+        idle = self.idle_timeout
+        while not self._done.is_set():
+            with anyio.move_on_after(idle):
+                await self._done.wait()
+            quiet = anyio.current_time() - self._last_active
+            if quiet >= idle and not self.inflight and not self._done.is_set():
+                self.origin.idle_closed_clients += 1
+                self._close(f"idle for {quiet:.0f} s", logging.INFO)
 
     def on_readable(self) -> None:
         """Poller callback: read what the socket has and handle every complete request."""
         if self.closed or self._paused:
             return
-        assert self._socket is not None and self._decoder is not None
+        assert self._socket is not None
         try:
             data = self._socket.recv(_READ_SIZE)
         except (BlockingIOError, InterruptedError):
@@ -287,53 +335,42 @@ class ClientConnection:
         except OSError as exc:
             self._close(f"connection lost: {exc!r}", logging.DEBUG)
             return
-        if not data:
-            if self._decoder.buffered:
-                self._close("connection closed inside a frame", logging.WARNING)
-            else:
-                self._close("closed its connection", logging.DEBUG)
-            return
-        self._decoder.receive_data(data)
-        self._handle_frames()
+        if data:
+            self._receive(data)
+        else:
+            self._eof()
 
-    def _handle_frames(self) -> None:
-        decoder = self._decoder
-        assert decoder is not None
+    async def _read_stream(self) -> None:
+        """The reader task for streams the poller cannot watch (TLS, asyncio)."""
+        receive = self.stream.stream.receive
         try:
             while not self.closed:
-                if self.inflight >= MAX_INFLIGHT:
-                    self._pause()
-                    return
-                frame = decoder.next_frame()
-                if frame is None:
-                    return
-                self._dispatch(frame[0])
-        except RemoteProtocolError as exc:
-            self._close(str(exc), logging.WARNING)
+                if self._paused:
+                    await self._resumed.wait()
+                    continue
+                self._receive(await receive(_READ_SIZE))
+        except anyio.EndOfStream:
+            self._eof()
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+            self._close(f"connection lost: {exc!r}", logging.DEBUG)
 
-    def _pause(self) -> None:
-        if not self._paused and self._poller is not None:
-            self._paused = True
-            self._poller.pause(self._fd)
-
-    def _unpause(self) -> None:
-        self._paused = False
-        if self._poller is not None:
-            self._poller.resume(self._fd)
-        self._handle_frames()  # requests already buffered do not wait for more bytes
+    def _eof(self) -> None:
+        if self._decoder.buffered:
+            self._close("connection closed inside a frame", logging.WARNING)
+        else:
+            self._close("closed its connection", logging.DEBUG)
 
     def _close(self, reason: str, level: int) -> None:
         logger.log(level, "client %s: %s", self.peer.node_id, reason)
         self.closed = True
+        self._resumed.set()
         self._done.set()
 
-    async def _run_writer(self, scope: anyio.CancelScope) -> None:
+    async def _run_writer(self) -> None:
         try:
             await self._writer()
         except Exception as exc:  # the client went away: nothing to tell it
-            logger.debug("cannot answer client %s: %r", self.peer.node_id, exc)
-            self.closed = True
-            scope.cancel()
+            self._close(f"cannot answer: {exc!r}", logging.DEBUG)
 
 
 async def serve_client(origin: Origin, peer: PeerInfo, stream: FramedStream) -> None:

@@ -155,6 +155,8 @@ class Origin:
         self.answered: list[ClientConnection] = []  # client connections with answers to send
         self.client_poller: ClientPoller | None = None  # reads of client connections (trio)
         self.clients = 0  # client connections being served
+        self.idle_closed_clients = 0  # client connections closed for idling
+        self.client_pauses = 0  # times a client connection's reading paused (back-pressure)
         self._http_stop: anyio.Event | None = None
         self._http_done: anyio.Event | None = None
 
@@ -418,6 +420,8 @@ class Origin:
                 "deduplicated": seq.deduplicated,
             },
             "clients": self.clients,
+            "idle_closed_clients": self.idle_closed_clients,
+            "client_pauses": self.client_pauses,
             "peers": peers,
             "signing": None
             if self.signer is None or self.replica.proofs is None
