@@ -108,6 +108,7 @@ class Sim:
             seeds=seeds,
             config=self.config,
             rng=random.Random(self.rng.getrandbits(64)),
+            origins=[ORIGIN],
         )
 
     @property

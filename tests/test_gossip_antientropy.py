@@ -1,8 +1,9 @@
 """Merkle anti-entropy between two nodes, driven message by message (no network, no clock).
 
 Checks: d = 0 ends in one round trip; d = 1 and d = 100 repair exactly the differing keys; a key
-deleted and purged on one side is removed on the other, never resurrected; covers are claimed
-only when a session completes; sessions are bounded by their timeout."""
+deleted and purged at the origin is removed on the other side, never resurrected, while an
+edge's lack deletes nothing; the origin applies nothing a peer sends; covers are claimed only
+when a session completes; sessions are bounded by their timeout."""
 
 from __future__ import annotations
 
@@ -15,7 +16,11 @@ from edgekv.gossip import GossipNode
 from edgekv.gossip.wire import MsgType, decode_body, encode_frame
 
 
-def pair(keys: int, differing: list[int]) -> tuple[GossipNode, GossipNode]:
+def pair(
+    keys: int, differing: list[int], origin: str | None = None
+) -> tuple[GossipNode, GossipNode]:
+    """Two nodes "a" and "b" with `keys` equal keys; b has newer versions of `differing`.
+    `origin` names the one that is the origin (the other trusts it), None for two edges."""
     a, b = Replica(), Replica()
     for r in (a, b):
         r.apply(META, "s", Register(1, 0, b"", None))
@@ -26,8 +31,10 @@ def pair(keys: int, differing: list[int]) -> tuple[GossipNode, GossipNode]:
         b.apply("s", f"key-{i}", Register(keys + 2 + j, 0, b"y", None))
     if differing:
         b.covered.add(keys + 2, keys + 1 + len(differing))
-    na = GossipNode("a", a, seeds=["b"], rng=random.Random(1))
-    nb = GossipNode("b", b, seeds=["a"], rng=random.Random(2))
+    origins = [] if origin is None else [origin]
+    role = {n: "origin" if n == origin else "edge" for n in "ab"}
+    na = GossipNode("a", a, seeds=["b"], rng=random.Random(1), role=role["a"], origins=origins)
+    nb = GossipNode("b", b, seeds=["a"], rng=random.Random(2), role=role["b"], origins=origins)
     na.start(0.0)
     nb.start(0.0)
     na.drain_changes()
@@ -99,15 +106,20 @@ def test_lacking_side_takes_missing_keys_both_ways() -> None:
     assert nb.replica.state("s", "only-a") is not None
 
 
-@pytest.mark.parametrize("initiator_has_stale", [True, False])
-def test_deleted_and_purged_keys_are_removed_not_resurrected(initiator_has_stale: bool) -> None:
-    na, nb = pair(50, [])
-    fresh, stale = (nb, na) if initiator_has_stale else (na, nb)
-    # key-7 (seq 9) deleted at seq 100 on `fresh`, tombstone purged there; `stale` missed it.
+def delete_and_purge_key7(fresh: GossipNode) -> None:
+    """key-7 (seq 9) deleted at seq 100 on `fresh`, its tombstone purged there."""
     fresh.replica.apply("s", "key-7", Register(100, 0, None, None))
     fresh.replica.covered.add(52, 100)
     fresh.replica.purge(100, 0)
     assert fresh.replica.state("s", "key-7") is None and fresh.replica.purged == 100
+
+
+@pytest.mark.parametrize("initiator_has_stale", [True, False])
+def test_deleted_and_purged_keys_are_removed_not_resurrected(initiator_has_stale: bool) -> None:
+    na, nb = pair(50, [], origin="b" if initiator_has_stale else "a")
+    fresh, stale = (nb, na) if initiator_has_stale else (na, nb)
+    # key-7 (seq 9) deleted at seq 100 on `fresh`, tombstone purged there; `stale` missed it.
+    delete_and_purge_key7(fresh)
     assert stale.replica.state("s", "key-7") is not None
     run_session(na, nb)
     assert stale.replica.state("s", "key-7") is None
@@ -115,6 +127,35 @@ def test_deleted_and_purged_keys_are_removed_not_resurrected(initiator_has_stale
     assert na.replica.root == nb.replica.root
     removed = [c for c in stale.drain_changes() if c.key == "key-7"]
     assert removed and removed[0].state is None
+    assert fresh.rejections() == {}  # the honest edge never sent the origin a state
+
+
+@pytest.mark.parametrize("initiator_has_stale", [True, False])
+def test_an_edges_lack_deletes_nothing_and_resurrects_nothing(initiator_has_stale: bool) -> None:
+    """Between two edges a lack (with any purge claim) is no evidence of a delete: the key
+    stays where it is (only the origin's word removes it) and never comes back where it was
+    purged."""
+    na, nb = pair(50, [])
+    fresh, stale = (nb, na) if initiator_has_stale else (na, nb)
+    delete_and_purge_key7(fresh)
+    run_session(na, nb)
+    assert stale.replica.state("s", "key-7") is not None
+    assert fresh.replica.state("s", "key-7") is None
+
+
+def test_the_origin_applies_nothing_either_way() -> None:
+    """An origin in a session, as initiator or responder, sends its states and takes none."""
+    for origin in "ab":
+        na, nb = pair(200, [5, 17, 150], origin=origin)
+        na.replica.apply("s", "only-a", Register(300, 0, b"a", None))
+        nb.replica.apply("s", "only-b", Register(301, 0, b"b", None))
+        o, e = (na, nb) if origin == "a" else (nb, na)
+        before = o.replica.root
+        run_session(na, nb)
+        assert o.replica.root == before and o.drain_changes() == []
+        # an edge sends the origin no states (its newer seqs here are claims it refused)
+        assert "states_ignored" not in o.rejections().get("b" if origin == "a" else "a", {})
+        assert e.replica.state("s", f"only-{origin}") is not None  # the edge took the origin's
 
 
 def test_periodic_session_defers_when_only_writes_in_flight_differ() -> None:

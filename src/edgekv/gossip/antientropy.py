@@ -24,7 +24,12 @@ Theory of operation
    sides know the other's purge mark (AE_ROOT, AE_STORES), so deleted keys never come back.
 5. When every request is answered the initiator holds at least the responder's state at the
    time of AE_STORES, so it adds the covers that message carried.
-6. Bounds: at most one outgoing session (a forced one replaces a periodic one); requests are
+6. Authority (authority.py): states, covers and removals all go through `Authority`.  The
+   origin applies nothing: its sessions only send its states (it never asks for any), and
+   what peers send it is refused and counted.  An edge asks the origin for states and never
+   sends it any.  The removal rule of 4 deletes a key only when the lacking side is the
+   origin; an edge's lack is kept as a hint that the key need not be sent.
+7. Bounds: at most one outgoing session (a forced one replaces a periodic one); requests are
    chunked to stay under `max_message_bytes`; either side drops a session silent for
    `ae_timeout`; a node answers for at most 256 sessions at once, oldest dropped first.
 """
@@ -39,7 +44,7 @@ from ..crdt.merkle import DEPTH, FANOUT, MerkleTree
 from ..crdt.proofs import Certificate
 from ..crdt.replica import Change, Replica
 from ..crdt.state import State
-from ..errors import ConflictingVersion, RemoteProtocolError
+from .authority import Authority
 from .config import GossipConfig
 from .dissemination import delta_size
 from .membership import Membership
@@ -97,8 +102,10 @@ class AntiEntropy:
         rng: random.Random,
         counters: Counter[str],
         membership: Membership,
+        authority: Authority,
     ) -> None:
         self.replica = replica
+        self.authority = authority
         self.config = config
         self.rng = rng
         self.counters = counters
@@ -147,7 +154,7 @@ class AntiEntropy:
         if s.outstanding > 0:
             return
         if s.covers is not None:
-            self.replica.covered.update(s.covers)
+            self.authority.cover(s.peer, s.covers)
             if s.force:
                 self._pending_force = None  # this node was just repaired
         s.done = True
@@ -267,6 +274,9 @@ class AntiEntropy:
         want: list[str] = []
         changes: list[Change] = []
         mine_keys: set[str] = set()
+        authority, peer = self.authority, s.peer
+        origin = self.authority.role == "origin"
+        to_origin = authority.is_origin(peer)  # never send it states: ask for its own
         for leaf in leaves:
             for key in list(tree.keys_in(leaf)):
                 assert sr is not None
@@ -274,16 +284,17 @@ class AntiEntropy:
                 mine_keys.add(key)
                 their = theirs.get(key)
                 if their is None:
-                    if st.reset <= s.peer_purged:
-                        self.replica.remove(store, key)
+                    if authority.remove_dead(peer, store, key, st, s.peer_purged):
                         changes.append(Change(store, key, None))
                         self.counters["ae_removed"] += 1
-                    else:
+                    elif not to_origin and not authority.dead_at(peer, st, s.peer_purged):
                         send.append((key, st))
                 elif their[0] != st.digest(key):
                     _, t_reset, t_seq = their
-                    if st.reset > t_seq:
-                        send.append((key, st))  # ours supersedes theirs
+                    if to_origin:
+                        want.append(key)
+                    elif st.reset > t_seq or origin:
+                        send.append((key, st))  # ours supersedes theirs (or is the truth)
                     elif t_reset > st.seq:
                         want.append(key)  # theirs supersedes ours
                     else:
@@ -379,11 +390,11 @@ class AntiEntropy:
         entry = None if mine is not None else self._responding(peer, msg.sid, now)
         if mine is None and entry is None:
             return [], []
-        try:
-            changes = self.replica.apply_batch([(msg.store, k, d) for k, d in msg.states])
-        except ConflictingVersion as exc:
-            raise RemoteProtocolError(f"AE_STATES conflicts with local state: {exc}") from None
-        self.counters["ae_states_received"] += len(msg.states)
+        changes = self.authority.apply(
+            peer, "AE_STATES", [(msg.store, k, d) for k, d in msg.states]
+        )
+        if self.authority.role == "edge":
+            self.counters["ae_states_received"] += len(msg.states)
         if mine is not None:
             mine.messages += 1
             if not msg.more:
@@ -396,16 +407,17 @@ class AntiEntropy:
         purged = int(entry[0])
         sr = self.replica.stores.get(msg.store)
         states = sr.states if sr is not None else {}
+        authority = self.authority
+        to_origin = authority.is_origin(peer)  # the origin takes no states: it never asks
         send: list[tuple[str, State]] = [(k, states[k]) for k in msg.want if k in states]
         for k in msg.lack:
             st = states.get(k)
             if st is None:
                 continue
-            if st.reset <= purged:
-                self.replica.remove(msg.store, k)
+            if authority.remove_dead(peer, msg.store, k, st, purged):
                 changes.append(Change(msg.store, k, None))
                 self.counters["ae_removed"] += 1
-            else:
+            elif not to_origin and not authority.dead_at(peer, st, purged):
                 send.append((k, st))
         return changes, self._states_msgs(msg.sid, peer, msg.store, send, [], [], False)
 

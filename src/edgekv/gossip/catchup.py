@@ -12,6 +12,8 @@ Theory of operation
 3. A new or restarted node asks a random live peer (not only the origin); an unanswered request
    is retried with another peer after `sync_timeout`.  Data that arrives unrequested (a GRAFT
    answer) is applied the same way: it is a join, harmless whenever it comes.
+4. Every chunk goes through `Authority.apply`: the origin never requests catch-up and
+   refuses (and counts) any SYNC_DATA it gets; an edge applies it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 from ..crdt.codec import encode_delta
 from ..crdt.proofs import Certificate
 from ..crdt.replica import Change, Replica
-from ..errors import ConflictingVersion, RemoteProtocolError
+from .authority import Authority
 from .config import GossipConfig
 from .dissemination import delta_size
 from .membership import Membership
@@ -40,8 +42,10 @@ class CatchUp:
         rng: random.Random,
         counters: Counter[str],
         membership: Membership,
+        authority: Authority,
     ) -> None:
         self.replica = replica
+        self.authority = authority
         self.config = config
         self.rng = rng
         self.counters = counters
@@ -106,10 +110,7 @@ class CatchUp:
         if msg.fallback:
             self.counters["sync_fallbacks"] += 1
             return []
-        try:
-            return self.replica.apply_batch(msg.items, msg.covers if msg.last else ())
-        except ConflictingVersion as exc:
-            raise RemoteProtocolError(f"SYNC_DATA conflicts with local state: {exc}") from None
+        return self.authority.apply(peer, "SYNC_DATA", msg.items, msg.covers if msg.last else ())
 
     def next_deadline(self) -> float:
         return min((d for _, d, _ in self.pending.values()), default=float("inf"))

@@ -17,13 +17,14 @@ Theory of operation
    arms the graft timer (dissemination rule 3); a SYNC fallback starts a forced AE session.
 4. Tombstone purge by causal stability: every `purge_interval` the origin takes as horizon
    the minimum of its watermark and the last watermark advertised by every member not known
-   dead, and `Replica.purge(horizon, wall_ms)` drops tombstones at or below it.  A new purge
-   mark goes down the tree at once (IHAVE{purged} to the eager peers) and also travels on
-   PING/ACK/SYNC/AE messages; an edge purges up to the highest mark it has seen, as soon as
-   it sees it, and passes it on (so every replica drops the same tombstones and digests stay
-   comparable; the mark is safe since the origin computed it).  Expired values need the wall clock: the driver passes `tick(now, wall_ms=...)`; with
+   dead (each bounded by what the origin issued), and `Replica.purge(horizon, wall_ms)` drops
+   tombstones at or below it.  A new purge mark goes to every live peer at once (IHAVE{purged})
+   and also travels on the origin's PING/ACK/SYNC/AE messages; an edge purges up to the
+   origin's own mark as soon as it hears it from the origin (never from another edge, which
+   could lie), so every replica drops the same tombstones and digests stay comparable.
+   Expired values need the wall clock: the driver passes `tick(now, wall_ms=...)`; with
    `wall_ms=None` only tombstones are collected.  A node declared dead and returning is behind
-   the others' purge marks: its SYNC gets a fallback and anti-entropy removes what was deleted.
+   the origin's purge mark: its SYNC gets a fallback and anti-entropy removes what was deleted.
 5. Every state change (pushes, syncs, AE repairs, purges, removals as `state=None`) is
    recorded; `drain_changes()` hands them to the driver (watch, persistence, metrics).
 6. Origin-signed writes: when the replica keeps proofs (`Replica.use_proofs`), every PUSH,
@@ -36,6 +37,10 @@ Theory of operation
    it runs no anti-entropy (it answers none either: comparing an empty replica ships
    everything) and sends no grafts.  When the last chunk is in, `take_job()` hands the driver
    the bulk load to run (in a worker thread); `finish_job` installs the result.
+8. The origin is the only authority (authority.py): everything a peer sends that would change
+   a replica goes through `self.authority`, which at the origin refuses and counts it, and at
+   an edge is the one place states are checked before they apply.  Who the origins are is
+   configuration (`origins`), never a peer's claim.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ from ..crdt.replica import Change, Replica
 from ..crdt.state import Delta
 from ..errors import InvalidInput
 from .antientropy import AntiEntropy
+from .authority import Authority
 from .catchup import CatchUp
 from .config import GossipConfig
 from .dissemination import Dissemination
@@ -107,7 +113,11 @@ class GossipNode:
         seeds: Sequence[str] = (),
         config: GossipConfig | None = None,
         rng: random.Random | None = None,
+        origins: Sequence[str] = (),
     ) -> None:
+        """`origins`: the origin addresses this node trusts (at an edge, what it was configured
+        with; an origin counts itself).  Only messages from them carry the origin's watermark
+        and purge mark."""
         if role not in ("edge", "origin"):
             raise InvalidInput(f"role must be 'edge' or 'origin', not {role!r}")
         if not isinstance(address, str) or not address:
@@ -119,12 +129,17 @@ class GossipNode:
         self.config = config if config is not None else GossipConfig()
         self.rng = rng if rng is not None else random.Random()
         self.counters: Counter[str] = Counter()
-        self.members = Membership(address, role, self.config, self.rng, self.counters)
+        if isinstance(origins, str):
+            raise InvalidInput("origins must be a list of addresses, not one string")
+        trusted = {*origins, address} if role == "origin" else set(origins) - {address}
+        self.authority = Authority(role, replica, trusted, self.counters)
+        cfg, rng, counters, auth = self.config, self.rng, self.counters, self.authority
+        self.members = Membership(address, role, cfg, rng, counters, auth)
         self.dissemination = Dissemination(
-            address, role, replica, self.config, self.rng, self.counters, self.members
+            address, role, replica, cfg, rng, counters, self.members, auth
         )
-        self.catchup = CatchUp(replica, self.config, self.rng, self.counters, self.members)
-        self.antientropy = AntiEntropy(replica, self.config, self.rng, self.counters, self.members)
+        self.catchup = CatchUp(replica, cfg, rng, counters, self.members, auth)
+        self.antientropy = AntiEntropy(replica, cfg, rng, counters, self.members, auth)
         self.snapshots = SnapshotServer(replica, self.config, self.counters)
         self.bootstrap = SnapshotClient(replica, self.config, self.rng, self.counters, self.members)
         self._changes: list[Change] = []
@@ -164,8 +179,16 @@ class GossipNode:
             out.extend(self.catchup.request(now, self.rng.choice(self.seeds)))
         return out
 
-    def forget(self, address: str) -> None:
-        """The member at `address` now lives elsewhere: drop that address (membership rule 6)."""
+    def forget(self, address: str, new: str | None = None) -> None:
+        """The member at `address` now lives elsewhere (at `new`, when known): drop that address
+        (membership rule 6).  An origin that moved stays the origin at its new address: the
+        driver reports an origin's move only when the origin's own address answered as `new`."""
+        authority = self.authority
+        if new is not None and authority.is_origin(address) and new != self.address:
+            authority.origins = authority.origins | {new}
+            p = self.members.peers.get(new)
+            if p is not None:
+                p.role = "origin"
         self.members.forget(address)
 
     def leave(self, now: float) -> list[Send]:
@@ -224,8 +247,8 @@ class GossipNode:
         out.extend(self._dispatch(peer, msg, now))
         if len(self.members.peers) != before:
             self.dissemination.fill()
-        if self.role != "origin" and self.members.max_purged > self.replica.purged:
-            out.extend(self._purge(None, peer))  # follow the origin's purge mark at once
+        if self.role != "origin" and self.authority.origin_purged > self.replica.purged:
+            out.extend(self._purge(None))  # follow the origin's purge mark at once
         return out
 
     def tick(self, now: float, wall_ms: int | None = None) -> list[Send]:
@@ -290,15 +313,27 @@ class GossipNode:
     def watermark(self) -> int:
         return self.replica.watermark
 
+    @property
+    def origin_watermark(self) -> int:
+        """At an edge: the highest watermark the origin itself announced to this node (0 until
+        it has); at the origin: its own watermark."""
+        if self.role == "origin":
+            return self.replica.watermark
+        return self.authority.origin_wm
+
+    def rejections(self) -> dict[str, dict[str, int]]:
+        """peer -> reason -> how many items this node refused from it (authority.py)."""
+        return {peer: dict(c) for peer, c in self.authority.refused.items()}
+
     def purge_horizon(self) -> int:
         """The seq at or below which tombstones may go.
 
         At the origin: the highest seq every member not known dead has acknowledged (and the
-        origin has).  At an edge: the highest purge mark advertised by any peer; every mark
-        comes from the origin's horizon, so all replicas drop the same tombstones.
+        origin has).  At an edge: the origin's own purge mark, heard from the origin; no other
+        peer's mark counts, so all replicas drop the same tombstones and a liar drops none.
         """
         if self.role != "origin":
-            return min(self.members.max_purged, self.replica.watermark)
+            return min(self.authority.origin_purged, self.replica.watermark)
         h = self.replica.watermark
         for p in self.members.peers.values():
             if p.state != DEAD:
@@ -337,8 +372,8 @@ class GossipNode:
         self.members.wm = self.replica.watermark
         self.members.purged = self.replica.purged
 
-    def _purge(self, wall_ms: int | None, source: str | None = None) -> list[Send]:
-        """Purge up to the horizon; a new purge mark is announced down the tree."""
+    def _purge(self, wall_ms: int | None) -> list[Send]:
+        """Purge up to the horizon; the origin announces a new purge mark to every peer."""
         horizon = self.purge_horizon()
         before = self.replica.purged
         if horizon > before or wall_ms is not None:
@@ -347,11 +382,14 @@ class GossipNode:
                 self.counters["purged"] += len(removed)
                 self._record(removed)
         if self.replica.purged > before:
-            return self.dissemination.announce_purge(source)
+            return self.dissemination.announce_purge()
         return []
 
     def _ahead(self, peer: str, wm: int, now: float) -> None:
-        """A peer's watermark (ping, ack, AE): catch up if we are still behind a while later."""
+        """A peer's watermark (ping, ack, AE): catch up if we are still behind a while later.
+
+        The claim as sent is only a hint here: it arms a graft, which a liar can make fail only
+        a few times (`dissemination.MAX_GRAFT_ROUNDS`); what is recorded is bounded."""
         self.dissemination.learn_exists(peer, wm, now, self.config.ping_interval)
 
     def _on_snapshot(self, peer: str, message: Message, now: float) -> list[Send]:
@@ -359,6 +397,9 @@ class GossipNode:
         if t == MsgType.SNAP_REQ:
             return self.snapshots.on_req(peer, message, now)
         if t == MsgType.SNAP_DATA:
+            if self.role == "origin":  # it never bootstraps: refused, counted
+                self.authority.refuse(peer, "states_ignored")
+                return []
             return self.bootstrap.on_data(peer, message, now)
         rid = parse_offer(message)[0]
         self.catchup.pending.pop(rid, None)  # answered: by an offer
@@ -391,33 +432,34 @@ class GossipNode:
             d.on_ihave(peer, msg, now)
             return []
         if isinstance(msg, Graft):
-            members.note_progress(peer, msg.wm, msg.purged)
+            wm, _ = members.note_progress(peer, msg.wm, msg.purged)
             d.on_graft(peer)
-            return self._offer_or_answer(peer, 0, msg.wm)
+            return self._offer_or_answer(peer, 0, wm)
         if isinstance(msg, Prune):
             d.on_prune(peer)
             return []
         if isinstance(msg, SyncReq):
-            members.note_progress(peer, msg.wm, msg.purged)
-            return self._offer_or_answer(peer, msg.rid, msg.wm)
+            wm, _ = members.note_progress(peer, msg.wm, msg.purged)
+            return self._offer_or_answer(peer, msg.rid, wm)
         if isinstance(msg, SyncData):
             return self._on_sync_data(peer, msg, now)
         if isinstance(msg, Ping):
-            if msg.role == "origin":
+            if self.authority.is_origin(peer):  # the origin's own figure, never a claim
                 self.bootstrap.note_origin(msg.wm)
             out = members.on_ping(peer, msg, now)
             self._ahead(peer, msg.wm, now)
             return out
         if isinstance(msg, Ack):
-            if msg.role == "origin" and msg.target is None:
+            if self.authority.is_origin(peer) and msg.target is None:
                 self.bootstrap.note_origin(msg.wm)
             out = members.on_ack(peer, msg, now)
-            self._ahead(msg.target or peer, msg.wm, now)
+            if msg.target is None:  # a relayed ACK's watermark is a third party's claim
+                self._ahead(peer, msg.wm, now)
             return out
         if isinstance(msg, PingReq):
             return members.on_ping_req(peer, msg, now)
         if isinstance(msg, Members):
-            members.merge_rows(msg.members, now)
+            members.merge_rows(msg.members, now, peer)
             return []
         if isinstance(msg, Bye):
             members.mark_left(peer, now)
@@ -425,6 +467,9 @@ class GossipNode:
         return self._dispatch_ae(peer, msg, now)
 
     def _on_sync_data(self, peer: str, msg: SyncData, now: float) -> list[Send]:
+        if self.role == "origin":  # it never asks for catch-up: refused, counted
+            self.authority.apply(peer, "SYNC_DATA", msg.items, msg.covers)
+            return []
         changes = self.catchup.on_data(peer, msg)
         self._record(changes)
         if msg.fallback:

@@ -32,6 +32,11 @@ Theory of operation
    A PUSH over a link this node does not use yet adds the reverse link (eager), so the overlay
    starts symmetric and late joiners get as many candidate parents as early ones.  The origin
    is never an edge's eager or lazy target: it is the source of every seq.
+5. The origin applies nothing it receives (authority.py): a PUSH there is refused and
+   counted, never relayed.  At an edge a PUSH's states go through `Authority.apply`.  A hint
+   that seqs exist (IHAVE covers, a watermark) is a claim: a node that grafted for it
+   `MAX_GRAFT_ROUNDS` times without reaching it drops it (a lie costs a few grafts, no more),
+   and only the origin announces purge marks.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ from ..crdt.replica import Change, Replica
 from ..crdt.seqranges import SeqRanges
 from ..crdt.state import Delta, join
 from ..crdt.zset import ZSet
-from ..errors import ConflictingVersion, RemoteProtocolError
+from .authority import Authority
 from .config import GossipConfig
 from .membership import Membership
 from .messages import (
@@ -66,6 +71,7 @@ from .messages import (
 )
 
 QUIET_BATCHES = 3  # at most this many batches per ihave_window: notices go to every lazy peer
+MAX_GRAFT_ROUNDS = 4  # graft rounds for one hint before it is dropped as unfounded
 
 
 @dataclass(slots=True)
@@ -108,8 +114,10 @@ class Dissemination:
         rng: random.Random,
         counters: Counter[str],
         membership: Membership,
+        authority: Authority,
     ) -> None:
         self.address = address
+        self.authority = authority
         self.role = role
         self.replica = replica
         self.config = config
@@ -133,6 +141,8 @@ class Dissemination:
         self._graft_due: float | None = None
         self._graft_high = 0
         self._last_graft: set[str] = set()
+        self._graft_rounds = 0  # graft rounds since this node's watermark last moved
+        self._graft_from = 0  # the watermark those rounds started from
         self.grafts_paused_until = float("-inf")  # set while a fallback AE session runs
 
     @property
@@ -185,12 +195,12 @@ class Dissemination:
         return []
 
     def on_push(self, peer: str, msg: Push, now: float) -> tuple[list[Change], list[Send]]:
-        fresh_covers = covers_new(self.replica.covered, msg.covers)
-        try:
-            changes = self.replica.apply_batch(msg.items, msg.covers)
-        except ConflictingVersion as exc:
-            raise RemoteProtocolError(f"PUSH conflicts with local state: {exc}") from None
         self.counters["pushes_received"] += 1
+        if self.role == "origin":  # the source of every seq takes none: refused, counted
+            self.authority.apply(peer, "PUSH", msg.items, msg.covers)
+            return [], []
+        fresh_covers = covers_new(self.replica.covered, msg.covers)
+        changes = self.authority.apply(peer, "PUSH", msg.items, msg.covers)
         if peer not in self.eager and peer not in self.lazy and self.role != "origin":
             p = self.members.peers.get(peer)
             if p is not None and p.role != "origin":
@@ -310,15 +320,13 @@ class Dissemination:
         else:  # a purge-mark notice: its watermark may be ahead only by writes in flight
             self.learn_exists(peer, msg.wm, now, self.config.ping_interval)
 
-    def announce_purge(self, exclude: str | None) -> list[Send]:
-        """Send a new purge mark down the tree (eager peers), so replicas purge together."""
-        peers = self.members.peers
+    def announce_purge(self) -> list[Send]:
+        """The origin sends a new purge mark to every live peer (only the origin's own mark
+        counts, so edges do not relay it), so replicas purge together."""
+        if self.role != "origin":
+            return []
         mark = ihave(self.replica.watermark, [], self.replica.purged)
-        return [
-            Send(a, mark)
-            for a in sorted(self.eager)
-            if a != exclude and a in peers and peers[a].state != "dead"
-        ]
+        return [Send(a, mark) for a in self.members.live()]
 
     def learn_exists(self, peer: str, high: int, now: float, delay: float | None = None) -> None:
         """`peer` has seqs up to `high`: arm the graft timer if this node lacks some of them.
@@ -327,8 +335,12 @@ class Dissemination:
         an anti-entropy message is often ahead only by writes in flight, so callers pass a
         longer delay for those.
         """
-        if self.role == "origin" or high <= self.replica.watermark:
+        if high <= self.replica.watermark or not self.authority.hint(peer, high):
             return
+        if self._graft_from != self.replica.watermark:
+            self._graft_from, self._graft_rounds = self.replica.watermark, 0
+        elif self._graft_rounds >= MAX_GRAFT_ROUNDS and high <= self.known_high:
+            return  # grafted for this already, in vain: an unfounded hint is not re-armed
         if high > self.known_high:
             self.known_high = high
             self._hint = peer
@@ -391,7 +403,15 @@ class Dissemination:
         if self._graft_due is not None and self._graft_due <= now:
             self._graft_due = None
             wm = self.replica.watermark
-            if wm < self._graft_high:
+            if wm != self._graft_from:
+                self._graft_from, self._graft_rounds = wm, 0
+            if wm < self._graft_high and self._graft_rounds >= MAX_GRAFT_ROUNDS:
+                # no peer produced what the hint announced: drop it (a lie, or anti-entropy's
+                # job now); a new hint above it arms the timer again
+                self.counters["hints_dropped"] += 1
+                self.known_high = self._graft_high = wm
+            elif wm < self._graft_high:
+                self._graft_rounds += 1
                 holders = self._holders()
                 self._last_graft = set(holders)
                 for holder in holders:

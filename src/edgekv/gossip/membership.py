@@ -20,11 +20,16 @@ Theory of operation
    peer that talks again is revived, and told it was dead so that it refutes everywhere; the
    sync and anti-entropy paths then catch it up).
 5. Every PING and ACK carries the sender's watermark and purge mark: the core uses them to
-   notice it is behind (catch-up) and to compute the tombstone purge horizon.
+   notice it is behind (catch-up) and to compute the tombstone purge horizon.  They are
+   claims: `Authority.claim` bounds them before they are recorded (authority.py).
 6. A member is a node id; its address is where it is now.  When the driver learns that a
    node left an address for another (`forget(old)`: the same node id handshook from a new
    address, or a seed we dialled answered under another one), the old row is dropped and
    gossiped rows about that address are ignored until something speaks from it again.
+7. Roles come from configuration (`Authority.role_of`), never from a peer's own claim, and a
+   row about an origin is believed only from that origin: nobody else can mark it dead,
+   raise its incarnation or give its address another role.  A relayed ACK proves liveness
+   only; its watermark and purge mark are a third party's claims and are not recorded.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 
+from .authority import Authority
 from .config import GossipConfig
 from .messages import (
     MAX_MEMBER_ROWS,
@@ -92,8 +98,10 @@ class Membership:
         config: GossipConfig,
         rng: random.Random,
         counters: Counter[str],
+        authority: Authority,
     ) -> None:
         self.address = address
+        self.authority = authority
         self.role = role
         self.incarnation = 0
         self.config = config
@@ -115,7 +123,6 @@ class Membership:
         self._cache_version = -1
         self._cache: tuple[list[str], list[str], list[str]] = ([], [], [])
         self._suspects: dict[str, float] = {}  # suspect address -> since
-        self.max_purged = 0  # the highest purge mark any peer advertised
         self.typical_rtt = 0.0  # smoothed over every direct probe (a new peer's first guess)
         self._forgotten: dict[str, None] = {}  # addresses a member left (rule 6), oldest first
 
@@ -182,7 +189,8 @@ class Membership:
 
     def add_seed(self, address: str, now: float) -> None:
         if address != self.address and address not in self.peers:
-            self._new(PeerInfo(address, since=now, last_seen=now))
+            role = self.authority.role_of(address)
+            self._new(PeerInfo(address, role, since=now, last_seen=now))
 
     def forget(self, address: str) -> None:
         """The member at `address` moved away (rule 6): drop its row, ignore gossip about it."""
@@ -206,7 +214,7 @@ class Membership:
         p = self.peers.get(address)
         out: list[Send] = []
         if p is None:
-            p = PeerInfo(address, since=now)
+            p = PeerInfo(address, self.authority.role_of(address), since=now)
             if not self._new(p):
                 return []
             self._updates[address] = self._retransmits()
@@ -223,18 +231,30 @@ class Membership:
         p.last_seen = now
         return out
 
-    def note_progress(self, address: str, wm: int, purged: int) -> None:
+    def note_progress(self, address: str, wm: int, purged: int) -> tuple[int, int]:
+        """Record a peer's watermark and purge mark claim, bounded (`Authority.claim`);
+        returns the bounded pair."""
+        wm, purged = self.authority.claim(address, wm, purged)
         p = self.peers.get(address)
         if p is not None:
             p.watermark = max(p.watermark, wm)
             p.purged = max(p.purged, purged)
-        self.max_purged = max(self.max_purged, purged)
+        return wm, purged
 
-    def merge_rows(self, rows: list[MemberRow], now: float) -> None:
-        """Fold gossiped member rows into the table (SWIM precedence)."""
-        for addr, role, inc, state in rows:
+    def merge_rows(self, rows: list[MemberRow], now: float, sender: str | None = None) -> None:
+        """Fold member rows gossiped by `sender` into the table (SWIM precedence)."""
+        authority = self.authority
+        for addr, _claimed_role, inc, state in rows:
             if addr in self._forgotten:
                 continue
+            if addr != self.address and authority.is_origin(addr) and addr != sender:
+                # only the origin speaks for itself; an edge's copy of its row that would
+                # change ours (a suspicion, a higher incarnation) is refused and counted
+                p = self.peers.get(addr)
+                if sender is not None and (p is None or inc > p.incarnation or state != ALIVE):
+                    authority.refuse(sender, "origin_row")
+                continue
+            role = authority.role_of(addr)
             if addr == self.address:
                 if state != ALIVE and inc >= self.incarnation:
                     self.incarnation = inc + 1  # refute
@@ -288,8 +308,8 @@ class Membership:
     # -- SWIM messages ---------------------------------------------------------------------------
 
     def on_ping(self, peer: str, msg: Ping, now: float) -> list[Send]:
-        self._learn(peer, msg.role, msg.inc, msg.wm, msg.purged)
-        self.merge_rows(msg.members, now)
+        self._learn(peer, msg.inc, msg.wm, msg.purged)
+        self.merge_rows(msg.members, now, peer)
         return [
             Send(
                 peer,
@@ -298,9 +318,9 @@ class Membership:
         ]
 
     def on_ack(self, peer: str, msg: Ack, now: float) -> list[Send]:
-        self.merge_rows(msg.members, now)
+        self.merge_rows(msg.members, now, peer)
         if msg.target is None:
-            self._learn(peer, msg.role, msg.inc, msg.wm, msg.purged)
+            self._learn(peer, msg.inc, msg.wm, msg.purged)
             relay = self._relays.pop(msg.seq, None)
             if relay is not None and relay[2] == peer:
                 asker, seq, target, _ = relay
@@ -314,7 +334,9 @@ class Membership:
         else:
             subject = msg.target
             if subject in self.peers:
-                self._learn(subject, msg.role, msg.inc, msg.wm, msg.purged)
+                # a relay vouches for liveness only (and not an origin's incarnation)
+                if not self.authority.is_origin(subject) or subject == peer:
+                    self._learn(subject, msg.inc, None, None)
                 self.heard_from(subject, now)
         probe = self._probe
         if probe is not None and probe.target == subject and probe.seq == msg.seq:
@@ -346,17 +368,17 @@ class Membership:
         self._relays[self._seq] = (peer, msg.seq, msg.target, now + 2 * self.config.ping_timeout)
         return [Send(msg.target, self._ping_msg(self._seq))]
 
-    def _learn(self, address: str, role: str, inc: int, wm: int, purged: int) -> None:
+    def _learn(self, address: str, inc: int, wm: int | None, purged: int | None) -> None:
         p = self.peers.get(address)
         if p is None:
             return
-        p.role = role
         if inc > p.incarnation:
             p.incarnation = inc
             if p.state != ALIVE:
                 self._set(p, ALIVE, p.since)
             self._updates[address] = self._retransmits()
-        self.note_progress(address, wm, purged)
+        if wm is not None and purged is not None:
+            self.note_progress(address, wm, purged)
 
     def _ping_msg(self, seq: int) -> dict[str, object]:
         return ping(seq, self.wm, self.purged, self.incarnation, self.role, self._piggyback())

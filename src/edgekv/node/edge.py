@@ -374,6 +374,7 @@ class EdgeNode:
             seeds=[s for s in self.seeds if s != transport.address],
             config=self.config,
             rng=self._rng,
+            origins=[self.origin],
         )
         runtime = NodeRuntime(transport, gossip, wall_ms=self._wall_ms)
         self._runtime = runtime
@@ -517,16 +518,22 @@ class EdgeNode:
         runtime = self._runtime
         now_ms = self._wall_ms()
         peers: dict[str, Any] = {}
+        # the lag is measured against the origin's own figure (what it told this node itself)
+        # and what this replica holds: another peer's claim never moves it
         known_high = replica.covered.high
         origin_watermark: int | None = None
+        rejected: dict[str, dict[str, int]] = {}
         if runtime is not None:
-            for address, info in runtime.gossip.peers().items():
+            gossip = self.gossip
+            for address, info in gossip.peers().items():
                 peers[address] = peer_json(info)
-                wm = peer_field(info, "watermark")
-                if isinstance(wm, int):
-                    known_high = max(known_high, wm)
-                    if address == runtime.resolve(self.origin):
-                        origin_watermark = wm
+            rejected = gossip.rejections()
+            for address, reasons in rejected.items():
+                if address in peers:
+                    peers[address]["rejected"] = reasons
+            if gossip.authority.heard_origin:
+                origin_watermark = gossip.origin_watermark
+                known_high = max(known_high, origin_watermark)
         lag_seqs = max(0, known_high - replica.watermark)
         last = runtime.metrics.last_written_at if runtime is not None else 0
         pending = replica.trees_pending
@@ -554,6 +561,7 @@ class EdgeNode:
             else {name or "<meta>": f"{root:032x}" for name, root in replica.roots().items()},
             "root": None if pending else f"{replica.root:032x}",
             "peers": peers,
+            "rejected": rejected,  # peer -> reason -> items refused from it (hostile claims)
             "watchers": self.hub.count(),
             # the link-fault policy in force (testnets, `--fault-file`), None without one
             "faults": None if self.faults is None else self.faults.to_spec(),
@@ -614,6 +622,7 @@ class EdgeNode:
             gossip_counters=runtime.gossip.counters,
             gauges=gauges,
             peer_states=states,
+            rejections=self.gossip.rejections(),
         )
 
 

@@ -119,6 +119,7 @@ def render_prometheus(
     gauges: Mapping[str, float],
     peer_states: Iterable[str] = (),
     counters: Mapping[str, float] | None = None,
+    rejections: Mapping[str, Mapping[str, int]] | None = None,
 ) -> str:
     """The Prometheus text format (version 0.0.4) for one node."""
     lines: list[str] = []
@@ -194,6 +195,19 @@ def render_prometheus(
     family("edgekv_peers", "gauge", "Known peers by membership state.")
     for state in sorted(peers):
         lines.append(f'edgekv_peers{{{node},state="{_label(state)}"}} {peers[state]}')
+
+    family(
+        "edgekv_peer_rejections_total",
+        "counter",
+        "Items refused from a peer (states the origin never applies, hostile claims), by reason.",
+    )
+    for peer in sorted(rejections or {}):
+        reasons = (rejections or {})[peer]
+        for reason in sorted(reasons):
+            lines.append(
+                f'edgekv_peer_rejections_total{{{node},peer="{_label(peer)}",'
+                f'reason="{_label(reason)}"}} {reasons[reason]}'
+            )
 
     for name in sorted(gauges):
         metric = f"edgekv_{_metric(name)}"

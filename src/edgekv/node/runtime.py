@@ -259,7 +259,7 @@ class NodeRuntime:
             del aliases[next(iter(aliases))]
         forget = getattr(self.gossip, "forget", None)
         if forget is not None:
-            forget(old)
+            forget(old, new)
 
     async def request(self, peer: str, body: Mapping[str, Any], timeout: float) -> Message:  # noqa: ASYNC109 (contract)
         """Send REQUEST{id, **body} to `peer` and wait for its RESPONSE (returned) or ERROR

@@ -396,8 +396,13 @@ class Origin:
         seq = self.sequencer
         runtime = self.runtime
         peers = {}
+        rejected: dict[str, dict[str, int]] = {}
         if runtime is not None:
             peers = {a: peer_json(info) for a, info in runtime.gossip.peers().items()}
+            rejected = self._gossip_rejections()
+            for address, reasons in rejected.items():
+                if address in peers:
+                    peers[address]["rejected"] = reasons
         return {
             "node_id": self.node_id,
             "role": "origin",
@@ -427,6 +432,8 @@ class Origin:
             if self.signer is None or self.replica.proofs is None
             else {"key": self.signer.key_id.hex(), "certificates": len(self.replica.proofs)},
             "rejected_unsigned": dict(runtime.metrics.rejected) if runtime is not None else {},
+            # peer -> reason -> items refused: the origin never applies a peer's states
+            "rejected": rejected,
             "faults": None if self.faults is None else self.faults.to_spec(),
             "process": process_info(),
             "transport": self.transport.stats.total()
@@ -457,7 +464,13 @@ class Origin:
                 "origin_log_flushes": float(seq.flush_count),
             },
             peer_states=states,
+            rejections=self._gossip_rejections(),
         )
+
+    def _gossip_rejections(self) -> dict[str, dict[str, int]]:
+        runtime = self.runtime
+        rejections = getattr(runtime.gossip, "rejections", None) if runtime is not None else None
+        return rejections() if rejections is not None else {}
 
     async def compact(self) -> int:
         """Compact the log now; returns the number of rows removed."""

@@ -634,6 +634,23 @@ class Testnet:
         out.sent_bytes = +out.sent_bytes
         return out
 
+    async def attach(self, name: str = "intruder") -> Any:
+        """A raw endpoint named `name` on this network, not a node: for tests and experiments
+        that speak the protocol themselves (e.g. a hostile peer).  In tcp mode it holds the
+        cluster's credentials (cluster id and key, if any).  Closed with the testnet."""
+        if self._tg is None:
+            raise InvalidInput("attach() needs a sim or tcp testnet that is running")
+        if self._sim is not None:
+            transport: Any = self._sim.transport(f"{name}:1")
+        else:
+            from edgekv.node.tcp import TcpTransport
+
+            transport = await TcpTransport.create(
+                "127.0.0.1:0", task_group=self._tg, cluster_id=self.cluster_id, node_id=name
+            )
+        self._stack.push_async_callback(transport.aclose)
+        return transport
+
     # --- the client -------------------------------------------------------------------------
 
     def _make_client(self) -> Any:
