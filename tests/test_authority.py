@@ -267,3 +267,50 @@ def test_honest_edges_never_serve_forged_states(network: str) -> None:
         assert all(reads[k] is None for k in FORGED_KEYS), (name, reads)
         assert reads["k1"] == obs.genuine["k1"].value, name  # no altered value
         assert obs.edge_seq[name]["k2"] == obs.genuine["k2"].seq, name  # no replayed seq
+
+
+async def _restart_run() -> dict[str, Any]:
+    async with testnet.Testnet(edges=3, network="sim", latency=0.01, seed=5) as net:
+        c = net.client
+        await c.create_store("flags")
+        for i in range(3):
+            await c.put("flags", f"k{i}", f"v{i}".encode())
+        assert await net.converged(timeout=20)
+        genuine = net.origin.replica.state("flags", "k0")
+        evil = await Hostile.join(net)
+        # the edges take the forgeries (until signatures): they are what could re-infect
+        for msg in (forged_write("flags", "forged", b"evil"), forged_store_drop("flags")):
+            await evil.send_to_all(msg, origin=False)
+        await anyio.sleep(2.0)
+        infected = sum(not net.edge(n).replica.has_store("flags") for n in net.live_edges())
+        await net.crash("origin")
+        await net.restart("origin")
+        for _ in range(3):  # and the hostile tries the restarted origin directly too
+            for msg in (
+                forged_write("flags", "forged", b"evil"),
+                forged_store_drop("flags"),
+                *forged_ae_states(evil.sid(), "flags", "forged-ae", b"evil"),
+            ):
+                await evil.send(net.address_of("origin"), msg)
+            await anyio.sleep(4.0)  # several anti-entropy rounds with every edge
+        await c.put("flags", "after", b"restart")
+        origin = net.origin
+        return {
+            "infected_edges": infected,
+            "forged": [origin.replica.state("flags", k) for k in ("forged", "forged-ae")],
+            "stores": origin.replica.store_names(),
+            "k0": origin.replica.state("flags", "k0") == genuine,
+            "after": await origin.get("flags", "after"),
+            "ae_sessions": origin.runtime.gossip.counters["ae_rounds"],
+            "rejected": origin.status()["rejected"].get(evil.address, {}),
+        }
+
+
+def test_a_restarted_origin_is_not_reinfected_by_anti_entropy() -> None:
+    out = trio.run(_restart_run, clock=sim_clock())
+    assert out["infected_edges"] == 3  # the forged drop reached every edge (no signatures yet)
+    assert out["ae_sessions"] > 0  # the restarted origin did run anti-entropy with them
+    assert out["forged"] == [None, None]
+    assert "flags" in out["stores"] and out["k0"]
+    assert out["after"] == b"restart"  # re-creating nothing was needed: writes just work
+    assert out["rejected"].get("states_ignored", 0) > 0

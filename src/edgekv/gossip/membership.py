@@ -40,6 +40,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 
+from ..crdt.replica import Replica
 from .authority import Authority
 from .config import GossipConfig
 from .messages import (
@@ -98,9 +99,12 @@ class Membership:
         config: GossipConfig,
         rng: random.Random,
         counters: Counter[str],
-        authority: Authority,
+        authority: Authority | None = None,
     ) -> None:
+        """`authority`: the node's (see authority.py); alone, an edge's trusting no origin."""
         self.address = address
+        if authority is None:
+            authority = Authority(role, Replica(), (), counters)
         self.authority = authority
         self.role = role
         self.incarnation = 0
