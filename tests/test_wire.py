@@ -272,6 +272,30 @@ def test_keyless_client_cannot_skip_auth_against_keyed_server() -> None:
         b.receive({"t": 3, "mac": b""})
 
 
+def test_a_claim_is_confirmed_only_by_the_process_that_made_the_connection() -> None:
+    """Rule 6: the origin opened connection 1 (transcript t); an edge dials the origin's own
+    address asking about t: yes.  About a transcript it never made (a member claiming to be
+    it on another connection): no."""
+    origin_out, _ = run_handshake(b"k", b"k")
+    made = {origin_out.transcript}
+    assert origin_out.transcript == b"A" * 16 + b"B" * 16
+    for asked, expected in ((origin_out.transcript, True), (b"X" * 32, False)):
+        edge = Handshake("c1", "e", "edge", "x:1", b"k", True, b"E" * 16, confirm=asked)
+        origin = Handshake(
+            "c1", "o", "origin", "o:1", b"k", False, b"O" * 16, confirmer=made.__contains__
+        )
+        (hello,) = edge.start()
+        (ack,) = origin.receive(hello)
+        (auth,) = edge.receive(ack)
+        origin.receive(auth)
+        assert edge.confirmed is expected and origin.asked_to_confirm
+    plain, _ = run_handshake(b"k", b"k")
+    assert plain.confirmed is None  # nothing asked, nothing answered
+    bad = Handshake("c1", "o", "origin", "o:1", None, False, b"O" * 16, confirmer=made.__contains__)
+    with pytest.raises(RemoteProtocolError, match="confirm"):
+        bad.receive({**HELLO, "confirm": "not bytes"})
+
+
 def test_handshake_wrong_cluster() -> None:
     with pytest.raises(Unauthorized):
         run_handshake(b"k", b"k", a_cluster="c1", b_cluster="c2")

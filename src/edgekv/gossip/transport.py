@@ -35,6 +35,8 @@ class TransportStats:
     for a protocol or authentication failure, `refused_connections` those closed at once for
     being over a connection cap, `idle_closed` those closed for silence, and `accept_errors`
     failed accepts (out of file descriptors, ...) that the listener survived.
+    `refused_claims` counts, per remote host and reason, connections refused for a claim they
+    could not back (e.g. the origin's address).
     """
 
     sent_messages: Counter[str] = field(default_factory=Counter)
@@ -46,6 +48,13 @@ class TransportStats:
     refused_connections: int = 0
     idle_closed: int = 0
     accept_errors: int = 0
+    refused_claims: dict[str, Counter[str]] = field(default_factory=dict)
+
+    def refuse_claim(self, host: str, reason: str) -> None:
+        """Count one connection from `host` refused for `reason` (at most 1,024 hosts by name)."""
+        claims = self.refused_claims
+        key = host if host in claims or len(claims) < 1024 else "<other>"
+        claims.setdefault(key, Counter())[reason] += 1
 
     def record_sent(self, kind: str, nbytes: int) -> None:
         self.sent_messages[kind] += 1
@@ -66,6 +75,8 @@ class TransportStats:
         self.refused_connections += other.refused_connections
         self.idle_closed += other.idle_closed
         self.accept_errors += other.accept_errors
+        for host, reasons in other.refused_claims.items():
+            self.refused_claims.setdefault(host, Counter()).update(reasons)
 
     @classmethod
     def combined(cls, stats: Iterable[TransportStats]) -> TransportStats:

@@ -22,6 +22,11 @@ Theory of operation
 5. The handshake (`Handshake`) runs before any other frame: HELLO -> HELLO_ACK -> AUTH.  Each side
    proves knowledge of the cluster key with an HMAC over both nonces, so neither a replayed
    transcript nor a reflected MAC authenticates.  A keyed node never accepts a keyless peer.
+6. A shared cluster key proves membership, not identity: any member could claim the origin's
+   address.  So a claim can be confirmed by dialling the claimed address: HELLO may carry
+   `confirm` (the transcript, both nonces, of another connection), and the responder answers
+   `confirmed` in HELLO_ACK: whether it initiated that connection (`Handshake.transcript`).
+   Only the process at the address the confirmer dialled can say yes.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import hashlib
 import hmac
 import io
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, NoReturn
@@ -384,7 +389,12 @@ class Handshake:
         key: bytes | None,
         initiator: bool,
         nonce: bytes,
+        *,
+        confirm: bytes | None = None,
+        confirmer: Callable[[bytes], bool] | None = None,
     ) -> None:
+        """`confirm` (initiator): ask the responder whether it initiated the connection with
+        this transcript; the answer is `confirmed`.  `confirmer` (responder): answers that."""
         if not isinstance(nonce, bytes) or not _MIN_NONCE <= len(nonce) <= _MAX_NONCE:
             raise LocalProtocolError(f"nonce must be {_MIN_NONCE}..{_MAX_NONCE} bytes")
         if key is not None and not key:
@@ -399,6 +409,19 @@ class Handshake:
         self._peer_nonce = b""
         self._state = "start" if initiator else "wait_hello"
         self._peer: PeerInfo | None = None
+        self._confirm = confirm
+        self._confirmer = confirmer
+        self.confirmed: bool | None = None  # initiator: the answer to `confirm`
+        self.asked_to_confirm = False  # responder: the peer only came to ask (rule 6)
+
+    @property
+    def transcript(self) -> bytes:
+        """Both nonces, the initiator's first: what `confirm` names this connection by."""
+        if not self.done:
+            raise LocalProtocolError("handshake not finished")
+        if self.initiator:
+            return self._nonce + self._peer_nonce
+        return self._peer_nonce + self._nonce
 
     @property
     def done(self) -> bool:
@@ -416,18 +439,19 @@ class Handshake:
             raise LocalProtocolError("start() is for an initiator that has not started")
         self._state = "wait_ack"
         vmin, vmax = PROTOCOL_VERSIONS
-        return [
-            {
-                "t": int(MsgType.HELLO),
-                "cluster": self.cluster_id,
-                "node": self.node_id,
-                "role": self.role,
-                "addr": self.address,
-                "vmin": vmin,
-                "vmax": vmax,
-                "nonce": self._nonce,
-            }
-        ]
+        hello: Message = {
+            "t": int(MsgType.HELLO),
+            "cluster": self.cluster_id,
+            "node": self.node_id,
+            "role": self.role,
+            "addr": self.address,
+            "vmin": vmin,
+            "vmax": vmax,
+            "nonce": self._nonce,
+        }
+        if self._confirm is not None:
+            hello["confirm"] = self._confirm
+        return [hello]
 
     def receive(self, msg: Message) -> list[Message]:
         """Process one message from the peer; return the replies to send."""
@@ -474,18 +498,23 @@ class Handshake:
         )
         self._state = "wait_auth"
         mac = _mac(self._key, b"ack", self._peer_nonce, self._nonce, self.cluster_id)
-        return [
-            {
-                "t": int(MsgType.HELLO_ACK),
-                "cluster": self.cluster_id,
-                "node": self.node_id,
-                "role": self.role,
-                "addr": self.address,
-                "version": high,
-                "nonce": self._nonce,
-                "mac": mac,
-            }
-        ]
+        ack: Message = {
+            "t": int(MsgType.HELLO_ACK),
+            "cluster": self.cluster_id,
+            "node": self.node_id,
+            "role": self.role,
+            "addr": self.address,
+            "version": high,
+            "nonce": self._nonce,
+            "mac": mac,
+        }
+        if "confirm" in msg:
+            asked = msg["confirm"]
+            if type(asked) is not bytes or len(asked) > 2 * _MAX_NONCE:
+                raise RemoteProtocolError("handshake field 'confirm' is not a transcript")
+            self.asked_to_confirm = True
+            ack["confirmed"] = self._confirmer is not None and self._confirmer(asked)
+        return [ack]
 
     def _on_ack(self, msg: Message) -> list[Message]:
         cluster = _field(msg, "cluster", str)
@@ -500,6 +529,8 @@ class Handshake:
         )
         want = _mac(self._key, b"ack", self._nonce, peer_nonce, self.cluster_id)
         self._check_mac(_field(msg, "mac", bytes), want)
+        if self._confirm is not None:
+            self.confirmed = msg.get("confirmed") is True
         self._peer, self._peer_nonce = info, peer_nonce
         self._state = "done"
         mac = _mac(self._key, b"auth", peer_nonce, self._nonce, self.cluster_id)

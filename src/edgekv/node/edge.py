@@ -72,6 +72,7 @@ from edgekv.node.limits import DEFAULT_NET_LIMITS, NetLimits
 from edgekv.node.metrics import (
     antientropy_repairs,
     antientropy_rounds,
+    node_rejections,
     peer_field,
     peer_json,
     render_prometheus,
@@ -364,6 +365,7 @@ class EdgeNode:
                 advertise=self.advertise,
                 seeds=self.seeds,
                 limits=self.net_limits,
+                origins=[self.origin],
             )
         transport = self._transport
         stack.push_async_callback(transport.aclose)  # injected or not: leaving the network
@@ -527,7 +529,7 @@ class EdgeNode:
             gossip = self.gossip
             for address, info in gossip.peers().items():
                 peers[address] = peer_json(info)
-            rejected = gossip.rejections()
+            rejected = node_rejections(runtime)
             for address, reasons in rejected.items():
                 if address in peers:
                     peers[address]["rejected"] = reasons
@@ -622,7 +624,7 @@ class EdgeNode:
             gossip_counters=runtime.gossip.counters,
             gauges=gauges,
             peer_states=states,
-            rejections=self.gossip.rejections(),
+            rejections=node_rejections(runtime),
         )
 
 

@@ -24,6 +24,8 @@ __all__ = [
     "NodeMetrics",
     "antientropy_repairs",
     "antientropy_rounds",
+    "merge_rejections",
+    "node_rejections",
     "render_prometheus",
 ]
 
@@ -218,6 +220,29 @@ def render_prometheus(
         family(metric, "counter", name.replace("_", " ").capitalize() + ".")
         lines.append(f"{metric}{{{node}}} {_num((counters or {})[name])}")
     return "\n".join(lines) + "\n"
+
+
+def merge_rejections(
+    *parts: Mapping[str, Mapping[str, int]],
+) -> dict[str, dict[str, int]]:
+    """peer (or remote host) -> reason -> count, summed over the gossip core and transport."""
+    out: dict[str, dict[str, int]] = {}
+    for part in parts:
+        for who, reasons in part.items():
+            mine = out.setdefault(who, {})
+            for reason, n in reasons.items():
+                mine[reason] = mine.get(reason, 0) + n
+    return out
+
+
+def node_rejections(runtime: Any) -> dict[str, dict[str, int]]:
+    """peer (or remote host) -> reason -> count, for a node's `NodeRuntime`: what its gossip
+    core refused (gossip/authority.py), messages with unsigned states (crdt/proofs.py) and
+    connections its transport refused for a claim (node/tcp.py)."""
+    rejections = getattr(runtime.gossip, "rejections", None)
+    unsigned = {peer: {"unsigned_state": n} for peer, n in runtime.metrics.rejected.items()}
+    refused = getattr(runtime.transport.stats, "refused_claims", {})
+    return merge_rejections(rejections() if rejections else {}, unsigned, refused)
 
 
 def peer_field(info: Any, name: str) -> Any:

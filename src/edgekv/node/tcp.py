@@ -10,6 +10,13 @@ carry messages in; replies travel over the replier's own outbound connection.  A
 for the network: it queues the frame; a dead peer costs a failed connect then a backoff during
 which its frames are dropped (counted).  One connection's garbage, truncation, oversize frame or
 failed authentication closes that connection with a logged reason; nothing else is affected.
+
+Who is the origin.  A cluster key proves membership, not identity, so an inbound connection
+whose handshake claims one of `origins` (the addresses this node was configured with) or the
+role "origin" is confirmed before any of its frames is read: this node dials that configured
+address and asks, in the handshake, whether it initiated the connection (wire.py rule 6).  A
+connection that is not confirmed is closed and counted per remote host in `refused`; so a
+message whose envelope names an origin came from the process at the origin's address.
 """
 
 from __future__ import annotations
@@ -19,7 +26,8 @@ import logging
 import math
 import os
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -55,6 +63,8 @@ logger = logging.getLogger("edgekv.tcp")
 HANDSHAKE_TIMEOUT = DEFAULT_NET_LIMITS.handshake_timeout
 CONNECT_TIMEOUT = 5.0
 HANDSHAKE_MAX_FRAME = 4096  # an unauthenticated peer cannot make us buffer more than this
+INITIATED_KEPT = 1024  # transcripts of recent outbound handshakes, for confirming them
+MAX_REFUSED_HOSTS = 1024
 _READ_SIZE = 65536
 _BACKOFF_MIN, _BACKOFF_MAX = 0.05, 2.0
 _MAX_WHERE = 65536  # node ids remembered with their address
@@ -94,6 +104,9 @@ class FramedStream:
         self.max_frame_size = max_frame_size
         self._decoder = FrameDecoder(max_frame_size)
         self.peer: PeerInfo | None = None
+        self.transcript = b""  # both handshake nonces (see `Handshake.transcript`)
+        self.confirmed: bool | None = None  # the answer to `connect(confirm=...)`
+        self.asked_to_confirm = False  # an accepted peer that only came to confirm
 
     @classmethod
     async def connect(
@@ -108,11 +121,13 @@ class FramedStream:
         max_frame_size: int = MAX_FRAME_SIZE,
         connect_timeout: float = CONNECT_TIMEOUT,
         ssl_context: ssl.SSLContext | None = None,
+        confirm: bytes | None = None,
     ) -> FramedStream:
         """Connect to `address` and run the handshake as initiator (within `connect_timeout` s).
 
         With `ssl_context` the connection is TLS first (see `tlsconfig`): the peer's
-        certificate is verified against the context's CA before any frame is sent."""
+        certificate is verified against the context's CA before any frame is sent.  With
+        `confirm`, ask the peer whether it initiated that transcript (`confirmed`)."""
         host, port = parse_address(address)
         with anyio.fail_after(connect_timeout):
             stream: anyio.abc.ByteStream = await anyio.connect_tcp(host, port)
@@ -126,7 +141,9 @@ class FramedStream:
                     raise
             fs = cls(stream, max_frame_size=max_frame_size)
             try:
-                hs = Handshake(cluster_id, node_id, role, advertise, key, True, os.urandom(16))
+                hs = Handshake(
+                    cluster_id, node_id, role, advertise, key, True, os.urandom(16), confirm=confirm
+                )
                 await fs.handshake(hs)
             except BaseException:
                 await anyio.aclose_forcefully(stream)
@@ -146,6 +163,7 @@ class FramedStream:
         max_frame_size: int = MAX_FRAME_SIZE,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         ssl_context: ssl.SSLContext | None = None,
+        confirmer: Callable[[bytes], bool] | None = None,
     ) -> FramedStream:
         """Run the handshake as responder on an accepted stream (the caller still owns it).
 
@@ -163,7 +181,16 @@ class FramedStream:
                 )
                 check = partial(_require_node_cert, stream)
             fs = cls(stream, max_frame_size=max_frame_size)
-            hs = Handshake(cluster_id, node_id, role, advertise, key, False, os.urandom(16))
+            hs = Handshake(
+                cluster_id,
+                node_id,
+                role,
+                advertise,
+                key,
+                False,
+                os.urandom(16),
+                confirmer=confirmer,
+            )
             await fs.handshake(hs, check_hello=check)
         return fs
 
@@ -192,6 +219,9 @@ class FramedStream:
         finally:
             decoder.max_frame_size = self.max_frame_size
         self.peer = hs.peer
+        self.transcript = hs.transcript
+        self.confirmed = hs.confirmed
+        self.asked_to_confirm = hs.asked_to_confirm
         return hs.peer
 
     async def send(self, msg: Message) -> int:
@@ -290,8 +320,12 @@ class TcpTransport:
         on_client: Callable[[PeerInfo, FramedStream], Awaitable[None]] | None = None,
         limits: NetLimits = DEFAULT_NET_LIMITS,
         tls: TlsConfig | None = None,
+        origins: Iterable[str] = (),
     ) -> None:
         self.cluster_id = cluster_id
+        # claims of these addresses (or of the role "origin") are confirmed (module docstring)
+        self.origins = frozenset(origins)
+        self._initiated: OrderedDict[bytes, None] = OrderedDict()  # our outbound transcripts
         self.node_id = node_id
         self.role = role
         self.faults = faults
@@ -359,6 +393,7 @@ class TcpTransport:
         on_client: Callable[[PeerInfo, FramedStream], Awaitable[None]] | None = None,
         limits: NetLimits = DEFAULT_NET_LIMITS,
         tls: TlsConfig | None = None,
+        origins: Iterable[str] = (),
     ) -> TcpTransport:
         """Bind `listen` and serve inside `task_group` until `aclose()`.
 
@@ -379,6 +414,7 @@ class TcpTransport:
             on_client=on_client,
             limits=limits,
             tls=tls,
+            origins=origins,
         )
         await task_group.start(transport._run, listen, advertise, list(seeds))
         return transport
@@ -404,6 +440,7 @@ class TcpTransport:
         on_client: Callable[[PeerInfo, FramedStream], Awaitable[None]] | None = None,
         limits: NetLimits = DEFAULT_NET_LIMITS,
         tls: TlsConfig | None = None,
+        origins: Iterable[str] = (),
     ) -> AsyncIterator[TcpTransport]:
         """Context manager: a transport serving in its own task group, closed on exit."""
         async with anyio.create_task_group() as tg:
@@ -425,6 +462,7 @@ class TcpTransport:
                 on_client=on_client,
                 limits=limits,
                 tls=tls,
+                origins=origins,
             )
             try:
                 yield transport
@@ -566,6 +604,7 @@ class TcpTransport:
                     max_frame_size=self.max_frame_size,
                     handshake_timeout=self.handshake_timeout,
                     ssl_context=self._server_ssl,
+                    confirmer=self._initiated.__contains__,
                 )
                 assert fs.peer is not None
                 peer = fs.peer
@@ -578,8 +617,19 @@ class TcpTransport:
             if handshaking is not None:
                 handshaking[0] = False
                 self.handshaking -= 1
+            if fs.asked_to_confirm:
+                return  # it only came to ask whether we opened a connection (wire.py rule 6)
             if peer.role == "client" and self.on_client is not None:
                 await self.on_client(peer, fs)
+                return
+            claims_origin = peer.role == "origin" or peer.address in self.origins
+            if (
+                claims_origin
+                and self.origins
+                and not await self._confirm(peer.address, fs.transcript)
+            ):
+                self.stats.refuse_claim(remote.rpartition(":")[0], "unconfirmed_origin_claim")
+                self._reject(remote, f"claims to be the origin at {peer.address}: unconfirmed")
                 return
             self._note_peer(peer, None)
             idle = self.limits.idle_timeout
@@ -621,6 +671,29 @@ class TcpTransport:
         for scope in self._inbound.get(peer, ()):
             scope.cancel()
 
+    async def _confirm(self, claimed: str, transcript: bytes) -> bool:
+        """Whether the process at `claimed`, a configured origin address, says it initiated
+        the connection with `transcript` (it dials that address: only the origin can say yes)."""
+        if claimed not in self.origins:
+            return False  # the role "origin" from an address that is not one
+        try:
+            conn = await FramedStream.connect(
+                claimed,
+                cluster_id=self.cluster_id,
+                node_id=self.node_id,
+                role=self.role,
+                advertise=self._address,
+                key=self._key,
+                connect_timeout=self.connect_timeout,
+                ssl_context=self._client_ssl,
+                confirm=transcript,
+            )
+        except Exception as exc:
+            logger.info("%s: cannot confirm the origin at %s: %r", self._address, claimed, exc)
+            return False
+        await anyio.aclose_forcefully(conn.stream)
+        return conn.confirmed is True
+
     def _note_peer(self, peer: PeerInfo, dialled: str | None) -> None:
         """A handshake told us where node `peer.node_id` is: report a move when that differs
         from the address we dialled or from where the same node id was before."""
@@ -632,7 +705,14 @@ class TcpTransport:
             moved.append(dialled)
         old = self._where.get(peer.node_id)
         if old is not None and old != new:
+            if old in self.origins and new not in self.origins and dialled is None:
+                # an inbound claim cannot move the origin; only its own address answering
+                # under another one (a connection we dialled) can
+                self.stats.refuse_claim(new.rpartition(":")[0], "origin_node_id_claim")
+                return
             moved.append(old)
+        if dialled is not None and dialled in self.origins and new not in self.origins:
+            self.origins = self.origins | {new}  # the origin itself answered as `new`
         if len(self._where) >= _MAX_WHERE and peer.node_id not in self._where:
             self._where.clear()  # bounded: only a hint for forgetting stale rows
         self._where[peer.node_id] = new
@@ -709,6 +789,9 @@ class TcpTransport:
             return None
         out.backoff = 0.0
         out.conn = conn
+        self._initiated[conn.transcript] = None  # so the peer can confirm it was us
+        if len(self._initiated) > INITIATED_KEPT:
+            self._initiated.popitem(last=False)
         if conn.peer is not None:
             self._note_peer(conn.peer, out.address)
         assert self._tg is not None

@@ -44,7 +44,13 @@ from ..node.httpapi import HttpLimits
 from ..node.identity import load_node_id
 from ..node.keys import origin_signing_key, raw_public_key
 from ..node.limits import DEFAULT_NET_LIMITS, NetLimits
-from ..node.metrics import NodeMetrics, peer_field, peer_json, render_prometheus
+from ..node.metrics import (
+    NodeMetrics,
+    node_rejections,
+    peer_field,
+    peer_json,
+    render_prometheus,
+)
 from ..node.procinfo import process_info
 from ..node.tlsconfig import TlsConfig
 from .log import CommitLog, is_postgres, open_log
@@ -296,6 +302,8 @@ class Origin:
             limits=self.net_limits,
         )
         self.address = self.transport.address
+        # nobody else may claim the origin's address (a claim is confirmed by dialling it)
+        self.transport.origins = frozenset({self.address})
 
     async def __aexit__(
         self,
@@ -468,9 +476,7 @@ class Origin:
         )
 
     def _gossip_rejections(self) -> dict[str, dict[str, int]]:
-        runtime = self.runtime
-        rejections = getattr(runtime.gossip, "rejections", None) if runtime is not None else None
-        return rejections() if rejections is not None else {}
+        return {} if self.runtime is None else node_rejections(self.runtime)
 
     async def compact(self) -> int:
         """Compact the log now; returns the number of rows removed."""

@@ -237,6 +237,9 @@ class Testnet:
             tls=self.tls_config(slot.name),
             **self._origin_tcp_options(slot),
         )
+        # an edge confirms any claim of the origin's address; the origin lets nobody claim it
+        origin = t.address if slot.role == "origin" else self._slots["origin"].address
+        t.origins = frozenset({origin})
         return Plug(t, None)
 
     def _make_certs(self) -> None:
