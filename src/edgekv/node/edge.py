@@ -365,7 +365,7 @@ class EdgeNode:
                 advertise=self.advertise,
                 seeds=self.seeds,
                 limits=self.net_limits,
-                origins=[self.origin],
+                origins=self.origins,
             )
         transport = self._transport
         stack.push_async_callback(transport.aclose)  # injected or not: leaving the network
@@ -376,7 +376,7 @@ class EdgeNode:
             seeds=[s for s in self.seeds if s != transport.address],
             config=self.config,
             rng=self._rng,
-            origins=[self.origin],
+            origins=self.origins,
         )
         runtime = NodeRuntime(transport, gossip, wall_ms=self._wall_ms)
         self._runtime = runtime

@@ -622,7 +622,11 @@ class TcpTransport:
             if peer.role == "client" and self.on_client is not None:
                 await self.on_client(peer, fs)
                 return
-            claims_origin = peer.role == "origin" or peer.address in self.origins
+            # (an origin's transport checks claims of its own address; another origin, e.g. a
+            # follower on the same log, may speak to it: roles mean nothing to an origin)
+            claims_origin = peer.address in self.origins or (
+                peer.role == "origin" and self.role != "origin"
+            )
             if (
                 claims_origin
                 and self.origins
