@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgekv.crdt import META, Put, Register, Replica, bulk_load
 from edgekv.crdt.proofs import ForgedState, ProofStore, Signer, atoms_of
+from edgekv.crdt.treebuild import TreeBuilder, build_tree
 from edgekv.errors import RemoteProtocolError
 from edgekv.gossip import GossipConfig, GossipNode
 from edgekv.gossip.snapshot import SnapshotServer
@@ -280,3 +281,17 @@ def test_a_forged_chunk_is_rejected_and_the_transfer_resumes_elsewhere() -> None
     assert node.counters["snapshot_resumes"] >= 1
     assert node.counters["snapshots_installed"] == 1
     assert node.replica.root == sim.origin.replica.root
+
+
+@pytest.mark.parametrize("big", [False, True])
+def test_tree_built_chunk_by_chunk_equals_the_bulk_built_tree(big: bool) -> None:
+    states = filled(20_000).stores["s"].states
+    keys, vals = list(states), list(states.values())
+    builder = TreeBuilder(big=big)
+    for lo in range(0, len(keys), 1234):
+        builder.add(keys[lo : lo + 1234], vals[lo : lo + 1234])
+    tree, expected = builder.finish(), build_tree(states)
+    assert tree.levels == expected.levels
+    assert {leaf: sorted(ks) for leaf, ks in tree.leaf_keys.items()} == {
+        leaf: sorted(ks) for leaf, ks in expected.leaf_keys.items()
+    }

@@ -78,16 +78,17 @@ class TreeBuilder:
     """A Merkle tree built from batches of (key, state) columns, then finished once.
 
     `build_tree` feeds it a finished dict chunk by chunk; a snapshot receiver feeds it each
-    chunk as it arrives, so the hashing overlaps the transfer.  Every key must be new (given
-    once).  `big` (expected keys >= a quarter of the leaves) groups per leaf through per-leaf
-    lists (rule 2); a builder is small until told otherwise."""
+    chunk as it arrives, so the hashing overlaps the transfer, and finishes it in a worker
+    thread.  Every key must be new (given once).  `big` (expected keys >= a quarter of the
+    leaves) groups per leaf through per-leaf lists, at `finish` (rule 2); a builder is small
+    until told otherwise."""
 
-    __slots__ = ("_digest_lists", "_key_lists", "_leaves", "_tree", "keys")
+    __slots__ = ("_big", "_columns", "_leaves", "_tree", "keys")
 
     def __init__(self, *, big: bool = False) -> None:
         self._tree = MerkleTree()
-        self._key_lists: list[list[str]] = [[] for _ in range(_LEAVES)] if big else []
-        self._digest_lists: list[list[int]] = [[] for _ in range(_LEAVES)] if big else []
+        self._big = big
+        self._columns: list[tuple[list[int], list[str], list[int]]] = []
         self._leaves: dict[int, int] = {}
         self.keys = 0
 
@@ -95,10 +96,8 @@ class TreeBuilder:
         """Hash one batch of keys and their states (parallel lists)."""
         self.keys += len(ks)
         leaf_of_key, digests = _hashes(ks, vs)
-        if self._key_lists:  # C-level: append each key and digest to its leaf's list
-            key_lists, digest_lists = self._key_lists, self._digest_lists
-            deque(map(list.append, map(key_lists.__getitem__, leaf_of_key), ks), maxlen=0)
-            deque(map(list.append, map(digest_lists.__getitem__, leaf_of_key), digests), maxlen=0)
+        if self._big:  # grouped per leaf at `finish`
+            self._columns.append((leaf_of_key, ks, digests))
             return
         leaves, leaf_keys = self._leaves, self._tree.leaf_keys
         get = leaves.get
@@ -113,10 +112,17 @@ class TreeBuilder:
     def finish(self) -> MerkleTree:
         """The tree of every key added (the builder is spent)."""
         tree, leaves = self._tree, self._leaves
-        if self._key_lists:
-            tree.leaf_keys.update((i, ks) for i, ks in enumerate(self._key_lists) if ks)
-            leaves = {i: reduce(xor, ds) for i, ds in enumerate(self._digest_lists) if ds}
-            self._key_lists, self._digest_lists = [], []
+        if self._big:
+            key_lists: list[list[str]] = [[] for _ in range(_LEAVES)]
+            digest_lists: list[list[int]] = [[] for _ in range(_LEAVES)]
+            for leaf_of_key, ks, digests in self._columns:  # C-level: each to its leaf's list
+                deque(map(list.append, map(key_lists.__getitem__, leaf_of_key), ks), maxlen=0)
+                deque(
+                    map(list.append, map(digest_lists.__getitem__, leaf_of_key), digests), maxlen=0
+                )
+            self._columns = []
+            tree.leaf_keys.update((i, ks) for i, ks in enumerate(key_lists) if ks)
+            leaves = {i: reduce(xor, ds) for i, ds in enumerate(digest_lists) if ds}
         _fold_levels(tree, leaves)
         return tree
 
