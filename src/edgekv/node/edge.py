@@ -14,8 +14,8 @@ Lifecycle (`async with EdgeNode(...) as node`, under trio or asyncio through any
 Readiness: a fresh node (nothing loaded) returns from `async with` once it holds everything
 up to the origin's watermark as first heard after joining (`is_ready()`), which for a large
 store means once its snapshot (gossip/snapshot.py) is installed; or after `ready_timeout`
-(default: `READY_BASE` s plus `READY_PER_KEY` s per key the snapshot offer announced), with the
-reason logged.  While a snapshot streams the node logs progress lines (`event=snapshot`) and
+(default: `READY_BASE` s plus `READY_PER_KEY` s per key the snapshot offer announced, extended
+while the snapshot progresses: see `expected_ready_timeout`), with the reason logged.  While a snapshot streams the node logs progress lines (`event=snapshot`) and
 `/status` reports them under "snapshot".
 
 Writes (`await store.put(...)` etc.) travel to the origin as a REQUEST over the gossip transport.
@@ -95,6 +95,7 @@ reads start (about 2 s per million keys); a smaller one builds them before it re
 
 READY_BASE = 10.0
 READY_PER_KEY = 20e-6  # 20 s per million keys: 4x the measured snapshot time on 2 shared cores
+READY_MAX = 600.0
 PROGRESS_EVERY = 1.0  # seconds between progress lines while a snapshot streams
 
 logger = logging.getLogger("edgekv.edge")
@@ -276,12 +277,20 @@ class EdgeNode:
         return self
 
     def expected_ready_timeout(self) -> float:
-        """`ready_timeout`, or by default one that fits the snapshot announced (if any)."""
+        """`ready_timeout`, or by default one that fits the snapshot announced (if any): the
+        base plus a time per key announced, extended while a snapshot makes progress to its
+        elapsed time plus twice its estimated time left (never beyond `READY_MAX`)."""
         if self.ready_timeout is not None:
             return self.ready_timeout
         runtime = self._runtime
-        total = self.gossip.bootstrap.progress.total if runtime is not None else 0
-        return READY_BASE + READY_PER_KEY * total
+        if runtime is None:
+            return READY_BASE
+        boot = self.gossip.bootstrap
+        limit = READY_BASE + READY_PER_KEY * boot.progress.total
+        if boot.active and boot.progress.keys:
+            st = boot.status(runtime.now())
+            limit = max(limit, runtime.now() - boot.progress.started + 2 * st["seconds_left"] + 5)
+        return min(limit, READY_MAX)
 
     def _not_ready_reason(self) -> str:
         runtime = self._runtime
