@@ -163,6 +163,27 @@ def test_a_small_gap_still_uses_catch_up_by_watermark() -> None:
     assert node.replica.root == sim.origin.replica.root
 
 
+def test_an_edge_back_after_many_changes_takes_a_delta_not_the_whole_store() -> None:
+    sim = sim_with_sources(seed=9, sources=1)
+    back = sim.edges[-1]
+    give(sim, back, filled())  # it held everything before it went away
+    for i in range(0, KEYS, 3):  # a thousand keys changed meanwhile (over the switch point)
+        sim.write("s", Put(f"k{i:05d}", b"changed"))
+    sim.write("s", Put("new", b"key"))
+    sim.run_until(sim.now + 0.5)
+    sim.start_one(back, sim.now)
+    sim.run_until(sim.now + 5.0)
+    node = sim.nodes[back]
+    assert node.counters["snapshot_deltas"] == 1, sim.seed
+    assert node.counters["snapshots_installed"] == 0
+    served = sum(n.counters["snapshot_keys_served"] for n in sim.nodes.values())
+    assert served <= KEYS // 3 + 10  # only the changed keys travelled
+    assert node.replica.root == sim.origin.replica.root
+    assert node.replica.watermark == sim.origin.replica.watermark
+    assert node.bootstrap.ready()
+    assert not sim.check.violations
+
+
 def test_responder_work_per_request_is_bounded_by_the_credit() -> None:
     r = filled(20_000)
     cfg = GossipConfig(snapshot_chunk_bytes=16 << 10)

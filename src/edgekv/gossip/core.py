@@ -400,7 +400,16 @@ class GossipNode:
             if self.role == "origin":  # it never bootstraps: refused, counted
                 self.authority.refuse(peer, "states_ignored")
                 return []
-            return self.bootstrap.on_data(peer, message, now)
+            boot = self.bootstrap
+            out = boot.on_data(peer, message, now)
+            applied = boot.take_applied()
+            self._record(applied)
+            if applied or not boot.active:
+                self._sync_marks()
+            if not boot.active and boot.finished_at == now:  # a delta ended: the rest by catch-up
+                self.dissemination.grafts_paused_until = float("-inf")
+                out.extend(self.catchup.request(now))
+            return out
         rid = parse_offer(message)[0]
         self.catchup.pending.pop(rid, None)  # answered: by an offer
         if self.role == "origin":

@@ -52,6 +52,13 @@ Theory of operation
    live replica, joining what arrived by gossip meanwhile (crdt/bulk.py rule 7).
 8. Readiness.  `target` is the origin's watermark as first heard after joining; the node is
    ready when no snapshot is under way and its watermark has reached the target.
+9. Delta.  A node that already holds a prefix (watermark w > 0: restarted, long away, or just
+   past a snapshot while writes went on) asks with SNAP_REQ{since: w}: the same stream, but
+   only keys whose state is newer than w, joined into the live replica chunk by chunk (it is
+   not empty, so no bulk load; each chunk's apply is bounded like its encoding).  It claims
+   [1, min wm] at the end, as a whole snapshot does.  If a source has purged past w (a
+   deletion the delta cannot show), the receiver restarts as a whole snapshot.  So a gap
+   above the switch point costs the changed keys, never the whole store twice.
 """
 
 from __future__ import annotations
@@ -152,6 +159,7 @@ class _Session:
     cursor: Cursor
     wm: int
     purged: int
+    since: int = 0  # a delta snapshot: only keys whose state is newer (rule 9)
     credit: int = 0
     n: int = 0
     idle_since: float = 0.0
@@ -175,6 +183,9 @@ class SnapshotServer:
         opening = m.get("open")
         if type(opening) is not bool:
             raise RemoteProtocolError("SNAP_REQ: open must be a boolean")
+        since = m.get("since", 0)
+        if type(since) is not int or not 0 <= since <= MAX_SEQ:
+            raise RemoteProtocolError("SNAP_REQ: since must be a seq")
         self._expire(now)
         s = self.sessions.get((peer, sid))
         if s is None:
@@ -186,7 +197,7 @@ class SnapshotServer:
                     Send(peer, snap_data(sid, 0, 0, 0, 0, "", [], b"", b"", [], True, busy=True))
                 ]
             r = self.replica
-            s = self.sessions[(peer, sid)] = _Session(after, r.watermark, r.purged)
+            s = self.sessions[(peer, sid)] = _Session(after, r.watermark, r.purged, since)
             self.counters["snapshot_sessions"] += 1
         s.credit = min(MAX_CREDIT, s.credit + credit)
         s.idle_since = now
@@ -226,9 +237,12 @@ class SnapshotServer:
                 had = len(certs)
                 size = consumed = 0
                 key = ""
+                since = s.since
                 for key in sr.keys.islice(start, start + MAX_CHUNK_KEYS):
                     consumed += 1
                     st = states[key]
+                    if since and st.seq <= since:
+                        continue
                     if proofs is not None:  # rule 2: the certificates travel with the states
                         extra = proofs.add_material(certs, st)
                         if extra < 0:  # unprovable here: never sent (crdt/proofs.py rule 3),
@@ -342,6 +356,8 @@ class SnapshotClient:
         self._purged = 0
         self._groups: dict[str, dict[str, State]] = {}
         self._trees: dict[str, TreeBuilder] = {}
+        self._since = 0  # > 0: a delta snapshot (rule 9)
+        self.applied: list[Change] = []
         self.finished_at: float | None = None
 
     @property
@@ -364,6 +380,7 @@ class SnapshotClient:
             return []
         self.counters["snapshot_offers"] += 1
         self._offer = (peer, wm)
+        self._since = self.replica.watermark  # rule 9: a node holding a prefix takes a delta
         self._hints = [a for a in sources if a != self.members.address]
         self.progress = Progress(total=keys, started=now)
         self.state = self.CHOOSING
@@ -416,7 +433,7 @@ class SnapshotClient:
         self.progress.sources.append(self._source)
         self.counters["snapshot_requests"] += 1
         credit = min(MAX_CREDIT, self.config.snapshot_window)
-        return [Send(self._source, snap_req(self._sid, self._cursor, credit, True))]
+        return [Send(self._source, snap_req(self._sid, self._cursor, credit, True, self._since))]
 
     def _resume(self, now: float) -> list[Send]:
         self._tried.add(self._source)
@@ -453,6 +470,14 @@ class SnapshotClient:
                 raise RemoteProtocolError(f"SNAP_DATA: chunk {c.n} where {self._n} was due")
             if c.keys and self._cursor is not None and (c.store, c.keys[0]) <= self._cursor:
                 raise RemoteProtocolError("SNAP_DATA: keys at or before the cursor")
+            if self._since and c.purged > self._since:
+                # rule 9: the source purged deletions we cannot see in a delta: take it whole
+                self.counters["snapshot_delta_to_full"] += 1
+                self._since = 0
+                self._cursor = None
+                self._wm, self._purged = MAX_SEQ, 0
+                self.progress.keys = 0
+                return self._start(now)
             self._verify(c)
         except RemoteProtocolError:
             self.counters["snapshot_bad_chunks"] += 1
@@ -462,8 +487,14 @@ class SnapshotClient:
         self._n += 1
         self._deadline = now + self.config.snapshot_timeout
         if c.last:
-            self.state = self.BUILDING
             self.counters["snapshot_chunks"] += 1
+            if self._since:  # a delta is already applied: claim its covers, done
+                self.replica.covered.update([(1, self._wm)] if self._wm != MAX_SEQ else [])
+                self._end()
+                self._reset(now)
+                self.counters["snapshot_deltas"] += 1
+                return []
+            self.state = self.BUILDING
             return []
         self.counters["snapshot_chunks"] += 1
         return [Send(peer, snap_req(self._sid, self._cursor, 1, False))]
@@ -491,6 +522,16 @@ class SnapshotClient:
         p.total = max(p.total, c.total)
         if not c.keys:
             return
+        self._cursor = (c.store, c.keys[-1])
+        p.keys += len(c.keys)
+        p.bytes += c.size
+        if self._since:  # a delta: joined into the live replica at once (rule 9)
+            self.applied.extend(
+                self.replica.apply_batch(
+                    [(c.store, k, st) for k, st in zip(c.keys, c.states, strict=True)]
+                )
+            )
+            return
         group = self._groups.get(c.store)
         if group is None:
             group = self._groups[c.store] = {}
@@ -498,9 +539,6 @@ class SnapshotClient:
             self._trees[c.store] = TreeBuilder(big=c.total >= 16_384)
         group.update(zip(c.keys, c.states, strict=True))
         self._trees[c.store].add(c.keys, c.states)
-        self._cursor = (c.store, c.keys[-1])
-        p.keys += len(c.keys)
-        p.bytes += c.size
 
     def take(self) -> StagedSnapshot | None:
         """The staged snapshot once the last chunk is in (then the driver builds it)."""
@@ -518,12 +556,20 @@ class SnapshotClient:
         """Adopt the built replica in the live one (rule 7); returns the joined live changes."""
         changes = adopt(self.replica, built, staged.wm)
         self._end()
+        self._reset(now)
+        self.counters["snapshots_installed"] += 1
+        return changes
+
+    def _reset(self, now: float) -> None:
         self._cursor = None
         self._wm, self._purged = MAX_SEQ, 0
         self._tried.clear()
         self.finished_at = now
-        self.counters["snapshots_installed"] += 1
-        return changes
+
+    def take_applied(self) -> list[Change]:
+        """Changes a delta snapshot applied to the live replica since the last call."""
+        out, self.applied = self.applied, []
+        return out
 
     def _end(self) -> None:
         self.state = self.IDLE

@@ -1,6 +1,7 @@
 """Snapshot messages (gossip/snapshot.py): builders and strict, column-wise parsers.
 
-    SNAP_OFFER  rid, wm, keys, sources    SNAP_REQ  sid, after ([store, key] | null), credit, open
+    SNAP_OFFER  rid, wm, keys, sources    SNAP_REQ  sid, after ([store, key] | null), credit, open,
+                                                    since? (only keys changed after it)
     SNAP_DATA   sid, n, wm, purged, total, store, keys [str...], lens (uint32 big-endian per
                 key; 0: the state is the next item of `others`), regs (register bytes,
                 concatenated), others [delta...], last, busy?, proofs? [certificate...]
@@ -61,14 +62,17 @@ def snap_offer(rid: int, wm: int, keys: int, sources: list[str]) -> Message:
     }
 
 
-def snap_req(sid: int, after: Cursor, credit: int, open: bool) -> Message:
-    return {
+def snap_req(sid: int, after: Cursor, credit: int, open: bool, since: int = 0) -> Message:
+    m: Message = {
         "t": int(MsgType.SNAP_REQ),
         "sid": sid,
         "after": None if after is None else list(after),
         "credit": credit,
         "open": open,
     }
+    if since:
+        m["since"] = since
+    return m
 
 
 def parse_offer(m: Message) -> tuple[int, int, int, list[str]]:
