@@ -82,7 +82,7 @@ class GossipConfig:
     """Target payload of one snapshot chunk (the responder's work per chunk is bounded by it)."""
     snapshot_window: int = 4
     """Snapshot chunks a receiver lets be in flight at once (its credit)."""
-    snapshot_timeout: float = 3.0
+    snapshot_timeout: float = 10.0
     """A snapshot source silent this long is abandoned: the transfer resumes from its cursor
     with another peer."""
     snapshot_lag: int = 1000

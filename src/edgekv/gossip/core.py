@@ -260,7 +260,7 @@ class GossipNode:
         out.extend(self.dissemination.tick(now))
         out.extend(self.catchup.tick(now))
         out.extend(self.bootstrap.tick(now))
-        self.snapshots.busy = self.bootstrap.active
+        self.snapshots.busy = self.bootstrap.whole
         if self.bootstrap.active:  # rule 6: no anti-entropy, no grafts while bootstrapping
             self.antientropy.next_round = max(self.antientropy.next_round, now + 1.0)
             self.dissemination.grafts_paused_until = now + self.config.snapshot_timeout
@@ -394,6 +394,7 @@ class GossipNode:
 
     def _on_snapshot(self, peer: str, message: Message, now: float) -> list[Send]:
         t = message["t"]
+        self.snapshots.busy = self.bootstrap.whole
         if t == MsgType.SNAP_REQ:
             return self.snapshots.on_req(peer, message, now)
         if t == MsgType.SNAP_DATA:

@@ -174,7 +174,7 @@ class SnapshotServer:
         self.config = config
         self.counters = counters
         self.sessions: dict[tuple[str, int], _Session] = {}
-        self.busy = False  # set while this node bootstraps itself: it serves no snapshot
+        self.busy = False  # set while this node takes a whole snapshot: it serves none
 
     def on_req(self, peer: str, m: Message, now: float) -> list[Send]:
         sid = _int(m, "sid")
@@ -406,13 +406,15 @@ class SnapshotClient:
         hints = [a for a in self._hints if a not in self._tried]
         if hints:  # named by the offerer: a bad one only costs a timeout (chunks are checked)
             return self.rng.choice(hints)
-        if offerer not in self._tried:
-            return offerer
-        live = [a for a in self.members.live() if a not in self._tried]
-        if live:
-            return self.rng.choice(sorted(live))
-        self._tried.clear()  # every peer failed once: start over with the offerer
+        # the offerer has the data (it said so); a peer that is behind never serves (it would
+        # answer busy), so no other peer is tried; after the offerer all may be tried again
+        self._tried.clear()
         return offerer
+
+    @property
+    def whole(self) -> bool:
+        """A whole snapshot is under way (this node holds no usable prefix: it serves none)."""
+        return self.active and not self._since
 
     def _live_seqs(self) -> Iterator[int]:
         """The proof store's live seqs while staging: the replica's and the staged states'."""
