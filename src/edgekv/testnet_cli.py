@@ -123,7 +123,7 @@ def _experiment(args: argparse.Namespace) -> int:
         hit: list[int] = []
         report: dict[str, Any] = {}
         async with anyio.create_task_group() as tg:
-            tg.start_soon(cancel_on_signals, tg.cancel_scope, hit)
+            await tg.start(cancel_on_signals, tg.cancel_scope, hit)
             report = await run_experiment(scenario, network=network, seed=seed)
             tg.cancel_scope.cancel()
         return {"interrupted": hit[0]} if hit else report

@@ -165,10 +165,17 @@ class _Demo:
             return 0, 0
 
 
-async def cancel_on_signals(scope: anyio.CancelScope, hit: list[int]) -> None:
+async def cancel_on_signals(
+    scope: anyio.CancelScope,
+    hit: list[int],
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
     """Cancel `scope` on SIGINT (Ctrl-C), SIGTERM or SIGHUP, so every `finally` runs and no
-    node process is left behind (also when SIGINT was ignored, as for background jobs)."""
+    node process is left behind (also when SIGINT was ignored, as for background jobs).
+    Started with `tg.start`: the receiver is in place before any node process exists."""
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        task_status.started()
         async for signum in signals:
             hit.append(int(signum))
             scope.cancel()
@@ -183,7 +190,7 @@ async def run_live(opts: LiveOptions, console: Console | None = None) -> dict[st
     hit: list[int] = []
     result: dict[str, Any] = {}
     async with anyio.create_task_group() as tg:
-        tg.start_soon(cancel_on_signals, tg.cancel_scope, hit)
+        await tg.start(cancel_on_signals, tg.cancel_scope, hit)
         result = await _run_live(opts, console or Console())
         tg.cancel_scope.cancel()
     return {"interrupted": hit[0]} if hit else result
