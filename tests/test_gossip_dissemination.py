@@ -92,7 +92,7 @@ def test_lost_pushes_are_repaired_by_graft() -> None:
 
 
 def test_gap_in_covers_triggers_graft_to_a_holder() -> None:
-    sim = Sim(6, seed=7)
+    sim = Sim(6, seed=7, config=GossipConfig(push_again=0))  # no repeated pushes to repair it
     warm(sim)
     victim = "edge-2"
     sim.run_until(5.0)
@@ -156,3 +156,84 @@ def test_window_adapts_to_a_fast_link_and_stays_full_on_a_slow_one() -> None:
     warm(slow, 8.0)
     assert slow.origin.dissemination.window("edge-1", 0.15) == 0.15
     assert 0.15 < slow.origin.dissemination.members.rtt("edge-1") < 0.3
+
+
+def drop_first(sim: Sim, kind: str, dst: str, after: float, count: int = 1) -> list[float]:
+    """Make the simulated network lose the next `count` messages of type `kind` to `dst` sent
+    after `after`; returns (filled in) the times they were dropped."""
+    from edgekv.gossip.wire import type_name
+
+    dropped: list[float] = []
+    send = sim._send
+
+    def lossy(src: str, sends: list) -> None:  # type: ignore[type-arg]
+        keep = []
+        for s in sends:
+            if (
+                len(dropped) < count
+                and sim.now >= after
+                and s.peer == dst
+                and type_name(s.message["t"]) == kind
+                and (kind != "PUSH" or s.message["covers"])
+            ):
+                dropped.append(sim.now)
+                continue
+            keep.append(s)
+        send(src, keep)
+
+    sim._send = lossy  # type: ignore[method-assign]
+    return dropped
+
+
+def test_lost_push_under_load_is_repaired_within_a_few_round_trips() -> None:
+    sim = Sim(12, seed=11, latency=0.05, jitter=0.01)
+    warm(sim)
+    victim = "edge-5"
+    dropped = drop_first(sim, "PUSH", victim, after=5.3)
+    seqs = write_stream(sim, 5.0, 100, 0.01)  # 100 writes/s
+    sim.run_until(7.5)
+    assert dropped and not sim.missing(), f"seed {sim.seed}"
+    # the writes acked before the lost push left: the victim got them at most a window (the
+    # next push repeats the lost one) plus a round trip late, not after a timer or a ping
+    late = [
+        sim.check.delivered[(victim, s)] - sim.acked[s]
+        for s in seqs
+        if dropped[0] - 0.2 <= sim.acked[s] <= dropped[0]
+    ]
+    assert late and max(late) < 0.5, max(late)
+    assert sim.nodes[victim].counters["repaired_by_again"] >= 1
+
+
+def test_lost_graft_answer_is_retried_after_round_trips_not_a_fixed_timer() -> None:
+    cfg = GossipConfig(push_again_bytes=0, graft_peers=1, graft_retry=3.0)
+    sim = Sim(8, seed=12, latency=0.05, config=cfg)
+    warm(sim)
+    victim = "edge-3"
+    lost_push = drop_first(sim, "PUSH", victim, after=5.2)
+    write_stream(sim, 5.0, 50, 0.01)
+    lost_answer = drop_first(sim, "SYNC_DATA", victim, after=5.2)
+    sim.run_until(8.0)
+    assert lost_push and lost_answer and not sim.missing(), f"seed {sim.seed}"
+    node = sim.nodes[victim]
+    assert node.counters["grafts_sent"] >= 2  # the first graft's answer was lost
+    gap = max(
+        sim.check.delivered[(victim, s)] - sim.acked[s]
+        for s in range(1, sim.seq + 1)
+        if sim.acked[s] >= 5.0
+    )
+    assert gap < 1.0, gap  # a fixed graft_retry would cost 3 s
+
+
+def test_glomers_setting_messages_per_write_and_latency() -> None:
+    sim = Sim(25, seed=1, latency=0.1, loss=0.01)
+    warm(sim)
+    write_stream(sim, 5.0, 200, 0.01, "warm")  # the tree forms (first prunes) under load
+    sim.messages.clear()
+    seqs = write_stream(sim, 7.0, 400, 0.01)  # then 100 writes/s for 4 s, counted
+    sim.run_until(11.0)
+    per_write = sim.total_messages() / len(seqs)
+    sim.run_until(13.0)
+    prop = sim.propagation(seqs)
+    assert not sim.missing() and len(prop) == len(seqs), f"seed {sim.seed}"
+    assert per_write <= 4.0, per_write
+    assert sorted(prop)[len(prop) // 2] <= 0.4 and max(prop) <= 0.6, (max(prop), sim.seed)

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from edgekv.crdt import Put, Replica
 from edgekv.gossip import GossipConfig, GossipNode
 from edgekv.gossip import messages as m
+from edgekv.gossip.wire import MsgType
 from gossip_sim import Sim
 
 
@@ -126,3 +129,19 @@ def test_graceful_leave_marks_the_node_dead_at_once() -> None:
     for s in byes:
         assert sim.nodes[s.peer].receive("edge-1", s.message, sim.now) == []
         assert sim.nodes[s.peer].peers()["edge-1"].state == "dead"
+
+
+def test_full_tables_thin_out_with_cluster_size() -> None:
+    from edgekv.gossip.membership import members_scale
+
+    assert [members_scale(n) for n in (1, 32, 33, 64, 65, 1000)] == [1, 1, 2, 2, 3, 6]
+    node = GossipNode("me", Replica(), seeds=[f"p{i}" for i in range(99)], rng=random.Random(4))
+    node.start(0.0)
+    times = []
+    now = 0.0
+    while len(times) < 3:
+        now = node.next_deadline
+        if any(s.message["t"] == MsgType.MEMBERS for s in node.tick(now)):
+            times.append(now)
+    # 100 members: 3 intervals between full tables (not 1)
+    assert times[2] - times[1] == pytest.approx(3 * node.config.members_interval)

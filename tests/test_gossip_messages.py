@@ -27,6 +27,7 @@ ZS = ZSet(3, {b"a": (3, 1.5), b"b": (4, None)}, 4, 1000)
 
 SAMPLES: list[Message] = [
     m.push([("s", "k", REG), (META, "s", Register(1, 0, b"", None))], [(1, 5)], 2),
+    m.push([("s", "k", REG), ("s", "j", REG)], [(6, 6)], 1, wm=5, again=[(1, 5)], again_n=1),
     m.ihave(10, [(1, 10), (12, 15)]),
     m.graft(3, 1),
     m.prune(),
@@ -66,7 +67,7 @@ def test_parsed_fields() -> None:
     assert isinstance(n, m.AeNodes) and n.nodes == [(3, list(range(16)))]
 
 
-OPTIONAL = {"members", "target", "force"}
+OPTIONAL = {"members", "target", "force", "wm", "again"}
 
 
 def _mutations(msg: Message) -> list[tuple[str, Message]]:
@@ -112,6 +113,8 @@ def test_malformed_fields_raise_remote_protocol_error(msg: Message) -> None:
         {**m.ae_nodes_req(1, "s", 1, [0]), "level": 4},
         {**m.ae_nodes(1, "s", 0, [(0, [0] * 16)]), "nodes": [[0, b"\0" * 255]]},
         {**m.ae_leaf_req(1, "s", [0]), "leaves": [65536]},
+        m.push([("s", "k", REG)], [(6, 6)], 0, wm=5, again=[(1, 5)], again_n=2),  # n > items
+        {**m.push([], [], 0), "wm": -1},
         m.members([("a", "king", 0, "alive")]),
         m.members([("a", "edge", 0, "zombie")]),
         {"t": int(MsgType.REQUEST), "id": 1},  # not a gossip type

@@ -27,6 +27,12 @@ class GossipConfig:
     """The window toward a peer is this many of its measured round trips (SWIM probes), capped
     by push_window / relay_window: on a fast link a window of 150 ms would cost its whole
     length, on a slow one batching is what keeps messages per write low.  0: fixed windows."""
+    push_again: int = 2
+    """A PUSH repeats this many previous pushes to the same peer (when they are small, see
+    push_again_bytes), so a lost push (two in a row, by default) is repaired by the next one,
+    about one window later, at no extra message.  0: never."""
+    push_again_bytes: int = 16 << 10
+    """The repeated pushes travel only while their deltas total at most this many bytes."""
     fanout: int = 6
     """Initial eager peers of an edge; the tree forms by pruning duplicates from this set."""
     origin_fanout: int = 8
@@ -44,7 +50,11 @@ class GossipConfig:
     graft_peers: int = 2
     """A GRAFT goes to this many holders at once (duplicate answers are harmless joins)."""
     graft_retry: float = 0.5
-    """A GRAFT not answered within this (lost, or its answer lost) is retried with another peer."""
+    """A GRAFT not answered within this (lost, or its answer lost) is retried with another peer;
+    the longest wait: with measured round trips the wait is retry_rtt_factor of them."""
+    retry_rtt_factor: float = 2.5
+    """A GRAFT is retried after this many round trips of the slowest holder asked (at most
+    graft_retry): a lost graft or answer costs a few round trips, not a fixed timer.  0: fixed."""
 
     # -- membership (SWIM) ------------------------------------------------------------------
     ping_interval: float = 1.0
@@ -104,6 +114,7 @@ class GossipConfig:
             "ihave_delay",
             "graft_timeout",
             "graft_retry",
+            "retry_rtt_factor",
             "ping_timeout",
             "suspect_timeout",
             "sync_timeout",
@@ -138,6 +149,9 @@ class GossipConfig:
             raise InvalidInput("GossipConfig.indirect_probes must be an integer >= 0")
         if not isinstance(self.max_hops, int) or self.max_hops < 0:
             raise InvalidInput("GossipConfig.max_hops must be an integer >= 0")
+        for name in ("push_again", "push_again_bytes"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise InvalidInput(f"GossipConfig.{name} must be an integer >= 0")
         if not isinstance(self.snapshot_lag, int) or self.snapshot_lag < 0:
             raise InvalidInput("GossipConfig.snapshot_lag must be an integer >= 0")
         if not isinstance(self.snapshot_chunk_bytes, int) or self.snapshot_chunk_bytes < 1024:

@@ -360,6 +360,8 @@ class GossipNode:
                 if len(ok) != len(msg.items):
                     msg.items = ok
                     msg.covers = []  # a skipped Bloom delta: claim no seq (AE repairs it)
+                    if isinstance(msg, Push):
+                        msg.again, msg.again_n = [], 0
         except ForgedState:
             self.counters["rejected_forged"] += 1
             raise

@@ -133,6 +133,8 @@ class Dissemination:
         self._notice_burst = False
         self._recent: deque[float] = deque()  # when recent batches went through this node
         self._last_flush: dict[str, float] = {}
+        self._sent: dict[str, list[_Outbox]] = {}  # the last pushes to each peer (repeated)
+        self._tail: dict[str, float] = {}  # peer -> when to repeat the last push of a burst
         self._parent: str | None = None  # the peer whose PUSH last brought news
         self._pruned: set[str] = set()  # peers this node sent PRUNE to (and not grafted since)
         self._lazy_order: list[str] = []
@@ -197,15 +199,19 @@ class Dissemination:
     def on_push(self, peer: str, msg: Push, now: float) -> tuple[list[Change], list[Send]]:
         self.counters["pushes_received"] += 1
         if self.role == "origin":  # the source of every seq takes none: refused, counted
-            self.authority.apply(peer, "PUSH", msg.items, msg.covers)
+            self.authority.apply(peer, "PUSH", msg.items, msg.covers + msg.again)
             return [], []
-        fresh_covers = covers_new(self.replica.covered, msg.covers)
-        changes = self.authority.apply(peer, "PUSH", msg.items, msg.covers)
+        covered = self.replica.covered
+        fresh_covers = covers_new(covered, msg.covers)
+        fresh_again = bool(msg.again) and covers_new(covered, msg.again)
+        changes = self.authority.apply(peer, "PUSH", msg.items, msg.covers + msg.again)
         if peer not in self.eager and peer not in self.lazy and self.role != "origin":
             p = self.members.peers.get(peer)
             if p is not None and p.role != "origin":
                 self.eager.add(peer)  # links start symmetric, so late joiners get parents too
-        if not changes and not fresh_covers:
+        if fresh_again:
+            self.counters["repaired_by_again"] += 1
+        if not changes and not fresh_covers and not fresh_again:
             self.counters["duplicates"] += 1
             if self._parent is None or self._parent == peer or peer in self._pruned:
                 return changes, []  # never cut the parent; never prune twice
@@ -216,8 +222,13 @@ class Dissemination:
             self._parent = peer
         hops = msg.hops + 1
         if hops <= self.config.hop_limit(len(self.members.peers) + 1):
-            self._forward(msg.items, msg.covers, hops, peer, now, self.config.relay_window)
-        self.check_gap(peer, now)
+            # the repeated part only where it was news: this node's subtree lacks it too
+            n = 0 if fresh_again else msg.again_n
+            covers = msg.covers + msg.again if fresh_again else msg.covers
+            self._forward(msg.items[n:], covers, hops, peer, now, self.config.relay_window)
+        if msg.wm >= 0:
+            self.members.note_progress(peer, msg.wm, 0)
+        self.check_gap(peer, now, msg.wm)
         return changes, []
 
     def forward_new(
@@ -278,14 +289,49 @@ class Dissemination:
         factor, rtt = self.config.push_rtt_factor, self.members.rtt(peer)
         return min(longest, factor * rtt) if factor > 0 and rtt > 0 else longest
 
+    def _again(
+        self, peer: str, certs: dict[bytes, Certificate]
+    ) -> tuple[list[Item], list[Range], int]:
+        """The previous pushes to `peer` to repeat (rule 1): their items and covers if they are
+        small (at most `push_again_bytes`) and all provable here, and their size; else none."""
+        prev = self._sent.get(peer)
+        budget = self.config.push_again_bytes
+        if not prev or budget <= 0:
+            return [], [], 0
+        merged: dict[tuple[str, str], Delta] = {}
+        covers = SeqRanges()
+        for box in prev:
+            covers.update(box.covers)
+            for k, d in box.items.items():
+                old = merged.get(k)
+                merged[k] = d if old is None else join(old, d)
+        proofs = self.replica.proofs
+        items: list[Item] = []
+        size = 0
+        for (store, key), delta in merged.items():
+            size += delta_size(delta) + len(key) + len(store)
+            if size > budget:
+                certs.clear()
+                return [], [], 0
+            if proofs is not None:
+                extra = proofs.add_material(certs, delta)
+                if extra < 0:
+                    certs.clear()
+                    return [], [], 0
+                size += extra
+            items.append((store, key, delta))
+        return items, list(covers), size
+
     def _flush(self, peer: str, box: _Outbox) -> list[Send]:
         out: list[Send] = []
-        chunk: list[Item] = []
-        size = alloc = 0
-        stores: set[str] = set()
-        limit = self.config.max_message_bytes
         proofs = self.replica.proofs
         certs: dict[bytes, Certificate] = {}  # the proofs of this chunk (crdt/proofs.py)
+        chunk, again, size = self._again(peer, certs)
+        again_n = len(chunk)
+        alloc = sum(alloc_size(d) for _, _, d in chunk)
+        stores: set[str] = {st for st, _, _ in chunk}
+        limit = self.config.max_message_bytes
+        wm = self.replica.watermark  # a receiver with a gap learns whether we hold it (rule 3)
         for (store, key), delta in box.items.items():
             n = delta_size(delta) + len(key) + len(store)
             a = alloc_size(delta)  # what receivers may allocate: bounded per message
@@ -294,10 +340,12 @@ class Dissemination:
                 or alloc + a > SEND_ALLOC
                 or (store not in stores and len(stores) >= MAX_MESSAGE_STORES)
             ):
-                out.append(Send(peer, push(chunk, [], box.hops, list(certs.values()))))
+                msg = push(chunk, [], box.hops, list(certs.values()), wm, again, again_n)
+                out.append(Send(peer, msg))
                 chunk, size, alloc = [], 0, 0
                 certs = {}
                 stores.clear()
+                again, again_n = [], 0
             if proofs is not None:
                 extra = proofs.add_material(certs, delta)
                 if extra < 0:
@@ -307,7 +355,15 @@ class Dissemination:
             chunk.append((store, key, delta))
             size += n
             alloc += a
-        out.append(Send(peer, push(chunk, list(box.covers), box.hops, list(certs.values()))))
+        covers = list(box.covers)
+        msg = push(chunk, covers, box.hops, list(certs.values()), wm, again, again_n)
+        out.append(Send(peer, msg))
+        if box.covers and len(out) == 1 and self.config.push_again > 0:
+            sent = self._sent.setdefault(peer, [])
+            sent.append(box)
+            del sent[: -self.config.push_again]
+        else:
+            self._sent.pop(peer, None)  # a big push is not repeated; a tail repeat only once
         self.counters["pushes_sent"] += len(out)
         return out
 
@@ -328,10 +384,13 @@ class Dissemination:
         mark = ihave(self.replica.watermark, [], self.replica.purged)
         return [Send(a, mark) for a in self.members.live()]
 
-    def learn_exists(self, peer: str, high: int, now: float, delay: float | None = None) -> None:
-        """`peer` has seqs up to `high`: arm the graft timer if this node lacks some of them.
+    def learn_exists(
+        self, peer: str, high: int, now: float, delay: float | None = None, holds: bool = True
+    ) -> None:
+        """Seqs up to `high` exist (`peer` holds them, unless `holds` is false): arm the graft
+        timer if this node lacks some of them.
 
-        `delay` defaults to `graft_timeout` (lazy notices, gaps); a watermark seen on a ping or
+        `delay` defaults to `graft_timeout` (lazy notices); a watermark seen on a ping or
         an anti-entropy message is often ahead only by writes in flight, so callers pass a
         longer delay for those.
         """
@@ -343,15 +402,29 @@ class Dissemination:
             return  # grafted for this already, in vain: an unfounded hint is not re-armed
         if high > self.known_high:
             self.known_high = high
-            self._hint = peer
+            self._hint = peer if holds else None
         due = now + (self.config.graft_timeout if delay is None else delay)
         if self._graft_due is None or due < self._graft_due:
             self._graft_due = due
             self._graft_high = high
 
-    def check_gap(self, peer: str, now: float) -> None:
+    def check_gap(self, peer: str, now: float, peer_wm: int = -1) -> None:
+        """After a PUSH or catch-up from `peer`: a hole below the seqs this node holds was lost
+        on the way (rule 3).  When the sender says it holds the hole (`peer_wm`), graft at once
+        (a quarter round trip absorbs reordering); when it lacks the hole too, it is repairing
+        itself and will relay the repair: wait one and a half round trips for it first."""
         covered = self.replica.covered
-        if covered.high > covered.watermark:
+        if covered.high <= covered.watermark:
+            return
+        rtt = self.members.rtt(peer)
+        cfg = self.config
+        if peer_wm > covered.watermark:
+            delay = min(cfg.graft_timeout, rtt / 4) if rtt > 0 else cfg.graft_timeout
+            self.learn_exists(peer, covered.high, now, delay)
+        elif peer_wm >= 0:
+            delay = 1.5 * rtt if rtt > 0 else cfg.graft_timeout
+            self.learn_exists(peer, covered.high, now, delay, holds=False)
+        else:
             self.learn_exists(peer, covered.high, now)
 
     def _holders(self) -> list[str]:
@@ -377,6 +450,8 @@ class Dissemination:
         t = float("inf")
         for box in self.outbox.values():
             t = min(t, box.due)
+        for due in self._tail.values():
+            t = min(t, due)
         if self._notice_due is not None:
             t = min(t, self._notice_due)
         if self._graft_due is not None:
@@ -387,9 +462,23 @@ class Dissemination:
         out: list[Send] = []
         for peer in [p for p, box in self.outbox.items() if box.due <= now]:
             box = self.outbox.pop(peer)
+            last = self._last_flush.get(peer, float("-inf"))
             self._last_flush[peer] = now
             if not self.members.is_dead(peer):
                 out.extend(self._flush(peer, box))
+                # a burst (pushes a window apart) that ends gets its last push repeated
+                w = self.window(peer, self.config.push_window)
+                if now - last <= 2 * w:
+                    self._tail[peer] = now + 1.5 * w
+                else:
+                    self._tail.pop(peer, None)
+        for peer in [p for p, due in self._tail.items() if due <= now]:
+            del self._tail[peer]
+            if peer not in self.outbox and not self.members.is_dead(peer):
+                prev = self._sent.get(peer)
+                if prev:
+                    self.counters["tail_repeats"] += 1
+                    out.extend(self._flush(peer, _Outbox(now, prev[-1].hops)))
         if self._notice_due is not None and self._notice_due <= now:
             self._notice_due = None
             self._last_notice = now
@@ -419,11 +508,21 @@ class Dissemination:
                     self.counters["grafts_sent"] += 1
                     out.append(Send(holder, graft(wm, self.replica.purged)))
                 # retry (with another holder) if the graft or its answer is lost
-                self._graft_due = now + self.config.graft_retry
+                self._graft_due = now + self.retry_delay(holders)
             elif self.known_high > wm:
                 self._graft_due = now + self.config.ping_interval
                 self._graft_high = self.known_high
         return out
+
+    def retry_delay(self, holders: list[str]) -> float:
+        """How long a GRAFT to `holders` waits for an answer before it is retried:
+        `retry_rtt_factor` round trips of the slowest, at most `graft_retry` (the whole delay
+        while no round trip has been measured)."""
+        cfg = self.config
+        rtt = max((self.members.rtt(h) for h in holders), default=0.0)
+        if rtt <= 0 or cfg.retry_rtt_factor <= 0:
+            return cfg.graft_retry
+        return min(cfg.graft_retry, cfg.retry_rtt_factor * rtt + cfg.relay_window)
 
     def _next_lazy(self, burst: bool) -> list[str]:
         peers = self.members.peers

@@ -13,7 +13,8 @@ Theory of operation
    suspect beats alive.  A node that hears itself suspected or dead refutes it by raising its
    own incarnation, which then spreads as an ALIVE row.  Each change is piggybacked on a few
    pings and acks (about 3 log2 N times) and the full table goes to one peer every
-   `members_interval`.  Each ping interval one random dead peer is pinged too (so the two
+   `members_interval`, scaled up past 32 members as memberlist's push-pull is (`members_scale`:
+   one more interval per doubling), so table traffic per node grows with log N, not N.  Each ping interval one random dead peer is pinged too (so the two
    halves of a healed partition, each believing the other dead, find each other again); a peer
    dead for long is pinged ever more rarely.
 4. Direct evidence overrides gossip locally: any message from a peer marks it alive (a dead
@@ -60,6 +61,12 @@ ALIVE, SUSPECT, DEAD = "alive", "suspect", "dead"
 _RANK = {ALIVE: 0, SUSPECT: 1, DEAD: 2}
 MAX_FORGOTTEN = 1024  # moved-away addresses remembered (rule 6)
 DEAD_PING_SECONDS = 30.0  # a peer dead for t seconds is re-pinged with chance min(1, 30 / t)
+
+
+def members_scale(members: int) -> int:
+    """How many `members_interval`s between full tables in a cluster of `members` (rule 3):
+    1 up to 32 members, then one more per doubling (memberlist's pushPullScale)."""
+    return 1 if members <= 32 else math.ceil(math.log2(members) - 5) + 1
 
 
 @dataclass(slots=True)
@@ -435,7 +442,7 @@ class Membership:
                     out.append(Send(a, self._ping_msg(self._seq)))
                     self.counters["pings_dead"] += 1
         if self.next_members <= now:
-            self.next_members = now + cfg.members_interval
+            self.next_members = now + cfg.members_interval * members_scale(len(self.peers) + 1)
             forget = [a for a in self._lists()[2] if self.peers[a].since + cfg.dead_forget <= now]
             for a in forget:
                 del self.peers[a]

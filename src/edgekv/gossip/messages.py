@@ -6,7 +6,10 @@ size and range and raises `RemoteProtocolError` (and nothing else) for anything 
 are decoded with the strict `crdt.codec` (its `CodecError` becomes `RemoteProtocolError`).
 
 Payload shapes (every message also has "t": MsgType):
-    PUSH       items [[store, key, delta]...], covers [[lo, hi]...], hops, proofs?
+    PUSH       items [[store, key, delta]...], covers [[lo, hi]...], hops, proofs?, wm?,
+               again?, again_n? (wm: the sender's watermark, so a receiver with a gap knows
+               who holds it; again: the covers of the previous push to this peer, repeated
+               as the first again_n items, so one lost push costs no round trip)
                (PUSH, SYNC_DATA and AE_STATES carry "proofs": the origin's certificates
                covering their states, see crdt/proofs.py; absent when empty)
     IHAVE      wm, covers, purged?                     GRAFT   wm, purged          PRUNE  -
@@ -85,6 +88,9 @@ class Push:
     covers: list[Range]
     hops: int
     proofs: list[Certificate] = field(default_factory=list)
+    wm: int = -1  # the sender's watermark when it sent this (-1: not said)
+    again: list[Range] = field(default_factory=list)  # covers of the repeated previous push
+    again_n: int = 0  # its items: the first again_n of `items`
 
 
 @dataclass(slots=True)
@@ -425,7 +431,12 @@ def _level(m: Message, top: int) -> int:
 
 
 def _p_push(m: Message) -> Push:
-    return Push(_items(m), _ranges(m, "covers"), _int(m, "hops", 0, 1000), _proofs(m))
+    wm = _int(m, "wm") if "wm" in m else -1
+    items = _items(m)
+    again = _ranges(m, "again") if "again" in m else []
+    again_n = _int(m, "again_n", 0, len(items)) if again else 0
+    hops = _int(m, "hops", 0, 1000)
+    return Push(items, _ranges(m, "covers"), hops, _proofs(m), wm, again, again_n)
 
 
 def _p_ihave(m: Message) -> IHave:
@@ -657,7 +668,13 @@ def wire_proofs(m: Message, proofs: Sequence[Certificate]) -> Message:
 
 
 def push(
-    items: Sequence[Item], covers: list[Range], hops: int, proofs: Sequence[Certificate] = ()
+    items: Sequence[Item],
+    covers: list[Range],
+    hops: int,
+    proofs: Sequence[Certificate] = (),
+    wm: int | None = None,
+    again: list[Range] | None = None,
+    again_n: int = 0,
 ) -> Message:
     m: Message = {
         "t": int(MsgType.PUSH),
@@ -665,6 +682,11 @@ def push(
         "covers": wire_ranges(covers),
         "hops": hops,
     }
+    if wm is not None:
+        m["wm"] = wm
+    if again:
+        m["again"] = wire_ranges(again)
+        m["again_n"] = again_n
     return wire_proofs(m, proofs)
 
 
