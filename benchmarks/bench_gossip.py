@@ -112,7 +112,7 @@ def bench_b(seed: int, edges: int = 1000, seconds: float = 10.0) -> dict[str, fl
         "delivery": per_edge / (n * edges),
         "wall": time.perf_counter() - t0,
         "msgs_per_write": msgs / n,
-        "bytes_per_write": nbytes / n,
+        "traffic_bytes": nbytes / n,
         **types,
     }
 
@@ -236,7 +236,7 @@ def main() -> None:
         f"| {b['last_p50'] * 1000:.0f} ms | {b['last_p90'] * 1000:.0f} ms "
         f"| {b['last_p99'] * 1000:.0f} ms | {b['last_max'] * 1000:.0f} ms "
         f"| {b['delivery'] * 100:.2f}% | {b['msgs_per_write']:.0f} "
-        f"| {b['bytes_per_write'] / 1000:.1f} kB | {b['wall']:.0f} s |",
+        f"| {b['traffic_bytes'] / 1000:.1f} kB | {b['wall']:.0f} s |",
         "",
         "Targets: p99 <= 600 ms, max <= 1 s, 100% delivered.  Times from the origin's ack",
         "until the last edge's watermark passed the write; writes at a steady rate to random",
