@@ -126,6 +126,10 @@ class Authority:
 
     # -- claims ------------------------------------------------------------------------------------
 
+    def issued(self) -> int:
+        """The highest seq this node knows the origin has issued."""
+        return self._issued()
+
     def _issued(self) -> int:
         """The highest seq this node knows the origin has issued."""
         high = self._issued_view.high

@@ -398,7 +398,11 @@ class Dissemination:
             return
         if self._graft_from != self.replica.watermark:
             self._graft_from, self._graft_rounds = self.replica.watermark, 0
-        elif self._graft_rounds >= MAX_GRAFT_ROUNDS and high <= self.known_high:
+        elif (
+            self._graft_rounds >= MAX_GRAFT_ROUNDS
+            and high <= self.known_high
+            and high > self.authority.issued()
+        ):
             return  # grafted for this already, in vain: an unfounded hint is not re-armed
         if high > self.known_high:
             self.known_high = high
@@ -494,11 +498,19 @@ class Dissemination:
             wm = self.replica.watermark
             if wm != self._graft_from:
                 self._graft_from, self._graft_rounds = wm, 0
-            if wm < self._graft_high and self._graft_rounds >= MAX_GRAFT_ROUNDS:
-                # no peer produced what the hint announced: drop it (a lie, or anti-entropy's
-                # job now); a new hint above it arms the timer again
+            issued = self.authority.issued()
+            if (
+                wm < self._graft_high
+                and self._graft_rounds >= MAX_GRAFT_ROUNDS
+                and self._graft_high > issued
+            ):
+                # no peer produced what the hint announced beyond anything the origin is known
+                # to have issued: drop that part (a lie, or anti-entropy's job); seqs the origin
+                # did issue are grafted for as long as it takes
                 self.counters["hints_dropped"] += 1
-                self.known_high = self._graft_high = wm
+                self.known_high = self._graft_high = max(wm, issued)
+                if self._graft_high > wm:
+                    self._graft_due = now + self.config.graft_retry
             elif wm < self._graft_high:
                 self._graft_rounds += 1
                 holders = self._holders()
