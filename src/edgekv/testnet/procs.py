@@ -50,12 +50,12 @@ from edgekv.node.faults import LinkFaults
 from edgekv.node.keys import generate_keypair
 from edgekv.testnet.checker import BatchRead, EdgeUnavailable
 
-__all__ = ["ProcessCluster", "free_port"]
+__all__ = ["ProcessCluster", "die_with_parent", "free_port"]
 
 START_TIMEOUT = 60.0
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child, before exec: SIGKILL me if the testnet process dies (Linux prctl), so even
     a SIGKILLed testnet leaves no node behind.  Elsewhere a no-op (close() still kills)."""
     try:
@@ -106,7 +106,7 @@ def free_port() -> int:
 
 def _child_setup(nofile: int | None) -> Callable[[], None]:
     def setup() -> None:
-        _die_with_parent()
+        die_with_parent()
         if nofile is not None:  # the node's own fd limit (an OS-level fault for tests)
             _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
             resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard))
