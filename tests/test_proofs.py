@@ -158,8 +158,8 @@ def test_certify_splits_large_groups_and_sweep_drops_dead_certs() -> None:
     assert len(certs) == 3 and sum(len(c) for c in certs) == len(atoms)
     store = _store()
     store.add(certs)
-    assert store.sweep([1]) == 0  # all born in this generation
     assert store.sweep([1]) == 2 and len(store) == 1
+    assert store.sweep([1]) == 0 and store.atoms == MAX_CERT_ATOMS
 
 
 def test_origin_defers_and_seals_many_groups_in_one_certificate() -> None:
@@ -255,3 +255,40 @@ async def test_testnet_rejects_forged_push_and_cuts_the_peer_off(autojump_clock:
         assert victim.replica.proofs is not None and len(victim.replica.proofs) > 0
         origin = net.origin.status()
         assert origin["signing"]["certificates"] > 0 and origin["rejected_unsigned"] == {}
+
+
+def test_proof_store_stays_bounded_by_live_data_under_rewrites() -> None:
+    """60,000 puts over 2,000 keys, pushed in signed groups of 64 from an origin to an edge
+    (which passes proofs on to a second edge): every store holds at most a few entries per live
+    atom (rule 4), the sparse certificates having been compacted by the origin, and every
+    live state still verifies from what each store keeps."""
+    rng = random.Random(7)
+    origin, edge, edge2 = Replica(), Replica(), Replica()
+    origin.use_proofs(_store()).signer = SIGNER
+    edge.use_proofs(_store())
+    edge2.use_proofs(_store())
+    seq = 0
+    for _ in range(60_000 // 64):
+        items = []
+        for _ in range(64):
+            seq += 1
+            items.append(("s", f"k{rng.randrange(2_000)}", Register(seq, 1, b"v" * 20)))
+        origin.apply_batch(items, [(seq - 63, seq)])
+        assert origin.proofs is not None and edge.proofs is not None and edge2.proofs is not None
+        origin.proofs.defer([a for s, k, d in items for a in atoms_of(s, k, d)], seq - 63, seq)
+        ok = edge.proofs.verify(items, origin.proofs.material_for(items), edge.state)
+        edge.apply_batch(ok, [(seq - 63, seq)])
+        ok = edge2.proofs.verify(items, edge.proofs.material_for(items), edge2.state)
+        edge2.apply_batch(ok, [(seq - 63, seq)])
+    live = len(origin.stores["s"].states)
+    for r in (origin, edge, edge2):
+        proofs = r.proofs
+        assert proofs is not None
+        assert proofs.atoms <= 4 * live + 2 * MAX_CERT_ATOMS, (proofs.atoms, live)
+        assert proofs.nbytes <= 24 * (4 * live + 2 * MAX_CERT_ATOMS) + 100 * len(proofs)
+        states = [("s", k, d) for k, d in r.stores["s"].states.items()]
+        assert len(states) == live
+        assert _store().verify(states, proofs.material_for(states), _none) == states
+    # and the bound holds at every size, not only at the end: a sweep keeps live ones only
+    assert origin.proofs is not None and origin.proofs.sweep(origin.proof_seqs()) >= 0
+    assert origin.proofs.atoms <= 2 * live, (origin.proofs.atoms, live)

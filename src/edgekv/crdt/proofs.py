@@ -34,12 +34,28 @@ Theory of operation
    them.  A receiver checks them with `ProofStore.verify` before anything is applied: a state
    whose atoms are not all certified raises `ForgedState` (the message is rejected whole, the
    peer is counted and cut off by the driver).  Accepted certificates join the store.
-4. The store keeps a certificate while some live state needs it: `sweep(seqs)` (run when the
-   store has doubled since the last sweep) drops those covering no live seq that were already
-   present at the previous sweep (so a delta still queued for relay keeps its proof).  Memory:
-   24 bytes per atom plus ~300 bytes per certificate, a few bytes per key when keys are
-   written once; a certificate stays whole while any of its atoms is live (worst case one live
-   key holding a `MAX_CERT_ATOMS` certificate).
+4. The store is bounded by live data.  `sweep(seqs)` (run whenever the certificates or their
+   entries have doubled since the last sweep, so its O(live + held) cost is amortised) keeps,
+   for each live seq, the newest certificate holding it, plus those added since the previous
+   sweep (a delta still queued for relay keeps its proof); the rest are dropped.  Under a
+   rewrite workload most entries of an old certificate die while a few stay live, and a
+   certificate cannot be cut (the signature covers all its entries), so the origin compacts:
+   at its sweep, the live entries of each run of adjacent *sparse* certificates (at most half
+   live) are signed again, unchanged, into compact certificates (no hashing: the entries are
+   copied; one signature per 4,096 live atoms) that replace them.  Compact certificates are
+   *fresh*: the first material of each of the next `ANNOUNCE_SENDS` messages a node sends
+   (pushes, catch-up, anti-entropy, snapshot chunks) carries one, and a receiver keeps a
+   verified certificate that proves nothing in its message and passes it on the same way; its
+   next sweep prefers it (newer) and drops the sparse ones.  So the origin holds at most
+   2 entries per live atom after a sweep (4 between sweeps, plus 2 x MAX_CERT_ATOMS) at
+   24 bytes each plus ~100 bytes per certificate, and an edge as much once the compact
+   certificates reached it (a peer that missed one keeps sparse ones until their atoms die or
+   the next compaction reaches it).  Chosen over per-atom proofs (a Merkle path per atom:
+   ~200 bytes per key and a hash per tree level on every receive) because it keeps the
+   receive path at one hash and one lookup per atom and 24 bytes per live atom, and costs
+   ~24 bytes per live atom per compaction in bandwidth.  Lookups go through certificates
+   sorted by lo with the running maximum of hi, so a wide compact certificate costs nothing
+   to the lookups of seqs above it.
 5. Keys rotate without downtime: a verifier accepts any of a small set of public keys (by key
    id, the first 8 bytes of BLAKE2b of the raw key); the origin signs with the newest.
 
@@ -62,7 +78,19 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from ..errors import RemoteProtocolError
-from .bloom import Bloom, BloomDelta
+from .atoms import (
+    LEN1,
+    Atom,
+    atoms_of,
+    bloom_atom,
+    bloom_delta_atom,
+    delta_seqs,
+    register_atom,
+    state_seqs,
+    unpack_seq,
+    zset_shape_ok,
+)
+from .bloom import BloomDelta
 from .register import Register
 from .state import Delta, State
 from .zset import ZSet
@@ -77,18 +105,21 @@ __all__ = [
     "atoms_of",
     "bloom_atom",
     "key_id",
+    "register_atom",
+    "state_seqs",
 ]
 
 MAX_CERT_ATOMS = 4096
 ENTRY = 24  # seq (8, big-endian) + atom hash (16)
+CERT_OVERHEAD = 100  # key id, range, signature and framing of one certificate (bytes)
+ANNOUNCE_SENDS = 6  # messages that pass a fresh certificate on (rule 4)
+MAX_FRESH = 64  # fresh certificates waiting to be passed on
+PASS_ON_BYTES = 64 << 10  # fresh certificates in one message (at least one)
 _DOMAIN = b"edgekv-cert-v1\x00"
 _SEQ = struct.Struct(">q")
+_SEQ_ONLY = struct.Struct(">q16x")  # the seq of one entry
 _TWO = struct.Struct(">qq")
-_THREE = struct.Struct(">qqq")
-_MEMBER = struct.Struct(">qq?d")
-_BLOOM = struct.Struct(">qqqqq")
 
-Atom = tuple[int, bytes]  # (seq, 16-byte hash)
 Item = tuple[str, str, Delta]
 
 
@@ -101,51 +132,6 @@ def key_id(public: Ed25519PublicKey) -> bytes:
     return blake2b(raw, digest_size=8).digest()
 
 
-_LEN1 = [bytes([n]) for n in range(256)]
-_unpack_seq = _SEQ.unpack_from
-
-
-def _name(store: str, key: str) -> bytes:
-    s, k = store.encode(), key.encode()
-    return _LEN1[len(s)] + s + len(k).to_bytes(2, "big") + k
-
-
-def _h(tag: bytes, name: bytes, body: bytes) -> bytes:
-    return blake2b(tag + name + body, digest_size=16).digest()
-
-
-def bloom_atom(store: str, key: str, bloom: Bloom) -> Atom:
-    """The atom of a whole Bloom filter (its state after the bf_add at `bloom.seq`)."""
-    head = _BLOOM.pack(bloom.reset, bloom.m, bloom.k, bloom.seq, bloom.written_at)
-    return bloom.seq, _h(b"B", _name(store, key), head + bytes(bloom.bits))
-
-
-def register_atom(store: str, key: str, reg: Register) -> Atom:
-    """The atom of a register (the hot path: one BLAKE2b over name and register bytes)."""
-    s, k = store.encode(), key.encode()
-    body = b"R" + _LEN1[len(s)] + s + len(k).to_bytes(2, "big") + k + reg
-    return _unpack_seq(reg, 1)[0], blake2b(body, digest_size=16).digest()
-
-
-def atoms_of(store: str, key: str, delta: Delta) -> list[Atom]:
-    """The atoms a register, zset (state or delta) or whole Bloom filter is made of.
-
-    A `BloomDelta` has no atoms of its own (see rule 1): it raises TypeError."""
-    if delta.__class__ is Register:
-        return [register_atom(store, key, delta)]
-    name = _name(store, key)
-    if isinstance(delta, ZSet):
-        reset = delta.reset
-        out = [(delta.seq, _h(b"Z", name, _THREE.pack(reset, delta.seq, delta.written_at)))]
-        for member, (mseq, score) in delta.members.items():
-            body = _MEMBER.pack(reset, mseq, score is None, score or 0.0) + member
-            out.append((mseq, _h(b"M", name, body)))
-        return out
-    if isinstance(delta, Bloom):
-        return [bloom_atom(store, key, delta)]
-    raise TypeError(f"no atoms for {delta!r}")
-
-
 def _public_key(raw: bytes) -> Ed25519PublicKey:
     return Ed25519PublicKey.from_public_bytes(raw)
 
@@ -153,7 +139,7 @@ def _public_key(raw: bytes) -> Ed25519PublicKey:
 class Certificate:
     """The origin's signature over the sorted (seq, atom) entries of seqs lo..hi."""
 
-    __slots__ = ("_index", "born", "entries", "hi", "key_id", "lo", "signature")
+    __slots__ = ("entries", "hi", "key_id", "lo", "order", "signature")
 
     def __init__(self, key_id: bytes, lo: int, hi: int, entries: bytes, signature: bytes) -> None:
         self.key_id = key_id
@@ -161,8 +147,7 @@ class Certificate:
         self.hi = hi
         self.entries = entries
         self.signature = signature
-        self._index: frozenset[bytes] | None = None
-        self.born = 0
+        self.order = 0  # the store's add counter: newer certificates are preferred (rule 4)
 
     def body(self) -> bytes:
         return _DOMAIN + self.key_id + _TWO.pack(self.lo, self.hi) + self.entries
@@ -172,22 +157,26 @@ class Certificate:
 
     def contains(self, seq: int, h: bytes) -> bool:
         rec = _SEQ.pack(seq) + h
+        e = self.entries
         i = (seq - self.lo) * ENTRY  # a dense certificate (one atom per seq) holds it right here
-        if self.entries[i : i + ENTRY] == rec:
+        if i >= 0 and e[i : i + ENTRY] == rec:
             return True
-        index = self._index
-        if index is None:
-            e = self.entries
-            index = self._index = frozenset(e[j : j + ENTRY] for j in range(0, len(e), ENTRY))
-        return rec in index
+        j = _bisect(e, rec) * ENTRY  # entries are sorted: binary search
+        return e[j : j + ENTRY] == rec
 
-    def drop_index(self) -> None:
-        self._index = None
+    def has_seq(self, seq: int) -> bool:
+        """Whether some entry carries `seq` (what a sender checks before choosing it)."""
+        key = _SEQ.pack(seq)
+        e = self.entries
+        i = (seq - self.lo) * ENTRY
+        if i >= 0 and e[i : i + 8] == key:
+            return True
+        j = _bisect(e, key) * ENTRY
+        return e[j : j + 8] == key
 
     def seqs(self) -> Iterator[int]:
-        e = self.entries
-        for i in range(0, len(e), ENTRY):
-            yield _SEQ.unpack_from(e, i)[0]
+        for (seq,) in _SEQ_ONLY.iter_unpack(self.entries):
+            yield seq
 
     def to_wire(self) -> list[Any]:
         return [self.key_id, self.lo, self.hi, self.entries, self.signature]
@@ -217,6 +206,19 @@ class Certificate:
         return f"Certificate(lo={self.lo}, hi={self.hi}, atoms={len(self)})"
 
 
+def _bisect(entries: bytes, rec: bytes) -> int:
+    """The index of the first 24-byte record of `entries` that is >= `rec` (a prefix works)."""
+    lo, hi = 0, len(entries) // ENTRY
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        i = mid * ENTRY
+        if entries[i : i + ENTRY] < rec:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
 class Signer:
     """The origin's signing side: turns committed atoms into certificates."""
 
@@ -229,7 +231,10 @@ class Signer:
         """Certificates over `atoms`, each at most MAX_CERT_ATOMS atoms (a seq is never split).
 
         `lo..hi` is the seq range claimed (widened to the atoms' own range)."""
-        recs = sorted(_SEQ.pack(s) + h for s, h in atoms)
+        return self.certify_records(sorted(_SEQ.pack(s) + h for s, h in atoms), lo, hi)
+
+    def certify_records(self, recs: Sequence[bytes], lo: int = 0, hi: int = 0) -> list[Certificate]:
+        """`certify` of sorted 24-byte (seq, atom) records."""
         out: list[Certificate] = []
         start = 0
         while start < len(recs):
@@ -256,13 +261,16 @@ class ProofStore:
     def __init__(self, public_keys: Sequence[Ed25519PublicKey | bytes] = ()) -> None:
         keys = [_public_key(k) if isinstance(k, bytes) else k for k in public_keys]
         self.keys: dict[bytes, Ed25519PublicKey] = {key_id(k): k for k in keys}
-        self._los: list[int] = []
+        self._los: list[int] = []  # certificates sorted by lo ...
         self._certs: list[Certificate] = []
+        self._reach: list[int] = []  # ... and the highest hi among each one and those before it
         self._by_sig: dict[bytes, Certificate] = {}
-        self._span = 0
-        self._hot: list[Certificate] = []  # certificates holding a lookup index (bounded)
-        self.generation = 0
-        self._swept_size = 0
+        self._order = 0
+        self.held = 0  # entries (atoms) in the certificates kept
+        self._swept = (0, 0)  # certificates and entries kept after the last sweep
+        self._sweeping = False
+        self._due = False  # fresh certificates arrived since the last sweep
+        self._fresh: dict[bytes, int] = {}  # certificates to pass on (rule 4): sends left
         self.live_seqs: Callable[[], Iterable[int]] | None = None  # set by the owner (Replica)
         self.signer: Signer | None = None  # at the origin: seals deferred atoms (rule 2)
         self._pending: list[Atom] = []
@@ -278,7 +286,12 @@ class ProofStore:
 
     @property
     def atoms(self) -> int:
-        return sum(len(c) for c in self._certs)
+        return self.held
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of certificate entries and signatures kept (what bounds its memory)."""
+        return self.held * ENTRY + CERT_OVERHEAD * len(self._certs)
 
     # -- adding --------------------------------------------------------------------------------
 
@@ -300,20 +313,49 @@ class ProofStore:
         self._pending, self._pending_range = [], (0, 0)
         self.add(certs)
 
-    def add(self, certs: Iterable[Certificate]) -> None:
-        """Keep already-trusted certificates (the origin's own, or verified ones)."""
-        for c in certs:
-            if c.signature in self._by_sig:
-                continue
-            c.born = self.generation
-            self._by_sig[c.signature] = c
-            i = bisect.bisect_right(self._los, c.lo)
-            self._los.insert(i, c.lo)
-            self._certs.insert(i, c)
-            self._span = max(self._span, c.hi - c.lo)
-            self.added.append(c)
-        if len(self._certs) > 2 * self._swept_size + 256 and self.live_seqs is not None:
+    def add(self, certs: Iterable[Certificate], fresh: bool = False) -> None:
+        """Keep already-trusted certificates (the origin's own, or verified ones); `fresh` ones
+        are also passed on to peers (rule 4)."""
+        n, held = self._swept
+        if (
+            (
+                len(self._certs) > 2 * n + 256
+                or self.held > 2 * held + 2 * MAX_CERT_ATOMS
+                or (self._due and self.held > held + held // 4 + 256)
+            )
+            and self.live_seqs is not None
+            and not self._sweeping
+        ):  # before adding: what these prove may not be applied yet
             self.sweep(self.live_seqs())
+        for c in certs:
+            if c.signature not in self._by_sig:
+                self._insert(c)
+                if fresh:
+                    self._fresh_add(c)
+                    self._due = True  # it may replace sparse ones: sweep sooner
+
+    def _fresh_add(self, c: Certificate) -> None:
+        fresh = self._fresh
+        fresh[c.signature] = ANNOUNCE_SENDS
+        if len(fresh) > MAX_FRESH:  # bounded: a peer may send many valid old certificates
+            del fresh[next(iter(fresh))]
+
+    def _insert(self, c: Certificate) -> None:
+        self._order += 1
+        c.order = self._order
+        self._by_sig[c.signature] = c
+        los, certs, reach = self._los, self._certs, self._reach
+        i = bisect.bisect_right(los, c.lo)
+        los.insert(i, c.lo)
+        certs.insert(i, c)
+        reach.insert(i, max(reach[i - 1], c.hi) if i else c.hi)
+        for j in range(i + 1, len(reach)):  # only when inserted before others (rare)
+            r = max(reach[j - 1], certs[j].hi)
+            if reach[j] == r:
+                break
+            reach[j] = r
+        self.held += len(c)
+        self.added.append(c)
 
     def check_signature(self, cert: Certificate) -> Certificate:
         """The stored twin of `cert`, or `cert` after its signature verified; ForgedState if not."""
@@ -334,30 +376,21 @@ class ProofStore:
     # -- lookup --------------------------------------------------------------------------------
 
     def _covering(self, seq: int, extra: Sequence[Certificate] = ()) -> Iterator[Certificate]:
+        """The certificates whose range holds `seq`: `extra` first, then the newest ranges."""
         for c in extra:
             if c.lo <= seq <= c.hi:
                 yield c
-        los, certs = self._los, self._certs
+        los, certs, reach = self._los, self._certs, self._reach
         i = bisect.bisect_right(los, seq) - 1
-        floor = seq - self._span
-        while i >= 0 and los[i] >= floor:
+        while i >= 0 and reach[i] >= seq:
             c = certs[i]
             if c.hi >= seq:
                 yield c
             i -= 1
 
-    def _hot_add(self, c: Certificate) -> None:
-        hot = self._hot
-        if c in hot:
-            return
-        hot.append(c)
-        if len(hot) > 64:
-            hot.pop(0).drop_index()
-
     def find(self, seq: int, h: bytes, extra: Sequence[Certificate] = ()) -> Certificate | None:
         for c in self._covering(seq, extra):
             if c.contains(seq, h):
-                self._hot_add(c)
                 return c
         return None
 
@@ -376,18 +409,42 @@ class ProofStore:
     def add_material(self, out: dict[bytes, Certificate], d: Delta) -> int:
         """Add the certificates proving `d` to `out`; returns the bytes they add (for chunking),
         or -1 when this store holds no certificate for one of its seqs: the caller must not
-        send `d` (an honest peer would count it as forged)."""
+        send `d` (an honest peer would count it as forged).  The first material of a message
+        also carries a fresh certificate to pass on (rule 4)."""
         if self._pending:
             self.seal()
+        first = not out
         added = 0
-        for seq in _seqs(d):
+        for seq in delta_seqs(d):
             for c in self._covering(seq):
-                if c.signature not in out:
-                    out[c.signature] = c
-                    added += len(c.entries) + 100
-                break
+                if c.has_seq(seq):
+                    if c.signature not in out:
+                        out[c.signature] = c
+                        added += len(c.entries) + CERT_OVERHEAD
+                    break
             else:
                 return -1
+        if first and self._fresh:
+            added += self._pass_on(out)
+        return added
+
+    def _pass_on(self, out: dict[bytes, Certificate]) -> int:
+        """Put fresh certificates in `out`, oldest first, up to PASS_ON_BYTES; each goes to the
+        back of the line until it has been sent ANNOUNCE_SENDS times."""
+        fresh = self._fresh
+        added = 0
+        for sig in list(fresh)[:MAX_FRESH]:
+            c = self._by_sig.get(sig)
+            left = fresh.pop(sig) - 1
+            if c is None:
+                continue
+            if left > 0:
+                fresh[sig] = left
+            if sig not in out:
+                out[sig] = c
+                added += len(c.entries) + CERT_OVERHEAD
+                if added >= PASS_ON_BYTES:
+                    break
         return added
 
     # -- verifying -----------------------------------------------------------------------------
@@ -402,15 +459,23 @@ class ProofStore:
 
         Raises ForgedState when a certificate is bad or an item is not certified; Bloom deltas
         that do not land on a certified filter here are left out (rule 1).  The certificates
-        that prove something join the store."""
+        that prove something join the store; new ones that prove nothing in this message were
+        passed on by the sender (rule 4): they join too, and are passed on in turn."""
         checked = [self.check_signature(c) for c in certs]
         used: dict[bytes, Certificate] = {}
         out: list[Item] = []
         last: Certificate | None = None  # consecutive items mostly share a certificate
+        prefixes: dict[str, bytes] = {}
         for item in items:
             store, key, d = item
-            if d.__class__ is Register:  # the hot path
-                seq, h = register_atom(store, key, d)
+            if d.__class__ is Register:  # the hot path: register_atom inlined
+                pre = prefixes.get(store)
+                if pre is None:
+                    s = store.encode()
+                    pre = prefixes[store] = b"R" + LEN1[len(s)] + s
+                k = key.encode()
+                seq = unpack_seq(d, 1)[0]
+                h = blake2b(pre + len(k).to_bytes(2, "big") + k + d, digest_size=16).digest()
                 if last is None or not (last.lo <= seq <= last.hi and last.contains(seq, h)):
                     last = self.find(seq, h, checked)
                     if last is None:
@@ -419,15 +484,14 @@ class ProofStore:
                 out.append(item)
                 continue
             if isinstance(d, BloomDelta):
-                atom = _bloom_delta_atom(store, key, d, current(store, key))
-                if atom is None or self.find(*atom, checked) is None:
+                atom = bloom_delta_atom(store, key, d, current(store, key))
+                c = None if atom is None else self.find(*atom, checked)
+                if c is None:
                     continue
-                c = self.find(*atom, checked)
-                assert c is not None
                 used[c.signature] = c
                 out.append(item)
                 continue
-            if isinstance(d, ZSet) and not _zset_shape_ok(d):
+            if isinstance(d, ZSet) and not zset_shape_ok(d):
                 raise ForgedState(f"sorted set {store}/{key} has members outside its reset")
             for seq, h in atoms_of(store, key, d):
                 c = self.find(seq, h, checked)
@@ -435,39 +499,80 @@ class ProofStore:
                     raise ForgedState(f"{store}/{key} at seq {seq} is not signed by the origin")
                 used[c.signature] = c
             out.append(item)
-        self.add(c for c in checked if c.signature in used)
+        if len(used) == len(checked):
+            self.add(checked)
+        else:
+            self.add(c for c in checked if c.signature in used)
+            by_sig = self._by_sig
+            self.add((c for c in checked if c.signature not in by_sig), fresh=True)
         return out
 
     # -- collection ----------------------------------------------------------------------------
 
     def sweep(self, seqs: Iterable[int]) -> int:
-        """Drop certificates covering none of `seqs` (the live states' seqs) that were already
-        here at the previous sweep.  Returns how many were dropped."""
-        live: set[int] = set()
-        los, certs = self._los, self._certs
-        for seq in seqs:
-            i = bisect.bisect_right(los, seq) - 1
-            floor = seq - self._span
-            while i >= 0 and los[i] >= floor:
-                if certs[i].hi >= seq:
-                    live.add(i)
-                i -= 1
-        gen = self.generation
-        keep_los, keep = [], []
+        """Keep, for each of `seqs` (the live states' seqs), the newest certificate holding it,
+        and the fresh ones still to be passed on; drop the others.  With a signer (the origin), the live entries of sparse certificates
+        are signed again into compact ones, passed on to peers (rule 4).  Returns how many
+        certificates were dropped."""
+        self._sweeping, self._due = True, False
+        try:
+            return self._sweep(set(seqs))
+        finally:
+            self._sweeping = False
+
+    def _sweep(self, live: set[int]) -> int:
+        certs = self._certs
+        keep = [False] * len(certs)
+        sparse: dict[int, list[bytes]] = {}  # index -> live entries (at the origin only)
+        compact = self.signer is not None
+        for i in sorted(range(len(certs)), key=lambda j: certs[j].order, reverse=True):
+            c = certs[i]
+            if not live:
+                break
+            e = c.entries
+            idx = [j for j, (s,) in enumerate(_SEQ_ONLY.iter_unpack(e)) if s in live]
+            if not idx:
+                continue
+            keep[i] = True
+            live.difference_update(_SEQ_ONLY.unpack_from(e, j * ENTRY)[0] for j in idx)
+            if compact and 2 * len(idx) <= len(c):
+                sparse[i] = [e[j * ENTRY : (j + 1) * ENTRY] for j in idx]
+        runs: list[tuple[int, int, list[bytes]]] = []  # consecutive sparse ones sign as one
+        prev = -2
+        for i in sorted(sparse):
+            c = certs[i]
+            if i == prev + 1:
+                lo, _, recs = runs[-1]
+                recs.extend(sparse[i])
+                runs[-1] = (lo, c.hi, recs)
+            else:
+                runs.append((c.lo, c.hi, list(sparse[i])))
+            keep[i] = False
+            prev = i
         dropped = 0
+        kept: list[Certificate] = []
         for i, c in enumerate(certs):
-            if i in live or c.born >= gen:
-                keep_los.append(c.lo)
-                keep.append(c)
+            if keep[i]:
+                kept.append(c)
             else:
                 del self._by_sig[c.signature]
+                self._fresh.pop(c.signature, None)
                 self.dropped.append(c)
                 dropped += 1
-        self._los, self._certs = keep_los, keep
-        self._span = max((c.hi - c.lo for c in keep), default=0)
-        self._hot = [c for c in self._hot if c.signature in self._by_sig]
-        self.generation += 1
-        self._swept_size = len(keep)
+        self._certs, self._los, self._reach = kept, [c.lo for c in kept], []
+        r = -1
+        for c in kept:
+            r = max(r, c.hi)
+            self._reach.append(r)
+        self.held = sum(len(c) for c in kept)
+        if runs:
+            assert self.signer is not None
+            for lo, hi, recs in runs:
+                recs.sort()
+                for c in self.signer.certify_records(recs, lo, hi):
+                    self._insert(c)
+                    self._fresh_add(c)
+        self._swept = (len(self._certs), self.held)
         return dropped
 
     def drain_journal(self) -> tuple[list[Certificate], list[Certificate]]:
@@ -475,37 +580,3 @@ class ProofStore:
         self.added, self.dropped = [], []
         gone = {c.signature for c in dropped}
         return [c for c in added if c.signature not in gone], dropped
-
-
-def _seqs(d: Delta) -> list[int]:
-    if isinstance(d, ZSet):
-        return [d.seq, *{s for s, _ in d.members.values()}]
-    return [d.seq]
-
-
-def state_seqs(d: State) -> Iterator[int]:
-    """Every seq a state's atoms carry (what its proof must cover)."""
-    yield d.seq
-    if isinstance(d, ZSet):
-        for s, _ in d.members.values():
-            yield s
-
-
-def _zset_shape_ok(z: ZSet) -> bool:
-    return all(z.reset <= s <= z.seq for s, _ in z.members.values()) and z.reset <= z.seq
-
-
-def _bloom_delta_atom(
-    store: str, key: str, d: BloomDelta, cur: State | None
-) -> tuple[int, bytes] | None:
-    """The atom of the filter `d` leads to on top of `cur`, or None if it cannot land here."""
-    if isinstance(cur, Bloom) and cur.reset == d.reset:
-        if cur.seq >= d.seq or cur.m != d.m or cur.k != d.k:
-            return None
-        nxt = cur.copy()
-        nxt.merge_same_reset(d)
-    elif cur is None or cur.reset < d.reset:
-        nxt = d.to_state()
-    else:
-        return None
-    return bloom_atom(store, key, nxt)
