@@ -97,28 +97,32 @@ def forged_write(
     store: str, key: str, value: bytes, seq: int = FAR, written_at: int = 0
 ) -> Message:
     """A write the origin never made, at a seq above all of its own (it would outrank them)."""
-    return m.push([(store, key, Register(seq, written_at, value, None))], [], 0)
+    return m.Push([(store, key, Register(seq, written_at, value, None))], [], 0).to_wire()
 
 
 def altered_value(store: str, key: str, genuine: Register, value: bytes) -> Message:
     """A genuine write's version with another value."""
-    return m.push([(store, key, Register(genuine.seq, genuine.written_at, value, None))], [], 0)
+    return m.Push(
+        [(store, key, Register(genuine.seq, genuine.written_at, value, None))], [], 0
+    ).to_wire()
 
 
 def replay_higher_seq(store: str, key: str, genuine: Register, seq: int = FAR + 1) -> Message:
     """A genuine value replayed under a higher seq claim (it would outrank later writes)."""
-    return m.push([(store, key, Register(seq, genuine.written_at, genuine.value, None))], [], 0)
+    return m.Push(
+        [(store, key, Register(seq, genuine.written_at, genuine.value, None))], [], 0
+    ).to_wire()
 
 
 def forged_store_drop(store: str, seq: int = FAR + 2) -> Message:
     """A tombstone for `store` in the reserved metadata store: a drop the origin never made."""
-    return m.push([(META, store, Register(seq, 0, None, None))], [], 0)
+    return m.Push([(META, store, Register(seq, 0, None, None))], [], 0).to_wire()
 
 
 def forged_sync_data(store: str, key: str, value: bytes, seq: int = FAR + 3) -> Message:
     """The same forgery on the catch-up path (SYNC_DATA, also a GRAFT's answer)."""
-    items = m.wire_items([(store, key, Register(seq, 0, value, None))])
-    return m.sync_data(0, items, [], 0, True)
+    items = [(store, key, Register(seq, 0, value, None))]
+    return m.SyncData(0, items, [], 0, True).to_wire()
 
 
 def purge_attack(sid: int, store: str, keys: list[str]) -> list[Message]:
@@ -126,8 +130,8 @@ def purge_attack(sid: int, store: str, keys: list[str]) -> list[Message]:
     removal rule a receiver that believed the mark would delete them."""
     root = int.from_bytes(os.urandom(16), "big")
     return [
-        m.ae_root(sid, root, 0, 0, MAX_SEQ, True),
-        m.ae_states(sid, store, [], [], keys, True),
+        m.AeRoot(sid, root, 0, 0, MAX_SEQ, True).to_wire(),
+        m.AeStates(sid, store, [], [], keys, True).to_wire(),
     ]
 
 
@@ -137,8 +141,8 @@ def forged_ae_states(
     """A forged state on the anti-entropy path (a session opened first, as a peer would)."""
     root = int.from_bytes(os.urandom(16), "big")
     return [
-        m.ae_root(sid, root, 0, 0, 0, True),
-        m.ae_states(sid, store, [(key, Register(seq, 0, value, None))], [], [], False),
+        m.AeRoot(sid, root, 0, 0, 0, True).to_wire(),
+        m.AeStates(sid, store, [(key, Register(seq, 0, value, None))], [], [], False).to_wire(),
     ]
 
 
@@ -149,14 +153,14 @@ def spoofed_origin_ping(origin: str, me: str, wm: int = 10**15) -> Message:
         (me, "origin", 0, "alive"),
         (origin, "edge", 10**9, "dead"),
     ]
-    return m.ping(1, wm, MAX_SEQ, 0, "origin", rows)
+    return m.Ping(1, wm, MAX_SEQ, 0, "origin", rows).to_wire()
 
 
 def spoofed_origin_members(origin: str, me: str) -> Message:
     """A MEMBERS table redirecting the origin's role to this peer and burying the origin."""
-    return m.members([(me, "origin", 10**9, "alive"), (origin, "origin", 10**9, "dead")])
+    return m.Members([(me, "origin", 10**9, "alive"), (origin, "origin", 10**9, "dead")]).to_wire()
 
 
 def spoofed_relayed_ack(origin: str, wm: int = 10**15) -> Message:
     """An ACK 'relayed' for the origin, carrying a huge watermark and purge mark."""
-    return m.ack(1, wm, MAX_SEQ, 10**9, "origin", [], target=origin)
+    return m.Ack(1, wm, MAX_SEQ, 10**9, "origin", target=origin, members=[]).to_wire()

@@ -27,27 +27,29 @@ def edge_with(keys: int = 5) -> GossipNode:
 def test_a_ping_claiming_origin_role_and_a_huge_watermark_moves_nothing() -> None:
     node = edge_with()
     rows = [(LIAR, "origin", 0, "alive"), (ORIGIN, "edge", 10**9, "dead")]
-    node.receive(LIAR, m.ping(1, 10**15, MAX, 0, "origin", rows), 1.0)
-    node.receive(LIAR, m.ack(2, 10**15, MAX, 10**9, "origin", [], target=ORIGIN), 1.1)
+    node.receive(LIAR, m.Ping(1, 10**15, MAX, 0, "origin", rows).to_wire(), 1.0)
+    node.receive(
+        LIAR, m.Ack(2, 10**15, MAX, 10**9, "origin", target=ORIGIN, members=[]).to_wire(), 1.1
+    )
     peers = node.peers()
     assert node.origin_watermark == 0 and not node.authority.heard_origin  # lag: unchanged
     assert peers[LIAR].role == "edge" and peers[LIAR].watermark <= 6
     assert peers[ORIGIN].state == "alive" and peers[ORIGIN].incarnation == 0
     assert node.purge_horizon() == 0 and node.replica.purged == 0
     assert node.rejections()[LIAR] == {"origin_row": 1, "impossible_watermark": 1}
-    node.receive(ORIGIN, m.ping(3, 40, 3, 0, "origin", []), 1.2)  # the origin's own word
+    node.receive(ORIGIN, m.Ping(3, 40, 3, 0, "origin", []).to_wire(), 1.2)  # the origin's own word
     assert node.origin_watermark == 40 and node.authority.origin_purged == 3
 
 
 def test_a_purge_mark_and_lack_list_from_a_peer_delete_nothing() -> None:
     node = edge_with()
-    node.receive(LIAR, m.ae_root(7, 12345, 0, 0, MAX, True), 1.0)
-    node.receive(LIAR, m.ae_states(7, "s", [], [], ["k3"], True), 1.1)
+    node.receive(LIAR, m.AeRoot(7, 12345, 0, 0, MAX, True).to_wire(), 1.0)
+    node.receive(LIAR, m.AeStates(7, "s", [], [], ["k3"], True).to_wire(), 1.1)
     node.tick(node.next_deadline)
     assert node.replica.state("s", "k3") is not None and node.replica.purged == 0
     # the same from the origin removes what its purge mark covers (and only that)
-    node.receive(ORIGIN, m.ae_root(8, 12345, 6, 6, 4, True), 1.2)
-    node.receive(ORIGIN, m.ae_states(8, "s", [], [], ["k1", "k3"], True), 1.3)
+    node.receive(ORIGIN, m.AeRoot(8, 12345, 6, 6, 4, True).to_wire(), 1.2)
+    node.receive(ORIGIN, m.AeStates(8, "s", [], [], ["k1", "k3"], True).to_wire(), 1.3)
     assert node.replica.state("s", "k1") is None  # reset 3 <= 4: deleted and purged there
     assert node.replica.state("s", "k3") is not None  # reset 5 > 4: not the origin's delete
 
@@ -62,10 +64,12 @@ def test_the_origin_applies_no_state_from_any_path() -> None:
     root = r.root
     forged = [("flags", "k", Register(10**12, 0, b"evil", None))]
     drop = [(META, "flags", Register(10**12 + 1, 0, None, None))]
-    origin.receive(LIAR, m.push(forged + drop, [(3, 10**12)], 0), 1.0)
-    origin.receive(LIAR, m.sync_data(0, m.wire_items(forged), [(3, 9)], 0, True), 1.1)
-    origin.receive(LIAR, m.ae_root(5, 1, 0, 0, MAX, True), 1.2)
-    origin.receive(LIAR, m.ae_states(5, "flags", [("x", forged[0][2])], [], ["k"], True), 1.3)
+    origin.receive(LIAR, m.Push(forged + drop, [(3, 10**12)], 0).to_wire(), 1.0)
+    origin.receive(LIAR, m.SyncData(0, forged, [(3, 9)], 0, True).to_wire(), 1.1)
+    origin.receive(LIAR, m.AeRoot(5, 1, 0, 0, MAX, True).to_wire(), 1.2)
+    origin.receive(
+        LIAR, m.AeStates(5, "flags", [("x", forged[0][2])], [], ["k"], True).to_wire(), 1.3
+    )
     assert r.root == root and r.watermark == 2 and r.has_store("flags")
     assert r.state("flags", "k") == Register(2, 0, b"v", None)
     assert origin.drain_changes() == []

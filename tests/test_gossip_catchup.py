@@ -93,7 +93,7 @@ def test_sync_data_is_chunked_with_covers_on_the_last_chunk_only() -> None:
     r.covered.add(1, 301)
     cfg = GossipConfig(max_message_bytes=4096)
     node = GossipNode("a", r, config=cfg, rng=random.Random(1))
-    out = node.receive("b", m.sync_req(5, 100, 0), 0.0)
+    out = node.receive("b", m.SyncReq(5, 100, 0).to_wire(), 0.0)
     data = [s.message for s in out if s.message["t"] == MsgType.SYNC_DATA]
     assert len(data) > 3
     assert all(msg["covers"] == [] and not msg["last"] for msg in data[:-1])
@@ -116,8 +116,10 @@ def test_sync_request_below_purge_mark_gets_a_fallback() -> None:
     r.covered.add(1, 50)
     r.purged = 40
     node = GossipNode("a", r, rng=random.Random(1))
-    sync = [s for s in node.receive("b", m.sync_req(1, 10, 0), 0.0) if s.message["t"] == 21]
+    sync = [
+        s for s in node.receive("b", m.SyncReq(1, 10, 0).to_wire(), 0.0) if s.message["t"] == 21
+    ]
     assert len(sync) == 1
     assert sync[0].message["fallback"] is True and sync[0].message["items"] == []
-    (reply,) = node.receive("b", m.sync_req(2, 45, 0), 0.0)
+    (reply,) = node.receive("b", m.SyncReq(2, 45, 0).to_wire(), 0.0)
     assert reply.message["fallback"] is False

@@ -58,9 +58,9 @@ def test_suspicion_about_self_is_refuted_with_a_higher_incarnation() -> None:
     node = GossipNode("me", Replica(), seeds=["p"], rng=random.Random(1))
     node.start(0.0)
     assert node.members.incarnation == 0
-    node.receive("p", m.members([("me", "edge", 0, "suspect")]), 1.0)
+    node.receive("p", m.Members([("me", "edge", 0, "suspect")]).to_wire(), 1.0)
     assert node.members.incarnation == 1
-    node.receive("p", m.members([("me", "edge", 0, "dead")]), 1.1)  # stale: no new bump
+    node.receive("p", m.Members([("me", "edge", 0, "dead")]).to_wire(), 1.1)  # stale: no new bump
     assert node.members.incarnation == 1
     out = node.tick(node.next_deadline)
     pings = [s for s in out if s.message["t"] == 40]
@@ -71,12 +71,16 @@ def test_suspicion_about_self_is_refuted_with_a_higher_incarnation() -> None:
 def test_precedence_of_member_rows() -> None:
     node = GossipNode("me", Replica(), rng=random.Random(1))
     node.start(0.0)
-    node.receive("a", m.members([("x", "edge", 2, "alive")]), 0.0)
-    node.receive("a", m.members([("x", "edge", 1, "dead")]), 0.0)  # older incarnation: ignored
+    node.receive("a", m.Members([("x", "edge", 2, "alive")]).to_wire(), 0.0)
+    node.receive(
+        "a", m.Members([("x", "edge", 1, "dead")]).to_wire(), 0.0
+    )  # older incarnation: ignored
     assert node.peers()["x"].state == "alive"
-    node.receive("a", m.members([("x", "edge", 2, "suspect")]), 0.0)  # same inc: suspect wins
+    node.receive(
+        "a", m.Members([("x", "edge", 2, "suspect")]).to_wire(), 0.0
+    )  # same inc: suspect wins
     assert node.peers()["x"].state == "suspect"
-    node.receive("a", m.members([("x", "edge", 3, "alive")]), 0.0)  # refuted
+    node.receive("a", m.Members([("x", "edge", 3, "alive")]).to_wire(), 0.0)  # refuted
     assert node.peers()["x"].state == "alive"
 
 
@@ -94,7 +98,7 @@ def test_dead_peers_get_no_pushes_and_a_message_revives_them() -> None:
     sends = origin.tick(sim.now + 1.0)
     assert all(s.peer != victim for s in sends if s.message["t"] == 10)
     assert sim.messages["PUSH"] == before
-    origin.receive(victim, m.ping(99, 0, 0, 0, "edge", []), sim.now + 1.0)
+    origin.receive(victim, m.Ping(99, 0, 0, 0, "edge", []).to_wire(), sim.now + 1.0)
     assert origin.peers()[victim].state == "alive"
     assert origin.counters["peers_revived"] == 1
 
@@ -113,7 +117,9 @@ def test_indirect_probe_saves_a_peer_behind_a_lossy_direct_link() -> None:
     reqs = [s for s in node.tick(now) if s.message["t"] == 42]
     assert reqs and all(s.message["target"] == target for s in reqs)
     helper = reqs[0].peer
-    node.receive(helper, m.ack(seq, 0, 0, 0, "edge", [], target=target), now + 0.1)
+    node.receive(
+        helper, m.Ack(seq, 0, 0, 0, "edge", target=target, members=[]).to_wire(), now + 0.1
+    )
     node.tick(now + 5.0)
     assert node.peers()[target].state == "alive"
     assert node.counters["suspicions"] == 0

@@ -26,28 +26,30 @@ REG = Register(5, 1000, b"value", None)
 ZS = ZSet(3, {b"a": (3, 1.5), b"b": (4, None)}, 4, 1000)
 
 SAMPLES: list[Message] = [
-    m.push([("s", "k", REG), (META, "s", Register(1, 0, b"", None))], [(1, 5)], 2),
-    m.push([("s", "k", REG), ("s", "j", REG)], [(6, 6)], 1, wm=5, again=[(1, 5)], again_n=1),
-    m.ihave(10, [(1, 10), (12, 15)]),
-    m.graft(3, 1),
-    m.prune(),
-    m.bye(),
-    m.sync_req(7, 3, 0),
-    m.sync_data(7, m.wire_items([("s", "z", ZS)]), [(4, 9)], 2, True),
-    m.sync_data(7, [], [], 9, True, fallback=True),
-    m.ae_root(1, 12345, 10, 12, 0, False),
-    m.ae_root(1, 12345, 10, 12, 0, True),
-    m.ae_equal(1, [(1, 10)]),
-    m.ae_stores(1, {"s": 99, META: 7}, [(1, 10)], 10, 10, 0),
-    m.ae_nodes_req(1, "s", 2, [0, 255]),
-    m.ae_nodes(1, "s", 1, [(3, list(range(16)))]),
-    m.ae_leaf_req(1, "s", [0, 65535]),
-    m.ae_leaf(1, "s", [4], [("k", 42, 3, 5)]),
-    m.ae_states(1, "s", [("k", REG)], ["w"], ["l"], True),
-    m.ping(1, 10, 0, 2, "edge", [("a:1", "origin", 0, "alive")]),
-    m.ack(1, 10, 0, 2, "origin", [], target="b:2"),
-    m.ping_req(4, "c:3"),
-    m.members([("a:1", "edge", 3, "suspect"), ("b:2", "edge", 0, "dead")]),
+    m.Push([("s", "k", REG), (META, "s", Register(1, 0, b"", None))], [(1, 5)], 2).to_wire(),
+    m.Push(
+        [("s", "k", REG), ("s", "j", REG)], [(6, 6)], 1, wm=5, again=[(1, 5)], again_n=1
+    ).to_wire(),
+    m.IHave(10, [(1, 10), (12, 15)]).to_wire(),
+    m.Graft(3, 1).to_wire(),
+    m.Prune().to_wire(),
+    m.Bye().to_wire(),
+    m.SyncReq(7, 3, 0).to_wire(),
+    m.SyncData(7, [("s", "z", ZS)], [(4, 9)], 2, True).to_wire(),
+    m.SyncData(7, [], [], 9, True, fallback=True).to_wire(),
+    m.AeRoot(1, 12345, 10, 12, 0, False).to_wire(),
+    m.AeRoot(1, 12345, 10, 12, 0, True).to_wire(),
+    m.AeEqual(1, [(1, 10)]).to_wire(),
+    m.AeStores(1, {"s": 99, META: 7}, [(1, 10)], 10, 10, 0).to_wire(),
+    m.AeNodesReq(1, "s", 2, [0, 255]).to_wire(),
+    m.AeNodes(1, "s", 1, [(3, list(range(16)))]).to_wire(),
+    m.AeLeafReq(1, "s", [0, 65535]).to_wire(),
+    m.AeLeaf(1, "s", [4], [("k", 42, 3, 5)]).to_wire(),
+    m.AeStates(1, "s", [("k", REG)], ["w"], ["l"], True).to_wire(),
+    m.Ping(1, 10, 0, 2, "edge", [("a:1", "origin", 0, "alive")]).to_wire(),
+    m.Ack(1, 10, 0, 2, "origin", target="b:2", members=[]).to_wire(),
+    m.PingReq(4, "c:3").to_wire(),
+    m.Members([("a:1", "edge", 3, "suspect"), ("b:2", "edge", 0, "dead")]).to_wire(),
 ]
 
 
@@ -63,7 +65,7 @@ def test_parsed_fields() -> None:
     assert isinstance(p, m.Push)
     assert p.covers == [(1, 5)] and p.hops == 2
     assert p.items[0][:2] == ("s", "k") and p.items[0][2] == REG
-    n = m.parse(via_wire(m.ae_nodes(1, "s", 1, [(3, list(range(16)))])))
+    n = m.parse(via_wire(m.AeNodes(1, "s", 1, [(3, list(range(16)))]).to_wire()))
     assert isinstance(n, m.AeNodes) and n.nodes == [(3, list(range(16)))]
 
 
@@ -100,23 +102,28 @@ def test_malformed_fields_raise_remote_protocol_error(msg: Message) -> None:
 @pytest.mark.parametrize(
     "bad",
     [
-        m.ihave(10, [(5, 9), (3, 4)]),  # unsorted ranges
-        m.ihave(10, [(0, 4)]),  # seq 0
-        m.ihave(10, [(9, 4)]),  # lo > hi
-        {**m.push([], [], 0), "items": [["bad store!", "k", [0, 1, 0, b"v", None]]]},
-        {**m.push([], [], 0), "items": [["s", "", [0, 1, 0, b"v", None]]]},
-        {**m.push([], [], 0), "items": [["s", "k" * 600, [0, 1, 0, b"v", None]]]},
-        {**m.push([], [], 0), "items": [["s", "k", [0, 0, 0, b"v", None]]]},  # seq 0
-        {**m.push([], [], 0), "items": [["s", "k", [9, 1, 0, b"v", None]]]},  # unknown kind
-        {**m.ae_root(1, 1, 1, 1, 0, False), "root": b"short"},
-        {**m.ae_nodes_req(1, "s", 1, [0]), "indices": [16]},  # beyond level 1
-        {**m.ae_nodes_req(1, "s", 1, [0]), "level": 4},
-        {**m.ae_nodes(1, "s", 0, [(0, [0] * 16)]), "nodes": [[0, b"\0" * 255]]},
-        {**m.ae_leaf_req(1, "s", [0]), "leaves": [65536]},
-        m.push([("s", "k", REG)], [(6, 6)], 0, wm=5, again=[(1, 5)], again_n=2),  # n > items
-        {**m.push([], [], 0), "wm": -1},
-        m.members([("a", "king", 0, "alive")]),
-        m.members([("a", "edge", 0, "zombie")]),
+        m.IHave(10, [(5, 9), (3, 4)]).to_wire(),  # unsorted ranges
+        m.IHave(10, [(0, 4)]).to_wire(),  # seq 0
+        m.IHave(10, [(9, 4)]).to_wire(),  # lo > hi
+        {**m.Push([], [], 0).to_wire(), "items": [["bad store!", "k", [0, 1, 0, b"v", None]]]},
+        {**m.Push([], [], 0).to_wire(), "items": [["s", "", [0, 1, 0, b"v", None]]]},
+        {**m.Push([], [], 0).to_wire(), "items": [["s", "k" * 600, [0, 1, 0, b"v", None]]]},
+        {**m.Push([], [], 0).to_wire(), "items": [["s", "k", [0, 0, 0, b"v", None]]]},  # seq 0
+        {
+            **m.Push([], [], 0).to_wire(),
+            "items": [["s", "k", [9, 1, 0, b"v", None]]],
+        },  # unknown kind
+        {**m.AeRoot(1, 1, 1, 1, 0, False).to_wire(), "root": b"short"},
+        {**m.AeNodesReq(1, "s", 1, [0]).to_wire(), "indices": [16]},  # beyond level 1
+        {**m.AeNodesReq(1, "s", 1, [0]).to_wire(), "level": 4},
+        {**m.AeNodes(1, "s", 0, [(0, [0] * 16)]).to_wire(), "nodes": [[0, b"\0" * 255]]},
+        {**m.AeLeafReq(1, "s", [0]).to_wire(), "leaves": [65536]},
+        m.Push(
+            [("s", "k", REG)], [(6, 6)], 0, wm=5, again=[(1, 5)], again_n=2
+        ).to_wire(),  # n > items
+        {**m.Push([], [], 0).to_wire(), "wm": -1},
+        m.Members([("a", "king", 0, "alive")]).to_wire(),
+        m.Members([("a", "edge", 0, "zombie")]).to_wire(),
         {"t": int(MsgType.REQUEST), "id": 1},  # not a gossip type
         {"t": 999},
         ["not", "a", "map"],
@@ -232,6 +239,6 @@ def test_push_with_one_bad_item_applies_nothing() -> None:
     bad = ["s", "k", [0, 51, 0, "not bytes", None]]
     before = _snapshot(node)
     with pytest.raises(RemoteProtocolError):
-        node.receive("p", {**m.push([], [(50, 51)], 0), "items": [good, bad]}, 1.0)
+        node.receive("p", {**m.Push([], [(50, 51)], 0).to_wire(), "items": [good, bad]}, 1.0)
     assert _snapshot(node) == before
     assert node.replica.state("s", "new") is None

@@ -30,7 +30,7 @@ def big_bloom(seq: int) -> BloomDelta:
 
 def test_a_small_push_naming_huge_blooms_is_rejected_before_anything_is_allocated() -> None:
     items = [("s", f"b{i}", big_bloom(100 + i)) for i in range(5)]  # 5 x 8 MiB named
-    frame = encode_frame(m.push(items, [(100, 104)], 0))
+    frame = encode_frame(m.Push(items, [(100, 104)], 0).to_wire())
     assert len(frame) < 1024
     msg = decode_body(frame[4:])
     node = _node_with_data()
@@ -44,15 +44,17 @@ def test_a_small_push_naming_huge_blooms_is_rejected_before_anything_is_allocate
 def test_bloom_m_beyond_the_filter_limit_is_rejected() -> None:
     delta = BloomDelta(100, MAX_BLOOM_BITS * 2, 3, frozenset({1}), 100, 0)
     with pytest.raises(RemoteProtocolError, match="bloom m"):
-        m.parse(decode_body(encode_frame(m.push([("s", "b", delta)], [(100, 100)], 0))[4:]))
+        m.parse(
+            decode_body(encode_frame(m.Push([("s", "b", delta)], [(100, 100)], 0).to_wire())[4:])
+        )
 
 
 def test_too_many_stores_in_one_message_are_rejected() -> None:
     n = m.MAX_MESSAGE_STORES + 1
     items = [(f"s{i}", "k", Register(10 + i, 0, b"", None)) for i in range(n)]
     with pytest.raises(RemoteProtocolError, match="stores in one message"):
-        m.parse(m.push(items, [(10, 10 + n - 1)], 0))
-    m.parse(m.push(items[:-1], [(10, 10 + n - 2)], 0))
+        m.parse(m.Push(items, [(10, 10 + n - 1)], 0).to_wire())
+    m.parse(m.Push(items[:-1], [(10, 10 + n - 2)], 0).to_wire())
 
 
 def _pushes_for(items: list[tuple[str, str, object]]) -> list[m.Push]:
@@ -61,7 +63,7 @@ def _pushes_for(items: list[tuple[str, str, object]]) -> list[m.Push]:
     replica.apply(META, "s", Register(1, 0, b"", None))
     node = GossipNode("o", replica, role="origin", seeds=["e"], rng=random.Random(1))
     node.start(0.0)
-    node.receive("e", m.ping(1, 0, 0, 0, "edge", []), 0.0)
+    node.receive("e", m.Ping(1, 0, 0, 0, "edge", []).to_wire(), 0.0)
     for store, key, delta in items:
         replica.apply(store, key, delta)
     seqs = [d.seq for _, _, d in items]
@@ -88,11 +90,11 @@ def test_member_table_never_passes_max_members() -> None:
     node = GossipNode("me", Replica(), seeds=["p"], config=config, rng=random.Random(1))
     node.start(0.0)
     fakes = [(f"10.0.{i // 250}.{i % 250}:1", "edge", 0, "alive") for i in range(10_000)]
-    node.receive("p", m.members(fakes), 1.0)
+    node.receive("p", m.Members(fakes).to_wire(), 1.0)
     assert len(node.members.peers) <= 50
     assert node.counters["members_refused"] > 0
     # a connection claiming yet another address gets no member table sent to it
-    sends = node.receive("new-claimed:1", m.ping(1, 0, 0, 0, "edge", fakes[:10]), 2.0)
+    sends = node.receive("new-claimed:1", m.Ping(1, 0, 0, 0, "edge", fakes[:10]).to_wire(), 2.0)
     assert len(node.members.peers) <= 50
     assert not any(s.peer == "new-claimed:1" and s.message["t"] == MsgType.MEMBERS for s in sends)
 

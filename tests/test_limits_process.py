@@ -216,10 +216,10 @@ def hostile_pushes() -> dict[str, list[bytes]]:
     big = b"x" * (2 << 20)
     bad_last = [("s", f"d{i}", Register(200 + i, 0, big, None)) for i in range(6)]
     frames = {
-        "bloom": [encode_frame(m.push(blooms, [(90, 129)], 0))],
-        "stores": [encode_frame(m.push(stores, [(100, 50_099)], 0))],
+        "bloom": [encode_frame(m.Push(blooms, [(90, 129)], 0).to_wire())],
+        "stores": [encode_frame(m.Push(stores, [(100, 50_099)], 0).to_wire())],
     }
-    push = m.push(bad_last, [(200, 205)], 0)
+    push = m.Push(bad_last, [(200, 205)], 0).to_wire()
     push["items"][-1][1] = ""  # the last item fails validation (empty key)
     frames["bad_last"] = [encode_frame(push)] * 8
     return frames

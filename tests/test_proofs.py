@@ -205,17 +205,16 @@ def test_forged_state_rejected_on_each_path(path: str) -> None:
 
     def message(items: list[tuple[str, str, Any]]) -> dict[str, Any]:
         if path == "push":
-            return msgs.push(items, [], 1, certs)
+            return msgs.Push(items, [], 1, proofs=certs).to_wire()
         if path == "sync":
-            wire = msgs.wire_items(items)
-            return msgs.sync_data(1, wire, [], 0, True, False, certs)
-        return msgs.ae_states(
+            return msgs.SyncData(1, items, [], 0, True, False, certs).to_wire()
+        return msgs.AeStates(
             1, "flags", [(k, d) for s, k, d in items if s], [], [], False, False, certs
-        )
+        ).to_wire()
 
     node = _edge()
     if path == "ae":  # the store must exist for AE states to matter
-        node.receive("o", msgs.push(_meta(), [], 1, certs), 0.0)
+        node.receive("o", msgs.Push(_meta(), [], 1, proofs=certs).to_wire(), 0.0)
     with pytest.raises(ForgedState):
         node.receive("mallory", message(forged), 1.0)
     assert node.replica.state("flags", "k") is None
@@ -236,13 +235,13 @@ async def test_testnet_rejects_forged_push_and_cuts_the_peer_off(autojump_clock:
         victim = net.edges[0]
         mallory = net._sim.transport("mallory")
         forged = Register(10**12, 1, b"forged")
-        await mallory.send(victim.address, msgs.push([("flags", "k", forged)], [], 1))
+        await mallory.send(victim.address, msgs.Push([("flags", "k", forged)], [], 1).to_wire())
         await trio.sleep(1)
         assert victim.runtime.metrics.rejected["mallory"] == 1
         assert "rejected_unsigned" in victim.runtime.metrics.events
         assert victim.open("flags").get("k") == b"genuine"
         # cut off: even a well-formed message from it is dropped for the backoff
-        await mallory.send(victim.address, msgs.push([("flags", "k", forged)], [], 1))
+        await mallory.send(victim.address, msgs.Push([("flags", "k", forged)], [], 1).to_wire())
         await trio.sleep(1)
         assert victim.runtime.metrics.events["dropped_from_rejected_peer"] == 1
         status = victim.status()

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from ..crdt.merkle import DEPTH, FANOUT, MerkleTree
 from ..crdt.proofs import Certificate
 from ..crdt.replica import Change, Replica
-from ..crdt.state import State
+from ..crdt.state import Delta, State
 from .authority import Authority
 from .config import GossipConfig
 from .dissemination import delta_size
@@ -60,14 +60,6 @@ from .messages import (
     LeafEntry,
     Range,
     Send,
-    ae_equal,
-    ae_leaf,
-    ae_leaf_req,
-    ae_nodes,
-    ae_nodes_req,
-    ae_root,
-    ae_states,
-    ae_stores,
 )
 
 NODES_PER_REQUEST = 2048  # 2,048 x 256 bytes of child digests = 512 KiB per answer
@@ -139,7 +131,7 @@ class AntiEntropy:
         return [
             Send(
                 peer,
-                ae_root(self._sid, r.root, r.watermark, r.covered.high, r.purged, force),
+                AeRoot(self._sid, r.root, r.watermark, r.covered.high, r.purged, force).to_wire(),
             )
         ]
 
@@ -184,7 +176,7 @@ class AntiEntropy:
         out: list[Send] = []
         for store in sorted(set(mine) | set(msg.roots)):
             if mine.get(store, 0) != msg.roots.get(store, 0):
-                out.append(Send(peer, ae_nodes_req(s.sid, store, 0, [0])))
+                out.append(Send(peer, AeNodesReq(s.sid, store, 0, [0]).to_wire()))
         if out:
             s.round_trips += 1
         return self._sent(s, out, [])
@@ -223,13 +215,20 @@ class AntiEntropy:
                 out.append(
                     Send(
                         peer,
-                        ae_nodes_req(s.sid, msg.store, below, differing[i : i + NODES_PER_REQUEST]),
+                        AeNodesReq(
+                            s.sid, msg.store, below, differing[i : i + NODES_PER_REQUEST]
+                        ).to_wire(),
                     )
                 )
         else:
             for i in range(0, len(differing), LEAVES_PER_REQUEST):
                 out.append(
-                    Send(peer, ae_leaf_req(s.sid, msg.store, differing[i : i + LEAVES_PER_REQUEST]))
+                    Send(
+                        peer,
+                        AeLeafReq(
+                            s.sid, msg.store, differing[i : i + LEAVES_PER_REQUEST]
+                        ).to_wire(),
+                    )
                 )
         out.extend(self._take_empty(s))
         if out:
@@ -314,15 +313,15 @@ class AntiEntropy:
         request: bool,
     ) -> list[Send]:
         out: list[Send] = []
-        chunk: list[tuple[str, State]] = []
+        chunk: list[tuple[str, Delta]] = []
         size = 0
         proofs = self.replica.proofs
         certs: dict[bytes, Certificate] = {}  # the proofs of this chunk (crdt/proofs.py)
         for key, st in send:
             n = delta_size(st) + len(key)
             if chunk and size + n > self.config.max_message_bytes:
-                msg = ae_states(sid, store, chunk, [], [], False, True, list(certs.values()))
-                out.append(Send(peer, msg))
+                msg = AeStates(sid, store, chunk, [], [], False, True, list(certs.values()))
+                out.append(Send(peer, msg.to_wire()))
                 chunk, size = [], 0
                 certs = {}
             if proofs is not None:
@@ -334,8 +333,8 @@ class AntiEntropy:
             size += n
         reply = request and bool(want or lack)
         if chunk or reply or not request:  # an answer always ends with a final chunk
-            msg = ae_states(sid, store, chunk, want, lack, reply, False, list(certs.values()))
-            out.append(Send(peer, msg))
+            msg = AeStates(sid, store, chunk, want, lack, reply, False, list(certs.values()))
+            out.append(Send(peer, msg.to_wire()))
         self.counters["ae_states_sent"] += len(send)
         return out
 
@@ -345,7 +344,7 @@ class AntiEntropy:
         r = self.replica
         if r.root == msg.root:
             covers = r.covered.above(0)[:MAX_COVER_RANGES]
-            return [Send(peer, ae_equal(msg.sid, covers))]
+            return [Send(peer, AeEqual(msg.sid, covers).to_wire())]
         if len(self.responding) >= MAX_RESPONDING:
             oldest = min(self.responding, key=lambda k: self.responding[k][1])
             del self.responding[oldest]
@@ -354,7 +353,9 @@ class AntiEntropy:
         return [
             Send(
                 peer,
-                ae_stores(msg.sid, r.roots(), covers, r.watermark, r.covered.high, r.purged),
+                AeStores(
+                    msg.sid, r.roots(), covers, r.watermark, r.covered.high, r.purged
+                ).to_wire(),
             )
         ]
 
@@ -369,7 +370,7 @@ class AntiEntropy:
             return []
         tree = self._tree(msg.store)
         nodes = [(i, tree.children(msg.level, i)) for i in msg.indices]
-        return [Send(peer, ae_nodes(msg.sid, msg.store, msg.level, nodes))]
+        return [Send(peer, AeNodes(msg.sid, msg.store, msg.level, nodes).to_wire())]
 
     def on_leaf_req(self, peer: str, msg: AeLeafReq, now: float) -> list[Send]:
         if self._responding(peer, msg.sid, now) is None:
@@ -382,7 +383,7 @@ class AntiEntropy:
                 for k in sr.tree.keys_in(leaf):
                     st = states[k]
                     entries.append((k, st.digest(k), st.reset, st.seq))
-        return [Send(peer, ae_leaf(msg.sid, msg.store, msg.leaves, entries))]
+        return [Send(peer, AeLeaf(msg.sid, msg.store, msg.leaves, entries).to_wire())]
 
     def on_states(self, peer: str, msg: AeStates, now: float) -> tuple[list[Change], list[Send]]:
         """AE_STATES on either side: apply the states; the responder answers want/lack."""

@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from typing import Any
 
-from ..crdt.codec import encode_delta
 from ..crdt.proofs import Certificate
 from ..crdt.replica import Change, Replica
 from .authority import Authority
 from .config import GossipConfig
 from .dissemination import delta_size
 from .membership import Membership
-from .messages import MAX_MESSAGE_STORES, Send, SyncData, sync_data, sync_req
+from .messages import MAX_MESSAGE_STORES, Item, Send, SyncData, SyncReq
 
 
 class CatchUp:
@@ -63,7 +61,9 @@ class CatchUp:
         self._rid += 1
         self.pending[self._rid] = (peer, now + self.config.sync_timeout, tries)
         self.counters["syncs_sent"] += 1
-        return [Send(peer, sync_req(self._rid, self.replica.watermark, self.replica.purged))]
+        return [
+            Send(peer, SyncReq(self._rid, self.replica.watermark, self.replica.purged).to_wire())
+        ]
 
     def answer(self, peer: str, rid: int, wm: int) -> list[Send]:
         """The SYNC_DATA chunks answering a request for everything after `wm`."""
@@ -71,9 +71,11 @@ class CatchUp:
         self.counters["syncs_served"] += 1
         if replica.purged > wm:
             self.counters["sync_fallbacks_served"] += 1
-            return [Send(peer, sync_data(rid, [], [], replica.purged, True, fallback=True))]
+            return [
+                Send(peer, SyncData(rid, [], [], replica.purged, True, fallback=True).to_wire())
+            ]
         out: list[Send] = []
-        chunk: list[list[Any]] = []
+        chunk: list[Item] = []
         size = 0
         stores: set[str] = set()
         limit = self.config.max_message_bytes
@@ -84,8 +86,8 @@ class CatchUp:
             if chunk and (
                 size + n > limit or (store not in stores and len(stores) >= MAX_MESSAGE_STORES)
             ):
-                msg = sync_data(rid, chunk, [], replica.purged, False, False, list(certs.values()))
-                out.append(Send(peer, msg))
+                msg = SyncData(rid, chunk, [], replica.purged, False, False, list(certs.values()))
+                out.append(Send(peer, msg.to_wire()))
                 chunk, size = [], 0
                 certs = {}
                 stores.clear()
@@ -95,11 +97,11 @@ class CatchUp:
                     continue  # unprovable here: never sent (crdt/proofs.py rule 3)
                 n += extra
             stores.add(store)
-            chunk.append([store, key, encode_delta(state)])
+            chunk.append((store, key, state))
             size += n
         covers = replica.covered.above(wm)
-        msg = sync_data(rid, chunk, covers, replica.purged, True, False, list(certs.values()))
-        out.append(Send(peer, msg))
+        msg = SyncData(rid, chunk, covers, replica.purged, True, False, list(certs.values()))
+        out.append(Send(peer, msg.to_wire()))
         return out
 
     def on_data(self, peer: str, msg: SyncData) -> list[Change]:

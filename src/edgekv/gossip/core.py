@@ -81,9 +81,7 @@ from .messages import (
     Send,
     SyncData,
     SyncReq,
-    bye,
     parse,
-    ping,
 )
 from .snapshot import (
     SNAPSHOT_TYPES,
@@ -165,14 +163,14 @@ class GossipNode:
             out.append(
                 Send(
                     s,
-                    ping(
+                    Ping(
                         0,
                         self.replica.watermark,
                         self.replica.purged,
                         self.members.incarnation,
                         self.role,
                         self.members.rows()[:1],
-                    ),
+                    ).to_wire(),
                 )
             )
         if self.role != "origin" and self.seeds:
@@ -193,7 +191,8 @@ class GossipNode:
 
     def leave(self, now: float) -> list[Send]:
         """Graceful goodbye: live peers mark this node dead at once."""
-        return [Send(p, bye()) for p in self.members.live()]
+        bye = Bye().to_wire()
+        return [Send(p, bye) for p in self.members.live()]
 
     @property
     def next_deadline(self) -> float:

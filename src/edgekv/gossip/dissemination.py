@@ -58,16 +58,14 @@ from .membership import Membership
 from .messages import (
     MAX_MESSAGE_STORES,
     SEND_ALLOC,
+    Graft,
     IHave,
     Item,
+    Prune,
     Push,
     Range,
     Send,
     alloc_size,
-    graft,
-    ihave,
-    prune,
-    push,
 )
 
 QUIET_BATCHES = 3  # at most this many batches per ihave_window: notices go to every lazy peer
@@ -217,7 +215,7 @@ class Dissemination:
                 return changes, []  # never cut the parent; never prune twice
             self._pruned.add(peer)
             self.counters["prunes_sent"] += 1
-            return changes, [Send(peer, prune())]
+            return changes, [Send(peer, Prune().to_wire())]
         if peer not in self._pruned:  # news from a pruned peer was sent before our PRUNE
             self._parent = peer
         hops = msg.hops + 1
@@ -340,8 +338,8 @@ class Dissemination:
                 or alloc + a > SEND_ALLOC
                 or (store not in stores and len(stores) >= MAX_MESSAGE_STORES)
             ):
-                msg = push(chunk, [], box.hops, list(certs.values()), wm, again, again_n)
-                out.append(Send(peer, msg))
+                msg = Push(chunk, [], box.hops, wm, again, again_n, list(certs.values()))
+                out.append(Send(peer, msg.to_wire()))
                 chunk, size, alloc = [], 0, 0
                 certs = {}
                 stores.clear()
@@ -356,8 +354,8 @@ class Dissemination:
             size += n
             alloc += a
         covers = list(box.covers)
-        msg = push(chunk, covers, box.hops, list(certs.values()), wm, again, again_n)
-        out.append(Send(peer, msg))
+        msg = Push(chunk, covers, box.hops, wm, again, again_n, list(certs.values()))
+        out.append(Send(peer, msg.to_wire()))
         if box.covers and len(out) == 1 and self.config.push_again > 0:
             sent = self._sent.setdefault(peer, [])
             sent.append(box)
@@ -381,7 +379,7 @@ class Dissemination:
         counts, so edges do not relay it), so replicas purge together."""
         if self.role != "origin":
             return []
-        mark = ihave(self.replica.watermark, [], self.replica.purged)
+        mark = IHave(self.replica.watermark, [], self.replica.purged).to_wire()
         return [Send(a, mark) for a in self.members.live()]
 
     def learn_exists(
@@ -489,7 +487,7 @@ class Dissemination:
             covers = list(self._notice)
             self._notice = SeqRanges()
             for peer in self._next_lazy(self._notice_burst):
-                out.append(Send(peer, ihave(self.replica.watermark, covers)))
+                out.append(Send(peer, IHave(self.replica.watermark, covers).to_wire()))
                 self.counters["ihaves_sent"] += 1
         if self._graft_due is not None and self._graft_due <= now < self.grafts_paused_until:
             self._graft_due = self.grafts_paused_until  # anti-entropy is repairing this node
@@ -518,7 +516,7 @@ class Dissemination:
                 for holder in holders:
                     self._pruned.discard(holder)
                     self.counters["grafts_sent"] += 1
-                    out.append(Send(holder, graft(wm, self.replica.purged)))
+                    out.append(Send(holder, Graft(wm, self.replica.purged).to_wire()))
                 # retry (with another holder) if the graft or its answer is lost
                 self._graft_due = now + self.retry_delay(holders)
             elif self.known_high > wm:

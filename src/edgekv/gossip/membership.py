@@ -48,13 +48,10 @@ from .messages import (
     MAX_MEMBER_ROWS,
     Ack,
     MemberRow,
+    Members,
     Ping,
     PingReq,
     Send,
-    ack,
-    members,
-    ping,
-    ping_req,
 )
 
 ALIVE, SUSPECT, DEAD = "alive", "suspect", "dead"
@@ -230,13 +227,13 @@ class Membership:
                 return []
             self._updates[address] = self._retransmits()
             self.counters["members_joined"] += 1
-            out.append(Send(address, members(self.rows())))
+            out.append(Send(address, Members(self.rows()).to_wire()))
         elif p.state != ALIVE:
             if p.state == DEAD:
                 self.counters["peers_revived"] += 1
                 # tell it it was declared dead: it refutes with a higher incarnation, and that
                 # ALIVE row overrides the DEAD one everywhere else
-                out.append(Send(address, members([p.row()])))
+                out.append(Send(address, Members([p.row()]).to_wire()))
             self._set(p, ALIVE, now)
             self._updates[address] = self._retransmits()
         p.last_seen = now
@@ -324,7 +321,15 @@ class Membership:
         return [
             Send(
                 peer,
-                ack(msg.seq, self.wm, self.purged, self.incarnation, self.role, self._piggyback()),
+                Ack(
+                    msg.seq,
+                    self.wm,
+                    self.purged,
+                    self.incarnation,
+                    self.role,
+                    None,
+                    self._piggyback(),
+                ).to_wire(),
             )
         ]
 
@@ -338,7 +343,7 @@ class Membership:
                 return [
                     Send(
                         asker,
-                        ack(seq, msg.wm, msg.purged, msg.inc, msg.role, [], target=target),
+                        Ack(seq, msg.wm, msg.purged, msg.inc, msg.role, target).to_wire(),
                     )
                 ]
             subject = peer
@@ -392,7 +397,9 @@ class Membership:
             self.note_progress(address, wm, purged)
 
     def _ping_msg(self, seq: int) -> dict[str, object]:
-        return ping(seq, self.wm, self.purged, self.incarnation, self.role, self._piggyback())
+        return Ping(
+            seq, self.wm, self.purged, self.incarnation, self.role, self._piggyback()
+        ).to_wire()
 
     # -- timers ----------------------------------------------------------------------------------
 
@@ -410,7 +417,7 @@ class Membership:
                 helpers = [a for a in self.alive() if a != probe.target]
                 self.rng.shuffle(helpers)
                 for h in helpers[: cfg.indirect_probes]:
-                    out.append(Send(h, ping_req(probe.seq, probe.target)))
+                    out.append(Send(h, PingReq(probe.seq, probe.target).to_wire()))
                     self.counters["ping_reqs"] += 1
                 probe.indirect = True
                 probe.deadline = now + 2 * cfg.ping_timeout
@@ -450,7 +457,7 @@ class Membership:
                 self._version += 1
             live = self.alive()
             if live:
-                out.append(Send(self.rng.choice(live), members(self.rows())))
+                out.append(Send(self.rng.choice(live), Members(self.rows()).to_wire()))
         return out
 
     def _next_target(self) -> str | None:

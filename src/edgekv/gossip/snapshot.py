@@ -80,8 +80,10 @@ from ..crdt.treebuild import TreeBuilder
 from ..errors import RemoteProtocolError
 from .config import GossipConfig
 from .dissemination import delta_size
+from .fields import MAX_SEQ
+from .fields import field_int as _int
 from .membership import ALIVE, Membership
-from .messages import MAX_SEQ, Send, _int
+from .messages import Send
 from .snapshot_wire import (
     MAX_CHUNK_KEYS,
     MAX_CREDIT,

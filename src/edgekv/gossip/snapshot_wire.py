@@ -22,7 +22,12 @@ from ..crdt.register import Register, registers_valid, unpack_head
 from ..crdt.state import State
 from ..errors import RemoteProtocolError
 from .dissemination import delta_size
-from .messages import MAX_ADDRESS, MAX_PROOFS, _delta, _int, _key, _list, _store
+from .fields import MAX_ADDRESS, MAX_PROOFS
+from .fields import check_delta as _delta
+from .fields import check_key as _key
+from .fields import check_list as _list
+from .fields import check_store as _store
+from .fields import field_int as _int
 from .wire import Message, MsgType
 
 SNAPSHOT_TYPES = frozenset({int(MsgType.SNAP_OFFER), int(MsgType.SNAP_REQ), int(MsgType.SNAP_DATA)})
