@@ -13,6 +13,12 @@ of sequential puts.  Failover: two origins on one PostgreSQL log, 16 writers, th
 SIGKILLed after 300 acknowledged writes; the time from the kill to the first write
 acknowledged by the new leader (`edgekv.testnet.failover`, which also checks that no
 acknowledged write was lost and no seq reused or skipped).
+
+Wall-clock figures depend on what else runs on the machine; the CPU time per write of the
+origin process and of the PostgreSQL server (all its processes) does much less, and so does
+the commit path measured alone: `PostgresLog` committing groups of 1, 16 and 64 rows (with
+their request ids) back to back, giving the wall time and the CPU time (this process, the
+server's backend) per commit group.
 """
 
 from __future__ import annotations
@@ -29,9 +35,10 @@ from pathlib import Path
 
 import trio
 
-from bench_origin import start_origin, stop_origin
+from bench_origin import process_cpu, start_origin, stop_origin
 from edgekv.node.keys import generate_keypair
 from edgekv.origin.client import OriginClient
+from edgekv.origin.pglog import PostgresLog
 from edgekv.testnet.failover import FailoverReport, run_failover
 from edgekv.testnet.postgres import ThrowawayPostgres, throwaway_postgres
 
@@ -44,10 +51,36 @@ def pct(samples: list[float], q: float) -> float:
     return samples[min(len(samples) - 1, int(len(samples) * q))]
 
 
+def server_cpu(pg: ThrowawayPostgres | None) -> float:
+    """CPU seconds used so far by the PostgreSQL server: the postmaster and its children."""
+    if pg is None:
+        return 0.0
+    postmaster = int((pg.dir / "data" / "postmaster.pid").read_text().split()[0])
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(entry.name) == postmaster or int(fields[1]) == postmaster:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+Load = tuple[float, float, float, float, float]
+
+
 async def load(
-    extra: Sequence[str], clients: int, seconds: float, value: bytes
-) -> tuple[float, float, float]:
-    """(durable puts/s, p50 ms, p99 ms) with `clients` writers, one connection each."""
+    extra: Sequence[str],
+    clients: int,
+    seconds: float,
+    value: bytes,
+    pg: ThrowawayPostgres | None = None,
+) -> Load:
+    """(durable puts/s, p50 ms, p99 ms, origin CPU us per put, server CPU us per put) with
+    `clients` writers, one connection each."""
     data = Path(tempfile.mkdtemp(prefix="edgekv-bench-"))
     proc, address = await start_origin(data, True, extra)
     try:
@@ -74,12 +107,15 @@ async def load(
                 nursery.start_soon(writer, i)
             await trio.sleep(min(1.0, seconds / 3))  # warm up
             measuring = True
-            t0 = time.perf_counter()
+            t0, o0, s0 = time.perf_counter(), process_cpu(proc.pid), server_cpu(pg)
             await trio.sleep(seconds)
             measuring = False
             elapsed = time.perf_counter() - t0
+            o1, s1 = process_cpu(proc.pid), server_cpu(pg)
             stop.set()
-        return sum(counts) / elapsed, pct(samples, 0.5), pct(samples, 0.99)
+        n = max(1, sum(counts))
+        origin_us, server_us = (o1 - o0) / n * 1e6, (s1 - s0) / n * 1e6
+        return n / elapsed, pct(samples, 0.5), pct(samples, 0.99), origin_us, server_us
     finally:
         await stop_origin(proc)
         shutil.rmtree(data, ignore_errors=True)
@@ -103,6 +139,32 @@ async def lone(extra: Sequence[str], n: int, value: bytes) -> tuple[float, float
     finally:
         await stop_origin(proc)
         shutil.rmtree(data, ignore_errors=True)
+
+
+def commit_path(pg: ThrowawayPostgres, size: int, groups: int) -> tuple[float, float, float]:
+    """The PostgreSQL log alone: (wall ms, this process's CPU us, the backend's CPU us) per
+    commit group of `size` rows, each with a request id, committed back to back."""
+    log = PostgresLog(pg.create_database(f"bench_commit_{next(_dbs)}"))
+    try:
+        backend = log.backend_pid
+        delta = b"\x85" + b"v" * 140
+        outcome = b"\x82\x1b" + bytes(8) + b"\x81\x01"
+        seq = 0
+        batches = []
+        for _ in range(groups):
+            rows = [(seq + i + 1, "bench", f"k{seq + i}", delta) for i in range(size)]
+            requests = [(os.urandom(16), seq + i + 1, outcome) for i in range(size)]
+            seq += size
+            batches.append((rows, seq, requests))
+        t0, c0, b0 = time.perf_counter(), time.process_time(), process_cpu(backend)
+        for rows, high, requests in batches:
+            log.write(rows, high, requests)
+            log.sync()
+        t1, c1, b1 = time.perf_counter(), time.process_time(), process_cpu(backend)
+        assert log.count() == seq
+        return (t1 - t0) / groups * 1e3, (c1 - c0) / groups * 1e6, (b1 - b0) / groups * 1e6
+    finally:
+        log.close()
 
 
 async def failover(pg: ThrowawayPostgres) -> FailoverReport:
@@ -153,14 +215,19 @@ def main() -> None:
         args.repeat, args.seconds, args.lone = 1, 1.0, 100
     value = b"v" * 100
     load_before = os.getloadavg()[0]
-    runs: dict[str, list[tuple[float, float, float]]] = {"sqlite": [], "postgresql": []}
+    runs: dict[str, list[Load]] = {"sqlite": [], "postgresql": []}
     lones: dict[str, list[tuple[float, float]]] = {"sqlite": [], "postgresql": []}
     reports: list[FailoverReport] = []
+    sizes = (1, 16, 64)
+    commits: dict[int, list[tuple[float, float, float]]] = {size: [] for size in sizes}
     with throwaway_postgres() as pg:
         for _ in range(args.repeat):
+            for size in sizes:
+                commits[size].append(commit_path(pg, size, 100 if args.quick else 300))
             for kind in ("sqlite", "postgresql"):
+                server = None if kind == "sqlite" else pg
                 extra = [] if kind == "sqlite" else ["--log", pg.create_database(f"b{next(_dbs)}")]
-                runs[kind].append(trio.run(load, extra, args.clients, args.seconds, value))
+                runs[kind].append(trio.run(load, extra, args.clients, args.seconds, value, server))
                 extra = [] if kind == "sqlite" else ["--log", pg.create_database(f"b{next(_dbs)}")]
                 lones[kind].append(trio.run(lone, extra, args.lone, value))
             reports.append(trio.run(failover, pg))
@@ -176,8 +243,17 @@ def main() -> None:
         rows.append(
             f"| {label} | {med(tputs):,.0f} (runs: {', '.join(f'{t:,.0f}' for t in tputs)})"
             f" | {med([x[1] for x in r]):.2f} / {med([x[2] for x in r]):.2f}"
+            f" | {med([x[3] for x in r]):.0f} us"
+            f" / {'-' if kind == 'sqlite' else f'{med([x[4] for x in r]):.0f} us'}"
             f" | {med([x[0] for x in lones[kind]]):.2f} / {med([x[1] for x in lones[kind]]):.2f} |"
         )
+    commit_rows = [
+        f"| {size} | {med([c[0] for c in commits[size]]):.2f} ms"
+        f" | {med([c[1] for c in commits[size]]):.0f} us"
+        f" | {med([c[2] for c in commits[size]]):.0f} us"
+        f" | {med([c[1] + c[2] for c in commits[size]]) / size:.1f} us |"
+        for size in sizes
+    ]
     ratio = med([x[0] for x in runs["postgresql"]]) / med([x[0] for x in runs["sqlite"]])
     times = [r.failover_seconds for r in reports]
     ok = all(r.ok for r in reports)
@@ -195,9 +271,17 @@ def main() -> None:
         f" {load_after:.2f} (other jobs share the machine).",
         "",
         f"| log | durable puts/s, {args.clients} clients | put p50 / p99 under that load (ms)"
-        " | single-client put p50 / p99 (ms) |",
-        "|---|---|---|---|",
+        " | CPU per put: origin process / PostgreSQL server | single-client put p50 / p99 (ms) |",
+        "|---|---|---|---|---|",
         *rows,
+        "",
+        "The PostgreSQL commit path alone (`PostgresLog.write` + `sync`, groups committed back"
+        " to back, each row with a request id; one statement and one round trip per group):",
+        "",
+        "| rows per group | wall per group | CPU per group: client | CPU per group: server"
+        " backend | CPU per row, both |",
+        "|---|---|---|---|---|",
+        *commit_rows,
         "",
         "Target: >= 5,000 durable writes/s with the PostgreSQL log.  In this run the"
         f" PostgreSQL log gave {ratio:.0%} of the SQLite log's throughput on the same machine;"

@@ -10,17 +10,24 @@ Theory of operation
    lives, and on taking it increments `term` (it now owns that term).  PostgreSQL drops the
    lock when the leader's session ends: at once when its process dies (the socket closes),
    within the TCP keepalive settings of the session when its host or network dies.
-3. Fencing.  Every commit transaction first reads `term` with `FOR SHARE` and aborts unless
-   it is still the leader's own term; a takeover's `UPDATE` of that row waits for commits in
-   flight and every later commit of the deposed leader sees the new term.  So a deposed
-   leader (a stale process whose session was cut, then reconnected, or a paused one) can
-   never commit; `seq` being the primary key is a second barrier against reusing a seq.
+3. Fencing.  Every commit reads `term` with `FOR SHARE` and inserts nothing unless it is
+   still the leader's own term; a takeover's `UPDATE` of that row waits for commits in
+   flight, and every later commit of the deposed leader sees the new term (under READ
+   COMMITTED a row lock taken after a concurrent update reads the updated row).  So a
+   deposed leader (a stale process whose session was cut, then reconnected, or a paused
+   one) can never commit; `seq` being the primary key is a second barrier against reusing
+   a seq.
 4. Group commit.  `write(rows, high)` only stages a group (no I/O: it runs on the event
    loop); `sync()` (run in a flush thread by the sequencer) takes every staged row and commits
-   them in ONE transaction (COPY), under a lock: a sync that started after a `write`
-   returned either commits that group or waits for the sync that took it.  A failed commit
-   raises `LogError` (`Fenced` when the term moved): the sequencer fails the groups in flight
-   and refuses writes from then on, as for a failed fsync.
+   them under a lock: a sync that started after a `write` returned either commits that group
+   or waits for the sync that took it.  One commit is ONE statement in autocommit mode (the
+   term check, the rows and the request outcomes, each column sent as one binary array and
+   expanded by `unnest`; `_COMMIT`), so ONE round trip and one implicit transaction: the
+   explicit BEGIN / SELECT ... FOR SHARE / COPY / COMMIT it replaced took five round trips
+   and about three times the CPU per group, in the origin and in the server
+   (benchmarks/bench_fleet.py, "commit path").  psycopg prepares it after its first uses.
+   A failed commit raises `LogError` (`Fenced` when the term moved): the sequencer fails
+   the groups in flight and the origin steps down (origin/follower.py).
 5. Request outcomes (sequencer rule 7) go to `edgekv_requests(rid PRIMARY KEY, seq,
    outcome)` in the same transaction as their rows; a new leader reads the newest with
    `recent_requests`, and compaction drops those a million seqs old.
@@ -62,6 +69,18 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS edgekv_keys (name TEXT PRIMARY KEY, public BYTEA NOT NULL)",
     "INSERT INTO edgekv_meta VALUES ('term', 0), ('high', 0) ON CONFLICT DO NOTHING",
 )
+
+
+# one commit group (rules 3 and 4): the rows and the request outcomes go in only if the term
+# is still this leader's; the statement returns the term it saw
+_COMMIT = """WITH term AS (SELECT value FROM edgekv_meta WHERE name = 'term' FOR SHARE),
+    log AS (INSERT INTO edgekv_log (seq, store, key, delta)
+        SELECT * FROM unnest(%b::int8[], %b::text[], %b::text[], %b::bytea[])
+        WHERE (SELECT value FROM term) = %b::int8),
+    requests AS (INSERT INTO edgekv_requests (rid, seq, outcome)
+        SELECT * FROM unnest(%b::bytea[], %b::int8[], %b::bytea[])
+        WHERE (SELECT value FROM term) = %b::int8)
+    SELECT value FROM term"""
 
 
 class Fenced(LogError):
@@ -130,6 +149,11 @@ class PostgresLog:
         except BaseException:
             self._conn.close()
             raise
+
+    @property
+    def backend_pid(self) -> int:
+        """The process id of this log's session on the server (benchmarks measure its CPU)."""
+        return int(self._conn.info.backend_pid)
 
     # -- leadership ----------------------------------------------------------------------------
 
@@ -277,21 +301,26 @@ class PostgresLog:
             raise Fenced(f"the log moved to term {row[0]} (this origin led term {self.term})")
 
     def _commit(self, rows: list[Row], requests: list[Request]) -> None:
+        """One fenced commit: one statement, one round trip (rules 3 and 4)."""
+        params = (
+            [r[0] for r in rows],
+            [r[1] for r in rows],
+            [r[2] for r in rows],
+            [r[3] for r in rows],
+            self.term,
+            [q[0] for q in requests],
+            [q[1] for q in requests],
+            [q[2] for q in requests],
+            self.term,
+        )
         try:
-            with self._conn.transaction():
-                self._fenced()
-                cur = self._conn.cursor()
-                with cur.copy("COPY edgekv_log (seq, store, key, delta) FROM STDIN") as copy:
-                    for row in rows:
-                        copy.write_row(row)
-                if requests:
-                    with cur.copy("COPY edgekv_requests (rid, seq, outcome) FROM STDIN") as copy:
-                        for req in requests:
-                            copy.write_row(req)
-        except Fenced:
-            raise
+            row = self._conn.execute(_COMMIT, params).fetchone()
         except self._psycopg.Error as exc:
             raise LogError(f"log commit failed: {exc}") from exc
+        if row is None or int(row[0]) != self.term:
+            self.leader = False
+            term = None if row is None else row[0]
+            raise Fenced(f"the log moved to term {term} (this origin led term {self.term})")
 
     def compact(self, keep: Sequence[int], rewrites: Sequence[tuple[bytes, int]], upto: int) -> int:
         """Drop superseded rows at or below `upto` (see wal.py rule 4); returns rows removed."""
