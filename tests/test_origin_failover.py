@@ -172,3 +172,63 @@ async def test_sigkill_the_leader_under_16_writers(
     assert report.ok, report
     assert not any(e.runtime.metrics.rejected for e in edges)  # all of it verified
     assert report.failover_seconds <= 5.0, report
+
+
+async def test_a_deposed_leader_steps_down_and_follows(
+    postgres: ThrowawayPostgres, tmp_path: Path
+) -> None:
+    import psycopg
+
+    from edgekv.origin.pglog import PostgresLog
+
+    dsn = database(postgres)
+    key = Ed25519PrivateKey.generate()
+
+    def origin(name: str) -> edgekv.Origin:
+        return edgekv.Origin(
+            data_dir=tmp_path / name,
+            listen="127.0.0.1:0",
+            log=dsn,
+            signing_key=key,
+            follow_interval=0.05,
+        )
+
+    stop_b = trio.Event()
+
+    async def run_b(*, task_status: trio.TaskStatus[edgekv.Origin]) -> None:
+        async with origin("b") as b:
+            task_status.started(b)
+            await stop_b.wait()
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+            a = await stack.enter_async_context(origin("a"))
+            b = await nursery.start(run_b)
+            assert a.leading and not b.leading
+            both = await stack.enter_async_context(edgekv.OriginClient([a.address, b.address]))
+            only_a = await stack.enter_async_context(edgekv.OriginClient(a.address))
+            await both.create_store("flags")
+            for i in range(5):
+                await only_a.put("flags", f"k{i}", b"a")
+            # a's session is cut (as by a network partition): its lock goes, b takes over;
+            # a, idle, notices on its own and stops taking writes
+            log_a = a.sequencer.wal
+            assert isinstance(log_a, PostgresLog)
+            with psycopg.connect(dsn, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (log_a.backend_pid,))
+            await wait_until(lambda: b.leading, 10)
+            await wait_until(lambda: not a.leading, 10)
+            with pytest.raises(NotLeader):
+                await only_a.put("flags", "late", b"a")
+            assert (await both.put("flags", "k9", b"b")).seq == 7  # no seq lost or reused
+            assert both.address == b.address
+            # a follows the new leader through a new session, warm as any follower
+            await wait_until(lambda: a.replica.root == b.replica.root, 10)
+            assert await only_a.get("flags", "k9") == b"b"
+            assert a.status()["log"]["leading"] is False
+            # and takes over again when b goes, with a new term
+            stop_b.set()
+            await wait_until(lambda: a.leading, 10)
+            assert a.status()["log"]["term"] == 3
+            assert (await only_a.put("flags", "k10", b"a")).seq == 8
+            assert [s for s, _, _ in log_seqs(dsn)] == list(range(1, 9))

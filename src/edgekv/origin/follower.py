@@ -15,12 +15,25 @@ Theory of operation
    log (no one else can commit any more: the term moved), loads the recent request outcomes
    (a retried write is answered, not applied twice), sets the sequencer at `high + 1` and
    starts it.  Seqs stay contiguous: the new leader's first seq follows the last committed one.
+4. A leader learns that it was deposed (another origin took the term: its session was cut,
+   or it was paused past its keepalives) from a commit that fails (`Fenced`, or any
+   `LogError`: the log is gone under it) or, when idle, from `still_leading()` every
+   `interval`.  It steps down at once: writes are refused with `NotLeader` from then on,
+   those in flight fail with the log's error (clients retry them under their request ids
+   at the new leader, which applies each at most once), the commit loop stops, the old
+   session is closed, and the origin follows the log through a new session from the last
+   seq its replica holds (rule 2), as any follower does; it tries to lead again (rule 3,
+   with a new term) only after `STEP_DOWN_HOLD` seconds, so that a healthy follower takes
+   over first.  Its replica holds only durable rows (sequencer rule 2), so nothing
+   it applied is lost by the step-down.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from functools import partial
 from typing import TYPE_CHECKING
 
 import anyio
@@ -28,8 +41,9 @@ import anyio.abc
 
 from ..crdt.codec import decode_delta, loads
 from ..crdt.proofs import atoms_of
-from .pglog import PostgresLog
+from .pglog import Fenced, PostgresLog
 from .sequencer import MAX_OUTCOMES, run_in_thread
+from .wal import LogError
 
 if TYPE_CHECKING:
     from .server import Origin
@@ -39,6 +53,7 @@ __all__ = ["catch_up", "lead_or_follow"]
 logger = logging.getLogger("edgekv.origin")
 
 TAIL_BATCH = 10_000
+STEP_DOWN_HOLD = 2.0  # seconds a deposed leader follows before it tries to lead again
 
 
 async def catch_up(origin: Origin, log: PostgresLog, cursor: int, high: int | None = None) -> int:
@@ -86,18 +101,32 @@ async def lead_or_follow(
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Lead at once if the log is free, else follow until it is (see the module docstring);
-    then start the sequencer.  `task_status.started()` once leading or following."""
+    step down when deposed and follow again (rule 4).  `task_status.started()` once leading
+    or following."""
     cursor = log.high  # the recovery read the log up to here
     started = False
-    while not await run_in_thread(log.try_lead):
+    lead_after = 0.0  # a deposed leader lets the others take over first (rule 4)
+    while True:
+        while time.monotonic() < lead_after or not await run_in_thread(log.try_lead):
+            if not started:
+                logger.info("event=following log=%s high=%d", log.where, cursor)
+                task_status.started()
+                started = True
+            cursor = await catch_up(origin, log, cursor)
+            await anyio.sleep(interval)
+        await _take_over(origin, log, cursor)
         if not started:
-            logger.info("event=following log=%s high=%d", log.where, cursor)
             task_status.started()
             started = True
-        cursor = await catch_up(origin, log, cursor)
-        await anyio.sleep(interval)
+        error = await _until_deposed(origin, log, interval)
+        log = await _step_down(origin, log, error, interval)
+        lead_after = time.monotonic() + STEP_DOWN_HOLD
+        cursor = origin.replica.watermark  # the durable prefix it applied (rule 4)
+
+
+async def _take_over(origin: Origin, log: PostgresLog, cursor: int) -> None:
     took_over_at = time.monotonic()
-    cursor = await catch_up(origin, log, cursor, high=log.high)
+    await catch_up(origin, log, cursor, high=log.high)
     sequencer = origin.sequencer
     sequencer.next_seq = log.high + 1
     sequencer.load_outcomes(await run_in_thread(log.recent_requests, MAX_OUTCOMES))
@@ -109,5 +138,36 @@ async def lead_or_follow(
         sequencer.next_seq,
         time.monotonic() - took_over_at,
     )
-    if not started:
-        task_status.started()
+
+
+async def _until_deposed(origin: Origin, log: PostgresLog, interval: float) -> LogError:
+    """Wait while this origin leads; returns the reason it no longer does (rule 4)."""
+    sequencer = origin.sequencer
+    while True:
+        await anyio.sleep(interval)
+        if sequencer.failed:
+            return Fenced(f"the log failed under this origin (term {log.term})")
+        if not await run_in_thread(log.still_leading):
+            return Fenced(f"this origin was deposed (it led term {log.term})")
+
+
+async def _step_down(
+    origin: Origin, log: PostgresLog, error: LogError, interval: float
+) -> PostgresLog:
+    """Stop leading at once and open a new session on the log to follow it (rule 4)."""
+    logger.warning("event=stepping_down node=%s reason=%s", origin.node_id, error)
+    origin.stop_leading(error)
+    # end the old session (its lock, if it still holds it) without waiting for a commit
+    # that may hang on a dead connection
+    threading.Thread(target=log.close, name="edgekv-log-close", daemon=True).start()
+    while True:
+        try:
+            follower = await run_in_thread(
+                partial(PostgresLog, log.dsn, owner=log.owner, lead=False)
+            )
+            break
+        except LogError as exc:  # the database is out of reach: keep refusing writes
+            logger.warning("event=log_unreachable node=%s error=%s", origin.node_id, exc)
+            await anyio.sleep(max(interval, 0.5))
+    origin.follow(follower)
+    return follower

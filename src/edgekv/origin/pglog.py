@@ -31,7 +31,8 @@ Theory of operation
 5. Request outcomes (sequencer rule 7) go to `edgekv_requests(rid PRIMARY KEY, seq,
    outcome)` in the same transaction as their rows; a new leader reads the newest with
    `recent_requests`, and compaction drops those a million seqs old.
-6. Followers read the log (`rows_after`) without the lock and take over with `try_lead()`
+6. Followers read the log (`rows_after`) without the lock and take over with `try_lead()`;
+   a leader checks `still_leading()` between commits and steps down when it is deposed
    (origin/follower.py).
 7. One signing key for all the origins of a log: `edgekv_keys` holds the public key of the
    first origin that started, and `check_signing_key` refuses an origin with another one
@@ -180,9 +181,24 @@ class PostgresLog:
         return True
 
     def current_term(self) -> int:
-        with self._lock:
-            row = self._conn.execute("SELECT value FROM edgekv_meta WHERE name = 'term'").fetchone()
+        try:
+            with self._lock:
+                row = self._conn.execute(
+                    "SELECT value FROM edgekv_meta WHERE name = 'term'"
+                ).fetchone()
+        except self._psycopg.Error as exc:
+            raise LogError(f"log read failed: {exc}") from exc
         return int(row[0])
+
+    def still_leading(self) -> bool:
+        """False once this origin is deposed: the term moved on, or its session (and with it
+        the lock) is gone.  A leader asks between commits (origin/follower.py rule 4)."""
+        if self.leader:
+            try:
+                self.leader = self.current_term() == self.term
+            except LogError:
+                self.leader = False
+        return self.leader
 
     # -- reading ------------------------------------------------------------------------------
 

@@ -405,14 +405,28 @@ class Sequencer:
         self._maybe_flush()
         self._wake_completer()
 
+    def depose(self, exc: LogError) -> None:
+        """Another origin leads the log now (or may): refuse writes from now on and fail
+        every write in flight and queued with `exc` (a client retries those under their
+        request ids at the new leader, which applies each at most once)."""
+        if self._failed is None:
+            self._failed = exc
+        self._fail_all(exc)
+
     def _flush_failed(self, exc: LogError) -> None:
+        if self._failed is not None:  # deposed already, or a second flush failing
+            self._fail_all(self._failed)
+            return
         logger.critical("%s: refusing writes until the origin restarts", exc)
         self._failed = LogError(f"the log is unusable after a failed flush ({exc}); restart")
+        self._fail_all(self._failed)
+
+    def _fail_all(self, error: LogError) -> None:
         for group in self._inflight:
-            self._fail(group.tickets, self._failed)
+            self._fail(group.tickets, error)
         self._inflight.clear()
         self._pending.clear()
-        self._fail_pending(self._failed)
+        self._fail_pending(error)
         self._drained.set()
 
     def _wake_completer(self) -> None:

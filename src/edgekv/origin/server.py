@@ -53,7 +53,7 @@ from ..node.metrics import (
 )
 from ..node.procinfo import process_info
 from ..node.tlsconfig import TlsConfig
-from .log import CommitLog, is_postgres, open_log
+from .log import CommitLog, LogError, is_postgres, open_log
 from .requests import is_write, op_name, opt_int, parse_write, store_of
 from .sequencer import Covers, Sequencer, wall_clock_ms
 from .writer import BatchCommand, Command, Item, Planned, StoreCommand
@@ -148,6 +148,7 @@ class Origin:
         self._tg: anyio.abc.TaskGroup | None = None
         self._wal: CommitLog | None = None
         self._sequencer: Sequencer | None = None
+        self._sequencer_scope: anyio.CancelScope | None = None  # the commit loop's
         self.transport: Any = transport
         self._own_transport = transport is None
         self.faults = faults  # applied to the TCP transport this origin creates
@@ -191,16 +192,7 @@ class Origin:
                     self._wal.close()
                     self._wal = None
                     raise
-        self._sequencer = Sequencer(
-            self._wal,
-            self.replica,
-            signer=self.signer,
-            on_commit=self._committed,
-            after_answers=self._flush_answers,
-            wall_ms=self.wall_ms,
-            flush_threads=self._flush_threads,
-            compact_min_rows=self._compact_min_rows,
-        )
+        self._sequencer = self.new_sequencer(self._wal)
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
@@ -230,11 +222,48 @@ class Origin:
             raise
         return self
 
+    def new_sequencer(self, wal: CommitLog) -> Sequencer:
+        """A sequencer on `wal`: at start, and when a deposed leader follows again."""
+        return Sequencer(
+            wal,
+            self.replica,
+            signer=self.signer,
+            on_commit=self._committed,
+            after_answers=self._flush_answers,
+            wall_ms=self.wall_ms,
+            flush_threads=self._flush_threads,
+            compact_min_rows=self._compact_min_rows,
+        )
+
     async def start_leading(self) -> None:
         """Start the commit loop: from now on this origin takes writes."""
         assert self._tg is not None and self._sequencer is not None
-        await self._tg.start(self._sequencer.run)
+        self._sequencer_scope = await self._tg.start(self._run_sequencer, self._sequencer)
         self.leading = True
+
+    async def _run_sequencer(
+        self, sequencer: Sequencer, *, task_status: anyio.abc.TaskStatus[anyio.CancelScope]
+    ) -> None:
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                await tg.start(sequencer.run)
+                task_status.started(scope)
+
+    def stop_leading(self, error: LogError) -> None:
+        """Deposed (origin/follower.py rule 4): refuse writes at once, fail those in flight
+        with `error`, stop the commit loop."""
+        self.leading = False
+        if self._sequencer is not None:
+            self._sequencer.depose(error)
+            self._sequencer.close()
+        if self._sequencer_scope is not None:
+            self._sequencer_scope.cancel()
+            self._sequencer_scope = None
+
+    def follow(self, wal: CommitLog) -> None:
+        """After `stop_leading`: a fresh sequencer on `wal` (a new session on the log)."""
+        self._wal = wal
+        self._sequencer = self.new_sequencer(wal)
 
     async def _run_http(
         self,
