@@ -43,6 +43,7 @@ import trio
 from bench_origin import build_log, process_cpu, start_origin, stop_origin
 from edgekv.crdt import Put, Register, Replica, bulk_load
 from edgekv.errors import OriginUnavailable
+from edgekv.gossip.authority import Authority
 from edgekv.gossip.catchup import CatchUp
 from edgekv.gossip.config import GossipConfig
 from edgekv.gossip.membership import Membership
@@ -292,7 +293,9 @@ def switch_point(store_keys: int) -> list[tuple[int, float]]:
     cfg = GossipConfig()
     rng = random.Random(1)
     counters: Counter[str] = Counter()
-    catchup = CatchUp(replica, cfg, rng, counters, Membership("me", "edge", cfg, rng, counters))
+    authority = Authority("edge", replica, (), counters)
+    members = Membership("me", "edge", cfg, rng, counters, authority)
+    catchup = CatchUp(replica, cfg, rng, counters, members, authority)
     out = []
     for changed in (1_000, 5_000, 20_000, 50_000):
         runs = []
@@ -318,7 +321,10 @@ def main() -> None:
     prepared = Path(tempfile.mkdtemp(prefix="edgekv-bench-bootstrap-log-"))
     try:
         build_log(prepared / "origin.sqlite3", args.keys + 1, args.keys, 100, KEY_FORMAT)
-        runs = [trio.run(one_run, prepared, args) for _ in range(args.repeat)]
+        runs = []
+        for _ in range(args.repeat):
+            runs.append(trio.run(one_run, prepared, args))
+            print(runs[-1], flush=True)
     finally:
         shutil.rmtree(prepared, ignore_errors=True)
     switch = switch_point(min(args.keys, 200_000))

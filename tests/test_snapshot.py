@@ -17,6 +17,7 @@ from edgekv.errors import RemoteProtocolError
 from edgekv.gossip import GossipConfig, GossipNode
 from edgekv.gossip.snapshot import SnapshotServer
 from edgekv.gossip.snapshot_wire import parse_chunk, snap_req
+from edgekv.gossip.wire import FrameDecoder, encode_frame
 from gossip_sim import ORIGIN, Sim
 
 KEYS = 3000
@@ -190,7 +191,9 @@ def test_responder_work_per_request_is_bounded_by_the_credit() -> None:
     server = SnapshotServer(r, cfg, Counter())
     out = server.on_req("p", snap_req(7, None, 3, True), 0.0)
     assert len(out) == 3
-    sizes = [sum(len(k) for k in s.message["keys"]) + len(s.message["regs"]) for s in out[1:]]
+    sizes = [
+        sum(len(k) for k in s.message["keys"]) + sum(map(len, s.message["regs"])) for s in out[1:]
+    ]
     assert all(16 << 10 <= n <= (16 << 10) + 200 for n in sizes)
     assert server.on_req("p", snap_req(8, None, 1, False), 0.0) == []  # no such session
     more = server.on_req("p", snap_req(7, None, 1, False), 0.0)
@@ -210,17 +213,21 @@ def test_responder_work_per_request_is_bounded_by_the_credit() -> None:
 def good_chunk() -> dict:
     server = SnapshotServer(filled(50), GossipConfig(), Counter())
     (send,) = server.on_req("p", snap_req(1, ("", "s"), 1, True), 0.0)
-    return send.message
+    return FrameDecoder().feed(encode_frame(send.message))[0]  # as received
 
 
 @pytest.mark.parametrize(
     "damage",
     [
         lambda m: m.update(keys=list(reversed(m["keys"]))),
-        lambda m: m.update(lens=m["lens"][:-4]),
-        lambda m: m.update(regs=m["regs"][:-1]),
-        lambda m: m.update(regs=b"\x07" + m["regs"][1:]),  # unknown flags
+        lambda m: m.update(regs=m["regs"][:-1]),  # one register short
+        lambda m: m.update(regs=[m["regs"][0][:10], *m["regs"][1:]]),  # a truncated header
+        lambda m: m.update(regs=[b"\x07" + m["regs"][0][1:], *m["regs"][1:]]),  # unknown flags
+        lambda m: m.update(regs=[bytes(17), *m["regs"][1:]]),  # seq 0
+        lambda m: m.update(regs=["text", *m["regs"][1:]]),
+        lambda m: m.update(regs=b"".join(m["regs"])),  # not an array
         lambda m: m.update(others=[[9, 9]]),
+        lambda m: m.update(regs=[b"", *m["regs"][1:]], others=[[9, 9]]),  # a bad delta
         lambda m: m.update(keys=[*m["keys"][:-1], ""]),
         lambda m: m.update(keys="abc"),
         lambda m: m.update(last="yes"),
@@ -239,7 +246,7 @@ def test_a_bad_chunk_abandons_the_source_and_resumes_elsewhere() -> None:
     sim = sim_with_sources(seed=5)
     node = start_fresh_until(sim, 500)
     bad = dict(good_chunk(), sid=node.bootstrap._sid, n=node.bootstrap._n)
-    bad["regs"] = b"\x07" + bad["regs"][1:]
+    bad["regs"] = [b"\x07" + bad["regs"][0][1:], *bad["regs"][1:]]
     with pytest.raises(RemoteProtocolError):
         node.receive(node.bootstrap._source, bad, sim.now)
     sim.run_until(sim.now + 10.0)
@@ -294,7 +301,7 @@ def test_a_forged_chunk_is_rejected_and_the_transfer_resumes_elsewhere() -> None
     honest = SnapshotServer(source.replica, config(), Counter())
     (send,) = honest.on_req("x", snap_req(1, boot._cursor, 1, True), sim.now)
     forged = dict(send.message, sid=boot._sid, n=boot._n)
-    forged["regs"] = forged["regs"][:-1] + b"!"  # one value changed, its seq kept
+    forged["regs"] = [*forged["regs"][:-1], forged["regs"][-1][:-1] + b"!"]  # seq kept
     with pytest.raises(ForgedState):
         node.receive(boot._source, forged, sim.now)
     assert node.replica.state("s", send.message["keys"][-1]) is None  # nothing staged or applied

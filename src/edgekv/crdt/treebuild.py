@@ -7,8 +7,10 @@ time would take seconds; here every step is a C-level map over a column.
 Theory of operation
 1. Placement and digest per key.  Registers are the bulk of any store, so their placement
    (CRC-32 with the multiplicative finaliser of `hashing.key_placement`) and digest (BLAKE2b
-   of tag, key length, key, seq) are computed inline from one encoding of the key, the seq
-   read from the register's header.  At import, `FAST_HASHES` checks on sample keys that this
+   of tag, key length, key, seq) are computed inline from one encoding of the key (given by
+   a caller that has it), the seq's 8 bytes sliced straight from the register's header, each
+   key's hasher a copy of one empty BLAKE2b-128 fed in three updates (about half the cost of
+   concatenating and hashing with keyword arguments per key).  At import, `FAST_HASHES` checks on sample keys that this
    equals `leaf_of` and `Register.digest`; if the hashing ever changes, the builder calls
    those functions instead (slower, never wrong).  Other kinds give their own digest.
 2. Leaves.  A large store groups keys and digests per leaf by appending each to its leaf's
@@ -23,10 +25,10 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping
-from functools import partial, reduce
+from functools import reduce
 from hashlib import blake2b
 from itertools import compress, repeat
-from operator import and_, concat, is_, itemgetter, methodcaller, mul, not_, rshift, xor
+from operator import and_, is_, itemgetter, mul, not_, rshift, xor
 from typing import Literal, cast
 from zlib import crc32
 
@@ -43,14 +45,12 @@ _LEAVES = 1 << LEAF_BITS
 _BUCKETS_FROM = _LEAVES // 4  # from this many keys, group by leaf through per-leaf lists
 _BIG: Literal["big"] = "big"
 _SEQ_BYTES = itemgetter(slice(SEQ_AT, SEQ_AT + 8))
-_DIGEST = methodcaller("digest")
-_BLAKE16 = partial(blake2b, digest_size=16)
 
 
 def _fast_leaf_and_digest(key: str, seq: int) -> tuple[int, int]:
     """One key through the column functions `_hashes` uses (so the check below tests them)."""
     encoded = [key.encode()]
-    return _leaves(encoded)[0], _register_digests(encoded, [seq])[0]
+    return _leaves(encoded)[0], _register_digests(encoded, [seq.to_bytes(8, _BIG)])[0]
 
 
 def _fast_hashes_agree() -> bool:
@@ -92,10 +92,11 @@ class TreeBuilder:
         self._leaves: dict[int, int] = {}
         self.keys = 0
 
-    def add(self, ks: list[str], vs: list[State]) -> None:
-        """Hash one batch of keys and their states (parallel lists)."""
+    def add(self, ks: list[str], vs: list[State], encoded: list[bytes] | None = None) -> None:
+        """Hash one batch of keys and their states (parallel lists); `encoded`, if given, is
+        each key's UTF-8 encoding (a caller that already has it saves encoding them again)."""
         self.keys += len(ks)
-        leaf_of_key, digests = _hashes(ks, vs)
+        leaf_of_key, digests = _hashes(ks, vs, encoded)
         if self._big:  # grouped per leaf at `finish`
             self._columns.append((leaf_of_key, ks, digests))
             return
@@ -127,20 +128,20 @@ class TreeBuilder:
         return tree
 
 
-def _hashes(keys: list[str], vals: list[State]) -> tuple[list[int], list[int]]:
+def _hashes(
+    keys: list[str], vals: list[State], encoded: list[bytes] | None = None
+) -> tuple[list[int], list[int]]:
     """(leaf, digest) columns for one chunk of keys and their states."""
     if not FAST_HASHES:
         return list(map(leaf_of, keys)), [st.digest(k) for k, st in zip(keys, vals, strict=True)]
     is_reg = list(map(is_, map(type, vals), repeat(Register)))
     everything_plain = all(is_reg)
     regs = vals if everything_plain else list(compress(vals, is_reg))
-    encoded = list(map(str.encode, keys))
-    placements = map(
-        and_, map(mul, map(crc32, encoded), repeat(_PLACEMENT_MUL)), repeat(0xFFFFFFFF)
-    )
-    leaf_of_key = list(map(rshift, placements, repeat(_LEAF_SHIFT)))
+    if encoded is None:
+        encoded = list(map(str.encode, keys))
+    leaf_of_key = _leaves(encoded)
     raw = cast("list[Register]", regs)  # compress() by exact type above
-    seqs = list(map(int.from_bytes, map(_SEQ_BYTES, raw)))  # big-endian, from the header
+    seqs = list(map(_SEQ_BYTES, raw))  # big-endian, as the digest wants them
     if everything_plain:
         return leaf_of_key, _register_digests(encoded, seqs)
     digests = [0] * len(keys)
@@ -161,14 +162,28 @@ def _leaves(encoded: list[bytes]) -> list[int]:
     return list(map(rshift, placements, repeat(_LEAF_SHIFT)))
 
 
-def _register_digests(encoded: list[bytes], seqs: list[int]) -> list[int]:
-    """`Register.digest` of each (encoded key, seq), as C-level maps: BLAKE2b-128 of
-    b"r" + 4-byte key length + key + 8-byte seq."""
-    heads = map(int.to_bytes, map(len, encoded), repeat(4), repeat(_BIG))
-    tails = map(int.to_bytes, seqs, repeat(8), repeat(_BIG))
-    data = map(concat, map(concat, map(concat, repeat(b"r"), heads), encoded), tails)
-    hashes = map(_DIGEST, map(_BLAKE16, data))
-    return list(map(int.from_bytes, hashes, repeat(_BIG)))
+class _Heads(dict[int, bytes]):
+    """key length -> b"r" + its 4-byte big-endian form, filled on first use (C-level hits)."""
+
+    def __missing__(self, n: int) -> bytes:
+        head = self[n] = b"r" + n.to_bytes(4, _BIG)
+        return head
+
+
+_HEADS = _Heads()
+_BLAKE16_EMPTY = blake2b(digest_size=16)  # copied per key: cheaper than keyword arguments
+_copy, _update, _digest = blake2b.copy, blake2b.update, blake2b.digest
+
+
+def _register_digests(encoded: list[bytes], seqs: list[bytes]) -> list[int]:
+    """`Register.digest` of each (encoded key, 8-byte big-endian seq), as C-level maps:
+    BLAKE2b-128 of b"r" + 4-byte key length + key + seq, fed to one hasher per key in three
+    updates (no concatenated copy of the key)."""
+    hashers = list(map(_copy, repeat(_BLAKE16_EMPTY, len(encoded))))
+    deque(map(_update, hashers, map(_HEADS.__getitem__, map(len, encoded))), maxlen=0)
+    deque(map(_update, hashers, encoded), maxlen=0)
+    deque(map(_update, hashers, seqs), maxlen=0)
+    return list(map(int.from_bytes, map(_digest, hashers), repeat(_BIG)))
 
 
 def _fold_levels(tree: MerkleTree, leaves: dict[int, int]) -> None:

@@ -30,12 +30,10 @@ Theory of operation
    window of chunks is in flight; the responder builds a chunk only when granted one, so its
    work per event is at most a few chunks of `snapshot_chunk_bytes`, and it holds no chunk
    after sending it.  Sessions are few (`MAX_SESSIONS`) and expire when idle.
-4. Chunks.  SNAP_DATA{sid, n, wm, purged, total, store, keys, lens, regs, others, last,
-   proofs?} holds
-   consecutive keys of one store in key order (stores in name order, metadata "" first).
-   Plain values travel as their register bytes: `regs` concatenated, `lens` their lengths
-   (uint32 big-endian; 0 marks a key whose state is the next item of `others`, a strict CBOR
-   delta).  `wm`/`purged` are the responder's watermark and purge mark when the session began;
+4. Chunks.  SNAP_DATA{sid, n, wm, purged, total, store, keys, regs, others, last, proofs?}
+   holds consecutive keys of one store in key order (stores in name order, metadata ""
+   first), as columns (snapshot_wire.py): `regs` has each key's register bytes, or b"" for a
+   key whose state is the next item of `others` (a strict CBOR delta).  `wm`/`purged` are the responder's watermark and purge mark when the session began;
    `total` its key count (for progress); `last` ends the stream.
 5. Consistency.  Each chunk holds the responder's states at the time it is built, so every
    state sent reflects every seq up to the session's `wm`.  The snapshot claims covered
@@ -67,7 +65,8 @@ import random
 from bisect import bisect_right
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from itertools import compress, islice
+from itertools import islice, repeat
+from operator import is_
 from typing import Any
 
 from ..crdt.bulk import adopt, bulk_load_stores
@@ -91,7 +90,6 @@ from .snapshot_wire import (
     SNAPSHOT_TYPES,
     Chunk,
     Cursor,
-    encode_lens,
     parse_chunk,
     parse_cursor,
     parse_offer,
@@ -195,9 +193,7 @@ class SnapshotServer:
                 return []
             if self.busy or len(self.sessions) >= MAX_SESSIONS:
                 self.counters["snapshot_busy"] += 1
-                return [
-                    Send(peer, snap_data(sid, 0, 0, 0, 0, "", [], b"", b"", [], True, busy=True))
-                ]
+                return [Send(peer, snap_data(sid, 0, 0, 0, 0, "", [], [], [], True, busy=True))]
             r = self.replica
             s = self.sessions[(peer, sid)] = _Session(after, r.watermark, r.purged, since)
             self.counters["snapshot_sessions"] += 1
@@ -266,31 +262,21 @@ class SnapshotServer:
                 return msg, done
             i += 1
             after = None
-        return snap_data(
-            sid, s.n, s.wm, s.purged, len(self.replica), "", [], b"", b"", [], True
-        ), True
+        return snap_data(sid, s.n, s.wm, s.purged, len(self.replica), "", [], [], [], True), True
 
     def _encode(
         self, sid: int, s: _Session, store: str, keys: list[str], vals: list[State], last: bool
     ) -> Message:
-        is_reg = [v.__class__ is Register for v in vals]
-        regs: list[bytes] = list(compress(vals, is_reg))  # type: ignore[arg-type]
-        others = [encode_delta(v) for v, r in zip(vals, is_reg, strict=True) if not r]
-        sizes = [len(v) if r else 0 for v, r in zip(vals, is_reg, strict=True)]  # type: ignore[arg-type]
-        msg = snap_data(
-            sid,
-            s.n,
-            s.wm,
-            s.purged,
-            len(self.replica),
-            store,
-            keys,
-            encode_lens(sizes),
-            b"".join(regs),
-            others,
-            last,
+        is_reg = list(map(is_, map(type, vals), repeat(Register)))
+        if all(is_reg):  # the common case: one column of registers, no copy
+            regs: list[Any] = vals
+            others: list[Any] = []
+        else:
+            regs = [v if r else b"" for v, r in zip(vals, is_reg, strict=True)]
+            others = [encode_delta(v) for v, r in zip(vals, is_reg, strict=True) if not r]
+        return snap_data(
+            sid, s.n, s.wm, s.purged, len(self.replica), store, keys, regs, others, last
         )
-        return msg
 
 
 # --- receiver ------------------------------------------------------------------------------------
@@ -542,7 +528,7 @@ class SnapshotClient:
             # from a quarter of the leaves on, grouping per leaf pays (treebuild rule 2)
             self._trees[c.store] = TreeBuilder(big=c.total >= 16_384)
         group.update(zip(c.keys, c.states, strict=True))
-        self._trees[c.store].add(c.keys, c.states)
+        self._trees[c.store].add(c.keys, c.states, c.encoded)
 
     def take(self) -> StagedSnapshot | None:
         """The staged snapshot once the last chunk is in (then the driver builds it)."""

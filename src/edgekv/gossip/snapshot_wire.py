@@ -2,23 +2,29 @@
 
     SNAP_OFFER  rid, wm, keys, sources    SNAP_REQ  sid, after ([store, key] | null), credit, open,
                                                     since? (only keys changed after it)
-    SNAP_DATA   sid, n, wm, purged, total, store, keys [str...], lens (uint32 big-endian per
-                key; 0: the state is the next item of `others`), regs (register bytes,
-                concatenated), others [delta...], last, busy?, proofs? [certificate...]
+    SNAP_DATA   sid, n, wm, purged, total, store, keys [str...], regs [bytes...] (one per key:
+                its register's bytes, or empty when its state is the next item of `others`),
+                others [delta...], last, busy?, proofs? [certificate...]
+
+Columns, not one map per key: the CBOR decoder makes each key's str and register bytes in C,
+and every check below is one C-level pass over a column (types, lengths, order, register
+headers), so a chunk of thousands of keys costs a few dozen C loops, never a Python call per
+key.  A register never has empty bytes (its header alone is 17), so `b""` is a free marker.
+The keys' UTF-8 encodings, made once for the length check, travel on in `Chunk.encoded` to
+the Merkle hashing (crdt/treebuild.py), which needs exactly them.
 
 A malformed message raises `RemoteProtocolError` (`ForgedState` comes later, from verifying).
 """
 
 from __future__ import annotations
 
-from array import array
 from dataclasses import dataclass
-from itertools import accumulate, compress, islice, repeat
+from itertools import islice, repeat
 from operator import itemgetter, lt
 from typing import Any
 
 from ..crdt.proofs import Certificate
-from ..crdt.register import Register, registers_valid, unpack_head
+from ..crdt.register import SEQ_AT, Register, registers_valid
 from ..crdt.state import State
 from ..errors import RemoteProtocolError
 from .dissemination import delta_size
@@ -34,9 +40,8 @@ SNAPSHOT_TYPES = frozenset({int(MsgType.SNAP_OFFER), int(MsgType.SNAP_REQ), int(
 MAX_CREDIT = 16  # chunks one SNAP_REQ may grant
 MAX_CHUNK_KEYS = 50_000
 MAX_HINTS = 8  # caught-up edges an offer names
-_LEN = 4
-_LITTLE = array("I", [1]).tobytes()[0] == 1
-_SEQ = itemgetter(1)
+_SEQ_BYTES = itemgetter(slice(SEQ_AT, SEQ_AT + 8))
+_SEQ_ZERO = bytes(8)
 _new_bytes = bytes.__new__
 
 Cursor = tuple[str, str] | None
@@ -49,7 +54,6 @@ __all__ = [
     "SNAPSHOT_TYPES",
     "Chunk",
     "Cursor",
-    "encode_lens",
     "parse_chunk",
     "parse_offer",
     "snap_offer",
@@ -109,8 +113,7 @@ def snap_data(
     total: int,
     store: str,
     keys: list[str],
-    lens: bytes,
-    regs: bytes,
+    regs: list[bytes],
     others: list[Any],
     last: bool,
     busy: bool = False,
@@ -124,7 +127,6 @@ def snap_data(
         "total": total,
         "store": store,
         "keys": keys,
-        "lens": lens,
         "regs": regs,
         "others": others,
         "last": last,
@@ -132,14 +134,6 @@ def snap_data(
     if busy:
         m["busy"] = True
     return m
-
-
-def encode_lens(sizes: list[int]) -> bytes:
-    """The `lens` field: uint32 big-endian per key."""
-    lens = array("I", sizes)
-    if _LITTLE:
-        lens.byteswap()
-    return lens.tobytes()
 
 
 @dataclass(slots=True)
@@ -153,11 +147,12 @@ class Chunk:
     total: int
     store: str
     keys: list[str]
+    encoded: list[bytes]  # each key's UTF-8 encoding
     states: list[State]
     last: bool
     busy: bool
     proofs: list[Certificate]
-    size: int  # payload bytes (keys, registers, lengths; other states estimated)
+    size: int  # payload bytes (keys and registers; other states estimated)
 
 
 def parse_chunk(m: Message) -> Chunk:
@@ -165,43 +160,40 @@ def parse_chunk(m: Message) -> Chunk:
     keys = m.get("keys")
     if type(keys) is not list or len(keys) > MAX_CHUNK_KEYS:
         raise RemoteProtocolError(f"SNAP_DATA: keys must be an array of <= {MAX_CHUNK_KEYS}")
+    encoded: list[bytes] = []
     if keys:
-        if not set(map(type, keys)) <= {str} or min(map(len, keys)) < 1:
-            raise RemoteProtocolError("SNAP_DATA: keys must be non-empty strings")
+        if not set(map(type, keys)) <= {str}:
+            raise RemoteProtocolError("SNAP_DATA: keys must be strings")
         try:
-            if max(map(len, map(str.encode, keys))) > 512:
-                raise RemoteProtocolError("SNAP_DATA: a key exceeds 512 bytes")
+            encoded = list(map(str.encode, keys))
         except UnicodeEncodeError:
             raise RemoteProtocolError("SNAP_DATA: a key is not valid UTF-8") from None
-        if not all(map(lt, keys, islice(keys, 1, None))):
+        sizes = list(map(len, encoded))
+        if min(sizes) < 1 or max(sizes) > 512:
+            raise RemoteProtocolError("SNAP_DATA: a key must have 1 to 512 bytes")
+        # UTF-8 byte order is code point order: the keys' order, compared with memcmp
+        if not all(map(lt, encoded, islice(encoded, 1, None))):
             raise RemoteProtocolError("SNAP_DATA: keys must be strictly increasing")
-    lens_b, regs_b, others = m.get("lens"), m.get("regs"), m.get("others")
-    if type(lens_b) is not bytes or type(regs_b) is not bytes or type(others) is not list:
-        raise RemoteProtocolError("SNAP_DATA: lens and regs must be bytes, others an array")
-    if len(lens_b) != _LEN * len(keys):
-        raise RemoteProtocolError("SNAP_DATA: one length per key")
-    lens = array("I")
-    lens.frombytes(lens_b)
-    if _LITTLE:
-        lens.byteswap()
-    is_reg = list(map(bool, lens))
-    n_regs = sum(is_reg)
-    if len(others) != len(keys) - n_regs or sum(lens) != len(regs_b):
-        raise RemoteProtocolError("SNAP_DATA: lengths do not match the payload")
-    reg_lens = list(compress(lens, is_reg))
-    ends = list(accumulate(reg_lens))
-    raw = list(map(regs_b.__getitem__, map(slice, [0, *ends[:-1]], ends)))
-    if not registers_valid(raw) or (raw and min(map(_SEQ, map(unpack_head, raw))) < 1):
+    regs, others = m.get("regs"), m.get("others")
+    if type(regs) is not list or type(others) is not list or len(regs) != len(keys):
+        raise RemoteProtocolError("SNAP_DATA: regs (one per key) and others must be arrays")
+    n_others = regs.count(b"")
+    if len(others) != n_others:
+        raise RemoteProtocolError("SNAP_DATA: one item of others per empty regs entry")
+    raw = regs if not n_others else [r for r in regs if r != b""]
+    if raw and (
+        not registers_valid(raw) or min(map(_SEQ_BYTES, raw)) == _SEQ_ZERO  # seq >= 1
+    ):
         raise RemoteProtocolError("SNAP_DATA: malformed register")
-    regs: list[State] = list(map(_new_bytes, repeat(Register), raw))
-    size = len(regs_b) + len(lens_b) + sum(map(len, keys))
-    if n_regs == len(keys):
-        states = regs
+    registers: list[State] = list(map(_new_bytes, repeat(Register), raw))
+    size = sum(map(len, raw)) + sum(map(len, encoded))
+    if not n_others:
+        states = registers
     else:
         decoded = [_to_state(_delta(d)) for d in others]
         size += sum(map(delta_size, decoded))
-        rest, it = iter(decoded), iter(regs)
-        states = [next(it) if r else next(rest) for r in is_reg]
+        rest, it = iter(decoded), iter(registers)
+        states = [next(rest) if r == b"" else next(it) for r in regs]
     busy = m.get("busy", False)
     last = m.get("last")
     if type(busy) is not bool or type(last) is not bool:
@@ -214,6 +206,7 @@ def parse_chunk(m: Message) -> Chunk:
         _int(m, "total"),
         _store(m.get("store")),
         keys,
+        encoded,
         states,
         last,
         busy,

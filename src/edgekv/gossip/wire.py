@@ -38,6 +38,7 @@ import struct
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
+from itertools import repeat
 from typing import Any, NoReturn
 
 import cbor2
@@ -123,6 +124,7 @@ def type_name(t: object) -> str:
 _LEAVES = frozenset({str, bytes, float, bool, type(None)})  # exact types that need no check
 _SCALARS = _LEAVES | {int}  # the same when integers need no range check
 _KEYS = frozenset({str, bytes})
+_TEXT_OR_BYTES = (str, bytes)
 
 
 def _check_tree(msg: object, error: type[Exception], *, check_ints: bool = True) -> None:
@@ -160,6 +162,8 @@ def _check_container(value: Any, depth: int, error: type[Exception], check_ints:
                 return
         elif _SCALARS.issuperset(map(type, value)):
             return
+    elif type(value) is list and all(map(isinstance, value, repeat(_TEXT_OR_BYTES))):
+        return  # a column of strings or bytes (subclasses too: a snapshot's registers), in C
     if type(value) is dict:
         for k, v in value.items():
             kind = type(k)

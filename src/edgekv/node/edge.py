@@ -61,7 +61,7 @@ from edgekv.gossip.config import GossipConfig
 from edgekv.gossip.core import GossipNode
 from edgekv.gossip.transport import Transport
 from edgekv.gossip.wire import Message
-from edgekv.node import kvstore
+from edgekv.node import gcpolicy, kvstore
 from edgekv.node.admin_http import bind_socket, build_app, serve_app, socket_address
 from edgekv.node.auth import TokenAuth, TokenSpec
 from edgekv.node.faults import LinkFaults
@@ -340,6 +340,7 @@ class EdgeNode:
             )
             # Merkle trees are built after reads start (`_build_trees_then_run`)
             self.load_report = await anyio.to_thread.run_sync(partial(persist.load, trees=False))
+            gcpolicy.settle()
             self._replica = persist.replica
             self._persist = persist
             if len(self._replica) < BACKGROUND_TREES_FROM:  # cheap: no thread, gossip at once

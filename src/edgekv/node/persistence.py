@@ -45,10 +45,10 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import compress, groupby, repeat
-from operator import eq, is_not, itemgetter, not_
+from operator import eq, is_, is_not, itemgetter, not_
 from pathlib import Path
 from typing import Any, Literal
 
@@ -276,10 +276,14 @@ class ReplicaStore:
     def _snapshot(self) -> _Batch:
         replica = self.replica
         dirty, self._dirty = self._dirty, {}
-        everything: list[tuple[str, list[tuple[str, State]]]] | None = None
+        everything: list[tuple[str, list[str], list[State]]] | None = None
         if self._rewrite:
             self._rewrite = False
-            everything = [(name, list(sr.states.items())) for name, sr in replica.stores.items()]
+            # two C-level copies per store (no per-key tuple): the rows are made in the thread
+            everything = [
+                (name, list(sr.states), list(sr.states.values()))
+                for name, sr in replica.stores.items()
+            ]
         # A store (re)created or dropped drops its older keys without per-key changes: such a
         # store is rewritten whole (its rows deleted, its current keys written).
         rewrite = [key for store, key in dirty if store == META]
@@ -338,7 +342,7 @@ class ReplicaStore:
                 proofs.dropped[:0] = batch.certs_dropped
             raise
         rows = len(batch.upserts) + len(batch.deletes)
-        rows += sum(len(items) for _, items in batch.everything or ())
+        rows += sum(len(keys) for _, keys, _ in batch.everything or ())
         self.flushes += 1
         self.rows_written += rows
         self.persisted_watermark = watermark
@@ -352,9 +356,9 @@ class ReplicaStore:
         try:
             if batch.everything is not None:
                 db.execute("DELETE FROM states")
-                for name, items in batch.everything:
+                for name, keys, states in batch.everything:
                     db.executemany(
-                        "INSERT INTO states VALUES (?, ?, ?, ?, ?)", map(_row, repeat(name), items)
+                        "INSERT INTO states VALUES (?, ?, ?, ?, ?)", _rows(name, keys, states)
                     )
             for name in batch.rewrite:
                 db.execute("DELETE FROM states WHERE store = ?", (name,))
@@ -493,6 +497,15 @@ def _row(store: str, item: tuple[str, State]) -> tuple[Any, ...]:
     return (store, key, state.seq, None, dumps(encode_delta(state)))
 
 
+def _rows(store: str, keys: list[str], states: list[State]) -> Iterator[tuple[Any, ...]]:
+    """The rows of a whole store (rule 4): a store of plain values as C-level columns (its
+    registers' seqs read from their headers), any other through `_row`."""
+    if all(map(is_, map(type, states), repeat(Register))):
+        seqs = map(int.from_bytes, map(_SEQ_BYTES, states))  # type: ignore[arg-type]
+        return zip(repeat(store), keys, seqs, states, repeat(None))
+    return map(_row, repeat(store), zip(keys, states, strict=True))
+
+
 @dataclass(slots=True)
 class _Batch:
     rewrite: list[str]
@@ -501,4 +514,4 @@ class _Batch:
     meta: list[Any]
     certs_added: list[Certificate] = field(default_factory=list)
     certs_dropped: list[Certificate] = field(default_factory=list)
-    everything: list[tuple[str, list[tuple[str, State]]]] | None = None
+    everything: list[tuple[str, list[str], list[State]]] | None = None

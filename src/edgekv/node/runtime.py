@@ -64,6 +64,7 @@ from edgekv.errors import (
 )
 from edgekv.gossip.transport import Transport
 from edgekv.gossip.wire import Message, MsgType
+from edgekv.node import gcpolicy
 from edgekv.node.metrics import NodeMetrics
 
 __all__ = ["REJECT_BACKOFF", "GossipCore", "NodeRuntime", "RequestHandler", "system_wall_ms"]
@@ -454,6 +455,9 @@ class NodeRuntime:
         changes = self.gossip.drain_changes()
         if changes:
             self._dispatch(changes)
+        boot = getattr(self.gossip, "bootstrap", None)
+        if boot is not None and boot.whole:  # staging a snapshot: keep the GC off its data
+            gcpolicy.settle()
         take = getattr(self.gossip, "take_job", None)
         job = take() if take is not None else None
         if job is not None and self._tg is not None:
@@ -474,6 +478,7 @@ class NodeRuntime:
             logger.exception("%s: background job failed", self.address)
             result = exc
         sends = self.gossip.finish_job(job, result, self._clock())  # type: ignore[attr-defined]
+        gcpolicy.settle()  # the installed replica's objects
         self._after_gossip()
         if not isinstance(result, BaseException):
             for listener in self._job_listeners:
