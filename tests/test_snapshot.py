@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edgekv.crdt import META, Put, Register, Replica, bulk_load
+from edgekv.crdt import META, Delete, Put, Register, Replica, bulk_load
 from edgekv.crdt.proofs import ForgedState, ProofStore, Signer, atoms_of
 from edgekv.crdt.treebuild import TreeBuilder, build_tree
 from edgekv.errors import RemoteProtocolError
@@ -183,6 +183,31 @@ def test_an_edge_back_after_many_changes_takes_a_delta_not_the_whole_store() -> 
     assert node.replica.watermark == sim.origin.replica.watermark
     assert node.bootstrap.ready()
     assert not sim.check.violations
+
+
+@pytest.mark.parametrize("deleted", [False, True])
+def test_a_moved_purge_mark_keeps_the_delta_a_purged_deletion_takes_it_whole(
+    deleted: bool,
+) -> None:
+    sim = sim_with_sources(seed=10, sources=1)
+    back = sim.edges[-1]
+    give(sim, back, filled())
+    for i in range(0, KEYS, 3):
+        sim.write("s", Put(f"k{i:05d}", b"changed"))
+    if deleted:
+        sim.write("s", Delete("k00001"))
+    sim.run_until(sim.now + 0.5)
+    for addr in (ORIGIN, sim.edges[0]):  # every live node purged up to its watermark
+        r = sim.nodes[addr].replica
+        r.purge(r.watermark, 0)
+        assert r.purged == r.watermark and ("k00001" in r.stores["s"].states) != deleted
+    sim.start_one(back, sim.now)
+    sim.run_until(sim.now + 5.0)
+    node = sim.nodes[back]
+    assert node.counters["snapshot_delta_to_full"] == int(deleted), sim.seed
+    assert node.counters["snapshot_deltas"] + node.counters["snapshots_installed"] == 1
+    assert node.replica.state("s", "k00001") == sim.origin.replica.state("s", "k00001")
+    assert node.replica.root == sim.origin.replica.root
 
 
 def test_responder_work_per_request_is_bounded_by_the_credit() -> None:

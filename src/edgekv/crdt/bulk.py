@@ -119,6 +119,7 @@ def bulk_load_stores(
         heapq.heapify(replica._expiring)
     replica.covered.update(covered)
     replica.purged = max(replica.purged, purged)
+    replica.removed_high = max(replica.removed_high, purged)  # what was removed is unknown
     return n
 
 
@@ -206,5 +207,6 @@ def adopt(target: Replica, loaded: Replica, since: int) -> list[Change]:
     target.stores = loaded.stores
     target.covered = loaded.covered
     target.purged = loaded.purged
+    target.removed_high = max(target.removed_high, loaded.removed_high)
     target._expiring = loaded._expiring
     return out

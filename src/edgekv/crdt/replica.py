@@ -220,6 +220,9 @@ class Replica:
         self.stores: dict[str, StoreReplica] = {META: StoreReplica(META)}
         self.covered = SeqRanges()
         self.purged = 0  # highest horizon purged at
+        # highest horizon at which a purge removed something (a loaded replica's history is
+        # unknown: its purge mark), so a delta from a lower seq would miss a deletion
+        self.removed_high = 0
         self._expiring: list[tuple[int, int, str, str]] = []  # (expiry, seq, store, key)
         self.proofs: ProofStore | None = None  # the origin's certificates (crdt/proofs.py)
 
@@ -415,6 +418,8 @@ class Replica:
             heapq.heappush(self._expiring, item)
         if removed or horizon > self.purged:
             self.purged = max(self.purged, horizon)
+        if removed:
+            self.removed_high = max(self.removed_high, horizon)
         return removed
 
     def is_dead_elsewhere(self, state: State, their_purged: int) -> bool:

@@ -90,7 +90,7 @@ class GossipConfig:
     offer instead (the switch point, measured: benchmarks/results/bootstrap.md)."""
     snapshot_chunk_bytes: int = 256 << 10
     """Target payload of one snapshot chunk (the responder's work per chunk is bounded by it)."""
-    snapshot_window: int = 4
+    snapshot_window: int = 8
     """Snapshot chunks a receiver lets be in flight at once (its credit)."""
     snapshot_timeout: float = 10.0
     """A snapshot source silent this long is abandoned: the transfer resumes from its cursor

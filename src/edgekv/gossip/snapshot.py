@@ -54,8 +54,10 @@ Theory of operation
    past a snapshot while writes went on) asks with SNAP_REQ{since: w}: the same stream, but
    only keys whose state is newer than w, joined into the live replica chunk by chunk (it is
    not empty, so no bulk load; each chunk's apply is bounded like its encoding).  It claims
-   [1, min wm] at the end, as a whole snapshot does.  If a source has purged past w (a
-   deletion the delta cannot show), the receiver restarts as a whole snapshot.  So a gap
+   [1, min wm] at the end, as a whole snapshot does.  If a source's purges removed something
+   past w (`dropped`, its replica's `removed_high`: a deletion the delta cannot show), the
+   receiver restarts as a whole snapshot; a purge mark that only moved (nothing removed: no
+   deletes, or their tombstones gone before w) keeps the delta.  So a gap
    above the switch point costs the changed keys, never the whole store twice.
 """
 
@@ -160,6 +162,7 @@ class _Session:
     wm: int
     purged: int
     since: int = 0  # a delta snapshot: only keys whose state is newer (rule 9)
+    dropped: int = 0  # the replica's `removed_high` when the session began (rule 9)
     credit: int = 0
     n: int = 0
     idle_since: float = 0.0
@@ -196,6 +199,7 @@ class SnapshotServer:
                 return [Send(peer, snap_data(sid, 0, 0, 0, 0, "", [], [], [], True, busy=True))]
             r = self.replica
             s = self.sessions[(peer, sid)] = _Session(after, r.watermark, r.purged, since)
+            s.dropped = r.removed_high
             self.counters["snapshot_sessions"] += 1
         s.credit = min(MAX_CREDIT, s.credit + credit)
         s.idle_since = now
@@ -262,7 +266,10 @@ class SnapshotServer:
                 return msg, done
             i += 1
             after = None
-        return snap_data(sid, s.n, s.wm, s.purged, len(self.replica), "", [], [], [], True), True
+        n, total = s.n, len(self.replica)
+        return snap_data(
+            sid, n, s.wm, s.purged, total, "", [], [], [], True, dropped=s.dropped
+        ), True
 
     def _encode(
         self, sid: int, s: _Session, store: str, keys: list[str], vals: list[State], last: bool
@@ -275,7 +282,17 @@ class SnapshotServer:
             regs = [v if r else b"" for v, r in zip(vals, is_reg, strict=True)]
             others = [encode_delta(v) for v, r in zip(vals, is_reg, strict=True) if not r]
         return snap_data(
-            sid, s.n, s.wm, s.purged, len(self.replica), store, keys, regs, others, last
+            sid,
+            s.n,
+            s.wm,
+            s.purged,
+            len(self.replica),
+            store,
+            keys,
+            regs,
+            others,
+            last,
+            dropped=s.dropped,
         )
 
 
@@ -460,7 +477,7 @@ class SnapshotClient:
                 raise RemoteProtocolError(f"SNAP_DATA: chunk {c.n} where {self._n} was due")
             if c.keys and self._cursor is not None and (c.store, c.keys[0]) <= self._cursor:
                 raise RemoteProtocolError("SNAP_DATA: keys at or before the cursor")
-            if self._since and c.purged > self._since:
+            if self._since and c.dropped > self._since:
                 # rule 9: the source purged deletions we cannot see in a delta: take it whole
                 self.counters["snapshot_delta_to_full"] += 1
                 self._since = 0

@@ -2,7 +2,7 @@
 
     SNAP_OFFER  rid, wm, keys, sources    SNAP_REQ  sid, after ([store, key] | null), credit, open,
                                                     since? (only keys changed after it)
-    SNAP_DATA   sid, n, wm, purged, total, store, keys [str...], regs [bytes...] (one per key:
+    SNAP_DATA   sid, n, wm, purged, dropped?, total, store, keys [str...], regs [bytes...] (one per key:
                 its register's bytes, or empty when its state is the next item of `others`),
                 others [delta...], last, busy?, proofs? [certificate...]
 
@@ -117,6 +117,7 @@ def snap_data(
     others: list[Any],
     last: bool,
     busy: bool = False,
+    dropped: int = 0,
 ) -> Message:
     m: Message = {
         "t": int(MsgType.SNAP_DATA),
@@ -133,6 +134,7 @@ def snap_data(
     }
     if busy:
         m["busy"] = True
+    m["dropped"] = dropped
     return m
 
 
@@ -144,6 +146,7 @@ class Chunk:
     n: int
     wm: int
     purged: int
+    dropped: int  # the highest horizon at which the sender's purges removed something
     total: int
     store: str
     keys: list[str]
@@ -202,7 +205,8 @@ def parse_chunk(m: Message) -> Chunk:
         _int(m, "sid"),
         _int(m, "n"),
         _int(m, "wm"),
-        _int(m, "purged"),
+        purged := _int(m, "purged"),
+        _int(m, "dropped") if "dropped" in m else purged,  # absent: anything purged may be
         _int(m, "total"),
         _store(m.get("store")),
         keys,
