@@ -6,20 +6,18 @@
         await net.crash("edge-3"); await net.restart("edge-3")
         assert await net.converged(timeout=5)
 
-Modes.  `network="sim"`: every node gets a `SimTransport` of one `SimNetwork` whose `LinkFaults`
-is seeded from `seed`; run it under trio with `sim_clock()` (an autojumping MockClock) for
-virtual time (the node's wall clock is virtual too, so `written_at` and expiry follow it).  The
-origin's log is then a simulated disk, written inline without fsync (worker threads would race
-the virtual clock), and trio's scheduler is seeded: the same seed replays the same run.
-`network="tcp"`: real sockets on 127.0.0.1, one `TcpTransport` per node, all sharing one
-`LinkFaults` so the same faults apply.  `processes=True`: see `edgekv.testnet.procs`.
+Modes.  Each mode is a backend behind one interface (`backend.Backend`); `Testnet` keeps the
+fault policy, the event log and the convergence loop that all modes share.
+`network="sim"` (`backend_sim`): one `SimNetwork` seeded from `seed`, virtual time under trio's
+`sim_clock()`, a seeded scheduler: the same seed replays the same run.
+`network="tcp"` (`backend_tcp`): real sockets on 127.0.0.1, all nodes sharing one `LinkFaults`;
+`tls=True` adds a dev CA and mutual TLS (`tls_config(name)` gives a node's config).
+`processes=True` (`backend_procs`): one OS process per node, see `edgekv.testnet.procs`.
 
-Crash model.  Each node's transport is wrapped in a `Plug`; a crash pulls the plug first (the
-node can neither send nor receive, not even a goodbye), then cancels the node and closes the real
-transport.  A restart builds a new node on the same address (and the same data_dir, if any).
-
-`tls=True` (tcp only): a dev cluster CA and a certificate per node in `tls_dir`, TLS with mutual
-authentication on every connection (`node/tlsconfig.py`); `tls_config(name)` gives a node's config.
+Crash model (in process, `inproc`).  Each node's transport is wrapped in a `Plug`; a crash pulls
+the plug first (the node can neither send nor receive, not even a goodbye), then cancels the
+node and closes the real transport.  A restart builds a new node on the same address (and the
+same data_dir, if any).
 
 Around it: `simenv` (seeded scheduler, inline threads, virtual clock, quiet GC for sim mode),
 `plug` (the crash switch around each transport), `clients` (`SimClient`, `HighSeq`).
@@ -28,58 +26,36 @@ Around it: `simenv` (seeded scheduler, inline threads, virtual clock, quiet GC f
 from __future__ import annotations
 
 import logging
-import random
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import anyio
-import anyio.abc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edgekv.errors import InvalidInput, StoreNotFound
-from edgekv.gossip.transport import TransportStats
+from edgekv.errors import InvalidInput
+from edgekv.gossip.config import GossipConfig
+from edgekv.gossip.transport import Transport, TransportStats
+from edgekv.node.edge import EdgeNode
 from edgekv.node.faults import LinkFaults
-from edgekv.testnet.clients import HighSeq, SimClient
-from edgekv.testnet.plug import Plug
-from edgekv.testnet.simenv import (
-    InlineThreads,
-    QuietGC,
-    restore_scheduler,
-    seed_scheduler,
-    sim_clock,
-)
+from edgekv.node.tlsconfig import TlsConfig
+from edgekv.origin.server import Origin
+from edgekv.testnet.backend import Backend, NetSpec, Node, Observation, Reader, TestnetClient
+from edgekv.testnet.backend_procs import ProcessBackend
+from edgekv.testnet.backend_sim import SimBackend
+from edgekv.testnet.backend_tcp import TcpBackend
+from edgekv.testnet.checker import BatchRead
+from edgekv.testnet.clients import SimClient
+from edgekv.testnet.procs import ProcessCluster
+from edgekv.testnet.simenv import seed_scheduler, sim_clock
+from edgekv.testnet.simnet import SimNetwork
 
 __all__ = ["SimClient", "Testnet", "seed_scheduler", "sim_clock"]
 
 logger = logging.getLogger("edgekv.testnet")
-
-CLIENT = "client"
-SIM_EPOCH_MS = 1_700_000_000_000  # virtual wall clock = this + virtual time
-SIM_RESOLUTION = 0.001  # sim deliveries land on whole virtual ms (see SimNetwork.resolution)
-
-
-@dataclass(eq=False)
-class _Slot:
-    """One node of the testnet and its lifecycle."""
-
-    name: str
-    role: str
-    address: str = ""
-    node: Any = None
-    plug: Plug | None = None
-    live: bool = False
-    scope: anyio.CancelScope | None = None
-    stopped: anyio.Event = field(default_factory=anyio.Event)
-    data_dir: str | None = None
-    readers: dict[str, Any] = field(default_factory=dict)  # store name -> KvStore
-    reader: Callable[[str, str], bytes | None] | None = None
-    retired: list[Plug] = field(default_factory=list)
-    restarts: int = 0
 
 
 class Testnet:
@@ -95,7 +71,7 @@ class Testnet:
         loss: float = 0.0,
         seed: int = 1,
         data_dir: str | Path | None = None,
-        config: Any = None,
+        config: GossipConfig | None = None,
         *,
         seed_peers: int = 3,
         cluster_id: str = "edgekv-testnet",
@@ -118,19 +94,32 @@ class Testnet:
         if tls and (network != "tcp" or processes):
             raise InvalidInput("tls=True needs network='tcp' (in-process nodes over real sockets)")
         self.tls = tls
-        self.tls_dir: Path | None = None  # with tls: ca.pem, NAME.pem, NAME-key.pem per node
         self.faults = LinkFaults(seed, latency=latency, jitter=jitter, loss=loss)
         # a throwaway origin key: every edge verifies the origin's signatures (crdt/proofs.py)
         self.signing_key = Ed25519PrivateKey.generate()
         self._data_root = Path(data_dir) if data_dir is not None else None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        self._rng = random.Random(seed)
-        self._slots: dict[str, _Slot] = {}
+        spec = NetSpec(
+            edge_names=tuple(self._edge_names),
+            seed=seed,
+            cluster_id=cluster_id,
+            seed_peers=seed_peers,
+            faults=self.faults,
+            signing_key=self.signing_key,
+            config=config,
+            persistent=self._data_root is not None,
+        )
+        self._backend: Backend
+        self._sim: SimNetwork | None = None  # sim mode: the network (tests reach into it)
+        self._procs: ProcessCluster | None = None  # processes mode: the cluster
+        if processes:
+            self._backend = ProcessBackend(spec)
+        elif network == "sim":
+            self._backend = SimBackend(spec)
+        else:
+            self._backend = TcpBackend(spec, tls=tls)
         self._stack = AsyncExitStack()
-        self._tg: anyio.abc.TaskGroup | None = None
-        self._sim: Any = None
-        self._procs: Any = None
-        self.client: Any = None
+        self._client: TestnetClient | None = None
         self.events: list[tuple[float, str, str]] = []  # (time, action, detail) for reports
         self.event_nodes: list[list[str]] = []  # per event: the nodes it cut off or stopped
         self.t0 = 0.0
@@ -156,64 +145,19 @@ class Testnet:
     async def aclose(self) -> None:
         # No shielding scope here: the task group in the stack was entered outside of it.
         try:
-            if self._tg is not None:
-                self._tg.cancel_scope.cancel()
+            self._backend.cancel()
             await self._stack.aclose()
         finally:
-            if self._sim is not None:
-                restore_scheduler()
             if self._tmp is not None:
                 self._tmp.cleanup()
                 self._tmp = None
 
     async def _start(self) -> None:
         self.t0 = anyio.current_time()
-        if self.processes:
-            from edgekv.testnet.procs import ProcessCluster
-
-            root = self._data_dir_root()
-            cluster = ProcessCluster(self.n_edges, root, seed=self.seed)
-            cluster.write_faults(self.faults)  # the initial latency and loss
-            self._procs = await self._stack.enter_async_context(cluster)
-            import edgekv
-
-            client = await self._stack.enter_async_context(
-                edgekv.OriginClient(self._procs.origin_address, cluster_id="edgekv")
-            )
-            self.client = HighSeq(client, self._procs)
-            return
-        self._tg = await self._stack.enter_async_context(anyio.create_task_group())
-        names = ["origin", *self.edge_names]
-        for name in names:
-            self._slots[name] = _Slot(name, "origin" if name == "origin" else "edge")
-        if self.network == "sim":
-            seed_scheduler(self.seed)
-            InlineThreads.install()
-            self._stack.callback(InlineThreads.remove)
-            QuietGC.install()
-            self._stack.callback(QuietGC.remove)
-            from edgekv.testnet.simnet import SimNetwork
-
-            self._sim = SimNetwork(self.faults, resolution=SIM_RESOLUTION)
-            self._tg.start_soon(self._sim.run)
-            for slot in self._slots.values():
-                slot.address = f"{slot.name}:1"  # nodes check host:port syntax; no port is bound
-        else:
-            if self.tls:
-                self._make_certs()
-            for slot in self._slots.values():
-                plug = await self._tcp_transport(slot, "127.0.0.1:0")
-                slot.address = plug.address
-                slot.plug = plug
-        root = self._data_dir_root()
-        self._slots["origin"].data_dir = str(root / "origin")
-        if self._data_root is not None:
-            for name in self.edge_names:
-                self._slots[name].data_dir = str(root / name)
-        await self._tg.start(self._run_node, self._slots["origin"])
-        for name in self.edge_names:
-            await self._tg.start(self._run_node, self._slots[name])
-        self.client = await self._stack.enter_async_context(self._make_client())
+        self._client = await self._backend.start(self._stack, self._data_dir_root())
+        backend = self._backend
+        self._sim = backend.network if isinstance(backend, SimBackend) else None
+        self._procs = backend.cluster if isinstance(backend, ProcessBackend) else None
 
     def _data_dir_root(self) -> Path:
         if self._data_root is not None:
@@ -223,136 +167,22 @@ class Testnet:
             self._tmp = tempfile.TemporaryDirectory(prefix="edgekv-testnet-")
         return Path(self._tmp.name)
 
-    async def _tcp_transport(self, slot: _Slot, listen: str) -> Plug:
-        from edgekv.node.tcp import TcpTransport
+    @property
+    def client(self) -> TestnetClient:
+        """What writes through the origin: an `OriginClient` (tcp, processes, wrapped in
+        `HighSeq` there) or a `SimClient` (sim)."""
+        if self._client is None:
+            raise InvalidInput("the testnet is not running")
+        return self._client
 
-        assert self._tg is not None
-        t = await TcpTransport.create(
-            listen,
-            task_group=self._tg,
-            cluster_id=self.cluster_id,
-            node_id=slot.name,
-            role=slot.role,
-            faults=self.faults,
-            tls=self.tls_config(slot.name),
-            **self._origin_tcp_options(slot),
-        )
-        # an edge confirms any claim of the origin's address; the origin lets nobody claim it
-        origin = t.address if slot.role == "origin" else self._slots["origin"].address
-        t.origins = frozenset({origin})
-        return Plug(t, None)
+    @property
+    def tls_dir(self) -> Path | None:
+        """With `tls=True`: ca.pem, NAME.pem, NAME-key.pem per node (and "client")."""
+        return self._backend.tls_dir
 
-    def _make_certs(self) -> None:
-        """A cluster CA and a certificate per node, and one client certificate."""
-        from edgekv.node.certs import write_dev_certs
-
-        self.tls_dir = self._data_dir_root() / "tls"
-        write_dev_certs(self.tls_dir, ["origin", *self.edge_names], clients=[CLIENT])
-
-    def tls_config(self, name: str) -> Any:
+    def tls_config(self, name: str) -> TlsConfig | None:
         """The `TlsConfig` of node `name` (or of "client"); None without `tls=True`."""
-        if self.tls_dir is None:
-            return None
-        from edgekv.node.tlsconfig import TlsConfig
-
-        d = self.tls_dir
-        return TlsConfig(d / "ca.pem", d / f"{name}.pem", d / f"{name}-key.pem")
-
-    def _origin_tcp_options(self, slot: _Slot) -> dict[str, Any]:
-        if slot.role != "origin":
-            return {}
-
-        async def on_client(peer: Any, stream: Any) -> None:
-            from edgekv.origin.clientconn import serve_client
-
-            node = slot.node
-            if slot.live and node is not None:
-                await serve_client(node, peer, stream)
-
-        return {"on_client": on_client}
-
-    def _wall_ms(self) -> Callable[[], int] | None:
-        if self.network != "sim":
-            return None
-        return lambda: SIM_EPOCH_MS + int(anyio.current_time() * 1000)
-
-    def _peers_of(self, slot: _Slot) -> list[str]:
-        others = [n for n in self.edge_names if n != slot.name]
-        k = min(self.seed_peers, len(others))
-        chosen = self._rng.sample(others, k) if k else []
-        return [self._slots[n].address for n in chosen]
-
-    def _new_plug(self, slot: _Slot) -> Plug:
-        assert self._sim is not None
-        return Plug(self._sim.transport(slot.address), CLIENT)
-
-    async def _run_node(
-        self, slot: _Slot, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        if slot.plug is None:
-            slot.plug = self._new_plug(slot) if self._sim is not None else None
-        assert slot.plug is not None
-        plug = slot.plug
-        slot.stopped = anyio.Event()
-        try:
-            with anyio.CancelScope() as scope:
-                slot.scope = scope
-                node = self._make_node(slot, plug)
-                async with node:
-                    slot.node = node
-                    slot.live = True
-                    slot.readers = {}
-                    slot.reader = None
-                    task_status.started()
-                    await anyio.sleep_forever()
-        finally:
-            slot.live = False
-            with anyio.CancelScope(shield=True):
-                try:
-                    await plug.aclose()
-                except Exception:
-                    logger.debug("closing %s's transport failed", slot.name, exc_info=True)
-            slot.stopped.set()
-
-    def _make_node(self, slot: _Slot, plug: Plug) -> Any:
-        import edgekv
-
-        common: dict[str, Any] = {
-            "cluster_id": self.cluster_id,
-            "node_id": slot.name,
-            "transport": plug,
-        }
-        wall = self._wall_ms()
-        if wall is not None:
-            common["wall_ms"] = wall
-        if self.config is not None:
-            common["config"] = self.config
-        if slot.role == "origin":
-            options: dict[str, Any] = {"wall_ms": wall} if wall is not None else {}
-            if self._sim is not None:
-                # A simulated disk: log writes inline (see InlineThreads), no fsync thread.
-                options["synchronous"] = "NORMAL"
-            return edgekv.Origin(
-                slot.data_dir,
-                listen=None,
-                cluster_id=self.cluster_id,
-                node_id=slot.name,
-                transport=plug,
-                gossip_config=self.config,
-                rng=random.Random(f"{self.seed}/origin/{slot.restarts}"),
-                signing_key=self.signing_key,
-                **options,
-            )
-        return edgekv.EdgeNode(
-            listen=slot.address,
-            origin=self._slots["origin"].address,
-            peers=self._peers_of(slot),
-            data_dir=slot.data_dir,
-            rng=random.Random(f"{self.seed}/{slot.name}/{slot.restarts}"),
-            ready_timeout=0,  # the harness starts nodes one by one and waits for convergence itself
-            origin_public_keys=[self.signing_key.public_key()],
-            **common,
-        )
+        return self._backend.tls_config(name)
 
     # --- nodes ------------------------------------------------------------------------------
 
@@ -361,46 +191,37 @@ class Testnet:
         return list(self._edge_names)
 
     @property
-    def origin(self) -> Any:
-        """The Origin (None while crashed)."""
-        return self._slots["origin"].node if self._slots["origin"].live else None
+    def origin(self) -> Origin | None:
+        """The Origin (None while crashed, and with `processes=True`)."""
+        node = self._backend.node("origin")
+        return node if isinstance(node, Origin) else None
 
     @property
-    def edges(self) -> list[Any]:
-        """The live EdgeNodes, in name order."""
-        return [s.node for n, s in self._slots.items() if n != "origin" and s.live]
+    def edges(self) -> list[EdgeNode]:
+        """The live EdgeNodes, in name order (none with `processes=True`)."""
+        nodes = (self._backend.node(n) for n in self._backend.live_edges())
+        return [node for node in nodes if isinstance(node, EdgeNode)]
 
-    def edge(self, name: str) -> Any:
-        slot = self._slot(name)
-        if not slot.live:
-            raise InvalidInput(f"{name} is down")
-        return slot.node
+    def edge(self, name: str) -> Node:
+        node = self._backend.node(name)
+        if node is None:
+            where = "runs in its own process" if self.processes else "is down"
+            raise InvalidInput(f"{name} {where}")
+        return node
 
     def live(self, name: str) -> bool:
-        return self._slot(name).live
+        return self._backend.live(name)
 
     def live_edges(self) -> list[str]:
-        if self._procs is not None:
-            return list(self._procs.live_edges())
-        return [n for n in self.edge_names if self._slots[n].live]
+        return self._backend.live_edges()
 
     def address_of(self, name: str) -> str:
-        if self._procs is not None:
-            return str(self._procs.address_of(name))
-        return self._slot(name).address
+        return self._backend.address_of(name)
 
     @property
     def persistent_edges(self) -> bool:
         """Whether a restarted edge comes back with its state (it has a data_dir)."""
         return self._data_root is not None
-
-    def _slot(self, name: str) -> _Slot:
-        slot = self._slots.get(name)
-        if slot is None:
-            raise InvalidInput(
-                f"no node named {name!r} (origin, edge-0 .. edge-{self.n_edges - 1})"
-            )
-        return slot
 
     def _log(self, action: str, detail: str = "", nodes: Sequence[str] = ()) -> None:
         self.events.append((anyio.current_time() - self.t0, action, detail))
@@ -412,41 +233,32 @@ class Testnet:
     def _addresses(self, names: Iterable[str]) -> list[str]:
         return [self.address_of(n) for n in names]
 
-    def _faults_changed(self) -> None:
-        """Processes read the policy from a file (see procs.py); in-process nodes share it."""
-        if self._procs is not None:
-            self._procs.write_faults(self.faults)
-
     def partition(self, group_a: Sequence[str], group_b: Sequence[str] | None = None) -> None:
         """No message crosses between the groups (default b: every node not in a)."""
         if group_b is None:
             everyone = ["origin", *self.edge_names]
             group_b = [n for n in everyone if n not in set(group_a)]
         self.faults.partition(self._addresses(group_a), self._addresses(group_b))
-        self._faults_changed()
+        self._backend.faults_changed()
         cut = group_b if "origin" in group_a else group_a if "origin" in group_b else []
         cut = cut or [*group_a, *group_b]  # the side without the origin (both if neither has it)
         self._log("partition", f"{len(group_a)} | {len(group_b)} nodes", cut)
 
     def isolate(self, name: str) -> None:
-        if self._procs is not None:
-            self._procs.isolate(name)
-        else:
-            self.faults.isolate(self._slot(name).address)
+        self._backend.isolate(name)
         self._log("isolate", name, [name])
 
     def block(self, src: str, dst: str) -> None:
         """Asymmetric: src -> dst is lost, dst -> src flows."""
         self.faults.block(self.address_of(src), self.address_of(dst))
-        self._faults_changed()
+        self._backend.faults_changed()
         self._log("block", f"{src} -> {dst}", [src, dst])
 
     def heal(self) -> None:
         """Remove every partition, isolation and block (latency and loss stay)."""
-        if self._procs is not None:
-            self._procs.heal()
+        self._backend.heal()
         self.faults.heal()
-        self._faults_changed()
+        self._backend.faults_changed()
         self._log("heal")
 
     def set_latency(self, latency: float, jitter: float | None = None) -> None:
@@ -455,158 +267,69 @@ class Testnet:
         if jitter is not None:
             changes["jitter"] = jitter
         self.faults.set_default(**changes)
-        self._faults_changed()
+        self._backend.faults_changed()
         self._log("set_latency", f"{latency * 1000:g} ms")
 
     def set_loss(self, p: float) -> None:
         if not 0 <= p <= 1:
             raise InvalidInput("loss must be a probability in [0, 1]")
         self.faults.set_default(loss=p)
-        self._faults_changed()
+        self._backend.faults_changed()
         self._log("set_loss", f"{p:g}")
 
     async def crash(self, name: str) -> None:
         """Stop `name` abruptly: it sends nothing more, not even a goodbye."""
-        if self._procs is not None:
-            await self._procs.crash(name)
-            self._log("crash", name, [name])
-            return
-        slot = self._slot(name)
-        if not slot.live:
-            raise InvalidInput(f"{name} is already down")
-        assert slot.plug is not None and slot.scope is not None
-        slot.plug.unplug()
-        if self._sim is not None:
-            self._sim.crash(slot.address)
-        slot.scope.cancel()
-        await slot.stopped.wait()
-        slot.retired.append(slot.plug)
-        slot.plug = None
+        await self._backend.crash(name)
         self._log("crash", name, [name])
 
     async def restart(self, name: str) -> None:
         """Start `name` again on the same address (and data_dir, if it has one)."""
-        if self._procs is not None:
-            await self._procs.restart(name)
-            self._log("restart", name, [name])
-            return
-        slot = self._slot(name)
-        if slot.live:
-            raise InvalidInput(f"{name} is running")
-        if self._sim is not None:
-            self._sim.restore(slot.address)
-            slot.plug = self._new_plug(slot)
-        else:
-            slot.plug = await self._tcp_transport(slot, slot.address)
-        slot.restarts += 1
-        assert self._tg is not None
-        await self._tg.start(self._run_node, slot)
+        await self._backend.restart(name)
         self._log("restart", name, [name])
 
     # --- observation ------------------------------------------------------------------------
 
     @property
-    def batch_readers(self) -> Callable[[], dict[str, Any]] | None:
+    def batch_readers(self) -> Callable[[], dict[str, BatchRead]] | None:
         """For `probe_loop(batch_readers=...)`: across processes, reads that await one HTTP
         request per edge and store; None in one process (the plain readers are local calls)."""
-        if self._procs is None:
-            return None
-        return self._procs.batch_readers  # type: ignore[no-any-return]
+        return self._backend.batch_source()
 
-    def readers(self) -> dict[str, Callable[[str, str], bytes | None]]:
+    def readers(self) -> dict[str, Reader]:
         """edge -> (store, key) -> served bytes, through the public read API, live edges only."""
-        if self._procs is not None:
-            return dict(self._procs.readers())
-        out = {}
-        for name in self._edge_names:
-            slot = self._slots[name]
-            if slot.live:
-                if slot.reader is None:
-                    slot.reader = self._reader(slot)
-                out[name] = slot.reader
-        return out
-
-    def _reader(self, slot: _Slot) -> Callable[[str, str], bytes | None]:
-        cache = slot.readers
-        node = slot.node
-
-        def read(store: str, key: str) -> bytes | None:
-            kv = cache.get(store)
-            if kv is None:
-                try:
-                    kv = cache[store] = node.open(store)
-                except StoreNotFound:
-                    return None
-            try:
-                value: bytes | None = kv.get(key)
-            except StoreNotFound:
-                cache.pop(store, None)
-                return None
-            return value
-
-        return read
+        return self._backend.readers()
 
     def node_info(self, name: str) -> tuple[int, int]:
         """(peers known, messages sent so far) of a live node, for the live view."""
-        if self._procs is not None:
-            return self._procs.node_info(name)  # type: ignore[no-any-return]
-        slot = self._slot(name)
-        if not slot.live:
-            return 0, 0
-        peers = len(slot.node.runtime.gossip.peers())
-        sent = sum(slot.plug.stats.sent_messages.values()) if slot.plug is not None else 0
-        return peers, int(sent)
+        return self._backend.node_info(name)
 
     def snapshot_progress(self, name: str) -> dict[str, Any] | None:
         """A live edge's snapshot progress (keys, total, rate, time left) while it syncs by
         snapshot (gossip/snapshot.py), else None; for the live view."""
-        if self._procs is not None:
-            return self._procs.snapshot_progress(name)  # type: ignore[no-any-return]
-        slot = self._slot(name)
-        if not slot.live or name == "origin":
-            return None
-        gossip = slot.node.runtime.gossip
-        boot = getattr(gossip, "bootstrap", None)
-        if boot is None or not boot.active:
-            return None
-        return boot.status(slot.node.runtime.now())  # type: ignore[no-any-return]
+        return self._backend.snapshot_progress(name)
 
     def digests(self) -> dict[str, int]:
         """Live node -> replica digest (Merkle root over every store)."""
-        if self._procs is not None:
-            return dict(self._procs.digests())
-        return {n: s.node.replica.root for n, s in self._slots.items() if s.live}
+        return self._backend.digests()
 
     def watermarks(self) -> dict[str, int]:
-        if self._procs is not None:
-            return dict(self._procs.watermarks())
-        return {n: s.node.replica.watermark for n, s in self._slots.items() if s.live}
+        return self._backend.watermarks()
 
     def agreement(self) -> tuple[float, int]:
         """(fraction of live edges whose digest equals the origin's, distinct digests)."""
-        if self._procs is not None:
-            return self._procs.agreement()  # type: ignore[no-any-return]
-        d = self.digests()
-        origin = d.pop("origin", None)
-        if not d:
-            return 1.0, 1 if origin is not None else 0
-        same = sum(1 for v in d.values() if v == origin)
-        return same / len(d), len(set(d.values()) | ({origin} if origin is not None else set()))
+        return self._backend.agreement()
 
-    def observe(self) -> tuple[float, int, dict[str, int], TransportStats]:
+    def observe(self) -> Observation:
         """(agreement, distinct digests, watermarks, stats) in one go, for report samplers
         (across processes: one status round instead of three)."""
-        if self._procs is not None:
-            return self._procs.observe()  # type: ignore[no-any-return]
-        frac, distinct = self.agreement()
-        return frac, distinct, self.watermarks(), self.stats()
+        return self._backend.observe()
 
     async def convergence_time(self, timeout: float = 5.0, poll: float = 0.02) -> float | None:  # noqa: ASYNC109 (contract)
         """Seconds until every live edge's digest equals the origin's; None after `timeout`."""
         start = anyio.current_time()
         with anyio.move_on_after(timeout):
             while True:
-                if self._procs is not None or self.origin is not None:
+                if self._backend.has_reference():
                     frac, _ = self.agreement()
                     if frac == 1.0:
                         return anyio.current_time() - start
@@ -621,51 +344,12 @@ class Testnet:
         """Node-to-node traffic so far (every node, restarted ones included), by message type.
 
         Messages sent count once each (lost ones included); traffic to the test client is
-        left out.
+        left out (across processes: totals from each live edge's status).
         """
-        if self._procs is not None:
-            return self._procs.stats()  # type: ignore[no-any-return]
-        out = TransportStats()
-        for slot in self._slots.values():
-            plugs = [*slot.retired, *([slot.plug] if slot.plug is not None else [])]
-            for plug in plugs:
-                out.merge(plug.stats)
-                for kind, n in plug.client_stats.sent_messages.items():
-                    out.sent_messages[kind] -= n
-                    out.sent_bytes[kind] -= plug.client_stats.sent_bytes[kind]
-        out.sent_messages = +out.sent_messages
-        out.sent_bytes = +out.sent_bytes
-        return out
+        return self._backend.stats()
 
-    async def attach(self, name: str = "intruder") -> Any:
+    async def attach(self, name: str = "intruder") -> Transport:
         """A raw endpoint named `name` on this network, not a node: for tests and experiments
         that speak the protocol themselves (e.g. a hostile peer).  In tcp mode it holds the
         cluster's credentials (cluster id and key, if any).  Closed with the testnet."""
-        if self._tg is None:
-            raise InvalidInput("attach() needs a sim or tcp testnet that is running")
-        if self._sim is not None:
-            transport: Any = self._sim.transport(f"{name}:1")
-        else:
-            from edgekv.node.tcp import TcpTransport
-
-            transport = await TcpTransport.create(
-                "127.0.0.1:0", task_group=self._tg, cluster_id=self.cluster_id, node_id=name
-            )
-        self._stack.push_async_callback(transport.aclose)
-        return transport
-
-    # --- the client -------------------------------------------------------------------------
-
-    def _make_client(self) -> Any:
-        if self._sim is not None:
-            client = SimClient(self._sim.transport(CLIENT), self._slots["origin"].address)
-            assert self._tg is not None
-            self._tg.start_soon(client.receive_loop)
-            return client
-        import edgekv
-
-        return edgekv.OriginClient(
-            self._slots["origin"].address,
-            cluster_id=self.cluster_id,
-            tls=self.tls_config(CLIENT),
-        )
+        return await self._backend.attach(name)
