@@ -139,3 +139,36 @@ def test_postgres_leadership_and_fencing(postgres: ThrowawayPostgres) -> None:
     finally:
         leader.close()
         follower.close()
+
+
+def test_request_outcomes_are_kept_with_their_rows(open_it: Callable[[], CommitLog]) -> None:
+    log = open_it()
+    log.write(rows(1, 2), 2, [(b"r1" * 8, 1, b"one"), (b"r2" * 8, 2, b"two")])
+    log.sync()
+    log.append(rows(3, 1), 3)  # a group without request ids
+    log.write(rows(4, 1), 4, [(b"r4" * 8, 4, b"four")])
+    log.sync()
+    log.close()
+    again = open_it()
+    assert again.recent_requests(10) == [
+        (b"r1" * 8, b"one"),
+        (b"r2" * 8, b"two"),
+        (b"r4" * 8, b"four"),
+    ]
+    assert again.recent_requests(1) == [(b"r4" * 8, b"four")]  # the newest, oldest first
+
+
+async def test_a_request_retried_across_a_restart_is_applied_once(
+    log_spec: str, tmp_path: Path
+) -> None:
+    rid = b"retried-request!"
+    body = {"op": "put", "store": "flags", "key": "k", "value": b"1", "rid": rid}
+    with trio.fail_after(30):
+        async with edgekv.Origin(data_dir=tmp_path, listen=None, log=log_spec) as origin:
+            await origin.create_store("flags")
+            first = await origin.handle(dict(body), trusted=True)
+            await origin.put("flags", "k", b"2")  # a later write the retry must not undo
+        async with edgekv.Origin(data_dir=tmp_path, listen=None, log=log_spec) as origin:
+            again = await origin.handle(dict(body), trusted=True)
+            assert again["seq"] == first["seq"] == 2 and origin.sequencer.deduplicated == 1
+            assert await origin.get("flags", "k") == b"2" and origin.watermark == 3

@@ -42,7 +42,7 @@ import anyio.abc
 from ..crdt.codec import decode_delta, loads
 from ..crdt.proofs import atoms_of
 from .pglog import Fenced, PostgresLog
-from .sequencer import MAX_OUTCOMES, run_in_thread
+from .sequencer import run_in_thread
 from .wal import LogError
 
 if TYPE_CHECKING:
@@ -129,7 +129,7 @@ async def _take_over(origin: Origin, log: PostgresLog, cursor: int) -> None:
     await catch_up(origin, log, cursor, high=log.high)
     sequencer = origin.sequencer
     sequencer.next_seq = log.high + 1
-    sequencer.load_outcomes(await run_in_thread(log.recent_requests, MAX_OUTCOMES))
+    await sequencer.load_recent_outcomes()
     await origin.start_leading()
     logger.info(
         "event=leading node=%s term=%d next_seq=%d catch_up_seconds=%.3f",

@@ -12,9 +12,9 @@ The contract, whatever the storage:
 2. `high` is the highest seq ever written, and never goes down: seqs are never reused, even
    after compaction removed the row that carried it.  `rows()` yields every row in seq order.
 3. `compact(keep, rewrites, upto)` removes superseded rows at or below `upto` (see wal.py).
-4. `write` also takes the request outcomes of the group (sequencer rule 7); a log that
-   outlives its origin (PostgreSQL) keeps them in the same transaction and hands the newest
-   back through `recent_requests`, so a new leader never applies a retried write twice.
+4. `write` also takes the request outcomes of the group (sequencer rule 7); the log keeps
+   them in the same transaction and hands the newest back through `recent_requests`, so
+   neither a restarted origin nor a new leader applies a retried write twice.
 5. `close()` releases the log (for PostgreSQL: the leadership, see pglog.py).
 """
 

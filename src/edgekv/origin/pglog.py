@@ -47,7 +47,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from .wal import LogError, Request, Row
+from .wal import KEEP_REQUEST_SEQS, LogError, Request, Row
 
 __all__ = ["LOCK_KEY", "Fenced", "PostgresLog"]
 
@@ -55,7 +55,6 @@ logger = logging.getLogger("edgekv.origin")
 
 LOCK_KEY = 0x65646765_6B760001  # "edgekv\x00\x01" as a bigint
 _SCHEMA_KEY = LOCK_KEY + 1
-_KEEP_REQUEST_SEQS = 1_000_000  # compaction keeps the request outcomes of this many seqs
 # the leader's session: PostgreSQL probes an idle connection after 2 s, then every second,
 # and drops it (and the leadership) after 3 failed probes: a dead host is noticed in ~5 s
 _SESSION_OPTIONS = "-c tcp_keepalives_idle=2 -c tcp_keepalives_interval=1 -c tcp_keepalives_count=3"
@@ -364,7 +363,7 @@ class PostgresLog:
                 conn.execute("TRUNCATE edgekv_keep")
                 conn.execute(  # the outcomes of old requests: nobody retries them any more
                     "DELETE FROM edgekv_requests WHERE seq <= %s",
-                    (upto - _KEEP_REQUEST_SEQS,),
+                    (upto - KEEP_REQUEST_SEQS,),
                 )
         except Fenced:
             raise

@@ -46,8 +46,8 @@ Theory of operation
 7. At most once: a command may carry the client's request id (`rid`).  The outcome of every
    planned command with a rid (its seqs and `written_at`) is remembered (the newest
    `MAX_OUTCOMES`) and goes to the log with its group (`write(rows, high, requests)`: the
-   PostgreSQL log keeps them in the same transaction, so a new leader loads them with
-   `load_outcomes`).  A command whose rid has an outcome is not planned again: it is answered
+   log keeps them in the same transaction, so a restarted origin or a new leader loads them
+   with `load_recent_outcomes`).  A command whose rid has an outcome is not planned again: it is answered
    with that outcome (no items) when its group completes, so never before the original is
    durable.  A group whose log write fails forgets its rids (nothing of it was applied).
 """
@@ -203,6 +203,10 @@ class Sequencer:
             except Exception:
                 logger.warning("ignoring an undecodable request outcome in the log")
         self._trim_outcomes()
+
+    async def load_recent_outcomes(self) -> None:
+        """Load the newest outcomes the log keeps (rule 7): at start, or on taking over."""
+        self.load_outcomes(await run_in_thread(self.wal.recent_requests, MAX_OUTCOMES))
 
     def _trim_outcomes(self) -> None:
         outcomes = self.outcomes

@@ -207,6 +207,7 @@ class Origin:
                     partial(lead_or_follow, interval=self.follow_interval), self, self._wal
                 )
             else:
+                await self._sequencer.load_recent_outcomes()
                 await self.start_leading()
             if self.transport is None and self.listen is not None:
                 await self._start_tcp(tg)

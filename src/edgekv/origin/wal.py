@@ -32,6 +32,12 @@ Theory of operation
    seq of every key's latest state) and replaces the rows in `rewrites` by the key's whole state
    (sorted sets and Bloom filters are logged as partial deltas).  Replaying the compacted log
    gives the same states: a key's latest state at seq s carries the effect of every older row.
+5. Request outcomes (sequencer rule 7: a client's request id, the last seq of its command,
+   the outcome) go to `requests` in the transaction of their group's rows, so they are
+   durable exactly when the write is; a restarted origin loads the newest with
+   `recent_requests`, and a client that retries across the restart is answered, not
+   applied twice.  The window is bounded by seqs: compaction drops the outcomes more than
+   `KEEP_REQUEST_SEQS` seqs old (and the sequencer remembers at most `MAX_OUTCOMES`).
 """
 
 from __future__ import annotations
@@ -55,7 +61,14 @@ CREATE TABLE IF NOT EXISTS log (
     delta BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS requests (
+    rid     BLOB PRIMARY KEY,
+    seq     INTEGER NOT NULL,
+    outcome BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS requests_seq ON requests (seq);
 """
+KEEP_REQUEST_SEQS = 1_000_000  # compaction keeps the request outcomes of this many seqs
 
 
 class LogError(EdgeKVError):
@@ -112,15 +125,15 @@ class WriteAheadLog:
         self.sync()
 
     def write(self, rows: Sequence[Row], high: int, requests: Sequence[Request] = ()) -> None:
-        """Commit `rows` (the last at seq `high`) in one transaction; durable after `sync()`.
-
-        `requests` are not kept: one SQLite origin has no successor to hand them to (its
-        sequencer remembers them while it runs)."""
+        """Commit `rows` (the last at seq `high`) and the group's request outcomes (rule 5)
+        in one transaction; durable after `sync()`."""
         conn = self._conn
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 conn.executemany("INSERT INTO log VALUES (?, ?, ?, ?)", rows)
+                if requests:
+                    conn.executemany("INSERT OR REPLACE INTO requests VALUES (?, ?, ?)", requests)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -168,8 +181,16 @@ class WriteAheadLog:
         return fd
 
     def recent_requests(self, limit: int) -> list[tuple[bytes, bytes]]:
-        """The request outcomes the log keeps (none: see `write`)."""
-        return []
+        """The newest `limit` request outcomes, oldest first (rule 5)."""
+        try:
+            got = self._conn.execute(
+                "SELECT rid, outcome FROM (SELECT rid, outcome, seq FROM requests"
+                " ORDER BY seq DESC LIMIT ?) ORDER BY seq",
+                (limit,),
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise LogError(f"log read failed: {exc}") from exc
+        return [(bytes(r), bytes(o)) for r, o in got]
 
     def compact(self, keep: Sequence[int], rewrites: Sequence[tuple[bytes, int]], upto: int) -> int:
         """Drop superseded rows at or below `upto`; returns how many rows were removed."""
@@ -188,6 +209,9 @@ class WriteAheadLog:
                 conn.executemany("UPDATE log SET delta = ? WHERE seq = ?", rewrites)
                 conn.execute("INSERT OR REPLACE INTO meta VALUES ('high', ?)", (self.high,))
                 conn.execute("DELETE FROM keep")
+                conn.execute(  # the outcomes of old requests: nobody retries them any more
+                    "DELETE FROM requests WHERE seq <= ?", (upto - KEEP_REQUEST_SEQS,)
+                )
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
