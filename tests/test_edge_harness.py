@@ -14,6 +14,7 @@ from typing import Any
 
 import anyio
 
+from edgekv.clock import wall_clock_ms
 from edgekv.crdt import (
     META,
     BfAdd,
@@ -36,7 +37,7 @@ from edgekv.gossip.core import GossipNode
 from edgekv.gossip.transport import Transport
 from edgekv.gossip.wire import Message
 from edgekv.node.faults import LinkFaults
-from edgekv.node.runtime import NodeRuntime, system_wall_ms
+from edgekv.node.runtime import NodeRuntime
 
 FAST = GossipConfig(ping_interval=0.5, ae_interval=1.0, purge_interval=2.0)
 
@@ -113,7 +114,7 @@ async def origin_node(
     transport: Transport,
     *,
     config: GossipConfig | None = FAST,
-    wall_ms: Callable[[], int] = system_wall_ms,
+    wall_ms: Callable[[], int] = wall_clock_ms,
     seed: int = 0,
 ) -> AsyncIterator[OriginNode]:
     """An origin on `transport` (closed on exit)."""

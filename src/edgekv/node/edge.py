@@ -45,6 +45,7 @@ import anyio
 import anyio.abc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from edgekv.clock import wall_clock_ms
 from edgekv.crdt import Delta, Replica
 from edgekv.crdt.codec import decode_delta
 from edgekv.crdt.proofs import Certificate, ProofStore
@@ -79,7 +80,7 @@ from edgekv.node.metrics import (
 )
 from edgekv.node.persistence import FLUSH_INTERVAL, LoadReport, ReplicaStore
 from edgekv.node.procinfo import process_info
-from edgekv.node.runtime import NodeRuntime, system_wall_ms
+from edgekv.node.runtime import NodeRuntime
 from edgekv.node.tcp import TcpTransport, parse_address
 from edgekv.node.tlsconfig import TlsConfig
 from edgekv.node.watch import EdgeStore, WatchHub
@@ -174,7 +175,7 @@ class EdgeNode:
         self.auth = TokenAuth(tokens)  # what the admin HTTP API accepts (off when None)
         self.http_limits = http_limits or HttpLimits()
         self.flush_interval = flush_interval
-        self._wall_ms = wall_ms or system_wall_ms
+        self._wall_ms = wall_ms or wall_clock_ms
         self._rng = rng
         self._transport = transport
         self._owns_transport = transport is None

@@ -14,11 +14,11 @@ the node around (as `fastedge::kv`'s `KvStore.open` does).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any, Protocol
 
+from ..clock import wall_clock_ms
 from ..crdt import META, StoreReplica
 from ..crdt.ops import (
     DEFAULT_LIMITS,
@@ -41,11 +41,6 @@ Writer = Callable[[str, dict[str, Any]], Awaitable[Version]]
 
 Clock = Callable[[], int]
 """Wall clock in ms since the epoch (used to decide whether a value has expired)."""
-
-
-def wall_clock_ms() -> int:
-    """The default clock: wall time in whole milliseconds."""
-    return time.time_ns() // 1_000_000
 
 
 class Node(Protocol):

@@ -43,7 +43,6 @@ import inspect
 import itertools
 import logging
 import math
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
@@ -53,6 +52,7 @@ import anyio.abc
 import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from edgekv.clock import wall_clock_ms
 from edgekv.crdt import Change, Delta, Replica
 from edgekv.crdt.proofs import ForgedState
 from edgekv.errors import (
@@ -67,7 +67,7 @@ from edgekv.gossip.wire import Message, MsgType
 from edgekv.node import gcpolicy
 from edgekv.node.metrics import NodeMetrics
 
-__all__ = ["REJECT_BACKOFF", "GossipCore", "NodeRuntime", "RequestHandler", "system_wall_ms"]
+__all__ = ["REJECT_BACKOFF", "GossipCore", "NodeRuntime", "RequestHandler"]
 
 REJECT_BACKOFF = 60.0  # seconds a peer that sent unsigned states is cut off
 
@@ -82,11 +82,6 @@ MAX_INFLIGHT_REQUESTS = 1024
 MAX_ALIASES = 1024  # moved-away addresses remembered by `resolve`
 SUBSCRIBER_BUFFER = 1024
 OFFLOAD_FROM_KEYS = 20_000  # a job this large runs in a worker thread
-
-
-def system_wall_ms() -> int:
-    """Wall-clock time in whole ms since the epoch."""
-    return time.time_ns() // 1_000_000
 
 
 class _Send(Protocol):
@@ -147,7 +142,7 @@ class NodeRuntime:
         *,
         on_request: RequestHandler | None = None,
         clock: Callable[[], float] = anyio.current_time,
-        wall_ms: Callable[[], int] = system_wall_ms,
+        wall_ms: Callable[[], int] = wall_clock_ms,
         reject_backoff: float = REJECT_BACKOFF,
     ) -> None:
         self.transport = transport

@@ -25,10 +25,10 @@ import weakref
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import anyio
+from anyio.abc import AsyncResource
 
 from edgekv.crdt import META, Change, Register, StoreReplica
 from edgekv.crdt.version import Version
@@ -56,8 +56,9 @@ class WatchEvent:
     deleted: bool
 
 
-class Watcher:
-    """Async iterator of `WatchEvent`s under one prefix of one store (see the module docstring)."""
+class Watcher(AsyncResource):
+    """Async iterator of `WatchEvent`s under one prefix of one store (see the module docstring);
+    an async context manager that stops watching on exit."""
 
     def __init__(self, hub: WatchHub, store: str, prefix: str, max_buffer: int) -> None:
         self.store = store
@@ -129,17 +130,6 @@ class Watcher:
         self._events.clear()
         self.finish()
         await anyio.lowlevel.checkpoint()
-
-    async def __aenter__(self) -> Watcher:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 class WatchHub:

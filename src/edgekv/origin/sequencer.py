@@ -55,7 +55,6 @@ Theory of operation
 from __future__ import annotations
 
 import logging
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -64,6 +63,7 @@ import anyio
 import anyio.abc
 import sniffio
 
+from ..clock import wall_clock_ms
 from ..crdt import Register, Replica, State
 from ..crdt.codec import dumps, encode_delta, loads
 from ..crdt.proofs import Atom, Certificate, Signer, atoms_of
@@ -74,7 +74,7 @@ from .recovery import recover
 from .wal import LogError, Row
 from .writer import Command, Item, Planned, Planner, group_atoms
 
-__all__ = ["Covers", "OnCommit", "Sequencer", "Ticket", "recover", "run_in_thread", "wall_clock_ms"]
+__all__ = ["Covers", "OnCommit", "Sequencer", "Ticket", "recover", "run_in_thread"]
 
 logger = logging.getLogger("edgekv.origin")
 
@@ -83,10 +83,6 @@ MAX_OUTCOMES = 200_000  # request ids remembered for deduplication (rule 7)
 T = TypeVar("T")
 OnCommit = Callable[[list[Item], Covers], Awaitable[None]]
 Key = tuple[str, str]
-
-
-def wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def certify_replica(signer: Signer, replica: Replica) -> list[Certificate]:

@@ -30,6 +30,7 @@ import sniffio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from ..clock import wall_clock_ms
 from ..crdt import Entry, Limits, Replica, Version
 from ..crdt.codec import encode_delta
 from ..crdt.ops import DEFAULT_LIMITS, Delete, Put, op_body
@@ -55,7 +56,7 @@ from ..node.procinfo import process_info
 from ..node.tlsconfig import TlsConfig
 from .log import CommitLog, LogError, is_postgres, open_log
 from .requests import is_write, op_name, opt_int, parse_write, store_of
-from .sequencer import Covers, Sequencer, wall_clock_ms
+from .sequencer import Covers, Sequencer
 from .writer import BatchCommand, Command, Item, Planned, StoreCommand
 
 if TYPE_CHECKING:

@@ -30,10 +30,10 @@ import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import anyio
+from anyio.abc import AsyncResource
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgekv.errors import InvalidInput
@@ -58,7 +58,7 @@ __all__ = ["SimClient", "Testnet", "seed_scheduler", "sim_clock"]
 logger = logging.getLogger("edgekv.testnet")
 
 
-class Testnet:
+class Testnet(AsyncResource):
     """An origin and `edges` edges on one network.  See the module docstring."""
 
     def __init__(
@@ -133,14 +133,6 @@ class Testnet:
             await self._stack.aclose()
             raise
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         # No shielding scope here: the task group in the stack was entered outside of it.

@@ -21,13 +21,13 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from edgekv.clock import wall_clock_ms
 from edgekv.errors import InvalidInput, StoreNotFound
 from edgekv.gossip.snapshot import SnapshotClient
 from edgekv.gossip.transport import TransportStats
 from edgekv.node.edge import EdgeNode
 from edgekv.node.tlsconfig import TlsConfig
 from edgekv.node.watch import EdgeStore
-from edgekv.origin.sequencer import wall_clock_ms
 from edgekv.origin.server import Origin
 from edgekv.testnet.backend import NetSpec, Node, Observation, Reader, TestnetClient
 from edgekv.testnet.checker import BatchRead

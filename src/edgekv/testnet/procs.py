@@ -36,11 +36,11 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import anyio
 import httpx
+from anyio.abc import AsyncResource
 
 from edgekv.errors import InvalidInput
 from edgekv.gossip.transport import TransportStats
@@ -157,7 +157,7 @@ class _Proc:
                 self.popen.wait(timeout=5)
 
 
-class ProcessCluster:
+class ProcessCluster(AsyncResource):
     """An origin and `edges` edge processes (see the module docstring).
 
     `node_args` are appended to every node's command line (e.g. limits such as
@@ -221,12 +221,7 @@ class ProcessCluster:
             raise
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def aclose(self) -> None:
         self.close()
 
     async def _wait_port(self, name: str, address: str) -> None:
