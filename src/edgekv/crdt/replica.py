@@ -196,7 +196,7 @@ class StoreReplica:
         st = self._kind(key, ZSet, now_ms, "zrange_by_score")
         return st.range_by_score(lo, hi) if isinstance(st, ZSet) else []
 
-    def zscan(self, key: str, pattern: str, now_ms: int) -> list[tuple[bytes, float]]:
+    def zscan(self, key: str, pattern: str | bytes, now_ms: int) -> list[tuple[bytes, float]]:
         st = self._kind(key, ZSet, now_ms, "zscan")
         if not isinstance(st, ZSet):
             return []

@@ -28,7 +28,7 @@ import math
 import socket
 import ssl
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import anyio
 import anyio.abc
@@ -52,6 +52,9 @@ from edgekv.node.httpapi import (
 from edgekv.node.kvstore import KvStore
 from edgekv.node.tcp import format_address, parse_address
 from edgekv.node.tlsconfig import TlsConfig
+
+if TYPE_CHECKING:
+    from hypercorn.typing import ASGIFramework
 
 __all__ = ["AdminNode", "bind_socket", "build_api", "build_app", "serve_app"]
 
@@ -390,11 +393,13 @@ async def serve_app(
     if shutdown is None:
         shutdown = anyio.Event()
     task_status.started()
+    # Starlette spells an ASGI scope as a MutableMapping, hypercorn as TypedDicts: same protocol
+    asgi = cast("ASGIFramework", app)
     if sniffio.current_async_library() == "trio":
         from hypercorn.trio import serve as trio_serve
 
-        await trio_serve(app, config, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
+        await trio_serve(asgi, config, shutdown_trigger=shutdown.wait)
     else:
         from hypercorn.asyncio import serve as asyncio_serve
 
-        await asyncio_serve(app, config, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
+        await asyncio_serve(asgi, config, shutdown_trigger=shutdown.wait)

@@ -13,7 +13,7 @@ import dataclasses
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, Unpack
 
 __all__ = ["LinkFaults", "LinkSettings"]
 
@@ -63,6 +63,18 @@ def _list(spec: dict[str, Any], name: str) -> list[Any]:
     return value
 
 
+class LinkChanges(TypedDict, total=False):
+    """Keyword arguments that change some of a `LinkSettings`' fields."""
+
+    latency: float
+    jitter: float
+    distribution: Distribution
+    loss: float
+    duplicate: float
+    reorder: float
+    reorder_delay: float
+
+
 class LinkFaults:
     """Seeded fault policy over directed links between string addresses.
 
@@ -95,14 +107,14 @@ class LinkFaults:
 
     # --- configuration ----------------------------------------------------------------------
 
-    def set_default(self, **changes: object) -> None:
+    def set_default(self, **changes: Unpack[LinkChanges]) -> None:
         """Change the default settings (e.g. `set_default(loss=0.1)`)."""
-        self.default = dataclasses.replace(self.default, **changes)  # type: ignore[arg-type]
+        self.default = dataclasses.replace(self.default, **changes)
 
-    def set_link(self, src: str, dst: str, **changes: object) -> None:
+    def set_link(self, src: str, dst: str, **changes: Unpack[LinkChanges]) -> None:
         """Override settings of the directed link src -> dst (starting from the defaults)."""
         base = self._links.get((src, dst), self.default)
-        self._links[(src, dst)] = dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+        self._links[(src, dst)] = dataclasses.replace(base, **changes)
 
     def settings(self, src: str, dst: str) -> LinkSettings:
         return self._links.get((src, dst), self.default)

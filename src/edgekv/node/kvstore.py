@@ -135,7 +135,7 @@ class KvStore:
         """Members of the sorted set whose member matches the glob `pattern`, by score."""
         if not isinstance(pattern, str | bytes):
             raise InvalidInput("a pattern must be str or bytes")
-        return self._live().zscan(_key(key), pattern, self._clock())  # type: ignore[arg-type]
+        return self._live().zscan(_key(key), pattern, self._clock())
 
     def bf_exists(self, key: str, item: bytes) -> bool:
         """Whether the Bloom filter may hold `item` (False for a missing key)."""

@@ -255,10 +255,10 @@ class Testnet(AsyncResource):
 
     def set_latency(self, latency: float, jitter: float | None = None) -> None:
         """Default one-way latency (and jitter) of every link, in seconds."""
-        changes: dict[str, object] = {"latency": latency}
-        if jitter is not None:
-            changes["jitter"] = jitter
-        self.faults.set_default(**changes)
+        if jitter is None:
+            self.faults.set_default(latency=latency)
+        else:
+            self.faults.set_default(latency=latency, jitter=jitter)
         self._backend.faults_changed()
         self._log("set_latency", f"{latency * 1000:g} ms")
 

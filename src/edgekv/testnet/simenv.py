@@ -6,9 +6,13 @@ garbage collector from re-scanning a large simulation's live objects over and ov
 process-wide switches that the `Testnet` installs for its lifetime and restores afterwards.
 
 Two of them reach into trio's private internals (the scheduler's random source and its
-deterministic-scheduling flag; `MockClock._autojump`), for which trio has no public hook.  They
-degrade gracefully at run time (an unseeded scheduler, a plain autojump), and
-tests/test_simenv.py is the tripwire: it fails in CI the day a trio upgrade moves them.
+deterministic-scheduling flag; `MockClock._autojump`), for which trio has no public hook (a
+custom `trio.abc.Clock` cannot autojump: the run loop only autojumps a `MockClock`, a final
+class; an instrument hook on every task step would slow every simulation).  Each is confined to
+one function here, they degrade gracefully at run time (an unseeded scheduler, a plain
+autojump), and tests/test_simenv.py is the tripwire: it fails in CI the day a trio upgrade
+moves them.  Module attributes and the clock's hook are replaced with `unittest.mock.patch`,
+which restores what it replaced.
 """
 
 from __future__ import annotations
@@ -16,9 +20,14 @@ from __future__ import annotations
 import gc
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import TypeVar
+from unittest import mock
+
+from trio.testing import MockClock
 
 __all__ = ["InlineThreads", "QuietGC", "restore_scheduler", "seed_scheduler", "sim_clock"]
+
+T = TypeVar("T")
 
 _DETERMINISTIC = "_ALLOW_DETERMINISTIC_SCHEDULING"
 _saved: list[bool] = []  # the flag's values before each seed_scheduler (pytest-trio sets it)
@@ -66,7 +75,7 @@ class InlineThreads:
     """
 
     depth = 0
-    original: Any = None
+    patches: list[mock._patch[object]] = []
 
     @classmethod
     def install(cls) -> None:
@@ -74,28 +83,29 @@ class InlineThreads:
         import trio.to_thread
 
         if cls.depth == 0:
-            cls.original = (anyio.to_thread.run_sync, trio.to_thread.run_sync)
 
-            async def run_inline(func: Callable[..., Any], *args: Any, **_: Any) -> Any:
+            async def run_inline(func: Callable[..., T], *args: object, **_: object) -> T:
                 await anyio.lowlevel.checkpoint()
                 return func(*args)
 
-            anyio.to_thread.run_sync = run_inline  # type: ignore[assignment]
-            trio.to_thread.run_sync = run_inline  # type: ignore[assignment]
+            cls.patches = [
+                mock.patch.object(anyio.to_thread, "run_sync", run_inline),
+                mock.patch.object(trio.to_thread, "run_sync", run_inline),
+            ]
+            for patch in cls.patches:
+                patch.start()
         cls.depth += 1
 
     @classmethod
     def remove(cls) -> None:
-        import anyio.to_thread
-        import trio.to_thread
-
         cls.depth -= 1
-        if cls.depth == 0 and cls.original is not None:
-            anyio.to_thread.run_sync, trio.to_thread.run_sync = cls.original
-            cls.original = None
+        if cls.depth == 0:
+            for patch in reversed(cls.patches):
+                patch.stop()
+            cls.patches = []
 
 
-def sim_clock() -> Any:
+def sim_clock() -> MockClock:
     """trio's `MockClock(autojump_threshold=0)` that does not jump while a worker thread runs.
 
     The origin logs writes to SQLite in a worker thread; a plain autojumping clock would leap
@@ -103,7 +113,6 @@ def sim_clock() -> Any:
     This clock holds still instead, which keeps a seeded simulation reproducible.
     """
     import trio
-    from trio.testing import MockClock
 
     clock = MockClock(autojump_threshold=0)
     jump = clock._autojump
@@ -116,7 +125,7 @@ def sim_clock() -> Any:
         if not cache[0].borrowed_tokens:
             jump()
 
-    clock._autojump = autojump  # type: ignore[method-assign]
+    mock.patch.object(clock, "_autojump", autojump).start()  # this clock's own: never undone
     return clock
 
 
