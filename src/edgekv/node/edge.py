@@ -29,7 +29,6 @@ persistence see it like any other change.  If the origin does not answer within
 from __future__ import annotations
 
 import logging
-import math
 import os
 import random
 import time
@@ -65,21 +64,13 @@ from edgekv.gossip.wire import Message
 from edgekv.node import gcpolicy, kvstore
 from edgekv.node.admin_http import bind_socket, build_app, serve_app, socket_address
 from edgekv.node.auth import TokenAuth, TokenSpec
+from edgekv.node.edge_status import edge_metrics_text, edge_status
 from edgekv.node.faults import LinkFaults
 from edgekv.node.httpapi import HttpLimits
 from edgekv.node.identity import load_node_id
 from edgekv.node.keys import load_public_key
 from edgekv.node.limits import DEFAULT_NET_LIMITS, NetLimits
-from edgekv.node.metrics import (
-    antientropy_repairs,
-    antientropy_rounds,
-    node_rejections,
-    peer_field,
-    peer_json,
-    render_prometheus,
-)
 from edgekv.node.persistence import FLUSH_INTERVAL, LoadReport, ReplicaStore
-from edgekv.node.procinfo import process_info
 from edgekv.node.runtime import NodeRuntime
 from edgekv.node.tcp import TcpTransport, parse_address
 from edgekv.node.tlsconfig import TlsConfig
@@ -518,125 +509,14 @@ class EdgeNode:
 
     # -- status ------------------------------------------------------------------------------------
 
-    def _proofs_status(self) -> dict[str, Any] | None:
-        """Origin-signed writes: keys accepted and certificates kept (None: not verifying)."""
-        proofs = self._replica.proofs
-        if proofs is None:
-            return None
-        return {"keys": [k.hex() for k in proofs.keys], "certificates": len(proofs)}
-
     def status(self) -> dict[str, Any]:
-        """Node id, address, watermark, lag behind the origin, peers, digest roots, counters."""
-        replica = self._replica
-        runtime = self._runtime
-        now_ms = self._wall_ms()
-        peers: dict[str, Any] = {}
-        # the lag is measured against the origin's own figure (what it told this node itself)
-        # and what this replica holds: another peer's claim never moves it
-        known_high = replica.covered.high
-        origin_watermark: int | None = None
-        rejected: dict[str, dict[str, int]] = {}
-        if runtime is not None:
-            gossip = self.gossip
-            for address, info in gossip.peers().items():
-                peers[address] = peer_json(info)
-            rejected = node_rejections(runtime)
-            for address, reasons in rejected.items():
-                if address in peers:
-                    peers[address]["rejected"] = reasons
-            if gossip.authority.heard_origin:
-                origin_watermark = gossip.origin_watermark
-                known_high = max(known_high, origin_watermark)
-        lag_seqs = max(0, known_high - replica.watermark)
-        last = runtime.metrics.last_written_at if runtime is not None else 0
-        pending = replica.trees_pending
-        out: dict[str, Any] = {
-            "node_id": self.node_id,
-            "role": "edge",
-            "address": self._transport.address if self._transport is not None else None,
-            "http": self.http_address,
-            "origin": self.origin if runtime is None else runtime.resolve(self.origin),
-            "watermark": replica.watermark,
-            "covered_high": replica.covered.high,
-            "purged": replica.purged,
-            "origin_watermark": origin_watermark,
-            "lag_seqs": lag_seqs,
-            # ms since the newest write applied here was made, when behind (0 when caught up)
-            "lag_ms": max(0, now_ms - last) if lag_seqs and last else 0,
-            "keys": len(replica),
-            "stores": replica.store_names(),
-            # while a restart builds its Merkle trees (gossip not started yet), no roots
-            "syncing": runtime is None or not runtime.running or self.gossip.bootstrap.active,
-            "ready": self.is_ready(),
-            "snapshot": None if runtime is None else self.gossip.bootstrap.status(runtime.now()),
-            "roots": None
-            if pending
-            else {name or "<meta>": f"{root:032x}" for name, root in replica.roots().items()},
-            "root": None if pending else f"{replica.root:032x}",
-            "peers": peers,
-            "rejected": rejected,  # peer -> reason -> items refused from it (hostile claims)
-            "watchers": self.hub.count(),
-            # the link-fault policy in force (testnets, `--fault-file`), None without one
-            "faults": None if self.faults is None else self.faults.to_spec(),
-            "process": process_info(),
-            "verification": self._proofs_status(),
-            "rejected_unsigned": dict(runtime.metrics.rejected) if runtime is not None else {},
-        }
-        if runtime is not None:
-            counters = runtime.gossip.counters
-            out["antientropy"] = {
-                "rounds": antientropy_rounds(counters),
-                "repairs": antientropy_repairs(counters),
-            }
-            hist = runtime.metrics.propagation_ms
-            out["propagation_ms"] = {  # bucket upper bounds (JSON-safe: None when unknown)
-                "count": hist.count,
-                "p50_le": _json_number(hist.quantile(0.5)),
-                "p99_le": _json_number(hist.quantile(0.99)),
-            }
-            out["counters"] = {
-                "gossip": dict(counters),
-                "node": dict(runtime.metrics.events),
-                "transport": runtime.transport.stats.total(),
-                "changes_applied": runtime.metrics.changes_applied,
-            }
-        if self._persist is not None:
-            out["persistence"] = {
-                "path": str(self._persist.path),
-                "persisted_watermark": self._persist.persisted_watermark,
-                "flushes": self._persist.flushes,
-                "rows_written": self._persist.rows_written,
-                "flush_failures": self._persist.failures,
-                "loaded_keys": self.load_report.keys if self.load_report else 0,
-                "load_seconds": self.load_report.seconds if self.load_report else 0.0,
-                "corrupt_moved_to": self.load_report.corrupt_moved_to if self.load_report else None,
-            }
-        return out
+        """Node id, address, watermark, lag behind the origin, peers, digest roots, counters
+        (node/edge_status.py)."""
+        return edge_status(self)
 
     def metrics_text(self) -> str:
         """Prometheus text exposition of this node."""
-        runtime = self.runtime
-        replica = self._replica
-        states = [str(peer_field(info, "state")) for info in runtime.gossip.peers().values()]
-        status = self.status()
-        gauges = {
-            "keys": float(len(replica)),
-            "watermark": float(replica.watermark),
-            "lag_seqs": float(status["lag_seqs"]),
-            "lag_ms": float(status["lag_ms"]),
-            "watchers": float(self.hub.count()),
-        }
-        if self._persist is not None:
-            gauges["persisted_watermark"] = float(self._persist.persisted_watermark)
-        return render_prometheus(
-            node_id=self.node_id,
-            stats=runtime.transport.stats,
-            metrics=runtime.metrics,
-            gossip_counters=runtime.gossip.counters,
-            gauges=gauges,
-            peer_states=states,
-            rejections=node_rejections(runtime),
-        )
+        return edge_metrics_text(self)
 
 
 def _parse_write_reply(
@@ -672,7 +552,3 @@ def _parse_write_reply(
         except CodecError as exc:
             raise RemoteProtocolError(f"bad delta in write reply: {exc}") from None
     return seq, written_at, items, covers
-
-
-def _json_number(x: float) -> float | None:
-    return x if math.isfinite(x) else None

@@ -1,0 +1,224 @@
+"""The responder side of bootstrap by snapshot: offers and the sessions it serves.
+
+The protocol and its rules are in gossip/snapshot.py (theory of operation); this module holds
+rules 1 (switch: `offer_instead`), 2 (the caught-up edges an offer names: `offer_sources`),
+3 and 4 (flow-controlled sessions whose chunks are built only when granted, at most one store
+and about `snapshot_chunk_bytes` each: `SnapshotServer`), and the responder's half of rule 9
+(a delta session sends only keys newer than `since`, and names `dropped`).
+"""
+
+from __future__ import annotations
+
+import random
+from bisect import bisect_right
+from dataclasses import dataclass, field
+from itertools import islice, repeat
+from operator import is_
+from typing import Any
+
+from ..crdt.codec import encode_delta
+from ..crdt.proofs import Certificate
+from ..crdt.register import Register
+from ..crdt.replica import Replica
+from ..crdt.state import State
+from ..errors import RemoteProtocolError
+from .config import GossipConfig
+from .dissemination import delta_size
+from .fields import MAX_SEQ
+from .fields import field_int as _int
+from .membership import ALIVE, Membership
+from .messages import Send
+from .snapshot_wire import (
+    MAX_CHUNK_KEYS,
+    MAX_CREDIT,
+    MAX_HINTS,
+    Cursor,
+    parse_cursor,
+    snap_data,
+)
+from .wire import Message
+
+__all__ = ["MAX_SESSIONS", "SnapshotServer", "changed_since", "offer_instead", "offer_sources"]
+
+MAX_SESSIONS = 32  # snapshot sessions one node serves at once
+
+
+# --- offers ---------------------------------------------------------------------------------------
+
+
+def offer_sources(
+    members: Membership, wm: int, config: GossipConfig, rng: random.Random
+) -> list[str]:
+    """Rule 2: up to MAX_HINTS live edges this node believes caught up with `wm` (shuffled)."""
+    lag = config.snapshot_lag
+    edges = sorted(
+        p.address
+        for p in members.peers.values()
+        if p.state == ALIVE and p.role == "edge" and p.watermark + lag >= wm
+    )
+    rng.shuffle(edges)
+    return edges[:MAX_HINTS]
+
+
+def changed_since(replica: Replica, wm: int, limit: int) -> int:
+    """An upper bound of the keys changed after seq `wm`, exact enough up to `limit`: the
+    change-log entries above `wm` (O(stores * log n)), or the seq gap for a log not in order."""
+    gap = replica.watermark - wm
+    if gap <= limit:
+        return max(gap, 0)
+    n = 0
+    for sr in replica.stores.values():
+        log = sr.changes
+        if not log.ordered:
+            return min(gap, len(replica))
+        n += len(log.seqs) - bisect_right(log.seqs, wm)
+    return min(n, gap)
+
+
+def offer_instead(replica: Replica, wm: int, config: GossipConfig) -> bool:
+    """Rule 1: is a catch-up from `wm` too large to answer (a snapshot is offered instead)?"""
+    limit = config.snapshot_from_keys
+    return len(replica) > limit and changed_since(replica, wm, limit) > limit
+
+
+# --- responder -----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Session:
+    cursor: Cursor
+    wm: int
+    purged: int
+    since: int = 0  # a delta snapshot: only keys whose state is newer (rule 9)
+    dropped: int = 0  # the replica's `removed_high` when the session began (rule 9)
+    credit: int = 0
+    n: int = 0
+    idle_since: float = 0.0
+    sent: dict[bytes, Certificate] = field(default_factory=dict)  # certificates already sent
+
+
+class SnapshotServer:
+    """The responder side: sessions of peers taking a snapshot from this node (rules 3-4)."""
+
+    def __init__(self, replica: Replica, config: GossipConfig, counters: Any) -> None:
+        self.replica = replica
+        self.config = config
+        self.counters = counters
+        self.sessions: dict[tuple[str, int], _Session] = {}
+        self.busy = False  # set while this node takes a whole snapshot: it serves none
+
+    def on_req(self, peer: str, m: Message, now: float) -> list[Send]:
+        sid = _int(m, "sid")
+        credit = _int(m, "credit", 1, MAX_CREDIT)
+        after = parse_cursor(m)
+        opening = m.get("open")
+        if type(opening) is not bool:
+            raise RemoteProtocolError("SNAP_REQ: open must be a boolean")
+        since = m.get("since", 0)
+        if type(since) is not int or not 0 <= since <= MAX_SEQ:
+            raise RemoteProtocolError("SNAP_REQ: since must be a seq")
+        self._expire(now)
+        s = self.sessions.get((peer, sid))
+        if s is None:
+            if not opening:  # credit for a session that ended (or expired): nothing to send
+                return []
+            if self.busy or len(self.sessions) >= MAX_SESSIONS:
+                self.counters["snapshot_busy"] += 1
+                return [Send(peer, snap_data(sid, 0, 0, 0, 0, "", [], [], [], True, busy=True))]
+            r = self.replica
+            s = self.sessions[(peer, sid)] = _Session(after, r.watermark, r.purged, since)
+            s.dropped = r.removed_high
+            self.counters["snapshot_sessions"] += 1
+        s.credit = min(MAX_CREDIT, s.credit + credit)
+        s.idle_since = now
+        out: list[Send] = []
+        while s.credit > 0:
+            msg, done = self._chunk(sid, s)
+            out.append(Send(peer, msg))
+            s.credit -= 1
+            s.n += 1
+            if done:
+                del self.sessions[(peer, sid)]
+                break
+        return out
+
+    def _expire(self, now: float) -> None:
+        idle = 2 * self.config.snapshot_timeout
+        for k in [k for k, s in self.sessions.items() if now - s.idle_since > idle]:
+            del self.sessions[k]
+
+    def _chunk(self, sid: int, s: _Session) -> tuple[Message, bool]:
+        """The next chunk after `s.cursor` (at most one store, about chunk_bytes)."""
+        stores = self.replica.stores
+        names = sorted(stores)
+        store, after = s.cursor if s.cursor is not None else (names[0], None)
+        i = next((j for j, n in enumerate(names) if n >= store), len(names))
+        budget = self.config.snapshot_chunk_bytes
+        while i < len(names):
+            name = names[i]
+            sr = stores[name]
+            start = 0 if after is None or name != store else sr.keys.bisect_right(after)
+            if start < len(sr.keys):
+                keys: list[str] = []
+                vals: list[State] = []
+                states = sr.states
+                proofs = self.replica.proofs
+                certs = s.sent  # each certificate travels once per session
+                had = len(certs)
+                size = consumed = 0
+                key = ""
+                since = s.since
+                for key in sr.keys.islice(start, start + MAX_CHUNK_KEYS):
+                    consumed += 1
+                    st = states[key]
+                    if since and st.seq <= since:
+                        continue
+                    if proofs is not None:  # rule 2: the certificates travel with the states
+                        extra = proofs.add_material(certs, st)
+                        if extra < 0:  # unprovable here: never sent (crdt/proofs.py rule 3),
+                            self.counters["snapshot_unprovable"] += 1
+                            s.wm = 0  # and the snapshot claims no seq (rule 5)
+                            continue
+                        size += extra
+                    keys.append(key)
+                    vals.append(st)
+                    size += len(key) + (len(st) if isinstance(st, Register) else delta_size(st))
+                    if size >= budget:
+                        break
+                s.cursor = (name, key)
+                done = i == len(names) - 1 and start + consumed == len(sr.keys)
+                self.counters["snapshot_keys_served"] += len(keys)
+                msg = self._encode(sid, s, name, keys, vals, done)
+                if len(certs) > had:
+                    msg["proofs"] = [c.to_wire() for c in islice(certs.values(), had, None)]
+                return msg, done
+            i += 1
+            after = None
+        n, total = s.n, len(self.replica)
+        return snap_data(
+            sid, n, s.wm, s.purged, total, "", [], [], [], True, dropped=s.dropped
+        ), True
+
+    def _encode(
+        self, sid: int, s: _Session, store: str, keys: list[str], vals: list[State], last: bool
+    ) -> Message:
+        is_reg = list(map(is_, map(type, vals), repeat(Register)))
+        if all(is_reg):  # the common case: one column of registers, no copy
+            regs: list[Any] = vals
+            others: list[Any] = []
+        else:
+            regs = [v if r else b"" for v, r in zip(vals, is_reg, strict=True)]
+            others = [encode_delta(v) for v, r in zip(vals, is_reg, strict=True) if not r]
+        return snap_data(
+            sid,
+            s.n,
+            s.wm,
+            s.purged,
+            len(self.replica),
+            store,
+            keys,
+            regs,
+            others,
+            last,
+            dropped=s.dropped,
+        )
