@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import trio
 
 import edgekv
-from edgekv.crdt import Put
+from edgekv.crdt import META, Put, Register, bulk_load
 from edgekv.gossip import GossipConfig
 from edgekv.node.persistence import ReplicaStore
+from edgekv.node.watch import WatchReset
+from edgekv.testnet.procs import free_port
 
 KEYS = 4000
 
@@ -97,3 +100,35 @@ async def test_origin_keeps_acknowledging_writes_during_a_transfer_and_none_is_l
                     store = edge.open("s")
                     for key in {k for _, k in acked}:
                         assert store.get(key) == origin.replica.stores["s"].get(key, 0)
+
+
+async def test_a_whole_snapshot_ends_open_watchers_with_a_reset(tmp_path: Path) -> None:
+    # an edge file holding store "s" but no covered seq: the node serves it at once, and once
+    # the origin is up takes a whole snapshot (watermark 0), which replaces every store
+    # without per-key changes
+    old = ReplicaStore(tmp_path / "e")
+    old.load()
+    bulk_load(
+        old.replica,
+        [(META, "s", Register(1, 0, b"", None)), ("s", "k00000", Register(2, 0, b"old", None))],
+    )
+    old.rewrite_all()
+    await old.close()
+    address = f"127.0.0.1:{free_port()}"
+    with trio.fail_after(60):
+        async with edgekv.EdgeNode(
+            origin=address, data_dir=str(tmp_path / "e"), config=small_snapshots()
+        ) as edge:
+            watcher = edge.open("s").watch("k")  # before the origin exists
+            async with (
+                edgekv.Origin(
+                    data_dir=str(tmp_path / "o"), listen=address, gossip_config=small_snapshots()
+                ) as origin,
+                edgekv.OriginClient(origin.address) as client,
+            ):
+                await fill(client)
+                with pytest.raises(WatchReset):
+                    async for _ in watcher:
+                        pass
+                assert edge.gossip.counters["snapshots_installed"] == 1
+                assert edge.open("s").get("k03999") == b"v3999"

@@ -383,6 +383,7 @@ class EdgeNode:
         runtime = NodeRuntime(transport, gossip, wall_ms=self._wall_ms)
         self._runtime = runtime
         runtime.add_listener(self.hub.on_changes)
+        runtime.add_job_listener(lambda job, result: self.hub.reset())  # a whole snapshot
         stack.callback(self.hub.close)
         if self._persist is not None:
             persist = self._persist

@@ -17,6 +17,13 @@ Theory of operation
    skipped and the node never blocks or grows without bound for a slow consumer.
 4. Dropping the store ends its watchers with `StoreNotFound` (after the buffered events); closing
    the node ends them normally.
+5. A whole snapshot installed (gossip/snapshot.py: the node was fresh or too far behind)
+   replaces every store at once, without per-key changes: it ends every watcher with
+   `WatchReset` (a `WatchOverflow`: the same "re-read what you cache, then watch again"),
+   after its buffered events.  One event per key was rejected: at a million keys it would
+   overflow any watcher's buffer anyway (10,000 by default) after costing a prefix test per
+   key and watcher on the event loop.  A delta snapshot (a node holding a prefix) applies
+   its keys as ordinary changes: watchers see each of them (rule 2, rule 3 if too many).
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from edgekv.crdt.version import Version
 from edgekv.errors import EdgeKVError, InvalidInput, StoreNotFound
 from edgekv.node.kvstore import KvStore
 
-__all__ = ["EdgeStore", "WatchEvent", "WatchHub", "WatchOverflow", "Watcher"]
+__all__ = ["EdgeStore", "WatchEvent", "WatchHub", "WatchOverflow", "WatchReset", "Watcher"]
 
 WATCH_BUFFER = 10_000
 
@@ -44,6 +51,13 @@ class WatchOverflow(EdgeKVError):
     """A watcher fell more than its buffer behind and was cut off: re-read and watch again."""
 
     code = "watch_overflow"
+
+
+class WatchReset(WatchOverflow):
+    """The store's contents were replaced at once (a whole snapshot was installed, rule 5):
+    re-read what you cache and watch again."""
+
+    code = "watch_reset"
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +185,16 @@ class WatchHub:
                 for watcher in list(watchers):
                     if key.startswith(watcher.prefix):
                         watcher.offer(change)
+
+    def reset(self) -> None:
+        """Rule 5: every store was replaced at once; every watcher ends with `WatchReset`."""
+        for watchers in list(self._by_store.values()):
+            for watcher in list(watchers):
+                watcher.finish(
+                    WatchReset(
+                        f"{watcher.store!r} was replaced by a snapshot: re-read, watch again"
+                    )
+                )
 
     def close(self) -> None:
         """The node stops: every watcher ends after its buffered events."""
