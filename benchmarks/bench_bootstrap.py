@@ -1,7 +1,7 @@
 """Bootstrap benchmarks: a fresh (or long-away) edge process takes a whole store by snapshot.
 
-    python benchmarks/bench_bootstrap.py [--keys 1000000] [--repeat 3] [--edges 10]
-    python benchmarks/bench_bootstrap.py --keys 50000 --repeat 1 --edges 3     # a quick check
+    python benchmarks/bench_bootstrap.py [--keys 1000000] [--repeat 1] [--edges 10] [--no-pin]
+    python benchmarks/bench_bootstrap.py --keys 50000 --edges 3     # a quick check
 
 Writes benchmarks/results/bootstrap.md.  One origin process (recovering a prepared log of
 `--keys` keys of 16 bytes with 100-byte values) and edge processes (`python -m
@@ -16,6 +16,11 @@ write throughput and put p99 are measured idle (no bootstrap) and while edges bo
    time until the last is ready, and who served the snapshots;
 3. the edge of step 1 stopped, `--changed` keys rewritten at the origin, the edge restarted on
    its data dir: time from its spawn until its watermark reaches the origin's.
+With `--pin` (the default on a machine of 2 or more CPUs) the origin and the put loops run on
+CPU 0 and the bootstrapping edges on the others, as if they were other machines: the origin's
+figures then show what serving snapshots costs it, not what a fresh edge's own CPU takes from
+a shared machine (unpinned on 2 CPUs, one edge receiving at full speed leaves the origin and
+its clients half the machine, whatever the protocol does).  `--no-pin` measures that case.
 Peak extra RSS of the responders (origin; the edge of step 1 in step 2) is sampled every 20 ms
 over their RSS during the idle window.  Also measured in-process: the catch-up answer's cost
 per changed key (one synchronous call at the responder), which sets the switch point to
@@ -34,6 +39,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -119,13 +125,34 @@ class Peak:
             await trio.sleep(0.02)
 
 
+EDGE_CPUS: set[int] | None = None  # --pin: where edge processes run (set by `pin`)
+
+
+def pin(enabled: bool) -> str:
+    """With `enabled` and 2+ CPUs: this process (the put loops) and the origin it starts on
+    CPU 0, edges on the others.  Returns a description for the report."""
+    global EDGE_CPUS
+    cpus = sorted(os.sched_getaffinity(0))
+    if not enabled or len(cpus) < 2:
+        EDGE_CPUS = None
+        return "not pinned (origin, edges and put loops share every CPU)"
+    os.sched_setaffinity(0, {cpus[0]})  # inherited by the origin process
+    EDGE_CPUS = set(cpus[1:])
+    return f"origin and put loops pinned to CPU {cpus[0]}, edges to CPUs {cpus[1:]}"
+
+
 async def spawn_edge(data: Path, origin: str, peers: list[str]) -> tuple[trio.Process, float]:
     args = [sys.executable, "-m", "edgekv.edge_cli", "--data-dir", str(data), "--origin", origin]
     args += ["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"]
     for p in peers:
         args += ["--peer", p]
+    options: dict[str, Any] = {}
+    if EDGE_CPUS is not None:  # in the child before exec: every thread it starts inherits it
+        options["preexec_fn"] = partial(os.sched_setaffinity, 0, EDGE_CPUS)
     t = time.perf_counter()
-    proc = await trio.lowlevel.open_process(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc = await trio.lowlevel.open_process(
+        args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, **options
+    )
     return proc, t
 
 
@@ -271,6 +298,7 @@ async def one_run(prepared: Path, args: argparse.Namespace) -> dict[str, Any]:
             out["away_rss"] = peak.peak["origin"] - steady["origin"]
             await check_serves(fields["http"], args.keys)
             out["failed_puts"] = load.failed
+            out["load_end"] = os.getloadavg()[0]
             load.stop.set()
             nursery.cancel_scope.cancel()
         return out
@@ -314,10 +342,17 @@ def main() -> None:
     parser.add_argument("--edges", type=int, default=10)
     parser.add_argument("--writers", type=int, default=8)
     parser.add_argument("--idle", type=float, default=3.0, help="seconds of idle measurement")
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="origin and put loops on CPU 0, edges on the other CPUs (default: on)",
+    )
     args = parser.parse_args()
     if args.changed is None:
         args.changed = args.keys // 2
+    args.placement = pin(args.pin)
     prepared = Path(tempfile.mkdtemp(prefix="edgekv-bench-bootstrap-log-"))
     try:
         build_log(prepared / "origin.sqlite3", args.keys + 1, args.keys, 100, KEY_FORMAT)
@@ -430,17 +465,17 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]], switch: list[An
     sources = Counter()
     for r in runs:
         sources.update(r["many_sources"])
-    loads = ", ".join(f"{r['load']:.2f}" for r in runs)
+    loads = ", ".join(f"{r['load']:.2f} at its start, {r['load_end']:.2f} at its end" for r in runs)
     failed = sum(r["failed_puts"] for r in runs)
     lines = [
         "## Bootstrap by snapshot",
         "",
         f"`python benchmarks/bench_bootstrap.py --keys {args.keys} --edges {args.edges}"
-        f" --repeat {args.repeat}` -- medians of {len(runs)} runs [min-max]; {args.keys:,} keys"
-        f" of 16 bytes with 100-byte values; origin, edges and {args.writers} put loops (this"
-        f" process) on {os.cpu_count()} CPUs shared with other work (1-minute load average at each"
-        f" run's start: {loads}).  Redis full sync of a 1M-key replica took 8.1 s on this machine"
-        " kind (reference).",
+        f" --repeat {args.repeat}{'' if args.pin else ' --no-pin'}` -- medians of {len(runs)}"
+        f" runs [min-max]; {args.keys:,} keys of 16 bytes with 100-byte values; origin, edges and"
+        f" {args.writers} put loops (this process) on {os.cpu_count()} CPUs, {args.placement};"
+        f" 1-minute load average of the machine per run: {loads}.  Redis full sync of a 1M-key"
+        " replica took 8.1 s on this machine kind (reference).",
         "",
         "| measure | result | target | |",
         "|---|---|---|---|",
