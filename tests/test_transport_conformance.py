@@ -361,3 +361,34 @@ async def test_client_role_connections_go_to_on_client() -> None:
         ):
             await client.send({"t": 50, "q": "hi"})
             assert await client.receive() == {"t": 51, "echo": "hi", "who": "cli"}
+
+
+async def test_disconnect_closes_both_ways_and_refuses_reconnects_during_the_backoff() -> None:
+    """A peer cut off for unsigned data (node/runtime.py rule 6): its connection to us and ours
+    to it are closed, and one it opens during the back-off is closed after the handshake."""
+    with trio.fail_after(20):
+        async with server_and_good_peer() as (server, bad):
+            await assert_still_serves(server, bad)  # bad -> server open
+            await server.send(bad.address, {"t": 10, "n": 1})  # server -> bad open
+            assert await bad.receive() == Envelope(server.address, {"t": 10, "n": 1})
+            assert bad.address in server._inbound and server._peers[bad.address].conn
+            server.disconnect(bad.address, 60.0)
+            for _ in range(500):  # the reader notices the cancellation at its next checkpoint
+                if bad.address not in server._inbound:
+                    break
+                await trio.sleep(0.01)
+            assert bad.address not in server._inbound
+            assert server._peers[bad.address].conn is None
+            before = server.stats.refused_connections
+            while server.stats.refused_connections == before:  # bad reconnects, refused
+                await bad.send(server.address, {"t": 10, "n": 2})
+                await trio.sleep(0.05)
+            await server.send(bad.address, {"t": 10, "n": 3})  # nothing goes to it either
+            with trio.move_on_after(0.3):
+                await server.receive()
+                raise AssertionError("a message from a peer in its back-off was read")
+            with trio.move_on_after(0.3):
+                await bad.receive()
+                raise AssertionError("a message was sent to a peer in its back-off")
+            server._cut_off.clear()  # as when the back-off ends: its connections are served
+            await assert_still_serves(server, bad)

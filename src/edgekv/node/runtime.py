@@ -30,7 +30,8 @@ Theory of operation
 6. A peer that sends states the origin never signed (`ForgedState`, see crdt/proofs.py) is
    counted in `metrics.rejected` (by peer; /metrics and /status show it) and cut off for
    `reject_backoff` seconds: its messages are dropped, nothing is sent to it, and the
-   transport closes its connections if it can (`disconnect(peer)`).
+   transport closes its connections both ways and refuses the ones it opens during the
+   back-off if it can (`disconnect(peer, backoff)`, TCP).
 
 Time: `clock()` (default `anyio.current_time`, virtual under trio's MockClock) drives the gossip
 core; `wall_ms()` (default the system clock in ms) is only for latency figures and expiry, so a
@@ -540,7 +541,7 @@ class NodeRuntime:
         )
         disconnect = getattr(self.transport, "disconnect", None)
         if disconnect is not None:
-            disconnect(peer)
+            disconnect(peer, self.reject_backoff)
 
     def _is_banned(self, peer: str) -> bool:
         until = self._banned.get(peer)

@@ -64,6 +64,7 @@ HANDSHAKE_TIMEOUT = DEFAULT_NET_LIMITS.handshake_timeout
 CONNECT_TIMEOUT = 5.0
 HANDSHAKE_MAX_FRAME = 4096  # an unauthenticated peer cannot make us buffer more than this
 INITIATED_KEPT = 1024  # transcripts of recent outbound handshakes, for confirming them
+MAX_CUT_OFF = 1024  # peers in a back-off after sending unsigned data (`disconnect`)
 MAX_REFUSED_HOSTS = 1024
 _READ_SIZE = 65536
 _BACKOFF_MIN, _BACKOFF_MAX = 0.05, 2.0
@@ -355,6 +356,7 @@ class TcpTransport:
         self.handshaking = 0
         self._per_address: dict[str, int] = {}
         self._inbound: dict[str, set[anyio.CancelScope]] = {}  # peer address -> its readers
+        self._cut_off: dict[str, float] = {}  # peer address -> end of its back-off (`disconnect`)
         self._peers: dict[str, _Outbound] = {}
         self._tg: anyio.abc.TaskGroup | None = None
         self._scope: anyio.CancelScope | None = None
@@ -635,6 +637,10 @@ class TcpTransport:
                 self.stats.refuse_claim(remote.rpartition(":")[0], "unconfirmed_origin_claim")
                 self._reject(remote, f"claims to be the origin at {peer.address}: unconfirmed")
                 return
+            if self._cut_off and self._is_cut_off(peer.address):
+                self.stats.refused_connections += 1
+                self._reject(f"{peer.address} ({remote})", "cut off: in its back-off")
+                return
             self._note_peer(peer, None)
             idle = self.limits.idle_timeout
             dropper = anyio.CancelScope()  # `drop_inbound(peer)` cancels it
@@ -674,6 +680,33 @@ class TcpTransport:
         not even read (it reconnects if it is a real node; its next good message is served)."""
         for scope in self._inbound.get(peer, ()):
             scope.cancel()
+
+    def disconnect(self, peer: str, backoff: float = 0.0) -> None:
+        """Cut `peer` off (it sent what the origin never signed): close its connections, ours to
+        it included; for `backoff` seconds a connection it opens is closed right after its
+        handshake and nothing is sent to it."""
+        self.drop_inbound(peer)
+        until = anyio.current_time() + backoff
+        if backoff > 0:
+            self._cut_off.pop(peer, None)
+            self._cut_off[peer] = until
+            if len(self._cut_off) > MAX_CUT_OFF:  # bounded: the oldest back-off ends early
+                del self._cut_off[next(iter(self._cut_off))]
+        out = self._peers.get(peer)
+        if out is not None:
+            out.retry_at = max(out.retry_at, until)
+            conn, out.conn = out.conn, None
+            if conn is not None and self._tg is not None:
+                self._tg.start_soon(anyio.aclose_forcefully, conn.stream)
+
+    def _is_cut_off(self, peer: str) -> bool:
+        until = self._cut_off.get(peer)
+        if until is None:
+            return False
+        if anyio.current_time() < until:
+            return True
+        del self._cut_off[peer]
+        return False
 
     async def _confirm(self, claimed: str, transcript: bytes) -> bool:
         """Whether the process at `claimed`, a configured origin address, says it initiated
