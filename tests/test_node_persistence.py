@@ -220,3 +220,42 @@ async def test_failed_flush_keeps_changes_for_the_next_one(tmp_path: Path) -> No
     again.load()
     _same(again.replica, w.replica)
     await again.close()
+
+
+async def test_a_tampered_disk_serves_locally_but_cannot_spread(tmp_path: Path) -> None:
+    """SECURITY.md, "An altered edge disk": the edge does not re-verify its own file at start
+    (its disk, its public key file and its code are one trust domain); what an altered file
+    holds is served by that edge only: the certificates it kept do not prove it, so a peer
+    rejects it (and cuts the edge off) when the edge sends it."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from edgekv.crdt.proofs import ForgedState, ProofStore, Signer, atoms_of
+
+    key = Ed25519PrivateKey.generate()
+    w = Writer()
+    proofs = w.replica.use_proofs(ProofStore([key.public_key()]))
+    w.create("flags")
+    w.write("flags", Put("k", b"genuine"))
+    states = [(s, k, d) for s in ("", "flags") for k, d in w.replica.stores[s].states.items()]
+    proofs.add(Signer(key).certify(a for s, k, d in states for a in atoms_of(s, k, d)))
+    store = ReplicaStore(tmp_path, public_keys=[key.public_key()])
+    store.load()
+    store.replica = w.replica
+    store.on_changes(w.drain())
+    await store.flush()
+    await store.close()
+    genuine = w.replica.state("flags", "k")
+    assert isinstance(genuine, Register)
+    forged = Register(genuine.seq, genuine.written_at, b"altered", None)
+    with sqlite3.connect(tmp_path / DB_NAME) as db:
+        db.execute("UPDATE states SET reg = ? WHERE key = 'k'", (bytes(forged),))
+    again = ReplicaStore(tmp_path, public_keys=[key.public_key()])
+    again.load()
+    assert again.replica.store("flags").get("k", 0) == b"altered"  # served here only
+    kept = again.replica.proofs
+    assert kept is not None and len(kept) == 1
+    items = [("flags", "k", again.replica.state("flags", "k"))]
+    peer = ProofStore([key.public_key()])
+    with pytest.raises(ForgedState):
+        peer.verify(items, kept.material_for(items), lambda s, k: None)  # type: ignore[arg-type]
+    await again.close()
