@@ -23,7 +23,14 @@ Theory of operation
    deleted and its tombstone purged, so the holder removes it instead of sending it.  Both
    sides know the other's purge mark (AE_ROOT, AE_STORES), so deleted keys never come back.
 5. When every request is answered the initiator holds at least the responder's state at the
-   time of AE_STORES, so it adds the covers that message carried.
+   time of AE_STORES, so it adds the covers that message carried.  "Answered" is counted
+   exactly: an AE_STATES request carries a number `q`, each chunk of its answer echoes `q`
+   with its index `part` (the last has more = false), and a request counts as answered once
+   every part up to the last arrived, each once; a duplicated AE_NODES or AE_LEAF answer is
+   ignored.  A lost chunk leaves the session to time out without covers.  (Counting answers
+   by their final chunks let a duplicated one end a session early: its covers then claimed
+   seqs whose states were still in flight, the edge purged past them, and refused them as
+   deleted ever after: the slow chaos seed 8.)
 6. Authority (authority.py): states, covers and removals all go through `Authority`.  The
    origin applies nothing: its sessions only send its states (it never asks for any), and
    what peers send it is refused and counted.  An edge asks the origin for states and never
@@ -38,7 +45,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..crdt.merkle import DEPTH, FANOUT, MerkleTree
 from ..crdt.proofs import Certificate
@@ -82,6 +89,9 @@ class _Session:
     round_trips: int = 1
     messages: int = 1
     done: bool = False
+    requests: int = 0  # AE_STATES requests sent (their q)
+    answers: dict[int, tuple[set[int], int]] = field(default_factory=dict)  # q -> parts, last
+    seen: set[tuple[object, ...]] = field(default_factory=set)  # AE_NODES / AE_LEAF answered
 
 
 class AntiEntropy:
@@ -193,7 +203,7 @@ class AntiEntropy:
 
     def on_nodes(self, peer: str, msg: AeNodes, now: float) -> list[Send]:
         s = self._mine(msg.sid, peer, now)
-        if s is None:
+        if s is None or self._again(s, ("nodes", msg.store, msg.level, *(i for i, _ in msg.nodes))):
             return []
         s.outstanding -= 1
         s.messages += 1
@@ -235,6 +245,28 @@ class AntiEntropy:
             s.round_trips = max(s.round_trips, 2 + below)
         return self._sent(s, out, [])
 
+    def _again(self, s: _Session, answer: tuple[object, ...]) -> bool:
+        """True for a duplicate of an answer already counted (rule 5: the network may
+        duplicate a message; counting it twice would end the session early)."""
+        if answer in s.seen:
+            self.counters["ae_duplicates"] += 1
+            return True
+        s.seen.add(answer)
+        return False
+
+    def _answered(self, s: _Session, msg: AeStates) -> bool:
+        """Count one chunk of the answer to request `msg.q`; True when that answer is whole
+        (every part up to the last one, each counted once)."""
+        parts, last = s.answers.get(msg.q, (set(), -1))
+        if msg.part in parts:
+            self.counters["ae_duplicates"] += 1
+            return False
+        parts.add(msg.part)
+        if not msg.more:
+            last = msg.part
+        s.answers[msg.q] = (parts, last)
+        return last >= 0 and len(parts) == last + 1
+
     def _pending_empty(self, s: _Session, store: str, leaves: list[int]) -> None:
         msgs, changes = self._diff_leaves(s, store, leaves, {})
         self._empty_out.setdefault(s.sid, []).extend(msgs)
@@ -250,7 +282,7 @@ class AntiEntropy:
 
     def on_leaf(self, peer: str, msg: AeLeaf, now: float) -> tuple[list[Change], list[Send]]:
         s = self._mine(msg.sid, peer, now)
-        if s is None:
+        if s is None or self._again(s, ("leaf", msg.store, *msg.leaves)):
             return [], []
         s.outstanding -= 1
         s.messages += 1
@@ -300,7 +332,8 @@ class AntiEntropy:
                         send.append((key, st))
                         want.append(key)
         lack = [k for k in theirs if k not in mine_keys]
-        return self._states_msgs(s.sid, s.peer, store, send, want, lack, True), changes
+        s.requests += 1
+        return self._states_msgs(s.sid, s.peer, store, send, want, lack, True, s.requests), changes
 
     def _states_msgs(
         self,
@@ -311,7 +344,10 @@ class AntiEntropy:
         want: list[str],
         lack: list[str],
         request: bool,
+        q: int = 0,
     ) -> list[Send]:
+        """AE_STATES chunks: a request (ending with want/lack, numbered `q`) or the answer to
+        request `q` (each chunk numbered by `part`, so duplicates and losses show)."""
         out: list[Send] = []
         chunk: list[tuple[str, Delta]] = []
         size = 0
@@ -321,6 +357,8 @@ class AntiEntropy:
             n = delta_size(st) + len(key)
             if chunk and size + n > self.config.max_message_bytes:
                 msg = AeStates(sid, store, chunk, [], [], False, True, list(certs.values()))
+                if not request:
+                    msg.q, msg.part = q, len(out)
                 out.append(Send(peer, msg.to_wire()))
                 chunk, size = [], 0
                 certs = {}
@@ -334,6 +372,7 @@ class AntiEntropy:
         reply = request and bool(want or lack)
         if chunk or reply or not request:  # an answer always ends with a final chunk
             msg = AeStates(sid, store, chunk, want, lack, reply, False, list(certs.values()))
+            msg.q, msg.part = q, len(out)
             out.append(Send(peer, msg.to_wire()))
         self.counters["ae_states_sent"] += len(send)
         return out
@@ -398,7 +437,7 @@ class AntiEntropy:
             self.counters["ae_states_received"] += len(msg.states)
         if mine is not None:
             mine.messages += 1
-            if not msg.more:
+            if self._answered(mine, msg):
                 mine.outstanding -= 1
             self._finish(mine, changes)
             return changes, []
@@ -420,7 +459,7 @@ class AntiEntropy:
                 self.counters["ae_removed"] += 1
             elif not to_origin and not authority.dead_at(peer, st, purged):
                 send.append((k, st))
-        return changes, self._states_msgs(msg.sid, peer, msg.store, send, [], [], False)
+        return changes, self._states_msgs(msg.sid, peer, msg.store, send, [], [], False, msg.q)
 
     # -- timers ----------------------------------------------------------------------------------
 

@@ -283,6 +283,8 @@ class AeStates(WireMessage):
     reply: Flag  # the sender asks for an answer (want/lack)
     more: Flag = False  # more chunks of this message follow
     proofs: Proofs = field(default_factory=list)
+    q: Annotated[int, F.Int(0, 1 << 31), OPTIONAL] = 0  # a request's number, echoed by its answer
+    part: Annotated[int, F.Int(0, 1 << 20), OPTIONAL] = 0  # an answer chunk's index
 
 
 # --- membership (membership.py) --------------------------------------------------------------
