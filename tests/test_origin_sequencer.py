@@ -165,3 +165,30 @@ async def test_submit_when_not_running_fails(tmp_path: Path) -> None:
         await seq.submit(StoreCommand("create", "s"))
     seq.close()
     wal.close()
+
+
+async def test_request_outcomes_are_forgotten_after_their_ttl(tmp_path: Path) -> None:
+    """A steady write rate holds a steady number of remembered request ids (the soak's origin
+    grew ~60 MiB/h filling 200,000 of them at 50 writes/s); within the TTL a retry is still
+    answered with its first outcome."""
+    from edgekv.origin.sequencer import OUTCOME_TTL_MS
+
+    wal = WriteAheadLog(tmp_path / "log.db")
+    clock = Clock()
+    seq = Sequencer(wal, Replica(), wall_ms=clock)
+    await seq.recover()
+    async with anyio.create_task_group() as tg:
+        await tg.start(seq.run)
+        await seq.submit(StoreCommand("create", "s"))
+        first = BatchCommand("s", ((validate_op(Put("a", b"1")), None),), rid=b"r" * 16)
+        planned, _ = await seq.submit(first)
+        clock.ms += OUTCOME_TTL_MS // 2
+        again, _ = await seq.submit(first)  # a retry within the TTL: not applied twice
+        assert again.seqs == planned.seqs and seq.deduplicated == 1
+        for i in range(3):
+            clock.ms += OUTCOME_TTL_MS // 2
+            rid = bytes([i]) * 16
+            await seq.submit(BatchCommand("s", ((validate_op(Put("b", b"2")), None),), rid=rid))
+        assert b"r" * 16 not in seq.outcomes and len(seq.outcomes) == 3  # the last TTL only
+        tg.cancel_scope.cancel()
+    wal.close()

@@ -45,7 +45,8 @@ Theory of operation
    `compact_min_rows`.
 7. At most once: a command may carry the client's request id (`rid`).  The outcome of every
    planned command with a rid (its seqs and `written_at`) is remembered (the newest
-   `MAX_OUTCOMES`) and goes to the log with its group (`write(rows, high, requests)`: the
+   `MAX_OUTCOMES`, for at most `OUTCOME_TTL_MS`: a client retries only within its timeout)
+   and goes to the log with its group (`write(rows, high, requests)`: the
    log keeps them in the same transaction, so a restarted origin or a new leader loads them
    with `load_recent_outcomes`).  A command whose rid has an outcome is not planned again: it is answered
    with that outcome (no items) when its group completes, so never before the original is
@@ -80,6 +81,7 @@ logger = logging.getLogger("edgekv.origin")
 
 Covers = list[tuple[int, int]]
 MAX_OUTCOMES = 200_000  # request ids remembered for deduplication (rule 7)
+OUTCOME_TTL_MS = 300_000  # ... and for at most this long (clients retry within their timeout)
 T = TypeVar("T")
 OnCommit = Callable[[list[Item], Covers], Awaitable[None]]
 Key = tuple[str, str]
@@ -204,10 +206,16 @@ class Sequencer:
         """Load the newest outcomes the log keeps (rule 7): at start, or on taking over."""
         self.load_outcomes(await run_in_thread(self.wal.recent_requests, MAX_OUTCOMES))
 
-    def _trim_outcomes(self) -> None:
+    def _trim_outcomes(self, now_ms: int | None = None) -> None:
+        """Forget the oldest outcomes past MAX_OUTCOMES, and those older than OUTCOME_TTL_MS
+        (so a steady write rate holds a steady number of them, not 200,000 after hours)."""
         outcomes = self.outcomes
         while len(outcomes) > MAX_OUTCOMES:
             del outcomes[next(iter(outcomes))]
+        if now_ms is not None:
+            horizon = now_ms - OUTCOME_TTL_MS
+            while outcomes and outcomes[rid := next(iter(outcomes))][1] < horizon:
+                del outcomes[rid]
 
     async def recover(self) -> int:
         """Replay the log into the (empty) replica in a worker thread."""
@@ -332,7 +340,7 @@ class Sequencer:
                 outcomes[rid] = (tuple(planned.seqs), written_at)
                 requests.append((rid, planned.last, dumps([written_at, planned.seqs])))
         if requests:
-            self._trim_outcomes()
+            self._trim_outcomes(written_at)
         self.groups += 1
         self._inflight.append(group)
         items = planner.items
