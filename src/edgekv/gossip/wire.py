@@ -277,15 +277,22 @@ class FrameDecoder:
 
     `feed(data)` returns every complete message.  Drivers that must change the frame limit
     between messages (a small limit until the handshake is done) use `receive_data` and
-    `next_frame` instead, which decode one frame at a time.
+    `next_frame` instead, which decode one frame at a time.  `decode` replaces `decode_body`
+    for a reader that checks its messages itself (OriginClient's answers); it must raise
+    `RemoteProtocolError` for a bad body.
     """
 
-    def __init__(self, max_frame_size: int = MAX_FRAME_SIZE) -> None:
+    def __init__(
+        self,
+        max_frame_size: int = MAX_FRAME_SIZE,
+        decode: Callable[[bytes], Message] | None = None,
+    ) -> None:
         self.max_frame_size = max_frame_size
         self._buf = bytearray()
         self._pos = 0
         self._failed: str | None = None
         self._cbor = _cbor_decoder(io.BytesIO(b""))  # reused for every frame (decode_body)
+        self._decode = decode
 
     @property
     def buffered(self) -> int:
@@ -328,7 +335,9 @@ class FrameDecoder:
             buf.clear()
             self._pos = 0
         try:
-            return decode_body(body, self._cbor), HEADER_SIZE + length
+            decode = self._decode
+            msg = decode_body(body, self._cbor) if decode is None else decode(body)
+            return msg, HEADER_SIZE + length
         except RemoteProtocolError as exc:
             self._fail(str(exc))
 

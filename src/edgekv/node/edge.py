@@ -46,17 +46,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgekv.clock import wall_clock_ms
 from edgekv.crdt import Delta, Replica
-from edgekv.crdt.codec import decode_delta
 from edgekv.crdt.proofs import Certificate, ProofStore
 from edgekv.crdt.version import Version
 from edgekv.errors import (
-    CodecError,
     EdgeKVError,
     InvalidInput,
     OriginUnavailable,
     RemoteProtocolError,
     StoreNotFound,
 )
+from edgekv.gossip import fields
 from edgekv.gossip.config import GossipConfig
 from edgekv.gossip.core import GossipNode
 from edgekv.gossip.transport import Transport
@@ -524,32 +523,9 @@ def _parse_write_reply(
     reply: Message,
 ) -> tuple[int, int, list[tuple[str, str, Delta]], list[tuple[int, int]]]:
     """Validate a write RESPONSE: {"seq", "written_at", "items": [[store, key, delta]],
-    "covers": [[lo, hi]]}."""
-    seq, written_at, raw = reply.get("seq"), reply.get("written_at", 0), reply.get("items", [])
-    raw_covers = reply.get("covers", [])
-    if type(seq) is not int or seq < 0 or type(written_at) is not int:
-        raise RemoteProtocolError("write reply without an integer seq and written_at")
-    if type(raw) is not list or type(raw_covers) is not list:
-        raise RemoteProtocolError("write reply items and covers must be lists")
-    covers: list[tuple[int, int]] = []
-    for rng in raw_covers:
-        if (
-            type(rng) is not list
-            or len(rng) != 2
-            or not all(type(x) is int and 1 <= x < 1 << 63 for x in rng)
-            or rng[0] > rng[1]
-        ):
-            raise RemoteProtocolError(f"bad covered range in write reply: {rng!r}")
-        covers.append((rng[0], rng[1]))
-    items: list[tuple[str, str, Delta]] = []
-    for item in raw:
-        if type(item) is not list or len(item) != 3:
-            raise RemoteProtocolError("a write reply item must be [store, key, delta]")
-        store, key, delta = item
-        if type(store) is not str or type(key) is not str:
-            raise RemoteProtocolError("a write reply item needs a str store and key")
-        try:
-            items.append((store, key, decode_delta(delta)))
-        except CodecError as exc:
-            raise RemoteProtocolError(f"bad delta in write reply: {exc}") from None
+    "covers": [[lo, hi]]}, with the field checks of a PUSH (gossip/fields.py)."""
+    seq = fields.check_int(reply.get("seq"), "write reply seq")
+    written_at = fields.check_int(reply.get("written_at", 0), "write reply written_at")
+    covers = fields.RANGES.decode(reply.get("covers", []), "write reply covers")
+    items = fields.ITEMS.decode(reply.get("items", []), "write reply items")
     return seq, written_at, items, covers

@@ -41,7 +41,6 @@ simulation can inject virtual wall time.
 from __future__ import annotations
 
 import inspect
-import itertools
 import logging
 import math
 from collections import Counter
@@ -61,12 +60,12 @@ from edgekv.errors import (
     LocalProtocolError,
     OriginUnavailable,
     RemoteProtocolError,
-    error_from_code,
 )
 from edgekv.gossip.transport import Transport
 from edgekv.gossip.wire import Message, MsgType
 from edgekv.node import gcpolicy
 from edgekv.node.metrics import NodeMetrics
+from edgekv.node.pending import PendingRequests, Waiter, outcome
 
 __all__ = ["REJECT_BACKOFF", "GossipCore", "NodeRuntime", "RequestHandler"]
 
@@ -124,13 +123,12 @@ Listener = Callable[[list[Change]], None]
 JobListener = Callable[[Any, Any], None]
 
 
-class _Waiter:
-    __slots__ = ("event", "peer", "reply")
+class _Waiter(Waiter):
+    __slots__ = ("peer",)
 
     def __init__(self, peer: str) -> None:
+        super().__init__()
         self.peer = peer
-        self.event = anyio.Event()
-        self.reply: Message | None = None
 
 
 class NodeRuntime:
@@ -154,8 +152,7 @@ class NodeRuntime:
         self._on_request = on_request
         self._clock = clock
         self._wall_ms = wall_ms
-        self._ids = itertools.count(1)
-        self._pending: dict[int, _Waiter] = {}
+        self._pending: PendingRequests[_Waiter] = PendingRequests()
         self._listeners: list[Listener] = []
         self._job_listeners: list[JobListener] = []
         self._subscribers: list[MemoryObjectSendStream[list[Change]]] = []
@@ -202,8 +199,7 @@ class NodeRuntime:
         finally:
             self.running = False
             self._tg = None
-            for waiter in self._pending.values():
-                waiter.event.set()  # wake requesters: they see no reply -> OriginUnavailable
+            self._pending.wake()  # requesters see no reply -> OriginUnavailable
             for sub in self._subscribers:
                 sub.close()
             self._subscribers.clear()
@@ -262,9 +258,9 @@ class NodeRuntime:
         """Send REQUEST{id, **body} to `peer` and wait for its RESPONSE (returned) or ERROR
         (raised as the typed error).  `OriginUnavailable` when nothing comes within `timeout`."""
         peer = self.resolve(peer)
-        rid = next(self._ids)
+        waiter = _Waiter(peer)
+        rid = self._pending.add(waiter)
         msg: Message = {**body, "t": _REQUEST, "id": rid}
-        waiter = self._pending[rid] = _Waiter(peer)
         try:
             with anyio.move_on_after(timeout):
                 try:
@@ -273,13 +269,8 @@ class NodeRuntime:
                     raise OriginUnavailable(f"{peer}: the node is shutting down") from None
                 await waiter.event.wait()
         finally:
-            del self._pending[rid]
-        reply = waiter.reply
-        if reply is None:
-            raise OriginUnavailable(f"no answer from {peer} within {timeout:g} s")
-        if reply["t"] == _ERROR:
-            raise error_from_code(str(reply.get("code")), str(reply.get("message")))
-        return reply
+            self._pending.discard(rid)
+        return outcome(waiter.reply, f"no answer from {peer} within {timeout:g} s")
 
     def subscribe(
         self, max_buffer: int = SUBSCRIBER_BUFFER
@@ -428,22 +419,17 @@ class NodeRuntime:
             self._inflight -= 1
 
     def _complete(self, peer: str, msg: Message) -> None:
-        rid = msg.get("id")
-        waiter = self._pending.get(rid) if type(rid) is int else None
-        if (
-            waiter is None
-            or waiter.reply is not None
-            or (waiter.peer != peer and self.resolve(waiter.peer) != peer)
-        ):
+        waiter = self._pending.match(msg, lambda w: w.peer == peer or self.resolve(w.peer) == peer)
+        if waiter is None:
             self._count("unmatched_responses")
             return
+        rid = msg["id"]
         if msg["t"] == _ERROR and not (
             isinstance(msg.get("code"), str) and isinstance(msg.get("message"), str)
         ):
             self._count("protocol_errors")
             msg = {"t": _ERROR, "id": rid, "code": "protocol_error", "message": "malformed ERROR"}
-        waiter.reply = msg
-        waiter.event.set()
+        waiter.answer(msg)
 
     # -- plumbing ------------------------------------------------------------------------------
 

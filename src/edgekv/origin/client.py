@@ -19,10 +19,12 @@ Theory of operation
    it only if its own deadline is earlier); it wakes an expired request (and closes its
    connection if the request is still stuck sending).  So under steady load the watchdog
    runs about once per `timeout`, whatever the request rate.
-4. After the handshake the reader parses frames itself from the socket: one read may hold
-   many answers, each decoded by one `cbor2.loads` (tags refused).  On a plain socket under
-   trio it waits until the socket is readable and then reads it directly (a stream `receive`
-   first tries a read that fails, then waits: one system call more per answer).  The origin sends
+4. After the handshake the reader feeds what it reads to a `FrameDecoder` whose bodies are
+   checked by `decode_answer`: one read may hold many answers, each decoded by one
+   `cbor2.loads` (tags refused); `node/pending.py` matches them to their requests.  On a
+   plain socket under trio it waits until the socket is readable and then reads it
+   directly (a stream `receive` first tries a read that fails, then waits: one system call
+   more per answer).  The origin sends
    nothing unasked after the handshake, so nothing is left in the handshake's decoder.  An
    oversize or undecodable frame, or an answer that is not a map with an int "t", closes the
    connection (the requests waiting on it then fail or retry as in rule 2).
@@ -35,7 +37,6 @@ Theory of operation
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
 import struct
@@ -58,9 +59,9 @@ from ..errors import (
     OriginUnavailable,
     RemoteProtocolError,
     Unauthorized,
-    error_from_code,
 )
-from ..gossip.wire import Message, MsgType, encode_frame
+from ..gossip.wire import FrameDecoder, Message, MsgType, encode_frame
+from ..node.pending import PendingRequests, Waiter, outcome
 from ..node.tcp import FramedStream
 from ..node.tlsconfig import TlsConfig
 from .sockio import direct_socket
@@ -97,14 +98,13 @@ def _request_frame(msg: dict[str, Any], max_frame_size: int) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
-class _Waiter:
-    __slots__ = ("conn", "deadline", "done", "event", "expired", "reply", "sent")
+class _Waiter(Waiter):
+    __slots__ = ("conn", "deadline", "done", "expired", "sent")
 
     def __init__(self, conn: _Connection, deadline: float) -> None:
+        super().__init__()
         self.conn = conn
         self.deadline = deadline
-        self.event = anyio.Event()
-        self.reply: Message | None = None
         self.sent = False
         self.expired = False
         self.done = False
@@ -212,8 +212,7 @@ class OriginClient:
         self.tls = tls
         self.connect_timeout = connect_timeout
         self.node_id = f"client-{os.urandom(6).hex()}"
-        self._ids = itertools.count(1)
-        self._pending: dict[int, _Waiter] = {}
+        self._pending: PendingRequests[_Waiter] = PendingRequests()
         self._timeouts: dict[float, deque[_Waiter]] = {}
         self._watch_wake: anyio.Event | None = None
         self._watch_until = -math.inf  # the deadline the watchdog sleeps until
@@ -317,10 +316,7 @@ class OriginClient:
         """Complete waiters from the answers on `conn` (rule 4)."""
         pending = self._pending
         sock = conn.stream.stream
-        limit = conn.stream.max_frame_size
-        unpack = _HEADER.unpack_from
-        buf = bytearray()
-        pos = 0
+        frames = FrameDecoder(conn.stream.max_frame_size, decode=decode_answer)
         raw = conn.socket  # a plain socket under trio: wait, then recv (no recv that fails)
         try:
             while True:
@@ -332,36 +328,15 @@ class OriginClient:
                         continue
                     if not data:
                         raise anyio.EndOfStream
-                    buf += data
                 else:
-                    buf += await sock.receive(65536)
-                n = len(buf)
-                while n - pos >= 4:
-                    (length,) = unpack(buf, pos)
-                    if length > limit:
-                        raise RemoteProtocolError(f"answer of {length} bytes exceeds the limit")
-                    end = pos + 4 + length
-                    if end > n:
-                        break
-                    msg = decode_answer(bytes(buf[pos + 4 : end]))
-                    pos = end
-                    waiter = pending.get(msg.get("id"))  # type: ignore[arg-type]
-                    if waiter is not None and msg["t"] in (_RESPONSE, _ERROR):
-                        waiter.reply = msg
-                        waiter.event.set()
-                if pos == n:
-                    buf.clear()
-                    pos = 0
-                elif pos > 65536:
-                    del buf[:pos]
-                    pos = 0
+                    data = await sock.receive(65536)
+                for msg in frames.feed(data):
+                    pending.complete(msg)
         except Exception:
             pass  # closed, reset or garbage: this connection is done
         finally:
             conn.alive = False
-            for waiter in list(pending.values()):
-                if waiter.conn is conn:
-                    waiter.event.set()
+            pending.wake(lambda waiter: waiter.conn is conn)
             with anyio.CancelScope(shield=True):
                 await anyio.aclose_forcefully(sock)
 
@@ -407,9 +382,15 @@ class OriginClient:
         deadline = anyio.current_time() + timeout
         while True:
             conn = await self._connection(deadline)
-            req_id = next(self._ids)
-            frame = request_frame({"t": _REQUEST, "id": req_id, **body}, conn.stream.max_frame_size)
-            waiter = self._pending[req_id] = _Waiter(conn, deadline)
+            waiter = _Waiter(conn, deadline)
+            req_id = self._pending.add(waiter)
+            try:
+                frame = request_frame(
+                    {"t": _REQUEST, "id": req_id, **body}, conn.stream.max_frame_size
+                )
+            except BaseException:
+                self._pending.discard(req_id)
+                raise
             queue = self._timeouts.get(timeout)
             if queue is None:
                 queue = self._timeouts[timeout] = deque()
@@ -429,7 +410,7 @@ class OriginClient:
                 if conn.alive and not waiter.expired:
                     await waiter.event.wait()
             finally:
-                del self._pending[req_id]
+                self._pending.discard(req_id)
                 waiter.done = True
                 while queue and queue[0].done:
                     queue.popleft()
@@ -443,8 +424,7 @@ class OriginClient:
                     if retry and anyio.current_time() < deadline:
                         await self._leave(conn)  # rule 5: on to the next origin
                         continue
-                    raise error_from_code(code, str(reply.get("message")))
-                return reply
+                return outcome(reply, "")
             if waiter.expired or anyio.current_time() >= deadline:
                 raise OriginUnavailable(f"no answer from the origin within {self.timeout} s")
             if not idempotent and "rid" not in body:

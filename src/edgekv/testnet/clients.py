@@ -15,9 +15,12 @@ import anyio
 from edgekv.crdt.ops import Delete, Put, op_body
 from edgekv.crdt.version import Version
 from edgekv.gossip.transport import Transport
-from edgekv.gossip.wire import Message
+from edgekv.gossip.wire import Message, MsgType
+from edgekv.node.pending import PendingRequests, Waiter, outcome
 
 __all__ = ["HighSeq", "SimClient"]
+
+_REQUEST = int(MsgType.REQUEST)
 
 
 class SimClient:
@@ -25,14 +28,14 @@ class SimClient:
 
     Speaks the same request schema as `OriginClient` (see origin/requests.py); used in sim mode,
     where there are no sockets.  Requests time out (virtual seconds) with `OriginUnavailable`.
+    Replies are matched to requests by `node.pending` (as NodeRuntime and OriginClient do).
     """
 
     def __init__(self, transport: Transport, origin: str, *, timeout: float = 5.0) -> None:
         self.transport = transport
         self.origin = origin
         self.timeout = timeout
-        self._ids = 0
-        self._waiting: dict[int, tuple[anyio.Event, list[Message]]] = {}
+        self._pending: PendingRequests[Waiter] = PendingRequests()
 
     async def __aenter__(self) -> SimClient:
         return self
@@ -42,44 +45,27 @@ class SimClient:
 
     async def receive_loop(self) -> None:
         """Match replies to waiting requests; run it in a task group until closed."""
-        from edgekv.gossip.wire import MsgType
-
         try:
             while True:
                 env = await self.transport.receive()
-                msg = env.message
-                if msg.get("t") not in (MsgType.RESPONSE, MsgType.ERROR):
-                    continue
-                waiter = self._waiting.get(msg.get("id"))  # type: ignore[arg-type]
-                if waiter is not None and env.peer == self.origin:
-                    waiter[1].append(msg)
-                    waiter[0].set()
+                if env.peer == self.origin:
+                    self._pending.complete(env.message)
         except anyio.ClosedResourceError:
             pass
 
     async def request(self, body: Mapping[str, Any]) -> Message:
-        from edgekv.errors import OriginUnavailable, error_from_code
-        from edgekv.gossip.wire import MsgType
-
-        self._ids += 1
-        rid = self._ids
-        event, box = anyio.Event(), list[Message]()
-        self._waiting[rid] = (event, box)
+        waiter = Waiter()
+        rid = self._pending.add(waiter)
         try:
             await self.transport.send(
                 self.origin,
-                {"if_version": None, "token": None, **body, "t": int(MsgType.REQUEST), "id": rid},
+                {"if_version": None, "token": None, **body, "t": _REQUEST, "id": rid},
             )
             with anyio.move_on_after(self.timeout):
-                await event.wait()
+                await waiter.event.wait()
         finally:
-            del self._waiting[rid]
-        if not box:
-            raise OriginUnavailable(f"no answer from {self.origin} within {self.timeout:g} s")
-        reply = box[0]
-        if reply["t"] == MsgType.ERROR:
-            raise error_from_code(str(reply.get("code")), str(reply.get("message")))
-        return reply
+            self._pending.discard(rid)
+        return outcome(waiter.reply, f"no answer from {self.origin} within {self.timeout:g} s")
 
     async def create_store(self, store: str) -> Version:
         return _version(await self.request({"op": "create_store", "store": store}))
