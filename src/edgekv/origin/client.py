@@ -41,7 +41,7 @@ import math
 import os
 import struct
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
@@ -50,8 +50,6 @@ import anyio.abc
 import anyio.lowlevel
 import cbor2
 
-from ..crdt import BfAdd, Delete, Entry, Op, Put, Version, ZAdd, ZRem
-from ..crdt.ops import op_body as ops_op_body
 from ..errors import (
     EdgeKVError,
     InvalidInput,
@@ -64,6 +62,7 @@ from ..gossip.wire import FrameDecoder, Message, MsgType, encode_frame
 from ..node.pending import PendingRequests, Waiter, outcome
 from ..node.tcp import FramedStream
 from ..node.tlsconfig import TlsConfig
+from .api import StoreApi
 from .sockio import direct_socket
 
 __all__ = ["OriginClient"]
@@ -71,7 +70,6 @@ __all__ = ["OriginClient"]
 _REQUEST, _RESPONSE, _ERROR = int(MsgType.REQUEST), int(MsgType.RESPONSE), int(MsgType.ERROR)
 _BACKOFF_MIN, _BACKOFF_MAX = 0.02, 0.5
 _HEADER = struct.Struct(">I")
-_OPS = frozenset((Put, Delete, ZAdd, ZRem, BfAdd))
 _PLAIN = frozenset((str, bytes, int, float, bool, type(None)))
 
 
@@ -170,22 +168,11 @@ class _Connection:
             self.sending = False
 
 
-def op_body(op: Op | Mapping[str, Any]) -> dict[str, Any]:
-    """A batch entry (wire form) from an op object or a ready dict."""
-    if op.__class__ in _OPS:  # before the (slower) Mapping check
-        return ops_op_body(op)  # type: ignore[arg-type]
-    if isinstance(op, Mapping):
-        return dict(op)
-    if not isinstance(op, Put | Delete | ZAdd | ZRem | BfAdd):
-        raise TypeError(f"not an op: {op!r}")
-    return ops_op_body(op)
-
-
 _MOVED = frozenset({"not_leader"})  # this origin does not lead: try the next one
 _MAYBE = frozenset({"log_error", "fenced"})  # the leader failed mid-commit: retry under the rid
 
 
-class OriginClient:
+class OriginClient(StoreApi):
     """`async with OriginClient("127.0.0.1:7300", token=None) as client:` (see module docstring)."""
 
     def __init__(
@@ -438,114 +425,8 @@ class OriginClient:
             body["rid"] = os.urandom(16)
         return body
 
-    async def _write(self, body: dict[str, Any]) -> Version:
-        r = await self.request(self._with_rid(body))
-        return Version(r["seq"], r["written_at"])
-
-    async def _write_op(self, store: str, op: Op, if_version: int | None) -> Version:
-        return await self._write({**op_body(op), "store": store, "if_version": if_version})
+    async def _write(self, body: dict[str, Any]) -> Message:
+        return await self.request(self._with_rid(body))
 
     async def _read(self, body: dict[str, Any]) -> Message:
         return await self.request(body, idempotent=True)
-
-    # -- stores ----------------------------------------------------------------------------------
-
-    async def create_store(self, store: str) -> Version:
-        return await self._write({"op": "create_store", "store": store})
-
-    async def drop_store(self, store: str) -> Version:
-        return await self._write({"op": "drop_store", "store": store})
-
-    async def stores(self) -> list[str]:
-        names: list[str] = (await self._read({"op": "stores"}))["stores"]
-        return names
-
-    # -- writes ----------------------------------------------------------------------------------
-
-    async def put(
-        self,
-        store: str,
-        key: str,
-        value: bytes,
-        ttl: float | None = None,
-        if_version: int | None = None,
-        force: bool = False,
-    ) -> Version:
-        return await self._write_op(store, Put(key, value, ttl, force), if_version)
-
-    async def delete(self, store: str, key: str, if_version: int | None = None) -> Version | None:
-        """Delete `key`; returns its tombstone's version, None when there was nothing to delete."""
-        v = await self._write_op(store, Delete(key), if_version)
-        return v if v.seq else None
-
-    async def zadd(
-        self,
-        store: str,
-        key: str,
-        members: Mapping[bytes, float],
-        if_version: int | None = None,
-        force: bool = False,
-    ) -> Version:
-        return await self._write_op(store, ZAdd(key, members, force), if_version)
-
-    async def zrem(
-        self, store: str, key: str, members: Sequence[bytes], if_version: int | None = None
-    ) -> Version | None:
-        v = await self._write_op(store, ZRem(key, members), if_version)
-        return v if v.seq else None
-
-    async def bf_add(
-        self,
-        store: str,
-        key: str,
-        items: Sequence[bytes],
-        capacity: int | None = None,
-        error_rate: float | None = None,
-        m: int | None = None,
-        k: int | None = None,
-        force: bool = False,
-    ) -> Version:
-        op = BfAdd(key, items, capacity, error_rate, m, k, force)
-        return await self._write_op(store, op, if_version=None)
-
-    async def batch(
-        self, store: str, ops: Sequence[Op | Mapping[str, Any]]
-    ) -> list[Version | None]:
-        """Apply `ops` atomically with consecutive seqs; one version per op (None: no-op)."""
-        body = {"op": "batch", "store": store, "ops": [op_body(o) for o in ops]}
-        r = await self.request(self._with_rid(body))
-        return [None if s is None else Version(s, r["written_at"]) for s in r["seqs"]]
-
-    # -- strong reads at the origin --------------------------------------------------------------
-
-    async def get(self, store: str, key: str) -> bytes | None:
-        value: bytes | None = (await self._read({"op": "get", "store": store, "key": key}))["value"]
-        return value
-
-    async def get_entry(self, store: str, key: str) -> Entry | None:
-        r = await self._read({"op": "get_entry", "store": store, "key": key})
-        if r.get("value") is None:
-            return None
-        return Entry(r["value"], Version(r["seq"], r["written_at"]), r["expires_at"])
-
-    async def scan(self, store: str, pattern: str = "*", limit: int | None = None) -> list[str]:
-        keys: list[str] = (
-            await self._read({"op": "scan", "store": store, "pattern": pattern, "limit": limit})
-        )["keys"]
-        return keys
-
-    async def zrange_by_score(
-        self, store: str, key: str, min: float = -math.inf, max: float = math.inf
-    ) -> list[tuple[bytes, float]]:
-        r = await self._read(
-            {"op": "zrange_by_score", "store": store, "key": key, "min": min, "max": max}
-        )
-        return [(m, s) for m, s in r["members"]]
-
-    async def zscan(self, store: str, key: str, pattern: str = "*") -> list[tuple[bytes, float]]:
-        r = await self._read({"op": "zscan", "store": store, "key": key, "pattern": pattern})
-        return [(m, s) for m, s in r["members"]]
-
-    async def bf_exists(self, store: str, key: str, item: bytes) -> bool:
-        r = await self._read({"op": "bf_exists", "store": store, "key": key, "item": item})
-        return bool(r["exists"])

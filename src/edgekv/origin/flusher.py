@@ -94,7 +94,9 @@ class Flusher:
             if no is None:
                 return
             error = self._run_sync()
+            call_soon = self._call_soon
+            assert call_soon is not None  # threads run only when not inline
             try:
-                self._call_soon(self._on_done, no, error)  # type: ignore[misc]
+                call_soon(self._on_done, no, error)
             except Exception:  # the event loop is gone: nobody waits for this flush
                 logger.debug("flush %d finished after the event loop closed", no)

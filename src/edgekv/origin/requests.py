@@ -69,22 +69,24 @@ def parse_op(body: Mapping[str, Any], limits: Limits) -> tuple[Op, int | None]:
     if not isinstance(body, Mapping):
         raise InvalidInput("an op must be a map")
     kind = body.get("op")
-    key = body.get("key")
+    # unchecked wire values: `validate_op` below checks every field of the op built from them
+    key: Any = body.get("key")
+    value: Any = body.get("value")
     op: Op
     if kind == "put":
-        op = Put(key, body.get("value"), opt_number(body, "ttl"), flag(body, "force"))  # type: ignore[arg-type]
+        op = Put(key, value, opt_number(body, "ttl"), flag(body, "force"))
     elif kind == "delete":
-        op = Delete(key)  # type: ignore[arg-type]
+        op = Delete(key)
     elif kind == "zadd":
         members = body.get("members")
         if not isinstance(members, Mapping):
             raise InvalidInput("zadd needs a map of member -> score")
-        op = ZAdd(key, members, flag(body, "force"))  # type: ignore[arg-type]
+        op = ZAdd(key, members, flag(body, "force"))
     elif kind == "zrem":
         members = body.get("members")
         if not isinstance(members, list):
             raise InvalidInput("zrem needs a list of members")
-        op = ZRem(key, members)  # type: ignore[arg-type]
+        op = ZRem(key, members)
     elif kind == "bf_add":
         items = body.get("items")
         if not isinstance(items, list):
@@ -93,7 +95,7 @@ def parse_op(body: Mapping[str, Any], limits: Limits) -> tuple[Op, int | None]:
         if error_rate is not None and not math.isfinite(error_rate):
             raise InvalidInput("error_rate must be finite")
         op = BfAdd(
-            key,  # type: ignore[arg-type]
+            key,
             items,
             capacity=opt_int(body, "capacity", 1),
             error_rate=error_rate,

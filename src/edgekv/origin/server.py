@@ -31,13 +31,13 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ..clock import wall_clock_ms
-from ..crdt import Entry, Limits, Replica, Version
+from ..crdt import Limits, Replica
 from ..crdt.codec import encode_delta
-from ..crdt.ops import DEFAULT_LIMITS, Delete, Put, op_body
+from ..crdt.ops import DEFAULT_LIMITS
 from ..crdt.proofs import ProofStore, Signer
 from ..errors import InvalidInput, NotLeader, StoreNotFound
 from ..gossip.config import GossipConfig
-from ..gossip.transport import Transport, TransportStats
+from ..gossip.transport import Transport
 from ..gossip.wire import Message
 from ..node.auth import TokenAuth, TokenSpec
 from ..node.faults import LinkFaults
@@ -45,15 +45,8 @@ from ..node.httpapi import HttpLimits
 from ..node.identity import load_node_id
 from ..node.keys import origin_signing_key, raw_public_key
 from ..node.limits import DEFAULT_NET_LIMITS, NetLimits
-from ..node.metrics import (
-    NodeMetrics,
-    node_rejections,
-    peer_field,
-    peer_json,
-    render_prometheus,
-)
-from ..node.procinfo import process_info
 from ..node.tlsconfig import TlsConfig
+from .api import StoreApi
 from .log import CommitLog, LogError, is_postgres, open_log
 from .requests import is_write, op_name, opt_int, parse_write, store_of
 from .sequencer import Covers, Sequencer
@@ -85,7 +78,7 @@ def write_reply(planned: Planned, written_at: int, *, with_items: bool = False) 
     return out
 
 
-class Origin:
+class Origin(StoreApi):
     """The origin node (see the module docstring)."""
 
     def __init__(
@@ -432,82 +425,15 @@ class Origin:
 
     def status(self) -> dict[str, Any]:
         """What `GET /v1/status` shows: the log, the commit pipeline, clients, gossip peers."""
-        seq = self.sequencer
-        runtime = self.runtime
-        peers = {}
-        rejected: dict[str, dict[str, int]] = {}
-        if runtime is not None:
-            peers = {a: peer_json(info) for a, info in runtime.gossip.peers().items()}
-            rejected = self._gossip_rejections()
-            for address, reasons in rejected.items():
-                if address in peers:
-                    peers[address]["rejected"] = reasons
-        return {
-            "node_id": self.node_id,
-            "role": "origin",
-            "address": self.address or None,
-            "http": self.http_address or None,
-            "watermark": self.replica.watermark,
-            "keys": len(self.replica),
-            "stores": self.replica.store_names(),
-            "root": f"{self.replica.root:032x}",
-            "log": {
-                "high": seq.wal.high,
-                "rows": seq.log_rows,
-                "commits": seq.commits,
-                "groups": seq.groups,
-                "flushes": seq.flush_count,
-                "flush_threads": seq.flush_threads,
-                "kind": "sqlite" if self.log_spec in (None, "sqlite") else "postgresql",
-                "leading": self.leading,
-                "term": getattr(seq.wal, "term", None),
-                "deduplicated": seq.deduplicated,
-            },
-            "clients": self.clients,
-            "idle_closed_clients": self.idle_closed_clients,
-            "client_pauses": self.client_pauses,
-            "peers": peers,
-            "signing": None
-            if self.signer is None or self.replica.proofs is None
-            else {"key": self.signer.key_id.hex(), "certificates": len(self.replica.proofs)},
-            "rejected_unsigned": dict(runtime.metrics.rejected) if runtime is not None else {},
-            # peer -> reason -> items refused: the origin never applies a peer's states
-            "rejected": rejected,
-            "faults": None if self.faults is None else self.faults.to_spec(),
-            "process": process_info(),
-            "transport": self.transport.stats.total()
-            if isinstance(getattr(self.transport, "stats", None), TransportStats)
-            else {},
-        }
+        from .status import origin_status
+
+        return origin_status(self)
 
     def metrics_text(self) -> str:
         """Prometheus text exposition of the origin (`GET /metrics`)."""
-        seq, runtime = self.sequencer, self.runtime
-        states: list[str] = []
-        if runtime is not None:
-            states = [str(peer_field(i, "state")) for i in runtime.gossip.peers().values()]
-        return render_prometheus(
-            node_id=self.node_id,
-            stats=runtime.transport.stats if runtime is not None else TransportStats(),
-            metrics=runtime.metrics if runtime is not None else NodeMetrics(),
-            gossip_counters=runtime.gossip.counters if runtime is not None else {},
-            gauges={
-                "keys": float(len(self.replica)),
-                "watermark": float(self.replica.watermark),
-                "origin_log_rows": float(seq.log_rows),
-                "origin_clients": float(self.clients),
-            },
-            counters={
-                "origin_commits": float(seq.commits),
-                "origin_commit_groups": float(seq.groups),
-                "origin_log_flushes": float(seq.flush_count),
-            },
-            peer_states=states,
-            rejections=self._gossip_rejections(),
-        )
+        from .status import origin_metrics
 
-    def _gossip_rejections(self) -> dict[str, dict[str, int]]:
-        return {} if self.runtime is None else node_rejections(self.runtime)
+        return origin_metrics(self)
 
     async def compact(self) -> int:
         """Compact the log now; returns the number of rows removed."""
@@ -557,9 +483,9 @@ class Origin:
             if type(rid) is not bytes or not 8 <= len(rid) <= 64:
                 raise InvalidInput("rid (a request id) must be 8 to 64 bytes")
             return dataclasses.replace(command, rid=rid)
-        return self._read(op, store, body)
+        return self._answer_read(op, store, body)
 
-    def _read(self, op: str, store: str, body: Mapping[str, Any]) -> Message:
+    def _answer_read(self, op: str, store: str, body: Mapping[str, Any]) -> Message:
         if not self.replica.has_store(store):
             raise StoreNotFound(f"no such store: {store!r}")
         sr = self.replica.store(store)
@@ -601,54 +527,13 @@ class Origin:
             raise InvalidInput("bf_exists needs an item (bytes)")
         return {"exists": sr.bf_exists(key, item, now)}
 
-    # -- in-process API (same semantics as OriginClient) ----------------------------------------
+    # -- in-process API (api.StoreApi: the same operations as OriginClient) ---------------------
 
     async def _write(self, body: dict[str, Any]) -> Message:
         return await self.handle(body, trusted=True)
 
-    async def create_store(self, store: str) -> Version:
-        r = await self._write({"op": "create_store", "store": store})
-        return Version(r["seq"], r["written_at"])
-
-    async def drop_store(self, store: str) -> Version:
-        r = await self._write({"op": "drop_store", "store": store})
-        return Version(r["seq"], r["written_at"])
+    async def _read(self, body: dict[str, Any]) -> Message:
+        return self._answer_read(body["op"], body["store"], body)
 
     async def stores(self) -> list[str]:
         return self.replica.store_names()
-
-    async def put(
-        self,
-        store: str,
-        key: str,
-        value: bytes,
-        ttl: float | None = None,
-        if_version: int | None = None,
-        force: bool = False,
-    ) -> Version:
-        r = await self._write(
-            {**op_body(Put(key, value, ttl, force)), "store": store, "if_version": if_version}
-        )
-        return Version(r["seq"], r["written_at"])
-
-    async def delete(self, store: str, key: str, if_version: int | None = None) -> Version | None:
-        r = await self._write({**op_body(Delete(key)), "store": store, "if_version": if_version})
-        return Version(r["seq"], r["written_at"]) if r["seq"] else None
-
-    async def batch(self, store: str, ops: list[dict[str, Any]]) -> list[Version | None]:
-        r = await self._write({"op": "batch", "store": store, "ops": ops})
-        return [None if s is None else Version(s, r["written_at"]) for s in r["seqs"]]
-
-    async def get(self, store: str, key: str) -> bytes | None:
-        value: bytes | None = self._read("get", store, {"key": key})["value"]
-        return value
-
-    async def get_entry(self, store: str, key: str) -> Entry | None:
-        r = self._read("get_entry", store, {"key": key})
-        if r["value"] is None:
-            return None
-        return Entry(r["value"], Version(r["seq"], r["written_at"]), r["expires_at"])
-
-    async def scan(self, store: str, pattern: str = "*") -> list[str]:
-        keys: list[str] = self._read("scan", store, {"pattern": pattern})["keys"]
-        return keys

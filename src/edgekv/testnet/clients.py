@@ -12,18 +12,19 @@ from typing import Any
 
 import anyio
 
-from edgekv.crdt.ops import Delete, Put, op_body
+from edgekv.crdt.ops import Delete, op_body
 from edgekv.crdt.version import Version
 from edgekv.gossip.transport import Transport
 from edgekv.gossip.wire import Message, MsgType
 from edgekv.node.pending import PendingRequests, Waiter, outcome
+from edgekv.origin.api import StoreApi
 
 __all__ = ["HighSeq", "SimClient"]
 
 _REQUEST = int(MsgType.REQUEST)
 
 
-class SimClient:
+class SimClient(StoreApi):
     """An OriginClient-like writer over a simulated endpoint: REQUEST in, RESPONSE/ERROR out.
 
     Speaks the same request schema as `OriginClient` (see origin/requests.py); used in sim mode,
@@ -67,25 +68,17 @@ class SimClient:
             self._pending.discard(rid)
         return outcome(waiter.reply, f"no answer from {self.origin} within {self.timeout:g} s")
 
-    async def create_store(self, store: str) -> Version:
-        return _version(await self.request({"op": "create_store", "store": store}))
+    # the operations (put, create_store, ...) are api.StoreApi's, carried by `request`
+    async def _write(self, body: dict[str, Any]) -> Message:
+        return await self.request(body)
 
-    async def drop_store(self, store: str) -> Version:
-        return _version(await self.request({"op": "drop_store", "store": store}))
+    async def _read(self, body: dict[str, Any]) -> Message:
+        return await self.request(body)
 
-    async def put(
-        self,
-        store: str,
-        key: str,
-        value: bytes,
-        ttl: float | None = None,
-        if_version: int | None = None,
-    ) -> Version:
-        body = {**op_body(Put(key, value, ttl)), "store": store, "if_version": if_version}
+    async def delete(self, store: str, key: str, if_version: int | None = None) -> Version:
+        """Unlike OriginClient's: the version even when there was nothing to delete."""
+        body = {**op_body(Delete(key)), "store": store, "if_version": if_version}
         return _version(await self.request(body))
-
-    async def delete(self, store: str, key: str) -> Version:
-        return _version(await self.request({**op_body(Delete(key)), "store": store}))
 
 
 def _version(reply: Message) -> Version:
