@@ -193,9 +193,11 @@ def main() -> None:
         " the window grows towards 150 ms and a certificate towards thousands of writes (the"
         " 1,024 rows; certificates stop at 4,096 atoms).  A quiet origin signs small"
         " certificates, but then few writes arrive per second, so the signature checks (about"
-        " 110 us each, more on a loaded machine) cost little in total.  An edge keeps a"
-        " certificate while one of its atoms is live: 24 bytes per atom plus about 300 bytes"
-        " per certificate.",
+        " 110 us each, more on a loaded machine) cost little in total.  A replica keeps, per"
+        " live seq, the newest certificate holding it (24 bytes per entry plus about 100 per"
+        " certificate); the origin signs the live entries of sparse certificates again into"
+        " compact ones, so under rewrites the store stays within a few entries per live atom"
+        " (crdt/proofs.py rule 4).",
         "",
     ]
     text = "\n".join(lines)
