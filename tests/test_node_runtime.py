@@ -61,7 +61,7 @@ class FakeCore:
                 self.changes.append(Change("s", key, state))
         return []
 
-    def tick(self, now: float) -> list[Send]:
+    def tick(self, now: float, wall_ms: int | None = None) -> list[Send]:
         self.ticks.append(now)
         self.deadline = now + self.period
         return []
@@ -77,6 +77,20 @@ class FakeCore:
 
     def peers(self) -> Mapping[str, Any]:
         return {}
+
+    def leave(self, now: float) -> list[Send]:
+        return []
+
+    def forget(self, address: str, new: str | None = None) -> None:
+        pass
+
+    staging = False
+
+    def take_job(self) -> None:
+        return None
+
+    def finish_job(self, job: Any, result: Any, now: float) -> list[Send]:
+        return []
 
 
 @pytest.fixture

@@ -115,7 +115,7 @@ class Bloom:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Bloom) and self.same(other)
 
-    __hash__ = None  # type: ignore[assignment]
+    # (defining __eq__ leaves __hash__ None: mutable values are not hashable)
 
     def __repr__(self) -> str:
         return f"Bloom(reset={self.reset}, seq={self.seq}, m={self.m}, k={self.k})"
@@ -173,7 +173,7 @@ class BloomDelta:
             self.positions,
         ) == (other.reset, other.m, other.k, other.seq, other.written_at, other.positions)
 
-    __hash__ = None  # type: ignore[assignment]
+    # (defining __eq__ leaves __hash__ None: mutable values are not hashable)
 
     def __repr__(self) -> str:
         return f"BloomDelta(reset={self.reset}, seq={self.seq}, n={len(self.positions)})"

@@ -128,13 +128,12 @@ def _group(items: Iterable[tuple[str, str, State | Delta]]) -> dict[str, dict[st
     groups: dict[str, dict[str, State]] = {}
     cur: str | None = None
     states: dict[str, State] = {}
-    for store, key, st in items:
+    for store, key, item in items:
         if store != cur:
             cur = store
             states = groups.setdefault(store, {})
-        if st.__class__ is BloomDelta:
-            st = st.to_state()
-        prev = states.setdefault(key, st)  # type: ignore[arg-type]
+        st = item.to_state() if isinstance(item, BloomDelta) else item
+        prev = states.setdefault(key, st)
         if prev is not st:  # the key again: join, as apply would
             new = merge(prev, st)
             if new is not None:
@@ -173,8 +172,8 @@ def _index_store(
     has_expiry = list(map(and_, flags, repeat(HAS_EXPIRY)))
     if any(has_expiry):  # as `apply` does: (expiry, seq, store, key), heapified at the end
         replica._expiring.extend(
-            (r.expiry, r.seq, name, k)  # type: ignore[union-attr, misc]
-            for r, k in zip(compress(regs, has_expiry), compress(reg_keys, has_expiry), strict=True)
+            (r.expiry or 0, r.seq, name, k)  # never 0: each has HAS_EXPIRY
+            for r, k in zip(compress(raw, has_expiry), compress(reg_keys, has_expiry), strict=True)
         )
     sr._tree = tree if tree is not None else build_tree(states) if trees else None
     sr.keys = SortedList(keys)

@@ -28,7 +28,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Iterator, Mapping
 from itertools import compress, repeat
 from operator import attrgetter, eq, is_not
-from typing import Protocol
+from typing import Protocol, cast
 
 
 class _HasSeq(Protocol):
@@ -127,13 +127,15 @@ class ChangeLog:
             seqs = array("q", map(seqs.__getitem__, order))
             keys = list(map(keys.__getitem__, order))
             del order
-        live = map(_SEQ, map(states.get, keys, repeat(_GONE)))  # type: ignore[arg-type]
+        # a marked entry (None) is never a key of `states`: it reads as gone
+        lookup = cast("Mapping[str | None, _HasSeq]", states)
+        live = map(_SEQ, map(lookup.get, keys, repeat(_GONE)))
         valid = list(map(eq, live, seqs))
         new_keys = list(compress(keys, valid))
         new_seqs = array("q", compress(seqs, valid))
         if len(set(new_keys)) != len(new_keys):  # a key removed and re-added with one state
-            seen: set[str | None] = set()
-            keep = [not (k in seen or seen.add(k)) for k in new_keys]  # type: ignore[func-returns-value]
+            first: dict[str | None, int] = {}
+            keep = [first.setdefault(k, i) == i for i, k in enumerate(new_keys)]
             new_keys = list(compress(new_keys, keep))
             new_seqs = array("q", compress(new_seqs, keep))
         self.seqs, self.keys = new_seqs, new_keys

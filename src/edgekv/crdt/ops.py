@@ -12,6 +12,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import overload
 
 from ..errors import InvalidInput, WrongKind
 from .bloom import Bloom, BloomDelta, bloom_params, check_params
@@ -80,9 +81,9 @@ DEFAULT_BLOOM_CAPACITY = 10_000
 DEFAULT_BLOOM_ERROR_RATE = 0.01
 
 
-def op_body(op: Op) -> dict[str, object]:
+def op_body(op: Op | Mapping[str, object]) -> dict[str, object]:
     """The request-body form of `op`: the fields `origin.requests.parse_op` reads back (the
-    caller adds "store" and "if_version")."""
+    caller adds "store" and "if_version").  A ready body (a mapping) is copied as it is."""
     if isinstance(op, Put):
         return {"op": "put", "key": op.key, "value": op.value, "ttl": op.ttl, "force": op.force}
     if isinstance(op, Delete):
@@ -91,6 +92,10 @@ def op_body(op: Op) -> dict[str, object]:
         return {"op": "zadd", "key": op.key, "members": dict(op.members), "force": op.force}
     if isinstance(op, ZRem):
         return {"op": "zrem", "key": op.key, "members": list(op.members)}
+    if isinstance(op, Mapping):
+        return dict(op)
+    if not isinstance(op, BfAdd):
+        raise TypeError(f"not an op: {op!r}")
     body: dict[str, object] = {"op": "bf_add", "key": op.key, "items": list(op.items)}
     params = {"capacity": op.capacity, "error_rate": op.error_rate, "m": op.m, "k": op.k}
     body.update((name, v) for name, v in params.items() if v is not None)  # absent = default
@@ -131,6 +136,14 @@ def _validate_count(what: str, n: int, limits: Limits) -> None:
 
 
 _OP_TYPES = (Put, Delete, ZAdd, ZRem, BfAdd)
+
+
+@overload
+def validate_op(op: BfAdd, limits: Limits = DEFAULT_LIMITS) -> BfAdd: ...
+
+
+@overload
+def validate_op(op: object, limits: Limits = DEFAULT_LIMITS) -> Op: ...
 
 
 def validate_op(op: object, limits: Limits = DEFAULT_LIMITS) -> Op:
@@ -219,14 +232,14 @@ def plan(op: Op, current: State | None, seq: int, written_at: int) -> Delta | No
     cur = _check_kind(current, Bloom, op.force, op.key)
     if isinstance(cur, Bloom):
         return BloomDelta.for_items(cur.reset, cur.m, cur.k, list(op.items), seq, written_at)
-    m, k = op.params if op.params != (0, 0) else validate_op(op).params  # type: ignore[union-attr]
+    m, k = op.params if op.params != (0, 0) else validate_op(op).params
     return BloomDelta.for_items(seq, m, k, list(op.items), seq, written_at)
 
 
-def _check_kind(current: State | None, kind: type, force: bool, key: str) -> State | None:
+def _check_kind(current: State | None, kind: type[State], force: bool, key: str) -> State | None:
     """Return `current` when it has the wanted kind, None when it is absent or forced over."""
     if current is None or isinstance(current, kind):
         return current
     if force:
         return None
-    raise WrongKind(f"key {key!r} holds a {current.kind} value, not {kind.kind}; use force=True")  # type: ignore[attr-defined]
+    raise WrongKind(f"key {key!r} holds a {current.kind} value, not {kind.kind}; use force=True")

@@ -18,6 +18,7 @@ single memcmp.  The fields are read through properties; hot paths unpack the hea
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from itertools import compress, repeat
 from operator import and_, itemgetter
 from struct import Struct
@@ -37,7 +38,8 @@ VALUE_AT_EXPIRY = _HEAD_EXP.size
 
 _pack = _HEAD.pack
 _pack_exp = _HEAD_EXP.pack
-_unpack_head = _HEAD.unpack_from
+# Struct.unpack_from is typed as returning tuple[Any, ...]: these names say what the formats hold
+_unpack_head: Callable[[bytes], tuple[int, int, int]] = _HEAD.unpack_from
 unpack_head = _unpack_head
 """(flags, seq, written_at) of a register, in one C-level unpack."""
 
@@ -48,7 +50,7 @@ def register_digest(key: str, seq: int) -> int:
     return entry_hash(b"r", key, seq)
 
 
-_unpack_expiry = _EXPIRY.unpack_from
+_unpack_expiry: Callable[[bytes, int], tuple[int]] = _EXPIRY.unpack_from
 _FLAGS = itemgetter(0)
 _SEQ_TOP = itemgetter(SEQ_AT)  # the sign byte of seq
 _WRITTEN_AT_TOP = itemgetter(WRITTEN_AT_AT)  # the sign byte of written_at
@@ -98,13 +100,13 @@ class Register(bytes):
 
     @property
     def seq(self) -> int:
-        return _unpack_head(self)[1]  # type: ignore[no-any-return]
+        return _unpack_head(self)[1]
 
     reset = seq  # a register is written whole: its reset is its seq
 
     @property
     def written_at(self) -> int:
-        return _unpack_head(self)[2]  # type: ignore[no-any-return]
+        return _unpack_head(self)[2]
 
     @property
     def value(self) -> bytes | None:
@@ -116,7 +118,7 @@ class Register(bytes):
     @property
     def expiry(self) -> int | None:
         if self[0] & HAS_EXPIRY:
-            return _unpack_expiry(self, EXPIRY_AT)[0]  # type: ignore[no-any-return]
+            return _unpack_expiry(self, EXPIRY_AT)[0]
         return None
 
     @property

@@ -182,12 +182,12 @@ class StoreReplica:
                 break
         return out
 
-    def _kind(self, key: str, kind: type, now_ms: int, method: str) -> State | None:
+    def _kind(self, key: str, kind: type[State], now_ms: int, method: str) -> State | None:
         st = self.states.get(key)
         if st is None or is_dead(st, now_ms):
             return None
         if not isinstance(st, kind):
-            raise WrongKind(f"key {key!r} holds a {st.kind} value; {method}() reads {kind.kind}")  # type: ignore[attr-defined]
+            raise WrongKind(f"key {key!r} holds a {st.kind} value; {method}() reads {kind.kind}")
         return st
 
     def zrange_by_score(

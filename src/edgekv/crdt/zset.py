@@ -133,7 +133,7 @@ class ZSet:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ZSet) and self.same(other)
 
-    __hash__ = None  # type: ignore[assignment]
+    # (defining __eq__ leaves __hash__ None: mutable values are not hashable)
 
     def __repr__(self) -> str:
         return f"ZSet(reset={self.reset}, seq={self.seq}, members={self.members!r})"

@@ -269,6 +269,11 @@ class GossipNode:
             out.extend(self._purge(wall_ms))
         return out
 
+    @property
+    def staging(self) -> bool:
+        """A whole snapshot is being received (the driver keeps the GC off its data)."""
+        return self.bootstrap.whole
+
     def take_job(self) -> StagedSnapshot | None:
         """Work for the driver to run off the event loop: a received snapshot to bulk-load
         (`StagedSnapshot.build`, pure); give the result to `finish_job`."""

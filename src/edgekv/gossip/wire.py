@@ -127,8 +127,8 @@ _KEYS = frozenset({str, bytes})
 _TEXT_OR_BYTES = (str, bytes)
 
 
-def _check_tree(msg: object, error: type[Exception], *, check_ints: bool = True) -> None:
-    """Raise `error` unless `msg` is a message made only of plain wire values.
+def _check_tree(msg: object, error: type[Exception], *, check_ints: bool = True) -> Message:
+    """`msg` itself; raise `error` unless it is a message made only of plain wire values.
 
     `check_ints=False` skips the 64-bit range check: a CBOR decoder cannot produce an integer
     outside it (bignums are tags, which `decode_body` refuses).
@@ -142,6 +142,7 @@ def _check_tree(msg: object, error: type[Exception], *, check_ints: bool = True)
         if not isinstance(k, str):
             raise error(f"message keys must be str, got {type(k).__name__}")
     _check_container(msg, 0, error, check_ints)
+    return msg
 
 
 def _check_container(value: Any, depth: int, error: type[Exception], check_ints: bool) -> None:
@@ -268,8 +269,7 @@ def decode_body(body: bytes, decoder: cbor2.CBORDecoder | None = None) -> Messag
         raise RemoteProtocolError(f"undecodable CBOR: {exc}") from exc
     if end != len(body):
         raise RemoteProtocolError(f"{len(body) - end} trailing bytes in frame")
-    _check_tree(msg, RemoteProtocolError, check_ints=False)
-    return msg  # type: ignore[no-any-return]
+    return _check_tree(msg, RemoteProtocolError, check_ints=False)
 
 
 class FrameDecoder:

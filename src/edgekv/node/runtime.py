@@ -40,7 +40,6 @@ simulation can inject virtual wall time.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 from collections import Counter
@@ -107,7 +106,7 @@ class GossipCore(Protocol):
 
     def receive(self, peer: str, message: Message, now: float) -> Sequence[_Send]: ...
 
-    def tick(self, now: float) -> Sequence[_Send]: ...
+    def tick(self, now: float, wall_ms: int | None = None) -> Sequence[_Send]: ...
 
     def publish(
         self, items: list[tuple[str, str, Delta]], covers: list[tuple[int, int]], now: float
@@ -116,6 +115,19 @@ class GossipCore(Protocol):
     def drain_changes(self) -> list[Change]: ...
 
     def peers(self) -> Mapping[str, Any]: ...
+
+    def leave(self, now: float) -> Sequence[_Send]: ...
+
+    def forget(self, address: str, new: str | None = None) -> None: ...
+
+    def take_job(self) -> Any | None: ...
+
+    def finish_job(self, job: Any, result: Any, now: float) -> Sequence[_Send]: ...
+
+    @property
+    def staging(self) -> bool:
+        """A whole snapshot is being received (its data should stay out of the GC's way)."""
+        ...
 
 
 RequestHandler = Callable[[str, Message], Awaitable[Message]]
@@ -160,7 +172,6 @@ class NodeRuntime:
         self._sleeping_until = -math.inf
         self._inflight = 0
         self._tg: anyio.abc.TaskGroup | None = None
-        self._tick_takes_wall_ms = _accepts(gossip.tick, "wall_ms")
         self.running = False
         self._aliases: dict[str, str] = {}  # an address a peer left -> where it is now
         hooks = getattr(transport, "on_moved", None)
@@ -214,12 +225,11 @@ class NodeRuntime:
 
     async def leave(self) -> None:
         """Say goodbye (BYE to live peers, best effort) so they stop counting on this node."""
-        leave = getattr(self.gossip, "leave", None)
-        if leave is not None and self.running:
+        if self.running:
             # Cancelled (a task group tearing down): no send could go out; do not even build
             # the goodbyes (one per live peer, a million for a 1,000-node simulation).
             await anyio.lowlevel.checkpoint_if_cancelled()
-            await self._send_all(leave(self._clock()))
+            await self._send_all(self.gossip.leave(self._clock()))
 
     def apply_local(
         self, items: Iterable[tuple[str, str, Delta]], covers: Iterable[tuple[int, int]] = ()
@@ -250,9 +260,7 @@ class NodeRuntime:
         aliases[old] = new
         if len(aliases) > MAX_ALIASES:
             del aliases[next(iter(aliases))]
-        forget = getattr(self.gossip, "forget", None)
-        if forget is not None:
-            forget(old, new)
+        self.gossip.forget(old, new)
 
     async def request(self, peer: str, body: Mapping[str, Any], timeout: float) -> Message:  # noqa: ASYNC109 (contract)
         """Send REQUEST{id, **body} to `peer` and wait for its RESPONSE (returned) or ERROR
@@ -366,10 +374,7 @@ class NodeRuntime:
                 self._sleeping_until = -math.inf
                 continue
             try:
-                if self._tick_takes_wall_ms:
-                    sends = gossip.tick(now, wall_ms=self._wall_ms())  # type: ignore[call-arg]
-                else:
-                    sends = gossip.tick(now)
+                sends = gossip.tick(now, wall_ms=self._wall_ms())
             except Exception:
                 self._count("internal_errors")
                 logger.exception("%s: gossip tick failed", self.address)
@@ -437,11 +442,9 @@ class NodeRuntime:
         changes = self.gossip.drain_changes()
         if changes:
             self._dispatch(changes)
-        boot = getattr(self.gossip, "bootstrap", None)
-        if boot is not None and boot.whole:  # staging a snapshot: keep the GC off its data
+        if self.gossip.staging:  # staging a snapshot: keep the GC off its data
             gcpolicy.settle()
-        take = getattr(self.gossip, "take_job", None)
-        job = take() if take is not None else None
+        job = self.gossip.take_job()
         if job is not None and self._tg is not None:
             self._tg.start_soon(self._run_job, job)
         if self.gossip.next_deadline < self._sleeping_until and self._sleep_scope is not None:
@@ -459,7 +462,7 @@ class NodeRuntime:
         except Exception as exc:
             logger.exception("%s: background job failed", self.address)
             result = exc
-        sends = self.gossip.finish_job(job, result, self._clock())  # type: ignore[attr-defined]
+        sends = self.gossip.finish_job(job, result, self._clock())
         gcpolicy.settle()  # the installed replica's objects
         self._after_gossip()
         if not isinstance(result, BaseException):
@@ -565,10 +568,3 @@ class _Out:
 
 def _error_reply(rid: int, exc: EdgeKVError) -> Message:
     return {"t": _ERROR, "id": rid, "code": exc.code, "message": str(exc)}
-
-
-def _accepts(func: Callable[..., Any], name: str) -> bool:
-    try:
-        return name in inspect.signature(func).parameters
-    except (TypeError, ValueError):
-        return False

@@ -14,21 +14,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..crdt import BfAdd, Delete, Entry, Op, Put, Version, ZAdd, ZRem
-from ..crdt.ops import op_body as ops_op_body
+from ..crdt.ops import op_body  # one body for an op or a ready mapping
 from ..gossip.wire import Message
 
 __all__ = ["StoreApi", "op_body"]
-
-_OP_TYPES = (Put, Delete, ZAdd, ZRem, BfAdd)
-
-
-def op_body(op: Op | Mapping[str, Any]) -> dict[str, Any]:
-    """A batch entry (wire form) from an op object or a ready dict."""
-    if isinstance(op, _OP_TYPES):  # before the (slower) Mapping check
-        return ops_op_body(op)
-    if isinstance(op, Mapping):
-        return dict(op)
-    raise TypeError(f"not an op: {op!r}")
 
 
 def _version(reply: Message) -> Version:
