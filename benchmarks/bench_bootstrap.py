@@ -52,6 +52,7 @@ from edgekv.errors import OriginUnavailable
 from edgekv.gossip.authority import Authority
 from edgekv.gossip.catchup import CatchUp
 from edgekv.gossip.config import GossipConfig
+from edgekv.gossip.context import Context
 from edgekv.gossip.membership import Membership
 from edgekv.origin.client import OriginClient
 
@@ -322,8 +323,8 @@ def switch_point(store_keys: int) -> list[tuple[int, float]]:
     rng = random.Random(1)
     counters: Counter[str] = Counter()
     authority = Authority("edge", replica, (), counters)
-    members = Membership("me", "edge", cfg, rng, counters, authority)
-    catchup = CatchUp(replica, cfg, rng, counters, members, authority)
+    members = Membership("me", "edge", cfg, rng, counters, authority, replica)
+    catchup = CatchUp(Context("me", "edge", replica, cfg, rng, counters, authority, members))
     out = []
     for changed in (1_000, 5_000, 20_000, 50_000):
         runs = []

@@ -43,18 +43,13 @@ Theory of operation
 
 from __future__ import annotations
 
-import random
-from collections import Counter
 from dataclasses import dataclass, field
 
 from ..crdt.merkle import DEPTH, FANOUT, MerkleTree
-from ..crdt.proofs import Certificate
-from ..crdt.replica import Change, Replica
-from ..crdt.state import Delta, State
-from .authority import Authority
-from .config import GossipConfig
-from .dissemination import delta_size
-from .membership import Membership
+from ..crdt.replica import Change
+from ..crdt.state import State
+from .chunks import Chunker
+from .context import Context, Handler, Part
 from .messages import (
     AeEqual,
     AeLeaf,
@@ -69,6 +64,7 @@ from .messages import (
     Send,
 )
 
+AE_TYPES = (AeRoot, AeEqual, AeStores, AeNodesReq, AeNodes, AeLeafReq, AeLeaf, AeStates)
 NODES_PER_REQUEST = 2048  # 2,048 x 256 bytes of child digests = 512 KiB per answer
 LEAVES_PER_REQUEST = 256
 MAX_COVER_RANGES = 1000
@@ -94,24 +90,11 @@ class _Session:
     seen: set[tuple[object, ...]] = field(default_factory=set)  # AE_NODES / AE_LEAF answered
 
 
-class AntiEntropy:
+class AntiEntropy(Part):
     """The anti-entropy initiator (one session at a time) and responder of one node."""
 
-    def __init__(
-        self,
-        replica: Replica,
-        config: GossipConfig,
-        rng: random.Random,
-        counters: Counter[str],
-        membership: Membership,
-        authority: Authority,
-    ) -> None:
-        self.replica = replica
-        self.authority = authority
-        self.config = config
-        self.rng = rng
-        self.counters = counters
-        self.members = membership
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx)
         self.session: _Session | None = None
         self.last: _Session | None = None  # the last finished session (for tests and benchmarks)
         self._sid = 0
@@ -120,11 +103,30 @@ class AntiEntropy:
         self.responding: dict[
             tuple[str, int], list[float]
         ] = {}  # (peer, sid) -> [purged, deadline]
-        self.next_round = 0.0
+        self._next_round = 0.0
         self._empty_out: dict[int, list[Send]] = {}
-        self._empty_changes: list[Change] = []
+
+    def handlers(self) -> dict[type, Handler]:
+        """The messages this part handles on its own (core.py adds AE_ROOT and AE_STORES, which
+        also carry the sender's watermark)."""
+        return {
+            AeEqual: self.on_equal,
+            AeNodesReq: self.on_nodes_req,
+            AeNodes: self.on_nodes,
+            AeLeafReq: self.on_leaf_req,
+            AeLeaf: self.on_leaf,
+            AeStates: self.on_states,
+        }
 
     # -- initiator -------------------------------------------------------------------------------
+
+    def schedule(self, now: float) -> None:
+        """The first periodic round: within [0.5, 1.5) intervals of `now`."""
+        self._next_round = now + self.config.ae_interval * (0.5 + self.rng.random())
+
+    def hold(self, until: float) -> None:
+        """No periodic round before `until` (this node is bootstrapping)."""
+        self._next_round = max(self._next_round, until)
 
     def start(self, peer: str, now: float, force: bool = False) -> list[Send]:
         """Open a session with `peer` (a forced one replaces a periodic one in progress)."""
@@ -152,7 +154,7 @@ class AntiEntropy:
         s.deadline = now + self.config.ae_timeout
         return s
 
-    def _finish(self, s: _Session, changes: list[Change]) -> None:
+    def _finish(self, s: _Session) -> None:
         if s.outstanding > 0:
             return
         if s.covers is not None:
@@ -164,13 +166,14 @@ class AntiEntropy:
         self.session = None
         self.counters["ae_completed"] += 1
 
-    def on_equal(self, peer: str, msg: AeEqual, now: float) -> None:
+    def on_equal(self, peer: str, msg: AeEqual, now: float) -> list[Send]:
         s = self._mine(msg.sid, peer, now)
         if s is None:
-            return
+            return []
         s.covers = msg.covers
         self.counters["ae_equal"] += 1
-        self._finish(s, [])
+        self._finish(s)
+        return []
 
     def on_stores(self, peer: str, msg: AeStores, now: float) -> list[Send]:
         s = self._mine(msg.sid, peer, now)
@@ -179,7 +182,7 @@ class AntiEntropy:
         r = self.replica
         if not s.force and (msg.wm, msg.high) != (r.watermark, r.covered.high):
             self.counters["ae_deferred"] += 1
-            self._finish(s, [])
+            self._finish(s)
             return []
         s.covers, s.peer_purged = msg.covers, msg.purged
         mine = r.roots()
@@ -189,12 +192,12 @@ class AntiEntropy:
                 out.append(Send(peer, AeNodesReq(s.sid, store, 0, [0]).to_wire()))
         if out:
             s.round_trips += 1
-        return self._sent(s, out, [])
+        return self._sent(s, out)
 
-    def _sent(self, s: _Session, out: list[Send], changes: list[Change]) -> list[Send]:
+    def _sent(self, s: _Session, out: list[Send]) -> list[Send]:
         s.outstanding += sum(1 for m in out if m.message.get("reply", True) is True)
         s.messages += len(out)
-        self._finish(s, changes)
+        self._finish(s)
         return out
 
     def _tree(self, store: str) -> MerkleTree:
@@ -243,7 +246,7 @@ class AntiEntropy:
         out.extend(self._take_empty(s))
         if out:
             s.round_trips = max(s.round_trips, 2 + below)
-        return self._sent(s, out, [])
+        return self._sent(s, out)
 
     def _again(self, s: _Session, answer: tuple[object, ...]) -> bool:
         """True for a duplicate of an answer already counted (rule 5: the network may
@@ -268,33 +271,26 @@ class AntiEntropy:
         return last >= 0 and len(parts) == last + 1
 
     def _pending_empty(self, s: _Session, store: str, leaves: list[int]) -> None:
-        msgs, changes = self._diff_leaves(s, store, leaves, {})
-        self._empty_out.setdefault(s.sid, []).extend(msgs)
-        self._empty_changes.extend(changes)
+        self._empty_out.setdefault(s.sid, []).extend(self._diff_leaves(s, store, leaves, {}))
 
     def _take_empty(self, s: _Session) -> list[Send]:
         return self._empty_out.pop(s.sid, [])
 
-    def take_changes(self) -> list[Change]:
-        """Removals made while descending (leaves the peer has empty)."""
-        out, self._empty_changes = self._empty_changes, []
-        return out
-
-    def on_leaf(self, peer: str, msg: AeLeaf, now: float) -> tuple[list[Change], list[Send]]:
+    def on_leaf(self, peer: str, msg: AeLeaf, now: float) -> list[Send]:
         s = self._mine(msg.sid, peer, now)
         if s is None or self._again(s, ("leaf", msg.store, *msg.leaves)):
-            return [], []
+            return []
         s.outstanding -= 1
         s.messages += 1
         theirs = {k: (d, r, q) for k, d, r, q in msg.entries}
-        out, changes = self._diff_leaves(s, msg.store, msg.leaves, theirs)
+        out = self._diff_leaves(s, msg.store, msg.leaves, theirs)
         if out:
             s.round_trips = max(s.round_trips, 2 + DEPTH)
-        return changes, self._sent(s, out, changes)
+        return self._sent(s, out)
 
     def _diff_leaves(
         self, s: _Session, store: str, leaves: list[int], theirs: dict[str, tuple[int, int, int]]
-    ) -> tuple[list[Send], list[Change]]:
+    ) -> list[Send]:
         """Compare our keys in `leaves` with the peer's (key -> digest, reset, seq).
 
         A state whose reset is above the other's seq supersedes it whole, so only it travels;
@@ -333,7 +329,8 @@ class AntiEntropy:
                         want.append(key)
         lack = [k for k in theirs if k not in mine_keys]
         s.requests += 1
-        return self._states_msgs(s.sid, s.peer, store, send, want, lack, True, s.requests), changes
+        self.ctx.record(changes)
+        return self._states_msgs(s.sid, s.peer, store, send, want, lack, True, s.requests)
 
     def _states_msgs(
         self,
@@ -349,29 +346,20 @@ class AntiEntropy:
         """AE_STATES chunks: a request (ending with want/lack, numbered `q`) or the answer to
         request `q` (each chunk numbered by `part`, so duplicates and losses show)."""
         out: list[Send] = []
-        chunk: list[tuple[str, Delta]] = []
-        size = 0
-        proofs = self.replica.proofs
-        certs: dict[bytes, Certificate] = {}  # the proofs of this chunk (crdt/proofs.py)
+        chunker = Chunker(self.replica.proofs, self.config.max_message_bytes, one_store=True)
         for key, st in send:
-            n = delta_size(st) + len(key)
-            if chunk and size + n > self.config.max_message_bytes:
-                msg = AeStates(sid, store, chunk, [], [], False, True, list(certs.values()))
+            full = chunker.add(store, key, st)
+            if full is not None:
+                states, certs = [(k, d) for _, k, d in full[0]], full[1]
+                msg = AeStates(sid, store, states, [], [], False, True, certs)
                 if not request:
                     msg.q, msg.part = q, len(out)
                 out.append(Send(peer, msg.to_wire()))
-                chunk, size = [], 0
-                certs = {}
-            if proofs is not None:
-                extra = proofs.add_material(certs, st)
-                if extra < 0:
-                    continue  # unprovable here: never sent (crdt/proofs.py rule 3)
-                n += extra
-            chunk.append((key, st))
-            size += n
         reply = request and bool(want or lack)
-        if chunk or reply or not request:  # an answer always ends with a final chunk
-            msg = AeStates(sid, store, chunk, want, lack, reply, False, list(certs.values()))
+        if not chunker.empty or reply or not request:  # an answer always ends with a final chunk
+            items, certs = chunker.take()
+            states = [(k, d) for _, k, d in items]
+            msg = AeStates(sid, store, states, want, lack, reply, False, certs)
             msg.q, msg.part = q, len(out)
             out.append(Send(peer, msg.to_wire()))
         self.counters["ae_states_sent"] += len(send)
@@ -424,26 +412,27 @@ class AntiEntropy:
                     entries.append((k, st.digest(k), st.reset, st.seq))
         return [Send(peer, AeLeaf(msg.sid, msg.store, msg.leaves, entries).to_wire())]
 
-    def on_states(self, peer: str, msg: AeStates, now: float) -> tuple[list[Change], list[Send]]:
+    def on_states(self, peer: str, msg: AeStates, now: float) -> list[Send]:
         """AE_STATES on either side: apply the states; the responder answers want/lack."""
         mine = self._mine(msg.sid, peer, now)
         entry = None if mine is not None else self._responding(peer, msg.sid, now)
         if mine is None and entry is None:
-            return [], []
+            return []
         changes = self.authority.apply(
             peer, "AE_STATES", [(msg.store, k, d) for k, d in msg.states]
         )
+        self.ctx.record(changes)
         if self.authority.role == "edge":
             self.counters["ae_states_received"] += len(msg.states)
         if mine is not None:
             mine.messages += 1
             if self._answered(mine, msg):
                 mine.outstanding -= 1
-            self._finish(mine, changes)
-            return changes, []
+            self._finish(mine)
+            return []
         assert entry is not None
         if not msg.reply:
-            return changes, []
+            return []
         purged = int(entry[0])
         sr = self.replica.stores.get(msg.store)
         states = sr.states if sr is not None else {}
@@ -455,16 +444,16 @@ class AntiEntropy:
             if st is None:
                 continue
             if authority.remove_dead(peer, msg.store, k, st, purged):
-                changes.append(Change(msg.store, k, None))
+                self.ctx.record([Change(msg.store, k, None)])
                 self.counters["ae_removed"] += 1
             elif not to_origin and not authority.dead_at(peer, st, purged):
                 send.append((k, st))
-        return changes, self._states_msgs(msg.sid, peer, msg.store, send, [], [], False, msg.q)
+        return self._states_msgs(msg.sid, peer, msg.store, send, [], [], False, msg.q)
 
     # -- timers ----------------------------------------------------------------------------------
 
     def next_deadline(self) -> float:
-        t = self.next_round
+        t = self._next_round
         if self.session is not None:
             t = min(t, self.session.deadline)
         return t
@@ -482,8 +471,8 @@ class AntiEntropy:
             peer, self._pending_force = self._pending_force, None
             if not self.members.is_dead(peer):
                 out.extend(self.start(peer, now, force=True))
-        if self.next_round <= now:
-            self.next_round = now + self.config.ae_interval * (0.75 + 0.5 * self.rng.random())
+        if self._next_round <= now:
+            self._next_round = now + self.config.ae_interval * (0.75 + 0.5 * self.rng.random())
             live = self.members.alive()
             if self.session is None and live:
                 self._rounds += 1

@@ -18,36 +18,16 @@ Theory of operation
 
 from __future__ import annotations
 
-import random
-from collections import Counter
-
-from ..crdt.proofs import Certificate
-from ..crdt.replica import Change, Replica
-from .authority import Authority
-from .config import GossipConfig
-from .dissemination import delta_size
-from .membership import Membership
-from .messages import MAX_MESSAGE_STORES, Item, Send, SyncData, SyncReq
+from .chunks import Chunker
+from .context import Context, Part
+from .messages import Send, SyncData, SyncReq
 
 
-class CatchUp:
+class CatchUp(Part):
     """Outstanding sync requests of one node, and the responder side."""
 
-    def __init__(
-        self,
-        replica: Replica,
-        config: GossipConfig,
-        rng: random.Random,
-        counters: Counter[str],
-        membership: Membership,
-        authority: Authority,
-    ) -> None:
-        self.replica = replica
-        self.authority = authority
-        self.config = config
-        self.rng = rng
-        self.counters = counters
-        self.members = membership
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx)
         self._rid = 0
         self.pending: dict[int, tuple[str, float, int]] = {}  # rid -> (peer, deadline, tries)
 
@@ -75,44 +55,33 @@ class CatchUp:
                 Send(peer, SyncData(rid, [], [], replica.purged, True, fallback=True).to_wire())
             ]
         out: list[Send] = []
-        chunk: list[Item] = []
-        size = 0
-        stores: set[str] = set()
-        limit = self.config.max_message_bytes
-        proofs = replica.proofs
-        certs: dict[bytes, Certificate] = {}  # the proofs of this chunk (crdt/proofs.py)
+        chunker = Chunker(replica.proofs, self.config.max_message_bytes)
         for store, key, state in replica.changes_since(wm):
-            n = delta_size(state) + len(key) + len(store)
-            if chunk and (
-                size + n > limit or (store not in stores and len(stores) >= MAX_MESSAGE_STORES)
-            ):
-                msg = SyncData(rid, chunk, [], replica.purged, False, False, list(certs.values()))
+            full = chunker.add(store, key, state)
+            if full is not None:
+                items, certs = full
+                msg = SyncData(rid, items, [], replica.purged, False, False, certs)
                 out.append(Send(peer, msg.to_wire()))
-                chunk, size = [], 0
-                certs = {}
-                stores.clear()
-            if proofs is not None:
-                extra = proofs.add_material(certs, state)
-                if extra < 0:
-                    continue  # unprovable here: never sent (crdt/proofs.py rule 3)
-                n += extra
-            stores.add(store)
-            chunk.append((store, key, state))
-            size += n
+        items, certs = chunker.take()
         covers = replica.covered.above(wm)
-        msg = SyncData(rid, chunk, covers, replica.purged, True, False, list(certs.values()))
+        msg = SyncData(rid, items, covers, replica.purged, True, False, certs)
         out.append(Send(peer, msg.to_wire()))
         return out
 
-    def on_data(self, peer: str, msg: SyncData) -> list[Change]:
+    def answered(self, rid: int) -> None:
+        """Request `rid` got its answer another way (a snapshot offer)."""
+        self.pending.pop(rid, None)
+
+    def on_data(self, peer: str, msg: SyncData) -> None:
         """Apply one SYNC_DATA chunk.  The caller starts anti-entropy on a fallback."""
         self.members.note_progress(peer, 0, msg.purged)
         if msg.last or msg.fallback:
-            self.pending.pop(msg.rid, None)
+            self.answered(msg.rid)
         if msg.fallback:
             self.counters["sync_fallbacks"] += 1
-            return []
-        return self.authority.apply(peer, "SYNC_DATA", msg.items, msg.covers if msg.last else ())
+            return
+        covers = msg.covers if msg.last else ()
+        self.ctx.record(self.authority.apply(peer, "SYNC_DATA", msg.items, covers))
 
     def next_deadline(self) -> float:
         return min((d for _, d, _ in self.pending.values()), default=float("inf"))

@@ -8,7 +8,8 @@ Theory of operation
    from the injected `random.Random`, so a seed replays a whole simulation.
 2. `receive` validates the whole message first (`messages.parse`); a malformed message raises
    `RemoteProtocolError` before anything changes.  Then the sender is marked alive (direct
-   evidence) and the message goes to the part that owns it:
+   evidence) and the message goes to the part that owns it (a table by message type: each
+   part's `handlers()`, plus the core's own for messages that concern several parts):
      dissemination (PUSH, IHAVE, GRAFT, PRUNE)  - fresh writes along a Plumtree tree;
      catch-up (SYNC_REQ, SYNC_DATA, and GRAFT's answer) - everything after a watermark;
      anti-entropy (AE_*)                       - Merkle comparison, the guarantee;
@@ -25,8 +26,10 @@ Theory of operation
    Expired values need the wall clock: the driver passes `tick(now, wall_ms=...)`; with
    `wall_ms=None` only tombstones are collected.  A node declared dead and returning is behind
    the origin's purge mark: its SYNC gets a fallback and anti-entropy removes what was deleted.
-5. Every state change (pushes, syncs, AE repairs, purges, removals as `state=None`) is
-   recorded; `drain_changes()` hands them to the driver (watch, persistence, metrics).
+5. The parts share one `Context` (context.py: replica, config, rng, counters, members,
+   authority).  Every state change (pushes, syncs, AE repairs, purges, removals as
+   `state=None`) is recorded there (`Context.record`), never returned; `drain_changes()` hands
+   them to the driver (watch, persistence, metrics).
 6. Origin-signed writes: when the replica keeps proofs (`Replica.use_proofs`), every PUSH,
    SYNC_DATA and AE_STATES is verified against the origin's certificates before anything is
    applied (`crdt/proofs.py`); an unsigned state raises `ForgedState`, a RemoteProtocolError
@@ -53,29 +56,23 @@ from ..crdt.proofs import ForgedState
 from ..crdt.replica import Change, Replica
 from ..crdt.state import Delta
 from ..errors import InvalidInput
-from .antientropy import AntiEntropy
+from .antientropy import AE_TYPES, AntiEntropy
 from .authority import Authority
 from .catchup import CatchUp
 from .config import GossipConfig
+from .context import Context, Handler
 from .dissemination import Dissemination
 from .membership import DEAD, Membership, PeerInfo
 from .messages import (
     Ack,
-    AeEqual,
-    AeLeaf,
-    AeLeafReq,
-    AeNodes,
-    AeNodesReq,
     AeRoot,
     AeStates,
     AeStores,
     Bye,
     Graft,
-    IHave,
     Members,
     Ping,
     PingReq,
-    Prune,
     Push,
     Range,
     Send,
@@ -95,7 +92,6 @@ from .snapshot import (
 )
 from .wire import Message, MsgType
 
-AE_TYPES = (AeRoot, AeEqual, AeStores, AeNodesReq, AeNodes, AeLeafReq, AeLeaf, AeStates)
 FORWARD_SYNC_LIMIT = 1000  # catch-up batches up to this many keys are relayed to the subtree
 
 
@@ -132,15 +128,14 @@ class GossipNode:
         trusted = {*origins, address} if role == "origin" else set(origins) - {address}
         self.authority = Authority(role, replica, trusted, self.counters)
         cfg, rng, counters, auth = self.config, self.rng, self.counters, self.authority
-        self.members = Membership(address, role, cfg, rng, counters, auth)
-        self.dissemination = Dissemination(
-            address, role, replica, cfg, rng, counters, self.members, auth
-        )
-        self.catchup = CatchUp(replica, cfg, rng, counters, self.members, auth)
-        self.antientropy = AntiEntropy(replica, cfg, rng, counters, self.members, auth)
+        self.members = Membership(address, role, cfg, rng, counters, auth, replica)
+        self.ctx = ctx = Context(address, role, replica, cfg, rng, counters, auth, self.members)
+        self.dissemination = Dissemination(ctx)
+        self.catchup = CatchUp(ctx)
+        self.antientropy = AntiEntropy(ctx)
         self.snapshots = SnapshotServer(replica, self.config, self.counters)
         self.bootstrap = SnapshotClient(replica, self.config, self.rng, self.counters, self.members)
-        self._changes: list[Change] = []
+        self._handle = self._handlers()
         self._started = False
         self._next_purge = float("inf")
 
@@ -152,10 +147,8 @@ class GossipNode:
         self._started = True
         for s in self.seeds:
             self.members.add_seed(s, now)
-        self._sync_marks()
-        self.members.next_ping = now + cfg.ping_interval * self.rng.random()
-        self.members.next_members = now + cfg.members_interval * (0.5 + self.rng.random())
-        self.antientropy.next_round = now + cfg.ae_interval * (0.5 + self.rng.random())
+        self.members.start(now)
+        self.antientropy.schedule(now)
         self._next_purge = now + cfg.purge_interval
         self.dissemination.fill()
         out: list[Send] = []
@@ -219,7 +212,7 @@ class GossipNode:
         forwarded write) they are only applied: the origin's own push reaches everyone, and an
         edge re-pushing them would only cause duplicates.
         """
-        self._record(self.dissemination.publish(list(items), list(covers), now))
+        self.dissemination.publish(list(items), list(covers), now)
         return []
 
     def receive(self, peer: str, message: Message, now: float) -> list[Send]:
@@ -237,13 +230,12 @@ class GossipNode:
         msg = parse(message)
         if self.replica.proofs is not None and isinstance(msg, Push | SyncData | AeStates):
             self._verify(peer, msg)
-        self._sync_marks()
         before = len(self.members.peers)
         out = self.members.heard_from(peer, now)
         if self.bootstrap.active and isinstance(msg, AE_TYPES):
             self.counters["ae_ignored_bootstrapping"] += 1
             return out
-        out.extend(self._dispatch(peer, msg, now))
+        out.extend(self._handle[type(msg)](peer, msg, now))
         if len(self.members.peers) != before:
             self.dissemination.fill()
         if self.role != "origin" and self.authority.origin_purged > self.replica.purged:
@@ -254,15 +246,14 @@ class GossipNode:
         """Run every timer due at `now`.  `wall_ms` (ms since the epoch) enables TTL collection."""
         if not self._started:
             return []
-        self._sync_marks()
         out = self.members.tick(now)
         out.extend(self.dissemination.tick(now))
         out.extend(self.catchup.tick(now))
         out.extend(self.bootstrap.tick(now))
         self.snapshots.busy = self.bootstrap.whole
         if self.bootstrap.active:  # rule 6: no anti-entropy, no grafts while bootstrapping
-            self.antientropy.next_round = max(self.antientropy.next_round, now + 1.0)
-            self.dissemination.grafts_paused_until = now + self.config.snapshot_timeout
+            self.antientropy.hold(now + 1.0)
+            self.dissemination.pause_grafts(now + self.config.snapshot_timeout)
         out.extend(self.antientropy.tick(now))
         if self._next_purge <= now:
             self._next_purge = now + self.config.purge_interval
@@ -287,15 +278,13 @@ class GossipNode:
             self.counters["snapshot_build_failures"] += 1
             self.bootstrap.abort()
             return self.catchup.request(now)
-        self._record(self.bootstrap.install(result, job, now))
-        self._sync_marks()
-        self.dissemination.grafts_paused_until = float("-inf")
+        self.ctx.record(self.bootstrap.install(result, job, now))
+        self.dissemination.resume_grafts()
         return self.catchup.request(now)  # what was written meanwhile: a small gap
 
     def drain_changes(self) -> list[Change]:
         """State changes applied since the last call (removals have `state=None`)."""
-        out, self._changes = self._changes, []
-        return out
+        return self.ctx.drain()
 
     def peers(self) -> dict[str, PeerInfo]:
         """address -> what this node knows of that peer (a copy)."""
@@ -370,14 +359,6 @@ class GossipNode:
             self.counters["rejected_forged"] += 1
             raise
 
-    def _record(self, changes: list[Change]) -> None:
-        if changes:
-            self._changes.extend(changes)
-
-    def _sync_marks(self) -> None:
-        self.members.wm = self.replica.watermark
-        self.members.purged = self.replica.purged
-
     def _purge(self, wall_ms: int | None) -> list[Send]:
         """Purge up to the horizon; the origin announces a new purge mark to every peer."""
         horizon = self.purge_horizon()
@@ -386,7 +367,7 @@ class GossipNode:
             removed = self.replica.purge(horizon, wall_ms if wall_ms is not None else 0)
             if removed:
                 self.counters["purged"] += len(removed)
-                self._record(removed)
+                self.ctx.record(removed)
         if self.replica.purged > before:
             return self.dissemination.announce_purge()
         return []
@@ -409,21 +390,17 @@ class GossipNode:
                 return []
             boot = self.bootstrap
             out = boot.on_data(peer, message, now)
-            applied = boot.take_applied()
-            self._record(applied)
-            if applied or not boot.active:
-                self._sync_marks()
+            self.ctx.record(boot.take_applied())
             if not boot.active and boot.finished_at == now:  # a delta ended: the rest by catch-up
-                self.dissemination.grafts_paused_until = float("-inf")
+                self.dissemination.resume_grafts()
                 out.extend(self.catchup.request(now))
             return out
-        rid = parse_offer(message)[0]
-        self.catchup.pending.pop(rid, None)  # answered: by an offer
+        self.catchup.answered(parse_offer(message)[0])
         if self.role == "origin":
             return []
         out = self.bootstrap.on_offer(peer, message, now)
         if self.bootstrap.active:
-            self.dissemination.grafts_paused_until = now + self.config.snapshot_timeout
+            self.dissemination.pause_grafts(now + self.config.snapshot_timeout)
         return out
 
     def _offer_or_answer(self, peer: str, rid: int, wm: int) -> list[Send]:
@@ -438,60 +415,67 @@ class GossipNode:
             ]
         return self.catchup.answer(peer, rid, wm)
 
-    def _dispatch(self, peer: str, msg: object, now: float) -> list[Send]:
-        d, members = self.dissemination, self.members
-        if isinstance(msg, Push):
-            changes, out = d.on_push(peer, msg, now)
-            self._record(changes)
-            return out
-        if isinstance(msg, IHave):
-            d.on_ihave(peer, msg, now)
-            return []
-        if isinstance(msg, Graft):
-            wm, _ = members.note_progress(peer, msg.wm, msg.purged)
-            d.on_graft(peer)
-            return self._offer_or_answer(peer, 0, wm)
-        if isinstance(msg, Prune):
-            d.on_prune(peer)
-            return []
-        if isinstance(msg, SyncReq):
-            wm, _ = members.note_progress(peer, msg.wm, msg.purged)
-            return self._offer_or_answer(peer, msg.rid, wm)
-        if isinstance(msg, SyncData):
-            return self._on_sync_data(peer, msg, now)
-        if isinstance(msg, Ping):
-            if self.authority.is_origin(peer):  # the origin's own figure, never a claim
-                self.bootstrap.note_origin(msg.wm)
-            out = members.on_ping(peer, msg, now)
+    def _handlers(self) -> dict[type, Handler]:
+        """Message type -> what handles it: the parts' own, and the core's where a message
+        concerns more than one part."""
+        return {
+            **self.dissemination.handlers(),
+            **self.antientropy.handlers(),
+            Graft: self._on_graft,
+            SyncReq: self._on_sync_req,
+            SyncData: self._on_sync_data,
+            Ping: self._on_ping,
+            Ack: self._on_ack,
+            PingReq: self.members.on_ping_req,
+            Members: self._on_members,
+            Bye: self._on_bye,
+            AeRoot: self._on_ae_root,
+            AeStores: self._on_ae_stores,
+        }
+
+    def _on_graft(self, peer: str, msg: Graft, now: float) -> list[Send]:
+        wm, _ = self.members.note_progress(peer, msg.wm, msg.purged)
+        self.dissemination.on_graft(peer)
+        return self._offer_or_answer(peer, 0, wm)
+
+    def _on_sync_req(self, peer: str, msg: SyncReq, now: float) -> list[Send]:
+        wm, _ = self.members.note_progress(peer, msg.wm, msg.purged)
+        return self._offer_or_answer(peer, msg.rid, wm)
+
+    def _on_ping(self, peer: str, msg: Ping, now: float) -> list[Send]:
+        if self.authority.is_origin(peer):  # the origin's own figure, never a claim
+            self.bootstrap.note_origin(msg.wm)
+        out = self.members.on_ping(peer, msg, now)
+        self._ahead(peer, msg.wm, now)
+        return out
+
+    def _on_ack(self, peer: str, msg: Ack, now: float) -> list[Send]:
+        if self.authority.is_origin(peer) and msg.target is None:
+            self.bootstrap.note_origin(msg.wm)
+        out = self.members.on_ack(peer, msg, now)
+        if msg.target is None:  # a relayed ACK's watermark is a third party's claim
             self._ahead(peer, msg.wm, now)
-            return out
-        if isinstance(msg, Ack):
-            if self.authority.is_origin(peer) and msg.target is None:
-                self.bootstrap.note_origin(msg.wm)
-            out = members.on_ack(peer, msg, now)
-            if msg.target is None:  # a relayed ACK's watermark is a third party's claim
-                self._ahead(peer, msg.wm, now)
-            return out
-        if isinstance(msg, PingReq):
-            return members.on_ping_req(peer, msg, now)
-        if isinstance(msg, Members):
-            members.merge_rows(msg.members, now, peer)
-            return []
-        if isinstance(msg, Bye):
-            members.mark_left(peer, now)
-            return []
-        return self._dispatch_ae(peer, msg, now)
+        return out
+
+    def _on_members(self, peer: str, msg: Members, now: float) -> list[Send]:
+        self.members.merge_rows(msg.members, now, peer)
+        return []
+
+    def _on_bye(self, peer: str, msg: Bye, now: float) -> list[Send]:
+        self.members.mark_left(peer, now)
+        return []
 
     def _on_sync_data(self, peer: str, msg: SyncData, now: float) -> list[Send]:
         if self.role == "origin":  # it never asks for catch-up: refused, counted
             self.authority.apply(peer, "SYNC_DATA", msg.items, msg.covers)
             return []
-        changes = self.catchup.on_data(peer, msg)
-        self._record(changes)
+        mark = self.ctx.mark()
+        self.catchup.on_data(peer, msg)
+        changes = self.ctx.since(mark)
         if msg.fallback:
             # catch-up cannot help (the peer purged past our watermark): anti-entropy repairs
             # us; grafts would only bring more fallbacks meanwhile
-            self.dissemination.grafts_paused_until = now + self.config.ae_timeout
+            self.dissemination.pause_grafts(now + self.config.ae_timeout)
             return self.antientropy.start(peer, now, force=True)
         if changes and len(changes) <= FORWARD_SYNC_LIMIT:
             items = [(c.store, c.key, c.state) for c in changes if c.state is not None]
@@ -500,33 +484,12 @@ class GossipNode:
         self.dissemination.check_gap(peer, now)
         return []
 
-    def _dispatch_ae(self, peer: str, msg: object, now: float) -> list[Send]:
-        ae = self.antientropy
-        if isinstance(msg, AeRoot):
-            self.members.note_progress(peer, msg.wm, msg.purged)
-            self._ahead(peer, msg.wm, now)
-            return ae.on_root(peer, msg, now)
-        if isinstance(msg, AeEqual):
-            ae.on_equal(peer, msg, now)
-            return []
-        if isinstance(msg, AeStores):
-            self.members.note_progress(peer, msg.wm, msg.purged)
-            self._ahead(peer, msg.wm, now)
-            return ae.on_stores(peer, msg, now)
-        if isinstance(msg, AeNodesReq):
-            return ae.on_nodes_req(peer, msg, now)
-        if isinstance(msg, AeNodes):
-            out = ae.on_nodes(peer, msg, now)
-            self._record(ae.take_changes())
-            return out
-        if isinstance(msg, AeLeafReq):
-            return ae.on_leaf_req(peer, msg, now)
-        if isinstance(msg, AeLeaf):
-            changes, out = ae.on_leaf(peer, msg, now)
-            self._record(changes)
-            return out
-        if isinstance(msg, AeStates):
-            changes, out = ae.on_states(peer, msg, now)
-            self._record(changes)
-            return out
-        raise AssertionError(f"unhandled message {msg!r}")  # pragma: no cover - parse is total
+    def _on_ae_root(self, peer: str, msg: AeRoot, now: float) -> list[Send]:
+        self.members.note_progress(peer, msg.wm, msg.purged)
+        self._ahead(peer, msg.wm, now)
+        return self.antientropy.on_root(peer, msg, now)
+
+    def _on_ae_stores(self, peer: str, msg: AeStores, now: float) -> list[Send]:
+        self.members.note_progress(peer, msg.wm, msg.purged)
+        self._ahead(peer, msg.wm, now)
+        return self.antientropy.on_stores(peer, msg, now)

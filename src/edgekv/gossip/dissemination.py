@@ -41,22 +41,16 @@ Theory of operation
 
 from __future__ import annotations
 
-import random
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..crdt.proofs import Certificate
-from ..crdt.register import Register
-from ..crdt.replica import Change, Replica
 from ..crdt.seqranges import SeqRanges
 from ..crdt.state import Delta, join
-from ..crdt.zset import ZSet
-from .authority import Authority
-from .config import GossipConfig
-from .membership import Membership
+from .chunks import Chunker, delta_size
+from .context import Context, Handler, Part
 from .messages import (
-    MAX_MESSAGE_STORES,
     SEND_ALLOC,
     Graft,
     IHave,
@@ -65,7 +59,6 @@ from .messages import (
     Push,
     Range,
     Send,
-    alloc_size,
 )
 
 QUIET_BATCHES = 3  # at most this many batches per ihave_window: notices go to every lazy peer
@@ -82,46 +75,17 @@ class _Outbox:
     covers: SeqRanges = field(default_factory=SeqRanges)
 
 
-def delta_size(d: Delta) -> int:
-    """A cheap upper estimate of a delta's encoded size, for chunking."""
-    if isinstance(d, Register):
-        return 32 + (len(d.value) if d.value is not None else 0)
-    if isinstance(d, ZSet):
-        return 32 + sum(len(m) + 20 for m in d.members)
-    bits = getattr(d, "bits", None)
-    if bits is not None:
-        return 48 + len(bits)
-    return 48 + 9 * len(getattr(d, "positions", ()))
-
-
 def covers_new(covered: SeqRanges, ranges: list[Range]) -> bool:
     """True when some seq of `ranges` is not in `covered`."""
     have = list(covered)
     return any(not any(a <= lo and hi <= b for a, b in have) for lo, hi in ranges)
 
 
-class Dissemination:
+class Dissemination(Part):
     """Eager/lazy peer sets, transmit queues, lazy notices and graft timers of one node."""
 
-    def __init__(
-        self,
-        address: str,
-        role: str,
-        replica: Replica,
-        config: GossipConfig,
-        rng: random.Random,
-        counters: Counter[str],
-        membership: Membership,
-        authority: Authority,
-    ) -> None:
-        self.address = address
-        self.authority = authority
-        self.role = role
-        self.replica = replica
-        self.config = config
-        self.rng = rng
-        self.counters = counters
-        self.members = membership
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx)
         self.eager: set[str] = set()
         self.lazy: set[str] = set()
         self.outbox: dict[str, _Outbox] = {}
@@ -143,7 +107,7 @@ class Dissemination:
         self._last_graft: set[str] = set()
         self._graft_rounds = 0  # graft rounds since this node's watermark last moved
         self._graft_from = 0  # the watermark those rounds started from
-        self.grafts_paused_until = float("-inf")  # set while a fallback AE session runs
+        self._grafts_paused_until = float("-inf")  # set while a repair makes grafts moot
 
     @property
     def fanout(self) -> int:
@@ -167,11 +131,16 @@ class Dissemination:
         self.rng.shuffle(candidates)
         self.eager.update(candidates[:need])
 
-    def on_prune(self, peer: str) -> None:
+    def handlers(self) -> dict[type, Handler]:
+        """The messages this part handles on its own (core.py routes the others)."""
+        return {Push: self.on_push, IHave: self.on_ihave, Prune: self.on_prune}
+
+    def on_prune(self, peer: str, msg: Prune, now: float) -> list[Send]:
         if peer in self.eager:
             self.eager.discard(peer)
             self.lazy.add(peer)
             self.counters["pruned_by_peer"] += 1
+        return []
 
     def on_graft(self, peer: str) -> None:
         self.lazy.discard(peer)
@@ -180,7 +149,14 @@ class Dissemination:
 
     # -- pushes ------------------------------------------------------------------------------------
 
-    def publish(self, items: list[Item], covers: list[Range], now: float) -> list[Change]:
+    def pause_grafts(self, until: float) -> None:
+        """No grafts before `until` (anti-entropy or a snapshot is repairing this node)."""
+        self._grafts_paused_until = until
+
+    def resume_grafts(self) -> None:
+        self._grafts_paused_until = float("-inf")
+
+    def publish(self, items: list[Item], covers: list[Range], now: float) -> None:
         """At the origin, queue committed deltas for the eager peers; elsewhere, apply them.
 
         The origin's deltas were planned on its own replica and applied there by whoever
@@ -188,21 +164,22 @@ class Dissemination:
         them again would be a guaranteed no-op that costs a digest per key.
         """
         if self.role != "origin":
-            return self.replica.apply_batch(items, covers)
+            self.ctx.record(self.replica.apply_batch(items, covers))
+            return
         self.replica.covered.update(covers)
         self.fill()
         self._forward(items, covers, 0, None, now, self.config.push_window)
-        return []
 
-    def on_push(self, peer: str, msg: Push, now: float) -> tuple[list[Change], list[Send]]:
+    def on_push(self, peer: str, msg: Push, now: float) -> list[Send]:
         self.counters["pushes_received"] += 1
         if self.role == "origin":  # the source of every seq takes none: refused, counted
             self.authority.apply(peer, "PUSH", msg.items, msg.covers + msg.again)
-            return [], []
+            return []
         covered = self.replica.covered
         fresh_covers = covers_new(covered, msg.covers)
         fresh_again = bool(msg.again) and covers_new(covered, msg.again)
         changes = self.authority.apply(peer, "PUSH", msg.items, msg.covers + msg.again)
+        self.ctx.record(changes)
         if peer not in self.eager and peer not in self.lazy and self.role != "origin":
             p = self.members.peers.get(peer)
             if p is not None and p.role != "origin":
@@ -212,10 +189,10 @@ class Dissemination:
         if not changes and not fresh_covers and not fresh_again:
             self.counters["duplicates"] += 1
             if self._parent is None or self._parent == peer or peer in self._pruned:
-                return changes, []  # never cut the parent; never prune twice
+                return []  # never cut the parent; never prune twice
             self._pruned.add(peer)
             self.counters["prunes_sent"] += 1
-            return changes, [Send(peer, Prune().to_wire())]
+            return [Send(peer, Prune().to_wire())]
         if peer not in self._pruned:  # news from a pruned peer was sent before our PRUNE
             self._parent = peer
         hops = msg.hops + 1
@@ -227,7 +204,7 @@ class Dissemination:
         if msg.wm >= 0:
             self.members.note_progress(peer, msg.wm, 0)
         self.check_gap(peer, now, msg.wm)
-        return changes, []
+        return []
 
     def forward_new(
         self, items: Sequence[Item], covers: list[Range], source: str, now: float
@@ -322,39 +299,21 @@ class Dissemination:
 
     def _flush(self, peer: str, box: _Outbox) -> list[Send]:
         out: list[Send] = []
-        proofs = self.replica.proofs
-        certs: dict[bytes, Certificate] = {}  # the proofs of this chunk (crdt/proofs.py)
-        chunk, again, size = self._again(peer, certs)
-        again_n = len(chunk)
-        alloc = sum(alloc_size(d) for _, _, d in chunk)
-        stores: set[str] = {st for st, _, _ in chunk}
-        limit = self.config.max_message_bytes
+        # what receivers may allocate (Bloom filters) is bounded per message too
+        chunker = Chunker(self.replica.proofs, self.config.max_message_bytes, max_alloc=SEND_ALLOC)
+        certs: dict[bytes, Certificate] = {}
+        first, again, size = self._again(peer, certs)
+        chunker.seed(first, certs, size)
+        again_n = len(first)
         wm = self.replica.watermark  # a receiver with a gap learns whether we hold it (rule 3)
         for (store, key), delta in box.items.items():
-            n = delta_size(delta) + len(key) + len(store)
-            a = alloc_size(delta)  # what receivers may allocate: bounded per message
-            if chunk and (
-                size + n > limit
-                or alloc + a > SEND_ALLOC
-                or (store not in stores and len(stores) >= MAX_MESSAGE_STORES)
-            ):
-                msg = Push(chunk, [], box.hops, wm, again, again_n, list(certs.values()))
+            full = chunker.add(store, key, delta)
+            if full is not None:
+                msg = Push(full[0], [], box.hops, wm, again, again_n, full[1])
                 out.append(Send(peer, msg.to_wire()))
-                chunk, size, alloc = [], 0, 0
-                certs = {}
-                stores.clear()
                 again, again_n = [], 0
-            if proofs is not None:
-                extra = proofs.add_material(certs, delta)
-                if extra < 0:
-                    continue  # unprovable here: never sent (crdt/proofs.py rule 3)
-                n += extra
-            stores.add(store)
-            chunk.append((store, key, delta))
-            size += n
-            alloc += a
-        covers = list(box.covers)
-        msg = Push(chunk, covers, box.hops, wm, again, again_n, list(certs.values()))
+        items, proofs = chunker.take()
+        msg = Push(items, list(box.covers), box.hops, wm, again, again_n, proofs)
         out.append(Send(peer, msg.to_wire()))
         if box.covers and len(out) == 1 and self.config.push_again > 0:
             sent = self._sent.setdefault(peer, [])
@@ -367,12 +326,13 @@ class Dissemination:
 
     # -- lazy notices and grafts --------------------------------------------------------------------
 
-    def on_ihave(self, peer: str, msg: IHave, now: float) -> None:
+    def on_ihave(self, peer: str, msg: IHave, now: float) -> list[Send]:
         self.members.note_progress(peer, msg.wm, msg.purged)
         if msg.covers:
             self.learn_exists(peer, max(hi for _, hi in msg.covers), now)
         else:  # a purge-mark notice: its watermark may be ahead only by writes in flight
             self.learn_exists(peer, msg.wm, now, self.config.ping_interval)
+        return []
 
     def announce_purge(self) -> list[Send]:
         """The origin sends a new purge mark to every live peer (only the origin's own mark
@@ -489,8 +449,8 @@ class Dissemination:
             for peer in self._next_lazy(self._notice_burst):
                 out.append(Send(peer, IHave(self.replica.watermark, covers).to_wire()))
                 self.counters["ihaves_sent"] += 1
-        if self._graft_due is not None and self._graft_due <= now < self.grafts_paused_until:
-            self._graft_due = self.grafts_paused_until  # anti-entropy is repairing this node
+        if self._graft_due is not None and self._graft_due <= now < self._grafts_paused_until:
+            self._graft_due = self._grafts_paused_until  # anti-entropy is repairing this node
         if self._graft_due is not None and self._graft_due <= now:
             self._graft_due = None
             wm = self.replica.watermark

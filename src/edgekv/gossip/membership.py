@@ -104,11 +104,14 @@ class Membership:
         rng: random.Random,
         counters: Counter[str],
         authority: Authority | None = None,
+        replica: Replica | None = None,
     ) -> None:
-        """`authority`: the node's (see authority.py); alone, an edge's trusting no origin."""
+        """`authority`: the node's (see authority.py); alone, an edge's trusting no origin.
+        `replica`: the node's, whose watermark and purge mark pings and acks carry."""
         self.address = address
+        self.replica = replica if replica is not None else Replica()
         if authority is None:
-            authority = Authority(role, Replica(), (), counters)
+            authority = Authority(role, self.replica, (), counters)
         self.authority = authority
         self.role = role
         self.incarnation = 0
@@ -125,14 +128,28 @@ class Membership:
         self._updates: dict[str, int] = {}  # address -> remaining piggyback transmissions
         self.next_ping = 0.0
         self.next_members = 0.0
-        self.wm = 0  # this node's watermark and purge mark, set by the core before sending
-        self.purged = 0
         self._version = 0
         self._cache_version = -1
         self._cache: tuple[list[str], list[str], list[str]] = ([], [], [])
         self._suspects: dict[str, float] = {}  # suspect address -> since
         self.typical_rtt = 0.0  # smoothed over every direct probe (a new peer's first guess)
         self._forgotten: dict[str, None] = {}  # addresses a member left (rule 6), oldest first
+
+    def start(self, now: float) -> None:
+        """Arm the first probe and the first full-table exchange, at random offsets (nodes
+        started together do not probe in step)."""
+        cfg = self.config
+        self.next_ping = now + cfg.ping_interval * self.rng.random()
+        self.next_members = now + cfg.members_interval * (0.5 + self.rng.random())
+
+    @property
+    def wm(self) -> int:
+        """This node's watermark (carried by its pings and acks)."""
+        return self.replica.watermark
+
+    @property
+    def purged(self) -> int:
+        return self.replica.purged
 
     # -- queries ---------------------------------------------------------------------------------
 

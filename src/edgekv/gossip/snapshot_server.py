@@ -22,8 +22,8 @@ from ..crdt.register import Register
 from ..crdt.replica import Replica
 from ..crdt.state import State
 from ..errors import RemoteProtocolError
+from .chunks import delta_size
 from .config import GossipConfig
-from .dissemination import delta_size
 from .fields import MAX_SEQ
 from .fields import field_int as _int
 from .membership import ALIVE, Membership

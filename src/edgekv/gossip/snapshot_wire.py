@@ -23,11 +23,12 @@ from itertools import islice, repeat
 from operator import itemgetter, lt
 from typing import Any
 
+from ..crdt.bloom import BloomDelta
 from ..crdt.proofs import Certificate
 from ..crdt.register import SEQ_AT, Register, registers_valid
-from ..crdt.state import State
+from ..crdt.state import Delta, State
 from ..errors import RemoteProtocolError
-from .dissemination import delta_size
+from .chunks import delta_size
 from .fields import MAX_ADDRESS, MAX_PROOFS
 from .fields import check_delta as _delta
 from .fields import check_key as _key
@@ -219,6 +220,5 @@ def parse_chunk(m: Message) -> Chunk:
     )
 
 
-def _to_state(d: Any) -> State:
-    to_state = getattr(d, "to_state", None)
-    return to_state() if to_state is not None else d  # type: ignore[no-any-return]
+def _to_state(d: Delta) -> State:
+    return d.to_state() if isinstance(d, BloomDelta) else d
