@@ -110,15 +110,15 @@ async def test_admin_endpoints(net: SimNetwork, autojump_clock: Any) -> None:
             r = await http.get("/metrics")
             assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
             text = r.text
-            assert 'edgekv_watermark{node="e1"} 5' in text
-            assert 'edgekv_keys{node="e1"} 4' in text
+            assert 'edgekv_watermark{node="e1"} 5.0' in text
+            assert 'edgekv_keys{node="e1"} 4.0' in text
             assert re.search(
                 r'edgekv_messages_received_total\{node="e1",type="[A-Z_]+"\} [1-9]', text
             )
             assert re.search(r'edgekv_bytes_sent_total\{node="e1",type="[A-Z_]+"\} [1-9]', text)
-            assert 'edgekv_propagation_latency_ms_bucket{node="e1",le="+Inf"}' in text
-            assert "# TYPE edgekv_propagation_latency_ms histogram" in text
-            assert 'edgekv_peers{node="e1",state="alive"} 1' in text
+            assert 'edgekv_propagation_latency_seconds_bucket{le="+Inf",node="e1"}' in text
+            assert "# TYPE edgekv_propagation_latency_seconds histogram" in text
+            assert 'edgekv_peers{node="e1",state="alive"} 1.0' in text
             assert re.search(r'edgekv_antientropy_rounds_total\{node="e1"\} \d+', text)
             assert re.search(r'edgekv_antientropy_repairs_total\{node="e1"\} \d+', text)
             for line in text.splitlines():  # every sample line is "name{labels} number"

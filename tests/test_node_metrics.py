@@ -6,6 +6,7 @@ import math
 from collections import Counter
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from edgekv.gossip.transport import TransportStats
 from edgekv.node.metrics import Histogram, NodeMetrics, render_prometheus
@@ -40,19 +41,30 @@ def test_prometheus_text() -> None:
         peer_states=["alive", "alive", "dead"],
     )
     lines = text.splitlines()
-    assert 'edgekv_messages_sent_total{node="e\\"1",type="PUSH"} 2' in lines
-    assert 'edgekv_bytes_sent_total{node="e\\"1",type="PUSH"} 150' in lines
-    assert 'edgekv_messages_received_total{node="e\\"1",type="ACK"} 1' in lines
-    assert 'edgekv_propagation_latency_ms_bucket{node="e\\"1",le="100"} 0' in lines
-    assert 'edgekv_propagation_latency_ms_bucket{node="e\\"1",le="200"} 1' in lines
-    assert 'edgekv_propagation_latency_ms_bucket{node="e\\"1",le="+Inf"} 1' in lines
-    assert 'edgekv_propagation_latency_ms_count{node="e\\"1"} 1' in lines
-    assert 'edgekv_antientropy_rounds_total{node="e\\"1"} 3' in lines
-    assert 'edgekv_antientropy_repairs_total{node="e\\"1"} 5' in lines
-    assert 'edgekv_node_events_total{node="e\\"1",event="protocol_errors"} 2' in lines
-    assert 'edgekv_peers{node="e\\"1",state="alive"} 2' in lines
-    assert 'edgekv_watermark{node="e\\"1"} 42' in lines
-    assert 'edgekv_lag_ms{node="e\\"1"} 0.5' in lines
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+    def value(name: str, **labels: str) -> float:
+        return samples[(name, tuple(sorted({"node": 'e"1', **labels}.items())))]
+
+    assert 'edgekv_messages_sent_total{node="e\\"1",type="PUSH"} 2.0' in lines  # escaped
+    assert value("edgekv_bytes_sent_total", type="PUSH") == 150
+    assert value("edgekv_messages_received_total", type="ACK") == 1
+    # 120 ms, in seconds as Prometheus has it
+    assert value("edgekv_propagation_latency_seconds_bucket", le="0.1") == 0
+    assert value("edgekv_propagation_latency_seconds_bucket", le="0.2") == 1
+    assert value("edgekv_propagation_latency_seconds_bucket", le="+Inf") == 1
+    assert value("edgekv_propagation_latency_seconds_count") == 1
+    assert value("edgekv_propagation_latency_seconds_sum") == pytest.approx(0.12)
+    assert value("edgekv_antientropy_rounds_total") == 3
+    assert value("edgekv_antientropy_repairs_total") == 5
+    assert value("edgekv_node_events_total", event="protocol_errors") == 2
+    assert value("edgekv_peers", state="alive") == 2
+    assert value("edgekv_watermark") == 42
+    assert value("edgekv_lag_seconds") == pytest.approx(0.0005)  # the node's lag_ms
     assert text.endswith("\n")
     typed = {line.split()[2] for line in lines if line.startswith("# TYPE")}
     for line in lines:

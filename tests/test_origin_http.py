@@ -86,8 +86,8 @@ async def test_routes(tmp_path: Path) -> None:
         text = (await h.get("/metrics")).text
         node = origin.node_id
         assert node.startswith("origin-") and (tmp_path / "node-id").read_text().strip() == node
-        assert f'edgekv_watermark{{node="{node}"}} 8' in text
-        assert f'edgekv_origin_commits_total{{node="{node}"}} 8' in text
+        assert f'edgekv_watermark{{node="{node}"}} 8.0' in text
+        assert f'edgekv_origin_commits_total{{node="{node}"}} 8.0' in text
         assert "# TYPE edgekv_origin_log_flushes_total counter" in text
         assert (await h.delete("/v1/stores/flags")).status_code == 200
         assert (await h.get("/v1/stores")).json() == {"stores": []}

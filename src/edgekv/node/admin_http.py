@@ -155,7 +155,7 @@ def metrics_operation(render: Callable[[], str]) -> Operation:
     async def metrics(call: Call) -> Response:
         return PlainTextResponse(render(), media_type=PROMETHEUS_TYPE)
 
-    example = '# TYPE edgekv_watermark gauge\nedgekv_watermark{node="edge-1"} 42\n'
+    example = '# TYPE edgekv_watermark gauge\nedgekv_watermark{node="edge-1"} 42.0\n'
     reply = Reply(200, "Prometheus text", "text/plain", schema={"type": "string"}, example=example)
     return Operation("GET", "/metrics", "metrics", "Prometheus metrics", metrics, reply, "known")
 

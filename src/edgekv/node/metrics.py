@@ -1,7 +1,9 @@
-"""Node metrics: a fixed-bucket histogram and the Prometheus text exposition of a node.
+"""Node metrics: a fixed-bucket histogram and the Prometheus exposition of a node.
 
-Kept dependency-free (no prometheus_client): the admin HTTP API renders `render_prometheus`,
-and `status()` dictionaries reuse the same numbers.  Counters that already live elsewhere
+The node keeps its own figures (a `Histogram` of propagation times in ms, counters); a
+prometheus_client custom collector (`NodeCollector`) exposes them, in seconds as Prometheus has
+it, and the admin HTTP API serves `render_prometheus`; `status()` dictionaries reuse the same
+numbers.  Counters that already live elsewhere
 (transport traffic in `TransportStats`, gossip counters in `GossipNode.counters`) are read at
 render time rather than copied, so there is one source of truth for each figure.
 """
@@ -13,14 +15,23 @@ import math
 import re
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
+
+from prometheus_client import generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 from edgekv.gossip.transport import TransportStats
 
 __all__ = [
     "LATENCY_BUCKETS_MS",
     "Histogram",
+    "NodeCollector",
     "NodeMetrics",
     "antientropy_repairs",
     "antientropy_rounds",
@@ -100,16 +111,156 @@ def _metric(name: str) -> str:
     return _NAME_OK.sub("_", name)
 
 
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+def _describe(name: str) -> str:
+    return name.replace("_", " ").capitalize() + "."
 
 
-def _num(x: float) -> str:
-    if x == math.inf:
-        return "+Inf"
-    if isinstance(x, int) or float(x).is_integer():
-        return str(int(x))
-    return repr(float(x))
+class NodeCollector:
+    """One node's figures as Prometheus metric families (a prometheus_client custom
+    collector), read from their sources each time it is collected.
+
+    Times are in seconds, as Prometheus has it: the propagation histogram's bounds and sum, and
+    any gauge named `*_ms` (exposed as `*_seconds`).
+    """
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        stats: TransportStats,
+        metrics: NodeMetrics,
+        gossip_counters: Mapping[str, int],
+        gauges: Mapping[str, float],
+        peer_states: Iterable[str] = (),
+        counters: Mapping[str, float] | None = None,
+        rejections: Mapping[str, Mapping[str, int]] | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.stats = stats
+        self.metrics = metrics
+        self.gossip_counters = gossip_counters
+        self.gauges = gauges
+        self.peer_states = list(peer_states)
+        self.counters = counters or {}
+        self.rejections = rejections or {}
+
+    def collect(self) -> Iterator[Metric]:
+        node, stats, metrics = self.node_id, self.stats, self.metrics
+        for direction in ("sent", "received"):
+            msgs = getattr(stats, f"{direction}_messages")
+            nbytes = getattr(stats, f"{direction}_bytes")
+            yield _by(
+                f"edgekv_messages_{direction}",
+                f"Messages {direction}, by type.",
+                node,
+                "type",
+                msgs,
+            )
+            yield _by(
+                f"edgekv_bytes_{direction}",
+                f"Frame bytes {direction}, by type.",
+                node,
+                "type",
+                nbytes,
+            )
+        yield _one(
+            "edgekv_messages_dropped", "Outbound copies that never arrived.", node, stats.dropped
+        )
+
+        hist = metrics.propagation_ms
+        family = HistogramMetricFamily(
+            "edgekv_propagation_latency_seconds",
+            "Origin written_at to local apply, wall-clock seconds, per applied change.",
+            labels=["node"],
+        )
+        buckets = [
+            ("+Inf" if le == math.inf else repr(le / 1000), float(n)) for le, n in hist.cumulative()
+        ]
+        family.add_metric([node], buckets, hist.sum / 1000)
+        yield family
+
+        yield _one(
+            "edgekv_changes_applied",
+            "Key state changes applied locally.",
+            node,
+            metrics.changes_applied,
+        )
+        counters = self.gossip_counters
+        yield _one(
+            "edgekv_antientropy_rounds",
+            "Anti-entropy sessions started here.",
+            node,
+            antientropy_rounds(counters),
+        )
+        yield _one(
+            "edgekv_antientropy_repairs",
+            "Keys repaired here by anti-entropy (states received plus keys removed as purged"
+            " elsewhere).",
+            node,
+            antientropy_repairs(counters),
+        )
+        yield _by(
+            "edgekv_gossip_events",
+            "Gossip core counters (anti-entropy, ...).",
+            node,
+            "event",
+            counters,
+        )
+        yield _by(
+            "edgekv_node_events",
+            "Runtime events (protocol errors, ...).",
+            node,
+            "event",
+            metrics.events,
+        )
+        yield _by(
+            "edgekv_rejected_unsigned",
+            "Messages rejected because a state was not signed by the origin, by sending peer.",
+            node,
+            "peer",
+            metrics.rejected,
+        )
+        peers = GaugeMetricFamily(
+            "edgekv_peers", "Known peers by membership state.", labels=["node", "state"]
+        )
+        for state, n in sorted(Counter(self.peer_states).items()):
+            peers.add_metric([node, state], n)
+        yield peers
+        refused = CounterMetricFamily(
+            "edgekv_peer_rejections",
+            "Items refused from a peer (states the origin never applies, hostile claims), by reason.",
+            labels=["node", "peer", "reason"],
+        )
+        for peer in sorted(self.rejections):
+            reasons = self.rejections[peer]
+            for reason in sorted(reasons):
+                refused.add_metric([node, peer, reason], reasons[reason])
+        yield refused
+
+        for name in sorted(self.gauges):
+            value = self.gauges[name]
+            if name.endswith("_ms"):
+                name, value = name.removesuffix("_ms") + "_seconds", value / 1000
+            gauge = GaugeMetricFamily(f"edgekv_{_metric(name)}", _describe(name), labels=["node"])
+            gauge.add_metric([node], value)
+            yield gauge
+        for name in sorted(self.counters):
+            yield _one(f"edgekv_{_metric(name)}", _describe(name), node, self.counters[name])
+
+
+def _one(name: str, help_text: str, node: str, value: float) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, help_text, labels=["node"])
+    family.add_metric([node], value)
+    return family
+
+
+def _by(
+    name: str, help_text: str, node: str, label: str, values: Mapping[str, float]
+) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, help_text, labels=["node", label])
+    for key in sorted(values):
+        family.add_metric([node, key], values[key])
+    return family
 
 
 def render_prometheus(
@@ -123,103 +274,18 @@ def render_prometheus(
     counters: Mapping[str, float] | None = None,
     rejections: Mapping[str, Mapping[str, int]] | None = None,
 ) -> str:
-    """The Prometheus text format (version 0.0.4) for one node."""
-    lines: list[str] = []
-    node = f'node="{_label(node_id)}"'
-
-    def family(name: str, kind: str, help_text: str) -> None:
-        lines.append(f"# HELP {name} {help_text}")
-        lines.append(f"# TYPE {name} {kind}")
-
-    for direction in ("sent", "received"):
-        msgs = getattr(stats, f"{direction}_messages")
-        nbytes = getattr(stats, f"{direction}_bytes")
-        family(f"edgekv_messages_{direction}_total", "counter", f"Messages {direction}, by type.")
-        for kind in sorted(msgs):
-            lines.append(
-                f'edgekv_messages_{direction}_total{{{node},type="{_label(kind)}"}} {msgs[kind]}'
-            )
-        family(f"edgekv_bytes_{direction}_total", "counter", f"Frame bytes {direction}, by type.")
-        for kind in sorted(nbytes):
-            lines.append(
-                f'edgekv_bytes_{direction}_total{{{node},type="{_label(kind)}"}} {nbytes[kind]}'
-            )
-    family("edgekv_messages_dropped_total", "counter", "Outbound copies that never arrived.")
-    lines.append(f"edgekv_messages_dropped_total{{{node}}} {stats.dropped}")
-
-    hist = metrics.propagation_ms
-    family(
-        "edgekv_propagation_latency_ms",
-        "histogram",
-        "Origin written_at to local apply, wall-clock ms, per applied change.",
+    """The Prometheus text format (version 0.0.4) for one node (see `NodeCollector`)."""
+    collector = NodeCollector(
+        node_id=node_id,
+        stats=stats,
+        metrics=metrics,
+        gossip_counters=gossip_counters,
+        gauges=gauges,
+        peer_states=peer_states,
+        counters=counters,
+        rejections=rejections,
     )
-    for bound, total in hist.cumulative():
-        lines.append(f'edgekv_propagation_latency_ms_bucket{{{node},le="{_num(bound)}"}} {total}')
-    lines.append(f"edgekv_propagation_latency_ms_sum{{{node}}} {_num(hist.sum)}")
-    lines.append(f"edgekv_propagation_latency_ms_count{{{node}}} {hist.count}")
-
-    family("edgekv_changes_applied_total", "counter", "Key state changes applied locally.")
-    lines.append(f"edgekv_changes_applied_total{{{node}}} {metrics.changes_applied}")
-
-    family("edgekv_antientropy_rounds_total", "counter", "Anti-entropy sessions started here.")
-    lines.append(f"edgekv_antientropy_rounds_total{{{node}}} {antientropy_rounds(gossip_counters)}")
-    family(
-        "edgekv_antientropy_repairs_total",
-        "counter",
-        "Keys repaired here by anti-entropy (states received plus keys removed as purged elsewhere).",
-    )
-    lines.append(
-        f"edgekv_antientropy_repairs_total{{{node}}} {antientropy_repairs(gossip_counters)}"
-    )
-    family("edgekv_gossip_events_total", "counter", "Gossip core counters (anti-entropy, ...).")
-    for name in sorted(gossip_counters):
-        lines.append(
-            f'edgekv_gossip_events_total{{{node},event="{_label(name)}"}} {gossip_counters[name]}'
-        )
-    family("edgekv_node_events_total", "counter", "Runtime events (protocol errors, ...).")
-    for name in sorted(metrics.events):
-        lines.append(
-            f'edgekv_node_events_total{{{node},event="{_label(name)}"}} {metrics.events[name]}'
-        )
-
-    family(
-        "edgekv_rejected_unsigned_total",
-        "counter",
-        "Messages rejected because a state was not signed by the origin, by sending peer.",
-    )
-    for peer in sorted(metrics.rejected):
-        lines.append(
-            f'edgekv_rejected_unsigned_total{{{node},peer="{_label(peer)}"}} '
-            f"{metrics.rejected[peer]}"
-        )
-
-    peers = Counter(peer_states)
-    family("edgekv_peers", "gauge", "Known peers by membership state.")
-    for state in sorted(peers):
-        lines.append(f'edgekv_peers{{{node},state="{_label(state)}"}} {peers[state]}')
-
-    family(
-        "edgekv_peer_rejections_total",
-        "counter",
-        "Items refused from a peer (states the origin never applies, hostile claims), by reason.",
-    )
-    for peer in sorted(rejections or {}):
-        reasons = (rejections or {})[peer]
-        for reason in sorted(reasons):
-            lines.append(
-                f'edgekv_peer_rejections_total{{{node},peer="{_label(peer)}",'
-                f'reason="{_label(reason)}"}} {reasons[reason]}'
-            )
-
-    for name in sorted(gauges):
-        metric = f"edgekv_{_metric(name)}"
-        family(metric, "gauge", name.replace("_", " ").capitalize() + ".")
-        lines.append(f"{metric}{{{node}}} {_num(gauges[name])}")
-    for name in sorted(counters or {}):
-        metric = f"edgekv_{_metric(name)}_total"
-        family(metric, "counter", name.replace("_", " ").capitalize() + ".")
-        lines.append(f"{metric}{{{node}}} {_num((counters or {})[name])}")
-    return "\n".join(lines) + "\n"
+    return generate_latest(collector).decode()
 
 
 def merge_rejections(
