@@ -12,12 +12,16 @@ on Ctrl-C and on failure too, and with PR_SET_PDEATHSIG so none outlives this sc
 What is measured, the same way for every system:
 - read: local read latency, one client, 2,000 sequential reads of one 100-byte value after 200
   warm-up reads, each timed alone: `KvStore.get` in a process embedding an `EdgeNode` (and, for
-  reference, the edge's admin HTTP GET), redis-py `GET` against a replica, etcd range requests
+  reference, a get through the edge's client port with `OriginClient` and the edge's admin HTTP
+  GET), redis-py `GET` against a replica, etcd range requests
   through its JSON gateway (serializable: served by the member; linearizable: a quorum read).
 - propagation: a writer makes `--writes` writes of one key at `--rate` per second to the source
   of truth (the origin, the Redis primary, the etcd leader), the value being the write's
   number.  One observer task per replica polls that key in a loop through the system's own
-  network read path (edge admin HTTP GET, redis-py GET, etcd serializable range); a write is
+  cheap network read path, one connection per replica, the same loop for all: `OriginClient.get`
+  on the edge's gossip port (a "client" connection served from the edge's replica,
+  node/clientreads.py: one CBOR frame each way, like a RESP GET), redis-py GET, etcd
+  serializable range through its JSON gateway (etcd has no cheaper public read path); a write is
   visible on a replica when it serves that number or a later one.  Reported: time from the
   write's acknowledgement to visibility on each replica (p50/p99) and on the last replica
   (p50/p99/max).  All observers share one asyncio loop, so the resolution is one polling round:
@@ -185,6 +189,8 @@ class EdgekvSystem(System):
         super().__init__(root)
         self.edges: list[tuple[Proc, str]] = []
         self.edge_argv: list[list[str]] = []
+        self.listens: list[str] = []
+        self.edge_clients: list[Any] = []
 
     async def start(self, replicas: int) -> None:
         import httpx
@@ -206,14 +212,22 @@ class EdgekvSystem(System):
         await self.client.create_store(STORE)
         for i in range(replicas):
             http = f"127.0.0.1:{free_port()}"
+            listen = f"127.0.0.1:{free_port()}"
             argv = [*py, "edge", "--data-dir", str(self.root / f"edge-{i}")]
-            argv += ["--listen", f"127.0.0.1:{free_port()}", "--origin", self.origin_address]
+            argv += ["--listen", listen, "--origin", self.origin_address]
             argv += ["--http", http, "--origin-public-key", str(keys / "origin-signing.pub")]
             self.edge_argv.append(argv)
             self.edges.append((self.cluster.spawn(f"edge-{i}", argv), http))
+            self.listens.append(listen)
         self.http = httpx.AsyncClient(timeout=5.0, trust_env=False)
         for _, http in self.edges:
             await until(lambda http=http: self._ok(http), 60, f"edge {http} up")  # type: ignore[misc]
+        # each edge's client port (node/clientreads.py): the origin's client protocol, reads
+        # served from that edge's replica
+        for listen in self.listens:
+            reader = edgekv.OriginClient(listen, timeout=5.0)
+            await reader.__aenter__()
+            self.edge_clients.append(reader)
 
     async def _ok(self, http: str) -> bool:
         try:
@@ -235,16 +249,24 @@ class EdgekvSystem(System):
             progress(min(n, lo + 1000))
 
     def readers(self) -> list[Read]:
-        def reader(http: str) -> Read:
-            url = f"http://{http}/v1/stores/{STORE}/keys/{PROBE}"
-
+        def reader(client: Any) -> Read:
             async def read() -> int | None:
-                r = await self.http.get(url)
-                return int(r.content) if r.status_code == 200 else None
+                v = await client.get(STORE, PROBE)
+                return None if v is None else int(v)
 
             return read
 
-        return [reader(http) for _, http in self.edges]
+        return [reader(c) for c in self.edge_clients]
+
+    def http_reader(self) -> Read:
+        """The admin HTTP read of edge 0 (a reference figure of the read table)."""
+        url = f"http://{self.edges[0][1]}/v1/stores/{STORE}/keys/{PROBE}"
+
+        async def read() -> int | None:
+            r = await self.http.get(url)
+            return int(r.content) if r.status_code == 200 else None
+
+        return read
 
     def replica_proc(self, i: int) -> Proc:
         return self.edges[i][0]
@@ -255,8 +277,9 @@ class EdgekvSystem(System):
         self.edges[i] = (self.cluster.spawn(f"edge-{i}-again", self.edge_argv[i]), http)
 
     async def stop(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.client.__aexit__(None, None, None)
+        for c in reversed([self.client, *self.edge_clients]):  # anyio scopes: last in, first out
+            with contextlib.suppress(Exception):
+                await c.__aexit__(None, None, None)
         with contextlib.suppress(Exception):
             await self.http.aclose()
         self.cluster.close()
@@ -555,7 +578,8 @@ async def read_latencies(system: System) -> dict[str, tuple[float, float]]:
         out["edgekv KvStore.get (in process)"] = await asyncio.to_thread(
             _embedded_get_latency, system.origin_address
         )
-        await timed("edgekv edge admin HTTP GET (httpx)", system.readers()[0])
+        await timed("edgekv edge client-port get (OriginClient)", system.readers()[0])
+        await timed("edgekv edge admin HTTP GET (httpx)", system.http_reader())
     elif isinstance(system, RedisSystem):
         client = system.clients[0]
         await timed("Redis replica GET (redis-py asyncio)", lambda: client.get(PROBE))

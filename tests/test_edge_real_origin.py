@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import anyio
 import pytest
 import trio
 
@@ -56,3 +57,51 @@ async def test_edges_with_the_real_origin(tmp_path: Path) -> None:
                         "flags", {"op": "put", "store": "flags", "key": "x", "value": b"y"}
                     )
             assert await client.get("flags", "x") is None
+
+
+async def test_client_reads_at_an_edge(tmp_path: Path) -> None:
+    """`OriginClient(edge)` reads the edge's replica (node/clientreads.py); writes are refused,
+    tokens are checked, and a frame that is not a REQUEST closes only that connection."""
+    tokens = {"reader": "read:flags", "other": "read:x"}
+    with trio.fail_after(30):
+        async with (
+            edgekv.Origin(data_dir=str(tmp_path / "o"), listen="127.0.0.1:0") as origin,
+            edgekv.OriginClient(origin.address) as client,
+        ):
+            await client.create_store("flags")
+            v = await client.put("flags", "greeting", b"hello")
+            await client.zadd("flags", "rank", {b"alice": 2.0})
+            await client.bf_add("flags", "seen", [b"a"])
+            async with edgekv.EdgeNode(origin=origin.address, tokens=tokens) as edge:
+                await wait_until(lambda: edge.watermark >= v.seq + 2)
+                async with (
+                    edgekv.OriginClient(edge.address, token="reader") as reader,
+                    edgekv.OriginClient(edge.address, token="other") as other,
+                ):
+                    assert await reader.get("flags", "greeting") == b"hello"
+                    assert await reader.get("flags", "missing") is None
+                    entry = await reader.get_entry("flags", "greeting")
+                    assert entry is not None and entry.version.seq == v.seq
+                    assert await reader.scan("flags", "g*") == ["greeting"]
+                    assert await reader.zrange_by_score("flags", "rank", 0, 5) == [(b"alice", 2.0)]
+                    assert await reader.zscan("flags", "rank", "a*") == [(b"alice", 2.0)]
+                    assert await reader.bf_exists("flags", "seen", b"a")
+                    assert await reader.stores() == ["flags"]
+                    with pytest.raises(edgekv.errors.InvalidInput, match="reads only"):
+                        await reader.put("flags", "greeting", b"no")
+                    with pytest.raises(edgekv.errors.Unauthorized):
+                        await other.get("flags", "greeting")
+                    with pytest.raises(edgekv.errors.StoreNotFound):
+                        await other.get("x", "k")  # allowed, but this edge has no store x
+                    assert await reader.get("flags", "greeting") == b"hello"  # still served
+                    # garbage after the handshake: that connection is closed, the edge serves on
+                    from edgekv.node.tcp import FramedStream
+
+                    fs = await FramedStream.connect(
+                        edge.address, cluster_id="edgekv", node_id="junk", role="client"
+                    )
+                    await fs.send({"t": 1})
+                    with pytest.raises(anyio.EndOfStream):  # closed by the edge
+                        await fs.receive()
+                    await fs.aclose()
+                    assert await reader.get("flags", "greeting") == b"hello"

@@ -210,8 +210,8 @@ def test_lost_graft_answer_is_retried_after_round_trips_not_a_fixed_timer() -> N
     warm(sim)
     victim = "edge-3"
     lost_push = drop_first(sim, "PUSH", victim, after=5.2)
-    write_stream(sim, 5.0, 50, 0.01)
     lost_answer = drop_first(sim, "SYNC_DATA", victim, after=5.2)
+    write_stream(sim, 5.0, 50, 0.01)
     sim.run_until(8.0)
     assert lost_push and lost_answer and not sim.missing(), f"seed {sim.seed}"
     node = sim.nodes[victim]

@@ -5,7 +5,7 @@ Theory of operation
    peers; a per-peer transmit queue is flushed at most once per window, so under load one
    PUSH carries every write of the window, while a write after a quiet spell leaves at once
    (after `relay_window`).  The window toward a peer adapts to the link: `push_rtt_factor`
-   times the peer's measured round trip (membership's SWIM probes), at most `push_window`
+   times the peer's lowest measured round trip (membership's SWIM probes), at most `push_window`
    (at most `relay_window` for a relay), so a loopback or LAN link batches for about a
    millisecond and a 100 ms link for the full window.  In a queue a newer delta for a key
    is joined into the queued one (`crdt.state.join`) and cover ranges are unioned.
@@ -259,9 +259,10 @@ class Dissemination(Part):
                     )
 
     def window(self, peer: str, longest: float) -> float:
-        """The batching window toward `peer` (rule 1): `push_rtt_factor` round trips, at most
-        `longest`; `longest` while no round trip has been measured."""
-        factor, rtt = self.config.push_rtt_factor, self.members.rtt(peer)
+        """The batching window toward `peer` (rule 1): `push_rtt_factor` times the link's round
+        trip (its lowest measured: a loaded host's delays are no reason to batch longer), at
+        most `longest`; `longest` while no round trip has been measured."""
+        factor, rtt = self.config.push_rtt_factor, self.members.link_rtt(peer)
         return min(longest, factor * rtt) if factor > 0 and rtt > 0 else longest
 
     def _again(

@@ -79,6 +79,7 @@ class PeerInfo:
     purged: int = 0  # the peer's last advertised purge mark
     last_seen: float = 0.0
     rtt: float = 0.0  # smoothed round trip of direct probes (RFC 6298's 1/8 gain); 0: none yet
+    rtt_min: float = 0.0  # the lowest round trip of direct probes (the link's own delay)
 
     def row(self) -> MemberRow:
         return (self.address, self.role, self.incarnation, self.state)
@@ -133,6 +134,7 @@ class Membership:
         self._cache: tuple[list[str], list[str], list[str]] = ([], [], [])
         self._suspects: dict[str, float] = {}  # suspect address -> since
         self.typical_rtt = 0.0  # smoothed over every direct probe (a new peer's first guess)
+        self.lowest_rtt = 0.0  # the lowest direct probe to any peer
         self._forgotten: dict[str, None] = {}  # addresses a member left (rule 6), oldest first
 
     def start(self, now: float) -> None:
@@ -382,6 +384,9 @@ class Membership:
 
     def _rtt_sample(self, p: PeerInfo, sample: float) -> None:
         p.rtt = sample if p.rtt == 0.0 else p.rtt + (sample - p.rtt) / 8
+        if sample > 0.0:
+            p.rtt_min = sample if p.rtt_min == 0.0 else min(p.rtt_min, sample)
+            self.lowest_rtt = sample if self.lowest_rtt == 0.0 else min(self.lowest_rtt, sample)
         self.typical_rtt = (
             sample
             if self.typical_rtt == 0.0
@@ -393,6 +398,14 @@ class Membership:
         trip over every peer; 0.0 before any probe was answered."""
         p = self.peers.get(address)
         return p.rtt if p is not None and p.rtt > 0.0 else self.typical_rtt
+
+    def link_rtt(self, address: str) -> float:
+        """The lowest round trip measured to `address`: the link's own delay, without the
+        queueing or scheduling delays of a loaded host that inflate the smoothed one (what a
+        batching window should scale with); before its first probe, the lowest to any peer;
+        0.0 before any probe was answered."""
+        p = self.peers.get(address)
+        return p.rtt_min if p is not None and p.rtt_min > 0.0 else self.lowest_rtt
 
     def on_ping_req(self, peer: str, msg: PingReq, now: float) -> list[Send]:
         if msg.target == self.address or len(self._relays) > 1000:

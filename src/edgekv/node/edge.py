@@ -59,10 +59,11 @@ from edgekv.gossip import fields
 from edgekv.gossip.config import GossipConfig
 from edgekv.gossip.core import GossipNode
 from edgekv.gossip.transport import Transport
-from edgekv.gossip.wire import Message
+from edgekv.gossip.wire import Message, PeerInfo
 from edgekv.node import gcpolicy, kvstore
 from edgekv.node.admin_http import bind_socket, build_app, serve_app, socket_address
 from edgekv.node.auth import TokenAuth, TokenSpec
+from edgekv.node.clientreads import serve_reads
 from edgekv.node.edge_status import edge_metrics_text, edge_status
 from edgekv.node.faults import LinkFaults
 from edgekv.node.httpapi import HttpLimits
@@ -71,7 +72,7 @@ from edgekv.node.keys import load_public_key
 from edgekv.node.limits import DEFAULT_NET_LIMITS, NetLimits
 from edgekv.node.persistence import FLUSH_INTERVAL, LoadReport, ReplicaStore
 from edgekv.node.runtime import NodeRuntime
-from edgekv.node.tcp import TcpTransport, parse_address
+from edgekv.node.tcp import FramedStream, TcpTransport, parse_address
 from edgekv.node.tlsconfig import TlsConfig
 from edgekv.node.watch import EdgeStore, WatchHub
 
@@ -367,6 +368,7 @@ class EdgeNode:
                 seeds=self.seeds,
                 limits=self.net_limits,
                 origins=self.origins,
+                on_client=self._serve_client,
             )
         transport = self._transport
         stack.push_async_callback(transport.aclose)  # injected or not: leaving the network
@@ -459,6 +461,11 @@ class EdgeNode:
 
     def stores(self) -> list[str]:
         return self._replica.store_names()
+
+    async def _serve_client(self, peer: PeerInfo, stream: FramedStream) -> None:
+        """A client connection on the gossip port: local reads only (node/clientreads.py)."""
+        limits = self.net_limits
+        await serve_reads(self, stream, limits.idle_timeout, stream.max_frame_size)
 
     # -- writes ------------------------------------------------------------------------------------
 
