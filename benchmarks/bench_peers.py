@@ -59,9 +59,13 @@ from pathlib import Path
 from typing import Any
 
 from edgekv.testnet.procs import die_with_parent, free_port  # ports below the ephemeral range
+from peers_report import Figures, chart, machine, ratio_table
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "peers.md"
+CHART = HERE / "results" / "peers.png"
+READ_FIGURES = (("edgekv", "edgekv KvStore.get"), ("Redis", "Redis replica GET"),
+                ("etcd", "etcd serializable"))  # fmt: skip
 STORE = "bench"
 PROBE = "probe"
 VALUE = b"v" * 100
@@ -728,7 +732,7 @@ def med(runs: list[dict[str, float]], field: str) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
-async def run(args: argparse.Namespace) -> str:
+async def run(args: argparse.Namespace, figures: Figures) -> str:
     systems = args.systems.split(",")
     only = set(args.only.split(","))
     sizes = [int(x) for x in args.replicas.split(",")]
@@ -748,6 +752,10 @@ async def run(args: argparse.Namespace) -> str:
                 p50 = statistics.median(v[0] for v in vs)
                 p99 = statistics.median(v[1] for v in vs)
                 lines.append(f"| {name} | {p50:,.2f} us | {p99:,.2f} us |")
+                for system, prefix in READ_FIGURES:
+                    if name.startswith(prefix):
+                        figures.add("local read p50", system, p50, "us")
+                        figures.add("local read p99", system, p99, "us")
             ek = [v for k, v in lat.items() if k.startswith("edgekv KvStore")]
             rd = [v for k, v in lat.items() if k.startswith("Redis")]
             if ek and rd:
@@ -761,18 +769,22 @@ async def run(args: argparse.Namespace) -> str:
             lines += ["", f"### Propagation ({args.writes:,} writes at {args.rate:g}/s, ms from acknowledgement)", "",
                       "| system | replicas | each p50 | each p99 | last p50 | last p99 | last max | delivered | polling round |",
                       "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+            same_run: list[str] = []
             for n in sizes:
+                kinds = [k for k in systems if not (k == "etcd" and n > 7)]
+                by_kind: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
+                for _ in range(args.runs):  # systems interleaved: each run sees the same load
+                    for kind in kinds:
+                        by_kind[kind].append(await with_system(
+                            kind, root, n, lambda s: propagation(s, args.writes, args.rate)))  # fmt: skip
+                        print(f"  {kind} N={n}: {by_kind[kind][-1]}", file=sys.stderr)
                 for kind in systems:
-                    if kind == "etcd" and n > 7:
+                    if kind not in by_kind:
                         lines.append(
                             f"| etcd | {n} | | | | | | | not run: etcd clusters beyond 7 voting members are not a supported setup |"
                         )
                         continue
-                    runs = []
-                    for _ in range(args.runs):
-                        runs.append(await with_system(
-                            kind, root, n, lambda s: propagation(s, args.writes, args.rate)))  # fmt: skip
-                        print(f"  {kind} N={n}: {runs[-1]}", file=sys.stderr)
+                    runs = by_kind[kind]
                     cells = " | ".join(
                         f"{med(runs, f):,.2f}"
                         for f in ("each_p50", "each_p99", "last_p50", "last_p99", "last_max")
@@ -780,6 +792,18 @@ async def run(args: argparse.Namespace) -> str:
                     lines.append(
                         f"| {SYSTEMS[kind].name} | {n} | {cells} | {med(runs, 'delivered'):.1f}% | {med(runs, 'round_ms'):.2f} |"
                     )
+                    for f in ("last_p50", "last_p99"):
+                        figures.add(f"propagation N={n}, {f.replace('_', ' ')}", SYSTEMS[kind].name,
+                                    med(runs, f), "ms")  # fmt: skip
+                if "edgekv" in by_kind and "redis" in by_kind:
+                    r = [e["last_p99"] / max(x["last_p99"], 1e-9)
+                         for e, x in zip(by_kind["edgekv"], by_kind["redis"], strict=True)]  # fmt: skip
+                    same_run.append(
+                        f"N={n}: edgekv last p99 / Redis last p99 in the same run: "
+                        f"{', '.join(f'{x:.2f}' for x in r)} (median **{statistics.median(r):.2f}x**)"
+                    )
+            if same_run:
+                lines += ["", "Acceptance (N = 20: at most 3x): " + "; ".join(same_run) + "."]
         if "writes" in only:
             lines += ["", f"### Durable writes/s at the source of truth, {CLIENTS} concurrent clients, Python asyncio", "",
                       "| system | writes/s (median) | runs |", "|---|---|---|"]  # fmt: skip
@@ -791,6 +815,8 @@ async def run(args: argparse.Namespace) -> str:
                 lines.append(
                     f"| {SYSTEMS[kind].name} | {statistics.median(rates):,.0f} | {', '.join(f'{r:,.0f}' for r in rates)} |"
                 )
+                figures.add("durable writes/s, 64 clients", SYSTEMS[kind].name,
+                            statistics.median(rates), "/s", lower=False)  # fmt: skip
             if "redis" in systems:
 
                 async def ceiling(s: System) -> float:
@@ -815,6 +841,9 @@ async def run(args: argparse.Namespace) -> str:
                     for _ in range(args.memory_runs)
                 ]
                 rss = med(runs, "rss")
+                figures.add("replica RSS", SYSTEMS[kind].name, rss / 2**20, "MiB")
+                figures.add("restart until the latest value", SYSTEMS[kind].name,
+                            med(runs, "restart"), "s")  # fmt: skip
                 lines.append(
                     f"| {SYSTEMS[kind].name} | {rss / 2**20:,.0f} MiB | {rss / args.keys:,.0f} B | {med(runs, 'restart'):.2f} s |"
                 )
@@ -852,15 +881,23 @@ def main() -> None:
     args = ap.parse_args()
     check_installed(args.systems.split(","))
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    body = asyncio.run(run(args))
+    figures = Figures()
+    body = asyncio.run(run(args, figures))
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     text = "\n".join([
         "## edgekv beside Redis and etcd (`benchmarks/bench_peers.py`)", "",
         f"`python benchmarks/bench_peers.py {' '.join(sys.argv[1:])}`".replace(" `", "`"),
         f"— medians of {args.runs} runs; {versions(args.systems.split(','))}; "
-        f"{os.cpu_count()} CPUs; load average at the end {load}; "
+        f"{machine()}; load average at the end {load}; "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. How each figure is taken: the "
         "script's docstring.", body, ""])  # fmt: skip
+    if figures.values:
+        drawn = not args.no_write and chart(figures, CHART)
+        text += "\n".join([
+            "", "### Ratios edgekv / peer (medians above; `better`: which way is better)", "",
+            *ratio_table(figures), "",
+            f"![edgekv vs Redis and etcd](benchmarks/results/{CHART.name})" if drawn else
+            "(The chart needs the plot extra: `pip install 'edgekv[plot]'`.)", ""])  # fmt: skip
     print(text)
     if not args.no_write:
         RESULTS.write_text(text)
