@@ -69,7 +69,7 @@ def test_suspicion_about_self_is_refuted_with_a_higher_incarnation() -> None:
 
 
 def test_precedence_of_member_rows() -> None:
-    node = GossipNode("me", Replica(), rng=random.Random(1))
+    node = GossipNode("me", Replica(), seeds=["a"], rng=random.Random(1))  # "a" vouches
     node.start(0.0)
     node.receive("a", m.Members([("x", "edge", 2, "alive")]).to_wire(), 0.0)
     node.receive(

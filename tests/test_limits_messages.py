@@ -99,6 +99,41 @@ def test_member_table_never_passes_max_members() -> None:
     assert not any(s.peer == "new-claimed:1" and s.message["t"] == MsgType.MEMBERS for s in sends)
 
 
+def test_rows_from_a_peer_that_does_not_vouch_make_nobody_dial_the_fakes() -> None:
+    """Membership rule 8: a MEMBERS flood from a non-configured peer adds no member and no
+    message ever goes to a fake address; a candidate a configured peer knows joins through
+    its relayed ping."""
+    node = GossipNode("me", Replica(), seeds=["seed"], rng=random.Random(2))
+    sends = node.start(0.0)
+    node.receive("seed", m.members([("seed", "edge", 0, "alive")]), 0.1)
+    node.receive("evil", m.ping(1, 0, 0, 0, "edge", []), 0.2)  # a direct peer: it joins
+    fakes = [(f"10.9.{i // 250}.{i % 250}:1", "edge", 0, "alive") for i in range(9_999)]
+    node.receive("evil", m.members([("real", "edge", 0, "alive"), *fakes]), 0.3)
+    assert set(node.peers()) == {"seed", "evil"}
+    fake_set = {row[0] for row in fakes}
+    now, asked = 0.3, []
+    for _ in range(60):
+        now += 0.5
+        joined = "real" in node.peers()
+        sends = node.tick(now)
+        assert not [s for s in sends if s.peer in fake_set or (s.peer == "real" and not joined)]
+        if not joined:
+            asked += [s for s in sends if s.message["t"] == MsgType.PING_REQ]
+        for s in sends:  # the seed answers pings; it relays only for "real", a member of its
+            if s.message["t"] == MsgType.PING and s.peer == "seed":
+                node.receive("seed", m.ack(s.message["seq"], 0, 0, 0, "edge", []), now)
+            if s.message["t"] == MsgType.PING_REQ and s.message["target"] == "real":
+                reply = m.ack(s.message["seq"], 0, 0, 0, "edge", [], target="real")
+                node.receive("seed", reply, now)
+        assert len(node.peers()) <= 3
+    assert "real" in node.peers() and node.counters["members_vouched"] == 1
+    assert {s.peer for s in asked} == {"seed"}  # only a configured peer is asked
+    assert node.counters["members_unvouched"] > 0
+    # and a relay asked about an address outside its table never pings it
+    assert node.receive("seed", m.ping_req(7, "10.9.0.1:1"), now) == []
+    assert node.may_dial("real") and node.may_dial("seed") and not node.may_dial("10.9.0.1:1")
+
+
 def test_net_limits_validate_and_come_from_flags() -> None:
     with pytest.raises(InvalidInput):
         NetLimits(max_connections=0)

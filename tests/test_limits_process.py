@@ -19,7 +19,7 @@ import anyio
 import pytest
 
 from edgekv.gossip.wire import MsgType, encode_frame
-from edgekv.node.tcp import FramedStream, parse_address
+from edgekv.node.tcp import FramedStream, TcpTransport, parse_address
 from edgekv.origin.client import OriginClient
 from edgekv.testnet.procs import ProcessCluster
 
@@ -242,26 +242,25 @@ async def test_hostile_gossip_leaves_rss_flat_and_the_cluster_converges(
             return int(status["process"]["rss_bytes"])
 
         before = edge_rss()
-        evil = await FramedStream.connect(
-            cluster.address_of("edge-0"),
-            cluster_id="edgekv",
-            node_id="evil",
-            role="edge",
-            advertise="127.0.0.1:9",
-        )
-        peak = before
-        try:
-            for frame in hostile_pushes()[attack]:
-                try:
-                    await evil.send_frame(frame)
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    break  # the edge closed this connection after the first bad message
-                peak = max(peak, edge_rss())
-            for _ in range(10):
-                await anyio.sleep(0.2)
-                peak = max(peak, edge_rss())
-        finally:
-            await anyio.aclose_forcefully(evil.stream)
+        # a peer listening at the address it claims, so that the edge confirms the claim and
+        # reads what it sends (tcp.py rule 3)
+        async with TcpTransport.serve(cluster_id="edgekv", node_id="evil") as own:
+            evil = await own.dialer.connect(cluster.address_of("edge-0"))
+            peak = before
+            try:
+                for frame in hostile_pushes()[attack]:
+                    try:
+                        await evil.send_frame(frame)
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                        break  # the edge closed this connection after the first bad message
+                    peak = max(peak, edge_rss())
+                for _ in range(10):
+                    await anyio.sleep(0.2)
+                    peak = max(peak, edge_rss())
+            finally:
+                await anyio.aclose_forcefully(evil.stream)
+        status = cluster.node_status("edge-0") or {}
+        assert status["counters"]["node"].get("protocol_errors", 0) >= 1, "it was never read"
         assert peak - before < 64 << 20, f"edge RSS grew by {(peak - before) / 2**20:.0f} MiB"
         assert cluster.procs["edge-0"].alive
         await serves(cluster, client, "after")

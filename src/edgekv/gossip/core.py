@@ -180,7 +180,13 @@ class GossipNode:
             p = self.members.peers.get(new)
             if p is not None:
                 p.role = "origin"
+        if new is not None and address in self.members.configured:
+            self.members.configured.add(new)  # a seed that answered under another address
         self.members.forget(address)
+
+    def may_dial(self, address: str) -> bool:
+        """Whether the driver may open a connection to `address` (membership rule 8)."""
+        return self.members.vouched(address)
 
     def leave(self, now: float) -> list[Send]:
         """Graceful goodbye: live peers mark this node dead at once."""

@@ -31,6 +31,16 @@ Theory of operation
    row about an origin is believed only from that origin: nobody else can mark it dead,
    raise its incarnation or give its address another role.  A relayed ACK proves liveness
    only; its watermark and purge mark are a third party's claims and are not recorded.
+8. Vouching (issue #12): a node dials only addresses it was configured with (seeds, origins)
+   or that were vouched for, so a peer's claim never makes it open a connection.  A row about
+   an unknown address is taken at once only from a configured peer.  From any other peer it
+   is a *candidate* (at most `MAX_CANDIDATES`, never dialled nor gossiped): each ping interval
+   a few candidates are checked by a PING_REQ to a configured peer, which relays only to
+   members of its own table (`on_ping_req`); its relayed ACK vouches and the candidate joins.
+   A candidate not vouched after `CANDIDATE_ASKS` asks is dropped (`members_unvouched`).  A
+   peer that speaks to us directly joins (rule 4): over TCP its address was confirmed by
+   dialling it back before any of its messages was read (node/tcp.py).  So a MEMBERS flood
+   from anyone but a configured peer adds nobody and makes nobody dial a fake address.
 """
 
 from __future__ import annotations
@@ -57,6 +67,9 @@ from .messages import (
 ALIVE, SUSPECT, DEAD = "alive", "suspect", "dead"
 _RANK = {ALIVE: 0, SUSPECT: 1, DEAD: 2}
 MAX_FORGOTTEN = 1024  # moved-away addresses remembered (rule 6)
+MAX_CANDIDATES = 1024  # unvouched addresses awaiting a configured peer's word (rule 8)
+CANDIDATE_ASKS = 3  # PING_REQs about one candidate before it is dropped
+CANDIDATES_PER_ROUND = 8  # candidates asked about per ping interval
 DEAD_PING_SECONDS = 30.0  # a peer dead for t seconds is re-pinged with chance min(1, 30 / t)
 
 
@@ -136,6 +149,9 @@ class Membership:
         self.typical_rtt = 0.0  # smoothed over every direct probe (a new peer's first guess)
         self.lowest_rtt = 0.0  # the lowest direct probe to any peer
         self._forgotten: dict[str, None] = {}  # addresses a member left (rule 6), oldest first
+        self.configured: set[str] = set()  # seeds (and where they moved): they vouch (rule 8)
+        self._candidates: dict[str, int] = {}  # unvouched address -> asks so far (rule 8)
+        self._asks: dict[int, str] = {}  # seq of a PING_REQ about a candidate -> candidate
 
     def start(self, now: float) -> None:
         """Arm the first probe and the first full-table exchange, at random offsets (nodes
@@ -214,7 +230,24 @@ class Membership:
 
     # -- table updates ---------------------------------------------------------------------------
 
+    def vouched(self, address: str) -> bool:
+        """Whether this node may dial `address` (rule 8): configured, an origin or a member."""
+        return address in self.peers or self._configured(address)
+
+    def _configured(self, address: str) -> bool:
+        return address in self.configured or self.authority.is_origin(address)
+
+    def _candidate(self, address: str) -> None:
+        """An unknown address named by a peer that does not vouch (rule 8)."""
+        if address in self._candidates:
+            return
+        if len(self._candidates) >= MAX_CANDIDATES:
+            self.counters["members_unvouched"] += 1
+            return
+        self._candidates[address] = 0
+
     def add_seed(self, address: str, now: float) -> None:
+        self.configured.add(address)
         if address != self.address and address not in self.peers:
             role = self.authority.role_of(address)
             self._new(PeerInfo(address, role, since=now, last_seen=now))
@@ -238,6 +271,7 @@ class Membership:
             return []
         if self._forgotten:
             self._forgotten.pop(address, None)
+        self._candidates.pop(address, None)
         p = self.peers.get(address)
         out: list[Send] = []
         if p is None:
@@ -290,6 +324,9 @@ class Membership:
                 continue
             p = self.peers.get(addr)
             if p is None:
+                if sender is not None and not self._configured(sender):
+                    self._candidate(addr)  # rule 8
+                    continue
                 if self._new(PeerInfo(addr, role, inc, state, since=now)):
                     self._updates[addr] = self._retransmits()
                 continue
@@ -368,6 +405,10 @@ class Membership:
             subject = peer
         else:
             subject = msg.target
+            if self._asks.pop(msg.seq, None) == subject and self._configured(peer):
+                out = self.heard_from(subject, now)  # vouched by a configured peer (rule 8)
+                self.counters["members_vouched"] += 1
+                return out
             if subject in self.peers:
                 # a relay vouches for liveness only (and not an origin's incarnation)
                 if not self.authority.is_origin(subject) or subject == peer:
@@ -409,6 +450,9 @@ class Membership:
 
     def on_ping_req(self, peer: str, msg: PingReq, now: float) -> list[Send]:
         if msg.target == self.address or len(self._relays) > 1000:
+            return []
+        if msg.target not in self.peers:  # relay only to members (rule 8), never to a claim
+            self.counters["ping_reqs_unknown"] += 1
             return []
         self._seq += 1
         self._relays[self._seq] = (peer, msg.seq, msg.target, now + 2 * self.config.ping_timeout)
@@ -471,6 +515,7 @@ class Membership:
                     self._probe = _Probe(target, self._seq, now + cfg.ping_timeout, False, now)
                     out.append(Send(target, self._ping_msg(self._seq)))
                     self.counters["pings"] += 1
+            out.extend(self._ask_about_candidates())
             dead = self._lists()[2]
             if dead:  # a healed partition: both sides think the other dead; one ping rejoins them
                 a = self.rng.choice(dead)
@@ -488,6 +533,29 @@ class Membership:
             live = self.alive()
             if live:
                 out.append(Send(self.rng.choice(live), Members(self.rows()).to_wire()))
+        return out
+
+    def _ask_about_candidates(self) -> list[Send]:
+        """Ask configured peers to relay a ping to a few candidates (rule 8)."""
+        if not self._candidates:
+            return []
+        vouchers = [a for a in self.alive() if self._configured(a)]
+        if not vouchers:
+            return []
+        if len(self._asks) > MAX_CANDIDATES:
+            self._asks.clear()  # answers that never came
+        out: list[Send] = []
+        for addr in list(self._candidates)[:CANDIDATES_PER_ROUND]:
+            asks = self._candidates.pop(addr) + 1
+            if addr in self.peers:
+                continue
+            if asks < CANDIDATE_ASKS:
+                self._candidates[addr] = asks  # to the back of the queue
+            else:
+                self.counters["members_unvouched"] += 1
+            self._seq += 1
+            self._asks[self._seq] = addr
+            out.append(Send(self.rng.choice(vouchers), ping_req(self._seq, addr)))
         return out
 
     def _next_target(self) -> str | None:

@@ -36,7 +36,8 @@ class TransportStats:
     being over a connection cap, `idle_closed` those closed for silence, and `accept_errors`
     failed accepts (out of file descriptors, ...) that the listener survived.
     `refused_claims` counts, per remote host and reason, connections refused for a claim they
-    could not back (e.g. the origin's address).
+    could not back (e.g. the origin's address), and `undialled` messages not sent because their
+    address was neither configured nor confirmed (a peer's mere claim opens no connection).
     """
 
     sent_messages: Counter[str] = field(default_factory=Counter)
@@ -48,6 +49,7 @@ class TransportStats:
     refused_connections: int = 0
     idle_closed: int = 0
     accept_errors: int = 0
+    undialled: int = 0
     refused_claims: dict[str, Counter[str]] = field(default_factory=dict)
 
     def refuse_claim(self, host: str, reason: str) -> None:
@@ -75,6 +77,7 @@ class TransportStats:
         self.refused_connections += other.refused_connections
         self.idle_closed += other.idle_closed
         self.accept_errors += other.accept_errors
+        self.undialled += other.undialled
         for host, reasons in other.refused_claims.items():
             self.refused_claims.setdefault(host, Counter()).update(reasons)
 
@@ -98,6 +101,7 @@ class TransportStats:
             "refused_connections": self.refused_connections,
             "idle_closed": self.idle_closed,
             "accept_errors": self.accept_errors,
+            "undialled": self.undialled,
         }
 
     def copy(self) -> TransportStats:

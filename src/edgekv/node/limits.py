@@ -7,6 +7,11 @@ error (out of file descriptors, buffers) is counted and retried after a back-off
 stopping the listener; a connection silent for `idle_timeout` is closed.  Queues are bounded
 in bytes: the inbox (a reader stops reading while it is full), each peer's send queue (frames
 beyond it are dropped and counted) and a client connection's unsent answers (its reads pause).
+All of these, plus frames still arriving, also draw on one `ByteBudget` per node of
+`node_bytes`: whatever the number of connections, their buffers together stay within it (a
+reader waits for room before reading more, a send that does not fit is dropped and counted, a
+client connection stops being read), so 1,000 connections cannot add up their per-connection
+caps.
 
 `NetLimits.add_arguments(parser)` adds one `--flag` per field to a CLI and `from_args` reads
 them back, so every limit is configurable from Python and from the command line alike.
@@ -17,11 +22,14 @@ from __future__ import annotations
 import argparse
 import math
 import resource
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
+
+import anyio
 
 from ..errors import InvalidInput
 
-__all__ = ["DEFAULT_NET_LIMITS", "NetLimits", "fd_limit"]
+__all__ = ["DEFAULT_NET_LIMITS", "ByteBudget", "NetLimits", "fd_limit"]
 
 
 def fd_limit() -> int:
@@ -57,6 +65,9 @@ class NetLimits:
     client_unsent_bytes: int = 8 << 20
     """Answers to one client connection not yet taken by its socket; reading from it pauses
     beyond this (a client that does not read its answers stops being read)."""
+    node_bytes: int = 256 << 20
+    """All of the above together, for every connection of the node, plus frames still
+    arriving: a node-wide `ByteBudget` (readers pause, sends are dropped beyond it)."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -110,4 +121,60 @@ _HELP = {
     "inbox_bytes": "received frames waiting to be handled, in bytes",
     "send_queue_bytes": "frames queued to one peer, in bytes (more are dropped)",
     "client_unsent_bytes": "a client's writes in flight plus unsent answers, in bytes",
+    "node_bytes": "bytes all connections of the node may hold together (queues, frames)",
 }
+
+
+class ByteBudget:
+    """Bytes held for connections by one node, against one `limit` (see the module docstring).
+
+    `take(n)` and `give(n)` move the count (a caller may overshoot by what it already holds);
+    `fits(n)` says whether `n` more bytes stay within the limit; `await room()` waits until the
+    count is below the limit; `on_room(cb)` calls `cb()` once when it next drops below it."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+        self._room: anyio.Event | None = None
+        self._callbacks: list[Callable[[], None]] = []
+
+    @property
+    def full(self) -> bool:
+        return self.used >= self.limit
+
+    def fits(self, n: int) -> bool:
+        return self.used + n <= self.limit
+
+    def take(self, n: int) -> None:
+        self.used += n
+        if self.used > self.peak:
+            self.peak = self.used
+        if n < 0:
+            self._freed()
+
+    def give(self, n: int) -> None:
+        self.used -= n
+        self._freed()
+
+    def _freed(self) -> None:
+        if self.used >= self.limit:
+            return
+        if self._room is not None:
+            self._room.set()
+            self._room = None
+        if self._callbacks:
+            callbacks, self._callbacks = self._callbacks, []
+            for cb in callbacks:
+                cb()
+
+    async def room(self) -> None:
+        """Return once the count is below the limit (at once if it is)."""
+        while self.used >= self.limit:
+            if self._room is None:
+                self._room = anyio.Event()
+            await self._room.wait()
+
+    def on_room(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` once, when the count next drops below the limit."""
+        self._callbacks.append(callback)

@@ -177,6 +177,9 @@ class NodeRuntime:
         hooks = getattr(transport, "on_moved", None)
         if isinstance(hooks, list):
             hooks.append(self._moved)
+        may_dial = getattr(gossip, "may_dial", None)
+        if may_dial is not None and hasattr(transport, "may_dial"):
+            setattr(transport, "may_dial", may_dial)  # noqa: B010 (not in the Transport protocol)
 
     # -- public API ------------------------------------------------------------------------------
 

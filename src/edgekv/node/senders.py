@@ -1,0 +1,166 @@
+"""Per-peer senders of the TCP transport: one byte-bounded queue and one connection per peer.
+
+Theory of operation
+1. A frame for a peer goes to that peer's queue; a writer task per peer takes frames in order
+   and sends them over one persistent outbound connection (`Dialer.connect`), opened lazily.
+   A send never waits for the network.
+2. Bounds: a peer's queue holds at most `limits.send_queue_bytes` and at most `queue_size`
+   frames, and every queued frame is charged to the node's `ByteBudget` until it is sent or
+   dropped; a frame that does not fit is dropped and counted in `stats.dropped`.
+3. A peer that cannot be reached costs one failed connect, then a back-off (50 ms doubling to
+   2 s) during which its frames are dropped (counted).  The peer never sends on our outbound
+   connection: a watcher task notices at once when it closes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import anyio
+import anyio.abc
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from edgekv.gossip.transport import TransportStats
+from edgekv.node.dialer import Dialer
+from edgekv.node.framed import FramedStream
+from edgekv.node.limits import ByteBudget, NetLimits
+
+__all__ = ["PeerSenders"]
+
+logger = logging.getLogger("edgekv.tcp")
+
+_BACKOFF_MIN, _BACKOFF_MAX = 0.05, 2.0
+
+
+@dataclass(eq=False)
+class _Outbound:
+    """One peer's send queue and its (lazily opened) connection."""
+
+    address: str
+    queue_send: MemoryObjectSendStream[bytes]
+    queue_recv: MemoryObjectReceiveStream[bytes]
+    conn: FramedStream | None = None
+    retry_at: float = -math.inf
+    backoff: float = 0.0
+    queued_bytes: int = 0
+
+
+class PeerSenders:
+    """The send side of a TCP transport (see the module docstring)."""
+
+    def __init__(
+        self,
+        dialer: Dialer,
+        *,
+        stats: TransportStats,
+        limits: NetLimits,
+        budget: ByteBudget,
+        queue_size: int,
+        on_connected: Callable[[FramedStream, str], None],
+    ) -> None:
+        self.dialer = dialer
+        self.stats = stats
+        self.limits = limits
+        self.budget = budget
+        self.queue_size = queue_size
+        self._on_connected = on_connected  # (connection, the address dialled)
+        self._peers: dict[str, _Outbound] = {}
+        self.tg: anyio.abc.TaskGroup | None = None
+
+    def enqueue(self, peer: str, frame: bytes) -> None:
+        """Queue `frame` for `peer` (rule 2: dropped and counted if it does not fit)."""
+        out = self._peers.get(peer)
+        if out is None:
+            if self.tg is None:
+                self.stats.dropped += 1
+                return
+            send, recv = anyio.create_memory_object_stream[bytes](self.queue_size)
+            out = self._peers[peer] = _Outbound(peer, send, recv)
+            self.tg.start_soon(self._writer, out)
+        size = len(frame)
+        if (
+            out.queued_bytes and out.queued_bytes + size > self.limits.send_queue_bytes
+        ) or not self.budget.fits(size):
+            self.stats.dropped += 1
+            return
+        try:
+            out.queue_send.send_nowait(frame)
+        except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self.stats.dropped += 1
+            return
+        out.queued_bytes += size
+        self.budget.take(size)
+
+    async def _connect(self, out: _Outbound) -> FramedStream | None:
+        if anyio.current_time() < out.retry_at:
+            return None
+        try:
+            conn = await self.dialer.connect(out.address)
+        except Exception as exc:
+            out.backoff = min(max(out.backoff * 2, _BACKOFF_MIN), _BACKOFF_MAX)
+            out.retry_at = anyio.current_time() + out.backoff
+            logger.info("%s: cannot reach %s: %r", self.dialer.address, out.address, exc)
+            return None
+        out.backoff = 0.0
+        out.conn = conn
+        self._on_connected(conn, out.address)
+        assert self.tg is not None
+        self.tg.start_soon(self._watch, out, conn)
+        return conn
+
+    async def _watch(self, out: _Outbound, conn: FramedStream) -> None:
+        """Notice at once when the peer closes our outbound connection (it never sends on it)."""
+        try:
+            await conn.stream.receive(1)
+            logger.warning(
+                "%s: %s sent data on a send-only connection", self.dialer.address, out.address
+            )
+        except Exception:
+            pass
+        if out.conn is conn:
+            out.conn = None
+        await anyio.aclose_forcefully(conn.stream)
+
+    async def _writer(self, out: _Outbound) -> None:
+        try:
+            async with out.queue_recv:
+                async for frame in out.queue_recv:
+                    try:
+                        await self._send(out, frame)
+                    finally:
+                        out.queued_bytes -= len(frame)
+                        self.budget.give(len(frame))
+        finally:
+            if out.conn is not None:
+                await anyio.aclose_forcefully(out.conn.stream)
+
+    async def _send(self, out: _Outbound, frame: bytes) -> None:
+        conn = out.conn or await self._connect(out)
+        if conn is None:
+            self.stats.dropped += 1
+            return
+        try:
+            await conn.send_frame(frame)
+        except Exception as exc:
+            self.stats.dropped += 1
+            logger.info("%s: send to %s failed: %r", self.dialer.address, out.address, exc)
+            if out.conn is conn:
+                out.conn = None
+            await anyio.aclose_forcefully(conn.stream)
+
+    def disconnect(self, peer: str, until: float) -> None:
+        """Close our connection to `peer` and send it nothing before `until`."""
+        out = self._peers.get(peer)
+        if out is not None:
+            out.retry_at = max(out.retry_at, until)
+            conn, out.conn = out.conn, None
+            if conn is not None and self.tg is not None:
+                self.tg.start_soon(anyio.aclose_forcefully, conn.stream)
+
+    def close(self) -> None:
+        """Stop every writer (their queued frames are dropped)."""
+        for out in self._peers.values():
+            out.queue_send.close()
