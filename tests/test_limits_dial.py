@@ -73,7 +73,7 @@ async def test_member_floods_and_address_claims_open_no_connection_to_the_fakes(
             evil = await Hostile.join(net)  # listens at its own address: its claims confirm
             fakes = [t.address for t in row_traps]
             fakes += [f"10.255.{i // 250}.{i % 250}:7" for i in range(9_999 - len(fakes))]
-            flood = m.members([(a, "edge", 0, "alive") for a in fakes])
+            flood = m.Members([(a, "edge", 0, "alive") for a in fakes]).to_wire()
             await evil.send_to_all(flood)
             claimed = [t.address for t in claim_traps] * 5  # each claimed 5 times
             claimed += [f"10.254.0.{i}:7" for i in range(100)]  # on another host

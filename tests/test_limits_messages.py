@@ -105,10 +105,10 @@ def test_rows_from_a_peer_that_does_not_vouch_make_nobody_dial_the_fakes() -> No
     its relayed ping."""
     node = GossipNode("me", Replica(), seeds=["seed"], rng=random.Random(2))
     sends = node.start(0.0)
-    node.receive("seed", m.members([("seed", "edge", 0, "alive")]), 0.1)
-    node.receive("evil", m.ping(1, 0, 0, 0, "edge", []), 0.2)  # a direct peer: it joins
+    node.receive("seed", m.Members([("seed", "edge", 0, "alive")]).to_wire(), 0.1)
+    node.receive("evil", m.Ping(1, 0, 0, 0, "edge", []).to_wire(), 0.2)  # a direct peer: it joins
     fakes = [(f"10.9.{i // 250}.{i % 250}:1", "edge", 0, "alive") for i in range(9_999)]
-    node.receive("evil", m.members([("real", "edge", 0, "alive"), *fakes]), 0.3)
+    node.receive("evil", m.Members([("real", "edge", 0, "alive"), *fakes]).to_wire(), 0.3)
     assert set(node.peers()) == {"seed", "evil"}
     fake_set = {row[0] for row in fakes}
     now, asked = 0.3, []
@@ -121,16 +121,16 @@ def test_rows_from_a_peer_that_does_not_vouch_make_nobody_dial_the_fakes() -> No
             asked += [s for s in sends if s.message["t"] == MsgType.PING_REQ]
         for s in sends:  # the seed answers pings; it relays only for "real", a member of its
             if s.message["t"] == MsgType.PING and s.peer == "seed":
-                node.receive("seed", m.ack(s.message["seq"], 0, 0, 0, "edge", []), now)
+                node.receive("seed", m.Ack(s.message["seq"], 0, 0, 0, "edge").to_wire(), now)
             if s.message["t"] == MsgType.PING_REQ and s.message["target"] == "real":
-                reply = m.ack(s.message["seq"], 0, 0, 0, "edge", [], target="real")
+                reply = m.Ack(s.message["seq"], 0, 0, 0, "edge", target="real").to_wire()
                 node.receive("seed", reply, now)
         assert len(node.peers()) <= 3
     assert "real" in node.peers() and node.counters["members_vouched"] == 1
     assert {s.peer for s in asked} == {"seed"}  # only a configured peer is asked
     assert node.counters["members_unvouched"] > 0
     # and a relay asked about an address outside its table never pings it
-    assert node.receive("seed", m.ping_req(7, "10.9.0.1:1"), now) == []
+    assert node.receive("seed", m.PingReq(7, "10.9.0.1:1").to_wire(), now) == []
     assert node.may_dial("real") and node.may_dial("seed") and not node.may_dial("10.9.0.1:1")
 
 

@@ -555,7 +555,7 @@ class Membership:
                 self.counters["members_unvouched"] += 1
             self._seq += 1
             self._asks[self._seq] = addr
-            out.append(Send(self.rng.choice(vouchers), ping_req(self._seq, addr)))
+            out.append(Send(self.rng.choice(vouchers), PingReq(self._seq, addr).to_wire()))
         return out
 
     def _next_target(self) -> str | None:
