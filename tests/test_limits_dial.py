@@ -81,7 +81,13 @@ async def test_member_floods_and_address_claims_open_no_connection_to_the_fakes(
             passed: list[str] = []
             made: list[str] = []
 
+            limiter = anyio.CapacityLimiter(20)  # handshakes at once (a loaded machine is slow)
+
             async def claim(i: int, address: str) -> None:
+                async with limiter:
+                    await claim_once(i, address)
+
+            async def claim_once(i: int, address: str) -> None:
                 try:
                     conn = await FramedStream.connect(
                         targets[i % len(targets)],
@@ -122,7 +128,7 @@ async def test_member_floods_and_address_claims_open_no_connection_to_the_fakes(
                 assert not peers & fake_set
                 assert rt.transport.stats.undialled == 0  # nothing even tried to send to one
             refused = net.stats().refused_claims
-            assert len(made) >= len(claimed) // 2
+            assert len(made) >= len(claimed) * 3 // 4
             n_refused = sum(r["unconfirmed_address"] for r in refused.values())
             assert len(made) <= n_refused <= len(claimed), refused
         assert all(t.accepted == 0 for t in row_traps), [t.accepted for t in row_traps]

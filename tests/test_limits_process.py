@@ -182,6 +182,42 @@ async def test_unread_answers_stop_the_reading_and_bound_memory(tmp_path: Path) 
         await serves(cluster, client, "after")
 
 
+async def test_many_unread_clients_share_one_node_budget(tmp_path: Path) -> None:
+    """30 clients pipelining gets of a 1 MiB value and never reading: by per-connection caps
+    alone (8 MiB each) the origin would hold 270 MiB; its node budget (16 MiB here) bounds
+    them all, and a client with little in flight is still served."""
+    args = ["--node-bytes", str(16 << 20)]
+    async with (
+        ProcessCluster(1, tmp_path, node_args=args) as cluster,
+        OriginClient(cluster.origin_address, timeout=10) as client,
+    ):
+        await client.create_store("s")
+        await client.put("s", "big", b"x" * (1 << 20))
+        await serves(cluster, client, "before")
+        before = origin_rss(cluster)
+        get = {"t": int(MsgType.REQUEST), "op": "get", "store": "s", "key": "big"}
+        burst = b"".join(encode_frame({**get, "id": i}) for i in range(20))
+        hogs = []
+        try:
+            for i in range(30):
+                hog = await FramedStream.connect(
+                    cluster.origin_address, cluster_id="edgekv", node_id=f"hog{i}", role="client"
+                )
+                hogs.append(hog)
+                await hog.stream.send(burst)
+            await wait_for(
+                lambda: (cluster.node_status("origin") or {}).get("client_pauses", 0) >= 30
+            )
+            await anyio.sleep(1.0)  # let them do their worst
+            grown = origin_rss(cluster) - before
+            assert grown < 64 << 20, f"origin RSS grew by {grown / 2**20:.0f} MiB"
+            await serves(cluster, client, "during")
+        finally:
+            for hog in hogs:
+                await anyio.aclose_forcefully(hog.stream)
+        await serves(cluster, client, "after")
+
+
 async def test_idle_client_connections_are_closed(tmp_path: Path) -> None:
     async with ProcessCluster(1, tmp_path, node_args=["--idle-timeout", "1"]) as cluster:
         idle = [

@@ -77,6 +77,7 @@ class FramedStream(anyio.abc.AsyncResource):
         # bytes of frames still arriving are charged to `budget` (the node's, see limits.py),
         # and reading waits while it is full
         self.budget: ByteBudget | None = None
+        self.room_timeout = HANDSHAKE_TIMEOUT
         self._charged = 0
 
     @classmethod
@@ -215,8 +216,8 @@ class FramedStream(anyio.abc.AsyncResource):
                 if budget is not None:
                     self._settle(budget)
                 return frame
-            if budget is not None:
-                await budget.room()
+            if budget is not None and budget.full:
+                await self._room(budget)
             try:
                 data = await self.stream.receive(_READ_SIZE)
             except anyio.EndOfStream:
@@ -226,6 +227,18 @@ class FramedStream(anyio.abc.AsyncResource):
             decoder.receive_data(data)
             if budget is not None:
                 self._settle(budget)
+
+    async def _room(self, budget: ByteBudget) -> None:
+        """Wait until `budget` has room.  Holding part of a frame, wait `room_timeout` at most,
+        then raise `TimeoutError`: connections that hold memory while they wait must not
+        deadlock each other (nor keep a closed connection's bytes charged)."""
+        if not self._decoder.buffered:
+            await budget.room()
+            return
+        with anyio.move_on_after(self.room_timeout):
+            await budget.room()
+            return
+        raise TimeoutError(f"no memory for the rest of a frame within {self.room_timeout} s")
 
     def _settle(self, budget: ByteBudget) -> None:
         """Charge `budget` with what the decoder holds now."""

@@ -7,11 +7,11 @@ error (out of file descriptors, buffers) is counted and retried after a back-off
 stopping the listener; a connection silent for `idle_timeout` is closed.  Queues are bounded
 in bytes: the inbox (a reader stops reading while it is full), each peer's send queue (frames
 beyond it are dropped and counted) and a client connection's unsent answers (its reads pause).
-All of these, plus frames still arriving, also draw on one `ByteBudget` per node of
-`node_bytes`: whatever the number of connections, their buffers together stay within it (a
-reader waits for room before reading more, a send that does not fit is dropped and counted, a
-client connection stops being read), so 1,000 connections cannot add up their per-connection
-caps.
+All of these, plus frames still arriving, also draw on `node_bytes` per node (half for the
+gossip transport, half for client connections, each a `ByteBudget`): whatever the number of
+connections, their buffers together stay within it (a reader waits for room before reading
+more, a send that does not fit is dropped and counted, a client connection stops being
+read), so 1,000 connections cannot add up their per-connection caps.
 
 `NetLimits.add_arguments(parser)` adds one `--flag` per field to a CLI and `from_args` reads
 them back, so every limit is configurable from Python and from the command line alike.
@@ -67,7 +67,8 @@ class NetLimits:
     beyond this (a client that does not read its answers stops being read)."""
     node_bytes: int = 256 << 20
     """All of the above together, for every connection of the node, plus frames still
-    arriving: a node-wide `ByteBudget` (readers pause, sends are dropped beyond it)."""
+    arriving: half for the gossip transport, half for client connections, each a `ByteBudget`
+    (readers pause, sends are dropped beyond it), so neither can starve the other."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -130,14 +131,16 @@ class ByteBudget:
 
     `take(n)` and `give(n)` move the count (a caller may overshoot by what it already holds);
     `fits(n)` says whether `n` more bytes stay within the limit; `await room()` waits until the
-    count is below the limit; `on_room(cb)` calls `cb()` once when it next drops below it."""
+    count is below the limit; `on_room(cb, below)` calls `cb()` once when the count next drops
+    below `below` (default: the limit)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
         self.peak = 0
         self._room: anyio.Event | None = None
-        self._callbacks: list[Callable[[], None]] = []
+        self._callbacks: list[tuple[int, Callable[[], None]]] = []
+        self._wake_below = -1  # the highest mark a callback waits for
 
     @property
     def full(self) -> bool:
@@ -158,14 +161,17 @@ class ByteBudget:
         self._freed()
 
     def _freed(self) -> None:
-        if self.used >= self.limit:
+        used = self.used
+        if used >= self.limit:
             return
         if self._room is not None:
             self._room.set()
             self._room = None
-        if self._callbacks:
-            callbacks, self._callbacks = self._callbacks, []
-            for cb in callbacks:
+        if used < self._wake_below:
+            due = [cb for below, cb in self._callbacks if used < below]
+            self._callbacks = [(b, cb) for b, cb in self._callbacks if used >= b]
+            self._wake_below = max((b for b, _ in self._callbacks), default=-1)
+            for cb in due:
                 cb()
 
     async def room(self) -> None:
@@ -175,6 +181,8 @@ class ByteBudget:
                 self._room = anyio.Event()
             await self._room.wait()
 
-    def on_room(self, callback: Callable[[], None]) -> None:
-        """Call `callback()` once, when the count next drops below the limit."""
-        self._callbacks.append(callback)
+    def on_room(self, callback: Callable[[], None], below: int | None = None) -> None:
+        """Call `callback()` once, when the count next drops below `below` (the limit)."""
+        mark = self.limit if below is None else below
+        self._callbacks.append((mark, callback))
+        self._wake_below = max(self._wake_below, mark)

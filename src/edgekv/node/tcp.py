@@ -25,8 +25,8 @@ Theory of operation
    addresses itself and every one is dialled.
 5. Memory: the inbox is bounded in bytes (`limits.inbox_bytes`; readers pause while it is
    full), each peer's send queue too, and all of them together with the frames still
-   arriving draw on one node-wide `ByteBudget` (`budget`, limits.py), which the origin's
-   client connections share.
+   arriving draw on the gossip half of the node's byte budget (`budget`, limits.py); the
+   origin's client connections draw on the other half (`client_budget`).
 """
 
 from __future__ import annotations
@@ -128,7 +128,10 @@ class TcpTransport:
             limits.handshake_timeout if handshake_timeout is None else handshake_timeout
         )
         self.stats = TransportStats()
-        self.budget = ByteBudget(limits.node_bytes)
+        # the node's byte budget (limits.py): gossip's half here, the clients' half for the
+        # origin's client connections (origin/clientconn.py)
+        self.budget = ByteBudget(limits.node_bytes - limits.node_bytes // 2)
+        self.client_budget = ByteBudget(limits.node_bytes // 2)
         self._key = key
         self.tls = tls
         # a port that serves clients (the origin's) lets them come without a certificate
@@ -279,7 +282,6 @@ class TcpTransport:
             if self._inbox_space.is_set():
                 self._inbox_space = anyio.Event()
             await self._inbox_space.wait()
-        await self.budget.room()
 
     def _reject(self, remote: str, reason: object) -> None:
         self.stats.rejected_connections += 1
@@ -357,6 +359,7 @@ class TcpTransport:
                 return
             self._note_peer(peer, None)
             fs.budget = self.budget
+            fs.room_timeout = self.handshake_timeout
             try:
                 await self._read_frames(fs, peer, remote)
             finally:
@@ -370,10 +373,12 @@ class TcpTransport:
         try:
             with dropper, anyio.CancelScope(deadline=anyio.current_time() + idle) as scope:
                 while True:
-                    if not fs.partial:
-                        scope.deadline = math.inf  # waiting for memory is not idling...
-                    await self._inbox_room()  # ...unless it holds part of a frame meanwhile
-                    if scope.deadline == math.inf:
+                    partial = fs.partial  # (holding part of a frame, it waits boundedly)
+                    if not partial:
+                        scope.deadline = math.inf  # waiting for memory is not idling
+                    await self._inbox_room()
+                    if not partial:
+                        await self.budget.room()
                         scope.deadline = anyio.current_time() + idle
                     msg, size = await fs.receive_sized()
                     self.stats.record_received(type_name(msg["t"]), size)
@@ -387,6 +392,8 @@ class TcpTransport:
                 self._reject(f"{peer.address} ({remote})", "it sent a bad message")
         except anyio.EndOfStream:
             logger.debug("%s: %s closed its connection", self.address, peer.address)
+        except TimeoutError as exc:  # framed.py: holding part of a frame, no memory came
+            self._reject(f"{peer.address} ({remote})", exc)
         except RemoteProtocolError as exc:
             self._reject(f"{peer.address} ({remote})", exc)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:

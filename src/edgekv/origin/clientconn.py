@@ -17,7 +17,13 @@ Theory of operation
    is the requests of its writes in flight plus its answers not yet taken by the socket.  While
    `held` is at least `NetLimits.client_unsent_bytes`, the connection is not read (the poller
    stops watching it, the reader task waits); it is read again once answers leave or writes
-   complete.  A client that never reads its answers therefore costs at most that much.
+   complete.  A client that never reads its answers therefore costs at most that much.  The
+   same bytes, and those of a request still arriving, are charged to the node's `ByteBudget`
+   (node/limits.py; the clients' half of `NetLimits.node_bytes`, the gossip transport has the
+   other half): while it is full, a connection that holds anything is not read either.  So a
+   thousand clients cannot add up their `client_unsent_bytes` (they hold the budget plus one
+   answer each at most), gossip is never starved by clients, and a client with nothing in
+   flight is still served.
 4. One path for answers: they are appended to `out` and leave through `flush`, after each batch
    of requests read and after each commit group (the sequencer calls `flush_answers`), one
    system call per connection.  `flush` writes straight to a plain non-blocking socket under
@@ -45,6 +51,7 @@ import cbor2
 
 from ..errors import EdgeKVError, LocalProtocolError, RemoteProtocolError
 from ..gossip.wire import Message, MsgType, encode_frame
+from ..node.limits import ByteBudget
 from .sockio import direct_socket
 from .writer import BatchCommand, StoreCommand
 
@@ -137,9 +144,18 @@ class ClientConnection:
         self.max_frame_size = stream.max_frame_size
         limits = origin.net_limits
         self.budget = limits.client_unsent_bytes
+        node_budget = getattr(origin.transport, "client_budget", None)
+        self.node_budget = (
+            node_budget
+            if isinstance(node_budget, ByteBudget)
+            else ByteBudget(limits.node_bytes // 2)
+        )
+        self._held = 0
+        self._buffered = 0  # bytes of requests still arriving, charged to `node_budget`
+        self._released = False
+        self._room_asked = False  # a callback waits for room in `node_budget`
         self.idle_timeout = limits.idle_timeout
         self.out: list[bytes] = []
-        self.held = 0  # rule 3: requests of writes in flight + answers not yet sent, in bytes
         self.inflight = 0  # writes at the sequencer
         self.closed = False
         self._decoder = stream.detach_decoder()
@@ -153,6 +169,29 @@ class ClientConnection:
         self._fd = -1
         self._done = anyio.Event()
         self._last_active = anyio.current_time()  # last bytes read or answers sent
+
+    @property
+    def held(self) -> int:
+        """Rule 3: requests of writes in flight + answers not yet sent, in bytes."""
+        return self._held
+
+    @held.setter
+    def held(self, value: int) -> None:
+        if not self._released:
+            self.node_budget.take(value - self._held)
+        self._held = value
+
+    def _settle(self) -> None:
+        """Charge the node's budget with what the decoder holds now (rule 3)."""
+        buffered = self._decoder.buffered
+        if not self._released:
+            self.node_budget.take(buffered - self._buffered)
+        self._buffered = buffered
+
+    def _release(self) -> None:
+        if not self._released:
+            self._released = True
+            self.node_budget.give(self._held + self._buffered)
 
     # -- requests (rule 2) ---------------------------------------------------------------------
 
@@ -170,7 +209,7 @@ class ClientConnection:
         decoder = self._decoder
         try:
             while not self.closed:
-                if self.held >= self.budget:
+                if self._over_budget():
                     self._pause()
                     break
                 frame = decoder.next_frame()
@@ -179,6 +218,7 @@ class ClientConnection:
                 self._dispatch(*frame)
         except RemoteProtocolError as exc:
             self._close(str(exc), logging.WARNING)
+        self._settle()
         self.flush()
 
     def _dispatch(self, msg: Message, size: int) -> None:
@@ -232,8 +272,26 @@ class ClientConnection:
             self._resumed = anyio.Event()
             if self._poller is not None:
                 self._poller.pause(self._fd)
+            if self.held < self.budget:  # paused for the node's budget: woken when it frees
+                self._wait_room()
+
+    def _wait_room(self) -> None:
+        if not self._room_asked:
+            self._room_asked = True
+            self.node_budget.on_room(self._room)
+
+    def _room(self) -> None:
+        self._room_asked = False
+        self._maybe_resume()
+
+    def _over_budget(self) -> bool:
+        held = self.held
+        return held >= self.budget or (held > 0 and self.node_budget.full)
 
     def _maybe_resume(self) -> None:
+        if self._paused and self.held < self.budget and self._over_budget():
+            self._wait_room()  # still over the node's budget
+            return
         if self._paused and self.held < self.budget and not self.closed:
             self._paused = False
             self._resumed.set()
@@ -312,6 +370,7 @@ class ClientConnection:
             if self._poller is not None:
                 self._poller.remove(self._fd)
             self.closed = True
+            self._release()
 
     async def _wait_done(self) -> None:
         idle = self.idle_timeout
