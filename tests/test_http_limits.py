@@ -4,6 +4,7 @@ memory in a real origin process facing a 62.5 MiB body."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -236,3 +237,89 @@ async def test_rss_stays_flat_under_big_bodies(tmp_path: Path) -> None:
                 assert time.monotonic() - t0 < 30
             finally:
                 proc.terminate()
+
+
+SLOW_SERVER = """
+import sys, anyio
+from edgekv.node.httpapi import HttpLimits
+from edgekv.origin.server import Origin
+limits = HttpLimits(body_timeout=2.0, head_timeout=2.0, max_per_address=200)
+async def main():
+    async with Origin(data_dir=sys.argv[1], listen=None, http="127.0.0.1:0",
+                      http_limits=limits) as origin:
+        await origin.create_store("s")
+        print(origin.http_address, flush=True)
+        await anyio.sleep_forever()
+anyio.run(main, backend="trio")
+"""
+
+
+async def _get(address: str, source: str) -> tuple[int, float]:
+    """GET /v1/stores from `source` (a loopback address): (status, seconds taken)."""
+    host, port = address.rsplit(":", 1)
+    start = trio.current_time()
+    stream = await trio.open_tcp_stream(host, int(port), local_address=source)
+    async with stream:
+        await stream.send_all(b"GET /v1/stores HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        data = await stream.receive_some(65536)
+    return int(data.split(b" ", 2)[1]), trio.current_time() - start
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+async def test_1000_slow_connections_neither_hold_the_port_nor_grow_rss(tmp_path: Path) -> None:
+    """Issue #12: 1,000 connections sending their body (or their head) at a trickle.  At most
+    `max_per_address` of them are admitted (the rest closed at once), the admitted ones are
+    closed within the head or body timeout, another address is served meanwhile, RSS stays
+    within 64 MiB, and the port serves everyone again afterwards."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+    slow_body = _head("/v1/stores/s/batch", 1000) + b"{"
+    slow_head = b"POST /v1/stores/s/batch HTTP/1.1\r\nHost: t\r\n"
+    try:
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                command = [sys.executable, "-c", SLOW_SERVER, str(tmp_path)]
+                run = partial(trio.run_process, command, stdout=subprocess.PIPE, check=False)
+                proc = await nursery.start(run)
+                try:
+                    assert proc.stdout is not None
+                    line = b""
+                    while not line.endswith(b"\n"):
+                        line += await proc.stdout.receive_some(100)
+                    address = line.decode().strip()
+                    assert (await _get(address, "127.0.0.1"))[0] == 200
+                    before = _peak_rss_mib(proc.pid)
+                    host, port = address.rsplit(":", 1)
+                    streams = []
+                    for i in range(1000):
+                        stream = await trio.open_tcp_stream(host, int(port))
+                        streams.append(stream)
+                        with contextlib.suppress(trio.BrokenResourceError):
+                            await stream.send_all(slow_body if i % 2 else slow_head)
+                    t0 = trio.current_time()
+                    status, took = await _get(address, "127.0.0.2")  # another source
+                    assert status == 200 and took < 3.0  # (a loaded machine is slow)
+                    open_after, closed = {}, set()
+                    for wait in (0.5, 4.5):  # refused at once; the rest within the timeouts
+                        await trio.sleep(t0 + wait - trio.current_time())
+                        for n, stream in enumerate(streams):
+                            if n in closed:
+                                continue
+                            with trio.move_on_after(0.01):
+                                with contextlib.suppress(trio.BrokenResourceError):
+                                    await stream.receive_some(65536)  # an answer (408) or EOF
+                                closed.add(n)
+                        open_after[wait] = len(streams) - len(closed)
+                    assert open_after[0.5] <= 200, open_after
+                    assert open_after[4.5] == 0, open_after
+                    grown = _peak_rss_mib(proc.pid) - before
+                    assert grown < 64, f"peak RSS grew by {grown:.0f} MiB"
+                    for stream in streams:
+                        await stream.aclose()
+                    assert (await _get(address, "127.0.0.1"))[0] == 200
+                finally:
+                    proc.terminate()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

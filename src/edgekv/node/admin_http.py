@@ -23,16 +23,10 @@ here (STORE, KEY, ...) are shared with the origin's API.
 from __future__ import annotations
 
 import base64
-import logging
 import math
-import socket
-import ssl
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import Any, Protocol
 
-import anyio
-import anyio.abc
-import sniffio
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
@@ -49,14 +43,10 @@ from edgekv.node.httpapi import (
     Param,
     Reply,
 )
+from edgekv.node.httpserve import bind_socket, serve_app, socket_address
 from edgekv.node.kvstore import KvStore
-from edgekv.node.tcp import format_address, parse_address
-from edgekv.node.tlsconfig import TlsConfig
 
-if TYPE_CHECKING:
-    from hypercorn.typing import ASGIFramework
-
-__all__ = ["AdminNode", "bind_socket", "build_api", "build_app", "serve_app"]
+__all__ = ["AdminNode", "bind_socket", "build_api", "build_app", "serve_app", "socket_address"]
 
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MAX_SCAN_LIMIT = 100_000
@@ -342,64 +332,3 @@ def build_app(
 ) -> Starlette:
     """The starlette application over `node`."""
     return build_api(node, auth, limits).app()
-
-
-def bind_socket(listen: str, backlog: int = 128) -> socket.socket:
-    """A listening TCP socket on `listen` (port 0 picks a free port)."""
-    host, port = parse_address(listen)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(backlog)
-        sock.set_inheritable(True)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def socket_address(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return format_address(host, port)
-
-
-async def serve_app(
-    app: Starlette,
-    sock: socket.socket,
-    *,
-    shutdown: anyio.Event | None = None,
-    errorlog: logging.Logger | None = None,
-    tls: TlsConfig | None = None,
-    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
-) -> None:
-    """Serve `app` with hypercorn on the bound `sock` until `shutdown` is set or the caller
-    cancels (trio or asyncio).  With `tls`, HTTPS with the node's certificate; a client
-    certificate is verified against the CA if offered, not required (tokens authorise)."""
-    from hypercorn.config import Config
-
-    config = Config()
-    fd = sock.detach()  # hypercorn owns (and closes) the listening socket from here on
-    config.bind = [f"fd://{fd}"]
-    config.accesslog = None
-    config.errorlog = errorlog
-    config.graceful_timeout = 0.5
-    if tls is not None:
-        tls.server_context()  # InvalidInput unless it has a certificate and key
-        config.certfile, config.keyfile = str(tls.cert), str(tls.key)
-        config.ca_certs = str(tls.ca)
-        config.verify_mode = ssl.CERT_OPTIONAL
-    if shutdown is None:
-        shutdown = anyio.Event()
-    task_status.started()
-    # Starlette spells an ASGI scope as a MutableMapping, hypercorn as TypedDicts: same protocol
-    asgi = cast("ASGIFramework", app)
-    if sniffio.current_async_library() == "trio":
-        from hypercorn.trio import serve as trio_serve
-
-        await trio_serve(asgi, config, shutdown_trigger=shutdown.wait)
-    else:
-        from hypercorn.asyncio import serve as asyncio_serve
-
-        await asyncio_serve(asgi, config, shutdown_trigger=shutdown.wait)

@@ -400,9 +400,8 @@ class EdgeNode:
         if self.http is not None:
             sock = bind_socket(self.http)
             self.http_address = socket_address(sock)
-            await tg.start(
-                partial(serve_app, build_app(self, self.auth, self.http_limits), sock, tls=self.tls)
-            )
+            app = build_app(self, self.auth, self.http_limits)
+            await tg.start(partial(serve_app, app, sock, tls=self.tls, limits=self.http_limits))
         logger.info(
             "event=started node=%s address=%s origin=%s peers=%d http=%s",
             self.node_id,

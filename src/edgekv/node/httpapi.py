@@ -75,6 +75,12 @@ class HttpLimits:
     max_batch_body: int = 16 << 20  # the origin's batch route, bytes of JSON
     max_mget_body: int = 4 << 20  # the edge's mget route: 10,000 keys of up to ~400 bytes
     thread_parse_from: int = 1 << 20  # JSON bodies of at least this many bytes parse in a thread
+    # the port itself (admin_http.serve_app): connections at once, in total (capped below the
+    # fd limit) and per source IP; a connection's request head must be complete within
+    # `head_timeout` of its start or of its previous answer
+    max_connections: int = 1024
+    max_per_address: int = 256
+    head_timeout: float = 5.0
 
 
 class PayloadTooLarge(EdgeKVError):

@@ -5,9 +5,9 @@ those still in their handshake; `over_cap(host)` says why a new one must be refu
 it may stay).  `accept_loop` accepts until the listener closes: a connection over a cap is
 closed at once (counted in `stats.refused_connections`); a transient accept error (out of file
 descriptors, buffers or memory; a connection aborted before it was accepted) is counted in
-`stats.accept_errors` and retried after a back-off starting at `limits.accept_backoff` and
-doubling up to 1 s, so a flood past the fd limit never stops the listener.  The TCP transport
-uses both for its gossip port.
+`stats.accept_errors` and retried after a back-off starting at `accept_backoff` and doubling
+up to 1 s (`accept_failed`), so a flood past the fd limit never stops the listener.  The TCP
+transport uses both for its gossip port, the HTTP servers (admin_http.py) for theirs.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ import anyio
 import anyio.abc
 
 from edgekv.gossip.transport import TransportStats
-from edgekv.node.limits import NetLimits
+from edgekv.node.limits import NetLimits, fd_limit
 
-__all__ = ["ConnectionCaps", "accept_loop"]
+__all__ = ["ConnectionCaps", "accept_failed", "accept_loop"]
 
 logger = logging.getLogger("edgekv.tcp")
 
-_ACCEPT_BACKOFF_MAX = 1.0
+ACCEPT_BACKOFF_MAX = 1.0
 # accept() failures that say "not now": the listener counts them, backs off and keeps listening
 _TRANSIENT_ACCEPT = frozenset(
     getattr(errno, name)
@@ -39,22 +39,57 @@ _TRANSIENT_ACCEPT = frozenset(
 class ConnectionCaps:
     """Open inbound connections of one port, in total, per source host and in handshake."""
 
-    def __init__(self, limits: NetLimits) -> None:
-        self.limits = limits
+    def __init__(
+        self,
+        max_connections: int,
+        max_per_address: int,
+        max_handshaking: int,
+        *,
+        fd_reserve: int = 0,
+        accept_backoff: float = 0.1,
+    ) -> None:
+        self.max_connections = max_connections
+        self.max_per_address = max_per_address
+        self.max_handshaking = max_handshaking
+        self.fd_reserve = fd_reserve
+        self.accept_backoff = accept_backoff
         self.connections = 0
         self.handshaking = 0
         self.per_address: dict[str, int] = {}
 
+    @classmethod
+    def of(cls, limits: NetLimits) -> ConnectionCaps:
+        return cls(
+            limits.max_connections,
+            limits.max_per_address,
+            limits.max_handshaking,
+            fd_reserve=limits.fd_reserve,
+            accept_backoff=limits.accept_backoff,
+        )
+
+    def cap(self) -> int:
+        """`max_connections`, lowered so that the process keeps `fd_reserve` descriptors free."""
+        return max(1, min(self.max_connections, fd_limit() - self.fd_reserve))
+
     def over_cap(self, host: str) -> str:
         """Why a new connection from `host` must be refused; "" when it may stay."""
-        limits = self.limits
-        if self.connections >= limits.connection_cap():
+        if self.connections >= self.cap():
             return f"{self.connections} connections open"
-        if self.handshaking >= limits.max_handshaking:
+        if self.handshaking >= self.max_handshaking:
             return f"{self.handshaking} connections in their handshake"
-        if self.per_address.get(host, 0) >= limits.max_per_address:
-            return f"{limits.max_per_address} connections from that address"
+        if self.per_address.get(host, 0) >= self.max_per_address:
+            return f"{self.max_per_address} connections from that address"
         return ""
+
+    def admit(self, host: str, stats: TransportStats, name: str) -> bool:
+        """Count a new connection from `host` in, or refuse it (counted and logged)."""
+        reason = self.over_cap(host)
+        if reason:
+            stats.refused_connections += 1
+            logger.info("%s: refusing a connection from %s: %s", name, host, reason)
+            return False
+        self.opened(host)
+        return True
 
     def opened(self, host: str) -> None:
         self.connections += 1
@@ -78,6 +113,23 @@ class ConnectionCaps:
 Handler = Callable[[anyio.abc.SocketStream, str], Coroutine[Any, Any, None]]
 
 
+def accept_failed(exc: BaseException, stats: TransportStats, backoff: float, name: str) -> float:
+    """Count and log a failed accept; the back-off to wait before the next one."""
+    cause = exc if isinstance(exc, OSError) else exc.__cause__
+    code = getattr(cause, "errno", None)
+    stats.accept_errors += 1
+    if code not in _TRANSIENT_ACCEPT:
+        logger.error("%s: accept failed: %r", name, cause or exc)
+    else:
+        logger.warning(
+            "%s: accept failed (%s), retrying in %.2f s",
+            name,
+            errno.errorcode.get(code or 0, code),
+            backoff,
+        )
+    return backoff
+
+
 async def accept_loop(
     listener: anyio.abc.SocketListener,
     tg: anyio.abc.TaskGroup,
@@ -90,7 +142,6 @@ async def accept_loop(
     """Accept until `listener` closes; each connection within the caps runs `handle(stream,
     host)` in `tg` (which must call `caps.authenticated()`/`caps.closed()`).  `name()` is the
     address used in log lines."""
-    limits = caps.limits
     backoff = 0.0
     while True:
         try:
@@ -98,31 +149,15 @@ async def accept_loop(
         except anyio.ClosedResourceError:
             return
         except (anyio.BrokenResourceError, OSError) as exc:
-            cause = exc if isinstance(exc, OSError) else exc.__cause__
-            code = getattr(cause, "errno", None)
-            stats.accept_errors += 1
-            backoff = min(max(backoff * 2, limits.accept_backoff), _ACCEPT_BACKOFF_MAX)
-            if code not in _TRANSIENT_ACCEPT:
-                logger.error("%s: accept failed: %r", name(), cause or exc)
-            else:
-                logger.warning(
-                    "%s: accept failed (%s), retrying in %.2f s",
-                    name(),
-                    errno.errorcode.get(code or 0, code),
-                    backoff,
-                )
-            await anyio.sleep(backoff)
+            backoff = min(max(backoff * 2, caps.accept_backoff), ACCEPT_BACKOFF_MAX)
+            await anyio.sleep(accept_failed(exc, stats, backoff, name()))
             continue
         backoff = 0.0
         try:
             host = str(stream.extra(anyio.abc.SocketAttribute.remote_address)[0])
         except Exception:
             host = "?"
-        reason = caps.over_cap(host)
-        if reason:
-            stats.refused_connections += 1
-            logger.info("%s: refusing a connection from %s: %s", name(), host, reason)
+        if not caps.admit(host, stats, name()):
             await anyio.aclose_forcefully(stream)
             continue
-        caps.opened(host)
         tg.start_soon(handle, stream, host)

@@ -162,7 +162,7 @@ class TcpTransport:
         ](inbox_size)
         self._inbox_bytes = 0
         self._inbox_space = anyio.Event()
-        self.caps = ConnectionCaps(limits)
+        self.caps = ConnectionCaps.of(limits)
         self._inbound: dict[str, set[anyio.CancelScope]] = {}  # peer address -> its readers
         self._cut_off: dict[str, float] = {}  # peer address -> end of its back-off (`disconnect`)
         self._tg: anyio.abc.TaskGroup | None = None

@@ -406,4 +406,6 @@ async def serve_http(
     sock = bind_socket(listen, backlog=1024)
     app = build_app(origin, origin.http_limits)
     task_status.started(socket_address(sock))
-    await serve_app(app, sock, shutdown=stop, errorlog=logger, tls=origin.tls)
+    await serve_app(
+        app, sock, shutdown=stop, errorlog=logger, tls=origin.tls, limits=origin.http_limits
+    )
