@@ -8,6 +8,8 @@ floods at ulimit 128; the 1,024-descriptor versions of the issue are behind `slo
 
 from __future__ import annotations
 
+import contextlib
+import json
 import resource
 import socket
 from collections.abc import Iterator
@@ -78,6 +80,12 @@ async def serves(cluster: ProcessCluster, client: OriginClient, key: str) -> Non
         assert value == key.encode(), name
 
 
+def origin_rss(cluster: ProcessCluster) -> int:
+    status = cluster.node_status("origin")
+    assert status is not None
+    return int(status["process"]["rss_bytes"])
+
+
 async def run_flood(
     tmp_path: Path, *, nofile: int, conns: int, node_args: list[str], authenticated: int = 0
 ) -> dict[str, Any]:
@@ -87,6 +95,7 @@ async def run_flood(
     ):
         await client.create_store("s")
         await serves(cluster, client, "before")
+        before = origin_rss(cluster)
         with fd_headroom(conns + authenticated + 64):
             held = await anyio.to_thread.run_sync(flood, cluster.origin_address, conns)
             authed: list[FramedStream] = []
@@ -106,6 +115,8 @@ async def run_flood(
                         pass  # refused: over a cap
                 assert cluster.procs["origin"].alive
                 await serves(cluster, client, "during")  # old connections keep working
+                grown = origin_rss(cluster) - before
+                assert grown < 64 << 20, f"origin RSS grew by {grown / 2**20:.0f} MiB"
             finally:
                 for s in held:
                     s.close()
@@ -131,8 +142,10 @@ async def test_flood_over_the_fd_limit_is_refused_not_fatal(tmp_path: Path) -> N
 
 
 async def test_accept_errors_are_survived(tmp_path: Path) -> None:
-    # no descriptor reserve and no caps: accept() itself fails with EMFILE; the listener lives
-    args = ["--fd-reserve", "0", "--max-handshaking", "100000", "--handshake-timeout", "1"]
+    # no descriptor reserve and no caps: accept() itself fails with EMFILE; the listener lives.
+    # The flood's connections stay open (a long handshake timeout) however slowly a loaded
+    # machine opens them, so the origin runs out of descriptors whatever the load.
+    args = ["--fd-reserve", "0", "--max-handshaking", "100000", "--handshake-timeout", "60"]
     out = await run_flood(tmp_path, nofile=128, conns=200, node_args=args)
     assert out["status"]["transport"]["accept_errors"] > 0
 
@@ -149,12 +162,6 @@ async def test_1000_idle_authenticated_connections(tmp_path: Path) -> None:
         tmp_path, nofile=1024, conns=0, authenticated=1000, node_args=["--idle-timeout", "3"]
     )
     assert out["authed"] > 0
-
-
-def origin_rss(cluster: ProcessCluster) -> int:
-    status = cluster.node_status("origin")
-    assert status is not None
-    return int(status["process"]["rss_bytes"])
 
 
 async def test_unread_answers_stop_the_reading_and_bound_memory(tmp_path: Path) -> None:
@@ -299,5 +306,71 @@ async def test_hostile_gossip_leaves_rss_flat_and_the_cluster_converges(
         assert status["counters"]["node"].get("protocol_errors", 0) >= 1, "it was never read"
         assert peak - before < 64 << 20, f"edge RSS grew by {(peak - before) / 2**20:.0f} MiB"
         assert cluster.procs["edge-0"].alive
+        await serves(cluster, client, "after")
+        await wait_for(lambda: cluster.agreement()[0] >= 1.0)
+
+
+async def test_member_flood_and_address_claims_leave_rss_flat(tmp_path: Path) -> None:
+    """Issue #12: a MEMBERS message of 9,999 fake rows to every node plus 500 connections
+    each claiming a new address: no node's RSS grows by 64 MiB, no fake enters a member
+    table, and the cluster keeps converging (test_limits_dial checks the dialling side)."""
+    from edgekv.gossip import messages as m
+
+    async with (
+        ProcessCluster(2, tmp_path) as cluster,
+        OriginClient(cluster.origin_address, timeout=10) as client,
+    ):
+        await client.create_store("s")
+        await serves(cluster, client, "before")
+        names = ["origin", "edge-0", "edge-1"]
+
+        def rss() -> dict[str, int]:
+            out = {}
+            for name in names:
+                status = cluster.node_status(name)
+                assert status is not None
+                out[name] = int(status["process"]["rss_bytes"])
+            return out
+
+        before = rss()
+        fakes = [(f"10.253.{i // 250}.{i % 250}:7", "edge", 0, "alive") for i in range(9_999)]
+        flood = m.Members(fakes).to_wire()
+        async with TcpTransport.serve(cluster_id="edgekv", node_id="evil") as evil:
+            for name in names:  # from a peer that confirms its own address: it is read
+                await evil.send(cluster.address_of(name), flood)
+            limiter = anyio.CapacityLimiter(25)
+
+            async def claim(i: int) -> None:
+                async with limiter:
+                    try:
+                        conn = await FramedStream.connect(
+                            cluster.address_of(names[i % 3]),
+                            cluster_id="edgekv",
+                            node_id=f"claim-{i}",
+                            role="edge",
+                            advertise=f"10.252.{i // 250}.{i % 250}:7",
+                            connect_timeout=5,
+                        )
+                    except Exception:
+                        return
+                    async with conn:
+                        with anyio.move_on_after(5), contextlib.suppress(Exception):
+                            await conn.send(flood)
+                            await conn.receive()  # closed: its claim is not confirmed
+
+            async with anyio.create_task_group() as tg:
+                for i in range(500):
+                    tg.start_soon(claim, i)
+            peak = before
+            for _ in range(5):
+                await anyio.sleep(0.2)
+                now = rss()
+                peak = {n: max(peak[n], now[n]) for n in names}
+        for name in names:
+            grown = peak[name] - before[name]
+            assert grown < 64 << 20, f"{name} RSS grew by {grown / 2**20:.0f} MiB"
+            status = cluster.node_status(name) or {}
+            peers = json.dumps(status.get("peers"))
+            assert "10.253." not in peers and "10.252." not in peers, name
         await serves(cluster, client, "after")
         await wait_for(lambda: cluster.agreement()[0] >= 1.0)
