@@ -95,6 +95,7 @@ async def test_member_floods_and_address_claims_open_no_connection_to_the_fakes(
                         node_id=f"spoof-{i}",
                         role="edge",
                         advertise=address,
+                        connect_timeout=20,  # (a timeout inside connect can leak its socket)
                     )
                 except Exception:
                     return  # (a busy node may time a handshake out: then nothing was claimed)
