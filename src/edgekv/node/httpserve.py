@@ -147,6 +147,8 @@ async def _serve_trio(
             await TCPServer(wrapped, config, context, ConnectionState({}), stream)
         finally:
             caps.closed(host, False)
+            # hypercorn's close awaits send_eof first: cancelled there, it never closes
+            await trio.aclose_forcefully(stream)
 
     async def accept(server: trio.Nursery) -> None:
         backoff = 0.0
