@@ -371,14 +371,14 @@ async def test_disconnect_closes_both_ways_and_refuses_reconnects_during_the_bac
             await assert_still_serves(server, bad)  # bad -> server open
             await server.send(bad.address, {"t": 10, "n": 1})  # server -> bad open
             assert await bad.receive() == Envelope(server.address, {"t": 10, "n": 1})
-            assert bad.address in server._inbound and server._peers[bad.address].conn
+            assert bad.address in server._inbound and server._senders._peers[bad.address].conn
             server.disconnect(bad.address, 60.0)
             for _ in range(500):  # the reader notices the cancellation at its next checkpoint
                 if bad.address not in server._inbound:
                     break
                 await trio.sleep(0.01)
             assert bad.address not in server._inbound
-            assert server._peers[bad.address].conn is None
+            assert server._senders._peers[bad.address].conn is None
             before = server.stats.refused_connections
             while server.stats.refused_connections == before:  # bad reconnects, refused
                 await bad.send(server.address, {"t": 10, "n": 2})
