@@ -9,7 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from edgekv.gossip.transport import TransportStats
-from edgekv.node.metrics import Histogram, NodeMetrics, render_prometheus
+from edgekv.node.metrics import Histogram, NodeCollector, NodeMetrics
 
 
 def test_histogram_buckets_are_cumulative_and_le() -> None:
@@ -32,14 +32,14 @@ def test_prometheus_text() -> None:
     metrics = NodeMetrics()
     metrics.propagation_ms.observe(120)
     metrics.events["protocol_errors"] = 2
-    text = render_prometheus(
+    text = NodeCollector(
         node_id='e"1',
         stats=stats,
         metrics=metrics,
         gossip_counters=Counter({"ae_rounds": 3, "ae_states_received": 4, "ae_removed": 1}),
         gauges={"watermark": 42, "lag_ms": 0.5},
         peer_states=["alive", "alive", "dead"],
-    )
+    ).text()
     lines = text.splitlines()
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value

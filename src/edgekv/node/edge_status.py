@@ -10,12 +10,12 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from edgekv.node.metrics import (
+    NodeCollector,
     antientropy_repairs,
     antientropy_rounds,
     node_rejections,
     peer_field,
     peer_json,
-    render_prometheus,
 )
 from edgekv.node.procinfo import process_info
 
@@ -137,7 +137,7 @@ def edge_metrics_text(node: EdgeNode) -> str:
     }
     if node._persist is not None:
         gauges["persisted_watermark"] = float(node._persist.persisted_watermark)
-    return render_prometheus(
+    return NodeCollector(
         node_id=node.node_id,
         stats=runtime.transport.stats,
         metrics=runtime.metrics,
@@ -145,7 +145,7 @@ def edge_metrics_text(node: EdgeNode) -> str:
         gauges=gauges,
         peer_states=states,
         rejections=node_rejections(runtime),
-    )
+    ).text()
 
 
 def _json_number(x: float) -> float | None:

@@ -2,7 +2,7 @@
 
 The node keeps its own figures (a `Histogram` of propagation times in ms, counters); a
 prometheus_client custom collector (`NodeCollector`) exposes them, in seconds as Prometheus has
-it, and the admin HTTP API serves `render_prometheus`; `status()` dictionaries reuse the same
+it, and the admin HTTP API serves `NodeCollector.text()`; `status()` dictionaries reuse the same
 numbers.  Counters that already live elsewhere
 (transport traffic in `TransportStats`, gossip counters in `GossipNode.counters`) are read at
 render time rather than copied, so there is one source of truth for each figure.
@@ -37,7 +37,6 @@ __all__ = [
     "antientropy_rounds",
     "merge_rejections",
     "node_rejections",
-    "render_prometheus",
 ]
 
 # Propagation latency buckets (ms): FastEdge promises 1-2 s, so resolve well below and above it.
@@ -143,6 +142,10 @@ class NodeCollector:
         self.peer_states = list(peer_states)
         self.counters = counters or {}
         self.rejections = rejections or {}
+
+    def text(self) -> str:
+        """The Prometheus text format (version 0.0.4) for this node."""
+        return generate_latest(self).decode()
 
     def collect(self) -> Iterator[Metric]:
         node, stats, metrics = self.node_id, self.stats, self.metrics
@@ -261,31 +264,6 @@ def _by(
     for key in sorted(values):
         family.add_metric([node, key], values[key])
     return family
-
-
-def render_prometheus(
-    *,
-    node_id: str,
-    stats: TransportStats,
-    metrics: NodeMetrics,
-    gossip_counters: Mapping[str, int],
-    gauges: Mapping[str, float],
-    peer_states: Iterable[str] = (),
-    counters: Mapping[str, float] | None = None,
-    rejections: Mapping[str, Mapping[str, int]] | None = None,
-) -> str:
-    """The Prometheus text format (version 0.0.4) for one node (see `NodeCollector`)."""
-    collector = NodeCollector(
-        node_id=node_id,
-        stats=stats,
-        metrics=metrics,
-        gossip_counters=gossip_counters,
-        gauges=gauges,
-        peer_states=peer_states,
-        counters=counters,
-        rejections=rejections,
-    )
-    return generate_latest(collector).decode()
 
 
 def merge_rejections(

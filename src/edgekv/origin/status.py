@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 from ..gossip.transport import TransportStats
 from ..node.metrics import (
+    NodeCollector,
     NodeMetrics,
     node_rejections,
     peer_field,
     peer_json,
-    render_prometheus,
 )
 from ..node.procinfo import process_info
 
@@ -81,7 +81,7 @@ def origin_metrics(origin: Origin) -> str:
     states: list[str] = []
     if runtime is not None:
         states = [str(peer_field(i, "state")) for i in runtime.gossip.peers().values()]
-    return render_prometheus(
+    return NodeCollector(
         node_id=origin.node_id,
         stats=runtime.transport.stats if runtime is not None else TransportStats(),
         metrics=runtime.metrics if runtime is not None else NodeMetrics(),
@@ -99,7 +99,7 @@ def origin_metrics(origin: Origin) -> str:
         },
         peer_states=states,
         rejections=_gossip_rejections(origin),
-    )
+    ).text()
 
 
 def _gossip_rejections(origin: Origin) -> dict[str, dict[str, int]]:
