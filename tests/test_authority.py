@@ -268,7 +268,11 @@ def test_claims_move_no_lag_role_or_membership_and_delete_nothing(network: str) 
             assert refused.get("unconfirmed_origin_claim", 0) > 0, (name, status["rejected"])
 
 
-@pytest.mark.parametrize("network", MODES)
+# tcp times real sockets on the wall clock: on a shared 2-core CI machine one scheduling hiccup
+# moves its p99 by 100 ms, so that variant runs with the slow set (`-m slow`); sim stays here
+@pytest.mark.parametrize(
+    "network", [pytest.param(m, marks=pytest.mark.slow) if m == "tcp" else m for m in MODES]
+)
 def test_honest_writes_keep_reaching_every_edge_within_2x(network: str) -> None:
     obs = observed(network)
     assert obs.honest_missing == []
