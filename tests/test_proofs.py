@@ -8,6 +8,7 @@ honest writes keep flowing (Testnet in sim mode, trio virtual time).
 
 from __future__ import annotations
 
+import gc
 import random
 from typing import Any
 
@@ -254,6 +255,47 @@ async def test_testnet_rejects_forged_push_and_cuts_the_peer_off(autojump_clock:
         assert victim.replica.proofs is not None and len(victim.replica.proofs) > 0
         origin = net.origin.status()
         assert origin["signing"]["certificates"] > 0 and origin["rejected_unsigned"] == {}
+
+
+def _certificates_alive() -> int:
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if isinstance(o, Certificate))
+
+
+def test_stores_without_persistence_keep_no_certificate_they_dropped() -> None:
+    """The origin's store and an edge's without persistence keep no journal (rule 5): under
+    8,000 rewrites of 200 keys, signed in groups of 4 (one certificate each, as an origin
+    at 50 writes/s seals one per push), the certificates alive are those the stores hold,
+    not every one ever made.  A store with `journal=True` records them until drained."""
+    rng = random.Random(3)
+    before = _certificates_alive()
+    origin, edge = Replica(), Replica()
+    origin.use_proofs(_store()).signer = SIGNER
+    edge.use_proofs(_store())
+    made = seq = 0
+    for _ in range(8_000 // 4):
+        items = []
+        for _ in range(4):
+            seq += 1
+            items.append(("s", f"k{rng.randrange(200)}", Register(seq, 1, b"v" * 20)))
+        origin.apply_batch(items, [(seq - 3, seq)])
+        assert origin.proofs is not None and edge.proofs is not None
+        origin.proofs.defer([a for s, k, d in items for a in atoms_of(s, k, d)], seq - 3, seq)
+        certs = origin.proofs.material_for(items)
+        made += len(certs)
+        ok = edge.proofs.verify(items, certs, edge.state)
+        edge.apply_batch(ok, [(seq - 3, seq)])
+    assert origin.proofs is not None and edge.proofs is not None
+    assert made >= 2_000
+    held = len(origin.proofs) + len(edge.proofs)
+    alive = _certificates_alive() - before
+    assert alive <= held + 64, (alive, held, made)
+    assert origin.proofs.added == origin.proofs.dropped == edge.proofs.added == []
+    journaled = ProofStore([KEY.public_key()], journal=True)
+    certs = list(origin.proofs)
+    journaled.add(certs)
+    assert journaled.drain_journal() == (certs, [])
+    assert journaled.added == journaled.dropped == []
 
 
 def test_proof_store_stays_bounded_by_live_data_under_rewrites() -> None:

@@ -10,11 +10,14 @@ import pytest
 import trio
 
 from edgekv.testnet.soak import (
+    MetricSummary,
     SoakConfig,
+    SoakResult,
     parse_duration,
     run_soak,
     summarize,
     summary_markdown,
+    verdict,
 )
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
@@ -32,6 +35,32 @@ def test_summary_finds_growth_and_flatness() -> None:
     flat = summarize("e", _samples([100.0, 104.0, 98.0, 101.0, 99.0] * 4), warmup=0)
     assert all(abs(s.change) <= 0.1 for s in flat)
     assert summarize("e", _samples([1.0] * 20), warmup=1000) == []  # all inside warm-up
+
+
+def _result(summaries: list[MetricSummary]) -> SoakResult:
+    return SoakResult(SoakConfig(), 600.0, 100, 0, {}, True, 0.0, summaries=summaries)
+
+
+def test_verdict_names_exactly_the_node_and_metric_that_moved() -> None:
+    mib = 2.0**20
+    flat = [
+        MetricSummary(node, metric, 90, start, start, start, 0.0)
+        for node in ("origin", "edge-0")
+        for metric, start in (("rss_bytes", 66 * mib), ("fds", 23.0), ("tasks", 33.0))
+    ]
+    assert verdict(_result(flat)).startswith("**flat**")
+    grew = MetricSummary("origin", "rss_bytes", 92, 66.4 * mib, 74.6 * mib, 75.4 * mib, 75.7 * mib)
+    one = _result([grew, *flat[1:]])
+    line = verdict(one)
+    assert line.startswith("**GREW**: origin rss_bytes +12.3% (+75.7 MiB/h);"), line
+    assert "edge-0" not in line and "fds" not in line and "tasks" not in line
+    assert "every other metric within 10%" in line
+    assert f"- verdict: {line}" in summary_markdown(one, "edgekv soak")
+    shrank = MetricSummary("edge-0", "tasks", 90, 33.0, 20.0, 33.0, -50.0)
+    both = verdict(_result([grew, shrank, *flat[1:5]]))
+    assert both.startswith("**NOT FLAT**: origin rss_bytes +12.3%")
+    assert "edge-0 tasks -39.4% (-50/h)" in both
+    assert verdict(_result([])).startswith("**NO DATA**")
 
 
 def test_parse_duration() -> None:

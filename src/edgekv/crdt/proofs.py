@@ -56,7 +56,12 @@ Theory of operation
    ~24 bytes per live atom per compaction in bandwidth.  Lookups go through certificates
    sorted by lo with the running maximum of hi, so a wide compact certificate costs nothing
    to the lookups of seqs above it.
-5. Keys rotate without downtime: a verifier accepts any of a small set of public keys (by key
+5. The journal (`added`, `dropped`: what persistence must write and delete) is kept only by a
+   store made with `journal=True`, whose owner drains it (`drain_journal`) after each save.
+   Nobody drains the origin's (its certificates are rebuilt at start, sequencer rule 6) or a
+   store without persistence, so theirs keep none: an undrained journal holds every
+   certificate ever made (the origin's RSS grew ~76 MiB/h under 50 writes/s that way).
+6. Keys rotate without downtime: a verifier accepts any of a small set of public keys (by key
    id, the first 8 bytes of BLAKE2b of the raw key); the origin signs with the newest.
 
 Public API for other paths (snapshots): `ProofStore.material_for(items) -> list[Certificate]`
@@ -256,9 +261,12 @@ class Signer:
 class ProofStore:
     """The certificates a replica trusts, indexed by seq range (see the module docstring).
 
-    `public_keys`: the origin keys accepted (raw 32-byte Ed25519 keys or key objects)."""
+    `public_keys`: the origin keys accepted (raw 32-byte Ed25519 keys or key objects);
+    `journal`: record added and dropped certificates for persistence (rule 5)."""
 
-    def __init__(self, public_keys: Sequence[Ed25519PublicKey | bytes] = ()) -> None:
+    def __init__(
+        self, public_keys: Sequence[Ed25519PublicKey | bytes] = (), *, journal: bool = False
+    ) -> None:
         keys = [_public_key(k) if isinstance(k, bytes) else k for k in public_keys]
         self.keys: dict[bytes, Ed25519PublicKey] = {key_id(k): k for k in keys}
         self._los: list[int] = []  # certificates sorted by lo ...
@@ -275,7 +283,8 @@ class ProofStore:
         self.signer: Signer | None = None  # at the origin: seals deferred atoms (rule 2)
         self._pending: list[Atom] = []
         self._pending_range = (0, 0)
-        self.added: list[Certificate] = []  # journal for persistence (drained by it)
+        self.journal = journal  # keep `added` and `dropped` (rule 5): persistence drains them
+        self.added: list[Certificate] = []
         self.dropped: list[Certificate] = []
 
     def __len__(self) -> int:
@@ -355,7 +364,8 @@ class ProofStore:
                 break
             reach[j] = r
         self.held += len(c)
-        self.added.append(c)
+        if self.journal:
+            self.added.append(c)
 
     def check_signature(self, cert: Certificate) -> Certificate:
         """The stored twin of `cert`, or `cert` after its signature verified; ForgedState if not."""
@@ -557,7 +567,8 @@ class ProofStore:
             else:
                 del self._by_sig[c.signature]
                 self._fresh.pop(c.signature, None)
-                self.dropped.append(c)
+                if self.journal:
+                    self.dropped.append(c)
                 dropped += 1
         self._certs, self._los, self._reach = kept, [c.lo for c in kept], []
         r = -1

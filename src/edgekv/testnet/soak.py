@@ -34,7 +34,16 @@ from edgekv.node.faults import LinkFaults
 from edgekv.origin.client import OriginClient
 from edgekv.testnet.procs import ProcessCluster
 
-__all__ = ["MetricSummary", "SoakConfig", "SoakResult", "parse_duration", "run_soak", "summarize"]
+__all__ = [
+    "MetricSummary",
+    "SoakConfig",
+    "SoakResult",
+    "parse_duration",
+    "run_soak",
+    "summarize",
+    "summary_markdown",
+    "verdict",
+]
 
 METRICS = ("rss_bytes", "fds", "tasks")
 
@@ -100,6 +109,28 @@ class SoakResult:
     @property
     def ok(self) -> bool:
         return self.flat and self.converged and bool(self.summaries)
+
+    @property
+    def not_flat(self) -> list[MetricSummary]:
+        """The metrics that moved by more than the tolerance, in table order."""
+        return [s for s in self.summaries if abs(s.change) > self.config.tolerance]
+
+
+def verdict(result: SoakResult) -> str:
+    """One line naming exactly which node's metrics moved, e.g.
+    "**GREW**: origin rss_bytes +12.3% (+75.7 MiB/h); every other metric within 10%"."""
+    tolerance = f"{result.config.tolerance:.0%}"
+    if not result.summaries:
+        return "**NO DATA** (no node was sampled past its warm-up)"
+    moved = result.not_flat
+    if not moved:
+        return f"**flat** (RSS, open fds and tasks of every node within {tolerance})"
+    word = "GREW" if all(s.change > 0 for s in moved) else "NOT FLAT"
+    named = "; ".join(
+        f"{s.node} {s.metric} {s.change:+.1%} ({_signed(s.metric, s.per_hour)}/h)" for s in moved
+    )
+    rest = "every other metric" if len(moved) < len(result.summaries) else "no metric"
+    return f"**{word}**: {named}; {rest} within {tolerance}"
 
 
 def summarize(
@@ -260,11 +291,14 @@ def _fmt(metric: str, value: float) -> str:
     return f"{value:,.0f}"
 
 
+def _signed(metric: str, value: float) -> str:
+    return f"{'+' if value >= 0 else '-'}{_fmt(metric, abs(value))}"
+
+
 def summary_markdown(result: SoakResult, command: str) -> str:
     """The soak's verdict and per-node table (for benchmarks/results/soak.md)."""
     c = result.config
     faults = ", ".join(f"{n} {k}" for k, n in sorted(result.faults.items())) or "none"
-    verdict = "flat" if result.flat else "GREW"
     lines = [
         "## Soak (`edgekv soak`)",
         "",
@@ -278,7 +312,7 @@ def summary_markdown(result: SoakResult, command: str) -> str:
         f"- writes acknowledged: {result.writes:,} ({result.write_errors} failed during faults)",
         f"- converged after the run: {'yes' if result.converged else 'NO'}"
         f" ({result.converge_seconds:.1f} s)",
-        f"- verdict: **{verdict}** (RSS, open fds and tasks of every node)",
+        f"- verdict: {verdict(result)}",
         "",
         "| node | metric | samples | start | end | peak | change | per hour |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
@@ -287,6 +321,6 @@ def summary_markdown(result: SoakResult, command: str) -> str:
         lines.append(
             f"| {s.node} | {s.metric} | {s.samples} | {_fmt(s.metric, s.start)} |"
             f" {_fmt(s.metric, s.end)} | {_fmt(s.metric, s.peak)} | {s.change:+.1%} |"
-            f" {'+' if s.per_hour >= 0 else '-'}{_fmt(s.metric, abs(s.per_hour))} |"
+            f" {_signed(s.metric, s.per_hour)} |"
         )
     return "\n".join(lines) + "\n"
