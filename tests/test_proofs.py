@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import random
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -270,8 +271,8 @@ def test_stores_without_persistence_keep_no_certificate_they_dropped() -> None:
     rng = random.Random(3)
     before = _certificates_alive()
     origin, edge = Replica(), Replica()
-    origin.use_proofs(_store()).signer = SIGNER
-    edge.use_proofs(_store())
+    origin.use_proofs(ProofStore([KEY.public_key()], journal=False)).signer = SIGNER
+    edge.use_proofs(ProofStore([KEY.public_key()], journal=False))
     made = seq = 0
     for _ in range(8_000 // 4):
         items = []
@@ -291,7 +292,7 @@ def test_stores_without_persistence_keep_no_certificate_they_dropped() -> None:
     alive = _certificates_alive() - before
     assert alive <= held + 64, (alive, held, made)
     assert origin.proofs.added == origin.proofs.dropped == edge.proofs.added == []
-    journaled = ProofStore([KEY.public_key()], journal=True)
+    journaled = _store()  # persistence's: journaled until drained
     certs = list(origin.proofs)
     journaled.add(certs)
     assert journaled.drain_journal() == (certs, [])
@@ -333,3 +334,23 @@ def test_proof_store_stays_bounded_by_live_data_under_rewrites() -> None:
     # and the bound holds at every size, not only at the end: a sweep keeps live ones only
     assert origin.proofs is not None and origin.proofs.sweep(origin.proof_seqs()) >= 0
     assert origin.proofs.atoms <= 2 * live, (origin.proofs.atoms, live)
+
+
+def test_an_origin_keeps_no_certificate_journal(tmp_path: Path) -> None:
+    """Nothing persists the origin's certificates (it signs its live states again at start),
+    so its store keeps no journal: 300 signed writes, each sealed by a read of its proofs,
+    leave `added` and `dropped` empty (they held every certificate ever made before)."""
+    from edgekv import Origin
+
+    async def main() -> None:
+        async with Origin(data_dir=tmp_path, listen=None, synchronous="OFF") as origin:
+            await origin.create_store("s")
+            for i in range(300):
+                await origin.put("s", f"k{i % 20}", b"v")
+                proofs = origin.replica.proofs
+                assert proofs is not None
+                proofs.seal()
+            assert proofs.added == proofs.dropped == []
+            assert 0 < len(proofs) <= 300
+
+    trio.run(main)

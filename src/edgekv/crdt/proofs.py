@@ -56,11 +56,11 @@ Theory of operation
    ~24 bytes per live atom per compaction in bandwidth.  Lookups go through certificates
    sorted by lo with the running maximum of hi, so a wide compact certificate costs nothing
    to the lookups of seqs above it.
-5. The journal (`added`, `dropped`: what persistence must write and delete) is kept only by a
-   store made with `journal=True`, whose owner drains it (`drain_journal`) after each save.
-   Nobody drains the origin's (its certificates are rebuilt at start, sequencer rule 6) or a
-   store without persistence, so theirs keep none: an undrained journal holds every
-   certificate ever made (the origin's RSS grew ~76 MiB/h under 50 writes/s that way).
+5. The journal (`added`, `dropped`: what persistence must write and delete) is drained by
+   persistence after each save.  Nobody drains the origin's (its certificates are rebuilt at
+   start, sequencer rule 6) or that of an edge without persistence, so those stores are made
+   with `journal=False` and keep none: an undrained journal holds every certificate ever
+   made (the origin's RSS grew ~76 MiB/h under 50 writes/s that way).
 6. Keys rotate without downtime: a verifier accepts any of a small set of public keys (by key
    id, the first 8 bytes of BLAKE2b of the raw key); the origin signs with the newest.
 
@@ -262,10 +262,11 @@ class ProofStore:
     """The certificates a replica trusts, indexed by seq range (see the module docstring).
 
     `public_keys`: the origin keys accepted (raw 32-byte Ed25519 keys or key objects);
-    `journal`: record added and dropped certificates for persistence (rule 5)."""
+    `journal`: record added and dropped certificates for persistence (rule 5); False
+    where nothing drains them."""
 
     def __init__(
-        self, public_keys: Sequence[Ed25519PublicKey | bytes] = (), *, journal: bool = False
+        self, public_keys: Sequence[Ed25519PublicKey | bytes] = (), *, journal: bool = True
     ) -> None:
         keys = [_public_key(k) if isinstance(k, bytes) else k for k in public_keys]
         self.keys: dict[bytes, Ed25519PublicKey] = {key_id(k): k for k in keys}

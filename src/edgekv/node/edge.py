@@ -175,7 +175,8 @@ class EdgeNode:
         self._runtime: NodeRuntime | None = None
         self._replica = Replica()
         if self.origin_public_keys:
-            self._replica.use_proofs(ProofStore(self.origin_public_keys))
+            # persistence, when on, replaces this replica with its own (journaled) one
+            self._replica.use_proofs(ProofStore(self.origin_public_keys, journal=False))
         self._persist: ReplicaStore | None = None
         self.load_report: LoadReport | None = None
         self.hub = WatchHub()

@@ -240,7 +240,7 @@ class ReplicaStore:
     def _new_replica(self) -> Replica:
         replica = Replica()
         if self.public_keys is not None:
-            replica.use_proofs(ProofStore(self.public_keys, journal=True))  # drained by flush
+            replica.use_proofs(ProofStore(self.public_keys))
         return replica
 
     # -- flushing --------------------------------------------------------------------------------

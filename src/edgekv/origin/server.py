@@ -177,7 +177,8 @@ class Origin(StoreApi):
                 origin_signing_key, self._signing_key, self.data_dir
             )
             self.signer = Signer(key)
-            self.replica.use_proofs(ProofStore([self.signer.public])).signer = self.signer
+            proofs = ProofStore([self.signer.public], journal=False)  # nothing persists it
+            self.replica.use_proofs(proofs).signer = self.signer
             check = getattr(self._wal, "check_signing_key", None)  # a shared PostgreSQL log
             if check is not None:
                 try:
