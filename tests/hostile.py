@@ -23,7 +23,7 @@ from edgekv.crdt import META, Register
 from edgekv.gossip import messages as m
 from edgekv.gossip.transport import Envelope
 from edgekv.gossip.wire import Message
-from edgekv.node.tcp import FramedStream
+from edgekv.node.tcp import FramedStream, LinkOptions
 from edgekv.testnet import Testnet
 
 MAX_SEQ = (1 << 63) - 1
@@ -68,10 +68,12 @@ class Hostile:
         try:
             conn = await FramedStream.connect(
                 dst,
-                cluster_id=self.net.cluster_id,
-                node_id=f"spoof-{os.urandom(3).hex()}",
-                role=role,
-                advertise=claimed,
+                LinkOptions(
+                    cluster_id=self.net.cluster_id,
+                    node_id=f"spoof-{os.urandom(3).hex()}",
+                    role=role,
+                    advertise=claimed,
+                ),
             )
         except Exception:
             return False

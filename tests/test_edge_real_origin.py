@@ -95,10 +95,11 @@ async def test_client_reads_at_an_edge(tmp_path: Path) -> None:
                         await other.get("x", "k")  # allowed, but this edge has no store x
                     assert await reader.get("flags", "greeting") == b"hello"  # still served
                     # garbage after the handshake: that connection is closed, the edge serves on
-                    from edgekv.node.tcp import FramedStream
+                    from edgekv.node.tcp import FramedStream, LinkOptions
 
                     fs = await FramedStream.connect(
-                        edge.address, cluster_id="edgekv", node_id="junk", role="client"
+                        edge.address,
+                        LinkOptions(cluster_id="edgekv", node_id="junk", role="client"),
                     )
                     await fs.send({"t": 1})
                     with pytest.raises(anyio.EndOfStream):  # closed by the edge

@@ -19,7 +19,7 @@ import pytest
 
 from edgekv.gossip import messages as m
 from edgekv.gossip.config import GossipConfig
-from edgekv.node.tcp import FramedStream
+from edgekv.node.tcp import FramedStream, LinkOptions
 from edgekv.testnet import Testnet as Net
 from hostile import Hostile
 from test_limits_process import wait_for
@@ -95,10 +95,12 @@ async def test_member_floods_and_address_claims_open_no_connection_to_the_fakes(
                 try:
                     conn = await FramedStream.connect(
                         targets[i % len(targets)],
-                        cluster_id=net.cluster_id,
-                        node_id=f"spoof-{i}",
-                        role="edge",
-                        advertise=address,
+                        LinkOptions(
+                            cluster_id=net.cluster_id,
+                            node_id=f"spoof-{i}",
+                            role="edge",
+                            advertise=address,
+                        ),
                         connect_timeout=20,  # (a timeout inside connect can leak its socket)
                     )
                 except Exception:

@@ -21,7 +21,7 @@ import anyio
 import pytest
 
 from edgekv.gossip.wire import MsgType, encode_frame
-from edgekv.node.tcp import FramedStream, TcpTransport, parse_address
+from edgekv.node.tcp import FramedStream, LinkOptions, TcpTransport, parse_address
 from edgekv.origin.client import OriginClient
 from edgekv.testnet.procs import ProcessCluster
 
@@ -111,9 +111,7 @@ async def run_flood(
                         authed.append(
                             await FramedStream.connect(
                                 cluster.origin_address,
-                                cluster_id="edgekv",
-                                node_id="idle",
-                                role="client",
+                                LinkOptions(cluster_id="edgekv", node_id="idle", role="client"),
                                 connect_timeout=2,
                             )
                         )
@@ -184,7 +182,7 @@ async def test_unread_answers_stop_the_reading_and_bound_memory(tmp_path: Path) 
         await serves(cluster, client, "before")
         before = origin_rss(cluster)
         hog = await FramedStream.connect(
-            cluster.origin_address, cluster_id="edgekv", node_id="hog", role="client"
+            cluster.origin_address, LinkOptions(cluster_id="edgekv", node_id="hog", role="client")
         )
         get = {"t": int(MsgType.REQUEST), "op": "get", "store": "s", "key": "big"}
         await hog.stream.send(b"".join(encode_frame({**get, "id": i}) for i in range(300)))
@@ -216,7 +214,8 @@ async def test_many_unread_clients_share_one_node_budget(tmp_path: Path) -> None
         try:
             for i in range(30):
                 hog = await FramedStream.connect(
-                    cluster.origin_address, cluster_id="edgekv", node_id=f"hog{i}", role="client"
+                    cluster.origin_address,
+                    LinkOptions(cluster_id="edgekv", node_id=f"hog{i}", role="client"),
                 )
                 hogs.append(hog)
                 await hog.stream.send(burst)
@@ -237,7 +236,8 @@ async def test_idle_client_connections_are_closed(tmp_path: Path) -> None:
     async with ProcessCluster(1, tmp_path, node_args=["--idle-timeout", "1"]) as cluster:
         idle = [
             await FramedStream.connect(
-                cluster.origin_address, cluster_id="edgekv", node_id=f"i{i}", role="client"
+                cluster.origin_address,
+                LinkOptions(cluster_id="edgekv", node_id=f"i{i}", role="client"),
             )
             for i in range(20)
         ]
@@ -353,10 +353,12 @@ async def test_member_flood_and_address_claims_leave_rss_flat(tmp_path: Path) ->
                     try:
                         conn = await FramedStream.connect(
                             cluster.address_of(names[i % 3]),
-                            cluster_id="edgekv",
-                            node_id=f"claim-{i}",
-                            role="edge",
-                            advertise=f"10.252.{i // 250}.{i % 250}:7",
+                            LinkOptions(
+                                cluster_id="edgekv",
+                                node_id=f"claim-{i}",
+                                role="edge",
+                                advertise=f"10.252.{i // 250}.{i % 250}:7",
+                            ),
                             connect_timeout=5,
                         )
                     except Exception:

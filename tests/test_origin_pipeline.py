@@ -16,7 +16,7 @@ import trio.testing
 
 from edgekv.crdt import Put, Replica, validate_op
 from edgekv.errors import EdgeKVError, OriginUnavailable, StoreNotFound, VersionMismatch
-from edgekv.node.tcp import FramedStream
+from edgekv.node.tcp import FramedStream, LinkOptions
 from edgekv.origin.client import OriginClient
 from edgekv.origin.sequencer import Sequencer, Ticket
 from edgekv.origin.wal import LogError, WriteAheadLog
@@ -216,7 +216,9 @@ async def silent_origin(answer: bytes | None = None) -> AsyncIterator[str]:
 
     async def serve(stream: anyio.abc.SocketStream) -> None:
         async with stream:
-            fs = await FramedStream.accept(stream, cluster_id="edgekv", node_id="o", role="origin")
+            fs = await FramedStream.accept(
+                stream, LinkOptions(cluster_id="edgekv", node_id="o", role="origin")
+            )
             await fs.receive()  # the first request
             if answer is not None:
                 await fs.send_frame(answer)

@@ -23,7 +23,7 @@ from edgekv.errors import (
     VersionMismatch,
     WrongKind,
 )
-from edgekv.node.tcp import FramedStream
+from edgekv.node.tcp import FramedStream, LinkOptions
 from edgekv.origin.client import OriginClient
 from edgekv.origin.server import Origin
 
@@ -155,7 +155,7 @@ async def test_garbage_closes_only_that_connection(tmp_path: Path) -> None:
         # a valid client handshake, then a malformed CBOR frame, then a non-request message
         for payload in (struct.pack(">I", 3) + b"\xff\xff\xff", None):
             fs = await FramedStream.connect(
-                origin.address, cluster_id="edgekv", node_id="evil", role="client"
+                origin.address, LinkOptions(cluster_id="edgekv", node_id="evil", role="client")
             )
             if payload is None:
                 await fs.send({"t": 40})  # PING is not a request
@@ -240,7 +240,7 @@ async def test_a_client_closing_inside_a_frame_is_dropped_and_others_served(tmp_
     async with running(tmp_path) as (origin, c):
         await c.create_store("s")
         fs = await FramedStream.connect(
-            origin.address, cluster_id="edgekv", node_id="torn", role="client"
+            origin.address, LinkOptions(cluster_id="edgekv", node_id="torn", role="client")
         )
         await fs.send_frame(struct.pack(">I", 100) + b"\xa1")  # 1 of 100 promised bytes
         await fs.aclose()

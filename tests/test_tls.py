@@ -15,7 +15,7 @@ import trio
 import edgekv
 from edgekv.errors import InvalidInput, OriginUnavailable, RemoteProtocolError
 from edgekv.node.certs import CertAuthority, write_dev_certs
-from edgekv.node.tcp import FramedStream
+from edgekv.node.tcp import FramedStream, LinkOptions
 from edgekv.node.tlsconfig import TlsConfig
 from edgekv.testnet import Testnet as TlsTestnet
 from test_edge_harness import wait_until
@@ -71,10 +71,12 @@ async def test_tls_testnet_replicates_and_refuses_nodes_without_a_cluster_cert(
             with pytest.raises(RemoteProtocolError, match="closed the connection"):
                 await FramedStream.connect(
                     origin,
-                    cluster_id=net.cluster_id,
-                    node_id="sneaky",
-                    role="edge",
-                    ssl_context=no_cert.client_context(),
+                    LinkOptions(
+                        cluster_id=net.cluster_id,
+                        node_id="sneaky",
+                        role="edge",
+                        ssl_context=no_cert.client_context(),
+                    ),
                 )
             await wait_until(lambda: origin_stats.rejected_connections > rejected)
 

@@ -18,7 +18,7 @@ from edgekv.errors import LocalProtocolError, Unauthorized
 from edgekv.gossip.transport import Envelope, Transport, TransportStats
 from edgekv.gossip.wire import FrameDecoder, Handshake, encode_frame
 from edgekv.node.faults import LinkFaults
-from edgekv.node.tcp import FramedStream, TcpTransport, parse_address
+from edgekv.node.tcp import FramedStream, LinkOptions, TcpTransport, parse_address
 from edgekv.testnet.simnet import SimNetwork
 
 KEY = b"cluster-secret"
@@ -201,7 +201,8 @@ async def assert_closed_by_server(stream: anyio.abc.ByteStream) -> None:
 
 async def authenticated(server: TcpTransport) -> FramedStream:
     return await FramedStream.connect(
-        server.address, cluster_id=CLUSTER, node_id="raw", role="edge", advertise="", key=KEY
+        server.address,
+        LinkOptions(cluster_id=CLUSTER, node_id="raw", role="edge", advertise="", key=KEY),
     )
 
 
@@ -255,7 +256,8 @@ async def test_wrong_key_client_is_rejected_both_ways() -> None:
         async with server_and_good_peer() as (server, good):
             with pytest.raises(Unauthorized):  # the client spots the server's MAC is not ours
                 await FramedStream.connect(
-                    server.address, cluster_id=CLUSTER, node_id="x", role="edge", key=b"wrong"
+                    server.address,
+                    LinkOptions(cluster_id=CLUSTER, node_id="x", role="edge", key=b"wrong"),
                 )
             # a hostile client that ignores that and sends a forged AUTH is closed by the server
             async with await raw_connection(server) as raw:
@@ -356,7 +358,8 @@ async def test_client_role_connections_go_to_on_client() -> None:
                 cluster_id=CLUSTER, node_id="origin", key=KEY, on_client=echo
             ) as server,
             await FramedStream.connect(
-                server.address, cluster_id=CLUSTER, node_id="cli", role="client", key=KEY
+                server.address,
+                LinkOptions(cluster_id=CLUSTER, node_id="cli", role="client", key=KEY),
             ) as client,
         ):
             await client.send({"t": 50, "q": "hi"})

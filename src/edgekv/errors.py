@@ -1,7 +1,8 @@
 """The errors edgekv raises.  Every public failure is one of these types.
 
 `EdgeKVError` is the root.  Errors that cross the wire carry a stable `code` so the origin can
-send them to a client (TCP or HTTP) and the client can raise the same type again.
+send them to a client (TCP or HTTP) and the client can raise the same type again.  A subclass
+names its code and HTTP status in its header: `class X(EdgeKVError, code="x", http_status=400)`.
 """
 
 from __future__ import annotations
@@ -13,85 +14,60 @@ class EdgeKVError(Exception):
     code = "error"
     http_status = 500
 
+    def __init_subclass__(cls, *, code: str | None = None, http_status: int | None = None) -> None:
+        super().__init_subclass__()
+        if code is not None:
+            cls.code = code
+        if http_status is not None:
+            cls.http_status = http_status
 
-class InvalidInput(EdgeKVError, ValueError):
+
+class InvalidInput(EdgeKVError, ValueError, code="invalid_input", http_status=400):
     """A request broke a limit or a rule: bad store name, oversize key or value, NaN score, ..."""
 
-    code = "invalid_input"
-    http_status = 400
 
-
-class StoreNotFound(EdgeKVError, KeyError):
+class StoreNotFound(EdgeKVError, KeyError, code="store_not_found", http_status=404):
     """The store does not exist (or has been dropped)."""
-
-    code = "store_not_found"
-    http_status = 404
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else "store not found"
 
 
-class StoreExists(EdgeKVError):
+class StoreExists(EdgeKVError, code="store_exists", http_status=409):
     """create_store on a store that already exists."""
 
-    code = "store_exists"
-    http_status = 409
 
-
-class WrongKind(EdgeKVError, TypeError):
+class WrongKind(EdgeKVError, TypeError, code="wrong_kind", http_status=409):
     """A key holds another kind of value (Redis's WRONGTYPE)."""
 
-    code = "wrong_kind"
-    http_status = 409
 
-
-class VersionMismatch(EdgeKVError):
+class VersionMismatch(EdgeKVError, code="version_mismatch", http_status=409):
     """A conditional write (`if_version=`) found another version at the origin (HTTP 409: the
     condition is a parameter, not a precondition header, so not 412)."""
 
-    code = "version_mismatch"
-    http_status = 409
 
-
-class Unauthorized(EdgeKVError, PermissionError):
+class Unauthorized(EdgeKVError, PermissionError, code="unauthorized", http_status=401):
     """Missing or bad token, or a token without the needed scope."""
 
-    code = "unauthorized"
-    http_status = 401
 
-
-class OriginUnavailable(EdgeKVError, ConnectionError):
+class OriginUnavailable(EdgeKVError, ConnectionError, code="origin_unavailable", http_status=503):
     """The origin could not be reached within the timeout."""
 
-    code = "origin_unavailable"
-    http_status = 503
 
-
-class NotLeader(OriginUnavailable):
+class NotLeader(OriginUnavailable, code="not_leader"):
     """This origin follows the log and does not take writes: try another origin address."""
 
-    code = "not_leader"
 
-
-class ConflictingVersion(EdgeKVError):
+class ConflictingVersion(EdgeKVError, code="conflicting_version", http_status=500):
     """Two states share a seq but differ: only corruption or a forged write can cause this."""
 
-    code = "conflicting_version"
-    http_status = 500
 
-
-class CodecError(EdgeKVError, ValueError):
+class CodecError(EdgeKVError, ValueError, code="codec_error", http_status=400):
     """Bytes that do not decode to a valid edgekv value (malformed, hostile or oversize)."""
 
-    code = "codec_error"
-    http_status = 400
 
-
-class ProtocolError(EdgeKVError):
+class ProtocolError(EdgeKVError, code="protocol_error", http_status=400):
     """Base of wire protocol errors."""
-
-    code = "protocol_error"
-    http_status = 400
 
 
 class LocalProtocolError(ProtocolError):

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import ssl
 from collections import OrderedDict
+from dataclasses import replace
 
 import anyio
 
-from edgekv.gossip.wire import MAX_FRAME_SIZE
-from edgekv.node.framed import CONNECT_TIMEOUT, FramedStream, parse_address
+from edgekv.node.framed import CONNECT_TIMEOUT, FramedStream, LinkOptions, parse_address
 
 __all__ = ["Dialer", "same_host"]
 
@@ -67,25 +66,10 @@ async def same_host(claimed_host: str, source: str) -> bool:
 class Dialer:
     """Opens this node's outbound connections and confirms claimed addresses (see module)."""
 
-    def __init__(
-        self,
-        *,
-        cluster_id: str,
-        node_id: str,
-        role: str,
-        key: bytes | None,
-        max_frame_size: int = MAX_FRAME_SIZE,
-        connect_timeout: float = CONNECT_TIMEOUT,
-        ssl_context: ssl.SSLContext | None = None,
-    ) -> None:
-        self.cluster_id = cluster_id
-        self.node_id = node_id
-        self.role = role
-        self.max_frame_size = max_frame_size
+    def __init__(self, link: LinkOptions, *, connect_timeout: float = CONNECT_TIMEOUT) -> None:
+        self.link = link  # its `advertise` is replaced by `address` at each connection
         self.connect_timeout = connect_timeout
         self.address = ""  # ours, as advertised (set once the transport is bound)
-        self._key = key
-        self._ssl = ssl_context
         self._initiated: OrderedDict[bytes, None] = OrderedDict()
         self.confirmed: OrderedDict[str, str] = OrderedDict()  # address -> node id
         self._failed: OrderedDict[str, float] = OrderedDict()  # address -> probe again after
@@ -102,14 +86,8 @@ class Dialer:
         whether the peer initiated that transcript (its answer in `.confirmed`)."""
         conn = await FramedStream.connect(
             address,
-            cluster_id=self.cluster_id,
-            node_id=self.node_id,
-            role=self.role,
-            advertise=self.address,
-            key=self._key,
-            max_frame_size=self.max_frame_size,
+            replace(self.link, advertise=self.address),
             connect_timeout=self.connect_timeout,
-            ssl_context=self._ssl,
             confirm=confirm,
         )
         if confirm is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import anyio
@@ -35,6 +36,7 @@ __all__ = [
     "HANDSHAKE_MAX_FRAME",
     "HANDSHAKE_TIMEOUT",
     "FramedStream",
+    "LinkOptions",
     "format_address",
     "parse_address",
 ]
@@ -57,6 +59,40 @@ def parse_address(address: str) -> tuple[str, int]:
 
 def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass(frozen=True, slots=True)
+class LinkOptions:
+    """What one end of a connection says in its handshake (wire.py) and how it frames and
+    encrypts: the options `FramedStream.connect` and `FramedStream.accept` share."""
+
+    cluster_id: str
+    node_id: str
+    role: str
+    advertise: str = ""  # the address this end listens at ("" for none)
+    key: bytes | None = None  # the cluster key (None: no authentication)
+    max_frame_size: int = MAX_FRAME_SIZE
+    ssl_context: ssl.SSLContext | None = None  # TLS first when set (tlsconfig)
+
+    def handshake(
+        self,
+        initiator: bool,
+        *,
+        confirm: bytes | None = None,
+        confirmer: Callable[[bytes], bool] | None = None,
+    ) -> Handshake:
+        """A fresh handshake as this end, with a new nonce."""
+        return Handshake(
+            self.cluster_id,
+            self.node_id,
+            self.role,
+            self.advertise,
+            self.key,
+            initiator,
+            os.urandom(16),
+            confirm=confirm,
+            confirmer=confirmer,
+        )
 
 
 class FramedStream(anyio.abc.AsyncResource):
@@ -84,86 +120,72 @@ class FramedStream(anyio.abc.AsyncResource):
     async def connect(
         cls,
         address: str,
+        link: LinkOptions,
         *,
-        cluster_id: str,
-        node_id: str,
-        role: str,
-        advertise: str = "",
-        key: bytes | None = None,
-        max_frame_size: int = MAX_FRAME_SIZE,
         connect_timeout: float = CONNECT_TIMEOUT,
-        ssl_context: ssl.SSLContext | None = None,
         confirm: bytes | None = None,
     ) -> FramedStream:
         """Connect to `address` and run the handshake as initiator (within `connect_timeout` s).
 
-        With `ssl_context` the connection is TLS first (see `tlsconfig`): the peer's
+        With `link.ssl_context` the connection is TLS first (see `tlsconfig`): the peer's
         certificate is verified against the context's CA before any frame is sent.  With
         `confirm`, ask the peer whether it initiated that transcript (`confirmed`)."""
         host, port = parse_address(address)
         with anyio.fail_after(connect_timeout):
             stream: anyio.abc.ByteStream = await anyio.connect_tcp(host, port)
-            if ssl_context is not None:
-                try:
-                    stream = await TLSStream.wrap(
-                        stream, hostname=host, ssl_context=ssl_context, standard_compatible=False
-                    )
-                except BaseException:
-                    await anyio.aclose_forcefully(stream)
-                    raise
-            fs = cls(stream, max_frame_size=max_frame_size)
             try:
-                hs = Handshake(
-                    cluster_id, node_id, role, advertise, key, True, os.urandom(16), confirm=confirm
-                )
-                await fs.handshake(hs)
+                if link.ssl_context is not None:
+                    stream = await TLSStream.wrap(
+                        stream,
+                        hostname=host,
+                        ssl_context=link.ssl_context,
+                        standard_compatible=False,
+                    )
+                return await cls._handshaken(stream, link, link.handshake(True, confirm=confirm))
             except BaseException:
                 await anyio.aclose_forcefully(stream)
                 raise
-        return fs
 
     @classmethod
     async def accept(
         cls,
         stream: anyio.abc.ByteStream,
+        link: LinkOptions,
         *,
-        cluster_id: str,
-        node_id: str,
-        role: str,
-        advertise: str = "",
-        key: bytes | None = None,
-        max_frame_size: int = MAX_FRAME_SIZE,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
-        ssl_context: ssl.SSLContext | None = None,
         confirmer: Callable[[bytes], bool] | None = None,
     ) -> FramedStream:
         """Run the handshake as responder on an accepted stream (the caller still owns it).
 
-        With `ssl_context`, TLS comes first (the returned stream wraps `stream`), and a peer
-        that declares any role but "client" must have presented a certificate the context
+        With `link.ssl_context`, TLS comes first (the returned stream wraps `stream`), and a
+        peer that declares any role but "client" must have presented a certificate the context
         verified: one without is refused before it is answered (tlsconfig, rule 2).
         Raises `TimeoutError`, `Unauthorized`, `RemoteProtocolError`, `ssl.SSLError` or a
         connection error; the caller logs the reason and closes the stream.
         """
         with anyio.fail_after(handshake_timeout):
             check = None
-            if ssl_context is not None:
+            if link.ssl_context is not None:
                 stream = await TLSStream.wrap(
-                    stream, server_side=True, ssl_context=ssl_context, standard_compatible=False
+                    stream,
+                    server_side=True,
+                    ssl_context=link.ssl_context,
+                    standard_compatible=False,
                 )
                 check = partial(_require_node_cert, stream)
-            fs = cls(stream, max_frame_size=max_frame_size)
-            hs = Handshake(
-                cluster_id,
-                node_id,
-                role,
-                advertise,
-                key,
-                False,
-                os.urandom(16),
-                confirmer=confirmer,
-            )
-            await fs.handshake(hs, check_hello=check)
+            hs = link.handshake(False, confirmer=confirmer)
+            return await cls._handshaken(stream, link, hs, check)
+
+    @classmethod
+    async def _handshaken(
+        cls,
+        stream: anyio.abc.ByteStream,
+        link: LinkOptions,
+        hs: Handshake,
+        check_hello: Callable[[Message], None] | None = None,
+    ) -> FramedStream:
+        fs = cls(stream, max_frame_size=link.max_frame_size)
+        await fs.handshake(hs, check_hello=check_hello)
         return fs
 
     async def handshake(

@@ -35,6 +35,7 @@ import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import TypedDict, Unpack
 
 import anyio
@@ -49,6 +50,7 @@ from edgekv.node.faults import LinkFaults
 from edgekv.node.framed import (
     CONNECT_TIMEOUT,
     FramedStream,
+    LinkOptions,
     format_address,
     parse_address,
 )
@@ -58,7 +60,14 @@ from edgekv.node.listener import ConnectionCaps, accept_loop
 from edgekv.node.senders import PeerSenders
 from edgekv.node.tlsconfig import TlsConfig
 
-__all__ = ["FramedStream", "TcpTransport", "TransportOptions", "format_address", "parse_address"]
+__all__ = [
+    "FramedStream",
+    "LinkOptions",
+    "TcpTransport",
+    "TransportOptions",
+    "format_address",
+    "parse_address",
+]
 
 logger = logging.getLogger("edgekv.tcp")
 
@@ -132,21 +141,15 @@ class TcpTransport:
         # origin's client connections (origin/clientconn.py)
         self.budget = ByteBudget(limits.node_bytes - limits.node_bytes // 2)
         self.client_budget = ByteBudget(limits.node_bytes // 2)
-        self._key = key
         self.tls = tls
+        link = LinkOptions(cluster_id, node_id, role, key=key, max_frame_size=max_frame_size)
+        client_ssl = None if tls is None else tls.client_context()
+        self.dialer = Dialer(replace(link, ssl_context=client_ssl), connect_timeout=connect_timeout)
         # a port that serves clients (the origin's) lets them come without a certificate
-        self._server_ssl = (
+        server_ssl = (
             None if tls is None else tls.server_context(require_client_cert=on_client is None)
         )
-        self.dialer = Dialer(
-            cluster_id=cluster_id,
-            node_id=node_id,
-            role=role,
-            key=key,
-            max_frame_size=max_frame_size,
-            connect_timeout=connect_timeout,
-            ssl_context=None if tls is None else tls.client_context(),
-        )
+        self._server_link = replace(link, ssl_context=server_ssl)  # (advertise: at each accept)
         self._senders = PeerSenders(
             self.dialer,
             stats=self.stats,
@@ -291,14 +294,8 @@ class TcpTransport:
         """The handshake as responder; raises on failure (the caller logs and closes)."""
         return await FramedStream.accept(
             stream,
-            cluster_id=self.cluster_id,
-            node_id=self.node_id,
-            role=self.role,
-            advertise=self.address,
-            key=self._key,
-            max_frame_size=self.max_frame_size,
+            replace(self._server_link, advertise=self.address),
             handshake_timeout=self.handshake_timeout,
-            ssl_context=self._server_ssl,
             confirmer=self.dialer.initiated,
         )
 

@@ -59,8 +59,8 @@ from ..errors import (
     Unauthorized,
 )
 from ..gossip.wire import FrameDecoder, Message, MsgType, encode_frame
+from ..node.framed import FramedStream, LinkOptions
 from ..node.pending import PendingRequests, Waiter, outcome
-from ..node.tcp import FramedStream
 from ..node.tlsconfig import TlsConfig
 from .api import StoreApi
 from .sockio import direct_socket
@@ -252,11 +252,13 @@ class OriginClient(StoreApi):
                 try:
                     stream = await FramedStream.connect(
                         self.address,
-                        cluster_id=self.cluster_id,
-                        node_id=self.node_id,
-                        role="client",
-                        key=self.cluster_key,
-                        ssl_context=None if self.tls is None else self.tls.client_context(),
+                        LinkOptions(
+                            self.cluster_id,
+                            self.node_id,
+                            "client",
+                            key=self.cluster_key,
+                            ssl_context=None if self.tls is None else self.tls.client_context(),
+                        ),
                         connect_timeout=max(0.001, min(self.connect_timeout, left)),
                     )
                     break
