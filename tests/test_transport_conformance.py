@@ -346,9 +346,9 @@ async def test_tcp_runs_under_asyncio() -> None:
 
 
 async def test_client_role_connections_go_to_on_client() -> None:
-    from edgekv.gossip.wire import PeerInfo
+    from edgekv.gossip.wire import PeerIdentity
 
-    async def echo(peer: PeerInfo, fs: FramedStream) -> None:
+    async def echo(peer: PeerIdentity, fs: FramedStream) -> None:
         msg = await fs.receive()
         await fs.send({"t": 51, "echo": msg["q"], "who": peer.node_id})
 

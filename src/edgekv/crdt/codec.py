@@ -125,7 +125,8 @@ def decode_delta(obj: object) -> Delta:
     raise CodecError(f"unknown delta kind or arity: {tag!r}")
 
 
-def _no_tags(*_args: object) -> NoReturn:
+def refuse_tag(*_args: object) -> NoReturn:
+    """A cbor2 tag hook refusing every tag (edgekv's values and wire messages use none)."""
     raise CodecError("CBOR tags are not allowed")
 
 
@@ -133,13 +134,13 @@ class _AllTags(Mapping[int, Any]):
     """A semantic-decoder table claiming every tag, so cbor2's built-in tags are refused too."""
 
     def __getitem__(self, key: int) -> Any:
-        return _no_tags
+        return refuse_tag
 
     def __contains__(self, key: object) -> bool:
         return True
 
     def get(self, key: int, default: Any = None) -> Any:
-        return _no_tags
+        return refuse_tag
 
     def __iter__(self) -> Iterator[int]:
         return iter(())
@@ -148,7 +149,7 @@ class _AllTags(Mapping[int, Any]):
         return 0
 
 
-_NO_TAGS = _AllTags()
+NO_TAGS = _AllTags()  # cbor2 `semantic_decoders`: every tag refused, built-in ones too
 MAX_DEPTH = 64
 
 
@@ -168,7 +169,7 @@ def loads(data: bytes, max_size: int = MAX_ENCODED) -> Any:
     try:
         fp = io.BytesIO(data)
         obj = cbor2.CBORDecoder(
-            fp, tag_hook=_no_tags, semantic_decoders=_NO_TAGS, max_depth=MAX_DEPTH
+            fp, tag_hook=refuse_tag, semantic_decoders=NO_TAGS, max_depth=MAX_DEPTH
         ).decode()
         if fp.tell() != len(data):
             raise CodecError("trailing bytes after CBOR item")

@@ -35,7 +35,7 @@ import hashlib
 import hmac
 import io
 import struct
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from itertools import repeat
@@ -43,6 +43,7 @@ from typing import Any, NoReturn
 
 import cbor2
 
+from edgekv.crdt.codec import NO_TAGS, refuse_tag
 from edgekv.errors import LocalProtocolError, RemoteProtocolError, Unauthorized
 
 __all__ = [
@@ -54,7 +55,7 @@ __all__ = [
     "Handshake",
     "Message",
     "MsgType",
-    "PeerInfo",
+    "PeerIdentity",
     "decode_body",
     "encode_frame",
     "type_name",
@@ -210,37 +211,11 @@ def encode_frame(msg: Message, max_frame_size: int = MAX_FRAME_SIZE) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
-def _reject_tag(*_args: object) -> NoReturn:
-    raise ValueError("CBOR tags are not allowed")
-
-
-class _AllTags(Mapping[int, Any]):
-    """A semantic-decoder table that claims every tag, so cbor2's built-in tags are refused too."""
-
-    def __getitem__(self, key: int) -> Any:
-        return _reject_tag
-
-    def __contains__(self, key: object) -> bool:
-        return True
-
-    def get(self, key: int, default: Any = None) -> Any:
-        return _reject_tag
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(())
-
-    def __len__(self) -> int:
-        return 0
-
-
-_NO_TAGS = _AllTags()
-
-
 def _cbor_decoder(fp: io.BytesIO) -> cbor2.CBORDecoder:
     return cbor2.CBORDecoder(
         fp,
-        tag_hook=_reject_tag,
-        semantic_decoders=_NO_TAGS,
+        tag_hook=refuse_tag,
+        semantic_decoders=NO_TAGS,
         max_depth=MAX_DEPTH + 2,
         allow_duplicate_keys=False,
         strict_hashable_types=True,
@@ -352,7 +327,7 @@ class FrameDecoder:
 
 
 @dataclass(frozen=True, slots=True)
-class PeerInfo:
+class PeerIdentity:
     """Who is on the other end of a connection, as it advertised itself in the handshake."""
 
     node_id: str
@@ -421,7 +396,7 @@ class Handshake:
         self._nonce = nonce
         self._peer_nonce = b""
         self._state = "start" if initiator else "wait_hello"
-        self._peer: PeerInfo | None = None
+        self._peer: PeerIdentity | None = None
         self._confirm = confirm
         self._confirmer = confirmer
         self.confirmed: bool | None = None  # initiator: the answer to `confirm`
@@ -441,7 +416,7 @@ class Handshake:
         return self._state == "done"
 
     @property
-    def peer(self) -> PeerInfo:
+    def peer(self) -> PeerIdentity:
         if self._peer is None or not self.done:
             raise LocalProtocolError("handshake not finished")
         return self._peer
@@ -506,7 +481,7 @@ class Handshake:
                 f"no common protocol version: peer {vmin}..{vmax}, us {PROTOCOL_VERSIONS}"
             )
         self._peer_nonce = _nonce(msg)
-        self._peer = PeerInfo(
+        self._peer = PeerIdentity(
             _field(msg, "node", str), _field(msg, "role", str), _field(msg, "addr", str), high
         )
         self._state = "wait_auth"
@@ -537,7 +512,7 @@ class Handshake:
         if not PROTOCOL_VERSIONS[0] <= version <= PROTOCOL_VERSIONS[1]:
             raise RemoteProtocolError(f"peer chose protocol version {version} we do not speak")
         peer_nonce = _nonce(msg)
-        info = PeerInfo(
+        info = PeerIdentity(
             _field(msg, "node", str), _field(msg, "role", str), _field(msg, "addr", str), version
         )
         want = _mac(self._key, b"ack", self._nonce, peer_nonce, self.cluster_id)

@@ -59,7 +59,7 @@ from edgekv.gossip import fields
 from edgekv.gossip.config import GossipConfig
 from edgekv.gossip.core import GossipNode
 from edgekv.gossip.transport import Transport
-from edgekv.gossip.wire import Message, PeerInfo
+from edgekv.gossip.wire import Message, PeerIdentity
 from edgekv.node import gcpolicy, kvstore
 from edgekv.node.admin_http import bind_socket, build_app, serve_app, socket_address
 from edgekv.node.auth import TokenAuth, TokenSpec
@@ -462,7 +462,7 @@ class EdgeNode:
     def stores(self) -> list[str]:
         return self._replica.store_names()
 
-    async def _serve_client(self, peer: PeerInfo, stream: FramedStream) -> None:
+    async def _serve_client(self, peer: PeerIdentity, stream: FramedStream) -> None:
         """A client connection on the gossip port: local reads only (node/clientreads.py)."""
         limits = self.net_limits
         await serve_reads(self, stream, limits.idle_timeout, stream.max_frame_size)

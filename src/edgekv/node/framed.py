@@ -26,7 +26,7 @@ from edgekv.gossip.wire import (
     Handshake,
     Message,
     MsgType,
-    PeerInfo,
+    PeerIdentity,
     encode_frame,
 )
 from edgekv.node.limits import DEFAULT_NET_LIMITS, ByteBudget
@@ -106,7 +106,7 @@ class FramedStream(anyio.abc.AsyncResource):
         self.stream = stream
         self.max_frame_size = max_frame_size
         self._decoder = FrameDecoder(max_frame_size)
-        self.peer: PeerInfo | None = None
+        self.peer: PeerIdentity | None = None
         self.transcript = b""  # both handshake nonces (see `Handshake.transcript`)
         self.confirmed: bool | None = None  # the answer to `connect(confirm=...)`
         self.asked_to_confirm = False  # an accepted peer that only came to confirm
@@ -190,7 +190,7 @@ class FramedStream(anyio.abc.AsyncResource):
 
     async def handshake(
         self, hs: Handshake, *, check_hello: Callable[[Message], None] | None = None
-    ) -> PeerInfo:
+    ) -> PeerIdentity:
         """Run `hs` to completion over this stream; frames are capped small until it is done.
         `check_hello(msg)` may refuse the peer's HELLO (by raising) before it is answered."""
         decoder = self._decoder

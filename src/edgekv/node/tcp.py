@@ -44,7 +44,7 @@ import anyio.lowlevel
 
 from edgekv.errors import RemoteProtocolError
 from edgekv.gossip.transport import Envelope, TransportStats
-from edgekv.gossip.wire import MAX_FRAME_SIZE, Message, PeerInfo, encode_frame, type_name
+from edgekv.gossip.wire import MAX_FRAME_SIZE, Message, PeerIdentity, encode_frame, type_name
 from edgekv.node.dialer import Dialer
 from edgekv.node.faults import LinkFaults
 from edgekv.node.framed import (
@@ -74,7 +74,7 @@ logger = logging.getLogger("edgekv.tcp")
 _MAX_WHERE = 65536  # node ids remembered with their address
 MAX_CUT_OFF = 1024  # peers in a back-off after sending unsigned data (`disconnect`)
 
-ClientHandler = Callable[[PeerInfo, FramedStream], Awaitable[None]]
+ClientHandler = Callable[[PeerIdentity, FramedStream], Awaitable[None]]
 
 
 class TransportOptions(TypedDict, total=False):
@@ -362,7 +362,7 @@ class TcpTransport:
             finally:
                 fs.release()
 
-    async def _read_frames(self, fs: FramedStream, peer: PeerInfo, remote: str) -> None:
+    async def _read_frames(self, fs: FramedStream, peer: PeerIdentity, remote: str) -> None:
         """Deliver the frames of one confirmed inbound connection until it ends (rule 2, 5)."""
         idle = self.limits.idle_timeout
         dropper = anyio.CancelScope()  # `drop_inbound(peer)` cancels it
@@ -432,7 +432,7 @@ class TcpTransport:
         del self._cut_off[peer]
         return False
 
-    def _note_peer(self, peer: PeerInfo | None, dialled: str | None) -> None:
+    def _note_peer(self, peer: PeerIdentity | None, dialled: str | None) -> None:
         """A handshake told us where node `peer.node_id` is: report a move when that differs
         from the address we dialled or from where the same node id was before."""
         if peer is None:

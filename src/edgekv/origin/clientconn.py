@@ -56,7 +56,7 @@ from .sockio import direct_socket
 from .writer import BatchCommand, StoreCommand
 
 if TYPE_CHECKING:
-    from ..gossip.wire import PeerInfo
+    from ..gossip.wire import PeerIdentity
     from ..node.tcp import FramedStream
     from .poller import ClientPoller
     from .sequencer import Ticket
@@ -137,7 +137,7 @@ def flush_answers(connections: list[ClientConnection]) -> None:
 class ClientConnection:
     """The state of one served client connection (see the module docstring)."""
 
-    def __init__(self, origin: Origin, peer: PeerInfo, stream: FramedStream) -> None:
+    def __init__(self, origin: Origin, peer: PeerIdentity, stream: FramedStream) -> None:
         self.origin = origin
         self.peer = peer
         self.stream = stream
@@ -432,7 +432,7 @@ class ClientConnection:
             self._close(f"cannot answer: {exc!r}", logging.DEBUG)
 
 
-async def serve_client(origin: Origin, peer: PeerInfo, stream: FramedStream) -> None:
+async def serve_client(origin: Origin, peer: PeerIdentity, stream: FramedStream) -> None:
     """Serve one client connection until it closes or misbehaves.  Never raises."""
     origin.clients += 1
     try:

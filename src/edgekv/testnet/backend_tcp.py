@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from edgekv.gossip.transport import Transport
-from edgekv.gossip.wire import PeerInfo
+from edgekv.gossip.wire import PeerIdentity
 from edgekv.node.certs import write_dev_certs
 from edgekv.node.tcp import FramedStream, TcpTransport
 from edgekv.node.tlsconfig import TlsConfig
@@ -61,8 +61,8 @@ class TcpBackend(InProcessBackend):
         return Plug(t, None)
 
     @staticmethod
-    def _on_client(slot: Slot) -> Callable[[PeerInfo, FramedStream], Awaitable[None]]:
-        async def on_client(peer: PeerInfo, stream: FramedStream) -> None:
+    def _on_client(slot: Slot) -> Callable[[PeerIdentity, FramedStream], Awaitable[None]]:
+        async def on_client(peer: PeerIdentity, stream: FramedStream) -> None:
             node = slot.node
             if slot.live and isinstance(node, Origin):
                 await serve_client(node, peer, stream)
