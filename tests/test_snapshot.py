@@ -348,3 +348,39 @@ def test_tree_built_chunk_by_chunk_equals_the_bulk_built_tree(big: bool) -> None
     assert {leaf: sorted(ks) for leaf, ks in tree.leaf_keys.items()} == {
         leaf: sorted(ks) for leaf, ks in expected.leaf_keys.items()
     }
+
+
+def test_signed_session_proves_every_register_once_per_certificate() -> None:
+    # dense certificates (one per 4,096 seqs) and, after rewrites of every third key, a sparse
+    # one: the responder's fast path (the last certificate's dense position) and its fallback
+    keys = 9000
+    replica = signed(filled(keys))
+    proofs = replica.proofs
+    assert proofs is not None
+    seq = replica.watermark
+    rewritten = []
+    for i in range(0, keys, 3):
+        seq += 1
+        k = f"k{i:06d}"
+        replica.apply("s", k, Register(seq, 0, b"new", None))
+        rewritten.append(("s", k, replica.state("s", k)))
+    proofs.add(Signer(KEY).certify([a for s, k, st in rewritten for a in atoms_of(s, k, st)]))
+    server = SnapshotServer(replica, config(), Counter())
+    receiver = ProofStore([KEY.public_key()])
+    seen: list[bytes] = []
+    got: dict[tuple[str, str], object] = {}
+    req = snap_req(1, None, 4, True)
+    for _ in range(1000):
+        sends = server.on_req("x", req, 0.0)
+        for send in sends:
+            chunk = parse_chunk(FrameDecoder().feed(encode_frame(send.message))[0])
+            seen += [c.signature for c in chunk.proofs]
+            items = [(chunk.store, k, st) for k, st in zip(chunk.keys, chunk.states, strict=True)]
+            assert len(receiver.verify(items, chunk.proofs, lambda s, k: None)) == len(items)
+            got.update(((s, k), st) for s, k, st in items)
+        if not server.sessions:
+            break
+        req = snap_req(1, None, 4, False)
+    assert len(seen) == len(set(seen))  # each certificate travels once per session
+    assert server.counters["snapshot_unprovable"] == 0
+    assert got == {(s, k): st for s, k, st in replica.iter_states()}

@@ -439,6 +439,11 @@ class ProofStore:
             added += self._pass_on(out)
         return added
 
+    def prover(self, seq: int) -> Certificate | None:
+        """The certificate `add_material` picks for `seq` (the first covering one holding it),
+        or None: a sender may reuse it for the next seqs it holds (snapshot chunks)."""
+        return next((c for c in self._covering(seq) if c.has_seq(seq)), None)
+
     def _pass_on(self, out: dict[bytes, Certificate]) -> int:
         """Put fresh certificates in `out`, oldest first, up to PASS_ON_BYTES; each goes to the
         back of the line until it has been sent ANNOUNCE_SENDS times."""

@@ -17,8 +17,8 @@ from operator import is_
 from typing import Any
 
 from ..crdt.codec import encode_delta
-from ..crdt.proofs import Certificate
-from ..crdt.register import Register
+from ..crdt.proofs import ENTRY, Certificate
+from ..crdt.register import SEQ_AT, Register
 from ..crdt.replica import Replica
 from ..crdt.state import State
 from ..errors import RemoteProtocolError
@@ -168,13 +168,27 @@ class SnapshotServer:
                 size = consumed = 0
                 key = ""
                 since = s.since
+                # the certificate that proved the last register (already in `certs`): most
+                # neighbours in key order are in it too, at their dense position (one entry per
+                # seq), which one slice compare checks; any other seq takes add_material
+                cert_e, cert_lo = b"", 0
                 for key in sr.keys.islice(start, start + MAX_CHUNK_KEYS):
                     consumed += 1
                     st = states[key]
                     if since and st.seq <= since:
                         continue
                     if proofs is not None:  # rule 2: the certificates travel with the states
-                        extra = proofs.add_material(certs, st)
+                        if type(st) is Register:
+                            seq = st.seq
+                            i = (seq - cert_lo) * ENTRY
+                            if i < 0 or cert_e[i : i + 8] != st[SEQ_AT : SEQ_AT + 8]:
+                                extra = proofs.add_material(certs, st)
+                                if extra >= 0 and (c := proofs.prover(seq)) is not None:
+                                    cert_e, cert_lo = c.entries, c.lo
+                            else:
+                                extra = 0
+                        else:
+                            extra = proofs.add_material(certs, st)
                         if extra < 0:  # unprovable here: never sent (crdt/proofs.py rule 3),
                             self.counters["snapshot_unprovable"] += 1
                             s.wm = 0  # and the snapshot claims no seq (rule 5)
