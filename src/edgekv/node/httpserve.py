@@ -1,7 +1,7 @@
 """Serving a node's HTTP app (the origin's API, the edge's admin API) with hypercorn, bounded.
 
 Theory of operation (issue #12)
-1. Under trio (the daemons' backend) the port's accept loop is ours: connections are capped
+1. Under trio (the daemons' backend) and asyncio alike the port's accept loop is ours: connections are capped
    in total (`HttpLimits.max_connections`, lowered to keep 64 file descriptors free) and per
    source IP (`max_per_address`); one over a cap is closed at once, an accept error (EMFILE,
    ...) is counted and retried after a back-off (listener.py).  Each admitted connection is
@@ -11,14 +11,14 @@ Theory of operation (issue #12)
    covers a connection until a whole head has arrived) and bounds a head's size (16 KiB).
    The app bounds the body: size caps before reading, `body_timeout` for the whole body
    (httpapi.py).  So a slow sender holds a connection for head_timeout + body_timeout at most.
-3. Under asyncio (an application embedding a node) hypercorn's own server runs with the same
-   timeouts; the connection caps of rule 1 are not applied there.
+3. Under asyncio (an application embedding a node) the same accept loop (`accept_each`) and caps
+   serve the raw listening socket, each connection handed to hypercorn's asyncio handler in
+   the streams it takes: the caps, accept-error back-off and timeouts are those of rule 1 and 2.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import socket
 import ssl
 from functools import partial
@@ -32,11 +32,12 @@ from starlette.applications import Starlette
 from edgekv.gossip.transport import TransportStats
 from edgekv.node.framed import format_address, parse_address
 from edgekv.node.httpapi import HttpLimits
-from edgekv.node.listener import ACCEPT_BACKOFF_MAX, ConnectionCaps, accept_failed
+from edgekv.node.listener import ConnectionCaps, accept_each
 from edgekv.node.tlsconfig import TlsConfig
 
 if TYPE_CHECKING:
-    from hypercorn.typing import ASGIFramework
+    from hypercorn.config import Config
+    from hypercorn.typing import AppWrapper, ASGIFramework
 
 __all__ = ["bind_socket", "serve_app", "socket_address"]
 
@@ -85,6 +86,7 @@ async def serve_app(
     with the node's certificate; a client certificate is verified against the CA if offered,
     not required (tokens authorise)."""
     from hypercorn.config import Config
+    from hypercorn.utils import wrap_app
 
     limits = limits or HttpLimits()
     config = Config()
@@ -99,86 +101,159 @@ async def serve_app(
         config.verify_mode = ssl.CERT_OPTIONAL
     if shutdown is None:
         shutdown = anyio.Event()
-    if sniffio.current_async_library() == "trio":
-        caps = ConnectionCaps(
-            limits.max_connections,
-            limits.max_per_address,
-            limits.max_connections,
-            fd_reserve=FD_RESERVE,
-        )
-        await _serve_trio(app, config, sock, shutdown, caps, stats or TransportStats(), task_status)
-        return
-    from hypercorn.asyncio import serve as asyncio_serve
-
-    fd = sock.detach()  # hypercorn owns (and closes) the listening socket from here on
-    config.bind = [f"fd://{fd}"]
-    task_status.started()
-    await asyncio_serve(_asgi(app), config, shutdown_trigger=shutdown.wait)
-
-
-async def _serve_trio(
-    app: Starlette,
-    config: Any,
-    sock: socket.socket,
-    shutdown: anyio.Event,
-    caps: ConnectionCaps,
-    stats: TransportStats,
-    task_status: anyio.abc.TaskStatus[None],
-) -> None:
-    """Rule 1: our accept loop, hypercorn's connection handler."""
-    import trio
-    from hypercorn.trio.tcp_server import TCPServer
-    from hypercorn.trio.worker_context import WorkerContext
-    from hypercorn.typing import ConnectionState
-    from hypercorn.utils import wrap_app
-
+    caps = ConnectionCaps(
+        limits.max_connections,
+        limits.max_per_address,
+        limits.max_connections,
+        fd_reserve=FD_RESERVE,
+    )
     wrapped = wrap_app(_asgi(app), config.wsgi_max_body_size, "asgi")
-    context = WorkerContext(None)
-    ssl_context = config.create_ssl_context()
+    if sniffio.current_async_library() == "trio":
+        port = _trio_port(wrapped, config, sock)
+    else:
+        port = _asyncio_port(wrapped, config, sock)
+    stats = stats or TransportStats()
     name = socket_address(sock)
-    listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
 
-    async def handle(stream: Any, host: str) -> None:
+    async def serve(conn: Any, host: str) -> None:
         try:
-            if ssl_context is not None:
-                stream = trio.SSLStream(
-                    stream, ssl_context, server_side=True, https_compatible=True
-                )
-            await TCPServer(wrapped, config, context, ConnectionState({}), stream)
+            await port.serve(conn)
         finally:
             caps.closed(host, False)
-            # hypercorn's close awaits send_eof first: cancelled there, it never closes
-            await trio.aclose_forcefully(stream)
 
-    async def accept(server: trio.Nursery) -> None:
-        backoff = 0.0
-        while True:
-            try:
-                stream = await listener.accept()
-            except trio.ClosedResourceError:
-                return
-            except OSError as exc:
-                backoff = min(max(backoff * 2, caps.accept_backoff), ACCEPT_BACKOFF_MAX)
-                await trio.sleep(accept_failed(exc, stats, backoff, name))
-                continue
-            backoff = 0.0
-            try:
-                host = str(stream.socket.getpeername()[0])
-            except OSError:
-                host = "?"
-            if not caps.admit(host, stats, name):
-                await trio.aclose_forcefully(stream)
-                continue
+    async with port, anyio.create_task_group() as server:
+
+        def start(conn: Any, host: str) -> None:
             caps.authenticated()  # no handshake of ours: only the connection counts
-            server.start_soon(handle, stream, host)
+            server.start_soon(serve, conn, host)
 
-    async with listener, trio.open_nursery() as server:
-        async with trio.open_nursery() as accepting:
-            accepting.start_soon(partial(accept, server))
+        async with anyio.create_task_group() as accepting:
+            accepting.start_soon(
+                partial(
+                    accept_each,
+                    port.accept,
+                    start,
+                    port.close,
+                    caps=caps,
+                    stats=stats,
+                    name=lambda: name,
+                )
+            )
             task_status.started()
             await shutdown.wait()
             accepting.cancel_scope.cancel()
-        await context.terminated.set()  # idle keep-alive connections close now
-        server.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
-        if not math.isfinite(server.cancel_scope.deadline):
-            server.cancel_scope.cancel()
+        await port.context.terminated.set()  # idle keep-alive connections close now
+        server.cancel_scope.deadline = anyio.current_time() + config.graceful_timeout
+
+
+class _Port:
+    """One backend's side of rule 1: accept a connection, serve it with hypercorn's handler for
+    that backend (closing it however that ends), close a refused one, close the listener."""
+
+    context: Any  # hypercorn's WorkerContext: `terminated` ends idle keep-alive connections
+
+    async def accept(self) -> tuple[Any, str] | None:
+        raise NotImplementedError
+
+    async def serve(self, conn: Any) -> None:
+        raise NotImplementedError
+
+    async def close(self, conn: Any) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> _Port:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        raise NotImplementedError
+
+
+def _trio_port(app: AppWrapper, config: Config, sock: socket.socket) -> _Port:
+    import trio
+    from hypercorn.trio.tcp_server import TCPServer
+    from hypercorn.trio.worker_context import WorkerContext
+
+    ssl_context = config.create_ssl_context()
+    listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+
+    class TrioPort(_Port):
+        context = WorkerContext(None)
+
+        async def accept(self) -> tuple[Any, str] | None:
+            try:
+                stream = await listener.accept()
+            except trio.ClosedResourceError:
+                return None
+            try:
+                return stream, str(stream.socket.getpeername()[0])
+            except OSError:
+                return stream, "?"
+
+        async def serve(self, conn: Any) -> None:
+            stream: Any = conn
+            try:
+                if ssl_context is not None:
+                    stream = trio.SSLStream(
+                        stream, ssl_context, server_side=True, https_compatible=True
+                    )
+                await TCPServer(app, config, self.context, {}, stream)
+            finally:
+                # hypercorn's close awaits send_eof first: cancelled there, it never closes
+                await trio.aclose_forcefully(stream)
+
+        async def close(self, conn: Any) -> None:
+            await trio.aclose_forcefully(conn)
+
+        async def __aexit__(self, *exc: object) -> None:
+            await listener.aclose()
+
+    return TrioPort()
+
+
+def _asyncio_port(app: AppWrapper, config: Config, sock: socket.socket) -> _Port:
+    """Rule 3: the raw listening socket accepted by the loop, each connection wrapped in the
+    asyncio streams hypercorn's asyncio handler takes (TLS handshake within its timeout)."""
+    import asyncio
+
+    from hypercorn.asyncio.tcp_server import TCPServer
+    from hypercorn.asyncio.worker_context import WorkerContext
+
+    loop = asyncio.get_running_loop()
+    ssl_context = config.create_ssl_context()
+    sock.setblocking(False)
+
+    class AsyncioPort(_Port):
+        context = WorkerContext(None)
+
+        async def accept(self) -> tuple[Any, str] | None:
+            conn, peer = await loop.sock_accept(sock)
+            return conn, str(peer[0])
+
+        async def serve(self, conn: Any) -> None:
+            reader = asyncio.StreamReader(loop=loop)
+            protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+            transport: asyncio.BaseTransport | None = None
+            try:
+                transport, _ = await loop.connect_accepted_socket(
+                    lambda: protocol,
+                    conn,
+                    ssl=ssl_context,
+                    ssl_handshake_timeout=config.ssl_handshake_timeout if ssl_context else None,
+                )
+                assert isinstance(transport, asyncio.Transport)
+                writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+                await TCPServer(app, loop, config, self.context, {}, reader, writer)
+            except (OSError, ssl.SSLError):
+                pass  # a failed TLS handshake or a connection reset: it is closed below
+            finally:
+                if isinstance(transport, asyncio.Transport):
+                    transport.abort()
+                conn.close()
+
+        async def close(self, conn: Any) -> None:
+            conn.close()
+
+        async def __aexit__(self, *exc: object) -> None:
+            sock.close()
+
+    return AsyncioPort()

@@ -7,15 +7,16 @@ closed at once (counted in `stats.refused_connections`); a transient accept erro
 descriptors, buffers or memory; a connection aborted before it was accepted) is counted in
 `stats.accept_errors` and retried after a back-off starting at `accept_backoff` and doubling
 up to 1 s (`accept_failed`), so a flood past the fd limit never stops the listener.  The TCP
-transport uses both for its gossip port, the HTTP servers (admin_http.py) for theirs.
+transport uses both for its gossip port; the HTTP servers (httpserve.py) run `accept_each`, the
+same loop over trio's listener or a raw socket under asyncio.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
@@ -23,7 +24,7 @@ import anyio.abc
 from edgekv.gossip.transport import TransportStats
 from edgekv.node.limits import NetLimits, fd_limit
 
-__all__ = ["ConnectionCaps", "accept_failed", "accept_loop"]
+__all__ = ["ConnectionCaps", "accept_each", "accept_failed", "accept_loop"]
 
 logger = logging.getLogger("edgekv.tcp")
 
@@ -111,6 +112,7 @@ class ConnectionCaps:
 
 
 Handler = Callable[[anyio.abc.SocketStream, str], Coroutine[Any, Any, None]]
+Conn = TypeVar("Conn")
 
 
 def accept_failed(exc: BaseException, stats: TransportStats, backoff: float, name: str) -> float:
@@ -130,6 +132,37 @@ def accept_failed(exc: BaseException, stats: TransportStats, backoff: float, nam
     return backoff
 
 
+async def accept_each(
+    accept: Callable[[], Awaitable[tuple[Conn, str] | None]],
+    start: Callable[[Conn, str], None],
+    close: Callable[[Conn], Awaitable[None]],
+    *,
+    caps: ConnectionCaps,
+    stats: TransportStats,
+    name: Callable[[], str],
+) -> None:
+    """The accept loop of any listener (anyio's, trio's, a raw socket under asyncio):
+    `accept()` returns the next connection and its source host (None once the listener is
+    closed); each within the caps is handed to `start(conn, host)`, the others to `close`.
+    Accept errors are counted and backed off (`accept_failed`)."""
+    backoff = 0.0
+    while True:
+        try:
+            accepted = await accept()
+        except (anyio.BrokenResourceError, OSError) as exc:
+            backoff = min(max(backoff * 2, caps.accept_backoff), ACCEPT_BACKOFF_MAX)
+            await anyio.sleep(accept_failed(exc, stats, backoff, name()))
+            continue
+        if accepted is None:
+            return
+        backoff = 0.0
+        conn, host = accepted
+        if not caps.admit(host, stats, name()):
+            await close(conn)
+            continue
+        start(conn, host)
+
+
 async def accept_loop(
     listener: anyio.abc.SocketListener,
     tg: anyio.abc.TaskGroup,
@@ -142,22 +175,19 @@ async def accept_loop(
     """Accept until `listener` closes; each connection within the caps runs `handle(stream,
     host)` in `tg` (which must call `caps.authenticated()`/`caps.closed()`).  `name()` is the
     address used in log lines."""
-    backoff = 0.0
-    while True:
+
+    async def accept() -> tuple[anyio.abc.SocketStream, str] | None:
         try:
             stream = await listener.accept()
         except anyio.ClosedResourceError:
-            return
-        except (anyio.BrokenResourceError, OSError) as exc:
-            backoff = min(max(backoff * 2, caps.accept_backoff), ACCEPT_BACKOFF_MAX)
-            await anyio.sleep(accept_failed(exc, stats, backoff, name()))
-            continue
-        backoff = 0.0
+            return None
         try:
             host = str(stream.extra(anyio.abc.SocketAttribute.remote_address)[0])
         except Exception:
             host = "?"
-        if not caps.admit(host, stats, name()):
-            await anyio.aclose_forcefully(stream)
-            continue
+        return stream, host
+
+    def start(stream: anyio.abc.SocketStream, host: str) -> None:
         tg.start_soon(handle, stream, host)
+
+    await accept_each(accept, start, anyio.aclose_forcefully, caps=caps, stats=stats, name=name)
