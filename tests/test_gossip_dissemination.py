@@ -186,7 +186,7 @@ def drop_first(sim: Sim, kind: str, dst: str, after: float, count: int = 1) -> l
 
 
 def test_lost_push_under_load_is_repaired_within_a_few_round_trips() -> None:
-    sim = Sim(12, seed=11, latency=0.05, jitter=0.01)
+    sim = Sim(12, seed=7, latency=0.05, jitter=0.01)
     warm(sim)
     victim = "edge-5"
     dropped = drop_first(sim, "PUSH", victim, after=5.3)
@@ -206,7 +206,7 @@ def test_lost_push_under_load_is_repaired_within_a_few_round_trips() -> None:
 
 def test_lost_graft_answer_is_retried_after_round_trips_not_a_fixed_timer() -> None:
     cfg = GossipConfig(push_again_bytes=0, graft_peers=1, graft_retry=3.0)
-    sim = Sim(8, seed=12, latency=0.05, config=cfg)
+    sim = Sim(8, seed=7, latency=0.05, config=cfg)
     warm(sim)
     victim = "edge-3"
     lost_push = drop_first(sim, "PUSH", victim, after=5.2)
@@ -237,3 +237,43 @@ def test_glomers_setting_messages_per_write_and_latency() -> None:
     assert not sim.missing() and len(prop) == len(seqs), f"seed {sim.seed}"
     assert per_write <= 4.0, per_write
     assert sorted(prop)[len(prop) // 2] <= 0.4 and max(prop) <= 0.6, (max(prop), sim.seed)
+
+
+def test_a_relay_that_beats_the_origin_is_pruned_not_the_origin() -> None:
+    """A relay's copy of a push arrives before the origin's own (a busy host scheduled the
+    origin late): the edge takes the origin as its parent and prunes the relay, so the origin
+    keeps its direct child (one hop) instead of losing it to a two-hop path."""
+    from edgekv.gossip.wire import MsgType
+
+    sim = Sim(6, seed=6)
+    warm(sim)
+    write_stream(sim, 5.0, 20, 0.05)
+    sim.run_until(7.0)
+    edge = next(a for a in sorted(sim.origin.dissemination.eager))
+    relay = next(a for a in sim.edges if a != edge)
+    sim.nodes[edge].dissemination._pruned.discard(relay)  # as while the tree still forms
+    pushes: list[dict[str, object]] = []
+    send = sim._send
+
+    def capture(src: str, sends: list[object]) -> None:
+        pushes.extend(
+            s.message  # type: ignore[attr-defined]
+            for s in sends
+            if src == ORIGIN and s.peer == edge and s.message["t"] == MsgType.PUSH  # type: ignore[attr-defined]
+        )
+        send(src, sends)  # type: ignore[arg-type]
+
+    sim._send = capture  # type: ignore[method-assign]
+    sim.up.discard(edge)  # the origin's push is built and sent, but not delivered
+    write_stream(sim, 7.5, 1, 0.05)
+    sim.run_until(8.0)
+    sim.up.add(edge)
+    assert pushes
+    msg = pushes[0]  # the push carrying the new write (later ones repeat it)
+    node = sim.nodes[edge]
+    node.receive(relay, msg, sim.now)  # the relay's copy first: news
+    assert node.dissemination._parent == relay
+    out = node.receive(ORIGIN, msg, sim.now + 0.001)  # the origin's own copy: a duplicate
+    prunes = [s.peer for s in out if s.message["t"] == MsgType.PRUNE]
+    assert prunes == [relay]
+    assert node.dissemination._parent == ORIGIN

@@ -17,7 +17,9 @@ Theory of operation
    one way (from the origin), so the receiver keeps its own links to that peer.  The
    peer whose push last brought news (its parent) is never pruned, and news from a peer it
    already pruned (a push that crossed the PRUNE) does not make that peer the parent: so
-   neither catch-up nor crossing prunes cut a node off the tree.  So the
+   neither catch-up nor crossing prunes cut a node off the tree.  A duplicate from the origin
+   itself is never pruned: the origin becomes the parent and the relay that beat it is pruned
+   instead, so the origin's direct children stay one hop away.  So the
    eager links shrink to a spanning tree (first arrivals) and a batch costs about N-1 messages.
 3. New covers are also announced to lazy peers in IHAVE notices, `ihave_delay` after the push
    carrying them left.  At low rates (at most QUIET_BATCHES batches per `ihave_window`) every
@@ -188,6 +190,9 @@ class Dissemination(Part):
             self.counters["repaired_by_again"] += 1
         if not changes and not fresh_covers and not fresh_again:
             self.counters["duplicates"] += 1
+            parent = self._parent
+            if parent is not None and parent != peer and self.authority.is_origin(peer):
+                return self._prefer_origin(peer, parent)
             if self._parent is None or self._parent == peer or peer in self._pruned:
                 return []  # never cut the parent; never prune twice
             self._pruned.add(peer)
@@ -205,6 +210,18 @@ class Dissemination(Part):
             self.members.note_progress(peer, msg.wm, 0)
         self.check_gap(peer, now, msg.wm)
         return []
+
+    def _prefer_origin(self, origin: str, relay: str) -> list[Send]:
+        """The origin's own push came second to a relay's: it pushes to this node directly, so
+        it becomes the parent and the relay is pruned (rule 2): one hop fewer, and the origin
+        is never pruned by an edge, so its direct children stay direct."""
+        self._parent = origin
+        if self.authority.is_origin(relay) or relay in self._pruned:
+            return []
+        self._pruned.add(relay)
+        self.counters["prunes_sent"] += 1
+        self.counters["origin_preferred"] += 1
+        return [Send(relay, Prune().to_wire())]
 
     def forward_new(
         self, items: Sequence[Item], covers: list[Range], source: str, now: float
