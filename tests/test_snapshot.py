@@ -185,6 +185,35 @@ def test_an_edge_back_after_many_changes_takes_a_delta_not_the_whole_store() -> 
     assert not sim.check.violations
 
 
+def test_a_large_delta_is_staged_and_rebuilt_joined_with_writes_made_meanwhile() -> None:
+    sim = sim_with_sources(seed=10, sources=1)
+    back = sim.edges[-1]
+    give(sim, back, filled())
+    for i in range(0, KEYS, 2):  # 1,500 keys changed: past the (lowered) staging threshold
+        sim.write("s", Put(f"k{i:05d}", b"changed"))
+    sim.run_until(sim.now + 0.5)
+    node = sim.nodes[back]
+    node.bootstrap.delta_stage_from = 300
+    sim.start_one(back, sim.now)
+    t = sim.now
+    while node.bootstrap.progress.keys < 600:  # mid-transfer: writes arrive by pushes
+        t += 0.005
+        sim.run_until(t)
+        assert t < 30, sim.seed
+    for i in range(1, 200, 2):
+        sim.write("s", Put(f"k{i:05d}", b"during"))
+    sim.write("s", Put("brand-new", b"key"))
+    sim.run_until(sim.now + 5.0)
+    assert node.counters["snapshot_delta_rebuilds"] == 1, sim.seed
+    assert node.counters["snapshots_installed"] == 0
+    served = sum(n.counters["snapshot_keys_served"] for n in sim.nodes.values())
+    assert served <= KEYS // 2 + 200  # still only the changed keys travelled
+    assert node.replica.root == sim.origin.replica.root
+    assert node.replica.watermark == sim.origin.replica.watermark
+    assert node.bootstrap.ready()
+    assert not sim.check.violations
+
+
 @pytest.mark.parametrize("deleted", [False, True])
 def test_a_moved_purge_mark_keeps_the_delta_a_purged_deletion_takes_it_whole(
     deleted: bool,
