@@ -8,6 +8,8 @@ reset (the filter was recreated) replaces the filter whole (see `state.join`).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 from ..errors import ConflictingVersion, InvalidInput
 from .hashing import bloom_positions, entry_hash
@@ -121,22 +123,20 @@ class Bloom:
         return f"Bloom(reset={self.reset}, seq={self.seq}, m={self.m}, k={self.k})"
 
 
+@dataclass(slots=True)
 class BloomDelta:
-    """The bits one or more `bf_add`s set: what travels instead of the whole filter."""
+    """The bits one or more `bf_add`s set: what travels instead of the whole filter.
 
-    __slots__ = ("k", "m", "positions", "reset", "seq", "written_at")
+    Equal when every field is (not hashable, like the other values); immutable by convention."""
 
-    kind = "bloom"
+    reset: int
+    m: int
+    k: int
+    positions: frozenset[int]
+    seq: int
+    written_at: int
 
-    def __init__(
-        self, reset: int, m: int, k: int, positions: frozenset[int], seq: int, written_at: int
-    ) -> None:
-        self.reset = reset
-        self.m = m
-        self.k = k
-        self.positions = positions
-        self.seq = seq
-        self.written_at = written_at
+    kind: ClassVar[str] = "bloom"
 
     @classmethod
     def for_items(
@@ -162,18 +162,6 @@ class BloomDelta:
 
     def copy(self) -> BloomDelta:
         return self  # immutable
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, BloomDelta) and (
-            self.reset,
-            self.m,
-            self.k,
-            self.seq,
-            self.written_at,
-            self.positions,
-        ) == (other.reset, other.m, other.k, other.seq, other.written_at, other.positions)
-
-    # (defining __eq__ leaves __hash__ None: mutable values are not hashable)
 
     def __repr__(self) -> str:
         return f"BloomDelta(reset={self.reset}, seq={self.seq}, n={len(self.positions)})"

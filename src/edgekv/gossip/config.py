@@ -136,28 +136,24 @@ class GossipConfig:
             value = getattr(self, name)
             if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
                 raise InvalidInput(f"GossipConfig.{name} must be a finite number > 0")
-        for name in (
-            "fanout",
-            "origin_fanout",
-            "ihave_peers",
-            "ae_force_every",
-            "graft_peers",
-            "snapshot_from_keys",
-            "snapshot_window",
+        for name, least in (
+            ("fanout", 1),
+            ("origin_fanout", 1),
+            ("ihave_peers", 1),
+            ("ae_force_every", 1),
+            ("graft_peers", 1),
+            ("snapshot_from_keys", 1),
+            ("snapshot_window", 1),
+            ("indirect_probes", 0),
+            ("max_hops", 0),
+            ("push_again", 0),
+            ("push_again_bytes", 0),
+            ("snapshot_lag", 0),
+            ("snapshot_chunk_bytes", 1024),
         ):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise InvalidInput(f"GossipConfig.{name} must be an integer >= 1")
-        if not isinstance(self.indirect_probes, int) or self.indirect_probes < 0:
-            raise InvalidInput("GossipConfig.indirect_probes must be an integer >= 0")
-        if not isinstance(self.max_hops, int) or self.max_hops < 0:
-            raise InvalidInput("GossipConfig.max_hops must be an integer >= 0")
-        for name in ("push_again", "push_again_bytes"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise InvalidInput(f"GossipConfig.{name} must be an integer >= 0")
-        if not isinstance(self.snapshot_lag, int) or self.snapshot_lag < 0:
-            raise InvalidInput("GossipConfig.snapshot_lag must be an integer >= 0")
-        if not isinstance(self.snapshot_chunk_bytes, int) or self.snapshot_chunk_bytes < 1024:
-            raise InvalidInput("GossipConfig.snapshot_chunk_bytes must be an integer >= 1024")
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < least:
+                raise InvalidInput(f"GossipConfig.{name} must be an integer >= {least}")
         if self.max_message_bytes < 4096:
             raise InvalidInput("GossipConfig.max_message_bytes must be at least 4096")
 

@@ -15,7 +15,7 @@ import math
 import re
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import generate_latest
@@ -114,6 +114,7 @@ def _describe(name: str) -> str:
     return name.replace("_", " ").capitalize() + "."
 
 
+@dataclasses.dataclass(kw_only=True, eq=False)
 class NodeCollector:
     """One node's figures as Prometheus metric families (a prometheus_client custom
     collector), read from their sources each time it is collected.
@@ -122,26 +123,14 @@ class NodeCollector:
     any gauge named `*_ms` (exposed as `*_seconds`).
     """
 
-    def __init__(
-        self,
-        *,
-        node_id: str,
-        stats: TransportStats,
-        metrics: NodeMetrics,
-        gossip_counters: Mapping[str, int],
-        gauges: Mapping[str, float],
-        peer_states: Iterable[str] = (),
-        counters: Mapping[str, float] | None = None,
-        rejections: Mapping[str, Mapping[str, int]] | None = None,
-    ) -> None:
-        self.node_id = node_id
-        self.stats = stats
-        self.metrics = metrics
-        self.gossip_counters = gossip_counters
-        self.gauges = gauges
-        self.peer_states = list(peer_states)
-        self.counters = counters or {}
-        self.rejections = rejections or {}
+    node_id: str
+    stats: TransportStats
+    metrics: NodeMetrics
+    gossip_counters: Mapping[str, int]
+    gauges: Mapping[str, float]
+    peer_states: Sequence[str] = ()
+    counters: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    rejections: Mapping[str, Mapping[str, int]] = dataclasses.field(default_factory=dict)
 
     def text(self) -> str:
         """The Prometheus text format (version 0.0.4) for this node."""

@@ -63,6 +63,8 @@ from edgekv.errors import (
 from edgekv.gossip.transport import Transport
 from edgekv.gossip.wire import Message, MsgType
 from edgekv.node import gcpolicy
+from edgekv.node.backoff import Backoffs
+from edgekv.node.fanout import send_each
 from edgekv.node.metrics import NodeMetrics
 from edgekv.node.pending import PendingRequests, Waiter, outcome
 
@@ -158,7 +160,7 @@ class NodeRuntime:
     ) -> None:
         self.transport = transport
         self.reject_backoff = reject_backoff
-        self._banned: dict[str, float] = {}  # peer -> end of its backoff (rule 6)
+        self._banned = Backoffs()  # peers cut off for sending unsigned states (rule 6)
         self.gossip = gossip
         self.metrics = NodeMetrics()
         self._on_request = on_request
@@ -337,7 +339,7 @@ class NodeRuntime:
             self._count("protocol_errors")
             logger.warning("%s: handshake message %r from %s after connect", self.address, t, peer)
             return
-        if self._banned and self._is_banned(peer):
+        if self._banned and self._banned.active(peer, self._clock()):
             self._count("dropped_from_rejected_peer")
             return
         try:
@@ -497,17 +499,9 @@ class NodeRuntime:
                 self._count("listener_errors")
                 logger.exception("%s: change listener failed", self.address)
         if self._subscribers:
-            keep = []
-            for sub in self._subscribers:
-                try:
-                    sub.send_nowait(changes)
-                    keep.append(sub)
-                except anyio.WouldBlock:
-                    self._count("subscriber_overflow")
-                    sub.close()
-                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                    sub.close()
-            self._subscribers = keep
+            self._subscribers = send_each(
+                self._subscribers, changes, lambda: self._count("subscriber_overflow")
+            )
 
     def _drop_inbound(self, peer: str) -> None:
         """A bad message closes the connection it came on (a transport that can, TCP), so what
@@ -523,7 +517,7 @@ class NodeRuntime:
         self.metrics.rejected[peer] += 1
         self._count("rejected_unsigned")
         self._drop_inbound(peer)
-        self._banned[peer] = self._clock() + self.reject_backoff
+        self._banned.start(peer, self._clock() + self.reject_backoff)
         logger.error(
             "%s: rejected unsigned data from %s (cut off for %.0f s): %s",
             self.address,
@@ -535,19 +529,10 @@ class NodeRuntime:
         if disconnect is not None:
             disconnect(peer, self.reject_backoff)
 
-    def _is_banned(self, peer: str) -> bool:
-        until = self._banned.get(peer)
-        if until is None:
-            return False
-        if self._clock() < until:
-            return True
-        del self._banned[peer]
-        return False
-
     async def _send_all(self, sends: Iterable[_Send]) -> None:
         transport = self.transport
         for send in sends:
-            if self._banned and self._is_banned(send.peer):
+            if self._banned and self._banned.active(send.peer, self._clock()):
                 continue
             try:
                 await transport.send(send.peer, send.message)

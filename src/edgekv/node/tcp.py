@@ -45,6 +45,7 @@ import anyio.lowlevel
 from edgekv.errors import RemoteProtocolError
 from edgekv.gossip.transport import Envelope, TransportStats
 from edgekv.gossip.wire import MAX_FRAME_SIZE, Message, PeerIdentity, encode_frame, type_name
+from edgekv.node.backoff import Backoffs
 from edgekv.node.dialer import Dialer
 from edgekv.node.faults import LinkFaults
 from edgekv.node.framed import (
@@ -167,7 +168,7 @@ class TcpTransport:
         self._inbox_space = anyio.Event()
         self.caps = ConnectionCaps.of(limits)
         self._inbound: dict[str, set[anyio.CancelScope]] = {}  # peer address -> its readers
-        self._cut_off: dict[str, float] = {}  # peer address -> end of its back-off (`disconnect`)
+        self._cut_off = Backoffs(MAX_CUT_OFF)  # peers cut off by `disconnect`, until when
         self._tg: anyio.abc.TaskGroup | None = None
         self._scope: anyio.CancelScope | None = None
         self._stopped = anyio.Event()
@@ -350,7 +351,7 @@ class TcpTransport:
                 self.stats.refuse_claim(remote.rpartition(":")[0], reason)
                 self._reject(remote, f"claims to be at {peer.address}: {why}")
                 return
-            if self._cut_off and self._is_cut_off(peer.address):
+            if self._cut_off and self._cut_off.active(peer.address, anyio.current_time()):
                 self.stats.refused_connections += 1
                 self._reject(f"{peer.address} ({remote})", "cut off: in its back-off")
                 return
@@ -417,20 +418,8 @@ class TcpTransport:
         self.drop_inbound(peer)
         until = anyio.current_time() + backoff
         if backoff > 0:
-            self._cut_off.pop(peer, None)
-            self._cut_off[peer] = until
-            if len(self._cut_off) > MAX_CUT_OFF:  # bounded: the oldest back-off ends early
-                del self._cut_off[next(iter(self._cut_off))]
+            self._cut_off.start(peer, until)
         self._senders.disconnect(peer, until)
-
-    def _is_cut_off(self, peer: str) -> bool:
-        until = self._cut_off.get(peer)
-        if until is None:
-            return False
-        if anyio.current_time() < until:
-            return True
-        del self._cut_off[peer]
-        return False
 
     def _note_peer(self, peer: PeerIdentity | None, dialled: str | None) -> None:
         """A handshake told us where node `peer.node_id` is: report a move when that differs

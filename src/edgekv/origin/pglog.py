@@ -45,6 +45,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from .wal import KEEP_REQUEST_SEQS, LogError, Request, Row
@@ -161,33 +162,34 @@ class PostgresLog:
         """Take the leadership if no live session holds it: bump the term, read `high`."""
         if self.leader:
             return True
-        try:
-            with self._lock:
-                got = self._conn.execute(
-                    "SELECT pg_try_advisory_lock(%s::bigint)", (LOCK_KEY,)
-                ).fetchone()[0]
-                if not got:
-                    return False
-                row = self._conn.execute(
-                    "UPDATE edgekv_meta SET value = value + 1 WHERE name = 'term' RETURNING value"
-                ).fetchone()
-                self.term = int(row[0])
-                self.leader = True
-            self.high = self.read_high()
-        except self._psycopg.Error as exc:
-            raise LogError(f"cannot take the lead of the log: {exc}") from exc
+        with self._locked("cannot take the lead of the log"):
+            got = self._conn.execute(
+                "SELECT pg_try_advisory_lock(%s::bigint)", (LOCK_KEY,)
+            ).fetchone()[0]
+            if not got:
+                return False
+            row = self._conn.execute(
+                "UPDATE edgekv_meta SET value = value + 1 WHERE name = 'term' RETURNING value"
+            ).fetchone()
+            self.term = int(row[0])
+            self.leader = True
+        self.high = self.read_high()
         logger.info("event=leading log=%s term=%d high=%d", self.where, self.term, self.high)
         return True
 
     def current_term(self) -> int:
+        with self._locked():
+            row = self._conn.execute("SELECT value FROM edgekv_meta WHERE name = 'term'").fetchone()
+        return int(row[0])
+
+    @contextmanager
+    def _locked(self, failed: str = "log read failed") -> Iterator[None]:
+        """Hold the session; a database error in the block is a `LogError` saying `failed`."""
         try:
             with self._lock:
-                row = self._conn.execute(
-                    "SELECT value FROM edgekv_meta WHERE name = 'term'"
-                ).fetchone()
+                yield
         except self._psycopg.Error as exc:
-            raise LogError(f"log read failed: {exc}") from exc
-        return int(row[0])
+            raise LogError(f"{failed}: {exc}") from exc
 
     def still_leading(self) -> bool:
         """False once this origin is deposed: the term moved on, or its session (and with it
@@ -203,74 +205,57 @@ class PostgresLog:
 
     def read_high(self) -> int:
         """The highest seq ever committed (rule 1)."""
-        try:
-            with self._lock:
-                row = self._conn.execute(
-                    "SELECT GREATEST((SELECT COALESCE(MAX(seq), 0) FROM edgekv_log),"
-                    " (SELECT value FROM edgekv_meta WHERE name = 'high'))"
-                ).fetchone()
-        except self._psycopg.Error as exc:
-            raise LogError(f"log read failed: {exc}") from exc
+        with self._locked():
+            row = self._conn.execute(
+                "SELECT GREATEST((SELECT COALESCE(MAX(seq), 0) FROM edgekv_log),"
+                " (SELECT value FROM edgekv_meta WHERE name = 'high'))"
+            ).fetchone()
         return int(row[0])
 
     def rows(self, batch: int = 65536) -> Iterator[list[Row]]:
         """Every row in seq order, in lists of up to `batch` rows (a server-side cursor)."""
-        try:
-            with self._lock, self._conn.transaction():
-                cur = self._conn.cursor(name="edgekv_rows", binary=True)
-                cur.itersize = batch
-                cur.execute(
-                    "SELECT seq, store, key, delta FROM edgekv_log WHERE seq <= %s ORDER BY seq",
-                    (self.high,),
-                )
-                while chunk := cur.fetchmany(batch):
-                    yield [(s, st, k, bytes(d)) for s, st, k, d in chunk]
-                cur.close()
-        except self._psycopg.Error as exc:
-            raise LogError(f"log read failed: {exc}") from exc
+        with self._locked(), self._conn.transaction():
+            cur = self._conn.cursor(name="edgekv_rows", binary=True)
+            cur.itersize = batch
+            cur.execute(
+                "SELECT seq, store, key, delta FROM edgekv_log WHERE seq <= %s ORDER BY seq",
+                (self.high,),
+            )
+            while chunk := cur.fetchmany(batch):
+                yield [(s, st, k, bytes(d)) for s, st, k, d in chunk]
+            cur.close()
 
     def rows_after(self, seq: int, limit: int = 65536) -> list[Row]:
         """Up to `limit` rows after `seq`, in seq order (a follower's tail)."""
-        try:
-            with self._lock:
-                cur = self._conn.cursor(binary=True)
-                cur.execute(
-                    "SELECT seq, store, key, delta FROM edgekv_log WHERE seq > %s"
-                    " ORDER BY seq LIMIT %s",
-                    (seq, limit),
-                )
-                return [(s, st, k, bytes(d)) for s, st, k, d in cur.fetchall()]
-        except self._psycopg.Error as exc:
-            raise LogError(f"log read failed: {exc}") from exc
+        with self._locked():
+            cur = self._conn.cursor(binary=True)
+            cur.execute(
+                "SELECT seq, store, key, delta FROM edgekv_log WHERE seq > %s ORDER BY seq LIMIT %s",
+                (seq, limit),
+            )
+            return [(s, st, k, bytes(d)) for s, st, k, d in cur.fetchall()]
 
     def recent_requests(self, limit: int) -> list[tuple[bytes, bytes]]:
         """The newest `limit` request outcomes, oldest first (sequencer rule 7)."""
-        try:
-            with self._lock:
-                cur = self._conn.cursor(binary=True)
-                cur.execute(
-                    "SELECT rid, outcome FROM (SELECT rid, outcome, seq FROM edgekv_requests"
-                    " ORDER BY seq DESC LIMIT %s) AS r ORDER BY seq",
-                    (limit,),
-                )
-                return [(bytes(r), bytes(o)) for r, o in cur.fetchall()]
-        except self._psycopg.Error as exc:
-            raise LogError(f"log read failed: {exc}") from exc
+        with self._locked():
+            cur = self._conn.cursor(binary=True)
+            cur.execute(
+                "SELECT rid, outcome FROM (SELECT rid, outcome, seq FROM edgekv_requests"
+                " ORDER BY seq DESC LIMIT %s) AS r ORDER BY seq",
+                (limit,),
+            )
+            return [(bytes(r), bytes(o)) for r, o in cur.fetchall()]
 
     def check_signing_key(self, public: bytes) -> None:
         """Every origin of one log signs with one key (rule 7): the first to start records
         its public key; another key is refused with a LogError that says so."""
-        try:
-            with self._lock:
-                self._conn.execute(
-                    "INSERT INTO edgekv_keys VALUES ('signing', %s) ON CONFLICT DO NOTHING",
-                    (public,),
-                )
-                row = self._conn.execute(
-                    "SELECT public FROM edgekv_keys WHERE name = 'signing'"
-                ).fetchone()
-        except self._psycopg.Error as exc:
-            raise LogError(f"log read failed: {exc}") from exc
+        with self._locked():
+            self._conn.execute(
+                "INSERT INTO edgekv_keys VALUES ('signing', %s) ON CONFLICT DO NOTHING", (public,)
+            )
+            row = self._conn.execute(
+                "SELECT public FROM edgekv_keys WHERE name = 'signing'"
+            ).fetchone()
         if bytes(row[0]) != public:
             raise LogError(
                 f"the origins of the log at {self.where} sign with another key: give every"
@@ -339,36 +324,31 @@ class PostgresLog:
 
     def compact(self, keep: Sequence[int], rewrites: Sequence[tuple[bytes, int]], upto: int) -> int:
         """Drop superseded rows at or below `upto` (see wal.py rule 4); returns rows removed."""
-        try:
-            with self._lock, self._conn.transaction():
-                self._fenced()
-                conn = self._conn
-                conn.execute("CREATE TEMP TABLE IF NOT EXISTS edgekv_keep (seq BIGINT PRIMARY KEY)")
-                conn.execute("TRUNCATE edgekv_keep")
-                with conn.cursor().copy("COPY edgekv_keep (seq) FROM STDIN") as copy:
-                    for s in sorted(set(keep)):
-                        copy.write_row((s,))
-                removed = conn.execute(
-                    "DELETE FROM edgekv_log WHERE seq <= %s"
-                    " AND seq NOT IN (SELECT seq FROM edgekv_keep)",
-                    (upto,),
-                ).rowcount
-                conn.cursor().executemany(
-                    "UPDATE edgekv_log SET delta = %s WHERE seq = %s", list(rewrites)
-                )
-                conn.execute(
-                    "UPDATE edgekv_meta SET value = GREATEST(value, %s) WHERE name = 'high'",
-                    (self.high,),
-                )
-                conn.execute("TRUNCATE edgekv_keep")
-                conn.execute(  # the outcomes of old requests: nobody retries them any more
-                    "DELETE FROM edgekv_requests WHERE seq <= %s",
-                    (upto - KEEP_REQUEST_SEQS,),
-                )
-        except Fenced:
-            raise
-        except self._psycopg.Error as exc:
-            raise LogError(f"log compaction failed: {exc}") from exc
+        with self._locked("log compaction failed"), self._conn.transaction():
+            self._fenced()
+            conn = self._conn
+            conn.execute("CREATE TEMP TABLE IF NOT EXISTS edgekv_keep (seq BIGINT PRIMARY KEY)")
+            conn.execute("TRUNCATE edgekv_keep")
+            with conn.cursor().copy("COPY edgekv_keep (seq) FROM STDIN") as copy:
+                for s in sorted(set(keep)):
+                    copy.write_row((s,))
+            removed = conn.execute(
+                "DELETE FROM edgekv_log WHERE seq <= %s"
+                " AND seq NOT IN (SELECT seq FROM edgekv_keep)",
+                (upto,),
+            ).rowcount
+            conn.cursor().executemany(
+                "UPDATE edgekv_log SET delta = %s WHERE seq = %s", list(rewrites)
+            )
+            conn.execute(
+                "UPDATE edgekv_meta SET value = GREATEST(value, %s) WHERE name = 'high'",
+                (self.high,),
+            )
+            conn.execute("TRUNCATE edgekv_keep")
+            conn.execute(  # the outcomes of old requests: nobody retries them any more
+                "DELETE FROM edgekv_requests WHERE seq <= %s",
+                (upto - KEEP_REQUEST_SEQS,),
+            )
         return int(removed)
 
     def close(self) -> None:

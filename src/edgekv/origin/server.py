@@ -40,6 +40,7 @@ from ..gossip.config import GossipConfig
 from ..gossip.transport import Transport
 from ..gossip.wire import Message
 from ..node.auth import TokenAuth, TokenSpec
+from ..node.fanout import send_each
 from ..node.faults import LinkFaults
 from ..node.httpapi import HttpLimits
 from ..node.identity import load_node_id
@@ -63,6 +64,10 @@ logger = logging.getLogger("edgekv.origin")
 
 Committed = tuple[list[Item], Covers]
 SUBSCRIBER_BUFFER = 4096
+
+
+def _fell_behind() -> None:
+    logger.warning("a committed-deltas subscriber fell behind; closing it")
 
 
 def write_reply(planned: Planned, written_at: int, *, with_items: bool = False) -> Message:
@@ -384,17 +389,7 @@ class Origin(StoreApi):
         return recv
 
     async def _committed(self, items: list[Item], covers: Covers) -> None:
-        keep = []
-        for sub in self._subscribers:
-            try:
-                sub.send_nowait((items, covers))
-                keep.append(sub)
-            except anyio.WouldBlock:
-                logger.warning("a committed-deltas subscriber fell behind; closing it")
-                sub.close()
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                sub.close()
-        self._subscribers = keep
+        self._subscribers = send_each(self._subscribers, (items, covers), _fell_behind)
         runtime = self.runtime
         if runtime is not None and runtime.running:
             await runtime.publish(items, covers)

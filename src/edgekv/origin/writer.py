@@ -89,23 +89,26 @@ class Planner:
     # -- current state, seen through the overlay ---------------------------------------------
 
     def _current(self, overlay: dict[tuple[str, str], State], store: str, key: str) -> State | None:
+        st = self._unapplied(overlay, store, key)
+        if st is None:
+            st = self.replica.state(store, key)
+        if st is not None and store != META:
+            meta = self._unapplied(overlay, META, store)
+            if meta is not None and st.reset < meta.seq:
+                return None  # the store was dropped or recreated since: the key is dead
+        return st
+
+    def _unapplied(
+        self, overlay: dict[tuple[str, str], State], store: str, key: str
+    ) -> State | None:
+        """The newest state of `key` not yet in the replica: this command's, this group's, or
+        an earlier group's still being written (rule 1); None when there is none."""
         k = (store, key)
         st = overlay.get(k)
         if st is None:
             st = self.states.get(k)
             if st is None:
                 st = self.pending(store, key)
-                if st is None:
-                    st = self.replica.state(store, key)
-        if st is not None and store != META:
-            mk = (META, store)
-            meta = overlay.get(mk)
-            if meta is None:
-                meta = self.states.get(mk)
-                if meta is None:
-                    meta = self.pending(META, store)
-            if meta is not None and st.reset < meta.seq:
-                return None  # the store was dropped or recreated since: the key is dead
         return st
 
     def _store_live(self, overlay: dict[tuple[str, str], State], store: str) -> bool:

@@ -35,6 +35,7 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -114,17 +115,15 @@ def _child_setup(nofile: int | None) -> Callable[[], None]:
     return setup
 
 
+@dataclass(eq=False)
 class _Proc:
-    def __init__(
-        self, name: str, argv: list[str], log: Path, http: str | None, nofile: int | None = None
-    ) -> None:
-        self.name = name
-        self.argv = argv
-        self.log = log
-        self.http = http
-        self.nofile = nofile
-        self.popen: subprocess.Popen[bytes] | None = None
-        self.stopped = False
+    name: str
+    argv: list[str]
+    log: Path
+    http: str | None
+    nofile: int | None = None
+    popen: subprocess.Popen[bytes] | None = None
+    stopped: bool = False
 
     def start(self) -> None:
         with self.log.open("ab") as log:
