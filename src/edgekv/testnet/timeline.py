@@ -22,7 +22,7 @@ from __future__ import annotations
 import bisect
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from edgekv.testnet.checker import percentile
@@ -78,15 +78,7 @@ class Fault:
         return f"{self.kind} {self.detail}"
 
     def as_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "kind": self.kind,
-            "start": self.start,
-            "end": self.end,
-            "nodes": self.nodes,
-            "detail": self.detail,
-            "label": self.label,
-        }
+        return {**asdict(self), "label": self.label}
 
 
 def faults_from_events(
