@@ -277,3 +277,37 @@ def test_a_relay_that_beats_the_origin_is_pruned_not_the_origin() -> None:
     prunes = [s.peer for s in out if s.message["t"] == MsgType.PRUNE]
     assert prunes == [relay]
     assert node.dissemination._parent == ORIGIN
+
+
+def _fast_and_slow(cfg: GossipConfig) -> tuple[Sim, Sim]:
+    fast = Sim(12, seed=7, latency=0.0005, config=cfg)
+    warm(fast, 2.0)
+    write_stream(fast, 3.0, 40, 0.01)  # the tree forms on the first batches
+    fast.run_until(4.0)
+    slow = Sim(12, seed=7, latency=0.1, config=cfg)
+    warm(slow, 2.0)
+    write_stream(slow, 3.0, 20, 0.02)
+    slow.run_until(4.5)
+    return fast, slow
+
+
+def test_origin_pushes_to_every_edge_directly_over_fast_links_only() -> None:
+    """Over fast links (loopback, a LAN) the origin takes up to origin_fast_fanout eager peers,
+    so every edge gets a write in one hop and relays nothing; over slow links it keeps
+    origin_fanout and the tree stays deep enough to keep the origin's sends few."""
+    cfg = GossipConfig()
+    assert cfg.origin_fanout < 12 <= cfg.origin_fast_fanout
+    fast, slow = _fast_and_slow(cfg)
+    assert fast.origin.dissemination.eager == set(fast.edges)
+    before = fast.messages["PUSH"]
+    flushes = fast.origin.counters["pushes_sent"]
+    write_stream(fast, 4.5, 40, 0.01)
+    fast.run_until(5.5)
+    assert fast.messages["PUSH"] - before == fast.origin.counters["pushes_sent"] - flushes
+    assert all(fast.nodes[a].dissemination._parent == ORIGIN for a in fast.edges)
+    assert fast.converged() and not fast.missing()
+    assert len(slow.origin.dissemination.eager) == cfg.origin_fanout
+    assert slow.converged() and not slow.missing()
+    # without the rule (fast_link 0) the origin keeps origin_fanout over fast links too
+    off, _ = _fast_and_slow(GossipConfig(fast_link=0))
+    assert len(off.origin.dissemination.eager) == cfg.origin_fanout

@@ -39,6 +39,14 @@ class GossipConfig:
     """Initial eager peers of an edge; the tree forms by pruning duplicates from this set."""
     origin_fanout: int = 8
     """Initial eager peers of the origin (the source of every seq; a wider root, a shallower tree)."""
+    origin_fast_fanout: int = 32
+    """The origin takes up to this many eager peers when their links are fast (lowest measured
+    round trip at most fast_link): on a LAN or loopback a direct push costs the origin one
+    send, while a relay hop costs an edge a wake-up, a relay and the duplicates that build
+    the tree; so edges get writes in one hop.  Slow links keep origin_fanout."""
+    fast_link: float = 0.005
+    """A link whose lowest measured round trip is at most this (seconds) is fast (see
+    origin_fast_fanout).  0: no link is."""
     max_hops: int = 0
     """Retransmit limit of a PUSH in hops; 0 means automatic: 2 * ceil(log2(members + 1)) + 2."""
     ihave_window: float = 1.0
@@ -122,6 +130,7 @@ class GossipConfig:
             "sync_timeout",
             "dead_forget",
             "snapshot_timeout",
+            "fast_link",
         ):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
@@ -139,6 +148,7 @@ class GossipConfig:
         for name, least in (
             ("fanout", 1),
             ("origin_fanout", 1),
+            ("origin_fast_fanout", 1),
             ("ihave_peers", 1),
             ("ae_force_every", 1),
             ("graft_peers", 1),
