@@ -151,3 +151,12 @@ def test_full_tables_thin_out_with_cluster_size() -> None:
             times.append(now)
     # 100 members: 3 intervals between full tables (not 1)
     assert times[2] - times[1] == pytest.approx(3 * node.config.members_interval)
+
+
+def test_peer_copies_carry_the_measured_round_trips() -> None:
+    """`GossipNode.peers()` (what /status shows) reports each peer's measured round trips."""
+    sim = Sim(3, seed=2, latency=0.02)
+    sim.start()
+    sim.run_until(6.0)  # every peer probed at least once by the origin
+    measured = [p for p in sim.origin.peers().values() if p.rtt_min > 0]
+    assert measured and all(0.03 < p.rtt_min <= p.rtt + 1e-9 for p in measured)

@@ -40,13 +40,13 @@ class GossipConfig:
     origin_fanout: int = 8
     """Initial eager peers of the origin (the source of every seq; a wider root, a shallower tree)."""
     origin_fast_fanout: int = 32
-    """The origin takes up to this many eager peers when their links are fast (lowest measured
-    round trip at most fast_link): on a LAN or loopback a direct push costs the origin one
-    send, while a relay hop costs an edge a wake-up, a relay and the duplicates that build
-    the tree; so edges get writes in one hop.  Slow links keep origin_fanout."""
+    """The origin takes up to this many eager peers on a fast network (its lowest probe round
+    trip at most fast_link): on a LAN or loopback a direct push costs the origin one send,
+    while a relay hop costs an edge a wake-up, a relay and the duplicates that build the
+    tree; so edges get writes in one hop.  Slow networks keep origin_fanout."""
     fast_link: float = 0.005
-    """A link whose lowest measured round trip is at most this (seconds) is fast (see
-    origin_fast_fanout).  0: no link is."""
+    """A network whose lowest measured round trip is at most this (seconds) is fast (see
+    origin_fast_fanout).  0: none is."""
     max_hops: int = 0
     """Retransmit limit of a PUSH in hops; 0 means automatic: 2 * ceil(log2(members + 1)) + 2."""
     ihave_window: float = 1.0

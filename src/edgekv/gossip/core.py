@@ -304,6 +304,8 @@ class GossipNode:
                 p.watermark,
                 p.purged,
                 p.last_seen,
+                p.rtt,
+                p.rtt_min,
             )
             for a, p in self.members.peers.items()
         }

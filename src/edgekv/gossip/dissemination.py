@@ -33,11 +33,12 @@ Theory of operation
    pushes again.  A node with fewer than `fanout` neighbours adds newly learned peers as eager.
    A PUSH over a link this node does not use yet adds the reverse link (eager), so the overlay
    starts symmetric and late joiners get as many candidate parents as early ones.  The origin
-   is never an edge's eager or lazy target: it is the source of every seq.  Over fast links
-   (lowest measured round trip at most `fast_link`: a LAN, loopback) the origin takes up to
-   `origin_fast_fanout` eager peers instead of `origin_fanout`, so edges get each write in
-   one hop: a direct push costs the origin one send, a relay hop costs an edge a wake-up, a
-   relay and the duplicates that prune the tree.
+   is never an edge's eager or lazy target: it is the source of every seq.  On a fast network
+   (the origin's lowest probe round trip at most `fast_link`: a LAN, loopback) the origin
+   takes up to `origin_fast_fanout` eager peers instead of `origin_fanout`, so edges get each
+   write in one hop: a direct push costs the origin one send, a relay hop costs an edge a
+   wake-up, a relay and the duplicates that prune the tree.  (The lowest of all probes, not
+   each peer's: on a loaded host a single probe's round trip is mostly scheduling delay.)
 5. The origin applies nothing it receives (authority.py): a PUSH there is refused and
    counted, never relayed.  At an edge a PUSH's states go through `Authority.apply`.  A hint
    that seqs exist (IHAVE covers, a watermark) is a claim: a node that grafted for it
@@ -123,7 +124,7 @@ class Dissemination(Part):
 
     def fill(self) -> None:
         """Take new eager peers while this node has fewer than `fanout` neighbours; the origin
-        takes peers over fast links up to `origin_fast_fanout` (rule 4)."""
+        on a fast network up to `origin_fast_fanout` (rule 4)."""
         peers = self.members.peers
         for a in [a for a in self.eager if a in peers and peers[a].role == "origin"]:
             self.eager.discard(a)
@@ -131,7 +132,9 @@ class Dissemination(Part):
         cfg = self.config
         fast_room = 0
         if self.role == "origin" and 0 < self.members.lowest_rtt <= cfg.fast_link:
-            fast_room = cfg.origin_fast_fanout - have  # some link is fast: look for them
+            # the network is fast (its lowest probe: one probe of a loaded host is no measure
+            # of its link, the lowest of all probes is)
+            fast_room = cfg.origin_fast_fanout - have
         need = self.fanout - have
         if need <= 0 and fast_room <= 0:
             return
@@ -141,15 +144,7 @@ class Dissemination(Part):
             if a not in self.eager and a not in self.lazy and peers[a].role != "origin"
         ]
         self.rng.shuffle(candidates)
-        if fast_room > 0:
-            link_rtt = self.members.link_rtt
-            took = [a for a in candidates if 0 < link_rtt(a) <= cfg.fast_link][:fast_room]
-            if took:
-                self.eager.update(took)
-                need -= len(took)
-                candidates = [a for a in candidates if a not in self.eager]
-        if need > 0:
-            self.eager.update(candidates[:need])
+        self.eager.update(candidates[: max(need, fast_room)])
 
     def handlers(self) -> dict[type, Handler]:
         """The messages this part handles on its own (core.py routes the others)."""
