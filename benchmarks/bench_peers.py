@@ -25,7 +25,10 @@ What is measured, the same way for every system:
   visible on a replica when it serves that number or a later one.  Reported: time from the
   write's acknowledgement to visibility on each replica (p50/p99) and on the last replica
   (p50/p99/max).  All observers share one asyncio loop, so the resolution is one polling round:
-  its median is reported too.
+  its median is reported too.  Also reported: CPU milliseconds per write over the run (user +
+  system, from /proc/PID/stat) of the source of truth, of a replica (mean), of all the
+  system's processes, and of this script (the writer and the pollers): on a shared machine
+  wall-clock latency follows load, CPU per write much less.
 - writes: durable writes/s at the source of truth with 64 concurrent clients for 5 s, all in
   Python on asyncio: 64 `OriginClient`s (the origin's log fsynced per commit group), redis-py
   asyncio on 64 connections to a primary with `appendfsync always`, an httpx client with 64
@@ -46,6 +49,7 @@ import base64
 import contextlib
 import os
 import platform
+import resource
 import shutil
 import signal
 import statistics
@@ -72,6 +76,7 @@ VALUE = b"v" * 100
 CLIENTS = 64
 
 Read = Callable[[], Awaitable[int | None]]  # the probe key's write number, or None
+CPU_FIELDS = ("cpu_source_ms", "cpu_replica_ms", "cpu_all_ms", "cpu_poller_ms")
 
 
 # -- processes ----------------------------------------------------------------------------------
@@ -98,6 +103,17 @@ class Proc:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.popen.pid, signal.SIGKILL)
             self.popen.wait()
+
+    def cpu(self) -> float:
+        """CPU seconds (user + system) the process has used so far; 0 once it is gone."""
+        if self.popen is None:
+            return 0.0
+        try:
+            stat = Path(f"/proc/{self.popen.pid}/stat").read_text()
+        except OSError:
+            return 0.0
+        fields = stat.rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def rss(self) -> int:
         assert self.popen is not None
@@ -502,9 +518,13 @@ async def propagation(system: System, writes: int, rate: float) -> dict[str, flo
         done.set()
 
     await system.write(PROBE, b"0")
+    procs = list(system.cluster.procs)  # the source of truth first, then the replicas
+    cpu0, own0 = [p.cpu() for p in procs], _own_cpu()
     observers = [asyncio.create_task(observe(i, r)) for i, r in enumerate(readers)]
     await writer()
     await asyncio.gather(*observers)
+    cpu = [(p.cpu() - c) * 1e3 / writes for p, c in zip(procs, cpu0, strict=True)]
+    own = (_own_cpu() - own0) * 1e3 / writes
     each = [max(0.0, s[n] - acked[n]) for s in seen for n in acked if n in s]
     last = [max(s[n] for s in seen) - acked[n] for n in acked if all(n in s for s in seen)]
     return {
@@ -515,7 +535,16 @@ async def propagation(system: System, writes: int, rate: float) -> dict[str, flo
         "last_max": max(last) * 1e3 if last else float("nan"),
         "delivered": 100.0 * len(last) / writes,
         "round_ms": statistics.median(rounds) * 1e3 * len(readers) if rounds else float("nan"),
+        "cpu_source_ms": cpu[0],
+        "cpu_replica_ms": statistics.mean(cpu[1:]) if len(cpu) > 1 else float("nan"),
+        "cpu_all_ms": sum(cpu),
+        "cpu_poller_ms": own,
     }
+
+
+def _own_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 async def write_rate(system: System, seconds: float = 5.0) -> float:
@@ -770,6 +799,7 @@ async def run(args: argparse.Namespace, figures: Figures) -> str:
                       "| system | replicas | each p50 | each p99 | last p50 | last p99 | last max | delivered | polling round |",
                       "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
             same_run: list[str] = []
+            cpu_lines: list[str] = []
             for n in sizes:
                 kinds = [k for k in systems if not (k == "etcd" and n > 7)]
                 by_kind: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
@@ -795,6 +825,12 @@ async def run(args: argparse.Namespace, figures: Figures) -> str:
                     for f in ("last_p50", "last_p99"):
                         figures.add(f"propagation N={n}, {f.replace('_', ' ')}", SYSTEMS[kind].name,
                                     med(runs, f), "ms")  # fmt: skip
+                cpu_lines.extend(
+                    f"| {SYSTEMS[kind].name} | {n} | "
+                    + " | ".join(f"{med(by_kind[kind], f):,.3f}" for f in CPU_FIELDS)
+                    + " |"
+                    for kind in kinds
+                )
                 if "edgekv" in by_kind and "redis" in by_kind:
                     r = [e["last_p99"] / max(x["last_p99"], 1e-9)
                          for e, x in zip(by_kind["edgekv"], by_kind["redis"], strict=True)]  # fmt: skip
@@ -804,6 +840,9 @@ async def run(args: argparse.Namespace, figures: Figures) -> str:
                     )
             if same_run:
                 lines += ["", "Acceptance (N = 20: at most 3x): " + "; ".join(same_run) + "."]
+            lines += ["", "CPU ms per write during those runs (medians; /proc/PID/stat user + system):", "",
+                      "| system | replicas | source of truth | one replica (mean) | all its processes | this script (writer + pollers) |",
+                      "|---|---|---|---|---|---|", *cpu_lines]  # fmt: skip
         if "writes" in only:
             lines += ["", f"### Durable writes/s at the source of truth, {CLIENTS} concurrent clients, Python asyncio", "",
                       "| system | writes/s (median) | runs |", "|---|---|---|"]  # fmt: skip
