@@ -113,3 +113,29 @@ async def test_frames_queued_to_many_peers_share_one_budget() -> None:
             for sink in sinks:
                 await sink.aclose()
         await until(lambda: not node.budget.used)  # writers sent or dropped all they held
+
+
+async def test_byte_budget_fit_waits_until_the_bytes_fit() -> None:
+    budget = ByteBudget(100)
+    budget.take(90)
+    with anyio.move_on_after(0.05):
+        await budget.fit(20)  # 110 > 100: waits
+        pytest.fail("fit returned while 20 bytes did not fit")
+    async with anyio.create_task_group() as tg:
+        done: list[int] = []
+
+        async def waiter(n: int, own: int = 0) -> None:
+            await budget.fit(n, own)
+            done.append(n)
+
+        tg.start_soon(waiter, 20)
+        tg.start_soon(waiter, 500, 5)  # more than the limit: served once only its own is held
+        await anyio.lowlevel.checkpoint()
+        budget.give(5)  # 85 + 20 > 100: nobody
+        await anyio.sleep(0.01)
+        assert done == []
+        budget.give(10)  # 75 + 20 fits
+        await anyio.sleep(0.01)
+        assert done == [20]
+        budget.give(70)  # 5 held, all of it the caller's own
+    assert done == [20, 500]

@@ -9,7 +9,7 @@ Theory of operation
    here (before the handshake nothing differs from the origin's port: cluster key or TLS).
    Requests are handled one at a time, in order: each answer is sent before the next request is
    read, so a client that stops reading its answers stops being read (TCP back-pressure), and
-   one connection costs at most one frame in flight.
+   one connection costs at most one answer in flight.
 2. REQUEST {"t": 50, "id", "op", "store", ...} with a read op (get, get_entry, scan,
    zrange_by_score, zscan, bf_exists, stores) is answered from the local replica through the
    node's `KvStore` API, as RESPONSE {"t": 51, "id", ...} with the fields the origin answers
@@ -19,26 +19,40 @@ Theory of operation
    not a REQUEST with an int id, or that the decoder rejects, closes the connection.
 4. With tokens configured (`EdgeNode(tokens=...)`), a request's "token" needs read scope on its
    store, as on the admin HTTP API.  A connection silent for `NetLimits.idle_timeout` is closed.
+5. Memory: request bytes read and the answer in flight are charged to the node's byte budget
+   for clients (`TcpTransport.client_budget`, the clients' half of `NetLimits.node_bytes`, as
+   the origin's client connections), so many connections cannot add up one answer each.  An
+   answer larger than `FLOOR` is sent only when it fits in the budget (or nothing else is
+   held); otherwise it is dropped unsent and rebuilt once it fits (counted as
+   `client_read_waits`).  Reading more of a request past `FLOOR` bytes waits while the budget
+   is full, at most `NetLimits.handshake_timeout`, then the connection is closed.  A small
+   read (answer and request within `FLOOR`) is always served: clients that do not read their
+   large answers cannot starve the others, and each connection holds at most about
+   3 x `FLOOR` beyond the budget.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import anyio
 
-from ..errors import EdgeKVError, InvalidInput
+from ..errors import EdgeKVError, InvalidInput, RemoteProtocolError
 from ..gossip.wire import Message, MsgType, encode_frame
 from .auth import TokenAuth
 from .kvstore import KvStore
+from .limits import DEFAULT_NET_LIMITS, ByteBudget
 from .tcp import FramedStream
 
 logger = logging.getLogger("edgekv.edge")
 
 _REQUEST, _RESPONSE, _ERROR = int(MsgType.REQUEST), int(MsgType.RESPONSE), int(MsgType.ERROR)
+FLOOR = 64 << 10  # request bytes, and an answer, one connection holds whatever the budget
 READ_OPS = frozenset({"get", "get_entry", "scan", "zrange_by_score", "zscan", "bf_exists"})
 
 
@@ -118,25 +132,98 @@ def reply_frame(node: ReadNode, msg: Message, max_frame_size: int) -> bytes:
     return encode_frame({"t": _ERROR, "id": req_id, "code": code, "message": message[:4096]})
 
 
+@dataclass(eq=False)
+class _ReadConnection:
+    """One client connection's requests and answers, charged to the node's budget (rule 5)."""
+
+    node: ReadNode
+    stream: FramedStream
+    max_frame_size: int
+    budget: ByteBudget
+    room_timeout: float
+    events: Counter[str] | None
+    held: int = 0  # bytes charged to `budget`: the decoder's plus the answer in flight
+
+    def __post_init__(self) -> None:
+        self.decoder = self.stream.detach_decoder()
+
+    def _charge(self, n: int) -> None:
+        self.budget.take(n - self.held)
+        self.held = n
+
+    def release(self) -> None:
+        self._charge(0)
+
+    async def next_request(self) -> Message:
+        decoder, budget = self.decoder, self.budget
+        while (frame := decoder.next_frame()) is None:
+            self._charge(decoder.buffered)
+            if decoder.buffered >= FLOOR and budget.full:
+                with anyio.move_on_after(self.room_timeout):
+                    await budget.room()
+                if budget.full:
+                    raise TimeoutError(
+                        f"no memory for the rest of a request in {self.room_timeout} s"
+                    )
+            try:
+                data = await self.stream.stream.receive(FLOOR)
+            except anyio.EndOfStream:
+                if decoder.buffered:
+                    raise RemoteProtocolError("connection closed inside a frame") from None
+                raise
+            decoder.receive_data(data)
+        self._charge(decoder.buffered)
+        return frame[0]
+
+    async def answer(self, msg: Message) -> None:
+        """Build the answer to `msg` once it fits in the budget, send it, give it back."""
+        while True:
+            frame = reply_frame(self.node, msg, self.max_frame_size)
+            size = len(frame)
+            if size <= FLOOR or self.budget.fits(size) or self.budget.used <= self.held:
+                break
+            del frame  # not held while waiting: rebuilt (the value may change meanwhile)
+            if self.events is not None:
+                self.events["client_read_waits"] += 1
+            await self.budget.fit(size, self.held)
+        base = self.held
+        self._charge(base + size)
+        await self.stream.send_frame(frame)
+        self._charge(base)
+
+
 async def serve_reads(
-    node: ReadNode, stream: FramedStream, idle_timeout: float, max_frame_size: int
+    node: ReadNode,
+    stream: FramedStream,
+    idle_timeout: float,
+    max_frame_size: int,
+    *,
+    budget: ByteBudget | None = None,
+    room_timeout: float = DEFAULT_NET_LIMITS.handshake_timeout,
+    events: Counter[str] | None = None,
 ) -> None:
-    """Serve one client connection until it closes, idles or misbehaves.  Never raises."""
-    reply: Callable[[Message], bytes] = lambda m: reply_frame(node, m, max_frame_size)  # noqa: E731
+    """Serve one client connection until it closes, idles or misbehaves.  Never raises.
+    `budget` is the node's for client connections (rule 5; a private one if None), `events`
+    counts `client_read_waits`."""
+    if budget is None:
+        budget = ByteBudget(DEFAULT_NET_LIMITS.node_bytes // 2)
+    conn = _ReadConnection(node, stream, max_frame_size, budget, room_timeout, events)
     try:
         async with stream:
             while True:
                 with anyio.move_on_after(idle_timeout):
-                    msg = await stream.receive()
+                    msg = await conn.next_request()
                     req_id = msg.get("id")
                     if msg.get("t") != _REQUEST or type(req_id) is not int:
                         logger.info("client connection closed: expected a REQUEST")
                         return
-                    await stream.send_frame(reply(msg))
+                    await conn.answer(msg)
                     continue
                 logger.info("client connection closed: idle")
                 return
     except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-        return
+        return  # (TimeoutError, waiting for memory, is an OSError)
     except EdgeKVError as exc:  # an undecodable or oversize frame (RemoteProtocolError)
         logger.info("client connection closed: %s", exc)
+    finally:
+        conn.release()

@@ -465,7 +465,15 @@ class EdgeNode:
     async def _serve_client(self, peer: PeerIdentity, stream: FramedStream) -> None:
         """A client connection on the gossip port: local reads only (node/clientreads.py)."""
         limits = self.net_limits
-        await serve_reads(self, stream, limits.idle_timeout, stream.max_frame_size)
+        await serve_reads(
+            self,
+            stream,
+            limits.idle_timeout,
+            stream.max_frame_size,
+            budget=getattr(self._transport, "client_budget", None),
+            room_timeout=limits.handshake_timeout,
+            events=None if self._runtime is None else self._runtime.metrics.events,
+        )
 
     # -- writes ------------------------------------------------------------------------------------
 

@@ -131,14 +131,15 @@ class ByteBudget:
 
     `take(n)` and `give(n)` move the count (a caller may overshoot by what it already holds);
     `fits(n)` says whether `n` more bytes stay within the limit; `await room()` waits until the
-    count is below the limit; `on_room(cb, below)` calls `cb()` once when the count next drops
-    below `below` (default: the limit)."""
+    count is below the limit, `await fit(n)` until `n` more bytes fit; `on_room(cb, below)`
+    calls `cb()` once when the count next drops below `below` (default: the limit)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
         self.peak = 0
         self._room: anyio.Event | None = None
+        self._given: anyio.Event | None = None  # set at the next give (`given`)
         self._callbacks: list[tuple[int, Callable[[], None]]] = []
         self._wake_below = -1  # the highest mark a callback waits for
 
@@ -161,6 +162,9 @@ class ByteBudget:
         self._freed()
 
     def _freed(self) -> None:
+        if self._given is not None:
+            self._given.set()
+            self._given = None
         used = self.used
         if used >= self.limit:
             return
@@ -180,6 +184,15 @@ class ByteBudget:
             if self._room is None:
                 self._room = anyio.Event()
             await self._room.wait()
+
+    async def fit(self, n: int, own: int = 0) -> None:
+        """Return once `n` more bytes fit within the limit, or nothing is held but the caller's
+        own `own` bytes (so a request for more than the whole limit is served alone).
+        Cancelling it leaves nothing behind (unlike `on_room`)."""
+        while not self.fits(n) and self.used > own:
+            if self._given is None:
+                self._given = anyio.Event()
+            await self._given.wait()
 
     def on_room(self, callback: Callable[[], None], below: int | None = None) -> None:
         """Call `callback()` once, when the count next drops below `below` (the limit)."""
