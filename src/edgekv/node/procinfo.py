@@ -6,6 +6,7 @@ anything grows over time; a leak of memory, sockets or tasks shows there first.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 from typing import Any
@@ -15,15 +16,41 @@ import sniffio
 __all__ = ["open_fds", "process_info", "rss_bytes", "task_count"]
 
 
+_own_statm: tuple[int, int] | None = None  # (pid, fd): this process's /proc/self/statm, open
+
+
 def rss_bytes(pid: int | None = None) -> int:
-    """Resident set size of `pid` (default: this process) in bytes, from /proc; 0 elsewhere."""
+    """Resident set size of `pid` (default: this process) in bytes, from /proc; 0 elsewhere.
+
+    This process's statm stays open once read: a process out of file descriptors (an accept
+    flood) must still see its real RSS.  Falling back to `ru_maxrss` then reported the peak,
+    which after fork and exec includes the parent's pages at the fork (a test runner's
+    hundreds of MiB), as a jump of the child's RSS."""
     try:
-        with open(f"/proc/{pid or 'self'}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        if pid is None:
+            return _pages(_read_own_statm())
+        with open(f"/proc/{pid}/statm") as f:
+            return _pages(f.read())
     except (OSError, ValueError, IndexError):
-        if pid is None:  # no /proc: the peak is better than nothing
+        if pid is None and not os.path.exists("/proc/self"):  # no /proc: the peak, at least
             return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         return 0
+
+
+def _pages(statm: str | bytes) -> int:
+    return int(statm.split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _read_own_statm() -> bytes:
+    global _own_statm
+    me = os.getpid()
+    if _own_statm is None or _own_statm[0] != me:  # (a forked child reopens its own)
+        _own_statm = (me, os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC))
+    return os.pread(_own_statm[1], 256, 0)
+
+
+with contextlib.suppress(OSError):  # open now, while descriptors are surely free
+    _read_own_statm()
 
 
 def open_fds(pid: int | None = None) -> int:
