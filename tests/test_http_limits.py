@@ -243,7 +243,7 @@ SLOW_SERVER = """
 import sys, anyio
 from edgekv.node.httpapi import HttpLimits
 from edgekv.origin.server import Origin
-limits = HttpLimits(body_timeout=2.0, head_timeout=2.0, max_per_address=200)
+limits = HttpLimits(body_timeout=1.0, head_timeout=1.0, max_per_address=200)
 async def main():
     async with Origin(data_dir=sys.argv[1], listen=None, http="127.0.0.1:0",
                       http_limits=limits) as origin:
@@ -271,19 +271,31 @@ async def test_1000_slow_connections_neither_hold_the_port_nor_grow_rss(
     tmp_path: Path, backend: str
 ) -> None:
     """Issue #12: 1,000 connections sending their body (or their head) at a trickle.  At most
-    `max_per_address` of them are admitted (the rest closed at once), the admitted ones are
-    closed within the head or body timeout, another address is served meanwhile, RSS stays
+    `max_per_address` of them are admitted (the rest closed at once: the server never holds
+    more descriptors), another address is served meanwhile, every one is closed (within the
+    head and body timeouts; bounded generously here, a loaded machine is slow), RSS stays
     within 64 MiB, and the port serves everyone again afterwards.  The same under asyncio (an
     application embedding the node): the caps are not trio's alone."""
     import resource
+
+    from edgekv.node.procinfo import open_fds
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
     slow_body = _head("/v1/stores/s/batch", 1000) + b"{"
     slow_head = b"POST /v1/stores/s/batch HTTP/1.1\r\nHost: t\r\n"
     streams: list[trio.SocketStream] = []
+    ended = 0
+
+    async def until_closed(stream: trio.SocketStream) -> None:
+        nonlocal ended
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            while await stream.receive_some(65536):  # an answer (408), then EOF
+                pass
+        ended += 1
+
     try:
-        with trio.fail_after(60):
+        with trio.fail_after(120):
             async with trio.open_nursery() as nursery:
                 command = [sys.executable, "-c", SLOW_SERVER, str(tmp_path), backend]
                 run = partial(trio.run_process, command, stdout=subprocess.PIPE, check=False)
@@ -295,29 +307,28 @@ async def test_1000_slow_connections_neither_hold_the_port_nor_grow_rss(
                         line += await proc.stdout.receive_some(100)
                     address = line.decode().strip()
                     assert (await _get(address, "127.0.0.1"))[0] == 200
-                    before = _peak_rss_mib(proc.pid)
+                    before, fds_before = _peak_rss_mib(proc.pid), open_fds(proc.pid)
+                    peak_fds = fds_before
                     host, port = address.rsplit(":", 1)
-                    for i in range(1000):
-                        stream = await trio.open_tcp_stream(host, int(port))
-                        streams.append(stream)
-                        with contextlib.suppress(trio.BrokenResourceError):
-                            await stream.send_all(slow_body if i % 2 else slow_head)
-                    t0 = trio.current_time()
-                    status, took = await _get(address, "127.0.0.2")  # another source
-                    assert status == 200 and took < 3.0  # (a loaded machine is slow)
-                    open_after, closed = {}, set()
-                    for wait in (0.5, 4.5):  # refused at once; the rest within the timeouts
-                        await trio.sleep(max(0.0, t0 + wait - trio.current_time()))
-                        for n, stream in enumerate(streams):
-                            if n in closed:
-                                continue
-                            with trio.move_on_after(0.01):
-                                with contextlib.suppress(trio.BrokenResourceError):
-                                    await stream.receive_some(65536)  # an answer (408) or EOF
-                                closed.add(n)
-                        open_after[wait] = len(streams) - len(closed)
-                    assert open_after[0.5] <= 200, open_after
-                    assert open_after[4.5] == 0, open_after
+                    async with trio.open_nursery() as readers:
+                        for i in range(1000):
+                            stream = await trio.open_tcp_stream(host, int(port))
+                            streams.append(stream)
+                            with contextlib.suppress(trio.BrokenResourceError):
+                                await stream.send_all(slow_body if i % 2 else slow_head)
+                            readers.start_soon(until_closed, stream)
+                            if i % 50 == 0:
+                                peak_fds = max(peak_fds, open_fds(proc.pid))
+                        assert (await _get(address, "127.0.0.2"))[0] == 200  # another source
+                        # every one is closed, admitted or not: within the timeouts
+                        # (1 + 1 s) on a quiet machine, bounded generously for a loaded one
+                        with trio.fail_after(30):
+                            while ended < len(streams):
+                                peak_fds = max(peak_fds, open_fds(proc.pid))
+                                await trio.sleep(0.05)
+                    # the server never held more than the cap (plus a few refused ones still
+                    # being closed)
+                    assert peak_fds - fds_before <= 200 + 16, (fds_before, peak_fds)
                     grown = _peak_rss_mib(proc.pid) - before
                     assert grown < 64, f"peak RSS grew by {grown:.0f} MiB"
                     for stream in streams:
