@@ -80,8 +80,8 @@ async def serves(cluster: ProcessCluster, client: OriginClient, key: str) -> Non
         assert value == key.encode(), name
 
 
-def origin_rss(cluster: ProcessCluster) -> int:
-    status = cluster.node_status("origin")
+def origin_rss(cluster: ProcessCluster, name: str = "origin") -> int:
+    status = cluster.node_status(name)
     assert status is not None
     return int(status["process"]["rss_bytes"])
 
@@ -93,32 +93,42 @@ async def run_flood(
     conns: int,
     node_args: list[str],
     authenticated: int = 0,
+    target: str = "origin",
+    key: bytes | None = None,
 ) -> dict[str, Any]:
+    """Flood `target` (a node of a 2-edge process cluster, all of it with cluster key `key`)
+    with `conns` connections that never send a byte and `authenticated` idle clients."""
+    if key is not None:
+        (tmp_path / "cluster.key").write_bytes(key)
+        node_args = [*node_args, "--cluster-key-file", str(tmp_path / "cluster.key")]
     async with (
         ProcessCluster(2, tmp_path, nofile=nofile, node_args=node_args) as cluster,
-        OriginClient(cluster.origin_address, timeout=10) as client,
+        OriginClient(cluster.origin_address, timeout=10, cluster_key=key) as client,
     ):
         await client.create_store("s")
         await serves(cluster, client, "before")
-        before = origin_rss(cluster)
+        address = cluster.address_of(target)
+        before = origin_rss(cluster, target)
         with fd_headroom(conns + authenticated + 64):
-            held = await anyio.to_thread.run_sync(flood, cluster.origin_address, conns)
+            held = await anyio.to_thread.run_sync(flood, address, conns)
             authed: list[FramedStream] = []
             try:
                 for _ in range(authenticated):
                     try:
                         authed.append(
                             await FramedStream.connect(
-                                cluster.origin_address,
-                                LinkOptions(cluster_id="edgekv", node_id="idle", role="client"),
+                                address,
+                                LinkOptions(
+                                    cluster_id="edgekv", node_id="idle", role="client", key=key
+                                ),
                                 connect_timeout=2,
                             )
                         )
                     except Exception:
                         pass  # refused: over a cap
-                assert cluster.procs["origin"].alive
+                assert cluster.procs[target].alive
                 await serves(cluster, client, "during")  # old connections keep working
-                grown = origin_rss(cluster) - before
+                grown = origin_rss(cluster, target) - before
                 assert grown < 64 << 20, f"RSS grew by {grown / 2**20:.0f} MiB"
             finally:
                 for s in held:
@@ -126,12 +136,16 @@ async def run_flood(
                 for fs in authed:
                     await anyio.aclose_forcefully(fs.stream)
         # full capacity back: a new client connects and writes at once
-        async with OriginClient(cluster.origin_address, timeout=10) as fresh:
+        async with OriginClient(cluster.origin_address, timeout=10, cluster_key=key) as fresh:
             await serves(cluster, fresh, "after")
             batch = [await fresh.put("s", f"k{i}", b"x") for i in range(20)]
             assert batch[-1].seq > batch[0].seq
-        assert cluster.procs["origin"].alive
-        status = cluster.node_status("origin")
+        if target != "origin":  # and the flooded node takes new connections
+            async with OriginClient(address, timeout=10, cluster_key=key) as reader:
+                assert await reader.get("s", "after") == b"after"
+        await wait_for(lambda: cluster.agreement()[0] >= 1.0)
+        assert cluster.procs[target].alive
+        status = cluster.node_status(target)
         assert status is not None
         return {"status": status, "held": len(held), "authed": len(authed)}
 
@@ -184,6 +198,16 @@ def test_a_process_out_of_descriptors_reports_its_real_rss() -> None:
     assert out.returncode == 0, out.stderr
     before, during = map(int, out.stdout.split())
     assert during > 0 and abs(during - before) < 64 << 20, (before, during)
+
+
+async def test_unauthenticated_flood_at_an_edge_with_a_cluster_key(tmp_path: Path) -> None:
+    # issue #12: an edge with a cluster key died from 400 connections that never authenticated
+    args = ["--handshake-timeout", "1"]
+    out = await run_flood(
+        tmp_path, nofile=128, conns=200, node_args=args, target="edge-0", key=b"k" * 32
+    )
+    assert out["status"]["counters"]["transport"]["refused_connections"] > 0
+    assert out["status"]["process"]["fds"] < 128
 
 
 @pytest.mark.slow
