@@ -9,10 +9,10 @@ Theory of operation
    there initiated the connection with this transcript: only the very process that connected
    can say yes, under the same node id.  `confirm` does that, with bounds: an address that is
    not configured is dialled only if its host is the connection's source host (a claim never
-   aims us at a third host), at most `MAX_PROBES` probes run at once (more wait), one per address (later claims of it
-   share its outcome), and a failed
-   address is not probed again for `FAILED_BACKOFF` seconds.  A probe sends only a HELLO (and
-   AUTH): it carries no gossip.  The last `MAX_CONFIRMED` confirmed (address, node id) pairs
+   aims us at a third host), at most `MAX_PROBES` probes run at once (more wait), one per
+   address (later claims of it share its outcome), and a failed address is not probed again
+   for `failed_backoff` seconds (`FAILED_BACKOFF` by default).  A probe sends only a HELLO
+   (and AUTH): it carries no gossip.  The last `MAX_CONFIRMED` confirmed (address, node id) pairs
    are remembered, so reconnections are not probed again.
 """
 
@@ -69,6 +69,7 @@ class Dialer:
     def __init__(self, link: LinkOptions, *, connect_timeout: float = CONNECT_TIMEOUT) -> None:
         self.link = link  # its `advertise` is replaced by `address` at each connection
         self.connect_timeout = connect_timeout
+        self.failed_backoff = FAILED_BACKOFF  # seconds before a failed address is probed again
         self.address = ""  # ours, as advertised (set once the transport is bound)
         self._initiated: OrderedDict[bytes, None] = OrderedDict()
         self.confirmed: OrderedDict[str, str] = OrderedDict()  # address -> node id
@@ -143,7 +144,7 @@ class Dialer:
             if len(self.confirmed) > MAX_CONFIRMED:
                 self.confirmed.popitem(last=False)
             return ""
-        self._failed[claimed] = anyio.current_time() + FAILED_BACKOFF
+        self._failed[claimed] = anyio.current_time() + self.failed_backoff
         self._failed.move_to_end(claimed)
         if len(self._failed) > MAX_CONFIRMED:
             self._failed.popitem(last=False)
