@@ -10,12 +10,12 @@ from collections import Counter
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edgekv.crdt import META, Delete, Put, Register, Replica, bulk_load
+from edgekv.crdt import META, Delete, Put, Register, Replica, ZSet, bulk_load, bulk_load_stores
 from edgekv.crdt.proofs import ForgedState, ProofStore, Signer, atoms_of
 from edgekv.crdt.treebuild import TreeBuilder, build_tree
 from edgekv.errors import RemoteProtocolError
 from edgekv.gossip import GossipConfig, GossipNode
-from edgekv.gossip.snapshot import SnapshotServer
+from edgekv.gossip.snapshot import SnapshotServer, TreeJob
 from edgekv.gossip.snapshot_wire import parse_chunk, snap_req
 from edgekv.gossip.wire import FrameDecoder, encode_frame
 from gossip_sim import ORIGIN, Sim
@@ -413,3 +413,82 @@ def test_signed_session_proves_every_register_once_per_certificate() -> None:
     assert len(seen) == len(set(seen))  # each certificate travels once per session
     assert server.counters["snapshot_unprovable"] == 0
     assert got == {(s, k): st for s, k, st in replica.iter_states()}
+
+
+def test_deferred_trees_built_off_the_loop_replay_the_changes_made_meanwhile() -> None:
+    source = filled(500)
+    groups = {name: dict(sr.states) for name, sr in source.stores.items()}
+    r = Replica()
+    bulk_load_stores(r, groups, [(1, 502)], trees=False)
+    copies = r.defer_trees()
+    assert [sr.name for sr, _ in copies] == ["s"] and r.trees_pending
+    # changes while the trees are built elsewhere: overwrites, new keys, a zset joined in
+    # place, a removal; none builds a tree on the spot
+    seq = 600
+    for i in range(0, 500, 7):
+        r.apply("s", f"k{i:05d}", Register(seq, 5, b"new", None))
+        seq += 1
+    r.apply("s", "brand-new", Register(seq, 5, b"x", None))
+    r.apply("s", "z", ZSet(seq + 1, {b"n": (seq + 1, 2.0)}, 502, 5))
+    r.remove("s", "k00003")
+    assert r.trees_pending and r.stores["s"]._tree is None
+    built = [(sr, build_tree(states)) for sr, states in copies]
+    assert r.install_trees(built) == 1 and not r.trees_pending
+    tree = r.stores["s"].tree
+    fresh = build_tree(r.stores["s"].states)
+    assert tree.levels == fresh.levels
+    assert {k: sorted(v) for k, v in tree.leaf_keys.items()} == {
+        k: sorted(v) for k, v in fresh.leaf_keys.items()
+    }
+
+
+def test_a_tree_needed_before_the_deferred_build_lands_is_built_and_the_build_dropped() -> None:
+    source = filled(300)
+    r = Replica()
+    bulk_load_stores(r, {n: dict(sr.states) for n, sr in source.stores.items()}, trees=False)
+    copies = r.defer_trees()
+    r.apply("s", "k00001", Register(900, 5, b"new", None))
+    root = r.root  # anti-entropy or /status would: built here from every state
+    assert not r.trees_pending
+    assert r.install_trees([(sr, build_tree(states)) for sr, states in copies]) == 0
+    assert r.root == root
+    assert r.stores["s"].tree.levels == build_tree(r.stores["s"].states).levels
+
+
+def test_a_fresh_edge_is_ready_before_its_trees_which_then_take_the_writes_made_meanwhile() -> None:
+    sim = sim_with_sources(seed=3, sources=1)
+    fresh = sim.edges[-1]
+    node = sim.nodes[fresh]
+    held: list[TreeJob] = []
+    take = node.take_job
+
+    def holding():  # the driver's tree build, held back until released below
+        job = take()
+        if isinstance(job, TreeJob):
+            held.append(job)
+            return None
+        return job
+
+    node.take_job = holding  # type: ignore[method-assign]
+    sim.start_one(fresh, sim.now)
+    t = sim.now
+    while not held:
+        t += 0.01
+        sim.run_until(t)
+        assert t < 30, sim.seed
+    assert node.bootstrap.ready() and node.bootstrap.settling and node.replica.trees_pending
+    for i in range(30):  # pushes and catch-up while the trees are built elsewhere
+        sim.write("s", Put(f"k{(i * 97) % KEYS:05d}", b"after"))
+        sim.write("s", Put(f"new{i:03d}", b"key"))
+    sim.write("s", Delete("k00002"))
+    sim.run_until(sim.now + 3.0)
+    assert node.replica.state("s", "new029") is not None  # applied, into the tree logs
+    assert node.replica.trees_pending  # nothing built a tree on the event loop meanwhile
+    assert node.antientropy.next_deadline() > sim.now  # anti-entropy waits for the trees
+    job = held.pop()
+    node.finish_job(job, job.build(), sim.now)
+    assert node.counters["snapshot_trees_installed"] == 1 and not node.bootstrap.settling
+    assert node.replica.root == sim.origin.replica.root, sim.seed
+    sim.run_until(sim.now + 3.0)
+    assert node.replica.root == sim.origin.replica.root
+    assert not sim.check.violations

@@ -38,7 +38,7 @@ from .proofs import ProofStore, state_seqs
 from .register import HAS_EXPIRY, TOMBSTONE, Register, register_digest, unpack_head
 from .seqranges import SeqRanges
 from .state import Delta, State, is_dead, merge
-from .treebuild import build_tree
+from .treebuild import TreeLog, build_tree
 from .version import Entry, Version
 from .zset import ZSet
 
@@ -56,7 +56,17 @@ class Change(NamedTuple):
 class StoreReplica:
     """One store's keys, states and indexes.  Reads take `now_ms` so they stay pure."""
 
-    __slots__ = ("_tree", "changes", "epoch", "keys", "live", "name", "states", "tombstones")
+    __slots__ = (
+        "_deferred",
+        "_tree",
+        "changes",
+        "epoch",
+        "keys",
+        "live",
+        "name",
+        "states",
+        "tombstones",
+    )
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -66,6 +76,7 @@ class StoreReplica:
         self.keys = SortedList()
         self.changes = ChangeLog()
         self._tree: MerkleTree | None = MerkleTree()  # None: not built yet (see `tree`)
+        self._deferred: TreeLog | None = None  # its changes while built elsewhere (defer_trees)
         self.tombstones: set[str] = set()
 
     def __len__(self) -> int:
@@ -78,7 +89,23 @@ class StoreReplica:
         tree = self._tree
         if tree is None:
             tree = self._tree = build_tree(self.states)
+            self._deferred = None  # built from every change: a tree built elsewhere is dropped
         return tree
+
+    def _tree_or_log(self) -> MerkleTree | TreeLog:
+        tree = self._tree
+        if tree is None:
+            return self._deferred if self._deferred is not None else self.tree
+        return tree
+
+    def states_copy(self) -> dict[str, State]:
+        """A copy of `states` no later change touches (the rare kinds joined in place copied)."""
+        states = dict(self.states)
+        if not set(map(type, states.values())) <= {Register}:
+            for k, st in states.items():
+                if st.__class__ is not Register:
+                    states[k] = st.copy()
+        return states
 
     @property
     def tree_built(self) -> bool:
@@ -93,7 +120,7 @@ class StoreReplica:
     def _put(self, key: str, old: State | None, old_seq: int, new: State, old_digest: int) -> None:
         """Index `new` as key's state; `old_seq`/`old_digest` are old's before any in-place join."""
         leaf = leaf_of(key)
-        tree = self.tree  # before the states change: a pending tree is built from the old ones
+        tree = self._tree_or_log()  # before the states change: a pending tree is built from the old
         states = self.states
         states[key] = new
         if old is None:
@@ -119,8 +146,9 @@ class StoreReplica:
         if old is None:
             return None
         leaf = leaf_of(key)
-        self.tree.toggle(leaf, old.digest(key))
-        self.tree.remove_key(leaf, key)
+        tree = self._tree_or_log()
+        tree.toggle(leaf, old.digest(key))
+        tree.remove_key(leaf, key)
         self.changes.discard(old.seq, key)
         del self.states[key]
         self.keys.remove(key)
@@ -289,7 +317,8 @@ class Replica:
         else:  # zset and bloom join in place: take the seq and digest first
             if reset < old.reset:
                 return None
-            sr.tree  # noqa: B018 (a pending tree must be built before old changes in place)
+            if sr._deferred is None:  # a pending tree must be built before old changes in place
+                sr.tree  # noqa: B018
             old_seq = old.seq
             old_digest = old.digest(key)
             new = merge(old, delta)
@@ -344,11 +373,26 @@ class Replica:
                     continue
         return built
 
+    def defer_trees(self) -> list[tuple[StoreReplica, dict[str, State]]]:
+        """For each store whose tree is pending: a copy of its states to build the tree from
+        elsewhere (a worker thread), and from now on a log of its tree changes instead of a
+        build on first change; `install_trees` replays the log on the built tree."""
+        out = []
+        for sr in self.stores.values():
+            if sr._tree is None and sr._deferred is None:
+                sr._deferred = TreeLog()
+                out.append((sr, sr.states_copy()))
+        return out
+
     def install_trees(self, built: list[tuple[StoreReplica, MerkleTree]]) -> int:
-        """Install trees from `build_pending_trees` where none was built since; returns how many."""
+        """Install trees from `build_pending_trees` (or built from `defer_trees` copies, the
+        changes logged since replayed) where none was built since; returns how many."""
         n = 0
         for sr, tree in built:
-            if sr._tree is None:  # untouched since the load: every change builds the tree first
+            if sr._tree is None:  # untouched since the load, or its changes logged
+                if sr._deferred is not None:
+                    sr._deferred.replay(tree)
+                    sr._deferred = None
                 sr._tree = tree
                 n += 1
         return n

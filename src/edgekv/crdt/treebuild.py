@@ -29,14 +29,14 @@ from functools import reduce
 from hashlib import blake2b
 from itertools import compress, repeat
 from operator import and_, is_, itemgetter, mul, not_, rshift, xor
-from typing import Literal, cast
+from typing import Any, Literal, cast
 from zlib import crc32
 
 from .merkle import DEPTH, FANOUT_BITS, LEAF_BITS, MerkleTree, leaf_of
 from .register import SEQ_AT, Register
 from .state import State
 
-__all__ = ["CHUNK", "FAST_HASHES", "TreeBuilder", "build_tree"]
+__all__ = ["CHUNK", "FAST_HASHES", "TreeBuilder", "TreeLog", "build_tree"]
 
 CHUNK = 1 << 16
 _PLACEMENT_MUL = 0x9E3779B1
@@ -201,3 +201,30 @@ def _fold_levels(tree: MerkleTree, leaves: dict[int, int]) -> None:
 
 
 FAST_HASHES = _fast_hashes_agree()  # last: it runs the column functions defined above
+
+
+class TreeLog:
+    """Stands in for a store's Merkle tree while it is built elsewhere from a copy of the
+    states (`Replica.defer_trees`): records each tree change made since the copy, in order,
+    and `replay`s them on the built tree (toggles are XORs, key adds and removes are sets, so
+    the result is the tree the changes would have left)."""
+
+    __slots__ = ("ops",)
+
+    def __init__(self) -> None:
+        self.ops: list[tuple[int, int, Any]] = []
+
+    def toggle(self, leaf: int, value: int) -> None:
+        self.ops.append((0, leaf, value))
+
+    def add_key(self, leaf: int, key: str) -> None:
+        self.ops.append((1, leaf, key))
+
+    def remove_key(self, leaf: int, key: str) -> None:
+        self.ops.append((2, leaf, key))
+
+    def replay(self, tree: MerkleTree) -> None:
+        do = (tree.toggle, tree.add_key, tree.remove_key)
+        for op, leaf, arg in self.ops:
+            do[op](leaf, arg)
+        self.ops = []

@@ -51,6 +51,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 from ..crdt.proofs import ForgedState
 from ..crdt.replica import Change, Replica
@@ -85,6 +86,7 @@ from .snapshot import (
     SnapshotClient,
     SnapshotServer,
     StagedSnapshot,
+    TreeJob,
     offer_instead,
     offer_sources,
     parse_offer,
@@ -238,7 +240,7 @@ class GossipNode:
             self._verify(peer, msg)
         before = len(self.members.peers)
         out = self.members.heard_from(peer, now)
-        if self.bootstrap.active and isinstance(msg, AE_TYPES):
+        if isinstance(msg, AE_TYPES) and (self.bootstrap.active or self.bootstrap.settling):
             self.counters["ae_ignored_bootstrapping"] += 1
             return out
         out.extend(self._handle[type(msg)](peer, msg, now))
@@ -260,6 +262,8 @@ class GossipNode:
         if self.bootstrap.active:  # rule 6: no anti-entropy, no grafts while bootstrapping
             self.antientropy.hold(now + 1.0)
             self.dissemination.pause_grafts(now + self.config.snapshot_timeout)
+        elif self.bootstrap.settling:  # its trees are being built (snapshot.py rule 7)
+            self.antientropy.hold(now + 1.0)
         out.extend(self.antientropy.tick(now))
         if self._next_purge <= now:
             self._next_purge = now + self.config.purge_interval
@@ -271,15 +275,18 @@ class GossipNode:
         """A whole snapshot is being received (the driver keeps the GC off its data)."""
         return self.bootstrap.whole
 
-    def take_job(self) -> StagedSnapshot | None:
+    def take_job(self) -> StagedSnapshot | TreeJob | None:
         """Work for the driver to run off the event loop: a received snapshot to bulk-load
-        (`StagedSnapshot.build`, pure); give the result to `finish_job`."""
+        (`StagedSnapshot.build`, pure), then its Merkle trees (`TreeJob.build`, pure); give the
+        result to `finish_job`."""
         return self.bootstrap.take()
 
-    def finish_job(
-        self, job: StagedSnapshot, result: Replica | BaseException, now: float
-    ) -> list[Send]:
-        """Install a built snapshot (or give up on a failed build), then catch up the rest."""
+    def finish_job(self, job: StagedSnapshot | TreeJob, result: Any, now: float) -> list[Send]:
+        """Install a built snapshot (or give up on a failed build), then catch up the rest;
+        or install its trees."""
+        if isinstance(job, TreeJob):
+            self.bootstrap.install_trees(result)
+            return []
         if isinstance(result, BaseException):
             self.counters["snapshot_build_failures"] += 1
             self.bootstrap.abort()

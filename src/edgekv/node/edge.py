@@ -58,6 +58,7 @@ from edgekv.errors import (
 from edgekv.gossip import fields
 from edgekv.gossip.config import GossipConfig
 from edgekv.gossip.core import GossipNode
+from edgekv.gossip.snapshot import StagedSnapshot
 from edgekv.gossip.transport import Transport
 from edgekv.gossip.wire import Message, PeerIdentity
 from edgekv.node import gcpolicy, kvstore
@@ -323,6 +324,14 @@ class EdgeNode:
                 )
             was_active = boot.active
 
+    def _on_job(self, job: object, result: object) -> None:
+        """A snapshot installed: watchers re-read (one event per key would overflow them) and
+        the file is rewritten whole.  (Its trees, installed after, change no state.)"""
+        if isinstance(job, StagedSnapshot):
+            self.hub.reset()
+            if self._persist is not None:
+                self._persist.rewrite_all()
+
     async def _start(self, stack: AsyncExitStack) -> None:
         if self.data_dir is not None:
             self.node_id = load_node_id(self.data_dir, self._node_id_arg, "edge")
@@ -385,12 +394,11 @@ class EdgeNode:
         runtime = NodeRuntime(transport, gossip, wall_ms=self._wall_ms)
         self._runtime = runtime
         runtime.add_listener(self.hub.on_changes)
-        runtime.add_job_listener(lambda job, result: self.hub.reset())  # a whole snapshot
+        runtime.add_job_listener(self._on_job)
         stack.callback(self.hub.close)
         if self._persist is not None:
             persist = self._persist
             runtime.add_listener(persist.on_changes)
-            runtime.add_job_listener(lambda job, result: persist.rewrite_all())
             await tg.start(persist.run)
         tg.start_soon(self._log_progress)
         if self._replica.trees_pending:
