@@ -415,6 +415,34 @@ def test_signed_session_proves_every_register_once_per_certificate() -> None:
     assert got == {(s, k): st for s, k, st in replica.iter_states()}
 
 
+def test_a_signed_snapshot_of_many_stores_serves_every_store() -> None:
+    # 24 stores: a register proved at the second entry of its certificate used to end the
+    # session at the end of its store (its entry offset, 24, taken for the store index)
+    items: list = [(META, f"a{n:02d}", Register(n + 1, 0, b"", None)) for n in range(24)]
+    items += [
+        ("a00", "k1", Register(25, 0, b"x", None)),
+        ("a00", "k2", Register(26, 0, b"y", None)),
+    ]
+    items += [(f"a{n:02d}", "k", Register(25 + n, 0, b"z", None)) for n in range(2, 24)]
+    replica = Replica()
+    bulk_load(replica, items, [(1, 47)])
+    proofs = replica.use_proofs(ProofStore([KEY.public_key()]))
+    signer = Signer(KEY)
+    for group in (items[:24], items[24:26], items[26:]):  # a00's keys in their own certificate
+        proofs.add(signer.certify([a for s, k, st in group for a in atoms_of(s, k, st)]))
+    server = SnapshotServer(replica, config(), Counter())
+    got = set()
+    req = snap_req(1, None, 1, True)
+    for _ in range(100):
+        for send in server.on_req("x", req, 0.0):
+            chunk = parse_chunk(FrameDecoder().feed(encode_frame(send.message))[0])
+            got.update((chunk.store, k) for k in chunk.keys)
+        if not server.sessions:
+            break
+        req = snap_req(1, None, 1, False)
+    assert got == {(s, k) for s, k, _ in replica.iter_states()}
+
+
 def test_deferred_trees_built_off_the_loop_replay_the_changes_made_meanwhile() -> None:
     source = filled(500)
     groups = {name: dict(sr.states) for name, sr in source.stores.items()}

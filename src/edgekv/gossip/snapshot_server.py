@@ -180,8 +180,8 @@ class SnapshotServer:
                     if proofs is not None:  # rule 2: the certificates travel with the states
                         if type(st) is Register:
                             seq = st.seq
-                            i = (seq - cert_lo) * ENTRY
-                            if i < 0 or cert_e[i : i + 8] != st[SEQ_AT : SEQ_AT + 8]:
+                            at = (seq - cert_lo) * ENTRY  # (not `i`: the store's index)
+                            if at < 0 or cert_e[at : at + 8] != st[SEQ_AT : SEQ_AT + 8]:
                                 extra = proofs.add_material(certs, st)
                                 if extra >= 0 and (c := proofs.prover(seq)) is not None:
                                     cert_e, cert_lo = c.entries, c.lo
