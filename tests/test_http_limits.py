@@ -5,10 +5,12 @@ memory in a real origin process facing a 62.5 MiB body."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import subprocess
 import sys
 import time
+import warnings
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -122,6 +124,38 @@ async def test_edge_mget_deep_json_is_a_400() -> None:
         for text in ('{"keys": ' + json.dumps(deep) + "}", "[" * 100_000, '{"keys": NaN}'):
             r = await h.post("/v1/stores/flags/mget", content=text.encode())
             assert r.status_code == 400 and r.json()["error"] == "invalid_input", r.text
+
+
+async def test_a_stopped_server_closes_its_keep_alive_connections() -> None:
+    """Cancelling a server (trio) closes the connections it holds open at once: a client sees
+    EOF, and no socket is left for the garbage collector (hypercorn's own close awaits
+    send_eof first, so cancelled there it never closed: issue #12's leaked socket)."""
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from edgekv.node.httpserve import bind_socket, serve_app, socket_address
+
+    async def hello(_request: Any) -> PlainTextResponse:
+        return PlainTextResponse("hi")
+
+    sock = bind_socket("127.0.0.1:0")
+    host, port = socket_address(sock).rsplit(":", 1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        async with trio.open_nursery() as server:
+            await server.start(serve_app, Starlette(routes=[Route("/", hello)]), sock)
+            client = await trio.open_tcp_stream(host, int(port))
+            await client.send_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")  # keep-alive
+            answer = b""
+            while not answer.endswith(b"hi"):
+                answer += await client.receive_some(65536)
+            server.cancel_scope.cancel()
+        async with client:
+            with trio.fail_after(5):  # at once (without the fix: never, until collected)
+                assert await client.receive_some(65536) == b""
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
 
 
 async def test_body_deadline_on_a_virtual_clock(autojump_clock: Any) -> None:

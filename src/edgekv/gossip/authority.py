@@ -21,8 +21,8 @@ Theory of operation
      removes a key because a peer lacks it only when that peer is the origin.  An edge's lack
      is no evidence of a delete: it may be a lie, so the key is kept (and not sent to a peer
      whose purge mark, bounded by the origin's, says it would refuse it).
-4. Per-peer counts (`refused`) are bounded: at most `MAX_TRACKED_PEERS` peers are tracked by
-   name, the rest add up under `OTHER` (a spoofing peer can name any address).
+4. Per-peer counts (`refused`) are bounded: at most `MAX_NAMED` peers are tracked by name,
+   the rest add up under `OTHER` (a spoofing peer can name any address; `transport.named`).
 """
 
 from __future__ import annotations
@@ -33,9 +33,8 @@ from collections.abc import Iterable
 from ..crdt.replica import Change, Replica
 from ..crdt.state import Delta, State
 from ..errors import ConflictingVersion, InvalidInput, RemoteProtocolError
+from .transport import named
 
-MAX_TRACKED_PEERS = 1024
-OTHER = "<other>"
 HINT_SLACK = 1 << 20
 """A hint that seqs exist more than this far above the highest seq this node knows the origin
 issued is impossible (the origin's own messages keep that figure seconds fresh): refused."""
@@ -79,8 +78,7 @@ class Authority:
         if n <= 0:
             return
         self.counters[f"refused_{reason}"] += n
-        key = peer if peer in self.refused or len(self.refused) < MAX_TRACKED_PEERS else OTHER
-        self.refused.setdefault(key, Counter())[reason] += n
+        self.refused.setdefault(named(self.refused, peer), Counter())[reason] += n
 
     # -- the door into the replica -----------------------------------------------------------------
 

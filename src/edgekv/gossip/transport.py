@@ -8,13 +8,23 @@ pass the same conformance suite.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from edgekv.gossip.wire import Message
 
-__all__ = ["Envelope", "Transport", "TransportStats"]
+__all__ = ["MAX_NAMED", "OTHER", "Envelope", "Transport", "TransportStats", "named"]
+
+MAX_NAMED = 1024
+OTHER = "<other>"
+
+
+def named(table: Mapping[str, object], who: str) -> str:
+    """The key to count `who` (a peer or host) under in a per-peer `table`: itself while the
+    table names fewer than `MAX_NAMED`, else `OTHER`.  A spoofing peer can name any number of
+    addresses; every table keyed by what a peer names stays bounded this way."""
+    return who if who in table or len(table) < MAX_NAMED else OTHER
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,10 +63,9 @@ class TransportStats:
     refused_claims: dict[str, Counter[str]] = field(default_factory=dict)
 
     def refuse_claim(self, host: str, reason: str) -> None:
-        """Count one connection from `host` refused for `reason` (at most 1,024 hosts by name)."""
+        """Count one connection from `host` refused for `reason` (see `named`)."""
         claims = self.refused_claims
-        key = host if host in claims or len(claims) < 1024 else "<other>"
-        claims.setdefault(key, Counter())[reason] += 1
+        claims.setdefault(named(claims, host), Counter())[reason] += 1
 
     def record_sent(self, kind: str, nbytes: int) -> None:
         self.sent_messages[kind] += 1

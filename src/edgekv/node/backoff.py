@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-__all__ = ["Backoffs"]
+__all__ = ["MAX_BACKOFFS", "Backoffs"]
+
+MAX_BACKOFFS = 1024
+"""Peers a back-off table holds by default: a hostile peer can name any number of addresses,
+so every such table is bounded."""
 
 
 class Backoffs(dict[str, float]):
-    """Peer -> the end of its back-off.  With `limit`, at most that many peers are held: past
-    it, the back-off started longest ago ends early (the table stays bounded whatever peers
-    do).  A dict, so that `if backoffs:` (asked per message) costs what an empty dict's does."""
+    """Peer -> the end of its back-off.  At most `limit` peers are held: past it, the back-off
+    started longest ago ends early (the table stays bounded whatever peers do).  A dict, so
+    that `if backoffs:` (asked per message) costs what an empty dict's does."""
 
     __slots__ = ("limit",)
 
-    def __init__(self, limit: int | None = None) -> None:
+    def __init__(self, limit: int = MAX_BACKOFFS) -> None:
         super().__init__()
         self.limit = limit
 
@@ -20,7 +24,7 @@ class Backoffs(dict[str, float]):
         """`peer` is in a back-off until `until` (a later start replaces an earlier one)."""
         self.pop(peer, None)  # a restarted back-off counts as the newest
         self[peer] = until
-        if self.limit is not None and len(self) > self.limit:
+        if len(self) > self.limit:
             del self[next(iter(self))]
 
     def active(self, peer: str, now: float) -> bool:

@@ -25,6 +25,7 @@ from dataclasses import replace
 
 import anyio
 
+from edgekv.node.backoff import Backoffs
 from edgekv.node.framed import CONNECT_TIMEOUT, FramedStream, LinkOptions, parse_address
 
 __all__ = ["Dialer", "same_host"]
@@ -73,7 +74,7 @@ class Dialer:
         self.address = ""  # ours, as advertised (set once the transport is bound)
         self._initiated: OrderedDict[bytes, None] = OrderedDict()
         self.confirmed: OrderedDict[str, str] = OrderedDict()  # address -> node id
-        self._failed: OrderedDict[str, float] = OrderedDict()  # address -> probe again after
+        self._failed = Backoffs(MAX_CONFIRMED)  # address -> when it may be probed again
         self._probing = 0
         self._probe_done: anyio.Event | None = None
         self._pending: dict[str, anyio.Event] = {}  # address -> its probe running now
@@ -110,9 +111,7 @@ class Dialer:
         if self.is_confirmed(claimed, node_id):
             self.confirmed.move_to_end(claimed)
             return ""
-        now = anyio.current_time()
-        retry = self._failed.get(claimed)
-        if retry is not None and now < retry:
+        if self._failed.active(claimed, anyio.current_time()):
             return "its address failed a probe recently"
         try:
             host, _port = parse_address(claimed)
@@ -144,10 +143,7 @@ class Dialer:
             if len(self.confirmed) > MAX_CONFIRMED:
                 self.confirmed.popitem(last=False)
             return ""
-        self._failed[claimed] = anyio.current_time() + self.failed_backoff
-        self._failed.move_to_end(claimed)
-        if len(self._failed) > MAX_CONFIRMED:
-            self._failed.popitem(last=False)
+        self._failed.start(claimed, anyio.current_time() + self.failed_backoff)
         return "the process at its address did not confirm it"
 
     async def _probe(self, claimed: str, node_id: str, transcript: bytes) -> bool:

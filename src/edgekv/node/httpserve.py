@@ -226,8 +226,16 @@ def _asyncio_port(app: AppWrapper, config: Config, sock: socket.socket) -> _Port
         context = WorkerContext(None)
 
         async def accept(self) -> tuple[Any, str] | None:
-            conn, peer = await loop.sock_accept(sock)
-            return conn, str(peer[0])
+            # not `loop.sock_accept`: cancelled just as it accepted, it drops the socket
+            # unclosed; here nothing is awaited between the accept and the return
+            while True:
+                await anyio.wait_readable(sock)
+                try:
+                    conn, peer = sock.accept()
+                except (BlockingIOError, InterruptedError):
+                    continue
+                conn.setblocking(False)
+                return conn, str(peer[0])
 
         async def serve(self, conn: Any) -> None:
             reader = asyncio.StreamReader(loop=loop)

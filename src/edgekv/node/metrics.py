@@ -26,7 +26,7 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
-from edgekv.gossip.transport import TransportStats
+from edgekv.gossip.transport import TransportStats, named
 
 __all__ = [
     "LATENCY_BUCKETS_MS",
@@ -91,6 +91,10 @@ class NodeMetrics:
         self.events: Counter[str] = Counter()  # protocol_errors, request_errors, ...
         self.rejected: Counter[str] = Counter()  # peer -> messages with unsigned states
         self.last_written_at = 0  # highest written_at seen in an applied change (ms)
+
+    def count_rejected(self, peer: str) -> None:
+        """One message with unsigned states from `peer` (at most `MAX_NAMED` peers by name)."""
+        self.rejected[named(self.rejected, peer)] += 1
 
 
 def antientropy_rounds(counters: Mapping[str, int]) -> int:

@@ -160,7 +160,7 @@ class NodeRuntime:
     ) -> None:
         self.transport = transport
         self.reject_backoff = reject_backoff
-        self._banned = Backoffs()  # peers cut off for sending unsigned states (rule 6)
+        self._banned = Backoffs()  # peers cut off for sending unsigned states (rule 6), bounded
         self.gossip = gossip
         self.metrics = NodeMetrics()
         self._on_request = on_request
@@ -514,7 +514,7 @@ class NodeRuntime:
         """`peer` sent states the origin never signed: count it, cut the peer off (its
         connection closed where the transport can, its messages dropped both ways) for
         `reject_backoff` seconds."""
-        self.metrics.rejected[peer] += 1
+        self.metrics.count_rejected(peer)
         self._count("rejected_unsigned")
         self._drop_inbound(peer)
         self._banned.start(peer, self._clock() + self.reject_backoff)

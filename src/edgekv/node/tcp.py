@@ -73,7 +73,6 @@ __all__ = [
 logger = logging.getLogger("edgekv.tcp")
 
 _MAX_WHERE = 65536  # node ids remembered with their address
-MAX_CUT_OFF = 1024  # peers in a back-off after sending unsigned data (`disconnect`)
 
 ClientHandler = Callable[[PeerIdentity, FramedStream], Awaitable[None]]
 
@@ -168,7 +167,7 @@ class TcpTransport:
         self._inbox_space = anyio.Event()
         self.caps = ConnectionCaps.of(limits)
         self._inbound: dict[str, set[anyio.CancelScope]] = {}  # peer address -> its readers
-        self._cut_off = Backoffs(MAX_CUT_OFF)  # peers cut off by `disconnect`, until when
+        self._cut_off = Backoffs()  # peers cut off by `disconnect`, until when (bounded)
         self._tg: anyio.abc.TaskGroup | None = None
         self._scope: anyio.CancelScope | None = None
         self._stopped = anyio.Event()

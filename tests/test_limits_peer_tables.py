@@ -1,0 +1,59 @@
+"""Tables a peer can grow by naming addresses stay bounded (issue #12), virtual clock.
+
+A hostile peer that sends unsigned data under many addresses is cut off under each of them
+(node/runtime.py rule 6): the runtime's cut-off table holds at most `MAX_BACKOFFS` peers (as
+the TCP transport's does; past it the oldest back-off ends early), and the per-peer count of
+rejections names at most `MAX_NAMED` peers, the rest adding up under `OTHER` (so /status and
+/metrics stay bounded too).  The node keeps serving honest writes throughout.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from edgekv.crdt import Register
+from edgekv.gossip import messages as m
+from edgekv.gossip.transport import MAX_NAMED, OTHER
+from edgekv.node.backoff import MAX_BACKOFFS
+from edgekv.testnet import Testnet as Net
+
+
+async def test_unsigned_data_under_many_addresses_keeps_the_cut_off_tables_bounded(
+    autojump_clock: Any,
+) -> None:
+    async with Net(edges=2, network="sim", latency=0.01, seed=3) as net:
+        await net.client.create_store("flags")
+        await net.client.put("flags", "k", b"genuine")
+        assert await net.converged(timeout=10)
+        victim = net.edges[0]
+        runtime = victim.runtime
+        forged = m.Push([("flags", "k", Register(10**12, 1, b"forged"))], [], 1).to_wire()
+        n = max(MAX_BACKOFFS, MAX_NAMED) + 100
+        names = [await net.attach(f"mallory-{i}") for i in range(n)]
+        for name in names:
+            await name.send(victim.address, forged)
+        await trio.sleep(1)
+        assert runtime.metrics.events["rejected_unsigned"] == n
+        assert len(runtime._banned) == MAX_BACKOFFS  # was one entry per address named
+        rejected = runtime.metrics.rejected
+        assert len(rejected) == MAX_NAMED + 1
+        assert rejected[OTHER] == n - MAX_NAMED and sum(rejected.values()) == n
+        assert len(victim.status()["rejected_unsigned"]) == MAX_NAMED + 1
+        assert victim.metrics_text().count("edgekv_rejected_unsigned_total{") == MAX_NAMED + 1
+
+        # the newest are still cut off: even their messages are dropped unread ...
+        await names[-1].send(victim.address, forged)
+        await trio.sleep(1)
+        assert runtime.metrics.events["dropped_from_rejected_peer"] == 1
+        # ... and the oldest back-off ended early: its next forgery is verified (and refused)
+        await names[0].send(victim.address, forged)
+        await trio.sleep(1)
+        assert runtime.metrics.events["rejected_unsigned"] == n + 1
+        assert len(runtime._banned) == MAX_BACKOFFS
+        assert victim.open("flags").get("k") == b"genuine"
+
+        await net.client.put("flags", "k", b"later")
+        assert await net.converged(timeout=10)
+        assert all(e.open("flags").get("k") == b"later" for e in net.edges)
