@@ -4,17 +4,22 @@ A hostile peer that sends unsigned data under many addresses is cut off under ea
 (node/runtime.py rule 6): the runtime's cut-off table holds at most `MAX_BACKOFFS` peers (as
 the TCP transport's does; past it the oldest back-off ends early), and the per-peer count of
 rejections names at most `MAX_NAMED` peers, the rest adding up under `OTHER` (so /status and
-/metrics stay bounded too).  The node keeps serving honest writes throughout.
+/metrics stay bounded too).  The node keeps serving honest writes throughout.  The push
+tables (eager and lazy links, queues) hold members only: a GRAFT from beyond a full member
+table is ignored, and a forgotten member leaves them (sans-IO).
 """
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import trio
 
-from edgekv.crdt import Register
+from edgekv.crdt import META, Register, Replica
+from edgekv.gossip import GossipNode
 from edgekv.gossip import messages as m
+from edgekv.gossip.config import GossipConfig
 from edgekv.gossip.transport import MAX_NAMED, OTHER
 from edgekv.node.backoff import MAX_BACKOFFS
 from edgekv.testnet import Testnet as Net
@@ -57,3 +62,28 @@ async def test_unsigned_data_under_many_addresses_keeps_the_cut_off_tables_bound
         await net.client.put("flags", "k", b"later")
         assert await net.converged(timeout=10)
         assert all(e.open("flags").get("k") == b"later" for e in net.edges)
+
+
+def test_grafts_and_churn_keep_the_push_tables_within_the_member_table() -> None:
+    """GRAFTs from 2,000 addresses with a full member table (64) do not make them push targets,
+    and once dead members are forgotten they leave the push tables too (they used to stay, and
+    be pushed to again, since only a member can be known dead)."""
+    replica = Replica()
+    replica.apply(META, "s", Register(1, 0, b"", None))
+    replica.covered.add(1, 1)
+    config = GossipConfig(max_members=64, dead_forget=30.0)
+    node = GossipNode("me:1", replica, seeds=["seed:1"], rng=random.Random(1), config=config)
+    node.start(0.0)
+    for i in range(2000):
+        node.receive(f"10.9.{i // 250}.{i % 250}:7", m.Graft(0, 0).to_wire(), 1.0)
+    assert node.counters["grafts_from_non_members"] == 2000 - 63
+    d = node.dissemination
+    assert len(node.members.peers) == 64
+    assert len(d.eager | d.lazy) <= 64 and (d.eager | d.lazy) <= set(node.members.peers)
+
+    now = 1.0
+    while node.members.peers and now < 3600:  # nobody answers: all die, then are forgotten
+        now += 1.0
+        node.tick(now)
+    assert not node.members.peers, now
+    assert not (d.eager | d.lazy) and not d.outbox

@@ -185,6 +185,7 @@ class GossipNode:
         if new is not None and address in self.members.configured:
             self.members.configured.add(new)  # a seed that answered under another address
         self.members.forget(address)
+        self.dissemination.drop_gone()
 
     def may_dial(self, address: str) -> bool:
         """Whether the driver may open a connection to `address` (membership rule 8)."""
@@ -254,7 +255,10 @@ class GossipNode:
         """Run every timer due at `now`.  `wall_ms` (ms since the epoch) enables TTL collection."""
         if not self._started:
             return []
+        before = len(self.members.peers)
         out = self.members.tick(now)
+        if len(self.members.peers) < before:  # dead members forgotten
+            self.dissemination.drop_gone()
         out.extend(self.dissemination.tick(now))
         out.extend(self.catchup.tick(now))
         out.extend(self.bootstrap.tick(now))

@@ -30,7 +30,10 @@ Theory of operation
    them (two by default: a lost graft or answer then costs no retry delay).  Each makes the
    link eager again (repairing the tree) and answers with SYNC_DATA (catch-up).
 4. Peers known dead are skipped when flushing; they stay in the sets, so a revived peer gets
-   pushes again.  A node with fewer than `fanout` neighbours adds newly learned peers as eager.
+   pushes again, until the member table forgets them (`dead_forget`, a move): then they leave
+   every per-peer set and queue here too (`drop_gone`), and a GRAFT is taken only from a
+   member, so these tables stay within `max_members` whatever addresses peers name.
+   A node with fewer than `fanout` neighbours adds newly learned peers as eager.
    A PUSH over a link this node does not use yet adds the reverse link (eager), so the overlay
    starts symmetric and late joiners get as many candidate parents as early ones.  The origin
    is never an edge's eager or lazy target: it is the source of every seq.  On a fast network
@@ -158,9 +161,21 @@ class Dissemination(Part):
         return []
 
     def on_graft(self, peer: str) -> None:
+        if peer not in self.members.peers:  # (a full member table: rule 4)
+            self.counters["grafts_from_non_members"] += 1
+            return
         self.lazy.discard(peer)
         self.eager.add(peer)
         self.counters["grafted_by_peer"] += 1
+
+    def drop_gone(self) -> None:
+        """Forget the peers the member table no longer holds (rule 4)."""
+        peers = self.members.peers
+        for links in (self.eager, self.lazy, self._pruned, self._last_graft):
+            links.intersection_update(peers)
+        for table in (self.outbox, self._last_flush, self._sent, self._tail):
+            for peer in [p for p in table if p not in peers]:
+                del table[peer]
 
     # -- pushes ------------------------------------------------------------------------------------
 
