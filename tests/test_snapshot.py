@@ -520,3 +520,29 @@ def test_a_fresh_edge_is_ready_before_its_trees_which_then_take_the_writes_made_
     sim.run_until(sim.now + 3.0)
     assert node.replica.root == sim.origin.replica.root
     assert not sim.check.violations
+
+
+def test_a_signed_session_never_sends_an_unprovable_state_and_then_claims_no_seq() -> None:
+    replica = signed(filled(3000))
+    seq = replica.watermark
+    unproved = {f"k{i:06d}" for i in range(5, 3000, 700)}  # rewritten, never certified
+    for k in sorted(unproved):
+        seq += 1
+        replica.apply("s", k, Register(seq, 0, b"unsigned", None))
+    server = SnapshotServer(replica, config(), Counter())
+    got: dict[str, object] = {}
+    wms = set()
+    req = snap_req(1, None, 4, True)
+    for _ in range(1000):
+        for send in server.on_req("x", req, 0.0):
+            chunk = parse_chunk(FrameDecoder().feed(encode_frame(send.message))[0])
+            wms.add(chunk.wm)
+            if chunk.store == "s":
+                got.update(zip(chunk.keys, chunk.states, strict=True))
+        if not server.sessions:
+            break
+        req = snap_req(1, None, 4, False)
+    assert server.counters["snapshot_unprovable"] == len(unproved)
+    assert set(replica.stores["s"].states) - set(got) == unproved
+    assert all(got[k] == replica.state("s", k) for k in got)
+    assert 0 in wms  # the chunks after the first unprovable state claim no seq

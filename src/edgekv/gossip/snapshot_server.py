@@ -41,6 +41,7 @@ from .wire import Message
 __all__ = ["MAX_SESSIONS", "SnapshotServer", "changed_since", "offer_instead", "offer_sources"]
 
 MAX_SESSIONS = 32  # snapshot sessions one node serves at once
+_from_bytes = int.from_bytes
 
 
 # --- offers ---------------------------------------------------------------------------------------
@@ -175,28 +176,35 @@ class SnapshotServer:
                 for key in sr.keys.islice(start, start + MAX_CHUNK_KEYS):
                     consumed += 1
                     st = states[key]
-                    if since and st.seq <= since:
-                        continue
-                    if proofs is not None:  # rule 2: the certificates travel with the states
-                        if type(st) is Register:
-                            seq = st.seq
+                    if st.__class__ is Register:  # the common case: seq read from its bytes
+                        head = st[SEQ_AT : SEQ_AT + 8]
+                        seq = _from_bytes(head, "big")
+                        if since and seq <= since:
+                            continue
+                        size += len(key) + len(st)
+                        if proofs is not None:  # rule 2: the certificates travel with the states
                             at = (seq - cert_lo) * ENTRY  # (not `i`: the store's index)
-                            if at < 0 or cert_e[at : at + 8] != st[SEQ_AT : SEQ_AT + 8]:
+                            if at < 0 or cert_e[at : at + 8] != head:
                                 extra = proofs.add_material(certs, st)
                                 if extra >= 0 and (c := proofs.prover(seq)) is not None:
                                     cert_e, cert_lo = c.entries, c.lo
-                            else:
-                                extra = 0
-                        else:
-                            extra = proofs.add_material(certs, st)
-                        if extra < 0:  # unprovable here: never sent (crdt/proofs.py rule 3),
-                            self.counters["snapshot_unprovable"] += 1
-                            s.wm = 0  # and the snapshot claims no seq (rule 5)
+                                if extra < 0:
+                                    size -= len(key) + len(st)
+                                    self._unprovable(s)
+                                    continue
+                                size += extra
+                    else:
+                        if since and st.seq <= since:
                             continue
-                        size += extra
+                        if proofs is not None:
+                            extra = proofs.add_material(certs, st)
+                            if extra < 0:
+                                self._unprovable(s)
+                                continue
+                            size += extra
+                        size += len(key) + delta_size(st)
                     keys.append(key)
                     vals.append(st)
-                    size += len(key) + (len(st) if isinstance(st, Register) else delta_size(st))
                     if size >= budget:
                         break
                 s.cursor = (name, key)
@@ -212,6 +220,12 @@ class SnapshotServer:
         return snap_data(
             sid, n, s.wm, s.purged, total, "", [], [], [], True, dropped=s.dropped
         ), True
+
+    def _unprovable(self, s: _Session) -> None:
+        """A state this node cannot prove is never sent (crdt/proofs.py rule 3), and the
+        snapshot then claims no seq (rule 5)."""
+        self.counters["snapshot_unprovable"] += 1
+        s.wm = 0
 
     def _encode(
         self, sid: int, s: _Session, store: str, keys: list[str], vals: list[State], last: bool
