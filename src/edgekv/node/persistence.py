@@ -63,6 +63,7 @@ from edgekv.crdt.codec import decode_delta, dumps, encode_delta, loads
 from edgekv.crdt.proofs import Certificate, ProofStore
 from edgekv.crdt.register import SEQ_AT, registers_valid
 from edgekv.errors import EdgeKVError
+from edgekv.node import gcpolicy
 
 __all__ = ["CorruptDatabase", "LoadReport", "ReplicaStore"]
 
@@ -75,6 +76,7 @@ MAX_SEQ = (1 << 63) - 1
 DB_NAME = "edge.db"
 FLUSH_INTERVAL = 0.5
 FLUSH_EAGER_KEYS = 50_000  # flush early when this many keys are dirty
+RELEASE_ROWS = 100_000  # hand the C heap's free pages back after this many rows (gcpolicy rule 2)
 
 
 class CorruptDatabase(EdgeKVError):
@@ -119,6 +121,7 @@ class ReplicaStore:
         self.flushes = 0
         self.failures = 0
         self.rows_written = 0
+        self._rows_unreleased = 0  # rows written since the last gcpolicy.release()
         self.persisted_watermark = 0
 
     # -- open / load ---------------------------------------------------------------------------
@@ -147,6 +150,7 @@ class ReplicaStore:
         finally:
             if gc_was_enabled:
                 gc.enable()
+        gcpolicy.release()  # the rows and decode buffers of the load (in the loader's thread)
         self._saved_covered = list(self.replica.covered)
         self._saved_purged = self.replica.purged
         self.persisted_watermark = self.replica.watermark
@@ -345,6 +349,10 @@ class ReplicaStore:
         rows += sum(len(keys) for _, keys, _ in batch.everything or ())
         self.flushes += 1
         self.rows_written += rows
+        self._rows_unreleased += rows
+        if self._rows_unreleased >= RELEASE_ROWS:  # a bulk arrived (gossip or a snapshot)
+            self._rows_unreleased = 0
+            await anyio.to_thread.run_sync(gcpolicy.release)
         self.persisted_watermark = watermark
         return rows
 
