@@ -98,9 +98,9 @@ def assert_same(a: Replica, b: Replica) -> None:
             assert st.digest(key) == sb.states[key].digest(key)
         assert list(sa.keys) == list(sb.keys), name
         assert sa.tombstones == sb.tombstones, name
-        assert sa.tree.levels == sb.tree.levels, name
-        assert {lf: sorted(ks) for lf, ks in sa.tree.leaf_keys.items()} == {
-            lf: sorted(ks) for lf, ks in sb.tree.leaf_keys.items()
+        assert sa.tree.nodes() == sb.tree.nodes(), name
+        assert {lf: sorted(ks) for lf, ks in sa.tree.leaf_map().items()} == {
+            lf: sorted(ks) for lf, ks in sb.tree.leaf_map().items()
         }, name
         for w in (0, 5, 1000, 2500):
             assert list(sa.changes.since(w, sa.states)) == list(sb.changes.since(w, sb.states))

@@ -32,9 +32,9 @@ def check_indexes(replica: Replica) -> None:
         for key, state in sr.states.items():
             fresh.add_key(leaf_of(key), key)
             fresh.toggle(leaf_of(key), state.digest(key))
-        assert sr.tree.levels == fresh.levels, name
-        assert {k: sorted(v) for k, v in sr.tree.leaf_keys.items()} == {
-            k: sorted(v) for k, v in fresh.leaf_keys.items()
+        assert sr.tree.nodes() == fresh.nodes(), name
+        assert {k: sorted(v) for k, v in sr.tree.leaf_map().items()} == {
+            k: sorted(v) for k, v in fresh.leaf_map().items()
         }
         by_seq = sorted(sr.states, key=lambda k: sr.states[k].seq)
         assert list(sr.changes.since(0, sr.states)) == by_seq

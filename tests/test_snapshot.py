@@ -373,9 +373,9 @@ def test_tree_built_chunk_by_chunk_equals_the_bulk_built_tree(big: bool) -> None
     for lo in range(0, len(keys), 1234):
         builder.add(keys[lo : lo + 1234], vals[lo : lo + 1234])
     tree, expected = builder.finish(), build_tree(states)
-    assert tree.levels == expected.levels
-    assert {leaf: sorted(ks) for leaf, ks in tree.leaf_keys.items()} == {
-        leaf: sorted(ks) for leaf, ks in expected.leaf_keys.items()
+    assert tree.nodes() == expected.nodes()
+    assert {leaf: sorted(ks) for leaf, ks in tree.leaf_map().items()} == {
+        leaf: sorted(ks) for leaf, ks in expected.leaf_map().items()
     }
 
 
@@ -464,9 +464,9 @@ def test_deferred_trees_built_off_the_loop_replay_the_changes_made_meanwhile() -
     assert r.install_trees(built) == 1 and not r.trees_pending
     tree = r.stores["s"].tree
     fresh = build_tree(r.stores["s"].states)
-    assert tree.levels == fresh.levels
-    assert {k: sorted(v) for k, v in tree.leaf_keys.items()} == {
-        k: sorted(v) for k, v in fresh.leaf_keys.items()
+    assert tree.nodes() == fresh.nodes()
+    assert {k: sorted(v) for k, v in tree.leaf_map().items()} == {
+        k: sorted(v) for k, v in fresh.leaf_map().items()
     }
 
 
@@ -480,7 +480,7 @@ def test_a_tree_needed_before_the_deferred_build_lands_is_built_and_the_build_dr
     assert not r.trees_pending
     assert r.install_trees([(sr, build_tree(states)) for sr, states in copies]) == 0
     assert r.root == root
-    assert r.stores["s"].tree.levels == build_tree(r.stores["s"].states).levels
+    assert r.stores["s"].tree.nodes() == build_tree(r.stores["s"].states).nodes()
 
 
 def test_a_fresh_edge_is_ready_before_its_trees_which_then_take_the_writes_made_meanwhile() -> None:

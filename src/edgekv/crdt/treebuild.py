@@ -32,7 +32,7 @@ from operator import and_, is_, itemgetter, mul, not_, rshift, xor
 from typing import Any, Literal, cast
 from zlib import crc32
 
-from .merkle import DEPTH, FANOUT_BITS, LEAF_BITS, MerkleTree, leaf_of
+from .merkle import DEPTH, FANOUT_BITS, FLAT_FROM, LEAF_BITS, MerkleTree, leaf_of
 from .register import SEQ_AT, Register
 from .state import State
 
@@ -83,13 +83,14 @@ class TreeBuilder:
     leaves) groups per leaf through per-leaf lists, at `finish` (rule 2); a builder is small
     until told otherwise."""
 
-    __slots__ = ("_big", "_columns", "_leaves", "_tree", "keys")
+    __slots__ = ("_big", "_columns", "_keys", "_leaves", "_tree", "keys")
 
     def __init__(self, *, big: bool = False) -> None:
         self._tree = MerkleTree()
         self._big = big
         self._columns: list[tuple[list[int], list[str], list[int]]] = []
         self._leaves: dict[int, int] = {}
+        self._keys: dict[int, list[str]] = {}
         self.keys = 0
 
     def add(self, ks: list[str], vs: list[State], encoded: list[bytes] | None = None) -> None:
@@ -100,7 +101,7 @@ class TreeBuilder:
         if self._big:  # grouped per leaf at `finish`
             self._columns.append((leaf_of_key, ks, digests))
             return
-        leaves, leaf_keys = self._leaves, self._tree.leaf_keys
+        leaves, leaf_keys = self._leaves, self._keys
         get = leaves.get
         for key, leaf, digest in zip(ks, leaf_of_key, digests, strict=True):
             leaves[leaf] = get(leaf, 0) ^ digest
@@ -112,7 +113,7 @@ class TreeBuilder:
 
     def finish(self) -> MerkleTree:
         """The tree of every key added (the builder is spent)."""
-        tree, leaves = self._tree, self._leaves
+        tree = self._tree
         if self._big:
             key_lists: list[list[str]] = [[] for _ in range(_LEAVES)]
             digest_lists: list[list[int]] = [[] for _ in range(_LEAVES)]
@@ -122,8 +123,16 @@ class TreeBuilder:
                     map(list.append, map(digest_lists.__getitem__, leaf_of_key), digests), maxlen=0
                 )
             self._columns = []
-            tree.leaf_keys.update((i, ks) for i, ks in enumerate(key_lists) if ks)
-            leaves = {i: reduce(xor, ds) for i, ds in enumerate(digest_lists) if ds}
+            tree.leaf_keys = [ks or None for ks in key_lists]  # flat (merkle.MerkleTree)
+            del key_lists
+            tree.leaves = [reduce(xor, ds) if ds else 0 for ds in digest_lists]
+            leaves = {i: v for i, v in enumerate(tree.leaves) if v}
+        else:
+            leaves = {i: v for i, v in self._leaves.items() if v}
+            tree.leaves = leaves
+            tree.leaf_keys = self._keys
+            if len(tree.leaf_keys) >= FLAT_FROM:
+                tree.flatten()
         _fold_levels(tree, leaves)
         return tree
 
@@ -187,10 +196,10 @@ def _register_digests(encoded: list[bytes], seqs: list[bytes]) -> list[int]:
 
 
 def _fold_levels(tree: MerkleTree, leaves: dict[int, int]) -> None:
-    """Set the tree's levels: the leaves given, each inner level the XOR of its children."""
+    """Set the tree's inner levels from its non-zero `leaves`: each node the XOR of its
+    children."""
     levels = tree.levels
-    level = {i: v for i, v in leaves.items() if v}
-    levels[DEPTH] = level
+    level = leaves
     for depth in range(DEPTH - 1, -1, -1):
         up: dict[int, int] = {}
         for i, v in level.items():
