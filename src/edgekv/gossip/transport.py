@@ -48,6 +48,8 @@ class TransportStats:
     `refused_claims` counts, per remote host and reason, connections refused for a claim they
     could not back (e.g. the origin's address), and `undialled` messages not sent because their
     address was neither configured nor confirmed (a peer's mere claim opens no connection).
+    `senders_expired` counts per-peer senders closed after idling, `senders_evicted` those
+    closed because the table of senders was full (node/senders.py rule 4).
     """
 
     sent_messages: Counter[str] = field(default_factory=Counter)
@@ -60,6 +62,8 @@ class TransportStats:
     idle_closed: int = 0
     accept_errors: int = 0
     undialled: int = 0
+    senders_expired: int = 0
+    senders_evicted: int = 0
     refused_claims: dict[str, Counter[str]] = field(default_factory=dict)
 
     def refuse_claim(self, host: str, reason: str) -> None:
@@ -87,6 +91,8 @@ class TransportStats:
         self.idle_closed += other.idle_closed
         self.accept_errors += other.accept_errors
         self.undialled += other.undialled
+        self.senders_expired += other.senders_expired
+        self.senders_evicted += other.senders_evicted
         for host, reasons in other.refused_claims.items():
             self.refused_claims.setdefault(host, Counter()).update(reasons)
 
@@ -111,6 +117,8 @@ class TransportStats:
             "idle_closed": self.idle_closed,
             "accept_errors": self.accept_errors,
             "undialled": self.undialled,
+            "senders_expired": self.senders_expired,
+            "senders_evicted": self.senders_evicted,
         }
 
     def copy(self) -> TransportStats:

@@ -6,7 +6,8 @@ still in their handshake) and refuses what is over a cap by closing it at once; 
 error (out of file descriptors, buffers) is counted and retried after a back-off instead of
 stopping the listener; a connection silent for `idle_timeout` is closed.  Queues are bounded
 in bytes: the inbox (a reader stops reading while it is full), each peer's send queue (frames
-beyond it are dropped and counted) and a client connection's unsent answers (its reads pause).
+beyond it are dropped and counted; at most `max_senders` of them, each closed after
+`sender_idle_timeout` unused) and a client connection's unsent answers (its reads pause).
 All of these, plus frames still arriving, also draw on `node_bytes` per node (half for the
 gossip transport, half for client connections, each a `ByteBudget`): whatever the number of
 connections, their buffers together stay within it (a reader waits for room before reading
@@ -62,6 +63,11 @@ class NetLimits:
     """Received frames waiting to be handled, in bytes; readers pause while it is full."""
     send_queue_bytes: int = 16 << 20
     """Frames queued to one peer, in bytes; more are dropped (and counted) until it drains."""
+    max_senders: int = 1024
+    """Peers with a send queue (and its task and connection) at once; a new peer beyond it
+    evicts the one sent to least recently (node/senders.py rule 4)."""
+    sender_idle_timeout: float = 60.0
+    """A peer's send queue that stays empty this long is closed with its connection."""
     client_unsent_bytes: int = 8 << 20
     """Answers to one client connection not yet taken by its socket; reading from it pauses
     beyond this (a client that does not read its answers stops being read)."""
@@ -121,6 +127,8 @@ _HELP = {
     "accept_backoff": "first back-off after a failed accept (doubles up to 1 s)",
     "inbox_bytes": "received frames waiting to be handled, in bytes",
     "send_queue_bytes": "frames queued to one peer, in bytes (more are dropped)",
+    "max_senders": "peers with a send queue and connection at once (least recent evicted)",
+    "sender_idle_timeout": "seconds before an empty send queue to a peer is closed",
     "client_unsent_bytes": "a client's writes in flight plus unsent answers, in bytes",
     "node_bytes": "bytes all connections of the node may hold together (queues, frames)",
 }

@@ -162,6 +162,12 @@ class NodeCollector:
         yield _one(
             "edgekv_messages_dropped", "Outbound copies that never arrived.", node, stats.dropped
         )
+        yield _one(
+            "edgekv_senders_evicted",
+            "Per-peer send queues closed because max_senders were open (their frames dropped).",
+            node,
+            stats.senders_evicted,
+        )
 
         hist = metrics.propagation_ms
         family = HistogramMetricFamily(

@@ -10,6 +10,15 @@ Theory of operation
 3. A peer that cannot be reached costs one failed connect, then a back-off (50 ms doubling to
    2 s) during which its frames are dropped (counted).  The peer never sends on our outbound
    connection: a watcher task notices at once when it closes it.
+4. The table of senders is bounded (a peer can make a node send to any number of addresses,
+   and churn at 1,000 edges names many): a sweep every `limits.sender_idle_timeout` closes
+   the senders that had nothing queued, sent nothing and were sent nothing since the last
+   sweep (so after one to two idle times; counted in `stats.senders_expired`): their
+   connections close, their tasks end, and the next frame for that peer makes a new one.  At
+   most `limits.max_senders` exist: a new peer beyond that evicts the sender sent to least
+   recently (its queued frames dropped and counted, the eviction counted in
+   `stats.senders_evicted`) rather than dropping the new peer's frame, so that a node can
+   always reach a new member or a moved origin; the evicted peer costs one reconnect.
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 import anyio.abc
@@ -46,6 +55,8 @@ class _Outbound:
     retry_at: float = -math.inf
     backoff: float = 0.0
     queued_bytes: int = 0
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)  # eviction (rule 4)
+    used: bool = True  # sent to or sending since the last sweep (rule 4)
 
 
 class PeerSenders:
@@ -69,17 +80,26 @@ class PeerSenders:
         self._on_connected = on_connected  # (connection, the address dialled)
         self._peers: dict[str, _Outbound] = {}
         self.tg: anyio.abc.TaskGroup | None = None
+        self._sweeping = False
 
     def enqueue(self, peer: str, frame: bytes) -> None:
         """Queue `frame` for `peer` (rule 2: dropped and counted if it does not fit)."""
-        out = self._peers.get(peer)
+        peers = self._peers
+        out = peers.pop(peer, None)
         if out is None:
             if self.tg is None:
                 self.stats.dropped += 1
                 return
+            if len(peers) >= self.limits.max_senders:
+                self._evict(peers[next(iter(peers))])
             send, recv = anyio.create_memory_object_stream[bytes](self.queue_size)
-            out = self._peers[peer] = _Outbound(peer, send, recv)
+            out = _Outbound(peer, send, recv)
             self.tg.start_soon(self._writer, out)
+            if not self._sweeping:
+                self._sweeping = True
+                self.tg.start_soon(self._sweep)
+        peers[peer] = out  # the table's order: least recently sent to first (rule 4)
+        out.used = True
         size = len(frame)
         if (
             out.queued_bytes and out.queued_bytes + size > self.limits.send_queue_bytes
@@ -125,17 +145,61 @@ class PeerSenders:
         await anyio.aclose_forcefully(conn.stream)
 
     async def _writer(self, out: _Outbound) -> None:
+        queue = out.queue_recv
         try:
-            async with out.queue_recv:
-                async for frame in out.queue_recv:
+            with out.scope:
+                while True:
+                    try:
+                        frame = queue.receive_nowait()
+                    except anyio.WouldBlock:
+                        frame = await queue.receive()
                     try:
                         await self._send(out, frame)
+                    except anyio.get_cancelled_exc_class():
+                        self.stats.dropped += 1  # evicted (or closing) while it was sent
+                        raise
                     finally:
                         out.queued_bytes -= len(frame)
                         self.budget.give(len(frame))
+                        out.used = True
+        except anyio.EndOfStream:  # `close`, or expired by `_sweep`
+            pass
         finally:
+            self._release(out)
             if out.conn is not None:
                 await anyio.aclose_forcefully(out.conn.stream)
+
+    async def _sweep(self) -> None:
+        """Rule 4: every `sender_idle_timeout`, close the senders unused since the last sweep
+        (nothing queued or being sent: their writers wait for a frame, which never comes)."""
+        while self._peers:
+            await anyio.sleep(self.limits.sender_idle_timeout)
+            peers = self._peers
+            for out in [out for out in peers.values() if not (out.used or out.queued_bytes)]:
+                self.stats.senders_expired += 1
+                del peers[out.address]
+                out.queue_send.close()
+            for out in peers.values():
+                out.used = False
+        self._sweeping = False
+
+    def _evict(self, out: _Outbound) -> None:
+        """Rule 4: end `out`'s writer now (it gives back what it holds as it ends)."""
+        self.stats.senders_evicted += 1
+        del self._peers[out.address]
+        out.queue_send.close()
+        out.scope.cancel()
+
+    def _release(self, out: _Outbound) -> None:
+        """Take `out` out of the table; what it still holds is dropped (counted), given back."""
+        if self._peers.get(out.address) is out:
+            del self._peers[out.address]
+        out.queue_send.close()
+        self.stats.dropped += out.queue_recv.statistics().current_buffer_used
+        out.queue_recv.close()
+        if out.queued_bytes:
+            self.budget.give(out.queued_bytes)
+            out.queued_bytes = 0
 
     async def _send(self, out: _Outbound, frame: bytes) -> None:
         conn = out.conn or await self._connect(out)

@@ -24,7 +24,9 @@ Theory of operation
    never opens a connection.  Without a driver (`may_dial` None) the caller names the
    addresses itself and every one is dialled.
 5. Memory: the inbox is bounded in bytes (`limits.inbox_bytes`; readers pause while it is
-   full), each peer's send queue too, and all of them together with the frames still
+   full), each peer's send queue too (at most `limits.max_senders` of them, each closed
+   after `limits.sender_idle_timeout` unused: senders.py rule 4; a peer cut off by
+   `disconnect` gets no new one), and all of them together with the frames still
    arriving draw on the gossip half of the node's byte budget (`budget`, limits.py); the
    origin's client connections draw on the other half (`client_budget`).
 """
@@ -489,6 +491,9 @@ class TcpTransport:
     def _enqueue(self, peer: str, frame: bytes) -> None:
         if not self.dialable(peer):
             self.stats.undialled += 1
+            return
+        if self._cut_off and self._cut_off.active(peer, anyio.current_time()):
+            self.stats.dropped += 1  # its sender may have idled away with its back-off
             return
         self._senders.enqueue(peer, frame)
 
