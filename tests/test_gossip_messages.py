@@ -50,6 +50,7 @@ SAMPLES: list[Message] = [
     m.Ack(1, 10, 0, 2, "origin", target="b:2", members=[]).to_wire(),
     m.PingReq(4, "c:3").to_wire(),
     m.Members([("a:1", "edge", 3, "suspect"), ("b:2", "edge", 0, "dead")]).to_wire(),
+    m.Members([], ask=["a:1", "b:2"]).to_wire(),
 ]
 
 
@@ -69,7 +70,7 @@ def test_parsed_fields() -> None:
     assert isinstance(n, m.AeNodes) and n.nodes == [(3, list(range(16)))]
 
 
-OPTIONAL = {"members", "target", "force", "wm", "again"}
+OPTIONAL = {"members", "target", "force", "wm", "again", "ask"}
 
 
 def _mutations(msg: Message) -> list[tuple[str, Message]]:
@@ -124,6 +125,9 @@ def test_malformed_fields_raise_remote_protocol_error(msg: Message) -> None:
         {**m.Push([], [], 0).to_wire(), "wm": -1},
         m.Members([("a", "king", 0, "alive")]).to_wire(),
         m.Members([("a", "edge", 0, "zombie")]).to_wire(),
+        {**m.Members([]).to_wire(), "ask": ["a", 7]},
+        {**m.Members([]).to_wire(), "ask": [""]},
+        {**m.Members([]).to_wire(), "ask": ["a"] * (m.MAX_ASK + 1)},
         {"t": int(MsgType.REQUEST), "id": 1},  # not a gossip type
         {"t": 999},
         ["not", "a", "map"],

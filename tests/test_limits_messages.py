@@ -102,35 +102,42 @@ def test_member_table_never_passes_max_members() -> None:
 def test_rows_from_a_peer_that_does_not_vouch_make_nobody_dial_the_fakes() -> None:
     """Membership rule 8: a MEMBERS flood from a non-configured peer adds no member and no
     message ever goes to a fake address; a candidate a configured peer knows joins through
-    its relayed ping."""
+    that peer's answer to a batched ask."""
     node = GossipNode("me", Replica(), seeds=["seed"], rng=random.Random(2))
     sends = node.start(0.0)
     node.receive("seed", m.Members([("seed", "edge", 0, "alive")]).to_wire(), 0.1)
     node.receive("evil", m.Ping(1, 0, 0, 0, "edge", []).to_wire(), 0.2)  # a direct peer: it joins
     fakes = [(f"10.9.{i // 250}.{i % 250}:1", "edge", 0, "alive") for i in range(9_999)]
-    node.receive("evil", m.Members([("real", "edge", 0, "alive"), *fakes]).to_wire(), 0.3)
+    node.receive(
+        "evil", m.Members([*fakes[:500], ("real", "edge", 0, "alive"), *fakes[500:]]).to_wire(), 0.3
+    )
     assert set(node.peers()) == {"seed", "evil"}
     fake_set = {row[0] for row in fakes}
-    now, asked = 0.3, []
+    now, asks = 0.3, []
     for _ in range(60):
         now += 0.5
         joined = "real" in node.peers()
         sends = node.tick(now)
         assert not [s for s in sends if s.peer in fake_set or (s.peer == "real" and not joined)]
-        if not joined:
-            asked += [s for s in sends if s.message["t"] == MsgType.PING_REQ]
-        for s in sends:  # the seed answers pings; it relays only for "real", a member of its
+        for s in sends:  # the seed answers pings, and asks with its rows: only "real" is its member
             if s.message["t"] == MsgType.PING and s.peer == "seed":
                 node.receive("seed", m.Ack(s.message["seq"], 0, 0, 0, "edge").to_wire(), now)
-            if s.message["t"] == MsgType.PING_REQ and s.message["target"] == "real":
-                reply = m.Ack(s.message["seq"], 0, 0, 0, "edge", target="real").to_wire()
-                node.receive("seed", reply, now)
+            if s.message["t"] == MsgType.MEMBERS and s.message.get("ask"):
+                asks.append(s)
+                if "real" in s.message["ask"]:
+                    reply = m.Members([("real", "edge", 0, "alive")]).to_wire()
+                    node.receive("seed", reply, now)
         assert len(node.peers()) <= 3
     assert "real" in node.peers() and node.counters["members_vouched"] == 1
-    assert {s.peer for s in asked} == {"seed"}  # only a configured peer is asked
+    assert {s.peer for s in asks} == {"seed"}  # only a configured peer is asked
+    assert all(len(s.message["ask"]) <= m.MAX_ASK for s in asks)
     assert node.counters["members_unvouched"] > 0
-    # and a relay asked about an address outside its table never pings it
+    # a relay asked about an address outside its table never pings it, and an ask about it
+    # is answered with nothing; an ask about a member gets that member's row
     assert node.receive("seed", m.PingReq(7, "10.9.0.1:1").to_wire(), now) == []
+    assert node.receive("seed", m.Members([], ask=["10.9.0.1:1"]).to_wire(), now) == []
+    (answer,) = node.receive("seed", m.Members([], ask=["10.9.0.1:1", "real"]).to_wire(), now)
+    assert answer.peer == "seed" and [r[0] for r in answer.message["members"]] == ["real"]
     assert node.may_dial("real") and node.may_dial("seed") and not node.may_dial("10.9.0.1:1")
 
 

@@ -446,7 +446,7 @@ class GossipNode:
             Ping: self._on_ping,
             Ack: self._on_ack,
             PingReq: self.members.on_ping_req,
-            Members: self._on_members,
+            Members: self.members.on_members,
             Bye: self._on_bye,
             AeRoot: self._on_ae_root,
             AeStores: self._on_ae_stores,
@@ -475,10 +475,6 @@ class GossipNode:
         if msg.target is None:  # a relayed ACK's watermark is a third party's claim
             self._ahead(peer, msg.wm, now)
         return out
-
-    def _on_members(self, peer: str, msg: Members, now: float) -> list[Send]:
-        self.members.merge_rows(msg.members, now, peer)
-        return []
 
     def _on_bye(self, peer: str, msg: Bye, now: float) -> list[Send]:
         self.members.mark_left(peer, now)

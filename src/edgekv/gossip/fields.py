@@ -51,6 +51,7 @@ SEND_ALLOC = MAX_MESSAGE_ALLOC // 2
 # Distinct stores one message's items may name (a replica builds per-store state for each).
 MAX_MESSAGE_STORES = 1024
 MAX_MEMBER_ROWS = 10_000  # rows of one MEMBERS list
+MAX_ASK = 256  # addresses one MEMBERS message asks about (membership rule 8)
 MAX_ADDRESS = 256
 MAX_KEY_BYTES = 512
 ROLES = ("edge", "origin")
@@ -284,6 +285,15 @@ class Keys(Codec):
         return [check_key(k) for k in check_list(v, what)]
 
 
+class Addresses(Codec):
+    """[address...], at most MAX_ASK."""
+
+    plain = True
+
+    def decode(self, v: object, what: str) -> list[str]:
+        return [check_str(a, what, 1) for a in check_list(v, what, MAX_ASK)]
+
+
 class Proofs(Codec):
     """Certificates in wire form (signatures are checked later, crdt/proofs.py)."""
 
@@ -404,6 +414,7 @@ KEY_STATES = KeyStates()
 KEYS = Keys()
 PROOFS = Proofs()
 MEMBERS = Members()
+ADDRESSES = Addresses()
 ROOTS = Roots()
 NODES = Nodes()
 LEAF_ENTRIES = LeafEntries()

@@ -35,12 +35,14 @@ Theory of operation
    or that were vouched for, so a peer's claim never makes it open a connection.  A row about
    an unknown address is taken at once only from a configured peer.  From any other peer it
    is a *candidate* (at most `MAX_CANDIDATES`, never dialled nor gossiped): each ping interval
-   a few candidates are checked by a PING_REQ to a configured peer, which relays only to
-   members of its own table (`on_ping_req`); its relayed ACK vouches and the candidate joins.
-   A candidate not vouched after `CANDIDATE_ASKS` asks is dropped (`members_unvouched`).  A
-   peer that speaks to us directly joins (rule 4): over TCP its address was confirmed by
-   dialling it back before any of its messages was read (node/tcp.py).  So a MEMBERS flood
-   from anyone but a configured peer adds nobody and makes nobody dial a fake address.
+   one MEMBERS message asks one configured peer about up to `CANDIDATES_PER_ROUND` of them
+   (`ask`); it answers with its own rows for those in its table (`on_members`), and those rows,
+   a configured peer's, are taken.  A candidate not vouched after `CANDIDATE_ASKS` asks is
+   dropped (`members_unvouched`).  A peer that speaks to us directly joins (rule 4): over TCP
+   its address was confirmed by dialling it back before any of its messages was read
+   (node/tcp.py).  So a MEMBERS flood from anyone but a configured peer adds nobody and makes
+   nobody dial a fake address; vouching costs two messages per batch, not four per address.
+   A PING_REQ is relayed only to members of the relay's table (`on_ping_req`), never to a claim.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ import math
 import random
 from collections import Counter
 from dataclasses import dataclass
+from itertools import islice
 
 from ..crdt.replica import Replica
 from .authority import Authority
@@ -68,8 +71,8 @@ ALIVE, SUSPECT, DEAD = "alive", "suspect", "dead"
 _RANK = {ALIVE: 0, SUSPECT: 1, DEAD: 2}
 MAX_FORGOTTEN = 1024  # moved-away addresses remembered (rule 6)
 MAX_CANDIDATES = 1024  # unvouched addresses awaiting a configured peer's word (rule 8)
-CANDIDATE_ASKS = 3  # PING_REQs about one candidate before it is dropped
-CANDIDATES_PER_ROUND = 8  # candidates asked about per ping interval
+CANDIDATE_ASKS = 3  # asks about one candidate before it is dropped
+CANDIDATES_PER_ROUND = 64  # candidates asked about per ping interval, in one MEMBERS ask
 DEAD_PING_SECONDS = 30.0  # a peer dead for t seconds is re-pinged with chance min(1, 30 / t)
 
 
@@ -151,7 +154,6 @@ class Membership:
         self._forgotten: dict[str, None] = {}  # addresses a member left (rule 6), oldest first
         self.configured: set[str] = set()  # seeds (and where they moved): they vouch (rule 8)
         self._candidates: dict[str, int] = {}  # unvouched address -> asks so far (rule 8)
-        self._asks: dict[int, str] = {}  # seq of a PING_REQ about a candidate -> candidate
 
     def start(self, now: float) -> None:
         """Arm the first probe and the first full-table exchange, at random offsets (nodes
@@ -329,6 +331,8 @@ class Membership:
                     continue
                 if self._new(PeerInfo(addr, role, inc, state, since=now)):
                     self._updates[addr] = self._retransmits()
+                    if self._candidates.pop(addr, None) is not None:
+                        self.counters["members_vouched"] += 1
                 continue
             p.role = role
             if inc > p.incarnation or (inc == p.incarnation and _RANK[state] > _RANK[p.state]):
@@ -405,10 +409,6 @@ class Membership:
             subject = peer
         else:
             subject = msg.target
-            if self._asks.pop(msg.seq, None) == subject and self._configured(peer):
-                out = self.heard_from(subject, now)  # vouched by a configured peer (rule 8)
-                self.counters["members_vouched"] += 1
-                return out
             if subject in self.peers:
                 # a relay vouches for liveness only (and not an origin's incarnation)
                 if not self.authority.is_origin(subject) or subject == peer:
@@ -536,27 +536,36 @@ class Membership:
         return out
 
     def _ask_about_candidates(self) -> list[Send]:
-        """Ask configured peers to relay a ping to a few candidates (rule 8)."""
+        """Ask one configured peer for its rows about a batch of candidates (rule 8)."""
         if not self._candidates:
             return []
         vouchers = [a for a in self.alive() if self._configured(a)]
         if not vouchers:
             return []
-        if len(self._asks) > MAX_CANDIDATES:
-            self._asks.clear()  # answers that never came
-        out: list[Send] = []
-        for addr in list(self._candidates)[:CANDIDATES_PER_ROUND]:
-            asks = self._candidates.pop(addr) + 1
+        batch: list[str] = []
+        for addr in list(islice(self._candidates, CANDIDATES_PER_ROUND)):
+            asks = self._candidates.pop(addr)
             if addr in self.peers:
                 continue
-            if asks < CANDIDATE_ASKS:
-                self._candidates[addr] = asks  # to the back of the queue
-            else:
+            if asks >= CANDIDATE_ASKS:
                 self.counters["members_unvouched"] += 1
-            self._seq += 1
-            self._asks[self._seq] = addr
-            out.append(Send(self.rng.choice(vouchers), PingReq(self._seq, addr).to_wire()))
-        return out
+                continue
+            self._candidates[addr] = asks + 1  # to the back of the queue
+            batch.append(addr)
+        if not batch:
+            return []
+        self.counters["vouch_asks"] += 1
+        return [Send(self.rng.choice(vouchers), Members([], batch).to_wire())]
+
+    def on_members(self, peer: str, msg: Members, now: float) -> list[Send]:
+        """A member table (or part of one); with `ask`, answer with our rows about those
+        addresses (rule 8: we vouch for members of our table, and only to a member)."""
+        self.merge_rows(msg.members, now, peer)
+        if not msg.ask or peer not in self.peers:
+            return []
+        peers = self.peers
+        rows = [peers[a].row() for a in msg.ask if a in peers]
+        return [Send(peer, Members(rows).to_wire())] if rows else []
 
     def _next_target(self) -> str | None:
         while self._order:

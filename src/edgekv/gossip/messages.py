@@ -27,7 +27,9 @@ Payload shapes (every message also has "t": MsgType):
     AE_STATES  sid, store, states [[key, delta]...], want [key...], lack [key...], reply, more
     PING       seq, wm, purged, inc, role, members    ACK  seq, wm, purged, inc, role, target?,
                                                            members
-    PING_REQ   seq, target                    MEMBERS   members [[address, role, inc, state]...]
+    PING_REQ   seq, target                    MEMBERS   members [[address, role, inc, state]...],
+                                                        ask? [address...] (the sender asks for
+                                                        the receiver's rows about these)
     BYE        -
 Digests (128-bit) travel as 16-byte strings: CBOR bignums are tags, which the wire refuses.
 """
@@ -45,6 +47,7 @@ from . import fields as F
 from .fields import (
     DIGEST_BYTES,
     MAX_ADDRESS,
+    MAX_ASK,
     MAX_ITEMS,
     MAX_KEY_BYTES,
     MAX_MEMBER_ROWS,
@@ -73,6 +76,7 @@ __all__ = [
     "DIGEST_BYTES",
     "GOSSIP_TYPES",
     "MAX_ADDRESS",
+    "MAX_ASK",
     "MAX_ITEMS",
     "MAX_KEY_BYTES",
     "MAX_MEMBER_ROWS",
@@ -324,6 +328,7 @@ class PingReq(WireMessage):
 @dataclass(slots=True)
 class Members(WireMessage):
     members: Rows
+    ask: Annotated[list[str], F.ADDRESSES, OPTIONAL] = field(default_factory=list)
 
 
 @message(MsgType.BYE)
