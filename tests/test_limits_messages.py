@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import random
+from typing import Any
 
 import pytest
 
 from edgekv.crdt import META, BloomDelta, Register, Replica
-from edgekv.crdt.bloom import MAX_BLOOM_BITS
+from edgekv.crdt.bloom import MAX_BLOOM_BITS, MAX_BLOOM_HASHES
 from edgekv.errors import InvalidInput, RemoteProtocolError
 from edgekv.gossip import GossipNode
 from edgekv.gossip import messages as m
@@ -47,6 +48,36 @@ def test_bloom_m_beyond_the_filter_limit_is_rejected() -> None:
         m.parse(
             decode_body(encode_frame(m.Push([("s", "b", delta)], [(100, 100)], 0).to_wire())[4:])
         )
+
+
+def test_every_count_and_size_a_message_names_is_bounded() -> None:
+    """Bloom k, items per message, member rows per MEMBERS, key and address lengths: one past
+    each limit is a typed error from the node and changes nothing; at the limit it parses."""
+
+    def push(item: tuple[str, str, Any]) -> dict[str, Any]:
+        return m.Push([item], [(100, 100)], 0).to_wire()
+
+    bloom = push(("s", "b", BloomDelta(100, 64, 3, frozenset({1}), 100, 0)))
+    bloom["items"][0][2][5] = MAX_BLOOM_HASHES + 1
+    many = push(("s", "k", Register(100, 0, b"v", None)))
+    many["items"] = many["items"] * (m.MAX_ITEMS + 1)
+    n = m.MAX_MEMBER_ROWS + 1
+    rows = [(f"10.0.{i // 250}.{i % 250}:1", "edge", 0, "alive") for i in range(n)]
+    cases = {
+        "bloom k": bloom,
+        f"more than {m.MAX_ITEMS}": many,
+        f"more than {m.MAX_MEMBER_ROWS}": m.Members(rows).to_wire(),
+        "exceeds": push(("s", "k" * (m.MAX_KEY_BYTES + 1), Register(100, 0, b"", None))),
+        "address": m.Members([("a" * (m.MAX_ADDRESS + 1), "edge", 0, "alive")]).to_wire(),
+    }
+    node = _node_with_data()
+    before = _snapshot(node)
+    for what, msg in cases.items():
+        with pytest.raises(RemoteProtocolError, match=what):
+            node.receive("p", msg, 1.0)
+        assert _snapshot(node) == before, what
+    m.parse(m.Members(rows[:-1]).to_wire())
+    m.parse(push(("s", "k" * m.MAX_KEY_BYTES, Register(100, 0, b"", None))))
 
 
 def test_too_many_stores_in_one_message_are_rejected() -> None:
