@@ -5,29 +5,30 @@ refuses is the one derived from that limit.  Here each of the other caps of `Net
 hit on its own: connections from one source address (`max_per_address`), in total
 (`max_connections`) and still in their handshake (`max_handshaking`).  What is over a cap is
 closed at once and counted; the counts go back to zero when the connections close, and the
-port takes new ones again.
+port takes new ones again.  The accept loop every port shares (the gossip port, the HTTP ports
+under trio and under asyncio) counts accept errors and backs off, in virtual time.
 """
 
 from __future__ import annotations
 
+import errno
+import itertools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 import anyio.abc
-import pytest
+import anyio.lowlevel
+import trio
 
+from edgekv.gossip.transport import TransportStats
 from edgekv.node.limits import NetLimits
+from edgekv.node.listener import ConnectionCaps, accept_each
 from edgekv.node.tcp import TcpTransport, parse_address
 from test_limits_budget import until
 
-pytestmark = pytest.mark.anyio
 CLUSTER = "caps"
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "trio"
 
 
 async def closed_by_server(stream: anyio.abc.SocketStream, wait: float = 5.0) -> bool:
@@ -116,3 +117,42 @@ async def test_handshaking_cap_refuses_silent_connections_not_authenticated_ones
             for s in held:
                 await s.aclose()
             await until(lambda: node.caps.handshaking == 0 and node.caps.connections == 1)
+
+
+async def test_accept_errors_are_counted_and_backed_off_and_the_loop_lives(
+    autojump_clock: Any,
+) -> None:
+    def fails(code: int) -> OSError:
+        return OSError(code, errno.errorcode[code])
+
+    wrapped = anyio.BrokenResourceError()  # how a listener may report it
+    wrapped.__cause__ = fails(errno.EMFILE)
+    script: list[Any] = [fails(errno.EMFILE), fails(errno.ENFILE), fails(errno.ENOBUFS), wrapped]
+    script += [fails(errno.EMFILE)] * 3  # the back-off stops doubling at 1 s
+    script += [("c1", "h"), fails(errno.EMFILE), ("c2", "h"), None]
+    times: list[float] = []
+
+    async def accept() -> tuple[str, str] | None:
+        await anyio.lowlevel.checkpoint()
+        times.append(trio.current_time())
+        item = script.pop(0)
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    started: list[str] = []
+    closed: list[str] = []
+
+    async def close(conn: str) -> None:
+        closed.append(conn)
+
+    stats = TransportStats()
+    caps = ConnectionCaps(10, 1, 10, accept_backoff=0.1)  # one connection per address
+    await accept_each(
+        accept, lambda c, h: started.append(c), close, caps=caps, stats=stats, name=lambda: "t"
+    )
+    assert stats.accept_errors == 8 and not script
+    gaps = [round(b - a, 3) for a, b in itertools.pairwise(times)]
+    # doubling from accept_backoff up to 1 s; after a success it starts again at 0.1 s
+    assert gaps == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0, 0.0, 0.1, 0.0]
+    assert started == ["c1"] and closed == ["c2"] and stats.refused_connections == 1
