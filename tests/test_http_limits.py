@@ -115,6 +115,31 @@ class _NoNode:
         raise AssertionError
 
 
+async def test_an_idle_keep_alive_connection_is_closed_after_the_head_timeout(
+    tmp_path: Path,
+) -> None:
+    """A client that keeps its connection open after an answer and sends nothing more holds
+    it for `head_timeout` (0.5 s here; hypercorn's own default is 5 s), not for ever."""
+    with trio.fail_after(30):
+        async with Origin(
+            data_dir=tmp_path,
+            listen=None,
+            http="127.0.0.1:0",
+            http_limits=HttpLimits(head_timeout=0.5),
+        ) as origin:
+            assert origin.http_address is not None
+            host, port = origin.http_address.rsplit(":", 1)
+            stream = await trio.open_tcp_stream(host, int(port))
+            async with stream:
+                await stream.send_all(b"GET /v1/stores HTTP/1.1\r\nHost: t\r\n\r\n")
+                assert (await stream.receive_some(65536)).startswith(b"HTTP/1.1 200")
+                start = trio.current_time()
+                with contextlib.suppress(trio.BrokenResourceError):
+                    while await stream.receive_some(65536):
+                        pass
+                assert trio.current_time() - start < 3.0
+
+
 async def test_edge_mget_deep_json_is_a_400() -> None:
     transport = httpx.ASGITransport(app=build_app(_NoNode()))
     async with httpx.AsyncClient(transport=transport, base_url="http://edge") as h:
