@@ -231,3 +231,21 @@ def test_idle_expiry_and_eviction_under_asyncio() -> None:
             tg.cancel_scope.cancel()
 
     anyio.run(main, backend="asyncio")
+
+
+async def test_one_peers_queue_is_bounded_in_bytes(autojump_clock: Any) -> None:
+    """`send_queue_bytes` per peer: frames past it are dropped and counted, the rest go out
+    in order; a peer that drains takes frames again."""
+    dialer = FakeDialer(delay=1.0)
+    async with anyio.create_task_group() as tg:
+        senders = make_senders(tg, dialer, NetLimits(send_queue_bytes=1000))
+        frames = [b"%03d" % i + b"x" * 97 for i in range(30)]  # 100 bytes each
+        for frame in frames:
+            senders.enqueue("slow", frame)
+        assert senders.stats.dropped == 20 and senders.budget.used == 1000
+        await trio.sleep(20)
+        assert dialer.sent["slow"] == frames[:10] and senders.budget.used == 0
+        senders.enqueue("slow", frames[10])
+        await trio.sleep(2)
+        assert dialer.sent["slow"] == frames[:11]
+        tg.cancel_scope.cancel()
