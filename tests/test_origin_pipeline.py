@@ -350,6 +350,35 @@ def test_origin_and_client_under_asyncio(tmp_path: Path) -> None:
     assert anyio.run(main, backend="asyncio") == list(range(2, 42))
 
 
+def test_client_under_asyncio_writes_the_socket_until_its_transport_holds_bytes(
+    tmp_path: Path,
+) -> None:
+    """Under asyncio requests are written to the socket directly (node/sockio.py) until a write
+    the kernel does not take whole: its rest, and everything after it, go through the stream's
+    transport, in order."""
+    from edgekv.origin.server import Origin
+
+    big = b"x" * ((1 << 20) - 64)
+
+    async def main() -> None:
+        with anyio.fail_after(60):
+            async with (
+                Origin(data_dir=tmp_path, listen="127.0.0.1:0") as origin,
+                OriginClient(origin.address, timeout=30) as c,
+            ):
+                await c.create_store("s")
+                conn = c._conn
+                assert conn is not None and conn.writes is not None
+                async with anyio.create_task_group() as tg:
+                    for i in range(24):  # about 24 MiB queued behind the first
+                        tg.start_soon(c.put, "s", f"k{i}", big + bytes([i]))
+                assert conn.writes is None  # the transport holds the rest: it writes from now on
+                for i in range(24):
+                    assert await c.get("s", f"k{i}") == big + bytes([i])
+
+    anyio.run(main, backend="asyncio")
+
+
 @pytest.mark.parametrize(
     ("req_id", "seqs", "written_at"),
     [

@@ -7,8 +7,10 @@ Theory of operation
    Sends are combined: a request whose connection is already sending queues its frame, and
    the task that is sending yields once (so that the other runnable tasks queue theirs), then
    writes everything queued in one `send` before it returns (straight to the non-blocking
-   socket when `sockio.direct_socket` allows), so many tasks' requests cost one system call
-   (and the origin reads them with one).
+   socket when `sockio.write_socket` allows, on trio and on asyncio), so many tasks' requests
+   cost one system call (and the origin reads them with one).  A request that is the only one
+   awaiting an answer does not yield: nothing is likely to join it, and a lone client (a
+   poller reading one key in a loop) saves a trip through the event loop per request.
 2. Reconnection is transparent: the next request after a lost connection connects again
    (retrying with backoff until its timeout).  A read in flight when the connection drops is
    retried; a write is not (it may or may not have been applied), it raises OriginUnavailable.
@@ -61,9 +63,9 @@ from ..errors import (
 from ..gossip.wire import FrameDecoder, Message, MsgType, encode_frame
 from ..node.framed import FramedStream, LinkOptions
 from ..node.pending import PendingRequests, Waiter, outcome
+from ..node.sockio import direct_socket, write_socket
 from ..node.tlsconfig import TlsConfig
 from .api import StoreApi
-from .sockio import direct_socket
 
 __all__ = ["OriginClient"]
 
@@ -124,37 +126,46 @@ def decode_answer(body: bytes) -> Message:
 
 
 class _Connection:
-    __slots__ = ("alive", "out", "sending", "socket", "stream")
+    __slots__ = ("alive", "out", "sending", "socket", "stays", "stream", "writes")
 
     def __init__(self, stream: FramedStream) -> None:
         self.stream = stream
-        self.socket = direct_socket(stream.stream)
+        self.socket = direct_socket(stream.stream)  # the reader's (trio only)
+        # written directly (`os.write`) on trio and asyncio; on asyncio only until the
+        # stream's own send is used (node/sockio.py).  The handshake's frames went through
+        # the stream, but the kernel took them whole (a fresh connection, a few hundred bytes)
+        self.writes, self.stays = write_socket(stream.stream)
         self.alive = True
         self.out: list[bytes] = []
         self.sending = False
 
-    async def send(self, frame: bytes) -> None:
-        """Queue `frame`; if no task is sending, send everything queued (see rule 1)."""
+    async def send(self, frame: bytes, alone: bool = False) -> None:
+        """Queue `frame`; if no task is sending, send everything queued (see rule 1).  `alone`:
+        no other request awaits an answer, so none is likely to join: send at once."""
         self.out.append(frame)
         if self.sending:
             return
         self.sending = True
         try:
-            # let the other runnable tasks queue their requests first (not a cancellation
-            # point: a cancelled sender would take the connection down for everyone)
-            await anyio.lowlevel.cancel_shielded_checkpoint()
-            sock = self.socket
+            if not alone:
+                # let the other runnable tasks queue their requests first (not a cancellation
+                # point: a cancelled sender would take the connection down for everyone)
+                await anyio.lowlevel.cancel_shielded_checkpoint()
             while self.out:
                 out, self.out = self.out, []
                 data = out[0] if len(out) == 1 else b"".join(out)
+                sock = self.writes
                 if sock is not None:
+                    fd = sock.fileno()  # -1 once closed: then the stream's send raises
                     try:
-                        sent = sock.send(data)
+                        sent = os.write(fd, data) if fd >= 0 else 0
                     except (BlockingIOError, InterruptedError):
                         sent = 0
                     if sent == len(data):
                         continue
                     data = data[sent:]
+                    if not self.stays:
+                        self.writes = None  # the transport may keep the rest: it writes next
                 await self.stream.send_frame(data)
         except BaseException:
             # a frame may be half sent: this connection is done; closing it ends the reader,
@@ -392,7 +403,7 @@ class OriginClient(StoreApi):
                     wake.set()
             try:
                 try:
-                    await conn.send(frame)
+                    await conn.send(frame, len(self._pending) == 1)
                 except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
                     pass  # conn.send closed the connection
                 waiter.sent = True

@@ -52,7 +52,7 @@ import cbor2
 from ..errors import EdgeKVError, LocalProtocolError, RemoteProtocolError
 from ..gossip.wire import Message, MsgType, encode_frame
 from ..node.limits import ByteBudget
-from .sockio import direct_socket
+from ..node.sockio import direct_socket
 from .writer import BatchCommand, StoreCommand
 
 if TYPE_CHECKING:

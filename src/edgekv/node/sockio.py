@@ -1,0 +1,56 @@
+"""Writing to a socket without a trip through the event loop, where that is safe.
+
+A send through anyio costs a checkpoint (on trio and asyncio alike: a yield to the event loop
+after sending), a task switch when the socket is not writable, and a few layers of wrappers;
+the origin answers a whole commit group, an edge answers a client's read, and a client sends a
+batch of requests, with one plain non-blocking `socket.send` instead, and falls back to the
+stream's `send` for whatever the kernel does not take at once.
+
+On trio the stream's `send` returns once everything is written, so the socket may be written
+directly again afterwards (`direct_socket`).  On asyncio the stream's transport keeps what the
+socket did not take in a buffer of its own and writes it later: the socket may be written
+directly only until the stream's `send` has been used once (`write_socket` says which).
+"""
+
+from __future__ import annotations
+
+import socket
+
+import anyio.abc
+import sniffio
+
+
+def _raw(stream: anyio.abc.ByteStream) -> socket.socket | None:
+    """The non-blocking socket under a plain anyio socket stream (on asyncio, the transport's
+    `TransportSocket` stand-in, which cannot send or receive)."""
+    if not isinstance(stream, anyio.abc.SocketStream):
+        return None
+    try:
+        sock: socket.socket = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+        blocking = sock.gettimeout() != 0.0
+    except Exception:
+        return None
+    return None if blocking else sock
+
+
+def direct_socket(stream: anyio.abc.ByteStream) -> socket.socket | None:
+    """The non-blocking socket under `stream` if bytes may be written to it directly and it
+    may be waited on and read directly: a plain anyio socket stream (not TLS or any wrapper) on
+    the trio backend, whose `send` writes straight to the socket and keeps no buffer of its
+    own."""
+    if sniffio.current_async_library() != "trio":
+        return None
+    return _raw(stream)
+
+
+def write_socket(stream: anyio.abc.ByteStream) -> tuple[socket.socket | None, bool]:
+    """The non-blocking socket under a plain anyio socket stream, to be written directly with
+    `os.write(sock.fileno(), data)` (None if there is none), and whether it may still be
+    written directly after the stream's own `send` has been used (trio: yes; asyncio: no, its
+    transport may still hold bytes, see the module docstring).
+
+    Only the writing side: on asyncio the transport reads the socket, and what it hands out
+    cannot send (an `asyncio.trsock.TransportSocket`).  Ask for `fileno()` at every write: it
+    is -1 once the socket is closed, whereas a descriptor kept as a number may by then belong
+    to another connection."""
+    return _raw(stream), sniffio.current_async_library() == "trio"
