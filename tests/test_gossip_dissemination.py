@@ -3,6 +3,8 @@ tree (about N-1 messages per batch in the steady state), lost pushes are repaire
 
 from __future__ import annotations
 
+import pytest
+
 from edgekv.crdt import Put
 from edgekv.gossip import GossipConfig
 from gossip_sim import ORIGIN, Sim
@@ -279,35 +281,31 @@ def test_a_relay_that_beats_the_origin_is_pruned_not_the_origin() -> None:
     assert node.dissemination._parent == ORIGIN
 
 
-def _fast_and_slow(cfg: GossipConfig) -> tuple[Sim, Sim]:
-    fast = Sim(12, seed=7, latency=0.0005, config=cfg)
-    warm(fast, 2.0)
-    write_stream(fast, 3.0, 40, 0.01)  # the tree forms on the first batches
-    fast.run_until(4.0)
-    slow = Sim(12, seed=7, latency=0.1, config=cfg)
-    warm(slow, 2.0)
-    write_stream(slow, 3.0, 20, 0.02)
-    slow.run_until(4.5)
-    return fast, slow
+def _streamed(latency: float, cfg: GossipConfig) -> Sim:
+    sim = Sim(12, seed=7, latency=latency, config=cfg)
+    warm(sim, 2.0)
+    write_stream(sim, 3.0, 40, 0.01)  # the tree forms on the first batches
+    sim.run_until(4.5)
+    return sim
 
 
-def test_origin_pushes_to_every_edge_directly_over_fast_links_only() -> None:
-    """Over fast links (loopback, a LAN) the origin takes up to origin_fast_fanout eager peers,
-    so every edge gets a write in one hop and relays nothing; over slow links it keeps
-    origin_fanout and the tree stays deep enough to keep the origin's sends few."""
+@pytest.mark.parametrize("latency", [0.0005, 0.1])
+def test_origin_pushes_to_up_to_origin_fanout_edges_directly(latency: float) -> None:
+    """The origin takes origin_fanout eager peers, on fast and slow links alike, so a fleet of
+    up to that many edges gets every write in one hop and relays nothing; with a narrower
+    root the edges beyond it get writes through relays."""
     cfg = GossipConfig()
-    assert cfg.origin_fanout < 12 <= cfg.origin_fast_fanout
-    fast, slow = _fast_and_slow(cfg)
-    assert fast.origin.dissemination.eager == set(fast.edges)
-    before = fast.messages["PUSH"]
-    flushes = fast.origin.counters["pushes_sent"]
-    write_stream(fast, 4.5, 40, 0.01)
-    fast.run_until(5.5)
-    assert fast.messages["PUSH"] - before == fast.origin.counters["pushes_sent"] - flushes
-    assert all(fast.nodes[a].dissemination._parent == ORIGIN for a in fast.edges)
-    assert fast.converged() and not fast.missing()
-    assert len(slow.origin.dissemination.eager) == cfg.origin_fanout
-    assert slow.converged() and not slow.missing()
-    # without the rule (fast_link 0) the origin keeps origin_fanout over fast links too
-    off, _ = _fast_and_slow(GossipConfig(fast_link=0))
-    assert len(off.origin.dissemination.eager) == cfg.origin_fanout
+    assert cfg.origin_fanout >= 12
+    sim = _streamed(latency, cfg)
+    assert sim.origin.dissemination.eager == set(sim.edges)
+    before = sim.messages["PUSH"]
+    flushes = sim.origin.counters["pushes_sent"]
+    write_stream(sim, 4.5, 40, 0.01)
+    sim.run_until(6.0)
+    assert sim.messages["PUSH"] - before == sim.origin.counters["pushes_sent"] - flushes
+    assert all(sim.nodes[a].dissemination._parent == ORIGIN for a in sim.edges)
+    assert sim.converged() and not sim.missing()
+    narrow = _streamed(latency, GossipConfig(origin_fanout=4))
+    assert len(narrow.origin.dissemination.eager) == 4
+    assert any(narrow.nodes[a].dissemination._parent != ORIGIN for a in narrow.edges)
+    assert narrow.converged() and not narrow.missing()

@@ -37,16 +37,12 @@ class GossipConfig:
     """The repeated pushes travel only while their deltas total at most this many bytes."""
     fanout: int = 6
     """Initial eager peers of an edge; the tree forms by pruning duplicates from this set."""
-    origin_fanout: int = 8
-    """Initial eager peers of the origin (the source of every seq; a wider root, a shallower tree)."""
-    origin_fast_fanout: int = 32
-    """The origin takes up to this many eager peers on a fast network (its lowest probe round
-    trip at most fast_link): on a LAN or loopback a direct push costs the origin one send,
-    while a relay hop costs an edge a wake-up, a relay and the duplicates that build the
-    tree; so edges get writes in one hop.  Slow networks keep origin_fanout."""
-    fast_link: float = 0.005
-    """A network whose lowest measured round trip is at most this (seconds) is fast (see
-    origin_fast_fanout).  0: none is."""
+    origin_fanout: int = 32
+    """Eager peers of the origin, the source of every seq.  A wide root: a direct push costs
+    the origin one send, while a relay hop costs an edge a wake-up, a relay, the duplicates
+    that prune the tree and, under loss, a second chance to lose the write (a write lost on
+    two hops waits two repair windows).  Up to this many edges get each write in one hop; the
+    rest through a tree of depth about log_fanout(edges / origin_fanout)."""
     max_hops: int = 0
     """Retransmit limit of a PUSH in hops; 0 means automatic: 2 * ceil(log2(members + 1)) + 2."""
     ihave_window: float = 1.0
@@ -130,7 +126,6 @@ class GossipConfig:
             "sync_timeout",
             "dead_forget",
             "snapshot_timeout",
-            "fast_link",
         ):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
@@ -148,7 +143,6 @@ class GossipConfig:
         for name, least in (
             ("fanout", 1),
             ("origin_fanout", 1),
-            ("origin_fast_fanout", 1),
             ("ihave_peers", 1),
             ("ae_force_every", 1),
             ("graft_peers", 1),

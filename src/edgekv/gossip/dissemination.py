@@ -36,12 +36,10 @@ Theory of operation
    A node with fewer than `fanout` neighbours adds newly learned peers as eager.
    A PUSH over a link this node does not use yet adds the reverse link (eager), so the overlay
    starts symmetric and late joiners get as many candidate parents as early ones.  The origin
-   is never an edge's eager or lazy target: it is the source of every seq.  On a fast network
-   (the origin's lowest probe round trip at most `fast_link`: a LAN, loopback) the origin
-   takes up to `origin_fast_fanout` eager peers instead of `origin_fanout`, so edges get each
-   write in one hop: a direct push costs the origin one send, a relay hop costs an edge a
-   wake-up, a relay and the duplicates that prune the tree.  (The lowest of all probes, not
-   each peer's: on a loaded host a single probe's round trip is mostly scheduling delay.)
+   is never an edge's eager or lazy target: it is the source of every seq.  The origin takes
+   `origin_fanout` eager peers (32), edges `fanout` (6): a direct push costs the origin one
+   send, a relay hop costs an edge a wake-up, a relay, the duplicates that prune the tree and
+   one more chance to lose the write, so a wide root makes the tree shallow.
 5. The origin applies nothing it receives (authority.py): a PUSH there is refused and
    counted, never relayed.  At an edge a PUSH's states go through `Authority.apply`.  A hint
    that seqs exist (IHAVE covers, a watermark) is a claim: a node that grafted for it
@@ -126,20 +124,12 @@ class Dissemination(Part):
     # -- neighbours ------------------------------------------------------------------------------
 
     def fill(self) -> None:
-        """Take new eager peers while this node has fewer than `fanout` neighbours; the origin
-        on a fast network up to `origin_fast_fanout` (rule 4)."""
+        """Take new eager peers while this node has fewer than `fanout` neighbours (rule 4)."""
         peers = self.members.peers
         for a in [a for a in self.eager if a in peers and peers[a].role == "origin"]:
             self.eager.discard(a)
-        have = len(self.eager) + len(self.lazy)
-        cfg = self.config
-        fast_room = 0
-        if self.role == "origin" and 0 < self.members.lowest_rtt <= cfg.fast_link:
-            # the network is fast (its lowest probe: one probe of a loaded host is no measure
-            # of its link, the lowest of all probes is)
-            fast_room = cfg.origin_fast_fanout - have
-        need = self.fanout - have
-        if need <= 0 and fast_room <= 0:
+        need = self.fanout - len(self.eager) - len(self.lazy)
+        if need <= 0:
             return
         candidates = [
             a
@@ -147,7 +137,7 @@ class Dissemination(Part):
             if a not in self.eager and a not in self.lazy and peers[a].role != "origin"
         ]
         self.rng.shuffle(candidates)
-        self.eager.update(candidates[: max(need, fast_room)])
+        self.eager.update(candidates[:need])
 
     def handlers(self) -> dict[type, Handler]:
         """The messages this part handles on its own (core.py routes the others)."""
