@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import anyio
 
@@ -37,13 +37,24 @@ __all__ = ["PendingRequests", "Waiter", "outcome"]
 _RESPONSE, _ERROR = int(MsgType.RESPONSE), int(MsgType.ERROR)
 
 
+class Event(Protocol):
+    """What a waiter's event offers: anyio's, or the running backend's own (cheaper to make)."""
+
+    def set(self) -> object: ...
+
+    def is_set(self) -> bool: ...
+
+    async def wait(self) -> object: ...
+
+
 class Waiter:
-    """One request waiting for its answer (subclasses add what their requester tracks)."""
+    """One request waiting for its answer (subclasses add what their requester tracks).
+    `event`: a fresh event to use instead of an `anyio.Event`."""
 
     __slots__ = ("event", "reply")
 
-    def __init__(self) -> None:
-        self.event = anyio.Event()
+    def __init__(self, event: Event | None = None) -> None:
+        self.event: Event = anyio.Event() if event is None else event
         self.reply: Message | None = None
 
     def answer(self, msg: Message) -> None:
