@@ -160,3 +160,42 @@ def test_peer_copies_carry_the_measured_round_trips() -> None:
     sim.run_until(6.0)  # every peer probed at least once by the origin
     measured = [p for p in sim.origin.peers().values() if p.rtt_min > 0]
     assert measured and all(0.03 < p.rtt_min <= p.rtt + 1e-9 for p in measured)
+
+
+def test_whole_tables_go_to_those_who_take_them() -> None:
+    """Rule 1: an origin sends its table to a peer it sees for the first time; an edge does not
+    (there its rows would only be candidates), but a node asks each configured edge for its
+    table when it first hears from it, and such an ask is answered once per members_interval."""
+    origin = GossipNode("o", Replica(), role="origin", rng=random.Random(1), origins=["o"])
+    origin.start(0.0)
+    sends = origin.receive("new", m.Ping(1, 0, 0, 0, "edge", []).to_wire(), 0.1)
+    assert [s.peer for s in sends if s.message["t"] == MsgType.MEMBERS] == ["new"]
+
+    edge = GossipNode("e", Replica(), seeds=["o", "s1"], rng=random.Random(2), origins=["o"])
+    edge.start(0.0)
+    sends = edge.receive("stranger", m.Ping(1, 0, 0, 0, "edge", []).to_wire(), 0.1)
+    assert not [s for s in sends if s.message["t"] == MsgType.MEMBERS]
+    assert not [
+        s
+        for s in edge.receive("o", m.Ack(0, 0, 0, 0, "origin").to_wire(), 0.2)
+        if s.message["t"] == MsgType.MEMBERS
+    ]  # an origin sends it unasked
+    for now in (0.3, 0.4):  # asked once, at the next probe, not on every message
+        edge.receive("s1", m.Ack(0, 0, 0, 0, "edge").to_wire(), now)
+    wants = [s for s in edge.tick(edge.members.next_ping) if s.message["t"] == MsgType.MEMBERS]
+    assert [(s.peer, s.message.get("want")) for s in wants] == [("s1", True)]
+    assert not [s for s in edge.tick(edge.members.next_ping) if s.message.get("want")]
+
+    want = m.Members([], want=True).to_wire()
+    (table,) = edge.receive("s1", want, 1.0)
+    assert {r[0] for r in table.message["members"]} == {"e", "o", "s1", "stranger"}
+    assert edge.receive("s1", want, 2.0) == []  # not again within members_interval
+    assert len(edge.receive("s1", want, 1.0 + edge.config.members_interval)) == 1
+
+    # a node that got an origin's whole table first does not ask its seeds for theirs
+    late = GossipNode("f", Replica(), seeds=["o", "s1"], rng=random.Random(3), origins=["o"])
+    late.start(0.0)
+    table = m.Members([("o", "origin", 0, "alive"), ("s1", "edge", 0, "alive")]).to_wire()
+    late.receive("o", table, 0.1)
+    late.receive("s1", m.Ack(0, 0, 0, 0, "edge").to_wire(), 0.2)
+    assert not [s for s in late.tick(late.members.next_ping) if s.message.get("want")]

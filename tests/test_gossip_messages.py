@@ -51,6 +51,7 @@ SAMPLES: list[Message] = [
     m.PingReq(4, "c:3").to_wire(),
     m.Members([("a:1", "edge", 3, "suspect"), ("b:2", "edge", 0, "dead")]).to_wire(),
     m.Members([], ask=["a:1", "b:2"]).to_wire(),
+    m.Members([], want=True).to_wire(),
 ]
 
 
@@ -70,7 +71,7 @@ def test_parsed_fields() -> None:
     assert isinstance(n, m.AeNodes) and n.nodes == [(3, list(range(16)))]
 
 
-OPTIONAL = {"members", "target", "force", "wm", "again", "ask"}
+OPTIONAL = {"members", "target", "force", "wm", "again", "ask", "want"}
 
 
 def _mutations(msg: Message) -> list[tuple[str, Message]]:

@@ -3,8 +3,13 @@
 Theory of operation
 1. The table starts from the seeds and grows from every message received (the sender is
    alive) and from member rows `[address, role, incarnation, state]` gossiped in MEMBERS
-   messages and piggybacked on PING/ACK.  A peer seen for the first time is sent the whole
-   table, so a joining node learns everyone within one round trip of a seed.
+   messages and piggybacked on PING/ACK.  A joining node gets whole tables from the peers
+   whose rows it takes at once (rule 8): an origin sends its table to every peer it sees for
+   the first time, and a node asks each configured edge for its table (MEMBERS `want`, answered
+   at most once per `members_interval`) when it first hears from it, unless an origin's whole
+   table (its first row is the sender's own) came first.  So a joining node learns everyone
+   within one round trip of a seed, and a node that merely meets a peer for the first time (a
+   relay, a prober) is not sent a table it would only hold as candidates.
 2. Every `ping_interval` one peer is probed, round-robin over a list reshuffled each round.
    No ACK within `ping_timeout`: `indirect_probes` other live peers are asked to ping it
    (PING_REQ); they relay the target's ACK.  Still nothing after another two timeouts: the
@@ -154,6 +159,9 @@ class Membership:
         self._forgotten: dict[str, None] = {}  # addresses a member left (rule 6), oldest first
         self.configured: set[str] = set()  # seeds (and where they moved): they vouch (rule 8)
         self._candidates: dict[str, int] = {}  # unvouched address -> asks so far (rule 8)
+        self._want_table: set[str] = set()  # configured edges not yet asked for their table
+        self._ask_table: list[str] = []  # ... of which we heard from: asked at the next probe
+        self._table_sent: dict[str, float] = {}  # member -> when it was last sent our table
 
     def start(self, now: float) -> None:
         """Arm the first probe and the first full-table exchange, at random offsets (nodes
@@ -250,7 +258,11 @@ class Membership:
 
     def add_seed(self, address: str, now: float) -> None:
         self.configured.add(address)
-        if address != self.address and address not in self.peers:
+        if address == self.address:
+            return
+        if not self.authority.is_origin(address):
+            self._want_table.add(address)  # an origin sends its table unasked (rule 1)
+        if address not in self.peers:
             role = self.authority.role_of(address)
             self._new(PeerInfo(address, role, since=now, last_seen=now))
 
@@ -263,6 +275,7 @@ class Membership:
             self.counters["members_moved"] += 1
         self._updates.pop(address, None)
         self._suspects.pop(address, None)
+        self._table_sent.pop(address, None)
         self._forgotten[address] = None
         if len(self._forgotten) > MAX_FORGOTTEN:
             del self._forgotten[next(iter(self._forgotten))]
@@ -276,13 +289,17 @@ class Membership:
         self._candidates.pop(address, None)
         p = self.peers.get(address)
         out: list[Send] = []
+        if self._want_table and address in self._want_table:
+            self._want_table.discard(address)
+            self._ask_table.append(address)  # rule 1
         if p is None:
             p = PeerInfo(address, self.authority.role_of(address), since=now)
             if not self._new(p):
-                return []
+                return out
             self._updates[address] = self._retransmits()
             self.counters["members_joined"] += 1
-            out.append(Send(address, Members(self.rows()).to_wire()))
+            if self.role == "origin":  # every edge takes its origin's rows (rules 1, 8)
+                out.append(Send(address, Members(self.rows()).to_wire()))
         elif p.state != ALIVE:
             if p.state == DEAD:
                 self.counters["peers_revived"] += 1
@@ -378,20 +395,9 @@ class Membership:
     def on_ping(self, peer: str, msg: Ping, now: float) -> list[Send]:
         self._learn(peer, msg.inc, msg.wm, msg.purged)
         self.merge_rows(msg.members, now, peer)
-        return [
-            Send(
-                peer,
-                Ack(
-                    msg.seq,
-                    self.wm,
-                    self.purged,
-                    self.incarnation,
-                    self.role,
-                    None,
-                    self._piggyback(),
-                ).to_wire(),
-            )
-        ]
+        ack = Ack(msg.seq, self.wm, self.purged, self.incarnation, self.role, None)
+        ack.members = self._piggyback()
+        return [Send(peer, ack.to_wire())]
 
     def on_ack(self, peer: str, msg: Ack, now: float) -> list[Send]:
         self.merge_rows(msg.members, now, peer)
@@ -516,6 +522,8 @@ class Membership:
                     out.append(Send(target, self._ping_msg(self._seq)))
                     self.counters["pings"] += 1
             out.extend(self._ask_about_candidates())
+            out.extend(Send(a, Members([], want=True).to_wire()) for a in self._ask_table)
+            self._ask_table.clear()
             dead = self._lists()[2]
             if dead:  # a healed partition: both sides think the other dead; one ping rejoins them
                 a = self.rng.choice(dead)
@@ -529,6 +537,7 @@ class Membership:
             for a in forget:
                 del self.peers[a]
                 self._updates.pop(a, None)
+                self._table_sent.pop(a, None)
                 self._version += 1
             live = self.alive()
             if live:
@@ -559,13 +568,25 @@ class Membership:
 
     def on_members(self, peer: str, msg: Members, now: float) -> list[Send]:
         """A member table (or part of one); with `ask`, answer with our rows about those
-        addresses (rule 8: we vouch for members of our table, and only to a member)."""
+        addresses (rule 8: we vouch for members of our table, and only to a member); with
+        `want`, send our whole table, at most once per `members_interval` (rule 1)."""
         self.merge_rows(msg.members, now, peer)
-        if not msg.ask or peer not in self.peers:
+        if peer not in self.peers:
             return []
-        peers = self.peers
-        rows = [peers[a].row() for a in msg.ask if a in peers]
-        return [Send(peer, Members(rows).to_wire())] if rows else []
+        if msg.members and msg.members[0][0] == peer and self.authority.is_origin(peer):
+            self._want_table.clear()  # an origin's whole table: no need for the seeds' (rule 1)
+            self._ask_table.clear()
+        out: list[Send] = []
+        sent = self._table_sent.get(peer)
+        if msg.want and (sent is None or sent + self.config.members_interval <= now):
+            self._table_sent[peer] = now
+            out.append(Send(peer, Members(self.rows()).to_wire()))
+        if msg.ask:
+            peers = self.peers
+            rows = [peers[a].row() for a in msg.ask if a in peers]
+            if rows:
+                out.append(Send(peer, Members(rows).to_wire()))
+        return out
 
     def _next_target(self) -> str | None:
         while self._order:

@@ -29,7 +29,8 @@ Payload shapes (every message also has "t": MsgType):
                                                            members
     PING_REQ   seq, target                    MEMBERS   members [[address, role, inc, state]...],
                                                         ask? [address...] (the sender asks for
-                                                        the receiver's rows about these)
+                                                        the receiver's rows about these), want?
+                                                        (it asks for the whole table)
     BYE        -
 Digests (128-bit) travel as 16-byte strings: CBOR bignums are tags, which the wire refuses.
 """
@@ -329,6 +330,7 @@ class PingReq(WireMessage):
 class Members(WireMessage):
     members: Rows
     ask: Annotated[list[str], F.ADDRESSES, OPTIONAL] = field(default_factory=list)
+    want: Annotated[bool, F.BOOL, OPTIONAL] = False
 
 
 @message(MsgType.BYE)
