@@ -1,7 +1,7 @@
 """CPU of one network read of a replica: an edge's client port beside a Redis replica.
 
-Run: `python benchmarks/bench_reads.py [--reads 5000] [--runs 3] [--systems edgekv,redis]
-[--profile-edge FILE]`.
+Run: `python benchmarks/bench_reads.py [--reads 10000] [--runs 3] [--systems edgekv,redis]
+[--profile-edge FILE] [--no-write]`.
 
 The propagation benchmark (bench_peers.py) polls every replica through its cheap network read
 path, so with 20 replicas on a small machine its resolution is bound by the CPU one read costs:
@@ -9,9 +9,10 @@ on the replica serving it and in the polling client.  This measures exactly that
 replica, with bench_peers's own systems (an origin and one edge process; a Redis primary and
 one replica process) and its readers (`OriginClient.get` on the edge's gossip port, redis-py
 asyncio GET): after 500 warm-up reads, `--reads` sequential reads of one key over one
-connection.  Reported per read: the replica process's CPU (user + system from
-/proc/PID/stat, its idle CPU over the same wall time, measured just before, subtracted), this
-process's CPU (`time.process_time`: the client) and the wall time.  Systems alternate within
+connection.  Reported per read: the replica process's CPU (user + system from /proc/PID/stat,
+its idle CPU over the same wall time, measured just before, subtracted; /proc counts 10 ms
+ticks, hence 10,000 reads), this process's CPU (`time.process_time`: the client) and the wall
+time.  Writes its section to benchmarks/results/reads.md.  Systems alternate within
 each run, so the edgekv/Redis ratios come from the same machine state.
 
 `--profile-edge FILE` runs the edge under cProfile and writes its profile to FILE (the edge is
@@ -33,6 +34,7 @@ from pathlib import Path
 
 from bench_peers import SYSTEMS, EdgekvSystem, Proc, System, check_installed, with_system
 
+RESULTS = Path(__file__).resolve().parent / "results" / "reads.md"
 IDLE = 1.0  # seconds of idle CPU sampled before the reads
 WARMUP = 500
 
@@ -123,8 +125,9 @@ async def run(args: argparse.Namespace) -> str:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     lines = [
-        "| system | replica CPU per read | client CPU per read | wall per read | replica idle CPU |",
-        "|---|---|---|---|---|",
+        "| system | replica CPU per read | of which system | client CPU per read | wall per read"
+        " | replica idle CPU |",
+        "|---|---|---|---|---|---|",
     ]
     med: dict[str, dict[str, float]] = {}
     for kind in systems:
@@ -134,6 +137,7 @@ async def run(args: argparse.Namespace) -> str:
         runs = ", ".join(f"{r['server_us']:.0f}" for r in by_kind[kind])
         lines.append(
             f"| {SYSTEMS[kind].name} | {m['server_us']:.0f} us (runs: {runs}) | "
+            f"{m['server_sys_us']:.0f} us | "
             f"{m['client_us']:.0f} us | {m['wall_us']:.0f} us | {m['server_idle_ms_s']:.1f} ms/s |"
         )
     if "edgekv" in med and "redis" in med:
@@ -148,10 +152,11 @@ async def run(args: argparse.Namespace) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("--reads", type=int, default=5000)
+    ap.add_argument("--reads", type=int, default=10_000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--systems", default="edgekv,redis")
     ap.add_argument("--profile-edge", default="", metavar="FILE")
+    ap.add_argument("--no-write", action="store_true", help="print only, leave results/ alone")
     args = ap.parse_args()
     if args.profile_edge:
         args.profile_edge = str(Path(args.profile_edge).resolve())
@@ -159,11 +164,19 @@ def main() -> None:
     load0 = os.getloadavg()
     body = asyncio.run(run(args))
     load1 = os.getloadavg()
-    print(
-        f"`python benchmarks/bench_reads.py {' '.join(sys.argv[1:])}`: medians of {args.runs} "
-        f"runs of {args.reads:,} sequential reads; load average {load0[0]:.2f} at the start, "
-        f"{load1[0]:.2f} at the end (2 CPUs)\n\n{body}"
+    text = (
+        "## Network reads of one replica: CPU per read (`benchmarks/bench_reads.py`)\n\n"
+        f"`python benchmarks/bench_reads.py {' '.join(sys.argv[1:])}`".replace(" `", "`")
+        + f": medians of {args.runs} runs of {args.reads:,} sequential gets of one key over one "
+        f"connection, systems alternating; load average {load0[0]:.2f} at the start, "
+        f"{load1[0]:.2f} at the end ({os.cpu_count()} CPUs); "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.  Replica CPU: user + system "
+        "of its process (/proc), its idle CPU subtracted; client CPU: `time.process_time` of "
+        "the script (OriginClient on asyncio, redis-py asyncio).\n\n" + body + "\n"
     )
+    print(text)
+    if not args.no_write and not args.profile_edge:
+        RESULTS.write_text(text)
 
 
 if __name__ == "__main__":
