@@ -6,8 +6,11 @@ from pathlib import Path
 
 import anyio
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edgekv.crdt import BfAdd, Delete, Put, Replica, ZAdd, ZRem, validate_op
+from edgekv.crdt import BfAdd, Delete, Put, Register, Replica, ZAdd, ZRem, validate_op
+from edgekv.crdt.codec import dumps, encode_delta
+from edgekv.crdt.proofs import MAX_CERT_ATOMS, ProofStore, Signer
 from edgekv.errors import StoreExists, StoreNotFound, VersionMismatch, WrongKind
 from edgekv.origin.sequencer import Sequencer, recover
 from edgekv.origin.wal import WriteAheadLog
@@ -191,4 +194,33 @@ async def test_request_outcomes_are_forgotten_after_their_ttl(tmp_path: Path) ->
             await seq.submit(BatchCommand("s", ((validate_op(Put("b", b"2")), None),), rid=rid))
         assert b"r" * 16 not in seq.outcomes and len(seq.outcomes) == 3  # the last TTL only
         tg.cancel_scope.cancel()
+    wal.close()
+
+
+async def test_recovery_settles_the_certificates_it_signs(tmp_path: Path) -> None:
+    """Recovery signs every live state again: those certificates prove exactly the live
+    states, so the first seal after it must not sweep (a walk of every live state on the
+    origin's event loop: 2-6 s at a million keys under load, when the first edge joined)."""
+    keys = 2 * MAX_CERT_ATOMS + 10  # past the entries that make a never-swept store sweep
+    wal = WriteAheadLog(tmp_path / "l.db", synchronous="OFF")
+    rows = [(1, "", "s", dumps(encode_delta(Register(1, 1, b"", None))))]
+    rows += [
+        (i, "s", f"k{i}", dumps(encode_delta(Register(i, 1, b"v", None))))
+        for i in range(2, keys + 2)
+    ]
+    wal.append(rows, keys + 1)
+    signer = Signer(Ed25519PrivateKey.generate())
+    replica = Replica()
+    proofs = replica.use_proofs(ProofStore([signer.public], journal=False))
+    proofs.signer = signer
+    seq = Sequencer(wal, replica, wall_ms=Clock(), signer=signer)
+    await seq.recover()
+    assert proofs.atoms == keys + 1
+    walks: list[int] = []
+    live = proofs.live_seqs
+    assert live is not None
+    proofs.live_seqs = lambda: walks.append(1) or live()
+    proofs.defer([(keys + 2, bytes(16))], keys + 2, keys + 2)
+    proofs.seal()
+    assert walks == [] and len(proofs) == keys // MAX_CERT_ATOMS + 2
     wal.close()

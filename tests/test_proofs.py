@@ -30,6 +30,8 @@ from edgekv.crdt.proofs import (
     Signer,
     atoms_of,
     bloom_atom,
+    state_seqs,
+    states_seqs,
 )
 from edgekv.crdt.zset import ZSet
 from edgekv.gossip import GossipNode
@@ -162,6 +164,48 @@ def test_certify_splits_large_groups_and_sweep_drops_dead_certs() -> None:
     store.add(certs)
     assert store.sweep([1]) == 2 and len(store) == 1
     assert store.sweep([1]) == 0 and store.atoms == MAX_CERT_ATOMS
+
+
+def test_states_seqs_column_wise_equals_each_states_seqs() -> None:
+    regs = [Register(s, 1, b"v") for s in (5, 3, 9)]
+    assert list(states_seqs(regs)) == [5, 3, 9]
+    assert list(states_seqs([])) == []
+    mixed = [regs[0], ZSet(8, {b"a": (8, 1.0), b"b": (9, None)}, 10, 1_001), regs[1]]
+    assert list(states_seqs(mixed)) == [s for st in mixed for s in state_seqs(st)]
+    assert sorted(states_seqs(mixed)) == [3, 5, 8, 9, 10]
+
+
+def test_sweep_keeps_the_newest_certificate_per_live_seq_and_compacts_sparse_ones() -> None:
+    """The column-wise sweep: per live seq the newest certificate holding it, sparse ones
+    (at most half their entries live, a repeated seq counted per entry) signed again."""
+    store = _store()
+    store.signer = SIGNER
+    old = SIGNER.certify([(s, bytes(16)) for s in range(1, 11)])[0]
+    newer = SIGNER.certify([(s, bytes([1]) * 16) for s in (2, 3)])[0]
+    # seq 12 twice (a sorted set's two members written by one write), 11, 13 and 14 dead
+    dup = SIGNER.certify([(s, bytes([2]) * 16) for s in (11, 12, 12, 13, 14)])[0]
+    store.add([old, newer, dup])
+    live = [1, 2, 3, 4, 5, 6, 7, 8, 12]
+    assert store.sweep(live) == 1  # `dup`, sparse: its live entries signed again
+    kept = {(c.lo, c.hi, len(c)) for c in store}
+    assert (old.lo, old.hi, 10) in kept and (newer.lo, newer.hi, 2) in kept
+    compact = [c for c in store if c.signature not in (old.signature, newer.signature)]
+    assert len(compact) == 1 and list(compact[0].seqs()) == [12, 12]
+    assert store.sweep(live) == 0
+
+
+def test_settle_spares_the_first_add_a_sweep() -> None:
+    """What the origin's recovery just certified proves exactly the live states: the next
+    add must not walk every live state (it did, on the event loop, at the first edge)."""
+    for settle in (False, True):
+        store = _store()
+        walks = []
+        store.live_seqs = lambda: walks.append(1) or range(1, 2 * MAX_CERT_ATOMS + 2)  # noqa: B023
+        store.add(SIGNER.certify([(s, bytes(16)) for s in range(1, 2 * MAX_CERT_ATOMS + 2)]))
+        if settle:
+            store.settle()
+        store.add(SIGNER.certify([(2 * MAX_CERT_ATOMS + 2, bytes(16))]))
+        assert walks == ([] if settle else [1])
 
 
 def test_origin_defers_and_seals_many_groups_in_one_certificate() -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterable, Iterator
+from itertools import chain
 from typing import NamedTuple
 
 from sortedcontainers import SortedList
@@ -34,7 +35,7 @@ from .changelog import ChangeLog
 from .glob import compile_glob, literal_prefix
 from .hashing import root_hash
 from .merkle import MerkleTree, leaf_of
-from .proofs import ProofStore, state_seqs
+from .proofs import ProofStore, states_seqs
 from .register import HAS_EXPIRY, TOMBSTONE, Register, register_digest, unpack_head
 from .seqranges import SeqRanges
 from .state import Delta, State, is_dead, merge
@@ -262,10 +263,9 @@ class Replica:
         return proofs
 
     def proof_seqs(self) -> Iterator[int]:
-        """Every seq some held state's proof needs (see `ProofStore.sweep`)."""
-        for sr in self.stores.values():
-            for st in sr.states.values():
-                yield from state_seqs(st)
+        """Every seq some held state's proof needs (see `ProofStore.sweep`); column-wise per
+        store (`states_seqs`)."""
+        return chain.from_iterable(states_seqs(sr.states.values()) for sr in self.stores.values())
 
     # -- stores ----------------------------------------------------------------------------------
 
