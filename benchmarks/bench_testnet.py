@@ -92,6 +92,12 @@ def quadratic_fit(points: list[dict[str, float]]) -> int:
     return int((-b + (b * b + 4 * c * target) ** 0.5) / (2 * c))
 
 
+def by_type(counts: dict[str, int], writes: int, digits: int) -> str:
+    """`counts` per write, largest first: "PUSH 627.5, IHAVE 295.7, ..."."""
+    top = sorted(counts.items(), key=lambda kv: -kv[1])
+    return ", ".join(f"{k} {v / writes:,.{digits}f}" for k, v in top)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--edges", type=int, default=1000)
@@ -103,6 +109,7 @@ def main() -> None:
     r = f["report"]
     assert isinstance(r, dict)
     c = r["checker"]
+    w = max(1, c["writes_acked"])
     mem = memory(sizes)
     lo, hi = mem[-2], mem[-1]  # the two largest sizes: per-node membership grows with N
     per_edge = (hi["rss"] - lo["rss"]) / (hi["edges"] - lo["edges"])
@@ -129,6 +136,10 @@ def main() -> None:
         f"| convergence after the timeline | {r['convergence_after_timeline']} s |",
         f"| unreached / lost / violations | {c['unreached']} / {len(r['lost'])} / {c['violations']} |",
         f"| assertions | {'all pass' if r['passed'] else 'FAILED'} |",
+        "",
+        "Messages per write by type (setup included): " + by_type(r["messages"]["by_type"], w, 1),
+        "",
+        "Bytes per write by type: " + by_type(r["messages"]["bytes_by_type"], w, 0),
         "",
         "**Memory per simulated edge** (fresh process per size, VmRSS after 20 writes converged):",
         "",
