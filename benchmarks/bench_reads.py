@@ -12,7 +12,10 @@ asyncio GET): after 500 warm-up reads, `--reads` sequential reads of one key ove
 connection.  Reported per read: the replica process's CPU (user + system from /proc/PID/stat,
 its idle CPU over the same wall time, measured just before, subtracted; /proc counts 10 ms
 ticks, hence 10,000 reads), this process's CPU (`time.process_time`: the client) and the wall
-time.  Writes its section to benchmarks/results/reads.md.  Systems alternate within
+time.  `--gap` sleeps between reads, so that the replica goes idle between them as when 20
+replicas are polled in turn: each read then wakes a sleeping process with cold caches, which
+costs a Python process several times a hot read (the wall time then includes the gap).
+Writes its section to benchmarks/results/reads.md.  Systems alternate within
 each run, so the edgekv/Redis ratios come from the same machine state.
 
 `--profile-edge FILE` runs the edge under cProfile and writes its profile to FILE (the edge is
@@ -35,11 +38,11 @@ from pathlib import Path
 from bench_peers import SYSTEMS, EdgekvSystem, Proc, System, check_installed, with_system
 
 RESULTS = Path(__file__).resolve().parent / "results" / "reads.md"
-IDLE = 1.0  # seconds of idle CPU sampled before the reads
+IDLE = 1.0  # seconds of idle CPU sampled before the reads (5 s with --gap: /proc counts 10 ms)
 WARMUP = 500
 
 
-async def read_cpu(system: System, reads: int) -> dict[str, float]:
+async def read_cpu(system: System, reads: int, gap: float = 0.0) -> dict[str, float]:
     """Per-read CPU (us) of the replica and of this process, and wall us per read."""
     await system.write("probe", b"1")
     read = system.readers()[0]
@@ -52,12 +55,15 @@ async def read_cpu(system: System, reads: int) -> dict[str, float]:
         await read()
     proc = system.replica_proc(0)
     c0 = proc.cpu()
-    await asyncio.sleep(IDLE)
-    idle_rate = (proc.cpu() - c0) / IDLE
+    idle = IDLE if not gap else 5 * IDLE
+    await asyncio.sleep(idle)
+    idle_rate = (proc.cpu() - c0) / idle
     sys0 = _sys_cpu(proc)
     s0, own0, t0 = proc.cpu(), time.process_time(), time.monotonic()
     for _ in range(reads):
         await read()
+        if gap:
+            await asyncio.sleep(gap)  # the replica goes idle between reads, as when polled
     s1, own1, t1 = proc.cpu(), time.process_time(), time.monotonic()
     sys1 = _sys_cpu(proc)
     wall = t1 - t0
@@ -90,13 +96,13 @@ def _profiled(system: System, out: str) -> None:
     system.cluster.spawn = spawn_profiled  # type: ignore[method-assign]
 
 
-async def profiled_run(root: Path, reads: int, out: str) -> dict[str, float]:
+async def profiled_run(root: Path, reads: int, gap: float, out: str) -> dict[str, float]:
     d = Path(tempfile.mkdtemp(prefix="edgekv-", dir=root))
     system = EdgekvSystem(d)
     _profiled(system, out)
     try:
         await system.start(1)
-        got = await read_cpu(system, reads)
+        got = await read_cpu(system, reads, gap)
         proc = system.replica_proc(0)
         assert proc.popen is not None
         os.killpg(proc.popen.pid, signal.SIGINT)  # cProfile writes its file on the way out
@@ -114,12 +120,12 @@ async def run(args: argparse.Namespace) -> str:
     root = Path(tempfile.mkdtemp(prefix="bench-reads-"))
     try:
         if args.profile_edge:
-            got = await profiled_run(root, args.reads, args.profile_edge)
+            got = await profiled_run(root, args.reads, args.gap, args.profile_edge)
             return f"edgekv under cProfile: {got}; profile in {args.profile_edge}"
         by_kind: dict[str, list[dict[str, float]]] = {k: [] for k in systems}
         for _ in range(args.runs):
             for kind in systems:
-                got = await with_system(kind, root, 1, lambda s: read_cpu(s, args.reads))
+                got = await with_system(kind, root, 1, lambda s: read_cpu(s, args.reads, args.gap))
                 by_kind[kind].append(got)
                 print(f"  {kind}: {got}", file=sys.stderr)
     finally:
@@ -156,6 +162,13 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--systems", default="edgekv,redis")
     ap.add_argument("--profile-edge", default="", metavar="FILE")
+    ap.add_argument(
+        "--gap",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="sleep between reads (the replica idles between them, as when polled)",
+    )
     ap.add_argument("--no-write", action="store_true", help="print only, leave results/ alone")
     args = ap.parse_args()
     if args.profile_edge:
