@@ -13,7 +13,8 @@ All integers are big-endian signed 64-bit (the codec bounds them to [0, 2**63 - 
 has TOMBSTONE (no value) and HAS_EXPIRY.  A plain value without expiry has flags 0, so the hot
 read is one byte test and one slice.  Equal registers are equal byte strings, so `same()` is a
 single memcmp.  The fields are read through properties; hot paths unpack the header once with
-`unpack_head`.
+`unpack_head`.  On CPython the class is replaced by an identical one whose instances the cyclic
+collector does not track (crdt/untracked.py): no 16-byte collector header per register.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from collections.abc import Callable
 from itertools import compress, repeat
 from operator import and_, itemgetter
 from struct import Struct
+from typing import TYPE_CHECKING
 
 from ..errors import ConflictingVersion
 from .hashing import entry_hash
+from .untracked import without_gc
 
 TOMBSTONE = 1
 HAS_EXPIRY = 2
@@ -167,3 +170,7 @@ class Register(bytes):
 
     def __reduce__(self) -> tuple[type[Register], tuple[int, int, bytes | None, int | None]]:
         return (Register, (self.seq, self.written_at, self.value, self.expiry))
+
+
+if not TYPE_CHECKING:  # the same class to the type checker; at run time its untracked twin
+    Register = without_gc(Register, (1, 0, b"v"))

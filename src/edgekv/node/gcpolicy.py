@@ -1,10 +1,12 @@
 """The cyclic garbage collector, the C heap and bulk replica data.
 
-Why: every `Register` is a heap-type object, so CPython's cyclic collector tracks each of the
-millions a replica holds, and a full collection walks them all.  While a snapshot streams in,
-the young registers of each chunk are promoted generation by generation and the growing heap
-triggers full collections: measured at 1,000,000 keys, 1.0-1.5 s of collector time in 3.7 s
-of receiving.  Registers and the containers of a replica never form reference cycles (they
+Why: a `Register` written in Python would be a heap-type object that CPython's cyclic collector
+tracks, each of the millions a replica holds, and a full collection would walk them all.  While
+a snapshot streamed in, the young registers of each chunk were promoted generation by
+generation and the growing heap triggered full collections: measured at 1,000,000 keys,
+1.0-1.5 s of collector time in 3.7 s of receiving.  On CPython registers are now untracked
+(crdt/untracked.py); the rule still covers what else a replica's load leaves tracked (the
+Merkle leaf lists, zsets, blooms) and other interpreters.  Registers and the containers of a replica never form reference cycles (they
 are freed by reference counting alone), so the collector can never reclaim any of them.
 
 Rule 1: once a large batch of replica objects exists (a chunk of a whole snapshot staged, a
