@@ -38,7 +38,6 @@ Theory of operation
 from __future__ import annotations
 
 import heapq
-from array import array
 from collections.abc import Iterable, Mapping
 from itertools import compress, islice, repeat
 from operator import (
@@ -53,6 +52,7 @@ from typing import cast
 from sortedcontainers import SortedList
 
 from .bloom import BloomDelta
+from .changelog import seq_array
 from .merkle import MerkleTree
 from .register import HAS_EXPIRY, SEQ_AT, TOMBSTONE, Register
 from .replica import META, Change, Replica, StoreReplica
@@ -188,7 +188,7 @@ def _build_changelog(sr: StoreReplica, keys: list[str], seqs: list[int]) -> None
         log_keys = list(map(log_keys.__getitem__, order))
         seqs = list(map(seqs.__getitem__, order))
     log = sr.changes
-    log.seqs = array("q", seqs)
+    log.seqs = seq_array(seqs)
     log.keys = log_keys
     log.ordered = log.checked = True
 

@@ -1,8 +1,10 @@
 """The change index of one store: which keys changed after a given seq, in O(changes).
 
 Theory of operation
-1. Every state change appends `(seq, key)` to two parallel arrays (seqs as raw int64, so a
+1. Every state change appends `(seq, key)` to two parallel arrays (seqs as raw integers, so a
    bisection touches contiguous memory, not scattered int objects): O(1), no per-key objects.
+   The seqs are uint32 while every seq fits (4 bytes a key: 4 MB less at a million keys) and
+   turn into int64 once one does not (`seq_array`, and `add` on overflow).
    The entry is *current* while the key's state still has that seq.  When the key changes
    again (or is removed), its old entry is found by bisecting for the old seq and its key is
    replaced by None (*marked*), O(log n).
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from itertools import compress, repeat
 from operator import attrgetter, eq, is_not
 from typing import Protocol, cast
@@ -43,6 +45,15 @@ class _Gone:
 SLACK = 1024
 _GONE = _Gone()
 _SEQ = attrgetter("seq")
+
+
+def seq_array(seqs: Iterable[int]) -> array[int]:
+    """`seqs` as a compact array: uint32 while every seq fits, else int64."""
+    seqs = seqs if isinstance(seqs, list | array) else list(seqs)
+    try:
+        return array("I", seqs)
+    except OverflowError:
+        return array("q", seqs)
 
 
 def _locate(seqs: array[int], seq: int) -> int:
@@ -81,7 +92,7 @@ class ChangeLog:
     __slots__ = ("checked", "keys", "ordered", "seqs")
 
     def __init__(self) -> None:
-        self.seqs = array("q")
+        self.seqs = array("I")
         self.keys: list[str | None] = []
         self.ordered = True  # seqs ascending
         self.checked = True  # every stale entry is marked (key None)
@@ -94,7 +105,11 @@ class ChangeLog:
         seqs = self.seqs
         if seqs and seq < seqs[-1]:
             self.ordered = False
-        seqs.append(seq)
+        try:
+            seqs.append(seq)
+        except OverflowError:  # the first seq past uint32: int64 from now on
+            seqs = self.seqs = array("q", seqs)
+            seqs.append(seq)
         self.keys.append(key)
         if len(seqs) > 2 * len(states) + SLACK:
             self.compact(states)
@@ -119,12 +134,12 @@ class ChangeLog:
         seqs, keys = self.seqs, self.keys
         if self.ordered and self.checked:
             keep = list(map(is_not, keys, repeat(None)))
-            self.seqs = array("q", compress(seqs, keep))
+            self.seqs = array(seqs.typecode, compress(seqs, keep))
             self.keys = list(compress(keys, keep))
             return
         if not self.ordered:
             order = sorted(range(len(seqs)), key=seqs.__getitem__)
-            seqs = array("q", map(seqs.__getitem__, order))
+            seqs = array(seqs.typecode, map(seqs.__getitem__, order))
             keys = list(map(keys.__getitem__, order))
             del order
         # a marked entry (None) is never a key of `states`: it reads as gone
@@ -132,12 +147,12 @@ class ChangeLog:
         live = map(_SEQ, map(lookup.get, keys, repeat(_GONE)))
         valid = list(map(eq, live, seqs))
         new_keys = list(compress(keys, valid))
-        new_seqs = array("q", compress(seqs, valid))
+        new_seqs = array(seqs.typecode, compress(seqs, valid))
         if len(set(new_keys)) != len(new_keys):  # a key removed and re-added with one state
             first: dict[str | None, int] = {}
             keep = [first.setdefault(k, i) == i for i, k in enumerate(new_keys)]
             new_keys = list(compress(new_keys, keep))
-            new_seqs = array("q", compress(new_seqs, keep))
+            new_seqs = array(new_seqs.typecode, compress(new_seqs, keep))
         self.seqs, self.keys = new_seqs, new_keys
         self.ordered = self.checked = True
 
@@ -157,4 +172,4 @@ class ChangeLog:
                 yield key
 
     def clear(self) -> None:
-        self.seqs, self.keys, self.ordered, self.checked = array("q"), [], True, True
+        self.seqs, self.keys, self.ordered, self.checked = array("I"), [], True, True
