@@ -73,15 +73,12 @@ current)` verifies states with it (and keeps the certificates); `Certificate.to_
 from __future__ import annotations
 
 import bisect
-import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from hashlib import blake2b
 from operator import itemgetter
-from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from ..errors import RemoteProtocolError
 from .atoms import (
@@ -98,6 +95,7 @@ from .atoms import (
     zset_shape_ok,
 )
 from .bloom import BloomDelta
+from .certificate import ENTRY, MAX_CERT_ATOMS, SEQ, SEQ_ONLY, Certificate, key_id, public_key
 from .register import Register
 from .state import Delta, State
 from .zset import ZSet
@@ -117,115 +115,17 @@ __all__ = [
     "states_seqs",
 ]
 
-MAX_CERT_ATOMS = 4096
-ENTRY = 24  # seq (8, big-endian) + atom hash (16)
 CERT_OVERHEAD = 100  # key id, range, signature and framing of one certificate (bytes)
 ANNOUNCE_SENDS = 6  # messages that pass a fresh certificate on (rule 4)
 MAX_FRESH = 64  # fresh certificates waiting to be passed on
 PASS_ON_BYTES = 64 << 10  # fresh certificates in one message (at least one)
-_DOMAIN = b"edgekv-cert-v1\x00"
-_SEQ = struct.Struct(">q")
-_SEQ_ONLY = struct.Struct(">q16x")  # the seq of one entry
 _FIRST = itemgetter(0)
-_TWO = struct.Struct(">qq")
 
 Item = tuple[str, str, Delta]
 
 
 class ForgedState(RemoteProtocolError):
     """A peer sent a state (or certificate) the origin never signed."""
-
-
-def key_id(public: Ed25519PublicKey) -> bytes:
-    raw = public.public_bytes(Encoding.Raw, PublicFormat.Raw)
-    return blake2b(raw, digest_size=8).digest()
-
-
-def _public_key(raw: bytes) -> Ed25519PublicKey:
-    return Ed25519PublicKey.from_public_bytes(raw)
-
-
-class Certificate:
-    """The origin's signature over the sorted (seq, atom) entries of seqs lo..hi."""
-
-    __slots__ = ("entries", "hi", "key_id", "lo", "order", "signature")
-
-    def __init__(self, key_id: bytes, lo: int, hi: int, entries: bytes, signature: bytes) -> None:
-        self.key_id = key_id
-        self.lo = lo
-        self.hi = hi
-        self.entries = entries
-        self.signature = signature
-        self.order = 0  # the store's add counter: newer certificates are preferred (rule 4)
-
-    def body(self) -> bytes:
-        return _DOMAIN + self.key_id + _TWO.pack(self.lo, self.hi) + self.entries
-
-    def __len__(self) -> int:
-        return len(self.entries) // ENTRY
-
-    def contains(self, seq: int, h: bytes) -> bool:
-        rec = _SEQ.pack(seq) + h
-        e = self.entries
-        i = (seq - self.lo) * ENTRY  # a dense certificate (one atom per seq) holds it right here
-        if i >= 0 and e[i : i + ENTRY] == rec:
-            return True
-        j = _bisect(e, rec) * ENTRY  # entries are sorted: binary search
-        return e[j : j + ENTRY] == rec
-
-    def has_seq(self, seq: int) -> bool:
-        """Whether some entry carries `seq` (what a sender checks before choosing it)."""
-        key = _SEQ.pack(seq)
-        e = self.entries
-        i = (seq - self.lo) * ENTRY
-        if i >= 0 and e[i : i + 8] == key:
-            return True
-        j = _bisect(e, key) * ENTRY
-        return e[j : j + 8] == key
-
-    def seqs(self) -> Iterator[int]:
-        for (seq,) in _SEQ_ONLY.iter_unpack(self.entries):
-            yield seq
-
-    def to_wire(self) -> list[Any]:
-        return [self.key_id, self.lo, self.hi, self.entries, self.signature]
-
-    @classmethod
-    def from_wire(cls, obj: object) -> Certificate:
-        """Parse the wire form; raises RemoteProtocolError (nothing is verified here)."""
-        if not isinstance(obj, list) or len(obj) != 5:
-            raise RemoteProtocolError("a certificate is [key_id, lo, hi, entries, signature]")
-        kid, lo, hi, entries, sig = obj
-        if not (isinstance(kid, bytes) and len(kid) == 8):
-            raise RemoteProtocolError("certificate key id must be 8 bytes")
-        for v in (lo, hi):
-            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 1 << 63:
-                raise RemoteProtocolError("certificate seq out of range")
-        if lo > hi:
-            raise RemoteProtocolError("certificate lo > hi")
-        if not isinstance(entries, bytes) or len(entries) % ENTRY:
-            raise RemoteProtocolError("certificate entries must be 24-byte records")
-        if len(entries) > ENTRY * MAX_CERT_ATOMS * 16:
-            raise RemoteProtocolError("certificate too large")
-        if not (isinstance(sig, bytes) and len(sig) == 64):
-            raise RemoteProtocolError("certificate signature must be 64 bytes")
-        return cls(kid, lo, hi, entries, sig)
-
-    def __repr__(self) -> str:
-        return f"Certificate(lo={self.lo}, hi={self.hi}, atoms={len(self)})"
-
-
-def _bisect(entries: bytes, rec: bytes) -> int:
-    """The index of the first 24-byte record of `entries` that is >= `rec` (a prefix works)."""
-    lo, hi = 0, len(entries) // ENTRY
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        i = mid * ENTRY
-        if entries[i : i + ENTRY] < rec:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
 
 
 class Signer:
@@ -240,7 +140,7 @@ class Signer:
         """Certificates over `atoms`, each at most MAX_CERT_ATOMS atoms (a seq is never split).
 
         `lo..hi` is the seq range claimed (widened to the atoms' own range)."""
-        return self.certify_records(sorted(_SEQ.pack(s) + h for s, h in atoms), lo, hi)
+        return self.certify_records(sorted(SEQ.pack(s) + h for s, h in atoms), lo, hi)
 
     def certify_records(self, recs: Sequence[bytes], lo: int = 0, hi: int = 0) -> list[Certificate]:
         """`certify` of sorted 24-byte (seq, atom) records."""
@@ -250,8 +150,8 @@ class Signer:
             end = min(start + MAX_CERT_ATOMS, len(recs))
             while end < len(recs) and recs[end][:8] == recs[end - 1][:8]:
                 end += 1
-            first = _SEQ.unpack_from(recs[start])[0]
-            last = _SEQ.unpack_from(recs[end - 1])[0]
+            first = SEQ.unpack_from(recs[start])[0]
+            last = SEQ.unpack_from(recs[end - 1])[0]
             c_lo = min(first, lo) if lo and start == 0 else first
             c_hi = max(last, hi) if hi and end == len(recs) else last
             entries = b"".join(recs[start:end])
@@ -272,7 +172,7 @@ class ProofStore:
     def __init__(
         self, public_keys: Sequence[Ed25519PublicKey | bytes] = (), *, journal: bool = True
     ) -> None:
-        keys = [_public_key(k) if isinstance(k, bytes) else k for k in public_keys]
+        keys = [public_key(k) if isinstance(k, bytes) else k for k in public_keys]
         self.keys: dict[bytes, Ed25519PublicKey] = {key_id(k): k for k in keys}
         self._los: list[int] = []  # certificates sorted by lo ...
         self._certs: list[Certificate] = []
@@ -557,7 +457,7 @@ class ProofStore:
             if not live:
                 break
             e = c.entries
-            seqs = list(map(_FIRST, _SEQ_ONLY.iter_unpack(e)))  # column-wise, in C
+            seqs = list(map(_FIRST, SEQ_ONLY.iter_unpack(e)))  # column-wise, in C
             hit = live.intersection(seqs)
             if not hit:
                 continue

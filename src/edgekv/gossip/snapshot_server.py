@@ -16,8 +16,8 @@ from itertools import islice, repeat
 from operator import is_
 from typing import Any
 
+from ..crdt.certificate import ENTRY, Certificate
 from ..crdt.codec import encode_delta
-from ..crdt.proofs import ENTRY, Certificate
 from ..crdt.register import SEQ_AT, Register
 from ..crdt.replica import Replica
 from ..crdt.state import State
