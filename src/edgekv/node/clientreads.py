@@ -53,7 +53,7 @@ from ..gossip.wire import Message, MsgType, encode_frame
 from .auth import TokenAuth
 from .kvstore import KvStore
 from .limits import DEFAULT_NET_LIMITS, ByteBudget
-from .sockio import direct_socket
+from .sockio import direct_socket, receive_ready, send_now
 from .tcp import FramedStream
 
 logger = logging.getLogger("edgekv.edge")
@@ -222,15 +222,7 @@ class _ReadConnection:
         sock = self.sock
         if sock is None:
             return await self.stream.stream.receive(FLOOR)
-        while True:
-            await anyio.wait_readable(sock)
-            try:
-                data = sock.recv(FLOOR)
-            except (BlockingIOError, InterruptedError):
-                continue
-            if not data:
-                raise anyio.EndOfStream
-            return data
+        return await receive_ready(sock, FLOOR)
 
     async def answer(self, msg: Message) -> None:
         """Build the answer to `msg` once it fits in the budget, send it, give it back."""
@@ -245,10 +237,7 @@ class _ReadConnection:
             await self.budget.fit(size, self.held)
         sock = self.sock
         if sock is not None:
-            try:
-                sent = sock.send(frame)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
+            sent = send_now(sock, frame)
             if sent == size:
                 return  # the socket took it all: nothing held
             if sent:

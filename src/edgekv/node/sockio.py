@@ -1,4 +1,4 @@
-"""Writing to a socket without a trip through the event loop, where that is safe.
+"""Reading and writing a socket without extra trips through the event loop, where that is safe.
 
 A send through anyio costs a checkpoint (on trio and asyncio alike: a yield to the event loop
 after sending), a task switch when the socket is not writable, and a few layers of wrappers;
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import socket
 
+import anyio
 import anyio.abc
 import sniffio
 
@@ -54,3 +55,26 @@ def write_socket(stream: anyio.abc.ByteStream) -> tuple[socket.socket | None, bo
     is -1 once the socket is closed, whereas a descriptor kept as a number may by then belong
     to another connection."""
     return _raw(stream), sniffio.current_async_library() == "trio"
+
+
+def send_now(sock: socket.socket, data: bytes) -> int:
+    """Send what the kernel takes at once (0 when the socket would block); other OSErrors
+    propagate."""
+    try:
+        return sock.send(data)
+    except (BlockingIOError, InterruptedError):
+        return 0
+
+
+async def receive_ready(sock: socket.socket, max_bytes: int) -> bytes:
+    """Wait until `sock` is readable, then read it: one trip through the event loop, no read
+    that fails first.  Raises anyio.EndOfStream once the peer has closed."""
+    while True:
+        await anyio.wait_readable(sock)
+        try:
+            data = sock.recv(max_bytes)
+        except (BlockingIOError, InterruptedError):
+            continue
+        if not data:
+            raise anyio.EndOfStream
+        return data

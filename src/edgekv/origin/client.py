@@ -65,7 +65,7 @@ from ..errors import (
 from ..gossip.wire import FrameDecoder, Message, MsgType, encode_frame
 from ..node.framed import FramedStream, LinkOptions
 from ..node.pending import Event, PendingRequests, Waiter, outcome
-from ..node.sockio import direct_socket, write_socket
+from ..node.sockio import direct_socket, receive_ready, write_socket
 from ..node.tlsconfig import TlsConfig
 from .api import StoreApi
 
@@ -340,13 +340,7 @@ class OriginClient(StoreApi):
         try:
             while True:
                 if raw is not None:
-                    await anyio.wait_readable(raw)
-                    try:
-                        data = raw.recv(65536)
-                    except (BlockingIOError, InterruptedError):
-                        continue
-                    if not data:
-                        raise anyio.EndOfStream
+                    data = await receive_ready(raw, 65536)
                 else:
                     data = await sock.receive(65536)
                 for msg in frames.feed(data):

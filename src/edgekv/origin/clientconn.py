@@ -52,7 +52,7 @@ import cbor2
 from ..errors import EdgeKVError, LocalProtocolError, RemoteProtocolError
 from ..gossip.wire import Message, MsgType, encode_frame
 from ..node.limits import ByteBudget
-from ..node.sockio import direct_socket
+from ..node.sockio import direct_socket, send_now
 from .writer import BatchCommand, StoreCommand
 
 if TYPE_CHECKING:
@@ -312,9 +312,7 @@ class ClientConnection:
         sock = self._socket
         if sock is not None:
             try:
-                sent = sock.send(data)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
+                sent = send_now(sock, data)
             except OSError as exc:  # the client went away
                 self._close(f"cannot answer: {exc!r}", logging.DEBUG)
                 return
