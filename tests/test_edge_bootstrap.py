@@ -132,3 +132,65 @@ async def test_a_whole_snapshot_ends_open_watchers_with_a_reset(tmp_path: Path) 
                         pass
                 assert edge.gossip.counters["snapshots_installed"] == 1
                 assert edge.open("s").get("k03999") == b"v3999"
+
+
+async def test_a_restarted_edge_takes_its_delta_while_its_trees_are_still_being_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An edge back after many changes asks for its delta snapshot as soon as its file is
+    loaded: its Merkle trees are built off the loop meanwhile (held back here until the delta
+    is in), not before gossip starts.  Real sockets and clock (the build is a worker thread)."""
+    import threading
+
+    from edgekv.crdt import treebuild
+    from edgekv.gossip import snapshot
+    from edgekv.node import edge as edge_mod
+    from edgekv.node import runtime as runtime_mod
+
+    release = threading.Event()
+    real, real_pending = treebuild.build_tree, edge_mod.Replica.build_pending_trees
+
+    def held_build(states):  # type: ignore[no-untyped-def]
+        release.wait(30)
+        return real(states)
+
+    def held_pending(self):  # type: ignore[no-untyped-def]
+        release.wait(30)
+        return real_pending(self)
+
+    with trio.fail_after(90):
+        async with (
+            edgekv.Origin(
+                data_dir=str(tmp_path / "o"), listen="127.0.0.1:0", gossip_config=small_snapshots()
+            ) as origin,
+            edgekv.OriginClient(origin.address) as client,
+        ):
+            await fill(client)
+            async with edgekv.EdgeNode(
+                origin=origin.address, data_dir=str(tmp_path / "e"), config=small_snapshots()
+            ) as edge:
+                assert edge.is_ready()
+            for lo in range(0, KEYS, 1000):  # away: every key changes (a delta past 500)
+                await client.batch("s", [Put(f"k{i:05d}", b"c") for i in range(lo, lo + 1000)])
+            monkeypatch.setattr(edge_mod, "BACKGROUND_TREES_FROM", 0)
+            monkeypatch.setattr(runtime_mod, "OFFLOAD_FROM_KEYS", 0)  # the trees in a thread
+            monkeypatch.setattr(snapshot, "build_tree", held_build)
+            monkeypatch.setattr(edge_mod.Replica, "build_pending_trees", held_pending)
+            try:
+                async with edgekv.EdgeNode(
+                    origin=origin.address, data_dir=str(tmp_path / "e"), config=small_snapshots()
+                ) as edge:
+                    with trio.fail_after(15):
+                        while edge.replica.watermark < origin.replica.watermark:  # noqa: ASYNC110 (a poll)
+                            await trio.sleep(0.01)
+                    assert edge.replica.trees_pending  # the delta came before the trees
+                    assert edge.gossip.counters["snapshot_deltas"] == 1
+                    assert edge.status()["syncing"] and edge.status()["root"] is None
+                    release.set()
+                    while edge.status()["syncing"]:  # noqa: ASYNC110 (a poll, as a user would)
+                        await trio.sleep(0.01)
+                    assert not edge.replica.trees_pending
+                    assert edge.replica.root == origin.replica.root
+                    assert edge.open("s").get("k00042") == b"c"
+            finally:
+                release.set()

@@ -292,12 +292,13 @@ def test_a_large_restart_reads_first_and_builds_its_trees_in_a_thread(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With many keys (here: any number, the threshold lowered), reads work before the Merkle
-    trees exist; a worker thread builds them, then gossip starts.  Real clock: the thread's
+    trees exist; a worker thread builds them while gossip runs (syncing until they are in).  Real clock: the thread's
     work takes real time, which a virtual clock would skip past."""
     import anyio
 
     from edgekv.crdt import META, Register
     from edgekv.node import edge as edge_mod
+    from edgekv.node import runtime as runtime_mod
     from edgekv.node.persistence import ReplicaStore
 
     saved = ReplicaStore(tmp_path)
@@ -308,6 +309,7 @@ def test_a_large_restart_reads_first_and_builds_its_trees_in_a_thread(
     roots = saved.replica.roots()
     anyio.run(saved.close)
     monkeypatch.setattr(edge_mod, "BACKGROUND_TREES_FROM", 0)
+    monkeypatch.setattr(runtime_mod, "OFFLOAD_FROM_KEYS", 0)  # the tree job in a thread
 
     async def main() -> None:
         with trio.fail_after(20):

@@ -274,6 +274,11 @@ class GossipNode:
             out.extend(self._purge(wall_ms))
         return out
 
+    def defer_trees(self) -> None:
+        """The replica's unbuilt Merkle trees (a restart's load) become a job for `take_job`,
+        built off the event loop while gossip runs; anti-entropy waits (snapshot.py rule 10)."""
+        self.bootstrap.defer_trees()
+
     @property
     def staging(self) -> bool:
         """A whole snapshot is being received (the driver keeps the GC off its data)."""

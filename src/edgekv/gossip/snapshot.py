@@ -73,6 +73,12 @@ Theory of operation
    receiver restarts as a whole snapshot; a purge mark that only moved (nothing removed: no
    deletes, or their tombstones gone before w) keeps the delta.  So a gap
    above the switch point costs the changed keys, never the whole store twice.
+10. Restart.  A node restarted from its file loads its states without Merkle trees (reads
+   need none) and starts gossip at once: `defer_trees` makes the trees a job like rule 7's
+   (copies of the states built off the loop, tree changes logged meanwhile) and anti-entropy
+   waits for it.  So a node back after a long absence asks for its delta snapshot as soon as
+   it has loaded, not after its trees (measured at 1M keys under load: 3.6 s of the 22.8 s
+   from spawn to the origin's watermark went to the trees before the first request).
 """
 
 from __future__ import annotations
@@ -235,7 +241,7 @@ class SnapshotClient:
         self._purged = 0
         self._groups: dict[str, dict[str, State]] = {}
         self._tree_job: TreeJob | None = None  # rule 7: to hand out after the install
-        self.settling = False  # installed, its trees not yet (no anti-entropy meanwhile)
+        self._trees_out = 0  # tree jobs handed out, not yet installed
         self._since = 0  # > 0: a delta snapshot (rule 9)
         self.delta_stage_from = DELTA_STAGE_FROM
         self._delta_keys = 0  # keys a delta joined into the live replica chunk by chunk
@@ -245,6 +251,18 @@ class SnapshotClient:
     @property
     def active(self) -> bool:
         return self.state != self.IDLE
+
+    @property
+    def settling(self) -> bool:
+        """Trees of the replica are being built elsewhere (no anti-entropy meanwhile)."""
+        return self._tree_job is not None or self._trees_out > 0
+
+    def defer_trees(self) -> None:
+        """Rule 10: the trees a restart's load left unbuilt are built as a job, like a
+        snapshot's; gossip, catch-up and snapshots run meanwhile (their changes are logged)."""
+        copies = self.replica.defer_trees()
+        if copies:
+            self._tree_job = TreeJob(copies, sum(len(states) for _, states in copies))
 
     def ready(self) -> bool:
         return self.target is not None and not self.active and self.replica.watermark >= self.target
@@ -429,6 +447,7 @@ class SnapshotClient:
         its install, its trees (rule 7; the driver builds them and calls `install_trees`)."""
         if self._tree_job is not None:
             job, self._tree_job = self._tree_job, None
+            self._trees_out += 1
             return job
         if self.state != self.BUILDING:
             return None
@@ -448,7 +467,7 @@ class SnapshotClient:
         """Adopt the built replica in the live one (rule 7); returns the joined live changes."""
         changes = adopt(self.replica, built, staged.wm)
         if staged.trees is not None and staged.trees.copies:
-            self._tree_job, self.settling = staged.trees, True
+            self._tree_job = staged.trees
         staged.trees = None
         self._end()
         self._reset(now)
@@ -457,7 +476,7 @@ class SnapshotClient:
 
     def install_trees(self, built: list[tuple[StoreReplica, MerkleTree]] | BaseException) -> None:
         """Rule 7: the trees of the installed snapshot (a failed build: built here at once)."""
-        self.settling = False
+        self._trees_out = max(0, self._trees_out - 1)
         if isinstance(built, BaseException):
             self.counters["snapshot_tree_failures"] += 1
             self.replica.roots()  # every pending tree built on first use, its log dropped

@@ -58,7 +58,7 @@ from edgekv.errors import (
 from edgekv.gossip import fields
 from edgekv.gossip.config import GossipConfig
 from edgekv.gossip.core import GossipNode
-from edgekv.gossip.snapshot import StagedSnapshot
+from edgekv.gossip.snapshot import StagedSnapshot, TreeJob
 from edgekv.gossip.transport import Transport
 from edgekv.gossip.wire import Message, PeerIdentity
 from edgekv.node import gcpolicy, kvstore
@@ -84,7 +84,8 @@ ORIGIN_TRY = 1.0
 
 BACKGROUND_TREES_FROM = 50_000
 """A restart with at least this many keys builds its Merkle trees in a worker thread after
-reads start (about 2 s per million keys); a smaller one builds them before it returns."""
+reads start, while gossip runs (about 2 s per million keys); a smaller one builds them before
+it returns."""
 
 READY_BASE = 10.0
 READY_PER_KEY = 20e-6  # 20 s per million keys: 4x the measured snapshot time on 2 shared cores
@@ -180,6 +181,7 @@ class EdgeNode:
             self._replica.use_proofs(ProofStore(self.origin_public_keys, journal=False))
         self._persist: ReplicaStore | None = None
         self.load_report: LoadReport | None = None
+        self._trees_started: float | None = None  # a restart's trees are being built since
         self.hub = WatchHub()
         self.http_address: str | None = None
         self._ctx_token: Any = None
@@ -213,25 +215,6 @@ class EdgeNode:
         return self.runtime.gossip  # type: ignore[return-value]
 
     # -- lifecycle ---------------------------------------------------------------------------------
-
-    async def _build_trees_then_run(self, runtime: NodeRuntime) -> None:
-        """Build the Merkle trees a restart left unbuilt, then start gossip.
-
-        Reads need only the states, so a restarted node serves them while a worker thread
-        hashes every key (about a third of a load); gossip and anti-entropy need the trees,
-        so they start after.  Anything that needs a tree sooner (a write's read-your-writes
-        apply, /status) builds it on the spot, and the background result is then dropped.
-        """
-        started = time.perf_counter()
-        # abandoned on shutdown: the thread only builds new objects, installing is done here
-        built = await anyio.to_thread.run_sync(
-            self._replica.build_pending_trees, abandon_on_cancel=True
-        )
-        self._replica.install_trees(built)
-        logger.info(
-            "event=trees_built node=%s seconds=%.3f", self.node_id, time.perf_counter() - started
-        )
-        await runtime.run()
 
     async def __aenter__(self) -> EdgeNode:
         stack = AsyncExitStack()
@@ -331,6 +314,13 @@ class EdgeNode:
             self.hub.reset()
             if self._persist is not None:
                 self._persist.rewrite_all()
+        elif isinstance(job, TreeJob) and self._trees_started is not None:
+            logger.info(
+                "event=trees_built node=%s seconds=%.3f",
+                self.node_id,
+                time.perf_counter() - self._trees_started,
+            )
+            self._trees_started = None
 
     async def _start(self, stack: AsyncExitStack) -> None:
         if self.data_dir is not None:
@@ -340,7 +330,7 @@ class EdgeNode:
                 flush_interval=self.flush_interval,
                 public_keys=self.origin_public_keys or None,
             )
-            # Merkle trees are built after reads start (`_build_trees_then_run`)
+            # Merkle trees are built after reads start, while gossip runs (a job)
             self.load_report = await anyio.to_thread.run_sync(partial(persist.load, trees=False))
             gcpolicy.settle()
             self._replica = persist.replica
@@ -401,10 +391,10 @@ class EdgeNode:
             runtime.add_listener(persist.on_changes)
             await tg.start(persist.run)
         tg.start_soon(self._log_progress)
-        if self._replica.trees_pending:
-            tg.start_soon(self._build_trees_then_run, runtime)
-        else:
-            await tg.start(runtime.run)
+        if self._replica.trees_pending:  # built off the loop while gossip runs (a job)
+            gossip.defer_trees()
+            self._trees_started = time.perf_counter()
+        await tg.start(runtime.run)
         stack.push_async_callback(runtime.leave)  # first thing on exit, while still connected
         if self.http is not None:
             sock = bind_socket(self.http)
