@@ -103,6 +103,23 @@ def test_an_edge_knowing_only_the_origin_is_sent_to_a_caught_up_edge() -> None:
     assert node.replica.root == sim.origin.replica.root
 
 
+def test_an_edge_some_thousand_seqs_behind_is_still_offered_as_a_source() -> None:
+    # under write load an edge known by its last ping (or slowed by serving other snapshots)
+    # is thousands of seqs behind the origin's watermark; leaving it out left the origin to
+    # serve a whole store (the 1M-key, 10-edge benchmark step: one edge took it from there)
+    import random
+
+    from edgekv.gossip.snapshot import offer_sources
+
+    sim = sim_with_sources(seed=12, sources=1)
+    edge = sim.edges[0]
+    known = sim.origin.members.peers[edge].watermark
+    assert known == sim.origin.replica.watermark
+    later = known + 5000  # the origin's watermark after 5,000 more writes
+    assert offer_sources(sim.origin.members, later, GossipConfig(), random.Random(1)) == [edge]
+    assert offer_sources(sim.origin.members, known + 50_000, GossipConfig(), random.Random(1)) == []
+
+
 def test_a_transfer_cut_in_the_middle_resumes_from_another_peer_and_ends_equal() -> None:
     sim = sim_with_sources(seed=2)
     node = start_fresh_until(sim, KEYS // 3)  # a third of the keys staged: crash the source

@@ -101,9 +101,13 @@ class GossipConfig:
     snapshot_timeout: float = 10.0
     """A snapshot source silent this long is abandoned: the transfer resumes from its cursor
     with another peer."""
-    snapshot_lag: int = 1000
+    snapshot_lag: int = 20_000
     """A peer whose watermark is within this many seqs of the offer's counts as caught up (a
-    snapshot source); edges are preferred to the origin."""
+    snapshot source); edges are preferred to the origin.  Generous: a source that far behind
+    leaves a gap a catch-up or a small delta fills, while a source not counted leaves the
+    origin to serve the whole store (with 1,000, at 1,000+ writes/s an edge known by its
+    last ping, or one slowed by serving nine snapshots, was not caught up, and one of ten
+    joining edges took its 1M keys from the origin)."""
 
     # -- sizes ----------------------------------------------------------------------------------
     max_message_bytes: int = 1 << 20
