@@ -4,6 +4,9 @@ Theory of operation
 1. `Dialer.connect(address)` opens an authenticated connection as this node (TLS first when
    configured) and remembers its handshake transcript (the last `INITIATED_KEPT`), so that the
    peer can ask us whether we opened it (wire.py rule 6) and we can answer (`initiated`).
+   Each connection is counted in the node's `FdBudget` until its `abort`/`aclose`; a dial
+   the budget has no room for fails at once (`FdsExhausted`), one to an `essential` address
+   (the node's origins) never does (fdbudget.py rule 3).
 2. An inbound connection's handshake names the address its sender listens at: a claim.  It is
    *confirmed* by dialling that address and asking, in the handshake, whether the process
    there initiated the connection with this transcript: only the very process that connected
@@ -21,11 +24,13 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import replace
 
 import anyio
 
 from edgekv.node.backoff import Backoffs
+from edgekv.node.fdbudget import FdBudget
 from edgekv.node.framed import CONNECT_TIMEOUT, FramedStream, LinkOptions, parse_address
 
 __all__ = ["Dialer", "same_host"]
@@ -67,11 +72,19 @@ async def same_host(claimed_host: str, source: str) -> bool:
 class Dialer:
     """Opens this node's outbound connections and confirms claimed addresses (see module)."""
 
-    def __init__(self, link: LinkOptions, *, connect_timeout: float = CONNECT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        link: LinkOptions,
+        *,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        fds: FdBudget | None = None,
+    ) -> None:
         self.link = link  # its `advertise` is replaced by `address` at each connection
         self.connect_timeout = connect_timeout
         self.failed_backoff = FAILED_BACKOFF  # seconds before a failed address is probed again
         self.address = ""  # ours, as advertised (set once the transport is bound)
+        self.fds = fds  # every connection counted in it (rule 1)
+        self.essential: Callable[[str], bool] = lambda address: False  # e.g. our origins
         self._initiated: OrderedDict[bytes, None] = OrderedDict()
         self.confirmed: OrderedDict[str, str] = OrderedDict()  # address -> node id
         self._failed = Backoffs(MAX_CONFIRMED)  # address -> when it may be probed again
@@ -85,13 +98,24 @@ class Dialer:
 
     async def connect(self, address: str, *, confirm: bytes | None = None) -> FramedStream:
         """An authenticated connection to `address` (rule 1); with `confirm`, a probe asking
-        whether the peer initiated that transcript (its answer in `.confirmed`)."""
-        conn = await FramedStream.connect(
-            address,
-            replace(self.link, advertise=self.address),
-            connect_timeout=self.connect_timeout,
-            confirm=confirm,
-        )
+        whether the peer initiated that transcript (its answer in `.confirmed`).  Raises
+        `FdsExhausted` at once when the node's fd budget has no room for it (rule 1)."""
+        fds = self.fds
+        if fds is not None:
+            fds.open_outbound(self.essential(address))
+        try:
+            conn = await FramedStream.connect(
+                address,
+                replace(self.link, advertise=self.address),
+                connect_timeout=self.connect_timeout,
+                confirm=confirm,
+            )
+        except BaseException:
+            if fds is not None:
+                fds.closed_outbound()
+            raise
+        if fds is not None:
+            conn.on_close = fds.closed_outbound  # given back by its `abort` or `aclose`
         if confirm is None:
             self._initiated[conn.transcript] = None
             if len(self._initiated) > INITIATED_KEPT:
@@ -152,5 +176,5 @@ class Dialer:
         except Exception as exc:
             logger.info("%s: cannot confirm %s: %r", self.address, claimed, exc)
             return False
-        await anyio.aclose_forcefully(conn.stream)
+        await conn.abort()
         return conn.confirmed is True and conn.peer is not None and conn.peer.node_id == node_id

@@ -400,7 +400,10 @@ class EdgeNode:
             sock = bind_socket(self.http)
             self.http_address = socket_address(sock)
             app = build_app(self, self.auth, self.http_limits)
-            await tg.start(partial(serve_app, app, sock, tls=self.tls, limits=self.http_limits))
+            fds = getattr(transport, "fds", None)  # the node's one fd budget
+            await tg.start(
+                partial(serve_app, app, sock, tls=self.tls, limits=self.http_limits, fds=fds)
+            )
         logger.info(
             "event=started node=%s address=%s origin=%s peers=%d http=%s",
             self.node_id,

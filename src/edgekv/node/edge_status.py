@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+from edgekv.node.fdbudget import fds_counters, fds_gauges, fds_status
 from edgekv.node.metrics import (
     NodeCollector,
     antientropy_repairs,
@@ -91,6 +92,7 @@ def edge_status(node: EdgeNode) -> dict[str, Any]:
         # the link-fault policy in force (testnets, `--fault-file`), None without one
         "faults": None if node.faults is None else node.faults.to_spec(),
         "process": process_info(),
+        "fds": fds_status(node._transport),
         "verification": _proofs_status(node),
         "rejected_unsigned": dict(runtime.metrics.rejected) if runtime is not None else {},
     }
@@ -138,6 +140,7 @@ def edge_metrics_text(node: EdgeNode) -> str:
         "lag_seqs": float(status["lag_seqs"]),
         "lag_ms": float(status["lag_ms"]),
         "watchers": float(node.hub.count()),
+        **fds_gauges(runtime.transport),
     }
     if node._persist is not None:
         gauges["persisted_watermark"] = float(node._persist.persisted_watermark)
@@ -148,6 +151,7 @@ def edge_metrics_text(node: EdgeNode) -> str:
         gossip_counters=runtime.gossip.counters,
         gauges=gauges,
         peer_states=states,
+        counters=fds_counters(runtime.transport),
         rejections=node_rejections(runtime),
     ).text()
 

@@ -115,6 +115,9 @@ class FramedStream(anyio.abc.AsyncResource):
         self.budget: ByteBudget | None = None
         self.room_timeout = HANDSHAKE_TIMEOUT
         self._charged = 0
+        # called once when `abort` closes it (an outbound connection's descriptor given back
+        # to the node's FdBudget, fdbudget.py)
+        self.on_close: Callable[[], None] | None = None
 
     @classmethod
     async def connect(
@@ -288,8 +291,19 @@ class FramedStream(anyio.abc.AsyncResource):
             self._charged = 0
 
     async def aclose(self) -> None:
+        self._closed()
         self.release()
         await self.stream.aclose()
+
+    async def abort(self) -> None:
+        """Close it now, without a goodbye (`anyio.aclose_forcefully`)."""
+        self._closed()
+        await anyio.aclose_forcefully(self.stream)
+
+    def _closed(self) -> None:
+        on_close, self.on_close = self.on_close, None
+        if on_close is not None:
+            on_close()
 
 
 _HELLO = int(MsgType.HELLO)

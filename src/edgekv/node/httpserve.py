@@ -1,11 +1,14 @@
 """Serving a node's HTTP app (the origin's API, the edge's admin API) with hypercorn, bounded.
 
 Theory of operation (issue #12)
-1. Under trio (the daemons' backend) and asyncio alike the port's accept loop is ours: connections are capped
-   in total (`HttpLimits.max_connections`, lowered to keep 64 file descriptors free) and per
-   source IP (`max_per_address`); one over a cap is closed at once, an accept error (EMFILE,
-   ...) is counted and retried after a back-off (listener.py).  Each admitted connection is
-   served by hypercorn's own connection handler.  `stats` counts refusals and accept errors.
+1. Under trio (the daemons' backend) and asyncio alike the port's accept loop is ours:
+   connections are capped in total (`HttpLimits.max_connections`, lowered to keep 64 file
+   descriptors free) and per source IP (`max_per_address`), and counted in the node's
+   `FdBudget` (`fds`), which every port and outbound connection of the node shares: one over
+   a cap, or arriving when the process is near its fd limit (fdbudget.py), is closed at once;
+   an accept error (EMFILE, ...) is counted and retried after a back-off (listener.py).  Each
+   admitted connection is served by hypercorn's own connection handler.  `stats` counts
+   refusals and accept errors.
 2. Hypercorn closes a connection whose request head is not complete within
    `HttpLimits.head_timeout` of its start or of its previous answer (its keep-alive timeout
    covers a connection until a whole head has arrived) and bounds a head's size (16 KiB).
@@ -30,6 +33,7 @@ import sniffio
 from starlette.applications import Starlette
 
 from edgekv.gossip.transport import TransportStats
+from edgekv.node.fdbudget import FdBudget
 from edgekv.node.framed import format_address, parse_address
 from edgekv.node.httpapi import HttpLimits
 from edgekv.node.listener import ConnectionCaps, accept_each
@@ -79,12 +83,14 @@ async def serve_app(
     tls: TlsConfig | None = None,
     limits: HttpLimits | None = None,
     stats: TransportStats | None = None,
+    fds: FdBudget | None = None,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `app` with hypercorn on the bound `sock` until `shutdown` is set or the caller
     cancels (trio or asyncio), within `limits` (see the module docstring).  With `tls`, HTTPS
     with the node's certificate; a client certificate is verified against the CA if offered,
-    not required (tokens authorise)."""
+    not required (tokens authorise).  With `fds` (the node's, its transport's), connections
+    are counted in it and refused when the process is near its fd limit (fdbudget.py)."""
     from hypercorn.config import Config
     from hypercorn.utils import wrap_app
 
@@ -106,6 +112,7 @@ async def serve_app(
         limits.max_per_address,
         limits.max_connections,
         fd_reserve=FD_RESERVE,
+        fds=fds,
     )
     wrapped = wrap_app(_asgi(app), config.wsgi_max_body_size, "asgi")
     if sniffio.current_async_library() == "trio":

@@ -1,9 +1,10 @@
 """A listening port's accept loop with connection caps and accept-error survival (issue #12).
 
 `ConnectionCaps` counts one port's inbound connections: in total, per source address and
-those still in their handshake; `over_cap(host)` says why a new one must be refused (empty when
-it may stay).  `accept_loop` accepts until the listener closes: a connection over a cap is
-closed at once (counted in `stats.refused_connections`); a transient accept error (out of file
+those still in their handshake, and in the node's `FdBudget` shared by all its ports and its
+outbound connections (fdbudget.py); `over_cap(host)` says why a new one must be refused
+(empty when it may stay).  `accept_loop` accepts until the listener closes: a connection
+over a cap, or arriving when the process is near its fd limit, is closed at once (counted in `stats.refused_connections`); a transient accept error (out of file
 descriptors, buffers or memory; a connection aborted before it was accepted) is counted in
 `stats.accept_errors` and retried after a back-off starting at `accept_backoff` and doubling
 up to 1 s (`accept_failed`), so a flood past the fd limit never stops the listener.  The TCP
@@ -22,6 +23,7 @@ import anyio
 import anyio.abc
 
 from edgekv.gossip.transport import TransportStats
+from edgekv.node.fdbudget import FdBudget
 from edgekv.node.limits import NetLimits, fd_limit
 
 __all__ = ["ConnectionCaps", "accept_each", "accept_failed", "accept_loop"]
@@ -37,8 +39,12 @@ _TRANSIENT_ACCEPT = frozenset(
 )
 
 
+_NO_FDS = "the process is near its fd limit"
+
+
 class ConnectionCaps:
-    """Open inbound connections of one port, in total, per source host and in handshake."""
+    """Open inbound connections of one port, in total, per source host and in handshake;
+    with `fds`, also counted in the node's `FdBudget` shared by all its ports (fdbudget.py)."""
 
     def __init__(
         self,
@@ -48,24 +54,27 @@ class ConnectionCaps:
         *,
         fd_reserve: int = 0,
         accept_backoff: float = 0.1,
+        fds: FdBudget | None = None,
     ) -> None:
         self.max_connections = max_connections
         self.max_per_address = max_per_address
         self.max_handshaking = max_handshaking
         self.fd_reserve = fd_reserve
         self.accept_backoff = accept_backoff
+        self.fds = fds
         self.connections = 0
         self.handshaking = 0
         self.per_address: dict[str, int] = {}
 
     @classmethod
-    def of(cls, limits: NetLimits) -> ConnectionCaps:
+    def of(cls, limits: NetLimits, fds: FdBudget | None = None) -> ConnectionCaps:
         return cls(
             limits.max_connections,
             limits.max_per_address,
             limits.max_handshaking,
             fd_reserve=limits.fd_reserve,
             accept_backoff=limits.accept_backoff,
+            fds=fds,
         )
 
     def cap(self) -> int:
@@ -80,6 +89,8 @@ class ConnectionCaps:
             return f"{self.handshaking} connections in their handshake"
         if self.per_address.get(host, 0) >= self.max_per_address:
             return f"{self.max_per_address} connections from that address"
+        if self.fds is not None and not self.fds.inbound_room():
+            return _NO_FDS
         return ""
 
     def admit(self, host: str, stats: TransportStats, name: str) -> bool:
@@ -87,6 +98,8 @@ class ConnectionCaps:
         reason = self.over_cap(host)
         if reason:
             stats.refused_connections += 1
+            if reason is _NO_FDS and self.fds is not None:
+                self.fds.refused_inbound += 1
             logger.info("%s: refusing a connection from %s: %s", name, host, reason)
             return False
         self.opened(host)
@@ -96,12 +109,16 @@ class ConnectionCaps:
         self.connections += 1
         self.handshaking += 1
         self.per_address[host] = self.per_address.get(host, 0) + 1
+        if self.fds is not None:
+            self.fds.opened_inbound()
 
     def authenticated(self) -> None:
         self.handshaking -= 1
 
     def closed(self, host: str, handshaking: bool) -> None:
         self.connections -= 1
+        if self.fds is not None:
+            self.fds.closed_inbound()
         if handshaking:
             self.handshaking -= 1
         left = self.per_address.get(host, 1) - 1

@@ -142,7 +142,7 @@ class PeerSenders:
             pass
         if out.conn is conn:
             out.conn = None
-        await anyio.aclose_forcefully(conn.stream)
+        await conn.abort()
 
     async def _writer(self, out: _Outbound) -> None:
         queue = out.queue_recv
@@ -167,7 +167,7 @@ class PeerSenders:
         finally:
             self._release(out)
             if out.conn is not None:
-                await anyio.aclose_forcefully(out.conn.stream)
+                await out.conn.abort()
 
     async def _sweep(self) -> None:
         """Rule 4: every `sender_idle_timeout`, close the senders unused since the last sweep
@@ -213,7 +213,7 @@ class PeerSenders:
             logger.info("%s: send to %s failed: %r", self.dialer.address, out.address, exc)
             if out.conn is conn:
                 out.conn = None
-            await anyio.aclose_forcefully(conn.stream)
+            await conn.abort()
 
     def disconnect(self, peer: str, until: float) -> None:
         """Close our connection to `peer` and send it nothing before `until`."""
@@ -222,7 +222,7 @@ class PeerSenders:
             out.retry_at = max(out.retry_at, until)
             conn, out.conn = out.conn, None
             if conn is not None and self.tg is not None:
-                self.tg.start_soon(anyio.aclose_forcefully, conn.stream)
+                self.tg.start_soon(conn.abort)
 
     def close(self) -> None:
         """Stop every writer (their queued frames are dropped)."""

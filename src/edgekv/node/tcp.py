@@ -29,6 +29,10 @@ Theory of operation
    `disconnect` gets no new one), and all of them together with the frames still
    arriving draw on the gossip half of the node's byte budget (`budget`, limits.py); the
    origin's client connections draw on the other half (`client_budget`).
+6. Descriptors: every inbound connection of the port and every outbound one (senders, claim
+   probes) is counted in `fds`, one `FdBudget` per node that its HTTP server shares
+   (fdbudget.py): near the process's fd limit new inbound connections are closed at once
+   and dials fail at once (counted), except to the node's origins.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from edgekv.gossip.wire import MAX_FRAME_SIZE, Message, PeerIdentity, encode_fra
 from edgekv.node.backoff import Backoffs
 from edgekv.node.dialer import Dialer
 from edgekv.node.faults import LinkFaults
+from edgekv.node.fdbudget import FdBudget
 from edgekv.node.framed import (
     CONNECT_TIMEOUT,
     FramedStream,
@@ -97,6 +102,7 @@ class TransportOptions(TypedDict, total=False):
     tls: TlsConfig | None
     origins: Iterable[str]
     seeds: Sequence[str]
+    fds: FdBudget | None
 
 
 class TcpTransport:
@@ -125,6 +131,7 @@ class TcpTransport:
         tls: TlsConfig | None = None,
         origins: Iterable[str] = (),
         seeds: Sequence[str] = (),
+        fds: FdBudget | None = None,
     ) -> None:
         self.cluster_id = cluster_id
         self.node_id = node_id
@@ -146,7 +153,13 @@ class TcpTransport:
         self.tls = tls
         link = LinkOptions(cluster_id, node_id, role, key=key, max_frame_size=max_frame_size)
         client_ssl = None if tls is None else tls.client_context()
-        self.dialer = Dialer(replace(link, ssl_context=client_ssl), connect_timeout=connect_timeout)
+        # descriptors of every connection, inbound and outbound (rule 6): the node's HTTP
+        # server counts its connections in it too
+        self.fds = FdBudget(limits.fd_reserve) if fds is None else fds
+        self.dialer = Dialer(
+            replace(link, ssl_context=client_ssl), connect_timeout=connect_timeout, fds=self.fds
+        )
+        self.dialer.essential = lambda address: address in self.origins
         # a port that serves clients (the origin's) lets them come without a certificate
         server_ssl = (
             None if tls is None else tls.server_context(require_client_cert=on_client is None)
@@ -167,7 +180,7 @@ class TcpTransport:
         ](inbox_size)
         self._inbox_bytes = 0
         self._inbox_space = anyio.Event()
-        self.caps = ConnectionCaps.of(limits)
+        self.caps = ConnectionCaps.of(limits, self.fds)
         self._inbound: dict[str, set[anyio.CancelScope]] = {}  # peer address -> its readers
         self._cut_off = Backoffs()  # peers cut off by `disconnect`, until when (bounded)
         self._tg: anyio.abc.TaskGroup | None = None

@@ -407,5 +407,11 @@ async def serve_http(
     app = build_app(origin, origin.http_limits)
     task_status.started(socket_address(sock))
     await serve_app(
-        app, sock, shutdown=stop, errorlog=logger, tls=origin.tls, limits=origin.http_limits
+        app,
+        sock,
+        shutdown=stop,
+        errorlog=logger,
+        tls=origin.tls,
+        limits=origin.http_limits,
+        fds=getattr(origin.transport, "fds", None),  # the node's one fd budget
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..gossip.transport import TransportStats
+from ..node.fdbudget import fds_counters, fds_gauges, fds_status
 from ..node.metrics import (
     NodeCollector,
     NodeMetrics,
@@ -69,6 +70,7 @@ def origin_status(origin: Origin) -> dict[str, Any]:
         "rejected": rejected,
         "faults": None if origin.faults is None else origin.faults.to_spec(),
         "process": process_info(),
+        "fds": fds_status(origin.transport),
         "transport": origin.transport.stats.total()
         if isinstance(getattr(origin.transport, "stats", None), TransportStats)
         else {},
@@ -91,11 +93,13 @@ def origin_metrics(origin: Origin) -> str:
             "watermark": float(origin.replica.watermark),
             "origin_log_rows": float(seq.log_rows),
             "origin_clients": float(origin.clients),
+            **fds_gauges(origin.transport),
         },
         counters={
             "origin_commits": float(seq.commits),
             "origin_commit_groups": float(seq.groups),
             "origin_log_flushes": float(seq.flush_count),
+            **fds_counters(origin.transport),
         },
         peer_states=states,
         rejections=_gossip_rejections(origin),
