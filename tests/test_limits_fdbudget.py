@@ -67,13 +67,81 @@ async def test_the_gossip_port_and_an_http_port_share_one_budget() -> None:
             web.append(await silent(http))
             assert not await closed_by_server(web[-1], 0.3)
             assert fds.held == 4 and fds.refused_inbound == 2 and fds.peak == 4
-            for s in gossip[1:]:
+            for s in gossip[1:] + web:
                 await s.aclose()
-            await until(lambda: fds.held == 3)
-            # (hypercorn notices a client's close before any request only at its head
-            # timeout: the server's end closes them)
+            # given back at once on both ports, though the HTTP head timeout is 60 s
+            await until(lambda: fds.held == 0)
             server.cancel_scope.cancel()
     assert fds.held == 0
+
+
+async def slow(_request: Any) -> PlainTextResponse:
+    await anyio.sleep(0.3)
+    return PlainTextResponse("late")
+
+
+async def answer_of(stream: anyio.abc.SocketStream, request: bytes, *, eof: bool) -> bytes:
+    """What the server sends back to `request` on `stream` (to its EOF with `eof`; else until
+    the body "hi" has arrived, the connection kept alive)."""
+    await stream.send(request)
+    if eof:
+        await stream.send_eof()  # the client's half-close: it only reads from now on
+    data = b""
+    with anyio.fail_after(10):
+        while eof or not data.endswith(b"hi"):
+            try:
+                data += await stream.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                break
+    return data
+
+
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+def test_a_connection_its_client_closed_gives_its_descriptor_back_at_once(
+    backend: str,
+) -> None:
+    """Hypercorn keeps a connection whose client has closed it (before any request, after an
+    answer, during a request) or that sent garbage, until its keep-alive timer (the head
+    timeout, 60 s here) runs out: its descriptor and its place in the fd budget with it, so a
+    flood that went still filled the budget (httpserve rule 2).  Here each is given back at
+    once, and a client that half-closes after its request still gets the answer."""
+    get = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
+
+    async def main() -> None:
+        fds = FdBudget(0, limit=lambda: 1000)
+        sock = bind_socket("127.0.0.1:0")
+        host, port = sock.getsockname()[:2]
+        app = Starlette(routes=[Route("/", hello), Route("/slow", slow)])
+        limits = HttpLimits(head_timeout=60)
+        stop = anyio.Event()
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                await tg.start(partial(serve_app, app, sock, shutdown=stop, limits=limits, fds=fds))
+                # closed before any request
+                quiet = [await anyio.connect_tcp(host, port) for _ in range(3)]
+                await until(lambda: fds.inbound == 3)
+                for s in quiet:
+                    await s.aclose()
+                await until(lambda: fds.inbound == 0, 5)
+                # closed after an answer (kept alive until then)
+                async with await anyio.connect_tcp(host, port) as s:
+                    assert (await answer_of(s, get, eof=False)).startswith(b"HTTP/1.1 200")
+                    assert fds.inbound == 1
+                await until(lambda: fds.inbound == 0, 5)
+                # half-closed during its request: still answered, then closed
+                async with await anyio.connect_tcp(host, port) as s:
+                    answer = await answer_of(s, get.replace(b"/", b"/slow", 1), eof=True)
+                    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"late")
+                await until(lambda: fds.inbound == 0, 5)
+                # garbage: a 400, closed by the server
+                async with await anyio.connect_tcp(host, port) as s:
+                    answer = await answer_of(s, b"NOT HTTP\r\n\r\n", eof=False)
+                    assert answer.startswith(b"HTTP/1.1 400")
+                await until(lambda: fds.inbound == 0, 5)
+                assert fds.peak == 3 and fds.refused_inbound == 0
+                stop.set()
+
+    anyio.run(main, backend=backend)
 
 
 async def test_outbound_dials_draw_on_the_budget_and_fail_cleanly_past_it() -> None:

@@ -14,6 +14,11 @@ Theory of operation (issue #12)
    covers a connection until a whole head has arrived) and bounds a head's size (16 KiB).
    The app bounds the body: size caps before reading, `body_timeout` for the whole body
    (httpapi.py).  So a slow sender holds a connection for head_timeout + body_timeout at most.
+   A connection whose client has closed its end (EOF read, before a request, between two or
+   during one) closes once the answer in progress, if any, is sent: hypercorn alone would
+   keep it, with its descriptor and its place in the fd budget, until that keep-alive timer
+   ran out, so a flood's closed connections still filled the budget for head_timeout after
+   it went (and so did every client that closes after one request).
 3. Under asyncio (an application embedding a node) the same accept loop (`accept_each`) and caps
    serve the raw listening socket, each connection handed to hypercorn's asyncio handler in
    the streams it takes: the caps, accept-error back-off and timeouts are those of rule 1 and 2.
@@ -153,6 +158,28 @@ async def serve_app(
         server.cancel_scope.deadline = anyio.current_time() + config.graceful_timeout
 
 
+class _ClosingAtEof:
+    """Mixed into hypercorn's TCPServer (trio's or asyncio's), rule 2: once it has stopped
+    reading (the client closed its end, or the stream broke), the connection closes as soon
+    as it would go idle, instead of waiting out the keep-alive timer."""
+
+    idle_task: Any
+    _read_all = False
+
+    async def _read_data(self) -> None:
+        await super()._read_data()  # type: ignore[misc]
+        self._read_all = True
+        await self.idle_task.stop()  # idle now (no request in progress): it ends here
+
+    async def protocol_send(self, event: Any) -> None:
+        if self._read_all:
+            from hypercorn.events import Closed, Updated
+
+            if isinstance(event, Updated) and event.idle:
+                event = Closed()  # answered after the client's EOF: nothing more can come
+        await super().protocol_send(event)  # type: ignore[misc]
+
+
 class _Port:
     """One backend's side of rule 1: accept a connection, serve it with hypercorn's handler for
     that backend (closing it however that ends), close a refused one, close the listener."""
@@ -183,6 +210,9 @@ def _trio_port(app: AppWrapper, config: Config, sock: socket.socket) -> _Port:
     ssl_context = config.create_ssl_context()
     listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
 
+    class Server(_ClosingAtEof, TCPServer):
+        pass
+
     class TrioPort(_Port):
         context = WorkerContext(None)
 
@@ -203,7 +233,7 @@ def _trio_port(app: AppWrapper, config: Config, sock: socket.socket) -> _Port:
                     stream = trio.SSLStream(
                         stream, ssl_context, server_side=True, https_compatible=True
                     )
-                await TCPServer(app, config, self.context, {}, stream)
+                await Server(app, config, self.context, {}, stream)
             finally:
                 # hypercorn's close awaits send_eof first: cancelled there, it never closes
                 await trio.aclose_forcefully(stream)
@@ -228,6 +258,9 @@ def _asyncio_port(app: AppWrapper, config: Config, sock: socket.socket) -> _Port
     loop = asyncio.get_running_loop()
     ssl_context = config.create_ssl_context()
     sock.setblocking(False)
+
+    class Server(_ClosingAtEof, TCPServer):
+        pass
 
     class AsyncioPort(_Port):
         context = WorkerContext(None)
@@ -257,7 +290,7 @@ def _asyncio_port(app: AppWrapper, config: Config, sock: socket.socket) -> _Port
                 )
                 assert isinstance(transport, asyncio.Transport)
                 writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-                await TCPServer(app, loop, config, self.context, {}, reader, writer)
+                await Server(app, loop, config, self.context, {}, reader, writer)
             except (OSError, ssl.SSLError):
                 pass  # a failed TLS handshake or a connection reset: it is closed below
             finally:
