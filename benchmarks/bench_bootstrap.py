@@ -258,6 +258,7 @@ async def one_run(prepared: Path, args: argparse.Namespace) -> dict[str, dict[st
     every run (steps 2 and 3 need it: the caught-up source, the data dir that was away); its
     figures are kept only when "fresh" is asked for."""
     work = Path(tempfile.mkdtemp(prefix="edgekv-bench-bootstrap-"))
+    edges = Path(tempfile.mkdtemp(prefix="edgekv-bench-bootstrap-edges-", dir=args.edge_dirs))
     procs: list[trio.Process] = []
     out: dict[str, dict[str, Any]] = {}
     try:
@@ -287,7 +288,7 @@ async def one_run(prepared: Path, args: argparse.Namespace) -> dict[str, dict[st
             r = step("fresh")
             peak.reset()
             origin_cpu = process_cpu(origin.pid)
-            edge, spawned = await spawn_edge(work / "edge-a", address, [])
+            edge, spawned = await spawn_edge(edges / "edge-a", address, [])
             procs.append(edge)
             ready, fields = await served(edge)
             r["one_cpu"] = process_cpu(edge.pid)
@@ -314,7 +315,7 @@ async def one_run(prepared: Path, args: argparse.Namespace) -> dict[str, dict[st
                 peak.reset()
                 origin_cpu = process_cpu(origin.pid)
                 many = [
-                    await spawn_edge(work / f"edge-{i}", address, [addr_a])
+                    await spawn_edge(edges / f"edge-{i}", address, [addr_a])
                     for i in range(args.edges)
                 ]
                 procs += [p for p, _ in many]
@@ -366,7 +367,7 @@ async def one_run(prepared: Path, args: argparse.Namespace) -> dict[str, dict[st
                 r = step("away")
                 peak.reset()
                 origin_cpu = process_cpu(origin.pid)
-                edge, spawned = await spawn_edge(work / "edge-a", address, [])
+                edge, spawned = await spawn_edge(edges / "edge-a", address, [])
                 procs.append(edge)
                 _, fields = await ready_line(edge)
                 while True:  # another process: poll its status
@@ -392,6 +393,7 @@ async def one_run(prepared: Path, args: argparse.Namespace) -> dict[str, dict[st
             if p.returncode is None:
                 await stop(p) if p is not procs[0] else await stop_origin(p)
         shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(edges, ignore_errors=True)
 
 
 def source_kind(source: str | None, origin: str, edge_a: str) -> str:
@@ -449,6 +451,14 @@ def main() -> None:
         help="origin and put loops on CPU 0, edges on the other CPUs (default: on)",
     )
     parser.add_argument("--logs", type=Path, default=None, help="edges' stderr to files here")
+    parser.add_argument(
+        "--edge-dirs",
+        default="/dev/shm" if Path("/dev/shm").is_dir() else None,
+        help="where the edges' data dirs go (default: /dev/shm, a tmpfs, when there is one:"
+        " the edges' disks as if on other machines; the origin's log stays on the temp dir's"
+        " disk).  Sharing the origin's disk, ten edges writing their files after a snapshot"
+        " made each of the origin's fdatasyncs wait on them",
+    )
     args = parser.parse_args()
     global LOGS
     LOGS = args.logs
