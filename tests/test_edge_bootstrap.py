@@ -185,9 +185,9 @@ async def test_a_restarted_edge_takes_its_delta_while_its_trees_are_still_being_
                             await trio.sleep(0.01)
                     assert edge.replica.trees_pending  # the delta came before the trees
                     assert edge.gossip.counters["snapshot_deltas"] == 1
-                    assert edge.status()["syncing"] and edge.status()["root"] is None
+                    assert edge.status()["trees_pending"] and edge.status()["root"] is None
                     release.set()
-                    while edge.status()["syncing"]:  # noqa: ASYNC110 (a poll, as a user would)
+                    while edge.status()["trees_pending"]:  # noqa: ASYNC110 (a poll, as a user would)
                         await trio.sleep(0.01)
                     assert not edge.replica.trees_pending
                     assert edge.replica.root == origin.replica.root

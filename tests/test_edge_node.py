@@ -318,8 +318,8 @@ def test_a_large_restart_reads_first_and_builds_its_trees_in_a_thread(
             ) as node:
                 assert node.open("s").get("k7") == b"v7"
                 status = node.status()
-                assert status["syncing"] and status["root"] is None
-                while node.status()["syncing"]:  # noqa: ASYNC110 (a poll, as a user would)
+                assert status["trees_pending"] and status["root"] is None
+                while node.status()["trees_pending"]:  # noqa: ASYNC110 (a poll, as a user would)
                     await trio.sleep(0.01)
                 assert not node.replica.trees_pending
                 assert node.replica.roots() == roots

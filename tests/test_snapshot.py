@@ -539,6 +539,57 @@ def test_a_fresh_edge_is_ready_before_its_trees_which_then_take_the_writes_made_
     assert not sim.check.violations
 
 
+def test_a_restarted_edge_takes_its_delta_first_and_builds_its_trees_once_caught_up() -> None:
+    # rule 10: loaded without trees, gossip at once; the trees' job waits until the delta
+    # is in (built alongside, its thread starved the stream) and is then handed out
+    sim = sim_with_sources(seed=13, sources=1)
+    back = sim.edges[-1]
+    loaded = Replica()  # what a restart's load leaves: states, no trees
+    groups = {name: dict(sr.states) for name, sr in filled().stores.items()}
+    bulk_load_stores(loaded, groups, [(1, KEYS + 2)], trees=False)
+    give(sim, back, loaded)
+    for i in range(0, KEYS, 3):  # a thousand keys changed while it was away
+        sim.write("s", Put(f"k{i:05d}", b"changed"))
+    sim.run_until(sim.now + 0.5)
+    node = sim.nodes[back]
+    taken: list[tuple[bool, bool, int]] = []
+    take = node.take_job
+
+    def watching():  # type: ignore[no-untyped-def]
+        job = take()
+        if isinstance(job, TreeJob):
+            boot = node.bootstrap
+            taken.append((boot.active, boot.ready(), node.counters["snapshot_deltas"]))
+        return job
+
+    node.take_job = watching  # type: ignore[method-assign]
+    node.defer_trees(sim.now)  # as EdgeNode does after a load, before gossip starts
+    sim.start_one(back, sim.now)
+    sim.run_until(sim.now + 0.05)
+    assert node.bootstrap.settling and node.replica.trees_pending and not taken
+    sim.run_until(sim.now + 5.0)
+    assert taken == [(False, True, 1)], sim.seed  # after the delta, once, caught up
+    assert not node.bootstrap.settling and not node.replica.trees_pending
+    assert node.replica.root == sim.origin.replica.root
+    assert not sim.check.violations
+
+
+def test_a_restarted_edge_that_hears_nothing_builds_its_trees_after_sync_timeout() -> None:
+    sim = sim_with_sources(seed=14, sources=1)
+    back = sim.edges[-1]
+    loaded = Replica()
+    bulk_load_stores(loaded, {n: dict(sr.states) for n, sr in filled().stores.items()}, trees=False)
+    give(sim, back, loaded)
+    sim.partition([back], [ORIGIN, *sim.edges[:-1]])
+    node = sim.nodes[back]
+    node.defer_trees(sim.now)
+    sim.start_one(back, sim.now)
+    sim.run_until(sim.now + node.config.sync_timeout - 0.1)
+    assert node.replica.trees_pending and node.bootstrap.settling
+    sim.run_until(sim.now + 0.2)
+    assert not node.replica.trees_pending and not node.bootstrap.settling
+
+
 def test_a_signed_session_never_sends_an_unprovable_state_and_then_claims_no_seq() -> None:
     replica = signed(filled(3000))
     seq = replica.watermark

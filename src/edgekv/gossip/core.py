@@ -274,10 +274,11 @@ class GossipNode:
             out.extend(self._purge(wall_ms))
         return out
 
-    def defer_trees(self) -> None:
+    def defer_trees(self, now: float) -> None:
         """The replica's unbuilt Merkle trees (a restart's load) become a job for `take_job`,
-        built off the event loop while gossip runs; anti-entropy waits (snapshot.py rule 10)."""
-        self.bootstrap.defer_trees()
+        built off the event loop once this node is caught up (or after `sync_timeout`) while
+        gossip runs; anti-entropy waits for them (snapshot.py rule 10)."""
+        self.bootstrap.defer_trees(now + self.config.sync_timeout)
 
     @property
     def staging(self) -> bool:

@@ -392,7 +392,7 @@ class EdgeNode:
             await tg.start(persist.run)
         tg.start_soon(self._log_progress)
         if self._replica.trees_pending:  # built off the loop while gossip runs (a job)
-            gossip.defer_trees()
+            gossip.defer_trees(runtime.now())
             self._trees_started = time.perf_counter()
         await tg.start(runtime.run)
         stack.push_async_callback(runtime.leave)  # first thing on exit, while still connected

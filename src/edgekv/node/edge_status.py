@@ -74,12 +74,10 @@ def edge_status(node: EdgeNode) -> dict[str, Any]:
         "lag_ms": max(0, now_ms - last) if lag_seqs and last else 0,
         "keys": len(replica),
         "stores": replica.store_names(),
-        # a snapshot streams, or the Merkle trees are built (a restart's or a snapshot's:
-        # no roots, no anti-entropy meanwhile)
-        "syncing": runtime is None
-        or not runtime.running
-        or node.gossip.bootstrap.active
-        or node.gossip.bootstrap.settling,
+        "syncing": runtime is None or not runtime.running or node.gossip.bootstrap.active,
+        # the Merkle trees are being built (after a restart's load or a snapshot: no roots,
+        # no anti-entropy meanwhile)
+        "trees_pending": pending,
         "ready": node.is_ready(),
         "snapshot": None if runtime is None else node.gossip.bootstrap.status(runtime.now()),
         "roots": None
