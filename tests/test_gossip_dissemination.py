@@ -160,6 +160,36 @@ def test_window_adapts_to_a_fast_link_and_stays_full_on_a_slow_one() -> None:
     assert 0.15 < slow.origin.dissemination.members.rtt("edge-1") < 0.3
 
 
+def test_a_write_after_a_quiet_spell_leaves_the_origin_at_once() -> None:
+    """Nagle-style: with nothing sent to a peer within its window, the origin pushes a write
+    at once (no `relay_window` hold: a commit group is one batch already), so on a fast link
+    a lone write reaches every direct child one link delay after its ack; a relay still
+    holds `relay_window`."""
+    sim = Sim(6, seed=9, latency=0.001)
+    warm(sim, 8.0)
+    assert sim.origin.dissemination.window("edge-1", 0.15) < 0.01  # the round trip is known
+    seqs = [s for t in (12.0, 12.5) if (s := sim.write("s", Put(f"q{t}", b"v"))) is not None]
+    sim.run_until(13.0)
+    assert not sim.missing() and len(seqs) == 2
+    # one link delay (1 ms), not 1 ms + relay_window (2 ms)
+    assert max(sim.propagation(seqs)) < 0.0015, sim.propagation(seqs)
+
+
+def test_the_drivers_link_round_trip_sizes_the_window() -> None:
+    """A round trip the driver measured on the link itself (a TCP connection's lowest, without
+    either end's scheduling delays, which inflate the SWIM probes' on a loaded host) replaces
+    the probes' for the push window; peers outside the member table are not recorded."""
+    sim = Sim(6, seed=9, latency=0.1)
+    warm(sim, 8.0)
+    d = sim.origin.dissemination
+    assert d.window("edge-1", 0.15) == 0.15  # probes: 200 ms round trips
+    sim.origin.note_link_rtt("edge-1", 0.004)
+    sim.origin.note_link_rtt("nobody", 0.004)
+    assert d.window("edge-1", 0.15) == pytest.approx(0.004)
+    assert d.window("edge-2", 0.15) == 0.15
+    assert "nobody" not in d.link_rtts
+
+
 def drop_first(sim: Sim, kind: str, dst: str, after: float, count: int = 1) -> list[float]:
     """Make the simulated network lose the next `count` messages of type `kind` to `dst` sent
     after `after`; returns (filled in) the times they were dropped."""

@@ -199,3 +199,21 @@ def test_whole_tables_go_to_those_who_take_them() -> None:
     late.receive("o", table, 0.1)
     late.receive("s1", m.Ack(0, 0, 0, 0, "edge").to_wire(), 0.2)
     assert not [s for s in late.tick(late.members.next_ping) if s.message.get("want")]
+
+
+def test_the_first_member_is_probed_as_soon_as_it_joins() -> None:
+    """Its round trip sizes the origin's push windows (dissemination rule 1): a node that
+    waited for its ping round would batch the first writes for the whole `push_window`."""
+    node = GossipNode("o", Replica(), role="origin", rng=random.Random(5))
+    node.start(0.0)
+    assert node.members.next_ping > 0.5  # this seed's first round would come late
+    hello = m.Members([], want=True).to_wire()
+    node.receive("e1", hello, 0.1)
+    assert node.next_deadline <= 0.1
+    pings = [s for s in node.tick(0.1) if s.message["t"] == MsgType.PING]
+    assert [s.peer for s in pings] == ["e1"]
+    ack = m.Ack(pings[0].message["seq"], 0, 0, 0, "edge").to_wire()
+    node.receive("e1", ack, 0.103)
+    assert node.members.link_rtt("e2") == pytest.approx(0.003)  # every peer's first guess
+    node.receive("e2", hello, 0.2)  # later members wait for their round
+    assert node.next_deadline > 0.5

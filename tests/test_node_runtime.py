@@ -6,6 +6,7 @@ gossip core so the runtime's own behaviour is tested in isolation.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
@@ -218,6 +219,29 @@ async def test_timer_ticks_and_wakes_early(net: SimNetwork, autojump_clock: Any)
         await trio.sleep(1)
         assert core.ticks[-1] == pytest.approx(sent_at + 0.25)
         nursery.cancel_scope.cancel()
+
+
+async def test_link_round_trips_are_fed_to_the_core(net: SimNetwork, autojump_clock: Any) -> None:
+    """A transport that measures its links' round trips (TCP: `link_rtts`) has them handed to
+    the core (`note_link_rtt`) about once a second, where they size the push windows."""
+    noted: list[tuple[str, float, float]] = []
+
+    class LinkCore(FakeCore):
+        def note_link_rtt(self, peer: str, rtt: float) -> None:
+            noted.append((peer, rtt, trio.current_time()))
+
+    transport = net.transport("a")
+    transport.link_rtts = lambda: {"b": 0.0002}  # type: ignore[attr-defined]
+    runtime = NodeRuntime(transport, LinkCore(0.1), wall_ms=lambda: 1500)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runtime.run)
+        t0 = trio.current_time()
+        await trio.sleep(3.05)
+        nursery.cancel_scope.cancel()
+    assert [(p, r) for p, r, _ in noted] == [("b", 0.0002)] * 3  # at the first tick, then 1/s
+    times = [t - t0 for *_, t in noted]
+    assert times[0] == pytest.approx(0.1)
+    assert all(1.0 <= b - a <= 1.1 + 1e-6 for a, b in itertools.pairwise(times))
 
 
 async def test_change_feed_listeners_subscribers_and_latency(

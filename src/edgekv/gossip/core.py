@@ -224,6 +224,11 @@ class GossipNode:
         self.dissemination.publish(list(items), list(covers), now)
         return []
 
+    def note_link_rtt(self, peer: str, rtt: float) -> None:
+        """The driver measured the link to `peer` (a TCP connection's lowest round trip): it
+        sizes the push window toward it (dissemination rule 1)."""
+        self.dissemination.note_link_rtt(peer, rtt)
+
     def receive(self, peer: str, message: Message, now: float) -> list[Send]:
         """Handle one inbound gossip message.
 

@@ -4,10 +4,13 @@ Theory of operation
 1. The origin is the only source of new seqs.  It queues each committed batch for its eager
    peers; a per-peer transmit queue is flushed at most once per window, so under load one
    PUSH carries every write of the window, while a write after a quiet spell leaves at once
-   (after `relay_window`).  The window toward a peer adapts to the link: `push_rtt_factor`
-   times the peer's lowest measured round trip (membership's SWIM probes), at most `push_window`
-   (at most `relay_window` for a relay), so a loopback or LAN link batches for about a
-   millisecond and a 100 ms link for the full window.  In a queue a newer delta for a key
+   (a relay waits `relay_window`, so that copies from several peers coalesce).  The window
+   toward a peer adapts to the link: `push_rtt_factor` times the link's round trip, at most
+   `push_window` (at most `relay_window` for a relay), so a loopback or LAN link hardly
+   batches and a 100 ms link for the full window.  The round trip is the driver's measure of
+   the link where it has one (`note_link_rtt`: a TCP connection's lowest, as the kernel saw
+   it), else the lowest SWIM probe (membership), which includes both ends' scheduling delays:
+   on a loaded host those reach tens of milliseconds, and batched writes as long.  In a queue a newer delta for a key
    is joined into the queued one (`crdt.state.join`) and cover ranges are unioned.
 2. A node receiving a PUSH applies it (`Replica.apply_batch`).  If it brought anything new (a
    state changed or a seq not yet covered), it is queued for every eager peer except the
@@ -105,6 +108,7 @@ class Dissemination(Part):
         self._last_flush: dict[str, float] = {}
         self._sent: dict[str, list[_Outbox]] = {}  # the last pushes to each peer (repeated)
         self._tail: dict[str, float] = {}  # peer -> when to repeat the last push of a burst
+        self.link_rtts: dict[str, float] = {}  # the driver's measure of each link (rule 1)
         self._parent: str | None = None  # the peer whose PUSH last brought news
         self._pruned: set[str] = set()  # peers this node sent PRUNE to (and not grafted since)
         self._lazy_order: list[str] = []
@@ -163,7 +167,7 @@ class Dissemination(Part):
         peers = self.members.peers
         for links in (self.eager, self.lazy, self._pruned, self._last_graft):
             links.intersection_update(peers)
-        for table in (self.outbox, self._last_flush, self._sent, self._tail):
+        for table in (self.outbox, self._last_flush, self._sent, self._tail, self.link_rtts):
             for peer in [p for p in table if p not in peers]:
                 del table[peer]
 
@@ -258,17 +262,18 @@ class Dissemination(Part):
         window: float,
     ) -> None:
         """Queue for every eager peer but `exclude`.  A queue opened after a quiet spell (no
-        flush to that peer within `window`) is flushed after `relay_window` only: batching
-        costs latency only under load (Nagle-style)."""
-        relay = self.config.relay_window
-        first_due = now + relay
+        flush to that peer within `window`) is flushed at once at the origin (a commit group
+        is one batch already) and after `relay_window` at a relay (pushes from several peers
+        coalesce): batching costs latency only under load (Nagle-style)."""
+        hold = 0.0 if self.role == "origin" else self.config.relay_window
+        first_due = now + hold
         for peer in sorted(self.eager):
             if peer == exclude or self.members.is_dead(peer):
                 continue
             box = self.outbox.get(peer)
             if box is None:
                 w = self.window(peer, window)
-                due = max(now + min(w, relay), self._last_flush.get(peer, float("-inf")) + w)
+                due = max(now + min(w, hold), self._last_flush.get(peer, float("-inf")) + w)
                 box = self.outbox[peer] = _Outbox(due, hops)
                 first_due = max(first_due, due)
             else:
@@ -293,11 +298,17 @@ class Dissemination(Part):
                         self._notice_due, self._last_notice + self.config.ihave_window
                     )
 
+    def note_link_rtt(self, peer: str, rtt: float) -> None:
+        """The driver's measure of the link to a member (rule 1)."""
+        if rtt > 0.0 and peer in self.members.peers:
+            self.link_rtts[peer] = rtt
+
     def window(self, peer: str, longest: float) -> float:
         """The batching window toward `peer` (rule 1): `push_rtt_factor` times the link's round
-        trip (its lowest measured: a loaded host's delays are no reason to batch longer), at
-        most `longest`; `longest` while no round trip has been measured."""
-        factor, rtt = self.config.push_rtt_factor, self.members.link_rtt(peer)
+        trip (the driver's measure, else the lowest probe: a loaded host's delays are no reason
+        to batch longer), at most `longest`; `longest` while no round trip is known."""
+        factor = self.config.push_rtt_factor
+        rtt = self.link_rtts.get(peer) or self.members.link_rtt(peer)
         return min(longest, factor * rtt) if factor > 0 and rtt > 0 else longest
 
     def _again(

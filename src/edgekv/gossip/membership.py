@@ -10,7 +10,8 @@ Theory of operation
    table (its first row is the sender's own) came first.  So a joining node learns everyone
    within one round trip of a seed, and a node that merely meets a peer for the first time (a
    relay, a prober) is not sent a table it would only hold as candidates.
-2. Every `ping_interval` one peer is probed, round-robin over a list reshuffled each round.
+2. Every `ping_interval` one peer is probed, round-robin over a list reshuffled each round;
+   the first member is probed as soon as it joins (its round trip sizes the push windows).
    No ACK within `ping_timeout`: `indirect_probes` other live peers are asked to ping it
    (PING_REQ); they relay the target's ACK.  Still nothing after another two timeouts: the
    target becomes SUSPECT.  A suspect not refuted within `suspect_timeout` becomes DEAD.
@@ -218,6 +219,8 @@ class Membership:
         if len(self.peers) >= self.config.max_members:
             self.counters["members_refused"] += 1
             return False
+        if not self.peers and self.lowest_rtt == 0.0:  # the first member: probe it now (rule 2)
+            self.next_ping = min(self.next_ping, p.since)
         self.peers[p.address] = p
         self._version += 1
         if p.state == SUSPECT:

@@ -32,6 +32,9 @@ Theory of operation
    `reject_backoff` seconds: its messages are dropped, nothing is sent to it, and the
    transport closes its connections both ways and refuses the ones it opens during the
    back-off if it can (`disconnect(peer, backoff)`, TCP).
+7. A transport that measures its links (TCP: each connection's lowest round trip as the
+   kernel sees it, `link_rtts`) has them handed to the core (`note_link_rtt`) at a tick about
+   once per `LINK_RTT_EVERY`: they size the push windows (gossip/dissemination.py rule 1).
 
 Time: `clock()` (default `anyio.current_time`, virtual under trio's MockClock) drives the gossip
 core; `wall_ms()` (default the system clock in ms) is only for latency figures and expiry, so a
@@ -79,6 +82,7 @@ _RESPONSE = int(MsgType.RESPONSE)
 _ERROR = int(MsgType.ERROR)
 _HANDSHAKE = frozenset(int(t) for t in (MsgType.HELLO, MsgType.HELLO_ACK, MsgType.AUTH))
 
+LINK_RTT_EVERY = 1.0  # seconds between reads of the transport's link round trips
 MAX_INFLIGHT_REQUESTS = 1024
 MAX_ALIASES = 1024  # moved-away addresses remembered by `resolve`
 SUBSCRIBER_BUFFER = 1024
@@ -172,6 +176,7 @@ class NodeRuntime:
         self._subscribers: list[MemoryObjectSendStream[list[Change]]] = []
         self._sleep_scope: anyio.CancelScope | None = None  # the timer loop's sleep, if any
         self._sleeping_until = -math.inf
+        self._links_due = -math.inf
         self._inflight = 0
         self._tg: anyio.abc.TaskGroup | None = None
         self.running = False
@@ -378,6 +383,9 @@ class NodeRuntime:
                 self._sleep_scope = None
                 self._sleeping_until = -math.inf
                 continue
+            if now >= self._links_due:
+                self._links_due = now + LINK_RTT_EVERY
+                self._note_link_rtts()
             try:
                 sends = gossip.tick(now, wall_ms=self._wall_ms())
             except Exception:
@@ -389,6 +397,14 @@ class NodeRuntime:
             if gossip.next_deadline <= now:  # a core that does not move its deadline: no spin
                 self._count("stuck_deadline")
                 await anyio.sleep(0.001)
+
+    def _note_link_rtts(self) -> None:
+        """Rule 7: hand the transport's measured link round trips to the core."""
+        rtts = getattr(self.transport, "link_rtts", None)
+        note = getattr(self.gossip, "note_link_rtt", None)
+        if rtts is not None and note is not None:
+            for peer, rtt in rtts().items():
+                note(peer, rtt)
 
     # -- requests ----------------------------------------------------------------------------------
 

@@ -19,6 +19,8 @@ Theory of operation
    recently (its queued frames dropped and counted, the eviction counted in
    `stats.senders_evicted`) rather than dropping the new peer's frame, so that a node can
    always reach a new member or a moved origin; the evicted peer costs one reconnect.
+5. `link_rtts` reports each open connection's lowest round trip as the kernel measured it
+   (TCP_INFO), the driver's measure of the link for the push windows (gossip/dissemination.py).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from edgekv.gossip.transport import TransportStats
 from edgekv.node.dialer import Dialer
 from edgekv.node.framed import FramedStream
 from edgekv.node.limits import ByteBudget, NetLimits
+from edgekv.node.sockio import tcp_min_rtt
 
 __all__ = ["PeerSenders"]
 
@@ -214,6 +217,14 @@ class PeerSenders:
             if out.conn is conn:
                 out.conn = None
             await conn.abort()
+
+    def link_rtts(self) -> dict[str, float]:
+        """Each connected peer's lowest TCP round trip where the kernel knows it (seconds)."""
+        out: dict[str, float] = {}
+        for peer, o in self._peers.items():
+            if o.conn is not None and (rtt := tcp_min_rtt(o.conn.stream)) > 0.0:
+                out[peer] = rtt
+        return out
 
     def disconnect(self, peer: str, until: float) -> None:
         """Close our connection to `peer` and send it nothing before `until`."""

@@ -15,6 +15,7 @@ directly only until the stream's `send` has been used once (`write_socket` says 
 from __future__ import annotations
 
 import socket
+import sys
 
 import anyio
 import anyio.abc
@@ -55,6 +56,24 @@ def write_socket(stream: anyio.abc.ByteStream) -> tuple[socket.socket | None, bo
     is -1 once the socket is closed, whereas a descriptor kept as a number may by then belong
     to another connection."""
     return _raw(stream), sniffio.current_async_library() == "trio"
+
+
+_MIN_RTT = 148  # offset of tcpi_min_rtt (u32, microseconds) in Linux's struct tcp_info
+
+
+def tcp_min_rtt(stream: anyio.abc.ByteStream) -> float:
+    """The lowest round trip, in seconds, the kernel has measured on the TCP connection under
+    `stream` (plain or TLS): Linux's TCP_INFO `tcpi_min_rtt`, the path's own delay without the
+    scheduling delays of either end.  0.0 where it is not known (not TCP, not Linux, no
+    sample yet)."""
+    try:
+        sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _MIN_RTT + 4)
+    except Exception:
+        return 0.0
+    if len(info) < _MIN_RTT + 4:
+        return 0.0
+    return int.from_bytes(info[_MIN_RTT : _MIN_RTT + 4], sys.byteorder) / 1e6
 
 
 def send_now(sock: socket.socket, data: bytes) -> int:

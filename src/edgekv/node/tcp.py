@@ -496,6 +496,11 @@ class TcpTransport:
             elif self._tg is not None:
                 self._tg.start_soon(self._send_later, peer, frame, delay)
 
+    def link_rtts(self) -> dict[str, float]:
+        """Each connected peer's lowest TCP round trip (senders.py rule 5); none while faults
+        delay the links (the kernel does not see the delays they add)."""
+        return {} if self.faults is not None else self._senders.link_rtts()
+
     async def _send_later(self, peer: str, frame: bytes, delay: float) -> None:
         await anyio.sleep(delay)
         if not self._closed:
