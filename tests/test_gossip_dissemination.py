@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgekv.crdt import Put
+from edgekv.crdt import Put, Register
 from edgekv.gossip import GossipConfig
 from gossip_sim import ORIGIN, Sim
 
@@ -168,11 +168,36 @@ def test_a_write_after_a_quiet_spell_leaves_the_origin_at_once() -> None:
     sim = Sim(6, seed=9, latency=0.001)
     warm(sim, 8.0)
     assert sim.origin.dissemination.window("edge-1", 0.15) < 0.01  # the round trip is known
-    seqs = [s for t in (12.0, 12.5) if (s := sim.write("s", Put(f"q{t}", b"v"))) is not None]
+    seqs: list[int] = []
+    for t in (12.0, 12.5):
+        sim.run_until(t)
+        s = sim.write("s", Put(f"q{t}", b"v"))
+        assert s is not None
+        seqs.append(s)
     sim.run_until(13.0)
     assert not sim.missing() and len(seqs) == 2
     # one link delay (1 ms), not 1 ms + relay_window (2 ms)
     assert max(sim.propagation(seqs)) < 0.0015, sim.propagation(seqs)
+
+
+def test_the_origins_publish_returns_the_pushes_due_at_once() -> None:
+    """After a quiet spell the origin's pushes come back from `publish` itself, not a turn of
+    the driver's timer later (on a busy origin that turn came 5-13 ms later at the p90-p99);
+    under load (a push within the window) they wait for `tick`."""
+    sim = Sim(6, seed=9, latency=0.001)
+    warm(sim, 8.0)
+    o = sim.origin
+    o.note_link_rtt("edge-1", 0.02)  # a 20 ms window toward edge-1 only
+    delta = Register(sim.seq + 1, 1000, b"v")
+    o.replica.apply("s", "x", delta)
+    sent = o.publish([("s", "x", delta)], [(sim.seq + 1, sim.seq + 1)], sim.now)
+    assert sorted(s.peer for s in sent) == sorted(o.dissemination.eager)
+    assert all(s.message["covers"] == [[sim.seq + 1, sim.seq + 1]] for s in sent)
+    delta2 = Register(sim.seq + 2, 1000, b"w")
+    o.replica.apply("s", "x", delta2)
+    again = o.publish([("s", "x", delta2)], [(sim.seq + 2, sim.seq + 2)], sim.now + 0.005)
+    assert "edge-1" not in {s.peer for s in again}  # within its window: batched
+    assert "edge-1" in o.dissemination.outbox
 
 
 def test_the_drivers_link_round_trip_sizes_the_window() -> None:

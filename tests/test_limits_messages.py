@@ -98,8 +98,7 @@ def _pushes_for(items: list[tuple[str, str, object]]) -> list[m.Push]:
     for store, key, delta in items:
         replica.apply(store, key, delta)
     seqs = [d.seq for _, _, d in items]
-    node.publish(items, [(min(seqs), max(seqs))], 0.1)
-    sends = node.tick(10.0)
+    sends = [*node.publish(items, [(min(seqs), max(seqs))], 0.1), *node.tick(10.0)]
     frames = [s.message for s in sends if s.message["t"] == MsgType.PUSH]
     return [m.parse(decode_body(encode_frame(f)[4:])) for f in frames]
 

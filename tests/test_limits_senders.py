@@ -11,11 +11,14 @@ Fake connections (no sockets) so that trio's MockClock can jump over the idle ti
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from typing import Any, cast
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
+import pytest
 import trio
 import trio.lowlevel
 
@@ -26,6 +29,7 @@ from edgekv.node.limits import DEFAULT_NET_LIMITS, ByteBudget, NetLimits
 from edgekv.node.metrics import NodeCollector, NodeMetrics
 from edgekv.node.senders import PeerSenders
 from edgekv.node.tcp import TcpTransport
+from test_edge_harness import wait_until
 
 
 class FakeStream(anyio.abc.ByteStream):
@@ -248,4 +252,64 @@ async def test_one_peers_queue_is_bounded_in_bytes(autojump_clock: Any) -> None:
         senders.enqueue("slow", frames[10])
         await trio.sleep(2)
         assert dialer.sent["slow"] == frames[:11]
+        tg.cancel_scope.cancel()
+
+
+class SocketDialer:
+    """Connects to one real loopback listener, with small kernel buffers (so that a large frame
+    is taken only in part)."""
+
+    address = "me:1"
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    async def connect(self, address: str) -> FramedStream:
+        stream = await anyio.connect_tcp("127.0.0.1", self.port)
+        stream.extra(anyio.abc.SocketAttribute.raw_socket).setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
+        )
+        return FramedStream(stream)
+
+
+@pytest.mark.parametrize("budget", [64 << 20, 1 << 20])
+async def test_a_frame_to_an_idle_connected_peer_is_written_at_once(budget: int) -> None:
+    """Rule 1: with the peer's connection open and nothing queued, `enqueue` writes the frame
+    to the socket itself (no writer task's turn); what the kernel does not take is queued and
+    goes first, so frames arrive whole and in order.  A frame the byte budget cannot hold is
+    dropped whole, never cut after a part went out."""
+    got = bytearray()
+    reading = anyio.Event()
+
+    async def serve(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            await reading.wait()
+            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                while True:
+                    got.extend(await stream.receive())
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    listener.extra(anyio.abc.SocketAttribute.raw_socket).setsockopt(
+        socket.SOL_SOCKET, socket.SO_RCVBUF, 4096
+    )
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, serve)
+        senders = make_senders(tg, cast(FakeDialer, SocketDialer(port)))
+        senders.budget = ByteBudget(budget)
+        senders.enqueue("p:1", b"a" * 10)  # opens the connection (the writer task sends it)
+        out = senders._peers["p:1"]
+        await wait_until(lambda: not out.queued_bytes, within=10)
+        senders.enqueue("p:1", b"b" * 10)  # idle and connected: written here and now
+        assert out.queued_bytes == 0
+        big = b"c" * (4 << 20)
+        senders.enqueue("p:1", big)  # the kernel takes a part; the rest is queued
+        fits = budget >= len(big)
+        assert 0 < out.queued_bytes < len(big) if fits else out.queued_bytes == 0
+        senders.enqueue("p:1", b"d" * 10)  # behind the queued rest, never before it
+        reading.set()
+        sent = b"a" * 10 + b"b" * 10 + (big if fits else b"") + b"d" * 10
+        await wait_until(lambda: len(got) >= len(sent), within=10)
+        assert bytes(got) == sent
+        senders.close()
         tg.cancel_scope.cancel()

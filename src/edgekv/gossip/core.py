@@ -216,12 +216,16 @@ class GossipNode:
         """Committed deltas enter dissemination.
 
         At the origin they must already be applied to its replica (they were planned on it);
-        they are queued for the eager peers (flushed after `push_window`; call
-        `tick` at `next_deadline`).  At an edge (read-your-writes: the origin's answer to a
-        forwarded write) they are only applied: the origin's own push reaches everyone, and an
-        edge re-pushing them would only cause duplicates.
+        they are queued for the eager peers, and the pushes of queues that are due at once (no
+        push to that peer within its window, dissemination rule 1) are returned; the others
+        leave at `tick` (call it at `next_deadline`).  At an edge (read-your-writes: the
+        origin's answer to a forwarded write) they are only applied: the origin's own push
+        reaches everyone, and an edge re-pushing them would only cause duplicates.
         """
-        self.dissemination.publish(list(items), list(covers), now)
+        d = self.dissemination
+        d.publish(list(items), list(covers), now)
+        if self.role == "origin" and d.next_deadline() <= now:
+            return d.tick(now)  # not a turn of the driver's timer later
         return []
 
     def note_link_rtt(self, peer: str, rtt: float) -> None:

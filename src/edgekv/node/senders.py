@@ -3,7 +3,10 @@
 Theory of operation
 1. A frame for a peer goes to that peer's queue; a writer task per peer takes frames in order
    and sends them over one persistent outbound connection (`Dialer.connect`), opened lazily.
-   A send never waits for the network.
+   A send never waits for the network.  When that peer's connection is open and nothing is
+   queued or being sent, the frame is written to the socket at once (a plain socket under trio,
+   `sockio.direct_socket`), and only what the kernel does not take goes through the queue: a
+   push to many peers costs one socket write each, not a writer task's turn each.
 2. Bounds: a peer's queue holds at most `limits.send_queue_bytes` and at most `queue_size`
    frames, and every queued frame is charged to the node's `ByteBudget` until it is sent or
    dropped; a frame that does not fit is dropped and counted in `stats.dropped`.
@@ -38,7 +41,7 @@ from edgekv.gossip.transport import TransportStats
 from edgekv.node.dialer import Dialer
 from edgekv.node.framed import FramedStream
 from edgekv.node.limits import ByteBudget, NetLimits
-from edgekv.node.sockio import tcp_min_rtt
+from edgekv.node.sockio import direct_socket, send_now, tcp_min_rtt
 
 __all__ = ["PeerSenders"]
 
@@ -103,6 +106,17 @@ class PeerSenders:
                 self.tg.start_soon(self._sweep)
         peers[peer] = out  # the table's order: least recently sent to first (rule 4)
         out.used = True
+        if out.conn is not None and not out.queued_bytes and self.budget.fits(len(frame)):
+            # rule 1: idle, so written at once (and a rest the kernel leaves is sure to be queued)
+            sock = direct_socket(out.conn.stream)
+            if sock is not None:
+                try:
+                    sent = send_now(sock, frame)
+                except OSError:
+                    sent = 0  # the writer's send fails the same way, drops and closes
+                if sent == len(frame):
+                    return
+                frame = frame[sent:]  # the rest goes first: nothing else is queued
         size = len(frame)
         if (
             out.queued_bytes and out.queued_bytes + size > self.limits.send_queue_bytes
