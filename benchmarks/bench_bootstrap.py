@@ -331,7 +331,7 @@ async def one_run(prepared: Path, args: argparse.Namespace) -> dict[str, dict[st
                 sources: Counter[str] = Counter()
                 for _, f in lines:
                     try:
-                        s = (await status(f["http"]))["snapshot"]["source"]
+                        s = (await status(f["http"]))["snapshot"]["whole_from"]
                     except httpx.TimeoutException:  # a starved edge: its source unknown
                         sources["unknown (no /status answer)"] += 1
                     else:

@@ -83,6 +83,7 @@ def test_fresh_edge_takes_a_snapshot_from_a_caught_up_edge_not_the_origin() -> N
     node = sim.nodes[fresh]
     assert node.counters["snapshots_installed"] == 1, sim.seed
     assert node.bootstrap.progress.sources[0] in sim.edges[:2]
+    assert node.bootstrap.status(sim.now)["whole_from"] == node.bootstrap.progress.sources[-1]
     assert sim.origin.counters["snapshot_sessions"] == 0  # the origin served no snapshot
     assert sum(n.counters["snapshot_offers_sent"] for n in sim.nodes.values()) >= 1
     assert node.replica.root == sim.origin.replica.root
@@ -118,6 +119,38 @@ def test_an_edge_some_thousand_seqs_behind_is_still_offered_as_a_source() -> Non
     later = known + 5000  # the origin's watermark after 5,000 more writes
     assert offer_sources(sim.origin.members, later, GossipConfig(), random.Random(1)) == [edge]
     assert offer_sources(sim.origin.members, known + 50_000, GossipConfig(), random.Random(1)) == []
+
+
+def test_a_suspected_caught_up_edge_is_still_a_source_before_the_origin() -> None:
+    # a caught-up edge busy building its trees while ten edges start on its CPU misses its
+    # acks; leaving suspects out, all ten took the whole store from the origin (1M keys)
+    import random
+
+    from edgekv.gossip.membership import SUSPECT
+    from edgekv.gossip.snapshot import offer_sources
+
+    sim = sim_with_sources(seed=15, sources=2)
+    first, second = sim.edges[:2]
+    wm = sim.origin.replica.watermark
+    sim.origin.members.peers[first].state = SUSPECT
+    for seed in range(5):  # live ones first, then suspects
+        got = offer_sources(sim.origin.members, wm, GossipConfig(), random.Random(seed))
+        assert got == [second, first]
+    sim.origin.members.peers[second].state = SUSPECT
+    assert sorted(offer_sources(sim.origin.members, wm, GossipConfig(), random.Random(1))) == [
+        first,
+        second,
+    ]
+    # the receiver's own view: no live caught-up edge, no hints: a suspect before the origin
+    fresh = sim.nodes[sim.edges[-1]]
+    boot = fresh.bootstrap
+    for addr in (first, second):
+        fresh.members.heard_from(addr, sim.now)
+        fresh.members.peers[addr].role = "edge"
+        fresh.members.peers[addr].watermark = wm
+        fresh.members.peers[addr].state = SUSPECT
+    boot._offer, boot._hints = (ORIGIN, wm), []
+    assert boot._choose() in (first, second)
 
 
 def test_a_transfer_cut_in_the_middle_resumes_from_another_peer_and_ends_equal() -> None:

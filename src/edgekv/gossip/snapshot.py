@@ -18,8 +18,9 @@ Theory of operation
 2. Source and trust.  On an offer the receiver picks a source: a live edge whose advertised watermark is
    within `snapshot_lag` of the offer's (random among them: ten joining edges spread over the
    caught-up edges), else one of the caught-up edges the offer names (`sources`, what the
-   offerer knows: a node that knows only the origin still spreads the load), else the peer
-   that offered (often the origin).  With origin-signed writes on (`replica.proofs`,
+   offerer knows, live ones first, then suspected ones: a node that knows only the origin
+   still spreads the load), else a caught-up edge it suspects (a busy edge misses acks;
+   a dead one costs a timeout), else the peer that offered (often the origin).  With origin-signed writes on (`replica.proofs`,
    crdt/proofs.py) a chunk carries the certificates of its states that the session has not
    sent yet ("proofs", from the sender's proof store: states it cannot prove are not sent, and
    the snapshot then claims no seq) and the receiver verifies every state before staging it
@@ -102,7 +103,7 @@ from ..crdt.treebuild import build_tree
 from ..errors import RemoteProtocolError
 from .config import GossipConfig
 from .fields import MAX_SEQ
-from .membership import ALIVE, Membership
+from .membership import ALIVE, SUSPECT, Membership
 from .messages import Send
 from .snapshot_server import SnapshotServer, offer_instead, offer_sources
 from .snapshot_wire import (
@@ -252,6 +253,7 @@ class SnapshotClient:
         self._delta_keys = 0  # keys a delta joined into the live replica chunk by chunk
         self.applied: list[Change] = []
         self.finished_at: float | None = None
+        self.whole_from: str | None = None  # the source of the last whole snapshot installed
 
     @property
     def active(self) -> bool:
@@ -324,6 +326,16 @@ class SnapshotClient:
         hints = [a for a in self._hints if a not in self._tried]
         if hints:  # named by the offerer: a bad one only costs a timeout (chunks are checked)
             return self.rng.choice(hints)
+        suspects = [  # a suspect is most often a busy edge: still better than the origin
+            p.address
+            for p in self.members.peers.values()
+            if p.state == SUSPECT
+            and p.role == "edge"
+            and p.watermark + lag >= wm
+            and p.address not in self._tried
+        ]
+        if suspects:
+            return self.rng.choice(sorted(suspects))
         # the offerer has the data (it said so); a peer that is behind never serves (it would
         # answer busy), so no other peer is tried; after the offerer all may be tried again
         self._tried.clear()
@@ -494,6 +506,8 @@ class SnapshotClient:
         self._end()
         self._reset(now)
         self.counters["snapshot_delta_rebuilds" if self._since else "snapshots_installed"] += 1
+        if not self._since:
+            self.whole_from = self._source
         return changes
 
     def install_trees(self, built: list[tuple[StoreReplica, MerkleTree]] | BaseException) -> None:
@@ -546,4 +560,5 @@ class SnapshotClient:
             "seconds_left": round(left, 2) if self.active else 0.0,
             "resumes": p.resumes,
             "target_watermark": self.target,
+            "whole_from": self.whole_from,
         }

@@ -26,7 +26,7 @@ from .chunks import delta_size
 from .config import GossipConfig
 from .fields import MAX_SEQ
 from .fields import field_int as _int
-from .membership import ALIVE, Membership
+from .membership import ALIVE, SUSPECT, Membership
 from .messages import Send
 from .snapshot_wire import (
     MAX_CHUNK_KEYS,
@@ -50,15 +50,22 @@ _from_bytes = int.from_bytes
 def offer_sources(
     members: Membership, wm: int, config: GossipConfig, rng: random.Random
 ) -> list[str]:
-    """Rule 2: up to MAX_HINTS live edges this node believes caught up with `wm` (shuffled)."""
+    """Rule 2: up to MAX_HINTS edges this node believes caught up with `wm`: the live ones
+    (shuffled), then the suspected ones (shuffled).  A suspect is most often a busy edge (a
+    caught-up edge building its trees while ten edges start on its CPU missed its acks, and
+    all ten then took the whole store from the origin); a dead one costs the receiver one
+    `snapshot_timeout`, then it resumes elsewhere."""
     lag = config.snapshot_lag
-    edges = sorted(
-        p.address
-        for p in members.peers.values()
-        if p.state == ALIVE and p.role == "edge" and p.watermark + lag >= wm
-    )
-    rng.shuffle(edges)
-    return edges[:MAX_HINTS]
+    out: list[str] = []
+    for state in (ALIVE, SUSPECT):
+        edges = sorted(
+            p.address
+            for p in members.peers.values()
+            if p.state == state and p.role == "edge" and p.watermark + lag >= wm
+        )
+        rng.shuffle(edges)
+        out += edges
+    return out[:MAX_HINTS]
 
 
 def changed_since(replica: Replica, wm: int, limit: int) -> int:
