@@ -153,6 +153,22 @@ def test_a_suspected_caught_up_edge_is_still_a_source_before_the_origin() -> Non
     assert boot._choose() in (first, second)
 
 
+def test_a_caught_up_edge_that_only_timed_out_is_tried_again_before_the_origin() -> None:
+    sim = sim_with_sources(seed=16, sources=1)
+    edge = sim.edges[0]
+    fresh = sim.nodes[sim.edges[-1]]
+    boot = fresh.bootstrap
+    wm = sim.origin.replica.watermark
+    fresh.members.heard_from(edge, sim.now)
+    fresh.members.peers[edge].role = "edge"
+    fresh.members.peers[edge].watermark = wm
+    boot._offer, boot._hints = (ORIGIN, wm), [edge]
+    boot._tried = {edge}  # it timed out: slow, not refusing
+    assert boot._choose() == edge
+    boot._tried, boot._refused = {edge}, {edge}  # it answered busy (or sent a bad chunk)
+    assert boot._choose() == ORIGIN
+
+
 def test_a_transfer_cut_in_the_middle_resumes_from_another_peer_and_ends_equal() -> None:
     sim = sim_with_sources(seed=2)
     node = start_fresh_until(sim, KEYS // 3)  # a third of the keys staged: crash the source

@@ -45,7 +45,8 @@ Theory of operation
    then a catch-up from that watermark) and are joined.  A key created during the transfer
    behind the cursor is such a write.
 6. Resume.  A source silent for `snapshot_timeout` (or answering busy) is abandoned: a new
-   session with another peer starts after the last key staged.  Chunks of an old session, or
+   session with another peer starts after the last key staged (once every caught-up edge
+   was tried, one that only timed out is tried again before the offerer).  Chunks of an old session, or
    out of order (n), are ignored.  A malformed chunk raises RemoteProtocolError after the
    session is abandoned the same way: what was staged before stays (it was checked).
 7. Load.  Chunks are staged per store (dicts in key order).  After the last one the driver
@@ -242,6 +243,7 @@ class SnapshotClient:
         self._cursor: Cursor = None
         self._deadline = float("inf")
         self._tried: set[str] = set()
+        self._refused: set[str] = set()  # sources that answered busy or sent a bad chunk
         self._wm = MAX_SEQ
         self._purged = 0
         self._groups: dict[str, dict[str, State]] = {}
@@ -313,32 +315,33 @@ class SnapshotClient:
     def _choose(self) -> str:
         offerer, wm = self._offer
         lag = self.config.snapshot_lag
-        edges = [
-            p.address
-            for p in self.members.peers.values()
-            if p.state == ALIVE
-            and p.role == "edge"
-            and p.watermark + lag >= wm
-            and p.address not in self._tried
-        ]
-        if edges:
-            return self.rng.choice(sorted(edges))
-        hints = [a for a in self._hints if a not in self._tried]
-        if hints:  # named by the offerer: a bad one only costs a timeout (chunks are checked)
-            return self.rng.choice(hints)
-        suspects = [  # a suspect is most often a busy edge: still better than the origin
-            p.address
-            for p in self.members.peers.values()
-            if p.state == SUSPECT
-            and p.role == "edge"
-            and p.watermark + lag >= wm
-            and p.address not in self._tried
-        ]
-        if suspects:
-            return self.rng.choice(sorted(suspects))
+
+        def caught_up(state: str, skip: set[str]) -> list[str]:
+            return sorted(
+                p.address
+                for p in self.members.peers.values()
+                if p.state == state
+                and p.role == "edge"
+                and p.watermark + lag >= wm
+                and p.address not in skip
+            )
+
+        tried = self._tried
+        hints = [a for a in self._hints if a not in tried]
+        # live caught-up edges; those the offer named (a bad one only costs a timeout: chunks
+        # are checked); suspected ones (most often a busy edge: still better than the origin)
+        for pool in (caught_up(ALIVE, tried), hints, caught_up(SUSPECT, tried)):
+            if pool:
+                return self.rng.choice(pool)
+        # every caught-up edge was tried: one still a member that was only slow (timed out,
+        # not busy, not bad) is tried again before the offerer, often the origin (ten edges
+        # joining on one loaded core timed out on their source and four went to the origin)
+        tried.clear()
+        slow = caught_up(ALIVE, self._refused) + caught_up(SUSPECT, self._refused)
+        if slow:
+            return self.rng.choice(slow)
         # the offerer has the data (it said so); a peer that is behind never serves (it would
-        # answer busy), so no other peer is tried; after the offerer all may be tried again
-        self._tried.clear()
+        # answer busy), so no other peer is tried
         return offerer
 
     @property
@@ -400,6 +403,7 @@ class SnapshotClient:
             return []
         try:
             if c.busy:
+                self._refused.add(peer)
                 return self._resume(now)
             if c.n != self._n:
                 raise RemoteProtocolError(f"SNAP_DATA: chunk {c.n} where {self._n} was due")
@@ -449,6 +453,7 @@ class SnapshotClient:
         """Rule 6: a bad source is dropped; the next tick resumes with another peer."""
         self._deadline = now
         self._tried.add(peer)
+        self._refused.add(peer)
         self._source = ""
 
     def _stage(self, c: Chunk) -> None:
@@ -524,6 +529,7 @@ class SnapshotClient:
         self._delta_keys = 0
         self._wm, self._purged = MAX_SEQ, 0
         self._tried.clear()
+        self._refused.clear()
         self.finished_at = now
 
     def take_applied(self) -> list[Change]:
