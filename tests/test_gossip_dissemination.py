@@ -61,7 +61,7 @@ def test_steady_state_is_a_tree_about_n_minus_1_pushes_per_batch() -> None:
 
 
 def test_pruned_links_become_lazy_and_origin_is_never_an_edge_target() -> None:
-    sim = Sim(15, seed=5)
+    sim = Sim(15, seed=5, config=GossipConfig(origin_fanout=4))  # edges relay to the others
     warm(sim)
     write_stream(sim, 5.0, 100, 0.01)
     sim.run_until(8.0)
@@ -72,6 +72,36 @@ def test_pruned_links_become_lazy_and_origin_is_never_an_edge_target() -> None:
         d = sim.nodes[addr].dissemination
         assert ORIGIN not in d.eager
         assert d._parent is not None  # every edge has a tree parent
+
+
+def test_within_the_origins_fanout_edges_relay_nothing_and_notices_repair_a_loss() -> None:
+    """Rule 2: with every member within `origin_fanout`, the origin pushes to each edge itself,
+    so an edge relays none of its pushes (from the first write on: no duplicates to prune);
+    its neighbours get the lazy notices, so a lost push is still noticed at once."""
+    sim = Sim(12, seed=3, latency=0.02)
+    warm(sim)
+    pushers: set[str] = set()
+    send = sim._send
+
+    def spy(src: str, sends: list) -> None:  # type: ignore[type-arg]
+        if any(s.message["t"] == 10 for s in sends):
+            pushers.add(src)
+        send(src, sends)
+
+    sim._send = spy  # type: ignore[method-assign]
+    seqs = write_stream(sim, 5.0, 300, 0.01)
+    victim = "edge-4"
+    lost = drop_first(sim, "PUSH", victim, after=8.5)
+    t = 9.0
+    sim.run_until(t)
+    s = sim.write("s", Put("lone", b"x"))  # a single write: no later push reveals a gap
+    assert s is not None
+    sim.run_until(10.0)
+    assert pushers == {ORIGIN}
+    assert not sim.missing() and sim.converged()
+    assert max(sim.propagation(seqs)) < 0.1
+    assert lost and sim.check.delivered[(victim, s)] - sim.acked[s] < 0.3
+    assert sum(n.counters["prunes_sent"] for n in sim.nodes.values()) == 0
 
 
 def test_lost_pushes_are_repaired_by_graft() -> None:

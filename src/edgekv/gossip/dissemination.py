@@ -10,26 +10,33 @@ Theory of operation
    batches and a 100 ms link for the full window.  The round trip is the driver's measure of
    the link where it has one (`note_link_rtt`: a TCP connection's lowest, as the kernel saw
    it), else the lowest SWIM probe (membership), which includes both ends' scheduling delays:
-   on a loaded host those reach tens of milliseconds, and batched writes as long.  In a queue a newer delta for a key
-   is joined into the queued one (`crdt.state.join`) and cover ranges are unioned.
+   on a loaded host those reach tens of milliseconds, and batched writes as long.  In a
+   queue a newer delta for a key is joined into the queued one (`crdt.state.join`) and cover
+   ranges are unioned.
 2. A node receiving a PUSH applies it (`Replica.apply_batch`).  If it brought anything new (a
    state changed or a seq not yet covered), it is queued for every eager peer except the
    sender, flushed after the much shorter `relay_window`, while its hop count is below the
-   retransmit limit (about 2 log2 N).  If it brought nothing, the receiver answers PRUNE and
-   and the sender moves it to its lazy set.  Unlike Plumtree's symmetric overlay, data flows
-   one way (from the origin), so the receiver keeps its own links to that peer.  The
+   retransmit limit (about 2 log2 N); but a push straight from the origin, while this node
+   knows at most `origin_fanout` members, is not relayed: the origin pushes to each of them
+   itself (rule 4), so relays would only be duplicates (20 edges on one host relayed each of
+   the first writes to a dozen peers until the tree was pruned: several times the work per
+   write), and the eager peers get the lazy notices instead (rule 3).  If it brought
+   nothing, the receiver answers PRUNE and the sender moves it to its lazy set.  Unlike
+   Plumtree's symmetric overlay, data flows one way (from the origin), so the receiver keeps
+   its own links to that peer.  The
    peer whose push last brought news (its parent) is never pruned, and news from a peer it
    already pruned (a push that crossed the PRUNE) does not make that peer the parent: so
    neither catch-up nor crossing prunes cut a node off the tree.  A duplicate from the origin
    itself is never pruned: the origin becomes the parent and the relay that beat it is pruned
    instead, so the origin's direct children stay one hop away.  So the
    eager links shrink to a spanning tree (first arrivals) and a batch costs about N-1 messages.
-3. New covers are also announced to lazy peers in IHAVE notices, `ihave_delay` after the push
-   carrying them left.  At low rates (at most QUIET_BATCHES batches per `ihave_window`) every
-   lazy peer gets one, so a node whose push was lost hears of the write at once; under load
-   notices go out at most once per `ihave_window`, to `ihave_peers` lazy peers (rotating).  A node that learns of seqs it lacks (IHAVE, a
-   watermark on a PING/ACK, or a gap in the covers it holds) waits `graft_timeout`; if its
-   watermark still has not passed them it sends GRAFT to `graft_peers` peers known to hold
+3. New covers are also announced to lazy peers (to every neighbour where pushes are not
+   relayed, rule 2) in IHAVE notices, `ihave_delay` after the push carrying them left.  At
+   low rates (at most QUIET_BATCHES batches per `ihave_window`) every lazy peer gets one, so
+   a node whose push was lost hears of the write at once; under load notices go out at most
+   once per `ihave_window`, to `ihave_peers` lazy peers (rotating).  A node that learns of
+   seqs it lacks (IHAVE, a watermark on a PING/ACK, or a gap in the covers it holds) waits
+   `graft_timeout`; if its watermark still has not passed them it sends GRAFT to `graft_peers` peers known to hold
    them (two by default: a lost graft or answer then costs no retry delay).  Each makes the
    link eager again (repairing the tree) and answers with SYNC_DATA (catch-up).
 4. Peers known dead are skipped when flushing; they stay in the sets, so a revived peer gets
@@ -110,6 +117,7 @@ class Dissemination(Part):
         self._tail: dict[str, float] = {}  # peer -> when to repeat the last push of a burst
         self.link_rtts: dict[str, float] = {}  # the driver's measure of each link (rule 1)
         self._parent: str | None = None  # the peer whose PUSH last brought news
+        self._direct = False  # the origin pushes to every member itself: eager peers get notices
         self._pruned: set[str] = set()  # peers this node sent PRUNE to (and not grafted since)
         self._lazy_order: list[str] = []
         self.known_high = 0  # highest seq this node knows exists
@@ -223,11 +231,14 @@ class Dissemination(Part):
         if peer not in self._pruned:  # news from a pruned peer was sent before our PRUNE
             self._parent = peer
         hops = msg.hops + 1
-        if hops <= self.config.hop_limit(len(self.members.peers) + 1):
+        members = len(self.members.peers)
+        self._direct = members <= self.config.origin_fanout and self.authority.is_origin(peer)
+        if hops <= self.config.hop_limit(members + 1):
             # the repeated part only where it was news: this node's subtree lacks it too
             n = 0 if fresh_again else msg.again_n
             covers = msg.covers + msg.again if fresh_again else msg.covers
-            self._forward(msg.items[n:], covers, hops, peer, now, self.config.relay_window)
+            items = msg.items[n:]
+            self._forward(items, covers, hops, peer, now, self.config.relay_window, self._direct)
         if msg.wm >= 0:
             self.members.note_progress(peer, msg.wm, 0)
         self.check_gap(peer, now, msg.wm)
@@ -248,9 +259,10 @@ class Dissemination(Part):
     def forward_new(
         self, items: Sequence[Item], covers: list[Range], source: str, now: float
     ) -> None:
-        """Relay what a catch-up brought (small batches only) so this node's subtree gets it."""
+        """Relay what a catch-up brought (small batches only) so this node's subtree gets it
+        (where there is one: rule 2)."""
         if items or covers:
-            self._forward(items, covers, 1, source, now, self.config.relay_window)
+            self._forward(items, covers, 1, source, now, self.config.relay_window, self._direct)
 
     def _forward(
         self,
@@ -260,14 +272,16 @@ class Dissemination(Part):
         exclude: str | None,
         now: float,
         window: float,
+        notice_only: bool = False,
     ) -> None:
-        """Queue for every eager peer but `exclude`.  A queue opened after a quiet spell (no
-        flush to that peer within `window`) is flushed at once at the origin (a commit group
-        is one batch already) and after `relay_window` at a relay (pushes from several peers
-        coalesce): batching costs latency only under load (Nagle-style)."""
+        """Queue for every eager peer but `exclude` (none if `notice_only`: rule 2).  A queue
+        opened after a quiet spell (no flush to that peer within `window`) is flushed at once
+        at the origin (a commit group is one batch already) and after `relay_window` at a
+        relay (pushes from several peers coalesce): batching costs latency only under load
+        (Nagle-style)."""
         hold = 0.0 if self.role == "origin" else self.config.relay_window
         first_due = now + hold
-        for peer in sorted(self.eager):
+        for peer in () if notice_only else sorted(self.eager):
             if peer == exclude or self.members.is_dead(peer):
                 continue
             box = self.outbox.get(peer)
@@ -543,9 +557,10 @@ class Dissemination(Part):
 
     def _next_lazy(self, burst: bool) -> list[str]:
         peers = self.members.peers
+        pool = self.lazy | self.eager if self._direct else self.lazy  # (rule 2)
         live = [
             a
-            for a in sorted(self.lazy)
+            for a in sorted(pool)
             if a in peers and peers[a].state != "dead" and peers[a].role != "origin"
         ]
         if burst or len(live) <= self.config.ihave_peers:
@@ -556,6 +571,6 @@ class Dissemination(Part):
                 self._lazy_order = list(live)
                 self.rng.shuffle(self._lazy_order)
             a: str = self._lazy_order.pop()
-            if a in self.lazy and a not in out and not self.members.is_dead(a):
+            if a in pool and a not in out and not self.members.is_dead(a):
                 out.append(a)
         return out
