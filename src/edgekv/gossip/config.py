@@ -20,12 +20,14 @@ class GossipConfig:
     # -- dissemination (Plumtree) -----------------------------------------------------------
     push_window: float = 0.15
     """The origin's longest batching window: at most one PUSH per eager peer per window, so under
-    load one PUSH carries many writes (a write after a quiet spell leaves at once)."""
+    load one PUSH carries many writes (a write after a quiet spell leaves at once; the window
+    while no round trip is known)."""
     relay_window: float = 0.002
     """A relay's batching window before forwarding what a PUSH brought (much smaller)."""
     push_rtt_factor: float = 1.0
-    """The window toward a peer is this many of its lowest measured round trips (SWIM probes),
-    capped by push_window / relay_window: on a fast link a window of 150 ms would cost its whole
+    """The window toward a peer is this many of its link's round trips (the driver's measure,
+    over TCP the kernel's lowest for the connection; else the lowest SWIM probe), capped by
+    push_window / relay_window: on a fast link a window of 150 ms would cost its whole
     length, on a slow one batching is what keeps messages per write low.  0: fixed windows.
     Under load a lost push is repaired by the next one, a window later, so the window is also
     the cost of a loss (1,000 edges, 50 ms links: 2 round trips gave p99 650 ms, 1 gave 480)."""
