@@ -145,9 +145,8 @@ class Membership:
         self._order: list[str] = []
         self._seq = 0
         self._probe: _Probe | None = None
-        self._relays: dict[
-            int, tuple[str, int, str, float]
-        ] = {}  # my seq -> (asker, seq, target, deadline)
+        # my seq -> (asker, its seq, target, deadline): PING_REQs we relay
+        self._relays: dict[int, tuple[str, int, str, float]] = {}
         self._updates: dict[str, int] = {}  # address -> remaining piggyback transmissions
         self.next_ping = 0.0
         self.next_members = 0.0
@@ -184,9 +183,8 @@ class Membership:
 
     def _lists(self) -> tuple[list[str], list[str], list[str]]:
         if self._cache_version != self._version:
-            live: list[str] = []
-            alive: list[str] = []
-            dead: list[str] = []
+            lists: tuple[list[str], list[str], list[str]] = ([], [], [])
+            live, alive, dead = lists
             for a in sorted(self.peers):
                 st = self.peers[a].state
                 (dead if st == DEAD else live).append(a)
