@@ -394,3 +394,31 @@ def test_origin_pushes_to_up_to_origin_fanout_edges_directly(latency: float) -> 
     assert len(narrow.origin.dissemination.eager) == 4
     assert any(narrow.nodes[a].dissemination._parent != ORIGIN for a in narrow.edges)
     assert narrow.converged() and not narrow.missing()
+
+
+def test_the_origin_flushes_peers_with_close_windows_at_one_moment() -> None:
+    """A flush at the origin takes the queues due within half their window too, so
+    peers whose windows differ a little share flush moments, and one certificate signs each
+    batch (crdt/proofs.py rule 2) instead of one per peer's phase."""
+    from edgekv.gossip.wire import type_name
+
+    sim = Sim(8, seed=5, latency=0.05, jitter=0.01)
+    warm(sim, 10.0)  # every edge probed by the origin: round trips of 100 to 120 ms
+    d = sim.origin.dissemination
+    windows = {d.window(p, 0.15) for p in d.eager}
+    assert len(windows) > 1 and max(windows) <= 1.25 * min(windows)
+    moments: dict[float, set[str]] = {}
+    send = sim._send
+
+    def record(src: str, sends: list) -> None:  # type: ignore[type-arg]
+        for s in sends:
+            if src == ORIGIN and type_name(s.message["t"]) == "PUSH" and s.message["covers"]:
+                moments.setdefault(sim.now, set()).add(s.peer)
+        send(src, sends)
+
+    sim._send = record  # type: ignore[method-assign]
+    write_stream(sim, 11.0, 100, 0.01)
+    sim.run_until(13.0)
+    assert not sim.missing()
+    assert len(moments) > 5
+    assert all(peers == d.eager for peers in moments.values()), moments

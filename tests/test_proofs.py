@@ -398,3 +398,56 @@ def test_an_origin_keeps_no_certificate_journal(tmp_path: Path) -> None:
             assert 0 < len(proofs) <= 300
 
     trio.run(main)
+
+
+def test_a_forwarded_write_is_answered_with_a_one_off_certificate() -> None:
+    """The answer to a forwarded write proves it at once, yet the deferred atoms stay deferred:
+    the next push signs its whole batch as one certificate, so every other node verifies one
+    signature per batch, not one per forwarded write."""
+    store = _store()
+    store.signer = SIGNER
+    w1 = [("s", "k1", Register(1, 1, b"v"))]
+    w2 = [("s", "k2", Register(2, 1, b"v"))]
+    store.defer([a for s, k, d in w1 for a in atoms_of(s, k, d)], 1, 1)
+    answer1 = store.answer_material(w1)
+    assert _store().verify(w1, answer1, _none) == w1  # the writer's edge can verify it
+    store.defer([a for s, k, d in w2 for a in atoms_of(s, k, d)], 2, 2)
+    answer2 = store.answer_material(w2)
+    assert _store().verify(w2, answer2, _none) == w2
+    assert len(store) == 0  # neither answer was kept nor sealed the deferred atoms
+    batch = store.material_for(w1 + w2)
+    assert len(batch) == 1 and (batch[0].lo, batch[0].hi) == (1, 2)
+    assert answer1[0].signature != batch[0].signature
+    # once sealed, an answer for an older write uses the stored certificate
+    assert store.answer_material(w1) == batch
+
+
+def test_material_prefers_a_certificate_the_message_carries_already() -> None:
+    """An edge holding both its own write's one-off certificate and the batch certificate
+    sends the batch one only: its peers then verify one signature, not two."""
+    w1 = ("s", "k1", Register(1, 1, b"v"))
+    w2 = ("s", "k2", Register(2, 1, b"v"))
+    batch = _signed([w1, w2])
+    oneoff = _signed([w2])
+    store = _store()
+    store.add(batch)
+    store.add(oneoff)  # newer, and its range starts at seq 2: the first choice for seq 2
+    out: dict[bytes, Certificate] = {}
+    for _s, _k, d in (w1, w2):
+        assert store.add_material(out, d) >= 0
+    assert list(out) == [batch[0].signature]
+
+
+def test_a_one_off_certificate_signs_only_the_answered_groups() -> None:
+    """Many writes deferred in one window: each answer signs its own group's atoms, not every
+    deferred atom (which would cost the origin quadratic signing work per window)."""
+    store = _store()
+    store.signer = SIGNER
+    groups = [[("s", f"k{i}", Register(i, 1, b"v"))] for i in range(1, 9)]
+    for i, items in enumerate(groups, 1):
+        store.defer([a for s, k, d in items for a in atoms_of(s, k, d)], i, i)
+    answer = store.answer_material(groups[4])
+    assert len(answer) == 1 and len(answer[0]) == 1 and (answer[0].lo, answer[0].hi) == (5, 5)
+    assert _store().verify(groups[4], answer, _none) == groups[4]
+    batch = store.material_for([it for g in groups for it in g])
+    assert len(batch) == 1 and len(batch[0]) == 8

@@ -18,11 +18,14 @@ Theory of operation
    (seq, atom hash) pairs of seqs lo..hi).  The origin hashes each commit group's atoms as it
    commits it (~1 us per write) and `defer`s them; it signs everything deferred in one
    certificate when proofs are next needed (`seal`): when a push leaves (the origin batches
-   pushes for a window under load), a forwarded write is answered, a catch-up or
-   anti-entropy answer is built, or `MAX_CERT_ATOMS` atoms wait.  Acks to clients never wait
-   for a signature.  So one signature (33 us) covers a whole push batch at the origin, and a
-   receiver pays one verification (110 us) per batch, cached, plus one hash (~0.5 us) and a
-   set lookup per atom.  One signature per delta would cap verification at ~9k deltas/s and
+   pushes for a window under load, and flushes every peer's queue at one moment), a catch-up
+   or anti-entropy answer is built, or `MAX_CERT_ATOMS` atoms wait.  The answer to a
+   forwarded write gets a one-off certificate over its deferred group (`answer_material`),
+   neither kept nor sealing them: sealing there gave every forwarded write its own
+   certificate, which every node then verified (flood-1000: ~100 per node for 100 writes).
+   Acks to clients never wait for a signature.  So one signature (33 us) covers a whole push
+   batch at the origin, and a receiver pays one verification (110 us) per batch, cached,
+   plus one hash (~0.5 us) and a set lookup per atom.  One signature per delta would cap verification at ~9k deltas/s and
    cost the origin ~40% of its throughput; a Merkle root per batch would make every proof
    carry a path.  An XOR digest (the anti-entropy tree) is not collision-resistant, so
    nothing signed is one.  After a restart the origin certifies its live states again
@@ -31,7 +34,8 @@ Theory of operation
    covers it.
 3. Proofs travel with states: a message carrying states carries the certificates covering
    them (`ProofStore.material_for`), taken from the sender's store, unchanged, whoever sent
-   them.  A receiver checks them with `ProofStore.verify` before anything is applied: a state
+   them; a certificate the message carries already is preferred to another that also holds
+   the seq (an edge holding its own write's one-off certificate sends the batch one only).  A receiver checks them with `ProofStore.verify` before anything is applied: a state
    whose atoms are not all certified raises `ForgedState` (the message is rejected whole, the
    peer is counted and cut off by the driver).  Accepted certificates join the store.
 4. The store is bounded by live data.  `sweep(seqs)` (run whenever the certificates or their
@@ -188,6 +192,7 @@ class ProofStore:
         self.signer: Signer | None = None  # at the origin: seals deferred atoms (rule 2)
         self._pending: list[Atom] = []
         self._pending_range = (0, 0)
+        self._groups: list[tuple[int, int, int]] = []  # deferred groups: (lo, hi, end index)
         self.journal = journal  # keep `added` and `dropped` (rule 5): persistence drains them
         self.added: list[Certificate] = []
         self.dropped: list[Certificate] = []
@@ -213,6 +218,7 @@ class ProofStore:
         """At the origin: atoms of seqs lo..hi, committed, to be signed when proofs are next
         needed (`seal`), so one signature covers every group since (rule 2)."""
         self._pending.extend(atoms)
+        self._groups.append((lo, hi, len(self._pending)))
         plo, phi = self._pending_range
         self._pending_range = (lo if not plo else min(plo, lo), max(phi, hi))
         if len(self._pending) >= MAX_CERT_ATOMS:
@@ -224,7 +230,7 @@ class ProofStore:
             return
         lo, hi = self._pending_range
         certs = self.signer.certify(self._pending, lo, hi)
-        self._pending, self._pending_range = [], (0, 0)
+        self._pending, self._pending_range, self._groups = [], (0, 0), []
         self.add(certs)
 
     def add(self, certs: Iterable[Certificate], fresh: bool = False) -> None:
@@ -328,6 +334,41 @@ class ProofStore:
                 break
         return list(out.values())
 
+    def answer_material(self, items: Iterable[Item]) -> list[Certificate]:
+        """Proofs for the answer to a forwarded write: the deferred groups holding its seqs
+        are signed into a one-off certificate that is neither kept nor clears them, so the
+        next push still signs its whole batch as one certificate (one verification per batch
+        at every node, not one per forwarded write)."""
+        if not self._pending or self.signer is None:
+            return self.material_for(items)
+        items = list(items)
+        seqs = {seq for _s, _k, d in items for seq in delta_seqs(d)}
+        # the deferred groups holding these seqs only, newest first (groups defer in seq
+        # order and the answered write is mostly the last): not every deferred atom per answer
+        atoms: list[Atom] = []
+        lo, hi, least = 0, 0, min(seqs, default=0)
+        groups = self._groups
+        for i in range(len(groups) - 1, -1, -1):
+            g_lo, g_hi, end = groups[i]
+            if g_hi < least:
+                break
+            if any(g_lo <= seq <= g_hi for seq in seqs):
+                atoms.extend(self._pending[groups[i - 1][2] if i else 0 : end])
+                lo, hi = (g_lo if not lo else min(lo, g_lo)), max(hi, g_hi)
+        if not atoms:
+            return self.material_for(items)
+        oneoff = self.signer.certify(atoms, lo, hi)
+        out: dict[bytes, Certificate] = {c.signature: c for c in oneoff}
+        for _store, _key, d in items:
+            for seq in delta_seqs(d):
+                if any(c.has_seq(seq) for c in oneoff):
+                    continue
+                for c in self._covering(seq):
+                    if c.has_seq(seq):
+                        out.setdefault(c.signature, c)
+                        break
+        return list(out.values())
+
     def add_material(self, out: dict[bytes, Certificate], d: Delta) -> int:
         """Add the certificates proving `d` to `out`; returns the bytes they add (for chunking),
         or -1 when this store holds no certificate for one of its seqs: the caller must not
@@ -338,6 +379,13 @@ class ProofStore:
         first = not out
         added = 0
         for seq in delta_seqs(d):
+            for c in out.values():  # a certificate this message carries already
+                if c.lo <= seq <= c.hi and c.has_seq(seq):
+                    break
+            else:
+                c = None
+            if c is not None:
+                continue
             for c in self._covering(seq):
                 if c.has_seq(seq):
                     if c.signature not in out:

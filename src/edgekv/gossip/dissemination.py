@@ -10,9 +10,11 @@ Theory of operation
    batches and a 100 ms link for the full window.  The round trip is the driver's measure of
    the link where it has one (`note_link_rtt`: a TCP connection's lowest, as the kernel saw
    it), else the lowest SWIM probe (membership), which includes both ends' scheduling delays:
-   on a loaded host those reach tens of milliseconds, and batched writes as long.  In a
-   queue a newer delta for a key is joined into the queued one (`crdt.state.join`) and cover
-   ranges are unioned.
+   on a loaded host those reach tens of milliseconds, and batched writes as long.  When the
+   origin flushes, queues due within `EARLY` of their own window go too: the peers' phases
+   merge into shared flush moments, and one moment is one batch that one certificate signs
+   (crdt/proofs.py rule 2), not one per peer's phase.  In a queue a newer delta for a key is
+   joined into the queued one (`crdt.state.join`) and cover ranges are unioned.
 2. A node receiving a PUSH applies it (`Replica.apply_batch`).  If it brought anything new (a
    state changed or a seq not yet covered), it is queued for every eager peer except the
    sender, flushed after the much shorter `relay_window`, while its hop count is below the
@@ -81,6 +83,7 @@ from .messages import (
 
 QUIET_BATCHES = 3  # at most this many batches per ihave_window: notices go to every lazy peer
 MAX_GRAFT_ROUNDS = 4  # graft rounds for one hint before it is dropped as unfounded
+EARLY = 0.5  # the origin flushes a queue up to this much of its window early to share a moment
 
 
 @dataclass(slots=True)
@@ -483,7 +486,15 @@ class Dissemination(Part):
 
     def tick(self, now: float) -> list[Send]:
         out: list[Send] = []
-        for peer in [p for p, box in self.outbox.items() if box.due <= now]:
+        due = [p for p, box in self.outbox.items() if box.due <= now]
+        if due and self.role == "origin":  # one flush moment: one certificate (rule 1)
+            longest = self.config.push_window
+            due += [
+                p
+                for p, box in self.outbox.items()
+                if now < box.due <= now + EARLY * self.window(p, longest)
+            ]
+        for peer in due:
             box = self.outbox.pop(peer)
             last = self._last_flush.get(peer, float("-inf"))
             self._last_flush[peer] = now

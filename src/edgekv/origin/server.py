@@ -452,7 +452,7 @@ class Origin(StoreApi):
         reply = write_reply(planned, written_at, with_items=with_items)
         proofs = self.replica.proofs
         if with_items and planned.items and proofs is not None:
-            reply["proofs"] = [c.to_wire() for c in proofs.material_for(planned.items)]
+            reply["proofs"] = [c.to_wire() for c in proofs.answer_material(planned.items)]
         return reply
 
     def prepare(self, body: Mapping[str, Any], *, trusted: bool = False) -> Message | Command:
