@@ -85,6 +85,9 @@ class FakeCore:
     def forget(self, address: str, new: str | None = None) -> None:
         pass
 
+    def note_link_rtt(self, peer: str, rtt: float) -> None:
+        pass
+
     staging = False
 
     def take_job(self) -> None:

@@ -144,4 +144,9 @@ class Transport(Protocol):
 
     async def receive(self) -> Envelope: ...
 
+    def link_rtts(self) -> dict[str, float]:
+        """Each peer link's round trip in seconds as the transport measured it (over TCP the
+        kernel's lowest for the connection); empty where it has no measure of its own."""
+        ...
+
     async def aclose(self) -> None: ...

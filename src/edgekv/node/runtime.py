@@ -126,6 +126,8 @@ class GossipCore(Protocol):
 
     def forget(self, address: str, new: str | None = None) -> None: ...
 
+    def note_link_rtt(self, peer: str, rtt: float) -> None: ...
+
     def take_job(self) -> Any | None: ...
 
     def finish_job(self, job: Any, result: Any, now: float) -> Sequence[_Send]: ...
@@ -400,11 +402,8 @@ class NodeRuntime:
 
     def _note_link_rtts(self) -> None:
         """Rule 7: hand the transport's measured link round trips to the core."""
-        rtts = getattr(self.transport, "link_rtts", None)
-        note = getattr(self.gossip, "note_link_rtt", None)
-        if rtts is not None and note is not None:
-            for peer, rtt in rtts().items():
-                note(peer, rtt)
+        for peer, rtt in self.transport.link_rtts().items():
+            self.gossip.note_link_rtt(peer, rtt)
 
     # -- requests ----------------------------------------------------------------------------------
 

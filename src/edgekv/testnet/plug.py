@@ -54,6 +54,9 @@ class Plug:
         await self._stopped.wait()  # unplugged: silence until closed
         raise anyio.ClosedResourceError
 
+    def link_rtts(self) -> dict[str, float]:
+        return self.inner.link_rtts()
+
     def unplug(self) -> None:
         self.plugged = False
 

@@ -52,6 +52,10 @@ class SimTransport:
     def address(self) -> str:
         return self._address
 
+    def link_rtts(self) -> dict[str, float]:
+        """None: the core's own probes measure the simulated links."""
+        return {}
+
     @property
     def pending(self) -> int:
         """Messages delivered but not yet received."""
