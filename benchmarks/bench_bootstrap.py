@@ -214,12 +214,14 @@ async def served(proc: trio.Process) -> tuple[float, dict[str, str]]:
 async def status(http: str, tries: int = 3) -> dict[str, Any]:
     """An edge's /status.  An edge just past its snapshot on a starved CPU (ten of them on
     one core, building their trees and rewriting their files) may take longer than one
-    timeout to answer (the 1M-key 10-edge step crashed on that): it is asked again."""
+    timeout to answer (the 1M-key 10-edge step crashed on that), or close the connection
+    unanswered (hypercorn's head timer ran out while its loop was starved): it is asked
+    again."""
     async with httpx.AsyncClient() as c:
         for i in range(tries):
             try:
                 r = await c.get(f"http://{http}/status", timeout=60)
-            except httpx.TimeoutException:
+            except (httpx.TimeoutException, httpx.RemoteProtocolError):
                 if i == tries - 1:
                     raise
                 continue

@@ -17,7 +17,7 @@ from edgekv.errors import RemoteProtocolError
 from edgekv.gossip import GossipConfig, GossipNode
 from edgekv.gossip.snapshot import SnapshotServer, TreeJob
 from edgekv.gossip.snapshot_wire import parse_chunk, snap_req
-from edgekv.gossip.wire import FrameDecoder, encode_frame
+from edgekv.gossip.wire import FrameDecoder, encode_frame, type_name
 from gossip_sim import ORIGIN, Sim
 
 KEYS = 3000
@@ -167,6 +167,31 @@ def test_a_caught_up_edge_that_only_timed_out_is_tried_again_before_the_origin()
     assert boot._choose() == edge
     boot._tried, boot._refused = {edge}, {edge}  # it answered busy (or sent a bad chunk)
     assert boot._choose() == ORIGIN
+
+
+def test_a_source_slower_than_the_timeout_still_completes_the_transfer() -> None:
+    # one caught-up edge whose chunks take 1.5x snapshot_timeout to arrive (a loaded host):
+    # without backing off, every resume opened a session whose first chunk came too late
+    sim = sim_with_sources(seed=5, sources=1)
+    source = sim.edges[0]
+    send = sim._send
+    delay = 1.5 * config().snapshot_timeout
+
+    def slow(src: str, sends: list) -> None:
+        late = [m for m in sends if src == source and type_name(m.message["t"]) == "SNAP_DATA"]
+        send(src, [m for m in sends if m not in late])
+        if late:
+            sim.at(sim.now + delay, lambda: send(src, late))
+
+    sim._send = slow  # type: ignore[method-assign]
+    fresh = sim.nodes[sim.edges[-1]]
+    sim.start_one(fresh.members.address, sim.now)
+    sim.run_until(sim.now + 120.0)
+    assert fresh.counters["snapshots_installed"] == 1, sim.seed
+    assert fresh.replica.root == sim.origin.replica.root
+    assert fresh.counters["snapshot_timeouts"] <= 2, fresh.counters["snapshot_timeouts"]
+    assert set(fresh.bootstrap.progress.sources) == {source}  # never handed to the origin
+    assert not sim.check.violations
 
 
 def test_a_transfer_cut_in_the_middle_resumes_from_another_peer_and_ends_equal() -> None:

@@ -46,7 +46,12 @@ Theory of operation
    behind the cursor is such a write.
 6. Resume.  A source silent for `snapshot_timeout` (or answering busy) is abandoned: a new
    session with another peer starts after the last key staged (once every caught-up edge
-   was tried, one that only timed out is tried again before the offerer).  Chunks of an old session, or
+   was tried, one that only timed out is tried again before the offerer).  Each timeout in a
+   transfer doubles the silence allowed after it (at most 8x `snapshot_timeout`), as TCP
+   backs off its retransmission timer: on hosts so loaded that a chunk takes longer than
+   `snapshot_timeout`, every resume opened another session whose first chunk came too late
+   again (ten edges joining on one loaded core made no progress for minutes, their sources
+   serving sessions already abandoned).  Chunks of an old session, or
    out of order (n), are ignored.  A malformed chunk raises RemoteProtocolError after the
    session is abandoned the same way: what was staged before stays (it was checked).
 7. Load.  Chunks are staged per store (dicts in key order).  After the last one the driver
@@ -118,6 +123,8 @@ from .snapshot_wire import (
     snap_req,
 )
 from .wire import Message
+
+PATIENCE_DOUBLINGS = 3  # rule 6: a transfer's silence allowed grows to 8x snapshot_timeout
 
 __all__ = [
     "SNAPSHOT_TYPES",
@@ -238,6 +245,7 @@ class SnapshotClient:
         self._offer: tuple[str, int] = ("", 0)  # (offering peer, its watermark)
         self._hints: list[str] = []  # caught-up edges the offer named
         self._source = ""
+        self._timeouts = 0  # sources that timed out in this transfer (rule 6: patience)
         self._sid = 0
         self._n = 0
         self._cursor: Cursor = None
@@ -364,11 +372,16 @@ class SnapshotClient:
         self._sid = self.rng.getrandbits(48) + 1
         self._n = 0
         self.state = self.RUNNING
-        self._deadline = now + self.config.snapshot_timeout
+        self._deadline = now + self._patience()
         self.progress.sources.append(self._source)
         self.counters["snapshot_requests"] += 1
         credit = min(MAX_CREDIT, self.config.snapshot_window)
         return [Send(self._source, snap_req(self._sid, self._cursor, credit, True, self._since))]
+
+    def _patience(self) -> float:
+        """How long a source may stay silent (rule 6): `snapshot_timeout`, doubled for each
+        source that timed out in this transfer (at most 8x)."""
+        return self.config.snapshot_timeout * (1 << min(self._timeouts, PATIENCE_DOUBLINGS))
 
     def _resume(self, now: float) -> list[Send]:
         self._tried.add(self._source)
@@ -386,6 +399,7 @@ class SnapshotClient:
             return self._start(now)
         if self.state == self.RUNNING:
             self.counters["snapshot_timeouts"] += 1
+            self._timeouts += 1
             return self._resume(now)
         return []
 
@@ -425,7 +439,7 @@ class SnapshotClient:
             raise
         self._stage(c)
         self._n += 1
-        self._deadline = now + self.config.snapshot_timeout
+        self._deadline = now + self._patience()
         if c.last:
             self.counters["snapshot_chunks"] += 1
             if self._since and not self._groups:  # a delta applied: claim its covers, done
@@ -526,6 +540,7 @@ class SnapshotClient:
 
     def _reset(self, now: float) -> None:
         self._cursor = None
+        self._timeouts = 0
         self._delta_keys = 0
         self._wm, self._purged = MAX_SEQ, 0
         self._tried.clear()
@@ -547,6 +562,7 @@ class SnapshotClient:
         self._end()
         self._groups = {}
         self._cursor = None
+        self._timeouts = 0
         self._delta_keys = 0
         self._wm, self._purged = MAX_SEQ, 0
 
