@@ -211,21 +211,31 @@ async def served(proc: trio.Process) -> tuple[float, dict[str, str]]:
     return when, fields
 
 
+_CLIENT: httpx.AsyncClient | None = None  # the polls' one client (see `status`)
+
+
 async def status(http: str, tries: int = 3) -> dict[str, Any]:
     """An edge's /status.  An edge just past its snapshot on a starved CPU (ten of them on
     one core, building their trees and rewriting their files) may take longer than one
     timeout to answer (the 1M-key 10-edge step crashed on that), or close the connection
     unanswered (hypercorn's head timer ran out while its loop was starved): it is asked
-    again."""
-    async with httpx.AsyncClient() as c:
-        for i in range(tries):
-            try:
-                r = await c.get(f"http://{http}/status", timeout=60)
-            except (httpx.TimeoutException, httpx.RemoteProtocolError):
-                if i == tries - 1:
-                    raise
-                continue
-            return r.json()  # type: ignore[no-any-return]
+    again.
+
+    One client serves every poll of a run: making an `httpx.AsyncClient` loads a TLS context
+    (15-60 ms of CPU here), and the away step polls every 20 ms from this process, which
+    shares CPU 0 with the origin and the put loops; a client per poll took most of that CPU
+    from the origin it measures."""
+    global _CLIENT
+    if _CLIENT is None:
+        _CLIENT = httpx.AsyncClient()
+    for i in range(tries):
+        try:
+            r = await _CLIENT.get(f"http://{http}/status", timeout=60)
+        except (httpx.TimeoutException, httpx.RemoteProtocolError):
+            if i == tries - 1:
+                raise
+            continue
+        return r.json()  # type: ignore[no-any-return]
     raise AssertionError("unreachable")
 
 
@@ -407,6 +417,10 @@ async def one_run(prepared: Path, args: argparse.Namespace) -> dict[str, dict[st
             nursery.cancel_scope.cancel()
         return out
     finally:
+        global _CLIENT
+        if _CLIENT is not None:  # bound to this trio run
+            await _CLIENT.aclose()
+            _CLIENT = None
         for p in procs:
             if p.returncode is None:
                 await stop(p) if p is not procs[0] else await stop_origin(p)
