@@ -6,6 +6,8 @@ lowered so that a few thousand keys take the snapshot path in well under a secon
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -31,30 +33,55 @@ async def fill(client: edgekv.OriginClient, keys: int = KEYS) -> None:
         await client.batch("s", [Put(f"k{i:05d}", b"v%d" % i) for i in range(lo, lo + 1000)])
 
 
+@asynccontextmanager
+async def origin_with_an_edge_file(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[edgekv.Origin, edgekv.OriginClient]]:
+    """An origin holding `fill`'s store and a client of it; an edge took it all into its
+    file (tmp_path / "e") and stopped."""
+    async with origin_with_store(tmp_path) as (origin, client):
+        async with edgekv.EdgeNode(
+            origin=origin.address, data_dir=str(tmp_path / "e"), config=small_snapshots()
+        ) as edge:
+            assert edge.is_ready()
+        yield origin, client
+
+
+@asynccontextmanager
+async def origin_with_store(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[edgekv.Origin, edgekv.OriginClient]]:
+    """An origin (data in tmp_path / "o") holding `fill`'s store, and a client of it."""
+    async with (
+        edgekv.Origin(
+            data_dir=str(tmp_path / "o"), listen="127.0.0.1:0", gossip_config=small_snapshots()
+        ) as origin,
+        edgekv.OriginClient(origin.address) as client,
+    ):
+        await fill(client)
+        yield origin, client
+
+
 async def test_fresh_node_opens_the_origins_stores_on_return_and_persists_them(
     tmp_path: Path,
 ) -> None:
     with trio.fail_after(60):
         async with (
-            edgekv.Origin(
-                data_dir=str(tmp_path / "o"), listen="127.0.0.1:0", gossip_config=small_snapshots()
-            ) as origin,
-            edgekv.OriginClient(origin.address) as client,
-        ):
-            await fill(client)
-            async with edgekv.EdgeNode(
+            origin_with_store(tmp_path) as (origin, _),
+            edgekv.EdgeNode(
                 origin=origin.address, data_dir=str(tmp_path / "e"), config=small_snapshots()
-            ) as edge:
-                assert edge.is_ready()
-                store = edge.open("s")  # no waiting loop
-                assert store.get("k03999") == b"v3999"
-                assert len(store.scan("k*")) == KEYS
-                assert edge.gossip.counters["snapshots_installed"] == 1
-                assert edge.replica.root == origin.replica.root
-                status = edge.status()
-                assert status["ready"] and not status["syncing"]
-                assert status["snapshot"]["keys"] == KEYS + 1  # and the store's metadata
-                assert status["snapshot"]["bytes"] > KEYS * 20
+            ) as edge,
+        ):
+            assert edge.is_ready()
+            store = edge.open("s")  # no waiting loop
+            assert store.get("k03999") == b"v3999"
+            assert len(store.scan("k*")) == KEYS
+            assert edge.gossip.counters["snapshots_installed"] == 1
+            assert edge.replica.root == origin.replica.root
+            status = edge.status()
+            assert status["ready"] and not status["syncing"]
+            assert status["snapshot"]["keys"] == KEYS + 1  # and the store's metadata
+            assert status["snapshot"]["bytes"] > KEYS * 20
         # the snapshot was written to the edge's file (rewritten in the background)
         persisted = ReplicaStore(tmp_path / "e")
         report = persisted.load()
@@ -143,7 +170,7 @@ async def test_a_restarted_edge_takes_its_delta_while_its_trees_are_still_being_
     import threading
 
     from edgekv.crdt import treebuild
-    from edgekv.gossip import snapshot
+    from edgekv.gossip import snapshot_build
     from edgekv.node import edge as edge_mod
     from edgekv.node import runtime as runtime_mod
 
@@ -159,22 +186,12 @@ async def test_a_restarted_edge_takes_its_delta_while_its_trees_are_still_being_
         return real_pending(self)
 
     with trio.fail_after(90):
-        async with (
-            edgekv.Origin(
-                data_dir=str(tmp_path / "o"), listen="127.0.0.1:0", gossip_config=small_snapshots()
-            ) as origin,
-            edgekv.OriginClient(origin.address) as client,
-        ):
-            await fill(client)
-            async with edgekv.EdgeNode(
-                origin=origin.address, data_dir=str(tmp_path / "e"), config=small_snapshots()
-            ) as edge:
-                assert edge.is_ready()
+        async with origin_with_an_edge_file(tmp_path) as (origin, client):
             for lo in range(0, KEYS, 1000):  # away: every key changes (a delta past 500)
                 await client.batch("s", [Put(f"k{i:05d}", b"c") for i in range(lo, lo + 1000)])
             monkeypatch.setattr(edge_mod, "BACKGROUND_TREES_FROM", 0)
             monkeypatch.setattr(runtime_mod, "OFFLOAD_FROM_KEYS", 0)  # the trees in a thread
-            monkeypatch.setattr(snapshot, "build_tree", held_build)
+            monkeypatch.setattr(snapshot_build, "build_tree", held_build)
             monkeypatch.setattr(edge_mod.Replica, "build_pending_trees", held_pending)
             try:
                 async with edgekv.EdgeNode(
@@ -194,3 +211,75 @@ async def test_a_restarted_edge_takes_its_delta_while_its_trees_are_still_being_
                     assert edge.open("s").get("k00042") == b"c"
             finally:
                 release.set()
+
+
+async def test_a_restarted_edge_asks_for_its_delta_while_its_file_loads_and_loses_no_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An edge back after many changes starts gossip on its file's metadata: its delta is
+    asked for (and streams) while the rows still load in a worker thread (held here); writes
+    made meanwhile reach it by push and are joined with the file, none lost; `async with`
+    returns once the file is joined, serving its stored data.  Real sockets and clock."""
+    import threading
+
+    from edgekv.node import persistence
+
+    release = threading.Event()
+    real = persistence.ReplicaStore.load_states
+
+    def held(self, **kw):  # type: ignore[no-untyped-def]
+        release.wait(30)
+        return real(self, **kw)
+
+    with trio.fail_after(90):
+        async with origin_with_an_edge_file(tmp_path) as (origin, client):
+            for lo in range(0, KEYS // 2, 1000):  # away: half the keys change
+                await client.batch("s", [Put(f"k{i:05d}", b"c") for i in range(lo, lo + 1000)])
+            monkeypatch.setattr(persistence.ReplicaStore, "load_states", held)
+            edge = edgekv.EdgeNode(
+                origin=origin.address, data_dir=str(tmp_path / "e"), config=small_snapshots()
+            )
+            entered = trio.Event()
+
+            async def enter() -> None:
+                async with edge:
+                    entered.set()
+                    await trio.sleep_forever()
+
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(enter)
+                    with trio.fail_after(15):  # the delta streams, the file still loading
+                        while edge._runtime is None or edge.gossip.bootstrap.progress.keys == 0:  # noqa: ASYNC110 (a poll)
+                            await trio.sleep(0.01)
+                    boot = edge.gossip.bootstrap
+                    assert boot.base_wm is not None and not edge.is_ready()
+                    assert boot.progress.total and boot.progress.keys <= KEYS // 2 + 10
+                    await client.put("s", "k03999", b"during")  # pushed while the file loads
+                    await client.put("s", "brand-new", b"key")
+                    await trio.sleep(0.3)
+                    assert not entered.is_set()  # a restarted edge returns with its data
+                    release.set()
+                    with trio.fail_after(15):
+                        await entered.wait()
+                    assert edge.open("s").get("k03998") == b"v3998"  # its stored data
+                    with trio.fail_after(15):
+                        while edge.replica.watermark < origin.replica.watermark:  # noqa: ASYNC110 (a poll)
+                            await trio.sleep(0.01)
+                    store = edge.open("s")
+                    assert store.get("k03999") == b"during" and store.get("brand-new") == b"key"
+                    assert store.get("k00042") == b"c"
+                    assert edge.gossip.counters["snapshots_installed"] == 0  # a delta only
+                    with trio.fail_after(15):
+                        await edge.wait_ready()
+                        while edge.status()["trees_pending"]:  # noqa: ASYNC110 (a poll)
+                            await trio.sleep(0.01)
+                    assert edge.replica.root == origin.replica.root
+                    nursery.cancel_scope.cancel()
+            finally:
+                release.set()
+        # the joined replica (file, delta and the writes meanwhile) was persisted
+        persisted = ReplicaStore(tmp_path / "e")
+        persisted.load()
+        assert persisted.replica.state("s", "k03999") == origin.replica.state("s", "k03999")
+        assert persisted.replica.state("s", "k03998") == origin.replica.state("s", "k03998")

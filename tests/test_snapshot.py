@@ -688,3 +688,98 @@ def test_a_signed_session_never_sends_an_unprovable_state_and_then_claims_no_seq
     assert set(replica.stores["s"].states) - set(got) == unproved
     assert all(got[k] == replica.state("s", k) for k in got)
     assert 0 in wms  # the chunks after the first unprovable state claim no seq
+
+
+def _back_with_file_loading(seed: int) -> tuple[Sim, str, GossipNode]:
+    """The origin and one source hold `filled()`; half the keys then change (past the switch
+    point) and a new key appears; edge `back` restarts with an empty live replica while its
+    file (`filled()`, watermark KEYS + 2) is still loading (snapshot.py rule 11)."""
+    sim = sim_with_sources(seed=seed, sources=1)
+    back = sim.edges[-1]
+    for i in range(0, KEYS, 2):
+        sim.write("s", Put(f"k{i:05d}", b"changed"))
+    sim.write("s", Put("new", b"key"))
+    sim.run_until(sim.now + 0.5)
+    node = sim.nodes[back]
+    node.expect_base(KEYS + 2)
+    sim.start_one(back, sim.now)
+    return sim, back, node
+
+
+def _install_file(sim: Sim, back: str, loaded: Replica | None) -> None:
+    node = sim.nodes[back]
+    sim._send(
+        back, node.install_base(loaded, [] if loaded is None else loaded.defer_trees(), sim.now)
+    )
+    sim._after(back)
+
+
+def test_a_restart_takes_its_delta_while_its_file_loads_and_is_ready_only_after_both() -> None:
+    sim, back, node = _back_with_file_loading(seed=21)
+    sim.run_until(sim.now + 3.0)  # the delta streams and ends while the file still loads
+    assert node.counters["snapshot_requests"] == 1, sim.seed
+    served = sum(n.counters["snapshot_keys_served"] for n in sim.nodes.values())
+    assert 0 < served <= KEYS // 2 + 10  # from the file's watermark: only the changed keys
+    assert node.bootstrap.state == "built"  # staged, waiting for the file
+    assert not node.bootstrap.ready() and node.replica.watermark < KEYS + 2
+    assert node.bootstrap.settling  # no anti-entropy on a replica without its file
+    for i in range(1, 100, 2):  # written while the file still loads: pushed, not lost
+        sim.write("s", Put(f"k{i:05d}", b"during"))
+    sim.run_until(sim.now + 0.5)
+    assert not node.bootstrap.ready()
+    _install_file(sim, back, filled())
+    sim.run_until(sim.now + 5.0)
+    assert node.bootstrap.ready(), sim.seed
+    assert node.counters["snapshot_deltas"] == 1 and node.counters["snapshots_installed"] == 0
+    assert node.replica.root == sim.origin.replica.root
+    assert node.replica.watermark == sim.origin.replica.watermark
+    assert node.replica.state("s", "k00001") == sim.origin.replica.state("s", "k00001")
+    assert node.replica.state("s", "k00101") == filled().state("s", "k00101")  # from the file
+    assert not sim.check.violations
+
+
+def test_a_file_loaded_mid_delta_is_joined_and_a_large_delta_rebuilt_with_it() -> None:
+    sim, back, node = _back_with_file_loading(seed=22)
+    node.bootstrap.delta_stage_from = 300
+    t = sim.now
+    while node.bootstrap.progress.keys < 400:  # mid-transfer
+        t += 0.005
+        sim.run_until(t)
+        assert t < 30, sim.seed
+    _install_file(sim, back, filled())
+    assert node.replica.state("s", "k00003") is not None  # served from the file at once
+    assert node.bootstrap.active and not node.bootstrap.ready()
+    sim.write("s", Put("k00005", b"during"))
+    sim.run_until(sim.now + 5.0)
+    assert node.counters["snapshot_delta_rebuilds"] == 1, sim.seed
+    assert node.replica.root == sim.origin.replica.root
+    assert node.replica.watermark == sim.origin.replica.watermark
+    assert node.bootstrap.ready()
+    assert not sim.check.violations
+
+
+def test_a_file_that_fails_to_load_turns_its_delta_into_a_whole_snapshot() -> None:
+    sim, back, node = _back_with_file_loading(seed=23)
+    sim.run_until(sim.now + 3.0)
+    assert node.bootstrap.state == "built"
+    _install_file(sim, back, None)  # a damaged row: the file was moved aside
+    sim.run_until(sim.now + 8.0)
+    assert node.counters["snapshots_installed"] == 1, sim.seed
+    assert node.replica.root == sim.origin.replica.root
+    assert node.replica.watermark == sim.origin.replica.watermark
+    assert node.bootstrap.ready()
+
+
+def test_a_restart_with_nothing_changed_is_not_ready_before_its_file() -> None:
+    sim = sim_with_sources(seed=24, sources=1)
+    back = sim.edges[-1]
+    node = sim.nodes[back]
+    node.expect_base(KEYS + 2)  # the origin's watermark: nothing changed meanwhile
+    sim.start_one(back, sim.now)
+    sim.run_until(sim.now + 2.0)
+    assert node.bootstrap.target == KEYS + 2
+    assert not node.bootstrap.ready() and node.counters["snapshot_offers"] == 0
+    _install_file(sim, back, filled())
+    sim.run_until(sim.now + 2.0)
+    assert node.bootstrap.ready()
+    assert node.replica.root == sim.origin.replica.root

@@ -16,8 +16,9 @@ Theory of operation
 3. Index each store in one pass: the Merkle tree (crdt/treebuild.py), the sorted key index
    from one sort
    (`SortedList(iterable)` sorts once, linear on the already-sorted input persistence gives);
-   the change log from one sort by seq (skipped when the input is already in seq order); the
-   tombstone set; the expiry heap, heapified once.
+   the change log in seq order (nothing to do when the input is already in seq order; else
+   each key placed in a slot indexed by its seq when the seqs are dense, `_by_seq`, half the
+   time of a sort); the tombstone set; the expiry heap, heapified once.
 4. The Merkle trees are about a third of the load (hashing every key).  `trees=False` leaves
    them unbuilt, so that a restarting edge serves reads at once and builds them in a worker
    thread before gossip starts; a store's tree is built on first use if still missing.
@@ -38,14 +39,17 @@ Theory of operation
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from collections.abc import Iterable, Mapping
 from itertools import compress, islice, repeat
 from operator import (
     and_,
     attrgetter,
     is_,
+    is_not,
     itemgetter,
     le,
+    sub,
 )
 from typing import cast
 
@@ -66,6 +70,7 @@ _RESET = attrgetter("reset")
 _FIRST = itemgetter(0)
 _SEQ_BYTES = itemgetter(slice(SEQ_AT, SEQ_AT + 8))
 _from_be = int.from_bytes  # big-endian by default (3.11+)
+PLACE_SPAN = 4  # seqs spanning at most this many times their number are ordered by placement
 
 
 def bulk_load(
@@ -184,13 +189,31 @@ def _build_changelog(sr: StoreReplica, keys: list[str], seqs: list[int]) -> None
     """The change log as `apply` in seq order would leave it: one entry per key, by seq."""
     log_keys: list[str | None] = list(keys)
     if not all(map(le, seqs, islice(seqs, 1, None))):
-        order = sorted(range(len(seqs)), key=seqs.__getitem__)
-        log_keys = list(map(log_keys.__getitem__, order))
-        seqs = list(map(seqs.__getitem__, order))
+        log_keys, seqs = _by_seq(keys, seqs)
     log = sr.changes
     log.seqs = seq_array(seqs)
     log.keys = log_keys
     log.ordered = log.checked = True
+
+
+def _by_seq(keys: list[str], seqs: list[int]) -> tuple[list[str | None], list[int]]:
+    """`keys` and `seqs` ordered by seq (rule 3).  Seqs are nearly always one per key (one
+    seq per write), so when they are dense enough (a span at most `PLACE_SPAN` times their
+    number) each key is placed in a slot indexed by its seq and the slots read in order:
+    C-level maps, about half the time of a sort by key function.  Seqs shared by several
+    keys (a slot taken twice) fall back to the sort."""
+    n = len(seqs)
+    lo, hi = min(seqs), max(seqs)
+    if hi - lo < PLACE_SPAN * n:
+        base = 0 if lo <= hi - lo else lo  # no subtraction when few slots would be wasted
+        slots: list[str | None] = [None] * (hi - base + 1)
+        deque(map(slots.__setitem__, map(sub, seqs, repeat(base)) if base else seqs, keys), 0)
+        present = list(map(is_not, slots, repeat(None)))
+        placed = list(compress(slots, present))
+        if len(placed) == n:
+            return placed, list(compress(range(base, hi + 1), present))
+    order = sorted(range(n), key=seqs.__getitem__)
+    return list(map(keys.__getitem__, order)), list(map(seqs.__getitem__, order))
 
 
 def adopt(target: Replica, loaded: Replica, since: int) -> list[Change]:

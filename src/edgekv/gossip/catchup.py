@@ -18,6 +18,8 @@ Theory of operation
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from .chunks import Chunker
 from .context import Context, Part
 from .messages import Send, SyncData, SyncReq
@@ -29,6 +31,8 @@ class CatchUp(Part):
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
         self._rid = 0
+        # the watermark to ask from: the replica's, or a restart's file's while it loads
+        self.floor: Callable[[], int] = lambda: self.replica.watermark
         self.pending: dict[int, tuple[str, float, int]] = {}  # rid -> (peer, deadline, tries)
 
     def request(self, now: float, peer: str | None = None, tries: int = 1) -> list[Send]:
@@ -41,9 +45,7 @@ class CatchUp(Part):
         self._rid += 1
         self.pending[self._rid] = (peer, now + self.config.sync_timeout, tries)
         self.counters["syncs_sent"] += 1
-        return [
-            Send(peer, SyncReq(self._rid, self.replica.watermark, self.replica.purged).to_wire())
-        ]
+        return [Send(peer, SyncReq(self._rid, self.floor(), self.replica.purged).to_wire())]
 
     def answer(self, peer: str, rid: int, wm: int) -> list[Send]:
         """The SYNC_DATA chunks answering a request for everything after `wm`."""

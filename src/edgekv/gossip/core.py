@@ -54,8 +54,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..crdt.proofs import ForgedState
-from ..crdt.replica import Change, Replica
-from ..crdt.state import Delta
+from ..crdt.replica import Change, Replica, StoreReplica
+from ..crdt.state import Delta, State
 from ..errors import InvalidInput
 from .antientropy import AE_TYPES, AntiEntropy
 from .authority import Authority
@@ -137,6 +137,7 @@ class GossipNode:
         self.antientropy = AntiEntropy(ctx)
         self.snapshots = SnapshotServer(replica, self.config, self.counters)
         self.bootstrap = SnapshotClient(replica, self.config, self.rng, self.counters, self.members)
+        self.catchup.floor = self.bootstrap.floor  # the watermark a restart asks from
         self._handle = self._handlers()
         self._started = False
         self._next_purge = float("inf")
@@ -288,6 +289,30 @@ class GossipNode:
         built off the event loop once this node is caught up (or after `sync_timeout`) while
         gossip runs; anti-entropy waits for them (snapshot.py rule 10)."""
         self.bootstrap.defer_trees(now + self.config.sync_timeout)
+
+    def expect_base(self, wm: int) -> None:
+        """A restart's file, reflecting every seq up to `wm`, loads while gossip runs: catch-up
+        and snapshots ask from `wm` meanwhile, and the node is not ready before
+        `install_base` (snapshot.py rule 11).  Call before `start`."""
+        self.bootstrap.expect_base(wm)
+
+    def install_base(
+        self,
+        loaded: Replica | None,
+        copies: list[tuple[StoreReplica, dict[str, State]]],
+        now: float,
+    ) -> list[Send]:
+        """The file's replica (loaded off the loop, its trees deferred: `copies` of its states
+        to build them from; `None` if the file was unreadable) joins the live replica
+        (snapshot.py rule 11)."""
+        boot = self.bootstrap
+        changes, out = boot.install_base(loaded, copies, now)
+        self.ctx.record(changes)
+        self.ctx.record(boot.take_applied())
+        if not boot.active and boot.finished_at == now:  # a delta ended: the rest by catch-up
+            self.dissemination.resume_grafts()
+            out.extend(self.catchup.request(now))
+        return out
 
     @property
     def staging(self) -> bool:

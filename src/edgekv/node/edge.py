@@ -1,12 +1,16 @@
 """EdgeNode: a full replica that answers reads locally and forwards writes to the origin.
 
 Lifecycle (`async with EdgeNode(...) as node`, under trio or asyncio through anyio):
-1. Load the persisted replica from `data_dir` (SQLite, in a worker thread; a corrupt file is
-   moved aside and the node starts empty), so reads work at once with the last persisted state.
+1. Open the persisted replica in `data_dir` (SQLite; a corrupt file is moved aside and the
+   node starts empty) and read only its metadata: the watermark its rows reflect.
 2. Bind the transport (TCP unless one is injected, e.g. the testnet's simulated network), build
-   the gossip core with the origin and `peers` as seeds, and run it with a `NodeRuntime`.
-3. Start the persistence flusher and the admin HTTP server (when `http` is given), and set
-   `kvstore.current_node` so `KvStore.open(name)` works inside the block.
+   the gossip core with the origin and `peers` as seeds, and run it with a `NodeRuntime`: it
+   asks for what changed after the file's watermark at once, while the rows load in a worker
+   thread (`_load_file`) and are then joined with the live replica (gossip/snapshot.py rule
+   11); `async with` returns once they are, so reads work with the last persisted state.
+3. Start the persistence flusher (once the file is joined) and the admin HTTP server (when
+   `http` is given), and set `kvstore.current_node` so `KvStore.open(name)` works inside
+   the block.
 4. On exit: say BYE to live peers (best effort), end watchers, close the transport (an
    injected one too: the node leaves the network), stop the runtime and HTTP server, then
    flush and close the database.
@@ -45,8 +49,9 @@ import anyio.abc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgekv.clock import wall_clock_ms
-from edgekv.crdt import Delta, Replica
+from edgekv.crdt import Delta, Replica, State
 from edgekv.crdt.proofs import Certificate, ProofStore
+from edgekv.crdt.replica import StoreReplica
 from edgekv.crdt.version import Version
 from edgekv.errors import (
     EdgeKVError,
@@ -182,6 +187,8 @@ class EdgeNode:
         self._persist: ReplicaStore | None = None
         self.load_report: LoadReport | None = None
         self._trees_started: float | None = None  # a restart's trees are being built since
+        self._load_started = 0.0
+        self._file_joined = anyio.Event()  # the persisted replica is joined (or there is none)
         self.hub = WatchHub()
         self.http_address: str | None = None
         self._ctx_token: Any = None
@@ -226,6 +233,7 @@ class EdgeNode:
             raise
         self._stack = stack
         self._ctx_token = kvstore.current_node.set(self)
+        await self._file_joined.wait()  # a restarted node serves its stored data on return
         fresh = len(self._replica) == 0 and self._replica.watermark == 0
         if fresh and self.ready_timeout != 0:
             # a fresh node has nothing to serve yet: wait for the initial sync, so that
@@ -274,6 +282,8 @@ class EdgeNode:
         if runtime is None or not runtime.running:
             return "gossip_not_started"
         boot = self.gossip.bootstrap
+        if boot.base_wm is not None:
+            return "loading_file"
         if boot.target is None:
             return "origin_not_heard"
         if boot.active:
@@ -307,6 +317,45 @@ class EdgeNode:
                 )
             was_active = boot.active
 
+    async def _load_file(self, persist: ReplicaStore, tg: anyio.abc.TaskGroup) -> None:
+        """The file's rows, read in a worker thread while gossip runs (its trees deferred:
+        built as a job once caught up), joined with the live replica (snapshot.py rule 11);
+        then the flusher starts (persistence.py rule 6)."""
+        moved = persist.corrupt_moved_to
+
+        def load() -> tuple[Replica, list[tuple[StoreReplica, dict[str, State]]]]:
+            replica = persist.load_states(trees=False)
+            if len(replica) < BACKGROUND_TREES_FROM:  # cheap: built here, no job
+                replica.install_trees(replica.build_pending_trees())
+                return replica, []
+            return replica, replica.defer_trees()
+
+        loaded, copies = await anyio.to_thread.run_sync(load)
+        gcpolicy.settle()
+        failed = persist.corrupt_moved_to != moved  # a damaged row: the file is gone
+        await self.runtime.run_core(
+            partial(self.gossip.install_base, None if failed else loaded, copies)
+        )
+        persist.loading = False
+        if self._replica.trees_pending:  # built off the loop once caught up (a job)
+            self._trees_started = time.perf_counter()
+        self.load_report = report = LoadReport(
+            len(loaded),
+            loaded.watermark,
+            time.perf_counter() - self._load_started,
+            persist.corrupt_moved_to,
+        )
+        logger.info(
+            "event=loaded node=%s keys=%d watermark=%d seconds=%.3f corrupt_moved_to=%s",
+            self.node_id,
+            report.keys,
+            report.watermark,
+            report.seconds,
+            report.corrupt_moved_to,
+        )
+        await tg.start(persist.run)
+        self._file_joined.set()
+
     def _on_job(self, job: object, result: object) -> None:
         """A snapshot installed: watchers re-read (one event per key would overflow them) and
         the file is rewritten whole.  (Its trees, installed after, change no state.)"""
@@ -323,6 +372,7 @@ class EdgeNode:
             self._trees_started = None
 
     async def _start(self, stack: AsyncExitStack) -> None:
+        base_wm = 0
         if self.data_dir is not None:
             self.node_id = load_node_id(self.data_dir, self._node_id_arg, "edge")
             persist = ReplicaStore(
@@ -330,22 +380,13 @@ class EdgeNode:
                 flush_interval=self.flush_interval,
                 public_keys=self.origin_public_keys or None,
             )
-            # Merkle trees are built after reads start, while gossip runs (a job)
-            self.load_report = await anyio.to_thread.run_sync(partial(persist.load, trees=False))
-            gcpolicy.settle()
+            # the file's metadata only: its rows load while gossip already asks for what
+            # changed since (`_load_file`; snapshot.py rule 11)
+            self._load_started = time.perf_counter()
+            base_wm = await anyio.to_thread.run_sync(persist.open)
             self._replica = persist.replica
             self._persist = persist
-            if len(self._replica) < BACKGROUND_TREES_FROM:  # cheap: no thread, gossip at once
-                self._replica.install_trees(self._replica.build_pending_trees())
             stack.push_async_callback(persist.close)  # runs after the task group has stopped
-            logger.info(
-                "event=loaded node=%s keys=%d watermark=%d seconds=%.3f corrupt_moved_to=%s",
-                self.node_id,
-                self.load_report.keys,
-                self.load_report.watermark,
-                self.load_report.seconds,
-                self.load_report.corrupt_moved_to,
-            )
         if not self.origin_public_keys:
             logger.warning(
                 "event=unverified node=%s: no origin public key configured, states from peers"
@@ -387,14 +428,14 @@ class EdgeNode:
         runtime.add_job_listener(self._on_job)
         stack.callback(self.hub.close)
         if self._persist is not None:
-            persist = self._persist
-            runtime.add_listener(persist.on_changes)
-            await tg.start(persist.run)
+            runtime.add_listener(self._persist.on_changes)
+            gossip.expect_base(base_wm)
         tg.start_soon(self._log_progress)
-        if self._replica.trees_pending:  # built off the loop while gossip runs (a job)
-            gossip.defer_trees(runtime.now())
-            self._trees_started = time.perf_counter()
         await tg.start(runtime.run)
+        if self._persist is not None:
+            tg.start_soon(self._load_file, self._persist, tg)
+        else:
+            self._file_joined.set()
         stack.push_async_callback(runtime.leave)  # first thing on exit, while still connected
         if self.http is not None:
             sock = bind_socket(self.http)

@@ -21,9 +21,11 @@ Theory of operation
    (or when many keys are dirty), encodes the current states on the event loop (the replica is
    only touched there, so the snapshot is consistent) and writes them with
    `anyio.to_thread.run_sync` (SQLite in a worker thread, one transaction per flush).
-3. Loading: one query in primary-key order, then column-wise: every check is a C-level pass
-   over a column (`_group_rows`: types, the register header's flags, length and signs, and
-   that its seq is the row's), and each store's rows become its states dict in one go.
+3. Loading: per store (names found by index probes), one query of its register rows in key
+   order fetching only (key, seq, reg), then column-wise: every check is a C-level pass over
+   a column (`_registers`: types, the register header's flags, length and signs, and that its
+   seq is the row's), and the rows become its states dict in one go; its other rows (few)
+   are decoded one by one.
    `crdt.bulk_load_stores` then applies META first (so drop/recreate epochs apply), builds
    every index once (sorted key list, change log, Merkle tree) instead of key by key, adds the
    covered ranges and sets `purged` last (the replica ignores deltas at or below `purged` for
@@ -36,6 +38,12 @@ Theory of operation
    fails, the format is unknown, or any row fails to decode (`CodecError`, `ConflictingVersion`,
    wrong types).  Then the file (and its -wal/-shm) is moved aside as `*.corrupt-<ts>`, the
    failure is logged at ERROR level, and the node starts empty and re-syncs from its peers.
+6. A restart in two steps: `open` checks the file and reads only its metadata (the watermark
+   its rows reflect), so the edge can start gossip and ask for what changed since at once;
+   `load_states` then reads the rows into a new replica in a worker thread (the node joins it
+   with its live replica when done: gossip/snapshot.py rule 11).  Nothing flushes meanwhile
+   (the edge starts `run` after the join): the loader has the connection to itself, and the
+   file keeps the metadata it had.  `load` does both at once.
 """
 
 from __future__ import annotations
@@ -47,8 +55,8 @@ import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import compress, groupby, repeat
-from operator import eq, is_, is_not, itemgetter, not_
+from itertools import repeat
+from operator import is_, itemgetter
 from pathlib import Path
 from typing import Any, Literal
 
@@ -62,6 +70,7 @@ from edgekv.crdt.bloom import BloomDelta
 from edgekv.crdt.codec import decode_delta, dumps, encode_delta, loads
 from edgekv.crdt.proofs import Certificate, ProofStore
 from edgekv.crdt.register import SEQ_AT, registers_valid
+from edgekv.crdt.seqranges import SeqRanges
 from edgekv.errors import EdgeKVError
 from edgekv.node import gcpolicy
 
@@ -123,6 +132,9 @@ class ReplicaStore:
         self.rows_written = 0
         self._rows_unreleased = 0  # rows written since the last gcpolicy.release()
         self.persisted_watermark = 0
+        self.corrupt_moved_to: str | None = None  # where `open`/`load_states` moved a bad file
+        self.loading = False  # rule 6: opened, rows not yet joined: nothing flushes
+        self._meta: tuple[list[tuple[int, int]], int] = ([], 0)  # covered, purged (`open`)
 
     # -- open / load ---------------------------------------------------------------------------
 
@@ -134,29 +146,62 @@ class ReplicaStore:
         work without them; the edge builds them in a worker thread before gossip starts).
         """
         started = time.perf_counter()
+        self.open()
+        self.replica = self.load_states(trees=trees)
+        self.loading = False
+        return LoadReport(
+            len(self.replica),
+            self.replica.watermark,
+            time.perf_counter() - started,
+            self.corrupt_moved_to,
+        )
+
+    def open(self) -> int:
+        """Rule 6: open (creating if needed) the file and read its metadata only; returns the
+        watermark its rows reflect.  `self.replica` is a new empty replica (the live one of a
+        node that loads the rows meanwhile with `load_states`).  A corrupt file is moved aside
+        (the watermark is then 0)."""
         self.replica = self._new_replica()
         self.dir.mkdir(parents=True, exist_ok=True)
-        moved: str | None = None
+        self.corrupt_moved_to = None
+        self.loading = True  # until the caller has joined the rows (`loading = False`)
+        try:
+            self._db = self._open()
+            self._meta = _read_meta(self._db)
+        except (sqlite3.DatabaseError, CorruptDatabase, EdgeKVError) as exc:
+            self.corrupt_moved_to = self._quarantine(exc)
+            self._db = self._open()
+            self._meta = ([], 0)
+        ranges = SeqRanges()
+        ranges.update(self._meta[0])
+        return ranges.watermark
+
+    def load_states(self, *, trees: bool = False) -> Replica:
+        """Rule 6: the rows of the file `open` opened, in a NEW replica (pure CPU and reads of
+        this file: run it in a worker thread while nothing flushes).  A damaged row moves the
+        file aside (`corrupt_moved_to`) and gives an empty replica.  The proofs of the replica
+        returned are taken as swept (they were when saved)."""
+        replica = self._new_replica()
+        db = self._db
+        assert db is not None, "open() first"
         # Loading allocates millions of objects that all live on: pausing the cyclic GC while
         # it runs saves a fifth of the time (re-enabled at once, whatever happens).
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
-            self._db = self._open()
-            self._load_rows(self._db, trees)
+            self._load_rows(db, replica, trees)
         except (sqlite3.DatabaseError, CorruptDatabase, EdgeKVError) as exc:
-            moved = self._quarantine(exc)
+            self.corrupt_moved_to = self._quarantine(exc)
             self._db = self._open()
+            replica = self._new_replica()
         finally:
             if gc_was_enabled:
                 gc.enable()
         gcpolicy.release()  # the rows and decode buffers of the load (in the loader's thread)
-        self._saved_covered = list(self.replica.covered)
-        self._saved_purged = self.replica.purged
-        self.persisted_watermark = self.replica.watermark
-        return LoadReport(
-            len(self.replica), self.replica.watermark, time.perf_counter() - started, moved
-        )
+        self._saved_covered = list(replica.covered)
+        self._saved_purged = replica.purged
+        self.persisted_watermark = replica.watermark
+        return replica
 
     def _open(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -187,27 +232,10 @@ class ReplicaStore:
             raise
         return db
 
-    def _load_rows(self, db: sqlite3.Connection, trees: bool) -> None:
-        replica = self.replica
-        meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
+    def _load_rows(self, db: sqlite3.Connection, replica: Replica, trees: bool) -> None:
+        ranges, purged = self._meta
         try:
-            covered = loads(meta.get("covered") or dumps([]))
-            purged = meta.get("purged") or 0
-            if type(purged) is not int or purged < 0 or type(covered) is not list:
-                raise CorruptDatabase("bad covered/purged metadata")
-            ranges = []
-            for item in covered:
-                if (
-                    type(item) is not list
-                    or len(item) != 2
-                    or not all(type(x) is int and x >= 1 for x in item)
-                    or item[0] > item[1]
-                ):
-                    raise CorruptDatabase(f"bad covered range {item!r}")
-                ranges.append((item[0], item[1]))
-            rows = db.execute(_SELECT_ROWS).fetchall()
-            groups = _group_rows(rows)
-            del rows
+            groups = _read_states(db)
             bulk_load_stores(replica, groups, ranges, purged, trees=trees)
             if replica.proofs is not None:
                 certs = db.execute("SELECT key_id, lo, hi, entries, sig FROM certs").fetchall()
@@ -216,6 +244,7 @@ class ReplicaStore:
                     Certificate.from_wire(list(row)) for row in certs if row[0] in keys
                 )
                 replica.proofs.drain_journal()
+                replica.proofs.settle()  # swept when saved: no sweep of every state at once
         except EdgeKVError:
             raise
         except Exception as exc:  # anything else a damaged row can make the decoder do
@@ -318,9 +347,10 @@ class ReplicaStore:
         return _Batch(rewrite, upserts, deletes, meta, added, dropped, everything)
 
     async def flush(self) -> int:
-        """Write every dirty key and changed metadata; returns rows written."""
+        """Write every dirty key and changed metadata; returns rows written (none while the
+        rows load, rule 6: the live replica does not hold them yet)."""
         proofs = self.replica.proofs
-        if (
+        if self.loading or (
             not self._dirty
             and not (proofs is not None and (proofs.added or proofs.dropped))
             and not self._rewrite
@@ -403,80 +433,99 @@ class ReplicaStore:
                     await anyio.to_thread.run_sync(_checkpoint_and_close, db)
 
 
-# Primary-key order: META's "" first, each store's keys sorted (so the key index sorts in
-# linear time).
-_SELECT_ROWS = "SELECT store, key, seq, reg, state FROM states ORDER BY store, key"
-_COLUMNS = 5
+# One store's rows in primary-key order (its keys sorted, so the key index sorts in linear
+# time): the registers (three columns: no store and state columns to fetch), then the others.
+_SELECT_REGISTERS = (
+    "SELECT key, seq, reg FROM states WHERE store = ? AND reg IS NOT NULL ORDER BY key"
+)
+_SELECT_OTHERS = "SELECT key, seq, state FROM states WHERE store = ? AND reg IS NULL ORDER BY key"
 # the seq field of a register's bytes (crdt/register.py)
 _SEQ_BYTES = itemgetter(slice(SEQ_AT, SEQ_AT + 8))
 _BIG: Literal["big"] = "big"
+_KEY, _SEQ, _BLOB = (itemgetter(i) for i in range(3))
 
 
-def _group_rows(rows: list[tuple[Any, ...]]) -> dict[str, dict[str, State]]:
-    """store -> key -> state from `_SELECT_ROWS` rows; a damaged row is CorruptDatabase.
+def _read_meta(db: sqlite3.Connection) -> tuple[list[tuple[int, int]], int]:
+    """(covered ranges, purge mark) of the file, checked (CorruptDatabase)."""
+    meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
+    try:
+        covered = loads(meta.get("covered") or dumps([]))
+    except Exception as exc:
+        raise CorruptDatabase(f"undecodable covered metadata: {exc!r}") from exc
+    purged = meta.get("purged") or 0
+    if type(purged) is not int or purged < 0 or type(covered) is not list:
+        raise CorruptDatabase("bad covered/purged metadata")
+    ranges = []
+    for item in covered:
+        if (
+            type(item) is not list
+            or len(item) != 2
+            or not all(type(x) is int and x >= 1 for x in item)
+            or item[0] > item[1]
+        ):
+            raise CorruptDatabase(f"bad covered range {item!r}")
+        ranges.append((item[0], item[1]))
+    return ranges, purged
+
+
+def _store_names(db: sqlite3.Connection) -> list[str]:
+    """The stores that have rows, in name order: one index probe each (no scan of the rows)."""
+    names: list[str] = []
+    row = db.execute("SELECT min(store) FROM states").fetchone()
+    while row is not None and row[0] is not None:
+        if type(row[0]) is not str:
+            raise CorruptDatabase("bad row: store is not text")
+        names.append(row[0])
+        row = db.execute("SELECT min(store) FROM states WHERE store > ?", (row[0],)).fetchone()
+    return names
+
+
+def _read_states(db: sqlite3.Connection) -> dict[str, dict[str, State]]:
+    """store -> key -> state, every row checked (a damaged row is CorruptDatabase).
 
     Column-wise: each check is one C-level pass over a column (its types, then its range),
     tens of ms per million rows instead of a Python call per row; a register row becomes a
     `Register` by one C-level copy of its blob.  `_register` makes the same checks on one row.
     """
+    groups: dict[str, dict[str, State]] = {}
+    for store in _store_names(db):
+        rows = db.execute(_SELECT_REGISTERS, (store,)).fetchall()
+        states = _registers(rows)
+        del rows
+        for key, seq, blob in db.execute(_SELECT_OTHERS, (store,)).fetchall():
+            if type(key) is not str or type(seq) is not int or type(blob) is not bytes:
+                raise CorruptDatabase("bad row: key, seq or state of the wrong type")
+            # our own writing: plain `cbor2.loads` (C) is enough, `decode_delta` still
+            # checks every field's type and range; any failure is a CorruptDatabase
+            delta = decode_delta(cbor_loads(blob))
+            if delta.seq != seq:
+                raise CorruptDatabase(f"bad row: seq {seq} but state at {delta.seq}")
+            states[key] = delta.to_state() if isinstance(delta, BloomDelta) else delta
+        groups[store] = states
+    return groups
+
+
+def _registers(rows: list[tuple[Any, ...]]) -> dict[str, State]:
+    """key -> Register from (key, seq, reg) rows, column-wise (see `_read_states`)."""
     if not rows:
         return {}
-    stores, keys, seqs, regs, blobs = (list(map(itemgetter(i), rows)) for i in range(_COLUMNS))
-    if not set(map(type, stores)) | set(map(type, keys)) <= {str}:
-        raise CorruptDatabase("bad row: store or key is not text")
+    keys, seqs, regs = (list(map(g, rows)) for g in (_KEY, _SEQ, _BLOB))
+    if not set(map(type, keys)) <= {str}:
+        raise CorruptDatabase("bad row: key is not text")
     if not set(map(type, seqs)) <= {int} or min(seqs) < 1 or max(seqs) > MAX_SEQ:
         raise CorruptDatabase("bad row: seq is not an integer in range")
-    plain = list(map(is_not, regs, repeat(None)))
-    everything_plain = all(plain)
-    if not everything_plain:
-        others = list(map(not_, plain))
-        if not set(compress(map(type, blobs), others)) <= {bytes}:
-            raise CorruptDatabase("bad row: state is not a blob")
-        reg_cols = [list(compress(c, plain)) for c in (regs, seqs)]
-    else:
-        reg_cols = [regs, seqs]
-    if not _registers_ok(*reg_cols):
-        for row in zip(*reg_cols, strict=True):
+    if not _registers_ok(regs, seqs):
+        for row in zip(regs, seqs, strict=True):
             _register(*row)  # raises, naming the row
         raise CorruptDatabase("bad register row")
-    groups: dict[str, dict[str, State]] = {}
-    i = 0
-    for store, run in groupby(stores):
-        j = i + len(list(run))
-        cut = slice(i, j)
-        if everything_plain or all(plain[cut]):
-            states: dict[str, State] = dict(
-                zip(keys[cut], map(_new_bytes, repeat(Register), regs[cut]), strict=True)
-            )
-        else:
-            p = plain[cut]
-            states = dict(
-                zip(
-                    compress(keys[cut], p),
-                    map(_new_bytes, repeat(Register), compress(regs[cut], p)),
-                    strict=True,
-                )
-            )
-            for k in compress(range(i, j), map(not_, p)):
-                # our own writing: plain `cbor2.loads` (C) is enough, `decode_delta` still
-                # checks every field's type and range; any failure is a CorruptDatabase
-                delta = decode_delta(cbor_loads(blobs[k]))
-                if delta.seq != seqs[k]:
-                    raise CorruptDatabase(f"bad row: seq {seqs[k]} but state at {delta.seq}")
-                states[keys[k]] = delta.to_state() if isinstance(delta, BloomDelta) else delta
-        if store in groups:  # not contiguous (collation differs): keys are unique anyway
-            groups[store].update(states)
-        else:
-            groups[store] = states
-        i = j
-    return groups
+    return dict(zip(keys, map(_new_bytes, repeat(Register), regs), strict=True))
 
 
 def _registers_ok(regs: list[Any], seqs: list[int]) -> bool:
     """The checks of `_register` on whole columns."""
     if not registers_valid(regs):
         return False
-    return all(map(eq, map(_SEQ_BYTES, regs), map(int.to_bytes, seqs, repeat(8), repeat(_BIG))))
+    return list(map(int.from_bytes, map(_SEQ_BYTES, regs))) == seqs
 
 
 def _register(reg: object, seq: object) -> Register:

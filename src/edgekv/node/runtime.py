@@ -235,6 +235,14 @@ class NodeRuntime:
         self._after_gossip()
         await self._send_all(sends)
 
+    async def run_core(self, step: Callable[[float], Iterable[_Send]]) -> None:
+        """Run the driver's own call `step(now)` into the gossip core (an edge joining its
+        loaded file), then hand on its changes and jobs and send what it returns, as after
+        a receive (rules 1, 2, 5)."""
+        sends = step(self._clock())
+        self._after_gossip()
+        await self._send_all(sends)
+
     async def leave(self) -> None:
         """Say goodbye (BYE to live peers, best effort) so they stop counting on this node."""
         if self.running:
