@@ -38,10 +38,11 @@ Theory of operation
    fails, the format is unknown, or any row fails to decode (`CodecError`, `ConflictingVersion`,
    wrong types).  Then the file (and its -wal/-shm) is moved aside as `*.corrupt-<ts>`, the
    failure is logged at ERROR level, and the node starts empty and re-syncs from its peers.
-6. A restart in two steps: `open` checks the file and reads only its metadata (the watermark
-   its rows reflect), so the edge can start gossip and ask for what changed since at once;
-   `load_states` then reads the rows into a new replica in a worker thread (the node joins it
-   with its live replica when done: gossip/snapshot.py rule 11).  Nothing flushes meanwhile
+6. A restart in two steps: `open` reads only the file's metadata (the watermark its rows
+   reflect), so the edge can start gossip and ask for what changed since at once;
+   `load_states` then checks the file (rule 5's quick_check) and reads the rows into a new
+   replica in a worker thread (the node joins it with its live replica when done, or drops
+   what it asked on that watermark if the file is refused: gossip/snapshot.py rule 11).  Nothing flushes meanwhile
    (the edge starts `run` after the join): the loader has the connection to itself, and the
    file keeps the metadata it had.  `load` does both at once.
 """
@@ -166,7 +167,7 @@ class ReplicaStore:
         self.corrupt_moved_to = None
         self.loading = True  # until the caller has joined the rows (`loading = False`)
         try:
-            self._db = self._open()
+            self._db = self._open(check=False)  # checked by `load_states`, off the critical path
             self._meta = _read_meta(self._db)
         except (sqlite3.DatabaseError, CorruptDatabase, EdgeKVError) as exc:
             self.corrupt_moved_to = self._quarantine(exc)
@@ -189,6 +190,7 @@ class ReplicaStore:
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
+            _quick_check(db)
             self._load_rows(db, replica, trees)
         except (sqlite3.DatabaseError, CorruptDatabase, EdgeKVError) as exc:
             self.corrupt_moved_to = self._quarantine(exc)
@@ -203,18 +205,17 @@ class ReplicaStore:
         self.persisted_watermark = replica.watermark
         return replica
 
-    def _open(self) -> sqlite3.Connection:
+    def _open(self, *, check: bool = True) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            check = db.execute("PRAGMA quick_check").fetchall()
+            if check:
+                _quick_check(db)
             db.execute(
                 "CREATE TABLE IF NOT EXISTS certs (sig BLOB PRIMARY KEY, key_id BLOB NOT NULL,"
                 " lo INTEGER NOT NULL, hi INTEGER NOT NULL, entries BLOB NOT NULL) WITHOUT ROWID"
             )
-            if check != [("ok",)]:
-                raise CorruptDatabase(f"quick_check: {'; '.join(str(r[0]) for r in check[:5])}")
             db.execute(
                 "CREATE TABLE IF NOT EXISTS states ("
                 " store TEXT NOT NULL, key TEXT NOT NULL, seq INTEGER NOT NULL,"
@@ -443,6 +444,13 @@ _SELECT_OTHERS = "SELECT key, seq, state FROM states WHERE store = ? AND reg IS 
 _SEQ_BYTES = itemgetter(slice(SEQ_AT, SEQ_AT + 8))
 _BIG: Literal["big"] = "big"
 _KEY, _SEQ, _BLOB = (itemgetter(i) for i in range(3))
+
+
+def _quick_check(db: sqlite3.Connection) -> None:
+    """SQLite's structural check of the whole file (0.2 s per million rows); CorruptDatabase."""
+    check = db.execute("PRAGMA quick_check").fetchall()
+    if check != [("ok",)]:
+        raise CorruptDatabase(f"quick_check: {'; '.join(str(r[0]) for r in check[:5])}")
 
 
 def _read_meta(db: sqlite3.Connection) -> tuple[list[tuple[int, int]], int]:
