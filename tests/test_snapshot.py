@@ -783,3 +783,34 @@ def test_a_restart_with_nothing_changed_is_not_ready_before_its_file() -> None:
     sim.run_until(sim.now + 2.0)
     assert node.bootstrap.ready()
     assert node.replica.root == sim.origin.replica.root
+
+
+def test_a_sparse_delta_examines_a_bounded_number_of_keys_per_request() -> None:
+    """A delta of few changed keys in a large store: each request's work is bounded by the
+    keys it examines (not only by the bytes it sends), the stream still carries every
+    changed key once and ends."""
+    from edgekv.gossip import snapshot_server
+
+    r = filled(60_000)
+    base = r.watermark
+    changed = [f"k{i:05d}" for i in range(7, 60_000, 997)]
+    for i, key in enumerate(changed):
+        r.apply("s", key, Register(base + 1 + i, 5, b"new", None))
+    r.covered.update([(1, base + len(changed))])
+    server = SnapshotServer(r, GossipConfig(), Counter())
+    examined = snapshot_server.SCAN_PER_REQUEST + snapshot_server.SCAN_KEYS
+    out = server.on_req("p", snap_req(7, None, 8, True, base), 0.0)
+    assert not out[-1].message["last"]
+    store, key = server.sessions[("p", 7)].cursor  # type: ignore[misc]
+    assert store == "s" and r.stores["s"].keys.index(key) < examined
+    keys = [k for s in out for k in s.message["keys"]]
+    at = r.stores["s"].keys.index(key)
+    while not out[-1].message["last"]:
+        out = server.on_req("p", snap_req(7, None, 1, False), 0.0)
+        keys += [k for s in out for k in s.message["keys"]]
+        session = server.sessions.get(("p", 7))
+        if session is not None:  # (the last chunk ends it)
+            now_at = r.stores["s"].keys.index(session.cursor[1])  # type: ignore[index]
+            assert 0 < now_at - at <= examined
+            at = now_at
+    assert keys == changed

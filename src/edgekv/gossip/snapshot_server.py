@@ -4,7 +4,10 @@ The protocol and its rules are in gossip/snapshot.py (theory of operation); this
 rules 1 (switch: `offer_instead`), 2 (the caught-up edges an offer names: `offer_sources`),
 3 and 4 (flow-controlled sessions whose chunks are built only when granted, at most one store
 and about `snapshot_chunk_bytes` each: `SnapshotServer`), and the responder's half of rule 9
-(a delta session sends only keys newer than `since`, and names `dropped`).
+(a delta session sends only keys newer than `since`, and names `dropped`).  A chunk examines
+at most `SCAN_KEYS` keys and a request at most `SCAN_PER_REQUEST` (then the rest of its
+credit waits for the next request): a sparse delta (5,000 changed keys of 1M) scanned up to
+50,000 keys per chunk, 207 ms of one event at its opening request and ~50 ms per chunk after.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ from .wire import Message
 __all__ = ["MAX_SESSIONS", "SnapshotServer", "changed_since", "offer_instead", "offer_sources"]
 
 MAX_SESSIONS = 32  # snapshot sessions one node serves at once
+SCAN_KEYS = 8_192  # keys one chunk examines at most (a sparse delta's chunk may hold few)
+SCAN_PER_REQUEST = 16_384  # keys examined per request before the rest of its credit waits
 _from_bytes = int.from_bytes
 
 
@@ -140,8 +145,10 @@ class SnapshotServer:
         s.credit = min(MAX_CREDIT, s.credit + credit)
         s.idle_since = now
         out: list[Send] = []
-        while s.credit > 0:
-            msg, done = self._chunk(sid, s)
+        scanned = 0
+        while s.credit > 0 and (not out or scanned < SCAN_PER_REQUEST):
+            msg, done, examined = self._chunk(sid, s)
+            scanned += examined
             out.append(Send(peer, msg))
             s.credit -= 1
             s.n += 1
@@ -155,8 +162,9 @@ class SnapshotServer:
         for k in [k for k, s in self.sessions.items() if now - s.idle_since > idle]:
             del self.sessions[k]
 
-    def _chunk(self, sid: int, s: _Session) -> tuple[Message, bool]:
-        """The next chunk after `s.cursor` (at most one store, about chunk_bytes)."""
+    def _chunk(self, sid: int, s: _Session) -> tuple[Message, bool, int]:
+        """The next chunk after `s.cursor` (at most one store, about chunk_bytes, at most
+        SCAN_KEYS keys examined), whether it is the last, and the keys it examined."""
         stores = self.replica.stores
         names = sorted(stores)
         store, after = s.cursor if s.cursor is not None else (names[0], None)
@@ -180,7 +188,7 @@ class SnapshotServer:
                 # neighbours in key order are in it too, at their dense position (one entry per
                 # seq), which one slice compare checks; any other seq takes add_material
                 cert_e, cert_lo = b"", 0
-                for key in sr.keys.islice(start, start + MAX_CHUNK_KEYS):
+                for key in sr.keys.islice(start, start + min(MAX_CHUNK_KEYS, SCAN_KEYS)):
                     consumed += 1
                     st = states[key]
                     if st.__class__ is Register:  # the common case: seq read from its bytes
@@ -220,13 +228,15 @@ class SnapshotServer:
                 msg = self._encode(sid, s, name, keys, vals, done)
                 if len(certs) > had:
                     msg["proofs"] = [c.to_wire() for c in islice(certs.values(), had, None)]
-                return msg, done
+                return msg, done, consumed
             i += 1
             after = None
         n, total = s.n, len(self.replica)
-        return snap_data(
-            sid, n, s.wm, s.purged, total, "", [], [], [], True, dropped=s.dropped
-        ), True
+        return (
+            snap_data(sid, n, s.wm, s.purged, total, "", [], [], [], True, dropped=s.dropped),
+            True,
+            0,
+        )
 
     def _unprovable(self, s: _Session) -> None:
         """A state this node cannot prove is never sent (crdt/proofs.py rule 3), and the
