@@ -225,17 +225,17 @@ async def test_a_restarted_edge_asks_for_its_delta_while_its_file_loads_and_lose
     from edgekv.node import persistence
 
     release = threading.Event()
-    real = persistence.ReplicaStore.load_states
+    real = persistence.ReplicaStore.read_rows
 
-    def held(self, **kw):  # type: ignore[no-untyped-def]
+    def held(self):  # type: ignore[no-untyped-def]
         release.wait(30)
-        return real(self, **kw)
+        return real(self)
 
     with trio.fail_after(90):
         async with origin_with_an_edge_file(tmp_path) as (origin, client):
             for lo in range(0, KEYS // 2, 1000):  # away: half the keys change
                 await client.batch("s", [Put(f"k{i:05d}", b"c") for i in range(lo, lo + 1000)])
-            monkeypatch.setattr(persistence.ReplicaStore, "load_states", held)
+            monkeypatch.setattr(persistence.ReplicaStore, "read_rows", held)
             edge = edgekv.EdgeNode(
                 origin=origin.address, data_dir=str(tmp_path / "e"), config=small_snapshots()
             )

@@ -16,6 +16,7 @@ from edgekv.crdt.treebuild import TreeBuilder, build_tree
 from edgekv.errors import RemoteProtocolError
 from edgekv.gossip import GossipConfig, GossipNode
 from edgekv.gossip.snapshot import SnapshotServer, TreeJob
+from edgekv.gossip.snapshot_file import FileBase
 from edgekv.gossip.snapshot_wire import parse_chunk, snap_req
 from edgekv.gossip.wire import FrameDecoder, encode_frame, type_name
 from gossip_sim import ORIGIN, Sim
@@ -756,6 +757,47 @@ def test_a_file_loaded_mid_delta_is_joined_and_a_large_delta_rebuilt_with_it() -
     assert node.replica.watermark == sim.origin.replica.watermark
     assert node.bootstrap.ready()
     assert not sim.check.violations
+
+
+def test_a_file_read_after_its_large_delta_is_built_with_it_into_one_replica() -> None:
+    sim, back, node = _back_with_file_loading(seed=25)
+    node.bootstrap.delta_stage_from = 300  # 1,500 changed keys: a large delta
+    sim.run_until(sim.now + 3.0)  # the delta is staged whole while the file still loads
+    assert node.bootstrap.state == "built" and node.bootstrap.file_pending
+    sim.write("s", Put("k00007", b"during"))  # pushed meanwhile: joined at the install
+    sim.run_until(sim.now + 0.5)
+    file = filled()
+    groups = {name: dict(sr.states) for name, sr in file.stores.items()}
+    assert node.join_file(FileBase(groups, list(file.covered), file.purged, []))
+    assert node.bootstrap.file_pending  # not in the live replica before the build
+    sim._after(back)  # the driver takes the job: one build of the file and the delta
+    assert not node.bootstrap.file_pending
+    sim.run_until(sim.now + 5.0)
+    assert node.counters["snapshot_delta_rebuilds"] == 1, sim.seed
+    assert node.bootstrap.ready()
+    assert node.replica.state("s", "k00101") == file.state("s", "k00101")
+    assert node.replica.state("s", "k00007") == sim.origin.replica.state("s", "k00007")
+    assert node.replica.root == sim.origin.replica.root
+    assert node.replica.watermark == sim.origin.replica.watermark
+    assert not sim.check.violations
+
+
+def test_a_file_read_before_its_delta_ends_is_indexed_and_installed_instead() -> None:
+    sim, back, node = _back_with_file_loading(seed=26)
+    node.bootstrap.delta_stage_from = 300
+    sim.run_until(sim.now + 0.05)
+    file = filled()
+    groups = {name: dict(sr.states) for name, sr in file.stores.items()}
+    assert not node.join_file(
+        FileBase(groups, list(file.covered), file.purged, [])
+    )  # not staged yet
+    assert node.bootstrap.file_pending
+    _install_file(sim, back, filled())  # indexed by the driver, then adopted
+    assert not node.bootstrap.file_pending and node.bootstrap.active
+    sim.run_until(sim.now + 5.0)
+    assert node.counters["snapshot_delta_rebuilds"] == 1, sim.seed
+    assert node.replica.root == sim.origin.replica.root
+    assert node.bootstrap.ready()
 
 
 def test_a_file_that_fails_to_load_turns_its_delta_into_a_whole_snapshot() -> None:

@@ -92,6 +92,7 @@ from .snapshot import (
     parse_offer,
     snap_offer,
 )
+from .snapshot_file import FileBase
 from .wire import Message, MsgType
 
 FORWARD_SYNC_LIMIT = 1000  # catch-up batches up to this many keys are relayed to the subtree
@@ -295,6 +296,12 @@ class GossipNode:
         and snapshots ask from `wm` meanwhile, and the node is not ready before
         `install_base` (snapshot.py rule 11).  Call before `start`."""
         self.bootstrap.expect_base(wm)
+
+    def join_file(self, file: FileBase) -> bool:
+        """The file's rows, read off the loop but not indexed: built with its delta into one
+        replica if that delta is fully staged (True), else (False) the driver indexes them
+        and calls `install_base` (snapshot.py rule 11)."""
+        return self.bootstrap.join_file(file)
 
     def install_base(
         self,

@@ -91,19 +91,9 @@ Theory of operation
    `sync_timeout` if nothing is heard): built alongside, in a thread holding the GIL most of
    the time, it slowed the stream of a 500,000-key delta to ~4,000 keys/s; and a large delta
    replaces the stores (rule 9), so their trees from before are never built.
-11. A restart overlaps its file's load with its delta.  The driver reads the file's metadata
-   first (its watermark w) and starts gossip with an empty live replica (`expect_base(w)`):
-   catch-up and snapshot offers ask from w (`floor`), so the delta streams while the rows
-   load in a worker thread.  Meanwhile every delta chunk is staged (the live replica has no
-   prefix to join it to), pushes apply to the live replica as usual, anti-entropy waits
-   (`settling`), and the node is not ready.  `install_base` then makes the live replica the
-   file's joined with everything applied meanwhile (crdt/bulk.py `adopt` from seq 0; the
-   file's certificates replace the proof store, the ones received meanwhile added), and
-   hands its trees out as rule 10's job; a delta that already ended is then finished: joined
-   key by key when small, else rebuilt as in rule 9.  A whole snapshot (an empty file, or
-   rule 9's switch) drops the file; a file that fails to load turns a delta under way into
-   a whole snapshot.  Measured at 1M keys with 500,000 changed: the load (~3 s) and the
-   stream (~4 s) ran one after the other before.
+11. A restart overlaps its file's load with its delta: gossip starts on the file's watermark
+   (`expect_base`), the delta is staged while the rows load, and the two are joined
+   (`install_base`, `join_file`); the details are in snapshot_file.py.
 """
 
 from __future__ import annotations
@@ -124,6 +114,7 @@ from .fields import MAX_SEQ
 from .membership import ALIVE, SUSPECT, Membership
 from .messages import Send
 from .snapshot_build import StagedSnapshot, TreeJob, live_copy
+from .snapshot_file import FileBase, add_file_certs, adopt_file, file_seqs
 from .snapshot_server import SnapshotServer, offer_instead, offer_sources
 from .snapshot_wire import (
     MAX_CREDIT,
@@ -210,6 +201,10 @@ class SnapshotClient:
         self.finished_at: float | None = None
         self.whole_from: str | None = None  # the source of the last whole snapshot installed
         self.base_wm: int | None = None  # rule 11: a restart's file still loading (its wm)
+        # rule 11: the file's rows (store -> key -> state), covered ranges and purge mark,
+        # read while its delta was fully staged: built with it into one replica
+        self._file: FileBase | None = None
+        self._file_building = False  # ... being built with it
 
     @property
     def active(self) -> bool:
@@ -258,15 +253,31 @@ class SnapshotClient:
         asks for what changed after `wm` meanwhile and `install_base` joins the file in."""
         self.base_wm = wm
 
+    @property
+    def file_pending(self) -> bool:
+        """Rule 11: a restart's file is not in the live replica yet."""
+        return self.base_wm is not None or self._file is not None or self._file_building
+
+    def join_file(self, file: FileBase) -> bool:
+        """Rule 11 (snapshot_file.py rule 3): the file's rows, read; True if they are built
+        with the delta (or dropped), False if the caller indexes them for `install_base`."""
+        if self.base_wm is None:
+            return True
+        if self.state != self.BUILDING or not self._since or self._staged_small():
+            return False
+        self.base_wm = None
+        self._file = file
+        add_file_certs(self.replica.proofs, file.certs)
+        return True
+
     def install_base(
         self,
         loaded: Replica | None,
         copies: list[tuple[StoreReplica, dict[str, State]]],
         now: float,
     ) -> tuple[list[Change], list[Send]]:
-        """Rule 11: the file's replica (`None`: the file was unreadable) joins the live one;
-        returns the joined live changes and what to send (a delta whose base failed starts
-        over whole).  `copies`: its stores' states to build their trees from (a job)."""
+        """Rule 11: the indexed file (None: unreadable) joins the live replica; the joined
+        changes and what to send.  `copies`: states to build its trees from (a job)."""
         if self.base_wm is None:  # dropped: a whole snapshot replaces it
             return [], []
         self.base_wm = None
@@ -274,14 +285,7 @@ class SnapshotClient:
             if self.active and self._since:  # that delta has no prefix to join: take it whole
                 return [], self._restart_whole(now)
             return [], []
-        live = self.replica.proofs
-        changes = adopt(self.replica, loaded, 0)  # the live replica's changes joined in
-        proofs = loaded.proofs
-        if proofs is not None and live is not None and proofs is not live:
-            proofs.add(iter(live))  # certificates received meanwhile (journaled: persisted)
-            self.replica.use_proofs(proofs)
-            if self.active:
-                proofs.live_seqs = self._live_seqs
+        changes = adopt_file(self.replica, loaded, self._live_seqs if self.active else None)
         if copies and self._tree_job is None:  # built once caught up (rule 10)
             self._tree_job = TreeJob(copies, sum(len(states) for _, states in copies))
             self._trees_held_until = now + self.config.sync_timeout
@@ -360,6 +364,8 @@ class SnapshotClient:
         for group in self._groups.values():
             for st in group.values():
                 yield from state_seqs(st)
+        if self._file is not None:  # rule 11: the file's rows, waiting for the build
+            yield from file_seqs(self._file.groups)
 
     def _start(self, now: float) -> list[Send]:
         proofs = self.replica.proofs
@@ -525,7 +531,14 @@ class SnapshotClient:
             self._groups, 0 if self._wm == MAX_SEQ else self._wm, self._purged, 0
         )
         staged.keys = self.progress.keys
-        if self._since:  # a large delta: rebuilt with the live replica (rule 9)
+        if self._file is not None:  # rule 11: the file's rows joined with the delta
+            file, self._file = self._file, None
+            self._file_building = True
+            staged.base = file.groups
+            staged.covered = [*file.covered, *self.replica.covered]
+            staged.purged = max(staged.purged, file.purged)
+            staged.keys += sum(map(len, file.groups.values()))
+        elif self._since:  # a large delta: rebuilt with the live replica (rule 9)
             staged.base = live_copy(self.replica)
             staged.covered = list(self.replica.covered)
             staged.keys += len(self.replica)
@@ -535,6 +548,7 @@ class SnapshotClient:
     def install(self, built: Replica, staged: StagedSnapshot, now: float) -> list[Change]:
         """Adopt the built replica in the live one (rule 7); returns the joined live changes."""
         changes = adopt(self.replica, built, staged.wm)
+        self._file_building = False
         if staged.trees is not None and staged.trees.copies:
             self._tree_job = staged.trees  # (a restart's job, if still held, is moot)
             self._trees_held_until = None
@@ -578,6 +592,8 @@ class SnapshotClient:
         """The build failed: start over at the next offer."""
         self._end()
         self._groups = {}
+        self._file = None  # (a file lost with a failed build: the next offer is whole)
+        self._file_building = False
         self._cursor = None
         self._timeouts = 0
         self._delta_keys = 0

@@ -49,7 +49,7 @@ import anyio.abc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgekv.clock import wall_clock_ms
-from edgekv.crdt import Delta, Replica, State
+from edgekv.crdt import META, Delta, Replica, State
 from edgekv.crdt.proofs import Certificate, ProofStore
 from edgekv.crdt.replica import StoreReplica
 from edgekv.crdt.version import Version
@@ -63,6 +63,7 @@ from edgekv.errors import (
 from edgekv.gossip import fields
 from edgekv.gossip.config import GossipConfig
 from edgekv.gossip.core import GossipNode
+from edgekv.gossip.messages import Send
 from edgekv.gossip.snapshot import StagedSnapshot, TreeJob
 from edgekv.gossip.transport import Transport
 from edgekv.gossip.wire import Message, PeerIdentity
@@ -188,6 +189,7 @@ class EdgeNode:
         self.load_report: LoadReport | None = None
         self._trees_started: float | None = None  # a restart's trees are being built since
         self._load_started = 0.0
+        self._file_wm = 0  # the watermark of the persisted replica's file (its metadata)
         self._file_joined = anyio.Event()  # the persisted replica is joined (or there is none)
         self.hub = WatchHub()
         self.http_address: str | None = None
@@ -318,40 +320,55 @@ class EdgeNode:
             was_active = boot.active
 
     async def _load_file(self, persist: ReplicaStore, tg: anyio.abc.TaskGroup) -> None:
-        """The file's rows, read in a worker thread while gossip runs (its trees deferred:
-        built as a job once caught up), joined with the live replica (snapshot.py rule 11);
-        then the flusher starts (persistence.py rule 6)."""
-        moved = persist.corrupt_moved_to
+        """The file's rows, read in a worker thread while gossip runs, then joined with the
+        live replica (snapshot.py rule 11): built with its delta into one replica when that
+        delta is already staged, else indexed (a second thread hop: its trees deferred, built
+        as a job once caught up) and adopted.  Then the flusher starts (persistence.py rule
+        6)."""
+        rows = await anyio.to_thread.run_sync(persist.read_rows)
+        keys, watermark = 0, 0
+        joined = False
+        if rows is not None:
+            keys = sum(map(len, rows.groups.values())) - len(rows.groups.get(META, ()))
+            watermark = self._file_wm
 
-        def load() -> tuple[Replica, list[tuple[StoreReplica, dict[str, State]]]]:
-            replica = persist.load_states(trees=False)
-            if len(replica) < BACKGROUND_TREES_FROM:  # cheap: built here, no job
-                replica.install_trees(replica.build_pending_trees())
-                return replica, []
-            return replica, replica.defer_trees()
+            def join(now: float) -> list[Send]:
+                nonlocal joined
+                joined = self.gossip.join_file(rows)
+                return []
 
-        loaded, copies = await anyio.to_thread.run_sync(load)
-        gcpolicy.settle()
-        failed = persist.corrupt_moved_to != moved  # a damaged row: the file is gone
-        await self.runtime.run_core(
-            partial(self.gossip.install_base, None if failed else loaded, copies)
-        )
+            await self.runtime.run_core(join)
+        if not joined:
+
+            def index() -> tuple[Replica | None, list[tuple[StoreReplica, dict[str, State]]]]:
+                if rows is None:
+                    return None, []
+                replica = persist.index_rows(rows)
+                if len(replica) < BACKGROUND_TREES_FROM:  # cheap: built here, no job
+                    replica.install_trees(replica.build_pending_trees())
+                    return replica, []
+                return replica, replica.defer_trees()
+
+            loaded, copies = await anyio.to_thread.run_sync(index)
+            gcpolicy.settle()
+            await self.runtime.run_core(partial(self.gossip.install_base, loaded, copies))
+        while self.gossip.bootstrap.file_pending:  # noqa: ASYNC110 (built with its delta)
+            await anyio.sleep(0.01)
         persist.loading = False
         if self._replica.trees_pending:  # built off the loop once caught up (a job)
             self._trees_started = time.perf_counter()
         self.load_report = report = LoadReport(
-            len(loaded),
-            loaded.watermark,
-            time.perf_counter() - self._load_started,
-            persist.corrupt_moved_to,
+            keys, watermark, time.perf_counter() - self._load_started, persist.corrupt_moved_to
         )
         logger.info(
-            "event=loaded node=%s keys=%d watermark=%d seconds=%.3f corrupt_moved_to=%s",
+            "event=loaded node=%s keys=%d watermark=%d seconds=%.3f corrupt_moved_to=%s"
+            " with_delta=%s",
             self.node_id,
             report.keys,
             report.watermark,
             report.seconds,
             report.corrupt_moved_to,
+            joined,
         )
         await tg.start(persist.run)
         self._file_joined.set()
@@ -383,7 +400,7 @@ class EdgeNode:
             # the file's metadata only: its rows load while gossip already asks for what
             # changed since (`_load_file`; snapshot.py rule 11)
             self._load_started = time.perf_counter()
-            base_wm = await anyio.to_thread.run_sync(persist.open)
+            base_wm = self._file_wm = await anyio.to_thread.run_sync(persist.open)
             self._replica = persist.replica
             self._persist = persist
             stack.push_async_callback(persist.close)  # runs after the task group has stopped

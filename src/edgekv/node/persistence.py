@@ -42,7 +42,9 @@ Theory of operation
    reflect), so the edge can start gossip and ask for what changed since at once;
    `load_states` then checks the file (rule 5's quick_check) and reads the rows into a new
    replica in a worker thread (the node joins it with its live replica when done, or drops
-   what it asked on that watermark if the file is refused: gossip/snapshot.py rule 11).  Nothing flushes meanwhile
+   what it asked on that watermark if the file is refused: gossip/snapshot.py rule 11); its
+   halves `read_rows` (check, rows grouped per store) and `index_rows` (bulk load) let the
+   node build the rows with a delta already received instead of indexing them alone.  Nothing flushes meanwhile
    (the edge starts `run` after the join): the loader has the connection to itself, and the
    file keeps the metadata it had.  `load` does both at once.
 """
@@ -73,6 +75,7 @@ from edgekv.crdt.proofs import Certificate, ProofStore
 from edgekv.crdt.register import SEQ_AT, registers_valid
 from edgekv.crdt.seqranges import SeqRanges
 from edgekv.errors import EdgeKVError
+from edgekv.gossip.snapshot_file import FileBase
 from edgekv.node import gcpolicy
 
 __all__ = ["CorruptDatabase", "LoadReport", "ReplicaStore"]
@@ -178,11 +181,17 @@ class ReplicaStore:
         return ranges.watermark
 
     def load_states(self, *, trees: bool = False) -> Replica:
-        """Rule 6: the rows of the file `open` opened, in a NEW replica (pure CPU and reads of
-        this file: run it in a worker thread while nothing flushes).  A damaged row moves the
-        file aside (`corrupt_moved_to`) and gives an empty replica.  The proofs of the replica
-        returned are taken as swept (they were when saved)."""
-        replica = self._new_replica()
+        """Rule 6: the rows of the file `open` opened, in a NEW replica (`read_rows` then
+        `index_rows`; pure CPU and reads of this file: run it in a worker thread while
+        nothing flushes).  A damaged row moves the file aside (`corrupt_moved_to`) and gives
+        an empty replica."""
+        rows = self.read_rows()
+        return self._new_replica() if rows is None else self.index_rows(rows, trees=trees)
+
+    def read_rows(self) -> FileBase | None:
+        """Rule 6, first half: the file's states grouped per store (not indexed yet), its
+        covered ranges, purge mark and certificates; None (the file moved aside) when the
+        check or a row fails."""
         db = self._db
         assert db is not None, "open() first"
         # Loading allocates millions of objects that all live on: pausing the cyclic GC while
@@ -191,15 +200,33 @@ class ReplicaStore:
         gc.disable()
         try:
             _quick_check(db)
-            self._load_rows(db, replica, trees)
+            rows = self._read_rows(db)
         except (sqlite3.DatabaseError, CorruptDatabase, EdgeKVError) as exc:
             self.corrupt_moved_to = self._quarantine(exc)
             self._db = self._open()
-            replica = self._new_replica()
+            rows = None
         finally:
             if gc_was_enabled:
                 gc.enable()
         gcpolicy.release()  # the rows and decode buffers of the load (in the loader's thread)
+        return rows
+
+    def index_rows(self, rows: FileBase, *, trees: bool = False) -> Replica:
+        """Rule 6, second half: `rows` bulk-loaded into a new replica (which takes their
+        dicts), its proof store holding their certificates, taken as swept (they were when
+        saved).  Pure CPU: a worker thread."""
+        replica = self._new_replica()
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            bulk_load_stores(replica, rows.groups, rows.covered, rows.purged, trees=trees)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        if replica.proofs is not None:
+            replica.proofs.add(rows.certs)
+            replica.proofs.drain_journal()
+            replica.proofs.settle()  # swept when saved: no sweep of every state at once
         self._saved_covered = list(replica.covered)
         self._saved_purged = replica.purged
         self.persisted_watermark = replica.watermark
@@ -233,23 +260,20 @@ class ReplicaStore:
             raise
         return db
 
-    def _load_rows(self, db: sqlite3.Connection, replica: Replica, trees: bool) -> None:
+    def _read_rows(self, db: sqlite3.Connection) -> FileBase:
         ranges, purged = self._meta
         try:
             groups = _read_states(db)
-            bulk_load_stores(replica, groups, ranges, purged, trees=trees)
-            if replica.proofs is not None:
-                certs = db.execute("SELECT key_id, lo, hi, entries, sig FROM certs").fetchall()
-                keys = replica.proofs.keys
-                replica.proofs.add(
-                    Certificate.from_wire(list(row)) for row in certs if row[0] in keys
-                )
-                replica.proofs.drain_journal()
-                replica.proofs.settle()  # swept when saved: no sweep of every state at once
+            certs: list[Certificate] = []
+            if self.public_keys is not None:
+                keys = ProofStore(self.public_keys, journal=False).keys  # by key id
+                rows = db.execute("SELECT key_id, lo, hi, entries, sig FROM certs").fetchall()
+                certs = [Certificate.from_wire(list(row)) for row in rows if row[0] in keys]
         except EdgeKVError:
             raise
         except Exception as exc:  # anything else a damaged row can make the decoder do
             raise CorruptDatabase(f"undecodable row: {exc!r}") from exc
+        return FileBase(groups, list(ranges), purged, certs)
 
     def _quarantine(self, exc: BaseException) -> str:
         """Move the bad file aside, reset the replica; return where it went."""
