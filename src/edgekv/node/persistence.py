@@ -89,6 +89,7 @@ MAX_SEQ = (1 << 63) - 1
 DB_NAME = "edge.db"
 FLUSH_INTERVAL = 0.5
 FLUSH_EAGER_KEYS = 50_000  # flush early when this many keys are dirty
+GIL_BLOCK = 1 << 16  # rows per C-level pass of a load in a worker thread (rule 6)
 RELEASE_ROWS = 100_000  # hand the C heap's free pages back after this many rows (gcpolicy rule 2)
 
 
@@ -550,7 +551,13 @@ def _registers(rows: list[tuple[Any, ...]]) -> dict[str, State]:
         for row in zip(regs, seqs, strict=True):
             _register(*row)  # raises, naming the row
         raise CorruptDatabase("bad register row")
-    return dict(zip(keys, map(_new_bytes, repeat(Register), regs), strict=True))
+    # in blocks: one C-level call over a million rows holds the GIL for most of a second,
+    # and the edge's event loop (receiving its delta meanwhile) waits that long
+    states: dict[str, State] = {}
+    for i in range(0, len(keys), GIL_BLOCK):
+        block = slice(i, i + GIL_BLOCK)
+        states.update(zip(keys[block], map(_new_bytes, repeat(Register), regs[block]), strict=True))
+    return states
 
 
 def _registers_ok(regs: list[Any], seqs: list[int]) -> bool:
