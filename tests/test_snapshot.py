@@ -840,7 +840,9 @@ def test_a_sparse_delta_examines_a_bounded_number_of_keys_per_request() -> None:
         r.apply("s", key, Register(base + 1 + i, 5, b"new", None))
     r.covered.update([(1, base + len(changed))])
     server = SnapshotServer(r, GossipConfig(), Counter())
-    examined = snapshot_server.SCAN_PER_REQUEST + snapshot_server.SCAN_KEYS
+    examined = snapshot_server.FILTER_COST * (
+        snapshot_server.SCAN_PER_REQUEST + snapshot_server.SCAN_KEYS
+    )
     out = server.on_req("p", snap_req(7, None, 8, True, base), 0.0)
     assert not out[-1].message["last"]
     store, key = server.sessions[("p", 7)].cursor  # type: ignore[misc]
