@@ -379,21 +379,23 @@ class ProofStore:
         first = not out
         added = 0
         for seq in delta_seqs(d):
-            for c in out.values():  # a certificate this message carries already
-                if c.lo <= seq <= c.hi and c.has_seq(seq):
-                    break
-            else:
-                c = None
-            if c is not None:
-                continue
+            # the certificates of this store holding `seq` (one or two): one this message
+            # carries already is preferred, else the first.  Looked up through the store's
+            # index, not by scanning `out`: a snapshot session's `out` holds every
+            # certificate it sent (thousands under a rewrite load), and a scan per seq made
+            # serving a snapshot quadratic (94% of the origin's time while ten edges joined).
+            pick = None
             for c in self._covering(seq):
                 if c.has_seq(seq):
-                    if c.signature not in out:
-                        out[c.signature] = c
-                        added += len(c.entries) + CERT_OVERHEAD
-                    break
+                    if c.signature in out:
+                        break
+                    if pick is None:
+                        pick = c
             else:
-                return -1
+                if pick is None:
+                    return -1
+                out[pick.signature] = pick
+                added += len(pick.entries) + CERT_OVERHEAD
         if first and self._fresh:
             added += self._pass_on(out)
         return added

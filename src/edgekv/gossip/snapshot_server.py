@@ -230,7 +230,8 @@ class SnapshotServer:
                             at = (seq - cert_lo) * ENTRY  # (not `i`: the store's index)
                             if at < 0 or cert_e[at : at + 8] != head:
                                 extra = proofs.add_material(certs, st)
-                                if extra >= 0 and (c := proofs.prover(seq)) is not None:
+                                c = proofs.prover(seq) if extra >= 0 else None
+                                if c is not None and c.signature in certs:  # (sent with it)
                                     cert_e, cert_lo = c.entries, c.lo
                                 if extra < 0:
                                     size -= len(key) + len(st)
