@@ -163,6 +163,8 @@ def test_config_rejects_nonsense() -> None:
         GossipConfig(fanout=0)
     with pytest.raises(InvalidInput):
         GossipConfig(push_window=float("nan"))
+    with pytest.raises(InvalidInput):
+        GossipConfig(push_min_window=-0.001)
     assert GossipConfig().hop_limit(26) >= 5
 
 
@@ -238,11 +240,61 @@ def test_the_drivers_link_round_trip_sizes_the_window() -> None:
     warm(sim, 8.0)
     d = sim.origin.dissemination
     assert d.window("edge-1", 0.15) == 0.15  # probes: 200 ms round trips
-    sim.origin.note_link_rtt("edge-1", 0.004)
-    sim.origin.note_link_rtt("nobody", 0.004)
-    assert d.window("edge-1", 0.15) == pytest.approx(0.004)
+    sim.origin.note_link_rtt("edge-1", 0.02)
+    sim.origin.note_link_rtt("nobody", 0.02)
+    assert d.window("edge-1", 0.15) == pytest.approx(0.02)
     assert d.window("edge-2", 0.15) == 0.15
     assert "nobody" not in d.link_rtts
+    # a faster link: the origin's window stops at its floor, push_min_window
+    sim.origin.note_link_rtt("edge-1", 0.0001)
+    assert d.window("edge-1", 0.15) == pytest.approx(sim.origin.config.push_min_window)
+
+
+def _flushes(sim: Sim, every: float, n: int) -> tuple[int, list[float]]:
+    """Pushes the origin sent to edge-1 while `n` writes came `every` s apart (a 0.1 ms link
+    as measured by the driver), and the writes' propagation to every edge."""
+    from edgekv.gossip.wire import type_name
+
+    warm(sim, 8.0)
+    for e in sim.edges:
+        sim.origin.note_link_rtt(e, 0.0002)
+    pushes = 0
+    send = sim._send
+
+    def counting(src: str, sends: list) -> None:  # type: ignore[type-arg]
+        nonlocal pushes
+        pushes += sum(
+            src == ORIGIN and s.peer == "edge-1" and type_name(s.message["t"]) == "PUSH"
+            for s in sends
+        )
+        send(src, sends)
+
+    sim._send = counting  # type: ignore[method-assign]
+    seqs = write_stream(sim, 12.0, n, every)
+    sim.run_until(12.0 + n * every + 1.0)
+    assert not sim.missing() and sim.converged()
+    return pushes, sim.propagation(seqs)
+
+
+def test_under_load_the_origin_batches_pushes_on_a_fast_link() -> None:
+    """Nagle-style (rule 1): on a link of a few hundred microseconds a write after a quiet
+    spell leaves at once, but while writes come faster than push_min_window the origin
+    pushes to a peer at most once per push_min_window, each push carrying every write since
+    (on loopback every commit group was its own push to every edge)."""
+    floor = GossipConfig().push_min_window
+    assert floor > 0
+    n, every = 400, 0.001  # 1,000 writes/s for 0.4 s
+    pushes, prop = _flushes(Sim(6, seed=9, latency=0.0001), every, n)
+    assert pushes <= 1.2 * n * every / floor + 5, pushes  # not one per write (400)
+    assert max(prop) <= floor + 0.002, max(prop)  # held at most one floor (+ link delays)
+    # without the floor: one push per write
+    unbatched, _ = _flushes(
+        Sim(6, seed=9, latency=0.0001, config=GossipConfig(push_min_window=0)), every, n
+    )
+    assert unbatched >= 0.9 * n, unbatched
+    # a write after a quiet spell still leaves at once
+    _, quiet = _flushes(Sim(6, seed=9, latency=0.0001), 0.05, 20)
+    assert max(quiet) < 0.001, max(quiet)
 
 
 def drop_first(sim: Sim, kind: str, dst: str, after: float, count: int = 1) -> list[float]:
@@ -422,3 +474,31 @@ def test_the_origin_flushes_peers_with_close_windows_at_one_moment() -> None:
     assert not sim.missing()
     assert len(moments) > 5
     assert all(peers == d.eager for peers in moments.values()), moments
+
+
+def test_the_origin_builds_one_push_per_flush_moment_for_all_its_peers() -> None:
+    """The origin's queues opened at one moment are one queue, and peers with the same pushes
+    to repeat get the same message object (rule 1): built once, encoded once by the driver."""
+    from edgekv.gossip.wire import type_name
+
+    sim = Sim(6, seed=9, latency=0.0001)
+    warm(sim, 8.0)
+    for e in sim.edges:
+        sim.origin.note_link_rtt(e, 0.0002)
+    moments: list[list[object]] = []
+    send = sim._send
+
+    def recording(src: str, sends: list) -> None:  # type: ignore[type-arg]
+        pushes = [s.message for s in sends if type_name(s.message["t"]) == "PUSH"]
+        if src == ORIGIN and pushes:
+            moments.append(pushes)
+        send(src, sends)
+
+    sim._send = recording  # type: ignore[method-assign]
+    write_stream(sim, 12.0, 100, 0.001)
+    sim.run_until(13.0)
+    assert not sim.missing() and sim.converged()
+    assert len(moments) >= 10
+    assert all(len(m) == len(sim.edges) for m in moments[2:])
+    shapes = [(len(m), len({id(x) for x in m})) for m in moments]
+    assert all(d == 1 for _, d in shapes[2:]), shapes

@@ -313,3 +313,32 @@ async def test_a_frame_to_an_idle_connected_peer_is_written_at_once(budget: int)
         assert bytes(got) == sent
         senders.close()
         tg.cancel_scope.cancel()
+
+
+async def test_one_message_sent_to_several_peers_in_a_row_is_encoded_once(
+    autojump_clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The origin's push at one flush moment is one message object for every peer
+    (gossip/dissemination.py rule 1): the transport encodes it once, and every peer gets the
+    same frame; another message (even an equal one) is encoded again."""
+    import edgekv.node.tcp as tcp
+
+    encoded: list[dict[str, Any]] = []
+
+    def counting(message: dict[str, Any], max_frame_size: int = 1 << 20) -> bytes:
+        encoded.append(message)
+        return real(message, max_frame_size)
+
+    real = tcp.encode_frame
+    monkeypatch.setattr(tcp, "encode_frame", counting)
+    async with TcpTransport.serve(cluster_id="senders", node_id="n") as node:
+        dialer = FakeDialer()
+        node._senders.dialer = cast(Dialer, dialer)
+        push = {"t": 10, "items": [["s", "k", b"v"]]}
+        for peer in ("a:1", "b:1", "c:1"):
+            await node.send(peer, push)
+        await node.send("a:1", dict(push))
+        await trio.sleep(0.1)
+        assert len(encoded) == 2
+        assert dialer.sent["a:1"][0] == dialer.sent["b:1"][0] == dialer.sent["c:1"][0]
+        assert dialer.sent["a:1"][1] == dialer.sent["a:1"][0]

@@ -31,6 +31,14 @@ class GossipConfig:
     length, on a slow one batching is what keeps messages per write low.  0: fixed windows.
     Under load a lost push is repaired by the next one, a window later, so the window is also
     the cost of a loss (1,000 edges, 50 ms links: 2 round trips gave p99 650 ms, 1 gave 480)."""
+    push_min_window: float = 0.005
+    """The floor of the origin's window toward any peer, however fast the link: under load it
+    pushes to a peer at most once per this, so at 1,000 writes/s each edge gets a push every
+    few ms carrying every write since (one certificate, one receive), not one per commit
+    group (on loopback round trips of tens of microseconds made every group its own push to
+    every edge: 11 edges cost the origin ~8x its CPU per write, and saturated the edges' CPU).
+    A write after a quiet spell this long still leaves at once, so it costs latency only
+    under load, at most this much.  0: the window follows the link alone."""
     push_again: int = 2
     """A PUSH repeats this many previous pushes to the same peer (when they are small, see
     push_again_bytes), so a lost push (two in a row, by default) is repaired by the next one,
@@ -122,6 +130,7 @@ class GossipConfig:
             "push_window",
             "relay_window",
             "push_rtt_factor",
+            "push_min_window",
             "ihave_window",
             "ihave_delay",
             "graft_timeout",

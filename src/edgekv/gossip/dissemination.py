@@ -6,15 +6,26 @@ Theory of operation
    PUSH carries every write of the window, while a write after a quiet spell leaves at once
    (a relay waits `relay_window`, so that copies from several peers coalesce).  The window
    toward a peer adapts to the link: `push_rtt_factor` times the link's round trip, at most
-   `push_window` (at most `relay_window` for a relay), so a loopback or LAN link hardly
-   batches and a 100 ms link for the full window.  The round trip is the driver's measure of
-   the link where it has one (`note_link_rtt`: a TCP connection's lowest, as the kernel saw
-   it), else the lowest SWIM probe (membership), which includes both ends' scheduling delays:
-   on a loaded host those reach tens of milliseconds, and batched writes as long.  When the
-   origin flushes, queues due within `EARLY` of their own window go too: the peers' phases
-   merge into shared flush moments, and one moment is one batch that one certificate signs
+   `push_window` (at most `relay_window` for a relay), so a LAN link hardly batches and a
+   100 ms link for the full window.  The round trip is the driver's measure of the link
+   where it has one (`note_link_rtt`: a TCP connection's lowest, as the kernel saw it), else
+   the lowest SWIM probe (membership), which includes both ends' scheduling delays: on a
+   loaded host those reach tens of milliseconds, and batched writes as long.  The origin's
+   window has a floor, `push_min_window` (5 ms): a loopback round trip is tens of
+   microseconds, and a window that short made every commit group its own push to every
+   edge (at 1,000 writes/s, 11 edges: ~1,000 pushes/s per edge, ~1 ms of the origin's CPU
+   per write); with the floor a busy origin pushes to a peer at most every few ms, each push
+   carrying every write since, while a write after a quiet spell of that length still leaves
+   at once (Nagle-style: latency only under load, at most the floor).  When the origin
+   flushes, queues due within `EARLY` of their own window go too: the peers' phases merge
+   into shared flush moments, and one moment is one batch that one certificate signs
    (crdt/proofs.py rule 2), not one per peer's phase.  In a queue a newer delta for a key is
-   joined into the queued one (`crdt.state.join`) and cover ranges are unioned.
+   joined into the queued one (`crdt.state.join`) and cover ranges are unioned.  At the
+   origin, the queues of peers opened at the same moment are one shared queue (every peer
+   gets every write), and peers with the same queue and the same pushes to repeat get the
+   same message object, built once per flush moment (a driver encodes a message sent to
+   several peers in a row once: node/tcp.py), so a flush moment costs one build and one
+   encoding plus one send per peer, not one of each per peer.
 2. A node receiving a PUSH applies it (`Replica.apply_batch`).  If it brought anything new (a
    state changed or a seq not yet covered), it is queued for every eager peer except the
    sender, flushed after the much shorter `relay_window`, while its hop count is below the
@@ -63,15 +74,11 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
-from ..crdt.proofs import Certificate
 from ..crdt.seqranges import SeqRanges
-from ..crdt.state import Delta, join
-from .chunks import Chunker, delta_size
+from ..crdt.state import join
 from .context import Context, Handler, Part
 from .messages import (
-    SEND_ALLOC,
     Graft,
     IHave,
     Item,
@@ -80,20 +87,12 @@ from .messages import (
     Range,
     Send,
 )
+from .pushes import Outbox, push_messages
+from .wire import Message
 
 QUIET_BATCHES = 3  # at most this many batches per ihave_window: notices go to every lazy peer
 MAX_GRAFT_ROUNDS = 4  # graft rounds for one hint before it is dropped as unfounded
 EARLY = 0.5  # the origin flushes a queue up to this much of its window early to share a moment
-
-
-@dataclass(slots=True)
-class _Outbox:
-    """One peer's transmit queue."""
-
-    due: float
-    hops: int
-    items: dict[tuple[str, str], Delta] = field(default_factory=dict)
-    covers: SeqRanges = field(default_factory=SeqRanges)
 
 
 def covers_new(covered: SeqRanges, ranges: list[Range]) -> bool:
@@ -109,14 +108,14 @@ class Dissemination(Part):
         super().__init__(ctx)
         self.eager: set[str] = set()
         self.lazy: set[str] = set()
-        self.outbox: dict[str, _Outbox] = {}
+        self.outbox: dict[str, Outbox] = {}
         self._notice = SeqRanges()
         self._notice_due: float | None = None
         self._last_notice = float("-inf")
         self._notice_burst = False
         self._recent: deque[float] = deque()  # when recent batches went through this node
         self._last_flush: dict[str, float] = {}
-        self._sent: dict[str, list[_Outbox]] = {}  # the last pushes to each peer (repeated)
+        self._sent: dict[str, list[Outbox]] = {}  # the last pushes to each peer (repeated)
         self._tail: dict[str, float] = {}  # peer -> when to repeat the last push of a burst
         self.link_rtts: dict[str, float] = {}  # the driver's measure of each link (rule 1)
         self._parent: str | None = None  # the peer whose PUSH last brought news
@@ -278,12 +277,17 @@ class Dissemination(Part):
         notice_only: bool = False,
     ) -> None:
         """Queue for every eager peer but `exclude` (none if `notice_only`: rule 2).  A queue
-        opened after a quiet spell (no flush to that peer within `window`) is flushed at once
-        at the origin (a commit group is one batch already) and after `relay_window` at a
-        relay (pushes from several peers coalesce): batching costs latency only under load
-        (Nagle-style)."""
-        hold = 0.0 if self.role == "origin" else self.config.relay_window
+        opened after a quiet spell (no flush to that peer within its window, `window` at
+        most) is flushed at once at the origin (a commit group is one batch already) and
+        after `relay_window` at a relay (pushes from several peers coalesce): batching costs
+        latency only under load (Nagle-style)."""
+        origin = self.role == "origin"
+        hold = 0.0 if origin else self.config.relay_window
         first_due = now + hold
+        # at the origin, queues opened at the same due share one box: they hold the same
+        # writes (every peer gets all of them), so one push is built for them all (rule 1)
+        shared: dict[float, Outbox] | None = {} if origin and exclude is None else None
+        filled: set[int] = set()
         for peer in () if notice_only else sorted(self.eager):
             if peer == exclude or self.members.is_dead(peer):
                 continue
@@ -291,10 +295,18 @@ class Dissemination(Part):
             if box is None:
                 w = self.window(peer, window)
                 due = max(now + min(w, hold), self._last_flush.get(peer, float("-inf")) + w)
-                box = self.outbox[peer] = _Outbox(due, hops)
+                box = shared.get(due) if shared is not None else None
+                if box is None:
+                    box = Outbox(due, hops)
+                    if shared is not None:
+                        shared[due] = box
+                self.outbox[peer] = box
                 first_due = max(first_due, due)
             else:
                 box.hops = min(box.hops, hops)
+            if id(box) in filled:
+                continue
+            filled.add(id(box))
             queued = box.items
             for store, key, delta in items:
                 old = queued.get((store, key))
@@ -324,69 +336,35 @@ class Dissemination(Part):
         """The batching window toward `peer` (rule 1): `push_rtt_factor` times the link's round
         trip (the driver's measure, else the lowest probe: a loaded host's delays are no reason
         to batch longer), at most `longest`; `longest` while no round trip is known."""
-        factor = self.config.push_rtt_factor
+        cfg = self.config
+        factor = cfg.push_rtt_factor
         rtt = self.link_rtts.get(peer) or self.members.link_rtt(peer)
-        return min(longest, factor * rtt) if factor > 0 and rtt > 0 else longest
+        w = min(longest, factor * rtt) if factor > 0 and rtt > 0 else longest
+        if self.role == "origin":  # the floor under load (rule 1)
+            w = max(w, min(longest, cfg.push_min_window))
+        return w
 
-    def _again(
-        self, peer: str, certs: dict[bytes, Certificate]
-    ) -> tuple[list[Item], list[Range], int]:
-        """The previous pushes to `peer` to repeat (rule 1): their items and covers if they are
-        small (at most `push_again_bytes`) and all provable here, and their size; else none."""
-        prev = self._sent.get(peer)
-        budget = self.config.push_again_bytes
-        if not prev or budget <= 0:
-            return [], [], 0
-        merged: dict[tuple[str, str], Delta] = {}
-        covers = SeqRanges()
-        for box in prev:
-            covers.update(box.covers)
-            for k, d in box.items.items():
-                old = merged.get(k)
-                merged[k] = d if old is None else join(old, d)
-        proofs = self.replica.proofs
-        items: list[Item] = []
-        size = 0
-        for (store, key), delta in merged.items():
-            size += delta_size(delta) + len(key) + len(store)
-            if size > budget:
-                certs.clear()
-                return [], [], 0
-            if proofs is not None:
-                extra = proofs.add_material(certs, delta)
-                if extra < 0:
-                    certs.clear()
-                    return [], [], 0
-                size += extra
-            items.append((store, key, delta))
-        return items, list(covers), size
-
-    def _flush(self, peer: str, box: _Outbox) -> list[Send]:
-        out: list[Send] = []
-        # what receivers may allocate (Bloom filters) is bounded per message too
-        chunker = Chunker(self.replica.proofs, self.config.max_message_bytes, max_alloc=SEND_ALLOC)
-        certs: dict[bytes, Certificate] = {}
-        first, again, size = self._again(peer, certs)
-        chunker.seed(first, certs, size)
-        again_n = len(first)
-        wm = self.replica.watermark  # a receiver with a gap learns whether we hold it (rule 3)
-        for (store, key), delta in box.items.items():
-            full = chunker.add(store, key, delta)
-            if full is not None:
-                msg = Push(full[0], [], box.hops, wm, again, again_n, full[1])
-                out.append(Send(peer, msg.to_wire()))
-                again, again_n = [], 0
-        items, proofs = chunker.take()
-        msg = Push(items, list(box.covers), box.hops, wm, again, again_n, proofs)
-        out.append(Send(peer, msg.to_wire()))
-        if box.covers and len(out) == 1 and self.config.push_again > 0:
+    def _flush(
+        self, peer: str, box: Outbox, built: dict[tuple[int, ...], list[Message]] | None = None
+    ) -> list[Send]:
+        """The pushes of `box` to `peer`.  `built` (one flush moment's) holds the messages
+        made for other peers with the same box and the same pushes to repeat: those are the
+        same messages, built (and encoded by the driver) once (rule 1)."""
+        sent = self._sent.get(peer)
+        key = (id(box), *(id(b) for b in sent)) if sent else (id(box),)
+        msgs = built.get(key) if built is not None else None
+        if msgs is None:
+            msgs = push_messages(box, sent or [], self.replica, self.config)
+            if built is not None:
+                built[key] = msgs
+        if box.covers and len(msgs) == 1 and self.config.push_again > 0:
             sent = self._sent.setdefault(peer, [])
             sent.append(box)
             del sent[: -self.config.push_again]
         else:
             self._sent.pop(peer, None)  # a big push is not repeated; a tail repeat only once
-        self.counters["pushes_sent"] += len(out)
-        return out
+        self.counters["pushes_sent"] += len(msgs)
+        return [Send(peer, m) for m in msgs]
 
     # -- lazy notices and grafts --------------------------------------------------------------------
 
@@ -494,25 +472,29 @@ class Dissemination(Part):
                 for p, box in self.outbox.items()
                 if now < box.due <= now + EARLY * self.window(p, longest)
             ]
+        built: dict[tuple[int, ...], list[Message]] = {}
         for peer in due:
             box = self.outbox.pop(peer)
             last = self._last_flush.get(peer, float("-inf"))
             self._last_flush[peer] = now
             if not self.members.is_dead(peer):
-                out.extend(self._flush(peer, box))
+                out.extend(self._flush(peer, box, built))
                 # a burst (pushes a window apart) that ends gets its last push repeated
                 w = self.window(peer, self.config.push_window)
                 if now - last <= 2 * w:
                     self._tail[peer] = now + 1.5 * w
                 else:
                     self._tail.pop(peer, None)
+        empty: dict[int, Outbox] = {}  # the tail repeats' (shared too: one build)
         for peer in [p for p, due in self._tail.items() if due <= now]:
             del self._tail[peer]
             if peer not in self.outbox and not self.members.is_dead(peer):
                 prev = self._sent.get(peer)
                 if prev:
                     self.counters["tail_repeats"] += 1
-                    out.extend(self._flush(peer, _Outbox(now, prev[-1].hops)))
+                    hops = prev[-1].hops
+                    box = empty.setdefault(hops, Outbox(now, hops))
+                    out.extend(self._flush(peer, box, built))
         if self._notice_due is not None and self._notice_due <= now:
             self._notice_due = None
             self._last_notice = now

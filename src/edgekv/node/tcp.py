@@ -187,6 +187,11 @@ class TcpTransport:
         self._scope: anyio.CancelScope | None = None
         self._stopped = anyio.Event()
         self._closed = False
+        # the last message sent and its frame: a message object sent to several peers in a
+        # row (the origin's push at one flush moment) is encoded once; messages are never
+        # changed once handed to `send` (the reference keeps its identity unique)
+        self._last_message: Message | None = None
+        self._last_frame = b""
         # Connections whose handshake role is "client" (they have no listen address, so replies
         # must go back over their own connection) are handed whole to this callback.
         self.on_client = on_client
@@ -481,7 +486,11 @@ class TcpTransport:
     async def send(self, peer: str, message: Message) -> None:
         if self._closed:
             raise anyio.ClosedResourceError
-        frame = encode_frame(message, self.max_frame_size)
+        if message is self._last_message:  # one push for many peers: encoded once
+            frame = self._last_frame
+        else:
+            frame = encode_frame(message, self.max_frame_size)
+            self._last_message, self._last_frame = message, frame
         await anyio.lowlevel.checkpoint()
         self.stats.record_sent(type_name(message["t"]), len(frame))
         if self.faults is None:
