@@ -214,12 +214,12 @@ async def served(proc: trio.Process) -> tuple[float, dict[str, str]]:
 _CLIENT: httpx.AsyncClient | None = None  # the polls' one client (see `status`)
 
 
-async def status(http: str, tries: int = 3) -> dict[str, Any]:
+async def status(http: str, tries: int = 5) -> dict[str, Any]:
     """An edge's /status.  An edge just past its snapshot on a starved CPU (ten of them on
     one core, building their trees and rewriting their files) may take longer than one
-    timeout to answer (the 1M-key 10-edge step crashed on that), or close the connection
-    unanswered (hypercorn's head timer ran out while its loop was starved): it is asked
-    again.
+    timeout to answer (the 1M-key 10-edge step crashed on that), close the connection
+    unanswered (hypercorn's head timer ran out while its loop was starved) or refuse it
+    (a 200k-key run at load 10-17 crashed on that): it is asked again, a second later.
 
     One client serves every poll of a run: making an `httpx.AsyncClient` loads a TLS context
     (15-60 ms of CPU here), and the away step polls every 20 ms from this process, which
@@ -231,9 +231,10 @@ async def status(http: str, tries: int = 3) -> dict[str, Any]:
     for i in range(tries):
         try:
             r = await _CLIENT.get(f"http://{http}/status", timeout=60)
-        except (httpx.TimeoutException, httpx.RemoteProtocolError):
+        except httpx.TransportError:  # timeouts, connections closed or refused
             if i == tries - 1:
                 raise
+            await trio.sleep(1.0)
             continue
         return r.json()  # type: ignore[no-any-return]
     raise AssertionError("unreachable")
