@@ -502,3 +502,17 @@ def test_the_origin_builds_one_push_per_flush_moment_for_all_its_peers() -> None
     assert all(len(m) == len(sim.edges) for m in moments[2:])
     shapes = [(len(m), len({id(x) for x in m})) for m in moments]
     assert all(d == 1 for _, d in shapes[2:]), shapes
+
+
+def test_the_floor_adds_no_tail_repeats_on_a_fast_link() -> None:
+    """A burst's last push is repeated (a loss on the link is repaired) by the link's window:
+    writes 10 ms apart on a 0.2 ms link are no burst, whatever the origin's floor."""
+    sim = Sim(6, seed=9, latency=0.0001)
+    warm(sim, 8.0)
+    for e in sim.edges:
+        sim.origin.note_link_rtt(e, 0.0002)
+    before = sim.origin.counters["tail_repeats"]
+    write_stream(sim, 12.0, 100, 0.01)
+    sim.run_until(14.0)
+    assert not sim.missing() and sim.converged()
+    assert sim.origin.counters["tail_repeats"] == before

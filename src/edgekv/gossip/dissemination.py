@@ -332,15 +332,16 @@ class Dissemination(Part):
         if rtt > 0.0 and peer in self.members.peers:
             self.link_rtts[peer] = rtt
 
-    def window(self, peer: str, longest: float) -> float:
+    def window(self, peer: str, longest: float, floor: bool = True) -> float:
         """The batching window toward `peer` (rule 1): `push_rtt_factor` times the link's round
         trip (the driver's measure, else the lowest probe: a loaded host's delays are no reason
-        to batch longer), at most `longest`; `longest` while no round trip is known."""
+        to batch longer), at most `longest`; `longest` while no round trip is known.  At the
+        origin at least `push_min_window` (unless not `floor`: the link's own window)."""
         cfg = self.config
         factor = cfg.push_rtt_factor
         rtt = self.link_rtts.get(peer) or self.members.link_rtt(peer)
         w = min(longest, factor * rtt) if factor > 0 and rtt > 0 else longest
-        if self.role == "origin":  # the floor under load (rule 1)
+        if floor and self.role == "origin":  # the floor under load (rule 1)
             w = max(w, min(longest, cfg.push_min_window))
         return w
 
@@ -479,8 +480,11 @@ class Dissemination(Part):
             self._last_flush[peer] = now
             if not self.members.is_dead(peer):
                 out.extend(self._flush(peer, box, built))
-                # a burst (pushes a window apart) that ends gets its last push repeated
-                w = self.window(peer, self.config.push_window)
+                # a burst (pushes a window apart) that ends gets its last push repeated: the
+                # link's window (the repeat repairs a loss on the link; the floor only spares
+                # the origin's work, and with it writes 10 ms apart were a burst, each push
+                # repeated 7.5 ms later)
+                w = self.window(peer, self.config.push_window, floor=False)
                 if now - last <= 2 * w:
                     self._tail[peer] = now + 1.5 * w
                 else:
