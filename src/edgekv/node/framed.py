@@ -5,11 +5,15 @@
 when configured), then `send`/`receive` carry one message per frame.  Until the handshake is
 done frames are capped at `HANDSHAKE_MAX_FRAME`, so an unauthenticated peer cannot make us
 buffer more.  The TCP transport (tcp.py) and the origin's client protocol both use it.
+Past the handshake, a plain socket under trio is read directly (`sockio.receive_ready`: one
+trip through the scheduler per read, no read that fails first); TLS and asyncio go through the
+stream.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +34,7 @@ from edgekv.gossip.wire import (
     encode_frame,
 )
 from edgekv.node.limits import DEFAULT_NET_LIMITS, ByteBudget
+from edgekv.node.sockio import direct_socket, receive_ready
 
 __all__ = [
     "CONNECT_TIMEOUT",
@@ -118,6 +123,8 @@ class FramedStream(anyio.abc.AsyncResource):
         # called once when `abort` closes it (an outbound connection's descriptor given back
         # to the node's FdBudget, fdbudget.py)
         self.on_close: Callable[[], None] | None = None
+        self._sock: socket.socket | None = None  # read directly once authenticated (`_read`)
+        self._sock_checked = False
 
     @classmethod
     async def connect(
@@ -244,7 +251,7 @@ class FramedStream(anyio.abc.AsyncResource):
             if budget is not None and budget.full:
                 await self._room(budget)
             try:
-                data = await self.stream.receive(_READ_SIZE)
+                data = await self._read()
             except anyio.EndOfStream:
                 if decoder.buffered:
                     raise RemoteProtocolError("connection closed inside a frame") from None
@@ -252,6 +259,24 @@ class FramedStream(anyio.abc.AsyncResource):
             decoder.receive_data(data)
             if budget is not None:
                 self._settle(budget)
+
+    async def _read(self) -> bytes:
+        """The next bytes of the stream.  Past the handshake, on a plain socket under trio
+        (`sockio.direct_socket`), by waiting until the socket is readable and reading it: one
+        trip through the scheduler per read, where the stream's `receive` first tries a read
+        that fails, then waits, then yields once more after reading."""
+        sock = self._sock
+        if sock is None:
+            if self.peer is None or self._sock_checked:
+                return await self.stream.receive(_READ_SIZE)
+            self._sock_checked = True
+            sock = self._sock = direct_socket(self.stream)
+            if sock is None:
+                return await self.stream.receive(_READ_SIZE)
+        try:
+            return await receive_ready(sock, _READ_SIZE)
+        except OSError as exc:  # as the stream's `receive` says it (a reset connection)
+            raise anyio.BrokenResourceError from exc
 
     async def _room(self, budget: ByteBudget) -> None:
         """Wait until `budget` has room.  Holding part of a frame, wait `room_timeout` at most,

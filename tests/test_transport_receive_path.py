@@ -1,0 +1,128 @@
+"""The receive path's shortcuts (issue #15, CPU per push at an edge): an authenticated framed
+stream reads its socket directly, the transport's inbox hands over waiting messages without a
+yield each (but still yields during a burst)."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import anyio.abc
+import pytest
+import trio
+
+from edgekv.errors import RemoteProtocolError
+from edgekv.gossip.transport import Envelope
+from edgekv.gossip.wire import encode_frame
+from edgekv.node import tcp
+from edgekv.node.tcp import FramedStream, LinkOptions, TcpTransport
+
+KEY = b"cluster-secret"
+CLUSTER = "test-cluster"
+
+
+def link(node_id: str) -> LinkOptions:
+    return LinkOptions(cluster_id=CLUSTER, node_id=node_id, role="edge", key=KEY)
+
+
+@asynccontextmanager
+async def framed_pair() -> AsyncIterator[tuple[FramedStream, FramedStream]]:
+    """(client, server) framed streams over a real loopback TCP connection, handshaken."""
+    accepted: list[FramedStream] = []
+    got = anyio.Event()
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+
+    async def handle(stream: anyio.abc.SocketStream) -> None:
+        accepted.append(await FramedStream.accept(stream, link("server")))
+        got.set()
+        await anyio.sleep_forever()
+
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, handle)
+        client = await FramedStream.connect(f"127.0.0.1:{port}", link("client"))
+        await got.wait()
+        try:
+            yield client, accepted[0]
+        finally:
+            await client.abort()
+            await accepted[0].abort()
+            tg.cancel_scope.cancel()
+
+
+def forbid_stream_receive(fs: FramedStream) -> None:
+    """Make the stream's own `receive` fail: only a direct read of the socket can work."""
+
+    async def receive(max_bytes: int = 65536) -> bytes:
+        raise AssertionError("read through the stream, not the socket")
+
+    fs.stream.receive = receive  # type: ignore[method-assign]
+
+
+async def test_authenticated_stream_reads_its_socket_directly() -> None:
+    with trio.fail_after(10):
+        async with framed_pair() as (client, server):
+            forbid_stream_receive(server)
+            frame = encode_frame({"t": 10, "v": b"x" * 1000})
+            for i in range(0, len(frame), 97):  # any chunking
+                await client.send_frame(frame[i : i + 97])
+                await trio.sleep(0.001)
+            await client.send({"t": 10, "n": 1})
+            await client.send({"t": 10, "n": 2})
+            assert await server.receive_sized() == ({"t": 10, "v": b"x" * 1000}, len(frame))
+            assert await server.receive() == {"t": 10, "n": 1}
+            assert await server.receive() == {"t": 10, "n": 2}
+
+
+async def test_direct_reads_end_as_the_stream_would() -> None:
+    with trio.fail_after(10):
+        async with framed_pair() as (client, server):  # a clean close between frames
+            await client.send({"t": 10})
+            assert await server.receive() == {"t": 10}
+            await client.stream.send_eof()
+            with pytest.raises(anyio.EndOfStream):
+                await server.receive()
+        async with framed_pair() as (client, server):  # a close inside a frame
+            await client.send_frame(struct.pack(">I", 100) + b"\x00" * 10)
+            await client.stream.send_eof()
+            with pytest.raises(RemoteProtocolError):
+                await server.receive()
+        async with framed_pair() as (client, server):  # a reset: BrokenResourceError
+            await client.send({"t": 10})
+            assert await server.receive() == {"t": 10}
+            sock: Any = client.stream.extra(anyio.abc.SocketAttribute.raw_socket)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            await client.abort()
+            with pytest.raises(anyio.BrokenResourceError):
+                await server.receive()
+
+
+async def test_inbox_hands_over_a_burst_and_still_yields() -> None:
+    """Messages already in the inbox come out without a yield each, but at least one yield per
+    `_RECEIVE_BURST` of them, so other tasks run during a long burst."""
+    with trio.fail_after(10):
+        async with TcpTransport.serve(cluster_id=CLUSTER, node_id="n", key=KEY) as t:
+            n = 4 * tcp._RECEIVE_BURST
+            for i in range(n):
+                t._inbox_send.send_nowait((Envelope("peer:1", {"t": 10, "i": i}), 0))
+            turns = 0
+
+            async def other() -> None:
+                nonlocal turns
+                while True:
+                    turns += 1
+                    await trio.lowlevel.checkpoint()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(other)
+                await trio.lowlevel.checkpoint()
+                start = turns
+                got = [(await t.receive()).message["i"] for _ in range(n)]
+                ran = turns - start
+                nursery.cancel_scope.cancel()
+            assert got == list(range(n))  # in order, none lost
+            assert n // tcp._RECEIVE_BURST - 1 <= ran < n // 2
