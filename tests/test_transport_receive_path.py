@@ -12,13 +12,14 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.streams.stapled
 import pytest
 import trio
 
 from edgekv.errors import RemoteProtocolError
 from edgekv.gossip.transport import Envelope
 from edgekv.gossip.wire import encode_frame
-from edgekv.node import tcp
+from edgekv.node import sockio, tcp
 from edgekv.node.tcp import FramedStream, LinkOptions, TcpTransport
 
 KEY = b"cluster-secret"
@@ -106,7 +107,7 @@ async def test_inbox_hands_over_a_burst_and_still_yields() -> None:
     `_RECEIVE_BURST` of them, so other tasks run during a long burst."""
     with trio.fail_after(10):
         async with TcpTransport.serve(cluster_id=CLUSTER, node_id="n", key=KEY) as t:
-            n = 4 * tcp._RECEIVE_BURST
+            n = 16 * tcp._RECEIVE_BURST
             for i in range(n):
                 t._inbox_send.send_nowait((Envelope("peer:1", {"t": 10, "i": i}), 0))
             turns = 0
@@ -125,4 +126,28 @@ async def test_inbox_hands_over_a_burst_and_still_yields() -> None:
                 ran = turns - start
                 nursery.cancel_scope.cancel()
             assert got == list(range(n))  # in order, none lost
-            assert n // tcp._RECEIVE_BURST - 1 <= ran < n // 2
+            # one yield per burst (the other task runs once per yield, give or take one)
+            assert n // (tcp._RECEIVE_BURST + 1) - 2 <= ran < n // 4
+
+
+async def test_direct_socket_is_asked_of_anyio_once_per_stream(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The senders ask `direct_socket` at every frame: the answer is remembered per stream."""
+    calls: list[object] = []
+    raw = sockio._raw
+
+    def counting(stream: anyio.abc.ByteStream) -> socket.socket | None:
+        calls.append(stream)
+        return raw(stream)
+
+    monkeypatch.setattr(sockio, "_raw", counting)
+    with trio.fail_after(10):
+        async with framed_pair() as (client, _server):
+            sock = sockio.direct_socket(client.stream)
+            assert sock is not None
+            assert sock is client.stream.extra(anyio.abc.SocketAttribute.raw_socket)
+            assert all(sockio.direct_socket(client.stream) is sock for _ in range(10))
+            assert calls.count(client.stream) == 1
+            stapled = anyio.streams.stapled.StapledByteStream(client.stream, client.stream)
+            assert sockio.direct_socket(stapled) is None  # not a plain socket stream
