@@ -165,12 +165,6 @@ async def test_watch_through_the_edge(net: SimNetwork, autojump_clock: Any) -> N
         assert [e for e in events if e.key == "user:1"][-1].deleted
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known regression since 5f52f5e (issue #13, delta asked while the file loads): in"
-    " about half the runs the restarted edge does not reach the origin's watermark after the"
-    " partition heals, even within 300 s of virtual time; open, see the closing note",
-)
 async def test_restart_serves_persisted_state_then_catches_up(
     net: SimNetwork, autojump_clock: Any, tmp_path: Any
 ) -> None:

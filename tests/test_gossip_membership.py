@@ -10,6 +10,7 @@ import pytest
 from edgekv.crdt import Put, Replica
 from edgekv.gossip import GossipConfig, GossipNode
 from edgekv.gossip import messages as m
+from edgekv.gossip.membership import CONFIGURED_PING_SECONDS
 from edgekv.gossip.wire import MsgType
 from gossip_sim import Sim
 
@@ -52,6 +53,23 @@ def test_healed_partition_rejoins() -> None:
     sim.run_until(24.0)
     for node in sim.nodes.values():
         assert all(p.state == "alive" for p in node.peers().values())
+
+
+def test_edges_find_their_origin_within_seconds_of_a_heal_after_hours_apart() -> None:
+    # a dead peer is re-pinged ever more rarely (chance 30 s / time dead); the origin may not
+    # be, or an edge cut off for hours would wait hours more after the heal; nor forgotten
+    sim = Sim(4, seed=24)
+    sim.start()
+    sim.run_until(2.0)
+    sim.partition(["origin"], list(sim.edges))
+    apart = GossipConfig().dead_forget + 100.0
+    sim.run_until(apart)
+    assert {n.peers()["origin"].state for a, n in sim.nodes.items() if a != "origin"} == {"dead"}
+    sim.heal()
+    sim.run_until(apart + CONFIGURED_PING_SECONDS + 3.0)
+    for addr, node in sim.nodes.items():
+        assert len(node.peers()) == 4, addr
+        assert all(p.state == "alive" for p in node.peers().values()), addr
 
 
 def test_suspicion_about_self_is_refuted_with_a_higher_incarnation() -> None:

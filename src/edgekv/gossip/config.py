@@ -84,7 +84,8 @@ class GossipConfig:
     members_interval: float = 10.0
     """Full member list gossip to one random peer every interval (changes also piggyback)."""
     dead_forget: float = 3600.0
-    """Dead peers are kept (for revival and tie-breaking) this long, then forgotten."""
+    """Dead peers are kept (for revival and tie-breaking) this long, then forgotten; seeds and the
+    origin never are (they are re-pinged until they answer)."""
 
     # -- catch-up and anti-entropy ------------------------------------------------------------
     ae_interval: float = 2.0

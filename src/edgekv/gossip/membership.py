@@ -20,9 +20,10 @@ Theory of operation
    own incarnation, which then spreads as an ALIVE row.  Each change is piggybacked on a few
    pings and acks (about 3 log2 N times) and the full table goes to one peer every
    `members_interval`, scaled up past 32 members as memberlist's push-pull is (`members_scale`:
-   one more interval per doubling), so table traffic per node grows with log N, not N.  Each ping interval one random dead peer is pinged too (so the two
-   halves of a healed partition, each believing the other dead, find each other again); a peer
-   dead for long is pinged ever more rarely.
+   one more interval per doubling), so table traffic per node grows with log N, not N.  Each
+   ping interval one random dead peer is pinged too (so the two halves of a healed partition,
+   each believing the other dead, find each other again); a peer dead for long is pinged ever
+   more rarely, except a dead seed or origin, pinged at least every CONFIGURED_PING_SECONDS.
 4. Direct evidence overrides gossip locally: any message from a peer marks it alive (a dead
    peer that talks again is revived, and told it was dead so that it refutes everywhere; the
    sync and anti-entropy paths then catch it up).
@@ -80,6 +81,7 @@ MAX_CANDIDATES = 1024  # unvouched addresses awaiting a configured peer's word (
 CANDIDATE_ASKS = 3  # asks about one candidate before it is dropped
 CANDIDATES_PER_ROUND = 64  # candidates asked about per ping interval, in one MEMBERS ask
 DEAD_PING_SECONDS = 30.0  # a peer dead for t seconds is re-pinged with chance min(1, 30 / t)
+CONFIGURED_PING_SECONDS = 10.0  # ...but a dead seed or origin at least this often
 
 
 def members_scale(members: int) -> int:
@@ -154,6 +156,7 @@ class Membership:
         self._cache_version = -1
         self._cache: tuple[list[str], list[str], list[str]] = ([], [], [])
         self._suspects: dict[str, float] = {}  # suspect address -> since
+        self._dead_pinged: dict[str, float] = {}  # dead seed or origin -> when last re-pinged
         self.typical_rtt = 0.0  # smoothed over every direct probe (a new peer's first guess)
         self.lowest_rtt = 0.0  # the lowest direct probe to any peer
         self._forgotten: dict[str, None] = {}  # addresses a member left (rule 6), oldest first
@@ -525,16 +528,14 @@ class Membership:
             out.extend(self._ask_about_candidates())
             out.extend(Send(a, Members([], want=True).to_wire()) for a in self._ask_table)
             self._ask_table.clear()
-            dead = self._lists()[2]
-            if dead:  # a healed partition: both sides think the other dead; one ping rejoins them
-                a = self.rng.choice(dead)
-                if self.rng.random() < DEAD_PING_SECONDS / max(1e-9, now - self.peers[a].since):
-                    self._seq += 1
-                    out.append(Send(a, self._ping_msg(self._seq)))
-                    self.counters["pings_dead"] += 1
+            out.extend(self._ping_dead(now))
         if self.next_members <= now:
             self.next_members = now + cfg.members_interval * members_scale(len(self.peers) + 1)
-            forget = [a for a in self._lists()[2] if self.peers[a].since + cfg.dead_forget <= now]
+            forget = [
+                a
+                for a in self._lists()[2]
+                if self.peers[a].since + cfg.dead_forget <= now and not self._configured(a)
+            ]
             for a in forget:
                 del self.peers[a]
                 self._updates.pop(a, None)
@@ -543,6 +544,33 @@ class Membership:
             live = self.alive()
             if live:
                 out.append(Send(self.rng.choice(live), Members(self.rows()).to_wire()))
+        return out
+
+    def _ping_dead(self, now: float) -> list[Send]:
+        """Re-ping dead peers (rule 3): an edge cut off from its origin for hours finds it again
+        within CONFIGURED_PING_SECONDS of the heal."""
+        dead = self._lists()[2]
+        if not dead:
+            self._dead_pinged.clear()
+            return []
+        due: set[str] = set()
+        a = self.rng.choice(dead)
+        if self.rng.random() < DEAD_PING_SECONDS / max(1e-9, now - self.peers[a].since):
+            due.add(a)
+        for a in dead:
+            if self._configured(a):
+                last = self._dead_pinged.get(a, self.peers[a].since)
+                if now - last >= CONFIGURED_PING_SECONDS:
+                    due.add(a)
+        for gone in [a for a in self._dead_pinged if a not in self.peers or not self.is_dead(a)]:
+            del self._dead_pinged[gone]
+        out = []
+        for a in sorted(due):
+            if self._configured(a):
+                self._dead_pinged[a] = now
+            self._seq += 1
+            out.append(Send(a, self._ping_msg(self._seq)))
+            self.counters["pings_dead"] += 1
         return out
 
     def _ask_about_candidates(self) -> list[Send]:
