@@ -80,8 +80,9 @@ def rss(pid: int) -> int:
 class Load:
     """`writers` put loops against the origin, recording (time, latency) per acknowledged put."""
 
-    def __init__(self, address: str, writers: int, keys: int) -> None:
+    def __init__(self, address: str, writers: int, keys: int, rate: float = 0.0) -> None:
         self.address, self.writers, self.keys = address, writers, keys
+        self.interval = writers / rate if rate > 0 else 0.0  # each loop's pace (--rate)
         self.samples: list[tuple[float, float]] = []
         self.failed = 0
         self.stop = trio.Event()
@@ -97,7 +98,11 @@ class Load:
         value = b"w" * 100
         async with OriginClient(self.address) as client:
             task_status.started()
+            due = trio.current_time() + self.interval * i / self.writers
             while not self.stop.is_set():
+                if self.interval:  # --rate: a steady pace, not as fast as the origin answers
+                    await trio.sleep_until(due)
+                    due = max(due + self.interval, trio.current_time() - 1.0)
                 key = KEY_FORMAT.format(rng.randrange(self.keys))
                 t = time.perf_counter()
                 try:
@@ -294,7 +299,7 @@ async def one_run(prepared: Path, args: argparse.Namespace) -> dict[str, dict[st
         shutil.copytree(prepared, work / "origin")
         origin, address = await start_origin(work / "origin")
         procs.append(origin)
-        load = Load(address, args.writers, args.keys)
+        load = Load(address, args.writers, args.keys, args.rate)
         peak = Peak({"origin": origin.pid})
         async with trio.open_nursery() as nursery:
             await nursery.start(load.run)
@@ -311,6 +316,7 @@ async def one_run(prepared: Path, args: argparse.Namespace) -> dict[str, dict[st
 
             def step(name: str) -> dict[str, Any]:
                 r = out[name] = {"idle": idle, "idle_cpu": idle_cpu, "load": os.getloadavg()[0]}
+                r["rate"] = args.rate
                 return r
 
             # 1. one fresh edge, from the origin
@@ -343,11 +349,10 @@ async def one_run(prepared: Path, args: argparse.Namespace) -> dict[str, dict[st
                 steady_a = peak.peak["edge-a"]
                 peak.reset()
                 origin_cpu = process_cpu(origin.pid)
-                many = [
-                    await spawn_edge(edges / f"edge-{i}", address, [addr_a])
-                    for i in range(args.edges)
-                ]
-                procs += [p for p, _ in many]
+                many = []
+                for i in range(args.edges):
+                    many.append(await spawn_edge(edges / f"edge-{i}", address, [addr_a]))
+                    procs.append(many[-1][0])
                 start = many[0][1]
                 lines = [await served(p) for p, _ in many]
                 end = max(t for t, _ in lines)
@@ -422,8 +427,11 @@ async def one_run(prepared: Path, args: argparse.Namespace) -> dict[str, dict[st
         if _CLIENT is not None:  # bound to this trio run
             await _CLIENT.aclose()
             _CLIENT = None
-        for p in procs:
+        for p in procs:  # at once, even on Ctrl-C (a cancelled await would leave them)
             if p.returncode is None:
+                p.terminate()
+        with trio.CancelScope(shield=True):
+            for p in procs:
                 await stop(p) if p is not procs[0] else await stop_origin(p)
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(edges, ignore_errors=True)
@@ -469,6 +477,13 @@ def main() -> None:
     parser.add_argument("--edges", type=int, default=10)
     parser.add_argument("--writers", type=int, default=8)
     parser.add_argument("--idle", type=float, default=3.0, help="seconds of idle measurement")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="puts/s of all the put loops together, at a steady pace (default 0: each loop as"
+        " fast as the origin answers)",
+    )
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument(
         "--only",
@@ -708,6 +723,11 @@ def report(args: argparse.Namespace, steps: dict[str, Any], switch: list[Any]) -
     provenance = "; ".join(
         f"{titles[name]}: {len(s['runs'])} run(s) on {s['when']} (commit {s['commit']}), load "
         + ", ".join(f"{r['load']:.2f} -> {r['load_end']:.2f}" for r in s["runs"])
+        + "".join(
+            f", puts paced at {r['rate']:,.0f}/s (--rate; the idle figure too)"
+            for r in s["runs"][:1]
+            if r.get("rate")
+        )
         for name, s in sorted(steps.items(), key=lambda kv: STEPS.index(kv[0]))
     )
     failed = max((r["failed_puts"] for s in steps.values() for r in s["runs"]), default=0)
