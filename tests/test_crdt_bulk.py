@@ -312,7 +312,8 @@ _REG_DAMAGE: dict[str, Callable[[bytes], bytes]] = {
 )
 def test_damaged_register_columns_are_refused(tmp_path: Path, damage: str) -> None:
     """The column-wise register checks of the loader refuse what `_register` refuses."""
-    from edgekv.node.persistence import ReplicaStore, _register
+    from edgekv.node.filerows import _register
+    from edgekv.node.persistence import ReplicaStore
 
     _saved_db(tmp_path)
     db = sqlite3.connect(tmp_path / "edge.db")

@@ -149,7 +149,8 @@ def test_membership_ignores_gossip_about_a_forgotten_address() -> None:
     from collections import Counter
 
     from edgekv.gossip.config import GossipConfig
-    from edgekv.gossip.membership import DEAD, Membership
+    from edgekv.gossip.membership import Membership
+    from edgekv.gossip.peer import DEAD
 
     m = Membership("10.0.0.1:1", "edge", GossipConfig(), random.Random(1), Counter())
     m.heard_from("10.0.0.2:1", 0.0)

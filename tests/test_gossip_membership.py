@@ -162,7 +162,7 @@ def test_graceful_leave_marks_the_node_dead_at_once() -> None:
 
 
 def test_full_tables_thin_out_with_cluster_size() -> None:
-    from edgekv.gossip.membership import members_scale
+    from edgekv.gossip.peer import members_scale
 
     assert [members_scale(n) for n in (1, 32, 33, 64, 65, 1000)] == [1, 1, 2, 2, 3, 6]
     node = GossipNode("me", Replica(), seeds=[f"p{i}" for i in range(99)], rng=random.Random(4))

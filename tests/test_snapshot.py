@@ -127,7 +127,7 @@ def test_a_suspected_caught_up_edge_is_still_a_source_before_the_origin() -> Non
     # acks; leaving suspects out, all ten took the whole store from the origin (1M keys)
     import random
 
-    from edgekv.gossip.membership import SUSPECT
+    from edgekv.gossip.peer import SUSPECT
     from edgekv.gossip.snapshot import offer_sources
 
     sim = sim_with_sources(seed=15, sources=2)

@@ -6,7 +6,7 @@ returns; nothing in this package does I/O or reads a clock.
 
 from .config import GossipConfig
 from .core import GossipNode
-from .membership import PeerInfo
 from .messages import Send, parse
+from .peer import PeerInfo
 
 __all__ = ["GossipConfig", "GossipNode", "PeerInfo", "Send", "parse"]

@@ -63,7 +63,7 @@ from .catchup import CatchUp
 from .config import GossipConfig
 from .context import Context, Handler
 from .dissemination import Dissemination
-from .membership import DEAD, Membership, PeerInfo
+from .membership import Membership
 from .messages import (
     Ack,
     AeRoot,
@@ -81,6 +81,7 @@ from .messages import (
     SyncReq,
     parse,
 )
+from .peer import DEAD, PeerInfo
 from .snapshot import (
     SNAPSHOT_TYPES,
     SnapshotClient,

@@ -73,40 +73,15 @@ from .messages import (
     PingReq,
     Send,
 )
+from .peer import ALIVE, DEAD, SUSPECT, PeerInfo, members_scale
 
-ALIVE, SUSPECT, DEAD = "alive", "suspect", "dead"
-_RANK = {ALIVE: 0, SUSPECT: 1, DEAD: 2}
 MAX_FORGOTTEN = 1024  # moved-away addresses remembered (rule 6)
 MAX_CANDIDATES = 1024  # unvouched addresses awaiting a configured peer's word (rule 8)
 CANDIDATE_ASKS = 3  # asks about one candidate before it is dropped
 CANDIDATES_PER_ROUND = 64  # candidates asked about per ping interval, in one MEMBERS ask
 DEAD_PING_SECONDS = 30.0  # a peer dead for t seconds is re-pinged with chance min(1, 30 / t)
 CONFIGURED_PING_SECONDS = 10.0  # ...but a dead seed or origin at least this often
-
-
-def members_scale(members: int) -> int:
-    """How many `members_interval`s between full tables in a cluster of `members` (rule 3):
-    1 up to 32 members, then one more per doubling (memberlist's pushPullScale)."""
-    return 1 if members <= 32 else math.ceil(math.log2(members) - 5) + 1
-
-
-@dataclass(slots=True)
-class PeerInfo:
-    """What this node knows about one peer."""
-
-    address: str
-    role: str = "edge"
-    incarnation: int = 0
-    state: str = ALIVE
-    since: float = 0.0  # when `state` last changed
-    watermark: int = 0  # the last watermark the peer advertised
-    purged: int = 0  # the peer's last advertised purge mark
-    last_seen: float = 0.0
-    rtt: float = 0.0  # smoothed round trip of direct probes (RFC 6298's 1/8 gain); 0: none yet
-    rtt_min: float = 0.0  # the lowest round trip of direct probes (the link's own delay)
-
-    def row(self) -> MemberRow:
-        return (self.address, self.role, self.incarnation, self.state)
+_RANK = {ALIVE: 0, SUSPECT: 1, DEAD: 2}
 
 
 @dataclass(slots=True)
@@ -550,28 +525,20 @@ class Membership:
         """Re-ping dead peers (rule 3): an edge cut off from its origin for hours finds it again
         within CONFIGURED_PING_SECONDS of the heal."""
         dead = self._lists()[2]
-        if not dead:
-            self._dead_pinged.clear()
-            return []
-        due: set[str] = set()
-        a = self.rng.choice(dead)
-        if self.rng.random() < DEAD_PING_SECONDS / max(1e-9, now - self.peers[a].since):
+        last = {
+            a: self._dead_pinged.get(a, self.peers[a].since) for a in dead if self._configured(a)
+        }
+        due = {a for a, t in last.items() if now - t >= CONFIGURED_PING_SECONDS}
+        if (
+            dead
+            and (a := self.rng.choice(dead))
+            and self.rng.random() < DEAD_PING_SECONDS / max(1e-9, now - self.peers[a].since)
+        ):
             due.add(a)
-        for a in dead:
-            if self._configured(a):
-                last = self._dead_pinged.get(a, self.peers[a].since)
-                if now - last >= CONFIGURED_PING_SECONDS:
-                    due.add(a)
-        for gone in [a for a in self._dead_pinged if a not in self.peers or not self.is_dead(a)]:
-            del self._dead_pinged[gone]
-        out = []
-        for a in sorted(due):
-            if self._configured(a):
-                self._dead_pinged[a] = now
-            self._seq += 1
-            out.append(Send(a, self._ping_msg(self._seq)))
-            self.counters["pings_dead"] += 1
-        return out
+        self._dead_pinged = last | {a: now for a in due if a in last}
+        self._seq += len(due)
+        self.counters["pings_dead"] += len(due)
+        return [Send(a, self._ping_msg(self._seq - k)) for k, a in enumerate(sorted(due))]
 
     def _ask_about_candidates(self) -> list[Send]:
         """Ask one configured peer for its rows about a batch of candidates (rule 8)."""

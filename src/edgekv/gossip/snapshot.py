@@ -111,9 +111,10 @@ from ..crdt.state import State
 from ..errors import RemoteProtocolError
 from .config import GossipConfig
 from .fields import MAX_SEQ
-from .membership import ALIVE, SUSPECT, Membership
+from .membership import Membership
 from .messages import Send
-from .snapshot_build import StagedSnapshot, TreeJob, live_copy
+from .peer import ALIVE, SUSPECT
+from .snapshot_build import Copies, StagedSnapshot, TreeJob, live_copy
 from .snapshot_file import FileBase, add_file_certs, adopt_file, file_seqs
 from .snapshot_server import SnapshotServer, offer_instead, offer_sources
 from .snapshot_wire import (
@@ -130,21 +131,10 @@ from .wire import Message
 
 PATIENCE_DOUBLINGS = 3  # rule 6: a transfer's silence allowed grows to 8x snapshot_timeout
 
-__all__ = [
-    "SNAPSHOT_TYPES",
-    "SnapshotClient",
-    "SnapshotServer",
-    "StagedSnapshot",
-    "TreeJob",
-    "offer_instead",
-    "offer_sources",
-    "parse_offer",
-    "snap_offer",
-]
+__all__ = ["SNAPSHOT_TYPES", "SnapshotClient", "SnapshotServer", "StagedSnapshot", "TreeJob"]
+__all__ += ["offer_instead", "offer_sources", "parse_offer", "snap_offer"]
 
 DELTA_STAGE_FROM = 20_000  # a delta's keys past this many are staged and rebuilt (rule 9)
-
-# --- receiver ------------------------------------------------------------------------------------
 
 
 @dataclass(slots=True)
@@ -249,8 +239,7 @@ class SnapshotClient:
         return wm if self.base_wm is None else max(wm, self.base_wm)
 
     def expect_base(self, wm: int) -> None:
-        """Rule 11: a restart's file, reflecting every seq up to `wm`, is loading; the node
-        asks for what changed after `wm` meanwhile and `install_base` joins the file in."""
+        """Rule 11: a restart's file (every seq up to `wm`) loads; `install_base` joins it."""
         self.base_wm = wm
 
     @property
@@ -271,10 +260,7 @@ class SnapshotClient:
         return True
 
     def install_base(
-        self,
-        loaded: Replica | None,
-        copies: list[tuple[StoreReplica, dict[str, State]]],
-        now: float,
+        self, loaded: Replica | None, copies: Copies, now: float
     ) -> tuple[list[Change], list[Send]]:
         """Rule 11: the indexed file (None: unreadable) joins the live replica; the joined
         changes and what to send.  `copies`: states to build its trees from (a job)."""
@@ -294,8 +280,7 @@ class SnapshotClient:
         return changes, []
 
     def note_origin(self, wm: int) -> None:
-        if self.target is None:
-            self.target = wm
+        self.target = wm if self.target is None else self.target
 
     def next_deadline(self) -> float:
         d = self._deadline if self.state in (self.CHOOSING, self.RUNNING) else float("inf")
@@ -512,10 +497,7 @@ class SnapshotClient:
                 )
             )
             return
-        group = self._groups.get(c.store)
-        if group is None:
-            group = self._groups[c.store] = {}
-        group.update(zip(c.keys, c.states, strict=True))
+        self._groups.setdefault(c.store, {}).update(zip(c.keys, c.states, strict=True))
 
     def take(self) -> StagedSnapshot | TreeJob | None:
         """The staged snapshot once the last chunk is in (then the driver builds it); after
@@ -527,9 +509,8 @@ class SnapshotClient:
         if self.state != self.BUILDING or self.base_wm is not None:  # rule 11: the file first
             return None
         self.state = self.LOADING
-        staged = StagedSnapshot(
-            self._groups, 0 if self._wm == MAX_SEQ else self._wm, self._purged, 0
-        )
+        wm = 0 if self._wm == MAX_SEQ else self._wm
+        staged = StagedSnapshot(self._groups, wm, self._purged, 0)
         staged.keys = self.progress.keys
         if self._file is not None:  # rule 11: the file's rows joined with the delta
             file, self._file = self._file, None
@@ -570,13 +551,15 @@ class SnapshotClient:
         self.counters["snapshot_trees_installed"] += self.replica.install_trees(built)
 
     def _reset(self, now: float) -> None:
-        self._cursor = None
-        self._timeouts = 0
-        self._delta_keys = 0
-        self._wm, self._purged = MAX_SEQ, 0
+        self._clear()
         self._tried.clear()
         self._refused.clear()
         self.finished_at = now
+
+    def _clear(self) -> None:
+        self._cursor = None
+        self._timeouts = self._delta_keys = 0
+        self._wm, self._purged = MAX_SEQ, 0
 
     def take_applied(self) -> list[Change]:
         """Changes a delta snapshot applied to the live replica since the last call."""
@@ -594,10 +577,7 @@ class SnapshotClient:
         self._groups = {}
         self._file = None  # (a file lost with a failed build: the next offer is whole)
         self._file_building = False
-        self._cursor = None
-        self._timeouts = 0
-        self._delta_keys = 0
-        self._wm, self._purged = MAX_SEQ, 0
+        self._clear()
 
     def status(self, now: float) -> dict[str, Any]:
         """Progress for /status and logs: keys, bytes, rate, time left."""

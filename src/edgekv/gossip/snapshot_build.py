@@ -49,12 +49,15 @@ class StagedSnapshot:
         return replica
 
 
+Copies = list[tuple[StoreReplica, dict[str, State]]]  # stores and copies of their states
+
+
 @dataclass(slots=True)
 class TreeJob:
     """The Merkle trees of an installed snapshot, built from copies of its states off the
     event loop after the install (rule 7; pure: safe in a worker thread)."""
 
-    copies: list[tuple[StoreReplica, dict[str, State]]]
+    copies: Copies
     keys: int
 
     def build(self) -> list[tuple[StoreReplica, MerkleTree]]:

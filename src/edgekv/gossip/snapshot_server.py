@@ -33,8 +33,9 @@ from .chunks import delta_size
 from .config import GossipConfig
 from .fields import MAX_SEQ
 from .fields import field_int as _int
-from .membership import ALIVE, SUSPECT, Membership
+from .membership import Membership
 from .messages import Send
+from .peer import ALIVE, SUSPECT
 from .snapshot_wire import (
     MAX_CHUNK_KEYS,
     MAX_CREDIT,

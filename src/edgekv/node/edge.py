@@ -39,6 +39,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
+from dataclasses import astuple
 from functools import partial
 from pathlib import Path
 from types import TracebackType
@@ -49,9 +50,8 @@ import anyio.abc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgekv.clock import wall_clock_ms
-from edgekv.crdt import META, Delta, Replica, State
+from edgekv.crdt import META, Delta, Replica
 from edgekv.crdt.proofs import Certificate, ProofStore
-from edgekv.crdt.replica import StoreReplica
 from edgekv.crdt.version import Version
 from edgekv.errors import (
     EdgeKVError,
@@ -65,6 +65,7 @@ from edgekv.gossip.config import GossipConfig
 from edgekv.gossip.core import GossipNode
 from edgekv.gossip.messages import Send
 from edgekv.gossip.snapshot import StagedSnapshot, TreeJob
+from edgekv.gossip.snapshot_build import Copies
 from edgekv.gossip.transport import Transport
 from edgekv.gossip.wire import Message, PeerIdentity
 from edgekv.node import gcpolicy, kvstore
@@ -326,8 +327,7 @@ class EdgeNode:
         as a job once caught up) and adopted.  Then the flusher starts (persistence.py rule
         6)."""
         rows = await anyio.to_thread.run_sync(persist.read_rows)
-        keys, watermark = 0, 0
-        joined = False
+        keys, watermark, joined = 0, 0, False
         if rows is not None:
             keys = sum(map(len, rows.groups.values())) - len(rows.groups.get(META, ()))
             watermark = self._file_wm
@@ -340,7 +340,7 @@ class EdgeNode:
             await self.runtime.run_core(join)
         if not joined:
 
-            def index() -> tuple[Replica | None, list[tuple[StoreReplica, dict[str, State]]]]:
+            def index() -> tuple[Replica | None, Copies]:
                 if rows is None:
                     return None, []
                 replica = persist.index_rows(rows)
@@ -364,10 +364,7 @@ class EdgeNode:
             "event=loaded node=%s keys=%d watermark=%d seconds=%.3f corrupt_moved_to=%s"
             " with_delta=%s",
             self.node_id,
-            report.keys,
-            report.watermark,
-            report.seconds,
-            report.corrupt_moved_to,
+            *astuple(report),
             joined,
         )
         await tg.start(persist.run)
@@ -512,10 +509,7 @@ class EdgeNode:
         if not self._replica.has_store(name):
             raise StoreNotFound(f"no such store: {name!r}")
         return EdgeStore(
-            self._replica.store(name),
-            hub=self.hub,
-            writer=self._write,
-            clock=self._wall_ms,
+            self._replica.store(name), hub=self.hub, writer=self._write, clock=self._wall_ms
         )
 
     def stores(self) -> list[str]:
@@ -584,8 +578,7 @@ class EdgeNode:
     # -- status ------------------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        """Node id, address, watermark, lag behind the origin, peers, digest roots, counters
-        (node/edge_status.py)."""
+        """Node id, address, watermark, lag, peers, roots, counters (node/edge_status.py)."""
         return edge_status(self)
 
     def metrics_text(self) -> str:

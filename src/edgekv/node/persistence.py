@@ -23,7 +23,7 @@ Theory of operation
    `anyio.to_thread.run_sync` (SQLite in a worker thread, one transaction per flush).
 3. Loading: per store (names found by index probes), one query of its register rows in key
    order fetching only (key, seq, reg), then column-wise: every check is a C-level pass over
-   a column (`_registers`: types, the register header's flags, length and signs, and that its
+   a column (`filerows._registers`: types, the register header's flags, length and signs, and that its
    seq is the row's), and the rows become its states dict in one go; its other rows (few)
    are decoded one by one.
    `crdt.bulk_load_stores` then applies META first (so drop/recreate epochs apply), builds
@@ -59,44 +59,32 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
-from operator import is_, itemgetter
+from operator import is_
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 import anyio.abc
-from cbor2 import loads as cbor_loads
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgekv.crdt import META, Change, Register, Replica, State, bulk_load_stores
-from edgekv.crdt.bloom import BloomDelta
-from edgekv.crdt.codec import decode_delta, dumps, encode_delta, loads
+from edgekv.crdt.codec import dumps, encode_delta
 from edgekv.crdt.proofs import Certificate, ProofStore
-from edgekv.crdt.register import SEQ_AT, registers_valid
 from edgekv.crdt.seqranges import SeqRanges
 from edgekv.errors import EdgeKVError
 from edgekv.gossip.snapshot_file import FileBase
 from edgekv.node import gcpolicy
+from edgekv.node.filerows import SEQ_BYTES, CorruptDatabase, quick_check, read_meta, read_states
 
 __all__ = ["CorruptDatabase", "LoadReport", "ReplicaStore"]
-
-_new_bytes = bytes.__new__
 
 logger = logging.getLogger("edgekv.persistence")
 
 FORMAT = 4  # 2: registers in four columns; 3: a register is one blob; 4: + certs
-MAX_SEQ = (1 << 63) - 1
 DB_NAME = "edge.db"
 FLUSH_INTERVAL = 0.5
 FLUSH_EAGER_KEYS = 50_000  # flush early when this many keys are dirty
-GIL_BLOCK = 1 << 16  # rows per C-level pass of a load in a worker thread (rule 6)
 RELEASE_ROWS = 100_000  # hand the C heap's free pages back after this many rows (gcpolicy rule 2)
-
-
-class CorruptDatabase(EdgeKVError):
-    """The edge database failed an integrity or decoding check."""
-
-    code = "corrupt_database"
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +160,7 @@ class ReplicaStore:
         self.loading = True  # until the caller has joined the rows (`loading = False`)
         try:
             self._db = self._open(check=False)  # checked by `load_states`, off the critical path
-            self._meta = _read_meta(self._db)
+            self._meta = read_meta(self._db)
         except (sqlite3.DatabaseError, CorruptDatabase, EdgeKVError) as exc:
             self.corrupt_moved_to = self._quarantine(exc)
             self._db = self._open()
@@ -200,7 +188,7 @@ class ReplicaStore:
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
-            _quick_check(db)
+            quick_check(db)
             rows = self._read_rows(db)
         except (sqlite3.DatabaseError, CorruptDatabase, EdgeKVError) as exc:
             self.corrupt_moved_to = self._quarantine(exc)
@@ -239,7 +227,7 @@ class ReplicaStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             if check:
-                _quick_check(db)
+                quick_check(db)
             db.execute(
                 "CREATE TABLE IF NOT EXISTS certs (sig BLOB PRIMARY KEY, key_id BLOB NOT NULL,"
                 " lo INTEGER NOT NULL, hi INTEGER NOT NULL, entries BLOB NOT NULL) WITHOUT ROWID"
@@ -264,7 +252,7 @@ class ReplicaStore:
     def _read_rows(self, db: sqlite3.Connection) -> FileBase:
         ranges, purged = self._meta
         try:
-            groups = _read_states(db)
+            groups = read_states(db)
             certs: list[Certificate] = []
             if self.public_keys is not None:
                 keys = ProofStore(self.public_keys, journal=False).keys  # by key id
@@ -459,126 +447,6 @@ class ReplicaStore:
                     await anyio.to_thread.run_sync(_checkpoint_and_close, db)
 
 
-# One store's rows in primary-key order (its keys sorted, so the key index sorts in linear
-# time): the registers (three columns: no store and state columns to fetch), then the others.
-_SELECT_REGISTERS = (
-    "SELECT key, seq, reg FROM states WHERE store = ? AND reg IS NOT NULL ORDER BY key"
-)
-_SELECT_OTHERS = "SELECT key, seq, state FROM states WHERE store = ? AND reg IS NULL ORDER BY key"
-# the seq field of a register's bytes (crdt/register.py)
-_SEQ_BYTES = itemgetter(slice(SEQ_AT, SEQ_AT + 8))
-_BIG: Literal["big"] = "big"
-_KEY, _SEQ, _BLOB = (itemgetter(i) for i in range(3))
-
-
-def _quick_check(db: sqlite3.Connection) -> None:
-    """SQLite's structural check of the whole file (0.2 s per million rows); CorruptDatabase."""
-    check = db.execute("PRAGMA quick_check").fetchall()
-    if check != [("ok",)]:
-        raise CorruptDatabase(f"quick_check: {'; '.join(str(r[0]) for r in check[:5])}")
-
-
-def _read_meta(db: sqlite3.Connection) -> tuple[list[tuple[int, int]], int]:
-    """(covered ranges, purge mark) of the file, checked (CorruptDatabase)."""
-    meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
-    try:
-        covered = loads(meta.get("covered") or dumps([]))
-    except Exception as exc:
-        raise CorruptDatabase(f"undecodable covered metadata: {exc!r}") from exc
-    purged = meta.get("purged") or 0
-    if type(purged) is not int or purged < 0 or type(covered) is not list:
-        raise CorruptDatabase("bad covered/purged metadata")
-    ranges = []
-    for item in covered:
-        if (
-            type(item) is not list
-            or len(item) != 2
-            or not all(type(x) is int and x >= 1 for x in item)
-            or item[0] > item[1]
-        ):
-            raise CorruptDatabase(f"bad covered range {item!r}")
-        ranges.append((item[0], item[1]))
-    return ranges, purged
-
-
-def _store_names(db: sqlite3.Connection) -> list[str]:
-    """The stores that have rows, in name order: one index probe each (no scan of the rows)."""
-    names: list[str] = []
-    row = db.execute("SELECT min(store) FROM states").fetchone()
-    while row is not None and row[0] is not None:
-        if type(row[0]) is not str:
-            raise CorruptDatabase("bad row: store is not text")
-        names.append(row[0])
-        row = db.execute("SELECT min(store) FROM states WHERE store > ?", (row[0],)).fetchone()
-    return names
-
-
-def _read_states(db: sqlite3.Connection) -> dict[str, dict[str, State]]:
-    """store -> key -> state, every row checked (a damaged row is CorruptDatabase).
-
-    Column-wise: each check is one C-level pass over a column (its types, then its range),
-    tens of ms per million rows instead of a Python call per row; a register row becomes a
-    `Register` by one C-level copy of its blob.  `_register` makes the same checks on one row.
-    """
-    groups: dict[str, dict[str, State]] = {}
-    for store in _store_names(db):
-        rows = db.execute(_SELECT_REGISTERS, (store,)).fetchall()
-        states = _registers(rows)
-        del rows
-        for key, seq, blob in db.execute(_SELECT_OTHERS, (store,)).fetchall():
-            if type(key) is not str or type(seq) is not int or type(blob) is not bytes:
-                raise CorruptDatabase("bad row: key, seq or state of the wrong type")
-            # our own writing: plain `cbor2.loads` (C) is enough, `decode_delta` still
-            # checks every field's type and range; any failure is a CorruptDatabase
-            delta = decode_delta(cbor_loads(blob))
-            if delta.seq != seq:
-                raise CorruptDatabase(f"bad row: seq {seq} but state at {delta.seq}")
-            states[key] = delta.to_state() if isinstance(delta, BloomDelta) else delta
-        groups[store] = states
-    return groups
-
-
-def _registers(rows: list[tuple[Any, ...]]) -> dict[str, State]:
-    """key -> Register from (key, seq, reg) rows, column-wise (see `_read_states`)."""
-    if not rows:
-        return {}
-    keys, seqs, regs = (list(map(g, rows)) for g in (_KEY, _SEQ, _BLOB))
-    if not set(map(type, keys)) <= {str}:
-        raise CorruptDatabase("bad row: key is not text")
-    if not set(map(type, seqs)) <= {int} or min(seqs) < 1 or max(seqs) > MAX_SEQ:
-        raise CorruptDatabase("bad row: seq is not an integer in range")
-    if not _registers_ok(regs, seqs):
-        for row in zip(regs, seqs, strict=True):
-            _register(*row)  # raises, naming the row
-        raise CorruptDatabase("bad register row")
-    # in blocks: one C-level call over a million rows holds the GIL for most of a second,
-    # and the edge's event loop (receiving its delta meanwhile) waits that long
-    states: dict[str, State] = {}
-    for i in range(0, len(keys), GIL_BLOCK):
-        block = slice(i, i + GIL_BLOCK)
-        states.update(zip(keys[block], map(_new_bytes, repeat(Register), regs[block]), strict=True))
-    return states
-
-
-def _registers_ok(regs: list[Any], seqs: list[int]) -> bool:
-    """The checks of `_register` on whole columns."""
-    if not registers_valid(regs):
-        return False
-    return list(map(int.from_bytes, map(_SEQ_BYTES, regs))) == seqs
-
-
-def _register(reg: object, seq: object) -> Register:
-    """A register from its row, every field checked (a damaged row is CorruptDatabase)."""
-    if (
-        type(reg) is not bytes
-        or type(seq) is not int
-        or not 1 <= seq <= MAX_SEQ
-        or not _registers_ok([reg], [seq])
-    ):
-        raise CorruptDatabase(f"bad register row: seq={seq!r} reg={reg!r:.80}")
-    return _new_bytes(Register, reg)
-
-
 def _checkpoint_and_close(db: sqlite3.Connection) -> None:
     try:
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -597,7 +465,7 @@ def _rows(store: str, keys: list[str], states: list[State]) -> Iterator[tuple[An
     """The rows of a whole store (rule 4): a store of plain values as C-level columns (its
     registers' seqs read from their headers), any other through `_row`."""
     if all(map(is_, map(type, states), repeat(Register))):
-        seqs = map(int.from_bytes, map(_SEQ_BYTES, states))  # type: ignore[arg-type]
+        seqs = map(int.from_bytes, map(SEQ_BYTES, states))  # type: ignore[arg-type]
         return zip(repeat(store), keys, seqs, states, repeat(None))
     return map(_row, repeat(store), zip(keys, states, strict=True))
 
