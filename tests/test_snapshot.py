@@ -782,15 +782,42 @@ def test_a_file_read_after_its_large_delta_is_built_with_it_into_one_replica() -
     assert not sim.check.violations
 
 
-def test_a_file_read_before_its_delta_ends_is_indexed_and_installed_instead() -> None:
+def test_a_file_read_while_its_large_delta_streams_is_kept_and_built_with_it() -> None:
+    sim, _back, node = _back_with_file_loading(seed=27)
+    node.bootstrap.delta_stage_from = 300  # 1,500 changed keys: a large delta
+    t = sim.now
+    while node.bootstrap.progress.keys <= 300:  # past the threshold, still streaming
+        t += 0.005
+        sim.run_until(t)
+        assert t < sim.now + 30, sim.seed
+    assert node.bootstrap.state == "running", sim.seed
+    file = filled()
+    groups = {name: dict(sr.states) for name, sr in file.stores.items()}
+    assert node.join_file(FileBase(groups, list(file.covered), file.purged, []))
+    assert node.bootstrap.file_pending and not node.bootstrap.ready()
+    assert node.bootstrap.floor() == KEYS + 2  # asks from the file's watermark meanwhile
+    sim.write("s", Put("k00009", b"during"))  # pushed meanwhile: joined at the install
+    sim.run_until(sim.now + 5.0)  # the delta ends; the driver builds it with the file, once
+    assert not node.bootstrap.file_pending, sim.seed
+    assert node.counters["snapshot_delta_rebuilds"] == 1, sim.seed
+    assert node.bootstrap.ready()
+    assert node.replica.state("s", "k00101") == file.state("s", "k00101")
+    assert node.replica.state("s", "k00009") == sim.origin.replica.state("s", "k00009")
+    assert node.replica.root == sim.origin.replica.root
+    assert node.replica.watermark == sim.origin.replica.watermark
+    assert not sim.check.violations
+
+
+def test_a_file_read_before_its_delta_grows_large_is_indexed_and_installed_instead() -> None:
     sim, back, node = _back_with_file_loading(seed=26)
     node.bootstrap.delta_stage_from = 300
-    sim.run_until(sim.now + 0.05)
+    sim.run_until(sim.now + 0.02)
+    assert node.bootstrap.state == "running" and node.bootstrap.progress.keys <= 300
     file = filled()
     groups = {name: dict(sr.states) for name, sr in file.stores.items()}
     assert not node.join_file(
         FileBase(groups, list(file.covered), file.purged, [])
-    )  # not staged yet
+    )  # little staged yet: indexed now, its keys served at once
     assert node.bootstrap.file_pending
     _install_file(sim, back, filled())  # indexed by the driver, then adopted
     assert not node.bootstrap.file_pending and node.bootstrap.active

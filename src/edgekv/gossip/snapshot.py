@@ -252,10 +252,11 @@ class SnapshotClient:
         with the delta (or dropped), False if the caller indexes them for `install_base`."""
         if self.base_wm is None:
             return True
-        if self.state != self.BUILDING or not self._since or self._staged_small():
+        if self.state not in (self.RUNNING, self.BUILDING) or not self._since:
             return False
-        self.base_wm = None
-        self._file = file
+        if self._staged_small():  # (a small delta so far: indexed now, served at once)
+            return False
+        self._file = file  # (`base_wm` stays: the floor, until the build takes the file)
         add_file_certs(self.replica.proofs, file.certs)
         return True
 
@@ -453,7 +454,7 @@ class SnapshotClient:
     def _restart_whole(self, now: float) -> list[Send]:
         """The delta cannot be completed (rule 9: deletions purged past `since`; rule 11: the
         file failed to load): start over as a whole snapshot, the file's data dropped."""
-        self.base_wm = None
+        self.base_wm, self._file = None, None
         self._since = 0
         self._cursor = None
         self._wm, self._purged = MAX_SEQ, 0
@@ -506,14 +507,14 @@ class SnapshotClient:
             job, self._tree_job = self._tree_job, None
             self._trees_out += 1
             return job
-        if self.state != self.BUILDING or self.base_wm is not None:  # rule 11: the file first
-            return None
+        if self.state != self.BUILDING or (self.base_wm is not None and self._file is None):
+            return None  # rule 11: the file first
         self.state = self.LOADING
         wm = 0 if self._wm == MAX_SEQ else self._wm
         staged = StagedSnapshot(self._groups, wm, self._purged, 0)
         staged.keys = self.progress.keys
         if self._file is not None:  # rule 11: the file's rows joined with the delta
-            file, self._file = self._file, None
+            file, self._file, self.base_wm = self._file, None, None
             self._file_building = True
             staged.base = file.groups
             staged.covered = [*file.covered, *self.replica.covered]
