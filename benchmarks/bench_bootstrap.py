@@ -27,7 +27,7 @@ figures then show what serving snapshots costs it, not what a fresh edge's own C
 a shared machine (unpinned on 2 CPUs, one edge receiving at full speed leaves the origin and
 its clients half the machine, whatever the protocol does).  `--no-pin` measures that case.
 Peak extra RSS of the responders (origin; the edge of step 1 in step 2) is sampled every 20 ms
-over their RSS during the idle window.  Also measured in-process: the catch-up answer's cost
+over their RSS right before the step (step 1: during the idle window).  Also measured in-process: the catch-up answer's cost
 per changed key (one synchronous call at the responder), which sets the switch point to
 snapshots (`GossipConfig.snapshot_from_keys`).
 """
@@ -121,6 +121,16 @@ class Load:
         if not lat or end <= start:
             return 0.0, float("nan")
         return len(lat) / (end - start), lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1e3
+
+
+async def baseline(peak: Peak, *names: str) -> list[int]:
+    """The RSS of these processes right before a step (their highest over 0.5 s): a step's
+    extra RSS is counted from there, not from the run's first idle window (the away step's
+    origin then counted the 500,000 writes made before it, and the ten edges' step what the
+    fresh step left, as memory spent serving)."""
+    peak.reset()
+    await trio.sleep(0.5)
+    return [peak.peak[n] for n in names]
 
 
 class Peak:
@@ -344,9 +354,7 @@ async def one_run(prepared: Path, args: argparse.Namespace) -> dict[str, dict[st
             if "ten" in args.only:
                 r = step("ten")
                 peak.pids["edge-a"] = edge.pid
-                peak.reset()
-                await trio.sleep(0.5)
-                steady_a = peak.peak["edge-a"]
+                steady_a, steady_o = await baseline(peak, "edge-a", "origin")
                 peak.reset()
                 origin_cpu = process_cpu(origin.pid)
                 many = []
@@ -360,7 +368,7 @@ async def one_run(prepared: Path, args: argparse.Namespace) -> dict[str, dict[st
                 r["many_put_cpu"] = r["many_origin_cpu"] / max(1, load.count(start, end))
                 r["many_s"] = end - start
                 r["many"] = load.window(start, end)
-                r["many_rss_origin"] = peak.peak["origin"] - steady["origin"]
+                r["many_rss_origin"] = peak.peak["origin"] - steady_o
                 r["many_rss_edge"] = peak.peak["edge-a"] - steady_a
                 sources: Counter[str] = Counter()
                 for _, f in lines:
@@ -381,6 +389,8 @@ async def one_run(prepared: Path, args: argparse.Namespace) -> dict[str, dict[st
                     1, load.count(t1, time.perf_counter())
                 )
                 r["load_end"] = os.getloadavg()[0]
+                for p, _ in many:  # all at once: each may flush its whole file first
+                    p.terminate()
                 for p, _ in many:
                     await stop(p)
                 del peak.pids["edge-a"]
@@ -399,6 +409,7 @@ async def one_run(prepared: Path, args: argparse.Namespace) -> dict[str, dict[st
                     high = max(v.seq for v in versions if v is not None)
                 await trio.sleep(1.0)  # the origin's flushes of those writes settle
                 r = step("away")
+                (steady_o,) = await baseline(peak, "origin")
                 peak.reset()
                 origin_cpu = process_cpu(origin.pid)
                 edge, spawned = await spawn_edge(edges / "edge-a", address, [])
@@ -414,7 +425,7 @@ async def one_run(prepared: Path, args: argparse.Namespace) -> dict[str, dict[st
                 r["away_put_cpu"] = r["away_origin_cpu"] / max(1, load.count(spawned, caught))
                 r["away_s"] = caught - spawned
                 r["away"] = load.window(spawned, caught)
-                r["away_rss"] = peak.peak["origin"] - steady["origin"]
+                r["away_rss"] = peak.peak["origin"] - steady_o
                 r["load_end"] = os.getloadavg()[0]
                 await check_serves(fields["http"], args.keys)
             for r in out.values():
