@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 from collections.abc import AsyncIterator
@@ -325,3 +326,30 @@ def test_a_large_restart_reads_first_and_builds_its_trees_in_a_thread(
                 assert node.replica.roots() == roots
 
     trio.run(main)
+
+
+async def test_a_ready_edge_stays_ready_while_a_later_delta_catches_it_up(
+    net: SimNetwork, autojump_clock: Any
+) -> None:
+    # readiness means "holds everything up to the origin's watermark as of joining": a later
+    # delta snapshot brings newer writes and takes nothing away, so a readiness probe must
+    # not flap while it runs (`syncing` says it)
+    config = dataclasses.replace(FAST, snapshot_from_keys=50, snapshot_chunk_bytes=1024)
+    async with origin_node(net.transport("origin:1"), config=config, seed=SEED) as origin:
+        await origin.write({"op": "create_store", "store": "s"})
+        edge = EdgeNode(
+            origin="origin:1", transport=net.transport("e1:1"), node_id="e1:1", config=config
+        )
+        async with edge:
+            assert edge.is_ready()
+            net.faults.isolate("e1:1")
+            for i in range(200):  # in many pushes: more than a push's repeats can carry
+                await origin.write({"op": "put", "store": "s", "key": f"k{i:03}", "value": b"v"})
+                await trio.sleep(0.05)
+            net.faults.heal()
+            await wait_until(lambda: edge.gossip.bootstrap.active)
+            assert edge.status()["syncing"] and not edge.gossip.bootstrap.ready()
+            assert edge.is_ready() and edge.status()["ready"]
+            await wait_until(lambda: edge.watermark == origin.replica.watermark)
+            assert edge.gossip.counters["snapshot_deltas"] == 1
+            assert edge.is_ready() and edge.open("s").get("k199") == b"v"

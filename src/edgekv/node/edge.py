@@ -195,8 +195,7 @@ class EdgeNode:
         self.hub = WatchHub()
         self.http_address: str | None = None
         self._ctx_token: Any = None
-
-    # -- properties ------------------------------------------------------------------------------
+        self._ready = False  # latched by `is_ready`
 
     @property
     def address(self) -> str:
@@ -490,11 +489,13 @@ class EdgeNode:
 
     def is_ready(self) -> bool:
         """True once this node holds everything up to the origin's watermark as first heard
-        after joining (no snapshot under way); see the module docstring."""
+        after joining (no snapshot under way then), and from then on while it runs: a later
+        delta only brings newer writes (`/status` `syncing` shows it); see the module doc."""
         runtime = self._runtime
         if runtime is None or not runtime.running:
             return False
-        return self.gossip.bootstrap.ready()
+        self._ready = self._ready or self.gossip.bootstrap.ready()
+        return self._ready
 
     async def wait_ready(self, *, poll: float = 0.01) -> None:
         """Wait until `is_ready()` (bound it with `anyio.move_on_after`)."""
