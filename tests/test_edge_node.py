@@ -338,7 +338,11 @@ async def test_a_ready_edge_stays_ready_while_a_later_delta_catches_it_up(
     async with origin_node(net.transport("origin:1"), config=config, seed=SEED) as origin:
         await origin.write({"op": "create_store", "store": "s"})
         edge = EdgeNode(
-            origin="origin:1", transport=net.transport("e1:1"), node_id="e1:1", config=config
+            origin="origin:1",
+            transport=net.transport("e1:1"),
+            node_id="e1:1",
+            config=config,
+            rng=random.Random(f"{SEED}-e1"),
         )
         async with edge:
             assert edge.is_ready()
@@ -346,10 +350,19 @@ async def test_a_ready_edge_stays_ready_while_a_later_delta_catches_it_up(
             for i in range(200):  # in many pushes: more than a push's repeats can carry
                 await origin.write({"op": "put", "store": "s", "key": f"k{i:03}", "value": b"v"})
                 await trio.sleep(0.05)
-            net.faults.heal()
-            await wait_until(lambda: edge.gossip.bootstrap.active)
-            assert edge.status()["syncing"] and not edge.gossip.bootstrap.ready()
-            assert edge.is_ready() and edge.status()["ready"]
-            await wait_until(lambda: edge.watermark == origin.replica.watermark)
+            seen: set[tuple[bool, bool]] = set()  # (syncing, ready) at each millisecond
+
+            async def probe() -> None:
+                while True:
+                    seen.add((edge.gossip.bootstrap.active, edge.is_ready()))
+                    await trio.sleep(0.001)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(probe)
+                net.faults.heal()
+                await wait_until(lambda: edge.watermark == origin.replica.watermark)
+                nursery.cancel_scope.cancel()
             assert edge.gossip.counters["snapshot_deltas"] == 1
+            assert (True, True) in seen and (True, False) not in seen, seen
+            assert edge.status()["ready"] and not edge.status()["syncing"]
             assert edge.is_ready() and edge.open("s").get("k199") == b"v"
