@@ -759,6 +759,24 @@ def test_a_file_loaded_mid_delta_is_joined_and_a_large_delta_rebuilt_with_it() -
     assert not sim.check.violations
 
 
+def _file_base(file: Replica) -> FileBase:
+    """`file` as a restart's loader reads it (rows not indexed)."""
+    groups = {name: dict(sr.states) for name, sr in file.stores.items()}
+    return FileBase(groups, list(file.covered), file.purged, [])
+
+
+def _assert_built_with_file(sim: Sim, node: GossipNode, file: Replica, during: str) -> None:
+    """One rebuild of the file with its delta: the file's keys, the key written during the
+    transfer, equal to the origin."""
+    assert node.counters["snapshot_delta_rebuilds"] == 1, sim.seed
+    assert node.bootstrap.ready()
+    assert node.replica.state("s", "k00101") == file.state("s", "k00101")
+    assert node.replica.state("s", during) == sim.origin.replica.state("s", during)
+    assert node.replica.root == sim.origin.replica.root
+    assert node.replica.watermark == sim.origin.replica.watermark
+    assert not sim.check.violations
+
+
 def test_a_file_read_after_its_large_delta_is_built_with_it_into_one_replica() -> None:
     sim, back, node = _back_with_file_loading(seed=25)
     node.bootstrap.delta_stage_from = 300  # 1,500 changed keys: a large delta
@@ -767,19 +785,12 @@ def test_a_file_read_after_its_large_delta_is_built_with_it_into_one_replica() -
     sim.write("s", Put("k00007", b"during"))  # pushed meanwhile: joined at the install
     sim.run_until(sim.now + 0.5)
     file = filled()
-    groups = {name: dict(sr.states) for name, sr in file.stores.items()}
-    assert node.join_file(FileBase(groups, list(file.covered), file.purged, []))
+    assert node.join_file(_file_base(file))
     assert node.bootstrap.file_pending  # not in the live replica before the build
     sim._after(back)  # the driver takes the job: one build of the file and the delta
     assert not node.bootstrap.file_pending
     sim.run_until(sim.now + 5.0)
-    assert node.counters["snapshot_delta_rebuilds"] == 1, sim.seed
-    assert node.bootstrap.ready()
-    assert node.replica.state("s", "k00101") == file.state("s", "k00101")
-    assert node.replica.state("s", "k00007") == sim.origin.replica.state("s", "k00007")
-    assert node.replica.root == sim.origin.replica.root
-    assert node.replica.watermark == sim.origin.replica.watermark
-    assert not sim.check.violations
+    _assert_built_with_file(sim, node, file, "k00007")
 
 
 def test_a_file_read_while_its_large_delta_streams_is_kept_and_built_with_it() -> None:
@@ -792,20 +803,13 @@ def test_a_file_read_while_its_large_delta_streams_is_kept_and_built_with_it() -
         assert t < sim.now + 30, sim.seed
     assert node.bootstrap.state == "running", sim.seed
     file = filled()
-    groups = {name: dict(sr.states) for name, sr in file.stores.items()}
-    assert node.join_file(FileBase(groups, list(file.covered), file.purged, []))
+    assert node.join_file(_file_base(file))
     assert node.bootstrap.file_pending and not node.bootstrap.ready()
     assert node.bootstrap.floor() == KEYS + 2  # asks from the file's watermark meanwhile
     sim.write("s", Put("k00009", b"during"))  # pushed meanwhile: joined at the install
     sim.run_until(sim.now + 5.0)  # the delta ends; the driver builds it with the file, once
     assert not node.bootstrap.file_pending, sim.seed
-    assert node.counters["snapshot_delta_rebuilds"] == 1, sim.seed
-    assert node.bootstrap.ready()
-    assert node.replica.state("s", "k00101") == file.state("s", "k00101")
-    assert node.replica.state("s", "k00009") == sim.origin.replica.state("s", "k00009")
-    assert node.replica.root == sim.origin.replica.root
-    assert node.replica.watermark == sim.origin.replica.watermark
-    assert not sim.check.violations
+    _assert_built_with_file(sim, node, file, "k00009")
 
 
 def test_a_file_read_before_its_delta_grows_large_is_indexed_and_installed_instead() -> None:
@@ -813,11 +817,8 @@ def test_a_file_read_before_its_delta_grows_large_is_indexed_and_installed_inste
     node.bootstrap.delta_stage_from = 300
     sim.run_until(sim.now + 0.02)
     assert node.bootstrap.state == "running" and node.bootstrap.progress.keys <= 300
-    file = filled()
-    groups = {name: dict(sr.states) for name, sr in file.stores.items()}
-    assert not node.join_file(
-        FileBase(groups, list(file.covered), file.purged, [])
-    )  # little staged yet: indexed now, its keys served at once
+    # little staged yet: indexed now, its keys served at once
+    assert not node.join_file(_file_base(filled()))
     assert node.bootstrap.file_pending
     _install_file(sim, back, filled())  # indexed by the driver, then adopted
     assert not node.bootstrap.file_pending and node.bootstrap.active

@@ -385,7 +385,7 @@ class EdgeNode:
             self._trees_started = None
 
     async def _start(self, stack: AsyncExitStack) -> None:
-        base_wm = 0
+        base_wm, self._ready = 0, False  # readiness is latched per run (`is_ready`)
         if self.data_dir is not None:
             self.node_id = load_node_id(self.data_dir, self._node_id_arg, "edge")
             persist = ReplicaStore(

@@ -10,19 +10,18 @@ from __future__ import annotations
 import sqlite3
 from itertools import repeat
 from operator import itemgetter
-from typing import Any, Literal
+from typing import Any
 
 from cbor2 import loads as cbor_loads
 
 from edgekv.crdt import Register, State
 from edgekv.crdt.bloom import BloomDelta
-from edgekv.crdt.codec import decode_delta, dumps, loads
+from edgekv.crdt.codec import MAX_SEQ, decode_delta, dumps, loads
 from edgekv.crdt.register import SEQ_AT, registers_valid
 from edgekv.errors import EdgeKVError
 
 __all__ = ["SEQ_BYTES", "CorruptDatabase", "quick_check", "read_meta", "read_states"]
 
-MAX_SEQ = (1 << 63) - 1
 GIL_BLOCK = 1 << 16  # rows per C-level pass of a load in a worker thread (persistence rule 6)
 _new_bytes = bytes.__new__
 
@@ -41,7 +40,6 @@ _SELECT_REGISTERS = (
 _SELECT_OTHERS = "SELECT key, seq, state FROM states WHERE store = ? AND reg IS NULL ORDER BY key"
 # the seq field of a register's bytes (crdt/register.py)
 SEQ_BYTES = itemgetter(slice(SEQ_AT, SEQ_AT + 8))
-_BIG: Literal["big"] = "big"
 _KEY, _SEQ, _BLOB = (itemgetter(i) for i in range(3))
 
 
@@ -113,7 +111,7 @@ def read_states(db: sqlite3.Connection) -> dict[str, dict[str, State]]:
 
 
 def _registers(rows: list[tuple[Any, ...]]) -> dict[str, State]:
-    """key -> Register from (key, seq, reg) rows, column-wise (see `_read_states`)."""
+    """key -> Register from (key, seq, reg) rows, column-wise (see `read_states`)."""
     if not rows:
         return {}
     keys, seqs, regs = (list(map(g, rows)) for g in (_KEY, _SEQ, _BLOB))

@@ -22,9 +22,9 @@ Theory of operation
    only touched there, so the snapshot is consistent) and writes them with
    `anyio.to_thread.run_sync` (SQLite in a worker thread, one transaction per flush).
 3. Loading: per store (names found by index probes), one query of its register rows in key
-   order fetching only (key, seq, reg), then column-wise: every check is a C-level pass over
-   a column (`filerows._registers`: types, the register header's flags, length and signs, and that its
-   seq is the row's), and the rows become its states dict in one go; its other rows (few)
+   order fetching only (key, seq, reg), then column-wise (node/filerows.py): every check is a
+   C-level pass over a column (types, the register header's flags, length and signs, and that
+   its seq is the row's), and the rows become its states dict in one go; its other rows (few)
    are decoded one by one.
    `crdt.bulk_load_stores` then applies META first (so drop/recreate epochs apply), builds
    every index once (sorted key list, change log, Merkle tree) instead of key by key, adds the
