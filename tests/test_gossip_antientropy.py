@@ -8,6 +8,7 @@ when a session completes; sessions are bounded by their timeout."""
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
@@ -194,3 +195,91 @@ def test_same_reset_sets_are_exchanged_both_ways_and_joined() -> None:
         z = n.replica.state("s", "z")
         assert isinstance(z, ZSet) and set(z.members) == {b"a", b"b", b"c"}
     assert na.replica.root == nb.replica.root
+
+
+@pytest.mark.parametrize(
+    "lost",
+    ["AE_ROOT", "AE_STORES", "AE_NODES_REQ", "AE_NODES", "AE_LEAF", "AE_STATES", "AE_STATES#2"],
+)
+def test_a_lost_message_is_asked_again_not_waited_out(lost: str) -> None:
+    """Rule 8: with any one message of a session lost (a request or its answer), the
+    initiator sends the request again after a few round trips and the session completes,
+    repairing everything, long before `ae_timeout` would have ended it."""
+    na, nb = pair(2000, [3, 700, 1500])
+    nodes = {"a": na, "b": nb}
+    ae = range(MsgType.AE_ROOT, MsgType.AE_EQUAL + 1)
+    queue = [("a", s) for s in na.antientropy.start("b", 0.0, force=True)]
+    lost, _, nth = lost.partition(
+        "#"
+    )  # the nth message of that type (the 2nd AE_STATES: the answer)
+    now, dropped, seen = 0.0, 0, 0
+    while na.antientropy.session is not None:
+        assert now < na.config.ae_timeout, "the session waited for its timeout"
+        if not queue:  # nothing in flight: the next timer (a retry) fires
+            now = na.next_deadline
+            queue = [("a", s) for s in na.tick(now) if s.message["t"] in ae]
+            continue
+        nxt = []
+        now += 0.01  # one hop
+        for src, s in queue:
+            msg = decode_body(encode_frame(s.message)[4:])
+            if MsgType(msg["t"]).name == lost:
+                seen += 1
+                if seen == int(nth or 1):
+                    dropped += 1
+                    continue
+            dst = "b" if src == "a" else "a"
+            nxt.extend((dst, x) for x in nodes[dst].receive(src, msg, now) if x.message["t"] in ae)
+        queue = nxt
+    assert dropped == 1
+    assert na.counters["ae_retries"] >= 1 and na.counters["ae_timeouts"] == 0
+    assert na.counters["ae_completed"] == 1
+    assert na.replica.root == nb.replica.root
+    assert na.replica.watermark == nb.replica.watermark  # the covers came with the end
+
+
+def test_an_edges_lack_of_a_purged_key_sends_the_next_session_to_the_origin() -> None:
+    """Rule 4: an edge back from an absence holds key-7, deleted meanwhile and its tombstone
+    purged everywhere.  A session with another edge that lacks it cannot remove it (an edge's
+    word), so the next session is forced, with the origin, which removes it."""
+    o_rep, b_rep = Replica(), Replica()
+    na, _ = pair(50, [])
+    for r in (o_rep, b_rep):
+        r.apply(META, "s", Register(1, 0, b"", None))
+        for i in range(50):
+            r.apply("s", f"key-{i}", Register(i + 2, 0, b"x", None))
+        r.covered.add(1, 51)
+    nodes = {"a": na}
+    for name, rep, role in (("o", o_rep, "origin"), ("b", b_rep, "edge")):
+        node = GossipNode(name, rep, seeds=["a"], rng=random.Random(3), role=role, origins=["o"])
+        node.start(0.0)
+        nodes[name] = node
+        delete_and_purge_key7(node)
+    na.authority.origins = ["o"]  # a (built as an origin-less edge by `pair`) trusts "o"
+    ping = {"t": int(MsgType.PING), "seq": 1, "wm": 100, "purged": 100, "inc": 0, "role": "origin"}
+    na.receive("o", ping, 0.0)  # a knows the origin (alive) and its purge mark
+    ae = range(MsgType.AE_ROOT, MsgType.AE_EQUAL + 1)
+
+    def drive(peer: str, sends: list[Any], now: float) -> None:
+        queue = [("a", s) for s in sends]
+        while queue:
+            nxt = []
+            for src, s in queue:
+                msg = decode_body(encode_frame(s.message)[4:])
+                dst = peer if src == "a" else "a"
+                nxt.extend(
+                    (dst, x) for x in nodes[dst].receive(src, msg, now) if x.message["t"] in ae
+                )
+            queue = nxt
+
+    drive("b", na.antientropy.start("b", 0.0, force=True), 0.0)
+    assert na.counters["ae_completed"] == 1
+    assert na.replica.state("s", "key-7") is not None  # an edge's lack removes nothing
+    assert na.counters["ae_ask_origin"] == 1
+    first = [s for s in na.tick(0.1) if s.message["t"] in ae]
+    assert [(s.peer, s.message["t"], s.message["force"]) for s in first] == [
+        ("o", MsgType.AE_ROOT, True)
+    ]
+    drive("o", first, 0.1)
+    assert na.replica.state("s", "key-7") is None  # the origin's word removed it
+    assert na.replica.root == o_rep.root

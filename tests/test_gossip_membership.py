@@ -241,3 +241,24 @@ def test_the_first_member_is_probed_as_soon_as_it_joins() -> None:
     assert node.members.link_rtt("e2") == pytest.approx(0.003)  # every peer's first guess
     node.receive("e2", hello, 0.2)  # later members wait for their round
     assert node.next_deadline > 0.5
+
+
+def test_a_claimed_purge_mark_makes_an_edge_ask_the_origin_not_purge() -> None:
+    # an edge that missed the origin's purge notice hears a peer claim a higher mark: it asks
+    # the origin itself (one PING per ping interval, whatever a liar repeats) and purges only
+    # up to what the origin answers
+    cfg = GossipConfig()
+    node = GossipNode("me", Replica(), seeds=["origin", "p"], rng=random.Random(1), config=cfg)
+    node.authority.origins = frozenset({"origin"})
+    node.start(0.0)
+    node.receive("origin", m.Ping(1, 0, 0, 0, "origin").to_wire(), 0.1)
+    for i in range(5):  # a peer (lying or better informed) claims the origin purged up to 100
+        node.receive("p", m.Ping(10 + i, 0, 100, 0, "edge").to_wire(), 0.2 + i * 0.01)
+    asks = [s for s in node.tick(0.5) if s.peer == "origin" and s.message["t"] == MsgType.PING]
+    assert len(asks) >= 1 and node.counters["purge_asks"] == 1
+    node.receive("p", m.Ping(20, 0, 100, 0, "edge").to_wire(), 0.6)
+    node.tick(0.7)  # within the same ping interval: not asked again
+    assert node.counters["purge_asks"] == 1
+    assert node.replica.purged == 0 and node.authority.origin_purged == 0  # a claim purges nothing
+    node.tick(0.5 + cfg.ping_interval)
+    assert node.counters["purge_asks"] == 2  # the claim was repeated: asked again, at the pace

@@ -22,6 +22,11 @@ Theory of operation
 4. A key one side lacks is dead there if the holder's `state.reset <= lacker.purged`: it was
    deleted and its tombstone purged, so the holder removes it instead of sending it.  Both
    sides know the other's purge mark (AE_ROOT, AE_STORES), so deleted keys never come back.
+   An edge holding such a key that another edge lacks keeps it (rule 6) and has its next
+   session with the origin, forced (`_ask_origin`): an edge back from a long absence misses
+   deletes whose tombstones were purged meanwhile, takes the covers of sessions with edges,
+   and would otherwise serve the deleted values until a periodic session happened to pick
+   the origin (the slow chaos seed 33).
 5. When every request is answered the initiator holds at least the responder's state at the
    time of AE_STORES, so it adds the covers that message carried.  "Answered" is counted
    exactly: an AE_STATES request carries a number `q`, each chunk of its answer echoes `q`
@@ -39,11 +44,21 @@ Theory of operation
 7. Bounds: at most one outgoing session (a forced one replaces a periodic one); requests are
    chunked to stay under `max_message_bytes`; either side drops a session silent for
    `ae_timeout`; a node answers for at most 256 sessions at once, oldest dropped first.
+8. Loss.  The initiator keeps every request that expects an answer (AE_ROOT, AE_NODES_REQ,
+   AE_LEAF_REQ, an AE_STATES with want/lack) until its answer is whole, and sends one still
+   unanswered after `retry_rtt_factor` round trips to the peer (at least `AE_RETRY_FLOOR`, at
+   most a third of `ae_timeout`) again, at most `AE_RETRIES` times: every request is a read or
+   an idempotent join, a duplicated answer is ignored (rule 5), and a re-sent AE_STATES takes
+   a new number `q` (its answer may be chunked differently).  So one lost message costs a few
+   round trips, not the whole session: a node behind the purge mark catches up only by
+   anti-entropy, and with 1% loss a session of a dozen messages often lost one (the slow
+   chaos seed 9: two sessions in a row timed out and the node stayed behind for 6 s).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..crdt.merkle import DEPTH, FANOUT, MerkleTree
 from ..crdt.replica import Change
@@ -63,13 +78,25 @@ from .messages import (
     Range,
     Send,
 )
+from .wire import MsgType
 
 AE_TYPES = (AeRoot, AeEqual, AeStores, AeNodesReq, AeNodes, AeLeafReq, AeLeaf, AeStates)
 NODES_PER_REQUEST = 2048  # 2,048 x 256 bytes of child digests = 512 KiB per answer
 LEAVES_PER_REQUEST = 256
 MAX_COVER_RANGES = 1000
 MAX_RESPONDING = 256
+AE_RETRIES = 2  # times one request is sent again (rule 8)
+AE_RETRY_FLOOR = 0.1  # seconds: the shortest wait before a request is sent again
 _EMPTY = MerkleTree()
+
+
+@dataclass(slots=True)
+class _Request:
+    """A request awaiting its answer (rule 8)."""
+
+    send: Send
+    due: float  # sent again at this time if still unanswered
+    tries: int = 0
 
 
 @dataclass(slots=True)
@@ -79,7 +106,8 @@ class _Session:
     force: bool
     deadline: float
     started: float
-    outstanding: int = 0
+    pending: dict[tuple[object, ...], _Request] = field(default_factory=dict)  # rule 8
+    retry_at: float = float("inf")  # no pending request is due before this
     covers: list[Range] | None = None
     peer_purged: int = 0
     round_trips: int = 1
@@ -105,6 +133,7 @@ class AntiEntropy(Part):
         ] = {}  # (peer, sid) -> [purged, deadline]
         self._next_round = 0.0
         self._empty_out: dict[int, list[Send]] = {}
+        self._ask_origin_due = False  # the next session: forced, with the origin (rule 4)
 
     def handlers(self) -> dict[type, Handler]:
         """The messages this part handles on its own (core.py adds AE_ROOT and AE_STORES, which
@@ -138,14 +167,10 @@ class AntiEntropy(Part):
             self.counters["ae_aborted"] += 1
         self._sid += 1
         r = self.replica
-        self.session = _Session(self._sid, peer, force, now + self.config.ae_timeout, now)
+        s = self.session = _Session(self._sid, peer, force, now + self.config.ae_timeout, now)
         self.counters["ae_rounds"] += 1
-        return [
-            Send(
-                peer,
-                AeRoot(self._sid, r.root, r.watermark, r.covered.high, r.purged, force).to_wire(),
-            )
-        ]
+        root = AeRoot(self._sid, r.root, r.watermark, r.covered.high, r.purged, force)
+        return self._sent(s, [Send(peer, root.to_wire())], now)
 
     def _mine(self, msg_sid: int, peer: str, now: float) -> _Session | None:
         s = self.session
@@ -155,7 +180,7 @@ class AntiEntropy(Part):
         return s
 
     def _finish(self, s: _Session) -> None:
-        if s.outstanding > 0:
+        if s.pending:
             return
         if s.covers is not None:
             self.authority.cover(s.peer, s.covers)
@@ -168,7 +193,7 @@ class AntiEntropy(Part):
 
     def on_equal(self, peer: str, msg: AeEqual, now: float) -> list[Send]:
         s = self._mine(msg.sid, peer, now)
-        if s is None:
+        if s is None or s.pending.pop(_ROOT, None) is None:  # not ours, or a duplicate
             return []
         s.covers = msg.covers
         self.counters["ae_equal"] += 1
@@ -177,7 +202,7 @@ class AntiEntropy(Part):
 
     def on_stores(self, peer: str, msg: AeStores, now: float) -> list[Send]:
         s = self._mine(msg.sid, peer, now)
-        if s is None:
+        if s is None or s.pending.pop(_ROOT, None) is None:  # not ours, or a duplicate
             return []
         r = self.replica
         if not s.force and (msg.wm, msg.high) != (r.watermark, r.covered.high):
@@ -192,12 +217,45 @@ class AntiEntropy(Part):
                 out.append(Send(peer, AeNodesReq(s.sid, store, 0, [0]).to_wire()))
         if out:
             s.round_trips += 1
-        return self._sent(s, out)
+        return self._sent(s, out, now)
 
-    def _sent(self, s: _Session, out: list[Send]) -> list[Send]:
-        s.outstanding += sum(1 for m in out if m.message.get("reply", True) is True)
+    def _sent(self, s: _Session, out: list[Send], now: float) -> list[Send]:
+        """Count `out` and keep its requests until answered (rule 8); ends a finished session."""
+        due = now + self._retry_delay(s.peer)
+        for send in out:
+            key = _request_key(send.message)
+            if key is not None:
+                s.pending[key] = _Request(send, due)
+                s.retry_at = min(s.retry_at, due)
         s.messages += len(out)
         self._finish(s)
+        return out
+
+    def _retry_delay(self, peer: str) -> float:
+        cfg = self.config
+        rtt = self.members.rtt(peer)
+        return min(cfg.ae_timeout / 3, max(AE_RETRY_FLOOR, cfg.retry_rtt_factor * rtt))
+
+    def _resend(self, s: _Session, now: float) -> list[Send]:
+        """Send the session's requests that are due again (rule 8)."""
+        out: list[Send] = []
+        due = now + self._retry_delay(s.peer)
+        for key, req in list(s.pending.items()):
+            if req.due > now:
+                continue
+            if req.tries >= AE_RETRIES:
+                req.due = float("inf")  # the session's timeout ends it
+                continue
+            req.tries += 1
+            req.due = due
+            if key[0] == "states":  # a new number: its answer may be chunked differently
+                del s.pending[key]
+                s.requests += 1
+                req.send = Send(s.peer, {**req.send.message, "q": s.requests})
+                s.pending[("states", s.requests)] = req
+            out.append(req.send)
+        s.retry_at = min((r.due for r in s.pending.values()), default=float("inf"))
+        self.counters["ae_retries"] += len(out)
         return out
 
     def _tree(self, store: str) -> MerkleTree:
@@ -205,10 +263,11 @@ class AntiEntropy(Part):
         return sr.tree if sr is not None else _EMPTY
 
     def on_nodes(self, peer: str, msg: AeNodes, now: float) -> list[Send]:
+        key = ("nodes", msg.store, msg.level, *(i for i, _ in msg.nodes))
         s = self._mine(msg.sid, peer, now)
-        if s is None or self._again(s, ("nodes", msg.store, msg.level, *(i for i, _ in msg.nodes))):
+        if s is None or self._again(s, key):
             return []
-        s.outstanding -= 1
+        s.pending.pop(key, None)
         s.messages += 1
         tree = self._tree(msg.store)
         below = msg.level + 1
@@ -246,7 +305,7 @@ class AntiEntropy(Part):
         out.extend(self._take_empty(s))
         if out:
             s.round_trips = max(s.round_trips, 2 + below)
-        return self._sent(s, out)
+        return self._sent(s, out, now)
 
     def _again(self, s: _Session, answer: tuple[object, ...]) -> bool:
         """True for a duplicate of an answer already counted (rule 5: the network may
@@ -277,16 +336,17 @@ class AntiEntropy(Part):
         return self._empty_out.pop(s.sid, [])
 
     def on_leaf(self, peer: str, msg: AeLeaf, now: float) -> list[Send]:
+        key = ("leaf", msg.store, *msg.leaves)
         s = self._mine(msg.sid, peer, now)
-        if s is None or self._again(s, ("leaf", msg.store, *msg.leaves)):
+        if s is None or self._again(s, key):
             return []
-        s.outstanding -= 1
+        s.pending.pop(key, None)
         s.messages += 1
         theirs = {k: (d, r, q) for k, d, r, q in msg.entries}
         out = self._diff_leaves(s, msg.store, msg.leaves, theirs)
         if out:
             s.round_trips = max(s.round_trips, 2 + DEPTH)
-        return self._sent(s, out)
+        return self._sent(s, out, now)
 
     def _diff_leaves(
         self, s: _Session, store: str, leaves: list[int], theirs: dict[str, tuple[int, int, int]]
@@ -314,8 +374,11 @@ class AntiEntropy(Part):
                     if authority.remove_dead(peer, store, key, st, s.peer_purged):
                         changes.append(Change(store, key, None))
                         self.counters["ae_removed"] += 1
-                    elif not to_origin and not authority.dead_at(peer, st, s.peer_purged):
-                        send.append((key, st))
+                    elif not authority.dead_at(peer, st, s.peer_purged):
+                        if not to_origin:
+                            send.append((key, st))
+                    else:
+                        self._ask_origin()
                 elif their[0] != st.digest(key):
                     _, t_reset, t_seq = their
                     if to_origin:
@@ -427,7 +490,7 @@ class AntiEntropy(Part):
         if mine is not None:
             mine.messages += 1
             if self._answered(mine, msg):
-                mine.outstanding -= 1
+                mine.pending.pop(("states", msg.q), None)  # absent: an answer re-asked for
             self._finish(mine)
             return []
         assert entry is not None
@@ -446,16 +509,29 @@ class AntiEntropy(Part):
             if authority.remove_dead(peer, msg.store, k, st, purged):
                 self.ctx.record([Change(msg.store, k, None)])
                 self.counters["ae_removed"] += 1
-            elif not to_origin and not authority.dead_at(peer, st, purged):
-                send.append((k, st))
+            elif not authority.dead_at(peer, st, purged):
+                if not to_origin:
+                    send.append((k, st))
+            else:
+                self._ask_origin()
         return self._states_msgs(msg.sid, peer, msg.store, send, [], [], False, msg.q)
+
+    def _ask_origin(self) -> None:
+        """An edge lacks a state of ours that its purge mark would have removed (rule 4): we may
+        hold a value deleted while we were away, its tombstone purged everywhere.  Only the
+        origin's word removes it, so the next session is a forced one with the origin."""
+        if self.role == "edge" and not self._ask_origin_due:
+            self._ask_origin_due = True
+            self.counters["ae_ask_origin"] += 1
 
     # -- timers ----------------------------------------------------------------------------------
 
     def next_deadline(self) -> float:
         t = self._next_round
         if self.session is not None:
-            t = min(t, self.session.deadline)
+            t = min(t, self.session.deadline, self.session.retry_at)
+        elif self._ask_origin_due:
+            return 0.0  # at once
         return t
 
     def tick(self, now: float) -> list[Send]:
@@ -467,6 +543,13 @@ class AntiEntropy(Part):
             self.counters["ae_timeouts"] += 1
             self._empty_out.pop(s.sid, None)
             self.session = None
+        elif s is not None and s.retry_at <= now:
+            out.extend(self._resend(s, now))
+        if self.session is None and self._ask_origin_due:
+            self._ask_origin_due = False
+            origin = next((a for a in self.members.alive() if self.authority.is_origin(a)), None)
+            if origin is not None:
+                out.extend(self.start(origin, now, force=True))
         if self.session is None and self._pending_force is not None:
             peer, self._pending_force = self._pending_force, None
             if not self.members.is_dead(peer):
@@ -479,3 +562,20 @@ class AntiEntropy(Part):
                 force = self._rounds % self.config.ae_force_every == 0
                 out.extend(self.start(self.rng.choice(live), now, force))
         return out
+
+
+_ROOT: tuple[object, ...] = ("root",)
+
+
+def _request_key(m: dict[str, Any]) -> tuple[object, ...] | None:
+    """What identifies the answer to request `m` (rule 8); None: `m` expects no answer."""
+    t = m["t"]
+    if t == MsgType.AE_NODES_REQ:
+        return ("nodes", m["store"], m["level"], *m["indices"])
+    if t == MsgType.AE_LEAF_REQ:
+        return ("leaf", m["store"], *m["leaves"])
+    if t == MsgType.AE_STATES:
+        return ("states", m["q"]) if m.get("reply") else None
+    if t == MsgType.AE_ROOT:
+        return _ROOT
+    return None

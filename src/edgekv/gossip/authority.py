@@ -63,6 +63,7 @@ class Authority:
         self.origin_wm = 0  # the highest watermark the origin itself announced to this node
         self.origin_purged = 0  # the highest purge mark the origin itself announced
         self.heard_origin = False  # any message from the origin yet (readiness)
+        self.purge_hint = False  # a peer claimed a purge mark above `origin_purged` (ask it)
 
     # -- identities --------------------------------------------------------------------------------
 
@@ -163,6 +164,8 @@ class Authority:
                 self.counters["watermark_claims_clamped"] += 1
             wm = bound
         p_bound = min(self._purge_bound(), bound)
+        if self.role == "edge" and purged > self.origin_purged:
+            self.purge_hint = True  # the origin may have purged further: core.py asks it
         if purged > p_bound:
             purged = p_bound
         return wm, purged

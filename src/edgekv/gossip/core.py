@@ -22,7 +22,9 @@ Theory of operation
    tombstones at or below it.  A new purge mark goes to every live peer at once (IHAVE{purged})
    and also travels on the origin's PING/ACK/SYNC/AE messages; an edge purges up to the
    origin's own mark as soon as it hears it from the origin (never from another edge, which
-   could lie), so every replica drops the same tombstones and digests stay comparable.
+   could lie), so every replica drops the same tombstones and digests stay comparable.  An
+   edge that missed that notice and hears a peer claim a higher mark pings the origin (at
+   most once per `ping_interval`): its ACK brings the origin's own mark.
    Expired values need the wall clock: the driver passes `tick(now, wall_ms=...)`; with
    `wall_ms=None` only tombstones are collected.  A node declared dead and returning is behind
    the origin's purge mark: its SYNC gets a fallback and anti-entropy removes what was deleted.
@@ -143,6 +145,7 @@ class GossipNode:
         self._handle = self._handlers()
         self._started = False
         self._next_purge = float("inf")
+        self._purge_asked = float("-inf")  # rule 4: when the origin was last asked its mark
 
     # -- driver API ------------------------------------------------------------------------------
 
@@ -284,6 +287,13 @@ class GossipNode:
         if self._next_purge <= now:
             self._next_purge = now + self.config.purge_interval
             out.extend(self._purge(wall_ms))
+        if self.authority.purge_hint and now >= self._purge_asked + self.config.ping_interval:
+            self.authority.purge_hint = False  # rule 4: a peer says the origin purged further
+            self._purge_asked = now
+            origin = next((a for a in self.members.live() if self.authority.is_origin(a)), None)
+            if origin is not None:
+                out.append(self.members.ping(origin))
+                self.counters["purge_asks"] += 1
         return out
 
     def defer_trees(self, now: float) -> None:

@@ -536,9 +536,13 @@ class Membership:
         ):
             due.add(a)
         self._dead_pinged = last | {a: now for a in due if a in last}
-        self._seq += len(due)
         self.counters["pings_dead"] += len(due)
-        return [Send(a, self._ping_msg(self._seq - k)) for k, a in enumerate(sorted(due))]
+        return [self.ping(a) for a in sorted(due)]
+
+    def ping(self, address: str) -> Send:
+        """A PING outside the probe cycle: its ACK brings the peer's marks (and revives it)."""
+        self._seq += 1
+        return Send(address, self._ping_msg(self._seq))
 
     def _ask_about_candidates(self) -> list[Send]:
         """Ask one configured peer for its rows about a batch of candidates (rule 8)."""
