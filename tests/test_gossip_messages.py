@@ -247,3 +247,10 @@ def test_push_with_one_bad_item_applies_nothing() -> None:
         node.receive("p", {**m.Push([], [(50, 51)], 0).to_wire(), "items": [good, bad]}, 1.0)
     assert _snapshot(node) == before
     assert node.replica.state("s", "new") is None
+
+
+@pytest.mark.parametrize("t", [[], {}, [1], b"\x01", 1.5, None, True, -1, 1 << 70])
+def test_a_type_field_of_any_kind_is_a_protocol_error(t: object) -> None:
+    """The type field itself may be anything a CBOR map holds (the long fuzz found a list
+    there raising TypeError from the snapshot dispatch)."""
+    check_receive({"t": t})

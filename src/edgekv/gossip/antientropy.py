@@ -26,7 +26,8 @@ Theory of operation
    session with the origin, forced (`_ask_origin`): an edge back from a long absence misses
    deletes whose tombstones were purged meanwhile, takes the covers of sessions with edges,
    and would otherwise serve the deleted values until a periodic session happened to pick
-   the origin (the slow chaos seed 33).
+   the origin (the slow chaos seed 33).  A lying edge can cost at most one such session per
+   session it takes part in, and with equal roots that is one round trip.
 5. When every request is answered the initiator holds at least the responder's state at the
    time of AE_STORES, so it adds the covers that message carried.  "Answered" is counted
    exactly: an AE_STATES request carries a number `q`, each chunk of its answer echoes `q`

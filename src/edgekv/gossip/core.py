@@ -247,7 +247,7 @@ class GossipNode:
         also raises it; the valid joins before the conflicting item stay applied.
         """
         t = message.get("t") if type(message) is dict else None
-        if t in SNAPSHOT_TYPES:
+        if type(t) is int and t in SNAPSHOT_TYPES:  # (a list there is unhashable: parse says so)
             out = self.members.heard_from(peer, now)
             out.extend(self._on_snapshot(peer, message, now))
             return out
