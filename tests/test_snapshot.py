@@ -886,3 +886,33 @@ def test_a_sparse_delta_examines_a_bounded_number_of_keys_per_request() -> None:
             assert 0 < now_at - at <= examined
             at = now_at
     assert keys == changed
+
+
+def test_a_dense_delta_filters_each_key_about_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Half of 40,000 keys changed: the delta's filter windows follow what each chunk used,
+    so the keys filtered add up to little more than the store (a fixed window of 16,384 keys
+    filtered each key four times over), and the stream carries every changed key once."""
+    from edgekv.gossip import snapshot_server
+
+    r = filled(40_000)
+    base = r.watermark
+    changed = [f"k{i:05d}" for i in range(0, 40_000, 2)]
+    for i, key in enumerate(changed):
+        r.apply("s", key, Register(base + 1 + i, 5, b"new", None))
+    r.covered.update([(1, base + len(changed))])
+    filtered = []
+    newer = snapshot_server._newer
+
+    def counting(window: list[str], states: dict, since: int) -> list[int]:
+        filtered.append(len(window))
+        return newer(window, states, since)
+
+    monkeypatch.setattr(snapshot_server, "_newer", counting)
+    server = SnapshotServer(r, GossipConfig(snapshot_chunk_bytes=8192), Counter())
+    out = server.on_req("p", snap_req(3, None, 4, True, base), 0.0)
+    keys = [k for s in out for k in s.message["keys"]]
+    while not out[-1].message["last"]:
+        out = server.on_req("p", snap_req(3, None, 4, False), 0.0)
+        keys += [k for s in out for k in s.message["keys"]]
+    assert keys == changed
+    assert sum(filtered) <= 1.5 * len(r.stores["s"].keys)

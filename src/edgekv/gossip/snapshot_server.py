@@ -10,7 +10,11 @@ credit waits for the next request): a sparse delta (5,000 changed keys of 1M) sc
 50,000 keys per chunk, 207 ms of one event at its opening request and ~50 ms per chunk after.
 A delta's chunk first filters its window of keys column-wise (`_newer`), so only changed keys
 take a Python turn and unchanged ones cost half of one or less (`FILTER_COST`): a sparse
-region takes few round trips (the 5,000-key delta: 112 requests before, 48 after).
+region takes few round trips (the 5,000-key delta: 112 requests before, 48 after).  The window
+follows what the session's last chunk used (`_Session.window`: 5/4 of the keys it consumed,
+growing 5/4 at a time while chunks run out of window): a fixed window of 16,384 keys, where a
+dense delta fills a chunk after ~3,800 (500,000 changed of 1M), filtered each key four times
+over, 30% of the origin's CPU while a long-away edge took its delta.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ MAX_SESSIONS = 32  # snapshot sessions one node serves at once
 SCAN_KEYS = 8_192  # keys one chunk examines at most (a sparse delta's chunk may hold few)
 SCAN_PER_REQUEST = 16_384  # keys examined per request before the rest of its credit waits
 FILTER_COST = 2  # a delta filters its keys column-wise first: half the cost per key (or less)
+MIN_WINDOW = 256  # keys a delta's filter window holds at least
 _from_bytes = int.from_bytes
 _SEQ_BYTES = itemgetter(slice(SEQ_AT, SEQ_AT + 8))
 
@@ -126,6 +131,7 @@ class _Session:
     credit: int = 0
     n: int = 0
     idle_since: float = 0.0
+    window: int = 0  # a delta's next filter window (module docstring); 0: the largest
     sent: dict[bytes, Certificate] = field(default_factory=dict)  # certificates already sent
 
 
@@ -207,6 +213,7 @@ class SnapshotServer:
                 turns_of: Iterator[tuple[int, str]]
                 if since:  # only the keys newer than `since` get a turn of the loop below
                     n = min(MAX_CHUNK_KEYS, FILTER_COST * SCAN_KEYS)
+                    n = min(n, s.window) if s.window else n
                     window = list(sr.keys.islice(start, start + n))
                     picked = _newer(window, states, since)
                     turns_of = zip(picked, map(window.__getitem__, picked), strict=True)
@@ -256,6 +263,8 @@ class SnapshotServer:
                 else:
                     if window:  # the whole window was examined, its tail filtered out
                         consumed, key = len(window), window[-1]
+                if window:  # the next window: what this chunk used, and some
+                    s.window = max(MIN_WINDOW, consumed + consumed // 4)
                 s.cursor = (name, key)
                 done = i == len(names) - 1 and start + consumed == len(sr.keys)
                 self.counters["snapshot_keys_served"] += len(keys)
