@@ -74,6 +74,8 @@ def test_join_is_an_upper_bound(a: Delta, b: Delta) -> None:
 def test_merge_in_place_agrees_with_join(a: Delta, b: Delta) -> None:
     state = as_state(a)
     state.digest(KEY)  # prime a zset's cached digest: merge must keep it up to date
+    if isinstance(state, ZSet):
+        state.wire_size()  # and its cached size (the origin's limit on a set)
     b_before = encode_delta(b)
     result = merge(state, b)
     final = state if result is None else result
@@ -83,6 +85,8 @@ def test_merge_in_place_agrees_with_join(a: Delta, b: Delta) -> None:
         assert same(join(a, b), a), "merge said nothing changed"
     # the cached digest of an in-place merged zset equals a fresh computation
     assert final.digest(KEY) == as_state(final).digest(KEY)
+    if isinstance(final, ZSet):  # so does its cached size
+        assert final.wire_size() == ZSet(final.reset, dict(final.members)).wire_size()
 
 
 @given(a=deltas())

@@ -224,3 +224,53 @@ async def test_recovery_settles_the_certificates_it_signs(tmp_path: Path) -> Non
     proofs.seal()
     assert walks == [] and len(proofs) == keys // MAX_CERT_ATOMS + 2
     wal.close()
+
+
+async def test_a_zadd_past_the_set_limits_is_refused_and_takes_no_seq(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sorted set travels whole in one frame (crdt/zset.py): the origin refuses a zadd that
+    would grow it past MAX_ZSET_MEMBERS members or MAX_ZSET_BYTES (removed members count),
+    with a clear error and no seq; updating members it holds is still fine."""
+    from edgekv.crdt import ops
+    from edgekv.errors import InvalidInput
+
+    monkeypatch.setattr(ops, "MAX_ZSET_MEMBERS", 30)
+    monkeypatch.setattr(ops, "MAX_ZSET_BYTES", 20 * 30 + 40 * 4)  # 30 one-byte-ish members
+    cmds: list[Command] = [
+        StoreCommand("create", "s"),
+        one(ZAdd("z", {b"m%02d" % i: float(i) for i in range(28)})),
+        one(ZRem("z", [b"m00", b"m01"])),  # removed members still count
+        one(ZAdd("z", {b"m28": 1.0, b"m29": 1.0})),  # 30: at the limit
+        one(ZAdd("z", {b"m30": 1.0})),  # 31: refused
+        one(ZAdd("z", {b"m05": 9.0, b"m29": 2.0})),  # members it holds: fine
+        one(ZAdd("big", {b"x" * 400: 1.0, b"y" * 400: 2.0})),  # a new set past the bytes
+    ]
+    seq, results = await run_commands(tmp_path / "log.db", cmds)
+    assert isinstance(results[4], InvalidInput) and "at most 30 members" in str(results[4])
+    assert isinstance(results[6], InvalidInput) and "bytes" in str(results[6])
+    assert [r[0].last for r in results if isinstance(r, tuple)] == [1, 2, 3, 4, 5]
+    z = seq.replica.state("s", "z")
+    assert z is not None and len(z.members) == 30 and z.members[b"m05"][1] == 9.0  # type: ignore[union-attr]
+    assert seq.replica.state("s", "big") is None
+
+
+def test_a_set_at_the_limits_fits_one_frame_with_a_certificate_entry_per_member() -> None:
+    """The limits' reason: the largest set by members (as many as the bytes allow) and by
+    bytes (64 KiB members) encode in one snapshot chunk under the frame limit, with room for
+    a 24-byte certificate entry per member and 1 MiB more."""
+    from edgekv.crdt.certificate import ENTRY
+    from edgekv.crdt.codec import encode_delta
+    from edgekv.crdt.ops import DEFAULT_LIMITS
+    from edgekv.crdt.zset import MAX_ZSET_BYTES, MAX_ZSET_MEMBERS, MEMBER_OVERHEAD, ZSet
+    from edgekv.gossip.snapshot_wire import snap_data
+    from edgekv.gossip.wire import MAX_FRAME_SIZE, encode_frame
+
+    small = MAX_ZSET_BYTES // MAX_ZSET_MEMBERS - MEMBER_OVERHEAD
+    big = DEFAULT_LIMITS.max_member_bytes
+    for length, count in ((small, MAX_ZSET_MEMBERS), (big, MAX_ZSET_BYTES // (big + 20))):
+        members = {i.to_bytes(4, "big") * (length // 4): (10**12 + i, 1e300) for i in range(count)}
+        z = ZSet(1, members, 10**12 + count, 2**40)
+        assert z.wire_size() <= MAX_ZSET_BYTES
+        frame = encode_frame(snap_data(1, 1, 1, 0, 1, "s", ["z"], [b""], [encode_delta(z)], True))
+        assert len(frame) + ENTRY * count + (1 << 20) <= MAX_FRAME_SIZE

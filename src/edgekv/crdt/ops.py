@@ -18,7 +18,7 @@ from ..errors import InvalidInput, WrongKind
 from .bloom import Bloom, BloomDelta, bloom_params, check_params
 from .register import Register
 from .state import Delta, State, is_dead
-from .zset import ZSet
+from .zset import MAX_ZSET_BYTES, MAX_ZSET_MEMBERS, MEMBER_OVERHEAD, ZSet
 
 STORE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
@@ -201,6 +201,23 @@ def validate_op(op: object, limits: Limits = DEFAULT_LIMITS) -> Op:
     return op
 
 
+def _check_zset_room(op: ZAdd, cur: ZSet | None) -> None:
+    """InvalidInput when `op` would grow `cur` (None: a new set) past MAX_ZSET_MEMBERS or
+    MAX_ZSET_BYTES: a set travels whole in one frame (crdt/zset.py)."""
+    new = [m for m in op.members if cur is None or m not in cur.members]
+    if not new:
+        return
+    count = len(new) + (len(cur.members) if cur is not None else 0)
+    size = sum(map(len, new)) + MEMBER_OVERHEAD * len(new)
+    size += cur.wire_size() if cur is not None else 0
+    if count > MAX_ZSET_MEMBERS or size > MAX_ZSET_BYTES:
+        raise InvalidInput(
+            f"zadd to {op.key!r} would make the set {count:,} members and {size:,} bytes "
+            f"(removed members count until the key is replaced); a set holds at most "
+            f"{MAX_ZSET_MEMBERS:,} members and {MAX_ZSET_BYTES:,} bytes"
+        )
+
+
 def plan(op: Op, current: State | None, seq: int, written_at: int) -> Delta | None:
     """The delta that applies validated `op` at `seq` on top of `current`, or None (no-op).
 
@@ -216,6 +233,7 @@ def plan(op: Op, current: State | None, seq: int, written_at: int) -> Delta | No
         return None if current is None else Register(seq, written_at, None, None)
     if isinstance(op, ZAdd):
         cur = _check_kind(current, ZSet, op.force, op.key)
+        _check_zset_room(op, cur if isinstance(cur, ZSet) else None)
         reset = cur.reset if isinstance(cur, ZSet) else seq
         members: dict[bytes, tuple[int, float | None]] = {
             m: (seq, s) for m, s in op.members.items()

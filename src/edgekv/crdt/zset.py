@@ -17,11 +17,19 @@ from .hashing import entry_hash
 
 Member = tuple[int, float | None]
 
+# A set travels whole in one frame wherever whole states do (catch-up, anti-entropy, snapshot
+# chunks: gossip/wire.py's 16 MiB frame limit), with a 24-byte certificate entry per member
+# when writes are signed; the origin refuses a write past these (crdt/ops.py `plan`), as it
+# refuses a Bloom filter past MAX_BLOOM_BITS.  Removed members count until the set is replaced.
+MAX_ZSET_MEMBERS = 200_000
+MAX_ZSET_BYTES = 6 << 20  # `wire_size`: members' bytes plus MEMBER_OVERHEAD each
+MEMBER_OVERHEAD = 20  # a member's version and score on the wire (as chunks.delta_size counts)
+
 
 class ZSet:
     """A sorted set: member bytes -> (seq, score or None for removed)."""
 
-    __slots__ = ("_digest", "_index", "members", "reset", "seq", "written_at")
+    __slots__ = ("_digest", "_index", "_size", "members", "reset", "seq", "written_at")
 
     kind = "zset"
 
@@ -38,6 +46,7 @@ class ZSet:
         self.written_at = written_at
         self._index: SortedList | None = None
         self._digest: int | None = None
+        self._size: int | None = None
 
     # -- join ------------------------------------------------------------------------------
 
@@ -71,6 +80,8 @@ class ZSet:
 
     def _replace_member(self, member: bytes, old: Member | None, new: Member) -> None:
         self.members[member] = new
+        if old is None and self._size is not None:
+            self._size += len(member) + MEMBER_OVERHEAD
         if self._index is not None:
             if old is not None and old[1] is not None:
                 self._index.remove((old[1], member))
@@ -100,6 +111,13 @@ class ZSet:
         start = idx.bisect_left((lo,))
         stop = idx.bisect_left((math.nextafter(hi, math.inf),)) if hi != math.inf else len(idx)
         return [(m, s) for s, m in idx[start:stop]]
+
+    def wire_size(self) -> int:
+        """The members' bytes plus MEMBER_OVERHEAD each (removed ones included): computed once,
+        then kept up to date by joins."""
+        if self._size is None:
+            self._size = sum(map(len, self.members)) + MEMBER_OVERHEAD * len(self.members)
+        return self._size
 
     def live_count(self) -> int:
         return len(self.index)
