@@ -53,7 +53,10 @@ Theory of operation
    a new number `q` (its answer may be chunked differently).  So one lost message costs a few
    round trips, not the whole session: a node behind the purge mark catches up only by
    anti-entropy, and with 1% loss a session of a dozen messages often lost one (the slow
-   chaos seed 9: two sessions in a row timed out and the node stayed behind for 6 s).
+   chaos seed 9: two sessions in a row timed out and the node stayed behind for 6 s).  The
+   floor is high on purpose: over TCP a message is lost only with its connection, while an
+   answer over a large store (a leaf list, a states chunk) can take a loaded responder tens of
+   milliseconds, and re-asking early would multiply its work.
 """
 
 from __future__ import annotations
@@ -87,7 +90,7 @@ LEAVES_PER_REQUEST = 256
 MAX_COVER_RANGES = 1000
 MAX_RESPONDING = 256
 AE_RETRIES = 2  # times one request is sent again (rule 8)
-AE_RETRY_FLOOR = 0.1  # seconds: the shortest wait before a request is sent again
+AE_RETRY_FLOOR = 0.5  # seconds: the shortest wait before a request is sent again
 _EMPTY = MerkleTree()
 
 
