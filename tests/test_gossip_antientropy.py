@@ -283,3 +283,21 @@ def test_an_edges_lack_of_a_purged_key_sends_the_next_session_to_the_origin() ->
     drive("o", first, 0.1)
     assert na.replica.state("s", "key-7") is None  # the origin's word removed it
     assert na.replica.root == o_rep.root
+
+
+def test_a_silent_peer_gets_each_request_a_bounded_number_of_times() -> None:
+    """Rule 8 against a peer that never answers (or a dead link): the request is sent again
+    at most AE_RETRIES times, then the session ends at its timeout as before."""
+    from edgekv.gossip.antientropy import AE_RETRIES
+
+    na, _ = pair(100, [5])
+    first = na.antientropy.start("b", 0.0, force=True)
+    sent = [s.message for s in first]
+    now = 0.0
+    while na.counters["ae_timeouts"] == 0:
+        now = max(now, na.antientropy.next_deadline())
+        sent += [s.message for s in na.antientropy.tick(now) if s.message["t"] == MsgType.AE_ROOT]
+        assert now <= na.config.ae_timeout + 1e-9
+    roots = [m for m in sent if m["sid"] == first[0].message["sid"]]
+    assert len(roots) == 1 + AE_RETRIES and all(m == roots[0] for m in roots)
+    assert na.counters["ae_retries"] == AE_RETRIES and na.counters["ae_timeouts"] == 1
