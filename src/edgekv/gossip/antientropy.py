@@ -115,7 +115,7 @@ class _Session:
     covers: list[Range] | None = None
     peer_purged: int = 0
     round_trips: int = 1
-    messages: int = 1
+    messages: int = 0  # sent and received (`_sent` counts the AE_ROOT)
     done: bool = False
     requests: int = 0  # AE_STATES requests sent (their q)
     answers: dict[int, tuple[set[int], int]] = field(default_factory=dict)  # q -> parts, last
