@@ -855,18 +855,24 @@ def test_a_restart_with_nothing_changed_is_not_ready_before_its_file() -> None:
     assert node.replica.root == sim.origin.replica.root
 
 
+def changed_after(keys: int, changed: range) -> tuple[Replica, int, list[str]]:
+    """`filled(keys)`, its watermark, and the keys at positions `changed` written after it."""
+    r = filled(keys)
+    base = r.watermark
+    names = [f"k{i:05d}" for i in changed]
+    for i, key in enumerate(names):
+        r.apply("s", key, Register(base + 1 + i, 5, b"new", None))
+    r.covered.update([(1, base + len(names))])
+    return r, base, names
+
+
 def test_a_sparse_delta_examines_a_bounded_number_of_keys_per_request() -> None:
     """A delta of few changed keys in a large store: each request's work is bounded by the
     keys it examines (not only by the bytes it sends), the stream still carries every
     changed key once and ends."""
     from edgekv.gossip import snapshot_server
 
-    r = filled(60_000)
-    base = r.watermark
-    changed = [f"k{i:05d}" for i in range(7, 60_000, 997)]
-    for i, key in enumerate(changed):
-        r.apply("s", key, Register(base + 1 + i, 5, b"new", None))
-    r.covered.update([(1, base + len(changed))])
+    r, base, changed = changed_after(60_000, range(7, 60_000, 997))
     server = SnapshotServer(r, GossipConfig(), Counter())
     examined = snapshot_server.FILTER_COST * (
         snapshot_server.SCAN_PER_REQUEST + snapshot_server.SCAN_KEYS
@@ -894,12 +900,7 @@ def test_a_dense_delta_filters_each_key_about_once(monkeypatch: pytest.MonkeyPat
     filtered each key four times over), and the stream carries every changed key once."""
     from edgekv.gossip import snapshot_server
 
-    r = filled(40_000)
-    base = r.watermark
-    changed = [f"k{i:05d}" for i in range(0, 40_000, 2)]
-    for i, key in enumerate(changed):
-        r.apply("s", key, Register(base + 1 + i, 5, b"new", None))
-    r.covered.update([(1, base + len(changed))])
+    r, base, changed = changed_after(40_000, range(0, 40_000, 2))
     filtered = []
     newer = snapshot_server._newer
 

@@ -23,7 +23,7 @@ Member = tuple[int, float | None]
 # refuses a Bloom filter past MAX_BLOOM_BITS.  Removed members count until the set is replaced.
 MAX_ZSET_MEMBERS = 200_000
 MAX_ZSET_BYTES = 6 << 20  # `wire_size`: members' bytes plus MEMBER_OVERHEAD each
-MEMBER_OVERHEAD = 20  # a member's version and score on the wire (as chunks.delta_size counts)
+MEMBER_OVERHEAD = 20  # a member's version and score on the wire (gossip/chunks.py sizes by it)
 
 
 class ZSet:

@@ -551,7 +551,7 @@ class AntiEntropy(Part):
             out.extend(self._resend(s, now))
         if self.session is None and self._ask_origin_due:
             self._ask_origin_due = False
-            origin = next((a for a in self.members.alive() if self.authority.is_origin(a)), None)
+            origin = self.members.live_origin()
             if origin is not None:
                 out.extend(self.start(origin, now, force=True))
         if self.session is None and self._pending_force is not None:

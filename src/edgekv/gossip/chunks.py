@@ -22,7 +22,7 @@ def delta_size(d: Delta) -> int:
     if isinstance(d, Register):
         return 32 + (len(d.value) if d.value is not None else 0)
     if isinstance(d, ZSet):
-        return 32 + sum(len(m) + 20 for m in d.members)
+        return 32 + d.wire_size()
     bits = getattr(d, "bits", None)
     if bits is not None:
         return 48 + len(bits)

@@ -290,7 +290,7 @@ class GossipNode:
         if self.authority.purge_hint and now >= self._purge_asked + self.config.ping_interval:
             self.authority.purge_hint = False  # rule 4: a peer says the origin purged further
             self._purge_asked = now
-            origin = next((a for a in self.members.live() if self.authority.is_origin(a)), None)
+            origin = self.members.live_origin()
             if origin is not None:
                 out.append(self.members.ping(origin))
                 self.counters["purge_asks"] += 1

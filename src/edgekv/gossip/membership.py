@@ -180,6 +180,14 @@ class Membership:
         """Peers known alive, sorted.  Do not modify."""
         return self._lists()[1]
 
+    def live_origin(self) -> str | None:
+        """An origin in the member table and not known dead (the first by address), or None."""
+        for origin in sorted(self.authority.origins):
+            p = self.peers.get(origin)
+            if p is not None and p.state != DEAD:
+                return origin
+        return None
+
     def _set(self, p: PeerInfo, state: str, now: float) -> None:
         """Change a peer's state (keeps the suspect index and the cached lists in step)."""
         if p.state != state:
