@@ -23,8 +23,12 @@ from edgekv.testnet.procs import free_port
 KEYS = 4000
 
 
-def small_snapshots() -> GossipConfig:
-    return GossipConfig(snapshot_from_keys=500, snapshot_chunk_bytes=8 << 10)
+def small_snapshots(whole_from: float = 2.0) -> GossipConfig:
+    """Small switch point and chunks; a restart takes its delta whatever its size unless
+    `whole_from` says otherwise (snapshot.py rule 12)."""
+    return GossipConfig(
+        snapshot_from_keys=500, snapshot_chunk_bytes=8 << 10, snapshot_whole_from=whole_from
+    )
 
 
 async def fill(client: edgekv.OriginClient, keys: int = KEYS) -> None:
@@ -227,9 +231,9 @@ async def test_a_restarted_edge_asks_for_its_delta_while_its_file_loads_and_lose
     release = threading.Event()
     real = persistence.ReplicaStore.read_rows
 
-    def held(self):  # type: ignore[no-untyped-def]
+    def held(self, wanted=lambda: True):  # type: ignore[no-untyped-def]
         release.wait(30)
-        return real(self)
+        return real(self, wanted)
 
     with trio.fail_after(90):
         async with origin_with_an_edge_file(tmp_path) as (origin, client):
@@ -283,3 +287,68 @@ async def test_a_restarted_edge_asks_for_its_delta_while_its_file_loads_and_lose
         persisted.load()
         assert persisted.replica.state("s", "k03999") == origin.replica.state("s", "k03999")
         assert persisted.replica.state("s", "k03998") == origin.replica.state("s", "k03998")
+
+
+async def test_a_restarted_edge_whose_delta_is_most_of_the_store_takes_it_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """snapshot.py rule 12: an edge back after most keys changed stops loading its file
+    (the loader gets LoadDropped, nothing is moved aside), takes the whole store, serves the
+    origin's data and rewrites its file with it.  Real sockets and clock."""
+    import threading
+
+    from edgekv.node import persistence
+    from edgekv.node.filerows import LoadDropped
+
+    release = threading.Event()
+    real = persistence.ReplicaStore.read_rows
+    dropped: list[bool] = []
+
+    def held(self, wanted=lambda: True):  # type: ignore[no-untyped-def]
+        release.wait(30)
+        try:
+            return real(self, wanted)
+        except LoadDropped:
+            dropped.append(True)
+            raise
+
+    with trio.fail_after(90):
+        async with origin_with_an_edge_file(tmp_path) as (origin, client):
+            for lo in range(0, KEYS, 1000):  # away: every key changes
+                await client.batch("s", [Put(f"k{i:05d}", b"c") for i in range(lo, lo + 1000)])
+            monkeypatch.setattr(persistence.ReplicaStore, "read_rows", held)
+            edge = edgekv.EdgeNode(
+                origin=origin.address, data_dir=str(tmp_path / "e"), config=small_snapshots(0.3)
+            )
+            entered = trio.Event()
+
+            async def enter() -> None:
+                async with edge:
+                    entered.set()
+                    await trio.sleep_forever()
+
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(enter)
+                    with trio.fail_after(15):  # the offer is taken: the file is not wanted
+                        while edge._runtime is None or not edge.gossip.counters["snapshot_file_dropped"]:  # noqa: ASYNC110 (a poll)
+                            await trio.sleep(0.01)
+                    release.set()
+                    with trio.fail_after(15):
+                        await entered.wait()
+                        await edge.wait_ready()
+                    assert dropped == [True] and edge.load_report is not None
+                    assert edge.load_report.corrupt_moved_to is None
+                    assert edge.gossip.counters["snapshots_installed"] == 1
+                    assert edge.open("s").get("k00042") == b"c"
+                    assert edge.replica.watermark >= origin.replica.watermark
+                    nursery.cancel_scope.cancel()
+            finally:
+                release.set()
+    again = ReplicaStore(tmp_path / "e")  # the file was rewritten with the whole store
+    try:
+        again.load()
+        assert again.replica.store("s").get("k00042", 0) == b"c"
+        assert len(again.replica.store("s").states) == KEYS
+    finally:
+        await again.close()

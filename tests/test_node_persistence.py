@@ -11,6 +11,7 @@ import pytest
 
 from edgekv.crdt import META, BfAdd, Change, Delete, Put, Register, Replica, ZAdd, plan
 from edgekv.crdt.ops import Op, validate_op
+from edgekv.node.filerows import LoadDropped
 from edgekv.node.persistence import DB_NAME, ReplicaStore
 
 
@@ -259,3 +260,32 @@ async def test_a_tampered_disk_serves_locally_but_cannot_spread(tmp_path: Path) 
     with pytest.raises(ForgedState):
         peer.verify(items, kept.material_for(items), lambda s, k: None)  # type: ignore[arg-type]
     await again.close()
+
+
+async def test_a_load_no_longer_wanted_stops_and_leaves_the_file_in_place(tmp_path: Path) -> None:
+    """snapshot.py rule 12: a restart whose delta is large drops its file; the loading thread
+    stops between blocks of rows (LoadDropped), nothing is quarantined, and the file loads
+    whole on the next start."""
+    w = Writer()
+    _populate(w)
+    store = await _persist(tmp_path, w)
+    await store.close()
+
+    again = ReplicaStore(tmp_path)
+    again.open()
+    asked: list[int] = []
+
+    def wanted() -> bool:
+        asked.append(1)
+        return len(asked) < 2  # wanted before the check, not at the first block of rows
+
+    with pytest.raises(LoadDropped):
+        again.read_rows(wanted)
+    assert len(asked) == 2 and again.corrupt_moved_to is None
+    await again.close()
+
+    third = ReplicaStore(tmp_path)
+    report = third.load()
+    assert report.corrupt_moved_to is None and report.keys == len(w.replica)
+    _same(third.replica, w.replica)
+    await third.close()

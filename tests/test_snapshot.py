@@ -691,10 +691,11 @@ def test_a_signed_session_never_sends_an_unprovable_state_and_then_claims_no_seq
     assert 0 in wms  # the chunks after the first unprovable state claim no seq
 
 
-def _back_with_file_loading(seed: int) -> tuple[Sim, str, GossipNode]:
+def _back_with_file_loading(seed: int, whole_share: float = 2.0) -> tuple[Sim, str, GossipNode]:
     """The origin and one source hold `filled()`; half the keys then change (past the switch
     point) and a new key appears; edge `back` restarts with an empty live replica while its
-    file (`filled()`, watermark KEYS + 2) is still loading (snapshot.py rule 11)."""
+    file (`filled()`, watermark KEYS + 2) is still loading (snapshot.py rule 11).  Its delta
+    is taken as one whatever its size unless `whole_share` says otherwise (rule 12)."""
     sim = sim_with_sources(seed=seed, sources=1)
     back = sim.edges[-1]
     for i in range(0, KEYS, 2):
@@ -702,9 +703,44 @@ def _back_with_file_loading(seed: int) -> tuple[Sim, str, GossipNode]:
     sim.write("s", Put("new", b"key"))
     sim.run_until(sim.now + 0.5)
     node = sim.nodes[back]
+    node.bootstrap.whole_share = whole_share
     node.expect_base(KEYS + 2)
     sim.start_one(back, sim.now)
     return sim, back, node
+
+
+def test_a_restart_with_a_large_delta_drops_its_file_and_takes_the_whole_store() -> None:
+    sim, back, node = _back_with_file_loading(seed=23, whole_share=GossipConfig().snapshot_whole_from)
+    sim.run_until(sim.now + 0.2)
+    assert node.counters["snapshot_file_dropped"] == 1, sim.seed
+    assert not node.bootstrap.wants_file()  # the loader stops reading rows
+    sim.write("s", Put("k00003", b"during"))  # pushed meanwhile: joined at the install
+    sim.run_until(sim.now + 5.0)
+    served = sum(n.counters["snapshot_keys_served"] for n in sim.nodes.values())
+    assert served >= KEYS, sim.seed  # the whole store, not the delta
+    _install_file(sim, back, None)  # what the loader reports once stopped: nothing
+    assert node.bootstrap.ready(), sim.seed
+    assert node.counters["snapshots_installed"] == 1 and node.counters["snapshot_deltas"] == 0
+    assert node.replica.root == sim.origin.replica.root
+    assert node.replica.state("s", "k00003") == sim.origin.replica.state("s", "k00003")
+    assert node.replica.watermark == sim.origin.replica.watermark
+    assert not sim.check.violations
+
+
+def test_a_restart_with_a_small_delta_keeps_its_file() -> None:
+    sim = sim_with_sources(seed=24, sources=1)
+    back = sim.edges[-1]
+    for i in range(0, KEYS, 4):  # a quarter changed: under the default share (0.3)
+        sim.write("s", Put(f"k{i:05d}", b"changed"))
+    sim.run_until(sim.now + 0.5)
+    node = sim.nodes[back]
+    node.expect_base(KEYS + 2)
+    sim.start_one(back, sim.now)
+    sim.run_until(sim.now + 3.0)
+    assert node.counters["snapshot_offers"] == 1 and node.bootstrap.wants_file(), sim.seed
+    assert node.counters["snapshot_file_dropped"] == 0
+    served = sum(n.counters["snapshot_keys_served"] for n in sim.nodes.values())
+    assert 0 < served <= KEYS // 4 + 10
 
 
 def _install_file(sim: Sim, back: str, loaded: Replica | None) -> None:

@@ -105,6 +105,12 @@ class GossipConfig:
     snapshot_from_keys: int = 2_000
     """A catch-up request more than this many changed keys behind is answered with a snapshot
     offer instead (the switch point, measured: benchmarks/results/bootstrap.md)."""
+    snapshot_whole_from: float = 0.3
+    """A restarting node whose delta (the keys changed since its file's watermark) is at least
+    this share of the responder's keys drops its file and takes the whole store instead
+    (gossip/snapshot.py rule 12; above 1: never).  Reading the file costs about as much CPU
+    per key as receiving one, so past this share the whole store is ready sooner, for at most
+    1/share times the delta's bytes (measured: benchmarks/results/bootstrap.md)."""
     snapshot_chunk_bytes: int = 256 << 10
     """Target payload of one snapshot chunk (the responder's work per chunk is bounded by it)."""
     snapshot_window: int = 8
@@ -174,6 +180,9 @@ class GossipConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < least:
                 raise InvalidInput(f"GossipConfig.{name} must be an integer >= {least}")
+        whole = self.snapshot_whole_from
+        if not isinstance(whole, int | float) or not math.isfinite(whole) or whole <= 0:
+            raise InvalidInput("GossipConfig.snapshot_whole_from must be a finite number > 0")
         if self.max_message_bytes < 4096:
             raise InvalidInput("GossipConfig.max_message_bytes must be at least 4096")
 

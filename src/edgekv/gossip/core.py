@@ -472,7 +472,7 @@ class GossipNode:
                 self.dissemination.resume_grafts()
                 out.extend(self.catchup.request(now))
             return out
-        self.catchup.answered(parse_offer(message)[0])
+        self.catchup.answered(parse_offer(message).rid)
         if self.role == "origin":
             return []
         out = self.bootstrap.on_offer(peer, message, now)
@@ -483,13 +483,14 @@ class GossipNode:
     def _offer_or_answer(self, peer: str, rid: int, wm: int) -> list[Send]:
         """Catch-up for a small gap; a snapshot offer for a large one (snapshot.py rule 1)."""
         replica = self.replica
-        if offer_instead(replica, wm, self.config):
+        changed = offer_instead(replica, wm, self.config)
+        if changed:
             self.counters["snapshot_offers_sent"] += 1
             wm = replica.watermark
-            sources = offer_sources(self.members, wm, self.config, self.rng)
-            return [
-                Send(peer, snap_offer(rid, wm, len(replica), [a for a in sources if a != peer]))
+            sources = [
+                a for a in offer_sources(self.members, wm, self.config, self.rng) if a != peer
             ]
+            return [Send(peer, snap_offer(rid, wm, len(replica), sources, changed))]
         return self.catchup.answer(peer, rid, wm)
 
     def _handlers(self) -> dict[type, Handler]:

@@ -100,10 +100,14 @@ def changed_since(replica: Replica, wm: int, limit: int) -> int:
     return min(n, gap)
 
 
-def offer_instead(replica: Replica, wm: int, config: GossipConfig) -> bool:
-    """Rule 1: is a catch-up from `wm` too large to answer (a snapshot is offered instead)?"""
+def offer_instead(replica: Replica, wm: int, config: GossipConfig) -> int:
+    """Rule 1: the keys changed after `wm` when a catch-up from it is too large to answer (a
+    snapshot is offered instead), else 0."""
     limit = config.snapshot_from_keys
-    return len(replica) > limit and changed_since(replica, wm, limit) > limit
+    if len(replica) <= limit:
+        return 0
+    changed = changed_since(replica, wm, limit)
+    return changed if changed > limit else 0
 
 
 # --- responder -----------------------------------------------------------------------------------

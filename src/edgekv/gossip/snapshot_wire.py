@@ -55,6 +55,7 @@ __all__ = [
     "SNAPSHOT_TYPES",
     "Chunk",
     "Cursor",
+    "Offer",
     "parse_chunk",
     "parse_offer",
     "snap_offer",
@@ -62,14 +63,17 @@ __all__ = [
 ]
 
 
-def snap_offer(rid: int, wm: int, keys: int, sources: list[str]) -> Message:
-    return {
+def snap_offer(rid: int, wm: int, keys: int, sources: list[str], changed: int = 0) -> Message:
+    m: Message = {
         "t": int(MsgType.SNAP_OFFER),
         "rid": rid,
         "wm": wm,
         "keys": keys,
         "sources": sources[:MAX_HINTS],
     }
+    if changed:
+        m["changed"] = changed
+    return m
 
 
 def snap_req(sid: int, after: Cursor, credit: int, open: bool, since: int = 0) -> Message:
@@ -85,15 +89,28 @@ def snap_req(sid: int, after: Cursor, credit: int, open: bool, since: int = 0) -
     return m
 
 
-def parse_offer(m: Message) -> tuple[int, int, int, list[str]]:
-    """(rid, wm, keys, sources) of a SNAP_OFFER, or RemoteProtocolError."""
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """A SNAP_OFFER: the responder's watermark, its key count, the keys changed after the
+    requester's watermark (0: not said) and caught-up edges to take the snapshot from."""
+
+    rid: int
+    wm: int
+    keys: int
+    changed: int
+    sources: list[str]
+
+
+def parse_offer(m: Message) -> Offer:
+    """A SNAP_OFFER's fields, or RemoteProtocolError."""
     sources = m.get("sources", [])
     if type(sources) is not list or len(sources) > MAX_HINTS:
         raise RemoteProtocolError(f"SNAP_OFFER: sources must be an array of <= {MAX_HINTS}")
     for a in sources:
         if type(a) is not str or not 1 <= len(a) <= MAX_ADDRESS:
             raise RemoteProtocolError("SNAP_OFFER: a source must be an address string")
-    return _int(m, "rid"), _int(m, "wm"), _int(m, "keys"), sources
+    changed = _int(m, "changed") if "changed" in m else 0
+    return Offer(_int(m, "rid"), _int(m, "wm"), _int(m, "keys"), changed, sources)
 
 
 def parse_cursor(m: Message) -> Cursor:

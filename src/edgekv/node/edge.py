@@ -74,6 +74,7 @@ from edgekv.node.auth import TokenAuth, TokenSpec
 from edgekv.node.clientreads import serve_reads
 from edgekv.node.edge_status import edge_metrics_text, edge_status
 from edgekv.node.faults import LinkFaults
+from edgekv.node.filerows import LoadDropped
 from edgekv.node.httpapi import HttpLimits
 from edgekv.node.identity import load_node_id
 from edgekv.node.keys import load_public_key
@@ -325,7 +326,12 @@ class EdgeNode:
         delta is already staged, else indexed (a second thread hop: its trees deferred, built
         as a job once caught up) and adopted.  Then the flusher starts (persistence.py rule
         6)."""
-        rows = await anyio.to_thread.run_sync(persist.read_rows)
+        boot = self.gossip.bootstrap
+        try:  # stopped once a whole snapshot replaces the file (snapshot.py rule 12)
+            rows = await anyio.to_thread.run_sync(persist.read_rows, boot.wants_file)
+        except LoadDropped:
+            rows = None
+            logger.info("event=file_dropped node=%s reason=whole_snapshot", self.node_id)
         keys, watermark, joined = 0, 0, False
         if rows is not None:
             keys = sum(map(len, rows.groups.values())) - len(rows.groups.get(META, ()))
@@ -351,7 +357,7 @@ class EdgeNode:
             loaded, copies = await anyio.to_thread.run_sync(index)
             gcpolicy.settle()
             await self.runtime.run_core(partial(self.gossip.install_base, loaded, copies))
-        while self.gossip.bootstrap.file_pending:  # noqa: ASYNC110 (built with its delta)
+        while boot.file_pending:  # noqa: ASYNC110 (built with its delta)
             await anyio.sleep(0.01)
         persist.loading = False
         if self._replica.trees_pending:  # built off the loop once caught up (a job)

@@ -8,6 +8,7 @@ of milliseconds of checking; any damaged row or field raises CorruptDatabase.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from itertools import repeat
 from operator import itemgetter
 from typing import Any
@@ -20,7 +21,7 @@ from edgekv.crdt.codec import MAX_SEQ, decode_delta, dumps, loads
 from edgekv.crdt.register import SEQ_AT, registers_valid
 from edgekv.errors import EdgeKVError
 
-__all__ = ["SEQ_BYTES", "CorruptDatabase", "quick_check", "read_meta", "read_states"]
+__all__ = ["SEQ_BYTES", "CorruptDatabase", "LoadDropped", "quick_check", "read_meta", "read_states"]
 
 GIL_BLOCK = 1 << 16  # rows per C-level pass of a load in a worker thread (persistence rule 6)
 _new_bytes = bytes.__new__
@@ -85,8 +86,15 @@ def _store_names(db: sqlite3.Connection) -> list[str]:
     return names
 
 
-def read_states(db: sqlite3.Connection) -> dict[str, dict[str, State]]:
-    """store -> key -> state, every row checked (a damaged row is CorruptDatabase).
+class LoadDropped(Exception):
+    """The file's load was stopped: what it held is not wanted any more."""
+
+
+def read_states(
+    db: sqlite3.Connection, wanted: Callable[[], bool] = lambda: True
+) -> dict[str, dict[str, State]]:
+    """store -> key -> state, every row checked (a damaged row is CorruptDatabase).  `wanted`
+    is asked between blocks of rows; once it says no, LoadDropped.
 
     Column-wise: each check is one C-level pass over a column (its types, then its range),
     tens of ms per million rows instead of a Python call per row; a register row becomes a
@@ -94,7 +102,12 @@ def read_states(db: sqlite3.Connection) -> dict[str, dict[str, State]]:
     """
     groups: dict[str, dict[str, State]] = {}
     for store in _store_names(db):
-        rows = db.execute(_SELECT_REGISTERS, (store,)).fetchall()
+        cursor = db.execute(_SELECT_REGISTERS, (store,))
+        rows: list[tuple[Any, ...]] = []
+        while block := cursor.fetchmany(GIL_BLOCK):
+            if not wanted():
+                raise LoadDropped
+            rows += block
         states = _registers(rows)
         del rows
         for key, seq, blob in db.execute(_SELECT_OTHERS, (store,)).fetchall():

@@ -56,7 +56,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from operator import is_
@@ -74,7 +74,14 @@ from edgekv.crdt.seqranges import SeqRanges
 from edgekv.errors import EdgeKVError
 from edgekv.gossip.snapshot_file import FileBase
 from edgekv.node import gcpolicy
-from edgekv.node.filerows import SEQ_BYTES, CorruptDatabase, quick_check, read_meta, read_states
+from edgekv.node.filerows import (
+    SEQ_BYTES,
+    CorruptDatabase,
+    LoadDropped,
+    quick_check,
+    read_meta,
+    read_states,
+)
 
 __all__ = ["CorruptDatabase", "LoadReport", "ReplicaStore"]
 
@@ -177,10 +184,11 @@ class ReplicaStore:
         rows = self.read_rows()
         return self._new_replica() if rows is None else self.index_rows(rows, trees=trees)
 
-    def read_rows(self) -> FileBase | None:
+    def read_rows(self, wanted: Callable[[], bool] = lambda: True) -> FileBase | None:
         """Rule 6, first half: the file's states grouped per store (not indexed yet), its
         covered ranges, purge mark and certificates; None (the file moved aside) when the
-        check or a row fails."""
+        check or a row fails.  LoadDropped once `wanted` (asked between blocks of rows) says
+        the rows are not wanted any more (a whole snapshot replaces them)."""
         db = self._db
         assert db is not None, "open() first"
         # Loading allocates millions of objects that all live on: pausing the cyclic GC while
@@ -188,8 +196,10 @@ class ReplicaStore:
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
+            if not wanted():
+                raise LoadDropped
             quick_check(db)
-            rows = self._read_rows(db)
+            rows = self._read_rows(db, wanted)
         except (sqlite3.DatabaseError, CorruptDatabase, EdgeKVError) as exc:
             self.corrupt_moved_to = self._quarantine(exc)
             self._db = self._open()
@@ -249,16 +259,16 @@ class ReplicaStore:
             raise
         return db
 
-    def _read_rows(self, db: sqlite3.Connection) -> FileBase:
+    def _read_rows(self, db: sqlite3.Connection, wanted: Callable[[], bool]) -> FileBase:
         ranges, purged = self._meta
         try:
-            groups = read_states(db)
+            groups = read_states(db, wanted)
             certs: list[Certificate] = []
             if self.public_keys is not None:
                 keys = ProofStore(self.public_keys, journal=False).keys  # by key id
                 rows = db.execute("SELECT key_id, lo, hi, entries, sig FROM certs").fetchall()
                 certs = [Certificate.from_wire(list(row)) for row in rows if row[0] in keys]
-        except EdgeKVError:
+        except (EdgeKVError, LoadDropped):
             raise
         except Exception as exc:  # anything else a damaged row can make the decoder do
             raise CorruptDatabase(f"undecodable row: {exc!r}") from exc
