@@ -331,7 +331,10 @@ async def test_a_restarted_edge_whose_delta_is_most_of_the_store_takes_it_whole(
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(enter)
                     with trio.fail_after(15):  # the offer is taken: the file is not wanted
-                        while edge._runtime is None or not edge.gossip.counters["snapshot_file_dropped"]:  # noqa: ASYNC110 (a poll)
+                        while (
+                            edge._runtime is None
+                            or not edge.gossip.counters["snapshot_file_dropped"]
+                        ):  # noqa: ASYNC110 (a poll)
                             await trio.sleep(0.01)
                     release.set()
                     with trio.fail_after(15):

@@ -710,7 +710,9 @@ def _back_with_file_loading(seed: int, whole_share: float = 2.0) -> tuple[Sim, s
 
 
 def test_a_restart_with_a_large_delta_drops_its_file_and_takes_the_whole_store() -> None:
-    sim, back, node = _back_with_file_loading(seed=23, whole_share=GossipConfig().snapshot_whole_from)
+    sim, back, node = _back_with_file_loading(
+        seed=23, whole_share=GossipConfig().snapshot_whole_from
+    )
     sim.run_until(sim.now + 0.2)
     assert node.counters["snapshot_file_dropped"] == 1, sim.seed
     assert not node.bootstrap.wants_file()  # the loader stops reading rows
