@@ -292,9 +292,10 @@ async def test_a_restarted_edge_asks_for_its_delta_while_its_file_loads_and_lose
 async def test_a_restarted_edge_whose_delta_is_most_of_the_store_takes_it_whole(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """snapshot.py rule 12: an edge back after most keys changed stops loading its file
-    (the loader gets LoadDropped, nothing is moved aside), takes the whole store, serves the
-    origin's data and rewrites its file with it.  Real sockets and clock."""
+    """snapshot.py rule 12: an edge back after most keys changed, with a caught-up edge to
+    take the store from, stops loading its file (the loader gets LoadDropped, nothing is
+    moved aside), takes the whole store from that edge, serves the origin's data and
+    rewrites its file with it.  Real sockets and clock."""
     import threading
 
     from edgekv.node import persistence
@@ -313,7 +314,10 @@ async def test_a_restarted_edge_whose_delta_is_most_of_the_store_takes_it_whole(
             raise
 
     with trio.fail_after(90):
-        async with origin_with_an_edge_file(tmp_path) as (origin, client):
+        async with (
+            origin_with_an_edge_file(tmp_path) as (origin, client),
+            edgekv.EdgeNode(origin=origin.address, config=small_snapshots()) as source,
+        ):
             for lo in range(0, KEYS, 1000):  # away: every key changes
                 await client.batch("s", [Put(f"k{i:05d}", b"c") for i in range(lo, lo + 1000)])
             monkeypatch.setattr(persistence.ReplicaStore, "read_rows", held)
@@ -331,10 +335,7 @@ async def test_a_restarted_edge_whose_delta_is_most_of_the_store_takes_it_whole(
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(enter)
                     with trio.fail_after(15):  # the offer is taken: the file is not wanted
-                        while (
-                            edge._runtime is None
-                            or not edge.gossip.counters["snapshot_file_dropped"]
-                        ):  # noqa: ASYNC110 (a poll)
+                        while not (edge._runtime and edge.gossip.counters["snapshot_file_dropped"]):  # noqa: ASYNC110 (a poll)
                             await trio.sleep(0.01)
                     release.set()
                     with trio.fail_after(15):
@@ -343,6 +344,7 @@ async def test_a_restarted_edge_whose_delta_is_most_of_the_store_takes_it_whole(
                     assert dropped == [True] and edge.load_report is not None
                     assert edge.load_report.corrupt_moved_to is None
                     assert edge.gossip.counters["snapshots_installed"] == 1
+                    assert source.gossip.counters["snapshot_keys_served"] >= KEYS
                     assert edge.open("s").get("k00042") == b"c"
                     assert edge.replica.watermark >= origin.replica.watermark
                     nursery.cancel_scope.cancel()

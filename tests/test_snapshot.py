@@ -691,12 +691,14 @@ def test_a_signed_session_never_sends_an_unprovable_state_and_then_claims_no_seq
     assert 0 in wms  # the chunks after the first unprovable state claim no seq
 
 
-def _back_with_file_loading(seed: int, whole_share: float = 2.0) -> tuple[Sim, str, GossipNode]:
+def _back_with_file_loading(
+    seed: int, whole_share: float = 2.0, sources: int = 1
+) -> tuple[Sim, str, GossipNode]:
     """The origin and one source hold `filled()`; half the keys then change (past the switch
     point) and a new key appears; edge `back` restarts with an empty live replica while its
     file (`filled()`, watermark KEYS + 2) is still loading (snapshot.py rule 11).  Its delta
     is taken as one whatever its size unless `whole_share` says otherwise (rule 12)."""
-    sim = sim_with_sources(seed=seed, sources=1)
+    sim = sim_with_sources(seed=seed, sources=sources)
     back = sim.edges[-1]
     for i in range(0, KEYS, 2):
         sim.write("s", Put(f"k{i:05d}", b"changed"))
@@ -710,16 +712,16 @@ def _back_with_file_loading(seed: int, whole_share: float = 2.0) -> tuple[Sim, s
 
 
 def test_a_restart_with_a_large_delta_drops_its_file_and_takes_the_whole_store() -> None:
-    sim, back, node = _back_with_file_loading(
-        seed=23, whole_share=GossipConfig().snapshot_whole_from
-    )
+    share = GossipConfig().snapshot_whole_from  # half the keys changed: past it
+    sim, back, node = _back_with_file_loading(seed=23, whole_share=share)
     sim.run_until(sim.now + 0.2)
     assert node.counters["snapshot_file_dropped"] == 1, sim.seed
     assert not node.bootstrap.wants_file()  # the loader stops reading rows
     sim.write("s", Put("k00003", b"during"))  # pushed meanwhile: joined at the install
     sim.run_until(sim.now + 5.0)
-    served = sum(n.counters["snapshot_keys_served"] for n in sim.nodes.values())
-    assert served >= KEYS, sim.seed  # the whole store, not the delta
+    source = sim.nodes[sim.edges[0]]  # from the caught-up edge, not the origin
+    assert source.counters["snapshot_keys_served"] >= KEYS, sim.seed
+    assert sim.origin.counters["snapshot_keys_served"] == 0
     _install_file(sim, back, None)  # what the loader reports once stopped: nothing
     assert node.bootstrap.ready(), sim.seed
     assert node.counters["snapshots_installed"] == 1 and node.counters["snapshot_deltas"] == 0
@@ -727,6 +729,15 @@ def test_a_restart_with_a_large_delta_drops_its_file_and_takes_the_whole_store()
     assert node.replica.state("s", "k00003") == sim.origin.replica.state("s", "k00003")
     assert node.replica.watermark == sim.origin.replica.watermark
     assert not sim.check.violations
+
+
+def test_the_origin_serves_a_restart_its_large_delta_not_the_whole_store() -> None:
+    share = GossipConfig().snapshot_whole_from
+    sim, _back, node = _back_with_file_loading(seed=26, whole_share=share, sources=0)
+    sim.run_until(sim.now + 3.0)  # the delta streams from the origin while the file loads
+    assert node.counters["snapshot_offers"] == 1 and node.bootstrap.wants_file(), sim.seed
+    assert node.counters["snapshot_file_dropped"] == 0
+    assert 0 < sim.origin.counters["snapshot_keys_served"] <= KEYS // 2 + 10
 
 
 def test_a_restart_with_a_small_delta_keeps_its_file() -> None:

@@ -107,10 +107,11 @@ class GossipConfig:
     offer instead (the switch point, measured: benchmarks/results/bootstrap.md)."""
     snapshot_whole_from: float = 0.3
     """A restarting node whose delta (the keys changed since its file's watermark) is at least
-    this share of the responder's keys drops its file and takes the whole store instead
-    (gossip/snapshot.py rule 12; above 1: never).  Reading the file costs about as much CPU
-    per key as receiving one, so past this share the whole store is ready sooner, for at most
-    1/share times the delta's bytes (measured: benchmarks/results/bootstrap.md)."""
+    this share of the responder's keys, and whose snapshot source is a caught-up edge, drops
+    its file and takes the whole store from that edge (gossip/snapshot.py rule 12; the origin
+    always serves the delta; above 1: never).  Reading the file costs about as much CPU per
+    key as receiving one, so past this share the whole store is ready sooner, for at most
+    1/share times the delta's bytes."""
     snapshot_chunk_bytes: int = 256 << 10
     """Target payload of one snapshot chunk (the responder's work per chunk is bounded by it)."""
     snapshot_window: int = 8

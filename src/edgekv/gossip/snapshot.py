@@ -94,14 +94,8 @@ Theory of operation
 11. A restart overlaps its file's load with its delta: gossip starts on the file's watermark
    (`expect_base`), the delta is staged while the rows load, and the two are joined
    (`install_base`, `join_file`); the details are in snapshot_file.py.
-12. A restart whose delta is large takes the whole store instead: an offer says how many keys
-   changed after the requester's watermark (`changed`, from the change logs), and while the
-   file still loads, a delta of at least `snapshot_whole_from` of the offer's keys drops the
-   file (its load stops: `base_wm` is cleared) and starts a whole snapshot.  Reading a row of
-   the file costs about as much CPU as receiving a key, and a large delta then costs a rebuild
-   with the file's states too: at 1M keys with 500,000 changed, file and delta took 7.9 s from
-   spawn to the origin's watermark, a whole snapshot about 4 s
-   (benchmarks/results/bootstrap.md).  The price is bytes: at most 1/share times the delta's.
+12. A restart whose delta is large (`snapshot_whole_from` of the store) takes the whole store
+   instead if an edge serves it: the file is dropped (snapshot_file.py rule 5).
 """
 
 from __future__ import annotations
@@ -194,6 +188,7 @@ class SnapshotClient:
         self._trees_out = 0  # tree jobs handed out, not yet installed
         self._trees_held_until: float | None = None  # a restart's tree job waits (rule 10)
         self._since = 0  # > 0: a delta snapshot (rule 9)
+        self._whole_ok = False  # rule 12: a large delta the transfer's first edge source serves whole
         self.delta_stage_from = DELTA_STAGE_FROM
         self.whole_share = config.snapshot_whole_from  # rule 12
         self._delta_keys = 0  # keys a delta joined into the live replica chunk by chunk
@@ -311,11 +306,10 @@ class SnapshotClient:
         self.counters["snapshot_offers"] += 1
         self._offer = (peer, wm)
         self._since = floor  # rule 9: a node holding a prefix takes a delta (rule 11: its file)
-        if floor and self.base_wm is not None and self._whole_instead(offer):
-            self.counters["snapshot_file_dropped"] += 1
-            self._since = 0
-        if not self._since:
-            self.base_wm = None  # rule 11: no prefix (or dropped); the whole one replaces it
+        # rule 12: the whole store instead, if an edge serves it (decided with the source)
+        self._whole_ok = bool(floor) and self.base_wm is not None and self._whole_instead(offer)
+        if not floor:
+            self.base_wm = None  # rule 11: an empty file is no prefix; the whole one replaces it
         self._hints = [a for a in offer.sources if a != self.members.address]
         self.progress = Progress(total=offer.keys, started=now)
         self.state = self.CHOOSING
@@ -329,6 +323,15 @@ class SnapshotClient:
         """Rule 12: is a restart's delta so large that the whole store is faster to take than
         the file to read (its load still under way)?"""
         return offer.changed >= self.whole_share * offer.keys > 0
+
+    def _drop_file_for(self, source: str) -> None:
+        """Rule 12, at a transfer's first source: an edge serves the whole store instead of
+        the delta (the file is dropped: its load stops); the origin serves the delta."""
+        whole, self._whole_ok = self._whole_ok, False
+        peer = self.members.peers.get(source)
+        if whole and (source in self._hints or (peer is not None and peer.role == "edge")):
+            self.counters["snapshot_file_dropped"] += 1
+            self._since, self.base_wm = 0, None
 
     def _choose(self) -> str:
         offerer, wm = self._offer
@@ -381,6 +384,7 @@ class SnapshotClient:
         if proofs is not None:
             proofs.live_seqs = self._live_seqs
         self._source = self._choose()
+        self._drop_file_for(self._source)
         self._sid = self.rng.getrandbits(48) + 1
         self._n = 0
         self.state = self.RUNNING
