@@ -6,12 +6,13 @@ Prints a markdown section and writes it to benchmarks/results/edge.md (with `--o
 restart-to-first-read and its breakdown only, to benchmarks/results/edge_restart.md).  Each measurement runs
 in fresh subprocesses; figures are the median over `--runs` (spread in brackets).
 
-- Setup: an edge database (SQLite, as the node writes it) with `--keys` keys of 16 bytes and
-  100-byte values in one store, built once in a temporary directory.
+- Setup: an edge database (SQLite, as the node writes it after a snapshot: the registers in
+  blocks, node/persistence.py rule 7) with `--keys` keys of 16 bytes and 100-byte values in
+  one store, built once in a temporary directory.
 - restart-to-first-read: a fresh process imports edgekv, enters `EdgeNode(data_dir=...)` and
   does one `store.get`; timed from process spawn (interpreter and imports included) and from
-  `EdgeNode.__aenter__` (the node's own part).  The load is broken down (SQLite row fetch, CBOR
-  decode + validation, `bulk_load` building digests and indexes, and the per-key
+  `EdgeNode.__aenter__` (the node's own part).  The load is broken down (reading the blocks:
+  fetch, checks and decode; `bulk_load` building digests and indexes, and the per-key
   `Replica.apply` path on the same states for comparison) in a separate process.
 - get(): `node.open(store).get(key)` on random existing keys in the restarted node.  (a) The
   p50 and p99 (the targets): each call timed alone, timer overhead measured and subtracted;
@@ -71,9 +72,7 @@ def mode_prepare(data_dir: str, keys: int) -> dict[str, Any]:
             ]
             replica.apply_batch(items)
         replica.covered.add(1, keys + 1)
-        store.on_changes([])
-        store._dirty = {(META, STORE): None}
-        store._dirty.update(((STORE, key_of(i)), None) for i in range(keys))
+        store.rewrite_all()  # as after a snapshot: registers in blocks (persistence rule 7)
         t = time.perf_counter()
         await store.close()
         return time.perf_counter() - t
@@ -176,7 +175,7 @@ def mode_breakdown(data_dir: str) -> dict[str, Any]:
     import sqlite3
 
     from edgekv.crdt import Replica, bulk_load_stores
-    from edgekv.node.filerows import _SELECT_REGISTERS, _registers
+    from edgekv.node.filerows import read_states
 
     db = sqlite3.connect(Path(data_dir) / "edge.db")
     gc.disable()  # as the loader does
@@ -184,12 +183,8 @@ def mode_breakdown(data_dir: str) -> dict[str, Any]:
     db.execute("PRAGMA quick_check").fetchall()
     quick_check = time.perf_counter() - t
     t = time.perf_counter()
-    rows = db.execute(_SELECT_REGISTERS, (STORE,)).fetchall()
-    fetch = time.perf_counter() - t
-    t = time.perf_counter()
-    groups = {STORE: _registers(rows)}  # (the store's META row is not needed to time these)
-    decode = time.perf_counter() - t
-    del rows
+    groups = {STORE: read_states(db)[0][STORE]}  # (the META store is not needed to time these)
+    read = time.perf_counter() - t
     decoded = [(s, k, d) for s, states in groups.items() for k, d in states.items()]
     t = time.perf_counter()
     loaded = Replica()
@@ -206,8 +201,7 @@ def mode_breakdown(data_dir: str) -> dict[str, Any]:
     apply = time.perf_counter() - t
     return {
         "quick_check": quick_check,
-        "fetch": fetch,
-        "decode": decode,
+        "read": read,
         "bulk": bulk,
         "trees": trees,
         "apply": apply,
@@ -441,8 +435,8 @@ def main() -> None:
         f"{fmt(idle, 'cpu_percent', 1, 2)} % of a core | <= 1 % | {ok(cpu, 1)} |",
         "",
         "Where the restart time goes (separate process, same database, seconds): "
-        f"PRAGMA quick_check {fmt(breakdown, 'quick_check')}, SQLite row fetch "
-        f"{fmt(breakdown, 'fetch')}, decode + validation of the rows {fmt(breakdown, 'decode')}, "
+        f"PRAGMA quick_check {fmt(breakdown, 'quick_check')}, reading the registers' blocks "
+        f"(fetch, checks, decode) {fmt(breakdown, 'read')}, "
         f"`bulk_load` without the Merkle trees (sorted key index, change index) "
         f"{fmt(breakdown, 'bulk')}; then, after the first read, the Merkle trees in a worker "
         f"thread {fmt(breakdown, 'trees')}; for comparison, the same states through per-key "
@@ -489,8 +483,8 @@ def _report_restart(
         f"| `ReplicaStore.load` | {fmt(restarts, 'load_seconds')} s | | |",
         "",
         "Where the load time goes (separate process, same database, GC off, seconds): "
-        f"PRAGMA quick_check {fmt(breakdown, 'quick_check')}, SQLite row fetch "
-        f"{fmt(breakdown, 'fetch')}, decode + validation {fmt(breakdown, 'decode')}, "
+        f"PRAGMA quick_check {fmt(breakdown, 'quick_check')}, reading the registers' blocks "
+        f"(fetch, checks, decode) {fmt(breakdown, 'read')}, "
         f"`bulk_load` without the Merkle trees {fmt(breakdown, 'bulk')}; then, after the "
         f"first read, the Merkle trees in a worker thread {fmt(breakdown, 'trees')}; the "
         f"same states through per-key "

@@ -11,7 +11,7 @@ import pytest
 
 from edgekv.crdt import META, BfAdd, Change, Delete, Put, Register, Replica, ZAdd, plan
 from edgekv.crdt.ops import Op, validate_op
-from edgekv.node.filerows import LoadDropped
+from edgekv.node.filerows import LoadDropped, block_of
 from edgekv.node.persistence import DB_NAME, ReplicaStore
 
 
@@ -146,7 +146,18 @@ def _corrupt_file(path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "damage", ["garbage", "not_sqlite", "bad_row", "bad_register", "bad_meta", "format"]
+    "damage",
+    [
+        "garbage",
+        "not_sqlite",
+        "bad_row",
+        "bad_register",
+        "bad_meta",
+        "format",
+        "block_crc",
+        "block_register",
+        "block_columns",
+    ],
 )
 async def test_corrupt_file_is_moved_aside(
     tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
@@ -154,6 +165,9 @@ async def test_corrupt_file_is_moved_aside(
     w = Writer()
     _populate(w)
     store = await _persist(tmp_path, w)
+    if damage.startswith("block"):  # the registers in blocks (rule 7)
+        store.rewrite_all()
+        await store.flush()
     await store.close()
     path = tmp_path / DB_NAME
     if damage == "garbage":
@@ -168,6 +182,16 @@ async def test_corrupt_file_is_moved_aside(
             db.execute("UPDATE states SET reg = x'09' || substr(reg, 2) WHERE key = 'k003'")
         elif damage == "bad_meta":
             db.execute("INSERT OR REPLACE INTO meta VALUES ('covered', ?)", (b"\xff\xff",))
+        elif damage == "block_crc":  # a flipped byte in a value: the checksum tells
+            db.execute("UPDATE blocks SET regs = substr(regs, 1, 40) || x'00' || substr(regs, 42)")
+        elif damage.startswith("block"):  # well-formed CBOR, checksum made to match
+            keys, regs = (
+                (["k1", "k2"], [b"\x09" + bytes(20)])
+                if damage == "block_register"
+                else (["k1"], [])
+            )
+            kb, rb, crc = block_of(keys, regs)
+            db.execute("UPDATE blocks SET keys = ?, regs = ?, crc = ?", (kb, rb, crc))
         else:
             db.execute("UPDATE meta SET value = 99 WHERE name = 'format'")
         db.commit()
@@ -289,3 +313,113 @@ async def test_a_load_no_longer_wanted_stops_and_leaves_the_file_in_place(tmp_pa
     assert report.corrupt_moved_to is None and report.keys == len(w.replica)
     _same(third.replica, w.replica)
     await third.close()
+
+
+def _rows_and_blocks(path: Path) -> tuple[int, int]:
+    with sqlite3.connect(path) as db:
+        (rows,) = db.execute("SELECT count(*) FROM states").fetchone()
+        (blocks,) = db.execute("SELECT count(*) FROM blocks").fetchone()
+    return rows, blocks
+
+
+async def test_a_rewrite_stores_registers_in_blocks_and_later_changes_as_rows(
+    tmp_path: Path,
+) -> None:
+    """Rule 7: a whole rewrite puts the registers in checksummed blocks (other kinds stay
+    rows); later flushes write rows that supersede them, and a removal of a key a block may
+    hold is a marker row; the file reads back equal after each step."""
+    w = Writer()
+    _populate(w)
+    store = await _persist(tmp_path, w)
+    store.rewrite_all()
+    await store.flush()
+    assert _rows_and_blocks(tmp_path / DB_NAME) == (2, 3)  # zset and bloom; 3 stores with META
+    w.write("flags", Put("k001", b"new"))
+    w.write("flags", Delete("k002"))
+    w.write("other", Put("y", b"z"))
+    store.on_changes(w.drain())
+    store.on_changes(w.replica.purge(w.seq, now_ms=0))  # k002 and k007 removed
+    await store.flush()
+    with sqlite3.connect(tmp_path / DB_NAME) as db:
+        markers = db.execute("SELECT key FROM states WHERE reg IS NULL AND state IS NULL")
+        assert sorted(k for (k,) in markers) == ["k002", "k007"]
+    await store.close()
+
+    again = ReplicaStore(tmp_path)
+    again.load()
+    _same(again.replica, w.replica)
+    assert again.replica.store("flags").get("k001", 0) == b"new"
+    assert again.replica.state("flags", "k002") is None
+    assert again.replica.state("flags", "k007") is None
+    again.rewrite_all()  # markers and rows fold into the blocks
+    again.on_changes([Change("flags", "k001", None)])
+    await again.flush()
+    assert _rows_and_blocks(tmp_path / DB_NAME) == (2, 3)
+    await again.close()
+    third = ReplicaStore(tmp_path)
+    third.load()
+    _same(third.replica, w.replica)
+    await third.close()
+
+
+async def test_a_dropped_store_takes_its_blocks_along(tmp_path: Path) -> None:
+    w = Writer()
+    _populate(w)
+    store = await _persist(tmp_path, w)
+    store.rewrite_all()
+    await store.flush()
+    w.drop("other")
+    w.create("other")  # recreated: none of its old keys
+    w.write("other", Put("fresh", b"1"))
+    store.on_changes(w.drain())
+    await store.flush()
+    with sqlite3.connect(tmp_path / DB_NAME) as db:
+        assert db.execute("SELECT count(*) FROM blocks WHERE store = 'other'").fetchone() == (0,)
+    await store.close()
+    again = ReplicaStore(tmp_path)
+    again.load()
+    _same(again.replica, w.replica)
+    assert again.replica.state("other", "x") is None
+    await again.close()
+
+
+async def test_rows_past_the_blocks_are_folded_in_by_a_rewrite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rule 7: once the rows written since the blocks reach COMPACT_ROWS and half the keys,
+    the next flush rewrites the file in blocks, so a load reads few rows."""
+    from edgekv.node import persistence
+
+    monkeypatch.setattr(persistence, "COMPACT_ROWS", 40)
+    w = Writer()
+    _populate(w)  # 55 keys of which 53 plain values: 55 rows written
+    store = await _persist(tmp_path, w)
+    assert _rows_and_blocks(tmp_path / DB_NAME) == (56, 0)  # (the META store's rows too)
+    w.write("flags", Put("k001", b"again"))
+    store.on_changes(w.drain())
+    await store.flush()  # the rewrite is due: done at the next flush
+    await store.flush()
+    rows, blocks = _rows_and_blocks(tmp_path / DB_NAME)
+    assert blocks == 3 and rows == 2
+    await store.close()
+    again = ReplicaStore(tmp_path)
+    again.load()
+    _same(again.replica, w.replica)
+    await again.close()
+
+
+async def test_a_file_of_the_format_before_loads_and_is_upgraded(tmp_path: Path) -> None:
+    w = Writer()
+    _populate(w)
+    store = await _persist(tmp_path, w)
+    await store.close()
+    with sqlite3.connect(tmp_path / DB_NAME) as db:  # as format 4 wrote it: no blocks table
+        db.execute("DROP TABLE blocks")
+        db.execute("UPDATE meta SET value = 4 WHERE name = 'format'")
+    again = ReplicaStore(tmp_path)
+    report = again.load()
+    assert report.corrupt_moved_to is None
+    _same(again.replica, w.replica)
+    await again.close()
+    with sqlite3.connect(tmp_path / DB_NAME) as db:
+        assert db.execute("SELECT value FROM meta WHERE name = 'format'").fetchone() == (5,)

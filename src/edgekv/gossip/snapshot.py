@@ -188,7 +188,9 @@ class SnapshotClient:
         self._trees_out = 0  # tree jobs handed out, not yet installed
         self._trees_held_until: float | None = None  # a restart's tree job waits (rule 10)
         self._since = 0  # > 0: a delta snapshot (rule 9)
-        self._whole_ok = False  # rule 12: a large delta the transfer's first edge source serves whole
+        self._whole_ok = (
+            False  # rule 12: a large delta the transfer's first edge source serves whole
+        )
         self.delta_stage_from = DELTA_STAGE_FROM
         self.whole_share = config.snapshot_whole_from  # rule 12
         self._delta_keys = 0  # keys a delta joined into the live replica chunk by chunk

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from itertools import repeat
 from operator import itemgetter
 from typing import Any
+from zlib import crc32
 
 from cbor2 import loads as cbor_loads
 
@@ -21,7 +22,15 @@ from edgekv.crdt.codec import MAX_SEQ, decode_delta, dumps, loads
 from edgekv.crdt.register import SEQ_AT, registers_valid
 from edgekv.errors import EdgeKVError
 
-__all__ = ["SEQ_BYTES", "CorruptDatabase", "LoadDropped", "quick_check", "read_meta", "read_states"]
+__all__ = [
+    "SEQ_BYTES",
+    "CorruptDatabase",
+    "LoadDropped",
+    "block_of",
+    "quick_check",
+    "read_meta",
+    "read_states",
+]
 
 GIL_BLOCK = 1 << 16  # rows per C-level pass of a load in a worker thread (persistence rule 6)
 _new_bytes = bytes.__new__
@@ -39,6 +48,8 @@ _SELECT_REGISTERS = (
     "SELECT key, seq, reg FROM states WHERE store = ? AND reg IS NOT NULL ORDER BY key"
 )
 _SELECT_OTHERS = "SELECT key, seq, state FROM states WHERE store = ? AND reg IS NULL ORDER BY key"
+_SELECT_BLOCKS = "SELECT keys, regs, crc FROM blocks WHERE store = ? ORDER BY first"
+_SEQ_ZERO = bytes(8)
 # the seq field of a register's bytes (crdt/register.py)
 SEQ_BYTES = itemgetter(slice(SEQ_AT, SEQ_AT + 8))
 _KEY, _SEQ, _BLOB = (itemgetter(i) for i in range(3))
@@ -75,15 +86,47 @@ def read_meta(db: sqlite3.Connection) -> tuple[list[tuple[int, int]], int]:
 
 
 def _store_names(db: sqlite3.Connection) -> list[str]:
-    """The stores that have rows, in name order: one index probe each (no scan of the rows)."""
-    names: list[str] = []
-    row = db.execute("SELECT min(store) FROM states").fetchone()
-    while row is not None and row[0] is not None:
-        if type(row[0]) is not str:
-            raise CorruptDatabase("bad row: store is not text")
-        names.append(row[0])
-        row = db.execute("SELECT min(store) FROM states WHERE store > ?", (row[0],)).fetchone()
-    return names
+    """The stores that have rows or blocks, in name order: index probes (no scan of rows)."""
+    names: set[str] = set()
+    for table in ("states", "blocks"):
+        row = db.execute(f"SELECT min(store) FROM {table}").fetchone()
+        while row is not None and row[0] is not None:
+            if type(row[0]) is not str:
+                raise CorruptDatabase("bad row: store is not text")
+            names.add(row[0])
+            row = db.execute(
+                f"SELECT min(store) FROM {table} WHERE store > ?",
+                (row[0],),
+            ).fetchone()
+    return sorted(names)
+
+
+def block_of(keys: list[str], regs: list[Any]) -> tuple[bytes, bytes, int]:
+    """A block row's (keys, regs, crc) for registers in key order (persistence.py rule 7)."""
+    kb, rb = dumps(keys), dumps(regs)
+    return kb, rb, crc32(rb, crc32(kb))
+
+
+def _read_blocks(
+    db: sqlite3.Connection, store: str, wanted: Callable[[], bool]
+) -> dict[str, State]:
+    """key -> Register from a store's blocks (persistence.py rule 7), each checked whole: its
+    CRC, then column-wise as `_registers` checks rows."""
+    states: dict[str, State] = {}
+    for kb, rb, crc in db.execute(_SELECT_BLOCKS, (store,)):
+        if not wanted():
+            raise LoadDropped
+        if type(kb) is not bytes or type(rb) is not bytes or crc32(rb, crc32(kb)) != crc:
+            raise CorruptDatabase(f"bad block of store {store!r}: checksum mismatch")
+        keys, regs = cbor_loads(kb), cbor_loads(rb)
+        if type(keys) is not list or type(regs) is not list or len(keys) != len(regs):
+            raise CorruptDatabase(f"bad block of store {store!r}: not two columns")
+        if not set(map(type, keys)) <= {str} or not registers_valid(regs):
+            raise CorruptDatabase(f"bad block of store {store!r}: malformed key or register")
+        if regs and min(map(SEQ_BYTES, regs)) == _SEQ_ZERO:
+            raise CorruptDatabase(f"bad block of store {store!r}: a register at seq 0")
+        states.update(zip(keys, map(_new_bytes, repeat(Register), regs), strict=True))
+    return states
 
 
 class LoadDropped(Exception):
@@ -92,25 +135,37 @@ class LoadDropped(Exception):
 
 def read_states(
     db: sqlite3.Connection, wanted: Callable[[], bool] = lambda: True
-) -> dict[str, dict[str, State]]:
-    """store -> key -> state, every row checked (a damaged row is CorruptDatabase).  `wanted`
-    is asked between blocks of rows; once it says no, LoadDropped.
+) -> tuple[dict[str, dict[str, State]], int]:
+    """store -> key -> state, every row and block checked (a damaged one is CorruptDatabase),
+    and how many rows there were (not counting blocks).  `wanted` is asked between blocks of
+    rows; once it says no, LoadDropped.
 
     Column-wise: each check is one C-level pass over a column (its types, then its range),
     tens of ms per million rows instead of a Python call per row; a register row becomes a
     `Register` by one C-level copy of its blob.  `_register` makes the same checks on one row.
     """
     groups: dict[str, dict[str, State]] = {}
+    n_rows = 0
     for store in _store_names(db):
+        states = _read_blocks(db, store, wanted)
         cursor = db.execute(_SELECT_REGISTERS, (store,))
         rows: list[tuple[Any, ...]] = []
         while block := cursor.fetchmany(GIL_BLOCK):
             if not wanted():
                 raise LoadDropped
             rows += block
-        states = _registers(rows)
+        n_rows += len(rows)
+        if states:  # rows written since the blocks supersede them (persistence.py rule 7)
+            states.update(_registers(rows))
+        else:
+            states = _registers(rows)
         del rows
-        for key, seq, blob in db.execute(_SELECT_OTHERS, (store,)).fetchall():
+        others = db.execute(_SELECT_OTHERS, (store,)).fetchall()
+        n_rows += len(others)
+        for key, seq, blob in others:
+            if blob is None and seq == 0 and type(key) is str:  # a removal marker (rule 7)
+                states.pop(key, None)
+                continue
             if type(key) is not str or type(seq) is not int or type(blob) is not bytes:
                 raise CorruptDatabase("bad row: key, seq or state of the wrong type")
             # our own writing: plain `cbor2.loads` (C) is enough, `decode_delta` still
@@ -120,7 +175,7 @@ def read_states(
                 raise CorruptDatabase(f"bad row: seq {seq} but state at {delta.seq}")
             states[key] = delta.to_state() if isinstance(delta, BloomDelta) else delta
         groups[store] = states
-    return groups
+    return groups, n_rows
 
 
 def _registers(rows: list[tuple[Any, ...]]) -> dict[str, State]:
