@@ -712,8 +712,7 @@ def _back_with_file_loading(
 
 
 def test_a_restart_with_a_large_delta_drops_its_file_and_takes_the_whole_store() -> None:
-    share = GossipConfig().snapshot_whole_from  # half the keys changed: past it
-    sim, back, node = _back_with_file_loading(seed=23, whole_share=share)
+    sim, back, node = _back_with_file_loading(seed=23, whole_share=0.4)  # half changed
     sim.run_until(sim.now + 0.2)
     assert node.counters["snapshot_file_dropped"] == 1, sim.seed
     assert not node.bootstrap.wants_file()  # the loader stops reading rows
@@ -732,8 +731,7 @@ def test_a_restart_with_a_large_delta_drops_its_file_and_takes_the_whole_store()
 
 
 def test_the_origin_serves_a_restart_its_large_delta_not_the_whole_store() -> None:
-    share = GossipConfig().snapshot_whole_from
-    sim, _back, node = _back_with_file_loading(seed=26, whole_share=share, sources=0)
+    sim, _back, node = _back_with_file_loading(seed=26, whole_share=0.4, sources=0)
     sim.run_until(sim.now + 3.0)  # the delta streams from the origin while the file loads
     assert node.counters["snapshot_offers"] == 1 and node.bootstrap.wants_file(), sim.seed
     assert node.counters["snapshot_file_dropped"] == 0
@@ -743,7 +741,7 @@ def test_the_origin_serves_a_restart_its_large_delta_not_the_whole_store() -> No
 def test_a_restart_with_a_small_delta_keeps_its_file() -> None:
     sim = sim_with_sources(seed=24, sources=1)
     back = sim.edges[-1]
-    for i in range(0, KEYS, 4):  # a quarter changed: under the default share (0.3)
+    for i in range(0, KEYS, 4):  # a quarter changed: under the default share (0.5)
         sim.write("s", Put(f"k{i:05d}", b"changed"))
     sim.run_until(sim.now + 0.5)
     node = sim.nodes[back]

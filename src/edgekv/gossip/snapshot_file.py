@@ -27,12 +27,14 @@ Theory of operation
    while the file still loads, a delta of at least `snapshot_whole_from` of the offer's keys
    whose transfer's first source is an edge drops the file (its load stops: `base_wm` is
    cleared, `wants_file`) and asks that edge for the whole store.  Reading a row of the file
-   costs the receiver about as much CPU as receiving a key, and a large delta then costs a
-   rebuild with the file's states too; but the whole store is more bytes and chunks, which
-   the origin must not pay for: every write shares its CPU.  Measured at 1M keys with
-   500,000 changed and the origin the only source: the delta took 7.9 s from spawn to the
-   origin's watermark with the origin's puts at 48-70% of idle, the whole store 5.8-6.3 s
-   with them at 23-44% (benchmarks/results/bootstrap.md).  So the origin serves the delta
+   costs the receiver about a third of the CPU of receiving a key, but a large delta also
+   costs a rebuild with the file's states; and the whole store is more bytes and chunks,
+   which the origin must not pay for: every write shares its CPU.  Measured at 1M keys with
+   500,000 changed and the origin the only source, the file's rows one per row: the delta
+   took 7.9 s from spawn to the origin's watermark with the origin's puts at 48-70% of idle,
+   the whole store 5.8-6.3 s with them at 23-44%; with the file in blocks (node/persistence.py
+   rule 7) the delta took 5.75 s, a fresh edge's whole store 4.2 s
+   (benchmarks/results/bootstrap.md).  So the origin serves the delta
    and a caught-up edge the whole store.
 Measured at 1M keys with 500,000 changed (bench_bootstrap's away step): the load (~3 s) and
 the stream (~4 s) ran one after the other before, then a rebuild with copies of the loaded
