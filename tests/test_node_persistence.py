@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edgekv.crdt import META, BfAdd, Change, Delete, Put, Register, Replica, ZAdd, plan
 from edgekv.crdt.ops import Op, validate_op
@@ -423,3 +425,66 @@ async def test_a_file_of_the_format_before_loads_and_is_upgraded(tmp_path: Path)
     await again.close()
     with sqlite3.connect(tmp_path / DB_NAME) as db:
         assert db.execute("SELECT value FROM meta WHERE name = 'format'").fetchone() == (5,)
+
+
+_STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("put"), st.integers(0, 5), st.binary(max_size=8)),
+        st.tuples(st.just("delete"), st.integers(0, 5)),
+        st.tuples(st.just("zadd"), st.integers(0, 5)),
+        st.tuples(st.just("purge")),
+        st.tuples(st.just("recreate")),
+        st.tuples(st.just("flush")),
+        st.tuples(st.just("rewrite")),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps=_STEPS)
+def test_any_history_of_flushes_and_rewrites_reads_back_equal(steps: list[tuple[Any, ...]]) -> None:
+    """Rule 7 as a property: whatever mix of writes, removals (deletes purged, a store
+    recreated), flushes and whole rewrites in blocks of 4 keys, the file reads back equal."""
+    import tempfile
+
+    import trio
+
+    from edgekv.node import persistence
+
+    async def run(path: Path) -> None:
+        w = Writer()
+        w.create("s")
+        store = await _persist(path, w)
+        for step in steps:
+            if step[0] == "put":
+                w.write("s", Put(f"k{step[1]:02d}", step[2]))
+            elif step[0] == "delete":
+                w.write("s", Delete(f"k{step[1]:02d}"))
+            elif step[0] == "zadd":
+                w.write("s", ZAdd(f"z{step[1]:02d}", {b"m": 1.0}))
+            elif step[0] == "purge":
+                store.on_changes(w.replica.purge(w.seq, now_ms=0))
+            elif step[0] == "recreate":
+                w.drop("s")
+                w.create("s")
+            elif step[0] == "rewrite":
+                store.rewrite_all()
+            store.on_changes(w.drain())
+            if step[0] in ("flush", "rewrite"):
+                await store.flush()
+        await store.close()
+        again = ReplicaStore(path)
+        report = again.load()
+        assert report.corrupt_moved_to is None
+        _same(again.replica, w.replica)
+        assert again.replica.store("s").states == w.replica.store("s").states
+        await again.close()
+
+    old = persistence.BLOCK_KEYS
+    persistence.BLOCK_KEYS = 4
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            trio.run(run, Path(d))
+    finally:
+        persistence.BLOCK_KEYS = old
