@@ -859,18 +859,33 @@ def test_a_file_read_while_its_large_delta_streams_is_kept_and_built_with_it() -
     _assert_built_with_file(sim, node, file, "k00009")
 
 
-def test_a_file_read_before_its_delta_grows_large_is_indexed_and_installed_instead() -> None:
-    sim, back, node = _back_with_file_loading(seed=26)
-    node.bootstrap.delta_stage_from = 300
+def test_a_file_read_before_its_announced_large_delta_arrived_is_kept_for_one_build() -> None:
+    """snapshot_file.py rule 3: the offer said the delta is large, so a file that loads
+    before much of it arrived is kept and built with it once, not indexed and rebuilt."""
+    sim, _back, node = _back_with_file_loading(seed=26)
+    node.bootstrap.delta_stage_from = 300  # 1,500 changed keys announced: a large delta
     sim.run_until(sim.now + 0.02)
     assert node.bootstrap.state == "running" and node.bootstrap.progress.keys <= 300
-    # little staged yet: indexed now, its keys served at once
-    assert not node.join_file(_file_base(filled()))
+    file = filled()
+    assert node.join_file(_file_base(file))  # kept
     assert node.bootstrap.file_pending
-    _install_file(sim, back, filled())  # indexed by the driver, then adopted
-    assert not node.bootstrap.file_pending and node.bootstrap.active
+    sim.write("s", Put("k00009", b"during"))
     sim.run_until(sim.now + 5.0)
-    assert node.counters["snapshot_delta_rebuilds"] == 1, sim.seed
+    _assert_built_with_file(sim, node, file, "k00009")
+
+
+def test_a_file_read_while_a_small_announced_delta_streams_is_indexed_and_served_at_once() -> None:
+    sim, back, node = _back_with_file_loading(seed=28)
+    node.bootstrap.delta_stage_from = 5_000  # 1,500 changed keys announced: a small delta
+    sim.run_until(sim.now + 0.02)
+    assert node.bootstrap.state == "running"
+    assert not node.join_file(_file_base(filled()))  # indexed by the driver, then adopted
+    _install_file(sim, back, filled())
+    assert not node.bootstrap.file_pending and node.bootstrap.active
+    assert node.replica.state("s", "k00101") == filled().state("s", "k00101")  # served now
+    sim.run_until(sim.now + 5.0)
+    assert node.counters["snapshot_deltas"] == 1, sim.seed
+    assert node.counters["snapshot_delta_rebuilds"] == 0
     assert node.replica.root == sim.origin.replica.root
     assert node.bootstrap.ready()
 

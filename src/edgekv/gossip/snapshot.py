@@ -188,9 +188,8 @@ class SnapshotClient:
         self._trees_out = 0  # tree jobs handed out, not yet installed
         self._trees_held_until: float | None = None  # a restart's tree job waits (rule 10)
         self._since = 0  # > 0: a delta snapshot (rule 9)
-        self._whole_ok = (
-            False  # rule 12: a large delta the transfer's first edge source serves whole
-        )
+        self._whole_ok = False  # rule 12: the transfer's first edge source serves it whole
+        self._large_delta = False  # rule 11: the offer announced more than delta_stage_from
         self.delta_stage_from = DELTA_STAGE_FROM
         self.whole_share = config.snapshot_whole_from  # rule 12
         self._delta_keys = 0  # keys a delta joined into the live replica chunk by chunk
@@ -264,9 +263,9 @@ class SnapshotClient:
         with the delta (or dropped), False if the caller indexes them for `install_base`."""
         if self.base_wm is None:
             return True
-        if self.state not in (self.RUNNING, self.BUILDING) or not self._since:
+        if self.state not in (self.CHOOSING, self.RUNNING, self.BUILDING) or not self._since:
             return False
-        if self._staged_small():  # (a small delta so far: indexed now, served at once)
+        if self._staged_small() and not self._large_delta:  # (indexed now, served at once)
             return False
         self._file = file  # (`base_wm` stays: the floor, until the build takes the file)
         add_file_certs(self.replica.proofs, file.certs)
@@ -310,6 +309,7 @@ class SnapshotClient:
         self._since = floor  # rule 9: a node holding a prefix takes a delta (rule 11: its file)
         # rule 12: the whole store instead, if an edge serves it (decided with the source)
         self._whole_ok = bool(floor) and self.base_wm is not None and self._whole_instead(offer)
+        self._large_delta = offer.changed > self.delta_stage_from  # rule 11: keep the file
         if not floor:
             self.base_wm = None  # rule 11: an empty file is no prefix; the whole one replaces it
         self._hints = [a for a in offer.sources if a != self.members.address]
@@ -333,7 +333,7 @@ class SnapshotClient:
         peer = self.members.peers.get(source)
         if whole and (source in self._hints or (peer is not None and peer.role == "edge")):
             self.counters["snapshot_file_dropped"] += 1
-            self._since, self.base_wm = 0, None
+            self._since, self.base_wm, self._file = 0, None, None
 
     def _choose(self) -> str:
         offerer, wm = self._offer

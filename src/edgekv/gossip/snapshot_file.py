@@ -13,8 +13,10 @@ Theory of operation
    the file's certificates replace the proof store, those received meanwhile added), then
    hands its trees out as rule 10's job; a delta that already ended is then finished: joined
    key by key when small, else rebuilt as in rule 9.
-3. Rows read while a large delta streams or once it is staged are not indexed alone (it will
-   be rebuilt anyway): `join_file` keeps them (`FileBase`) and the staged snapshot is built
+3. Rows read while a large delta streams or once it is staged, or once an offer announced
+   one (`changed` past `delta_stage_from`), are not indexed alone (it will be rebuilt anyway;
+   a file in blocks often loads before 20,000 keys of its delta arrived, and was then indexed,
+   installed and rebuilt: 8.6 s instead of 5.2-6.0 s in one away run): `join_file` keeps them (`FileBase`) and the staged snapshot is built
    with them as its base when the delta ends: one bulk load instead of two, no copy of the
    live stores.  The live replica holds them from that install on (`file_pending` until
    then): such a node serves its file's keys only then, not while the delta streams.
