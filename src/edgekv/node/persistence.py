@@ -101,7 +101,7 @@ __all__ = ["CorruptDatabase", "LoadReport", "ReplicaStore"]
 logger = logging.getLogger("edgekv.persistence")
 
 FORMAT = 5  # 2: registers in four columns; 3: a register is one blob; 4: + certs; 5: + blocks
-BLOCK_KEYS = 1 << 16  # registers per block (rule 7)
+BLOCK_KEYS = 1 << 14  # registers per block (rule 7): a block is a few ms of C-level work
 COMPACT_ROWS = 1 << 16  # rows past the blocks before a rewrite is considered (rule 7)
 DB_NAME = "edge.db"
 FLUSH_INTERVAL = 0.5
