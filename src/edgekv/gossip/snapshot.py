@@ -82,15 +82,10 @@ Theory of operation
    deletes, or their tombstones gone before w) keeps the delta.  So a gap
    above the switch point costs the changed keys, never the whole store twice.
 10. Restart.  A node restarted from its file loads its states without Merkle trees (reads
-   need none) and starts gossip at once: `defer_trees` makes the trees a job like rule 7's
-   (copies of the states built off the loop, tree changes logged meanwhile) and anti-entropy
-   waits for it.  So a node back after a long absence asks for its delta snapshot as soon as
-   it has loaded, not after its trees (measured at 1M keys under load: 3.6 s of the 22.8 s
-   from spawn to the origin's watermark went to the trees before the first request).  The
-   job is handed out only once the node is ready and no snapshot is under way (or after
-   `sync_timeout` if nothing is heard): built alongside, in a thread holding the GIL most of
-   the time, it slowed the stream of a 500,000-key delta to ~4,000 keys/s; and a large delta
-   replaces the stores (rule 9), so their trees from before are never built.
+   need none) and starts gossip at once: `defer_trees` makes the trees a job like rule 7's,
+   handed out only once the node is ready and no snapshot is under way (or after
+   `sync_timeout` if nothing is heard), and anti-entropy waits for it (snapshot_file.py rule
+   6 says why).
 11. A restart overlaps its file's load with its delta: gossip starts on the file's watermark
    (`expect_base`), the delta is staged while the rows load, and the two are joined
    (`install_base`, `join_file`); the details are in snapshot_file.py.
@@ -115,10 +110,10 @@ from .config import GossipConfig
 from .fields import MAX_SEQ
 from .membership import Membership
 from .messages import Send
-from .peer import ALIVE, SUSPECT
+from .peer import ALIVE
 from .snapshot_build import Copies, StagedSnapshot, TreeJob, live_copy
 from .snapshot_file import FileBase, add_file_certs, adopt_file, file_seqs
-from .snapshot_server import SnapshotServer, offer_instead, offer_sources
+from .snapshot_server import SnapshotServer, choose_source, offer_instead, offer_sources
 from .snapshot_wire import (
     MAX_CREDIT,
     SNAPSHOT_TYPES,
@@ -338,34 +333,9 @@ class SnapshotClient:
     def _choose(self) -> str:
         offerer, wm = self._offer
         lag = self.config.snapshot_lag
-
-        def caught_up(state: str, skip: set[str]) -> list[str]:
-            return sorted(
-                p.address
-                for p in self.members.peers.values()
-                if p.state == state
-                and p.role == "edge"
-                and p.watermark + lag >= wm
-                and p.address not in skip
-            )
-
-        tried = self._tried
-        hints = [a for a in self._hints if a not in tried]
-        # live caught-up edges; those the offer named (a bad one only costs a timeout: chunks
-        # are checked); suspected ones (most often a busy edge: still better than the origin)
-        for pool in (caught_up(ALIVE, tried), hints, caught_up(SUSPECT, tried)):
-            if pool:
-                return self.rng.choice(pool)
-        # every caught-up edge was tried: one still a member that was only slow (timed out,
-        # not busy, not bad) is tried again before the offerer, often the origin (ten edges
-        # joining on one loaded core timed out on their source and four went to the origin)
-        tried.clear()
-        slow = caught_up(ALIVE, self._refused) + caught_up(SUSPECT, self._refused)
-        if slow:
-            return self.rng.choice(slow)
-        # the offerer has the data (it said so); a peer that is behind never serves (it would
-        # answer busy), so no other peer is tried
-        return offerer
+        return choose_source(
+            self.members, offerer, wm, lag, self._hints, self._tried, self._refused, self.rng
+        )
 
     @property
     def whole(self) -> bool:

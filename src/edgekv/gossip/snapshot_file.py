@@ -38,6 +38,12 @@ Theory of operation
    rule 7) the delta took 5.1-8.9 s (median 5.67 s), a fresh edge's whole store 4.2 s
    (benchmarks/results/bootstrap.md).  So the origin serves the delta
    and a caught-up edge the whole store.
+6. Trees (snapshot.py rule 10).  A node back after a long absence asks for its delta as soon
+   as its file is read, not after its trees (measured at 1M keys under load: 3.6 s of the
+   22.8 s from spawn to the origin's watermark went to the trees before the first request).
+   The tree job waits until the node is ready: built alongside, in a thread holding the GIL
+   most of the time, it slowed the stream of a 500,000-key delta to ~4,000 keys/s; and a
+   large delta replaces the stores (rule 9), so their trees from before are never built.
 Measured at 1M keys with 500,000 changed (bench_bootstrap's away step): the load (~3 s) and
 the stream (~4 s) ran one after the other before, then a rebuild with copies of the loaded
 stores (~1.8 s).

@@ -50,7 +50,14 @@ from .snapshot_wire import (
 )
 from .wire import Message
 
-__all__ = ["MAX_SESSIONS", "SnapshotServer", "changed_since", "offer_instead", "offer_sources"]
+__all__ = [
+    "MAX_SESSIONS",
+    "SnapshotServer",
+    "changed_since",
+    "choose_source",
+    "offer_instead",
+    "offer_sources",
+]
 
 MAX_SESSIONS = 32  # snapshot sessions one node serves at once
 SCAN_KEYS = 8_192  # keys one chunk examines at most (a sparse delta's chunk may hold few)
@@ -64,6 +71,20 @@ _SEQ_BYTES = itemgetter(slice(SEQ_AT, SEQ_AT + 8))
 # --- offers ---------------------------------------------------------------------------------------
 
 
+def caught_up(
+    members: Membership, state: str, wm: int, lag: int, skip: set[str] | None = None
+) -> list[str]:
+    """The edges in `state` whose watermark is within `lag` of `wm`, sorted, less `skip`."""
+    return sorted(
+        p.address
+        for p in members.peers.values()
+        if p.state == state
+        and p.role == "edge"
+        and p.watermark + lag >= wm
+        and (skip is None or p.address not in skip)
+    )
+
+
 def offer_sources(
     members: Membership, wm: int, config: GossipConfig, rng: random.Random
 ) -> list[str]:
@@ -72,17 +93,44 @@ def offer_sources(
     caught-up edge building its trees while ten edges start on its CPU missed its acks, and
     all ten then took the whole store from the origin); a dead one costs the receiver one
     `snapshot_timeout`, then it resumes elsewhere."""
-    lag = config.snapshot_lag
     out: list[str] = []
     for state in (ALIVE, SUSPECT):
-        edges = sorted(
-            p.address
-            for p in members.peers.values()
-            if p.state == state and p.role == "edge" and p.watermark + lag >= wm
-        )
+        edges = caught_up(members, state, wm, config.snapshot_lag)
         rng.shuffle(edges)
         out += edges
     return out[:MAX_HINTS]
+
+
+def choose_source(
+    members: Membership,
+    offerer: str,
+    wm: int,
+    lag: int,
+    hints: list[str],
+    tried: set[str],
+    refused: set[str],
+    rng: random.Random,
+) -> str:
+    """The receiver's rule 2: where a transfer (or its resume) takes its next chunks from:
+    a live caught-up edge, one the offer named (`hints`: a bad one only costs a timeout,
+    chunks are checked), a suspected one (most often a busy edge: still better than the
+    origin), none of them `tried`; then (`tried` is cleared) one still a member that was
+    only slow (timed out, not busy, not bad: not `refused`), before the offerer, often the
+    origin (ten edges joining on one loaded core timed out on their source and four went to
+    the origin).  A peer that is behind never serves (it would answer busy), so no other
+    peer is tried."""
+    pending = [a for a in hints if a not in tried]
+    for pool in (caught_up(members, ALIVE, wm, lag, tried), pending):
+        if pool:
+            return rng.choice(pool)
+    suspects = caught_up(members, SUSPECT, wm, lag, tried)
+    if suspects:
+        return rng.choice(suspects)
+    tried.clear()
+    slow = caught_up(members, ALIVE, wm, lag, refused) + caught_up(
+        members, SUSPECT, wm, lag, refused
+    )
+    return rng.choice(slow) if slow else offerer
 
 
 def changed_since(replica: Replica, wm: int, limit: int) -> int:

@@ -74,7 +74,6 @@ from edgekv.node.auth import TokenAuth, TokenSpec
 from edgekv.node.clientreads import serve_reads
 from edgekv.node.edge_status import edge_metrics_text, edge_status
 from edgekv.node.faults import LinkFaults
-from edgekv.node.filerows import LoadDropped
 from edgekv.node.httpapi import HttpLimits
 from edgekv.node.identity import load_node_id
 from edgekv.node.keys import load_public_key
@@ -326,12 +325,8 @@ class EdgeNode:
         delta is already staged, else indexed (a second thread hop: its trees deferred, built
         as a job once caught up) and adopted.  Then the flusher starts (persistence.py rule
         6)."""
-        boot = self.gossip.bootstrap
-        try:  # stopped once a whole snapshot replaces the file (snapshot.py rule 12)
-            rows = await anyio.to_thread.run_sync(persist.read_rows, boot.wants_file)
-        except LoadDropped:
-            rows = None
-            logger.info("event=file_dropped node=%s reason=whole_snapshot", self.node_id)
+        boot = self.gossip.bootstrap  # (`wants_file`: snapshot.py rule 12 may drop the file)
+        rows = await anyio.to_thread.run_sync(persist.read_rows, boot.wants_file)
         keys, watermark, joined = 0, 0, False
         if rows is not None:
             keys = sum(map(len, rows.groups.values())) - len(rows.groups.get(META, ()))

@@ -203,9 +203,9 @@ class ReplicaStore:
 
     def read_rows(self, wanted: Callable[[], bool] = lambda: True) -> FileBase | None:
         """Rule 6, first half: the file's states grouped per store (not indexed yet), its
-        covered ranges, purge mark and certificates; None (the file moved aside) when the
-        check or a row fails.  LoadDropped once `wanted` (asked between blocks of rows) says
-        the rows are not wanted any more (a whole snapshot replaces them)."""
+        covered ranges, purge mark and certificates; None when the check or a row fails (the
+        file moved aside) or once `wanted`, asked between blocks, says the rows are not wanted
+        any more (a whole snapshot replaces them; the file stays)."""
         db = self._db
         assert db is not None, "open() first"
         # Loading allocates millions of objects that all live on: pausing the cyclic GC while
@@ -217,6 +217,9 @@ class ReplicaStore:
                 raise LoadDropped
             quick_check(db)
             rows = self._read_rows(db, wanted)
+        except LoadDropped:
+            logger.info("event=file_dropped path=%s reason=whole_snapshot", self.path)
+            rows = None
         except (sqlite3.DatabaseError, CorruptDatabase, EdgeKVError) as exc:
             self.corrupt_moved_to = self._quarantine(exc)
             self._db = self._open()
