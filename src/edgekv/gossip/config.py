@@ -110,7 +110,7 @@ class GossipConfig:
     this share of the responder's keys, and whose snapshot source is a caught-up edge, drops
     its file and takes the whole store from that edge (gossip/snapshot.py rule 12; the origin
     always serves the delta; above 1: never).  Measured at 1M keys with half of them changed:
-    file and delta took 5.1-8.9 s (median 5.67 s) from spawn to the watermark, a whole store
+    file and delta took 5.1-8.9 s (medians 5.67, 7.26 s) from spawn to the watermark, a whole store
     about 4.2 s, for twice the bytes (benchmarks/results/bootstrap.md)."""
     snapshot_chunk_bytes: int = 256 << 10
     """Target payload of one snapshot chunk (the responder's work per chunk is bounded by it)."""

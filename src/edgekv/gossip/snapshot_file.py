@@ -35,7 +35,7 @@ Theory of operation
    500,000 changed and the origin the only source, the file's rows one per row: the delta
    took 7.9 s from spawn to the origin's watermark with the origin's puts at 48-70% of idle,
    the whole store 5.8-6.3 s with them at 23-44%; with the file in blocks (node/persistence.py
-   rule 7) the delta took 5.1-8.9 s (median 5.67 s), a fresh edge's whole store 4.2 s
+   rule 7) the delta took 5.1-8.9 s (medians 5.67, 7.26 s), a fresh edge's whole store 4.2 s
    (benchmarks/results/bootstrap.md).  So the origin serves the delta
    and a caught-up edge the whole store.
 6. Trees (snapshot.py rule 10).  A node back after a long absence asks for its delta as soon
