@@ -6,9 +6,11 @@ lowered so that a few thousand keys take the snapshot path in well under a secon
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -217,6 +219,38 @@ async def test_a_restarted_edge_takes_its_delta_while_its_trees_are_still_being_
                 release.set()
 
 
+class HeldFileReads:
+    """From its making on, `ReplicaStore.read_rows` waits for `release` (a restart's file
+    still loading); `dropped` records for each read whether its loader was told to stop
+    (no rows, and not wanted: snapshot.py rule 12)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.release = threading.Event()
+        self.dropped: list[bool] = []
+        real = ReplicaStore.read_rows
+
+        def held(store: ReplicaStore, wanted: Callable[[], bool] = lambda: True) -> Any:
+            self.release.wait(30)
+            rows = real(store, wanted)
+            self.dropped.append(rows is None and not wanted())
+            return rows
+
+        monkeypatch.setattr(ReplicaStore, "read_rows", held)
+
+
+def enter_soon(nursery: trio.Nursery, edge: edgekv.EdgeNode) -> trio.Event:
+    """Enter `edge` in a task of `nursery` (until it is cancelled); set once entered."""
+    entered = trio.Event()
+
+    async def enter() -> None:
+        async with edge:
+            entered.set()
+            await trio.sleep_forever()
+
+    nursery.start_soon(enter)
+    return entered
+
+
 async def test_a_restarted_edge_asks_for_its_delta_while_its_file_loads_and_loses_no_write(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -224,35 +258,17 @@ async def test_a_restarted_edge_asks_for_its_delta_while_its_file_loads_and_lose
     asked for (and streams) while the rows still load in a worker thread (held here); writes
     made meanwhile reach it by push and are joined with the file, none lost; `async with`
     returns once the file is joined, serving its stored data.  Real sockets and clock."""
-    import threading
-
-    from edgekv.node import persistence
-
-    release = threading.Event()
-    real = persistence.ReplicaStore.read_rows
-
-    def held(self, wanted=lambda: True):  # type: ignore[no-untyped-def]
-        release.wait(30)
-        return real(self, wanted)
-
     with trio.fail_after(90):
         async with origin_with_an_edge_file(tmp_path) as (origin, client):
             for lo in range(0, KEYS // 2, 1000):  # away: half the keys change
                 await client.batch("s", [Put(f"k{i:05d}", b"c") for i in range(lo, lo + 1000)])
-            monkeypatch.setattr(persistence.ReplicaStore, "read_rows", held)
+            reads = HeldFileReads(monkeypatch)
             edge = edgekv.EdgeNode(
                 origin=origin.address, data_dir=str(tmp_path / "e"), config=small_snapshots()
             )
-            entered = trio.Event()
-
-            async def enter() -> None:
-                async with edge:
-                    entered.set()
-                    await trio.sleep_forever()
-
             try:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(enter)
+                    entered = enter_soon(nursery, edge)
                     with trio.fail_after(15):  # the delta streams, the file still loading
                         while edge._runtime is None or edge.gossip.bootstrap.progress.keys == 0:  # noqa: ASYNC110 (a poll)
                             await trio.sleep(0.01)
@@ -263,7 +279,7 @@ async def test_a_restarted_edge_asks_for_its_delta_while_its_file_loads_and_lose
                     await client.put("s", "brand-new", b"key")
                     await trio.sleep(0.3)
                     assert not entered.is_set()  # a restarted edge returns with its data
-                    release.set()
+                    reads.release.set()
                     with trio.fail_after(15):
                         await entered.wait()
                     assert edge.open("s").get("k03998") == b"v3998"  # its stored data
@@ -281,7 +297,7 @@ async def test_a_restarted_edge_asks_for_its_delta_while_its_file_loads_and_lose
                     assert edge.replica.root == origin.replica.root
                     nursery.cancel_scope.cancel()
             finally:
-                release.set()
+                reads.release.set()
         # the joined replica (file, delta and the writes meanwhile) was persisted
         persisted = ReplicaStore(tmp_path / "e")
         persisted.load()
@@ -296,20 +312,6 @@ async def test_a_restarted_edge_whose_delta_is_most_of_the_store_takes_it_whole(
     take the store from, stops loading its file (the loader gets no rows, nothing is moved
     aside), takes the whole store from that edge, serves the origin's data and
     rewrites its file with it.  Real sockets and clock."""
-    import threading
-
-    from edgekv.node import persistence
-
-    release = threading.Event()
-    real = persistence.ReplicaStore.read_rows
-    dropped: list[bool] = []
-
-    def held(self, wanted=lambda: True):  # type: ignore[no-untyped-def]
-        release.wait(30)
-        rows = real(self, wanted)
-        dropped.append(rows is None and not wanted())
-        return rows
-
     with trio.fail_after(90):
         async with (
             origin_with_an_edge_file(tmp_path) as (origin, client),
@@ -317,28 +319,21 @@ async def test_a_restarted_edge_whose_delta_is_most_of_the_store_takes_it_whole(
         ):
             for lo in range(0, KEYS, 1000):  # away: every key changes
                 await client.batch("s", [Put(f"k{i:05d}", b"c") for i in range(lo, lo + 1000)])
-            monkeypatch.setattr(persistence.ReplicaStore, "read_rows", held)
+            reads = HeldFileReads(monkeypatch)
             edge = edgekv.EdgeNode(
                 origin=origin.address, data_dir=str(tmp_path / "e"), config=small_snapshots(0.3)
             )
-            entered = trio.Event()
-
-            async def enter() -> None:
-                async with edge:
-                    entered.set()
-                    await trio.sleep_forever()
-
             try:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(enter)
+                    entered = enter_soon(nursery, edge)
                     with trio.fail_after(15):  # the offer is taken: the file is not wanted
                         while not (edge._runtime and edge.gossip.counters["snapshot_file_dropped"]):  # noqa: ASYNC110 (a poll)
                             await trio.sleep(0.01)
-                    release.set()
+                    reads.release.set()
                     with trio.fail_after(15):
                         await entered.wait()
                         await edge.wait_ready()
-                    assert dropped == [True] and edge.load_report is not None
+                    assert reads.dropped == [True] and edge.load_report is not None
                     assert edge.load_report.corrupt_moved_to is None
                     assert edge.gossip.counters["snapshots_installed"] == 1
                     assert source.gossip.counters["snapshot_keys_served"] >= KEYS
@@ -346,7 +341,7 @@ async def test_a_restarted_edge_whose_delta_is_most_of_the_store_takes_it_whole(
                     assert edge.replica.watermark >= origin.replica.watermark
                     nursery.cancel_scope.cancel()
             finally:
-                release.set()
+                reads.release.set()
     again = ReplicaStore(tmp_path / "e")  # the file was rewritten with the whole store
     try:
         again.load()

@@ -158,6 +158,7 @@ def _corrupt_file(path: Path) -> None:
         "format",
         "block_crc",
         "block_register",
+        "block_seq_zero",
         "block_columns",
     ],
 )
@@ -187,11 +188,11 @@ async def test_corrupt_file_is_moved_aside(
         elif damage == "block_crc":  # a flipped byte in a value: the checksum tells
             db.execute("UPDATE blocks SET regs = substr(regs, 1, 40) || x'00' || substr(regs, 42)")
         elif damage.startswith("block"):  # well-formed CBOR, checksum made to match
-            keys, regs = (
-                (["k1", "k2"], [b"\x09" + bytes(20)])
-                if damage == "block_register"
-                else (["k1"], [])
-            )
+            keys, regs = {
+                "block_register": (["k1"], [b"\x09" + bytes(20)]),  # unknown flags
+                "block_seq_zero": (["k1"], [bytes(17)]),  # a whole header, seq 0
+                "block_columns": (["k1"], []),  # a key without its register
+            }[damage]
             kb, rb, crc = block_of(keys, regs)
             db.execute("UPDATE blocks SET keys = ?, regs = ?, crc = ?", (kb, rb, crc))
         else:
@@ -309,11 +310,17 @@ async def test_a_load_no_longer_wanted_stops_and_leaves_the_file_in_place(tmp_pa
     assert len(asked) == 2 and again.corrupt_moved_to is None
     await again.close()
 
-    third = ReplicaStore(tmp_path)
-    report = third.load()
+    await _read_back(tmp_path, w)
+
+
+async def _read_back(path: Path, w: Writer) -> Replica:
+    """The file in `path` loaded afresh (and closed): it must read back as `w`'s replica."""
+    again = ReplicaStore(path)
+    report = again.load()
     assert report.corrupt_moved_to is None and report.keys == len(w.replica)
-    _same(third.replica, w.replica)
-    await third.close()
+    _same(again.replica, w.replica)
+    await again.close()
+    return again.replica
 
 
 def _rows_and_blocks(path: Path) -> tuple[int, int]:
@@ -357,10 +364,7 @@ async def test_a_rewrite_stores_registers_in_blocks_and_later_changes_as_rows(
     await again.flush()
     assert _rows_and_blocks(tmp_path / DB_NAME) == (2, 3)
     await again.close()
-    third = ReplicaStore(tmp_path)
-    third.load()
-    _same(third.replica, w.replica)
-    await third.close()
+    await _read_back(tmp_path, w)
 
 
 async def test_a_dropped_store_takes_its_blocks_along(tmp_path: Path) -> None:
@@ -377,11 +381,7 @@ async def test_a_dropped_store_takes_its_blocks_along(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / DB_NAME) as db:
         assert db.execute("SELECT count(*) FROM blocks WHERE store = 'other'").fetchone() == (0,)
     await store.close()
-    again = ReplicaStore(tmp_path)
-    again.load()
-    _same(again.replica, w.replica)
-    assert again.replica.state("other", "x") is None
-    await again.close()
+    assert (await _read_back(tmp_path, w)).state("other", "x") is None
 
 
 async def test_rows_past_the_blocks_are_folded_in_by_a_rewrite(
@@ -403,10 +403,7 @@ async def test_rows_past_the_blocks_are_folded_in_by_a_rewrite(
     rows, blocks = _rows_and_blocks(tmp_path / DB_NAME)
     assert blocks == 3 and rows == 2
     await store.close()
-    again = ReplicaStore(tmp_path)
-    again.load()
-    _same(again.replica, w.replica)
-    await again.close()
+    await _read_back(tmp_path, w)
 
 
 async def test_a_file_of_the_format_before_loads_and_is_upgraded(tmp_path: Path) -> None:
@@ -417,11 +414,7 @@ async def test_a_file_of_the_format_before_loads_and_is_upgraded(tmp_path: Path)
     with sqlite3.connect(tmp_path / DB_NAME) as db:  # as format 4 wrote it: no blocks table
         db.execute("DROP TABLE blocks")
         db.execute("UPDATE meta SET value = 4 WHERE name = 'format'")
-    again = ReplicaStore(tmp_path)
-    report = again.load()
-    assert report.corrupt_moved_to is None
-    _same(again.replica, w.replica)
-    await again.close()
+    await _read_back(tmp_path, w)
     with sqlite3.connect(tmp_path / DB_NAME) as db:
         assert db.execute("SELECT value FROM meta WHERE name = 'format'").fetchone() == (5,)
 
@@ -473,12 +466,8 @@ def test_any_history_of_flushes_and_rewrites_reads_back_equal(steps: list[tuple[
             if step[0] in ("flush", "rewrite"):
                 await store.flush()
         await store.close()
-        again = ReplicaStore(path)
-        report = again.load()
-        assert report.corrupt_moved_to is None
-        _same(again.replica, w.replica)
-        assert again.replica.store("s").states == w.replica.store("s").states
-        await again.close()
+        read = await _read_back(path, w)
+        assert read.store("s").states == w.replica.store("s").states
 
     old = persistence.BLOCK_KEYS
     persistence.BLOCK_KEYS = 4

@@ -6,6 +6,7 @@ Each test prints nothing on success; a failing one names its seed in the Sim it 
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -17,7 +18,7 @@ from edgekv.errors import RemoteProtocolError
 from edgekv.gossip import GossipConfig, GossipNode
 from edgekv.gossip.snapshot import SnapshotServer, TreeJob
 from edgekv.gossip.snapshot_file import FileBase
-from edgekv.gossip.snapshot_wire import parse_chunk, snap_req
+from edgekv.gossip.snapshot_wire import parse_chunk, parse_offer, snap_offer, snap_req
 from edgekv.gossip.wire import FrameDecoder, encode_frame, type_name
 from gossip_sim import ORIGIN, Sim
 
@@ -360,6 +361,34 @@ def good_chunk() -> dict:
     server = SnapshotServer(filled(50), GossipConfig(), Counter())
     (send,) = server.on_req("p", snap_req(1, ("", "s"), 1, True), 0.0)
     return FrameDecoder().feed(encode_frame(send.message))[0]  # as received
+
+
+@pytest.mark.parametrize("changed", ["many", -1, 1 << 64, 2.5, None, [3]])
+def test_an_offer_with_a_malformed_changed_count_is_a_remote_error(changed: object) -> None:
+    m = snap_offer(1, 500, 1_000, [], changed=300)
+    assert parse_offer(m).changed == 300 and parse_offer(snap_offer(1, 5, 9, [])).changed == 0
+    m["changed"] = changed
+    with pytest.raises(RemoteProtocolError):
+        parse_offer(m)
+
+
+def test_an_offer_from_an_edge_that_lies_about_changed_costs_a_whole_snapshot_only() -> None:
+    """A peer answering a restart's catch-up can claim any `changed`; with an edge to serve,
+    a claim past `snapshot_whole_from` drops the file and the whole store streams instead
+    (rule 12): more bytes, but every state is the origin's and the node ends equal to it."""
+    sim, back, node = _back_with_file_loading(seed=31, whole_share=0.5)
+    real = node.bootstrap.on_offer
+
+    def inflated(peer: str, m: dict[str, object], now: float) -> list[Any]:
+        return real(peer, {**m, "changed": m["keys"]}, now)  # "every key changed"
+
+    node.bootstrap.on_offer = inflated  # type: ignore[method-assign]
+    sim.run_until(sim.now + 5.0)
+    assert node.counters["snapshot_file_dropped"] == 1, sim.seed
+    _install_file(sim, back, None)  # the loader, stopped, reports no rows
+    assert node.bootstrap.ready(), sim.seed
+    assert node.replica.root == sim.origin.replica.root
+    assert not sim.check.violations
 
 
 @pytest.mark.parametrize(

@@ -58,7 +58,7 @@ from sortedcontainers import SortedList
 from .bloom import BloomDelta
 from .changelog import seq_array
 from .merkle import MerkleTree
-from .register import HAS_EXPIRY, SEQ_AT, TOMBSTONE, Register
+from .register import HAS_EXPIRY, SEQ_BYTES, TOMBSTONE, Register
 from .replica import META, Change, Replica, StoreReplica
 from .state import Delta, State, merge
 from .treebuild import build_tree
@@ -68,7 +68,6 @@ __all__ = ["adopt", "bulk_load", "bulk_load_stores"]
 _SEQ = attrgetter("seq")
 _RESET = attrgetter("reset")
 _FIRST = itemgetter(0)
-_SEQ_BYTES = itemgetter(slice(SEQ_AT, SEQ_AT + 8))
 _from_be = int.from_bytes  # big-endian by default (3.11+)
 PLACE_SPAN = 4  # seqs spanning at most this many times their number are ordered by placement
 
@@ -164,7 +163,7 @@ def _index_store(
     # the load allocates no container objects per key and never wakes the cyclic GC (rule 6)
     raw = cast("list[Register]", regs)  # compress() by exact type above
     flags = list(map(_FIRST, raw))
-    seqs = list(map(_from_be, map(_SEQ_BYTES, raw))) if regs is vals else list(map(_SEQ, vals))
+    seqs = list(map(_from_be, map(SEQ_BYTES, raw))) if regs is vals else list(map(_SEQ, vals))
     resets = seqs if regs is vals else list(map(_RESET, vals))  # a register's reset is its seq
     if sr.epoch and min(resets) < sr.epoch:  # written before the store's (re)creation: dropped
         epoch = sr.epoch

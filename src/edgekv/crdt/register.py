@@ -56,16 +56,19 @@ def register_digest(key: str, seq: int) -> int:
 _unpack_expiry: Callable[[bytes, int], tuple[int]] = _EXPIRY.unpack_from
 _FLAGS = itemgetter(0)
 _SEQ_TOP = itemgetter(SEQ_AT)  # the sign byte of seq
+SEQ_BYTES = itemgetter(slice(SEQ_AT, SEQ_AT + 8))
+"""A register's seq field: 8 big-endian bytes, so comparing two compares their seqs."""
+_SEQ_ZERO = bytes(8)
 _WRITTEN_AT_TOP = itemgetter(WRITTEN_AT_AT)  # the sign byte of written_at
 _EXPIRY_TOP = itemgetter(EXPIRY_AT)  # the sign byte of expiry, when flags has HAS_EXPIRY
 _VALID_FLAGS = frozenset({0, TOMBSTONE, HAS_EXPIRY, TOMBSTONE | HAS_EXPIRY})
 
 
-def registers_valid(regs: list[bytes]) -> bool:
+def registers_valid(regs: list[bytes], *, seq_from_one: bool = False) -> bool:
     """True when every item of `regs` is the bytes of a well-formed register: known flags,
-    a whole header, non-negative seq, written_at and expiry.  Column-wise (each check is one
-    C-level pass), for loaders that get many registers as raw bytes (persistence, snapshots).
-    A seq of 0 passes here: callers that need seq >= 1 check the seqs they read."""
+    a whole header, non-negative seq, written_at and expiry, and with `seq_from_one` a seq of
+    at least 1.  Column-wise (each check is one C-level pass), for loaders that get many
+    registers as raw bytes (persistence, snapshots)."""
     if not regs:
         return True
     if not set(map(type, regs)) <= {bytes} or min(map(len, regs)) < VALUE_AT:
@@ -74,6 +77,8 @@ def registers_valid(regs: list[bytes]) -> bool:
     if not set(flags) <= _VALID_FLAGS:
         return False
     if max(map(_WRITTEN_AT_TOP, regs)) >= 0x80 or max(map(_SEQ_TOP, regs)) >= 0x80:
+        return False
+    if seq_from_one and min(map(SEQ_BYTES, regs)) == _SEQ_ZERO:
         return False
     expiring = list(compress(regs, map(and_, flags, repeat(HAS_EXPIRY))))
     return not expiring or (

@@ -28,12 +28,12 @@ from collections.abc import Mapping
 from functools import reduce
 from hashlib import blake2b
 from itertools import compress, repeat
-from operator import and_, is_, itemgetter, mul, not_, rshift, xor
+from operator import and_, is_, mul, not_, rshift, xor
 from typing import Any, Literal, cast
 from zlib import crc32
 
 from .merkle import DEPTH, FANOUT_BITS, FLAT_FROM, LEAF_BITS, MerkleTree, leaf_of
-from .register import SEQ_AT, Register
+from .register import SEQ_BYTES, Register
 from .state import State
 
 __all__ = ["CHUNK", "FAST_HASHES", "TreeBuilder", "TreeLog", "build_tree"]
@@ -44,7 +44,6 @@ _LEAF_SHIFT = 32 - LEAF_BITS
 _LEAVES = 1 << LEAF_BITS
 _BUCKETS_FROM = _LEAVES // 4  # from this many keys, group by leaf through per-leaf lists
 _BIG: Literal["big"] = "big"
-_SEQ_BYTES = itemgetter(slice(SEQ_AT, SEQ_AT + 8))
 
 
 def _fast_leaf_and_digest(key: str, seq: int) -> tuple[int, int]:
@@ -150,7 +149,7 @@ def _hashes(
         encoded = list(map(str.encode, keys))
     leaf_of_key = _leaves(encoded)
     raw = cast("list[Register]", regs)  # compress() by exact type above
-    seqs = list(map(_SEQ_BYTES, raw))  # big-endian, as the digest wants them
+    seqs = list(map(SEQ_BYTES, raw))  # big-endian, as the digest wants them
     if everything_plain:
         return leaf_of_key, _register_digests(encoded, seqs)
     digests = [0] * len(keys)

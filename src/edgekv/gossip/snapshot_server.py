@@ -24,12 +24,12 @@ from bisect import bisect_right
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import compress, count, islice, repeat
-from operator import gt, is_, itemgetter
+from operator import gt, is_
 from typing import Any
 
 from ..crdt.certificate import ENTRY, Certificate
 from ..crdt.codec import encode_delta
-from ..crdt.register import SEQ_AT, Register
+from ..crdt.register import SEQ_AT, SEQ_BYTES, Register
 from ..crdt.replica import Replica
 from ..crdt.state import State
 from ..errors import RemoteProtocolError
@@ -65,7 +65,6 @@ SCAN_PER_REQUEST = 16_384  # keys examined per request before the rest of its cr
 FILTER_COST = 2  # a delta filters its keys column-wise first: half the cost per key (or less)
 MIN_WINDOW = 256  # keys a delta's filter window holds at least
 _from_bytes = int.from_bytes
-_SEQ_BYTES = itemgetter(slice(SEQ_AT, SEQ_AT + 8))
 
 
 # --- offers ---------------------------------------------------------------------------------------
@@ -169,8 +168,8 @@ def _newer(window: list[str], states: dict[str, State], since: int) -> list[int]
     vals: list[Any] = list(map(states.__getitem__, window))
     mark = since.to_bytes(8, "big")
     if all(map(is_, map(type, vals), repeat(Register))):
-        return list(compress(count(), map(gt, map(_SEQ_BYTES, vals), repeat(mark))))
-    return [i for i, v in enumerate(vals) if v.__class__ is not Register or _SEQ_BYTES(v) > mark]
+        return list(compress(count(), map(gt, map(SEQ_BYTES, vals), repeat(mark))))
+    return [i for i, v in enumerate(vals) if v.__class__ is not Register or SEQ_BYTES(v) > mark]
 
 
 @dataclass(slots=True)

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import islice, repeat
-from operator import itemgetter, lt
+from operator import lt
 from typing import Any
 
 from ..crdt.bloom import BloomDelta
 from ..crdt.proofs import Certificate
-from ..crdt.register import SEQ_AT, Register, registers_valid
+from ..crdt.register import Register, registers_valid
 from ..crdt.state import Delta, State
 from ..errors import RemoteProtocolError
 from .chunks import delta_size
@@ -41,8 +41,6 @@ SNAPSHOT_TYPES = frozenset({int(MsgType.SNAP_OFFER), int(MsgType.SNAP_REQ), int(
 MAX_CREDIT = 16  # chunks one SNAP_REQ may grant
 MAX_CHUNK_KEYS = 50_000
 MAX_HINTS = 8  # caught-up edges an offer names
-_SEQ_BYTES = itemgetter(slice(SEQ_AT, SEQ_AT + 8))
-_SEQ_ZERO = bytes(8)
 _new_bytes = bytes.__new__
 
 Cursor = tuple[str, str] | None
@@ -202,9 +200,7 @@ def parse_chunk(m: Message) -> Chunk:
     if len(others) != n_others:
         raise RemoteProtocolError("SNAP_DATA: one item of others per empty regs entry")
     raw = regs if not n_others else [r for r in regs if r != b""]
-    if raw and (
-        not registers_valid(raw) or min(map(_SEQ_BYTES, raw)) == _SEQ_ZERO  # seq >= 1
-    ):
+    if not registers_valid(raw, seq_from_one=True):
         raise RemoteProtocolError("SNAP_DATA: malformed register")
     registers: list[State] = list(map(_new_bytes, repeat(Register), raw))
     size = sum(map(len, raw)) + sum(map(len, encoded))

@@ -19,7 +19,7 @@ from cbor2 import loads as cbor_loads
 from edgekv.crdt import Register, State
 from edgekv.crdt.bloom import BloomDelta
 from edgekv.crdt.codec import MAX_SEQ, decode_delta, dumps, loads
-from edgekv.crdt.register import SEQ_AT, registers_valid
+from edgekv.crdt.register import SEQ_BYTES, registers_valid
 from edgekv.errors import EdgeKVError
 
 __all__ = [
@@ -49,9 +49,6 @@ _SELECT_REGISTERS = (
 )
 _SELECT_OTHERS = "SELECT key, seq, state FROM states WHERE store = ? AND reg IS NULL ORDER BY key"
 _SELECT_BLOCKS = "SELECT keys, regs, crc FROM blocks WHERE store = ? ORDER BY first"
-_SEQ_ZERO = bytes(8)
-# the seq field of a register's bytes (crdt/register.py)
-SEQ_BYTES = itemgetter(slice(SEQ_AT, SEQ_AT + 8))
 _KEY, _SEQ, _BLOB = (itemgetter(i) for i in range(3))
 
 
@@ -121,10 +118,8 @@ def _read_blocks(
         keys, regs = cbor_loads(kb), cbor_loads(rb)
         if type(keys) is not list or type(regs) is not list or len(keys) != len(regs):
             raise CorruptDatabase(f"bad block of store {store!r}: not two columns")
-        if not set(map(type, keys)) <= {str} or not registers_valid(regs):
+        if not set(map(type, keys)) <= {str} or not registers_valid(regs, seq_from_one=True):
             raise CorruptDatabase(f"bad block of store {store!r}: malformed key or register")
-        if regs and min(map(SEQ_BYTES, regs)) == _SEQ_ZERO:
-            raise CorruptDatabase(f"bad block of store {store!r}: a register at seq 0")
         states.update(zip(keys, map(_new_bytes, repeat(Register), regs), strict=True))
     return states
 

@@ -57,9 +57,9 @@ Theory of operation
    written past the blocks reach COMPACT_ROWS and half the keys, the next flush rewrites the
    file (so a load reads at most about half its keys as rows; a file of the format before,
    rows only, is upgraded in place and rewritten so).  Why: reading a block is a few C-level
-   passes over its columns; at 1M registers the read took 1.9 s instead of 3.3 s (row fetch
-   and checks), and the whole rewrite 1.5 s instead of about 8 s of row inserts
-   (`benchmarks/bench_edge.py --only restart`).
+   passes over its columns; at 1M registers reading them took 1.2-1.5 s instead of 2.1 s
+   (row fetch and checks; `benchmarks/bench_edge.py --only restart`), and the whole rewrite
+   1.5 s instead of about 8 s of row inserts.
 """
 
 from __future__ import annotations
@@ -370,7 +370,6 @@ class ReplicaStore:
                 (name, list(whole.keys), whole.states_copy())
                 for name, whole in replica.stores.items()
             ]
-        if everything is not None:
             dirty = {}  # every state is in `everything`
         # A store (re)created or dropped drops its older keys without per-key changes: such a
         # store is rewritten whole (its rows deleted, its current keys written).
