@@ -73,7 +73,7 @@ from .messages import (
     PingReq,
     Send,
 )
-from .peer import ALIVE, DEAD, SUSPECT, PeerInfo, members_scale
+from .peer import ALIVE, DEAD, SUSPECT, PeerInfo, RoundTrips, members_scale
 
 MAX_FORGOTTEN = 1024  # moved-away addresses remembered (rule 6)
 MAX_CANDIDATES = 1024  # unvouched addresses awaiting a configured peer's word (rule 8)
@@ -132,8 +132,7 @@ class Membership:
         self._cache: tuple[list[str], list[str], list[str]] = ([], [], [])
         self._suspects: dict[str, float] = {}  # suspect address -> since
         self._dead_pinged: dict[str, float] = {}  # dead seed or origin -> when last re-pinged
-        self.typical_rtt = 0.0  # smoothed over every direct probe (a new peer's first guess)
-        self.lowest_rtt = 0.0  # the lowest direct probe to any peer
+        self.round_trips = RoundTrips()
         self._forgotten: dict[str, None] = {}  # addresses a member left (rule 6), oldest first
         self.configured: set[str] = set()  # seeds (and where they moved): they vouch (rule 8)
         self._candidates: dict[str, int] = {}  # unvouched address -> asks so far (rule 8)
@@ -203,7 +202,9 @@ class Membership:
         if len(self.peers) >= self.config.max_members:
             self.counters["members_refused"] += 1
             return False
-        if not self.peers and self.lowest_rtt == 0.0:  # the first member: probe it now (rule 2)
+        if (
+            not self.peers and self.round_trips.lowest == 0.0
+        ):  # the first member: probe it now (rule 2)
             self.next_ping = min(self.next_ping, p.since)
         self.peers[p.address] = p
         self._version += 1
@@ -413,33 +414,20 @@ class Membership:
             self.counters["acks"] += 1
             p = self.peers.get(subject)
             if p is not None and not probe.indirect:
-                self._rtt_sample(p, now - probe.sent)
+                self.round_trips.sample(p, now - probe.sent)
         return []
-
-    def _rtt_sample(self, p: PeerInfo, sample: float) -> None:
-        p.rtt = sample if p.rtt == 0.0 else p.rtt + (sample - p.rtt) / 8
-        if sample > 0.0:
-            p.rtt_min = sample if p.rtt_min == 0.0 else min(p.rtt_min, sample)
-            self.lowest_rtt = sample if self.lowest_rtt == 0.0 else min(self.lowest_rtt, sample)
-        self.typical_rtt = (
-            sample
-            if self.typical_rtt == 0.0
-            else (self.typical_rtt + (sample - self.typical_rtt) / 8)
-        )
 
     def rtt(self, address: str) -> float:
         """The smoothed round trip to `address`; before its first probe, the smoothed round
         trip over every peer; 0.0 before any probe was answered."""
-        p = self.peers.get(address)
-        return p.rtt if p is not None and p.rtt > 0.0 else self.typical_rtt
+        return self.round_trips.smoothed(self.peers.get(address))
 
     def link_rtt(self, address: str) -> float:
         """The lowest round trip measured to `address`: the link's own delay, without the
         queueing or scheduling delays of a loaded host that inflate the smoothed one (what a
         batching window should scale with); before its first probe, the lowest to any peer;
         0.0 before any probe was answered."""
-        p = self.peers.get(address)
-        return p.rtt_min if p is not None and p.rtt_min > 0.0 else self.lowest_rtt
+        return self.round_trips.link(self.peers.get(address))
 
     def on_ping_req(self, peer: str, msg: PingReq, now: float) -> list[Send]:
         if msg.target == self.address or len(self._relays) > 1000:
