@@ -288,15 +288,17 @@ class SnapshotServer:
                         if proofs is not None:  # rule 2: the certificates travel with the states
                             at = (seq - cert_lo) * ENTRY  # (not `i`: the store's index)
                             if at < 0 or cert_e[at : at + 8] != head:
-                                extra = proofs.add_material(certs, st)
-                                c = proofs.prover(seq) if extra >= 0 else None
+                                c = proofs.sent_prover(seq, head, certs)
+                                if c is None:  # a certificate not sent yet (or none)
+                                    extra = proofs.add_material(certs, st)
+                                    if extra < 0:
+                                        size -= len(key) + len(st)
+                                        self._unprovable(s)
+                                        continue
+                                    size += extra
+                                    c = proofs.prover(seq)
                                 if c is not None and c.signature in certs:  # (sent with it)
                                     cert_e, cert_lo = c.entries, c.lo
-                                if extra < 0:
-                                    size -= len(key) + len(st)
-                                    self._unprovable(s)
-                                    continue
-                                size += extra
                     else:
                         if since and st.seq <= since:
                             continue

@@ -38,7 +38,6 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
-from itertools import repeat
 from typing import Any, NoReturn
 
 import cbor2
@@ -164,7 +163,7 @@ def _check_container(value: Any, depth: int, error: type[Exception], check_ints:
                 return
         elif _SCALARS.issuperset(map(type, value)):
             return
-    elif type(value) is list and all(map(isinstance, value, repeat(_TEXT_OR_BYTES))):
+    elif type(value) is list and all(issubclass(k, _TEXT_OR_BYTES) for k in set(map(type, value))):
         return  # a column of strings or bytes (subclasses too: a snapshot's registers), in C
     if type(value) is dict:
         for k, v in value.items():
