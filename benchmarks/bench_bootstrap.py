@@ -229,6 +229,13 @@ async def served(proc: trio.Process) -> tuple[float, dict[str, str]]:
 _CLIENT: httpx.AsyncClient | None = None  # the polls' one client (see `status`)
 
 
+def _client() -> httpx.AsyncClient:
+    global _CLIENT
+    if _CLIENT is None:
+        _CLIENT = httpx.AsyncClient()
+    return _CLIENT
+
+
 async def status(http: str, tries: int = 5) -> dict[str, Any]:
     """An edge's /status.  An edge just past its snapshot on a starved CPU (ten of them on
     one core, building their trees and rewriting their files) may take longer than one
@@ -239,13 +246,12 @@ async def status(http: str, tries: int = 5) -> dict[str, Any]:
     One client serves every poll of a run: making an `httpx.AsyncClient` loads a TLS context
     (15-60 ms of CPU here), and the away step polls every 20 ms from this process, which
     shares CPU 0 with the origin and the put loops; a client per poll took most of that CPU
-    from the origin it measures."""
-    global _CLIENT
-    if _CLIENT is None:
-        _CLIENT = httpx.AsyncClient()
+    from the origin it measures.  `one_run` makes it before its steps: made at the away
+    step's first poll, it cost 0.2-0.7 s of that step's time, on a CPU 0 busy serving."""
+    client = _client()
     for i in range(tries):
         try:
-            r = await _CLIENT.get(f"http://{http}/status", timeout=60)
+            r = await client.get(f"http://{http}/status", timeout=60)
         except httpx.TransportError:  # timeouts, connections closed or refused
             if i == tries - 1:
                 raise
@@ -305,6 +311,7 @@ async def one_run(prepared: Path, args: argparse.Namespace) -> dict[str, dict[st
     edges = Path(tempfile.mkdtemp(prefix="edgekv-bench-bootstrap-edges-", dir=args.edge_dirs))
     procs: list[trio.Process] = []
     out: dict[str, dict[str, Any]] = {}
+    _client()  # before the load and the steps (see `status`)
     try:
         shutil.copytree(prepared, work / "origin")
         origin, address = await start_origin(work / "origin")
