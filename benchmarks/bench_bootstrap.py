@@ -516,6 +516,12 @@ def main() -> None:
         default=True,
         help="origin and put loops on CPU 0, edges on the other CPUs (default: on)",
     )
+    parser.add_argument(
+        "--shuffled",
+        action="store_true",
+        help="the origin's log writes the keys in a random order (default: in key order, so"
+        " neighbours in key order share a certificate; see bench_serve.py)",
+    )
     parser.add_argument("--logs", type=Path, default=None, help="edges' stderr to files here")
     parser.add_argument(
         "--edge-dirs",
@@ -535,7 +541,9 @@ def main() -> None:
     args.placement = pin(args.pin)
     prepared = Path(tempfile.mkdtemp(prefix="edgekv-bench-bootstrap-log-"))
     try:
-        build_log(prepared / "origin.sqlite3", args.keys + 1, args.keys, 100, KEY_FORMAT)
+        build_log(
+            prepared / "origin.sqlite3", args.keys + 1, args.keys, 100, KEY_FORMAT, args.shuffled
+        )
         runs = []
         for _ in range(args.repeat):
             runs.append(trio.run(one_run, prepared, args))
@@ -564,6 +572,8 @@ def merge(args: argparse.Namespace, runs: list[dict[str, dict[str, Any]]]) -> di
         "writers": args.writers,
         "pin": args.pin,
     }
+    if args.shuffled:  # another origin log: its figures are kept apart
+        setup["shuffled"] = True
     if stored.get("setup") != setup:
         stored = {"setup": setup, "steps": {}}
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")

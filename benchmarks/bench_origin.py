@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import random
 import shutil
 import statistics
 import subprocess
@@ -187,10 +188,18 @@ def commit_latency(n: int = 200) -> float:
 
 
 def build_log(
-    path: Path, entries: int, keys: int, value_size: int, key_format: str = "key{:08d}"
+    path: Path,
+    entries: int,
+    keys: int,
+    value_size: int,
+    key_format: str = "key{:08d}",
+    shuffled: bool = False,
 ) -> None:
     """A log of `entries` rows: one store creation, then puts over `keys` distinct keys
-    (named by `key_format`)."""
+    (named by `key_format`), in key order or (`shuffled`) in a random order of the keys."""
+    names = list(range(keys))
+    if shuffled:
+        random.Random(1).shuffle(names)
     wal = WriteAheadLog(path, synchronous="OFF")
     meta = Register(1, 1, b"", None)
     rows = [(1, "", "bench", dumps(encode_delta(meta)))]
@@ -201,7 +210,7 @@ def build_log(
             (
                 seq,
                 "bench",
-                key_format.format(seq % keys),
+                key_format.format(names[seq % keys]),
                 dumps(encode_delta(Register(seq, seq, value, None))),
             )
         )
