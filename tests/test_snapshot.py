@@ -997,12 +997,41 @@ def changed_after(keys: int, changed: range) -> tuple[Replica, int, list[str]]:
     return r, base, names
 
 
-def test_a_sparse_delta_examines_a_bounded_number_of_keys_per_request() -> None:
-    """A delta of few changed keys in a large store: each request's work is bounded by the
-    keys it examines (not only by the bytes it sends), the stream still carries every
-    changed key once and ends."""
+def test_a_sparse_delta_walks_the_changed_keys_in_one_request() -> None:
+    """61 changed keys of 60,000 (and one removed since): the delta walks the store's change
+    log, so one request carries them all in key order, examining no unchanged key; a scan of
+    the store's keys took a request per ~16,000 keys, which a source starved of CPU needed
+    minutes for (BENCHMARKS.md, the ten-edge step)."""
+    r, base, changed = changed_after(60_000, range(7, 60_000, 997))
+    gone = changed.pop(3)
+    r.remove("s", gone)
+    counters: Counter[str] = Counter()
+    server = SnapshotServer(r, GossipConfig(), counters)
+    out = server.on_req("p", snap_req(7, None, 8, True, base), 0.0)
+    assert out[-1].message["last"]
+    assert [k for s in out for k in s.message["keys"]] == sorted(changed)
+    assert counters["snapshot_keys_served"] == len(changed)
+
+
+def test_a_delta_resumed_after_a_cursor_walks_only_the_changed_keys_past_it() -> None:
+    """A resume (another peer, the same `since`) starts after the cursor in the changed keys."""
+    r, base, changed = changed_after(30_000, range(5, 30_000, 301))
+    server = SnapshotServer(r, GossipConfig(), Counter())
+    after = ["s", changed[40]]
+    out = server.on_req("p", snap_req(9, after, 4, True, base), 0.0)
+    assert [k for s in out for k in s.message["keys"]] == changed[41:]
+    assert out[-1].message["last"]
+
+
+def test_a_sparse_delta_examines_a_bounded_number_of_keys_per_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A delta that scans the store's keys (more than SPARSE_KEYS changed): each request's
+    work is bounded by the keys it examines (not only by the bytes it sends), the stream
+    still carries every changed key once and ends."""
     from edgekv.gossip import snapshot_server
 
+    monkeypatch.setattr(snapshot_server, "SPARSE_KEYS", 0)
     r, base, changed = changed_after(60_000, range(7, 60_000, 997))
     server = SnapshotServer(r, GossipConfig(), Counter())
     examined = snapshot_server.FILTER_COST * (
@@ -1031,6 +1060,7 @@ def test_a_dense_delta_filters_each_key_about_once(monkeypatch: pytest.MonkeyPat
     filtered each key four times over), and the stream carries every changed key once."""
     from edgekv.gossip import snapshot_server
 
+    monkeypatch.setattr(snapshot_server, "SPARSE_KEYS", 0)
     r, base, changed = changed_after(40_000, range(0, 40_000, 2))
     filtered = []
     newer = snapshot_server._newer

@@ -15,6 +15,11 @@ follows what the session's last chunk used (`_Session.window`: 5/4 of the keys i
 growing 5/4 at a time while chunks run out of window): a fixed window of 16,384 keys, where a
 dense delta fills a chunk after ~3,800 (500,000 changed of 1M), filtered each key four times
 over, 30% of the origin's CPU while a long-away edge took its delta.
+A delta that changed at most `SPARSE_KEYS` keys of a store walks that store's changed keys
+(from its change log, sorted once per session and store: `_changed`) instead of its keys: a
+window scan took ~60 round trips for a few thousand changed keys of 1M, which a source
+starved of CPU (an edge sharing its core with ten joining ones, at full write load) needed
+minutes for while the gap it had to close grew.
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ SCAN_KEYS = 8_192  # keys one chunk examines at most (a sparse delta's chunk may
 SCAN_PER_REQUEST = 16_384  # keys examined per request before the rest of its credit waits
 FILTER_COST = 2  # a delta filters its keys column-wise first: half the cost per key (or less)
 MIN_WINDOW = 256  # keys a delta's filter window holds at least
+SPARSE_KEYS = 32_768  # a delta walks a store's changed keys when at most this many (256 KiB)
 _from_bytes = int.from_bytes
 
 
@@ -184,6 +190,7 @@ class _Session:
     idle_since: float = 0.0
     window: int = 0  # a delta's next filter window (module docstring); 0: the largest
     sent: dict[bytes, Certificate] = field(default_factory=dict)  # certificates already sent
+    changed: tuple[str, list[str] | None] = ("", None)  # a sparse delta's store, its keys
 
 
 class SnapshotServer:
@@ -249,8 +256,13 @@ class SnapshotServer:
         while i < len(names):
             name = names[i]
             sr = stores[name]
-            start = 0 if after is None or name != store else sr.keys.bisect_right(after)
-            if start < len(sr.keys):
+            sparse = self._changed(s, name) if s.since else None
+            past = after if name == store else None  # resume after it in this store
+            if sparse is not None:
+                start, end = (0 if past is None else bisect_right(sparse, past)), len(sparse)
+            else:
+                start, end = (0 if past is None else sr.keys.bisect_right(past)), len(sr.keys)
+            if start < end:
                 keys: list[str] = []
                 vals: list[State] = []
                 states = sr.states
@@ -262,7 +274,11 @@ class SnapshotServer:
                 since = s.since
                 window: list[str] = []
                 turns_of: Iterator[tuple[int, str]]
-                if since:  # only the keys newer than `since` get a turn of the loop below
+                if sparse is not None:  # the store's changed keys, less any removed since
+                    window = sparse[start : start + SCAN_KEYS]
+                    picked = [p for p, k in enumerate(window) if k in states]
+                    turns_of = zip(picked, map(window.__getitem__, picked), strict=True)
+                elif since:  # only the keys newer than `since` get a turn of the loop below
                     n = min(MAX_CHUNK_KEYS, FILTER_COST * SCAN_KEYS)
                     n = min(n, s.window) if s.window else n
                     window = list(sr.keys.islice(start, start + n))
@@ -316,15 +332,16 @@ class SnapshotServer:
                 else:
                     if window:  # the whole window was examined, its tail filtered out
                         consumed, key = len(window), window[-1]
-                if window:  # the next window: what this chunk used, and some
+                if window and sparse is None:  # the next window: what this chunk used, and some
                     s.window = max(MIN_WINDOW, consumed + consumed // 4)
                 s.cursor = (name, key)
-                done = i == len(names) - 1 and start + consumed == len(sr.keys)
+                done = i == len(names) - 1 and start + consumed == end
                 self.counters["snapshot_keys_served"] += len(keys)
                 msg = self._encode(sid, s, name, keys, vals, done)
                 if len(certs) > had:
                     msg["proofs"] = [c.to_wire() for c in islice(certs.values(), had, None)]
-                return msg, done, turns + (consumed // FILTER_COST if since else 0)
+                filtered = consumed // FILTER_COST if since and sparse is None else 0
+                return msg, done, turns + filtered
             i += 1
             after = None
         n, total = s.n, len(self.replica)
@@ -333,6 +350,26 @@ class SnapshotServer:
             True,
             0,
         )
+
+    def _changed(self, s: _Session, name: str) -> list[str] | None:
+        """The keys of store `name` changed after the delta's `since`, sorted, when at most
+        SPARSE_KEYS (None: scan the store's keys).  Built once per session and store, when
+        the stream reaches it: a key changed later is newer than the session's `wm` and
+        arrives by the normal paths (rule 5 of snapshot.py)."""
+        if s.changed[0] == name:
+            return s.changed[1]
+        sr = self.replica.stores[name]
+        log = sr.changes
+        if not log.ordered:
+            log.compact(sr.states)
+        at = bisect_right(log.seqs, s.since)
+        keys = None
+        if len(log.seqs) - at <= SPARSE_KEYS:  # C loops only (about 10 ms for 32,768 keys)
+            # marked entries are None; a stale one names a key that changed again (kept) or
+            # was removed (the chunk skips keys no longer held)
+            keys = sorted(set(filter(None, log.keys[at:])))
+        s.changed = (name, keys)
+        return keys
 
     def _unprovable(self, s: _Session) -> None:
         """A state this node cannot prove is never sent (crdt/proofs.py rule 3), and the
