@@ -257,6 +257,10 @@ def test_seq_ranges_match_a_set_model(adds: list[tuple[int, int]]) -> None:
             w += 1
         assert ranges.watermark == w
         assert ranges.high == max(model, default=0)
+        for lo2 in range(1, 70, 3):  # `covers` against the model, for spans of 1-9 seqs
+            for hi2 in range(lo2, lo2 + 9, 2):
+                held = all(s in model for s in range(lo2, hi2 + 1))
+                assert ranges.covers(lo2, hi2) == held
         for seq in (0, 5, 30):
             assert {s for lo, hi in ranges.above(seq) for s in range(lo, hi + 1)} == {
                 s for s in model if s > seq

@@ -60,6 +60,12 @@ class SeqRanges:
                 out.append((max(lo, seq + 1), hi))
         return out
 
+    def covers(self, lo: int, hi: int) -> bool:
+        """Whether every seq of [lo, hi] is present (one bisection: ranges never touch, so
+        the range holding `lo` must hold `hi` too)."""
+        i = bisect_right(self._los, lo) - 1
+        return i >= 0 and self._his[i] >= hi
+
     def __contains__(self, seq: object) -> bool:
         if not isinstance(seq, int):
             return False

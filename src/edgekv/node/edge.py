@@ -8,9 +8,8 @@ Lifecycle (`async with EdgeNode(...) as node`, under trio or asyncio through any
    asks for what changed after the file's watermark at once, while the rows load in a worker
    thread (`_load_file`) and are then joined with the live replica (gossip/snapshot.py rule
    11); `async with` returns once they are, so reads work with the last persisted state.
-3. Start the persistence flusher (once the file is joined) and the admin HTTP server (when
-   `http` is given), and set `kvstore.current_node` so `KvStore.open(name)` works inside
-   the block.
+3. Start the persistence flusher (once the file is joined; held while a whole snapshot streams)
+   and the admin HTTP server (`http`); `KvStore.open(name)` works inside the block.
 4. On exit: say BYE to live peers (best effort), end watchers, close the transport (an
    injected one too: the node leaves the network), stop the runtime and HTTP server, then
    flush and close the database.
@@ -443,6 +442,7 @@ class EdgeNode:
         stack.callback(self.hub.close)
         if self._persist is not None:
             runtime.add_listener(self._persist.on_changes)
+            self._persist.held = lambda: gossip.bootstrap.whole  # (persistence.py rule 6)
             gossip.expect_base(base_wm)
         tg.start_soon(self._log_progress)
         await tg.start(runtime.run)
