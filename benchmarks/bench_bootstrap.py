@@ -314,7 +314,7 @@ async def one_run(prepared: Path, args: argparse.Namespace) -> dict[str, dict[st
     _client()  # before the load and the steps (see `status`)
     try:
         shutil.copytree(prepared, work / "origin")
-        origin, address = await start_origin(work / "origin")
+        origin, address = await start_origin(work / "origin", extra=args.origin_option)
         procs.append(origin)
         load = Load(address, args.writers, args.keys, args.rate)
         peak = Peak({"origin": origin.pid})
@@ -542,6 +542,14 @@ def main() -> None:
         action="store_true",
         help="the origin's log writes the keys in a random order (default: in key order, so"
         " neighbours in key order share a certificate; see bench_serve.py)",
+    )
+    parser.add_argument(
+        "--origin-option",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="an argument for `edgekv origin` (repeat it: --origin-option=--flush-threads"
+        " --origin-option=1)",
     )
     parser.add_argument("--logs", type=Path, default=None, help="edges' stderr to files here")
     parser.add_argument(

@@ -20,7 +20,7 @@ from edgekv.gossip import GossipConfig, GossipNode
 from edgekv.gossip.snapshot import SnapshotServer, TreeJob
 from edgekv.gossip.snapshot_file import FileBase
 from edgekv.gossip.snapshot_wire import parse_chunk, parse_offer, snap_offer, snap_req
-from edgekv.gossip.wire import FrameDecoder, encode_frame, type_name
+from edgekv.gossip.wire import FrameDecoder, MsgType, encode_frame, type_name
 from gossip_sim import ORIGIN, Sim
 
 KEYS = 3000
@@ -428,6 +428,26 @@ def test_a_bad_chunk_abandons_the_source_and_resumes_elsewhere() -> None:
     sim.run_until(sim.now + 10.0)
     assert node.counters["snapshot_bad_chunks"] == 1
     assert node.counters["snapshot_resumes"] >= 1
+    assert node.replica.root == sim.origin.replica.root
+
+
+def test_a_chunk_past_the_one_due_resumes_at_once_without_blaming_the_source() -> None:
+    """A source whose queue to the receiver was full dropped a chunk: the next one arrives
+    with a gap in `n`.  The receiver resumes from its cursor at once (no timeout, no protocol
+    error: as one, it cut off a source on a loaded host) and may ask that source again."""
+    sim = sim_with_sources(seed=6)
+    node = start_fresh_until(sim, 500)
+    boot = node.bootstrap
+    source, staged = boot._source, boot.progress.keys
+    ahead = dict(good_chunk(), sid=boot._sid, n=boot._n + 1)
+    sends = node.receive(source, ahead, sim.now)  # no RemoteProtocolError
+    assert node.counters["snapshot_gaps"] == 1 and node.counters["snapshot_bad_chunks"] == 0
+    assert boot.progress.keys == staged  # nothing of the chunk after the gap was staged
+    assert source not in boot._refused
+    assert any(s.message["t"] == MsgType.SNAP_REQ and s.message["open"] for s in sends)
+    sim._send(node.address, sends)
+    sim.run_until(sim.now + 10.0)
+    assert node.counters["snapshot_timeouts"] == 0
     assert node.replica.root == sim.origin.replica.root
 
 

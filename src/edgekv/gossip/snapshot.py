@@ -52,9 +52,11 @@ Theory of operation
    backs off its retransmission timer: on hosts so loaded that a chunk takes longer than
    `snapshot_timeout`, every resume opened another session whose first chunk came too late
    again (ten edges joining on one loaded core made no progress for minutes, their sources
-   serving sessions already abandoned).  Chunks of an old session, or
-   out of order (n), are ignored.  A malformed chunk raises RemoteProtocolError after the
-   session is abandoned the same way: what was staged before stays (it was checked).
+   serving sessions already abandoned).  Chunks of an old session are ignored; one that is
+   not the chunk due (n) resumes at once, the source unblamed (it dropped chunks: its queue
+   to this node was full; as a protocol error it cut off a source on a loaded host).  A
+   malformed chunk raises RemoteProtocolError after the session is abandoned the same way:
+   what was staged before stays (it was checked).
 7. Load.  Chunks are staged per store (dicts in key order).  After the last one the driver
    runs `StagedSnapshot.build` (pure, for a worker thread): one bulk load into a new replica,
    its Merkle trees left unbuilt, and copies of its states to build them from
@@ -84,11 +86,10 @@ Theory of operation
 10. Restart.  A node restarted from its file loads its states without Merkle trees (reads
    need none) and starts gossip at once: `defer_trees` makes the trees a job like rule 7's,
    handed out only once the node is ready and no snapshot is under way (or after
-   `sync_timeout` if nothing is heard), and anti-entropy waits for it (snapshot_file.py rule
-   6 says why).
+   `sync_timeout` if nothing is heard); anti-entropy waits for it (snapshot_file.py rule 6).
 11. A restart overlaps its file's load with its delta: gossip starts on the file's watermark
    (`expect_base`), the delta is staged while the rows load, and the two are joined
-   (`install_base`, `join_file`); the details are in snapshot_file.py.
+   (`install_base`, `join_file`: snapshot_file.py).
 12. A restart whose delta is large (`snapshot_whole_from` of the store) takes the whole store
    instead if an edge serves it: the file is dropped (snapshot_file.py rule 5).
 """
@@ -407,8 +408,9 @@ class SnapshotClient:
             if c.busy:
                 self._refused.add(peer)
                 return self._resume(now)
-            if c.n != self._n:
-                raise RemoteProtocolError(f"SNAP_DATA: chunk {c.n} where {self._n} was due")
+            if c.n != self._n:  # rule 6: chunks dropped at the source
+                self.counters["snapshot_gaps"] += 1
+                return self._resume(now)
             if c.keys and self._cursor is not None and (c.store, c.keys[0]) <= self._cursor:
                 raise RemoteProtocolError("SNAP_DATA: keys at or before the cursor")
             if self._since and c.dropped > self._since:
@@ -441,9 +443,7 @@ class SnapshotClient:
     def _finish_delta(self, now: float) -> None:
         """A delta's end in the live replica: what is staged joined, its covers claimed."""
         for name, group in self._groups.items():
-            self.applied.extend(
-                self.replica.apply_batch([(name, k, st) for k, st in group.items()])
-            )
+            self.applied += self.replica.apply_batch([(name, k, st) for k, st in group.items()])
         self._groups = {}
         self.replica.covered.update([(1, self._wm)] if self._wm != MAX_SEQ else [])
         self._end()
