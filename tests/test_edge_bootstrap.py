@@ -359,14 +359,17 @@ async def test_a_fresh_edge_writes_nothing_to_its_file_while_its_whole_snapshot_
     wasted work, a quarter of the CPU of ten edges joining on one core at full write load.
     The file then holds everything, the writes made during the transfer included."""
     flushed_while_whole: list[int] = []
+    held_in_status: list[bool] = []
     nodes: list[edgekv.EdgeNode] = []
     flush = ReplicaStore.flush
 
     async def watched(self: ReplicaStore) -> int:
         rows = await flush(self)
         gossip = getattr(nodes[0], "gossip", None) if nodes else None
-        if rows and gossip is not None and gossip.bootstrap.whole:
-            flushed_while_whole.append(rows)
+        if gossip is not None and gossip.bootstrap.whole:
+            held_in_status.append(nodes[0].status()["persistence"]["flush_held"])
+            if rows:
+                flushed_while_whole.append(rows)
         return rows
 
     monkeypatch.setattr(ReplicaStore, "flush", watched)
@@ -400,6 +403,7 @@ async def test_a_fresh_edge_writes_nothing_to_its_file_while_its_whole_snapshot_
                         while edge.replica.root != origin.replica.root:
                             await changes.receive()
     assert flushed_while_whole == []
+    assert held_in_status and all(held_in_status)  # /status says why the file waits
     assert written, "no write was made during the transfer"
     persisted = ReplicaStore(tmp_path / "e")
     report = persisted.load()

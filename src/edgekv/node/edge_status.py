@@ -119,6 +119,7 @@ def edge_status(node: EdgeNode) -> dict[str, Any]:
             "flushes": node._persist.flushes,
             "rows_written": node._persist.rows_written,
             "flush_failures": node._persist.failures,
+            "flush_held": node._persist.held(),  # a whole snapshot streams (persistence rule 6)
             "loaded_keys": node.load_report.keys if node.load_report else 0,
             "load_seconds": node.load_report.seconds if node.load_report else 0.0,
             "corrupt_moved_to": node.load_report.corrupt_moved_to if node.load_report else None,
