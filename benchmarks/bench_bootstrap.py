@@ -39,6 +39,7 @@ import datetime
 import json
 import os
 import random
+import re
 import shutil
 import statistics
 import subprocess
@@ -630,6 +631,11 @@ def _commit() -> str:
         return "?"
 
 
+def _unitless(cell: str) -> str:
+    """ "not measured s" -> "not measured" (a row's unit follows its figure)."""
+    return re.sub(r"not measured (s|ms|MiB)\b", "not measured", cell)
+
+
 def report(args: argparse.Namespace, steps: dict[str, Any], switch: list[Any]) -> str:
     def runs(key: str) -> list[dict[str, Any]]:
         for step in steps.values():
@@ -815,7 +821,7 @@ def report(args: argparse.Namespace, steps: dict[str, Any], switch: list[Any]) -
         "",
         "| measure | result | target | |",
         "|---|---|---|---|",
-        *(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows),
+        *(f"| {a} | {_unitless(b)} | {c} | {d} |" for a, b, c, d in rows),
         "",
         f"Snapshot sources of the {args.edges} joining edges (seeded with the origin and one"
         f" caught-up edge), over all runs: {dict(sources)}.  Puts with no answer within the"
