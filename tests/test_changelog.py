@@ -42,5 +42,9 @@ def test_since_is_right_across_the_widening(writes: list[tuple[int, int]]) -> No
         assert sorted(got) == sorted(k for k, s in states.items() if s.seq > w)
         got_seqs = [states[k].seq for k in got]
         assert got_seqs == sorted(got_seqs)  # ascending by seq, each key once
+        # the same keys in key order, or None past the limit (nothing removed here)
+        assert log.keys_since(w, states, len(log)) == sorted(got)
+        if got:
+            assert log.keys_since(w, states, len(got) - 1) is None
     if any(s.seq >= BIG for s in states.values()):
         assert log.seqs.itemsize == 8

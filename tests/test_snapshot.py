@@ -1033,6 +1033,27 @@ def test_a_sparse_delta_walks_the_changed_keys_in_one_request() -> None:
     assert counters["snapshot_keys_served"] == len(changed)
 
 
+def test_a_peer_choosing_since_gets_a_bounded_session_whatever_it_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`since` is the requester's word: past every seq the delta ends at once, empty; so far
+    back that more than SPARSE_KEYS keys changed, the session scans and keeps no key list;
+    in between it keeps at most SPARSE_KEYS keys of one store at a time."""
+    from edgekv.gossip import snapshot_server
+    from edgekv.gossip.fields import MAX_SEQ
+
+    monkeypatch.setattr(snapshot_server, "SPARSE_KEYS", 100)
+    r, base, changed = changed_after(5_000, range(0, 5_000, 50))
+    server = SnapshotServer(r, GossipConfig(snapshot_chunk_bytes=1024), Counter())
+    out = server.on_req("p", snap_req(1, None, 4, True, MAX_SEQ), 0.0)
+    assert out[-1].message["last"] and not [k for s in out for k in s.message["keys"]]
+    server.on_req("p", snap_req(2, None, 2, True, 1), 0.0)  # the metadata store, then "s"
+    assert server.sessions[("p", 2)].changed == ("s", None)  # scanned: no list kept
+    server.on_req("p", snap_req(3, None, 2, True, base), 0.0)
+    kept = server.sessions[("p", 3)].changed
+    assert kept is not None and kept[0] == "s" and kept[1] == changed  # 100 keys: the limit
+
+
 def test_a_delta_resumed_after_a_cursor_walks_only_the_changed_keys_past_it() -> None:
     """A resume (another peer, the same `since`) starts after the cursor in the changed keys."""
     r, base, changed = changed_after(30_000, range(5, 30_000, 301))

@@ -21,6 +21,7 @@ Theory of operation
 4. `since(w)` bisects for the first seq above w and yields each current key once, in seq
    order; it re-checks each entry against the key's state, so an unmarked stale entry or a
    duplicate (a key removed and re-added with one state) is never reported twice.
+   `keys_since(w, limit)` is the same bisection for few changes, in key order and C loops.
 """
 
 from __future__ import annotations
@@ -170,6 +171,20 @@ class ChangeLog:
             if st is not None and st.seq == seqs[i] and key not in seen:
                 seen.add(key)
                 yield key
+
+    def keys_since(
+        self, watermark: int, states: Mapping[str, _HasSeq], limit: int
+    ) -> list[str] | None:
+        """The keys changed after `watermark`, sorted by key, if the log holds at most `limit`
+        entries above it (else None), in C loops only: a sparse delta's keys (gossip's
+        snapshot_server.py).  A stale entry names a key that changed again (listed once) or
+        was removed (the caller skips keys it no longer holds)."""
+        if not self.ordered:
+            self.compact(states)
+        at = bisect_right(self.seqs, watermark)
+        if len(self.seqs) - at > limit:
+            return None
+        return sorted(set(filter(None, self.keys[at:])))
 
     def clear(self) -> None:
         self.seqs, self.keys, self.ordered, self.checked = array("I"), [], True, True

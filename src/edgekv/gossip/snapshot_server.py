@@ -190,7 +190,7 @@ class _Session:
     idle_since: float = 0.0
     window: int = 0  # a delta's next filter window (module docstring); 0: the largest
     sent: dict[bytes, Certificate] = field(default_factory=dict)  # certificates already sent
-    changed: tuple[str, list[str] | None] = ("", None)  # a sparse delta's store, its keys
+    changed: tuple[str, list[str] | None] | None = None  # a sparse delta's store, its keys
 
 
 class SnapshotServer:
@@ -256,7 +256,8 @@ class SnapshotServer:
         while i < len(names):
             name = names[i]
             sr = stores[name]
-            sparse = self._changed(s, name) if s.since else None
+            # (the metadata store "" is scanned: a few keys, and its window seeds the next's)
+            sparse = self._changed(s, name) if s.since and name else None
             past = after if name == store else None  # resume after it in this store
             if sparse is not None:
                 start, end = (0 if past is None else bisect_right(sparse, past)), len(sparse)
@@ -356,18 +357,10 @@ class SnapshotServer:
         SPARSE_KEYS (None: scan the store's keys).  Built once per session and store, when
         the stream reaches it: a key changed later is newer than the session's `wm` and
         arrives by the normal paths (rule 5 of snapshot.py)."""
-        if s.changed[0] == name:
+        if s.changed is not None and s.changed[0] == name:
             return s.changed[1]
         sr = self.replica.stores[name]
-        log = sr.changes
-        if not log.ordered:
-            log.compact(sr.states)
-        at = bisect_right(log.seqs, s.since)
-        keys = None
-        if len(log.seqs) - at <= SPARSE_KEYS:  # C loops only (about 10 ms for 32,768 keys)
-            # marked entries are None; a stale one names a key that changed again (kept) or
-            # was removed (the chunk skips keys no longer held)
-            keys = sorted(set(filter(None, log.keys[at:])))
+        keys = sr.changes.keys_since(s.since, sr.states, SPARSE_KEYS)  # ~10 ms at the limit
         s.changed = (name, keys)
         return keys
 
