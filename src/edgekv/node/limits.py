@@ -61,7 +61,7 @@ class NetLimits:
     doubling up to 1 s while failures continue."""
     inbox_bytes: int = 16 << 20
     """Received frames waiting to be handled, in bytes; readers pause while it is full."""
-    send_queue_bytes: int = 16 << 20
+    send_queue_bytes: int = 4 << 20
     """Frames queued to one peer, in bytes; more are dropped (and counted) until it drains."""
     max_senders: int = 1024
     """Peers with a send queue (and its task and connection) at once; a new peer beyond it
