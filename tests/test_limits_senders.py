@@ -255,6 +255,24 @@ async def test_one_peers_queue_is_bounded_in_bytes(autojump_clock: Any) -> None:
         tg.cancel_scope.cancel()
 
 
+async def test_a_frame_larger_than_the_queue_goes_when_the_queue_is_empty(
+    autojump_clock: Any,
+) -> None:
+    """The queue bound drops frames behind others, not a frame alone: one larger than
+    `send_queue_bytes` (a key's whole state, up to the frame limit, above the 4 MiB default)
+    is queued when nothing else is, and what comes while it waits is dropped."""
+    dialer = FakeDialer(delay=1.0)
+    async with anyio.create_task_group() as tg:
+        senders = make_senders(tg, dialer, NetLimits(send_queue_bytes=1000))
+        big, small = b"b" * 2500, b"s" * 10
+        senders.enqueue("slow", big)
+        senders.enqueue("slow", small)
+        assert senders.stats.dropped == 1 and senders.budget.used == len(big)
+        await trio.sleep(5)
+        assert dialer.sent["slow"] == [big] and senders.budget.used == 0
+        tg.cancel_scope.cancel()
+
+
 class SocketDialer:
     """Connects to one real loopback listener, with small kernel buffers (so that a large frame
     is taken only in part)."""
