@@ -55,6 +55,7 @@ import httpx
 import trio
 
 from bench_origin import build_log, process_cpu, start_origin, stop_origin
+from bytecode import compile_sources
 from edgekv.crdt import Put, Register, Replica, bulk_load
 from edgekv.errors import OriginUnavailable
 from edgekv.gossip.authority import Authority
@@ -562,6 +563,7 @@ def main() -> None:
         " made each of the origin's fdatasyncs wait on them",
     )
     args = parser.parse_args()
+    compile_sources()  # the spawned processes start as an installed package does
     global LOGS
     LOGS = args.logs
     if bad := set(args.only) - set(STEPS):

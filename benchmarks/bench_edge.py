@@ -40,6 +40,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bytecode import compile_sources
+
 RESULTS = Path(__file__).resolve().parent / "results"
 STORE = "bench"
 NOWHERE = "127.0.0.1:9"  # an origin address nothing listens on: reads never need the origin
@@ -383,6 +385,7 @@ def main() -> None:
             print(json.dumps(mode_idle(rest[0], rest[1], float(rest[2]), float(rest[3]))))
         return
 
+    compile_sources()  # the spawned processes start as an installed package does
     keys = args.keys
     with tempfile.TemporaryDirectory() as data_dir:
         prep = _sub("prepare", data_dir, str(keys))

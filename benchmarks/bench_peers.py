@@ -62,6 +62,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bytecode import compile_sources
 from edgekv.testnet.procs import die_with_parent, free_port  # ports below the ephemeral range
 from peers_report import Figures, chart, machine, ratio_table
 
@@ -918,6 +919,7 @@ def main() -> None:
     ap.add_argument("--systems", default="edgekv,redis,etcd")
     ap.add_argument("--no-write", action="store_true", help="print only, leave results/ alone")
     args = ap.parse_args()
+    compile_sources()  # the spawned processes start as an installed package does
     check_installed(args.systems.split(","))
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     figures = Figures()
