@@ -50,12 +50,19 @@ def give(sim: Sim, addr: str, replica: Replica) -> None:
     sim._add(addr, old.role, old.seeds, replica)
 
 
-def sim_with_sources(seed: int, sources: int = 2, fresh: int = 1, seeds: int | None = None) -> Sim:
+def sim_with_sources(
+    seed: int,
+    sources: int = 2,
+    fresh: int = 1,
+    seeds: int | None = None,
+    cfg: GossipConfig | None = None,
+) -> Sim:
     """The origin and `sources` caught-up edges hold the store; `fresh` more edges start empty
     and know the origin and `seeds - 1` earlier edges (default: all of them) as seeds.  Only
     the origin and sources are started."""
     per_edge = sources + 1 if seeds is None else seeds
-    sim = Sim(sources + fresh, seed, latency=0.01, config=config(), seeds_per_edge=per_edge)
+    cfg = cfg or config()
+    sim = Sim(sources + fresh, seed, latency=0.01, config=cfg, seeds_per_edge=per_edge)
     for addr in [ORIGIN, *sim.edges[:sources]]:
         give(sim, addr, filled())
     sim.seq = KEYS + 2
@@ -241,6 +248,53 @@ def test_writes_during_the_transfer_are_not_lost() -> None:
         assert store.get(key, 0) == value
     assert not sim.missing()
     assert not sim.check.violations
+
+
+def test_pushes_to_a_node_taking_a_snapshot_are_batched_for_the_longest_window() -> None:
+    """snapshot.py rule 3: while a fresh edge takes its snapshot from the origin, the origin
+    pushes to it at most once per `push_window` (it serves none of those writes before its
+    install) instead of once per write; after the install, a write goes out at once again.
+    Nothing is lost: the writes made meanwhile are all there."""
+    # one chunk of 1 KiB in flight: a transfer of about two seconds
+    slow = GossipConfig(
+        snapshot_from_keys=200, snapshot_chunk_bytes=1024, snapshot_timeout=1.0, snapshot_window=1
+    )
+    sim = sim_with_sources(seed=31, sources=0, cfg=slow)
+    fresh = sim.edges[-1]
+    send = sim._send
+    pushes: list[float] = []
+
+    def counted(src: str, sends: list) -> None:
+        for m in sends:
+            if src == ORIGIN and m.peer == fresh and type_name(m.message["t"]) == "PUSH":
+                pushes.append(sim.now)
+        send(src, sends)
+
+    sim._send = counted  # type: ignore[method-assign]
+    sim.start_one(fresh, sim.now)
+    node = sim.nodes[fresh]
+    while not sim.origin.snapshots.takers:  # the session opens
+        sim.run_until(sim.now + 0.005)
+        assert sim.now < 10, sim.seed
+    opened, i = sim.now, 0
+    while sim.origin.snapshots.takers:  # a write every 10 ms while the session lasts
+        sim.write("s", Put(f"k{(i * 37) % KEYS:05d}", b"new%d" % i))
+        i += 1
+        sim.run_until(sim.now + 0.01)
+        assert sim.now < 30, sim.seed
+    ended = sim.now
+    assert i >= 20, i  # long enough for the windows to show
+    during = [t for t in pushes if opened <= t <= ended]
+    window = slow.push_window
+    assert len(during) <= (ended - opened) / window + 3, (len(during), i, sim.seed)
+    sim.run_until(sim.now + 2.0)
+    assert node.counters["snapshots_installed"] == 1 and not sim.origin.snapshots.takers
+    before = len(pushes)
+    sim.write("s", Put("after", b"1"))
+    sim.run_until(sim.now + 0.02)  # one link latency: pushed at once, not a window later
+    assert len(pushes) == before + 1 and node.replica.stores["s"].get("after", 0) == b"1"
+    assert node.replica.root == sim.origin.replica.root, sim.seed
+    assert not sim.missing() and not sim.check.violations
 
 
 def test_a_small_gap_still_uses_catch_up_by_watermark() -> None:

@@ -140,6 +140,7 @@ class GossipNode:
         self.catchup = CatchUp(ctx)
         self.antientropy = AntiEntropy(ctx)
         self.snapshots = SnapshotServer(replica, self.config, self.counters)
+        self.dissemination.takers = self.snapshots.takers  # shared: pushes batched to them
         self.bootstrap = SnapshotClient(replica, self.config, self.rng, self.counters, self.members)
         self.catchup.floor = self.bootstrap.floor  # the watermark a restart asks from
         self._handle = self._handlers()

@@ -123,6 +123,9 @@ class Dissemination(Part):
         self._direct = False  # the origin pushes to every member itself: eager peers get notices
         self._pruned: set[str] = set()  # peers this node sent PRUNE to (and not grafted since)
         self._lazy_order: list[str] = []
+        # peers taking a snapshot from this node: pushes batched for the longest window
+        # (snapshot.py rule 3); the node's SnapshotServer keeps it
+        self.takers: dict[str, int] = {}
         self.known_high = 0  # highest seq this node knows exists
         self._hint: str | None = None  # a peer that announced `known_high`
         self._graft_due: float | None = None
@@ -337,7 +340,10 @@ class Dissemination(Part):
         """The batching window toward `peer` (rule 1): `push_rtt_factor` times the link's round
         trip (the driver's measure, else the lowest probe: a loaded host's delays are no reason
         to batch longer), at most `longest`; `longest` while no round trip is known.  At the
-        origin at least `push_min_window` (unless not `floor`: the link's own window)."""
+        origin at least `push_min_window` (unless not `floor`: the link's own window);
+        `longest` to a peer taking a snapshot from this node (snapshot.py rule 3)."""
+        if peer in self.takers:
+            return longest
         cfg = self.config
         factor = cfg.push_rtt_factor
         rtt = self.link_rtts.get(peer) or self.members.link_rtt(peer)

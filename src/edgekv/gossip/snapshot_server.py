@@ -201,6 +201,7 @@ class SnapshotServer:
         self.config = config
         self.counters = counters
         self.sessions: dict[tuple[str, int], _Session] = {}
+        self.takers: dict[str, int] = {}  # peer -> its sessions here (pushes batched: rule 3)
         self.busy = False  # set while this node takes a whole snapshot: it serves none
 
     def on_req(self, peer: str, m: Message, now: float) -> list[Send]:
@@ -223,6 +224,7 @@ class SnapshotServer:
                 return [Send(peer, snap_data(sid, 0, 0, 0, 0, "", [], [], [], True, busy=True))]
             r = self.replica
             s = self.sessions[(peer, sid)] = _Session(after, r.watermark, r.purged, since)
+            self.takers[peer] = self.takers.get(peer, 0) + 1
             s.dropped = r.removed_high
             self.counters["snapshot_sessions"] += 1
         s.credit = min(MAX_CREDIT, s.credit + credit)
@@ -236,14 +238,21 @@ class SnapshotServer:
             s.credit -= 1
             s.n += 1
             if done:
-                del self.sessions[(peer, sid)]
+                self._end((peer, sid))
                 break
         return out
+
+    def _end(self, key: tuple[str, int]) -> None:
+        del self.sessions[key]
+        peer = key[0]
+        left = self.takers.pop(peer) - 1
+        if left:
+            self.takers[peer] = left
 
     def _expire(self, now: float) -> None:
         idle = 2 * self.config.snapshot_timeout
         for k in [k for k, s in self.sessions.items() if now - s.idle_since > idle]:
-            del self.sessions[k]
+            self._end(k)
 
     def _chunk(self, sid: int, s: _Session) -> tuple[Message, bool, int]:
         """The next chunk after `s.cursor` (at most one store, about chunk_bytes, at most
