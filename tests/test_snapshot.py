@@ -15,12 +15,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edgekv.crdt import META, Delete, Put, Register, Replica, ZSet, bulk_load, bulk_load_stores
 from edgekv.crdt.proofs import ForgedState, ProofStore, Signer, atoms_of
 from edgekv.crdt.treebuild import TreeBuilder, build_tree
-from edgekv.errors import RemoteProtocolError
+from edgekv.errors import LocalProtocolError, RemoteProtocolError
 from edgekv.gossip import GossipConfig, GossipNode
 from edgekv.gossip.snapshot import SnapshotServer, TreeJob
 from edgekv.gossip.snapshot_file import FileBase
 from edgekv.gossip.snapshot_wire import parse_chunk, parse_offer, snap_offer, snap_req
-from edgekv.gossip.wire import FrameDecoder, MsgType, encode_frame, type_name
+from edgekv.gossip.wire import Checked, FrameDecoder, MsgType, encode_frame, type_name
 from gossip_sim import ORIGIN, Sim
 
 KEYS = 3000
@@ -410,6 +410,24 @@ def test_responder_work_per_request_is_bounded_by_the_credit() -> None:
             keys += s.message["keys"]
     assert keys == sorted(keys, key=lambda k: (k != "s", k)) and len(keys) == 20_002
     assert not server.sessions
+
+
+def test_chunks_skip_the_encoding_walk_and_encode_as_the_walked_message_would() -> None:
+    """wire.Checked: a chunk of the server's own states is not walked at encoding; its frame
+    is the bytes the walked plain message gives, and it parses back to the same states.  A
+    plain message with a value the wire cannot carry is still refused."""
+    r = signed(filled())
+    server = SnapshotServer(r, GossipConfig(snapshot_chunk_bytes=4096), Counter())
+    out = server.on_req("p", snap_req(3, None, 4, True), 0.0)
+    assert out and all(type(s.message) is Checked for s in out)
+    for s in out:
+        frame = encode_frame(s.message)
+        assert frame == encode_frame(dict(s.message))
+        (decoded,) = FrameDecoder().feed(frame)
+        chunk = parse_chunk(decoded)
+        assert chunk.states == [r.stores[chunk.store].states[k] for k in chunk.keys]
+    with pytest.raises(LocalProtocolError):
+        encode_frame({**out[0].message, "keys": [object()]})
 
 
 def good_chunk() -> dict:

@@ -53,7 +53,7 @@ from .snapshot_wire import (
     parse_cursor,
     snap_data,
 )
-from .wire import Message
+from .wire import Checked, Message
 
 __all__ = [
     "MAX_SESSIONS",
@@ -389,16 +389,20 @@ class SnapshotServer:
         else:
             regs = [v if r else b"" for v, r in zip(vals, is_reg, strict=True)]
             others = [encode_delta(v) for v, r in zip(vals, is_reg, strict=True) if not r]
-        return snap_data(
-            sid,
-            s.n,
-            s.wm,
-            s.purged,
-            len(self.replica),
-            store,
-            keys,
-            regs,
-            others,
-            last,
-            dropped=s.dropped,
+        # built from this node's own states (checked as they came in): not walked again at
+        # encoding (wire.Checked)
+        return Checked(
+            snap_data(
+                sid,
+                s.n,
+                s.wm,
+                s.purged,
+                len(self.replica),
+                store,
+                keys,
+                regs,
+                others,
+                last,
+                dropped=s.dropped,
+            )
         )

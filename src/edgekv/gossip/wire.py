@@ -195,12 +195,23 @@ def _check_value(value: Any, depth: int, error: type[Exception], check_ints: boo
         raise error(f"type {kind.__name__} cannot be sent on the wire")
 
 
+class Checked(dict[str, Any]):
+    """A message its builder made only of plain wire values (this node's own states, checked
+    when they entered it): `encode_frame` skips the walk over it.  For a snapshot chunk (two
+    columns of thousands of keys and registers) that walk was 8% of the origin's CPU while it
+    served one; every other message is walked."""
+
+    __slots__ = ()
+
+
 def encode_frame(msg: Message, max_frame_size: int = MAX_FRAME_SIZE) -> bytes:
     """Encode one message as a frame (length prefix + CBOR body).
 
-    Raises `LocalProtocolError` for anything the receiving `FrameDecoder` would reject.
+    Raises `LocalProtocolError` for anything the receiving `FrameDecoder` would reject (a
+    `Checked` message is not walked: its builder vouches for its values).
     """
-    _check_tree(msg, LocalProtocolError)
+    if msg.__class__ is not Checked:
+        _check_tree(msg, LocalProtocolError)
     try:
         body = cbor2.dumps(msg)
     except Exception as exc:  # pragma: no cover - _check_tree admits only encodable values
