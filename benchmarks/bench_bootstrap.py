@@ -555,6 +555,11 @@ def main() -> None:
     )
     parser.add_argument("--logs", type=Path, default=None, help="edges' stderr to files here")
     parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run no step: write results/bootstrap.md again from the runs in bootstrap.json",
+    )
+    parser.add_argument(
         "--edge-dirs",
         default="/dev/shm" if Path("/dev/shm").is_dir() else None,
         help="where the edges' data dirs go (default: /dev/shm, a tmpfs, when there is one:"
@@ -571,13 +576,15 @@ def main() -> None:
     if args.changed is None:
         args.changed = args.keys // 2
     args.placement = pin(args.pin)
+    if args.report_only:  # the stored runs of every step, rendered again
+        args.only = []
     prepared = Path(tempfile.mkdtemp(prefix="edgekv-bench-bootstrap-log-"))
     try:
-        build_log(
-            prepared / "origin.sqlite3", args.keys + 1, args.keys, 100, KEY_FORMAT, args.shuffled
-        )
+        if args.only:
+            log = prepared / "origin.sqlite3"
+            build_log(log, args.keys + 1, args.keys, 100, KEY_FORMAT, args.shuffled)
         runs = []
-        for _ in range(args.repeat):
+        for _ in range(args.repeat if args.only else 0):
             runs.append(trio.run(one_run, prepared, args))
             print(runs[-1], flush=True)
     finally:
@@ -691,15 +698,22 @@ def report(args: argparse.Namespace, steps: dict[str, Any], switch: list[Any]) -
         (f"{args.edges} edges bootstrap at once", "many"),
         (f"an edge back after {args.changed:,} keys changed", "away"),
     ):
-        tput = med(key, 0)
-        idle = statistics.median(r["idle"][0] for r in runs(key)) if runs(key) else 0
-        share = f" ({tput / idle * 100:.0f}% of the same run's idle)" if idle else ""
+        # each run's puts against its own idle window (the machine drifts between runs: idle
+        # alone ranged 3,719-4,797 puts/s within one set), the median of those ratios
+        shares = sorted(r[key][0] / r["idle"][0] for r in runs(key) if r["idle"][0])
+        share = statistics.median(shares) if shares else 0.0
+        of_idle = (
+            f" ({share * 100:.0f}% [{shares[0] * 100:.0f}-{shares[-1] * 100:.0f}%] of each"
+            " run's own idle)"
+            if shares
+            else ""
+        )
         rows.append(
             (
                 f"origin puts/s while {name}",
-                f"{fmt(key, 0, digits=0)}{share}",
+                f"{fmt(key, 0, digits=0)}{of_idle}",
                 ">= 50% of idle",
-                ok(key, tput >= 0.5 * idle),
+                ok(key, share >= 0.5),
             )
         )
         rows.append(
