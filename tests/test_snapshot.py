@@ -430,6 +430,33 @@ def test_chunks_skip_the_encoding_walk_and_encode_as_the_walked_message_would() 
         encode_frame({**out[0].message, "keys": [object()]})
 
 
+def test_the_takers_of_a_server_are_exactly_the_peers_of_its_open_sessions() -> None:
+    """snapshot.py rule 3's bookkeeping: `takers` counts each peer's open sessions, through
+    sessions that end (last chunk), expire (idle) or are refused (busy)."""
+    r = filled(2000)
+    cfg = GossipConfig(snapshot_chunk_bytes=1024, snapshot_timeout=1.0)
+    server = SnapshotServer(r, cfg, Counter())
+
+    def agree() -> None:
+        assert server.takers == Counter(peer for peer, _sid in server.sessions)
+
+    for peer, sid in (("p", 1), ("p", 2), ("q", 1)):
+        server.on_req(peer, snap_req(sid, None, 1, True), 0.0)
+        agree()
+    assert server.takers == {"p": 2, "q": 1}
+    while server.on_req("p", snap_req(1, None, 16, False), 0.5):  # p's first session ends
+        agree()
+    assert ("p", 1) not in server.sessions and server.takers == {"p": 1, "q": 1}
+    server.on_req("q", snap_req(1, None, 1, False), 1.5)  # q keeps its session alive
+    server.on_req("r", snap_req(9, None, 1, True), 2.6)  # p's other one expired meanwhile
+    agree()
+    assert server.takers == {"q": 1, "r": 1}
+    server.busy = True  # taking a whole snapshot itself: a new session is refused
+    server.on_req("s", snap_req(1, None, 1, True), 2.7)
+    agree()
+    assert "s" not in server.takers
+
+
 def good_chunk() -> dict:
     server = SnapshotServer(filled(50), GossipConfig(), Counter())
     (send,) = server.on_req("p", snap_req(1, ("", "s"), 1, True), 0.0)
