@@ -5,7 +5,6 @@ Each test prints nothing on success; a failing one names its seed in the Sim it 
 
 from __future__ import annotations
 
-import math
 import random
 from collections import Counter
 from typing import Any
@@ -20,8 +19,7 @@ from edgekv.errors import LocalProtocolError, RemoteProtocolError
 from edgekv.gossip import GossipConfig, GossipNode
 from edgekv.gossip.snapshot import SnapshotServer, TreeJob
 from edgekv.gossip.snapshot_file import FileBase
-from edgekv.gossip.snapshot_server import PACE_BURST, PACE_IDLE
-from edgekv.gossip.snapshot_wire import MAX_CREDIT, parse_chunk, parse_offer, snap_offer, snap_req
+from edgekv.gossip.snapshot_wire import parse_chunk, parse_offer, snap_offer, snap_req
 from edgekv.gossip.wire import Checked, FrameDecoder, MsgType, encode_frame, type_name
 from gossip_sim import ORIGIN, Sim
 
@@ -457,49 +455,6 @@ def test_the_takers_of_a_server_are_exactly_the_peers_of_its_open_sessions() -> 
     server.on_req("s", snap_req(1, None, 1, True), 2.7)
     agree()
     assert "s" not in server.takers
-
-
-def test_the_origin_paces_its_snapshot_serving_while_writes_arrive() -> None:
-    """snapshot.py rule 3: a paced server (the origin) serves at most
-    `snapshot_paced_keys_per_s` keys a second (plus a burst) while its watermark moves, the
-    rest of the granted credit held until its `tick`; half a second without a write and it
-    serves at full speed again.  An unpaced server (an edge) serves every grant at once."""
-    rate = 20_000
-    cfg = GossipConfig(snapshot_chunk_bytes=4096, snapshot_paced_keys_per_s=rate)
-    r = filled(50_000)
-    server = SnapshotServer(r, cfg, Counter(), paced=True)
-    seq = r.watermark
-
-    def write() -> None:  # a write arriving at the origin: its watermark moves
-        nonlocal seq
-        seq += 1
-        r.apply("s", f"w{seq}", Register(seq, 5, b"x", None))
-        r.covered.add(seq, seq)
-
-    def keys(sends: list) -> int:
-        return sum(len(x.message["keys"]) for x in sends)
-
-    write()
-    served = keys(server.on_req("p", snap_req(1, None, MAX_CREDIT, True), 0.0))
-    assert 0 < served <= rate * PACE_BURST + 200  # a burst, then the credit waits
-    assert server.sessions[("p", 1)].credit > 0 and server.next_deadline() < 1.0
-    t = 0.0
-    while t < 1.0:  # a write every 10 ms; the receiver grants a chunk for each one it gets
-        t += 0.01
-        write()
-        out = server.tick(t)
-        served += keys(out)
-        for _ in out:
-            server.on_req("p", snap_req(1, None, 1, False), t)
-    assert rate * 0.8 <= served <= rate * (1 + PACE_BURST) + 200, served
-    # no write for longer than PACE_IDLE: the next grant is served at once, in full
-    quiet = t + PACE_IDLE + 0.01
-    before = server.sessions[("p", 1)].credit
-    burst = server.on_req("p", snap_req(1, None, MAX_CREDIT - before, False), quiet)
-    assert len(burst) == MAX_CREDIT and not server.next_deadline() < math.inf
-    edge = SnapshotServer(r, cfg, Counter())  # an edge: never paced
-    write()
-    assert len(edge.on_req("q", snap_req(1, None, MAX_CREDIT, True), 0.0)) == MAX_CREDIT
 
 
 def good_chunk() -> dict:

@@ -112,11 +112,6 @@ class GossipConfig:
     always serves the delta; above 1: never).  Measured at 1M keys with half of them changed:
     file and delta took 5.1-8.9 s (medians 5.67, 7.26 s) from spawn to the watermark, a whole store
     about 4.2 s, for twice the bytes (benchmarks/results/bootstrap.md)."""
-    snapshot_paced_keys_per_s: int = 350_000
-    """The origin serves snapshot keys at most this fast while writes arrive (none for half a
-    second: full speed); 0: never paced.  Its CPU is every write's: serving one fresh edge 1M
-    keys at full speed left its puts at 49% of idle, paced at this rate 60%, the edge
-    serving after 4.5 s instead of 3.3 s (gossip/snapshot.py rule 3)."""
     snapshot_chunk_bytes: int = 256 << 10
     """Target payload of one snapshot chunk (the responder's work per chunk is bounded by it)."""
     snapshot_window: int = 8
@@ -182,7 +177,6 @@ class GossipConfig:
             ("push_again_bytes", 0),
             ("snapshot_lag", 0),
             ("snapshot_chunk_bytes", 1024),
-            ("snapshot_paced_keys_per_s", 0),
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < least:

@@ -139,7 +139,7 @@ class GossipNode:
         self.dissemination = Dissemination(ctx)
         self.catchup = CatchUp(ctx)
         self.antientropy = AntiEntropy(ctx)
-        self.snapshots = SnapshotServer(replica, self.config, self.counters, paced=role == "origin")
+        self.snapshots = SnapshotServer(replica, self.config, self.counters)
         self.dissemination.takers = self.snapshots.takers  # shared: pushes batched to them
         self.bootstrap = SnapshotClient(replica, self.config, self.rng, self.counters, self.members)
         self.catchup.floor = self.bootstrap.floor  # the watermark a restart asks from
@@ -214,7 +214,6 @@ class GossipNode:
             self.catchup.next_deadline(),
             self.antientropy.next_deadline(),
             self.bootstrap.next_deadline(),
-            self.snapshots.next_deadline(),
             self._next_purge,
         )
 
@@ -279,7 +278,6 @@ class GossipNode:
         out.extend(self.dissemination.tick(now))
         out.extend(self.catchup.tick(now))
         out.extend(self.bootstrap.tick(now))
-        out.extend(self.snapshots.tick(now))
         self.snapshots.busy = self.bootstrap.whole
         if self.bootstrap.active:  # rule 6: no anti-entropy, no grafts while bootstrapping
             self.antientropy.hold(now + 1.0)

@@ -39,13 +39,7 @@ Theory of operation
    (the origin's `push_window`, dissemination.py rule 1): it serves none of their writes
    before its install, and a push every few ms cost it a wake-up, a decode and an apply
    each (about 200 pushes a second under full write load, while its CPU builds the
-   snapshot).  The origin paces what it serves while writes arrive (its watermark moved in
-   the last `PACE_IDLE`): at most `snapshot_paced_keys_per_s` keys a second, a granted chunk
-   beyond that held until its `tick`, since its CPU is every write's.  Measured (1M keys,
-   one fresh edge, the origin's CPU shared with eight put loops): unpaced, its puts fell to
-   49% [44-50%] of idle and the edge served after 3.29 s [2.82-4.47]; at 300,000 keys/s 61%
-   and 4.77 s; at 350,000 (the default) 60% and 4.47 s (benchmarks/results/bootstrap.md).
-   Edges are not paced: their CPU holds no writes but what they serve.
+   snapshot).
 4. Chunks.  SNAP_DATA{sid, n, wm, purged, total, store, keys, regs, others, last, proofs?}
    holds consecutive keys of one store in key order (stores in name order, metadata ""
    first), as columns (snapshot_wire.py): `regs` has each key's register bytes, or b"" for a

@@ -24,7 +24,6 @@ minutes for while the gap it had to close grew.
 
 from __future__ import annotations
 
-import math
 import random
 from bisect import bisect_right
 from collections.abc import Iterator
@@ -71,8 +70,6 @@ SCAN_PER_REQUEST = 16_384  # keys examined per request before the rest of its cr
 FILTER_COST = 2  # a delta filters its keys column-wise first: half the cost per key (or less)
 MIN_WINDOW = 256  # keys a delta's filter window holds at least
 SPARSE_KEYS = 32_768  # a delta walks a store's changed keys when at most this many (256 KiB)
-PACE_IDLE = 0.5  # s without a write after which a paced server serves at full speed again
-PACE_BURST = 0.02  # s of the pace a paced server may serve at once
 _from_bytes = int.from_bytes
 
 
@@ -199,21 +196,13 @@ class _Session:
 class SnapshotServer:
     """The responder side: sessions of peers taking a snapshot from this node (rules 3-4)."""
 
-    def __init__(
-        self, replica: Replica, config: GossipConfig, counters: Any, *, paced: bool = False
-    ) -> None:
+    def __init__(self, replica: Replica, config: GossipConfig, counters: Any) -> None:
         self.replica = replica
         self.config = config
         self.counters = counters
         self.sessions: dict[tuple[str, int], _Session] = {}
         self.takers: dict[str, int] = {}  # peer -> its sessions here (pushes batched: rule 3)
         self.busy = False  # set while this node takes a whole snapshot: it serves none
-        # rule 3's pace (the origin's): keys it may serve now, refilled at the configured rate
-        # while its watermark moves; sessions whose granted chunks wait for it
-        self._rate = config.snapshot_paced_keys_per_s if paced else 0
-        self._tokens, self._tokens_at = 0.0, -math.inf
-        self._wm, self._wm_at = -1, -math.inf
-        self._waiting: dict[tuple[str, int], None] = {}
 
     def on_req(self, peer: str, m: Message, now: float) -> list[Send]:
         sid = _int(m, "sid")
@@ -240,71 +229,21 @@ class SnapshotServer:
             self.counters["snapshot_sessions"] += 1
         s.credit = min(MAX_CREDIT, s.credit + credit)
         s.idle_since = now
-        return self._serve(peer, sid, s, self._paced(now))
-
-    def _serve(self, peer: str, sid: int, s: _Session, paced: bool) -> list[Send]:
-        """The chunks `s`'s credit grants, at most SCAN_PER_REQUEST keys examined and, when
-        `paced`, as many keys as the pace allows (the rest waits: `tick`)."""
         out: list[Send] = []
         scanned = 0
-        key = (peer, sid)
-        self._waiting.pop(key, None)
         while s.credit > 0 and (not out or scanned < SCAN_PER_REQUEST):
-            if paced and self._tokens <= 0:
-                self._waiting[key] = None
-                break
             msg, done, examined = self._chunk(sid, s)
             scanned += examined
-            self._tokens -= len(msg["keys"]) or 1
             out.append(Send(peer, msg))
             s.credit -= 1
             s.n += 1
             if done:
-                self._end(key)
-                break
-        return out
-
-    def _paced(self, now: float) -> bool:
-        """Rule 3: is this (paced) node serving under write load?  Refills the pace."""
-        rate = self._rate
-        if rate <= 0:
-            return False
-        wm = self.replica.watermark
-        if wm != self._wm:
-            self._wm, self._wm_at = wm, now
-        burst = rate * PACE_BURST
-        if now - self._wm_at > PACE_IDLE:  # no write lately: full speed, a full burst after
-            self._tokens, self._tokens_at = burst, now
-            return False
-        self._tokens = min(burst, self._tokens + (now - self._tokens_at) * rate)
-        self._tokens_at = now
-        return True
-
-    def next_deadline(self) -> float:
-        """When `tick` may serve chunks the pace held (inf: none held)."""
-        if not self._waiting:
-            return math.inf
-        return self._tokens_at + max(0.0, 1.0 - self._tokens) / self._rate
-
-    def tick(self, now: float) -> list[Send]:
-        """The chunks held by the pace that it allows now (rule 3)."""
-        if not self._waiting or now < self.next_deadline():
-            return []
-        paced = self._paced(now)
-        out: list[Send] = []
-        for key in list(self._waiting):
-            s = self.sessions.get(key)
-            if s is None:
-                del self._waiting[key]
-                continue
-            out.extend(self._serve(key[0], key[1], s, paced))
-            if paced and self._tokens <= 0:
+                self._end((peer, sid))
                 break
         return out
 
     def _end(self, key: tuple[str, int]) -> None:
         del self.sessions[key]
-        self._waiting.pop(key, None)
         peer = key[0]
         left = self.takers.pop(peer) - 1
         if left:
