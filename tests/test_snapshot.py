@@ -19,6 +19,7 @@ from edgekv.errors import LocalProtocolError, RemoteProtocolError
 from edgekv.gossip import GossipConfig, GossipNode
 from edgekv.gossip.snapshot import SnapshotServer, TreeJob
 from edgekv.gossip.snapshot_file import FileBase
+from edgekv.gossip.snapshot_server import MAX_SESSIONS
 from edgekv.gossip.snapshot_wire import parse_chunk, parse_offer, snap_offer, snap_req
 from edgekv.gossip.wire import Checked, FrameDecoder, MsgType, encode_frame, type_name
 from gossip_sim import ORIGIN, Sim
@@ -455,6 +456,16 @@ def test_the_takers_of_a_server_are_exactly_the_peers_of_its_open_sessions() -> 
     server.on_req("s", snap_req(1, None, 1, True), 2.7)
     agree()
     assert "s" not in server.takers
+    # a flood of opens (one peer under many sids, many peers) is refused past MAX_SESSIONS:
+    # the takers (whose pushes this node batches) stay within it, and leave with them
+    server.busy = False
+    for i in range(3 * MAX_SESSIONS):
+        server.on_req("flood" if i % 2 else f"f{i}", snap_req(100 + i, None, 1, True), 2.8)
+    agree()
+    assert len(server.sessions) == MAX_SESSIONS and sum(server.takers.values()) == MAX_SESSIONS
+    server.on_req("late", snap_req(1, None, 1, True), 10.0)  # every idle session expired
+    agree()
+    assert server.takers == {"late": 1}
 
 
 def good_chunk() -> dict:

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from ..errors import RemoteProtocolError
 
-__all__ = ["ENTRY", "MAX_CERT_ATOMS", "Certificate", "key_id", "public_key"]
+__all__ = ["ENTRY", "MAX_CERT_ATOMS", "Certificate", "key_id", "public_key", "raw_key"]
 
 MAX_CERT_ATOMS = 4096
 ENTRY = 24  # seq (8, big-endian) + atom hash (16)
@@ -23,9 +23,13 @@ SEQ_ONLY = struct.Struct(">q16x")  # the seq of one entry
 TWO = struct.Struct(">qq")
 
 
+def raw_key(public: Ed25519PublicKey) -> bytes:
+    """The key's 32 raw bytes (what libsodium verifies with, and what `key_id` hashes)."""
+    return public.public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
 def key_id(public: Ed25519PublicKey) -> bytes:
-    raw = public.public_bytes(Encoding.Raw, PublicFormat.Raw)
-    return blake2b(raw, digest_size=8).digest()
+    return blake2b(raw_key(public), digest_size=8).digest()
 
 
 def public_key(raw: bytes) -> Ed25519PublicKey:

@@ -82,7 +82,6 @@ from hashlib import blake2b
 from operator import itemgetter
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from nacl.bindings import crypto_sign_open
 from nacl.exceptions import CryptoError
 
@@ -101,7 +100,16 @@ from .atoms import (
     zset_shape_ok,
 )
 from .bloom import BloomDelta
-from .certificate import ENTRY, MAX_CERT_ATOMS, SEQ, SEQ_ONLY, Certificate, key_id, public_key
+from .certificate import (
+    ENTRY,
+    MAX_CERT_ATOMS,
+    SEQ,
+    SEQ_ONLY,
+    Certificate,
+    key_id,
+    public_key,
+    raw_key,
+)
 from .register import Register
 from .state import Delta, State
 from .zset import ZSet
@@ -182,9 +190,7 @@ class ProofStore:
         self.keys: dict[bytes, Ed25519PublicKey] = {key_id(k): k for k in keys}
         # verified by libsodium (PyNaCl): 54 us against OpenSSL's 104 us through cryptography
         # here, and an edge verifies one signature per push (bench_verify.py, "verify")
-        self._raw = {
-            i: k.public_bytes(Encoding.Raw, PublicFormat.Raw) for i, k in self.keys.items()
-        }
+        self._raw = {i: raw_key(k) for i, k in self.keys.items()}
         self._los: list[int] = []  # certificates sorted by lo ...
         self._certs: list[Certificate] = []
         self._reach: list[int] = []  # ... and the highest hi among each one and those before it

@@ -34,12 +34,8 @@ Theory of operation
    The receiver grants `snapshot_window` at first, then one per chunk received, so at most a
    window of chunks is in flight; the responder builds a chunk only when granted one, so its
    work per event is at most a few chunks of `snapshot_chunk_bytes`, and it holds no chunk
-   after sending it.  Sessions are few (`MAX_SESSIONS`) and expire when idle.  While a peer
-   has a session here, this node's pushes to it are batched for the longest window it uses
-   (the origin's `push_window`, dissemination.py rule 1): it serves none of their writes
-   before its install, and a push every few ms cost it a wake-up, a decode and an apply
-   each (about 200 pushes a second under full write load, while its CPU builds the
-   snapshot).
+   after sending it.  Sessions are few (`MAX_SESSIONS`) and expire when idle.  Pushes to a
+   peer with a session here wait for the longest window (`SnapshotServer.takers`).
 4. Chunks.  SNAP_DATA{sid, n, wm, purged, total, store, keys, regs, others, last, proofs?}
    holds consecutive keys of one store in key order (stores in name order, metadata ""
    first), as columns (snapshot_wire.py): `regs` has each key's register bytes, or b"" for a

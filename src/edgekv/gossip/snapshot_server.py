@@ -201,7 +201,11 @@ class SnapshotServer:
         self.config = config
         self.counters = counters
         self.sessions: dict[tuple[str, int], _Session] = {}
-        self.takers: dict[str, int] = {}  # peer -> its sessions here (pushes batched: rule 3)
+        # peer -> its sessions here.  Dissemination batches pushes to these for its longest
+        # window (the origin's `push_window`): a taker serves none of their writes before its
+        # install, and under full write load the origin pushed to it every 5 ms, each a
+        # wake-up, a decode and an apply while its CPU builds the snapshot
+        self.takers: dict[str, int] = {}
         self.busy = False  # set while this node takes a whole snapshot: it serves none
 
     def on_req(self, peer: str, m: Message, now: float) -> list[Send]:
