@@ -6,6 +6,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 from hashlib import blake2b
+from operator import itemgetter
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -21,6 +22,7 @@ DOMAIN = b"edgekv-cert-v1\x00"
 SEQ = struct.Struct(">q")
 SEQ_ONLY = struct.Struct(">q16x")  # the seq of one entry
 TWO = struct.Struct(">qq")
+_first = itemgetter(0)
 
 
 def raw_key(public: Ed25519PublicKey) -> bytes:
@@ -39,7 +41,7 @@ def public_key(raw: bytes) -> Ed25519PublicKey:
 class Certificate:
     """The origin's signature over the sorted (seq, atom) entries of seqs lo..hi."""
 
-    __slots__ = ("entries", "hi", "key_id", "lo", "order", "signature")
+    __slots__ = ("_dense", "entries", "hi", "key_id", "lo", "order", "signature")
 
     def __init__(self, key_id: bytes, lo: int, hi: int, entries: bytes, signature: bytes) -> None:
         self.key_id = key_id
@@ -48,6 +50,20 @@ class Certificate:
         self.entries = entries
         self.signature = signature
         self.order = 0  # the store's add counter: newer certificates are preferred (rule 4)
+        self._dense: bool | None = None
+
+    def is_dense(self) -> bool:
+        """Whether it holds exactly one entry per seq lo..hi (seq s is entry s - lo), so it
+        proves every seq of its range: what a sender serving keys in order checks once, then
+        takes it for each key whose seq lies in the range.  Computed on first use."""
+        d = self._dense
+        if d is None:
+            lo, hi, e = self.lo, self.hi, self.entries
+            d = len(e) == (hi - lo + 1) * ENTRY and list(
+                map(_first, SEQ_ONLY.iter_unpack(e))
+            ) == list(range(lo, hi + 1))
+            self._dense = d
+        return d
 
     def body(self) -> bytes:
         return DOMAIN + self.key_id + TWO.pack(self.lo, self.hi) + self.entries
