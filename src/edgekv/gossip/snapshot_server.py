@@ -28,7 +28,7 @@ import random
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 from itertools import accumulate, compress, count, islice, repeat
-from operator import add, gt, is_, or_
+from operator import add, gt, is_
 from typing import Any
 
 from ..crdt.certificate import Certificate
@@ -183,9 +183,9 @@ def _newer(vals: list[Any], since: int) -> list[int]:
 
 def _run_end(heads: list[bytes], j: int, lo: int, hi: int) -> int:
     """The first position from `j` whose seq (`heads`: 8 big-endian bytes each) lies outside
-    lo..hi, or len(heads).  Galloping over slices whose min and max C compares (~35 ns a key;
-    a lazy scan of each key was ~240 ns), then a scan of the slice that left the range; a key
-    proved elsewhere (a store written in random key order) is seen at once."""
+    lo..hi, or len(heads).  Galloping over slices whose min and max C compares, then halving
+    the slice that left the range (~2 min/max per key, ~35 ns; a lazy scan of each key was
+    ~240 ns); a key proved elsewhere (a store written in random key order) is seen at once."""
     m = len(heads)
     lo_b, hi_b = lo.to_bytes(8, "big"), hi.to_bytes(8, "big")
     if j < m and not lo_b <= heads[j] <= hi_b:
@@ -193,11 +193,18 @@ def _run_end(heads: list[bytes], j: int, lo: int, hi: int) -> int:
     step = 16
     while j < m:
         seg = heads[j : j + step]
-        if min(seg) < lo_b or max(seg) > hi_b:
-            out = map(or_, map(lo_b.__gt__, seg), map(hi_b.__lt__, seg))
-            return j + next(compress(count(), out))
-        j += len(seg)
-        step *= 2
+        if lo_b <= min(seg) and max(seg) <= hi_b:
+            j += len(seg)
+            step *= 2
+            continue
+        while len(seg) > 1:  # the first key outside is in `seg`
+            half = seg[: len(seg) // 2]
+            if lo_b <= min(half) and max(half) <= hi_b:
+                j += len(half)
+                seg = seg[len(half) :]
+            else:
+                seg = half
+        return j
     return m
 
 
