@@ -14,7 +14,9 @@ region takes few round trips (the 5,000-key delta: 112 requests before, 48 after
 follows what the session's last chunk used (`_Session.window`: 5/4 of the keys it consumed,
 growing 5/4 at a time while chunks run out of window): a fixed window of 16,384 keys, where a
 dense delta fills a chunk after ~3,800 (500,000 changed of 1M), filtered each key four times
-over, 30% of the origin's CPU while a long-away edge took its delta.
+over, 30% of the origin's CPU while a long-away edge took its delta.  A whole snapshot's window
+holds the keys that fill a chunk at the last chunk's bytes per key, and a quarter more: its
+keys are read and sized column-wise (`_registers`), so a key it does not take costs ~0.1 us.
 A delta that changed at most `SPARSE_KEYS` keys of a store walks that store's changed keys
 (from its change log, sorted once per session and store: `_changed`) instead of its keys: a
 window scan took ~60 round trips for a few thousand changed keys of 1M, which a source
@@ -218,7 +220,7 @@ class _Session:
     credit: int = 0
     n: int = 0
     idle_since: float = 0.0
-    window: int = 0  # a delta's next filter window (module docstring); 0: the largest
+    window: int = 0  # the keys the next chunk looks at (module docstring); 0: the most
     sent: dict[bytes, Certificate] = field(default_factory=dict)  # certificates already sent
     changed: tuple[str, list[str] | None] | None = None  # a sparse delta's store, its keys
 
@@ -322,16 +324,21 @@ class SnapshotServer:
                 vals: list[Any] = list(map(states.__getitem__, cand))
                 had = len(s.sent)  # each certificate travels once per session
                 if all(map(is_, map(type, vals), repeat(Register))):
-                    taken, skip, full = self._registers(s, cand, vals)
+                    taken, skip, full, size = self._registers(s, cand, vals)
                 else:
-                    taken, skip, full = self._states(s, cand, vals)
+                    taken, skip, full, size = self._states(s, cand, vals)
                 if full:  # the chunk is full at its last key examined
                     last = taken - 1
                     consumed = last + 1 if picked is None else picked[last] + 1
                 else:
                     consumed = len(window)
-                if sparse is None:  # the next window: what this chunk used, and some
+                if since and sparse is None:  # the next window: what this chunk used, and some
                     s.window = max(MIN_WINDOW, consumed + consumed // 4)
+                elif not since and size:  # enough keys to fill a chunk at this chunk's key
+                    # size, and some (what it used would shrink after a certificate's chunk)
+                    s.window = max(
+                        MIN_WINDOW, self.config.snapshot_chunk_bytes * 5 // 4 * taken // size
+                    )
                 s.cursor = (name, window[consumed - 1])
                 if skip:
                     gone = set(skip)
@@ -358,9 +365,10 @@ class SnapshotServer:
 
     def _registers(
         self, s: _Session, keys: list[str], vals: list[Any]
-    ) -> tuple[int, list[int], bool]:
+    ) -> tuple[int, list[int], bool, int]:
         """How many of `keys` (registers only, in key order) the chunk takes, the positions
-        among those of the ones it cannot prove (not sent), and whether the chunk is full.
+        among those of the ones it cannot prove (not sent), whether the chunk is full, and
+        the bytes of the keys and values examined.
         Column-wise: sizes are summed in C, and a register whose seq lies in the range of
         the dense certificate that proved the one before it is proved by it too (most
         neighbours in key order: a store written in key order, or certified again at the
@@ -372,7 +380,7 @@ class SnapshotServer:
         proofs = self.replica.proofs
         if proofs is None:
             k = bisect_left(cum, budget)
-            return (k + 1, [], True) if k < m else (m, [], False)
+            return (k + 1, [], True, cum[k]) if k < m else (m, [], False, cum[-1] if m else 0)
         heads = list(map(SEQ_BYTES, vals))
         certs = s.sent
         skip: list[int] = []
@@ -397,11 +405,13 @@ class SnapshotServer:
                 j = _run_end(heads, j, c.lo, c.hi)
             k = bisect_left(cum, budget - adj, i, j)
             if k < j:
-                return k + 1, skip, True
+                return k + 1, skip, True, cum[k]
             i = j
-        return m, skip, False
+        return m, skip, False, cum[-1] if m else 0
 
-    def _states(self, s: _Session, keys: list[str], vals: list[Any]) -> tuple[int, list[int], bool]:
+    def _states(
+        self, s: _Session, keys: list[str], vals: list[Any]
+    ) -> tuple[int, list[int], bool, int]:
         """`_registers` for keys holding other kinds of state too: a Python turn per key."""
         budget = self.config.snapshot_chunk_bytes
         proofs = self.replica.proofs
@@ -424,8 +434,8 @@ class SnapshotServer:
                     size += extra
             size += len(key) + (len(st) if reg else delta_size(st))
             if size >= budget:
-                return k + 1, skip, True
-        return len(keys), skip, False
+                return k + 1, skip, True, size
+        return len(keys), skip, False, size
 
     def _changed(self, s: _Session, name: str) -> list[str] | None:
         """The keys of store `name` changed after the delta's `since`, sorted, when at most
