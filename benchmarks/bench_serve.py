@@ -5,12 +5,15 @@
 Writes benchmarks/results/serve.md.  In this process: a replica of `--keys` registers (16-byte
 keys, 100-byte values) whose proofs are certificates of 64 consecutive seqs each, as the origin
 signs one push batch; then `SnapshotServer` serves it whole to one session (credit 4 per
-request, as a receiver asks) and every chunk is encoded as a frame.  Two stores:
+request, as a receiver asks) and every chunk is encoded as a frame.  Three stores:
 
 - key order: keys written in key order, so neighbours in key order share a certificate (how
   bench_bootstrap's origin log is written);
 - random order: the same keys written in random order, so in key order each register is proved
-  by another certificate (a store written by real clients over time).
+  by another certificate (a store written by real clients over time);
+- what bench_bootstrap's origin serves: keys in key order certified 4,096 seqs at a time (the
+  origin certifies its live states again at start), then 2% of them written again in random
+  order (the put loops), each proved by another certificate in the middle of a long run.
 
 Reported: CPU seconds (`time.process_time`) to serve every chunk, and of that the frame
 encoding; medians of `--runs`.
@@ -40,7 +43,10 @@ RESULTS = Path(__file__).resolve().parent / "results" / "serve.md"
 BATCH = 64  # seqs per certificate
 
 
-def signed_store(keys: int, shuffled: bool) -> Replica:
+def signed_store(keys: int, shuffled: bool, batch: int = BATCH, rewritten: float = 0.0) -> Replica:
+    """`keys` registers written in key order (or `shuffled`), certified `batch` seqs at a
+    time; then a `rewritten` share of them written again in random order, certified BATCH
+    seqs at a time (push batches)."""
     order = list(range(keys))
     if shuffled:
         random.Random(1).shuffle(order)
@@ -51,10 +57,20 @@ def signed_store(keys: int, shuffled: bool) -> Replica:
     bulk_load(replica, items, [(1, keys)])
     proofs = replica.use_proofs(ProofStore([KEY.public_key()]))
     signer = Signer(KEY)
-    for lo in range(0, keys, BATCH):
+    for lo in range(0, keys, batch):
         proofs.add(
-            signer.certify([a for s, k, st in items[lo : lo + BATCH] for a in atoms_of(s, k, st)])
+            signer.certify([a for s, k, st in items[lo : lo + batch] for a in atoms_of(s, k, st)])
         )
+    again = random.Random(2).sample(range(keys), int(keys * rewritten))
+    seq = keys
+    for lo in range(0, len(again), BATCH):
+        atoms = []
+        for i in again[lo : lo + BATCH]:
+            seq += 1
+            key = f"key{i:012d}"
+            replica.apply("s", key, Register(seq, 0, b"w" * 100, None))
+            atoms += atoms_of("s", key, replica.state("s", key))
+        proofs.add(signer.certify(atoms))
     return replica
 
 
@@ -77,6 +93,16 @@ def serve(replica: Replica) -> tuple[float, float, int]:
 
 
 KEY = Ed25519PrivateKey.generate()
+CASES = [  # (name, shuffled, seqs per certificate, share of the keys rewritten since)
+    ("key order", False, BATCH, 0.0),
+    ("random order", True, BATCH, 0.0),
+    (
+        "key order, certified again at start (4,096 seqs a certificate), 2% rewritten",
+        False,
+        4096,
+        0.02,
+    ),
+]
 
 
 def main() -> None:
@@ -85,8 +111,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     rows = []
-    for name, shuffled in (("key order", False), ("random order", True)):
-        replica = signed_store(args.keys, shuffled)
+    for name, shuffled, batch, rewritten in CASES:
+        replica = signed_store(args.keys, shuffled, batch, rewritten)
         runs = [serve(replica) for _ in range(args.runs)]
         assert all(n == args.keys for _, _, n in runs), "a key was not served"
         total = statistics.median(r[0] for r in runs)

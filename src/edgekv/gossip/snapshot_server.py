@@ -183,13 +183,12 @@ def _newer(vals: list[Any], since: int) -> list[int]:
     ]
 
 
-def _run_end(heads: list[bytes], j: int, lo: int, hi: int) -> int:
+def _run_end(heads: list[bytes], j: int, lo_b: bytes, hi_b: bytes) -> int:
     """The first position from `j` whose seq (`heads`: 8 big-endian bytes each) lies outside
-    lo..hi, or len(heads).  Galloping over slices whose min and max C compares, then halving
+    lo_b..hi_b (8 big-endian bytes each), or len(heads).  Galloping over slices whose min and max C compares, then halving
     the slice that left the range (~2 min/max per key, ~35 ns; a lazy scan of each key was
     ~240 ns); a key proved elsewhere (a store written in random key order) is seen at once."""
     m = len(heads)
-    lo_b, hi_b = lo.to_bytes(8, "big"), hi.to_bytes(8, "big")
     if j < m and not lo_b <= heads[j] <= hi_b:
         return j
     step = 16
@@ -385,24 +384,39 @@ class SnapshotServer:
         certs = s.sent
         skip: list[int] = []
         adj = 0  # bytes of the certificates added, less those of the registers skipped
+        # the dense certificate of the last run longer than one key, and its range: a key
+        # rewritten since (proved elsewhere) ends a run, and the next key is most often back
+        # in it, taken without a lookup
+        last: Certificate | None = None
+        last_lo = last_hi = b""
         i = 0
         while i < m:
             head = heads[i]
-            seq = _from_bytes(head, "big")
-            c = proofs.sent_prover(seq, head, certs)
-            if c is None:  # a certificate not sent yet (or none)
-                extra = proofs.add_material(certs, vals[i])
-                if extra < 0:
-                    self._unprovable(s)
-                    skip.append(i)
-                    adj -= len(keys[i]) + len(vals[i])
-                    i += 1
-                    continue
-                adj += extra
-                c = proofs.prover(seq)
+            if last is not None and last_lo <= head <= last_hi:
+                c: Certificate | None = last
+                lo_b, hi_b = last_lo, last_hi
+            else:
+                seq = _from_bytes(head, "big")
+                c = proofs.sent_prover(seq, head, certs)
+                if c is None:  # a certificate not sent yet (or none)
+                    extra = proofs.add_material(certs, vals[i])
+                    if extra < 0:
+                        self._unprovable(s)
+                        skip.append(i)
+                        adj -= len(keys[i]) + len(vals[i])
+                        i += 1
+                        continue
+                    adj += extra
+                    c = proofs.prover(seq)
+                if c is not None and c.signature in certs and c.is_dense():
+                    lo_b, hi_b = c.lo.to_bytes(8, "big"), c.hi.to_bytes(8, "big")
+                else:
+                    c = None
             j = i + 1
-            if c is not None and c.signature in certs and c.is_dense():
-                j = _run_end(heads, j, c.lo, c.hi)
+            if c is not None:
+                j = _run_end(heads, j, lo_b, hi_b)
+                if j > i + 1:
+                    last, last_lo, last_hi = c, lo_b, hi_b
             k = bisect_left(cum, budget - adj, i, j)
             if k < j:
                 return k + 1, skip, True, cum[k]
