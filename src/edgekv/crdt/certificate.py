@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from functools import lru_cache
 from hashlib import blake2b
 from typing import Any
 
@@ -24,12 +23,6 @@ SEQ_ONLY = struct.Struct(">q16x")  # the seq of one entry
 TWO = struct.Struct(">qq")
 
 
-@lru_cache(maxsize=16)
-def _seq_column(n: int) -> struct.Struct:
-    """The seqs of `n` entries in one unpack (~20 ns an entry; by iter_unpack: ~120 ns)."""
-    return struct.Struct(">" + "q16x" * n)
-
-
 def raw_key(public: Ed25519PublicKey) -> bytes:
     """The key's 32 raw bytes (what libsodium verifies with, and what `key_id` hashes)."""
     return public.public_bytes(Encoding.Raw, PublicFormat.Raw)
@@ -46,7 +39,7 @@ def public_key(raw: bytes) -> Ed25519PublicKey:
 class Certificate:
     """The origin's signature over the sorted (seq, atom) entries of seqs lo..hi."""
 
-    __slots__ = ("_dense", "entries", "hi", "key_id", "lo", "order", "signature")
+    __slots__ = ("entries", "hi", "key_id", "lo", "order", "signature")
 
     def __init__(self, key_id: bytes, lo: int, hi: int, entries: bytes, signature: bytes) -> None:
         self.key_id = key_id
@@ -55,19 +48,6 @@ class Certificate:
         self.entries = entries
         self.signature = signature
         self.order = 0  # the store's add counter: newer certificates are preferred (rule 4)
-        self._dense: bool | None = None
-
-    def is_dense(self) -> bool:
-        """Whether it holds exactly one entry per seq lo..hi (seq s is entry s - lo), so it
-        proves every seq of its range: what a sender serving keys in order checks once, then
-        takes it for each key whose seq lies in the range.  Computed on first use."""
-        d = self._dense
-        if d is None:
-            lo, hi, e = self.lo, self.hi, self.entries
-            n = hi - lo + 1
-            d = len(e) == n * ENTRY and _seq_column(n).unpack(e) == tuple(range(lo, hi + 1))
-            self._dense = d
-        return d
 
     def body(self) -> bytes:
         return DOMAIN + self.key_id + TWO.pack(self.lo, self.hi) + self.entries

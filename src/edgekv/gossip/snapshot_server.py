@@ -14,9 +14,7 @@ region takes few round trips (the 5,000-key delta: 112 requests before, 48 after
 follows what the session's last chunk used (`_Session.window`: 5/4 of the keys it consumed,
 growing 5/4 at a time while chunks run out of window): a fixed window of 16,384 keys, where a
 dense delta fills a chunk after ~3,800 (500,000 changed of 1M), filtered each key four times
-over, 30% of the origin's CPU while a long-away edge took its delta.  A whole snapshot's window
-holds the keys that fill a chunk at the last chunk's bytes per key, and a quarter more: its
-keys are read and sized column-wise (`_registers`), so a key it does not take costs ~0.1 us.
+over, 30% of the origin's CPU while a long-away edge took its delta.
 A delta that changed at most `SPARSE_KEYS` keys of a store walks that store's changed keys
 (from its change log, sorted once per session and store: `_changed`) instead of its keys: a
 window scan took ~60 round trips for a few thousand changed keys of 1M, which a source
@@ -27,15 +25,16 @@ minutes for while the gap it had to close grew.
 from __future__ import annotations
 
 import random
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from itertools import accumulate, compress, count, islice, repeat
-from operator import add, gt, is_
+from itertools import compress, count, islice, repeat
+from operator import gt, is_
 from typing import Any
 
-from ..crdt.certificate import Certificate
+from ..crdt.certificate import ENTRY, Certificate
 from ..crdt.codec import encode_delta
-from ..crdt.register import SEQ_BYTES, Register
+from ..crdt.register import SEQ_AT, SEQ_BYTES, Register
 from ..crdt.replica import Replica
 from ..crdt.state import State
 from ..errors import RemoteProtocolError
@@ -167,46 +166,16 @@ def offer_instead(replica: Replica, wm: int, config: GossipConfig) -> int:
 # --- responder -----------------------------------------------------------------------------------
 
 
-def _newer(vals: list[Any], since: int) -> list[int]:
-    """The positions in `vals` (a window's states; None: a key removed) of those a delta
-    from `since` must send: registers newer than it, found column-wise (a seq is 8 big-endian
-    bytes of the register's header, so comparing those slices compares seqs), and every
-    other kind of state (the chunk checks those).  A sparse delta then costs a few C loops
-    per key, not a Python turn."""
+def _newer(window: list[str], states: dict[str, State], since: int) -> list[int]:
+    """The positions in `window` of the keys a delta from `since` must look at: registers
+    newer than it, found column-wise (a seq is 8 big-endian bytes of the register's header,
+    so comparing those slices compares seqs), and every other kind of state (the chunk loop
+    checks those).  A sparse delta then costs a few C loops per key, not a Python turn."""
+    vals: list[Any] = list(map(states.__getitem__, window))
     mark = since.to_bytes(8, "big")
     if all(map(is_, map(type, vals), repeat(Register))):
         return list(compress(count(), map(gt, map(SEQ_BYTES, vals), repeat(mark))))
-    return [
-        i
-        for i, v in enumerate(vals)
-        if v is not None and (v.__class__ is not Register or SEQ_BYTES(v) > mark)
-    ]
-
-
-def _run_end(heads: list[bytes], j: int, lo_b: bytes, hi_b: bytes) -> int:
-    """The first position from `j` whose seq (`heads`: 8 big-endian bytes each) lies outside
-    lo_b..hi_b (8 big-endian bytes each), or len(heads).  Galloping over slices whose min and max C compares, then halving
-    the slice that left the range (~2 min/max per key, ~35 ns; a lazy scan of each key was
-    ~240 ns); a key proved elsewhere (a store written in random key order) is seen at once."""
-    m = len(heads)
-    if j < m and not lo_b <= heads[j] <= hi_b:
-        return j
-    step = 16
-    while j < m:
-        seg = heads[j : j + step]
-        if lo_b <= min(seg) and max(seg) <= hi_b:
-            j += len(seg)
-            step *= 2
-            continue
-        while len(seg) > 1:  # the first key outside is in `seg`
-            half = seg[: len(seg) // 2]
-            if lo_b <= min(half) and max(half) <= hi_b:
-                j += len(half)
-                seg = seg[len(half) :]
-            else:
-                seg = half
-        return j
-    return m
+    return [i for i, v in enumerate(vals) if v.__class__ is not Register or SEQ_BYTES(v) > mark]
 
 
 @dataclass(slots=True)
@@ -219,7 +188,7 @@ class _Session:
     credit: int = 0
     n: int = 0
     idle_since: float = 0.0
-    window: int = 0  # the keys the next chunk looks at (module docstring); 0: the most
+    window: int = 0  # a delta's next filter window (module docstring); 0: the largest
     sent: dict[bytes, Certificate] = field(default_factory=dict)  # certificates already sent
     changed: tuple[str, list[str] | None] | None = None  # a sparse delta's store, its keys
 
@@ -296,6 +265,7 @@ class SnapshotServer:
         names = sorted(stores)
         store, after = s.cursor if s.cursor is not None else (names[0], None)
         i = next((j for j, n in enumerate(names) if n >= store), len(names))
+        budget = self.config.snapshot_chunk_bytes
         while i < len(names):
             name = names[i]
             sr = stores[name]
@@ -307,52 +277,85 @@ class SnapshotServer:
             else:
                 start, end = (0 if past is None else sr.keys.bisect_right(past)), len(sr.keys)
             if start < end:
+                keys: list[str] = []
+                vals: list[State] = []
                 states = sr.states
+                proofs = self.replica.proofs
+                certs = s.sent  # each certificate travels once per session
+                had = len(certs)
+                size = consumed = turns = 0
+                key = ""
                 since = s.since
+                window: list[str] = []
+                turns_of: Iterator[tuple[int, str]]
                 if sparse is not None:  # the store's changed keys, less any removed since
                     window = sparse[start : start + SCAN_KEYS]
-                    picked: list[int] | None = _newer(list(map(states.get, window)), since)
-                else:
-                    n = min(MAX_CHUNK_KEYS, FILTER_COST * SCAN_KEYS if since else SCAN_KEYS)
-                    if s.window and (since or past is not None):  # (`_Session.window`)
-                        n = min(n, s.window)
+                    picked = [p for p, k in enumerate(window) if k in states]
+                    turns_of = zip(picked, map(window.__getitem__, picked), strict=True)
+                elif since:  # only the keys newer than `since` get a turn of the loop below
+                    n = min(MAX_CHUNK_KEYS, FILTER_COST * SCAN_KEYS)
+                    n = min(n, s.window) if s.window else n
                     window = list(sr.keys.islice(start, start + n))
-                    # a delta: only the keys newer than `since` are looked at below
-                    picked = _newer(list(map(states.__getitem__, window)), since) if since else None
-                cand = window if picked is None else list(map(window.__getitem__, picked))
-                vals: list[Any] = list(map(states.__getitem__, cand))
-                had = len(s.sent)  # each certificate travels once per session
-                if all(map(is_, map(type, vals), repeat(Register))):
-                    taken, skip, full, size = self._registers(s, cand, vals)
+                    picked = _newer(window, states, since)
+                    turns_of = zip(picked, map(window.__getitem__, picked), strict=True)
                 else:
-                    taken, skip, full, size = self._states(s, cand, vals)
-                if full:  # the chunk is full at its last key examined
-                    last = taken - 1
-                    consumed = last + 1 if picked is None else picked[last] + 1
+                    n = min(MAX_CHUNK_KEYS, SCAN_KEYS)
+                    turns_of = enumerate(sr.keys.islice(start, start + n))
+                # the certificate that proved the last register (already in `certs`): most
+                # neighbours in key order are in it too, at their dense position (one entry per
+                # seq), which one slice compare checks; any other seq takes add_material
+                cert_e, cert_lo = b"", 0
+                for pos, key in turns_of:
+                    consumed = pos + 1
+                    turns += 1
+                    st = states[key]
+                    if st.__class__ is Register:  # the common case: seq read from its bytes
+                        head = st[SEQ_AT : SEQ_AT + 8]
+                        seq = _from_bytes(head, "big")
+                        if since and seq <= since:
+                            continue
+                        size += len(key) + len(st)
+                        if proofs is not None:  # rule 2: the certificates travel with the states
+                            at = (seq - cert_lo) * ENTRY  # (not `i`: the store's index)
+                            if at < 0 or cert_e[at : at + 8] != head:
+                                c = proofs.sent_prover(seq, head, certs)
+                                if c is None:  # a certificate not sent yet (or none)
+                                    extra = proofs.add_material(certs, st)
+                                    if extra < 0:
+                                        size -= len(key) + len(st)
+                                        self._unprovable(s)
+                                        continue
+                                    size += extra
+                                    c = proofs.prover(seq)
+                                if c is not None and c.signature in certs:  # (sent with it)
+                                    cert_e, cert_lo = c.entries, c.lo
+                    else:
+                        if since and st.seq <= since:
+                            continue
+                        if proofs is not None:
+                            extra = proofs.add_material(certs, st)
+                            if extra < 0:
+                                self._unprovable(s)
+                                continue
+                            size += extra
+                        size += len(key) + delta_size(st)
+                    keys.append(key)
+                    vals.append(st)
+                    if size >= budget:
+                        break
                 else:
-                    consumed = len(window)
-                if since and sparse is None:  # the next window: what this chunk used, and some
+                    if window:  # the whole window was examined, its tail filtered out
+                        consumed, key = len(window), window[-1]
+                if window and sparse is None:  # the next window: what this chunk used, and some
                     s.window = max(MIN_WINDOW, consumed + consumed // 4)
-                elif not since and size:  # enough keys to fill a chunk at this chunk's key
-                    # size, and some (what it used would shrink after a certificate's chunk)
-                    s.window = max(
-                        MIN_WINDOW, self.config.snapshot_chunk_bytes * 5 // 4 * taken // size
-                    )
-                s.cursor = (name, window[consumed - 1])
-                if skip:
-                    gone = set(skip)
-                    keep = [k for k in range(taken) if k not in gone]
-                    cand = list(map(cand.__getitem__, keep))
-                    vals = list(map(vals.__getitem__, keep))
-                else:
-                    del cand[taken:], vals[taken:]
+                s.cursor = (name, key)
                 done = i == len(names) - 1 and start + consumed == end
-                self.counters["snapshot_keys_served"] += len(cand)
-                msg = self._encode(sid, s, name, cand, vals, done)
-                if len(s.sent) > had:
-                    msg["proofs"] = [c.to_wire() for c in islice(s.sent.values(), had, None)]
+                self.counters["snapshot_keys_served"] += len(keys)
+                msg = self._encode(sid, s, name, keys, vals, done)
+                if len(certs) > had:
+                    msg["proofs"] = [c.to_wire() for c in islice(certs.values(), had, None)]
                 filtered = consumed // FILTER_COST if since and sparse is None else 0
-                return msg, done, taken + filtered
+                return msg, done, turns + filtered
             i += 1
             after = None
         n, total = s.n, len(self.replica)
@@ -361,95 +364,6 @@ class SnapshotServer:
             True,
             0,
         )
-
-    def _registers(
-        self, s: _Session, keys: list[str], vals: list[Any]
-    ) -> tuple[int, list[int], bool, int]:
-        """How many of `keys` (registers only, in key order) the chunk takes, the positions
-        among those of the ones it cannot prove (not sent), whether the chunk is full, and
-        the bytes of the keys and values examined.
-        Column-wise: sizes are summed in C, and a register whose seq lies in the range of
-        the dense certificate that proved the one before it is proved by it too (most
-        neighbours in key order: a store written in key order, or certified again at the
-        origin's start), found by a lazy C scan; only the first key of each such run takes
-        a Python turn.  One turn per key was ~0.6 us, most of serving a whole store."""
-        budget = self.config.snapshot_chunk_bytes
-        cum = list(accumulate(map(add, map(len, keys), map(len, vals))))
-        m = len(keys)
-        proofs = self.replica.proofs
-        if proofs is None:
-            k = bisect_left(cum, budget)
-            return (k + 1, [], True, cum[k]) if k < m else (m, [], False, cum[-1] if m else 0)
-        heads = list(map(SEQ_BYTES, vals))
-        certs = s.sent
-        skip: list[int] = []
-        adj = 0  # bytes of the certificates added, less those of the registers skipped
-        # the dense certificate of the last run longer than one key, and its range: a key
-        # rewritten since (proved elsewhere) ends a run, and the next key is most often back
-        # in it, taken without a lookup
-        last: Certificate | None = None
-        last_lo = last_hi = b""
-        i = 0
-        while i < m:
-            head = heads[i]
-            if last is not None and last_lo <= head <= last_hi:
-                c: Certificate | None = last
-                lo_b, hi_b = last_lo, last_hi
-            else:
-                seq = _from_bytes(head, "big")
-                c = proofs.sent_prover(seq, head, certs)
-                if c is None:  # a certificate not sent yet (or none)
-                    extra = proofs.add_material(certs, vals[i])
-                    if extra < 0:
-                        self._unprovable(s)
-                        skip.append(i)
-                        adj -= len(keys[i]) + len(vals[i])
-                        i += 1
-                        continue
-                    adj += extra
-                    c = proofs.prover(seq)
-                if c is not None and c.signature in certs and c.is_dense():
-                    lo_b, hi_b = c.lo.to_bytes(8, "big"), c.hi.to_bytes(8, "big")
-                else:
-                    c = None
-            j = i + 1
-            if c is not None:
-                j = _run_end(heads, j, lo_b, hi_b)
-                if j > i + 1:
-                    last, last_lo, last_hi = c, lo_b, hi_b
-            k = bisect_left(cum, budget - adj, i, j)
-            if k < j:
-                return k + 1, skip, True, cum[k]
-            i = j
-        return m, skip, False, cum[-1] if m else 0
-
-    def _states(
-        self, s: _Session, keys: list[str], vals: list[Any]
-    ) -> tuple[int, list[int], bool, int]:
-        """`_registers` for keys holding other kinds of state too: a Python turn per key."""
-        budget = self.config.snapshot_chunk_bytes
-        proofs = self.replica.proofs
-        since = s.since
-        skip: list[int] = []
-        size = 0
-        for k, (key, st) in enumerate(zip(keys, vals, strict=True)):
-            reg = st.__class__ is Register
-            if since and not reg and st.seq <= since:  # (registers: filtered by `_newer`)
-                skip.append(k)
-                continue
-            if proofs is not None:
-                head = SEQ_BYTES(st) if reg else b""
-                if not reg or proofs.sent_prover(_from_bytes(head, "big"), head, s.sent) is None:
-                    extra = proofs.add_material(s.sent, st)
-                    if extra < 0:
-                        self._unprovable(s)
-                        skip.append(k)
-                        continue
-                    size += extra
-            size += len(key) + (len(st) if reg else delta_size(st))
-            if size >= budget:
-                return k + 1, skip, True, size
-        return len(keys), skip, False, size
 
     def _changed(self, s: _Session, name: str) -> list[str] | None:
         """The keys of store `name` changed after the delta's `since`, sorted, when at most
