@@ -291,3 +291,42 @@ async def test_publish_sends_and_run_ends_when_transport_closes(
         await trio.sleep(0.01)
         assert not b.running
         nursery.cancel_scope.cancel()
+
+
+async def test_sends_leave_in_the_order_the_core_made_them(
+    net: SimNetwork, autojump_clock: Any
+) -> None:
+    # The receive loop sends a batch while the timer loop, woken by that receive, sends the
+    # core's next message: without the send lock the two batches interleaved (a transport
+    # yields inside `send`), and a peer taking a snapshot saw chunk n+4 before n+1, took it
+    # for a gap and resumed (8,429 resumes in one 1M-key transfer when chunks came from tick)
+    class Numbering(FakeCore):
+        n = 0
+
+        def _next(self, k: int) -> list[Send]:
+            out = [Send("b", {"t": int(MsgType.PUSH), "n": self.n + i + 1}) for i in range(k)]
+            self.n += k
+            return out
+
+        def receive(self, peer: str, message: Message, now: float) -> list[Send]:
+            if "burst" in message:
+                self.deadline = now  # the timer loop's next turn makes the next one
+                return self._next(message["burst"])
+            return super().receive(peer, message, now)
+
+        def tick(self, now: float, wall_ms: int | None = None) -> list[Send]:
+            self.deadline = math.inf
+            return self._next(1)
+
+    async with trio.open_nursery() as nursery:
+        a = NodeRuntime(net.transport("a"), Numbering(), wall_ms=lambda: 1500)
+        b = NodeRuntime(net.transport("b"), FakeCore(), wall_ms=lambda: 1500)
+        await nursery.start(a.run)
+        await nursery.start(b.run)
+        await net.transport("c").send("a", {"t": int(MsgType.PUSH), "burst": 100})
+        await net.settle()
+        await trio.sleep(0.1)
+        core = b.gossip
+        assert isinstance(core, FakeCore)
+        assert [m["n"] for _, m, _ in core.received] == list(range(1, 102))
+        nursery.cancel_scope.cancel()
