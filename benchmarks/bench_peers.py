@@ -2,7 +2,9 @@
 
 Run: `python benchmarks/bench_peers.py [--replicas 5,20] [--runs 3] [--writes 1000] [--rate 100]
 [--keys 1000000] [--only read,propagation,writes,memory,restart] [--systems edgekv,redis,etcd]`.
-Prints a markdown section and writes it to benchmarks/results/peers.md.
+Prints a markdown section and writes it to benchmarks/results/peers.md (with a chart, peers.png);
+a run of fewer parts (`--only`) or systems writes results/peers-partial.md (and .png) instead,
+so a quick check does not replace the full report.
 
 Needs redis-server, redis-benchmark and etcd (Debian: `apt-get install redis-server
 etcd-server`); the script says so and exits when they are missing.  Every server runs on
@@ -68,7 +70,9 @@ from peers_report import Figures, chart, machine, ratio_table
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "peers.md"
-CHART = HERE / "results" / "peers.png"
+PARTIAL = HERE / "results" / "peers-partial.md"  # a run of fewer parts or systems (docstring)
+ALL_PARTS = "read,propagation,writes,memory,restart"
+ALL_SYSTEMS = "edgekv,redis,etcd"
 READ_FIGURES = (("edgekv", "edgekv KvStore.get"), ("Redis", "Redis replica GET"),
                 ("etcd", "etcd serializable"))  # fmt: skip
 STORE = "bench"
@@ -915,8 +919,8 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=100.0)
     ap.add_argument("--keys", type=int, default=1_000_000)
     ap.add_argument("--memory-runs", type=int, default=3, help="runs of the memory/restart part")
-    ap.add_argument("--only", default="read,propagation,writes,memory,restart")
-    ap.add_argument("--systems", default="edgekv,redis,etcd")
+    ap.add_argument("--only", default=ALL_PARTS)
+    ap.add_argument("--systems", default=ALL_SYSTEMS)
     ap.add_argument("--no-write", action="store_true", help="print only, leave results/ alone")
     args = ap.parse_args()
     compile_sources()  # the spawned processes start as an installed package does
@@ -932,16 +936,23 @@ def main() -> None:
         f"{machine()}; load average at the end {load}; "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. How each figure is taken: the "
         "script's docstring.", body, ""])  # fmt: skip
+    partial = any(
+        set(given.split(",")) != set(every.split(","))
+        for given, every in ((args.only, ALL_PARTS), (args.systems, ALL_SYSTEMS))
+    )
+    results = PARTIAL if partial else RESULTS
+    picture = results.with_suffix(".png")
     if figures.values:
-        drawn = not args.no_write and chart(figures, CHART)
+        drawn = not args.no_write and chart(figures, picture)
         text += "\n".join([
             "", "### Ratios edgekv / peer (medians above; `better`: which way is better)", "",
             *ratio_table(figures), "",
-            f"![edgekv vs Redis and etcd](benchmarks/results/{CHART.name})" if drawn else
+            f"![edgekv vs Redis and etcd](benchmarks/results/{picture.name})" if drawn else
             "(The chart needs the plot extra: `pip install 'edgekv[plot]'`.)", ""])  # fmt: skip
     print(text)
     if not args.no_write:
-        RESULTS.write_text(text)
+        results.write_text(text)
+        print(f"written to {results.relative_to(HERE.parent)}")
 
 
 if __name__ == "__main__":
