@@ -3,7 +3,8 @@
 Run: `python benchmarks/bench_peers.py [--replicas 5,20] [--runs 3] [--writes 1000] [--rate 100]
 [--keys 1000000] [--only read,propagation,writes,memory,restart] [--systems edgekv,redis,etcd]`.
 Prints a markdown section and writes it to benchmarks/results/peers.md (with a chart, peers.png);
-a run of fewer parts (`--only`) or systems writes results/peers-partial.md (and .png) instead,
+a run of fewer parts (`--only`), systems or replica counts writes results/peers-partial.md (and
+.png) instead,
 so a quick check does not replace the full report.
 
 Needs redis-server, redis-benchmark and etcd (Debian: `apt-get install redis-server
@@ -73,6 +74,7 @@ RESULTS = HERE / "results" / "peers.md"
 PARTIAL = HERE / "results" / "peers-partial.md"  # a run of fewer parts or systems (docstring)
 ALL_PARTS = "read,propagation,writes,memory,restart"
 ALL_SYSTEMS = "edgekv,redis,etcd"
+ALL_REPLICAS = "5,20"
 READ_FIGURES = (("edgekv", "edgekv KvStore.get"), ("Redis", "Redis replica GET"),
                 ("etcd", "etcd serializable"))  # fmt: skip
 STORE = "bench"
@@ -913,7 +915,9 @@ def versions(systems: list[str]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("--replicas", default="5,20", help="replica counts for the propagation runs")
+    ap.add_argument(
+        "--replicas", default=ALL_REPLICAS, help="replica counts for the propagation runs"
+    )
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--writes", type=int, default=1000)
     ap.add_argument("--rate", type=float, default=100.0)
@@ -938,7 +942,11 @@ def main() -> None:
         "script's docstring.", body, ""])  # fmt: skip
     partial = any(
         set(given.split(",")) != set(every.split(","))
-        for given, every in ((args.only, ALL_PARTS), (args.systems, ALL_SYSTEMS))
+        for given, every in (
+            (args.only, ALL_PARTS),
+            (args.systems, ALL_SYSTEMS),
+            (args.replicas, ALL_REPLICAS),
+        )
     )
     results = PARTIAL if partial else RESULTS
     picture = results.with_suffix(".png")
