@@ -4,8 +4,7 @@ Run: `python benchmarks/bench_peers.py [--replicas 5,20] [--runs 3] [--writes 10
 [--keys 1000000] [--only read,propagation,writes,memory,restart] [--systems edgekv,redis,etcd]`.
 Prints a markdown section and writes it to benchmarks/results/peers.md (with a chart, peers.png);
 a run of fewer parts (`--only`), systems or replica counts writes results/peers-partial.md (and
-.png) instead,
-so a quick check does not replace the full report.
+.png) instead, so a quick check does not replace the full report.
 
 Needs redis-server, redis-benchmark and etcd (Debian: `apt-get install redis-server
 etcd-server`); the script says so and exits when they are missing.  Every server runs on
