@@ -262,3 +262,23 @@ def test_a_claimed_purge_mark_makes_an_edge_ask_the_origin_not_purge() -> None:
     assert node.replica.purged == 0 and node.authority.origin_purged == 0  # a claim purges nothing
     node.tick(0.5 + cfg.ping_interval)
     assert node.counters["purge_asks"] == 2  # the claim was repeated: asked again, at the pace
+
+
+def test_only_a_peer_itself_says_it_takes_a_snapshot() -> None:
+    """snapshot.py rule 3: `boot` in a peer's own PING or ACK batches the pushes to it; a
+    relayed ACK (a third party's word about another node) does not, and the peer's next
+    PING or ACK without it clears it."""
+    node = GossipNode("o", Replica(), role="origin", rng=random.Random(6))
+    node.start(0.0)
+    hello = m.Members([], want=True).to_wire()
+    for peer in ("e1", "e2", "e3"):
+        node.receive(peer, hello, 0.1)
+    members = node.members
+    node.receive("e1", m.Ping(0, 0, 0, 0, "edge", [], True).to_wire(), 0.2)
+    assert members.booting("e1") and not members.booting("e2")
+    relayed = m.Ack(99, 0, 0, 0, "edge", "e2", [], True).to_wire()  # e3 vouching for e2
+    node.receive("e3", relayed, 0.3)
+    assert not members.booting("e2") and not members.booting("e3")
+    node.receive("e1", m.Ack(0, 5, 0, 0, "edge").to_wire(), 0.4)  # installed: says no more
+    assert not members.booting("e1")
+    assert not members.booting("nobody")

@@ -48,6 +48,8 @@ SAMPLES: list[Message] = [
     m.AeStates(1, "s", [("k", REG)], ["w"], ["l"], True).to_wire(),
     m.Ping(1, 10, 0, 2, "edge", [("a:1", "origin", 0, "alive")]).to_wire(),
     m.Ack(1, 10, 0, 2, "origin", target="b:2", members=[]).to_wire(),
+    m.Ping(1, 0, 0, 0, "edge", [], True).to_wire(),  # boot: it takes a snapshot
+    m.Ack(1, 0, 0, 0, "edge", None, [], True).to_wire(),
     m.PingReq(4, "c:3").to_wire(),
     m.Members([("a:1", "edge", 3, "suspect"), ("b:2", "edge", 0, "dead")]).to_wire(),
     m.Members([], ask=["a:1", "b:2"]).to_wire(),
@@ -71,7 +73,7 @@ def test_parsed_fields() -> None:
     assert isinstance(n, m.AeNodes) and n.nodes == [(3, list(range(16)))]
 
 
-OPTIONAL = {"members", "target", "force", "wm", "again", "ask", "want"}
+OPTIONAL = {"members", "target", "force", "wm", "again", "ask", "want", "boot"}
 
 
 def _mutations(msg: Message) -> list[tuple[str, Message]]:
@@ -129,6 +131,8 @@ def test_malformed_fields_raise_remote_protocol_error(msg: Message) -> None:
         {**m.Members([]).to_wire(), "ask": ["a", 7]},
         {**m.Members([]).to_wire(), "ask": [""]},
         {**m.Members([]).to_wire(), "ask": ["a"] * (m.MAX_ASK + 1)},
+        {**m.Ping(1, 0, 0, 0, "edge").to_wire(), "boot": "yes"},
+        {**m.Ack(1, 0, 0, 0, "edge").to_wire(), "boot": 1},
         {"t": int(MsgType.REQUEST), "id": 1},  # not a gossip type
         {"t": 999},
         ["not", "a", "map"],

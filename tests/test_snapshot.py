@@ -17,6 +17,7 @@ from edgekv.crdt.proofs import ForgedState, ProofStore, Signer, atoms_of
 from edgekv.crdt.treebuild import TreeBuilder, build_tree
 from edgekv.errors import LocalProtocolError, RemoteProtocolError
 from edgekv.gossip import GossipConfig, GossipNode
+from edgekv.gossip.dissemination import EARLY
 from edgekv.gossip.snapshot import SnapshotServer, TreeJob
 from edgekv.gossip.snapshot_file import FileBase
 from edgekv.gossip.snapshot_server import MAX_SESSIONS
@@ -429,6 +430,58 @@ def test_chunks_skip_the_encoding_walk_and_encode_as_the_walked_message_would() 
         assert chunk.states == [r.stores[chunk.store].states[k] for k in chunk.keys]
     with pytest.raises(LocalProtocolError):
         encode_frame({**out[0].message, "keys": [object()]})
+
+
+def test_pushes_to_a_node_bootstrapping_from_an_edge_are_batched_too() -> None:
+    """snapshot.py rule 3: a fresh edge taking its snapshot from a caught-up edge tells the
+    origin (its PINGs and ACKs say `boot`), which then pushes to it at most once per
+    `push_window`; once installed it says so, and a write goes out at once again."""
+    slow = GossipConfig(
+        snapshot_from_keys=200, snapshot_chunk_bytes=1024, snapshot_timeout=1.0, snapshot_window=1
+    )
+    sim = sim_with_sources(seed=32, sources=1, cfg=slow)
+    fresh = sim.edges[-1]
+    send = sim._send
+    pushes: list[float] = []
+
+    def counted(src: str, sends: list) -> None:
+        for m in sends:
+            if src == ORIGIN and m.peer == fresh and type_name(m.message["t"]) == "PUSH":
+                pushes.append(sim.now)
+        send(src, sends)
+
+    sim._send = counted  # type: ignore[method-assign]
+    sim.start_one(fresh, sim.now)
+    node = sim.nodes[fresh]
+    origin = sim.origin
+    i = 0
+    while not origin.members.booting(fresh):  # the transfer starts; the origin hears of it
+        sim.write("s", Put(f"k{(i * 37) % KEYS:05d}", b"new%d" % i))
+        i += 1
+        sim.run_until(sim.now + 0.01)
+        assert sim.now < 10, sim.seed
+    opened, start = sim.now, i
+    while origin.members.booting(fresh):  # a write every 10 ms while it lasts
+        sim.write("s", Put(f"k{(i * 37) % KEYS:05d}", b"new%d" % i))
+        i += 1
+        sim.run_until(sim.now + 0.01)
+        assert sim.now < 30, sim.seed
+    ended = sim.now
+    assert origin.counters["snapshot_sessions"] == 0  # taken from the edge, not the origin
+    assert i - start >= 20, i  # long enough for the windows to show
+    during = [t for t in pushes if opened <= t <= ended]
+    # (a queue may leave up to EARLY of its window early, with the other peers' flushes)
+    shortest = (1 - EARLY) * slow.push_window
+    assert len(during) <= (ended - opened) / shortest + 3, (len(during), i, sim.seed)
+    assert 3 * len(during) <= i - start  # one push per write without it
+    sim.run_until(sim.now + 2.0)
+    assert node.counters["snapshots_installed"] == 1
+    before = len(pushes)
+    sim.write("s", Put("after", b"1"))
+    sim.run_until(sim.now + 0.02)  # one link latency: pushed at once, not a window later
+    assert len(pushes) == before + 1 and node.replica.stores["s"].get("after", 0) == b"1"
+    assert node.replica.root == origin.replica.root, sim.seed
+    assert not sim.missing() and not sim.check.violations
 
 
 def test_the_takers_of_a_server_are_exactly_the_peers_of_its_open_sessions() -> None:

@@ -279,6 +279,7 @@ class GossipNode:
         out.extend(self.catchup.tick(now))
         out.extend(self.bootstrap.tick(now))
         self.snapshots.busy = self.bootstrap.whole
+        out.extend(self._announce_boot())
         if self.bootstrap.active:  # rule 6: no anti-entropy, no grafts while bootstrapping
             self.antientropy.hold(now + 1.0)
             self.dissemination.pause_grafts(now + self.config.snapshot_timeout)
@@ -456,6 +457,16 @@ class GossipNode:
         The claim as sent is only a hint here: it arms a graft, which a liar can make fail only
         a few times (`dissemination.MAX_GRAFT_ROUNDS`); what is recorded is bounded."""
         self.dissemination.learn_exists(peer, wm, now, self.config.ping_interval)
+
+    def _announce_boot(self) -> list[Send]:
+        """snapshot.py rule 3: when this node starts or ends taking a snapshot, the origin
+        hears it at once (its pings and acks say it too), and batches its pushes meanwhile."""
+        members = self.members
+        boot = self.bootstrap.active
+        if boot == members.boot:
+            return []
+        members.boot = boot
+        return [members.announce(o) for o in sorted(self.authority.origins) if o in members.peers]
 
     def _on_snapshot(self, peer: str, message: Message, now: float) -> list[Send]:
         t = message["t"]

@@ -115,6 +115,9 @@ class Membership:
         self.authority = authority
         self.role = role
         self.incarnation = 0
+        self.boot = (
+            False  # this node takes a snapshot: its pings and acks say so (the core sets it)
+        )
         self.config = config
         self.rng = rng
         self.counters = counters
@@ -381,16 +384,17 @@ class Membership:
     # -- SWIM messages ---------------------------------------------------------------------------
 
     def on_ping(self, peer: str, msg: Ping, now: float) -> list[Send]:
-        self._learn(peer, msg.inc, msg.wm, msg.purged)
+        self._learn(peer, msg.inc, msg.wm, msg.purged, msg.boot)
         self.merge_rows(msg.members, now, peer)
         ack = Ack(msg.seq, self.wm, self.purged, self.incarnation, self.role, None)
         ack.members = self._piggyback()
+        ack.boot = self.boot
         return [Send(peer, ack.to_wire())]
 
     def on_ack(self, peer: str, msg: Ack, now: float) -> list[Send]:
         self.merge_rows(msg.members, now, peer)
         if msg.target is None:
-            self._learn(peer, msg.inc, msg.wm, msg.purged)
+            self._learn(peer, msg.inc, msg.wm, msg.purged, msg.boot)
             relay = self._relays.pop(msg.seq, None)
             if relay is not None and relay[2] == peer:
                 asker, seq, target, _ = relay
@@ -439,10 +443,14 @@ class Membership:
         self._relays[self._seq] = (peer, msg.seq, msg.target, now + 2 * self.config.ping_timeout)
         return [Send(msg.target, self._ping_msg(self._seq))]
 
-    def _learn(self, address: str, inc: int, wm: int | None, purged: int | None) -> None:
+    def _learn(
+        self, address: str, inc: int, wm: int | None, purged: int | None, boot: bool = False
+    ) -> None:
         p = self.peers.get(address)
         if p is None:
             return
+        if wm is not None:  # the peer's own PING or ACK (not a relay's): its own word
+            p.boot = boot
         if inc > p.incarnation:
             p.incarnation = inc
             if p.state != ALIVE:
@@ -452,9 +460,19 @@ class Membership:
             self.note_progress(address, wm, purged)
 
     def _ping_msg(self, seq: int) -> dict[str, object]:
-        return Ping(
-            seq, self.wm, self.purged, self.incarnation, self.role, self._piggyback()
-        ).to_wire()
+        ping = Ping(seq, self.wm, self.purged, self.incarnation, self.role, self._piggyback())
+        ping.boot = self.boot
+        return ping.to_wire()
+
+    def announce(self, address: str) -> Send:
+        """A PING outside the probe rounds (seq 0: its ACK answers no probe) that tells
+        `address` this node's watermark and whether it takes a snapshot (snapshot.py rule 3)."""
+        return Send(address, self._ping_msg(0))
+
+    def booting(self, address: str) -> bool:
+        """Did `address` say (in its last PING or ACK) that it takes a snapshot?"""
+        p = self.peers.get(address)
+        return p is not None and p.boot
 
     # -- timers ----------------------------------------------------------------------------------
 

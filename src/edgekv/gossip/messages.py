@@ -304,6 +304,8 @@ class Ping(WireMessage):
     inc: Seq
     role: Role
     members: Annotated[list[MemberRow], F.MEMBERS, OPTIONAL] = field(default_factory=list)
+    # the sender takes a snapshot: pushes to it may wait (snapshot.py rule 3)
+    boot: Annotated[bool, F.BOOL, OPTIONAL] = False
 
 
 @message(MsgType.ACK)
@@ -316,6 +318,7 @@ class Ack(WireMessage):
     role: Role
     target: Annotated[str | None, F.Address(none=True), OPTIONAL] = None  # set: a relayed ACK
     members: Annotated[list[MemberRow], F.MEMBERS, OPTIONAL] = field(default_factory=list)
+    boot: Annotated[bool, F.BOOL, OPTIONAL] = False  # as PING's (not relayed)
 
 
 @message(MsgType.PING_REQ)

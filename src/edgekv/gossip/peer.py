@@ -32,6 +32,7 @@ class PeerInfo:
     last_seen: float = 0.0
     rtt: float = 0.0  # smoothed round trip of direct probes (RFC 6298's 1/8 gain); 0: none yet
     rtt_min: float = 0.0  # the lowest round trip of direct probes (the link's own delay)
+    boot: bool = False  # the peer said it takes a snapshot (its own PING/ACK: snapshot.py rule 3)
 
     def row(self) -> MemberRow:
         return (self.address, self.role, self.incarnation, self.state)
