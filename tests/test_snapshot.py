@@ -252,27 +252,36 @@ def test_writes_during_the_transfer_are_not_lost() -> None:
     assert not sim.check.violations
 
 
-def test_pushes_to_a_node_taking_a_snapshot_are_batched_for_the_longest_window() -> None:
-    """snapshot.py rule 3: while a fresh edge takes its snapshot from the origin, the origin
-    pushes to it at most once per `push_window` (it serves none of those writes before its
-    install) instead of once per write; after the install, a write goes out at once again.
-    Nothing is lost: the writes made meanwhile are all there."""
-    # one chunk of 1 KiB in flight: a transfer of about two seconds
-    slow = GossipConfig(
-        snapshot_from_keys=200, snapshot_chunk_bytes=1024, snapshot_timeout=1.0, snapshot_window=1
-    )
-    sim = sim_with_sources(seed=31, sources=0, cfg=slow)
+# one chunk of 1 KiB in flight: a transfer of about two seconds
+SLOW = GossipConfig(
+    snapshot_from_keys=200, snapshot_chunk_bytes=1024, snapshot_timeout=1.0, snapshot_window=1
+)
+
+
+def slow_transfer(seed: int, sources: int) -> tuple[Sim, str, list[float]]:
+    """`sim_with_sources` at SLOW, its fresh edge's address, and the times of the origin's
+    PUSHes to it (appended as they are sent)."""
+    sim = sim_with_sources(seed=seed, sources=sources, cfg=SLOW)
     fresh = sim.edges[-1]
     send = sim._send
     pushes: list[float] = []
 
     def counted(src: str, sends: list) -> None:
-        for m in sends:
-            if src == ORIGIN and m.peer == fresh and type_name(m.message["t"]) == "PUSH":
+        for msg in sends:
+            if src == ORIGIN and msg.peer == fresh and type_name(msg.message["t"]) == "PUSH":
                 pushes.append(sim.now)
         send(src, sends)
 
     sim._send = counted  # type: ignore[method-assign]
+    return sim, fresh, pushes
+
+
+def test_pushes_to_a_node_taking_a_snapshot_are_batched_for_the_longest_window() -> None:
+    """snapshot.py rule 3: while a fresh edge takes its snapshot from the origin, the origin
+    pushes to it at most once per `push_window` (it serves none of those writes before its
+    install) instead of once per write; after the install, a write goes out at once again.
+    Nothing is lost: the writes made meanwhile are all there."""
+    sim, fresh, pushes = slow_transfer(seed=31, sources=0)
     sim.start_one(fresh, sim.now)
     node = sim.nodes[fresh]
     while not sim.origin.snapshots.takers:  # the session opens
@@ -287,7 +296,7 @@ def test_pushes_to_a_node_taking_a_snapshot_are_batched_for_the_longest_window()
     ended = sim.now
     assert i >= 20, i  # long enough for the windows to show
     during = [t for t in pushes if opened <= t <= ended]
-    window = slow.push_window
+    window = SLOW.push_window
     assert len(during) <= (ended - opened) / window + 3, (len(during), i, sim.seed)
     sim.run_until(sim.now + 2.0)
     assert node.counters["snapshots_installed"] == 1 and not sim.origin.snapshots.takers
@@ -436,21 +445,7 @@ def test_pushes_to_a_node_bootstrapping_from_an_edge_are_batched_too() -> None:
     """snapshot.py rule 3: a fresh edge taking its snapshot from a caught-up edge tells the
     origin (its PINGs and ACKs say `boot`), which then pushes to it at most once per
     `push_window`; once installed it says so, and a write goes out at once again."""
-    slow = GossipConfig(
-        snapshot_from_keys=200, snapshot_chunk_bytes=1024, snapshot_timeout=1.0, snapshot_window=1
-    )
-    sim = sim_with_sources(seed=32, sources=1, cfg=slow)
-    fresh = sim.edges[-1]
-    send = sim._send
-    pushes: list[float] = []
-
-    def counted(src: str, sends: list) -> None:
-        for m in sends:
-            if src == ORIGIN and m.peer == fresh and type_name(m.message["t"]) == "PUSH":
-                pushes.append(sim.now)
-        send(src, sends)
-
-    sim._send = counted  # type: ignore[method-assign]
+    sim, fresh, pushes = slow_transfer(seed=32, sources=1)
     sim.start_one(fresh, sim.now)
     node = sim.nodes[fresh]
     origin = sim.origin
@@ -471,7 +466,7 @@ def test_pushes_to_a_node_bootstrapping_from_an_edge_are_batched_too() -> None:
     assert i - start >= 20, i  # long enough for the windows to show
     during = [t for t in pushes if opened <= t <= ended]
     # (a queue may leave up to EARLY of its window early, with the other peers' flushes)
-    shortest = (1 - EARLY) * slow.push_window
+    shortest = (1 - EARLY) * SLOW.push_window
     assert len(during) <= (ended - opened) / shortest + 3, (len(during), i, sim.seed)
     assert 3 * len(during) <= i - start  # one push per write without it
     sim.run_until(sim.now + 2.0)
