@@ -341,7 +341,7 @@ class Dissemination(Part):
         trip (the driver's measure, else the lowest probe: a loaded host's delays are no reason
         to batch longer), at most `longest`; `longest` while no round trip is known.  At the
         origin at least `push_min_window` (unless not `floor`: the link's own window);
-        `longest` to a peer taking a snapshot from this node (snapshot.py rule 3)."""
+        `longest` to a peer taking a snapshot, from here or said by it (snapshot.py rule 3)."""
         if peer in self.takers or self.members.booting(peer):
             return longest
         cfg = self.config

@@ -115,9 +115,7 @@ class Membership:
         self.authority = authority
         self.role = role
         self.incarnation = 0
-        self.boot = (
-            False  # this node takes a snapshot: its pings and acks say so (the core sets it)
-        )
+        self.boot = False  # this node takes a snapshot: its pings and acks say so (core sets it)
         self.config = config
         self.rng = rng
         self.counters = counters
@@ -387,8 +385,7 @@ class Membership:
         self._learn(peer, msg.inc, msg.wm, msg.purged, msg.boot)
         self.merge_rows(msg.members, now, peer)
         ack = Ack(msg.seq, self.wm, self.purged, self.incarnation, self.role, None)
-        ack.members = self._piggyback()
-        ack.boot = self.boot
+        ack.members, ack.boot = self._piggyback(), self.boot
         return [Send(peer, ack.to_wire())]
 
     def on_ack(self, peer: str, msg: Ack, now: float) -> list[Send]:
@@ -460,9 +457,9 @@ class Membership:
             self.note_progress(address, wm, purged)
 
     def _ping_msg(self, seq: int) -> dict[str, object]:
-        ping = Ping(seq, self.wm, self.purged, self.incarnation, self.role, self._piggyback())
-        ping.boot = self.boot
-        return ping.to_wire()
+        return Ping(
+            seq, self.wm, self.purged, self.incarnation, self.role, self._piggyback(), self.boot
+        ).to_wire()
 
     def announce(self, address: str) -> Send:
         """A PING outside the probe rounds (seq 0: its ACK answers no probe) that tells

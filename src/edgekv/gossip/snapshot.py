@@ -34,12 +34,9 @@ Theory of operation
    The receiver grants `snapshot_window` at first, then one per chunk received, so at most a
    window of chunks is in flight; the responder builds a chunk only when granted one, so its
    work per event is at most a few chunks of `snapshot_chunk_bytes`, and it holds no chunk
-   after sending it.  Sessions are few (`MAX_SESSIONS`) and expire when idle.  Pushes to a
-   peer with a session here wait for the longest window (`SnapshotServer.takers`), and so do
-   pushes to a peer that said in its PING or ACK that it takes a snapshot from anyone: a
-   node tells the origin (a PING outside the probe rounds) when it starts and when it ends
-   one (`boot`; ten edges bootstrapping from an edge at 500 writes/s got the origin's pushes
-   every 5 ms).
+   after sending it.  Sessions are few (`MAX_SESSIONS`) and expire when idle.  Pushes wait for
+   the longest window to a peer with a session here (`SnapshotServer.takers`) or that said in
+   its own PING or ACK that it takes one (`boot`, sent to the origin as it starts and ends).
 4. Chunks.  SNAP_DATA{sid, n, wm, purged, total, store, keys, regs, others, last, proofs?}
    holds consecutive keys of one store in key order (stores in name order, metadata ""
    first), as columns (snapshot_wire.py): `regs` has each key's register bytes, or b"" for a
