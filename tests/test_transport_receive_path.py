@@ -1,6 +1,6 @@
 """The receive path's shortcuts (issue #15, CPU per push at an edge): an authenticated framed
 stream reads its socket directly, the transport's inbox hands over waiting messages without a
-yield each (but still yields during a burst)."""
+yield each (but still yields during a burst), and a receiver waiting on it wakes once per message."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import anyio.abc
 import anyio.streams.stapled
 import pytest
 import trio
+import trio.testing
 
 from edgekv.errors import RemoteProtocolError
 from edgekv.gossip.transport import Envelope
@@ -109,7 +110,7 @@ async def test_inbox_hands_over_a_burst_and_still_yields() -> None:
         async with TcpTransport.serve(cluster_id=CLUSTER, node_id="n", key=KEY) as t:
             n = 16 * tcp._RECEIVE_BURST
             for i in range(n):
-                t._inbox_send.send_nowait((Envelope("peer:1", {"t": 10, "i": i}), 0))
+                t._deliver(Envelope("peer:1", {"t": 10, "i": i}), 0)
             turns = 0
 
             async def other() -> None:
@@ -128,6 +129,45 @@ async def test_inbox_hands_over_a_burst_and_still_yields() -> None:
             assert got == list(range(n))  # in order, none lost
             # one yield per burst (the other task runs once per yield, give or take one)
             assert n // (tcp._RECEIVE_BURST + 1) - 2 <= ran < n // 4
+
+
+class _Steps(trio.abc.Instrument):
+    """Counts the scheduler steps of one task."""
+
+    def __init__(self) -> None:
+        self.task: trio.lowlevel.Task | None = None
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self.task:
+            self.steps += 1
+
+
+async def test_a_waiting_receiver_wakes_once_per_message() -> None:
+    """A quiet node's driver waits in `receive`; a message handed to it costs its task one
+    scheduler step, not a checkpoint on top (the inbox was an anyio memory stream, whose
+    `receive` yields before it waits: two steps per push at every edge, 6 here)."""
+    with trio.fail_after(10):
+        async with TcpTransport.serve(cluster_id=CLUSTER, node_id="n", key=KEY) as t:
+            steps = _Steps()
+            got: list[int] = []
+
+            async def driver() -> None:
+                steps.task = trio.lowlevel.current_task()
+                for _ in range(3):
+                    got.append((await t.receive()).message["i"])
+
+            trio.lowlevel.add_instrument(steps)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(driver)
+                    for i in range(3):
+                        await trio.testing.wait_all_tasks_blocked()
+                        t._deliver(Envelope("peer:1", {"t": 10, "i": i}), 0)
+            finally:
+                trio.lowlevel.remove_instrument(steps)
+            assert got == [0, 1, 2]
+            assert steps.steps == 3  # one per message (the task is known from its first step on)
 
 
 async def test_direct_socket_is_asked_of_anyio_once_per_stream(

@@ -24,8 +24,8 @@ Theory of operation
    any other address is dropped and counted (`stats.undialled`): what a peer merely claims
    never opens a connection.  Without a driver (`may_dial` None) the caller names the
    addresses itself and every one is dialled.
-5. Memory: the inbox is bounded in bytes (`limits.inbox_bytes`; readers pause while it is
-   full), each peer's send queue too (at most `limits.max_senders` of them, each closed
+5. Memory: the inbox is bounded in bytes and messages (`limits.inbox_bytes`, `inbox_size`;
+   readers pause while it is full), each peer's send queue too (at most `limits.max_senders` of them, each closed
    after `limits.sender_idle_timeout` unused: senders.py rule 4; a peer cut off by
    `disconnect` gets no new one), and all of them together with the frames still
    arriving draw on the gossip half of the node's byte budget (`budget`, limits.py); the
@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -177,9 +178,12 @@ class TcpTransport:
         )
         # the driver's word on which addresses may be dialled (rule 4); None: any
         self.may_dial: Callable[[str], bool] | None = None
-        self._inbox_send, self._inbox_recv = anyio.create_memory_object_stream[
-            tuple[Envelope, int]
-        ](inbox_size)
+        # the readers' frames for `receive`, in arrival order: a deque and the one waiting
+        # receiver's event (an anyio memory stream cost a checkpoint per wait, a trip
+        # through the scheduler for every message on a quiet node)
+        self._inbox: deque[tuple[Envelope, int]] = deque()
+        self._inbox_size = inbox_size
+        self._inbox_wake: anyio.Event | None = None
         self._inbox_bytes = 0
         self._inbox_space = anyio.Event()
         self._burst = 0  # messages taken from the inbox without a yield (`receive`)
@@ -294,28 +298,36 @@ class TcpTransport:
     async def receive(self) -> Envelope:
         """The next inbound message.  One already waiting is taken without a yield (at most
         `_RECEIVE_BURST` in a row, then one checkpoint): the driver yields when it sends."""
-        try:
-            if self._burst < _RECEIVE_BURST:
-                try:
-                    envelope, size = self._inbox_recv.receive_nowait()
-                    self._burst += 1
-                except anyio.WouldBlock:
-                    self._burst = 0
-                    envelope, size = await self._inbox_recv.receive()
-            else:
-                self._burst = 0
-                envelope, size = await self._inbox_recv.receive()
-        except anyio.EndOfStream:
-            raise anyio.ClosedResourceError from None
+        inbox = self._inbox
+        if inbox and self._burst < _RECEIVE_BURST:
+            self._burst += 1
+        else:
+            self._burst = 0
+            if inbox:
+                await anyio.lowlevel.checkpoint()
+            while not inbox and not self._closed:  # (a second receiver shares the event)
+                wake = self._inbox_wake = self._inbox_wake or anyio.Event()
+                await wake.wait()
+        if self._closed:
+            raise anyio.ClosedResourceError
+        envelope, size = inbox.popleft()
         self._inbox_bytes -= size
         self.budget.give(size)
         self._inbox_space.set()
         return envelope
 
+    def _deliver(self, envelope: Envelope, size: int) -> None:
+        """Put a read frame in the inbox and wake the receiver waiting for one."""
+        self._inbox.append((envelope, size))
+        wake = self._inbox_wake
+        if wake is not None:
+            self._inbox_wake = None
+            wake.set()
+
     async def _inbox_room(self) -> None:
         """Wait (not reading this connection) while the inbox holds `limits.inbox_bytes`; the
         next frame is then read whatever its size, so the inbox exceeds it by one frame at most."""
-        while self._inbox_bytes >= self.limits.inbox_bytes:
+        while self._inbox_bytes >= self.limits.inbox_bytes or len(self._inbox) >= self._inbox_size:
             if self._inbox_space.is_set():
                 self._inbox_space = anyio.Event()
             await self._inbox_space.wait()
@@ -406,12 +418,16 @@ class TcpTransport:
         # 1/256 of `idle` early).  A frame goes into the inbox without a yield when it has
         # room (the next read of the socket waits anyway).
         moved, slack, limit = -math.inf, idle / 256, self.limits.inbox_bytes
-        inbox, budget = self._inbox_send, self.budget
+        inbox, budget = self._inbox, self.budget
         try:
             with dropper, anyio.CancelScope(deadline=anyio.current_time() + idle) as scope:
                 while True:
                     partial = fs.partial  # (holding part of a frame, it waits boundedly)
-                    if self._inbox_bytes >= limit or (not partial and budget.full):
+                    if (
+                        self._inbox_bytes >= limit
+                        or len(inbox) >= self._inbox_size
+                        or (not partial and budget.full)
+                    ):
                         if not partial:
                             scope.deadline = math.inf  # waiting for memory is not idling
                         await self._inbox_room()
@@ -426,11 +442,7 @@ class TcpTransport:
                     self.stats.record_received(type_name(msg["t"]), size)
                     self._inbox_bytes += size
                     budget.take(size)
-                    item = (Envelope(peer.address, msg), size)
-                    try:
-                        inbox.send_nowait(item)
-                    except anyio.WouldBlock:
-                        await inbox.send(item)
+                    self._deliver(Envelope(peer.address, msg), size)
             if scope.cancelled_caught:
                 logger.info("%s: closing idle connection from %s", self.address, remote)
                 self.stats.idle_closed += 1
@@ -561,8 +573,9 @@ class TcpTransport:
             await anyio.lowlevel.checkpoint()
             return
         self._closed = True
-        self._inbox_send.close()
-        self._inbox_recv.close()
+        wake, self._inbox_wake = self._inbox_wake, None
+        if wake is not None:
+            wake.set()
         self._senders.close()
         if self._scope is not None:
             self._scope.cancel()
