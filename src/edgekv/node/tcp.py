@@ -25,9 +25,9 @@ Theory of operation
    never opens a connection.  Without a driver (`may_dial` None) the caller names the
    addresses itself and every one is dialled.
 5. Memory: the inbox is bounded in bytes and messages (`limits.inbox_bytes`, `inbox_size`;
-   readers pause while it is full), each peer's send queue too (at most `limits.max_senders` of them, each closed
-   after `limits.sender_idle_timeout` unused: senders.py rule 4; a peer cut off by
-   `disconnect` gets no new one), and all of them together with the frames still
+   readers pause while it is full), each peer's send queue too (at most `limits.max_senders`
+   of them, each closed after `limits.sender_idle_timeout` unused: senders.py rule 4; a peer
+   cut off by `disconnect` gets no new one), and all of them together with the frames still
    arriving draw on the gossip half of the node's byte budget (`budget`, limits.py); the
    origin's client connections draw on the other half (`client_budget`).
 6. Descriptors: every inbound connection of the port and every outbound one (senders, claim
