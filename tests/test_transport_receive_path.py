@@ -131,6 +131,32 @@ async def test_inbox_hands_over_a_burst_and_still_yields() -> None:
             assert n // (tcp._RECEIVE_BURST + 1) - 2 <= ran < n // 4
 
 
+async def test_sends_queue_a_burst_and_still_yield() -> None:
+    """`send` queues a frame for the peer's sender and returns without a yield, at most
+    `_SEND_BURST` in a row: the origin's push to twenty edges was twenty scheduler steps."""
+    with trio.fail_after(10):
+        async with TcpTransport.serve(cluster_id=CLUSTER, node_id="n", key=KEY) as t:
+            n = 8 * tcp._SEND_BURST
+            turns = 0
+
+            async def other() -> None:
+                nonlocal turns
+                while True:
+                    turns += 1
+                    await trio.lowlevel.checkpoint()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(other)
+                await trio.lowlevel.checkpoint()
+                start = turns
+                for i in range(n):
+                    await t.send(f"127.0.0.1:{1000 + i}", {"t": 13})  # PRUNE
+                ran = turns - start
+                nursery.cancel_scope.cancel()
+            assert t.stats.sent_messages["PRUNE"] == n
+            assert n // tcp._SEND_BURST - 2 <= ran <= n // tcp._SEND_BURST + 1
+
+
 class _Steps(trio.abc.Instrument):
     """Counts the scheduler steps of one task."""
 

@@ -83,6 +83,7 @@ logger = logging.getLogger("edgekv.tcp")
 
 _MAX_WHERE = 65536  # node ids remembered with their address
 _RECEIVE_BURST = 32  # inbox messages `receive` takes in a row without yielding
+_SEND_BURST = 32  # messages `send` queues in a row without yielding
 
 ClientHandler = Callable[[PeerIdentity, FramedStream], Awaitable[None]]
 
@@ -187,6 +188,7 @@ class TcpTransport:
         self._inbox_bytes = 0
         self._inbox_space = anyio.Event()
         self._burst = 0  # messages taken from the inbox without a yield (`receive`)
+        self._unyielded = 0  # messages queued without a yield (`send`)
         self.caps = ConnectionCaps.of(limits, self.fds)
         self._inbound: dict[str, set[anyio.CancelScope]] = {}  # peer address -> its readers
         self._cut_off = Backoffs()  # peers cut off by `disconnect`, until when (bounded)
@@ -532,7 +534,10 @@ class TcpTransport:
         else:
             frame = encode_frame(message, self.max_frame_size)
             self._last_message, self._last_frame = message, frame
-        await anyio.lowlevel.checkpoint()
+        self._unyielded += 1
+        if self._unyielded >= _SEND_BURST:  # the frames go to queues, not the socket: a
+            self._unyielded = 0  # checkpoint each was a scheduler step per peer per push
+            await anyio.lowlevel.checkpoint()
         self.stats.record_sent(type_name(message["t"]), len(frame))
         if self.faults is None:
             self._enqueue(peer, frame)
