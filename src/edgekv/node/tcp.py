@@ -299,7 +299,8 @@ class TcpTransport:
 
     async def receive(self) -> Envelope:
         """The next inbound message.  One already waiting is taken without a yield (at most
-        `_RECEIVE_BURST` in a row, then one checkpoint): the driver yields when it sends."""
+        `_RECEIVE_BURST` in a row, then one checkpoint; `send` yields once per `_SEND_BURST`),
+        and a receiver that finds the inbox empty waits without a checkpoint first."""
         inbox = self._inbox
         if inbox and self._burst < _RECEIVE_BURST:
             self._burst += 1
