@@ -83,7 +83,8 @@ logger = logging.getLogger("edgekv.tcp")
 
 _MAX_WHERE = 65536  # node ids remembered with their address
 _RECEIVE_BURST = 32  # inbox messages `receive` takes in a row without yielding
-_SEND_BURST = 32  # messages `send` queues in a row without yielding
+_SEND_BURST = 32  # messages `send` queues in a row without yielding...
+_SEND_BURST_BYTES = 64 << 10  # ...or bytes
 
 ClientHandler = Callable[[PeerIdentity, FramedStream], Awaitable[None]]
 
@@ -188,7 +189,7 @@ class TcpTransport:
         self._inbox_bytes = 0
         self._inbox_space = anyio.Event()
         self._burst = 0  # messages taken from the inbox without a yield (`receive`)
-        self._unyielded = 0  # messages queued without a yield (`send`)
+        self._unyielded = self._unyielded_bytes = 0  # queued without a yield (`send`)
         self.caps = ConnectionCaps.of(limits, self.fds)
         self._inbound: dict[str, set[anyio.CancelScope]] = {}  # peer address -> its readers
         self._cut_off = Backoffs()  # peers cut off by `disconnect`, until when (bounded)
@@ -535,9 +536,12 @@ class TcpTransport:
         else:
             frame = encode_frame(message, self.max_frame_size)
             self._last_message, self._last_frame = message, frame
+        # the frames go to queues, not the socket: a checkpoint each was a scheduler step per
+        # peer per push; large frames still yield each, so the peers' writers drain the queues
         self._unyielded += 1
-        if self._unyielded >= _SEND_BURST:  # the frames go to queues, not the socket: a
-            self._unyielded = 0  # checkpoint each was a scheduler step per peer per push
+        self._unyielded_bytes += len(frame)
+        if self._unyielded >= _SEND_BURST or self._unyielded_bytes >= _SEND_BURST_BYTES:
+            self._unyielded = self._unyielded_bytes = 0
             await anyio.lowlevel.checkpoint()
         self.stats.record_sent(type_name(message["t"]), len(frame))
         if self.faults is None:
