@@ -4,6 +4,7 @@ silence, refutation by incarnation, revival on direct contact, no pushes to dead
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 import pytest
 
@@ -282,3 +283,31 @@ def test_only_a_peer_itself_says_it_takes_a_snapshot() -> None:
     node.receive("e1", m.Ack(0, 5, 0, 0, "edge").to_wire(), 0.4)  # installed: says no more
     assert not members.booting("e1")
     assert not members.booting("nobody")
+
+
+def test_candidates_queue_is_bounded_and_drops_the_unvouched() -> None:
+    """Rule 8's queue (candidates.py): bounded, each address asked about CANDIDATE_ASKS times
+    at most, oldest first, and one that became known is dropped without an ask."""
+    from edgekv.gossip.candidates import (
+        CANDIDATE_ASKS,
+        CANDIDATES_PER_ROUND,
+        MAX_CANDIDATES,
+        Candidates,
+    )
+
+    counters: Counter[str] = Counter()
+    c = Candidates(counters)
+    for i in range(MAX_CANDIDATES + 5):
+        c.add(f"10.0.0.{i}:1")
+    c.add("10.0.0.0:1")  # already queued: not twice
+    assert len(c) == MAX_CANDIDATES
+    assert counters["members_unvouched"] == 5
+    first = c.batch(lambda a: a == "10.0.0.1:1")
+    assert len(first) == CANDIDATES_PER_ROUND - 1 and "10.0.0.1:1" not in first
+    assert first[0] == "10.0.0.0:1"  # oldest first; now at the back of the queue
+    assert c.discard("10.0.0.2:1") and not c.discard("10.0.0.2:1")
+    small = Candidates(counters)
+    small.add("a:1")
+    asked = [small.batch(lambda a: False) for _ in range(CANDIDATE_ASKS + 1)]
+    assert asked == [["a:1"]] * CANDIDATE_ASKS + [[]]
+    assert not small and counters["members_unvouched"] == 6

@@ -42,8 +42,7 @@ Theory of operation
    or that were vouched for, so a peer's claim never makes it open a connection.  A row about
    an unknown address is taken at once only from a configured peer.  From any other peer it
    is a *candidate* (at most `MAX_CANDIDATES`, never dialled nor gossiped): each ping interval
-   one MEMBERS message asks one configured peer about up to `CANDIDATES_PER_ROUND` of them
-   (`ask`); it answers with its own rows for those in its table (`on_members`), and those rows,
+   one MEMBERS message asks one configured peer about a batch of them (`ask`; candidates.py); it answers with its own rows for those in its table (`on_members`), and those rows,
    a configured peer's, are taken.  A candidate not vouched after `CANDIDATE_ASKS` asks is
    dropped (`members_unvouched`).  A peer that speaks to us directly joins (rule 4): over TCP
    its address was confirmed by dialling it back before any of its messages was read
@@ -59,10 +58,10 @@ import math
 import random
 from collections import Counter
 from dataclasses import dataclass
-from itertools import islice
 
 from ..crdt.replica import Replica
 from .authority import Authority
+from .candidates import Candidates
 from .config import GossipConfig
 from .messages import (
     MAX_MEMBER_ROWS,
@@ -76,9 +75,6 @@ from .messages import (
 from .peer import ALIVE, DEAD, SUSPECT, PeerInfo, RoundTrips, members_scale
 
 MAX_FORGOTTEN = 1024  # moved-away addresses remembered (rule 6)
-MAX_CANDIDATES = 1024  # unvouched addresses awaiting a configured peer's word (rule 8)
-CANDIDATE_ASKS = 3  # asks about one candidate before it is dropped
-CANDIDATES_PER_ROUND = 64  # candidates asked about per ping interval, in one MEMBERS ask
 DEAD_PING_SECONDS = 30.0  # a peer dead for t seconds is re-pinged with chance min(1, 30 / t)
 CONFIGURED_PING_SECONDS = 10.0  # ...but a dead seed or origin at least this often
 _RANK = {ALIVE: 0, SUSPECT: 1, DEAD: 2}
@@ -136,7 +132,7 @@ class Membership:
         self.round_trips = RoundTrips()
         self._forgotten: dict[str, None] = {}  # addresses a member left (rule 6), oldest first
         self.configured: set[str] = set()  # seeds (and where they moved): they vouch (rule 8)
-        self._candidates: dict[str, int] = {}  # unvouched address -> asks so far (rule 8)
+        self._candidates = Candidates(counters)  # unvouched addresses (rule 8)
         self._want_table: set[str] = set()  # configured edges not yet asked for their table
         self._ask_table: list[str] = []  # ... of which we heard from: asked at the next probe
         self._table_sent: dict[str, float] = {}  # member -> when it was last sent our table
@@ -236,15 +232,6 @@ class Membership:
     def _configured(self, address: str) -> bool:
         return address in self.configured or self.authority.is_origin(address)
 
-    def _candidate(self, address: str) -> None:
-        """An unknown address named by a peer that does not vouch (rule 8)."""
-        if address in self._candidates:
-            return
-        if len(self._candidates) >= MAX_CANDIDATES:
-            self.counters["members_unvouched"] += 1
-            return
-        self._candidates[address] = 0
-
     def add_seed(self, address: str, now: float) -> None:
         self.configured.add(address)
         if address == self.address:
@@ -275,7 +262,7 @@ class Membership:
             return []
         if self._forgotten:
             self._forgotten.pop(address, None)
-        self._candidates.pop(address, None)
+        self._candidates.discard(address)
         p = self.peers.get(address)
         out: list[Send] = []
         if self._want_table and address in self._want_table:
@@ -333,11 +320,11 @@ class Membership:
             p = self.peers.get(addr)
             if p is None:
                 if sender is not None and not self._configured(sender):
-                    self._candidate(addr)  # rule 8
+                    self._candidates.add(addr)  # rule 8
                     continue
                 if self._new(PeerInfo(addr, role, inc, state, since=now)):
                     self._updates[addr] = self._retransmits()
-                    if self._candidates.pop(addr, None) is not None:
+                    if self._candidates.discard(addr):
                         self.counters["members_vouched"] += 1
                 continue
             p.role = role
@@ -562,16 +549,7 @@ class Membership:
         vouchers = [a for a in self.alive() if self._configured(a)]
         if not vouchers:
             return []
-        batch: list[str] = []
-        for addr in list(islice(self._candidates, CANDIDATES_PER_ROUND)):
-            asks = self._candidates.pop(addr)
-            if addr in self.peers:
-                continue
-            if asks >= CANDIDATE_ASKS:
-                self.counters["members_unvouched"] += 1
-                continue
-            self._candidates[addr] = asks + 1  # to the back of the queue
-            batch.append(addr)
+        batch = self._candidates.batch(self.peers.__contains__)
         if not batch:
             return []
         self.counters["vouch_asks"] += 1
