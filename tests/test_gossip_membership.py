@@ -168,7 +168,7 @@ def test_full_tables_thin_out_with_cluster_size() -> None:
     assert [members_scale(n) for n in (1, 32, 33, 64, 65, 1000)] == [1, 1, 2, 2, 3, 6]
     node = GossipNode("me", Replica(), seeds=[f"p{i}" for i in range(99)], rng=random.Random(4))
     node.start(0.0)
-    times = []
+    times: list[float] = []
     now = 0.0
     while len(times) < 3:
         now = node.next_deadline
@@ -220,8 +220,8 @@ def test_whole_tables_go_to_those_who_take_them() -> None:
     # a node that got an origin's whole table first does not ask its seeds for theirs
     late = GossipNode("f", Replica(), seeds=["o", "s1"], rng=random.Random(3), origins=["o"])
     late.start(0.0)
-    table = m.Members([("o", "origin", 0, "alive"), ("s1", "edge", 0, "alive")]).to_wire()
-    late.receive("o", table, 0.1)
+    whole = m.Members([("o", "origin", 0, "alive"), ("s1", "edge", 0, "alive")]).to_wire()
+    late.receive("o", whole, 0.1)
     late.receive("s1", m.Ack(0, 0, 0, 0, "edge").to_wire(), 0.2)
     assert not [s for s in late.tick(late.members.next_ping) if s.message.get("want")]
 
