@@ -762,6 +762,29 @@ async def with_system(
         shutil.rmtree(d, ignore_errors=True)
 
 
+async def alternating(
+    kinds: list[str], runs: int, replicas: int, fn: Callable[[System], Awaitable[dict[str, float]]]
+) -> dict[str, list[dict[str, float]]]:
+    """`fn`'s figures of each system in turn, `runs` rounds, each system started afresh (in a
+    temporary directory) for each: the ratios between systems come from one machine state."""
+    root = Path(tempfile.mkdtemp(prefix="bench-alternating-"))
+    out: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
+    try:
+        for _ in range(runs):
+            for kind in kinds:
+                got = await with_system(kind, root, replicas, fn)
+                out[kind].append(got)
+                print(f"  {kind}: {got}", file=sys.stderr)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return out
+
+
+def medians(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure's median over `runs`."""
+    return {f: statistics.median(r[f] for r in runs) for f in runs[0]}
+
+
 def med(runs: list[dict[str, float]], field: str) -> float:
     xs = [r[field] for r in runs if field in r]
     return statistics.median(xs) if xs else float("nan")

@@ -21,14 +21,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from bench_peers import SYSTEMS, Proc, System, check_installed, with_system
+from bench_peers import SYSTEMS, Proc, System, alternating, check_installed, medians
 
 RESULTS = Path(__file__).resolve().parent / "results" / "push.md"
 IDLE = 3.0  # seconds of idle CPU sampled before the writes
@@ -73,21 +71,12 @@ async def push_cpu(system: System, replicas: int, rate: float, seconds: float) -
 
 async def run(args: argparse.Namespace) -> str:
     systems = args.systems.split(",")
-    root = Path(tempfile.mkdtemp(prefix="bench-push-"))
-    by_kind: dict[str, list[dict[str, float]]] = {k: [] for k in systems}
-    try:
-        for _ in range(args.runs):
-            for kind in systems:
-                got = await with_system(
-                    kind,
-                    root,
-                    args.replicas,
-                    lambda s: push_cpu(s, args.replicas, args.rate, args.seconds),
-                )
-                by_kind[kind].append(got)
-                print(f"  {kind}: {got}", file=sys.stderr)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    by_kind = await alternating(
+        systems,
+        args.runs,
+        args.replicas,
+        lambda s: push_cpu(s, args.replicas, args.rate, args.seconds),
+    )
     lines = [
         "| system | replica CPU per write (mean replica) | of which system | source of truth"
         " CPU per write |",
@@ -96,7 +85,7 @@ async def run(args: argparse.Namespace) -> str:
     med: dict[str, dict[str, float]] = {}
     for kind in systems:
         runs = by_kind[kind]
-        m = med[kind] = {f: statistics.median(r[f] for r in runs) for f in runs[0]}
+        m = med[kind] = medians(runs)
         each = ", ".join(f"{r['replica_us']:.0f}" for r in runs)
         lines.append(
             f"| {SYSTEMS[kind].name} | {m['replica_us']:.0f} us (runs: {each}) | "

@@ -29,13 +29,12 @@ import asyncio
 import os
 import shutil
 import signal
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench_peers import SYSTEMS, EdgekvSystem, Proc, System, check_installed, with_system
+from bench_peers import SYSTEMS, EdgekvSystem, Proc, System, alternating, check_installed, medians
 
 RESULTS = Path(__file__).resolve().parent / "results" / "reads.md"
 IDLE = 1.0  # seconds of idle CPU sampled before the reads (5 s with --gap: /proc counts 10 ms)
@@ -117,19 +116,14 @@ async def profiled_run(root: Path, reads: int, gap: float, out: str) -> dict[str
 
 async def run(args: argparse.Namespace) -> str:
     systems = args.systems.split(",")
-    root = Path(tempfile.mkdtemp(prefix="bench-reads-"))
-    try:
-        if args.profile_edge:
+    if args.profile_edge:
+        root = Path(tempfile.mkdtemp(prefix="bench-reads-"))
+        try:
             got = await profiled_run(root, args.reads, args.gap, args.profile_edge)
-            return f"edgekv under cProfile: {got}; profile in {args.profile_edge}"
-        by_kind: dict[str, list[dict[str, float]]] = {k: [] for k in systems}
-        for _ in range(args.runs):
-            for kind in systems:
-                got = await with_system(kind, root, 1, lambda s: read_cpu(s, args.reads, args.gap))
-                by_kind[kind].append(got)
-                print(f"  {kind}: {got}", file=sys.stderr)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        return f"edgekv under cProfile: {got}; profile in {args.profile_edge}"
+    by_kind = await alternating(systems, args.runs, 1, lambda s: read_cpu(s, args.reads, args.gap))
     lines = [
         "| system | replica CPU per read | of which system | client CPU per read | wall per read"
         " | replica idle CPU |",
@@ -137,9 +131,7 @@ async def run(args: argparse.Namespace) -> str:
     ]
     med: dict[str, dict[str, float]] = {}
     for kind in systems:
-        m = med[kind] = {
-            f: statistics.median(r[f] for r in by_kind[kind]) for f in by_kind[kind][0]
-        }
+        m = med[kind] = medians(by_kind[kind])
         runs = ", ".join(f"{r['server_us']:.0f}" for r in by_kind[kind])
         lines.append(
             f"| {SYSTEMS[kind].name} | {m['server_us']:.0f} us (runs: {runs}) | "

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
@@ -25,6 +25,7 @@ from edgekv.node.tcp import FramedStream, LinkOptions, TcpTransport
 
 KEY = b"cluster-secret"
 CLUSTER = "test-cluster"
+T = TypeVar("T")
 
 
 def link(node_id: str) -> LinkOptions:
@@ -103,6 +104,26 @@ async def test_direct_reads_end_as_the_stream_would() -> None:
                 await server.receive()
 
 
+async def yields_during(work: Callable[[], Awaitable[T]]) -> tuple[T, int]:
+    """`work()`'s result and how many times another task ran meanwhile (about one per yield)."""
+    turns = 0
+
+    async def other() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other)
+        await trio.lowlevel.checkpoint()
+        start = turns
+        result = await work()
+        ran = turns - start
+        nursery.cancel_scope.cancel()
+    return result, ran
+
+
 async def test_inbox_hands_over_a_burst_and_still_yields() -> None:
     """Messages already in the inbox come out without a yield each, but at least one yield per
     `_RECEIVE_BURST` of them, so other tasks run during a long burst."""
@@ -111,21 +132,11 @@ async def test_inbox_hands_over_a_burst_and_still_yields() -> None:
             n = 16 * tcp._RECEIVE_BURST
             for i in range(n):
                 t._deliver(Envelope("peer:1", {"t": 10, "i": i}), 0)
-            turns = 0
 
-            async def other() -> None:
-                nonlocal turns
-                while True:
-                    turns += 1
-                    await trio.lowlevel.checkpoint()
+            async def take_all() -> list[int]:
+                return [(await t.receive()).message["i"] for _ in range(n)]
 
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(other)
-                await trio.lowlevel.checkpoint()
-                start = turns
-                got = [(await t.receive()).message["i"] for _ in range(n)]
-                ran = turns - start
-                nursery.cancel_scope.cancel()
+            got, ran = await yields_during(take_all)
             assert got == list(range(n))  # in order, none lost
             # one yield per burst (the other task runs once per yield, give or take one)
             assert n // (tcp._RECEIVE_BURST + 1) - 2 <= ran < n // 4
@@ -138,36 +149,18 @@ async def test_sends_queue_a_burst_and_still_yield() -> None:
     with trio.fail_after(10):
         async with TcpTransport.serve(cluster_id=CLUSTER, node_id="n", key=KEY) as t:
             n = 8 * tcp._SEND_BURST
-            turns = 0
 
-            async def other() -> None:
-                nonlocal turns
-                while True:
-                    turns += 1
-                    await trio.lowlevel.checkpoint()
+            async def send_all(count: int, message: dict[str, Any]) -> None:
+                for i in range(count):
+                    await t.send(f"127.0.0.1:{1000 + i}", message)
 
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(other)
-                await trio.lowlevel.checkpoint()
-                start = turns
-                for i in range(n):
-                    await t.send(f"127.0.0.1:{1000 + i}", {"t": 13})  # PRUNE
-                ran = turns - start
-                nursery.cancel_scope.cancel()
+            _, ran = await yields_during(lambda: send_all(n, {"t": 13}))  # PRUNEs
             assert t.stats.sent_messages["PRUNE"] == n
             assert n // tcp._SEND_BURST - 2 <= ran <= n // tcp._SEND_BURST + 1
 
             # large frames (snapshot chunks) still yield each, so the writers drain the queues
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(other)
-                await trio.lowlevel.checkpoint()
-                start = turns
-                for i in range(8):
-                    await t.send(
-                        f"127.0.0.1:{2000 + i}", {"t": 13, "pad": bytes(tcp._SEND_BURST_BYTES)}
-                    )
-                ran = turns - start
-                nursery.cancel_scope.cancel()
+            big = {"t": 13, "pad": bytes(tcp._SEND_BURST_BYTES)}
+            _, ran = await yields_during(lambda: send_all(8, big))
             assert 7 <= ran <= 9
 
 

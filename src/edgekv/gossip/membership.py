@@ -42,7 +42,8 @@ Theory of operation
    or that were vouched for, so a peer's claim never makes it open a connection.  A row about
    an unknown address is taken at once only from a configured peer.  From any other peer it
    is a *candidate* (at most `MAX_CANDIDATES`, never dialled nor gossiped): each ping interval
-   one MEMBERS message asks one configured peer about a batch of them (`ask`; candidates.py); it answers with its own rows for those in its table (`on_members`), and those rows,
+   one MEMBERS message asks one configured peer about a batch of them (`ask`; candidates.py);
+   it answers with its own rows for those in its table (`on_members`), and those rows,
    a configured peer's, are taken.  A candidate not vouched after `CANDIDATE_ASKS` asks is
    dropped (`members_unvouched`).  A peer that speaks to us directly joins (rule 4): over TCP
    its address was confirmed by dialling it back before any of its messages was read

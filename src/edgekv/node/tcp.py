@@ -328,10 +328,13 @@ class TcpTransport:
             self._inbox_wake = None
             wake.set()
 
+    def _inbox_full(self) -> bool:
+        return self._inbox_bytes >= self.limits.inbox_bytes or len(self._inbox) >= self._inbox_size
+
     async def _inbox_room(self) -> None:
-        """Wait (not reading this connection) while the inbox holds `limits.inbox_bytes`; the
-        next frame is then read whatever its size, so the inbox exceeds it by one frame at most."""
-        while self._inbox_bytes >= self.limits.inbox_bytes or len(self._inbox) >= self._inbox_size:
+        """Wait (not reading this connection) while the inbox is full (`_inbox_full`); the next
+        frame is then read whatever its size, so the inbox exceeds its bytes by one frame at most."""
+        while self._inbox_full():
             if self._inbox_space.is_set():
                 self._inbox_space = anyio.Event()
             await self._inbox_space.wait()
@@ -421,17 +424,13 @@ class TcpTransport:
         # deadline change costs trio a heap update; the connection may be closed up to
         # 1/256 of `idle` early).  A frame goes into the inbox without a yield when it has
         # room (the next read of the socket waits anyway).
-        moved, slack, limit = -math.inf, idle / 256, self.limits.inbox_bytes
-        inbox, budget = self._inbox, self.budget
+        moved, slack = -math.inf, idle / 256
+        budget = self.budget
         try:
             with dropper, anyio.CancelScope(deadline=anyio.current_time() + idle) as scope:
                 while True:
                     partial = fs.partial  # (holding part of a frame, it waits boundedly)
-                    if (
-                        self._inbox_bytes >= limit
-                        or len(inbox) >= self._inbox_size
-                        or (not partial and budget.full)
-                    ):
+                    if self._inbox_full() or (not partial and budget.full):
                         if not partial:
                             scope.deadline = math.inf  # waiting for memory is not idling
                         await self._inbox_room()
