@@ -139,3 +139,22 @@ async def test_byte_budget_fit_waits_until_the_bytes_fit() -> None:
         assert done == [20]
         budget.give(70)  # 5 held, all of it the caller's own
     assert done == [20, 500]
+
+
+async def test_a_flood_of_small_frames_fills_the_inbox_to_its_count_then_waits() -> None:
+    """The inbox is bounded in messages too (`inbox_size`): a peer flooding tiny frames at a
+    node whose driver takes none fills it to that count, the node stops reading, and every
+    message comes out, in order, once the driver takes them."""
+    n, size = 200, 8
+    async with (
+        TcpTransport.serve(cluster_id=CLUSTER, node_id="node", inbox_size=size) as node,
+        TcpTransport.serve(cluster_id=CLUSTER, node_id="peer") as peer,
+    ):
+        for i in range(n):
+            await peer.send(node.address, {"t": 3, "i": i})
+        await until(lambda: len(node._inbox) == size)
+        await anyio.sleep(0.2)
+        assert len(node._inbox) == size  # and no more: the reader waits
+        with anyio.fail_after(10):
+            got = [(await node.receive()).message["i"] for _ in range(n)]
+        assert got == list(range(n))
