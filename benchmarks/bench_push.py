@@ -13,7 +13,15 @@ through the system's client.  Reported per write: the mean replica's CPU (user +
 counts 10 ms ticks), the part of it that is system time, and the source of truth's CPU.
 Systems alternate within each run, so the edgekv/Redis ratios come from the same machine
 state.  At 100 writes/s each write finds a replica idle since the last one, caches cold, as
-in bench_peers.  Writes its section to benchmarks/results/push.md.
+in bench_peers.
+
+The floor (`--floor`, on by default): N bare receiver processes, each reading a socket and
+doing nothing else, get one frame of `--floor-bytes` per write at the same rate: a Python loop
+blocked in `recv`, an asyncio stream and a trio stream (the edge's event loop).  Their CPU per
+frame is what one wake-up of such a process costs at that rate, before any work: on this
+machine an idle event loop woken every 10 ms costs several times a blocking loop, and a
+replica polled by readers pays it again at every read.  Writes its section to
+benchmarks/results/push.md.
 """
 
 from __future__ import annotations
@@ -21,7 +29,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import socket
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,14 +40,81 @@ from bench_peers import SYSTEMS, Proc, System, alternating, check_installed, med
 
 RESULTS = Path(__file__).resolve().parent / "results" / "push.md"
 IDLE = 3.0  # seconds of idle CPU sampled before the writes
+RECEIVER = """
+import socket, sys
+mode, port = sys.argv[1], int(sys.argv[2])
+if mode == "blocking":
+    s = socket.create_connection(("127.0.0.1", port))
+    while s.recv(65536):
+        pass
+elif mode == "asyncio":
+    import asyncio
+    async def main():
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        while await r.read(65536):
+            pass
+    asyncio.run(main())
+else:
+    import trio
+    async def main():
+        s = await trio.open_tcp_stream("127.0.0.1", port)
+        while await s.receive_some(65536):
+            pass
+    trio.run(main)
+"""
+FLOOR_MODES = {
+    "blocking": "Python, blocking `recv` loop",
+    "asyncio": "Python, asyncio stream",
+    "trio": "Python, trio stream (the edge's loop)",
+}
 
 
 def _cpu(proc: Proc) -> tuple[float, float]:
     """(user + system, system) CPU seconds of `proc` so far."""
     assert proc.popen is not None
-    fields = Path(f"/proc/{proc.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return _pid_cpu(proc.popen.pid)
+
+
+def _pid_cpu(pid: int) -> tuple[float, float]:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     tick = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / tick, int(fields[12]) / tick
+
+
+def floor(mode: str, receivers: int, rate: float, seconds: float, size: int) -> float:
+    """CPU microseconds per frame of the median bare receiver (module docstring)."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(30)
+        port = server.getsockname()[1]
+        procs = [
+            subprocess.Popen([sys.executable, "-c", RECEIVER, mode, str(port)])
+            for _ in range(receivers)
+        ]
+        conns = []
+        try:
+            conns = [server.accept()[0] for _ in procs]
+            time.sleep(1.0)  # imports done, each loop waiting
+            c0 = [_pid_cpu(p.pid)[0] for p in procs]
+            frame = b"x" * size
+            t0 = time.monotonic()
+            n = 0
+            while (due := t0 + n / rate) < t0 + seconds:
+                time.sleep(max(0.0, due - time.monotonic()))
+                n += 1
+                for c in conns:
+                    c.sendall(frame)
+            time.sleep(0.5)
+            used = [_pid_cpu(p.pid)[0] - c for p, c in zip(procs, c0, strict=True)]
+        finally:
+            for c in conns:
+                c.close()
+            for p in procs:
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+    return statistics.median(used) * 1e6 / n
 
 
 async def push_cpu(system: System, replicas: int, rate: float, seconds: float) -> dict[str, float]:
@@ -100,6 +177,26 @@ async def run(args: argparse.Namespace) -> str:
             f"on {os.cpu_count()} CPUs, edgekv's replicas need "
             f"{e['replica_us'] * args.replicas / 1e3:.1f} ms of CPU per write together."
         )
+    if args.floor:
+        rows: dict[str, list[float]] = {m: [] for m in FLOOR_MODES}
+        for _ in range(args.runs):
+            for mode in FLOOR_MODES:
+                rows[mode].append(
+                    floor(mode, args.replicas, args.rate, args.seconds, args.floor_bytes)
+                )
+        lines += [
+            "",
+            f"The floor: {args.replicas} bare receiver processes, one {args.floor_bytes}-byte"
+            f" frame each per write at {args.rate:g}/s for {args.seconds:g} s, nothing done with"
+            " it; CPU per frame of the median receiver (medians of the runs; /proc counts 10 ms"
+            " ticks):",
+            "",
+            "| receiver | CPU per frame |",
+            "|---|---|",
+        ]
+        for mode, name in FLOOR_MODES.items():
+            each = ", ".join(f"{v:.0f}" for v in rows[mode])
+            lines.append(f"| {name} | {statistics.median(rows[mode]):.0f} us (runs: {each}) |")
     return "\n".join(lines)
 
 
@@ -110,6 +207,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--systems", default="edgekv,redis")
+    ap.add_argument(
+        "--floor", action=argparse.BooleanOptionalAction, default=True, help="bare receivers too"
+    )
+    ap.add_argument("--floor-bytes", type=int, default=300, help="frame size of the floor")
     ap.add_argument("--no-write", action="store_true", help="print only, leave results/ alone")
     args = ap.parse_args()
     check_installed(args.systems.split(","))
