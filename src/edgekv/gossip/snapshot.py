@@ -131,11 +131,10 @@ from .snapshot_wire import (
 from .wire import Message
 
 PATIENCE_DOUBLINGS = 3  # rule 6: a transfer's silence allowed grows to 8x snapshot_timeout
+DELTA_STAGE_FROM = 20_000  # a delta's keys past this many are staged and rebuilt (rule 9)
 
 __all__ = ["SNAPSHOT_TYPES", "SnapshotClient", "SnapshotServer", "StagedSnapshot", "TreeJob"]
 __all__ += ["offer_instead", "offer_sources", "parse_offer", "snap_offer"]
-
-DELTA_STAGE_FROM = 20_000  # a delta's keys past this many are staged and rebuilt (rule 9)
 
 
 @dataclass(slots=True)
