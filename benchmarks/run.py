@@ -7,7 +7,10 @@
 Each benchmark runs as its own subprocess (a fresh interpreter, so one cannot skew another's
 memory or caches) and writes its markdown section to benchmarks/results/<name>.md.  BENCHMARKS.md
 at the repository root is a header describing the machine followed by every results/*.md in
-name order, so sections written earlier (or by other runs) are kept.
+name order, so sections written earlier (or by other runs) are kept.  What people write about a
+section (what changed, earlier runs, why a target is missed) goes in benchmarks/notes/<name>.md,
+never in BENCHMARKS.md or results/ (a rerun rewrites those): it follows its section.  A
+results/*-partial.md (bench_peers.py run on some parts only) is not collected.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
+NOTES = HERE / "notes"
 
 
 def find_benchmarks(names: list[str]) -> list[Path]:
@@ -67,10 +71,23 @@ def _nproc() -> str:
         return "?"
 
 
+def body() -> str:
+    """Every section: results/<name>.md, then notes/<name>.md when there is one."""
+    sections = []
+    for path in sorted(RESULTS.glob("*.md")):
+        if path.stem.endswith("-partial"):
+            continue
+        text = path.read_text().strip() + "\n"
+        notes = NOTES / path.name
+        if notes.exists():
+            text += "\n" + notes.read_text().strip() + "\n"
+        sections.append(text)
+    return "\n".join(sections)
+
+
 def collect() -> Path:
-    sections = [p.read_text().strip() + "\n" for p in sorted(RESULTS.glob("*.md"))]
     out = ROOT / "BENCHMARKS.md"
-    out.write_text(header() + "\n" + "\n".join(sections))
+    out.write_text(header() + "\n" + body())
     return out
 
 
