@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgekv.crdt import META, Register, Replica
+from edgekv.crdt import META, Register, Replica, State
 from edgekv.node.kvstore import KvStore
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -111,23 +111,23 @@ def child_speed(n: int) -> dict[str, Any]:
     wall, cpu = time.perf_counter_ns, time.process_time_ns
     for b in range(0, len(keys), 1000):
         batch = keys[b : b + 1000]
-        c = cpu()
-        t = wall()
+        c_ns = cpu()
+        t_ns = wall()
         for k in batch:
             get(k)
-        wall_batches.append((wall() - t) / len(batch))
-        cpu_batches.append((cpu() - c) / len(batch))
+        wall_batches.append((wall() - t_ns) / len(batch))
+        cpu_batches.append((cpu() - c_ns) / len(batch))
     # (b) every call timed alone, minus the timer's own cost
     overheads = []
     for _ in range(100_000):
-        t = wall()
-        overheads.append(wall() - t)
+        t_ns = wall()
+        overheads.append(wall() - t_ns)
     overhead = statistics.median(overheads)
     singles = []
     for k in keys[:100_000]:
-        t = wall()
+        t_ns = wall()
         get(k)
-        singles.append(wall() - t - overhead)
+        singles.append(wall() - t_ns - overhead)
     assert all(get(k) is not None for k in keys[:1000])
 
     # apply: overwrite random existing keys (seqs continue after the load)
@@ -351,7 +351,7 @@ def child_bulk(n: int) -> dict[str, Any]:
         states = {
             k: Register(s, T0 + s, rng.randbytes(100)) for k, s in zip(keys, seqs, strict=True)
         }
-        meta = {"bench": Register(1, T0, b"", None)}
+        meta: dict[str, State] = {"bench": Register(1, T0, b"", None)}
         gc.collect()
         t = time.perf_counter()
         bulk_load_stores(Replica(), {META: meta, "bench": dict(states)})

@@ -69,7 +69,9 @@ def signed_store(keys: int, shuffled: bool, batch: int = BATCH, rewritten: float
             seq += 1
             key = f"key{i:012d}"
             replica.apply("s", key, Register(seq, 0, b"w" * 100, None))
-            atoms += atoms_of("s", key, replica.state("s", key))
+            state = replica.state("s", key)
+            assert state is not None
+            atoms += atoms_of("s", key, state)
         proofs.add(signer.certify(atoms))
     return replica
 

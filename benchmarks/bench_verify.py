@@ -167,7 +167,8 @@ def main() -> None:
     load.append(os.getloadavg()[0])
 
     def med(runs: list[dict[str, Any]], field: str) -> float:
-        return statistics.median(r[field] for r in runs)
+        values: list[float] = [r[field] for r in runs]
+        return statistics.median(values)
 
     def each(runs: list[dict[str, Any]], field: str) -> str:
         return ", ".join(f"{r[field]:,.0f}" for r in runs)

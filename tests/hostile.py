@@ -123,7 +123,7 @@ def forged_store_drop(store: str, seq: int = FAR + 2) -> Message:
 
 def forged_sync_data(store: str, key: str, value: bytes, seq: int = FAR + 3) -> Message:
     """The same forgery on the catch-up path (SYNC_DATA, also a GRAFT's answer)."""
-    items = [(store, key, Register(seq, 0, value, None))]
+    items: list[m.Item] = [(store, key, Register(seq, 0, value, None))]
     return m.SyncData(0, items, [], 0, True).to_wire()
 
 

@@ -8,16 +8,24 @@ what was acked meanwhile at 3.1 s).  Watermarks are sampled every 0.1 s up to 4.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
+
+
+class _Write(TypedDict):
+    id: int
+    key: str
+    seq: int
+    acked_at: float
+    reached: dict[str, float]
 
 
 def synthetic_report(edges: int = 4) -> dict[str, Any]:
     names = [f"edge-{i}" for i in range(edges)]
     cut = names[edges // 2 :]
-    writes = []
+    writes: list[_Write] = []
     for i in range(40):
         acked = round(0.1 * i + 0.01, 6)
-        reached = {}
+        reached: dict[str, float] = {}
         for e in names:
             t = acked + 0.05
             if e in cut and 1.0 <= acked < 2.0:

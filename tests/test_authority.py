@@ -26,7 +26,7 @@ import pytest
 import trio
 
 import edgekv.testnet as testnet
-from edgekv.crdt import META, Register
+from edgekv.crdt import META, Register, State
 from edgekv.testnet import sim_clock
 from hostile import (
     FAR,
@@ -75,10 +75,16 @@ class Observed:
     honest_missing: list[str] = field(default_factory=list)
 
 
+def _register(st: State | None) -> Register:
+    """A state the test wrote with a put: a register."""
+    assert isinstance(st, Register), st
+    return st
+
+
 def _visible_everywhere(net: testnet.Testnet, store: str, key: str) -> bool:
     for name in net.live_edges():
         st = net.edge(name).replica.state(store, key)
-        if st is None or st.value != key.encode():
+        if not isinstance(st, Register) or st.value != key.encode():
             return False
     return True
 
@@ -161,7 +167,8 @@ async def _run(network: str) -> Observed:
             await c.put("marks", f"k{i}", f"m{i}".encode())
         assert await net.converged(timeout=20)
         origin = net.origin
-        obs.genuine = {k: origin.replica.state("flags", k) for k in ("k1", "k2")}
+        assert origin is not None  # in-process, up for the whole run
+        obs.genuine = {k: _register(origin.replica.state("flags", k)) for k in ("k1", "k2")}
         await _honest_phase(net, "warm")  # round-trip estimates settle (adaptive windows)
         quiet = await _honest_phase(net, "quiet")
 
@@ -178,7 +185,7 @@ async def _run(network: str) -> Observed:
         for name in net.live_edges():
             for i in range(WRITES):
                 st = net.edge(name).replica.state("bench", f"attack-{i}")
-                if st is None or st.value != f"attack-{i}".encode():
+                if not isinstance(st, Register) or st.value != f"attack-{i}".encode():
                     obs.honest_missing.append(f"{name}/attack-{i}")  # (never: phase waits)
         r = origin.replica
         obs.origin_states = {k: r.state("flags", k) for k in (*FORGED_KEYS, "k1", "k2")}
@@ -199,7 +206,7 @@ async def _run(network: str) -> Observed:
             seqs: dict[str, int | None] = {}
             for k in (*FORGED_KEYS, "k1", "k2"):
                 st = er.state("flags", k) if er.has_store("flags") else None
-                reads[k] = None if st is None else st.value
+                reads[k] = None if st is None else _register(st).value
                 seqs[k] = None if st is None else st.seq
             reads["<stores>"] = er.store_names()
             obs.edge_reads[name], obs.edge_seq[name] = reads, seqs
@@ -306,6 +313,7 @@ async def _restart_run() -> dict[str, Any]:
         for i in range(3):
             await c.put("flags", f"k{i}", f"v{i}".encode())
         assert await net.converged(timeout=20)
+        assert net.origin is not None
         genuine = net.origin.replica.state("flags", "k0")
         evil = await Hostile.join(net)
         # every edge holds forgeries (as a tampered edge disk would; signatures keep them off
@@ -328,6 +336,7 @@ async def _restart_run() -> dict[str, Any]:
             await anyio.sleep(4.0)  # several anti-entropy rounds with every edge
         await c.put("flags", "after", b"restart")
         origin = net.origin
+        assert origin is not None and origin.runtime is not None  # restarted, running
         return {
             "infected_edges": infected,
             "forged": [origin.replica.state("flags", k) for k in ("forged", "forged-ae")],

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgekv.crdt import Bloom, BloomDelta, Delta, Register, ZSet, as_state, join, merge
+from edgekv.crdt import Bloom, BloomDelta, Delta, Register, State, ZSet, as_state, join, merge
 from edgekv.crdt.codec import encode_delta
 from edgekv.errors import ConflictingVersion
 from strategies import canon, deltas, register_at, written_at_of, zsets
@@ -110,7 +110,8 @@ def test_two_kinds_at_one_reset_conflict() -> None:
     reg = register_at(4)
     zset = ZSet(4, {b"a": (4, 1.0)}, 4, written_at_of(4))
     bloom = Bloom(4, 64, 2, seq=4, written_at=written_at_of(4))
-    for x, y in [(reg, zset), (zset, bloom), (bloom, reg)]:
+    pairs: list[tuple[State, State]] = [(reg, zset), (zset, bloom), (bloom, reg)]
+    for x, y in pairs:
         with pytest.raises(ConflictingVersion):
             join(x, y)
         with pytest.raises(ConflictingVersion):

@@ -16,7 +16,7 @@ import pytest
 import trio
 
 import edgekv
-from edgekv.crdt import META, Put, Register, bulk_load
+from edgekv.crdt import META, Put, Register, Replica, bulk_load
 from edgekv.gossip import GossipConfig
 from edgekv.node.persistence import ReplicaStore
 from edgekv.node.watch import WatchReset
@@ -181,7 +181,7 @@ async def test_a_restarted_edge_takes_its_delta_while_its_trees_are_still_being_
     from edgekv.node import runtime as runtime_mod
 
     release = threading.Event()
-    real, real_pending = treebuild.build_tree, edge_mod.Replica.build_pending_trees
+    real, real_pending = treebuild.build_tree, Replica.build_pending_trees  # the edge's Replica
 
     def held_build(states):  # type: ignore[no-untyped-def]
         release.wait(30)
@@ -198,7 +198,7 @@ async def test_a_restarted_edge_takes_its_delta_while_its_trees_are_still_being_
             monkeypatch.setattr(edge_mod, "BACKGROUND_TREES_FROM", 0)
             monkeypatch.setattr(runtime_mod, "OFFLOAD_FROM_KEYS", 0)  # the trees in a thread
             monkeypatch.setattr(snapshot_build, "build_tree", held_build)
-            monkeypatch.setattr(edge_mod.Replica, "build_pending_trees", held_pending)
+            monkeypatch.setattr(Replica, "build_pending_trees", held_pending)
             try:
                 async with edgekv.EdgeNode(
                     origin=origin.address, data_dir=str(tmp_path / "e"), config=small_snapshots()

@@ -78,7 +78,7 @@ async def test_wildcard_binds_advertise_a_dialable_address_and_replicate(tmp_pat
             AsyncExitStack() as stack,
         ):
             await client.create_store("flags")
-            edges = []
+            edges: list[edgekv.EdgeNode] = []
             for _ in range(2):
                 edge = edgekv.EdgeNode(
                     listen="0.0.0.0:0", origin=origin.address, peers=[e.address for e in edges]

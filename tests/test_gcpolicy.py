@@ -37,7 +37,12 @@ async def test_a_bulk_of_persisted_rows_releases_the_heap(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[None] = []
-    monkeypatch.setattr(gcpolicy, "release", lambda: bool(calls.append(None)))
+
+    def release() -> bool:
+        calls.append(None)
+        return False
+
+    monkeypatch.setattr(gcpolicy, "release", release)
     monkeypatch.setattr(persistence, "RELEASE_ROWS", 100)
     store = ReplicaStore(tmp_path)
     store.load()

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from edgekv.crdt import META, Register, Replica, ZSet
-from edgekv.gossip import GossipNode
+from edgekv.gossip import GossipNode, Send
 from edgekv.gossip.wire import MsgType, decode_body, encode_frame
 
 
@@ -53,7 +53,7 @@ def run_session(
     sent: dict[str, list[str]] = {"a": [], "b": []}
     while queue:
         rounds += 1
-        nxt = []
+        nxt: list[Send] = []
         for s in queue:
             msg = decode_body(encode_frame(s.message)[4:])
             types.append(MsgType(msg["t"]).name)
@@ -219,7 +219,7 @@ def test_a_lost_message_is_asked_again_not_waited_out(lost: str) -> None:
             now = na.next_deadline
             queue = [("a", s) for s in na.tick(now) if s.message["t"] in ae]
             continue
-        nxt = []
+        nxt: list[tuple[str, Send]] = []
         now += 0.01  # one hop
         for src, s in queue:
             msg = decode_body(encode_frame(s.message)[4:])
@@ -255,7 +255,7 @@ def test_an_edges_lack_of_a_purged_key_sends_the_next_session_to_the_origin() ->
         node.start(0.0)
         nodes[name] = node
         delete_and_purge_key7(node)
-    na.authority.origins = ["o"]  # a (built as an origin-less edge by `pair`) trusts "o"
+    na.authority.origins = frozenset({"o"})  # a (built as an origin-less edge by `pair`) trusts "o"
     ping = {"t": int(MsgType.PING), "seq": 1, "wm": 100, "purged": 100, "inc": 0, "role": "origin"}
     na.receive("o", ping, 0.0)  # a knows the origin (alive) and its purge mark
     ae = range(MsgType.AE_ROOT, MsgType.AE_EQUAL + 1)
@@ -263,7 +263,7 @@ def test_an_edges_lack_of_a_purged_key_sends_the_next_session_to_the_origin() ->
     def drive(peer: str, sends: list[Any], now: float) -> None:
         queue = [("a", s) for s in sends]
         while queue:
-            nxt = []
+            nxt: list[tuple[str, Send]] = []
             for src, s in queue:
                 msg = decode_body(encode_frame(s.message)[4:])
                 dst = peer if src == "a" else "a"

@@ -62,8 +62,8 @@ def test_the_origin_applies_no_state_from_any_path() -> None:
     origin = GossipNode(ORIGIN, r, role="origin", rng=random.Random(2))
     origin.start(0.0)
     root = r.root
-    forged = [("flags", "k", Register(10**12, 0, b"evil", None))]
-    drop = [(META, "flags", Register(10**12 + 1, 0, None, None))]
+    forged: list[m.Item] = [("flags", "k", Register(10**12, 0, b"evil", None))]
+    drop: list[m.Item] = [(META, "flags", Register(10**12 + 1, 0, None, None))]
     origin.receive(LIAR, m.Push(forged + drop, [(3, 10**12)], 0).to_wire(), 1.0)
     origin.receive(LIAR, m.SyncData(0, forged, [(3, 9)], 0, True).to_wire(), 1.1)
     origin.receive(LIAR, m.AeRoot(5, 1, 0, 0, MAX, True).to_wire(), 1.2)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from edgekv.crdt import Put, Register
-from edgekv.gossip import GossipConfig
+from edgekv.gossip import GossipConfig, Send
 from gossip_sim import ORIGIN, Sim
 
 
@@ -394,13 +394,13 @@ def test_a_relay_that_beats_the_origin_is_pruned_not_the_origin() -> None:
     pushes: list[dict[str, object]] = []
     send = sim._send
 
-    def capture(src: str, sends: list[object]) -> None:
+    def capture(src: str, sends: list[Send]) -> None:
         pushes.extend(
-            s.message  # type: ignore[attr-defined]
+            s.message
             for s in sends
-            if src == ORIGIN and s.peer == edge and s.message["t"] == MsgType.PUSH  # type: ignore[attr-defined]
+            if src == ORIGIN and s.peer == edge and s.message["t"] == MsgType.PUSH
         )
-        send(src, sends)  # type: ignore[arg-type]
+        send(src, sends)
 
     sim._send = capture  # type: ignore[method-assign]
     sim.up.discard(edge)  # the origin's push is built and sent, but not delivered

@@ -127,7 +127,12 @@ async def test_accept_errors_are_counted_and_backed_off_and_the_loop_lives(
 
     wrapped = anyio.BrokenResourceError()  # how a listener may report it
     wrapped.__cause__ = fails(errno.EMFILE)
-    script: list[Any] = [fails(errno.EMFILE), fails(errno.ENFILE), fails(errno.ENOBUFS), wrapped]
+    script: list[BaseException | tuple[str, str] | None] = [
+        fails(errno.EMFILE),
+        fails(errno.ENFILE),
+        fails(errno.ENOBUFS),
+        wrapped,
+    ]
     script += [fails(errno.EMFILE)] * 3  # the back-off stops doubling at 1 s
     script += [("c1", "h"), fails(errno.EMFILE), ("c2", "h"), None]
     times: list[float] = []

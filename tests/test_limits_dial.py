@@ -27,7 +27,7 @@ from test_limits_process import wait_for
 class Trap:
     """A listener at a fake address: counts the connections and bytes that reach it."""
 
-    def __init__(self, listener: anyio.abc.SocketListener) -> None:
+    def __init__(self, listener: anyio.abc.Listener[anyio.abc.SocketStream]) -> None:
         self.listener = listener
         port = listener.extra(anyio.abc.SocketAttribute.local_port)
         self.address = f"127.0.0.1:{port}"
@@ -56,7 +56,9 @@ async def open_traps(n: int, tg: anyio.abc.TaskGroup) -> list[Trap]:
 
 
 def runtimes(net: Net) -> list[Any]:
-    return [net.origin.runtime, *(net.edge(name).runtime for name in net.live_edges())]
+    origin = net.origin
+    assert origin is not None  # an in-process origin, up
+    return [origin.runtime, *(net.edge(name).runtime for name in net.live_edges())]
 
 
 async def test_member_floods_and_address_claims_open_no_connection_to_the_fakes() -> None:

@@ -117,7 +117,9 @@ def status_of(cluster: ProcessCluster, name: str) -> dict[str, Any]:
 
 
 def counters(status: dict[str, Any], name: str) -> dict[str, Any]:
-    return status["transport"] if name == "origin" else status["counters"]["transport"]
+    transport: dict[str, Any]
+    transport = status["transport"] if name == "origin" else status["counters"]["transport"]
+    return transport
 
 
 class KeptAlive:
@@ -202,7 +204,7 @@ def given_back(cluster: ProcessCluster, name: str, baseline: dict[str, Any]) -> 
     if status is None:
         return False  # not answered: the budget is still full
     fds, before = status["process"]["fds"], baseline["process"]["fds"]
-    return 0 <= fds <= before + 20 and status["fds"]["held"] <= baseline["fds"]["held"] + 4
+    return bool(0 <= fds <= before + 20 and status["fds"]["held"] <= baseline["fds"]["held"] + 4)
 
 
 async def flood_both_ports(tmp_path: Path, target: str) -> None:

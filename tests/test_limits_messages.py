@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import random
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -30,7 +31,7 @@ def big_bloom(seq: int) -> BloomDelta:
 
 
 def test_a_small_push_naming_huge_blooms_is_rejected_before_anything_is_allocated() -> None:
-    items = [("s", f"b{i}", big_bloom(100 + i)) for i in range(5)]  # 5 x 8 MiB named
+    items: list[m.Item] = [("s", f"b{i}", big_bloom(100 + i)) for i in range(5)]  # 5 x 8 MiB named
     frame = encode_frame(m.Push(items, [(100, 104)], 0).to_wire())
     assert len(frame) < 1024
     msg = decode_body(frame[4:])
@@ -82,13 +83,13 @@ def test_every_count_and_size_a_message_names_is_bounded() -> None:
 
 def test_too_many_stores_in_one_message_are_rejected() -> None:
     n = m.MAX_MESSAGE_STORES + 1
-    items = [(f"s{i}", "k", Register(10 + i, 0, b"", None)) for i in range(n)]
+    items: list[m.Item] = [(f"s{i}", "k", Register(10 + i, 0, b"", None)) for i in range(n)]
     with pytest.raises(RemoteProtocolError, match="stores in one message"):
         m.parse(m.Push(items, [(10, 10 + n - 1)], 0).to_wire())
     m.parse(m.Push(items[:-1], [(10, 10 + n - 2)], 0).to_wire())
 
 
-def _pushes_for(items: list[tuple[str, str, object]]) -> list[m.Push]:
+def _pushes_for(items: Sequence[m.Item]) -> list[m.Push]:
     """Publish `items` at an origin and return the PUSHes it sends, parsed as a receiver would."""
     replica = Replica()
     replica.apply(META, "s", Register(1, 0, b"", None))
@@ -98,9 +99,14 @@ def _pushes_for(items: list[tuple[str, str, object]]) -> list[m.Push]:
     for store, key, delta in items:
         replica.apply(store, key, delta)
     seqs = [d.seq for _, _, d in items]
-    sends = [*node.publish(items, [(min(seqs), max(seqs))], 0.1), *node.tick(10.0)]
+    sends = [*node.publish(list(items), [(min(seqs), max(seqs))], 0.1), *node.tick(10.0)]
     frames = [s.message for s in sends if s.message["t"] == MsgType.PUSH]
-    return [m.parse(decode_body(encode_frame(f)[4:])) for f in frames]
+    pushes: list[m.Push] = []
+    for f in frames:
+        parsed = m.parse(decode_body(encode_frame(f)[4:]))
+        assert isinstance(parsed, m.Push)
+        pushes.append(parsed)
+    return pushes
 
 
 def test_senders_cut_pushes_so_that_receivers_accept_them() -> None:

@@ -343,12 +343,14 @@ def hostile_pushes() -> dict[str, list[bytes]]:
     from edgekv.gossip import messages as m
 
     bits = MAX_BLOOM_BITS
-    blooms = [
+    blooms: list[m.Item] = [
         ("s", f"b{i}", BloomDelta(90 + i, bits, 3, frozenset({1}), 90 + i, 0)) for i in range(40)
     ]
-    stores = [(f"st{i}", "k", Register(100 + i, 0, b"v" * 8, None)) for i in range(50_000)]
+    stores: list[m.Item] = [
+        (f"st{i}", "k", Register(100 + i, 0, b"v" * 8, None)) for i in range(50_000)
+    ]
     big = b"x" * (2 << 20)
-    bad_last = [("s", f"d{i}", Register(200 + i, 0, big, None)) for i in range(6)]
+    bad_last: list[m.Item] = [("s", f"d{i}", Register(200 + i, 0, big, None)) for i in range(6)]
     frames = {
         "bloom": [encode_frame(m.Push(blooms, [(90, 129)], 0).to_wire())],
         "stores": [encode_frame(m.Push(stores, [(100, 50_099)], 0).to_wire())],

@@ -79,7 +79,9 @@ class FakeDialer:
 
 def live_tasks(name: str) -> int:
     """Tasks of this trio run whose name contains `name` (walks the whole task tree)."""
-    count, todo = 0, [trio.lowlevel.current_root_task()]
+    root = trio.lowlevel.current_root_task()
+    assert root is not None  # called from inside trio.run
+    count, todo = 0, [root]
     while todo:
         task = todo.pop()
         count += name in task.name
@@ -339,6 +341,7 @@ async def test_one_message_sent_to_several_peers_in_a_row_is_encoded_once(
     """The origin's push at one flush moment is one message object for every peer
     (gossip/dissemination.py rule 1): the transport encodes it once, and every peer gets the
     same frame; another message (even an equal one) is encoded again."""
+    import edgekv.gossip.wire as wire
     import edgekv.node.tcp as tcp
 
     encoded: list[dict[str, Any]] = []
@@ -347,7 +350,7 @@ async def test_one_message_sent_to_several_peers_in_a_row_is_encoded_once(
         encoded.append(message)
         return real(message, max_frame_size)
 
-    real = tcp.encode_frame
+    real = wire.encode_frame  # the function tcp imports from gossip.wire and calls
     monkeypatch.setattr(tcp, "encode_frame", counting)
     async with TcpTransport.serve(cluster_id="senders", node_id="n") as node:
         dialer = FakeDialer()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import anyio
 import anyio.abc
+import anyio.streams.memory
 import pytest
 import trio
 

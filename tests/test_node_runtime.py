@@ -224,7 +224,9 @@ async def test_timer_ticks_and_wakes_early(net: SimNetwork, autojump_clock: Any)
         nursery.cancel_scope.cancel()
 
 
-async def test_link_round_trips_are_fed_to_the_core(net: SimNetwork, autojump_clock: Any) -> None:
+async def test_link_round_trips_are_fed_to_the_core(
+    net: SimNetwork, autojump_clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A transport that measures its links' round trips (TCP: `link_rtts`) has them handed to
     the core (`note_link_rtt`) about once a second, where they size the push windows."""
     noted: list[tuple[str, float, float]] = []
@@ -234,7 +236,7 @@ async def test_link_round_trips_are_fed_to_the_core(net: SimNetwork, autojump_cl
             noted.append((peer, rtt, trio.current_time()))
 
     transport = net.transport("a")
-    transport.link_rtts = lambda: {"b": 0.0002}  # type: ignore[attr-defined]
+    monkeypatch.setattr(transport, "link_rtts", lambda: {"b": 0.0002})
     runtime = NodeRuntime(transport, LinkCore(0.1), wall_ms=lambda: 1500)
     async with trio.open_nursery() as nursery:
         await nursery.start(runtime.run)

@@ -77,8 +77,8 @@ async def test_routes(tmp_path: Path) -> None:
         assert doc["openapi"] == "3.1.0" and "/v1/stores/{store}/batch" in doc["paths"]
         assert "/v1/status" in doc["paths"] and "/metrics" in doc["paths"]
         assert "securitySchemes" not in doc["components"]  # tokens off: no security anywhere
-        ops = [op for item in doc["paths"].values() for op in item.values()]
-        assert all("security" not in op and "401" not in op["responses"] for op in ops)
+        operations = [op for item in doc["paths"].values() for op in item.values()]
+        assert all("security" not in op and "401" not in op["responses"] for op in operations)
         status = (await h.get("/v1/status")).json()
         assert status["role"] == "origin" and status["watermark"] == 8 == status["log"]["high"]
         assert status["log"]["commits"] == 8 and status["log"]["flushes"] >= 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import struct
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from edgekv.errors import EdgeKVError, OriginUnavailable, StoreNotFound, Version
 from edgekv.node.tcp import FramedStream, LinkOptions
 from edgekv.origin.client import OriginClient
 from edgekv.origin.sequencer import Sequencer, Ticket
-from edgekv.origin.wal import LogError, WriteAheadLog
+from edgekv.origin.wal import LogError, Request, Row, WriteAheadLog
 from edgekv.origin.writer import BatchCommand, Command, StoreCommand
 
 
@@ -44,10 +44,10 @@ class GatedLog(WriteAheadLog):
             raise self.fail_sync
         super().sync()
 
-    def write(self, rows: object, high: int) -> None:
+    def write(self, rows: Sequence[Row], high: int, requests: Sequence[Request] = ()) -> None:
         if self.fail_write is not None:
             raise self.fail_write
-        super().write(rows, high)  # type: ignore[arg-type]
+        super().write(rows, high, requests)
 
 
 @asynccontextmanager

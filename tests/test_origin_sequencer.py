@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import anyio
@@ -219,7 +220,12 @@ async def test_recovery_settles_the_certificates_it_signs(tmp_path: Path) -> Non
     walks: list[int] = []
     live = proofs.live_seqs
     assert live is not None
-    proofs.live_seqs = lambda: walks.append(1) or live()
+
+    def counted_live_seqs() -> Iterable[int]:
+        walks.append(1)
+        return live()
+
+    proofs.live_seqs = counted_live_seqs
     proofs.defer([(keys + 2, bytes(16))], keys + 2, keys + 2)
     proofs.seal()
     assert walks == [] and len(proofs) == keys // MAX_CERT_ATOMS + 2
@@ -262,14 +268,16 @@ def test_a_set_at_the_limits_fits_one_frame_with_a_certificate_entry_per_member(
     from edgekv.crdt.certificate import ENTRY
     from edgekv.crdt.codec import encode_delta
     from edgekv.crdt.ops import DEFAULT_LIMITS
-    from edgekv.crdt.zset import MAX_ZSET_BYTES, MAX_ZSET_MEMBERS, MEMBER_OVERHEAD, ZSet
+    from edgekv.crdt.zset import MAX_ZSET_BYTES, MAX_ZSET_MEMBERS, MEMBER_OVERHEAD, Member, ZSet
     from edgekv.gossip.snapshot_wire import snap_data
     from edgekv.gossip.wire import MAX_FRAME_SIZE, encode_frame
 
     small = MAX_ZSET_BYTES // MAX_ZSET_MEMBERS - MEMBER_OVERHEAD
     big = DEFAULT_LIMITS.max_member_bytes
     for length, count in ((small, MAX_ZSET_MEMBERS), (big, MAX_ZSET_BYTES // (big + 20))):
-        members = {i.to_bytes(4, "big") * (length // 4): (10**12 + i, 1e300) for i in range(count)}
+        members: dict[bytes, Member] = {
+            i.to_bytes(4, "big") * (length // 4): (10**12 + i, 1e300) for i in range(count)
+        }
         z = ZSet(1, members, 10**12 + count, 2**40)
         assert z.wire_size() <= MAX_ZSET_BYTES
         frame = encode_frame(snap_data(1, 1, 1, 0, 1, "s", ["z"], [b""], [encode_delta(z)], True))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import random
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgekv import testnet
-from edgekv.crdt import Register, Replica
+from edgekv.crdt import Delta, Register, Replica, State
 from edgekv.crdt.bloom import BloomDelta
 from edgekv.crdt.proofs import (
     MAX_CERT_ATOMS,
@@ -60,7 +61,7 @@ REG = ("flags", "greeting", Register(7, 1_000, b"hello", 5_000))
 
 def test_genuine_states_verify_and_certs_are_kept() -> None:
     z = ZSet(8, {b"a": (8, 1.0), b"b": (9, None)}, 9, 1_001)
-    items = [REG, ("flags", "rank", z)]
+    items: list[tuple[str, str, Delta]] = [REG, ("flags", "rank", z)]
     certs = _signed(items)
     store = _store()
     assert store.verify(items, certs, _none) == items
@@ -170,7 +171,7 @@ def test_states_seqs_column_wise_equals_each_states_seqs() -> None:
     regs = [Register(s, 1, b"v") for s in (5, 3, 9)]
     assert list(states_seqs(regs)) == [5, 3, 9]
     assert list(states_seqs([])) == []
-    mixed = [regs[0], ZSet(8, {b"a": (8, 1.0), b"b": (9, None)}, 10, 1_001), regs[1]]
+    mixed: list[State] = [regs[0], ZSet(8, {b"a": (8, 1.0), b"b": (9, None)}, 10, 1_001), regs[1]]
     assert list(states_seqs(mixed)) == [s for st in mixed for s in state_seqs(st)]
     assert sorted(states_seqs(mixed)) == [3, 5, 8, 9, 10]
 
@@ -199,8 +200,13 @@ def test_settle_spares_the_first_add_a_sweep() -> None:
     add must not walk every live state (it did, on the event loop, at the first edge)."""
     for settle in (False, True):
         store = _store()
-        walks = []
-        store.live_seqs = lambda: walks.append(1) or range(1, 2 * MAX_CERT_ATOMS + 2)  # noqa: B023
+        walks: list[int] = []
+
+        def live_seqs() -> Iterable[int]:
+            walks.append(1)  # noqa: B023
+            return range(1, 2 * MAX_CERT_ATOMS + 2)
+
+        store.live_seqs = live_seqs
         store.add(SIGNER.certify([(s, bytes(16)) for s in range(1, 2 * MAX_CERT_ATOMS + 2)]))
         if settle:
             store.settle()
@@ -279,6 +285,7 @@ async def test_testnet_rejects_forged_push_and_cuts_the_peer_off(autojump_clock:
         await net.client.put("flags", "k", b"genuine")
         assert await net.converged(timeout=10)
         victim = net.edges[0]
+        assert net._sim is not None  # network="sim"
         mallory = net._sim.transport("mallory")
         forged = Register(10**12, 1, b"forged")
         await mallory.send(victim.address, msgs.Push([("flags", "k", forged)], [], 1).to_wire())
@@ -298,6 +305,7 @@ async def test_testnet_rejects_forged_push_and_cuts_the_peer_off(autojump_clock:
         assert await net.converged(timeout=10)
         assert all(e.open("flags").get("k") == b"later" for e in net.edges)
         assert victim.replica.proofs is not None and len(victim.replica.proofs) > 0
+        assert net.origin is not None
         origin = net.origin.status()
         assert origin["signing"]["certificates"] > 0 and origin["rejected_unsigned"] == {}
 
@@ -394,6 +402,7 @@ def test_an_origin_keeps_no_certificate_journal(tmp_path: Path) -> None:
                 proofs = origin.replica.proofs
                 assert proofs is not None
                 proofs.seal()
+            assert proofs is not None
             assert proofs.added == proofs.dropped == []
             assert 0 < len(proofs) <= 300
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -223,7 +224,7 @@ def test_every_wrong_kind_read_raises() -> None:
     store, _, _ = make_store(
         Put("bytes", b"v"), ZAdd("zset", {b"m": 1.0}), BfAdd("bloom", [b"i"], m=64, k=2)
     )
-    reads = {
+    reads: dict[str, list[Callable[[str], object]]] = {
         "bytes": [store.get, store.get_entry],
         "zset": [
             lambda k: store.zrange_by_score(k, 0, 1),

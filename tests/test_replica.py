@@ -241,7 +241,7 @@ def test_store_names_and_unknown_stores() -> None:
 
 @given(adds=st.lists(st.tuples(st.integers(1, 60), st.integers(0, 8)), max_size=25))
 def test_seq_ranges_match_a_set_model(adds: list[tuple[int, int]]) -> None:
-    ranges, model = SeqRanges(), set()
+    ranges, model = SeqRanges(), set[int]()
     for lo, length in adds:
         hi = lo + length - 1  # length 0 is an empty range
         ranges.add(lo, hi)

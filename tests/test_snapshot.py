@@ -7,22 +7,34 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edgekv.crdt import META, Delete, Put, Register, Replica, ZSet, bulk_load, bulk_load_stores
+from edgekv.crdt import (
+    META,
+    Delete,
+    Put,
+    Register,
+    Replica,
+    State,
+    ZSet,
+    bulk_load,
+    bulk_load_stores,
+)
 from edgekv.crdt.proofs import ForgedState, ProofStore, Signer, atoms_of
 from edgekv.crdt.treebuild import TreeBuilder, build_tree
 from edgekv.errors import LocalProtocolError, RemoteProtocolError
-from edgekv.gossip import GossipConfig, GossipNode
+from edgekv.gossip import GossipConfig, GossipNode, Send
 from edgekv.gossip.dissemination import EARLY
 from edgekv.gossip.snapshot import SnapshotServer, TreeJob
+from edgekv.gossip.snapshot_build import StagedSnapshot
 from edgekv.gossip.snapshot_file import FileBase
 from edgekv.gossip.snapshot_server import MAX_SESSIONS
 from edgekv.gossip.snapshot_wire import parse_chunk, parse_offer, snap_offer, snap_req
-from edgekv.gossip.wire import Checked, FrameDecoder, MsgType, encode_frame, type_name
+from edgekv.gossip.wire import Checked, FrameDecoder, Message, MsgType, encode_frame, type_name
 from gossip_sim import ORIGIN, Sim
 
 KEYS = 3000
@@ -38,7 +50,7 @@ def filled(keys: int = KEYS) -> Replica:
     plus one zset, so chunks carry both encodings."""
     from edgekv.crdt import ZSet
 
-    items: list = [(META, "s", Register(1, 0, b"", None))]
+    items: list[tuple[str, str, State]] = [(META, "s", Register(1, 0, b"", None))]
     items += [("s", f"k{i:05d}", Register(i + 2, 5, b"v%d" % i, None)) for i in range(keys)]
     items.append(("s", "z", ZSet(keys + 2, {b"m": (keys + 2, 1.5)}, keys + 2, 5)))
     r = Replica()
@@ -189,7 +201,7 @@ def test_a_source_slower_than_the_timeout_still_completes_the_transfer() -> None
     send = sim._send
     delay = 1.5 * config().snapshot_timeout
 
-    def slow(src: str, sends: list) -> None:
+    def slow(src: str, sends: list[Send]) -> None:
         late = [m for m in sends if src == source and type_name(m.message["t"]) == "SNAP_DATA"]
         send(src, [m for m in sends if m not in late])
         if late:
@@ -266,7 +278,7 @@ def slow_transfer(seed: int, sources: int) -> tuple[Sim, str, list[float]]:
     send = sim._send
     pushes: list[float] = []
 
-    def counted(src: str, sends: list) -> None:
+    def counted(src: str, sends: list[Send]) -> None:
         for msg in sends:
             if src == ORIGIN and msg.peer == fresh and type_name(msg.message["t"]) == "PUSH":
                 pushes.append(sim.now)
@@ -516,7 +528,7 @@ def test_the_takers_of_a_server_are_exactly_the_peers_of_its_open_sessions() -> 
     assert server.takers == {"late": 1}
 
 
-def good_chunk() -> dict:
+def good_chunk() -> Message:
     server = SnapshotServer(filled(50), GossipConfig(), Counter())
     (send,) = server.on_req("p", snap_req(1, ("", "s"), 1, True), 0.0)
     return FrameDecoder().feed(encode_frame(send.message))[0]  # as received
@@ -568,7 +580,7 @@ def test_an_offer_from_an_edge_that_lies_about_changed_costs_a_whole_snapshot_on
         lambda m: m.update(store="bad store"),
     ],
 )
-def test_malformed_chunks_are_rejected_as_remote_errors(damage) -> None:
+def test_malformed_chunks_are_rejected_as_remote_errors(damage: Callable[[Message], None]) -> None:
     m = good_chunk()
     assert parse_chunk(m).keys  # the undamaged chunk parses
     damage(m)
@@ -692,7 +704,9 @@ def test_signed_session_proves_every_register_once_per_certificate() -> None:
         seq += 1
         k = f"k{i:06d}"
         replica.apply("s", k, Register(seq, 0, b"new", None))
-        rewritten.append(("s", k, replica.state("s", k)))
+        state = replica.state("s", k)
+        assert state is not None
+        rewritten.append(("s", k, state))
     proofs.add(Signer(KEY).certify([a for s, k, st in rewritten for a in atoms_of(s, k, st)]))
     _serve_verified(replica)
 
@@ -794,7 +808,9 @@ def test_a_signed_session_proves_every_key_whatever_the_certificates_hold(layout
 def test_a_signed_snapshot_of_many_stores_serves_every_store() -> None:
     # 24 stores: a register proved at the second entry of its certificate used to end the
     # session at the end of its store (its entry offset, 24, taken for the store index)
-    items: list = [(META, f"a{n:02d}", Register(n + 1, 0, b"", None)) for n in range(24)]
+    items: list[tuple[str, str, State]] = [
+        (META, f"a{n:02d}", Register(n + 1, 0, b"", None)) for n in range(24)
+    ]
     items += [
         ("a00", "k1", Register(25, 0, b"x", None)),
         ("a00", "k2", Register(26, 0, b"y", None)),
@@ -807,7 +823,7 @@ def test_a_signed_snapshot_of_many_stores_serves_every_store() -> None:
     for group in (items[:24], items[24:26], items[26:]):  # a00's keys in their own certificate
         proofs.add(signer.certify([a for s, k, st in group for a in atoms_of(s, k, st)]))
     server = SnapshotServer(replica, config(), Counter())
-    got = set()
+    got: set[tuple[str, str]] = set()
     req = snap_req(1, None, 1, True)
     for _ in range(100):
         for send in server.on_req("x", req, 0.0):
@@ -866,7 +882,8 @@ def test_a_fresh_edge_is_ready_before_its_trees_which_then_take_the_writes_made_
     held: list[TreeJob] = []
     take = node.take_job
 
-    def holding():  # the driver's tree build, held back until released below
+    # the driver's tree build, held back until released below
+    def holding() -> StagedSnapshot | TreeJob | None:
         job = take()
         if isinstance(job, TreeJob):
             held.append(job)
@@ -1253,7 +1270,7 @@ def test_a_delta_resumed_after_a_cursor_walks_only_the_changed_keys_past_it() ->
     """A resume (another peer, the same `since`) starts after the cursor in the changed keys."""
     r, base, changed = changed_after(30_000, range(5, 30_000, 301))
     server = SnapshotServer(r, GossipConfig(), Counter())
-    after = ["s", changed[40]]
+    after = ("s", changed[40])
     out = server.on_req("p", snap_req(9, after, 4, True, base), 0.0)
     assert [k for s in out for k in s.message["keys"]] == changed[41:]
     assert out[-1].message["last"]
@@ -1301,7 +1318,7 @@ def test_a_dense_delta_filters_each_key_about_once(monkeypatch: pytest.MonkeyPat
     filtered = []
     newer = snapshot_server._newer
 
-    def counting(window: list[str], states: dict, since: int) -> list[int]:
+    def counting(window: list[str], states: dict[str, State], since: int) -> list[int]:
         filtered.append(len(window))
         return newer(window, states, since)
 

@@ -149,6 +149,7 @@ async def test_processes_mode_partition_and_heal(tmp_path: Path) -> None:
         async with Testnet(edges=3, processes=True, latency=0.0, data_dir=tmp_path) as net:
             await net.client.create_store("s")
             net.partition(["edge-0"])
+            assert net._procs is not None  # processes mode
             await net._procs.faults_applied(net.faults)  # every node, the origin included
             await _until(lambda: _dropped(net, "edge-0") > 0)  # and edge-0 drops its sends
             await net.client.put("s", "k", b"v")

@@ -38,6 +38,7 @@ async def test_tls_testnet_replicates_and_refuses_nodes_without_a_cluster_cert(
                 await net.client.put("s", f"k{i}", b"v%d" % i)
             assert await net.converged(timeout=20)
             assert all(e.open("s").get("k4") == b"v4" for e in net.edges)
+            assert net.origin is not None  # an in-process origin (network="tcp")
             origin_stats = net.origin.transport.stats
             rejected = origin_stats.rejected_connections
             assert rejected == 0
