@@ -160,7 +160,7 @@ def dumps(obj: Any) -> bytes:
         raise CodecError(f"cannot encode: {exc}") from None
 
 
-def loads(data: bytes, max_size: int = MAX_ENCODED) -> Any:
+def loads(data: bytes | bytearray | memoryview, max_size: int = MAX_ENCODED) -> Any:
     """Decode CBOR bytes strictly: size-bounded, no tags, trailing bytes rejected."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise CodecError("CBOR input must be bytes")
