@@ -36,6 +36,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench_origin import process_cpu
 from bench_peers import SYSTEMS, Proc, System, alternating, check_installed, medians
 
 RESULTS = Path(__file__).resolve().parent / "results" / "push.md"
@@ -72,11 +73,7 @@ FLOOR_MODES = {
 def _cpu(proc: Proc) -> tuple[float, float]:
     """(user + system, system) CPU seconds of `proc` so far."""
     assert proc.popen is not None
-    return _pid_cpu(proc.popen.pid)
-
-
-def _pid_cpu(pid: int) -> tuple[float, float]:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    fields = Path(f"/proc/{proc.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
     tick = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / tick, int(fields[12]) / tick
 
@@ -94,7 +91,7 @@ def floor(mode: str, receivers: int, rate: float, seconds: float, size: int) -> 
         try:
             conns = [server.accept()[0] for _ in procs]
             time.sleep(1.0)  # imports done, each loop waiting
-            c0 = [_pid_cpu(p.pid)[0] for p in procs]
+            c0 = [process_cpu(p.pid) for p in procs]
             frame = b"x" * size
             t0 = time.monotonic()
             n = 0
@@ -104,7 +101,7 @@ def floor(mode: str, receivers: int, rate: float, seconds: float, size: int) -> 
                 for c in conns:
                     c.sendall(frame)
             time.sleep(0.5)
-            used = [_pid_cpu(p.pid)[0] - c for p, c in zip(procs, c0, strict=True)]
+            used = [process_cpu(p.pid) - c for p, c in zip(procs, c0, strict=True)]
         finally:
             for c in conns:
                 c.close()
