@@ -367,6 +367,37 @@ async def test_a_rewrite_stores_registers_in_blocks_and_later_changes_as_rows(
     await _read_back(tmp_path, w)
 
 
+async def test_a_rewrite_from_earlier_copies_writes_the_later_changes_on_top(
+    tmp_path: Path,
+) -> None:
+    """Rule 4: `rewrite_all(base)` writes the stores in `base` from those copies (taken
+    before, as a snapshot's tree job holds them) and every key changed since on top: a key
+    written, one removed (a marker: its copy's block holds it), one added, a store created
+    after the copies; the file reads back as the live replica, and one that dropped the
+    rows (no base) writes the same."""
+    w = Writer()
+    _populate(w)
+    store = await _persist(tmp_path, w)
+    base = {name: sr.states_copy() for name, sr in w.replica.stores.items()}
+    w.write("flags", Put("k001", b"after the copy"))
+    w.write("flags", Delete("k002"))
+    w.write("flags", Put("k999", b"new key"))
+    w.create("later")
+    w.write("later", Put("a", b"b"))
+    store.on_changes(w.drain())
+    store.on_changes(w.replica.purge(w.seq, now_ms=0))  # k002 and k007 removed for good
+    store.rewrite_all(base)
+    await store.flush()
+    with sqlite3.connect(tmp_path / DB_NAME) as db:
+        markers = db.execute("SELECT key FROM states WHERE reg IS NULL AND state IS NULL")
+        assert sorted(k for (k,) in markers) == ["k002", "k007"]  # k007: purged after the copy
+    back = await _read_back(tmp_path, w)
+    assert back.store("flags").get("k001", 0) == b"after the copy"
+    assert back.state("flags", "k002") is None and back.state("flags", "k007") is None
+    assert back.store("later").get("a", 0) == b"b"
+    await store.close()
+
+
 async def test_a_dropped_store_takes_its_blocks_along(tmp_path: Path) -> None:
     w = Writer()
     _populate(w)

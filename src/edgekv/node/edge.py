@@ -371,11 +371,14 @@ class EdgeNode:
 
     def _on_job(self, job: object, result: object) -> None:
         """A snapshot installed: watchers re-read (one event per key would overflow them) and
-        the file is rewritten whole.  (Its trees, installed after, change no state.)"""
+        the file is rewritten whole, from the copies its tree job holds (persistence.py rule
+        4: no copy on the loop; every change since they were taken was reported).  (Its
+        trees, installed after, change no state.)"""
         if isinstance(job, StagedSnapshot):
             self.hub.reset()
             if self._persist is not None:
-                self._persist.rewrite_all()
+                copies = job.trees.copies if job.trees is not None else []
+                self._persist.rewrite_all({sr.name: states for sr, states in copies} or None)
         elif isinstance(job, TreeJob) and self._trees_started is not None:
             logger.info(
                 "event=trees_built node=%s seconds=%.3f",

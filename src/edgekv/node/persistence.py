@@ -35,6 +35,13 @@ Theory of operation
    `rewrite_all()` makes the next flush copy each store's states (a C-level dict copy on the
    event loop) and rewrite the table from them in its worker thread, in the flush's one
    transaction with the covered ranges of that moment; per-key dirty tracking goes on as usual.
+   `rewrite_all(base)` gives it copies made before (the snapshot's tree copies, taken in the
+   build's worker thread: gossip/snapshot_build.py) instead: their stores are written from
+   them, their keys sorted in the writer thread, and every key changed since (all dirty: the
+   install's joins too) is written on top as a row in the same transaction, so the file is
+   as consistent as with a copy taken then.  Why: right after an install the copy on the loop
+   took 116-143 ms (1M keys; the tree build's thread holding the GIL meanwhile), and every
+   read that arrived then waited for it.
 5. Corruption: the file is refused when it cannot be opened as SQLite, `PRAGMA quick_check`
    fails, the format is unknown, or any row fails to decode (`CodecError`, `ConflictingVersion`,
    wrong types).  Then the file (and its -wal/-shm) is moved aside as `*.corrupt-<ts>`, the
@@ -142,6 +149,7 @@ class ReplicaStore:
         self.eager_keys = eager_keys
         self._dirty: dict[tuple[str, str], None] = {}
         self._rewrite = False
+        self._rewrite_base: dict[str, dict[str, State]] | None = None  # rule 4
         self._saved_covered: list[tuple[int, int]] = []
         self._saved_purged = 0
         self._kick = anyio.Event()
@@ -334,9 +342,12 @@ class ReplicaStore:
 
     # -- flushing --------------------------------------------------------------------------------
 
-    def rewrite_all(self) -> None:
-        """Rule 4: rewrite every row at the next flush (after a snapshot was installed)."""
+    def rewrite_all(self, base: dict[str, dict[str, State]] | None = None) -> None:
+        """Rule 4: rewrite every row at the next flush (after a snapshot was installed); with
+        `base`, store -> a copy of its states whose every later change is reported to
+        `on_changes` (the next flush writes those stores from it, not from a copy of its own)."""
         self._rewrite = True
+        self._rewrite_base = base
         self._kick.set()
 
     def on_changes(self, changes: list[Change]) -> None:
@@ -365,17 +376,26 @@ class ReplicaStore:
     def _snapshot(self) -> _Batch:
         replica = self.replica
         dirty, self._dirty = self._dirty, {}
-        everything: list[tuple[str, list[str], dict[str, State]]] | None = None
+        everything: list[tuple[str, list[str] | None, dict[str, State]]] | None = None
+        blocked = self._blocked
         if self._rewrite:
             self._rewrite = False
+            base, self._rewrite_base = self._rewrite_base, None
+            if base is None:
+                dirty = {}  # every state is in `everything`
+                base = {}
+            else:  # rule 4: the keys changed since `base` was copied are written on top
+                blocked = blocked | set(base)
             # each store's keys in order and a copy of its states (C-level, ~40 ms per 1M
-            # keys on the loop; the rare kinds joined in place copied): looked up, and the
-            # blocks and rows made, in the thread
+            # keys on the loop; the rare kinds joined in place copied), or its copy from
+            # `base` (keys sorted in the thread): looked up, and the blocks and rows made, in
+            # the thread
             everything = [
-                (name, list(whole.keys), whole.states_copy())
+                (name, None, base[name])
+                if name in base
+                else (name, list(whole.keys), whole.states_copy())
                 for name, whole in replica.stores.items()
             ]
-            dirty = {}  # every state is in `everything`
         # A store (re)created or dropped drops its older keys without per-key changes: such a
         # store is rewritten whole (its rows deleted, its current keys written).
         rewrite = [key for store, key in dirty if store == META]
@@ -385,7 +405,6 @@ class ReplicaStore:
                 dirty.update(((name, k), None) for k in sr.states)
         upserts: list[tuple[Any, ...]] = []
         deletes: list[tuple[str, str]] = []
-        blocked = self._blocked
         for store, key in dirty:
             state = replica.state(store, key)
             if state is not None:
@@ -445,7 +464,7 @@ class ReplicaStore:
         if batch.everything is not None:
             self._blocked = {name for name, keys, _ in batch.everything if keys}
             self._rows_past_blocks = 0
-            rows += sum(len(keys) for _, keys, _ in batch.everything)
+            rows += sum(len(keys or ()) for _, keys, _ in batch.everything)
         self._blocked -= set(batch.rewrite)  # (their blocks were deleted)
         self._rows_past_blocks += len(batch.upserts)
         if self._rows_past_blocks >= max(COMPACT_ROWS, len(self.replica) // 2):
@@ -468,7 +487,10 @@ class ReplicaStore:
             if batch.everything is not None:
                 db.execute("DELETE FROM states")
                 db.execute("DELETE FROM blocks")
-                for name, keys, states in batch.everything:
+                for i, (name, keys, states) in enumerate(batch.everything):
+                    if keys is None:  # a copy given to `rewrite_all` (rule 4)
+                        keys = sorted(states)
+                        batch.everything[i] = (name, keys, states)
                     blocks, rows = _blocks_and_rows(name, keys, list(map(states.__getitem__, keys)))
                     db.executemany("INSERT INTO blocks VALUES (?, ?, ?, ?, ?)", blocks)
                     db.executemany("INSERT INTO states VALUES (?, ?, ?, ?, ?)", rows)
@@ -549,4 +571,4 @@ class _Batch:
     meta: list[Any]
     certs_added: list[Certificate] = field(default_factory=list)
     certs_dropped: list[Certificate] = field(default_factory=list)
-    everything: list[tuple[str, list[str], dict[str, State]]] | None = None
+    everything: list[tuple[str, list[str] | None, dict[str, State]]] | None = None
