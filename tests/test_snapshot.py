@@ -1115,8 +1115,10 @@ def _file_base(file: Replica) -> FileBase:
 
 def _assert_built_with_file(sim: Sim, node: GossipNode, file: Replica, during: str) -> None:
     """One rebuild of the file with its delta: the file's keys, the key written during the
-    transfer, equal to the origin."""
+    transfer, equal to the origin, with nothing repaired by anti-entropy (every chunk is in
+    the build, those that arrived after the file was kept too)."""
     assert node.counters["snapshot_delta_rebuilds"] == 1, sim.seed
+    assert node.counters["ae_states_received"] == 0, sim.seed
     assert node.bootstrap.ready()
     assert node.replica.state("s", "k00101") == file.state("s", "k00101")
     assert node.replica.state("s", during) == sim.origin.replica.state("s", during)

@@ -114,7 +114,7 @@ from .fields import MAX_SEQ
 from .membership import Membership
 from .messages import Send
 from .peer import ALIVE
-from .snapshot_build import Copies, StagedSnapshot, TreeJob, live_copy
+from .snapshot_build import Copies, StagedSnapshot, TreeJob, join_into, live_copy
 from .snapshot_file import FileBase, add_file_certs, adopt_file, file_seqs
 from .snapshot_server import SnapshotServer, choose_source, offer_instead, offer_sources
 from .snapshot_wire import (
@@ -489,16 +489,16 @@ class SnapshotClient:
         self._cursor = (c.store, c.keys[-1])
         p.keys += len(c.keys)
         p.bytes += c.size
+        pairs = zip(c.keys, c.states, strict=True)
         if self._since and self.base_wm is None and self._delta_keys < self.delta_stage_from:
             # a delta: joined into the live replica at once (rule 9)
             self._delta_keys += len(c.keys)
-            self.applied.extend(
-                self.replica.apply_batch(
-                    [(c.store, k, st) for k, st in zip(c.keys, c.states, strict=True)]
-                )
-            )
+            self.applied.extend(self.replica.apply_batch([(c.store, k, st) for k, st in pairs]))
             return
-        self._groups.setdefault(c.store, {}).update(zip(c.keys, c.states, strict=True))
+        if self._file is not None:  # rule 11: the file's rows are read: joined into them
+            join_into(self._file.groups.setdefault(c.store, {}), pairs)
+            return
+        self._groups.setdefault(c.store, {}).update(pairs)
 
     def take(self) -> StagedSnapshot | TreeJob | None:
         """The staged snapshot once the last chunk is in (then the driver builds it); after

@@ -8,6 +8,7 @@ those trees from copies of its states once it is installed.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..crdt.bulk import bulk_load_stores
@@ -17,7 +18,7 @@ from ..crdt.replica import Replica, StoreReplica
 from ..crdt.state import State, join
 from ..crdt.treebuild import build_tree
 
-__all__ = ["StagedSnapshot", "TreeJob", "live_copy"]
+__all__ = ["StagedSnapshot", "TreeJob", "join_into", "live_copy"]
 
 
 @dataclass(slots=True)
@@ -70,23 +71,27 @@ def _joined(
 ) -> dict[str, dict[str, State]]:
     """`base` with each staged state joined in (pure joins: no state object is changed)."""
     for name, states in staged.items():
-        into = base.setdefault(name, {})
-        get = into.get
-        for key, st in states.items():
-            old = get(key)
-            if old is None:
-                into[key] = st
-            elif old.__class__ is Register and st.__class__ is Register:
-                # a register's reset is its seq: 8 big-endian bytes of its header, compared
-                # as they are (500,000 keys joined into 1M: 0.26 s, 0.34 s by `reset`)
-                new_seq, old_seq = SEQ_BYTES(st), SEQ_BYTES(old)
-                if new_seq > old_seq:
-                    into[key] = st
-                elif new_seq == old_seq:
-                    old.check_same(st)
-            elif st.reset >= old.reset:
-                into[key] = join(old, st)  # type: ignore[assignment]
+        join_into(base.setdefault(name, {}), states.items())
     return base
+
+
+def join_into(into: dict[str, State], items: Iterable[tuple[str, State]]) -> None:
+    """Each (key, state) of `items` joined into the states dict `into` (pure joins)."""
+    get = into.get
+    for key, st in items:
+        old = get(key)
+        if old is None:
+            into[key] = st
+        elif old.__class__ is Register and st.__class__ is Register:
+            # a register's reset is its seq: 8 big-endian bytes of its header, compared as
+            # they are (500,000 keys joined into 1M: 0.26 s, 0.34 s by `reset`)
+            new_seq, old_seq = SEQ_BYTES(st), SEQ_BYTES(old)
+            if new_seq > old_seq:
+                into[key] = st
+            elif new_seq == old_seq:
+                old.check_same(st)
+        elif st.reset >= old.reset:
+            into[key] = join(old, st)  # type: ignore[assignment]
 
 
 def live_copy(replica: Replica) -> dict[str, dict[str, State]]:
