@@ -69,8 +69,16 @@ async def origin_with_store(
 
 
 async def test_fresh_node_opens_the_origins_stores_on_return_and_persists_them(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    bases: list[Any] = []
+    rewrite_all = ReplicaStore.rewrite_all
+
+    def spy(self: ReplicaStore, base: Any = None) -> None:
+        bases.append(base)
+        rewrite_all(self, base)
+
+    monkeypatch.setattr(ReplicaStore, "rewrite_all", spy)
     with trio.fail_after(60):
         async with (
             origin_with_store(tmp_path) as (origin, _),
@@ -88,7 +96,10 @@ async def test_fresh_node_opens_the_origins_stores_on_return_and_persists_them(
             assert status["ready"] and not status["syncing"]
             assert status["snapshot"]["keys"] == KEYS + 1  # and the store's metadata
             assert status["snapshot"]["bytes"] > KEYS * 20
-        # the snapshot was written to the edge's file (rewritten in the background)
+        # the snapshot was written to the edge's file (rewritten in the background), from
+        # the copies its tree job holds, not from a copy taken on the loop (persistence.py
+        # rule 4)
+        assert len(bases) == 1 and bases[0] is not None and len(bases[0]["s"]) == KEYS
         persisted = ReplicaStore(tmp_path / "e")
         report = persisted.load()
         assert report.keys == KEYS

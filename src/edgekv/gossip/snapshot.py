@@ -534,7 +534,6 @@ class SnapshotClient:
         if staged.trees is not None and staged.trees.copies:
             self._tree_job = staged.trees  # (a restart's job, if still held, is moot)
             self._trees_held_until = None
-        staged.trees = None
         self._end()
         self._reset(now)
         self.counters["snapshot_delta_rebuilds" if self._since else "snapshots_installed"] += 1
