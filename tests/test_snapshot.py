@@ -435,6 +435,57 @@ def test_responder_work_per_request_is_bounded_by_the_credit() -> None:
     assert not server.sessions
 
 
+@pytest.mark.parametrize("since", [0, 3_000])
+def test_column_wise_chunks_are_the_chunks_the_loop_takes(
+    since: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """snapshot_server `_cut`: with no proofs, a window of registers is cut column-wise; the
+    stream (every chunk's keys, states, cursor and `last`) is the one the per-key loop
+    gives, a whole store and a delta alike, across the zset the loop must take; and a
+    signed store (proofs travel) never takes that path."""
+    from edgekv.gossip import snapshot_server
+
+    r = filled(6_000)
+    for i in range(0, 6_000, 3):  # a delta of a third of the keys, past `since`
+        r.apply("s", f"k{i:05d}", Register(10_000 + i, 5, b"new", None))
+
+    def stream(cfg: GossipConfig) -> list[tuple[Any, ...]]:
+        server = SnapshotServer(r, cfg, Counter())
+        req = snap_req(1, None, 2, True)
+        req["since"] = since
+        out: list[tuple[Any, ...]] = []
+        while True:
+            for send in server.on_req("p", req, 0.0):
+                m = send.message
+                out.append((m["store"], m["keys"], m["regs"], m["others"], m["last"]))
+            if not server.sessions:
+                return out
+            req = snap_req(1, None, 2, False)
+
+    cfg = GossipConfig(snapshot_chunk_bytes=2048)
+    monkeypatch.setattr(snapshot_server, "SPARSE_KEYS", 0)  # a delta scans the store's keys
+    calls: list[Any] = []
+    cut = snapshot_server._cut
+
+    def recorded(*a: Any) -> Any:
+        calls.append(cut(*a))
+        return calls[-1]
+
+    monkeypatch.setattr(snapshot_server, "_cut", recorded)
+    fast = stream(cfg)
+    assert sum(c is not None for c in calls) > 10  # the column-wise path was taken
+    monkeypatch.setattr(snapshot_server, "_cut", lambda *a: None)
+    assert fast == stream(cfg)
+    keys = [k for _, ks, *_ in fast for k in ks]
+    assert "z" in keys and len(keys) == len(set(keys))  # each once; the zset too
+    assert sorted(keys) == sorted(k for _, k, st in r.iter_states() if st.seq > since)
+    calls.clear()
+    monkeypatch.setattr(snapshot_server, "_cut", lambda *a: calls.append(a))
+    signed(r)
+    stream(cfg)
+    assert not calls
+
+
 def test_chunks_skip_the_encoding_walk_and_encode_as_the_walked_message_would() -> None:
     """wire.Checked: a chunk of the server's own states is not walked at encoding; its frame
     is the bytes the walked plain message gives, and it parses back to the same states.  A

@@ -15,6 +15,11 @@ follows what the session's last chunk used (`_Session.window`: 5/4 of the keys i
 growing 5/4 at a time while chunks run out of window): a fixed window of 16,384 keys, where a
 dense delta fills a chunk after ~3,800 (500,000 changed of 1M), filtered each key four times
 over, 30% of the origin's CPU while a long-away edge took its delta.
+A whole store's chunk takes such a window too.  With no proofs to send and only registers
+in the window, a chunk is cut column-wise (`_cut`: the running size of keys and registers,
+bisected at `snapshot_chunk_bytes`), not by the per-key loop: the origin's CPU to serve a
+whole unsigned 1M-key store went from 1.04-1.12 s to 0.53-0.70 s (three runs each, in
+process), a 500,000-key delta's from 0.76-1.14 s to 0.55-0.66 s.
 A delta that changed at most `SPARSE_KEYS` keys of a store walks that store's changed keys
 (from its change log, sorted once per session and store: `_changed`) instead of its keys: a
 window scan took ~60 round trips for a few thousand changed keys of 1M, which a source
@@ -25,12 +30,12 @@ minutes for while the gap it had to close grew.
 from __future__ import annotations
 
 import random
-from bisect import bisect_right
-from collections.abc import Iterator
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import compress, count, islice, repeat
-from operator import gt, is_
-from typing import Any
+from itertools import accumulate, compress, count, islice, repeat
+from operator import add, gt, is_
+from typing import Any, cast
 
 from ..crdt.certificate import ENTRY, Certificate
 from ..crdt.codec import encode_delta
@@ -178,6 +183,28 @@ def _newer(window: list[str], states: dict[str, State], since: int) -> list[int]
     return [i for i, v in enumerate(vals) if v.__class__ is not Register or SEQ_BYTES(v) > mark]
 
 
+def _cut(
+    window: list[str], picked: Sequence[int], states: dict[str, State], budget: int
+) -> tuple[list[str], list[State], int, str] | None:
+    """A chunk as the loop of `_chunk` would take it when no proofs travel and every picked
+    key of `window` holds a register: the picked keys in order up to and including the one
+    whose running size (key and register lengths) reaches `budget`, as C-level passes.
+    (keys, states, keys of the window consumed, the cursor's key), or None (the loop takes
+    it).  Measured in process: the origin's CPU to serve a whole 1M-key store, 1.1 s
+    through the loop."""
+    cand = window if len(picked) == len(window) else list(map(window.__getitem__, picked))
+    if not cand:
+        return None
+    vals = list(map(states.__getitem__, cand))
+    if not all(map(is_, map(type, vals), repeat(Register))):
+        return None
+    regs = cast("list[Register]", vals)
+    at = bisect_left(list(accumulate(map(add, map(len, cand), map(len, regs)))), budget)
+    if at < len(cand):  # the budget is reached at this key: taken, and the chunk ends
+        return cand[: at + 1], vals[: at + 1], picked[at] + 1, cand[at]
+    return cand, vals, len(window), window[-1]  # the whole window examined
+
+
 @dataclass(slots=True)
 class _Session:
     cursor: Cursor
@@ -290,7 +317,7 @@ class SnapshotServer:
                 turns_of: Iterator[tuple[int, str]]
                 if sparse is not None:  # the store's changed keys, less any removed since
                     window = sparse[start : start + SCAN_KEYS]
-                    picked = [p for p, k in enumerate(window) if k in states]
+                    picked: Sequence[int] = [p for p, k in enumerate(window) if k in states]
                     turns_of = zip(picked, map(window.__getitem__, picked), strict=True)
                 elif since:  # only the keys newer than `since` get a turn of the loop below
                     n = min(MAX_CHUNK_KEYS, FILTER_COST * SCAN_KEYS)
@@ -298,9 +325,18 @@ class SnapshotServer:
                     window = list(sr.keys.islice(start, start + n))
                     picked = _newer(window, states, since)
                     turns_of = zip(picked, map(window.__getitem__, picked), strict=True)
-                else:
+                else:  # (a window as a delta's: what the last chunk used, and some)
                     n = min(MAX_CHUNK_KEYS, SCAN_KEYS)
-                    turns_of = enumerate(sr.keys.islice(start, start + n))
+                    n = min(n, s.window) if s.window else n
+                    window = list(sr.keys.islice(start, start + n))
+                    picked = range(len(window))
+                    turns_of = enumerate(window)
+                no_proofs = proofs is None and sparse is None
+                cut = _cut(window, picked, states, budget) if no_proofs else None
+                if cut is not None:  # registers only, no proofs: column-wise
+                    keys, vals, consumed, key = cut
+                    turns_of = iter(())
+                    turns = len(keys)
                 # the certificate that proved the last register (already in `certs`): most
                 # neighbours in key order are in it too, at their dense position (one entry per
                 # seq), which one slice compare checks; any other seq takes add_material
@@ -344,7 +380,7 @@ class SnapshotServer:
                     if size >= budget:
                         break
                 else:
-                    if window:  # the whole window was examined, its tail filtered out
+                    if window and cut is None:  # the whole window was examined
                         consumed, key = len(window), window[-1]
                 if window and sparse is None:  # the next window: what this chunk used, and some
                     s.window = max(MIN_WINDOW, consumed + consumed // 4)
