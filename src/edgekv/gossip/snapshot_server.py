@@ -15,7 +15,8 @@ follows what the session's last chunk used (`_Session.window`: 5/4 of the keys i
 growing 5/4 at a time while chunks run out of window): a fixed window of 16,384 keys, where a
 dense delta fills a chunk after ~3,800 (500,000 changed of 1M), filtered each key four times
 over, 30% of the origin's CPU while a long-away edge took its delta.
-A whole store's chunk takes such a window too.  With no proofs to send and only registers
+A whole store's chunk takes such a window too (then up to SCAN_KEYS if it ends before the
+budget: its chunks stay full after a store's first).  With no proofs to send and only registers
 in the window, a chunk is cut column-wise (`_cut`: the running size of keys and registers,
 bisected at `snapshot_chunk_bytes`), not by the per-key loop: the origin's CPU to serve a
 whole unsigned 1M-key store went from 1.04-1.12 s to 0.53-0.70 s (three runs each, in
@@ -185,12 +186,12 @@ def _newer(window: list[str], states: dict[str, State], since: int) -> list[int]
 
 def _cut(
     window: list[str], picked: Sequence[int], states: dict[str, State], budget: int
-) -> tuple[list[str], list[State], int, str] | None:
+) -> tuple[list[str], list[State], int, str, bool] | None:
     """A chunk as the loop of `_chunk` would take it when no proofs travel and every picked
     key of `window` holds a register: the picked keys in order up to and including the one
     whose running size (key and register lengths) reaches `budget`, as C-level passes.
-    (keys, states, keys of the window consumed, the cursor's key), or None (the loop takes
-    it).  Measured in process: the origin's CPU to serve a whole 1M-key store, 1.1 s
+    (keys, states, keys of the window consumed, the cursor's key, whether the window ended
+    before the budget), or None (the loop takes it).  Measured in process: the origin's CPU to serve a whole 1M-key store, 1.1 s
     through the loop."""
     cand = window if len(picked) == len(window) else list(map(window.__getitem__, picked))
     if not cand:
@@ -201,8 +202,8 @@ def _cut(
     regs = cast("list[Register]", vals)
     at = bisect_left(list(accumulate(map(add, map(len, cand), map(len, regs)))), budget)
     if at < len(cand):  # the budget is reached at this key: taken, and the chunk ends
-        return cand[: at + 1], vals[: at + 1], picked[at] + 1, cand[at]
-    return cand, vals, len(window), window[-1]  # the whole window examined
+        return cand[: at + 1], vals[: at + 1], picked[at] + 1, cand[at], False
+    return cand, vals, len(window), window[-1], True  # the whole window examined
 
 
 @dataclass(slots=True)
@@ -327,14 +328,20 @@ class SnapshotServer:
                     turns_of = zip(picked, map(window.__getitem__, picked), strict=True)
                 else:  # (a window as a delta's: what the last chunk used, and some)
                     n = min(MAX_CHUNK_KEYS, SCAN_KEYS)
-                    n = min(n, s.window) if s.window else n
-                    window = list(sr.keys.islice(start, start + n))
+                    w = min(n, s.window or n) if proofs is None else n  # (the loop: n)
+                    window = list(sr.keys.islice(start, start + w))
                     picked = range(len(window))
                     turns_of = enumerate(window)
                 no_proofs = proofs is None and sparse is None
                 cut = _cut(window, picked, states, budget) if no_proofs else None
+                if not since and len(window) < min(n, end - start) and (cut is None or cut[4]):
+                    # the window ended before the budget: a whole store's chunk scans on
+                    window = list(sr.keys.islice(start, start + n))
+                    picked = range(len(window))
+                    turns_of = enumerate(window)
+                    cut = _cut(window, picked, states, budget) if no_proofs else None
                 if cut is not None:  # registers only, no proofs: column-wise
-                    keys, vals, consumed, key = cut
+                    keys, vals, consumed, key, _ = cut
                     turns_of = iter(())
                     turns = len(keys)
                 # the certificate that proved the last register (already in `certs`): most
