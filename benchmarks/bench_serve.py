@@ -5,8 +5,10 @@
 Writes benchmarks/results/serve.md.  In this process: a replica of `--keys` registers (16-byte
 keys, 100-byte values) whose proofs are certificates of 64 consecutive seqs each, as the origin
 signs one push batch; then `SnapshotServer` serves it whole to one session (credit 4 per
-request, as a receiver asks) and every chunk is encoded as a frame.  Three stores:
+request, as a receiver asks) and every chunk is encoded as a frame.  Four stores:
 
+- not signed: keys in key order, no proofs (how bench_bootstrap's origin serves: its chunks
+  are cut column-wise, gossip/snapshot_server.py `_cut`);
 - key order: keys written in key order, so neighbours in key order share a certificate (how
   bench_bootstrap's origin log is written);
 - random order: the same keys written in random order, so in key order each register is proved
@@ -45,8 +47,8 @@ BATCH = 64  # seqs per certificate
 
 def signed_store(keys: int, shuffled: bool, batch: int = BATCH, rewritten: float = 0.0) -> Replica:
     """`keys` registers written in key order (or `shuffled`), certified `batch` seqs at a
-    time; then a `rewritten` share of them written again in random order, certified BATCH
-    seqs at a time (push batches)."""
+    time (`batch` 0: not signed, no proofs); then a `rewritten` share of them written again in
+    random order, certified BATCH seqs at a time (push batches)."""
     order = list(range(keys))
     if shuffled:
         random.Random(1).shuffle(order)
@@ -55,6 +57,8 @@ def signed_store(keys: int, shuffled: bool, batch: int = BATCH, rewritten: float
     ]
     replica = Replica()
     bulk_load(replica, items, [(1, keys)])
+    if not batch:  # unsigned: the responder sends no proofs (chunks cut column-wise)
+        return replica
     proofs = replica.use_proofs(ProofStore([KEY.public_key()]))
     signer = Signer(KEY)
     for lo in range(0, keys, batch):
@@ -96,6 +100,7 @@ def serve(replica: Replica) -> tuple[float, float, int]:
 
 KEY = Ed25519PrivateKey.generate()
 CASES = [  # (name, shuffled, seqs per certificate, share of the keys rewritten since)
+    ("key order, not signed (no proofs: as bench_bootstrap's origin)", False, 0, 0.0),
     ("key order", False, BATCH, 0.0),
     ("random order", True, BATCH, 0.0),
     (
@@ -129,11 +134,12 @@ def main() -> None:
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     text = "\n".join(
         [
-            "## Serving a whole signed snapshot (`benchmarks/bench_serve.py`)",
+            "## Serving a whole snapshot (`benchmarks/bench_serve.py`)",
             "",
             f"`python benchmarks/bench_serve.py --keys {args.keys} --runs {args.runs}`: one"
-            f" session served {args.keys:,} registers (16 B keys, 100 B values) with certificates"
-            f" of {BATCH} consecutive seqs, in process; CPU time, median of the runs; {when},"
+            f" session served {args.keys:,} registers (16 B keys, 100 B values), not signed or"
+            f" signed with certificates of {BATCH} consecutive seqs (or as the case says), in"
+            f" process; CPU time, median of the runs; {when},"
             f" load average {load}.",
             "",
             "| store written in | CPU to serve it all (runs) | per key | of which frame encoding |",
