@@ -7,8 +7,9 @@ keys, 100-byte values) whose proofs are certificates of 64 consecutive seqs each
 signs one push batch; then `SnapshotServer` serves it whole to one session (credit 4 per
 request, as a receiver asks) and every chunk is encoded as a frame.  Four stores:
 
-- not signed: keys in key order, no proofs (how bench_bootstrap's origin serves: its chunks
-  are cut column-wise, gossip/snapshot_server.py `_cut`);
+- not signed: keys in key order, no proofs (how an edge that keeps none, with no origin
+  public key configured, serves a snapshot: its chunks are cut column-wise,
+  gossip/snapshot_server.py `_cut`; an origin always signs);
 - key order: keys written in key order, so neighbours in key order share a certificate (how
   bench_bootstrap's origin log is written);
 - random order: the same keys written in random order, so in key order each register is proved
@@ -100,7 +101,7 @@ def serve(replica: Replica) -> tuple[float, float, int]:
 
 KEY = Ed25519PrivateKey.generate()
 CASES = [  # (name, shuffled, seqs per certificate, share of the keys rewritten since)
-    ("key order, not signed (no proofs: as bench_bootstrap's origin)", False, 0, 0.0),
+    ("key order, not signed (no proofs: an edge with no origin key serving)", False, 0, 0.0),
     ("key order", False, BATCH, 0.0),
     ("random order", True, BATCH, 0.0),
     (

@@ -18,9 +18,10 @@ over, 30% of the origin's CPU while a long-away edge took its delta.
 A whole store's chunk takes such a window too (then up to SCAN_KEYS if it ends before the
 budget: its chunks stay full after a store's first).  With no proofs to send and only registers
 in the window, a chunk is cut column-wise (`_cut`: the running size of keys and registers,
-bisected at `snapshot_chunk_bytes`), not by the per-key loop: the origin's CPU to serve a
-whole unsigned 1M-key store went from 1.04-1.12 s to 0.53-0.70 s (three runs each, in
-process), a 500,000-key delta's from 0.76-1.14 s to 0.55-0.66 s.
+bisected at `snapshot_chunk_bytes`), not by the per-key loop: the CPU to serve a whole
+unsigned 1M-key store went from 1.04-1.12 s to 0.53-0.70 s (three runs each, in process), a
+500,000-key delta's from 0.76-1.14 s to 0.55-0.66 s.  (Only a node keeping no proofs: an
+edge with no origin public key.  An origin always signs; its chunks take the loop.)
 A delta that changed at most `SPARSE_KEYS` keys of a store walks that store's changed keys
 (from its change log, sorted once per session and store: `_changed`) instead of its keys: a
 window scan took ~60 round trips for a few thousand changed keys of 1M, which a source
