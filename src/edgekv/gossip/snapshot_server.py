@@ -327,15 +327,23 @@ class SnapshotServer:
                     window = list(sr.keys.islice(start, start + n))
                     picked = _newer(window, states, since)
                     turns_of = zip(picked, map(window.__getitem__, picked), strict=True)
-                else:  # (a window as a delta's: what the last chunk used, and some)
+                elif proofs is None:  # a window as a delta's: what the last chunk used, and some
                     n = min(MAX_CHUNK_KEYS, SCAN_KEYS)
-                    w = min(n, s.window or n) if proofs is None else n  # (the loop: n)
-                    window = list(sr.keys.islice(start, start + w))
+                    window = list(sr.keys.islice(start, start + min(n, s.window or n)))
                     picked = range(len(window))
                     turns_of = enumerate(window)
+                else:  # the loop takes the keys as it goes
+                    n = min(MAX_CHUNK_KEYS, SCAN_KEYS)
+                    picked = range(0)
+                    turns_of = enumerate(sr.keys.islice(start, start + n))
                 no_proofs = proofs is None and sparse is None
                 cut = _cut(window, picked, states, budget) if no_proofs else None
-                if not since and len(window) < min(n, end - start) and (cut is None or cut[4]):
+                if (
+                    no_proofs
+                    and not since
+                    and len(window) < min(n, end - start)
+                    and (cut is None or cut[4])
+                ):
                     # the window ended before the budget: a whole store's chunk scans on
                     window = list(sr.keys.islice(start, start + n))
                     picked = range(len(window))
