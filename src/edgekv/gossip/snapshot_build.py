@@ -61,6 +61,10 @@ class TreeJob:
     copies: Copies
     keys: int
 
+    def by_store(self) -> dict[str, dict[str, State]] | None:
+        """Store -> its copy (read-only: shared with the build); None when there are none."""
+        return {sr.name: states for sr, states in self.copies} or None
+
     def build(self) -> list[tuple[StoreReplica, MerkleTree]]:
         copies, self.copies = self.copies, []
         return [(sr, build_tree(states)) for sr, states in copies]

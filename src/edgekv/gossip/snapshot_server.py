@@ -334,12 +334,11 @@ class SnapshotServer:
                     turns_of = enumerate(window)
                 else:  # the loop takes the keys as it goes
                     n = min(MAX_CHUNK_KEYS, SCAN_KEYS)
-                    picked = range(0)
                     turns_of = enumerate(sr.keys.islice(start, start + n))
-                no_proofs = proofs is None and sparse is None
-                cut = _cut(window, picked, states, budget) if no_proofs else None
+                columns = proofs is None and sparse is None  # (`_cut`)
+                cut = _cut(window, picked, states, budget) if columns else None
                 if (
-                    no_proofs
+                    columns
                     and not since
                     and len(window) < min(n, end - start)
                     and (cut is None or cut[4])

@@ -71,7 +71,7 @@ from edgekv.node import gcpolicy, kvstore
 from edgekv.node.admin_http import bind_socket, build_app, serve_app, socket_address
 from edgekv.node.auth import TokenAuth, TokenSpec
 from edgekv.node.clientreads import serve_reads
-from edgekv.node.edge_status import edge_metrics_text, edge_status
+from edgekv.node.edge_status import edge_metrics_text, edge_status, log_progress, progress_logger
 from edgekv.node.faults import LinkFaults
 from edgekv.node.httpapi import HttpLimits
 from edgekv.node.identity import load_node_id
@@ -96,10 +96,8 @@ it returns."""
 READY_BASE = 10.0
 READY_PER_KEY = 20e-6  # 20 s per million keys: 4x the measured snapshot time on 2 shared cores
 READY_MAX = 600.0
-PROGRESS_EVERY = 1.0  # seconds between progress lines while a snapshot streams
 
 logger = logging.getLogger("edgekv.edge")
-progress_logger = logging.getLogger("edgekv.snapshot")  # the daemon shows it at INFO
 
 
 class EdgeNode:
@@ -291,33 +289,6 @@ class EdgeNode:
             return f"snapshot_{boot.state}_{boot.progress.keys}_of_{boot.progress.total}_keys"
         return f"catching_up_{self._replica.watermark}_of_{boot.target}"
 
-    async def _log_progress(self) -> None:
-        """Progress lines while a snapshot streams (and one when it is installed)."""
-        was_active = False
-        while True:
-            await anyio.sleep(PROGRESS_EVERY)
-            runtime = self._runtime
-            if runtime is None:
-                continue
-            boot = self.gossip.bootstrap
-            if boot.active or was_active:
-                st = boot.status(runtime.now())
-                progress_logger.info(
-                    "event=snapshot node=%s state=%s source=%s keys=%d total=%d bytes=%d"
-                    " keys_per_s=%.0f seconds_left=%.1f resumes=%d watermark=%d",
-                    self.node_id,
-                    st["state"] if boot.active else "installed",
-                    st["source"],
-                    st["keys"],
-                    st["total_keys"],
-                    st["bytes"],
-                    st["keys_per_s"],
-                    st["seconds_left"],
-                    st["resumes"],
-                    self._replica.watermark,
-                )
-            was_active = boot.active
-
     async def _load_file(self, persist: ReplicaStore, tg: anyio.abc.TaskGroup) -> None:
         """The file's rows, read in a worker thread while gossip runs, then joined with the
         live replica (snapshot.py rule 11): built with its delta into one replica when that
@@ -377,8 +348,7 @@ class EdgeNode:
         if isinstance(job, StagedSnapshot):
             self.hub.reset()
             if self._persist is not None:
-                copies = job.trees.copies if job.trees is not None else []
-                self._persist.rewrite_all({sr.name: states for sr, states in copies} or None)
+                self._persist.rewrite_all(job.trees.by_store() if job.trees else None)
         elif isinstance(job, TreeJob) and self._trees_started is not None:
             logger.info(
                 "event=trees_built node=%s seconds=%.3f",
@@ -447,7 +417,7 @@ class EdgeNode:
             runtime.add_listener(self._persist.on_changes)
             self._persist.held = lambda: gossip.bootstrap.whole  # (persistence.py rule 6)
             gossip.expect_base(base_wm)
-        tg.start_soon(self._log_progress)
+        tg.start_soon(log_progress, self)
         await tg.start(runtime.run)
         if self._persist is not None:
             tg.start_soon(self._load_file, self._persist, tg)

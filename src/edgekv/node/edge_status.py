@@ -1,4 +1,5 @@
-"""What an edge reports about itself: `/status` (JSON) and `/metrics` (Prometheus text).
+"""What an edge reports about itself: `/status` (JSON), `/metrics` (Prometheus text) and the
+progress lines of a snapshot (`event=snapshot`, `log_progress`).
 
 Kept apart from node/edge.py (lifecycle, reads, writes): these read the node's parts (replica,
 runtime, persistence, watch hub, snapshot progress) and change nothing.
@@ -6,8 +7,11 @@ runtime, persistence, watch hub, snapshot progress) and change nothing.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import TYPE_CHECKING, Any
+
+import anyio
 
 from edgekv.node.fdbudget import fds_counters, fds_gauges, fds_status
 from edgekv.node.metrics import (
@@ -23,7 +27,39 @@ from edgekv.node.procinfo import process_info
 if TYPE_CHECKING:
     from edgekv.node.edge import EdgeNode
 
-__all__ = ["edge_metrics_text", "edge_status"]
+__all__ = ["edge_metrics_text", "edge_status", "log_progress"]
+
+PROGRESS_EVERY = 1.0  # seconds between progress lines while a snapshot streams
+
+progress_logger = logging.getLogger("edgekv.snapshot")  # the daemon shows it at INFO
+
+
+async def log_progress(node: EdgeNode) -> None:
+    """Progress lines while a snapshot streams (and one when it is installed)."""
+    was_active = False
+    while True:
+        await anyio.sleep(PROGRESS_EVERY)
+        runtime = node._runtime
+        if runtime is None:
+            continue
+        boot = node.gossip.bootstrap
+        if boot.active or was_active:
+            st = boot.status(runtime.now())
+            progress_logger.info(
+                "event=snapshot node=%s state=%s source=%s keys=%d total=%d bytes=%d"
+                " keys_per_s=%.0f seconds_left=%.1f resumes=%d watermark=%d",
+                node.node_id,
+                st["state"] if boot.active else "installed",
+                st["source"],
+                st["keys"],
+                st["total_keys"],
+                st["bytes"],
+                st["keys_per_s"],
+                st["seconds_left"],
+                st["resumes"],
+                node.replica.watermark,
+            )
+        was_active = boot.active
 
 
 def _proofs_status(node: EdgeNode) -> dict[str, Any] | None:
