@@ -128,6 +128,71 @@ def test_bulk_loaded_replica_keeps_working(history: History, data: st.DataObject
     assert_same(bulk, ref)
 
 
+@given(history=histories(), data=st.data())
+def test_deferred_change_log_ends_as_the_loaded_one(history: History, data: st.DataObject) -> None:
+    """A load with its indexes deferred leaves its change logs pending (crdt/changelog.py
+    rule 5); writes and purges go on, and whether the logs get their entries from a copy
+    built off the loop, or a reader comes first and rebuilds them, `changes_since` at every
+    watermark is the apply-built replica's, and a log in order and checked has one entry
+    per key (no stale entry left unmarked)."""
+    n = len(history.items)
+    cut = data.draw(st.integers(n // 2, max(n - 1, n // 2)))  # most loaded, something after
+    ref = replay(history.items[:cut])
+    lazy = Replica()
+    groups = {name: sr.states_copy() for name, sr in ref.stores.items()}  # a bulk load owns them
+    bulk_load_stores(lazy, groups, list(ref.covered), trees=False)
+    copies = lazy.defer_trees()
+    assert {sr.name for sr, _ in copies} <= {sr.name for sr in lazy.stores.values()}
+    assert all(sr.changes.pending for sr, _ in copies)
+    job = [(sr, bulk_mod.log_entries(states)) for sr, states in copies]  # the worker's part
+    read_first = data.draw(st.booleans())
+    for seq, store, key, delta in history.items[cut:]:
+        assert (lazy.apply(store, key, delta) is None) == (ref.apply(store, key, delta) is None)
+        lazy.covered.add(seq, seq)
+        ref.covered.add(seq, seq)
+    now = written_at_of(history.last_seq) + 100
+    horizon = data.draw(st.integers(0, history.last_seq + 1))
+    assert sorted(lazy.purge(horizon, now)) == sorted(ref.purge(horizon, now))
+    if read_first:
+        list(lazy.changes_since(0))  # rebuilds every pending log from its states
+        assert lazy.install_logs(job) == 0
+    else:
+        assert lazy.install_logs(job) == len(job)
+    for sr in lazy.stores.values():
+        log = sr.changes
+        assert not log.pending
+        if log.ordered and log.checked:
+            live = [(k, q) for k, q in zip(log.keys, log.seqs, strict=True) if k is not None]
+            assert sorted(live) == sorted((k, st.seq) for k, st in sr.states.items()), sr.name
+    assert_same(lazy, ref)
+
+
+def test_deferred_change_log_takes_the_loads_entries_before_later_changes() -> None:
+    """Keys loaded out of seq order, then written again, created and removed before the log
+    gets the load's entries: the log ends in seq order, every stale entry marked."""
+    items: list[tuple[str, str, Delta]] = [(META, "s", Register(1, 0, b"", None))]
+    items += [("s", f"k{i}", Register(20 - i, 0, b"v", None)) for i in range(10)]  # k9 first
+    ref = Replica()
+    bulk_load(ref, items)
+    lazy = Replica()
+    bulk_load_stores(lazy, bulk_mod._group(items), trees=False)
+    ((sr, copy),) = lazy.defer_trees()
+    entries = bulk_mod.log_entries(copy)  # a worker thread's part
+    assert sr.changes.pending and len(sr.changes) == 0
+    for r in (lazy, ref):
+        r.apply("s", "k3", Register(30, 0, b"w", None))  # a loaded key again
+        r.apply("s", "new", Register(31, 0, b"w", None))
+        r.apply("s", "k5", Register(32, 0, None, None))  # deleted, then purged
+        r.purge(33, 10**12)
+    assert sr.changes.missed  # the loaded entries of k3 and k5, not in the log yet
+    assert lazy.install_logs([(sr, entries)]) == 1
+    log = sr.changes
+    assert log.ordered and log.checked and not log.pending
+    live = [(k, q) for k, q in zip(log.keys, log.seqs, strict=True) if k is not None]
+    assert live == sorted(((k, st.seq) for k, st in sr.states.items()), key=lambda e: e[1])
+    assert_same(lazy, ref)
+
+
 def test_purged_mark_set_last() -> None:
     """Keys at or below the purge mark are loaded (they are the persisted state), and later
     deltas for missing keys at or below it are ignored, as on the replica that was saved."""

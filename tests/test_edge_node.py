@@ -323,6 +323,7 @@ def test_a_large_restart_reads_first_and_builds_its_trees_in_a_thread(
                 while node.status()["trees_pending"]:  # noqa: ASYNC110 (a poll, as a user would)
                     await trio.sleep(0.01)
                 assert not node.replica.trees_pending
+                assert not any(sr.changes.pending for sr in node.replica.stores.values())
                 assert node.replica.roots() == roots
 
     trio.run(main)

@@ -17,11 +17,15 @@ Theory of operation
    from one sort
    (`SortedList(iterable)` sorts once, linear on the already-sorted input persistence gives);
    the change log in seq order (nothing to do when the input is already in seq order; else
-   each key placed in a slot indexed by its seq when the seqs are dense, `_by_seq`, half the
-   time of a sort); the tombstone set; the expiry heap, heapified once.
+   each key placed in a slot indexed by its seq when the seqs are dense, crdt/changelog.py
+   `by_seq`, half the time of a sort); the tombstone set; the expiry heap, heapified once.
 4. The Merkle trees are about a third of the load (hashing every key).  `trees=False` leaves
    them unbuilt, so that a restarting edge serves reads at once and builds them in a worker
-   thread before gossip starts; a store's tree is built on first use if still missing.
+   thread before gossip starts; a store's tree is built on first use if still missing.  The
+   change logs are then left pending too (crdt/changelog.py rule 5: ordering 1M entries by
+   seq is ~0.6 s, which no read needs): `log_entries` of a copy of the states, in the same
+   worker thread as the trees, gives them their entries (`Replica.install_logs`), or the
+   first reader of a log rebuilds it from the states.
 5. `covered` and `purged` are set last: with `purged` set first, the rows being loaded would
    count as deleted-and-purged.
 6. The load allocates no container object per key (no header tuples: the flags byte and the
@@ -39,37 +43,32 @@ Theory of operation
 from __future__ import annotations
 
 import heapq
-from collections import deque
 from collections.abc import Iterable, Mapping
-from itertools import compress, islice, repeat
+from itertools import compress, repeat
 from operator import (
     and_,
     attrgetter,
     is_,
-    is_not,
     itemgetter,
-    le,
-    sub,
 )
 from typing import cast
 
 from sortedcontainers import SortedList
 
 from .bloom import BloomDelta
-from .changelog import seq_array
+from .changelog import LogEntries, by_seq
 from .merkle import MerkleTree
 from .register import HAS_EXPIRY, SEQ_BYTES, TOMBSTONE, Register
 from .replica import META, Change, Replica, StoreReplica
 from .state import Delta, State, merge
 from .treebuild import build_tree
 
-__all__ = ["adopt", "bulk_load", "bulk_load_stores"]
+__all__ = ["adopt", "bulk_load", "bulk_load_stores", "log_entries"]
 
 _SEQ = attrgetter("seq")
 _RESET = attrgetter("reset")
 _FIRST = itemgetter(0)
 _from_be = int.from_bytes  # big-endian by default (3.11+)
-PLACE_SPAN = 4  # seqs spanning at most this many times their number are ordered by placement
 
 
 def bulk_load(
@@ -163,7 +162,9 @@ def _index_store(
     # the load allocates no container objects per key and never wakes the cyclic GC (rule 6)
     raw = cast("list[Register]", regs)  # compress() by exact type above
     flags = list(map(_FIRST, raw))
-    seqs = list(map(_from_be, map(SEQ_BYTES, raw))) if regs is vals else list(map(_SEQ, vals))
+    seqs: list[int] = []  # a deferred log (rule 4) needs none; the epoch check does
+    if trees or sr.epoch:
+        seqs = list(map(_from_be, map(SEQ_BYTES, raw))) if regs is vals else list(map(_SEQ, vals))
     resets = seqs if regs is vals else list(map(_RESET, vals))  # a register's reset is its seq
     if sr.epoch and min(resets) < sr.epoch:  # written before the store's (re)creation: dropped
         epoch = sr.epoch
@@ -181,38 +182,20 @@ def _index_store(
         )
     sr._tree = tree if tree is not None else build_tree(states) if trees else None
     sr.keys = SortedList(keys)
-    _build_changelog(sr, keys, seqs)
+    if trees:
+        sr.changes.load(keys, seqs)
+    else:
+        sr.changes.defer()
 
 
-def _build_changelog(sr: StoreReplica, keys: list[str], seqs: list[int]) -> None:
-    """The change log as `apply` in seq order would leave it: one entry per key, by seq."""
-    log_keys: list[str | None] = list(keys)
-    if not all(map(le, seqs, islice(seqs, 1, None))):
-        log_keys, seqs = _by_seq(keys, seqs)
-    log = sr.changes
-    log.seqs = seq_array(seqs)
-    log.keys = log_keys
-    log.ordered = log.checked = True
-
-
-def _by_seq(keys: list[str], seqs: list[int]) -> tuple[list[str | None], list[int]]:
-    """`keys` and `seqs` ordered by seq (rule 3).  Seqs are nearly always one per key (one
-    seq per write), so when they are dense enough (a span at most `PLACE_SPAN` times their
-    number) each key is placed in a slot indexed by its seq and the slots read in order:
-    C-level maps, about half the time of a sort by key function.  Seqs shared by several
-    keys (a slot taken twice) fall back to the sort."""
-    n = len(seqs)
-    lo, hi = min(seqs), max(seqs)
-    if hi - lo < PLACE_SPAN * n:
-        base = 0 if lo <= hi - lo else lo  # no subtraction when few slots would be wasted
-        slots: list[str | None] = [None] * (hi - base + 1)
-        deque(map(slots.__setitem__, map(sub, seqs, repeat(base)) if base else seqs, keys), 0)
-        present = list(map(is_not, slots, repeat(None)))
-        placed = list(compress(slots, present))
-        if len(placed) == n:
-            return placed, list(compress(range(base, hi + 1), present))
-    order = sorted(range(n), key=seqs.__getitem__)
-    return list(map(keys.__getitem__, order)), list(map(seqs.__getitem__, order))
+def log_entries(states: Mapping[str, State]) -> LogEntries:
+    """The change-log entries of a store holding `states`, in seq order (for a deferred log:
+    crdt/changelog.py rule 5).  Pure: meant for a worker thread, on a copy of the states."""
+    vals = list(states.values())
+    if set(map(type, vals)) <= {Register}:
+        regs = cast("list[Register]", vals)
+        return by_seq(list(states), list(map(_from_be, map(SEQ_BYTES, regs))))
+    return by_seq(list(states), list(map(_SEQ, vals)))
 
 
 def adopt(target: Replica, loaded: Replica, since: int) -> list[Change]:

@@ -31,7 +31,7 @@ from sortedcontainers import SortedList
 
 from ..errors import WrongKind
 from .bloom import Bloom
-from .changelog import ChangeLog
+from .changelog import ChangeLog, LogEntries
 from .glob import compile_glob, literal_prefix
 from .hashing import root_hash
 from .merkle import MerkleTree, leaf_of
@@ -376,11 +376,14 @@ class Replica:
     def defer_trees(self) -> list[tuple[StoreReplica, dict[str, State]]]:
         """For each store whose tree is pending: a copy of its states to build the tree from
         elsewhere (a worker thread), and from now on a log of its tree changes instead of a
-        build on first change; `install_trees` replays the log on the built tree."""
+        build on first change; `install_trees` replays the log on the built tree.  A change
+        log still pending takes its entries from the same copy (`install_logs`)."""
         out = []
         for sr in self.stores.values():
             if sr._tree is None and sr._deferred is None:
                 sr._deferred = TreeLog()
+                if sr.changes.pending:  # its load's entries to come are the copy's
+                    sr.changes.defer()
                 out.append((sr, sr.states_copy()))
         return out
 
@@ -396,6 +399,12 @@ class Replica:
                 sr._tree = tree
                 n += 1
         return n
+
+    def install_logs(self, built: list[tuple[StoreReplica, LogEntries]]) -> int:
+        """Give change logs a bulk load left pending the entries built from the copies
+        `defer_trees` made (`bulk.log_entries`, off the loop: changelog.py rule 5), where no
+        reader rebuilt them since; returns how many took them."""
+        return sum(sr.changes.adopt_load(entries) for sr, entries in built)
 
     @property
     def trees_pending(self) -> bool:

@@ -68,7 +68,8 @@ Theory of operation
    job): until they are installed each store logs its tree changes (crdt/treebuild.py
    `TreeLog`, replayed on the built tree) and anti-entropy waits (`settling`), since its
    roots would build the trees on the loop.  Measured at 1M keys in process: the trees were
-   about 55% of the receiver's CPU (hashed per chunk, then finished in the build).
+   about 55% of the receiver's CPU (hashed per chunk, then finished in the build).  So do
+   the change logs' entries, in the same job (crdt/changelog.py rule 5).
 8. Readiness.  `target` is the origin's watermark as first heard after joining; the node is
    ready when no snapshot is under way and its watermark has reached the target.
 9. Delta.  A node that already holds a prefix (watermark w > 0: restarted, long away, or just
@@ -104,9 +105,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..crdt.bulk import adopt
-from ..crdt.merkle import MerkleTree
 from ..crdt.proofs import ForgedState, state_seqs
-from ..crdt.replica import Change, Replica, StoreReplica
+from ..crdt.replica import Change, Replica
 from ..crdt.state import State
 from ..errors import RemoteProtocolError
 from .config import GossipConfig
@@ -114,7 +114,7 @@ from .fields import MAX_SEQ
 from .membership import Membership
 from .messages import Send
 from .peer import ALIVE
-from .snapshot_build import Copies, StagedSnapshot, TreeJob, join_into, live_copy
+from .snapshot_build import BuiltIndexes, Copies, StagedSnapshot, TreeJob, join_into, live_copy
 from .snapshot_file import FileBase, add_file_certs, adopt_file, file_seqs
 from .snapshot_server import SnapshotServer, choose_source, offer_instead, offer_sources
 from .snapshot_wire import (
@@ -541,14 +541,16 @@ class SnapshotClient:
             self.whole_from = self._source
         return changes
 
-    def install_trees(self, built: list[tuple[StoreReplica, MerkleTree]] | BaseException) -> None:
-        """Rule 7: the trees of the installed snapshot (a failed build: built here at once)."""
+    def install_trees(self, built: BuiltIndexes | BaseException) -> None:
+        """Rule 7: the trees of the installed snapshot and the entries of its change logs (a
+        failed build: the trees built here at once, the logs by their first reader)."""
         self._trees_out = max(0, self._trees_out - 1)
         if isinstance(built, BaseException):
             self.counters["snapshot_tree_failures"] += 1
             self.replica.roots()  # every pending tree built on first use, its log dropped
             return
-        self.counters["snapshot_trees_installed"] += self.replica.install_trees(built)
+        self.counters["snapshot_trees_installed"] += self.replica.install_trees(built.trees)
+        self.replica.install_logs(built.logs)
 
     def _reset(self, now: float) -> None:
         self._clear()

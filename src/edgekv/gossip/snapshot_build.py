@@ -2,8 +2,8 @@
 driver builds off the event loop.  Pure: no I/O, no clock, safe in a worker thread.
 
 `StagedSnapshot.build` bulk-loads what was received (joined, for a large delta, with copies
-of the live stores) into a new replica with its Merkle trees deferred; `TreeJob.build` builds
-those trees from copies of its states once it is installed.
+of the live stores) into a new replica with its Merkle trees and change logs deferred;
+`TreeJob.build` builds both from copies of its states once it is installed.
 """
 
 from __future__ import annotations
@@ -11,14 +11,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ..crdt.bulk import bulk_load_stores
+from ..crdt.bulk import bulk_load_stores, log_entries
+from ..crdt.changelog import LogEntries
 from ..crdt.merkle import MerkleTree
 from ..crdt.register import SEQ_BYTES, Register
 from ..crdt.replica import Replica, StoreReplica
 from ..crdt.state import State, join
 from ..crdt.treebuild import build_tree
 
-__all__ = ["StagedSnapshot", "TreeJob", "join_into", "live_copy"]
+__all__ = ["BuiltIndexes", "StagedSnapshot", "TreeJob", "join_into", "live_copy"]
 
 
 @dataclass(slots=True)
@@ -65,9 +66,20 @@ class TreeJob:
         """Store -> its copy (read-only: shared with the build); None when there are none."""
         return {sr.name: states for sr, states in self.copies} or None
 
-    def build(self) -> list[tuple[StoreReplica, MerkleTree]]:
+    def build(self) -> BuiltIndexes:
+        """The stores' trees, and the entries of their change logs still pending (crdt/bulk.py
+        rule 4; a log rebuilt meanwhile by a reader on the loop needs none)."""
         copies, self.copies = self.copies, []
-        return [(sr, build_tree(states)) for sr, states in copies]
+        logs = [(sr, log_entries(states)) for sr, states in copies if sr.changes.pending]
+        return BuiltIndexes([(sr, build_tree(states)) for sr, states in copies], logs)
+
+
+@dataclass(slots=True)
+class BuiltIndexes:
+    """What a `TreeJob` built, for `Replica.install_trees` and `Replica.install_logs`."""
+
+    trees: list[tuple[StoreReplica, MerkleTree]]
+    logs: list[tuple[StoreReplica, LogEntries]]
 
 
 def _joined(

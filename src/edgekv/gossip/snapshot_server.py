@@ -147,16 +147,17 @@ def choose_source(
 
 def changed_since(replica: Replica, wm: int, limit: int) -> int:
     """An upper bound of the keys changed after seq `wm`, exact enough up to `limit`: the
-    change-log entries above `wm` (O(stores * log n)), or the seq gap for a log not in order."""
+    change-log entries above `wm` (O(stores * log n)), or the seq gap for a log that cannot
+    tell."""
     gap = replica.watermark - wm
     if gap <= limit:
         return max(gap, 0)
     n = 0
     for sr in replica.stores.values():
-        log = sr.changes
-        if not log.ordered:
+        above = sr.changes.count_above(wm)
+        if above is None:  # a log not in order, or still pending (crdt/changelog.py rule 5)
             return min(gap, len(replica))
-        n += len(log.seqs) - bisect_right(log.seqs, wm)
+        n += above
     return min(n, gap)
 
 
