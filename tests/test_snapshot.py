@@ -960,10 +960,43 @@ def test_a_fresh_edge_is_ready_before_its_trees_which_then_take_the_writes_made_
     job = held.pop()
     node.finish_job(job, job.build(), sim.now)
     assert node.counters["snapshot_trees_installed"] == 1 and not node.bootstrap.settling
+    assert not any(sr.changes.pending for sr in node.replica.stores.values())  # logs too
     assert node.replica.root == sim.origin.replica.root, sim.seed
     sim.run_until(sim.now + 3.0)
     assert node.replica.root == sim.origin.replica.root
+    changed = [(s, k) for s, k, _ in node.replica.changes_since(0)]
+    assert changed == [(s, k) for s, k, _ in sim.origin.replica.changes_since(0)]
     assert not sim.check.violations
+
+
+def test_a_snapshots_trees_wait_until_the_node_is_ready_or_sync_timeout() -> None:
+    """Rule 7: the tree job of an installed snapshot is not handed out while the catch-up
+    after it is under way (it would share the CPU with it), nor held past `sync_timeout`."""
+    sim = sim_with_sources(seed=3, sources=1)
+    fresh = sim.edges[-1]
+    node = sim.nodes[fresh]
+    node.bootstrap.target = sim.origin.replica.watermark + 10**6  # never reached: not ready
+    taken: list[float] = []
+    take = node.take_job
+
+    def watching() -> StagedSnapshot | TreeJob | None:
+        job = take()
+        if isinstance(job, TreeJob):
+            taken.append(sim.now)
+        return job
+
+    node.take_job = watching  # type: ignore[method-assign]
+    sim.start_one(fresh, sim.now)
+    t = sim.now
+    while not node.counters["snapshots_installed"]:
+        t += 0.01
+        sim.run_until(t)
+        assert t < 30, sim.seed
+    installed = sim.now
+    sim.run_until(installed + node.config.sync_timeout - 0.05)
+    assert not taken and node.replica.trees_pending
+    sim.run_until(installed + node.config.sync_timeout + 0.05)
+    assert len(taken) == 1 and not node.replica.trees_pending
 
 
 def test_a_restarted_edge_takes_its_delta_first_and_builds_its_trees_once_caught_up() -> None:

@@ -56,7 +56,7 @@ from typing import cast
 from sortedcontainers import SortedList
 
 from .bloom import BloomDelta
-from .changelog import LogEntries, by_seq
+from .changelog import BLOCK, LogEntries, by_seq
 from .merkle import MerkleTree
 from .register import HAS_EXPIRY, SEQ_BYTES, TOMBSTONE, Register
 from .replica import META, Change, Replica, StoreReplica
@@ -192,10 +192,12 @@ def log_entries(states: Mapping[str, State]) -> LogEntries:
     """The change-log entries of a store holding `states`, in seq order (for a deferred log:
     crdt/changelog.py rule 5).  Pure: meant for a worker thread, on a copy of the states."""
     vals = list(states.values())
-    if set(map(type, vals)) <= {Register}:
-        regs = cast("list[Register]", vals)
-        return by_seq(list(states), list(map(_from_be, map(SEQ_BYTES, regs))))
-    return by_seq(list(states), list(map(_SEQ, vals)))
+    if not set(map(type, vals)) <= {Register}:
+        return by_seq(list(states), list(map(_SEQ, vals)))
+    seqs: list[int] = []
+    for i in range(0, len(vals), BLOCK):  # short GIL holds, as in `by_seq`
+        seqs += map(_from_be, map(SEQ_BYTES, cast("list[Register]", vals[i : i + BLOCK])))
+    return by_seq(list(states), seqs)
 
 
 def adopt(target: Replica, loaded: Replica, since: int) -> list[Change]:

@@ -56,6 +56,7 @@ class _Gone:
 
 SLACK = 1024
 PLACE_SPAN = 4  # seqs spanning at most this many times their number are ordered by placement
+BLOCK = 1 << 15  # keys per C-level pass in `by_seq`: a few ms holding the GIL
 _GONE = _Gone()
 _SEQ = attrgetter("seq")
 
@@ -107,7 +108,10 @@ def by_seq(keys: list[str], seqs: list[int]) -> LogEntries:
     one per key (one seq per write), so when they are dense enough (a span at most
     `PLACE_SPAN` times their number) each key is placed in a slot indexed by its seq and the
     slots read in order: C-level maps, about half the time of a sort by key function.  Seqs
-    shared by several keys (a slot taken twice) fall back to the sort."""
+    shared by several keys (a slot taken twice) fall back to the sort.  Each pass over a
+    million keys is cut in blocks of `BLOCK`: a worker thread running this (a deferred log's
+    entries) then holds the GIL a few ms at a time, not ~0.1 s, so the event loop it shares
+    the process with answers reads meanwhile."""
     n = len(seqs)
     if all(map(le, seqs, islice(seqs, 1, None))):
         return list(keys), seq_array(seqs)
@@ -115,11 +119,19 @@ def by_seq(keys: list[str], seqs: list[int]) -> LogEntries:
     if hi - lo < PLACE_SPAN * n:
         base = 0 if lo <= hi - lo else lo  # no subtraction when few slots would be wasted
         slots: list[str | None] = [None] * (hi - base + 1)
-        deque(map(slots.__setitem__, map(sub, seqs, repeat(base)) if base else seqs, keys), 0)
-        present = list(map(is_not, slots, repeat(None)))
-        placed = list(compress(slots, present))
+        put = slots.__setitem__
+        for i in range(0, n, BLOCK):
+            at = seqs[i : i + BLOCK]
+            deque(map(put, map(sub, at, repeat(base)) if base else at, keys[i : i + BLOCK]), 0)
+        placed: list[str | None] = []
+        placed_seqs = array("I") if hi < 1 << 32 else array("q")
+        for i in range(0, len(slots), BLOCK):
+            block = slots[i : i + BLOCK]
+            present = list(map(is_not, block, repeat(None)))
+            placed += compress(block, present)
+            placed_seqs.extend(compress(range(base + i, base + i + len(block)), present))
         if len(placed) == n:
-            return placed, seq_array(list(compress(range(base, hi + 1), present)))
+            return placed, placed_seqs
     order = sorted(range(n), key=seqs.__getitem__)
     return list(map(keys.__getitem__, order)), seq_array(list(map(seqs.__getitem__, order)))
 

@@ -61,15 +61,17 @@ Theory of operation
    what was staged before stays (it was checked).
 7. Load.  Chunks are staged per store (dicts in key order).  After the last one the driver
    runs `StagedSnapshot.build` (pure, for a worker thread): one bulk load into a new replica,
-   its Merkle trees left unbuilt, and copies of its states to build them from
-   (`Replica.defer_trees`).  `install` then adopts it in the live replica, joining what
-   arrived by gossip meanwhile (crdt/bulk.py rule 7): reads and readiness need no tree, so
-   the node is ready here.  The trees come next, off the loop (`TreeJob`, the driver's next
-   job): until they are installed each store logs its tree changes (crdt/treebuild.py
-   `TreeLog`, replayed on the built tree) and anti-entropy waits (`settling`), since its
-   roots would build the trees on the loop.  Measured at 1M keys in process: the trees were
-   about 55% of the receiver's CPU (hashed per chunk, then finished in the build).  So do
-   the change logs' entries, in the same job (crdt/changelog.py rule 5).
+   its Merkle trees and change logs left unbuilt, and copies of its states to build them
+   from (`Replica.defer_trees`).  `install` then adopts it in the live replica, joining what
+   arrived by gossip meanwhile (crdt/bulk.py rule 7): reads need no tree.  The trees and the
+   logs' entries (crdt/changelog.py rule 5) come next, off the loop (`TreeJob`), once the
+   catch-up that follows has made the node ready (or after `sync_timeout`), as in rule 10:
+   handed out at once, the job shared the CPU with that catch-up (install to the origin's
+   watermark 1.5 s instead of 0.2 s in one away run).  Until they are installed each store
+   logs its tree changes (crdt/treebuild.py `TreeLog`, replayed on the built tree) and
+   anti-entropy waits (`settling`), since its roots would build the trees on the loop.
+   Measured at 1M keys in process: the trees were about 55% of the receiver's CPU (hashed
+   per chunk, then finished in the build).
 8. Readiness.  `target` is the origin's watermark as first heard after joining; the node is
    ready when no snapshot is under way and its watermark has reached the target.
 9. Delta.  A node that already holds a prefix (watermark w > 0: restarted, long away, or just
@@ -533,7 +535,7 @@ class SnapshotClient:
         self._file_building = False
         if staged.trees is not None and staged.trees.copies:
             self._tree_job = staged.trees  # (a restart's job, if still held, is moot)
-            self._trees_held_until = None
+            self._trees_held_until = now + self.config.sync_timeout  # held as in rule 10
         self._end()
         self._reset(now)
         self.counters["snapshot_delta_rebuilds" if self._since else "snapshots_installed"] += 1
