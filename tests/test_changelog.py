@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from random import Random
+
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgekv.crdt import META, Register, Replica
+from edgekv.crdt import META, Register, Replica, changelog
 from edgekv.crdt.changelog import ChangeLog, seq_array
 
 BIG = 1 << 32
@@ -48,3 +51,23 @@ def test_since_is_right_across_the_widening(writes: list[tuple[int, int]]) -> No
             assert log.keys_since(w, states, len(got) - 1) is None
     if any(s.seq >= BIG for s in states.values()):
         assert log.seqs.itemsize == 8
+
+
+@given(
+    st.lists(st.integers(1, 200), unique=True, max_size=60),
+    st.sampled_from([1, 3, 7, 1 << 15]),
+    st.randoms(use_true_random=False),
+)
+def test_by_seq_orders_keys_by_seq_in_blocks(seqs: list[int], block: int, rnd: Random) -> None:
+    """`by_seq` (a bulk load's entries, rule 5) gives the keys ascending by seq, whatever the
+    block its passes are cut in, placed by slot or sorted (sparse seqs, seqs past 2**32)."""
+    for shift in (0, BIG):
+        shuffled = [s + shift for s in seqs]
+        rnd.shuffle(shuffled)
+        keys = [f"k{s}" for s in shuffled]
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(changelog, "BLOCK", block)
+            got_keys, got_seqs = changelog.by_seq(keys, shuffled)
+        assert list(got_seqs) == sorted(shuffled)
+        assert got_keys == [f"k{s}" for s in sorted(shuffled)]
+        assert got_seqs.itemsize == (8 if shift else 4) or not seqs
