@@ -103,6 +103,8 @@ def bulk_load_stores(
 
     With `trees=False` the stores' Merkle trees are left unbuilt (rule 4): reads work at once;
     build them with `Replica.build_pending_trees` + `install_trees`, or let first use do it.
+    Their change logs are left pending too: `log_entries` of `Replica.defer_trees`'s copies
+    + `Replica.install_logs`, or the first reader rebuilds each.
     `prebuilt` gives, per store, a tree already built from exactly that store's states (used
     unless the store's epoch drops some of them, then it is rebuilt)."""
     if len(replica.stores) != 1 or replica.stores[META].states or replica.purged or replica.covered:
