@@ -173,7 +173,8 @@ class ChangeLog:
         if tail.typecode != seqs.typecode:  # one of them needs 8 bytes a seq
             seqs, tail = array("q", seqs), array("q", tail)
         seqs.extend(tail)
-        self.seqs, self.keys = seqs, [*keys, *self.keys]
+        keys.extend(self.keys)  # (the entries are the job's own lists: no copy on the loop)
+        self.seqs, self.keys = seqs, keys
         self.pending = False
         missed, self.missed = self.missed, []
         for seq, key in missed:

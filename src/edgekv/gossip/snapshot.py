@@ -65,13 +65,10 @@ Theory of operation
    from (`Replica.defer_trees`).  `install` then adopts it in the live replica, joining what
    arrived by gossip meanwhile (crdt/bulk.py rule 7): reads need no tree.  The trees and the
    logs' entries (crdt/changelog.py rule 5) come next, off the loop (`TreeJob`), once the
-   catch-up that follows has made the node ready (or after `sync_timeout`), as in rule 10:
-   handed out at once, the job shared the CPU with that catch-up (install to the origin's
-   watermark 1.5 s instead of 0.2 s in one away run).  Until they are installed each store
-   logs its tree changes (crdt/treebuild.py `TreeLog`, replayed on the built tree) and
-   anti-entropy waits (`settling`), since its roots would build the trees on the loop.
-   Measured at 1M keys in process: the trees were about 55% of the receiver's CPU (hashed
-   per chunk, then finished in the build).
+   catch-up that follows has made the node ready (or after `sync_timeout`), as in rule 10;
+   until then each store logs its tree changes (crdt/treebuild.py `TreeLog`, replayed on the
+   built tree) and anti-entropy waits (`settling`), since its roots would build the trees on
+   the loop.  Measured at 1M keys: the trees were about 55% of the receiver's CPU.
 8. Readiness.  `target` is the origin's watermark as first heard after joining; the node is
    ready when no snapshot is under way and its watermark has reached the target.
 9. Delta.  A node that already holds a prefix (watermark w > 0: restarted, long away, or just
